@@ -1,0 +1,1 @@
+"""Backends: one module or package per source (sim, replay, hyperv, vsphere, ssh)."""

@@ -1,0 +1,1 @@
+"""Ventana's domain model, live store, events, action log, recordings, plans."""

@@ -1,0 +1,130 @@
+"""Derived facts operators need at a glance, computed from the store.
+
+Checkpoint chain depth, age of the oldest checkpoint, total size of the
+differencing disks per VM, the free space a merge of the chain needs and the
+free space expected afterwards, and % free per LUN with its threshold level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .model import MB, Checkpoint, CheckpointKind, Lun, Severity
+from .store import Store
+
+# Hyper-V pauses VMs (Paused-Critical) when the volume under their disks falls
+# below about 200 MB free; a merge must never take a CSV below this.
+PAUSE_CRITICAL_MARGIN = 200 * MB
+LUN_WARN_PCT = 10.0
+LUN_CRITICAL_PCT = 5.0
+
+
+def chain_depth(checkpoints: list[Checkpoint]) -> int:
+    """Length of the longest root-to-leaf path in a VM's checkpoint tree."""
+    by_id = {c.id: c for c in checkpoints}
+    depth_cache: dict[str, int] = {}
+
+    def depth(c: Checkpoint) -> int:
+        if c.id in depth_cache:
+            return depth_cache[c.id]
+        seen: list[Checkpoint] = []
+        node: Checkpoint | None = c
+        while node is not None and node.id not in depth_cache and node not in seen:
+            seen.append(node)
+            node = by_id.get(node.parent_id) if node.parent_id else None
+        base = depth_cache.get(node.id, 0) if node is not None else 0
+        for i, item in enumerate(reversed(seen), start=1):
+            depth_cache[item.id] = base + i
+        return depth_cache[c.id]
+
+    return max((depth(c) for c in checkpoints), default=0)
+
+
+def oldest_checkpoint_age(checkpoints: list[Checkpoint], now: datetime) -> timedelta | None:
+    if not checkpoints:
+        return None
+    return now - min(c.created for c in checkpoints)
+
+
+def differencing_bytes(checkpoints: list[Checkpoint]) -> int:
+    return sum(c.size_bytes for c in checkpoints)
+
+
+def has_backup_checkpoint(checkpoints: list[Checkpoint]) -> bool:
+    return any(c.kind is CheckpointKind.BACKUP for c in checkpoints)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeSpace:
+    """Space figures for merging every checkpoint of a VM into its base disks."""
+
+    chain_bytes: int  # sum of differencing disks being merged
+    parent_headroom: int  # how much the base disks may still grow (max - size)
+    needed: int  # worst-case peak extra space during the merge
+    freed_best: int  # free space gained if the parents do not grow at all
+    freed_worst: int  # free space gained if the parents grow by all they can
+
+
+def merge_space(store: Store, vm_id: str) -> MergeSpace:
+    checkpoints = store.checkpoints_of(vm_id)
+    chain = differencing_bytes(checkpoints)
+    base_disks = [d for d in store.disks_of(vm_id) if d.parent_path is None]
+    headroom = sum(max(0, d.max_bytes - d.size_bytes) for d in base_disks)
+    # Merged blocks land in the parent: in the worst case every block of the
+    # chain is new to the parent, bounded by how far the parent can grow.
+    needed = min(chain, headroom) if base_disks else chain
+    return MergeSpace(
+        chain_bytes=chain,
+        parent_headroom=headroom,
+        needed=needed,
+        freed_best=chain,
+        freed_worst=chain - needed,
+    )
+
+
+def pct_free(lun: Lun) -> float:
+    if lun.total_bytes <= 0:
+        return 0.0
+    return 100.0 * lun.free_bytes / lun.total_bytes
+
+
+def lun_level(
+    lun: Lun, warn_pct: float = LUN_WARN_PCT, critical_pct: float = LUN_CRITICAL_PCT
+) -> Severity:
+    pct = pct_free(lun)
+    if pct < critical_pct or lun.free_bytes < PAUSE_CRITICAL_MARGIN:
+        return Severity.CRITICAL
+    if pct < warn_pct:
+        return Severity.WARNING
+    return Severity.INFO
+
+
+def human_bytes(n: int | float | None) -> str:
+    if n is None:
+        return "?"
+    sign = "-" if n < 0 else ""
+    n = abs(float(n))
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            if unit == "B":
+                return f"{sign}{int(n)} B"
+            return f"{sign}{n:.1f} {unit}" if n < 100 else f"{sign}{n:.0f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} PB"
+
+
+def human_age(delta: timedelta | None) -> str:
+    if delta is None:
+        return "-"
+    s = int(delta.total_seconds())
+    if s < 0:
+        return "future"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400 * 2:
+        return f"{s // 3600}h"
+    if s < 86400 * 365:
+        return f"{s // 86400}d"
+    years, rest = divmod(s, 86400 * 365)
+    return f"{years}y{rest // 86400}d"

@@ -1,0 +1,243 @@
+"""The live store: applies events to the in-memory model and notifies.
+
+The store is the one owner of mutation. It sanitizes every text field on the
+way in (the data boundary for all backends), keeps per-VM indexes for
+checkpoints, disks and tasks, tracks each source's connection state, and
+tells subscribers exactly which keys changed (old and new value) so panes can
+update only those rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .events import (
+    ConnectionChanged,
+    Event,
+    FindingRaised,
+    LinkState,
+    Remove,
+    TaskProgress,
+    Upsert,
+)
+from .model import (
+    VM,
+    Checkpoint,
+    Entity,
+    Kind,
+    Lun,
+    Node,
+    Task,
+    TaskState,
+    VirtualDisk,
+)
+from .sanitize import clean, clean_entity
+
+
+def ref(kind: Kind, id_: str) -> str:
+    """The string form of a key, used as a task's or finding's target."""
+    return f"{kind.value}:{id_}"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: Kind
+    id: str
+    old: Entity | None
+    new: Entity | None  # None: removed
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    source: str
+    state: LinkState
+    reason: str
+    since: datetime
+
+
+@dataclass(slots=True)
+class Delta:
+    changes: list[Change] = field(default_factory=list)
+    links_changed: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.changes) or self.links_changed
+
+    def kinds(self) -> set[Kind]:
+        return {c.kind for c in self.changes}
+
+
+Subscriber = Callable[[Delta], None]
+
+_PARENT_FIELD = {Kind.CHECKPOINT: "vm_id", Kind.DISK: "vm_id", Kind.TASK: "target"}
+
+
+class Store:
+    def __init__(self) -> None:
+        self._tables: dict[Kind, dict[str, Entity]] = {k: {} for k in Kind}
+        self._children: dict[Kind, defaultdict[str, set[str]]] = {
+            k: defaultdict(set) for k in _PARENT_FIELD
+        }
+        self.links: dict[str, Link] = {}
+        self._subscribers: list[Subscriber] = []
+        self.events_applied = 0
+
+    # -- reading ---------------------------------------------------------
+    def get(self, kind: Kind, id_: str) -> Entity | None:
+        return self._tables[kind].get(id_)
+
+    def all(self, kind: Kind) -> Iterable[Entity]:
+        return self._tables[kind].values()
+
+    def count(self, kind: Kind) -> int:
+        return len(self._tables[kind])
+
+    def vm(self, id_: str) -> VM | None:
+        return self._tables[Kind.VM].get(id_)  # type: ignore[return-value]
+
+    def lun(self, id_: str) -> Lun | None:
+        return self._tables[Kind.LUN].get(id_)  # type: ignore[return-value]
+
+    def node(self, id_: str) -> Node | None:
+        return self._tables[Kind.NODE].get(id_)  # type: ignore[return-value]
+
+    def task(self, id_: str) -> Task | None:
+        return self._tables[Kind.TASK].get(id_)  # type: ignore[return-value]
+
+    def vms(self) -> Iterable[VM]:
+        return self._tables[Kind.VM].values()  # type: ignore[return-value]
+
+    def luns(self) -> Iterable[Lun]:
+        return self._tables[Kind.LUN].values()  # type: ignore[return-value]
+
+    def nodes(self) -> Iterable[Node]:
+        return self._tables[Kind.NODE].values()  # type: ignore[return-value]
+
+    def tasks(self) -> Iterable[Task]:
+        return self._tables[Kind.TASK].values()  # type: ignore[return-value]
+
+    def _children_of(self, kind: Kind, parent: str) -> list[Entity]:
+        table = self._tables[kind]
+        return [table[i] for i in self._children[kind].get(parent, ())]
+
+    def checkpoints_of(self, vm_id: str) -> list[Checkpoint]:
+        return self._children_of(Kind.CHECKPOINT, vm_id)  # type: ignore[return-value]
+
+    def disks_of(self, vm_id: str) -> list[VirtualDisk]:
+        return self._children_of(Kind.DISK, vm_id)  # type: ignore[return-value]
+
+    def tasks_for(self, target: str) -> list[Task]:
+        return self._children_of(Kind.TASK, target)  # type: ignore[return-value]
+
+    def running_tasks_for(self, target: str) -> list[Task]:
+        return [t for t in self.tasks_for(target) if not t.state.finished]
+
+    def link_state(self) -> LinkState:
+        """The worst state over all sources (no source yet: connecting)."""
+        if not self.links:
+            return LinkState.CONNECTING
+        order = [
+            LinkState.CONNECTED,
+            LinkState.CONNECTING,
+            LinkState.RECONNECTING,
+            LinkState.STALE,
+            LinkState.DISCONNECTED,
+        ]
+        return max((link.state for link in self.links.values()), key=order.index)
+
+    @property
+    def stale(self) -> bool:
+        return self.link_state() in (
+            LinkState.STALE,
+            LinkState.RECONNECTING,
+            LinkState.DISCONNECTED,
+        )
+
+    def link_reason(self) -> str:
+        reasons = [f"{l.source}: {l.reason}" for l in self.links.values() if l.reason]
+        return "; ".join(reasons)
+
+    # -- subscribing -----------------------------------------------------
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    # -- applying --------------------------------------------------------
+    def apply(self, event: Event) -> Delta:
+        return self.apply_many((event,))
+
+    def apply_many(self, events: Iterable[Event]) -> Delta:
+        delta = Delta()
+        for event in events:
+            self._apply_one(event, delta)
+            self.events_applied += 1
+        if delta:
+            for callback in list(self._subscribers):
+                callback(delta)
+        return delta
+
+    def _apply_one(self, event: Event, delta: Delta) -> None:
+        match event:
+            case Upsert(entity):
+                self._put(clean_entity(entity), delta)
+            case FindingRaised(finding):
+                self._put(clean_entity(finding), delta)
+            case Remove(kind, id_):
+                self._drop(kind, id_, delta)
+            case TaskProgress(task_id, pct, message, state):
+                task = self.task(task_id)
+                if task is None:
+                    return
+                new_state = state or task.state
+                if new_state is TaskState.QUEUED:
+                    new_state = TaskState.RUNNING
+                updated = dataclasses.replace(
+                    task,
+                    pct=max(0.0, min(100.0, pct)),
+                    message=clean(message) if message else task.message,
+                    state=new_state,
+                )
+                self._put(updated, delta)
+            case ConnectionChanged(source, state, reason):
+                old = self.links.get(source)
+                if old is None or old.state != state or old.reason != reason:
+                    self.links[source] = Link(
+                        clean(source), state, clean(reason), datetime.now(UTC)
+                    )
+                    delta.links_changed = True
+
+    def _put(self, entity: Entity, delta: Delta) -> None:
+        kind = entity.KIND
+        table = self._tables[kind]
+        old = table.get(entity.id)
+        if old == entity:
+            return
+        table[entity.id] = entity
+        parent_field = _PARENT_FIELD.get(kind)
+        if parent_field:
+            if old is not None:
+                old_parent = getattr(old, parent_field)
+                if old_parent != getattr(entity, parent_field):
+                    self._children[kind][old_parent].discard(entity.id)
+            self._children[kind][getattr(entity, parent_field)].add(entity.id)
+        delta.changes.append(Change(kind, entity.id, old, entity))
+
+    def _drop(self, kind: Kind, id_: str, delta: Delta) -> None:
+        old = self._tables[kind].pop(id_, None)
+        if old is None:
+            return
+        parent_field = _PARENT_FIELD.get(kind)
+        if parent_field:
+            siblings = self._children[kind].get(getattr(old, parent_field))
+            if siblings is not None:
+                siblings.discard(id_)
+        delta.changes.append(Change(kind, id_, old, None))

@@ -1,0 +1,1 @@
+"""The Textual console: app, panes, screens and the command line."""
