@@ -1,0 +1,43 @@
+# Ventana — the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint bench snapshots clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Ventana needs Python 3.11 or newer ($(PYTHON) is older)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3-venv is missing; installing it with apt-get"; \
+	  rm -rf $(VENV); \
+	  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && \
+	  $(PYTHON) -m venv $(VENV); }
+	@$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $@ $(VENV)/.run-deps
+
+run: $(VENV)/.run-deps  ## open the console on the built-in simulated cluster
+	$(BIN)/ventana $(ARGS)
+
+test: $(VENV)/.test-deps  ## install what tests need and run the whole suite
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check .
+
+snapshots: $(VENV)/.test-deps  ## regenerate screenshots/*.svg after a deliberate UI change
+	$(BIN)/pytest -q tests/test_snapshots.py --snapshot-update
+
+bench: $(VENV)/.test-deps  ## benchmarks: prints a table, writes bench/results/*.json
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,202 @@
+"""The one path from an operator's confirmed plan to a backend mutation.
+
+plan → pre-flight → typed confirmation → intent row committed → backend call
+→ outcome appended. Every attempt lands in the action log, including
+cancelled and refused ones. The runner re-plans from the live store at
+confirmation time (the world may have moved while the operator read the
+plan), refuses while a blocking finding stands unless the operator overrode
+it, refuses in read-only sessions before any I/O, and refuses when the log
+cannot be written (fail closed). An exception after the request went out is
+an *unknown* outcome, never a success.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from ventana.state.actionlog import ActionLog, ActionLogError
+from ventana.state.model import FinalState, Kind, TaskState
+from ventana.state.plans import Plan, findings_to_log, plan_merge
+from ventana.state.sanitize import clean
+from ventana.state.store import Store
+
+from .base import ActionResult, Backend, ReadOnlyError
+
+
+class ActionRefused(Exception):
+    """The action was not started; the reason is safe to show."""
+
+
+class ActionRecorder(Protocol):
+    def write_action(self, data: dict[str, Any]) -> None: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ActionRunner:
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        log: ActionLog | None,
+        *,
+        log_error: str = "",
+        recorder: ActionRecorder | None = None,
+        clock: Callable[[], datetime] = _now,
+        mode: str | None = None,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.log = log
+        self.log_error = log_error
+        self.recorder = recorder
+        self.clock = clock
+        self.mode = mode or ("read-only" if backend.read_only else "read-write")
+
+    @property
+    def read_only(self) -> bool:
+        return self.backend.read_only
+
+    def plan(self, action: str, vm_id: str) -> Plan:
+        if action != "merge":
+            raise ValueError(f"unknown action {action!r}")
+        return plan_merge(self.store, vm_id, self.clock())
+
+    # -- rows that end where they start ------------------------------------
+    def _one_shot(self, plan: Plan, outcome: str, error: str, *, override: bool = False) -> None:
+        self._record({"action": plan.action, "target": plan.target, "outcome": outcome})
+        if self.log is None:
+            return
+        try:
+            self.log.record(
+                action=plan.action,
+                target_system=self.backend.target,
+                mode=self.mode,
+                target_object=plan.target,
+                target_name=plan.target_name,
+                plan=plan.to_log(),
+                findings=findings_to_log(plan.findings),
+                override=override,
+                confirmed=False,
+                outcome=outcome,
+                error=error,
+            )
+        except ActionLogError as exc:
+            raise ActionRefused(f"The action log cannot be written: {exc}") from exc
+
+    def cancelled(self, plan: Plan, reason: str = "cancelled by the operator") -> None:
+        self._one_shot(plan, "cancelled", reason)
+
+    def _refuse(self, plan: Plan, reason: str, *, override: bool = False) -> ActionRefused:
+        try:
+            self._one_shot(plan, "refused", reason, override=override)
+        except ActionRefused as exc:
+            return ActionRefused(f"{reason} ({exc})")
+        return ActionRefused(reason)
+
+    def _record(self, data: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            self.recorder.write_action(data)
+
+    # -- the guarded path ---------------------------------------------------
+    async def execute(self, plan: Plan, typed: str, *, override: bool = False) -> ActionResult:
+        if self.backend.read_only:
+            err = self._refuse(plan, f"{self.backend.target} is read-only; nothing was sent")
+            raise ReadOnlyError(str(err))
+        if self.log is None:
+            raise ActionRefused(
+                "The action log cannot be written, so destructive actions are refused: "
+                + (self.log_error or "no log open")
+            )
+        if typed != plan.target_name:
+            raise self._refuse(plan, "the typed name does not match the target; nothing was sent")
+
+        kind, _, obj_id = plan.target.partition(":")
+        if kind != Kind.VM.value:
+            raise self._refuse(plan, f"unsupported target {plan.target!r}")
+        # Re-check against the live state: the plan on screen may be old.
+        fresh = self.plan(plan.action, obj_id)
+        if fresh.blocking and not override:
+            codes = ", ".join(f.code for f in fresh.blocking)
+            raise self._refuse(fresh, f"blocked by pre-flight: {codes}")
+
+        try:
+            executor = self.backend.executor()
+        except ReadOnlyError as exc:
+            raise self._refuse(fresh, str(exc)) from exc
+
+        task_id = f"{plan.action}-{uuid.uuid4().hex[:12]}"
+        try:
+            row = self.log.begin(
+                action=fresh.action,
+                target_system=self.backend.target,
+                mode=self.mode,
+                target_object=fresh.target,
+                target_name=fresh.target_name,
+                plan=fresh.to_log(),
+                findings=findings_to_log(fresh.findings),
+                override=bool(override and fresh.blocking),
+                confirmed=True,
+                task_id=task_id,
+            )
+        except ActionLogError as exc:
+            raise ActionRefused(
+                f"The action log cannot be written, so the action was refused: {exc}"
+            ) from exc
+        self._record(
+            {"action": fresh.action, "target": fresh.target, "phase": "start", "task": task_id}
+        )
+
+        try:
+            result = await executor.merge(obj_id, task_id)
+        except ReadOnlyError as exc:
+            result = ActionResult(TaskState.FAILED, error=f"refused: {exc}")
+        except Exception as exc:  # the request may have reached the cluster
+            result = ActionResult(
+                TaskState.UNKNOWN,
+                error=clean(f"{type(exc).__name__}: {exc}") + " — outcome unknown, verify on the host",
+                final_state=FinalState.PENDING,
+            )
+
+        outcome = result.state.value
+        try:
+            self.log.finish(
+                row,
+                outcome=outcome,
+                error=result.error,
+                size_before=result.size_before,
+                size_after=result.size_after,
+                final_state=result.final_state.value if result.final_state else None,
+                detail={"detail": result.detail} if result.detail else None,
+            )
+        except ActionLogError as exc:
+            # The intent row stays; it reads "interrupted — verify" later.
+            result = ActionResult(
+                result.state,
+                error=(result.error + f" (could not log the outcome: {exc})").strip(),
+                size_before=result.size_before,
+                size_after=result.size_after,
+                final_state=result.final_state,
+                detail=result.detail,
+            )
+        self._record(
+            {
+                "action": fresh.action,
+                "target": fresh.target,
+                "phase": "end",
+                "task": task_id,
+                "outcome": outcome,
+                "error": result.error,
+            }
+        )
+        return result
+
+    async def cancel(self, task_id: str) -> bool:
+        if self.backend.read_only:
+            return False
+        return await self.backend.executor().cancel(task_id)

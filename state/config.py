@@ -1,0 +1,105 @@
+"""Targets from the TOML config file.
+
+``~/.config/ventana/config.toml`` (XDG) or ``--config FILE`` lists targets::
+
+    log = "/var/lib/ventana/actions.db"   # optional; default under XDG data
+
+    [[target]]
+    name = "lab"
+    kind = "sim"          # sim (hyperv and vsphere arrive with their backends)
+    seed = 7
+    vms = 74
+    rate = 1.0
+    read_only = false
+
+Passwords never go here: a config with a key that looks like a secret is
+refused, so nobody is tempted.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .paths import config_dir
+
+KNOWN_KINDS = ("sim",)
+_SECRET_WORDS = ("password", "secret", "token", "passwd")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    kind: str = "sim"
+    read_only: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    targets: tuple[Target, ...] = ()
+    log: Path | None = None
+    source: Path | None = None
+
+    def target(self, name: str) -> Target:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.targets) or "none"
+        raise ConfigError(f"no target named {name!r} in {self.source} (known: {known})")
+
+
+def default_config_path() -> Path:
+    return config_dir() / "config.toml"
+
+
+def _check_no_secrets(data: Any, where: str) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if any(word in str(key).lower() for word in _SECRET_WORDS):
+                raise ConfigError(
+                    f"{where}: key {key!r} looks like a secret; passwords come from the "
+                    "environment, the OS keyring or a prompt, never the config file"
+                )
+            _check_no_secrets(value, where)
+    elif isinstance(data, list):
+        for item in data:
+            _check_no_secrets(item, where)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load the config; a missing default file is an empty config."""
+    explicit = path is not None
+    path = path or default_config_path()
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist")
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    _check_no_secrets(data, str(path))
+    targets = []
+    for i, raw in enumerate(data.get("target", [])):
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise ConfigError(f"{path}: target #{i + 1} needs a name")
+        kind = raw.get("kind", "sim")
+        if kind not in KNOWN_KINDS:
+            raise ConfigError(
+                f"{path}: target {raw['name']!r} has kind {kind!r}; this version supports: "
+                + ", ".join(KNOWN_KINDS)
+            )
+        read_only = raw.get("read_only", False)
+        if not isinstance(read_only, bool):
+            raise ConfigError(f"{path}: read_only of {raw['name']!r} must be true or false")
+        options = {k: v for k, v in raw.items() if k not in ("name", "kind", "read_only")}
+        targets.append(Target(raw["name"], kind, read_only, options))
+    log = data.get("log")
+    return Config(tuple(targets), Path(log).expanduser() if log else None, path)

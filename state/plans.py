@@ -1,0 +1,273 @@
+"""Plans and pre-flight checks for guarded actions.
+
+A plan says what an action will do to which object, the space it needs and
+frees, how long it may take and the equivalent command an operator could run
+by hand; pre-flight findings say why it may be unwise or unsafe. Both are
+computed from the live store, shown on the confirmation screen and written to
+the action log. Blocking findings refuse the action unless overridden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from .derived import (
+    PAUSE_CRITICAL_MARGIN,
+    chain_depth,
+    differencing_bytes,
+    human_bytes,
+    merge_space,
+    oldest_checkpoint_age,
+)
+from .model import (
+    CheckpointKind,
+    Finding,
+    Kind,
+    LunState,
+    PowerState,
+    ReplicationState,
+    Severity,
+    TaskState,
+)
+from .store import Store, ref
+
+# The source campaign measured merges from 40 min to 13 h 30 min; time
+# followed the chain (number and history of checkpoints), not disk size.
+_MERGE_BASE_MIN = 30.0
+_MERGE_PER_CHECKPOINT_MIN = 35.0
+_MERGE_PER_GB_MIN = 0.6
+
+
+def _quote_ps(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    low_s: float
+    likely_s: float
+    high_s: float
+    basis: str
+
+    def text(self) -> str:
+        return f"{_hm(self.likely_s)} (range {_hm(self.low_s)} – {_hm(self.high_s)}; {self.basis})"
+
+
+def _hm(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    h, m = divmod(minutes, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    action: str
+    target: str  # ref string, e.g. "vm:abc"
+    target_name: str  # what the operator must type to confirm
+    steps: tuple[str, ...]
+    findings: tuple[Finding, ...]
+    command: str  # the equivalent command an operator could run by hand
+    lun_id: str = ""
+    lun_name: str = ""
+    free_now: int | None = None
+    space_needed: int | None = None
+    free_after_worst: int | None = None
+    free_after_best: int | None = None
+    size_before: int | None = None
+    estimate: Estimate | None = None
+    irreversible: bool = False
+    destructive: bool = True
+    created: datetime | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def blocking(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity is Severity.BLOCKING)
+
+    @property
+    def warnings(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity is not Severity.BLOCKING)
+
+    def to_log(self) -> dict[str, Any]:
+        """The plan as written to the action log (no findings: logged apart)."""
+        data = {
+            "action": self.action,
+            "target": self.target,
+            "target_name": self.target_name,
+            "steps": list(self.steps),
+            "command": self.command,
+            "lun": self.lun_name,
+            "free_now": self.free_now,
+            "space_needed": self.space_needed,
+            "free_after_worst": self.free_after_worst,
+            "free_after_best": self.free_after_best,
+            "size_before": self.size_before,
+            "irreversible": self.irreversible,
+            "facts": self.facts,
+        }
+        if self.estimate:
+            data["estimate"] = asdict(self.estimate)
+        return data
+
+
+def findings_to_log(findings: tuple[Finding, ...]) -> list[dict[str, str]]:
+    return [
+        {"severity": f.severity.value, "code": f.code, "target": f.target, "message": f.message}
+        for f in findings
+    ]
+
+
+def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
+    """Plan merging every checkpoint of a VM into its base disks."""
+    vm = store.vm(vm_id)
+    if vm is None:
+        raise KeyError(f"no VM {vm_id!r} in the current view")
+    target = ref(Kind.VM, vm_id)
+    checkpoints = store.checkpoints_of(vm_id)
+    lun = store.lun(vm.lun_id) if vm.lun_id else None
+    space = merge_space(store, vm_id)
+    depth = chain_depth(checkpoints)
+    findings: list[Finding] = []
+
+    def add(severity: Severity, code: str, message: str) -> None:
+        findings.append(Finding(f"preflight:{code}:{vm_id}", severity, target, code, message))
+
+    if store.stale:
+        add(
+            Severity.BLOCKING,
+            "STALE_DATA",
+            "The connection is not live; these figures may be out of date. "
+            f"Wait for the link to recover. ({store.link_reason() or store.link_state()})",
+        )
+    if not checkpoints:
+        add(Severity.BLOCKING, "NOTHING_TO_MERGE", "The VM has no checkpoints to merge.")
+    if lun is None:
+        add(Severity.BLOCKING, "LUN_UNKNOWN", "The volume under this VM's disks is not known.")
+    else:
+        free_after_peak = lun.free_bytes - space.needed
+        if free_after_peak < PAUSE_CRITICAL_MARGIN:
+            add(
+                Severity.BLOCKING,
+                "NO_SPACE",
+                f"{lun.name} has {human_bytes(lun.free_bytes)} free; the merge may need "
+                f"{human_bytes(space.needed)} and must leave at least "
+                f"{human_bytes(PAUSE_CRITICAL_MARGIN)} or Hyper-V pauses every VM on the "
+                "volume (Paused-Critical). Free space on the CSV or move the VM first.",
+            )
+        if lun.state is not LunState.ONLINE:
+            add(
+                Severity.BLOCKING if lun.state is not LunState.REDIRECTED else Severity.WARNING,
+                "LUN_STATE",
+                f"{lun.name} is {lun.state.value}.",
+            )
+        if lun.in_backup:
+            add(
+                Severity.WARNING,
+                "CSV_IN_BACKUP",
+                f"{lun.name} is in a backup (redirected I/O); the merge will be slow "
+                "and may fail. Prefer waiting for the backup to end.",
+            )
+    if vm.replication is not ReplicationState.DISABLED:
+        add(
+            Severity.BLOCKING,
+            "REPLICATING",
+            f"The VM replicates to {vm.replica_target or 'a replica site'} "
+            f"({vm.replication.value}). Merging a replicating VM broke its replication "
+            "identity in the source campaign. Merge only to the last parent, then rebuild "
+            "the VM and keep the old one as a fallback.",
+        )
+    backup_tasks = [
+        t
+        for t in store.running_tasks_for(target)
+        if t.kind == "backup" and t.state in (TaskState.RUNNING, TaskState.QUEUED)
+    ]
+    other_tasks = [t for t in store.running_tasks_for(target) if t not in backup_tasks]
+    if backup_tasks:
+        add(
+            Severity.BLOCKING,
+            "BACKUP_RUNNING",
+            f"A backup job is running on this VM ({backup_tasks[0].pct:.0f}%). "
+            "Its checkpoint and disk files are in use; wait for it to finish.",
+        )
+    if other_tasks:
+        add(
+            Severity.BLOCKING,
+            "VM_BUSY",
+            f"Another task is running on this VM: {other_tasks[0].kind} "
+            f"{other_tasks[0].pct:.0f}%.",
+        )
+    backup_cps = [c for c in checkpoints if c.kind is CheckpointKind.BACKUP]
+    if backup_cps:
+        add(
+            Severity.WARNING,
+            "BACKUP_CHECKPOINT",
+            f"{len(backup_cps)} checkpoint(s) were created by backup software "
+            f"(e.g. {backup_cps[0].name!r}). Confirm no backup job still owns them; "
+            "the next backup may run a full instead of an incremental.",
+        )
+    if vm.power is PowerState.PAUSED_CRITICAL:
+        add(
+            Severity.WARNING,
+            "PAUSED_CRITICAL",
+            "The VM is Paused-Critical (its volume ran out of space). "
+            "Free space before resuming or merging.",
+        )
+    node = store.node(vm.node_id)
+    if node is not None and node.state.value in ("draining", "down"):
+        add(Severity.WARNING, "NODE_STATE", f"The VM's node {node.name} is {node.state.value}.")
+    if depth > 3:
+        add(
+            Severity.INFO,
+            "DEEP_CHAIN",
+            f"Chain depth {depth}: long chains merge slowly (hours), whatever their size.",
+        )
+
+    chain_gb = space.chain_bytes / 1024**3
+    likely = 60 * (
+        _MERGE_BASE_MIN + _MERGE_PER_CHECKPOINT_MIN * len(checkpoints) + _MERGE_PER_GB_MIN * chain_gb
+    )
+    estimate = Estimate(
+        low_s=likely * 0.4,
+        likely_s=likely,
+        high_s=likely * 3.0,
+        basis=f"{len(checkpoints)} checkpoints, {human_bytes(space.chain_bytes)} of "
+        "differencing disks; merge time follows the chain more than the size",
+    )
+    oldest = oldest_checkpoint_age(checkpoints, now)
+    disks = store.disks_of(vm_id)
+    size_before = sum(d.size_bytes for d in disks)
+    steps = (
+        f"Merge {len(checkpoints)} checkpoint(s), chain depth {depth}, "
+        f"{human_bytes(differencing_bytes(checkpoints))} of differencing disks",
+        "Each .avhdx is merged into its parent, newest first; files are deleted as they merge",
+        f"Base disks stay on {lun.name if lun else '?'}; the VM keeps running "
+        f"({vm.power.value}) during an online merge",
+    )
+    return Plan(
+        action="merge",
+        target=target,
+        target_name=vm.name,
+        steps=steps,
+        findings=tuple(sorted(findings, key=lambda f: -f.severity.rank)),
+        command=f"Get-VMSnapshot -VMName {_quote_ps(vm.name)} | Remove-VMSnapshot",
+        lun_id=lun.id if lun else "",
+        lun_name=lun.name if lun else "",
+        free_now=lun.free_bytes if lun else None,
+        space_needed=space.needed,
+        free_after_worst=(lun.free_bytes + space.freed_worst) if lun else None,
+        free_after_best=(lun.free_bytes + space.freed_best) if lun else None,
+        size_before=size_before,
+        estimate=estimate,
+        created=now,
+        facts={
+            "checkpoints": len(checkpoints),
+            "chain_depth": depth,
+            "oldest_checkpoint_days": round(oldest / timedelta(days=1), 1) if oldest else None,
+            "chain_bytes": space.chain_bytes,
+            "node": node.name if node else "",
+            "power": vm.power.value,
+            "replication": vm.replication.value,
+        },
+    )

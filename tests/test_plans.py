@@ -1,0 +1,90 @@
+"""Pre-flight checks of the merge plan: each seed incident is caught."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from factories import NOW, small_cluster
+
+from ventana.state.events import ConnectionChanged, LinkState, Upsert
+from ventana.state.model import (
+    GB,
+    Kind,
+    PowerState,
+    ReplicationState,
+    Severity,
+    Task,
+    TaskState,
+)
+from ventana.state.plans import plan_merge
+from ventana.state.store import ref
+
+
+def codes(plan, severity=None) -> set[str]:  # type: ignore[no-untyped-def]
+    return {f.code for f in plan.findings if severity is None or f.severity is severity}
+
+
+def test_clean_merge_plan_has_figures_and_command() -> None:
+    store = small_cluster()
+    plan = plan_merge(store, "a", NOW)
+    assert not plan.blocking
+    assert plan.target_name == "app-01"
+    assert plan.lun_name == "CSV-DATA2"
+    assert plan.free_now == 500 * GB
+    assert plan.space_needed == 60 * GB
+    assert plan.free_after_worst == 500 * GB and plan.free_after_best == 560 * GB
+    assert plan.command == "Get-VMSnapshot -VMName 'app-01' | Remove-VMSnapshot"
+    assert plan.estimate and plan.estimate.low_s < plan.estimate.likely_s < plan.estimate.high_s
+    assert plan.facts["chain_depth"] == 3 and plan.facts["oldest_checkpoint_days"] == 900.0
+    logged = plan.to_log()
+    assert logged["space_needed"] == 60 * GB and logged["steps"]
+
+
+def test_not_enough_space_blocks() -> None:
+    store = small_cluster(free_gb=50)  # the chain may need 60 GB
+    assert "NO_SPACE" in codes(plan_merge(store, "a", NOW), Severity.BLOCKING)
+    # CSV-DATA1 of the campaign: 26 MB free, under the Paused-Critical margin.
+    plan = plan_merge(store, "c", NOW)
+    assert "NO_SPACE" in codes(plan, Severity.BLOCKING)
+    assert "Paused-Critical" in next(f.message for f in plan.findings if f.code == "NO_SPACE")
+
+
+def test_replicating_vm_blocks_with_the_campaign_lesson() -> None:
+    store = small_cluster()
+    vm = store.vm("a")
+    store.apply(Upsert(dataclasses.replace(
+        vm, replication=ReplicationState.REPLICATING, replica_target="Azure Site Recovery")))
+    plan = plan_merge(store, "a", NOW)
+    finding = next(f for f in plan.findings if f.code == "REPLICATING")
+    assert finding.severity is Severity.BLOCKING
+    assert "last parent" in finding.message and "fallback" in finding.message
+
+
+def test_backup_checkpoint_warns_and_running_backup_blocks() -> None:
+    store = small_cluster(free_gb=500)
+    plan = plan_merge(store, "c", NOW)
+    assert "BACKUP_CHECKPOINT" in codes(plan, Severity.WARNING)
+    store.apply(Upsert(Task("bk", "backup", ref(Kind.VM, "a"), "app-01", 30.0,
+                            TaskState.RUNNING, NOW)))
+    assert "BACKUP_RUNNING" in codes(plan_merge(store, "a", NOW), Severity.BLOCKING)
+
+
+def test_stale_data_and_nothing_to_merge_block() -> None:
+    store = small_cluster()
+    store.apply(ConnectionChanged("test", LinkState.STALE, "no answer for 30 s"))
+    plan = plan_merge(store, "b", NOW)
+    assert {"STALE_DATA", "NOTHING_TO_MERGE"} <= codes(plan, Severity.BLOCKING)
+    assert plan.findings[0].severity is Severity.BLOCKING  # most severe first
+
+
+def test_paused_critical_vm_warns() -> None:
+    store = small_cluster()
+    store.apply(Upsert(dataclasses.replace(store.vm("a"), power=PowerState.PAUSED_CRITICAL)))
+    assert "PAUSED_CRITICAL" in codes(plan_merge(store, "a", NOW), Severity.WARNING)
+
+
+def test_hostile_name_is_quoted_in_the_command() -> None:
+    store = small_cluster()
+    store.apply(Upsert(dataclasses.replace(store.vm("a"), name="x'; Remove-VM *; '")))
+    plan = plan_merge(store, "a", NOW)
+    assert plan.command == "Get-VMSnapshot -VMName 'x''; Remove-VM *; ''' | Remove-VMSnapshot"

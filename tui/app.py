@@ -1,0 +1,328 @@
+"""The Ventana app: wires a backend's event stream to the store and panes.
+
+Events are pumped from the backend into a buffer and applied to the store
+ten times a second in one batch; each batch's Delta is routed to the panes
+that show what changed (keyed updates, no rebuilds). Actions go through the
+ActionRunner (plan → pre-flight → typed confirm → log); the UI never calls a
+backend mutation itself. Read-only is one reactive consulted by
+``check_action``; the runner and backend refuse again below.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Protocol
+
+from rich.text import Text
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Input
+
+from ventana.backends.actions import ActionRefused, ActionRecorder, ActionRunner
+from ventana.backends.base import Backend, ReadOnlyError
+from ventana.state.actionlog import ActionLog
+from ventana.state.derived import human_bytes
+from ventana.state.events import ConnectionChanged, Event, LinkState
+from ventana.state.model import Kind, TaskState
+from ventana.state.plans import Plan
+from ventana.state.sanitize import clean
+from ventana.state.store import Delta, Store
+
+from . import commands
+from .checkpoints_pane import CheckpointsPane
+from .header import ReadOnlyBanner, StatusHeader
+from .help_screen import HelpScreen
+from .log_screen import LogScreen
+from .luns_pane import LunsPane
+from .nodes_pane import NodesPane
+from .plan_screen import Confirmation, PlanScreen
+from .task_strip import TaskStrip
+from .vm_table import VmTable
+
+
+class EventRecorder(ActionRecorder, Protocol):
+    def write_event(self, event: Event) -> None: ...
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class VentanaApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "Ventana"
+    BINDINGS = commands.bindings()
+
+    read_only: reactive[bool] = reactive(False)
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        log: ActionLog | None,
+        log_error: str = "",
+        recorder: EventRecorder | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        flags: str = "",
+        mode: str | None = None,
+        read_only_reason: str = "",
+        flush_hz: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.store = Store()
+        self.clock = clock
+        self.recorder = recorder
+        self.action_log = log
+        self.runner = ActionRunner(
+            self.store, backend, log, log_error=log_error, recorder=recorder, clock=clock,
+            mode=mode,
+        )
+        self.flags = flags
+        self.read_only_reason = read_only_reason or "this session cannot change the cluster"
+        self._flush_interval = 1.0 / flush_hz
+        self._pending: list[Event] = []
+        self._selected_vm: str | None = None
+        self.set_reactive(VentanaApp.read_only, backend.read_only)
+
+    # -- layout ---------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield StatusHeader(id="header")
+        if self.read_only:
+            yield ReadOnlyBanner(self.read_only_reason, id="read-only-banner")
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                nodes = NodesPane(id="nodes")
+                nodes.border_title = "Nodes"
+                yield nodes
+                vms = VmTable(self.store, clock=self.clock, id="vms")
+                vms.border_title = "VMs"
+                yield vms
+            with Vertical(id="right"):
+                luns = LunsPane(id="luns")
+                luns.border_title = "LUNs / CSVs"
+                yield luns
+                cps = CheckpointsPane(self.clock, id="checkpoints")
+                cps.border_title = "Checkpoints"
+                yield cps
+        strip = TaskStrip(id="tasks")
+        strip.border_title = "Tasks"
+        yield strip
+        yield Input(placeholder="filter VMs: name, node, LUN, power… (Esc clears)", id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        header = self.query_one(StatusHeader)
+        header.target = clean(self.backend.target)
+        header.mode = self.runner.mode
+        header.flags = self.flags
+        self.store.subscribe(self._on_delta)
+        self.set_interval(self._flush_interval, self._flush)
+        self.run_worker(self._pump(), name="event-pump", group="backend", exit_on_error=False)
+        self.query_one(VmTable).focus()
+
+    # -- the event stream --------------------------------------------------------
+    async def _pump(self) -> None:
+        try:
+            async for event in self.backend.events():
+                self._pending.append(event)
+                if self.recorder is not None:
+                    self.recorder.write_event(event)
+        except Exception as exc:  # a backend must never take the console down
+            reason = clean(f"{type(exc).__name__}: {exc}")
+            self._pending.append(
+                ConnectionChanged(self.backend.name, LinkState.DISCONNECTED, reason)
+            )
+            self.notify(f"Backend stopped: {reason}", severity="error", markup=False)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self.store.apply_many(batch)
+
+    def _on_delta(self, delta: Delta) -> None:
+        store = self.store
+        nodes: set[str] = set()
+        luns: set[str] = set()
+        tasks = False
+        selected_touched = False
+        sel = self._selected_vm
+        for change in delta.changes:
+            kind = change.kind
+            if kind is Kind.NODE:
+                nodes.add(change.id)
+            elif kind is Kind.LUN:
+                luns.add(change.id)
+                entity = change.new or change.old
+                if entity is not None and getattr(entity, "owner_node_id", ""):
+                    nodes.add(entity.owner_node_id)  # type: ignore[union-attr]
+            elif kind is Kind.TASK:
+                tasks = True
+            elif sel is not None and (
+                (kind is Kind.CHECKPOINT and (change.new or change.old).vm_id == sel)  # type: ignore[union-attr]
+                or (kind is Kind.VM and change.id == sel)
+            ):
+                selected_touched = True
+        with self.batch_update():
+            self.query_one(VmTable).apply_delta(delta)
+            if nodes:
+                self.query_one(NodesPane).sync(store, nodes)
+            if luns:
+                self.query_one(LunsPane).sync(store, luns)
+            if tasks:
+                self.query_one(TaskStrip).sync(store)
+            if selected_touched:
+                self.query_one(CheckpointsPane).show_vm(store, sel)
+            if delta.links_changed:
+                self._sync_link()
+            self._sync_counts()
+
+    def _sync_link(self) -> None:
+        header = self.query_one(StatusHeader)
+        header.link = self.store.link_state()
+        header.reason = self.store.link_reason()
+        stale = self.store.stale
+        self.query_one(VmTable).stale = stale
+        self.query_one(NodesPane).set_stale(stale)
+        self.query_one(LunsPane).set_stale(stale)
+
+    def _sync_counts(self) -> None:
+        s = self.store
+        self.query_one(StatusHeader).counts = (
+            f"{s.count(Kind.NODE)} nodes · {s.count(Kind.VM)} VMs · "
+            f"{s.count(Kind.LUN)} LUNs · {s.count(Kind.CHECKPOINT)} checkpoints"
+        )
+        vms = self.query_one(VmTable)
+        vms.border_title = f"VMs ({vms.row_count}/{s.count(Kind.VM)})"
+
+    # -- selection ------------------------------------------------------------------
+    @on(VmTable.CursorMoved)
+    def _vm_moved(self, message: VmTable.CursorMoved) -> None:
+        self._show_vm(message.vm_id)
+
+    @on(VmTable.Activated)
+    def _vm_activated(self, message: VmTable.Activated) -> None:
+        self._show_vm(message.vm_id)
+        self.query_one(CheckpointsPane).focus()
+
+    def _show_vm(self, vm_id: str | None) -> None:
+        self._selected_vm = vm_id
+        pane = self.query_one(CheckpointsPane)
+        pane.show_vm(self.store, vm_id)
+        vm = self.store.vm(vm_id) if vm_id else None
+        pane.border_title = Text(f"Checkpoints — {vm.name}") if vm else "Checkpoints"
+
+    # -- read-only, bindings, palette -------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in commands.MUTATING_ACTIONS and self.read_only:
+            return None  # shown disabled; the runner refuses anyway
+        return True
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for c in commands.COMMANDS:
+            if c.mutating and self.read_only:
+                continue
+            yield SystemCommand(c.title, c.help, partial(self.run_action, c.action))
+
+    # -- commands -------------------------------------------------------------------
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.read_only))
+
+    def action_action_log(self) -> None:
+        self.push_screen(LogScreen(self.action_log, self.runner.log_error))
+
+    def action_sort(self) -> None:
+        self.query_one(VmTable).cycle_sort()
+
+    def action_focus_next_pane(self) -> None:
+        self.screen.focus_next()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.query_one(VmTable).set_filter(event.value)
+        self._sync_counts()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.query_one(VmTable).focus()
+
+    def on_key(self, event) -> None:  # type: ignore[no-untyped-def]
+        box = self.query_one("#filter", Input)
+        if event.key == "escape" and self.focused is box:
+            box.value = ""
+            box.remove_class("shown")
+            self.query_one(VmTable).focus()
+            event.stop()
+
+    def selected_vm_id(self) -> str | None:
+        if isinstance(self.focused, CheckpointsPane) and self.focused.vm_id:
+            return self.focused.vm_id
+        return self.query_one(VmTable).cursor_vm_id
+
+    def action_merge(self) -> None:
+        vm_id = self.selected_vm_id()
+        if vm_id is None:
+            self.notify("Select a VM first.", severity="warning")
+            return
+        try:
+            plan = self.runner.plan("merge", vm_id)
+        except KeyError as exc:
+            self.notify(clean(str(exc)), severity="error", markup=False)
+            return
+        self.push_screen(
+            PlanScreen(plan, read_only=self.read_only), callback=partial(self._plan_closed, plan)
+        )
+
+    def _plan_closed(self, plan: Plan, confirmation: Confirmation | None) -> None:
+        if confirmation is None:
+            try:
+                self.runner.cancelled(plan)
+            except ActionRefused as exc:
+                self.notify(str(exc), severity="error", markup=False)
+            self.notify(f"Merge of {plan.target_name} cancelled; nothing was sent.", markup=False)
+            return
+        self.run_worker(
+            self._execute(plan, confirmation), group="actions", exit_on_error=False
+        )
+
+    async def _execute(self, plan: Plan, confirmation: Confirmation) -> None:
+        started = time.monotonic()
+        try:
+            result = await self.runner.execute(
+                plan, confirmation.typed, override=confirmation.override
+            )
+        except (ActionRefused, ReadOnlyError) as exc:
+            self.notify(
+                f"Merge refused: {exc}", title="Refused", severity="error", markup=False,
+                timeout=10,
+            )
+            return
+        took = time.monotonic() - started
+        sizes = ""
+        if result.size_before is not None and result.size_after is not None:
+            sizes = f"; disks {human_bytes(result.size_before)} → {human_bytes(result.size_after)}"
+        message = f"Merge of {plan.target_name}: {result.state.value} in {took:.1f} s{sizes}"
+        if result.error:
+            message += f"\n{result.error}"
+        severity = {
+            TaskState.OK: "information",
+            TaskState.WARNING: "warning",
+        }.get(result.state, "error")
+        self.notify(message, title="Merge finished", severity=severity, markup=False, timeout=15)
+        self.last_result = result
+
+    async def on_unmount(self) -> None:
+        await self.backend.close()

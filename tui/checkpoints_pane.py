@@ -1,0 +1,97 @@
+"""The checkpoints pane: the selected VM's checkpoint tree.
+
+Each node shows the checkpoint's name, kind, age and the size of its
+differencing disk; the root line sums the chain (depth, oldest, total). The
+tree is small (one VM), so it is rebuilt only when that VM's checkpoints or
+the selection change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from rich.text import Text
+from textual.widgets import Tree
+
+from ventana.state.derived import (
+    chain_depth,
+    differencing_bytes,
+    human_age,
+    human_bytes,
+    oldest_checkpoint_age,
+)
+from ventana.state.model import Checkpoint, CheckpointKind
+from ventana.state.store import Store
+
+_KIND_STYLE = {
+    CheckpointKind.BACKUP: "yellow",
+    CheckpointKind.RECOVERY: "cyan",
+    CheckpointKind.PRODUCTION: "",
+    CheckpointKind.STANDARD: "",
+}
+
+
+def checkpoint_label(cp: Checkpoint, now: datetime) -> Text:
+    text = Text(cp.name, style="bold")
+    text.append(f"  {cp.kind.value}", style=_KIND_STYLE.get(cp.kind, ""))
+    text.append(f"  {human_age(now - cp.created)}", style="dim")
+    text.append(f"  {human_bytes(cp.size_bytes)}")
+    return text
+
+
+class CheckpointsPane(Tree[str]):
+    DEFAULT_CSS = """
+    CheckpointsPane { height: 1fr; }
+    """
+
+    def __init__(self, clock: Callable[[], datetime], **kwargs: object) -> None:
+        super().__init__(Text("no VM selected", style="dim"), **kwargs)  # type: ignore[arg-type]
+        self.clock = clock
+        self.vm_id: str | None = None
+        self._signature: tuple[object, ...] | None = None
+        self.show_root = True
+        self.guide_depth = 2
+
+    def show_vm(self, store: Store, vm_id: str | None, *, force: bool = False) -> None:
+        vm = store.vm(vm_id) if vm_id else None
+        checkpoints = store.checkpoints_of(vm_id) if vm_id else []
+        signature = (vm_id, vm.name if vm else None, tuple(sorted(checkpoints, key=lambda c: c.id)))
+        if not force and signature == self._signature:
+            return
+        self._signature = signature
+        self.vm_id = vm_id
+        self.clear()
+        if vm is None:
+            self.root.set_label(Text("no VM selected", style="dim"))
+            return
+        now = self.clock()
+        root = Text(vm.name, style="bold")
+        if checkpoints:
+            root.append(
+                f"  {len(checkpoints)} checkpoints · depth {chain_depth(checkpoints)} · "
+                f"oldest {human_age(oldest_checkpoint_age(checkpoints, now))} · "
+                f"{human_bytes(differencing_bytes(checkpoints))} differencing",
+                style="dim",
+            )
+        else:
+            root.append("  no checkpoints", style="dim")
+        self.root.set_label(root)
+        children: dict[str | None, list[Checkpoint]] = {}
+        ids = {c.id for c in checkpoints}
+        for cp in checkpoints:
+            parent = cp.parent_id if cp.parent_id in ids else None
+            children.setdefault(parent, []).append(cp)
+        for group in children.values():
+            group.sort(key=lambda c: (c.created, c.id))
+
+        def add(parent_node, parent_id: str | None) -> None:  # type: ignore[no-untyped-def]
+            for cp in children.get(parent_id, []):
+                node = parent_node.add(checkpoint_label(cp, now), data=cp.id, expand=True)
+                if children.get(cp.id):
+                    add(node, cp.id)
+                else:
+                    node.allow_expand = False
+
+        add(self.root, None)
+        self.root.expand()

@@ -1,0 +1,171 @@
+"""The ``ventana`` command line.
+
+    ventana [--target NAME | --seed N --vms N ...] [--read-only] [--record FILE]
+    ventana replay FILE [--speed N]
+    ventana log [--csv] [--limit N]
+
+With no target, the console opens on the built-in simulated cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from ventana.backends.base import Backend
+from ventana.state.actionlog import ActionLog, ActionLogError
+from ventana.state.config import ConfigError, load_config
+from ventana.state.sanitize import clean
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", type=Path, help="action log file (default: XDG data dir)")
+    p.add_argument("--config", type=Path, help="config file (default: XDG config dir)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ventana",
+        description="Terminal console for live maintenance of virtualization clusters.",
+    )
+    _add_common(parser)
+    parser.add_argument("--target", help="a target named in the config file")
+    parser.add_argument("--read-only", action="store_true", help="no action can change anything")
+    parser.add_argument("--record", type=Path, metavar="FILE", help="record the session")
+    sim = parser.add_argument_group("built-in simulated cluster (the default target)")
+    sim.add_argument("--seed", type=int, default=None, help="seed: the same seed, the same run")
+    sim.add_argument("--vms", type=int, default=None, help="number of VMs (default 74)")
+    sim.add_argument("--rate", type=float, default=None, help="churn rate multiplier (0: static)")
+    sim.add_argument(
+        "--speed", type=float, default=None,
+        help="simulated seconds per real second for long tasks (default 60)",
+    )
+    sub = parser.add_subparsers(dest="command")
+    replay = sub.add_parser("replay", help="play a recording back, read-only")
+    replay.add_argument("file", type=Path)
+    replay.add_argument("--speed", type=float, default=1.0, help="playback speed (0: instant)")
+    _add_common(replay)
+    log = sub.add_parser("log", help="list the action log")
+    log.add_argument("--csv", action="store_true", help="export every row as CSV to stdout")
+    log.add_argument("--limit", type=int, default=50)
+    _add_common(log)
+    return parser
+
+
+def _open_log(path: Path | None) -> tuple[ActionLog | None, str]:
+    try:
+        return ActionLog.open(path), ""
+    except ActionLogError as exc:
+        return None, clean(str(exc))
+
+
+def cmd_log(args: argparse.Namespace, log_path: Path | None) -> int:
+    try:
+        log = ActionLog.open(log_path)
+    except ActionLogError as exc:
+        print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+        return 1
+    try:
+        if args.csv:
+            log.to_csv(sys.stdout)
+            return 0
+        rows = log.rows(limit=args.limit)
+        if not rows:
+            print("The action log is empty.")
+            return 0
+        out = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+        out.writerow(["started", "operator", "mode", "action", "target", "status",
+                      "duration_s", "size_before", "size_after", "final_state", "error"])
+        for r in rows:
+            out.writerow([r.started, r.operator, r.mode, r.action, r.target_name, r.status,
+                          "" if r.duration_s is None else f"{r.duration_s:.1f}",
+                          r.size_before if r.size_before is not None else "",
+                          r.size_after if r.size_after is not None else "",
+                          r.final_state or "", r.error or ""])
+        return 0
+    finally:
+        log.close()
+
+
+def _sim_backend(args: argparse.Namespace, options: dict[str, object], read_only: bool) -> Backend:
+    from ventana.backends.sim import SimBackend, SimConfig
+
+    values: dict[str, object] = {}
+    for name in ("seed", "vms", "rate", "speed"):
+        cli_value = getattr(args, name, None)
+        if cli_value is not None:
+            values[name] = cli_value
+        elif name in options:
+            values[name] = options[name]
+    return SimBackend(SimConfig(read_only=read_only, **values))  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+        return 2
+    log_path = args.log or config.log
+
+    if args.command == "log":
+        return cmd_log(args, log_path)
+
+    mode: str | None = None
+    reason = ""
+    if args.command == "replay":
+        from ventana.backends.replay import ReplayBackend
+        from ventana.state.recording import RecordingError
+
+        try:
+            backend: Backend = ReplayBackend(args.file, speed=args.speed)
+        except (RecordingError, OSError) as exc:
+            print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+            return 2
+        mode = "replay"
+        reason = "replaying a recording"
+    else:
+        try:
+            target = config.target(args.target) if args.target else None
+        except ConfigError as exc:
+            print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+            return 2
+        read_only = args.read_only or bool(target and target.read_only)
+        backend = _sim_backend(args, target.options if target else {}, read_only)
+        if read_only:
+            reason = "started with --read-only" if args.read_only else (
+                f"target {target.name!r} is read_only in the config" if target else ""
+            )
+
+    recorder = None
+    if args.record:
+        from ventana.state.recording import Recorder
+
+        try:
+            recorder = Recorder(args.record, backend.target, meta={"backend": backend.name})
+        except OSError as exc:
+            print(f"ventana: cannot record to {args.record}: {exc}", file=sys.stderr)
+            return 2
+
+    log, log_error = _open_log(log_path)
+    from .app import VentanaApp
+
+    app = VentanaApp(
+        backend, log=log, log_error=log_error, recorder=recorder, mode=mode,
+        read_only_reason=reason,
+    )
+    try:
+        app.run()
+    finally:
+        if recorder is not None:
+            recorder.close()
+        if log is not None:
+            log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

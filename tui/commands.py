@@ -1,0 +1,49 @@
+"""The one command table: it feeds the key bindings, the palette and help.
+
+Each command names an app action, its key, a short help line and whether it
+mutates the cluster. Mutating commands are unavailable in read-only sessions
+(the app's ``check_action`` consults this table; the backend refuses again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    action: str
+    key: str
+    title: str
+    help: str
+    mutating: bool = False
+    show: bool = True
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("merge", "m", "Merge checkpoints", "Plan and run a merge of the selected VM's "
+            "checkpoints (plan → pre-flight → typed confirmation → log)", mutating=True),
+    Command("filter", "slash", "Filter VMs", "Filter the VM list (name, node, LUN, power, "
+            "replication, task); Esc clears"),
+    Command("sort", "s", "Sort VMs", "Sort the VM list by the next column (S reverses)"),
+    Command("focus_next_pane", "tab", "Next pane", "Move focus to the next pane", show=False),
+    Command("action_log", "l", "Action log", "Show the latest rows of the action log"),
+    Command("help", "question_mark", "Help", "Show keys and commands"),
+    Command("quit", "q", "Quit", "Leave the console (running tasks continue on the cluster)"),
+)
+
+MUTATING_ACTIONS = frozenset(c.action for c in COMMANDS if c.mutating)
+
+
+def bindings() -> list[Binding]:
+    return [
+        Binding(c.key, c.action, c.title.split()[0], show=c.show, tooltip=c.help)
+        for c in COMMANDS
+        if c.action != "focus_next_pane"
+    ]
+
+
+def key_label(key: str) -> str:
+    return {"slash": "/", "question_mark": "?", "tab": "Tab"}.get(key, key)

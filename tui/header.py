@@ -1,0 +1,67 @@
+"""The status header and the READ-ONLY banner.
+
+The header shows the target, the connection state (with its reason when not
+connected), the session mode, flags that weaken safety, and the inventory
+counts. Everything is built as ``Text``: nothing from a cluster is markup.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from ventana.state.events import LinkState
+
+_LINK_STYLE = {
+    LinkState.CONNECTED: "bold green",
+    LinkState.CONNECTING: "bold yellow",
+    LinkState.RECONNECTING: "bold yellow",
+    LinkState.STALE: "bold red",
+    LinkState.DISCONNECTED: "bold red",
+}
+
+
+class StatusHeader(Static):
+    """One line: target · link · mode · counts."""
+
+    target: reactive[str] = reactive("")
+    link: reactive[LinkState] = reactive(LinkState.CONNECTING)
+    reason: reactive[str] = reactive("")
+    mode: reactive[str] = reactive("read-write")
+    counts: reactive[str] = reactive("")
+    flags: reactive[str] = reactive("")
+
+    def render(self) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(" Ventana ", style="bold reverse")
+        text.append("  ")
+        text.append(self.target, style="bold")
+        text.append("  ")
+        text.append(f"● {self.link.value}", style=_LINK_STYLE.get(self.link, "bold"))
+        if self.reason and self.link is not LinkState.CONNECTED:
+            text.append(f" ({self.reason})", style="italic")
+        text.append("  ")
+        mode_style = "bold black on yellow" if self.mode != "read-write" else "bold"
+        text.append(f" {self.mode.upper()} ", style=mode_style)
+        if self.flags:
+            text.append("  ")
+            text.append(f" {self.flags} ", style="bold white on red")
+        if self.counts:
+            text.append("  ")
+            text.append(self.counts, style="dim")
+        return text
+
+
+class ReadOnlyBanner(Static):
+    """Shown only in read-only sessions: actions are unavailable."""
+
+    def __init__(self, why: str, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.why = why
+
+    def render(self) -> Text:
+        return Text(
+            f" READ-ONLY — {self.why}. Actions are unavailable and refused by the backend. ",
+            justify="center",
+        )

@@ -1,0 +1,64 @@
+"""The action-log screen: the newest rows of the SQLite action log."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Static
+
+from ventana.state.actionlog import ActionLog
+from ventana.state.derived import human_bytes
+
+_OUTCOME_STYLE = {
+    "ok": "green",
+    "warning": "yellow",
+    "failed": "bold red",
+    "refused": "red",
+    "cancelled": "dim",
+    "unknown": "bold magenta",
+    "running": "cyan",
+}
+
+
+class LogScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,l", "dismiss", "Close")]
+
+    def __init__(self, log: ActionLog | None, unavailable: str = "") -> None:
+        super().__init__()
+        self.log = log
+        self.unavailable = unavailable
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="log-dialog"):
+            yield Static(Text("Action log (newest first)", style="bold"), id="log-title")
+            yield DataTable(id="log-table", cursor_type="row")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#log-table", DataTable)
+        for label in ("Started", "Operator", "Mode", "Action", "Target", "Outcome",
+                      "Duration", "Before", "After", "Final state", "Error"):
+            table.add_column(label)
+        if self.log is None:
+            self.query_one("#log-title", Static).update(
+                Text(f"The action log is unavailable: {self.unavailable}", style="bold red")
+            )
+            return
+        for row in self.log.rows(limit=500):
+            status = row.status
+            table.add_row(
+                Text(row.started[:19].replace("T", " ")),
+                Text(row.operator),
+                Text(row.mode),
+                Text(row.action),
+                Text(row.target_name),
+                Text(status, style=_OUTCOME_STYLE.get(row.outcome, "bold magenta")),
+                Text(f"{row.duration_s:.1f} s" if row.duration_s is not None else "-"),
+                Text(human_bytes(row.size_before) if row.size_before is not None else "-"),
+                Text(human_bytes(row.size_after) if row.size_after is not None else "-"),
+                Text(row.final_state or "-"),
+                Text(row.error or ""),
+            )
+        table.focus()

@@ -1,0 +1,142 @@
+"""The plan screen: what an action will do, its pre-flight findings and the
+typed confirmation.
+
+The operator sees the target, the volume, free space now, the space needed,
+free space expected afterwards, the estimate, each finding and the
+equivalent command. Confirming needs the target's exact name; blocking
+findings also need an explicit, logged override. Esc cancels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Static
+
+from ventana.state.derived import human_bytes
+from ventana.state.model import Severity
+from ventana.state.plans import Plan
+
+_SEVERITY_STYLE = {
+    Severity.BLOCKING: "bold white on red",
+    Severity.CRITICAL: "bold red",
+    Severity.WARNING: "bold black on yellow",
+    Severity.INFO: "bold cyan",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    typed: str
+    override: bool
+
+
+def plan_summary(plan: Plan) -> Group:
+    title = Text(f"{plan.action.capitalize()} checkpoints of ", style="bold")
+    title.append(plan.target_name, style="bold underline")
+    if plan.irreversible:
+        title.append("  IRREVERSIBLE", style="bold red")
+    steps = Text()
+    for step in plan.steps:
+        steps.append(f" • {step}\n")
+    space = Table.grid(padding=(0, 2))
+    space.add_column(style="dim")
+    space.add_column()
+    space.add_row("Volume", Text(plan.lun_name or "?", style="bold"))
+    space.add_row("Free now", Text(human_bytes(plan.free_now)))
+    space.add_row("Space needed (peak)", Text(human_bytes(plan.space_needed)))
+    after = Text(human_bytes(plan.free_after_worst))
+    if plan.free_after_best != plan.free_after_worst:
+        after.append(f" – {human_bytes(plan.free_after_best)}")
+        after.append("  (depends on how much the parent disks grow)", style="dim")
+    space.add_row("Free after", after)
+    space.add_row("Disks now", Text(human_bytes(plan.size_before)))
+    if plan.estimate:
+        space.add_row("Estimated time", Text(plan.estimate.text()))
+    space.add_row("Equivalent command", Text(plan.command, style="italic"))
+    return Group(title, Text(""), steps, space)
+
+
+def findings_text(plan: Plan) -> Text:
+    if not plan.findings:
+        return Text("Pre-flight: no findings.", style="green")
+    text = Text("Pre-flight findings\n", style="bold")
+    for f in plan.findings:
+        text.append(f" {f.severity.value.upper()} ", style=_SEVERITY_STYLE[f.severity])
+        text.append(f" {f.code}  ", style="bold")
+        text.append(f"{f.message}\n")
+    return text
+
+
+class PlanScreen(ModalScreen[Confirmation | None]):
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, plan: Plan, *, read_only: bool = False) -> None:
+        super().__init__()
+        self.plan = plan
+        self.read_only = read_only
+
+    def compose(self) -> ComposeResult:
+        plan = self.plan
+        with Vertical(id="plan-dialog"):
+            with VerticalScroll(id="plan-body"):
+                yield Static(plan_summary(plan), id="plan-summary")
+                yield Static(findings_text(plan), id="plan-findings")
+            if plan.blocking:
+                yield Static(
+                    Text(
+                        f"Blocked by {len(plan.blocking)} pre-flight check(s). The merge is "
+                        "refused unless you override; the override is logged.",
+                        style="bold red",
+                    ),
+                    id="plan-blocked",
+                )
+                yield Checkbox("Override blocking findings (logged)", id="override")
+            prompt = Text("Type the VM name to confirm: ")
+            prompt.append(plan.target_name, style="bold")
+            yield Static(prompt, id="plan-prompt")
+            yield Input(placeholder=plan.target_name, id="confirm-name", disabled=self.read_only)
+            yield Static("", id="plan-error")
+            with Horizontal(id="plan-buttons"):
+                yield Button("Run merge", variant="error", id="run", disabled=self.read_only)
+                yield Button("Cancel (Esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#confirm-name", Input).focus()
+
+    def _error(self, message: str) -> None:
+        self.query_one("#plan-error", Static).update(Text(message, style="bold red"))
+
+    def _try_confirm(self) -> None:
+        typed = self.query_one("#confirm-name", Input).value
+        override = bool(self.plan.blocking) and self.query_one("#override", Checkbox).value
+        if typed != self.plan.target_name:
+            self._error("The name does not match. Type it exactly as shown to confirm.")
+            return
+        if self.plan.blocking and not override:
+            self._error("Blocked by pre-flight. Tick the override to run anyway (logged).")
+            return
+        self.dismiss(Confirmation(typed, override))
+
+    @on(Input.Submitted, "#confirm-name")
+    def _submitted(self) -> None:
+        self._try_confirm()
+
+    @on(Button.Pressed, "#run")
+    def _run(self) -> None:
+        self._try_confirm()
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel_button(self) -> None:
+        self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

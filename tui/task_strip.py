@@ -1,0 +1,72 @@
+"""The task strip: running and recently finished tasks with progress.
+
+Shows operator actions (merges) first, then the cluster's own jobs (backups),
+each with a progress bar, its message and, when finished, its outcome.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ventana.state.model import Task, TaskState
+from ventana.state.store import Store
+
+_STATE_STYLE = {
+    TaskState.QUEUED: "dim",
+    TaskState.RUNNING: "bold cyan",
+    TaskState.OK: "bold green",
+    TaskState.WARNING: "bold yellow",
+    TaskState.FAILED: "bold red",
+    TaskState.CANCELLED: "yellow",
+    TaskState.UNKNOWN: "bold magenta",
+}
+OPERATOR_KINDS = frozenset({"merge", "consolidate", "upgrade", "rebuild"})
+BAR = 16
+
+
+def task_line(task: Task) -> Text:
+    filled = round(task.pct / 100 * BAR)
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(f"{task.kind:<8}", style="bold")
+    line.append(f"{task.target_name or task.target:<24.24} ")
+    line.append("━" * filled, style=_STATE_STYLE[task.state])
+    line.append("━" * (BAR - filled), style="dim")
+    line.append(f" {task.pct:5.1f}% ")
+    line.append(f"{task.state.value:<9}", style=_STATE_STYLE[task.state])
+    detail = task.error if task.state in (TaskState.FAILED, TaskState.UNKNOWN) else task.message
+    if detail:
+        line.append(f" {detail}", style="red" if task.error else "dim")
+    return line
+
+
+class TaskStrip(Static):
+    DEFAULT_CSS = """
+    TaskStrip { height: auto; max-height: 5; }
+    """
+    MAX_LINES = 4
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(Text("no tasks", style="dim"), **kwargs)  # type: ignore[arg-type]
+
+    def sync(self, store: Store) -> None:
+        tasks = list(store.tasks())
+
+        def rank(t: Task) -> tuple[int, int, str]:
+            return (
+                0 if t.kind in OPERATOR_KINDS else 1,
+                0 if not t.state.finished else 1,
+                t.id,
+            )
+
+        tasks.sort(key=rank)
+        running = sum(1 for t in tasks if not t.state.finished)
+        if not tasks:
+            self.update(Text("no tasks", style="dim"))
+            return
+        lines = [task_line(t) for t in tasks[: self.MAX_LINES]]
+        more = len(tasks) - len(lines)
+        out = Text("\n").join(lines)
+        if more > 0:
+            out.append(f"\n… {more} more ({running} running)", style="dim")
+        self.update(out)
