@@ -159,7 +159,8 @@ class ActionRunner:
         except Exception as exc:  # the request may have reached the cluster
             result = ActionResult(
                 TaskState.UNKNOWN,
-                error=clean(f"{type(exc).__name__}: {exc}") + " — outcome unknown, verify on the host",
+                error=clean(f"{type(exc).__name__}: {exc}")
+                + " — outcome unknown, verify on the host",
                 final_state=FinalState.PENDING,
             )
 

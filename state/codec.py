@@ -75,7 +75,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise CodecError(f"{where}: bad time {value!r}") from exc
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, str, bool) and not (type(value) is tp):
+    if tp in (int, str, bool) and type(value) is not tp:
         raise CodecError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
     return value
 
@@ -129,7 +129,8 @@ def event_from_dict(d: dict[str, Any]) -> Event:
                 return Remove(Kind(d["kind"]), str(d["id"]))
             case "progress":
                 state = TaskState(d["state"]) if d.get("state") else None
-                return TaskProgress(str(d["task"]), float(d["pct"]), str(d.get("message", "")), state)
+                message = str(d.get("message", ""))
+                return TaskProgress(str(d["task"]), float(d["pct"]), message, state)
             case "finding":
                 finding = entity_from_dict(Kind.FINDING.value, d["data"])
                 assert isinstance(finding, Finding)

@@ -56,7 +56,7 @@ class Estimate:
 
 
 def _hm(seconds: float) -> str:
-    minutes = int(round(seconds / 60))
+    minutes = round(seconds / 60)
     h, m = divmod(minutes, 60)
     return f"{h} h {m:02d} min" if h else f"{m} min"
 
@@ -226,7 +226,9 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
 
     chain_gb = space.chain_bytes / 1024**3
     likely = 60 * (
-        _MERGE_BASE_MIN + _MERGE_PER_CHECKPOINT_MIN * len(checkpoints) + _MERGE_PER_GB_MIN * chain_gb
+        _MERGE_BASE_MIN
+        + _MERGE_PER_CHECKPOINT_MIN * len(checkpoints)
+        + _MERGE_PER_GB_MIN * chain_gb
     )
     estimate = Estimate(
         low_s=likely * 0.4,

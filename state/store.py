@@ -158,7 +158,7 @@ class Store:
         )
 
     def link_reason(self) -> str:
-        reasons = [f"{l.source}: {l.reason}" for l in self.links.values() if l.reason]
+        reasons = [f"{k.source}: {k.reason}" for k in self.links.values() if k.reason]
         return "; ".join(reasons)
 
     # -- subscribing -----------------------------------------------------

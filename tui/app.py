@@ -24,7 +24,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
-from ventana.backends.actions import ActionRefused, ActionRecorder, ActionRunner
+from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.base import Backend, ReadOnlyError
 from ventana.state.actionlog import ActionLog
 from ventana.state.derived import human_bytes
@@ -47,6 +47,8 @@ from .vm_table import VmTable
 
 
 class EventRecorder(ActionRecorder, Protocol):
+    error: str | None
+
     def write_event(self, event: Event) -> None: ...
 
 
@@ -89,6 +91,7 @@ class VentanaApp(App[None]):
         self._flush_interval = 1.0 / flush_hz
         self._pending: list[Event] = []
         self._selected_vm: str | None = None
+        self._recording_lost = False
         self.set_reactive(VentanaApp.read_only, backend.read_only)
 
     # -- layout ---------------------------------------------------------------
@@ -142,6 +145,15 @@ class VentanaApp(App[None]):
             self.notify(f"Backend stopped: {reason}", severity="error", markup=False)
 
     def _flush(self) -> None:
+        if self.recorder is not None and self.recorder.error and not self._recording_lost:
+            self._recording_lost = True
+            self.query_one(StatusHeader).flags = " ".join(
+                f for f in (self.flags, "RECORDING STOPPED") if f
+            )
+            self.notify(
+                f"Recording stopped: {clean(str(self.recorder.error))}",
+                severity="error", markup=False, timeout=30,
+            )
         if not self._pending:
             return
         batch, self._pending = self._pending, []

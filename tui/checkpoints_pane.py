@@ -33,10 +33,12 @@ _KIND_STYLE = {
 
 
 def checkpoint_label(cp: Checkpoint, now: datetime) -> Text:
-    text = Text(cp.name, style="bold")
-    text.append(f"  {cp.kind.value}", style=_KIND_STYLE.get(cp.kind, ""))
-    text.append(f"  {human_age(now - cp.created)}", style="dim")
-    text.append(f"  {human_bytes(cp.size_bytes)}")
+    """Age and size first: the pane is narrow and names are long."""
+    text = Text(f"{human_age(now - cp.created):>7} ", style="dim")
+    text.append(f"{human_bytes(cp.size_bytes):>8} ")
+    if cp.kind is not CheckpointKind.STANDARD:
+        text.append(f"[{cp.kind.value}] ", style=_KIND_STYLE.get(cp.kind, ""))
+    text.append(cp.name, style="bold")
     return text
 
 
@@ -68,14 +70,15 @@ class CheckpointsPane(Tree[str]):
         now = self.clock()
         root = Text(vm.name, style="bold")
         if checkpoints:
+            plural = "s" if len(checkpoints) != 1 else ""
             root.append(
-                f"  {len(checkpoints)} checkpoints · depth {chain_depth(checkpoints)} · "
+                f" · {len(checkpoints)} checkpoint{plural} · depth {chain_depth(checkpoints)} · "
                 f"oldest {human_age(oldest_checkpoint_age(checkpoints, now))} · "
                 f"{human_bytes(differencing_bytes(checkpoints))} differencing",
                 style="dim",
             )
         else:
-            root.append("  no checkpoints", style="dim")
+            root.append(" · no checkpoints", style="dim")
         self.root.set_label(root)
         children: dict[str | None, list[Checkpoint]] = {}
         ids = {c.id for c in checkpoints}

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             backend: Backend = ReplayBackend(args.file, speed=args.speed)
-        except (RecordingError, OSError) as exc:
+        except (RecordingError, OSError, ValueError) as exc:
             print(f"ventana: {clean(str(exc))}", file=sys.stderr)
             return 2
         mode = "replay"

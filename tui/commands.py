@@ -18,20 +18,24 @@ class Command:
     key: str
     title: str
     help: str
+    short: str = ""
     mutating: bool = False
     show: bool = True
 
 
 COMMANDS: tuple[Command, ...] = (
     Command("merge", "m", "Merge checkpoints", "Plan and run a merge of the selected VM's "
-            "checkpoints (plan → pre-flight → typed confirmation → log)", mutating=True),
+            "checkpoints (plan → pre-flight → typed confirmation → log)", "Merge",
+            mutating=True),
     Command("filter", "slash", "Filter VMs", "Filter the VM list (name, node, LUN, power, "
-            "replication, task); Esc clears"),
-    Command("sort", "s", "Sort VMs", "Sort the VM list by the next column (S reverses)"),
-    Command("focus_next_pane", "tab", "Next pane", "Move focus to the next pane", show=False),
-    Command("action_log", "l", "Action log", "Show the latest rows of the action log"),
-    Command("help", "question_mark", "Help", "Show keys and commands"),
-    Command("quit", "q", "Quit", "Leave the console (running tasks continue on the cluster)"),
+            "replication, task); Esc clears", "Filter"),
+    Command("sort", "s", "Sort VMs", "Sort the VM list by the next column (S reverses)", "Sort"),
+    Command("focus_next_pane", "tab", "Next pane", "Move focus to the next pane", "Pane",
+            show=False),
+    Command("action_log", "l", "Action log", "Show the latest rows of the action log", "Log"),
+    Command("help", "question_mark", "Help", "Show keys and commands", "Help"),
+    Command("quit", "q", "Quit", "Leave the console (running tasks continue on the cluster)",
+            "Quit"),
 )
 
 MUTATING_ACTIONS = frozenset(c.action for c in COMMANDS if c.mutating)
@@ -39,7 +43,7 @@ MUTATING_ACTIONS = frozenset(c.action for c in COMMANDS if c.mutating)
 
 def bindings() -> list[Binding]:
     return [
-        Binding(c.key, c.action, c.title.split()[0], show=c.show, tooltip=c.help)
+        Binding(c.key, c.action, c.short or c.title, show=c.show, tooltip=c.help)
         for c in COMMANDS
         if c.action != "focus_next_pane"
     ]

@@ -28,7 +28,7 @@ class LogScreen(ModalScreen[None]):
 
     def __init__(self, log: ActionLog | None, unavailable: str = "") -> None:
         super().__init__()
-        self.log = log
+        self.action_log = log
         self.unavailable = unavailable
 
     def compose(self) -> ComposeResult:
@@ -41,12 +41,12 @@ class LogScreen(ModalScreen[None]):
         for label in ("Started", "Operator", "Mode", "Action", "Target", "Outcome",
                       "Duration", "Before", "After", "Final state", "Error"):
             table.add_column(label)
-        if self.log is None:
+        if self.action_log is None:
             self.query_one("#log-title", Static).update(
                 Text(f"The action log is unavailable: {self.unavailable}", style="bold red")
             )
             return
-        for row in self.log.rows(limit=500):
+        for row in self.action_log.rows(limit=500):
             status = row.status
             table.add_row(
                 Text(row.started[:19].replace("T", " ")),
@@ -54,7 +54,8 @@ class LogScreen(ModalScreen[None]):
                 Text(row.mode),
                 Text(row.action),
                 Text(row.target_name),
-                Text(status, style=_OUTCOME_STYLE.get(row.outcome, "bold magenta")),
+                Text(status, style="bold magenta" if row.interrupted
+                     else _OUTCOME_STYLE.get(row.outcome, "bold magenta")),
                 Text(f"{row.duration_s:.1f} s" if row.duration_s is not None else "-"),
                 Text(human_bytes(row.size_before) if row.size_before is not None else "-"),
                 Text(human_bytes(row.size_after) if row.size_after is not None else "-"),

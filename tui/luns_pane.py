@@ -1,7 +1,8 @@
 """The LUNs pane: CSVs/datastores with total, free, % free and a bar.
 
 Thresholds: under 10 % free is a warning, under 5 % (or under the 200 MB
-that makes Hyper-V pause VMs) is critical.
+that makes Hyper-V pause VMs) is critical. The owner node is in the nodes
+pane; State is blank while the LUN is online and not in a backup.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ventana.state.store import Store
 
 from .keyed_table import KeyedTable
 
-BAR_WIDTH = 12
+BAR_WIDTH = 10
 _LEVEL_STYLE = {Severity.INFO: "green", Severity.WARNING: "yellow", Severity.CRITICAL: "bold red"}
 
 
@@ -31,16 +32,16 @@ def lun_cells(lun: Lun, store: Store) -> list[Text]:
     pct = pct_free(lun)
     level = lun_level(lun)
     style = _LEVEL_STYLE[level]
-    owner = store.node(lun.owner_node_id) if lun.owner_node_id else None
-    state = lun.state.value + (" backup" if lun.in_backup else "")
+    state = "" if lun.state is LunState.ONLINE else lun.state.value
+    if lun.in_backup:
+        state = (state + " backup").strip()
     return [
         Text(lun.name, style="bold"),
         Text(human_bytes(lun.total_bytes), justify="right"),
         Text(human_bytes(lun.free_bytes), justify="right", style=style),
         Text(f"{pct:5.1f}%", justify="right", style=style),
         free_bar(pct, style),
-        Text(owner.name if owner else "-"),
-        Text(state, style="" if lun.state is LunState.ONLINE and not lun.in_backup else "yellow"),
+        Text(state, style="bold yellow"),
     ]
 
 
@@ -51,7 +52,6 @@ class LunsPane(KeyedTable):
         ("free", "Free"),
         ("pct", "%Free"),
         ("bar", "Used"),
-        ("owner", "Owner"),
         ("state", "State"),
     )
 

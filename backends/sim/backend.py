@@ -1,0 +1,319 @@
+"""The built-in simulated Hyper-V failover cluster, as a backend.
+
+Owns the wiring: the event stream (connecting, the full inventory, connected,
+then live changes until ``close()``), the loop that runs the simulated
+clock's timers at ``speed`` simulated seconds per real second, actions
+started through the executor, and the test hooks that drop and restore the
+connection. Events come from one place — the world's outgoing queue — so
+churn, merges and re-reads after a reconnect reach the store in the order
+they happened on the simulated host.
+
+The sleep function is injectable: with ``sleep=`` a no-op, the simulation
+runs as fast as the stream is consumed, which is how tests drive hours of
+simulated time without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+
+from ventana.state.events import ConnectionChanged, Event, LinkState, Remove, Upsert
+from ventana.state.model import Key, Kind, Platform, TaskState
+
+from ..base import ActionResult, Backend
+from .churn import Churn
+from .clock import Scheduler, SimClock
+from .config import SimConfig
+from .executor import SimExecutor
+from .inventory import build_inventory
+from .merge import MergeJob
+from .world import World
+
+Sleep = Callable[[float], Awaitable[object]]
+YIELD_EVERY = 2000  # let the loop breathe while a big inventory streams out
+MAX_LAG_S = 2.0  # a consumer this far behind real time is not flooded with the backlog
+
+
+class SimBackend(Backend):
+    """A simulated cluster shaped like the source campaign (see ``SimConfig``)."""
+
+    name = "sim"
+    platform = Platform.HYPERV
+
+    def __init__(self, config: SimConfig | None = None, *, sleep: Sleep | None = None) -> None:
+        config = config or SimConfig()
+        super().__init__(f"sim://{config.cluster_name}", read_only=config.read_only)
+        self.config = config
+        self.epoch = config.start_time()
+        self.clock = SimClock(self.epoch)
+        self.sched = Scheduler(self.clock)
+        self._sleep: Sleep = sleep or asyncio.sleep
+        self._realtime = sleep is None
+        self._world: World | None = None
+        self._churn: Churn | None = None
+        self._wake = asyncio.Event()
+        self._started = False
+        self._connected = False
+        self._closed = False
+        self._link_down = False
+        self._control: deque[Event] = deque()
+        self._client_keys: set[Key] = set()
+        self._jobs: dict[str, MergeJob] = {}
+        self._attempts: Counter[str] = Counter()
+        self._restore: asyncio.Task[None] | None = None
+        self._anchor_real = 0.0  # loop time at which ...
+        self._anchor_t = 0.0  # ... the simulated clock read this
+
+    # -- state -------------------------------------------------------------------
+    @property
+    def world(self) -> World:
+        """The simulated host's state (built on first use)."""
+        if self._world is None:
+            inventory = build_inventory(self.config, self.epoch)
+            keep = self.config.task_retention_s
+            retention = None if keep is None else keep * self.config.speed
+            self._world = World(inventory, self.sched, retention)
+            self._churn = Churn(self._world, self.config)
+        return self._world
+
+    def now(self) -> datetime:
+        """The simulated clock (it runs ``speed`` times faster than the wall)."""
+        return self.clock.now()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected and not self._link_down and not self._closed
+
+    def set_read_only(self, value: bool) -> None:
+        """Flip the session's mode; executors already handed out re-check it."""
+        self._read_only = value
+
+    def _make_executor(self) -> SimExecutor:
+        return SimExecutor(self)
+
+    # -- the stream ----------------------------------------------------------------
+    async def events(self) -> AsyncIterator[Event]:
+        """CONNECTING, the whole inventory as upserts, CONNECTED, then live changes.
+
+        Runs until ``close()`` (then ends with DISCONNECTED). Can be consumed
+        once. Merges started through the executor report on this stream, so
+        it must be consumed while they run.
+        """
+        if self._started:
+            raise RuntimeError("SimBackend.events() can be consumed once")
+        self._started = True
+        source = self.name
+        if self._closed:
+            yield ConnectionChanged(source, LinkState.DISCONNECTED, "closed")
+            return
+        cluster = self.config.cluster_name
+        yield ConnectionChanged(source, LinkState.CONNECTING, f"connecting to {cluster}")
+        world = self.world
+        for n, entity in enumerate(world.snapshot(), start=1):
+            self._client_keys.add((entity.KIND, entity.id))
+            yield Upsert(entity)
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        self._connected = True
+        self._anchor()
+        yield ConnectionChanged(source, LinkState.CONNECTED)
+        assert self._churn is not None
+        self._churn.start()
+        try:
+            while not self._closed:
+                if self._control:
+                    event = self._control.popleft()
+                    self._track(event)
+                    yield event
+                    continue
+                if world.out:
+                    event = world.out.popleft()
+                    if self._link_down:
+                        continue  # nothing reaches the client while the link is down
+                    self._track(event)
+                    yield event
+                    continue
+                due = self.sched.next_due()
+                if due is None:
+                    await self._pause(None)
+                    continue
+                delay = self._delay_until(due)
+                if delay > 0 and await self._pause(delay):
+                    continue  # woken early: an action or a hook changed something
+                self.sched.run_next()
+        finally:
+            self._connected = False
+            self._closed = True
+            self._unknown_all("the session was closed while the merge was running")
+        yield ConnectionChanged(source, LinkState.DISCONNECTED, "closed")
+
+    def _track(self, event: Event) -> None:
+        if isinstance(event, Upsert):
+            self._client_keys.add((event.entity.KIND, event.entity.id))
+        elif isinstance(event, Remove):
+            self._client_keys.discard((event.kind, event.id))
+
+    def _anchor(self) -> None:
+        """Tie the simulated clock to the wall clock from now on (real time only)."""
+        if self._realtime:
+            self._anchor_real = asyncio.get_running_loop().time()
+            self._anchor_t = self.clock.t
+
+    def _delay_until(self, due: float) -> float:
+        """Real seconds until simulated time ``due``.
+
+        In real time this is measured from a fixed anchor, so the time spent
+        producing and consuming events does not slow the simulation down; a
+        consumer that fell more than ``MAX_LAG_S`` behind is not flooded with
+        the backlog: the clock is re-anchored instead.
+        """
+        speed = self.config.speed
+        if not self._realtime:
+            return (due - self.clock.t) / speed
+        now = asyncio.get_running_loop().time()
+        delay = self._anchor_real + (due - self._anchor_t) / speed - now
+        if delay < -MAX_LAG_S:
+            self._anchor_real, self._anchor_t = now, self.clock.t
+            delay = (due - self.clock.t) / speed
+        return delay
+
+    async def _pause(self, delay: float | None) -> bool:
+        """Sleep ``delay`` real seconds (None: until woken); True if woken early."""
+        self._wake.clear()
+        waiter = asyncio.ensure_future(self._wake.wait())
+        sleeper = asyncio.ensure_future(self._sleep(delay)) if delay is not None else None
+        try:
+            pending = {waiter} if sleeper is None else {waiter, sleeper}
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if sleeper is not None:
+                sleeper.cancel()
+        woke = sleeper is None or sleeper not in done
+        if woke:
+            self._catch_up()
+        return woke
+
+    def _catch_up(self) -> None:
+        """In real time, move the clock to where the wall says it is now."""
+        if not self._realtime or not self._connected:
+            return
+        elapsed = asyncio.get_running_loop().time() - self._anchor_real
+        self.sched.advance(self._anchor_t + elapsed * self.config.speed - self.clock.t)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._restore is not None:
+            self._restore.cancel()
+            self._restore = None
+        self._unknown_all("the session was closed while the merge was running")
+
+    # -- actions -------------------------------------------------------------------
+    async def run_merge(self, vm_id: str, task_id: str) -> ActionResult:
+        """Start a merge on the simulated host and wait for its outcome."""
+        if not self.connected:
+            why = "closed" if self._closed else "not connected"
+            return ActionResult(
+                TaskState.FAILED,
+                error=f"{self.target} is {why}; the merge was not sent",
+            )
+        if task_id in self.world.tasks or task_id in self._jobs:
+            return ActionResult(TaskState.FAILED, error=f"task id {task_id!r} is already in use")
+        self._catch_up()
+        self._attempts[vm_id] += 1
+        future: asyncio.Future[ActionResult] = asyncio.get_running_loop().create_future()
+        job = MergeJob(self.world, self.config, vm_id, task_id, future, self._attempts[vm_id])
+        self._jobs[task_id] = job
+        job.begin()
+        self._wake.set()
+        try:
+            return await future
+        finally:
+            self._jobs.pop(task_id, None)
+
+    def cancel_task(self, task_id: str) -> bool:
+        world = self.world
+        task = world.tasks.get(task_id)
+        if task is None or task.state.finished or not self.connected:
+            return False
+        if task.kind == "merge":
+            world.progress(
+                task_id,
+                task.pct,
+                "Cancel refused: Hyper-V cannot cancel a merge in progress; it runs to the end",
+            )
+            self._wake.set()
+        return False
+
+    def _unknown_all(self, why: str) -> None:
+        for job in list(self._jobs.values()):
+            job.resolve(
+                ActionResult(
+                    TaskState.UNKNOWN,
+                    error=f"{why}; its outcome is unknown — verify on the host",
+                    size_before=job.size_before or None,
+                    final_state=None,
+                )
+            )
+
+    # -- test hooks ----------------------------------------------------------------
+    def drop_connection(self, seconds: float | None = None, reason: str = "") -> None:
+        """Lose the link: STALE now, RECONNECTING, then a full re-read and CONNECTED.
+
+        With ``seconds`` the link comes back by itself after that many real
+        seconds (through the injected sleep); with None it stays down until
+        ``restore_connection()``. Changes on the host continue meanwhile; a
+        merge in flight returns UNKNOWN, as a real client cannot know its end.
+        """
+        if not self.connected:
+            return
+        self._link_down = True
+        reason = reason or (
+            "WinRM: no answer from the cluster for 30 s (read timeout); data may be stale"
+        )
+        self._control.append(ConnectionChanged(self.name, LinkState.STALE, reason))
+        self.world.out.clear()
+        self._unknown_all("the connection was lost while the merge was running")
+        self._wake.set()
+        if seconds is not None:
+            self._restore = asyncio.get_running_loop().create_task(
+                self._restore_after(seconds, reason)
+            )
+
+    async def _restore_after(self, seconds: float, reason: str) -> None:
+        await self._sleep(seconds / 2)
+        if self._link_down and not self._closed:
+            self._control.append(
+                ConnectionChanged(
+                    self.name, LinkState.RECONNECTING, f"reconnecting (attempt 2): {reason}"
+                )
+            )
+            self._wake.set()
+        await self._sleep(seconds / 2)
+        self._restore = None
+        self.restore_connection()
+
+    def restore_connection(self) -> None:
+        """Reconnect: re-read everything, drop what vanished, then CONNECTED."""
+        if not self._link_down or self._closed:
+            return
+        self._link_down = False
+        world = self.world
+        world.out.clear()
+        if not any(
+            isinstance(e, ConnectionChanged) and e.state is LinkState.RECONNECTING
+            for e in self._control
+        ):
+            self._control.append(
+                ConnectionChanged(self.name, LinkState.RECONNECTING, "reconnecting: re-reading")
+            )
+        current = world.keys()
+        self._control.extend(Upsert(e) for e in world.snapshot())
+        gone = sorted(self._client_keys - current)
+        self._control.extend(Remove(kind, id_) for kind, id_ in gone if kind is not Kind.CLUSTER)
+        self._control.append(ConnectionChanged(self.name, LinkState.CONNECTED))
+        self._wake.set()

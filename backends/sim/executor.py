@@ -1,0 +1,45 @@
+"""The simulated cluster's mutating handle.
+
+Owns the guarded entry points: every call checks the backend's read-only
+mode first (before anything reaches the simulated host), then hands the work
+to the backend, whose event stream carries the task's progress.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..base import ActionResult, Executor
+
+if TYPE_CHECKING:
+    from .backend import SimBackend
+
+
+class SimExecutor(Executor):
+    def __init__(self, backend: SimBackend) -> None:
+        super().__init__(backend)
+        self._sim = backend
+
+    async def merge(self, vm_id: str, task_id: str) -> ActionResult:
+        """Merge every checkpoint of a VM into its base disks (Remove-VMSnapshot).
+
+        The task (``task_id``, kind ``merge``) and its progress appear on the
+        backend's event stream, which must be consumed while this runs. The
+        result is OK (operational), WARNING (merged, but the VM replicates and
+        its replica broke: degraded), FAILED (nothing merged, or the merge
+        stopped part-way: partially consolidated, with the rest of the chain
+        intact) or UNKNOWN (the connection dropped or the session closed while
+        the merge ran; it may still be running on the host).
+        """
+        self._guard("merge")
+        return await self._sim.run_merge(vm_id, task_id)
+
+    async def cancel(self, task_id: str) -> bool:
+        """Always False for a merge: Hyper-V cannot cancel a merge in progress.
+
+        Like the real host, the merge runs to its end (or its failure); the
+        task's message says the request was refused. Backup jobs belong to
+        the backup software and cannot be cancelled from here either.
+        """
+        self._guard("cancel")
+        return self._sim.cancel_task(task_id)

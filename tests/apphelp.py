@@ -1,0 +1,52 @@
+"""Helpers for Pilot tests: build the app on the simulator, wait for it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from factories import NOW
+from textual.pilot import Pilot
+
+from ventana.backends.sim import SimBackend, SimConfig
+from ventana.state.actionlog import ActionLog
+from ventana.state.model import Kind, Severity
+from ventana.state.plans import plan_merge
+from ventana.tui.app import VentanaApp
+
+
+def make_app(
+    tmp_path: Path, *, read_only: bool = False, rate: float = 0.0, speed: float = 1e6,
+    **sim: object,
+) -> VentanaApp:
+    config = SimConfig(seed=7, rate=rate, speed=speed, epoch=NOW, read_only=read_only,
+                       merge_failure_rate=0.0, **sim)  # type: ignore[arg-type]
+    log = ActionLog.open(tmp_path / "actions.db")
+    return VentanaApp(SimBackend(config), log=log, clock=lambda: NOW,
+                      read_only_reason="started with --read-only" if read_only else "")
+
+
+async def wait_for(pilot: Pilot, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    waited = 0.0
+    while not condition():
+        if waited >= timeout:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.05)
+        waited += 0.05
+
+
+async def populated(pilot: Pilot, vms: int = 74) -> None:
+    app = pilot.app
+    assert isinstance(app, VentanaApp)
+    await wait_for(pilot, lambda: app.store.count(Kind.VM) >= vms and not app._pending)
+    await pilot.pause(0.2)
+
+
+def vm_where(app: VentanaApp, want: Callable[[set[str], int], bool]) -> str:
+    """The first VM (by name) whose merge plan's blocking codes satisfy ``want``."""
+    for vm in sorted(app.store.vms(), key=lambda v: v.name):
+        plan = plan_merge(app.store, vm.id, NOW)
+        blocking = {f.code for f in plan.findings if f.severity is Severity.BLOCKING}
+        if want(blocking, len(app.store.checkpoints_of(vm.id))):
+            return vm.id
+    raise AssertionError("no VM matches")

@@ -1,0 +1,634 @@
+"""The VM pane as an operator uses it: move, sort, filter, watch rows change live.
+
+A tiny host app mounts ``VmTable`` over a store and forwards every store
+delta to it, as the real app does. Time is injected (a fixed clock for ages,
+a fake monotonic clock for highlights) and ``flush()`` is called where a test
+must not wait for the 8 Hz timer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from datetime import timedelta
+
+import pytest
+from factories import NOW, small_cluster
+from rich.segment import Segment
+from textual.app import App, ComposeResult
+
+from ventana.state.events import Event, Remove, TaskProgress, Upsert
+from ventana.state.model import (
+    GB,
+    VM,
+    Checkpoint,
+    CheckpointKind,
+    Cluster,
+    Health,
+    Kind,
+    Lun,
+    Node,
+    Platform,
+    PowerState,
+    ReplicationState,
+    Task,
+    TaskState,
+)
+from ventana.state.store import Store, ref
+from ventana.tui.vm_rows import build_row, column_index, compile_filter
+from ventana.tui.vm_table import VmTable
+
+SIZE = (170, 14)
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Host(App[None]):
+    def __init__(self, store: Store, **table_kwargs: object) -> None:
+        super().__init__()
+        self.store = store
+        self.table_kwargs = table_kwargs
+        self.moved: list[str | None] = []
+        self.activated: list[str] = []
+        self.counts: list[tuple[int, int]] = []
+
+    def compose(self) -> ComposeResult:
+        yield VmTable(self.store, clock=lambda: NOW, id="vms", **self.table_kwargs)  # type: ignore[arg-type]
+
+    def on_mount(self) -> None:
+        table = self.query_one(VmTable)
+        self.store.subscribe(table.apply_delta)
+        table.focus()
+
+    def on_vm_table_cursor_moved(self, message: VmTable.CursorMoved) -> None:
+        self.moved.append(message.vm_id)
+
+    def on_vm_table_activated(self, message: VmTable.Activated) -> None:
+        self.activated.append(message.vm_id)
+
+    def on_vm_table_count_changed(self, message: VmTable.CountChanged) -> None:
+        self.counts.append((message.shown, message.total))
+
+
+def lines(table: VmTable) -> list[str]:
+    return [table.render_line(y).text for y in range(table.scrollable_content_region.height)]
+
+
+def line_of(table: VmTable, vm_id: str) -> str:
+    row = table.row_of(vm_id)
+    assert row is not None
+    return table.render_line(row + 1 - table.scroll_offset.y).text
+
+
+def segment_for(table: VmTable, vm_id: str, text: str) -> Segment:
+    row = table.row_of(vm_id)
+    assert row is not None
+    strip = table.render_line(row + 1 - table.scroll_offset.y)
+    return next(s for s in strip if text in s.text)
+
+
+def change_vm(store: Store, vm_id: str, **fields: object) -> None:
+    vm = store.vm(vm_id)
+    assert vm is not None
+    store.apply(Upsert(dataclasses.replace(vm, **fields)))  # type: ignore[arg-type]
+
+
+# -- what it shows -----------------------------------------------------------------------
+async def test_header_and_rows_show_every_column() -> None:
+    app = Host(small_cluster())
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        header, *rows = lines(table)
+        for label in ("Name ▲", "Node", "Power", "Gen", "Ver", "vCPU", "RAM", "Ckpts", "Depth",
+                      "Oldest", "Diff", "LUN", "Repl", "Task"):
+            assert label in header
+        assert table.visible_ids == ["a", "b", "c"]
+        assert table.row_count == 3
+        assert rows[0].split()[:13] == [
+            "app-01", "HV-NODE-01", "running", "2", "-", "1", "1.0", "GB", "3", "3", "2y170d",
+            "60.0", "GB",
+        ]
+        assert "CSV-DATA2" in rows[0]
+        assert table.cell_text("c", "oldest") == "3d"
+        assert table.cell_text("c", "lun") == "CSV-DATA1"
+        assert table.cell_text("b", "ckpts") == "0"
+        assert table.cell_text("b", "diff") == "-"
+
+
+async def test_replication_and_task_columns() -> None:
+    store = small_cluster()
+    change_vm(store, "b", replication=ReplicationState.REPLICATING,
+              replication_health=Health.WARNING)
+    store.apply(Upsert(Task("t1", "merge", ref(Kind.VM, "a"), "app-01", 42.0,
+                            TaskState.RUNNING, NOW)))
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        assert table.cell_text("b", "repl") == "replicating (warning)"
+        assert table.cell_text("a", "task") == "merge 42%"
+        store.apply(TaskProgress("t1", 57.4))
+        table.flush()
+        assert table.cell_text("a", "task") == "merge 57%"
+        store.apply(TaskProgress("t1", 100.0, state=TaskState.OK))
+        table.flush()
+        assert table.cell_text("a", "task") == "-"
+
+
+async def test_critical_cells_use_the_critical_style() -> None:
+    store = small_cluster()
+    change_vm(store, "c", power=PowerState.PAUSED_CRITICAL)
+    change_vm(store, "b", replication=ReplicationState.ERROR, replication_health=Health.CRITICAL)
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        critical = table.get_component_rich_style("vm-table--critical", partial=True)
+        power = segment_for(table, "c", "paused-critical")
+        repl = segment_for(table, "b", "error (critical)")
+        running = segment_for(table, "a", "running")
+        assert power.style is not None and power.style.bold and critical.bold
+        assert power.style.color == table.get_component_rich_style("vm-table--critical").color
+        assert repl.style is not None and repl.style.color == power.style.color
+        assert running.style is not None and running.style.color != power.style.color
+
+
+# -- cursor ------------------------------------------------------------------------------
+async def test_cursor_keys_move_and_post_messages() -> None:
+    app = Host(small_cluster())
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        assert table.cursor_vm_id == "a"
+        assert app.moved[-1] == "a"
+        await pilot.press("down")
+        await pilot.pause()
+        assert table.cursor_vm_id == "b"
+        assert app.moved[-1] == "b"
+        await pilot.press("end")
+        await pilot.pause()
+        assert (table.cursor_vm_id, app.moved[-1]) == ("c", "c")
+        await pilot.press("down")  # already at the end: no move, no message
+        await pilot.pause()
+        assert app.moved.count("c") == 1
+        await pilot.press("home")
+        await pilot.pause()
+        assert table.cursor_vm_id == "a"
+        await pilot.press("pagedown")
+        await pilot.pause()
+        assert table.cursor_vm_id == "c"
+        await pilot.press("pageup", "enter")
+        await pilot.pause()
+        assert app.activated == ["a"]
+
+
+async def test_click_selects_a_row_and_header_click_sorts() -> None:
+    app = Host(small_cluster())
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        await pilot.click(VmTable, offset=(3, 3))  # line 3 = third row
+        await pilot.pause()
+        assert table.cursor_vm_id == "c"
+        assert app.moved[-1] == "c"
+        await pilot.click(VmTable, offset=(3, 0))  # the Name header: reverse the sort
+        await pilot.pause()
+        assert table.visible_ids == ["c", "b", "a"]
+        assert table.cursor_vm_id == "c"
+        assert "Name ▼" in table.render_line(0).text
+
+
+async def test_name_column_stays_when_scrolling_sideways() -> None:
+    store = small_cluster()
+    store.apply(Upsert(Task("t1", "backup", ref(Kind.VM, "b"), "db-01", 10.0,
+                            TaskState.RUNNING, NOW)))
+    app = Host(store)
+    async with app.run_test(size=(60, 10)) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        assert "backup 10%" not in line_of(table, "b")
+        await pilot.press(*["right"] * 200)
+        await pilot.pause()
+        assert table.scroll_offset.x > 0
+        assert line_of(table, "b").startswith(" db-01 ")
+        assert line_of(table, "b").rstrip().endswith("backup 10%")
+        assert table.render_line(0).text.startswith(" Name ▲")
+
+
+async def test_cursor_scrolls_into_view_in_a_long_list() -> None:
+    store = many_vms(200)
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        page = table.scrollable_content_region.height - 1
+        await pilot.press("end")
+        await pilot.pause()
+        last = table.visible_ids[-1]
+        assert table.cursor_vm_id == last
+        assert table.scroll_offset.y == 200 - page
+        assert last in table.render_line(page).text
+        await pilot.press("home")
+        await pilot.pause()
+        assert table.scroll_offset.y == 0
+        assert table.select_vm("vm-00150")
+        await pilot.pause()
+        assert "vm-00150" in line_of(table, "vm-00150")
+        assert not table.select_vm("nope")
+
+
+# -- sorting -----------------------------------------------------------------------------
+async def test_sort_is_numeric_and_keeps_the_cursor_on_its_vm() -> None:
+    store = small_cluster()
+    change_vm(store, "b", memory_mb=512)
+    change_vm(store, "c", memory_mb=16384)
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        table.select_vm("c")
+        table.sort_by("diff")  # b: none, c: 5 GB, a: 60 GB (numeric, not text)
+        assert table.visible_ids == ["b", "c", "a"]
+        assert table.cursor_vm_id == "c"
+        table.sort_by("ram", reverse=True)
+        assert table.visible_ids == ["c", "a", "b"]
+        table.sort_by("oldest", reverse=True)  # oldest checkpoint first
+        assert table.visible_ids == ["a", "c", "b"]
+        table.sort_by("lun")  # ties (a, b on CSV-DATA2) broken by name
+        assert table.visible_ids == ["c", "a", "b"]
+        table.sort_by("lun", reverse=True)  # the column descends, ties still by name
+        assert table.visible_ids == ["a", "b", "c"]
+        assert table.cursor_vm_id == "c"
+        await pilot.pause()
+        assert "LUN ▼" in table.render_line(0).text
+        assert app.moved.count("c") == 1  # re-sorting never posts a move for the same VM
+
+
+async def test_s_cycles_sort_and_shift_s_reverses() -> None:
+    app = Host(small_cluster())
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        await pilot.press("s")
+        await pilot.pause()
+        assert (table.sort_column, table.sort_reverse) == ("node", False)
+        assert "Node ▲" in table.render_line(0).text
+        await pilot.press("S")
+        await pilot.pause()
+        assert (table.sort_column, table.sort_reverse) == ("node", True)
+        assert table.visible_ids == ["c", "a", "b"]
+        assert "Node ▼" in table.render_line(0).text
+
+
+async def test_live_change_of_the_sort_value_moves_the_row_and_the_cursor_follows() -> None:
+    store = small_cluster()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        table.sort_by("ckpts", reverse=True)
+        table.select_vm("b")
+        assert table.visible_ids == ["a", "c", "b"]
+        await pilot.pause()
+        moves = len(app.moved)
+        for i in range(5):
+            store.apply(Upsert(Checkpoint(f"b-cp{i}", "b", f"cp {i}", f"b-cp{i - 1}" if i else None,
+                                          CheckpointKind.STANDARD, NOW - timedelta(days=1))))
+        assert table.visible_ids == ["a", "c", "b"]  # nothing moves before the flush
+        table.flush()
+        assert table.visible_ids == ["b", "a", "c"]
+        assert table.cursor_vm_id == "b"
+        await pilot.pause()
+        assert len(app.moved) == moves
+        assert table.cell_text("b", "depth") == "5"
+
+
+# -- filtering ---------------------------------------------------------------------------
+async def test_filter_by_substring_and_tokens() -> None:
+    store = small_cluster()
+    change_vm(store, "b", power=PowerState.OFF, generation=1)
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        table.set_filter("csv-data1")
+        assert table.visible_ids == ["c"]
+        assert table.cursor_vm_id == "c"
+        await pilot.pause()
+        assert app.moved[-1] == "c"
+        table.set_filter("NODE-01")
+        assert table.visible_ids == ["a", "b"]
+        table.set_filter("power:off")
+        assert table.visible_ids == ["b"]
+        table.set_filter("gen:1")
+        assert table.visible_ids == ["b"]
+        table.set_filter("lun:CSV-DATA2 ckpt>2")
+        assert table.visible_ids == ["a"]
+        table.set_filter("diff>=5GB")
+        assert table.visible_ids == ["a", "c"]
+        table.set_filter("oldest>30d")
+        assert table.visible_ids == ["a"]
+        table.set_filter("nothing-like-this")
+        assert (table.visible_ids, table.row_count, table.cursor_vm_id) == ([], 0, None)
+        assert table.render_line(1).text.strip() == ""
+        table.set_filter("")
+        assert table.row_count == 3
+
+
+def expected_order(store: Store, column: str, reverse: bool, text: str) -> list[str]:
+    """The order computed the slow, obvious way: by name and id, then stably by the column."""
+    flt = compile_filter(text)
+    rows = [build_row(store, vm) for vm in store.vms()]
+    rows = [r for r in rows if flt is None or flt(r, NOW)]
+    rows.sort(key=lambda r: (r.sort[0], r.vm_id))
+    index = column_index(column)
+    rows.sort(key=lambda r: r.sort[index], reverse=reverse)
+    return [r.vm_id for r in rows]
+
+
+@pytest.mark.parametrize(("column", "reverse", "text"), [
+    ("name", True, ""), ("lun", True, "node-0"), ("power", False, "power:running"),
+    ("ram", True, "ram>=8GB"), ("task", True, ""), ("ver", False, "vm-001"),
+])
+async def test_live_churn_keeps_the_same_order_as_a_full_sort(
+    column: str, reverse: bool, text: str
+) -> None:
+    rng = random.Random(f"{column}{reverse}{text}")
+    store = many_vms(300)
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        table.sort_by(column, reverse)
+        table.set_filter(text)
+        for step in range(60):
+            events: list[Event] = []
+            for _ in range(rng.choice((1, 2, 5, 40))):
+                vm = rng.choice(list(store.vms()))
+                roll = rng.random()
+                if roll < 0.05:
+                    events.append(Remove(Kind.VM, vm.id))
+                elif roll < 0.1:
+                    events.append(Upsert(dataclasses.replace(vm, id=f"new-{step}-{roll}",
+                                                             name=f"vm-{rng.randint(0, 999):03d}")))
+                elif roll < 0.4:
+                    events.append(Upsert(dataclasses.replace(
+                        vm, power=rng.choice(list(PowerState)), memory_mb=rng.choice((512, 8192)),
+                        lun_id=f"l{rng.randint(0, 31)}", node_id=f"n{rng.randint(0, 7)}",
+                        config_version=rng.choice(("5.0", "8.0", "9.0", "10.0", "")))))
+                elif roll < 0.7:
+                    events.append(Upsert(Task(f"t-{vm.id}", rng.choice(("merge", "backup", "m")),
+                                              ref(Kind.VM, vm.id), vm.name, rng.random() * 100,
+                                              TaskState.RUNNING, NOW)))
+                else:
+                    events.append(Upsert(dataclasses.replace(vm, name=f"{vm.name[:5]}{step}")))
+            store.apply_many(events)
+            if rng.random() < 0.3:
+                table.select_vm(rng.choice(table.visible_ids or ["none"]))
+            cursor = table.cursor_vm_id
+            table.flush()
+            assert table.visible_ids == expected_order(store, column, reverse, text)
+            if cursor is not None and table.row_of(cursor) is not None:
+                assert table.cursor_vm_id == cursor
+
+
+async def test_a_live_change_can_bring_a_row_into_the_filter() -> None:
+    store = small_cluster()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        table.set_filter("power:off")
+        assert table.row_count == 0
+        change_vm(store, "a", power=PowerState.OFF)
+        table.flush()
+        assert table.visible_ids == ["a"]
+        assert table.cursor_vm_id == "a"
+
+
+async def test_counts_are_posted_when_rows_come_and_go() -> None:
+    store = small_cluster()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        assert app.counts[-1] == (3, 3)
+        table.set_filter("node-02")
+        await pilot.pause()
+        assert app.counts[-1] == (1, 3)
+        store.apply(Upsert(VM("d", "new-01", "c1", "n1", PowerState.RUNNING)))
+        table.flush()
+        await pilot.pause()
+        assert app.counts[-1] == (1, 4)
+
+
+def test_filter_language_falls_back_to_substrings() -> None:
+    flt = compile_filter("foo:bar x>y")
+    assert flt is not None and len(flt.terms) == 2
+    assert compile_filter("   ") is None
+
+
+# -- live updates ------------------------------------------------------------------------
+async def test_a_live_change_redraws_only_that_row_and_flashes_the_cell() -> None:
+    clock = FakeMonotonic()
+    store = small_cluster()
+    app = Host(store, monotonic=clock)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        before = lines(table)
+        rendered = table.rows_rendered
+        change_vm(store, "b", power=PowerState.OFF)
+        assert line_of(table, "b") == before[2]  # buffered: nothing drawn yet
+        table.flush()
+        await pilot.pause()
+        assert table.rows_rendered == rendered + 1  # only b's row was rebuilt
+        after = lines(table)
+        assert after[1] == before[1] and after[3] == before[3]
+        assert "off" in after[2].split()
+        assert table.is_highlighted("b", "power")
+        assert not table.is_highlighted("b", "name")
+        changed = table.get_component_rich_style("vm-table--changed")
+        lit = segment_for(table, "b", "off")
+        assert lit.style is not None and lit.style.bgcolor == changed.bgcolor
+        clock.now += 2.5
+        table.flush()
+        await pilot.pause()
+        assert not table.is_highlighted("b", "power")
+        plain = segment_for(table, "b", "off")
+        assert plain.style is not None and plain.style.bgcolor != changed.bgcolor
+
+
+async def test_highlight_expires_on_the_timer() -> None:
+    store = small_cluster()
+    app = Host(store, highlight_seconds=0.3)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        change_vm(store, "a", vcpus=8)
+        await pilot.pause(0.2)  # the 8 Hz flush picks it up
+        assert table.cell_text("a", "vcpu") == "8"
+        assert table.is_highlighted("a", "vcpu")
+        await pilot.pause(0.6)
+        assert not table.is_highlighted("a", "vcpu")
+
+
+async def test_first_load_highlights_nothing_and_new_vms_appear() -> None:
+    store = small_cluster()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        assert not table._lit
+        store.apply(Upsert(VM("d", "aa-new", "c1", "n2", PowerState.RUNNING, lun_id="l2")))
+        table.flush()
+        assert table.visible_ids == ["d", "a", "b", "c"]
+        assert table.cursor_vm_id == "a"  # the cursor stays on its VM
+        assert not table._lit
+
+
+async def test_removing_the_cursor_vm_moves_the_cursor_to_its_neighbour() -> None:
+    store = small_cluster()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        table.select_vm("b")
+        store.apply(Remove(Kind.VM, "b"))
+        table.flush()
+        await pilot.pause()
+        assert table.visible_ids == ["a", "c"]
+        assert table.cursor_vm_id == "c"
+        assert app.moved[-1] == "c"
+
+
+async def test_node_rename_updates_rows_but_lun_free_space_does_not_touch_them() -> None:
+    store = small_cluster()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        lun = store.lun("l1")
+        assert lun is not None
+        store.apply(Upsert(dataclasses.replace(lun, free_bytes=lun.free_bytes - GB)))
+        assert not table._dirty
+        node = store.node("n2")
+        assert node is not None
+        store.apply(Upsert(dataclasses.replace(node, name="HV-NODE-02-RENAMED")))
+        assert table._dirty == {"c"}
+        table.flush()
+        assert table.cell_text("c", "node") == "HV-NODE-02-RENAMED"
+        store.apply(Upsert(dataclasses.replace(lun, name="CSV-RENAMED")))
+        assert table._dirty == {"a", "b"}
+
+
+# -- hostile text and stale data ---------------------------------------------------------
+HOSTILE = {
+    "h1": "[bold red]x[/]",
+    "h2": "[@click=app.quit]x",
+    "h3": "a[/]b",
+    "h4": "[/",
+    "h5": "[b",
+    "h6": "\x1b[2Jclear\x1b]52;c;aGk=\x07",
+    "h7": "tab\there\u202eevil",
+}
+
+
+async def test_hostile_names_show_literally_and_do_nothing() -> None:
+    store = small_cluster()
+    for vm_id, name in HOSTILE.items():
+        store.apply(Upsert(VM(vm_id, name, "c1", "n1", PowerState.RUNNING, lun_id="l1")))
+    store.apply(Upsert(Node("n1", "[@click=app.quit]node", "c1")))
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        table.set_filter("[")
+        shown = lines(table)
+        text = "\n".join(shown)
+        for literal in ("[bold red]x[/]", "[@click=app.quit]x", "a[/]b", "[/", "[b",
+                        "\\x1b[2Jclear", "tab here\\u202eevil"):
+            assert literal in text
+        for y in range(len(shown)):
+            for segment in table.render_line(y):
+                assert "\x1b" not in segment.text and "\t" not in segment.text
+                assert segment.style is None or not segment.style.meta
+                assert segment.style is None or segment.style.link is None
+        for y in range(1, table.row_count + 1):
+            await pilot.click(VmTable, offset=(4, y))
+            await pilot.click(VmTable, offset=(20, y))
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.is_running
+        assert set(HOSTILE) <= set(table.visible_ids)  # with a and b, on the hostile node
+
+
+async def test_stale_dims_every_row_and_says_so() -> None:
+    app = Host(small_cluster())
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        assert "STALE" not in table.render_line(0).text
+        table.stale = True
+        await pilot.pause()
+        assert table.render_line(0).text.rstrip().endswith("STALE")
+        for y in (1, 2, 3):
+            assert all(s.style is not None and s.style.dim for s in table.render_line(y) if s.text)
+        table.stale = False
+        await pilot.pause()
+        assert not any(s.style is not None and s.style.dim for s in table.render_line(2))
+
+
+# -- scale -------------------------------------------------------------------------------
+def many_vms(count: int, *, checkpoints: int = 2) -> Store:
+    store = Store()
+    events: list[object] = [Upsert(Cluster("c1", "BIG", Platform.HYPERV, nodes=8))]
+    events += [Upsert(Node(f"n{i}", f"NODE-{i:02d}", "c1")) for i in range(8)]
+    events += [Upsert(Lun(f"l{i}", f"CSV-{i:02d}", "c1", 4096 * GB, 1024 * GB)) for i in range(32)]
+    for i in range(count):
+        vm_id = f"vm-{i:05d}"
+        events.append(Upsert(VM(vm_id, vm_id, "c1", f"n{i % 8}", PowerState.RUNNING,
+                                config_version="9.0", vcpus=2 + i % 6,
+                                memory_mb=1024 * (1 + i % 16), lun_id=f"l{i % 32}")))
+        parent = None
+        for j in range(checkpoints if i % 3 else 0):
+            cp_id = f"{vm_id}-cp{j}"
+            events.append(Upsert(Checkpoint(cp_id, vm_id, f"cp{j}", parent, CheckpointKind.STANDARD,
+                                            NOW - timedelta(days=10 + i % 300 + j),
+                                            size_bytes=(i % 50 + 1) * GB)))
+            parent = cp_id
+    store.apply_many(events)  # type: ignore[arg-type]
+    return store
+
+
+@pytest.mark.slow
+async def test_ten_thousand_vms_load_fast_and_one_change_redraws_one_row() -> None:
+    store = many_vms(10_000)
+    started = time.perf_counter()
+    app = Host(store)
+    async with app.run_test(size=(200, 50)) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        loaded = time.perf_counter() - started
+        assert table.row_count == 10_000
+        assert loaded < 3.0, f"10k VMs took {loaded:.2f} s to load and draw"
+        await pilot.press("pagedown", "pagedown")
+        await pilot.pause()
+        rendered = table.rows_rendered
+        vm_id = table.visible_ids[table.scroll_offset.y + 3]
+        started = time.perf_counter()
+        change_vm(store, vm_id, vcpus=64)
+        table.flush()
+        await pilot.pause()
+        took = time.perf_counter() - started
+        assert table.rows_rendered == rendered + 1
+        assert "64" in line_of(table, vm_id).split()
+        assert took < 0.5, f"one visible change took {took * 1000:.0f} ms"

@@ -1,0 +1,359 @@
+"""Pure logic behind the VM pane: one row of plain text per VM, sort and filter.
+
+This module owns what the VM table shows and in which order, with no Textual
+in sight: the column set (the same for Hyper-V and vSphere VMs), ``build_row``
+which turns a VM and its children in the store into display text, sort values
+and warning/critical marks, the sort keys, and the filter language:
+
+- plain words match as case-insensitive substrings of the name, node, LUN,
+  power, replication and task text (every word must match);
+- ``column:value`` matches a whole word of that column (``power:off``,
+  ``lun:CSV-DATA1``, ``gen:1``, ``task:merge``);
+- ``column<op>number`` compares a numeric column (``ckpt>3``, ``depth>=2``,
+  ``ram>=8GB``, ``diff>100GB``, ``oldest>30d``); ``<``, ``<=``, ``>``,
+  ``>=``, ``=`` are understood, sizes take B/KB/MB/GB/TB and ages m/h/d/y.
+
+A row never scans the whole store: it reads ``checkpoints_of``, ``disks_of``
+and ``running_tasks_for`` of its own VM only.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rich.cells import cell_len, set_cell_size
+
+from ventana.state.derived import chain_depth, differencing_bytes, human_age, human_bytes
+from ventana.state.model import (
+    MB,
+    VM,
+    Checkpoint,
+    Health,
+    Kind,
+    PowerState,
+    ReplicationState,
+    Task,
+    TaskState,
+)
+from ventana.state.store import Store, ref
+
+NORMAL, WARNING, CRITICAL = 0, 1, 2
+EMPTY = "-"
+_VM_REF_PREFIX = ref(Kind.VM, "")
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: str
+    label: str
+    min_width: int
+    max_width: int
+    numeric: bool = False  # right-aligned; sorted and compared as a number
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("name", "Name", 8, 40),
+    Column("node", "Node", 4, 20),
+    Column("power", "Power", 5, 15),
+    Column("gen", "Gen", 3, 3, numeric=True),
+    Column("ver", "Ver", 3, 6),
+    Column("vcpu", "vCPU", 4, 4, numeric=True),
+    Column("ram", "RAM", 7, 7, numeric=True),
+    Column("ckpts", "Ckpts", 5, 5, numeric=True),
+    Column("depth", "Depth", 5, 5, numeric=True),
+    Column("oldest", "Oldest", 6, 6, numeric=True),
+    Column("diff", "Diff", 8, 8, numeric=True),
+    Column("lun", "LUN", 3, 20),
+    Column("repl", "Repl", 4, 24),
+    Column("task", "Task", 4, 24),
+)
+COLUMN_KEYS: tuple[str, ...] = tuple(c.key for c in COLUMNS)
+COL = {key: index for index, key in enumerate(COLUMN_KEYS)}
+OLDEST = COL["oldest"]
+
+_ALIASES = {
+    "host": "node", "state": "power", "generation": "gen", "version": "ver",
+    "cpu": "vcpu", "cpus": "vcpu", "mem": "ram", "memory": "ram", "ckpt": "ckpts",
+    "checkpoints": "ckpts", "chain": "depth", "age": "oldest", "csv": "lun",
+    "datastore": "lun", "replication": "repl",
+}
+
+
+def column_index(key: str) -> int:
+    """The index of a column by key or alias (KeyError if unknown)."""
+    key = key.lower()
+    return COL[_ALIASES.get(key, key)]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """What the table shows for one VM; equal rows render identically."""
+
+    vm_id: str
+    node_id: str
+    lun_id: str
+    cells: tuple[str, ...]  # display text; the Oldest cell is drawn from ``oldest``
+    sort: tuple[Any, ...]  # per column, comparable within a column
+    levels: tuple[int, ...]  # per column: NORMAL, WARNING or CRITICAL
+    oldest: datetime | None  # creation time of the oldest checkpoint
+    search: str  # lower-case text that plain filter words search
+
+    @property
+    def name_key(self) -> tuple[str, str]:
+        return (self.sort[0], self.vm_id)
+
+    def cell(self, index: int, now: datetime) -> str:
+        if index == OLDEST:
+            return oldest_text(self.oldest, now)
+        return self.cells[index]
+
+
+def oldest_text(oldest: datetime | None, now: datetime) -> str:
+    return EMPTY if oldest is None else human_age(now - oldest)
+
+
+def display(text: str) -> str:
+    """One line of literal text: tabs (the one control the store lets through) become spaces."""
+    return text.replace("\t", " ") if "\t" in text else text
+
+
+def fit(text: str, width: int, right: bool = False) -> str:
+    """``text`` padded or cut (with an ellipsis) to exactly ``width`` cells."""
+    size = cell_len(text)
+    if size > width:
+        return set_cell_size(text, width - 1) + "…" if width > 1 else set_cell_size(text, width)
+    pad = " " * (width - size)
+    return pad + text if right else text + pad
+
+
+def vm_id_of_target(target: str) -> str | None:
+    """The VM id a task or finding target names, or None if it is not a VM."""
+    return target[len(_VM_REF_PREFIX):] if target.startswith(_VM_REF_PREFIX) else None
+
+
+# -- building a row ---------------------------------------------------------------
+def build_row(store: Store, vm: VM) -> Row:
+    checkpoints = store.checkpoints_of(vm.id)
+    node = store.node(vm.node_id)
+    lun = store.lun(vm.lun_id) if vm.lun_id else None
+    node_name = display(node.name) if node else vm.node_id or EMPTY
+    lun_name = display(lun.name) if lun else vm.lun_id or EMPTY
+    depth = chain_depth(checkpoints)
+    oldest = min((c.created for c in checkpoints), default=None)
+    diff = _differencing(store, vm.id, checkpoints)
+    repl_text, repl_level = _replication(vm)
+    task_text, task_sort = _task(store.running_tasks_for(ref(Kind.VM, vm.id)))
+    name = display(vm.name)
+    power = vm.power.value
+    cells = (
+        name, node_name, power, str(vm.generation), display(vm.config_version) or EMPTY,
+        str(vm.vcpus), human_bytes(vm.memory_mb * MB), str(len(checkpoints)),
+        str(depth), "", human_bytes(diff) if diff else EMPTY, lun_name, repl_text, task_text,
+    )
+    sort = (
+        name.casefold(), node_name.casefold(), power, vm.generation,
+        version_key(vm.config_version), vm.vcpus, vm.memory_mb, len(checkpoints), depth,
+        -oldest.timestamp() if oldest else float("-inf"), diff, lun_name.casefold(),
+        repl_text.casefold(), task_sort,
+    )
+    levels = [NORMAL] * len(COLUMNS)
+    levels[COL["power"]] = _power_level(vm.power)
+    levels[COL["repl"]] = repl_level
+    search = "\0".join((name, node_name, lun_name, power, repl_text, vm.replication.value,
+                        task_text)).lower()
+    return Row(vm.id, vm.node_id, vm.lun_id, cells, sort, tuple(levels), oldest, search)
+
+
+def _differencing(store: Store, vm_id: str, checkpoints: list[Checkpoint]) -> int:
+    """Bytes in the VM's differencing disks (AVHDX / delta VMDK, i.e. disks with a parent).
+
+    Disk sizes are the live figure; when a backend reports no differencing
+    disks the checkpoints' own sizes stand in.
+    """
+    diffs = [d.size_bytes for d in store.disks_of(vm_id) if d.parent_path]
+    return sum(diffs) if diffs else differencing_bytes(checkpoints)
+
+
+def _replication(vm: VM) -> tuple[str, int]:
+    state = vm.replication
+    if state is ReplicationState.DISABLED:
+        return EMPTY, NORMAL
+    health = vm.replication_health
+    text = state.value
+    if health not in (Health.NORMAL, Health.NOT_APPLICABLE):
+        text = f"{text} ({health.value})"
+    if state is ReplicationState.ERROR or health is Health.CRITICAL:
+        return text, CRITICAL
+    if state is ReplicationState.SUSPENDED or health is Health.WARNING:
+        return text, WARNING
+    return text, NORMAL
+
+
+def _power_level(power: PowerState) -> int:
+    if power is PowerState.PAUSED_CRITICAL:
+        return CRITICAL
+    if power in (PowerState.PAUSED, PowerState.UNKNOWN):
+        return WARNING
+    return NORMAL
+
+
+def _task(tasks: list[Task]) -> tuple[str, str]:
+    """Text and sort value of a VM's running (or queued) tasks, e.g. ``merge 42%``."""
+    if not tasks:
+        return EMPTY, ""
+    tasks = sorted(tasks, key=lambda t: (t.state is not TaskState.RUNNING,
+                                         t.started.timestamp() if t.started else 0.0, t.id))
+    first = tasks[0]
+    kind = display(first.kind)
+    text = f"{kind} {first.pct:.0f}%" if first.state is TaskState.RUNNING else f"{kind} queued"
+    if len(tasks) > 1:
+        text += f" +{len(tasks) - 1}"
+    return text, f"{kind.casefold()}\x01{first.pct:06.2f}"  # \x01: below any text
+
+
+_VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
+
+
+def version_key(version: str) -> int:
+    """``"9.0"`` → 9000, ``"8.3"`` → 8003, ``"vmx-19"`` → 19000; no number sorts first."""
+    found = _VERSION.search(version)
+    if found is None:
+        return -1
+    return int(found.group(1)) * 1000 + int(found.group(2) or 0)
+
+
+# -- sorting ------------------------------------------------------------------------
+SortKey = tuple[Any, str, str]
+_LAST = chr(0x10FFFF)
+
+
+def sort_key(row: Row, column: int, reverse: bool = False) -> SortKey:
+    """One total order for the table: the column's value (descending if ``reverse``),
+    then name, then id, so ties always read alphabetically and ``bisect`` works."""
+    value = row.sort[column]
+    return (descending(value) if reverse else value, row.sort[0], row.vm_id)
+
+
+def descending(value: int | float | str) -> int | float | str:
+    """A value that sorts in the opposite order: numbers negated, strings complemented.
+
+    A complemented string maps each character to ``U+10FFFF - ord(c)`` and ends
+    with U+10FFFF so that a longer string sorts before its prefix.
+    """
+    if isinstance(value, str):
+        return value.translate(_COMPLEMENT) + _LAST
+    return -value
+
+
+class _Complement(dict[int, str]):
+    """``str.translate`` table mapping each code point to its complement, filled lazily."""
+
+    def __missing__(self, code: int) -> str:
+        self[code] = char = chr(0x10FFFF - code)
+        return char
+
+
+_COMPLEMENT = _Complement()
+
+
+# -- filtering -------------------------------------------------------------------------
+Predicate = Callable[[Row, datetime], bool]
+
+_COMPARE = re.compile(r"^([a-z]+)(<=|>=|<|>|=)(\d+(?:\.\d+)?)([a-z]*)$")
+_WORDS = re.compile(r"[\s()]+")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "=": operator.eq,
+}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": MB, "mb": MB, "g": 1024**3,
+               "gb": 1024**3, "t": 1024**4, "tb": 1024**4}
+_AGE_UNITS = {"": 86400, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400,
+              "y": 365 * 86400}
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    text: str
+    terms: tuple[Predicate, ...]
+
+    def __call__(self, row: Row, now: datetime) -> bool:
+        return all(term(row, now) for term in self.terms)
+
+
+def compile_filter(text: str) -> Filter | None:
+    """The filter for ``text``, or None when it is blank (everything matches)."""
+    terms = tuple(_term(word) for word in text.split())
+    return Filter(text, terms) if terms else None
+
+
+def _term(word: str) -> Predicate:
+    lowered = word.lower()
+    return _compare_term(lowered) or _column_term(lowered) or _substring_term(lowered)
+
+
+def _substring_term(needle: str) -> Predicate:
+    return lambda row, now: needle in row.search
+
+
+def _column_term(word: str) -> Predicate | None:
+    key, sep, value = word.partition(":")
+    if not sep or not value:
+        return None
+    try:
+        index = column_index(key)
+    except KeyError:
+        return None
+
+    def match(row: Row, now: datetime) -> bool:
+        cell = row.cell(index, now).lower()
+        return cell == value or value in _WORDS.split(cell)
+
+    return match
+
+
+def _compare_term(word: str) -> Predicate | None:
+    found = _COMPARE.match(word)
+    if found is None:
+        return None
+    key, op, number, unit = found.groups()
+    try:
+        index = column_index(key)
+    except KeyError:
+        return None
+    if not COLUMNS[index].numeric:
+        return None
+    scaled = _scaled(COLUMN_KEYS[index], float(number), unit)
+    if scaled is None:
+        return None
+    compare = _OPS[op]
+    if index == OLDEST:
+        return lambda row, now: row.oldest is not None and compare(
+            (now - row.oldest).total_seconds(), scaled
+        )
+    return lambda row, now: compare(row.sort[index], scaled)
+
+
+def _scaled(column: str, number: float, unit: str) -> float | None:
+    """A filter number in the column's own unit (RAM in MB, Diff in bytes, ages in s)."""
+    if column in ("ram", "diff"):
+        factor = _SIZE_UNITS.get(unit)
+        if factor is None:
+            return None
+        if column == "ram":
+            return number * (factor if unit else 1024**3) / MB  # bare numbers mean GB
+        return number * (factor if unit else 1024**3)
+    if column == "oldest":
+        seconds = _AGE_UNITS.get(unit)
+        return None if seconds is None else number * seconds
+    return number if not unit else None
+
+
+def matching(ids: Iterable[str], rows: dict[str, Row], flt: Filter | None,
+             now: datetime) -> list[str]:
+    if flt is None:
+        return list(ids)
+    return [vm_id for vm_id in ids if flt(rows[vm_id], now)]

@@ -1,0 +1,817 @@
+"""The VM pane: a virtualized, live table of every VM on Textual's Line API.
+
+This module owns how the VM list is drawn and driven: a ``ScrollView`` that
+renders only the visible lines (a fixed header on line 0, the Name column
+frozen when scrolling sideways), keeps one rendered ``Strip`` per row, and
+takes store deltas without repainting on each one. ``apply_delta`` only
+notes which VMs are dirty (O(changed)); eight times a second the dirty rows
+are rebuilt from the store (``vm_rows.build_row``), re-sorted/re-filtered
+only when a sort value, the filter outcome or the set of VMs changed, and
+only their visible lines are refreshed. Cells whose text changed are
+highlighted for a couple of seconds. The cursor follows its VM, not its
+line. All data is drawn as plain ``Segment`` text, never parsed as markup.
+
+What is shown, sorted and matched lives in ``vm_rows`` (no Textual there).
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left, insort
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+from datetime import UTC, datetime
+from itertools import zip_longest
+from typing import ClassVar, NamedTuple
+
+from rich.cells import cell_len
+from rich.segment import Segment
+from rich.style import Style
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.cache import LRUCache
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from ventana.state.model import VM, Kind, Lun, Node
+from ventana.state.store import Change, Delta, Store
+
+from .vm_rows import (
+    COLUMNS,
+    CRITICAL,
+    NORMAL,
+    OLDEST,
+    Filter,
+    Row,
+    SortKey,
+    build_row,
+    column_index,
+    compile_filter,
+    fit,
+    matching,
+    sort_key,
+    vm_id_of_target,
+)
+
+HIGHLIGHT_SECONDS = 2.0
+FLUSH_HZ = 8.0
+AGE_TICK_SECONDS = 60.0
+INCREMENTAL_MOVES = 32  # up to this many (or 1 % of rows) moved rows are placed by bisect
+_GAP = 1  # blank cells before each column
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _position(ids: list[str], vm_id: str, keys: dict[str, SortKey]) -> int | None:
+    """Where ``vm_id`` sits in ``ids`` (sorted by ``keys``), or None."""
+    key = keys.get(vm_id)
+    if key is None:
+        return None
+    index = bisect_left(ids, key, key=keys.__getitem__)
+    return index if index < len(ids) and ids[index] == vm_id else None
+
+
+def _remove(ids: list[str], vm_id: str, keys: dict[str, SortKey]) -> None:
+    index = _position(ids, vm_id, keys)
+    if index is not None:
+        del ids[index]
+
+
+class _Styles(NamedTuple):
+    base: Style
+    header: Style
+    cursor: Style
+    stale: Style
+    changed: Style
+    critical: Style
+    warning: Style
+
+
+class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
+    """Every VM of the store, one line each, live; see the module docstring."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up", "cursor_up", "Up", show=False),
+        Binding("down", "cursor_down", "Down", show=False),
+        Binding("pageup", "cursor_page_up", "Page up", show=False),
+        Binding("pagedown", "cursor_page_down", "Page down", show=False),
+        Binding("home", "cursor_home", "First VM", show=False),
+        Binding("end", "cursor_end", "Last VM", show=False),
+        Binding("left", "scroll_left", "Scroll left", show=False),
+        Binding("right", "scroll_right", "Scroll right", show=False),
+        Binding("enter", "activate", "Open VM", show=False),
+        Binding("s", "cycle_sort", "Sort", show=False),
+        Binding("S", "reverse_sort", "Reverse sort", show=False),
+    ]
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "vm-table--header",
+        "vm-table--cursor",
+        "vm-table--stale",
+        "vm-table--changed",
+        "vm-table--critical",
+        "vm-table--warning",
+    }
+
+    DEFAULT_CSS = """
+    VmTable {
+        background: $surface;
+        color: $foreground;
+        height: 1fr;
+        & > .vm-table--header {
+            text-style: bold;
+            background: $panel;
+            color: $foreground;
+        }
+        & > .vm-table--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+        &:focus > .vm-table--cursor {
+            background: $block-cursor-background;
+            color: $block-cursor-foreground;
+            text-style: $block-cursor-text-style;
+        }
+        & > .vm-table--stale {
+            text-style: dim;
+        }
+        & > .vm-table--changed {
+            background: $warning 40%;
+            text-style: bold;
+        }
+        & > .vm-table--critical {
+            color: $error;
+            text-style: bold;
+        }
+        & > .vm-table--warning {
+            color: $warning;
+        }
+    }
+    """
+
+    stale: reactive[bool] = reactive(False)
+
+    class CursorMoved(Message):
+        """The highlighted VM changed (None: the table is empty)."""
+
+        def __init__(self, table: VmTable, vm_id: str | None) -> None:
+            super().__init__()
+            self.table = table
+            self.vm_id = vm_id
+
+        @property
+        def control(self) -> VmTable:
+            return self.table
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, VmTable.CursorMoved) and message.table is self.table
+
+    class CountChanged(Message):
+        """How many rows are shown (after the filter) and how many VMs there are changed."""
+
+        def __init__(self, table: VmTable, shown: int, total: int) -> None:
+            super().__init__()
+            self.table = table
+            self.shown = shown
+            self.total = total
+
+        @property
+        def control(self) -> VmTable:
+            return self.table
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, VmTable.CountChanged) and message.table is self.table
+
+    class Activated(Message):
+        """Enter (or a double click) on a VM."""
+
+        def __init__(self, table: VmTable, vm_id: str) -> None:
+            super().__init__()
+            self.table = table
+            self.vm_id = vm_id
+
+        @property
+        def control(self) -> VmTable:
+            return self.table
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        highlight_seconds: float = HIGHLIGHT_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+        disabled: bool = False,
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes, disabled=disabled)
+        self.store = store
+        self._clock = clock
+        self._monotonic = monotonic
+        self._highlight_seconds = highlight_seconds
+        self._now = clock()
+        self._rows: dict[str, Row] = {}
+        self._keys: dict[str, SortKey] = {}  # one total order: bisect finds any row
+        self._order: list[str] = []  # every VM, sorted by _keys
+        self._visible: list[str] = self._order  # the filtered rows (_order itself if no filter)
+        self._by_node: dict[str, set[str]] = {}
+        self._by_lun: dict[str, set[str]] = {}
+        self._dirty: set[str] = set()
+        self._lit: dict[str, dict[int, float]] = {}  # VM id -> column -> highlight ends
+        self._lit_queue: deque[tuple[float, str]] = deque()
+        self._strips: LRUCache[str, tuple[tuple[object, ...], Strip]] = LRUCache(2048)
+        self._styles: _Styles | None = None
+        self._widths = [max(c.min_width, len(c.label)) for c in COLUMNS]
+        self._offsets: list[int] = []
+        self._table_width = 0
+        self._layout_gen = 0
+        self._age_epoch = 0
+        self._sort_column = 0
+        self._sort_reverse = False
+        self._filter: Filter | None = None
+        self._cursor_id: str | None = None
+        self._cursor_row = 0
+        self._counts = (0, 0)
+        self._loaded = False
+        self.rows_rendered = 0  # row strips built (cache misses): for tests and benchmarks
+        self._relayout()
+
+    # -- public API ------------------------------------------------------------------------
+    @property
+    def cursor_vm_id(self) -> str | None:
+        return self._cursor_id
+
+    @property
+    def row_count(self) -> int:
+        """Rows shown (after the filter)."""
+        return len(self._visible)
+
+    @property
+    def visible_ids(self) -> list[str]:
+        """VM ids in display order (after sort and filter)."""
+        return list(self._visible)
+
+    @property
+    def sort_column(self) -> str:
+        return COLUMNS[self._sort_column].key
+
+    @property
+    def sort_reverse(self) -> bool:
+        return self._sort_reverse
+
+    @property
+    def filter_text(self) -> str:
+        return self._filter.text if self._filter else ""
+
+    def row_of(self, vm_id: str) -> int | None:
+        """Display position of a VM (None if filtered out or unknown); O(log n)."""
+        return _position(self._visible, vm_id, self._keys)
+
+    def cell_text(self, vm_id: str, column_key: str) -> str:
+        """The text a cell shows (unpadded)."""
+        return self._rows[vm_id].cell(column_index(column_key), self._now)
+
+    def is_highlighted(self, vm_id: str, column_key: str) -> bool:
+        return column_index(column_key) in self._lit.get(vm_id, {})
+
+    def apply_delta(self, delta: Delta) -> None:
+        """Note the VMs a store delta touches; they are redrawn at the next flush."""
+        dirty = self._dirty
+        for change in delta.changes:
+            kind = change.kind
+            if kind is Kind.VM:
+                dirty.add(change.id)
+            elif kind is Kind.CHECKPOINT or kind is Kind.DISK:
+                self._mark_parent(change, "vm_id")
+            elif kind is Kind.TASK:
+                self._mark_task(change)
+            elif kind is Kind.NODE or kind is Kind.LUN:
+                self._mark_renamed(change)
+
+    def flush(self) -> None:
+        """Redraw what changed since the last flush (runs FLUSH_HZ times a second)."""
+        if not self._loaded:
+            return
+        now = self._monotonic()
+        expired = self._expire_highlights(now) if self._lit_queue else ()
+        if self._dirty:
+            self._apply_dirty(now)
+        for vm_id in expired:
+            self._refresh_row(vm_id)
+
+    def select_vm(self, vm_id: str) -> bool:
+        """Put the cursor on a VM and scroll to it; False if it is not shown."""
+        self.flush()
+        row = self.row_of(vm_id)
+        if row is None:
+            return False
+        self._move_cursor(row)
+        return True
+
+    def sort_by(self, column_key: str, reverse: bool = False) -> None:
+        """Sort by a column (key or alias, e.g. "name", "diff", "oldest")."""
+        column = column_index(column_key)
+        self.flush()
+        self._sort_column = column
+        self._sort_reverse = reverse
+        self._rekey()
+        self._reorder(follow=True)
+
+    def cycle_sort(self) -> None:
+        """Sort by the next column, ascending."""
+        self.sort_by(COLUMNS[(self._sort_column + 1) % len(COLUMNS)].key)
+
+    def set_filter(self, text: str) -> None:
+        """Show only rows matching ``text`` (see ``vm_rows`` for the language)."""
+        new = compile_filter(text)
+        if (new.text if new else "") == self.filter_text:
+            return
+        self.flush()
+        self._filter = new
+        self._reorder(follow=True)
+
+    # -- actions ---------------------------------------------------------------------------
+    def action_cursor_up(self) -> None:
+        self._move_cursor(self._cursor_row - 1)
+
+    def action_cursor_down(self) -> None:
+        self._move_cursor(self._cursor_row + 1)
+
+    def action_cursor_page_up(self) -> None:
+        self._move_cursor(self._cursor_row - self._page_rows())
+
+    def action_cursor_page_down(self) -> None:
+        self._move_cursor(self._cursor_row + self._page_rows())
+
+    def action_cursor_home(self) -> None:
+        self._move_cursor(0)
+
+    def action_cursor_end(self) -> None:
+        self._move_cursor(len(self._visible) - 1)
+
+    def action_activate(self) -> None:
+        if self._cursor_id is not None:
+            self.post_message(self.Activated(self, self._cursor_id))
+
+    def action_cycle_sort(self) -> None:
+        self.cycle_sort()
+
+    def action_reverse_sort(self) -> None:
+        self.sort_by(self.sort_column, not self._sort_reverse)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_mount(self) -> None:
+        self._load()
+        self.set_interval(1.0 / FLUSH_HZ, self.flush, name="vm-table-flush")
+        self.set_interval(AGE_TICK_SECONDS, self._tick_ages, name="vm-table-ages")
+
+    def _load(self) -> None:
+        """Build every row from the store (first paint; no highlights)."""
+        self._dirty.clear()
+        self._now = self._clock()
+        for vm in self.store.vms():
+            self._put_row(build_row(self.store, vm))
+        self._grow_widths(self._rows.values())
+        self._relayout()
+        self._loaded = True
+        self._reorder(follow=False)
+
+    def watch_stale(self) -> None:
+        self.refresh()
+
+    def on_focus(self) -> None:
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self.refresh()
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        if offset.y == 0:
+            self._click_header(offset.x)
+            return
+        row = offset.y - 1 + self.scroll_offset.y
+        if row < len(self._visible):
+            self._move_cursor(row)
+            if event.chain >= 2:
+                self.action_activate()
+
+    def _click_header(self, x: int) -> None:
+        column = self._column_at(x)
+        if column is None:
+            return
+        key = COLUMNS[column].key
+        reverse = not self._sort_reverse if column == self._sort_column else False
+        self.sort_by(key, reverse)
+
+    def _column_at(self, x: int) -> int | None:
+        fixed = self._offsets[1]
+        virtual_x = x if x < fixed else x + self.scroll_offset.x
+        for index, start in enumerate(self._offsets):
+            if start <= virtual_x < start + _GAP + self._widths[index]:
+                return index
+        return None
+
+    def _tick_ages(self) -> None:
+        self._now = self._clock()
+        self._age_epoch += 1
+        self.refresh()
+
+    # -- dirty tracking (O(changed)) -------------------------------------------------------
+    def _mark_parent(self, change: Change, field: str) -> None:
+        for entity in (change.old, change.new):
+            if entity is not None:
+                self._dirty.add(getattr(entity, field))
+
+    def _mark_task(self, change: Change) -> None:
+        for task in (change.old, change.new):
+            if task is not None:
+                vm_id = vm_id_of_target(task.target)  # type: ignore[union-attr]
+                if vm_id is not None:
+                    self._dirty.add(vm_id)
+
+    def _mark_renamed(self, change: Change) -> None:
+        old: Node | Lun | None = change.old  # type: ignore[assignment]
+        new: Node | Lun | None = change.new  # type: ignore[assignment]
+        if old is not None and new is not None and old.name == new.name:
+            return  # free space, state…: not shown here
+        index = self._by_node if change.kind is Kind.NODE else self._by_lun
+        self._dirty.update(index.get(change.id, ()))
+
+    # -- flushing --------------------------------------------------------------------------
+    def _apply_dirty(self, now: float) -> None:
+        dirty, self._dirty = self._dirty, set()
+        self._now = self._clock()
+        updates: list[tuple[Row | None, Row | None]] = []
+        for vm_id in dirty:
+            old = self._rows.get(vm_id)
+            vm: VM | None = self.store.vm(vm_id)
+            new = build_row(self.store, vm) if vm is not None else None
+            if new != old:
+                updates.append((old, new))
+                if old is not None and new is not None:
+                    self._mark_changed(old, new, now)
+        if not updates:
+            return
+        moving = [(old, new) for old, new in updates if self._moves(old, new)]
+        changed = {row.vm_id for _, row in updates if row is not None}
+        if not moving:
+            self._store_rows(updates)
+            for vm_id in changed:
+                self._refresh_row(vm_id)
+        elif len(moving) > max(INCREMENTAL_MOVES, len(self._rows) // 100):
+            self._store_rows(updates)
+            self._reorder(follow=True, changed=changed)
+        else:
+            self._reposition(updates, moving, changed)
+
+    def _store_rows(self, updates: list[tuple[Row | None, Row | None]]) -> None:
+        for old, new in updates:
+            if new is None:
+                self._drop_row(old)  # type: ignore[arg-type]
+            else:
+                self._put_row(new, old)
+                self._strips.discard(new.vm_id)
+        if self._grow_widths(new for _, new in updates if new is not None):
+            self._relayout()
+            self.refresh()
+
+    def _moves(self, old: Row | None, new: Row | None) -> bool:
+        """Does this change add, remove, move (sort) or show/hide (filter) the row?"""
+        if old is None or new is None:
+            return True
+        column = self._sort_column
+        if old.sort[column] != new.sort[column] or old.sort[0] != new.sort[0]:
+            return True
+        flt = self._filter
+        return flt is not None and flt(old, self._now) != flt(new, self._now)
+
+    def _reposition(
+        self,
+        updates: list[tuple[Row | None, Row | None]],
+        moving: list[tuple[Row | None, Row | None]],
+        changed: set[str],
+    ) -> None:
+        """Move a few rows in place: out at their old key, in at the new one (bisect)."""
+        before = self._window()
+        filtered = self._visible is not self._order
+        for old, _ in moving:
+            if old is not None:
+                _remove(self._order, old.vm_id, self._keys)
+                if filtered:
+                    _remove(self._visible, old.vm_id, self._keys)
+        self._store_rows(updates)
+        keys, flt = self._keys, self._filter
+        for _, new in moving:
+            if new is not None:
+                insort(self._order, new.vm_id, key=keys.__getitem__)
+                if filtered and flt is not None and flt(new, self._now):
+                    insort(self._visible, new.vm_id, key=keys.__getitem__)
+        self._settle(before, follow=True, changed=changed)
+
+    def _put_row(self, row: Row, old: Row | None = None) -> None:
+        vm_id = row.vm_id
+        if old is not None and old.node_id != row.node_id:
+            self._by_node.get(old.node_id, set()).discard(vm_id)
+        if old is not None and old.lun_id != row.lun_id:
+            self._by_lun.get(old.lun_id, set()).discard(vm_id)
+        self._by_node.setdefault(row.node_id, set()).add(vm_id)
+        self._by_lun.setdefault(row.lun_id, set()).add(vm_id)
+        self._rows[vm_id] = row
+        self._keys[vm_id] = sort_key(row, self._sort_column, self._sort_reverse)
+
+    def _drop_row(self, row: Row) -> None:
+        vm_id = row.vm_id
+        del self._rows[vm_id]
+        self._keys.pop(vm_id, None)
+        self._by_node.get(row.node_id, set()).discard(vm_id)
+        self._by_lun.get(row.lun_id, set()).discard(vm_id)
+        self._lit.pop(vm_id, None)
+        self._strips.discard(vm_id)
+
+    def _rekey(self) -> None:
+        column, reverse = self._sort_column, self._sort_reverse
+        self._keys = {v: sort_key(row, column, reverse) for v, row in self._rows.items()}
+
+    def _reorder(self, *, follow: bool, changed: Collection[str] | None = None) -> None:
+        """Sort and filter every row again (new sort, new filter, big batches)."""
+        before = self._window()
+        self._order = sorted(self._rows, key=self._keys.__getitem__)
+        flt = self._filter
+        self._visible = self._order if flt is None else matching(
+            self._order, self._rows, flt, self._now
+        )
+        self._settle(before, follow=follow, changed=changed)
+
+    def _post_counts(self) -> None:
+        counts = (len(self._visible), len(self._rows))
+        if counts != self._counts:
+            self._counts = counts
+            self.post_message(self.CountChanged(self, *counts))
+
+    def _window(self) -> tuple[int, list[str]]:
+        top = self.scroll_offset.y
+        return top, self._visible[top : top + self._page_rows()]
+
+    def _settle(
+        self, before: tuple[int, list[str]], *, follow: bool, changed: Collection[str] | None
+    ) -> None:
+        """After the order changed: keep the cursor on its VM, repaint what moved.
+
+        With ``changed`` (a live update) only the lines whose VM moved or
+        changed are repainted; without it (new sort or filter) all of them.
+        """
+        self._restore_cursor(follow)
+        self._post_counts()
+        top, lines = before
+        if changed is None or self.scroll_offset.y != top:
+            self.refresh()
+            return
+        after = self._window()[1]
+        for line, (old, new) in enumerate(zip_longest(lines, after), start=top + 1):
+            if old != new or new in changed:
+                self.refresh_line(line)
+
+    def _restore_cursor(self, follow: bool) -> None:
+        previous_id, previous_row = self._cursor_id, self._cursor_row
+        top = self.scroll_offset.y
+        on_screen = top <= previous_row < top + self._page_rows()
+        row = self.row_of(previous_id) if previous_id is not None else None
+        if row is None:
+            row = min(previous_row, len(self._visible) - 1)
+        self._cursor_row = max(row, 0)
+        self._cursor_id = self._visible[self._cursor_row] if self._visible else None
+        self._update_virtual_size()
+        if follow and on_screen:  # the cursor stays on the line the eye is on
+            self.scroll_to(y=self._cursor_row - (previous_row - top), animate=False)
+        if self._cursor_id != previous_id:
+            self.post_message(self.CursorMoved(self, self._cursor_id))
+
+    # -- highlights ------------------------------------------------------------------------
+    def _mark_changed(self, old: Row, new: Row, now: float) -> None:
+        until = now + self._highlight_seconds
+        lit: dict[int, float] | None = None
+        for index in range(len(COLUMNS)):
+            if index == OLDEST:  # Oldest: the text ticks with time; flash only a new oldest
+                differs = old.oldest != new.oldest
+            else:
+                differs = old.cells[index] != new.cells[index]
+            if differs:
+                if lit is None:
+                    lit = self._lit.setdefault(new.vm_id, {})
+                lit[index] = until
+        if lit is not None:
+            self._lit_queue.append((until, new.vm_id))
+
+    def _expire_highlights(self, now: float) -> set[str]:
+        expired: set[str] = set()
+        queue = self._lit_queue
+        while queue and queue[0][0] <= now:
+            _, vm_id = queue.popleft()
+            lit = self._lit.get(vm_id)
+            if not lit:
+                continue
+            for index in [i for i, until in lit.items() if until <= now]:
+                del lit[index]
+                expired.add(vm_id)
+            if not lit:
+                del self._lit[vm_id]
+        return expired
+
+    # -- geometry --------------------------------------------------------------------------
+    def _grow_widths(self, rows: Iterable[Row]) -> bool:
+        """Widen text columns to fit ``rows`` (never narrower; capped per column)."""
+        widths = self._widths
+        grew = False
+        dynamic = [(i, c.max_width) for i, c in enumerate(COLUMNS) if c.min_width < c.max_width]
+        for row in rows:
+            cells = row.cells
+            for index, cap in dynamic:
+                if widths[index] < cap:
+                    size = min(cap, cell_len(cells[index]))
+                    if size > widths[index]:
+                        widths[index] = size
+                        grew = True
+        return grew
+
+    def _relayout(self) -> None:
+        offsets = []
+        x = 0
+        for width in self._widths:
+            offsets.append(x)
+            x += _GAP + width
+        self._offsets = offsets
+        self._table_width = x
+        self._layout_gen += 1
+        self._strips.clear()
+        self._update_virtual_size()
+
+    def _update_virtual_size(self) -> None:
+        size = Size(self._table_width, len(self._visible) + 1)
+        if self.virtual_size != size:
+            self.virtual_size = size
+
+    def _page_rows(self) -> int:
+        return max(1, self.scrollable_content_region.height - 1)
+
+    # -- cursor ----------------------------------------------------------------------------
+    def _move_cursor(self, row: int) -> None:
+        if not self._visible:
+            return
+        row = max(0, min(row, len(self._visible) - 1))
+        previous_id, previous_row = self._cursor_id, self._cursor_row
+        self._cursor_row = row
+        self._cursor_id = self._visible[row]
+        self._scroll_cursor_into_view()
+        if previous_row != row:
+            self.refresh_line(previous_row + 1)
+            self.refresh_line(row + 1)
+        if previous_id != self._cursor_id:
+            self.post_message(self.CursorMoved(self, self._cursor_id))
+
+    def _scroll_cursor_into_view(self) -> None:
+        page = self._page_rows()
+        top = self.scroll_offset.y
+        row = self._cursor_row
+        if row < top:
+            self.scroll_to(y=row, animate=False)
+        elif row >= top + page:
+            self.scroll_to(y=row - page + 1, animate=False)
+
+    def _refresh_row(self, vm_id: str) -> None:
+        row = self.row_of(vm_id)
+        if row is None:
+            return
+        top = self.scroll_offset.y
+        if top <= row < top + self._page_rows():
+            self.refresh_line(row + 1)
+
+    # -- rendering -------------------------------------------------------------------------
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles = None
+        self._strips.clear()
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        self._current_styles()
+        return super().render_lines(crop)
+
+    def _current_styles(self) -> _Styles:
+        get = self.get_component_rich_style
+        styles = _Styles(
+            base=self.rich_style,
+            header=get("vm-table--header"),
+            cursor=get("vm-table--cursor"),
+            stale=self._overlay("vm-table--stale"),
+            changed=self._overlay("vm-table--changed"),
+            critical=self._overlay("vm-table--critical"),
+            warning=self._overlay("vm-table--warning"),
+        )
+        if styles != self._styles:
+            self._styles = styles
+            self._strips.clear()
+        return styles
+
+    def _overlay(self, component: str) -> Style:
+        """Only what a component sets, with colours blended as the full style has them."""
+        partial = self.get_component_rich_style(component, partial=True)
+        if partial.color is None and partial.bgcolor is None:
+            return partial
+        full = self.get_component_rich_style(component)
+        return partial + Style(
+            color=full.color if partial.color else None,
+            bgcolor=full.bgcolor if partial.bgcolor else None,
+        )
+
+    def render_line(self, y: int) -> Strip:
+        styles = self._styles or self._current_styles()
+        width = self.size.width
+        if y == 0:
+            return self._header_line(styles, width)
+        row = y - 1 + self.scroll_offset.y
+        if row >= len(self._visible):
+            return Strip.blank(width, styles.base)
+        vm_id = self._visible[row]
+        is_cursor = row == self._cursor_row
+        strip = self._row_strip(vm_id, is_cursor, styles)
+        fill = self._row_style(is_cursor, styles)
+        return self._crop(strip, width, fill)
+
+    def _row_style(self, is_cursor: bool, styles: _Styles) -> Style:
+        style = styles.cursor if is_cursor else styles.base
+        return style + styles.stale if self.stale else style
+
+    def _row_strip(self, vm_id: str, is_cursor: bool, styles: _Styles) -> Strip:
+        lit = self._lit.get(vm_id)
+        lit_mask = sum(1 << i for i in lit) if lit else 0
+        key = (self._layout_gen, is_cursor, self.stale, lit_mask, self._age_epoch)
+        cached = self._strips.get(vm_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        strip = self._build_strip(self._rows[vm_id], is_cursor, lit_mask, styles)
+        self._strips.set(vm_id, (key, strip))
+        self.rows_rendered += 1
+        return strip
+
+    def _build_strip(self, row: Row, is_cursor: bool, lit_mask: int, styles: _Styles) -> Strip:
+        base = self._row_style(is_cursor, styles)
+        gap = Segment(" " * _GAP, base)
+        segments: list[Segment] = []
+        now = self._now
+        for index, column in enumerate(COLUMNS):
+            style = base
+            level = row.levels[index]
+            if level != NORMAL:
+                style += styles.critical if level == CRITICAL else styles.warning
+            if lit_mask >> index & 1:
+                style += styles.changed
+            text = fit(row.cell(index, now), self._widths[index], column.numeric)
+            segments.append(gap)
+            segments.append(Segment(text, style))
+        return Strip(segments, self._table_width)
+
+    def _header_line(self, styles: _Styles, width: int) -> Strip:
+        style = styles.header + styles.stale if self.stale else styles.header
+        segments: list[Segment] = []
+        for index, column in enumerate(COLUMNS):
+            label = column.label
+            if index == self._sort_column:
+                label += " ▼" if self._sort_reverse else " ▲"
+            segments.append(Segment(" " * _GAP, style))
+            segments.append(Segment(self._fit_label(label, index, column.numeric), style))
+        strip = self._crop(Strip(segments, self._table_width), width, style)
+        if self.stale:
+            strip = self._stamp_stale(strip, width, styles)
+        return strip
+
+    def _fit_label(self, label: str, index: int, right: bool) -> str:
+        width = self._widths[index]
+        if len(label) > width and label[-1] in "▲▼":
+            label = label[: width - 1] + label[-1]
+        return fit(label, width, right)
+
+    def _stamp_stale(self, strip: Strip, width: int, styles: _Styles) -> Strip:
+        stamp = " STALE "
+        stamp_style = styles.header + styles.critical
+        if width <= len(stamp):
+            return Strip([Segment(stamp[:width], stamp_style)], width)
+        return Strip.join([strip.crop(0, width - len(stamp)), Strip([Segment(stamp, stamp_style)])])
+
+    def _crop(self, strip: Strip, width: int, fill: Style) -> Strip:
+        """The visible part of a table line: Name stays put, the rest scrolls sideways."""
+        scroll_x = self.scroll_offset.x
+        if scroll_x == 0:
+            return strip.crop_extend(0, width, fill)
+        fixed = self._offsets[1]
+        moving = strip.crop(fixed + scroll_x, fixed + scroll_x + max(0, width - fixed))
+        return Strip.join([strip.crop(0, fixed), moving]).crop_extend(0, width, fill)
