@@ -127,6 +127,7 @@ class VentanaApp(App[None]):
         header.flags = self.flags
         self.store.subscribe(self._on_delta)
         self.set_interval(self._flush_interval, self._flush)
+        self.set_interval(0.5, self._sync_counts)
         self.run_worker(self._pump(), name="event-pump", group="backend", exit_on_error=False)
         self.query_one(VmTable).focus()
 
