@@ -51,6 +51,17 @@ def differencing_bytes(checkpoints: list[Checkpoint]) -> int:
     return sum(c.size_bytes for c in checkpoints)
 
 
+def vm_differencing_bytes(store: Store, vm_id: str) -> int:
+    """Bytes in a VM's differencing disks (.avhdx / delta .vmdk: disks with a parent).
+
+    The live disk sizes are the truth; a backend that reports no differencing
+    disks falls back to the checkpoints' own sizes. Every pane and plan uses
+    this one figure so they agree.
+    """
+    diffs = [d.size_bytes for d in store.disks_of(vm_id) if d.parent_path]
+    return sum(diffs) if diffs else differencing_bytes(store.checkpoints_of(vm_id))
+
+
 def has_backup_checkpoint(checkpoints: list[Checkpoint]) -> bool:
     return any(c.kind is CheckpointKind.BACKUP for c in checkpoints)
 
@@ -67,8 +78,7 @@ class MergeSpace:
 
 
 def merge_space(store: Store, vm_id: str) -> MergeSpace:
-    checkpoints = store.checkpoints_of(vm_id)
-    chain = differencing_bytes(checkpoints)
+    chain = vm_differencing_bytes(store, vm_id)
     base_disks = [d for d in store.disks_of(vm_id) if d.parent_path is None]
     headroom = sum(max(0, d.max_bytes - d.size_bytes) for d in base_disks)
     # Merged blocks land in the parent: in the worst case every block of the

@@ -16,7 +16,6 @@ from typing import Any
 from .derived import (
     PAUSE_CRITICAL_MARGIN,
     chain_depth,
-    differencing_bytes,
     human_bytes,
     merge_space,
     oldest_checkpoint_age,
@@ -242,7 +241,7 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     size_before = sum(d.size_bytes for d in disks)
     steps = (
         f"Merge {len(checkpoints)} checkpoint(s), chain depth {depth}, "
-        f"{human_bytes(differencing_bytes(checkpoints))} of differencing disks",
+        f"{human_bytes(space.chain_bytes)} of differencing disks",
         "Each .avhdx is merged into its parent, newest first; files are deleted as they merge",
         f"Base disks stay on {lun.name if lun else '?'}; the VM keeps running "
         f"({vm.power.value}) during an online merge",

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 import trustme
-from peers.vcsim import BUILD_COMMAND, VcsimHandle, binary_path, is_built, start_vcsim
+from peers.vcsim import BUILD_HINT, VcsimHandle, binary_path, is_built, start_vcsim
 
 if not is_built():
     pytest.skip(
-        f"vcsim test peer not built ({binary_path()}): run `{BUILD_COMMAND}`",
+        f"vcsim test peer not built ({binary_path()}): {BUILD_HINT}",
         allow_module_level=True,
     )
 
-from pyVim.connect import Disconnect, SmartConnect  # noqa: E402
-from pyVim.task import WaitForTask  # noqa: E402
-from pyVmomi import vim, vmodl  # noqa: E402
+from pyVim.connect import Disconnect, SmartConnect
+from pyVim.task import WaitForTask
+from pyVmomi import vim, vmodl
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -101,6 +101,10 @@ def props(obj_content) -> dict:
     return {p.name: p.val for p in obj_content.propSet}
 
 
+def retrieve_props(si, kind, paths) -> list[dict]:
+    return [props(o) for page in retrieve_all(si, kind, paths) for o in page]
+
+
 def reconfig_extra(vm, **options: str) -> None:
     spec = vim.vm.ConfigSpec(
         extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in options.items()]
@@ -125,8 +129,9 @@ def test_wrong_password_is_refused(vcsim: VcsimHandle) -> None:
 
 def test_unknown_ca_is_refused(tmp_path: Path) -> None:
     # 127.0.0.2: pyvmomi would skip verification for 127.0.0.1 without a context.
-    with start_vcsim(tmp_path / "peer", clusters=0, standalone_hosts=1, vms=1,
-                     listen="127.0.0.2:0") as handle:
+    with start_vcsim(
+        tmp_path / "peer", clusters=0, standalone_hosts=1, vms=1, listen="127.0.0.2:0"
+    ) as handle:
         assert handle.host == "127.0.0.2"
         other_ca = tmp_path / "other-ca.pem"
         trustme.CA().cert_pem.write_to_path(str(other_ca))
@@ -152,12 +157,11 @@ def test_inventory_counts_match_the_requested_size(vcsim: VcsimHandle, si) -> No
         vim.Datastore: size.total_datastores,
     }
     for kind, count in expected.items():
-        objects = [o for page in retrieve_all(si, kind, ["name"]) for o in page]
-        assert len(objects) == count, kind
+        assert len(retrieve_props(si, kind, ["name"])) == count, kind
 
-    vms = [props(o) for page in retrieve_all(
+    vms = retrieve_props(
         si, vim.VirtualMachine, ["name", "runtime.host", "datastore", "runtime.powerState"]
-    ) for o in page]
+    )
     per_host = Counter(vm["runtime.host"]._moId for vm in vms)
     assert len(per_host) == size.total_hosts
     assert set(per_host.values()) == {size.vms}
@@ -166,9 +170,9 @@ def test_inventory_counts_match_the_requested_size(vcsim: VcsimHandle, si) -> No
     assert len(per_ds) == size.total_datastores  # spread round-robin
     assert "DC0_C0_H0_VM0" in {vm["name"] for vm in vms}
 
-    datastores = [props(o) for page in retrieve_all(
+    datastores = retrieve_props(
         si, vim.Datastore, ["name", "summary.capacity", "summary.freeSpace"]
-    ) for o in page]
+    )
     assert sorted(d["name"] for d in datastores) == ["LocalDS_0", "LocalDS_1"]
     assert all(0 < d["summary.freeSpace"] <= d["summary.capacity"] for d in datastores)
 
@@ -228,8 +232,9 @@ def test_wait_for_updates_sees_changes_made_by_a_second_connection(vcsim, si, vm
     content = si.content
     pc = content.propertyCollector.CreatePropertyCollector()
     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-    pc.CreateFilter(view_filter_spec(view, vim.VirtualMachine,
-                                     ["name", "runtime.powerState", "snapshot"]), True)
+    pc.CreateFilter(
+        view_filter_spec(view, vim.VirtualMachine, ["name", "runtime.powerState", "snapshot"]), True
+    )
     initial = pc.WaitForUpdatesEx("", PC.WaitOptions(maxWaitSeconds=0))
     entered = [o for fs in initial.filterSet for o in fs.objectSet]
     assert len(entered) == vcsim.size.total_vms
@@ -241,8 +246,9 @@ def test_wait_for_updates_sees_changes_made_by_a_second_connection(vcsim, si, vm
         other_vm = vim.VirtualMachine(target._moId, other._stub)
         WaitForTask(other_vm.PowerOffVM_Task())
         deadline = time.monotonic() + 15
-        version, state = wait_for_change(pc, initial.version, target._moId,
-                                         "runtime.powerState", deadline)
+        version, state = wait_for_change(
+            pc, initial.version, target._moId, "runtime.powerState", deadline
+        )
         assert state == "poweredOff"
 
         WaitForTask(other_vm.CreateSnapshot_Task("seen-live", "", False, False))
@@ -261,6 +267,7 @@ def create_snapshot(vm, name: str):
     task = vm.CreateSnapshot_Task(name, f"{name} description", False, False)
     WaitForTask(task)
     assert task.info.entity._moId == vm._moId
+    assert task.info.name.info.wsdlName == "CreateSnapshot_Task"  # not UnknownManagedMethod
     return task.info.result
 
 
@@ -354,9 +361,19 @@ def test_task_fault_hook_fails_the_task_with_its_message(vms) -> None:
         WaitForTask(task)
     assert task.info.state == "error"
     assert task.info.error.msg == "Device or resource busy"
-    assert "Device or resource busy" in str(err.value)
+    assert err.value.reason == "Device or resource busy"
     reconfig_extra(vm, **{"vcsim.fail.ConsolidateVMDisks_Task": ""})
     assert WaitForTask(vm.ConsolidateVMDisks_Task()) == "success"
+
+    # Methods of a snapshot count for its VM; the failed removal leaves the tree alone.
+    snap = create_snapshot(vm, "held-by-backup")
+    reconfig_extra(vm, **{"vcsim.fail.RemoveSnapshot_Task": "msg.snapshot.error-DISKLOCKED"})
+    task = snap.RemoveSnapshot_Task(removeChildren=False)
+    with pytest.raises(vim.fault.GenericVmConfigFault):
+        WaitForTask(task)
+    assert task.info.entity._moId == vm._moId
+    assert task.info.error.msg == "msg.snapshot.error-DISKLOCKED"
+    assert [t.name for t in vm.snapshot.rootSnapshotList] == ["held-by-backup"]
 
 
 def test_refresh_datastore_answers(si, vms) -> None:

@@ -112,9 +112,9 @@ async def test_header_and_rows_show_every_column() -> None:
             assert label in header
         assert table.visible_ids == ["a", "b", "c"]
         assert table.row_count == 3
-        assert rows[0].split()[:13] == [
-            "app-01", "HV-NODE-01", "running", "2", "-", "1", "1.0", "GB", "3", "3", "2y170d",
-            "60.0", "GB",
+        assert rows[0].split()[:14] == [
+            "app-01", "running", "HV-NODE-01", "3", "3", "2y170d", "60.0", "GB", "CSV-DATA2",
+            "-", "-", "2", "-", "1",
         ]
         assert "CSV-DATA2" in rows[0]
         assert table.cell_text("c", "oldest") == "3d"
@@ -138,9 +138,11 @@ async def test_replication_and_task_columns() -> None:
         store.apply(TaskProgress("t1", 57.4))
         table.flush()
         assert table.cell_text("a", "task") == "merge 57%"
+        assert not table.is_highlighted("a", "task")  # progress alone does not flash
         store.apply(TaskProgress("t1", 100.0, state=TaskState.OK))
         table.flush()
         assert table.cell_text("a", "task") == "-"
+        assert table.is_highlighted("a", "task")  # the task ending does
 
 
 async def test_critical_cells_use_the_critical_style() -> None:
@@ -221,7 +223,8 @@ async def test_name_column_stays_when_scrolling_sideways() -> None:
         table.scroll_to(x=table.max_scroll_x, animate=False)
         await pilot.pause()
         assert line_of(table, "b").startswith(" db-01 ")
-        assert line_of(table, "b").rstrip().endswith("backup 10%")
+        assert "backup 10%" in line_of(table, "b")
+        assert line_of(table, "b").rstrip().endswith("1.0 GB")
         assert table.render_line(0).text.startswith(" Name ▲")
 
 
@@ -279,7 +282,7 @@ async def test_s_cycles_sort_and_shift_s_reverses() -> None:
     async with app.run_test(size=SIZE) as pilot:
         table = app.query_one(VmTable)
         await pilot.pause()
-        await pilot.press("s")
+        await pilot.press("s", "s")  # name -> power -> node
         await pilot.pause()
         assert (table.sort_column, table.sort_reverse) == ("node", False)
         assert "Node ▲" in table.render_line(0).text
@@ -541,6 +544,7 @@ HOSTILE = {
     "h5": "[b",
     "h6": "\x1b[2Jclear\x1b]52;c;aGk=\x07",
     "h7": "tab\there\u202eevil",
+    "h8": "[仮想マシン]" * 10,  # wide characters, longer than the column
 }
 
 
@@ -560,6 +564,7 @@ async def test_hostile_names_show_literally_and_do_nothing() -> None:
                         "\\x1b[2Jclear", "tab here\\u202eevil"):
             assert literal in text
         for y in range(len(shown)):
+            assert table.render_line(y).cell_length == table.size.width
             for segment in table.render_line(y):
                 assert "\x1b" not in segment.text and "\t" not in segment.text
                 assert segment.style is None or not segment.style.meta

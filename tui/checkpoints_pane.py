@@ -16,10 +16,10 @@ from textual.widgets import Tree
 
 from ventana.state.derived import (
     chain_depth,
-    differencing_bytes,
     human_age,
     human_bytes,
     oldest_checkpoint_age,
+    vm_differencing_bytes,
 )
 from ventana.state.model import Checkpoint, CheckpointKind
 from ventana.state.store import Store
@@ -74,7 +74,7 @@ class CheckpointsPane(Tree[str]):
             root.append(
                 f" · {len(checkpoints)} checkpoint{plural} · depth {chain_depth(checkpoints)} · "
                 f"oldest {human_age(oldest_checkpoint_age(checkpoints, now))} · "
-                f"{human_bytes(differencing_bytes(checkpoints))} differencing",
+                f"{human_bytes(vm_differencing_bytes(store, vm.id))} differencing",
                 style="dim",
             )
         else:

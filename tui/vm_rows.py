@@ -28,11 +28,10 @@ from typing import Any
 
 from rich.cells import cell_len, set_cell_size
 
-from ventana.state.derived import chain_depth, differencing_bytes, human_age, human_bytes
+from ventana.state.derived import chain_depth, human_age, human_bytes, vm_differencing_bytes
 from ventana.state.model import (
     MB,
     VM,
-    Checkpoint,
     Health,
     Kind,
     PowerState,
@@ -57,24 +56,27 @@ class Column:
 
 
 COLUMNS: tuple[Column, ...] = (
+    # What a maintenance window needs first comes first: on a narrow terminal
+    # the hardware columns are the ones scrolled off to the right.
     Column("name", "Name", 8, 40),
-    Column("node", "Node", 4, 20),
     Column("power", "Power", 5, 15),
+    Column("node", "Node", 4, 20),
+    Column("ckpts", "Ckpts", 5, 5, numeric=True),
+    Column("depth", "Depth", 5, 5, numeric=True),
+    Column("oldest", "Oldest", 7, 7, numeric=True),  # "10y200d"
+    Column("diff", "Diff", 7, 7, numeric=True),  # "1023 GB"
+    Column("lun", "LUN", 3, 20),
+    Column("repl", "Repl", 4, 24),
+    Column("task", "Task", 4, 24),
     Column("gen", "Gen", 3, 3, numeric=True),
     Column("ver", "Ver", 3, 6),
     Column("vcpu", "vCPU", 4, 4, numeric=True),
     Column("ram", "RAM", 7, 7, numeric=True),
-    Column("ckpts", "Ckpts", 5, 5, numeric=True),
-    Column("depth", "Depth", 5, 5, numeric=True),
-    Column("oldest", "Oldest", 6, 6, numeric=True),
-    Column("diff", "Diff", 8, 8, numeric=True),
-    Column("lun", "LUN", 3, 20),
-    Column("repl", "Repl", 4, 24),
-    Column("task", "Task", 4, 24),
 )
 COLUMN_KEYS: tuple[str, ...] = tuple(c.key for c in COLUMNS)
 COL = {key: index for index, key in enumerate(COLUMN_KEYS)}
 OLDEST = COL["oldest"]
+TASK = COL["task"]
 
 _ALIASES = {
     "host": "node", "state": "power", "generation": "gen", "version": "ver",
@@ -102,10 +104,6 @@ class Row:
     levels: tuple[int, ...]  # per column: NORMAL, WARNING or CRITICAL
     oldest: datetime | None  # creation time of the oldest checkpoint
     search: str  # lower-case text that plain filter words search
-
-    @property
-    def name_key(self) -> tuple[str, str]:
-        return (self.sort[0], self.vm_id)
 
     def cell(self, index: int, now: datetime) -> str:
         if index == OLDEST:
@@ -145,38 +143,35 @@ def build_row(store: Store, vm: VM) -> Row:
     lun_name = display(lun.name) if lun else vm.lun_id or EMPTY
     depth = chain_depth(checkpoints)
     oldest = min((c.created for c in checkpoints), default=None)
-    diff = _differencing(store, vm.id, checkpoints)
+    diff = vm_differencing_bytes(store, vm.id)
     repl_text, repl_level = _replication(vm)
     task_text, task_sort = _task(store.running_tasks_for(ref(Kind.VM, vm.id)))
     name = display(vm.name)
     power = vm.power.value
-    cells = (
-        name, node_name, power, str(vm.generation), display(vm.config_version) or EMPTY,
-        str(vm.vcpus), human_bytes(vm.memory_mb * MB), str(len(checkpoints)),
-        str(depth), "", human_bytes(diff) if diff else EMPTY, lun_name, repl_text, task_text,
-    )
-    sort = (
-        name.casefold(), node_name.casefold(), power, vm.generation,
-        version_key(vm.config_version), vm.vcpus, vm.memory_mb, len(checkpoints), depth,
-        -oldest.timestamp() if oldest else float("-inf"), diff, lun_name.casefold(),
-        repl_text.casefold(), task_sort,
-    )
+    by_key: dict[str, tuple[str, object]] = {  # column -> (text, sort value)
+        "name": (name, name.casefold()),
+        "node": (node_name, node_name.casefold()),
+        "power": (power, power),
+        "gen": (str(vm.generation), vm.generation),
+        "ver": (display(vm.config_version) or EMPTY, version_key(vm.config_version)),
+        "vcpu": (str(vm.vcpus), vm.vcpus),
+        "ram": (human_bytes(vm.memory_mb * MB), vm.memory_mb),
+        "ckpts": (str(len(checkpoints)), len(checkpoints)),
+        "depth": (str(depth), depth),
+        "oldest": ("", -oldest.timestamp() if oldest else float("-inf")),
+        "diff": (human_bytes(diff) if diff else EMPTY, diff),
+        "lun": (lun_name, lun_name.casefold()),
+        "repl": (repl_text, repl_text.casefold()),
+        "task": (task_text, task_sort),
+    }
+    cells = tuple(by_key[k][0] for k in COLUMN_KEYS)
+    sort = tuple(by_key[k][1] for k in COLUMN_KEYS)
     levels = [NORMAL] * len(COLUMNS)
     levels[COL["power"]] = _power_level(vm.power)
     levels[COL["repl"]] = repl_level
     search = "\0".join((name, node_name, lun_name, power, repl_text, vm.replication.value,
                         task_text)).lower()
     return Row(vm.id, vm.node_id, vm.lun_id, cells, sort, tuple(levels), oldest, search)
-
-
-def _differencing(store: Store, vm_id: str, checkpoints: list[Checkpoint]) -> int:
-    """Bytes in the VM's differencing disks (AVHDX / delta VMDK, i.e. disks with a parent).
-
-    Disk sizes are the live figure; when a backend reports no differencing
-    disks the checkpoints' own sizes stand in.
-    """
-    diffs = [d.size_bytes for d in store.disks_of(vm_id) if d.parent_path]
-    return sum(diffs) if diffs else differencing_bytes(checkpoints)
 
 
 def _replication(vm: VM) -> tuple[str, int]:

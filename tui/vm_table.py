@@ -16,6 +16,7 @@ What is shown, sorted and matched lives in ``vm_rows`` (no Textual there).
 
 from __future__ import annotations
 
+import re
 import time
 from bisect import bisect_left, insort
 from collections import deque
@@ -44,6 +45,7 @@ from .vm_rows import (
     CRITICAL,
     NORMAL,
     OLDEST,
+    TASK,
     Filter,
     Row,
     SortKey,
@@ -61,6 +63,7 @@ FLUSH_HZ = 8.0
 AGE_TICK_SECONDS = 60.0
 INCREMENTAL_MOVES = 32  # up to this many (or 1 % of rows) moved rows are placed by bisect
 _GAP = 1  # blank cells before each column
+_PERCENT = re.compile(r"\d+%")
 
 
 def _utcnow() -> datetime:
@@ -602,8 +605,10 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         until = now + self._highlight_seconds
         lit: dict[int, float] | None = None
         for index in range(len(COLUMNS)):
-            if index == OLDEST:  # Oldest: the text ticks with time; flash only a new oldest
+            if index == OLDEST:  # the text ticks with time: flash only a new oldest
                 differs = old.oldest != new.oldest
+            elif index == TASK:  # progress ticks all the time: flash a new task or state
+                differs = _PERCENT.sub("%", old.cells[index]) != _PERCENT.sub("%", new.cells[index])
             else:
                 differs = old.cells[index] != new.cells[index]
             if differs:

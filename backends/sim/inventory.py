@@ -14,6 +14,7 @@ under a second.
 
 from __future__ import annotations
 
+import gc
 import random
 import uuid
 from collections.abc import Iterator
@@ -278,8 +279,22 @@ class _Assembler:
 
 
 def build_inventory(config: SimConfig, epoch: datetime | None = None) -> Inventory:
-    """The cluster as it is at ``epoch`` (default: ``config.start_time()``)."""
-    epoch = epoch or config.start_time()
+    """The cluster as it is at ``epoch`` (default: ``config.start_time()``).
+
+    The cyclic garbage collector is paused meanwhile: the build allocates
+    ~100,000 acyclic objects for 10,000 VMs, and collections triggered by
+    them would only rescan the caller's heap.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(config, epoch or config.start_time())
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _build(config: SimConfig, epoch: datetime) -> Inventory:
     rng = random.Random(config.seed)
     cluster = config.cluster_name
 

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import trustme
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD_COMMAND = "make vcsim (or tools/vcsim/build.sh)"
+BUILD_HINT = "run `make vcsim` (or `tools/vcsim/build.sh`)"
 
 
 class VcsimNotBuilt(RuntimeError):
@@ -180,9 +180,7 @@ def start_vcsim(
     """
     binary = binary_path()
     if not is_built():
-        raise VcsimNotBuilt(
-            f"vcsim test peer not built ({binary} missing): run `{BUILD_COMMAND}`"
-        )
+        raise VcsimNotBuilt(f"vcsim test peer not built ({binary} missing): {BUILD_HINT}")
     tmp = Path(tmp_dir)
     tmp.mkdir(parents=True, exist_ok=True)
     listen_host = listen.rsplit(":", 1)[0].strip("[]")

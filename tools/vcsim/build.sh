@@ -22,12 +22,18 @@ packages=(golang-go golang-github-vmware-govmomi-dev)
 step() { printf 'vcsim: %s\n' "$*"; }
 die() { printf 'vcsim: error: %s\n' "$*" >&2; exit 1; }
 
-# 1. Debian packages, only when missing.
+# One build at a time (parallel make, two test runs): later ones wait, then see the stamp.
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
+
+# 1. Debian packages, only when missing (patch(1) too: minimal images lack it).
 missing=()
 for p in "${packages[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
     [[ $status == "install ok installed" ]] || missing+=("$p")
 done
+command -v patch >/dev/null || missing+=(patch)
 if ((${#missing[@]})); then
     sudo=()
     if ((EUID != 0)); then
@@ -35,21 +41,25 @@ if ((${#missing[@]})); then
         sudo=(sudo)
     fi
     step "installing ${missing[*]} with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt_log=$cache/apt.log
+    if ! { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$apt_log" 2>&1; then
+        cat "$apt_log" >&2
+        die "apt-get install ${missing[*]} failed (log above, also in $apt_log)"
+    fi
 else
     step "Debian packages present: ${packages[*]}"
 fi
 [[ -d $debian_src/simulator ]] || die "$debian_src/simulator not found after installing golang-github-vmware-govmomi-dev"
 command -v go >/dev/null || die "go not found after installing golang-go"
 
-# 2. Hash of the inputs: package versions, go version, this script, main.go, patches.
+# 2. Hash of the inputs: Debian package versions (with govmomi's one dependency), go version, this script, main.go, patches.
 shopt -s nullglob
 patches=("$here"/patches/*.patch)
 shopt -u nullglob
 inputs=$(
-    dpkg-query -W -f='${Package} ${Version}\n' "${packages[@]}"
+    dpkg-query -W -f='${Package} ${Version}\n' "${packages[@]}" golang-github-google-uuid-dev
     go version
     sha256sum "$here/build.sh" "$here/main.go" ${patches[@]+"${patches[@]}"} | sed "s|$here/||"
 )
@@ -68,7 +78,7 @@ rm -rf "$gopath"
 mkdir -p "$(dirname "$work")" "$gopath/src/ventana/vcsim" "$cache/bin"
 cp -a "$debian_src" "$work"
 for p in ${patches[@]+"${patches[@]}"}; do
-    step "patch $(basename "$p"): $(head -n1 "$p" | sed 's/^Reason: //' | cut -c1-100)"
+    step "patch $(basename "$p"): $(head -n1 "$p" | sed 's/^Reason: //')"
     patch -p1 -s --forward --no-backup-if-mismatch -d "$work" <"$p" || die "patch $(basename "$p") does not apply"
 done
 cp "$here/main.go" "$gopath/src/ventana/vcsim/main.go"
@@ -76,12 +86,9 @@ cp "$here/main.go" "$gopath/src/ventana/vcsim/main.go"
 # 4. Build (Go 1.19, GOPATH mode, offline).
 step "go build (GO111MODULE=off, $(go version | cut -d' ' -f3))"
 start=$(date +%s)
-(
-    cd "$gopath/src/ventana/vcsim"
+(cd "$gopath/src/ventana/vcsim" &&
     GO111MODULE=off GOPROXY=off GOFLAGS= GOPATH="$gopath:/usr/share/gocode" \
-        GOCACHE="$cache/go-build" \
-        go build -o "$bin.tmp" .
-)
+        GOCACHE="$cache/go-build" go build -o "$bin.tmp" .) || die "go build failed"
 mv -f "$bin.tmp" "$bin"
 printf '%s\n' "$hash" >"$stamp"
 step "built $bin in $(($(date +%s) - start)) s (inputs ${hash:0:12})"

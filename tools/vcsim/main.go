@@ -38,6 +38,11 @@ type sizes struct {
 }
 
 func main() {
+	// Registered first: a SIGTERM that arrives while the inventory is being built
+	// or right after the URL is printed must still clean up the datastore folders.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+
 	var sz sizes
 	listen := flag.String("listen", "127.0.0.1:0", "listen address host:port (port 0 picks a free port)")
 	certFile := flag.String("tls-cert", "", "PEM certificate (chain) served to clients")
@@ -98,6 +103,7 @@ func main() {
 	esx.HostSystem.Summary.Hardware.Vendor += " (govmomi simulator)"
 
 	if err := model.Create(); err != nil {
+		model.Remove()
 		log.Fatalf("creating the inventory: %v", err)
 	}
 	if err := createVMs(model, sz); err != nil {
@@ -110,15 +116,13 @@ func main() {
 		model.Service.Listen.User = url.UserPassword(user, pass)
 	}
 	model.Service.TLS = tlsConfig
-	server := model.Service.NewServer()
+	server := newServer(model)
 
 	u := *server.URL
 	u.User = nil // never print credentials
 	fmt.Println(u.String())
 	_ = os.Stdout.Sync()
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
 
 	// httptest.Server.Close waits for outstanding requests, and a WaitForUpdatesEx
@@ -126,6 +130,18 @@ func main() {
 	_ = server.Listener.Close()
 	model.Remove()
 	os.Exit(0)
+}
+
+// newServer starts the server; NewServer panics when it cannot listen, and the
+// datastore folders must not be left behind then.
+func newServer(model *simulator.Model) *simulator.Server {
+	defer func() {
+		if err := recover(); err != nil {
+			model.Remove()
+			log.Fatalf("starting the server: %v", err)
+		}
+	}()
+	return model.Service.NewServer()
 }
 
 // createVMs creates sz.vmsPerHost VMs on every host, in the host's root resource
