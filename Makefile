@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench snapshots clean
+.PHONY: run test lint bench snapshots clean vcsim
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -26,7 +26,10 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 run: $(VENV)/.run-deps  ## open the console on the built-in simulated cluster
 	$(BIN)/ventana $(ARGS)
 
-test: $(VENV)/.test-deps  ## install what tests need and run the whole suite
+vcsim:  ## build the vSphere API simulator test peer (once; cached in .cache/vcsim)
+	tools/vcsim/build.sh
+
+test: $(VENV)/.test-deps vcsim  ## install what tests need and run the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from ventana.state.events import Event
 from ventana.state.model import FinalState, Platform, TaskState
@@ -78,6 +79,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _make_executor(self) -> Executor: ...
+
+    def now(self) -> datetime:
+        """The source's current time (a simulator's clock may run faster)."""
+        return datetime.now(UTC)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -23,6 +23,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ventana.state.events import ConnectionChanged, Event, LinkState, Upsert
@@ -141,6 +142,16 @@ class ReplayBackend(Backend):
         else:
             reason = f"replay finished at {self.position:.1f} s — data shown is historical"
         yield ConnectionChanged(SOURCE, LinkState.DISCONNECTED, reason)
+
+    def now(self) -> datetime:
+        """The recorded time at the replay's position (ages read as they did then)."""
+        try:
+            started = datetime.fromisoformat(self.recording.header.started)
+        except (TypeError, ValueError):
+            return super().now()
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=UTC)
+        return started + timedelta(seconds=self.position)
 
     async def close(self) -> None:
         self._closed = True

@@ -242,7 +242,8 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     steps = (
         f"Merge {len(checkpoints)} checkpoint(s), chain depth {depth}, "
         f"{human_bytes(space.chain_bytes)} of differencing disks",
-        "Each .avhdx is merged into its parent, newest first; files are deleted as they merge",
+        "The differencing disks (.avhdx) merge down the chain into the base disk, oldest "
+        "first; each file is deleted once merged",
         f"Base disks stay on {lun.name if lun else '?'}; the VM keeps running "
         f"({vm.power.value}) during an online merge",
     )

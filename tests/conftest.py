@@ -4,11 +4,18 @@ pytest-textual-snapshot is pinned (1.1.0): its ``snap_compare`` fixture looks
 up ``SVGImageExtension`` in its module at call time, so replacing that name
 with a subclass whose ``dirname`` is ``screenshots/`` keeps every SVG where
 people look for them, named after the test.
+
+Two SVGs of the same screen can differ only in how runs of text are split
+into ``<text>``/``<rect>`` elements (Textual's compositor cuts lines at
+widget edges, and the cuts depend on timing). The extension therefore
+compares what a person sees: every cell's character, colours and style.
 """
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -17,10 +24,44 @@ import pytest_textual_snapshot
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
 
 
+_CELL_W, _CELL_H = 12.2, 24.4
+_STYLE = re.compile(r"\.(terminal-[\w-]+) \{([^}]*)\}")
+_TEXT = re.compile(r'<text class="([^"]+)" x="([\d.]+)" y="([\d.]+)"[^>]*>(.*?)</text>', re.S)
+_RECT = re.compile(
+    r'<rect fill="([^"]+)" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="[\d.]+" '
+    r'shape-rendering="crispEdges"/>'
+)
+
+
+def screen_cells(svg: str) -> dict[tuple[int, int], tuple[str, str, str]]:
+    """(row, column) -> (character, text style, background) of an SVG screen."""
+    styles = {name: css.strip() for name, css in _STYLE.findall(svg)}
+    cells: dict[tuple[int, int], list[str]] = {}
+    for fill, x, y, width in _RECT.findall(svg):
+        row = round((float(y) - 1.5) / _CELL_H)
+        first = round(float(x) / _CELL_W)
+        for col in range(first, first + round(float(width) / _CELL_W)):
+            cells.setdefault((row, col), [" ", "", ""])[2] = fill
+    for cls, x, y, content in _TEXT.findall(svg):
+        row = round((float(y) - 20) / _CELL_H)
+        first = round(float(x) / _CELL_W)
+        for offset, char in enumerate(html.unescape(content).replace("\xa0", " ")):
+            cell = cells.setdefault((row, first + offset), [" ", "", ""])
+            cell[0], cell[1] = char, styles.get(cls, cls)
+    return {k: (c, "" if c == " " else s, b) for k, (c, s, b) in cells.items()}
+
+
 class ScreenshotsExtension(pytest_textual_snapshot.SVGImageExtension):
     @classmethod
     def dirname(cls, *, test_location) -> str:  # type: ignore[no-untyped-def, override]
         return str(SCREENSHOTS)
+
+    def matches(self, *, serialized_data, snapshot_data) -> bool:  # type: ignore[no-untyped-def, override]
+        if serialized_data == snapshot_data:
+            return True
+        if not isinstance(serialized_data, str) or not isinstance(snapshot_data, str):
+            return False
+        return screen_cells(serialized_data) == screen_cells(snapshot_data)
 
 
 pytest_textual_snapshot.SVGImageExtension = ScreenshotsExtension  # type: ignore[misc]

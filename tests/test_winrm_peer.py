@@ -50,9 +50,17 @@ def watched_task(params: dict[str, Any], writer: CommandWriter) -> None:
             return
 
 
+def show_parameters(params: dict[str, Any], writer: CommandWriter) -> None:
+    """Echoes what the handler received: one Hashtable of ``name -> [type, value]``."""
+    assert params["name"] == params.get("NAME") == "vm-1" and "nAmE" in params
+    writer.write_output({k: [type(v).__name__, v] for k, v in params.items()})
+    writer.write_output(list(writer.arguments))
+
+
 def test_registry() -> CommandRegistry:
     registry = build_demo_registry()
     registry.register("Invoke-Watched", watched_task)
+    registry.register("Show-Parameters", show_parameters)
     return registry
 
 
@@ -169,6 +177,24 @@ def test_primitive_values_round_trip(peer: PeerHandle) -> None:
         assert isinstance(when, str)
         parsed = datetime.datetime.fromisoformat(when.replace("Z", "+00:00"))
         assert abs((parsed - datetime.datetime.now(datetime.UTC)).total_seconds()) < 60
+
+
+def test_parameters_reach_the_handler_typed(peer: PeerHandle) -> None:
+    guid = uuid.uuid4()
+    with RunspacePool(connect(peer)) as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet("show-parameters")  # command names match case-insensitively
+        ps.add_parameter("Name", "vm-1").add_parameter("Count", 7).add_parameter("Force")
+        ps.add_parameter("Id", guid).add_parameter("Names", ["a", "b"]).add_argument("positional")
+        seen, arguments = ps.invoke()
+    assert seen == {
+        "Name": ["PSString", "vm-1"],
+        "Count": ["PSInt", 7],
+        "Force": ["bool", True],  # a switch (no value) arrives as True
+        "Id": ["PSGuid", guid],
+        "Names": ["PSList", ["a", "b"]],
+    }
+    assert arguments == ["positional"]
 
 
 def test_pipeline_input_and_chained_commands(peer: PeerHandle) -> None:
@@ -319,6 +345,19 @@ def test_is_alive_and_close(peer: PeerHandle) -> None:
     pool.close()
     assert peer.peer.service.shell_count() == shells - 1
     assert pool.is_alive() is False
+
+
+def test_pool_level_requests(peer: PeerHandle) -> None:
+    wsman = connect(peer)
+    with RunspacePool(wsman, max_runspaces=3) as pool:
+        assert pool.get_available_runspaces() == 3
+        pool.max_runspaces = 5  # SetMaxRunspaces on an open pool
+        pool.min_runspaces = 2
+        pool.reset_runspace_state()
+        assert (pool.max_runspaces, pool.min_runspaces) == (5, 2)
+        wsman.update_max_payload_size()  # reads the WinRM config resource
+        assert wsman.max_envelope_size == 500 * 1024
+        assert invoke(pool, "Write-Output", InputObject="still fine").output == ["still fine"]
 
 
 # -- authentication ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Protocol
 
@@ -52,10 +52,6 @@ class EventRecorder(ActionRecorder, Protocol):
     def write_event(self, event: Event) -> None: ...
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class VentanaApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Ventana"
@@ -70,7 +66,7 @@ class VentanaApp(App[None]):
         log: ActionLog | None,
         log_error: str = "",
         recorder: EventRecorder | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] | None = None,
         flags: str = "",
         mode: str | None = None,
         read_only_reason: str = "",
@@ -79,6 +75,7 @@ class VentanaApp(App[None]):
         super().__init__()
         self.backend = backend
         self.store = Store()
+        clock = clock or backend.now
         self.clock = clock
         self.recorder = recorder
         self.action_log = log

@@ -23,7 +23,7 @@ class KeyedTable(DataTable[Text]):
     KeyedTable { height: 1fr; }
     """
 
-    def __init__(self, columns: Sequence[tuple[str, str]], **kwargs: object) -> None:
+    def __init__(self, columns: Sequence[tuple[str, str, int]], **kwargs: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)  # type: ignore[arg-type]
         self._columns = list(columns)
         self._cells: dict[str, list[Text]] = {}
@@ -31,8 +31,9 @@ class KeyedTable(DataTable[Text]):
         self._stale = False
 
     def on_mount(self) -> None:
-        for key, label in self._columns:
-            self.add_column(label, key=key)
+        # Fixed widths: no re-measuring as rows arrive, so the layout never jumps.
+        for key, label, width in self._columns:
+            self.add_column(label, key=key, width=width)
         self.set_interval(0.5, self._expire_highlights)
 
     @property
@@ -40,7 +41,7 @@ class KeyedTable(DataTable[Text]):
         return list(self._cells)
 
     def cell_text(self, key: str, column: str) -> str:
-        index = [c for c, _ in self._columns].index(column)
+        index = [c[0] for c in self._columns].index(column)
         return self._cells[key][index].plain
 
     def _styled(self, cell: Text, lit: bool) -> Text:

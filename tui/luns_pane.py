@@ -47,12 +47,12 @@ def lun_cells(lun: Lun, store: Store) -> list[Text]:
 
 class LunsPane(KeyedTable):
     COLUMNS = (
-        ("name", "LUN"),
-        ("total", "Total"),
-        ("free", "Free"),
-        ("pct", "%Free"),
-        ("bar", "Used"),
-        ("state", "State"),
+        ("name", "LUN", 15),
+        ("total", "Total", 7),
+        ("free", "Free", 8),
+        ("pct", "%Free", 6),
+        ("bar", "Used", BAR_WIDTH),
+        ("state", "State", 10),
     )
 
     def __init__(self, **kwargs: object) -> None:
@@ -60,7 +60,8 @@ class LunsPane(KeyedTable):
 
     def sync(self, store: Store, ids: set[str] | None = None) -> None:
         wanted = ids if ids is not None else {lun.id for lun in store.luns()} | set(self.keys)
-        for lun_id in sorted(wanted, key=lambda i: (store.lun(i).name if store.lun(i) else i)):
+        # Name, then id: two LUNs may share a name ("NEW VOLUME" twice in the lab).
+        for lun_id in sorted(wanted, key=lambda i: (store.lun(i).name if store.lun(i) else i, i)):
             lun = store.lun(lun_id)
             if lun is None:
                 self.discard(lun_id)

@@ -36,12 +36,12 @@ def node_cells(node: Node, store: Store) -> list[Text]:
 
 class NodesPane(KeyedTable):
     COLUMNS = (
-        ("name", "Node"),
-        ("state", "State"),
-        ("vms", "VMs"),
-        ("csvs", "CSVs"),
-        ("agent", "Backup agent"),
-        ("owned", "Owns"),
+        ("name", "Node", 14),
+        ("state", "State", 9),
+        ("vms", "VMs", 4),
+        ("csvs", "CSVs", 4),
+        ("agent", "Backup agent", 20),
+        ("owned", "Owns", 80),
     )
 
     def __init__(self, **kwargs: object) -> None:
@@ -50,7 +50,11 @@ class NodesPane(KeyedTable):
     def sync(self, store: Store, ids: set[str] | None = None) -> None:
         """Bring rows for ``ids`` (or all nodes) in line with the store."""
         wanted = ids if ids is not None else {n.id for n in store.nodes()} | set(self.keys)
-        for node_id in sorted(wanted, key=lambda i: (store.node(i).name if store.node(i) else i)):
+        def order(i: str) -> tuple[str, str]:
+            node = store.node(i)
+            return (node.name if node else i, i)
+
+        for node_id in sorted(wanted, key=order):
             node = store.node(node_id)
             if node is None:
                 self.discard(node_id)

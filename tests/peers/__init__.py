@@ -1,5 +1,6 @@
 """Test peers: real protocol endpoints that Ventana's backends talk to in tests.
 
-Each subpackage starts a server on 127.0.0.1 that speaks the same protocol as
-the production counterpart (``winrm``: WinRM/PowerShell Remoting over HTTPS).
+Each module or subpackage starts a server on 127.0.0.1 that speaks the same
+protocol as the production counterpart — ``vcsim``: govmomi's vSphere
+simulator; ``winrm``: a WinRM/PowerShell Remoting endpoint over HTTPS.
 """

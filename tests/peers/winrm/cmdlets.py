@@ -17,10 +17,11 @@ under a command name (matched case-insensitively, like PowerShell)::
 
     registry.register("Get-VM", get_vm)
 
-``params``
+``params`` (:class:`Parameters`, a ``dict``)
     The named parameters sent with ``PowerShell.add_parameter(name, value)``,
-    keyed by the name as sent. A parameter sent without a value (pypsrp's
-    ``add_parameter("Force")``, PowerShell's switch) has the value ``True``.
+    keyed by the name as sent; lookups ignore case, as PowerShell's do. A
+    parameter sent without a value (pypsrp's ``add_parameter("Force")``,
+    PowerShell's switch) has the value ``True``.
     Values arrive as psrpcore deserialised them: ``str``/``int``/``bool``/
     ``list``/``dict`` subclasses, ``uuid.UUID``, ``datetime``.
     Positional arguments (``add_argument``) are in ``writer.arguments``;
@@ -93,6 +94,7 @@ __all__ = [
     "Handler",
     "PSInt",
     "PSInt64",
+    "Parameters",
     "PipelineStopped",
     "TerminatingError",
     "ps_enum",
@@ -137,6 +139,31 @@ def _category(value: ErrorCategory | str) -> ErrorCategory:
     if isinstance(value, ErrorCategory):
         return value
     return ErrorCategory[value]
+
+
+class Parameters(dict[str, Any]):
+    """The named parameters of a command: a dict whose lookups ignore case, as PowerShell's do.
+
+    ``params["name"]``, ``params.get("NAME")`` and ``"Name" in params`` all
+    find a parameter sent as ``-Name``; iteration shows names as sent.
+    """
+
+    def _key(self, key: object) -> object:
+        if isinstance(key, str) and not super().__contains__(key):
+            folded = key.casefold()
+            for name in self.keys():
+                if name.casefold() == folded:
+                    return name
+        return key
+
+    def __getitem__(self, key: str) -> Any:
+        return super().__getitem__(self._key(key))  # type: ignore[index]
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(self._key(key))
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(self._key(key), default)  # type: ignore[call-overload]
 
 
 class StreamSink(Protocol):

@@ -56,7 +56,13 @@ from psrpcore.types import (
     PSObject,
 )
 
-from .cmdlets import CommandRegistry, CommandWriter, PipelineStopped, TerminatingError
+from .cmdlets import (
+    CommandRegistry,
+    CommandWriter,
+    Parameters,
+    PipelineStopped,
+    TerminatingError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +120,38 @@ def fail_pipeline(pipeline: ServerPipeline, error: ErrorRecord) -> None:
     that uses its private state change.
     """
     pipeline._change_state(PSInvocationState.Failed, error)
+
+
+def _event_ci(event: PSRPEvent) -> int:
+    """The call id of a pool request; pypsrp 0.9.1 names it ``CI``, psrpcore reads ``ci``."""
+    obj = event._ps_object  # type: ignore[attr-defined]
+    for name in ("ci", "CI"):
+        try:
+            return int(getattr(obj, name))
+        except AttributeError:
+            continue
+    raise ValueError(f"{type(event).__name__} without a call id")
+
+
+class PeerRunspacePool(ServerRunspacePool):
+    """psrpcore's server pool, reading pypsrp's ``CI`` spelling in Set(Max|Min)Runspaces.
+
+    PowerShell reads CLIXML property names case-insensitively; psrpcore 0.3.1
+    does not, and fails on the SetMaxRunspaces/SetMinRunspaces messages pypsrp
+    sends when ``pool.max_runspaces``/``min_runspaces`` is set on an open pool.
+    """
+
+    def _process_SetMaxRunspaces(self, event: SetMaxRunspacesEvent) -> None:
+        ci = _event_ci(event)
+        count = int(event._ps_object.MaxRunspaces)  # type: ignore[attr-defined]
+        self._ci_events[ci] = event
+        self._ci_handlers[ci] = lambda _e: setattr(self, "_max_runspaces", count)
+
+    def _process_SetMinRunspaces(self, event: SetMinRunspacesEvent) -> None:
+        ci = _event_ci(event)
+        count = int(event._ps_object.MinRunspaces)  # type: ignore[attr-defined]
+        self._ci_events[ci] = event
+        self._ci_handlers[ci] = lambda _e: setattr(self, "_min_runspaces", count)
 
 
 @dataclass(eq=False)
@@ -245,7 +283,7 @@ class PoolSession:
         self.created = time.monotonic()
         self.cond = threading.Condition(threading.Lock())
         self.closed = False
-        self.pool = ServerRunspacePool()
+        self.pool = PeerRunspacePool()
         self.pool.runspace_pool_id = shell_id
         self._buffers: dict[Target, deque[bytes]] = {}
         self._runs: dict[uuid.UUID, PipelineRun] = {}
@@ -297,12 +335,12 @@ class PoolSession:
         elif isinstance(event, GetAvailableRunspacesEvent):
             busy = sum(1 for r in self._runs.values() if r.started and not r.finished)
             self.pool.runspace_availability_response(
-                event.ci, max(self.pool.max_runspaces - busy, 0)
+                _event_ci(event), max(self.pool.max_runspaces - busy, 0)
             )
         elif isinstance(
             event, SetMaxRunspacesEvent | SetMinRunspacesEvent | ResetRunspaceStateEvent
         ):
-            self.pool.runspace_availability_response(event.ci, True)
+            self.pool.runspace_availability_response(_event_ci(event), True)
         else:
             log.debug("pool %s: %s", self.shell_id, type(event).__name__)
         return None
@@ -389,7 +427,7 @@ class PoolSession:
                 exception_type="System.Management.Automation.CommandNotFoundException",
                 target=name,
             )
-        params: dict[str, Any] = {}
+        params = Parameters()
         arguments: list[Any] = []
         for param_name, value in cmd.parameters:
             if param_name is None:

@@ -31,6 +31,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import tempfile
 import threading
 import time
@@ -287,7 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with _ntlm_user_file(peer.ntlm_user_file):
                 out_token = self._spnego.step(in_token)
-        except SpnegoError as exc:
+        except (SpnegoError, ValueError, LookupError, struct.error) as exc:  # garbage tokens too
             log.info(
                 "%s authentication from %s refused: %s",
                 scheme,
