@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from enum import Enum
+import typing
+from functools import cache
 from typing import Any, TypeVar
 
 _BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
@@ -35,16 +36,42 @@ def is_clean(text: str) -> bool:
     return _UNSAFE.search(text) is None
 
 
+def _safe(value: str) -> bool:
+    # Fast path first: printable ASCII (the common case) needs no regex.
+    return (value.isascii() and value.isprintable()) or is_clean(value)
+
+
+@cache
+def _text_fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The (str fields, tuple-of-str fields) of a dataclass, from its type hints."""
+    hints = typing.get_type_hints(cls)
+    strs, tuples = [], []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        if hint is str or (str in args and typing.get_origin(hint) is not tuple):
+            strs.append(f.name)
+        elif typing.get_origin(hint) is tuple and str in args:
+            tuples.append(f.name)
+    return tuple(strs), tuple(tuples)
+
+
 def clean_entity(entity: T) -> T:
     """Sanitize every str (and tuple of str) field of a frozen dataclass."""
+    strs, tuples = _text_fields(type(entity))
+    values = [getattr(entity, name) or "" for name in strs]
+    for name in tuples:
+        values.extend(getattr(entity, name))
+    if _safe("".join(values)):  # one check for the whole entity: the common case
+        return entity
     changes: dict[str, Any] = {}
-    for f in dataclasses.fields(entity):  # type: ignore[arg-type]
-        value = getattr(entity, f.name)
-        if isinstance(value, str) and not isinstance(value, Enum) and not is_clean(value):
-            changes[f.name] = clean(value)
-        elif isinstance(value, tuple) and any(
-            isinstance(v, str) and not is_clean(v) for v in value
-        ):
-            changes[f.name] = tuple(clean(v) if isinstance(v, str) else v for v in value)
+    for name in strs:
+        value = getattr(entity, name)
+        if value and not _safe(value):
+            changes[name] = clean(value)
+    for name in tuples:
+        value = getattr(entity, name)
+        if any(not _safe(v) for v in value):
+            changes[name] = tuple(clean(v) for v in value)
     return dataclasses.replace(entity, **changes) if changes else entity  # type: ignore[type-var]
 

@@ -1,0 +1,194 @@
+"""Benchmarks of the console at scale, headless, on the simulated cluster.
+
+Measures, at 10,000 VMs: time from start to a fully populated screen, RSS,
+events/s applied by the store, the time from an event leaving the backend to
+its row being redrawn (median and p99 at 200 events/s, half of them on rows
+that are on screen) and CPU while idle and under that load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import resource
+import statistics
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ventana.backends.base import Backend, Executor
+from ventana.backends.sim import SimBackend, SimConfig, build_inventory
+from ventana.state.events import Event, Upsert
+from ventana.state.model import VM, Kind, PowerState
+from ventana.state.store import Store
+from ventana.tui.app import VentanaApp
+from ventana.tui.vm_table import VmTable
+
+SIZE = (200, 60)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class LoadedSim(Backend):
+    """The simulator at N VMs, plus a steady stream of VM changes.
+
+    After the inventory, it yields ``rate`` changes per second: half to VMs
+    whose rows are on screen (so their redraw can be timed), half anywhere.
+    The time each change leaves the backend is kept for the latency figures.
+    """
+
+    name = "sim"
+
+    def __init__(self, vms: int, rate: float) -> None:
+        self.sim = SimBackend(SimConfig(seed=7, vms=vms, rate=0.0, read_only=True))
+        super().__init__(self.sim.target, read_only=True)
+        self.rate = rate
+        self.load = asyncio.Event()
+        self.sent: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.table: VmTable | None = None
+        self.rng = random.Random(1)
+        self.emitted = 0
+        self.inventory_sent_at: float | None = None
+
+    def _make_executor(self) -> Executor:  # pragma: no cover - read-only
+        raise RuntimeError("read-only benchmark")
+
+    def now(self):  # type: ignore[no-untyped-def]
+        return self.sim.now()
+
+    async def events(self) -> AsyncIterator[Event]:
+        vms: dict[str, VM] = {}
+        stream = self.sim.events().__aiter__()
+        while True:  # the inventory, up to CONNECTED
+            event = await stream.__anext__()
+            if isinstance(event, Upsert) and event.entity.KIND is Kind.VM:
+                vms[event.entity.id] = event.entity  # type: ignore[assignment]
+            yield event
+            if getattr(event, "state", None) == "connected":
+                self.inventory_sent_at = time.perf_counter()
+                break
+        await self.load.wait()
+        ids = list(vms)
+        powers = [PowerState.RUNNING, PowerState.OFF, PowerState.SAVED, PowerState.PAUSED]
+        interval = 1.0 / self.rate
+        next_at = time.perf_counter()
+        while True:
+            next_at += interval
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            table = self.table
+            visible = table.visible_ids if table is not None else []
+            top = table.scroll_offset.y if table is not None else 0
+            page = table.scrollable_content_region.height - 1 if table is not None else 0
+            # A row already waiting for its redraw is not changed again: two
+            # changes in one batch can cancel out (A→B→A) and leave nothing to draw.
+            on_screen = [i for i in visible[top : top + page] if i not in self.sent]
+            pick_visible = bool(on_screen) and self.emitted % 2 == 0
+            vm_id = self.rng.choice(on_screen if pick_visible else ids)
+            if not pick_visible and vm_id in self.sent:
+                continue
+            vm = vms[vm_id]
+            vm = dataclasses.replace(
+                vm, power=self.rng.choice([p for p in powers if p is not vm.power])
+            )
+            vms[vm_id] = vm
+            if pick_visible:
+                self.sent[vm_id] = time.perf_counter()
+            self.emitted += 1
+            yield Upsert(vm)
+
+
+def _instrument(table: VmTable, backend: LoadedSim) -> None:
+    """Time a row's redraw: the first strip built for a VM after its change."""
+    original = table._row_strip
+
+    def timed(vm_id: str, is_cursor: bool, styles: Any):  # type: ignore[no-untyped-def]
+        built_before = table.rows_rendered
+        strip = original(vm_id, is_cursor, styles)
+        if table.rows_rendered != built_before:
+            sent = backend.sent.pop(vm_id, None)
+            if sent is not None:
+                backend.latencies.append(time.perf_counter() - sent)
+        return strip
+
+    table._row_strip = timed  # type: ignore[method-assign]
+
+
+async def _cpu_percent(pilot: Any, seconds: float) -> float:
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    await pilot.pause(seconds)
+    return 100.0 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+
+
+async def run_console(vms: int = 10_000, rate: float = 200.0, seconds: float = 10.0) -> dict:
+    backend = LoadedSim(vms, rate)
+    app = VentanaApp(backend, log=None, log_error="benchmark")
+    started = time.perf_counter()
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        while table.row_count < vms or app._pending:
+            await pilot.pause(0.01)
+        await pilot.pause()  # one frame with every row in place
+        populated_at = time.perf_counter()
+        populated_s = populated_at - started
+        console_s = populated_at - (backend.inventory_sent_at or started)
+        rss_populated = rss_mb()
+        idle_cpu = await _cpu_percent(pilot, 3.0)
+        backend.table = table
+        _instrument(table, backend)
+        backend.load.set()
+        load_cpu = await _cpu_percent(pilot, seconds)
+        emitted = backend.emitted
+        latencies = sorted(backend.latencies)
+        rss_loaded = rss_mb()
+    q = statistics.quantiles(latencies, n=100) if len(latencies) >= 100 else None
+    return {
+        "vms": vms,
+        "populated_s": round(populated_s, 3),
+        "inventory_to_screen_s": round(console_s, 3),
+        "rss_mb_populated": round(rss_populated, 1),
+        "rss_mb_under_load": round(rss_loaded, 1),
+        "idle_cpu_pct": round(idle_cpu, 1),
+        "load_events_per_s": round(emitted / seconds, 1),
+        "load_cpu_pct": round(load_cpu, 1),
+        "redraw_samples": len(latencies),
+        "redraw_median_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
+        "redraw_p99_ms": round(1000 * q[98], 1) if q else None,
+        "redraw_max_ms": round(1000 * latencies[-1], 1) if latencies else None,
+    }
+
+
+def run_store(vms: int = 10_000, events: int = 200_000) -> dict:
+    """Events per second the store applies (batches of 100, one subscriber)."""
+    inventory = build_inventory(SimConfig(seed=7, vms=vms, rate=0.0))
+    store = Store()
+    store.subscribe(lambda delta: None)
+    started = time.perf_counter()
+    store.apply_many(Upsert(e) for e in inventory.entities())
+    load_s = time.perf_counter() - started
+    rng = random.Random(3)
+    all_vms = list(store.vms())
+    changes = [
+        Upsert(dataclasses.replace(vm, memory_mb=vm.memory_mb + i % 7 + 1))
+        for i, vm in enumerate(rng.choices(all_vms, k=events))
+    ]
+    started = time.perf_counter()
+    for i in range(0, len(changes), 100):
+        store.apply_many(changes[i : i + 100])
+    apply_s = time.perf_counter() - started
+    return {
+        "vms": vms,
+        "inventory_entities": sum(store.count(k) for k in Kind),
+        "inventory_apply_s": round(load_s, 3),
+        "events": events,
+        "events_per_s": round(events / apply_s),
+    }
