@@ -12,6 +12,9 @@ an *unknown* outcome, never a success.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -104,7 +107,21 @@ class ActionRunner:
             self.recorder.write_action(data)
 
     # -- the guarded path ---------------------------------------------------
-    async def execute(self, plan: Plan, typed: str, *, override: bool = False) -> ActionResult:
+    async def execute(
+        self,
+        plan: Plan,
+        typed: str,
+        *,
+        override: bool = False,
+        overridden: frozenset[str] | None = None,
+    ) -> ActionResult:
+        """Run a confirmed plan.
+
+        ``override`` covers exactly the blocking codes the operator saw
+        (``overridden``, default: the plan's own blocking codes). A blocking
+        finding that appeared since the plan was shown refuses the action, as
+        does a target that vanished or was renamed.
+        """
         if self.backend.read_only:
             err = self._refuse(plan, f"{self.backend.target} is read-only; nothing was sent")
             raise ReadOnlyError(str(err))
@@ -120,10 +137,26 @@ class ActionRunner:
         if kind != Kind.VM.value:
             raise self._refuse(plan, f"unsupported target {plan.target!r}")
         # Re-check against the live state: the plan on screen may be old.
-        fresh = self.plan(plan.action, obj_id)
-        if fresh.blocking and not override:
-            codes = ", ".join(f.code for f in fresh.blocking)
-            raise self._refuse(fresh, f"blocked by pre-flight: {codes}")
+        try:
+            fresh = self.plan(plan.action, obj_id)
+        except KeyError:
+            raise self._refuse(
+                plan, "the target is no longer in the inventory; nothing was sent"
+            ) from None
+        if typed != fresh.target_name:
+            raise self._refuse(fresh, "the target was renamed since the plan was shown; "
+                                      "review it again")
+        seen = overridden if overridden is not None else frozenset(f.code for f in plan.blocking)
+        blocking = {f.code for f in fresh.blocking}
+        if blocking and not override:
+            raise self._refuse(fresh, f"blocked by pre-flight: {', '.join(sorted(blocking))}")
+        if blocking - seen:
+            raise self._refuse(
+                fresh,
+                "new blocking findings since the plan was shown: "
+                f"{', '.join(sorted(blocking - seen))}; review the plan again",
+                override=override,
+            )
 
         try:
             executor = self.backend.executor()
@@ -138,9 +171,9 @@ class ActionRunner:
                 mode=self.mode,
                 target_object=fresh.target,
                 target_name=fresh.target_name,
-                plan=fresh.to_log(),
+                plan={**fresh.to_log(), "overridden": sorted(blocking) if override else []},
                 findings=findings_to_log(fresh.findings),
-                override=bool(override and fresh.blocking),
+                override=bool(override and blocking),
                 confirmed=True,
                 task_id=task_id,
             )
@@ -156,6 +189,10 @@ class ActionRunner:
             result = await executor.merge(obj_id, task_id)
         except ReadOnlyError as exc:
             result = ActionResult(TaskState.FAILED, error=f"refused: {exc}")
+        except asyncio.CancelledError:
+            # The console is closing with the action in flight: say so in the row.
+            self._finish_quietly(row, "the console closed while the action was running")
+            raise
         except Exception as exc:  # the request may have reached the cluster
             result = ActionResult(
                 TaskState.UNKNOWN,
@@ -164,6 +201,9 @@ class ActionRunner:
                 final_state=FinalState.PENDING,
             )
 
+        if not result.state.finished:  # a backend must not report "still running" here
+            result = dataclasses.replace(result, state=TaskState.UNKNOWN,
+                                         error=result.error or "the backend gave no outcome")
         outcome = result.state.value
         try:
             self.log.finish(
@@ -196,6 +236,14 @@ class ActionRunner:
             }
         )
         return result
+
+    def _finish_quietly(self, row: int, why: str) -> None:
+        if self.log is None:
+            return
+        # If even this fails, the intent row stays and reads "interrupted — verify".
+        with contextlib.suppress(ActionLogError):
+            self.log.finish(row, outcome="unknown", error=f"{why} — verify on the host",
+                            final_state=FinalState.PENDING.value)
 
     async def cancel(self, task_id: str) -> bool:
         if self.backend.read_only:

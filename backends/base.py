@@ -80,6 +80,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def _make_executor(self) -> Executor: ...
 
+    #: Source seconds per wall second (a simulator runs faster); recordings keep
+    #: it so a replay can show ages as they were.
+    clock_rate: float = 1.0
+
     def now(self) -> datetime:
         """The source's current time (a simulator's clock may run faster)."""
         return datetime.now(UTC)

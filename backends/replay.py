@@ -144,14 +144,22 @@ class ReplayBackend(Backend):
         yield ConnectionChanged(SOURCE, LinkState.DISCONNECTED, reason)
 
     def now(self) -> datetime:
-        """The recorded time at the replay's position (ages read as they did then)."""
+        """The source's time at the replay's position (ages read as they did then).
+
+        A recording made from a faster clock (the simulator) keeps its start
+        and rate in the header's meta (``clock_start``, ``clock_rate``).
+        """
+        meta = self.recording.header.meta
         try:
-            started = datetime.fromisoformat(self.recording.header.started)
+            started = datetime.fromisoformat(
+                str(meta.get("clock_start") or self.recording.header.started)
+            )
+            rate = float(meta.get("clock_rate", 1.0))
         except (TypeError, ValueError):
             return super().now()
         if started.tzinfo is None:
             started = started.replace(tzinfo=UTC)
-        return started + timedelta(seconds=self.position)
+        return started + timedelta(seconds=self.position * rate)
 
     async def close(self) -> None:
         self._closed = True

@@ -70,11 +70,16 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise CodecError(f"{where}: {value!r} is not a {tp.__name__}") from exc
     if tp is datetime:
         try:
-            return datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value)
         except (TypeError, ValueError) as exc:
             raise CodecError(f"{where}: bad time {value!r}") from exc
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        if moment.tzinfo is None:
+            raise CodecError(f"{where}: time {value!r} has no timezone")
+        return moment
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise CodecError(f"{where}: expected a number, got {type(value).__name__}")
     if tp in (int, str, bool) and type(value) is not tp:
         raise CodecError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
     return value

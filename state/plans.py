@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .derived import (
+    LUN_CRITICAL_PCT,
     PAUSE_CRITICAL_MARGIN,
     chain_depth,
     human_bytes,
@@ -133,6 +134,7 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     def add(severity: Severity, code: str, message: str) -> None:
         findings.append(Finding(f"preflight:{code}:{vm_id}", severity, target, code, message))
 
+    reserved = _reserved_by_running_merges(store, vm.lun_id, vm_id)
     if store.stale:
         add(
             Severity.BLOCKING,
@@ -145,15 +147,25 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     if lun is None:
         add(Severity.BLOCKING, "LUN_UNKNOWN", "The volume under this VM's disks is not known.")
     else:
-        free_after_peak = lun.free_bytes - space.needed
+        free_after_peak = lun.free_bytes - reserved - space.needed
         if free_after_peak < PAUSE_CRITICAL_MARGIN:
+            also = (f" ({human_bytes(reserved)} is already reserved by merges running on it)"
+                    if reserved else "")
             add(
                 Severity.BLOCKING,
                 "NO_SPACE",
-                f"{lun.name} has {human_bytes(lun.free_bytes)} free; the merge may need "
+                f"{lun.name} has {human_bytes(lun.free_bytes)} free{also}; the merge may need "
                 f"{human_bytes(space.needed)} and must leave at least "
                 f"{human_bytes(PAUSE_CRITICAL_MARGIN)} or Hyper-V pauses every VM on the "
                 "volume (Paused-Critical). Free space on the CSV or move the VM first.",
+            )
+        elif lun.total_bytes and 100.0 * free_after_peak / lun.total_bytes < LUN_CRITICAL_PCT:
+            add(
+                Severity.WARNING,
+                "LOW_SPACE_DURING_MERGE",
+                f"At the worst point of the merge {lun.name} would have "
+                f"{human_bytes(free_after_peak)} free (under {LUN_CRITICAL_PCT:g} %). Every VM "
+                "on the volume keeps writing during a merge that may take hours.",
             )
         if lun.state is not LunState.ONLINE:
             add(
@@ -213,6 +225,11 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
             "The VM is Paused-Critical (its volume ran out of space). "
             "Free space before resuming or merging.",
         )
+    for known in store.all(Kind.FINDING):
+        assert isinstance(known, Finding)
+        if known.target in (target, ref(Kind.LUN, vm.lun_id)) and known.severity.rank >= 2:
+            add(Severity.WARNING, f"REPORTED_{known.code}",
+                f"Reported by the cluster: {known.message}")
     node = store.node(vm.node_id)
     if node is not None and node.state.value in ("draining", "down"):
         add(Severity.WARNING, "NODE_STATE", f"The VM's node {node.name} is {node.state.value}.")
@@ -239,21 +256,25 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     oldest = oldest_checkpoint_age(checkpoints, now)
     disks = store.disks_of(vm_id)
     size_before = sum(d.size_bytes for d in disks)
+    online = vm.power in (PowerState.RUNNING, PowerState.PAUSED, PowerState.PAUSED_CRITICAL)
     steps = (
         f"Merge {len(checkpoints)} checkpoint(s), chain depth {depth}, "
         f"{human_bytes(space.chain_bytes)} of differencing disks",
         "The differencing disks (.avhdx) merge down the chain into the base disk, oldest "
         "first; each file is deleted once merged",
-        f"Base disks stay on {lun.name if lun else '?'}; the VM keeps running "
-        f"({vm.power.value}) during an online merge",
+        f"Base disks stay on {lun.name if lun else '?'}; "
+        + ("the VM keeps running during this online merge" if online
+           else f"the VM is {vm.power.value}: an offline merge, usually faster"),
     )
+    node_name = node.name if node else ""
+    where = f"-ComputerName {_quote_ps(node_name)} " if node_name else ""
     return Plan(
         action="merge",
         target=target,
         target_name=vm.name,
         steps=steps,
         findings=tuple(sorted(findings, key=lambda f: -f.severity.rank)),
-        command=f"Get-VMSnapshot -VMName {_quote_ps(vm.name)} | Remove-VMSnapshot",
+        command=f"Get-VMSnapshot {where}-VMName {_quote_ps(vm.name)} | Remove-VMSnapshot",
         lun_id=lun.id if lun else "",
         lun_name=lun.name if lun else "",
         free_now=lun.free_bytes if lun else None,
@@ -268,8 +289,29 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
             "chain_depth": depth,
             "oldest_checkpoint_days": round(oldest / timedelta(days=1), 1) if oldest else None,
             "chain_bytes": space.chain_bytes,
-            "node": node.name if node else "",
+            "node": node_name,
             "power": vm.power.value,
+            "generation": vm.generation,
+            "config_version": vm.config_version,
             "replication": vm.replication.value,
+            "reserved_by_running_merges": reserved,
+            "checkpoint_list": [
+                {"name": c.name, "kind": c.kind.value, "created": c.created.isoformat(),
+                 "size": c.size_bytes}
+                for c in sorted(checkpoints, key=lambda c: (c.created, c.id))
+            ],
         },
     )
+
+
+def _reserved_by_running_merges(store: Store, lun_id: str, except_vm: str) -> int:
+    """Worst-case space still needed by merges already running on the same LUN."""
+    total = 0
+    for task in store.tasks():
+        if task.kind != "merge" or task.state.finished:
+            continue
+        kind, _, other = task.target.partition(":")
+        vm = store.vm(other) if kind == Kind.VM.value else None
+        if vm is not None and vm.id != except_vm and vm.lun_id == lun_id:
+            total += merge_space(store, vm.id).needed
+    return total

@@ -1,7 +1,8 @@
 """The one sanitizer for text that comes from a cluster, an error or a file.
 
-Control characters (C0 except tab, DEL, C1) and bidi controls become visible
-escapes such as ``\\x1b`` or ``\\u202e``, so nothing from the data can reach
+Control characters (C0 including tab, DEL, C1), bidi controls, line
+separators and zero-width characters become visible escapes such as
+``\\x1b`` or ``\\u202e``, so nothing from the data can reach
 the terminal as a control sequence. Markup is not touched here: the UI never
 renders data as markup (it uses ``Text``/``Content``), so ``[bold]`` stays
 literal text.
@@ -16,7 +17,10 @@ from functools import cache
 from typing import Any, TypeVar
 
 _BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
-_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f" + _BIDI + "]")
+# Line/paragraph separators break the layout; zero-width characters make two
+# different names look identical on a confirmation screen.
+_INVISIBLE = "\u2028\u2029\u200b\u200c\u200d\u2060\ufeff"
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f" + _BIDI + _INVISIBLE + "]")
 
 T = TypeVar("T")
 
@@ -62,16 +66,18 @@ def clean_entity(entity: T) -> T:
     values = [getattr(entity, name) or "" for name in strs]
     for name in tuples:
         values.extend(getattr(entity, name))
-    if _safe("".join(values)):  # one check for the whole entity: the common case
+    # One check for the whole entity: the common case. A non-str where text
+    # belongs (a loosely typed source) goes the slow way and becomes text.
+    if all(type(v) is str for v in values) and _safe("".join(values)):
         return entity
     changes: dict[str, Any] = {}
     for name in strs:
         value = getattr(entity, name)
-        if value and not _safe(value):
+        if value is not None and not (isinstance(value, str) and _safe(value)):
             changes[name] = clean(value)
     for name in tuples:
         value = getattr(entity, name)
-        if any(not _safe(v) for v in value):
+        if any(not (isinstance(v, str) and _safe(v)) for v in value):
             changes[name] = tuple(clean(v) for v in value)
     return dataclasses.replace(entity, **changes) if changes else entity  # type: ignore[type-var]
 

@@ -6,9 +6,12 @@ import dataclasses
 
 from factories import NOW, small_cluster
 
-from ventana.state.events import ConnectionChanged, LinkState, Upsert
+from ventana.state.events import ConnectionChanged, FindingRaised, LinkState, Upsert
 from ventana.state.model import (
     GB,
+    Checkpoint,
+    CheckpointKind,
+    Finding,
     Kind,
     PowerState,
     ReplicationState,
@@ -33,7 +36,12 @@ def test_clean_merge_plan_has_figures_and_command() -> None:
     assert plan.free_now == 500 * GB
     assert plan.space_needed == 60 * GB
     assert plan.free_after_worst == 500 * GB and plan.free_after_best == 560 * GB
-    assert plan.command == "Get-VMSnapshot -VMName 'app-01' | Remove-VMSnapshot"
+    assert plan.command == (
+        "Get-VMSnapshot -ComputerName 'HV-NODE-01' -VMName 'app-01' | Remove-VMSnapshot"
+    )
+    assert [c["name"] for c in plan.facts["checkpoint_list"]] == [
+        "before patch 0", "before patch 1", "before patch 2"]
+    assert "keeps running" in plan.steps[2]
     assert plan.estimate and plan.estimate.low_s < plan.estimate.likely_s < plan.estimate.high_s
     assert plan.facts["chain_depth"] == 3 and plan.facts["oldest_checkpoint_days"] == 900.0
     logged = plan.to_log()
@@ -87,4 +95,38 @@ def test_hostile_name_is_quoted_in_the_command() -> None:
     store = small_cluster()
     store.apply(Upsert(dataclasses.replace(store.vm("a"), name="x'; Remove-VM *; '")))
     plan = plan_merge(store, "a", NOW)
-    assert plan.command == "Get-VMSnapshot -VMName 'x''; Remove-VM *; ''' | Remove-VMSnapshot"
+    assert plan.command == (
+        "Get-VMSnapshot -ComputerName 'HV-NODE-01' -VMName 'x''; Remove-VM *; ''' "
+        "| Remove-VMSnapshot"
+    )
+
+
+def test_running_merge_on_the_same_csv_reserves_its_space() -> None:
+    store = small_cluster(free_gb=100)  # app-01 may need 60 GB of it
+    assert "NO_SPACE" not in codes(plan_merge(store, "a", NOW))
+    # db-01 on the same CSV gets a chain and starts merging it...
+    store.apply(Upsert(Checkpoint("b-cp", "b", "old", None, CheckpointKind.STANDARD,
+                                  NOW, "b.avhdx", 50 * GB)))
+    store.apply(Upsert(Task("m1", "merge", ref(Kind.VM, "b"), "db-01", 5.0,
+                            TaskState.RUNNING, NOW)))
+    # ...so app-01's merge no longer fits.
+    plan = plan_merge(store, "a", NOW)
+    finding = next(f for f in plan.findings if f.code == "NO_SPACE")
+    assert "already reserved" in finding.message
+    assert plan.facts["reserved_by_running_merges"] == 50 * GB
+
+
+def test_low_space_during_merge_warns_and_cluster_findings_are_carried() -> None:
+    store = small_cluster(free_gb=150)  # worst point: 90 GB of 2000 = 4.5 %
+    plan = plan_merge(store, "a", NOW)
+    assert "LOW_SPACE_DURING_MERGE" in codes(plan, Severity.WARNING)
+    store.apply(FindingRaised(Finding("x", Severity.CRITICAL, "lun:l1", "CSV_FULL",
+                                      "CSV-DATA2 ran out of space at 03:12")))
+    plan = plan_merge(store, "a", NOW)
+    assert "REPORTED_CSV_FULL" in codes(plan, Severity.WARNING)
+
+
+def test_offline_vm_merge_is_described_as_offline() -> None:
+    store = small_cluster()
+    store.apply(Upsert(dataclasses.replace(store.vm("a"), power=PowerState.OFF)))
+    assert "offline merge" in plan_merge(store, "a", NOW).steps[2]

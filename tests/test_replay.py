@@ -176,3 +176,17 @@ async def test_close_stops_the_stream() -> None:
     assert isinstance(last, ConnectionChanged) and last.state is LinkState.DISCONNECTED
     assert last.reason.startswith("replay closed at")
     assert len(seen) < 20
+
+
+def test_replay_clock_follows_the_recorded_source_clock(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from ventana.backends.replay import ReplayBackend
+    from ventana.state.recording import Recorder
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    path = tmp_path / "sim.jsonl"
+    Recorder(path, "sim://X", meta={"clock_start": start.isoformat(), "clock_rate": 60.0}).close()
+    replay = ReplayBackend(path, speed=0)
+    replay.position = 10.0  # ten wall seconds into a sim session at speed 60
+    assert replay.now() == start + timedelta(minutes=10)

@@ -371,3 +371,15 @@ def test_config_is_validated() -> None:
             SimConfig(**bad)  # type: ignore[arg-type]
     assert SimConfig(epoch=datetime(2024, 1, 1)).start_time().tzinfo is UTC
     assert ref(Kind.VM, "x") == "vm:x"
+
+
+@pytest.mark.parametrize("seed", range(1, 13))
+def test_no_checkpoint_is_created_in_the_future(seed: int) -> None:
+    from datetime import UTC, datetime
+
+    from ventana.backends.sim import SimConfig, build_inventory
+
+    epoch = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    inventory = build_inventory(SimConfig(seed=seed, epoch=epoch))
+    assert inventory.checkpoints
+    assert all(c.created < epoch for c in inventory.checkpoints)

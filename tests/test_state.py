@@ -102,9 +102,17 @@ def test_store_sanitizes_every_text_field() -> None:
     assert "\\u202e" in vm.name and "\\x9b" in vm.name
 
 
-def test_clean_keeps_tabs_and_plain_text() -> None:
-    assert clean("a\tb [x] é") == "a\tb [x] é"
-    assert clean("a\nb\rc") == "a\\x0ab\\x0dc"
+def test_clean_keeps_plain_text_and_escapes_layout_breakers() -> None:
+    assert clean("b [x] é 日本") == "b [x] é 日本"
+    assert clean("a\nb\rc\td") == "a\\x0ab\\x0dc\\x09d"
+    # Look-alike names: zero-width and line separators are made visible.
+    assert clean("db\u200b-01\u2028\ufeff") == "db\\u200b-01\\u2028\\ufeff"
+
+
+def test_store_tolerates_a_non_string_in_a_text_field() -> None:
+    store = Store()
+    store.apply(Upsert(VM("v", 12345, "c", "n")))  # type: ignore[arg-type]
+    assert store.vm("v").name == "12345"
 
 
 def test_derived_facts() -> None:
@@ -185,6 +193,11 @@ def test_codec_round_trips_every_event() -> None:
         {"ev": "progress", "task": "t"},
         {"ev": "teleport"},
         ["not", "a", "dict"],
+        {"ev": "upsert", "kind": "checkpoint", "data": {
+            "id": "c", "vm_id": "v", "name": "n", "parent_id": None, "kind": "standard",
+            "created": "2024-01-01T00:00:00"}},  # no timezone
+        {"ev": "upsert", "kind": "task", "data": {"id": "t", "kind": "merge", "target": "vm:a",
+                                                  "pct": "abc"}},
     ],
 )
 def test_codec_rejects_bad_input(bad: object) -> None:

@@ -561,7 +561,7 @@ async def test_hostile_names_show_literally_and_do_nothing() -> None:
         shown = lines(table)
         text = "\n".join(shown)
         for literal in ("[bold red]x[/]", "[@click=app.quit]x", "a[/]b", "[/", "[b",
-                        "\\x1b[2Jclear", "tab here\\u202eevil"):
+                        "\\x1b[2Jclear", "tab\\x09here\\u202eevil"):
             assert literal in text
         for y in range(len(shown)):
             assert table.render_line(y).cell_length == table.size.width

@@ -2,10 +2,10 @@
 
 Events are pumped from the backend into a buffer and applied to the store
 12.5 times a second in one batch (an event reaches the screen within ~80 ms
-however busy the cluster is, and a flood costs one redraw per batch); each batch's Delta is routed to the panes
-that show what changed (keyed updates, no rebuilds). Actions go through the
-ActionRunner (plan → pre-flight → typed confirm → log); the UI never calls a
-backend mutation itself. Read-only is one reactive consulted by
+however busy the cluster is; a flood costs one redraw per batch). Each
+batch's Delta is routed to the panes that show what changed (keyed updates,
+no rebuilds). Actions go through the ActionRunner (plan → pre-flight → typed
+confirm → log); the UI never calls a backend mutation itself. Read-only is one reactive consulted by
 ``check_action``; the runner and backend refuse again below.
 """
 
@@ -38,6 +38,7 @@ from ventana.state.store import Delta, Store
 
 from . import commands
 from .checkpoints_pane import CheckpointsPane
+from .confirm_screen import ConfirmScreen
 from .header import ReadOnlyBanner, StatusHeader
 from .help_screen import HelpScreen
 from .log_screen import LogScreen
@@ -93,6 +94,7 @@ class VentanaApp(App[None]):
         self._pending: list[Event] = []
         self._selected_vm: str | None = None
         self._recording_lost = False
+        self._actions_running = 0
         # The first inventory is applied in one batch (every row built once);
         # until it is complete the header counts what has arrived.
         self._loading = True
@@ -135,6 +137,15 @@ class VentanaApp(App[None]):
         header.target = clean(self.backend.target)
         header.mode = self.runner.mode
         header.flags = self.flags
+        if self.action_log is None and not self.read_only:
+            header.flags = " ".join(
+                f for f in (self.flags, "NO ACTION LOG — ACTIONS REFUSED") if f
+            )
+            self.notify(
+                f"The action log cannot be opened, so every action will be refused: "
+                f"{clean(self.runner.log_error)}",
+                title="Action log unavailable", severity="error", markup=False, timeout=60,
+            )
         self.store.subscribe(self._on_delta)
         self.set_interval(self._flush_interval, self._flush)
         self.run_worker(self._pump(), name="event-pump", group="backend", exit_on_error=False)
@@ -150,6 +161,7 @@ class VentanaApp(App[None]):
                 if self.recorder is not None:
                     self.recorder.write_event(event)
         except Exception as exc:  # a backend must never take the console down
+            self._inventory_done = True
             reason = clean(f"{type(exc).__name__}: {exc}")
             self._pending.append(
                 ConnectionChanged(self.backend.name, LinkState.DISCONNECTED, reason)
@@ -182,13 +194,21 @@ class VentanaApp(App[None]):
             # full collection never pauses a redraw for hundreds of ms.
             gc.disable()
             try:
-                self.store.apply_many(batch)
+                self._apply(batch)
             finally:
                 gc.freeze()
                 gc.enable()
             return
         batch, self._pending = self._pending, []
-        self.store.apply_many(batch)
+        self._apply(batch)
+
+    def _apply(self, batch: list[Event]) -> None:
+        try:
+            self.store.apply_many(batch)
+        except Exception as exc:  # bad data from a source must not stop the console
+            reason = clean(f"bad data from {self.backend.name}: {type(exc).__name__}: {exc}")
+            self.store.apply(ConnectionChanged(self.backend.name, LinkState.STALE, reason))
+            self.notify(reason, title="Data error", severity="error", markup=False, timeout=30)
 
     def _on_delta(self, delta: Delta) -> None:
         store = self.store
@@ -344,16 +364,46 @@ class VentanaApp(App[None]):
             self._execute(plan, confirmation), group="actions", exit_on_error=False
         )
 
+    async def action_quit(self) -> None:
+        running = self._actions_running
+        if not running:
+            self.exit()
+            return
+        question = (
+            f"{running} action(s) started from this console are still running. They go on "
+            "on the cluster, but this console stops tracking them and logs their outcome as "
+            "unknown — verify on the host. Quit anyway?"
+        )
+        self.push_screen(
+            ConfirmScreen(question, "Quit", "Stay"),
+            callback=lambda quit_: self.exit() if quit_ else None,
+        )
+
     async def _execute(self, plan: Plan, confirmation: Confirmation) -> None:
+        self._actions_running += 1
+        try:
+            await self._execute_tracked(plan, confirmation)
+        finally:
+            self._actions_running -= 1
+
+    async def _execute_tracked(self, plan: Plan, confirmation: Confirmation) -> None:
         started = time.monotonic()
         try:
             result = await self.runner.execute(
-                plan, confirmation.typed, override=confirmation.override
+                plan, confirmation.typed, override=confirmation.override,
+                overridden=confirmation.overridden,
             )
         except (ActionRefused, ReadOnlyError) as exc:
             self.notify(
                 f"Merge refused: {exc}", title="Refused", severity="error", markup=False,
-                timeout=10,
+                timeout=30,
+            )
+            return
+        except Exception as exc:  # never lose an action silently
+            self.notify(
+                f"Merge of {plan.target_name}: {clean(f'{type(exc).__name__}: {exc}')} — "
+                "check the action log and verify on the host",
+                title="Merge error", severity="error", markup=False, timeout=60,
             )
             return
         took = time.monotonic() - started

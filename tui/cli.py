@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--vms", type=int, default=None, help="number of VMs (default 74)")
     sim.add_argument("--rate", type=float, default=None, help="churn rate multiplier (0: static)")
     sim.add_argument(
-        "--speed", type=float, default=None,
+        "--speed", dest="sim_speed", type=float, default=None,
         help="simulated seconds per real second for long tasks (default 60)",
     )
     sub = parser.add_subparsers(dest="command")
@@ -94,7 +94,7 @@ def _sim_backend(args: argparse.Namespace, options: dict[str, object], read_only
 
     values: dict[str, object] = {}
     for name in ("seed", "vms", "rate", "speed"):
-        cli_value = getattr(args, name, None)
+        cli_value = getattr(args, "sim_speed" if name == "speed" else name, None)
         if cli_value is not None:
             values[name] = cli_value
         elif name in options:
@@ -134,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ventana: {clean(str(exc))}", file=sys.stderr)
             return 2
         read_only = args.read_only or bool(target and target.read_only)
-        backend = _sim_backend(args, target.options if target else {}, read_only)
+        try:
+            backend = _sim_backend(args, target.options if target else {}, read_only)
+        except (TypeError, ValueError) as exc:
+            print(f"ventana: bad simulator settings: {clean(str(exc))}", file=sys.stderr)
+            return 2
         if read_only:
             reason = "started with --read-only" if args.read_only else (
                 f"target {target.name!r} is read_only in the config" if target else ""
@@ -145,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         from ventana.state.recording import Recorder
 
         try:
-            recorder = Recorder(args.record, backend.target, meta={"backend": backend.name})
+            recorder = Recorder(args.record, backend.target, meta={
+                "backend": backend.name,
+                "clock_start": backend.now().isoformat(),
+                "clock_rate": backend.clock_rate,
+            })
         except OSError as exc:
             print(f"ventana: cannot record to {args.record}: {exc}", file=sys.stderr)
             return 2

@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from ventana.state.actionlog import ActionLog
+from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.derived import human_bytes
 
 _OUTCOME_STYLE = {
@@ -38,24 +38,34 @@ class LogScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#log-table", DataTable)
-        for label in ("Started", "Operator", "Mode", "Action", "Target", "Outcome",
-                      "Duration", "Before", "After", "Final state", "Error"):
+        for label in ("Started (UTC)", "Operator", "System", "Mode", "Action", "Target",
+                      "Outcome", "Override", "Duration", "Before", "After", "Final state",
+                      "Error"):
             table.add_column(label)
         if self.action_log is None:
             self.query_one("#log-title", Static).update(
                 Text(f"The action log is unavailable: {self.unavailable}", style="bold red")
             )
             return
-        for row in self.action_log.rows(limit=500):
+        try:
+            rows = self.action_log.rows(limit=500)
+        except ActionLogError as exc:
+            self.query_one("#log-title", Static).update(
+                Text(f"The action log cannot be read: {exc}", style="bold red")
+            )
+            return
+        for row in rows:
             status = row.status
             table.add_row(
                 Text(row.started[:19].replace("T", " ")),
                 Text(row.operator),
+                Text(row.target_system),
                 Text(row.mode),
                 Text(row.action),
                 Text(row.target_name),
                 Text(status, style="bold magenta" if row.interrupted
                      else _OUTCOME_STYLE.get(row.outcome, "bold magenta")),
+                Text("yes" if row.override else "", style="bold red"),
                 Text(f"{row.duration_s:.1f} s" if row.duration_s is not None else "-"),
                 Text(human_bytes(row.size_before) if row.size_before is not None else "-"),
                 Text(human_bytes(row.size_after) if row.size_after is not None else "-"),

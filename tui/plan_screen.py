@@ -37,22 +37,37 @@ _SEVERITY_STYLE = {
 class Confirmation:
     typed: str
     override: bool
+    overridden: frozenset[str] = frozenset()  # the blocking codes the operator saw
 
 
-def plan_summary(plan: Plan) -> Group:
+def plan_title(plan: Plan) -> Text:
     title = Text(f"{plan.action.capitalize()} checkpoints of ", style="bold")
     title.append(plan.target_name, style="bold underline")
     if plan.irreversible:
         title.append("  IRREVERSIBLE", style="bold red")
+    return title
+
+
+def plan_summary(plan: Plan) -> Group:
     steps = Text()
     for step in plan.steps:
         steps.append(f" • {step}\n")
+    facts = plan.facts
     space = Table.grid(padding=(0, 2))
     space.add_column(style="dim")
     space.add_column()
+    vm_line = Text(f"on {facts.get('node') or '?'} · {facts.get('power', '?')} · "
+                   f"Gen{facts.get('generation', '?')} · version "
+                   f"{facts.get('config_version') or '?'} · replication "
+                   f"{facts.get('replication', '?')}")
+    space.add_row("VM", vm_line)
     space.add_row("Volume", Text(plan.lun_name or "?", style="bold"))
     space.add_row("Free now", Text(human_bytes(plan.free_now)))
-    space.add_row("Space needed (peak)", Text(human_bytes(plan.space_needed)))
+    needed = Text(human_bytes(plan.space_needed))
+    if facts.get("reserved_by_running_merges"):
+        needed.append(f"  + {human_bytes(facts['reserved_by_running_merges'])} reserved by "
+                      "merges already running on this volume", style="yellow")
+    space.add_row("Space needed (peak)", needed)
     after = Text(human_bytes(plan.free_after_worst))
     if plan.free_after_best != plan.free_after_worst:
         after.append(f" – {human_bytes(plan.free_after_best)}")
@@ -62,13 +77,27 @@ def plan_summary(plan: Plan) -> Group:
     if plan.estimate:
         space.add_row("Estimated time", Text(plan.estimate.text()))
     space.add_row("Equivalent command", Text(plan.command, style="italic"))
-    return Group(title, Text(""), steps, space)
+    if plan.created is not None:
+        space.add_row("Planned at", Text(plan.created.strftime("%Y-%m-%d %H:%M:%S UTC")
+                                         + " (re-checked when you confirm)"))
+    chain = Table(box=None, padding=(0, 1), show_header=True, header_style="dim")
+    for label, justify in (("Checkpoint", "left"), ("Kind", "left"), ("Created", "left"),
+                           ("Size", "right")):
+        chain.add_column(label, justify=justify)  # type: ignore[arg-type]
+    listed = facts.get("checkpoint_list", [])
+    for item in listed[:12]:
+        chain.add_row(Text(item["name"]), Text(item["kind"]),
+                      Text(item["created"][:16].replace("T", " ")),
+                      Text(human_bytes(item["size"])))
+    if len(listed) > 12:
+        chain.add_row(Text(f"… {len(listed) - 12} more"), Text(""), Text(""), Text(""))
+    return Group(steps, space, Text(""), chain)
 
 
 def findings_text(plan: Plan) -> Text:
     if not plan.findings:
-        return Text("Pre-flight: no findings.", style="green")
-    text = Text("Pre-flight findings\n", style="bold")
+        return Text("\nPre-flight: no findings.\n", style="green")
+    text = Text("\nPre-flight findings\n", style="bold")
     for f in plan.findings:
         text.append(f" {f.severity.value.upper()} ", style=_SEVERITY_STYLE[f.severity])
         text.append(f" {f.code}  ", style="bold")
@@ -88,8 +117,10 @@ class PlanScreen(ModalScreen[Confirmation | None]):
         plan = self.plan
         with Vertical(id="plan-dialog"):
             with VerticalScroll(id="plan-body"):
-                yield Static(plan_summary(plan), id="plan-summary")
+                # Findings first: what can go wrong must not hide below the fold.
+                yield Static(plan_title(plan), id="plan-title")
                 yield Static(findings_text(plan), id="plan-findings")
+                yield Static(plan_summary(plan), id="plan-summary")
             if plan.blocking:
                 yield Static(
                     Text(
@@ -124,7 +155,8 @@ class PlanScreen(ModalScreen[Confirmation | None]):
         if self.plan.blocking and not override:
             self._error("Blocked by pre-flight. Tick the override to run anyway (logged).")
             return
-        self.dismiss(Confirmation(typed, override))
+        seen = frozenset(f.code for f in self.plan.blocking) if override else frozenset()
+        self.dismiss(Confirmation(typed, override, seen))
 
     @on(Input.Submitted, "#confirm-name")
     def _submitted(self) -> None:

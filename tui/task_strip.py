@@ -52,10 +52,14 @@ class TaskStrip(Static):
     def sync(self, store: Store) -> None:
         tasks = list(store.tasks())
 
-        def rank(t: Task) -> tuple[int, int, str]:
+        def rank(t: Task) -> tuple[int, int, float, str]:
+            # Running operator actions, then running jobs, then the most recent
+            # finished ones (a failed merge must not hide under old backups).
+            started = t.started.timestamp() if t.started else 0.0
             return (
-                0 if t.kind in OPERATOR_KINDS else 1,
                 0 if not t.state.finished else 1,
+                0 if t.kind in OPERATOR_KINDS else 1,
+                -started,
                 t.id,
             )
 

@@ -84,6 +84,10 @@ class SimBackend(Backend):
         return self.clock.now()
 
     @property
+    def clock_rate(self) -> float:  # type: ignore[override]
+        return self.config.speed
+
+    @property
     def connected(self) -> bool:
         return self._connected and not self._link_down and not self._closed
 

@@ -150,6 +150,8 @@ def _chain(
             created = epoch - timedelta(days=age_days, seconds=rng.randrange(86400))
             if cps and created <= cps[-1].created:
                 created = cps[-1].created + timedelta(hours=1)
+            # Never in the future: the jitter above can overshoot the newest age.
+            created = min(created, epoch - timedelta(minutes=30 * (depth - k)))
             if rng.random() < 0.45:
                 cp_name = f"{name} - ({_stamp(created)})"
             else:
@@ -160,7 +162,7 @@ def _chain(
     if leftover is not None:
         created = epoch - timedelta(days=rng.uniform(0.5, 45))
         if cps and created <= cps[-1].created:
-            created = cps[-1].created + timedelta(hours=2)
+            created = min(cps[-1].created + timedelta(hours=2), epoch - timedelta(minutes=10))
         pattern = rng.choice(lab.BACKUP_CHECKPOINT_NAMES)
         cps.append(
             CheckpointSpec(
