@@ -67,7 +67,7 @@ async def test_override_covers_only_the_findings_the_operator_saw(tmp_path: Path
     # While the operator reads, a backup starts on the VM.
     r.store.apply(Upsert(Task("bk", "backup", ref(Kind.VM, "a"), "app-01", 1.0,
                               TaskState.RUNNING, NOW)))
-    with pytest.raises(ActionRefused, match="new blocking findings.*BACKUP_RUNNING"):
+    with pytest.raises(ActionRefused, match=r"new blocking findings.*BACKUP_RUNNING"):
         await r.execute(plan, "app-01", override=True, overridden=frozenset({"NO_SPACE"}))
     assert r.backend.handle.calls == 0
     (row,) = r.log.rows()
