@@ -198,3 +198,35 @@ async def test_help_and_log_screens_open(tmp_path: Path) -> None:
         await pilot.pause(0.1)
         assert not isinstance(app.screen, LogScreen)
 
+
+
+_RAW = ("\x1b", "\x9b", "\x07", "\t", "\u202e", "\u2028", "\u200b")
+
+
+async def test_hostile_cluster_reaches_no_screen_as_control_bytes(tmp_path: Path) -> None:
+    """The simulator's hostile names (ESC, OSC 52, bidi, markup) in every pane."""
+    app = make_app(tmp_path, hostile_names=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        table = app.query_one(VmTable)
+        table.set_filter("[")
+        await pilot.pause(0.1)
+        assert table.visible_ids, "the simulator should have hostile names"
+        evil = table.visible_ids[0]
+        table.select_vm(evil)
+        await pilot.pause(0.1)
+        screens = [app.export_screenshot()]
+        await pilot.press("m")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, PlanScreen)
+        screens.append(app.export_screenshot())
+        # Clicking on a name that looks like an action link runs nothing.
+        await pilot.click("#plan-title", offset=(30, 0))
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert app.is_running and app.action_log.rows()[0].outcome == "cancelled"
+        for y in range(table.size.height):
+            line = table.render_line(y).text
+            assert not any(ch in line for ch in _RAW), repr(line)
+        for svg in screens:
+            assert not any(ch in svg for ch in _RAW)

@@ -257,6 +257,8 @@ class VentanaApp(App[None]):
         self.query_one(VmTable).stale = stale
         self.query_one(NodesPane).set_stale(stale)
         self.query_one(LunsPane).set_stale(stale)
+        for pane in (self.query_one(CheckpointsPane), self.query_one(TaskStrip)):
+            pane.set_class(stale, "stale")
 
     def _sync_counts(self) -> None:
         s = self.store
