@@ -1,0 +1,538 @@
+"""``VSphereBackend``: a vCenter (or ESXi) as a live, read-only event stream.
+
+The stream: ``ConnectionChanged(CONNECTING)`` → the whole inventory as
+``Upsert`` events (one paged ``RetrievePropertiesEx`` through the session's
+PropertyCollector and ContainerView, plus the recent tasks) → ``CONNECTED`` → live ``Upsert`` /
+``Remove`` events from ``WaitForUpdatesEx`` (blocking long-polls, no
+periodic re-reads) until ``close()``.
+
+Failures never end the stream except where retrying cannot help:
+
+- a lost connection → ``STALE`` with the reason, then ``RECONNECTING``
+  attempts with exponential backoff; after a new login the inventory is read
+  again and diffed against what the client holds (``Remove`` for objects that
+  vanished, ``Upsert`` only for what changed), then ``CONNECTED``;
+- an expired session (``NotAuthenticated``) → log in again at once and
+  re-read;
+- refused credentials, an untrusted certificate or a missing password →
+  ``DISCONNECTED`` with the reason (retrying a wrong password risks a
+  lockout; an unknown certificate needs the operator).
+
+The password never appears in an event: reasons are scrubbed of it.
+
+Read-only by default (``VSphereConfig.read_only``): ``executor()`` is then
+refused by the base class before anything reaches the server. A writable
+session gets a ``VSphereExecutor`` (executor.py): remove all snapshots and
+consolidate (the ``merge`` action), remove one snapshot, consolidate; its
+task rows and progress are queued onto this stream, and a vSphere task's
+end is taken from the same ``WaitForUpdatesEx`` feed (no task polling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import ssl
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from ventana.state.events import ConnectionChanged, Event, LinkState, Remove, Upsert
+from ventana.state.model import Entity, Key, Platform, Task, TaskState, key_of
+
+from ..base import Backend, Executor
+from .credentials import DEFAULT_ENV, CredentialError, resolve_password
+from .mapping import (
+    Lookup,
+    cluster_entity,
+    lun_entity,
+    moid,
+    node_entity,
+    task_entity,
+    vm_entities,
+)
+from .session import ObjectUpdate, Session, Worker
+
+log = logging.getLogger("ventana.backends.vsphere")
+
+ObjKey = tuple[str, str]  # (category, moref value)
+VM_T, HOST_T, DS_T, CR_T, TASK_T = "vm", "host", "datastore", "compute", "task"
+
+
+def category(type_name: str) -> str | None:
+    if type_name == "VirtualMachine":
+        return VM_T
+    if type_name == "HostSystem":
+        return HOST_T
+    if type_name == "Datastore":
+        return DS_T
+    if type_name.endswith("ComputeResource"):
+        return CR_T
+    if type_name == "Task":
+        return TASK_T
+    return None
+
+
+class FatalError(Exception):
+    """Retrying cannot help; the stream ends DISCONNECTED with this reason."""
+
+
+@dataclass(frozen=True)
+class VSphereConfig:
+    """Where and how to connect. Nothing here is secret."""
+
+    host: str
+    port: int = 443
+    user: str = ""
+    ca_file: Path | None = None  # PEM bundle; None: the system store
+    insecure: bool = False  # verification off: explicit, shown in the link reason
+    password_file: Path | None = None  # mode 0600 checked
+    password_env: str = DEFAULT_ENV
+    page_size: int = 500  # RetrieveOptions.maxObjects
+    wait_s: int = 10  # WaitForUpdatesEx maxWaitSeconds (also bounds close())
+    http_timeout_s: float = 30.0  # socket timeout (at least wait_s + 5 is used)
+    keepalive_s: float = 300.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    read_only: bool = True  # a writable session must ask for it
+
+
+class VSphereBackend(Backend):
+    """A vCenter/ESXi inventory streamed into the shared model.
+
+    Read-only unless ``config.read_only`` is False; then ``executor()`` hands
+    out a ``VSphereExecutor`` (remove snapshots, consolidate) whose progress
+    and outcome travel on this backend's event stream.
+    """
+
+    name = "vsphere"
+    platform = Platform.VSPHERE
+
+    def __init__(self, config: VSphereConfig, *, password: str | None = None) -> None:
+        """``password``: from a caller that prompted or asked a keyring; else resolved
+        from ``config.password_file`` or ``config.password_env`` when the stream starts."""
+        super().__init__(f"vsphere://{config.host}:{config.port}", read_only=config.read_only)
+        self.config = config
+        self._password = password
+        self._secret = password or ""
+        self._worker = Worker()  # the stream's calls (WaitForUpdatesEx blocks it)
+        self.action_worker = Worker()  # the executor's calls
+        self._session: Session | None = None
+        self._started = False
+        self._closed = False
+        self._connected = False
+        self._wake = asyncio.Event()  # close()
+        self._kick = asyncio.Event()  # something was queued by the executor
+        self._out: deque[Event] = deque()
+        self._cache: dict[ObjKey, dict[str, Any]] = {}
+        self._emitted: dict[ObjKey, dict[Key, Entity]] = {}
+        self._watchers: dict[str, list[asyncio.Future[Task | None]]] = {}
+        self._forward: dict[str, Callable[[Task], Event | None]] = {}
+        self.reads = 0  # full inventory reads (first connect, re-logins, reconnects)
+
+    def set_read_only(self, value: bool) -> None:
+        """Flip the session's mode; executors already handed out re-check it."""
+        self._read_only = value
+
+    def _make_executor(self) -> Executor:
+        from .executor import VSphereExecutor
+
+        return VSphereExecutor(self)
+
+    # -- what the executor uses -------------------------------------------------
+    @property
+    def session(self) -> Session | None:
+        """The live session, or None while disconnected."""
+        return self._session if self._connected and not self._closed else None
+
+    def emit(self, event: Event) -> None:
+        """Queue an event for the stream (executor progress, task rows)."""
+        self._out.append(event)
+        self._kick.set()
+
+    def cached(self, category_: str, oid: str) -> dict[str, Any] | None:
+        """The last properties seen for an object (``vm``, ``task``, ...)."""
+        return self._cache.get((category_, oid))
+
+    def cached_items(self) -> list[tuple[ObjKey, dict[str, Any]]]:
+        return list(self._cache.items())
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the password masked (for any message that leaves)."""
+        return self._scrub(text)
+
+    def emitted_task(self, oid: str) -> Task | None:
+        for entity in self._emitted.get((TASK_T, oid), {}).values():
+            if isinstance(entity, Task):
+                return entity
+        return None
+
+    def watch_task(
+        self, oid: str, forward: Callable[[Task], Event | None] | None = None
+    ) -> asyncio.Future[Task | None]:
+        """A future for a vSphere task's end, fed by ``WaitForUpdatesEx``.
+
+        Resolves with the finished task, or None when the connection is lost
+        first (the outcome is then unknown). ``forward`` turns each update of
+        the task into an event for the stream (progress of the action's row).
+        """
+        fut: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
+        if forward is not None:
+            self._forward[oid] = forward
+        task = self.emitted_task(oid)
+        if task is not None and task.state.finished:
+            fut.set_result(task)
+            self._forward.pop(oid, None)
+        else:
+            self._watchers.setdefault(oid, []).append(fut)
+        return fut
+
+    def _task_seen(self, task: Task, events: list[Event]) -> None:
+        forward = self._forward.get(task.id)
+        if forward is not None and (event := forward(task)) is not None:
+            events.append(event)
+        if task.state.finished:
+            self._forward.pop(task.id, None)
+            for fut in self._watchers.pop(task.id, []):
+                if not fut.done():
+                    fut.set_result(task)
+
+    def _lose_watchers(self) -> None:
+        self._forward.clear()
+        watchers, self._watchers = self._watchers, {}
+        for futs in watchers.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _drain(self) -> list[Event]:
+        out = list(self._out)
+        self._out.clear()
+        return out
+
+    # -- the stream ------------------------------------------------------------
+    async def events(self) -> AsyncIterator[Event]:
+        if self._started:
+            raise RuntimeError("VSphereBackend.events() can be consumed once")
+        self._started = True
+        src = self.target
+        try:
+            source = self._resolve_password()
+        except CredentialError as exc:
+            yield ConnectionChanged(src, LinkState.DISCONNECTED, self._scrub(str(exc)))
+            return
+        cfg = self.config
+        note = " — TLS verification OFF" if cfg.insecure else ""
+        yield ConnectionChanged(
+            src,
+            LinkState.CONNECTING,
+            f"connecting to {cfg.host}:{cfg.port} as {cfg.user} (password from {source}){note}",
+        )
+        delay = cfg.backoff_initial_s
+        attempt = 0
+        connected_once = False
+        try:
+            while not self._closed:
+                reason = ""
+                relogin = False
+                try:
+                    session = await self._worker.call(self._login)
+                    self._session = session
+                    objects = await self._worker.call(session.read_all, cfg.page_size)
+                    self.reads += 1
+                    for event in self._apply(objects, full=True):
+                        yield event
+                    yield ConnectionChanged(src, LinkState.CONNECTED, note.lstrip(" —"))
+                    self._connected = True
+                    connected_once = True
+                    delay, attempt = cfg.backoff_initial_s, 0
+                    async for event in self._follow(session):
+                        yield event
+                except FatalError as exc:
+                    yield ConnectionChanged(src, LinkState.DISCONNECTED, self._scrub(str(exc)))
+                    return
+                except vim.fault.NotAuthenticated:
+                    reason = "session expired (NotAuthenticated); logging in again"
+                    relogin = attempt == 0
+                except Exception as exc:
+                    if self._closed:
+                        break
+                    reason = self._describe(exc)
+                finally:
+                    self._connected = False
+                    self._lose_watchers()
+                    self._drop_session()
+                for event in self._drain():
+                    yield event
+                if self._closed:
+                    break
+                log.warning("vSphere %s: %s", src, reason)
+                if relogin:
+                    attempt += 1
+                    yield ConnectionChanged(src, LinkState.RECONNECTING, reason)
+                    continue
+                if connected_once and attempt == 0:
+                    yield ConnectionChanged(src, LinkState.STALE, f"connection lost: {reason}")
+                attempt += 1
+                yield ConnectionChanged(
+                    src,
+                    LinkState.RECONNECTING,
+                    f"attempt {attempt} in {delay:.1f}s after: {reason}",
+                )
+                async for event in self._sleep(delay):
+                    yield event
+                delay = min(delay * 2, cfg.backoff_max_s)
+        finally:
+            self._closed = True
+            self._connected = False
+            self._lose_watchers()
+            self._drop_session()
+            self._worker.shutdown()
+            self.action_worker.shutdown()
+        for event in self._drain():
+            yield event
+        yield ConnectionChanged(src, LinkState.DISCONNECTED, "closed")
+
+    async def _follow(self, session: Session) -> AsyncIterator[Event]:
+        """Live changes from ``WaitForUpdatesEx`` (and queued executor events)
+        until closed or an error."""
+        cfg = self.config
+        last_keepalive = time.monotonic()
+        pending: asyncio.Future[list[ObjectUpdate] | None] | None = None
+        try:
+            while not self._closed:
+                for event in self._drain():
+                    yield event
+                if pending is None:
+                    if time.monotonic() - last_keepalive >= cfg.keepalive_s:
+                        await self._worker.call(session.keep_alive)
+                        last_keepalive = time.monotonic()
+                    pending = asyncio.ensure_future(self._worker.call(session.wait, cfg.wait_s))
+                self._kick.clear()
+                kick = asyncio.ensure_future(self._kick.wait())
+                try:
+                    await asyncio.wait({pending, kick}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    kick.cancel()
+                if not pending.done():
+                    continue
+                done, pending = pending, None
+                updates = done.result()
+                if self._closed:
+                    return
+                if updates:
+                    for event in self._apply(updates):
+                        yield event
+        finally:
+            if pending is not None:
+                pending.add_done_callback(_consume)
+
+    async def close(self) -> None:
+        """End the stream (it finishes with DISCONNECTED) and log out."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        self._kick.set()
+        session = self._session
+        if session is not None:
+            _detached(session.cancel_wait)
+        if not self._started:
+            self._worker.shutdown()
+            self.action_worker.shutdown()
+
+    # -- connecting ------------------------------------------------------------
+    def _resolve_password(self) -> str:
+        if self._password is not None:
+            log.info("vSphere password supplied by the caller")
+            return "the caller"
+        cfg = self.config
+        value, source = resolve_password(secret_file=cfg.password_file, env_var=cfg.password_env)
+        self._password = self._secret = value
+        return source
+
+    def _login(self) -> Session:
+        """Runs in the worker thread. Classifies the faults retrying cannot fix."""
+        cfg = self.config
+        assert self._password is not None
+        try:
+            return Session(
+                cfg.host,
+                cfg.port,
+                cfg.user,
+                self._password,
+                ca_file=cfg.ca_file,
+                insecure=cfg.insecure,
+                http_timeout=max(cfg.http_timeout_s, cfg.wait_s + 5),
+            )
+        except vim.fault.InvalidLogin as exc:
+            raise FatalError(f"login refused for {cfg.user}: {exc.msg or 'InvalidLogin'}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise FatalError(
+                f"TLS certificate of {cfg.host}:{cfg.port} not trusted: {exc.verify_message or exc}"
+            ) from None
+
+    def _drop_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            _detached(session.close)
+
+    async def _sleep(self, delay: float) -> AsyncIterator[Event]:
+        """Back off for ``delay`` seconds, passing on queued events; ends on close()."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while not self._closed:
+            for event in self._drain():
+                yield event
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._kick.clear()
+            waiters = {
+                asyncio.ensure_future(self._wake.wait()),
+                asyncio.ensure_future(self._kick.wait()),
+            }
+            try:
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _describe(self, exc: BaseException) -> str:
+        msg = getattr(exc, "msg", None) if isinstance(exc, vmodl.MethodFault) else None
+        text = f"{type(exc).__name__}: {msg or exc}".rstrip(": ")
+        return self._scrub(text)
+
+    # -- the client-side view --------------------------------------------------
+    def _apply(self, updates: list[ObjectUpdate], *, full: bool = False) -> list[Event]:
+        """Fold updates into the cache, re-map what they touched, return the diff."""
+        touched: set[ObjKey] = set()
+        seen: set[ObjKey] = set()
+        for upd in updates:
+            cat = category(upd.type_name)
+            if cat is None:
+                continue
+            key = (cat, upd.moid)
+            if upd.kind == "leave":
+                self._cache.pop(key, None)
+            elif upd.kind == "enter" or key not in self._cache:
+                self._cache[key] = dict(upd.assigned)
+                seen.add(key)
+            else:
+                props = self._cache[key]
+                props.update(upd.assigned)
+                for name in upd.removed:
+                    props.pop(name, None)
+                seen.add(key)
+            touched.add(key)
+        if full:  # a complete read: what it did not return is gone
+            for key in set(self._cache) - seen:
+                del self._cache[key]
+            touched |= set(self._cache) | set(self._emitted)
+
+        events: list[Event] = []
+        new: list[Entity]
+        gone = [k for k in touched if k not in self._cache and k in self._emitted]
+        for key in gone:
+            entities = self._emitted.pop(key)
+            if key[0] == TASK_T:
+                events.extend(self._task_gone(entities))
+                continue
+            for entity in reversed(list(entities.values())):
+                events.append(Remove(entity.KIND, entity.id))
+
+        hosts_moved = any(k[0] == HOST_T for k in touched)
+        cache = self._cache
+        host_props = {k[1]: p for k, p in cache.items() if k[0] == HOST_T}
+
+        def cluster_of_host(host_id: str) -> str:
+            return moid((host_props.get(host_id) or {}).get("parent"))
+
+        ds_by_name = {
+            str(p.get("name")): k[1] for k, p in cache.items() if k[0] == DS_T and p.get("name")
+        }
+        look = Lookup(datastore_by_name=lambda name: ds_by_name.get(name, ""))
+        vm_count = Counter(moid(p.get("runtime.host")) for k, p in cache.items() if k[0] == VM_T)
+
+        order = {CR_T: 0, HOST_T: 1, DS_T: 2, VM_T: 3, TASK_T: 4}
+        for key in sorted(cache, key=lambda k: (order[k[0]], k[1])):
+            cat, oid = key
+            if cat in (VM_T, TASK_T) and key not in touched and not hosts_moved:
+                continue
+            props = cache[key]
+            if cat == TASK_T:
+                task = task_entity(oid, props.get("info"))
+                new = [task] if task is not None else []
+                if task is not None:
+                    events.extend(self._diff(key, new))
+                    self._task_seen(task, events)
+                    continue
+            elif cat == CR_T:
+                new = [cluster_entity(oid, props)]
+            elif cat == HOST_T:
+                new = [node_entity(oid, props, cluster_of_host(oid), vm_count[oid])]
+            elif cat == DS_T:
+                mounts = props.get("host") or ()
+                first = moid(getattr(mounts[0], "key", None)) if mounts else ""
+                new = [lun_entity(oid, props, cluster_of_host(first))]
+            else:
+                host = moid(props.get("runtime.host"))
+                new = vm_entities(oid, props, cluster_of_host(host), look)
+            events.extend(self._diff(key, new))
+        return events
+
+    @staticmethod
+    def _task_gone(entities: dict[Key, Entity]) -> list[Event]:
+        """A task left ``recentTask`` (or the server forgot it after a restart).
+
+        A finished task keeps its row (the operator's history); one that was
+        still running has an unknown outcome, never a silent success.
+        """
+        out: list[Event] = []
+        for entity in entities.values():
+            if isinstance(entity, Task) and not entity.state.finished:
+                out.append(
+                    Upsert(
+                        dataclasses.replace(
+                            entity,
+                            state=TaskState.UNKNOWN,
+                            error="the server no longer reports this task — verify on the host",
+                        )
+                    )
+                )
+        return out
+
+    def _diff(self, key: ObjKey, entities: list[Entity]) -> list[Event]:
+        old = self._emitted.get(key, {})
+        new = {key_of(e): e for e in entities}
+        out: list[Event] = [Upsert(e) for k, e in new.items() if old.get(k) != e]
+        out.extend(Remove(k[0], k[1]) for k in reversed(list(old)) if k not in new)
+        self._emitted[key] = new
+        return out
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned future's exception so asyncio does not log it."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _detached(fn: Any) -> None:
+    """Fire-and-forget a blocking pyvmomi call (cancel a wait, log out)."""
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            fn()
+
+    threading.Thread(target=run, daemon=True, name="ventana-vsphere-aux").start()

@@ -1,0 +1,276 @@
+"""The vSphere mutating handle: remove snapshots and consolidate disks.
+
+Only a writable ``VSphereBackend`` hands one out, and every call re-checks the
+backend's mode before anything reaches the server (``Executor._guard``).
+Each action is one task row (the id the caller gives) on the backend's event
+stream, fed by the vSphere tasks it starts; a vSphere task's end is taken
+from the stream's ``WaitForUpdatesEx`` feed, so the stream must be consumed
+while an action runs.
+
+Outcomes (RELIABILITY.md):
+
+- OK — done, and the VM no longer needs consolidation (re-read from the
+  server after the task, not assumed);
+- WARNING — the snapshots are gone but ``consolidationNeeded`` stays (a
+  backup proxy still holds a disk, or space ran out): not done;
+- FAILED — the server refused or the task failed, with the fault's message;
+  or nothing was sent because the session was not connected;
+- CANCELLED — the task was cancelled on the server;
+- UNKNOWN — the connection was lost after the request went out: the outcome
+  must be verified on the host; nothing is ever re-sent automatically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pyVmomi import vim, vmodl
+
+from ventana.state.events import Event, TaskProgress, Upsert
+from ventana.state.model import FinalState, Task, TaskState
+from ventana.state.sanitize import clean
+
+from ..base import ActionResult, Executor
+from .mapping import fault_message
+
+if TYPE_CHECKING:
+    from .backend import VSphereBackend
+    from .session import Session
+
+UNKNOWN_TAIL = " — outcome unknown, verify on the host"
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    label: str
+    start: Callable[[Session], Any]  # runs in a worker thread; returns a vim.Task
+    lo: float  # the action's progress range this step covers
+    hi: float
+
+
+class _Stop(Exception):
+    def __init__(self, result: ActionResult) -> None:
+        super().__init__(result.error)
+        self.result = result
+
+
+class VSphereExecutor(Executor):
+    def __init__(self, backend: VSphereBackend) -> None:
+        super().__init__(backend)
+        self._vs = backend
+        self._running: dict[str, str] = {}  # our task id -> vSphere task moref
+        self._pct: dict[str, float] = {}  # our task id -> last progress
+
+    # -- the actions ---------------------------------------------------------------
+    async def merge(self, vm_id: str, task_id: str) -> ActionResult:
+        """Remove every snapshot of the VM (their data goes into the base disks),
+        then consolidate if the server still reports ``consolidationNeeded``."""
+        self._guard("merge")
+        steps: list[_Step] = []
+        props = self._vs.cached("vm", vm_id) or {}
+        if props.get("snapshot") is not None:
+            steps.append(
+                _Step(
+                    "remove all snapshots",
+                    lambda s: _vm(s, vm_id).RemoveAllSnapshots_Task(consolidate=True),
+                    0,
+                    80,
+                )
+            )
+        return await self._run("merge", vm_id, task_id, steps, consolidate_after=True)
+
+    async def remove_snapshot(
+        self, snapshot_id: str, task_id: str, *, remove_children: bool = False
+    ) -> ActionResult:
+        """Remove one snapshot (optionally with its subtree)."""
+        self._guard("remove snapshot")
+        vm_id = self._vm_of_snapshot(snapshot_id)
+        if vm_id is None:
+            return ActionResult(
+                TaskState.FAILED, error=f"snapshot {snapshot_id} is not in the current view"
+            )
+        step = _Step(
+            "remove snapshot" + (" and its children" if remove_children else ""),
+            lambda s: vim.vm.Snapshot(snapshot_id, s.si._stub).RemoveSnapshot_Task(
+                removeChildren=remove_children, consolidate=True
+            ),
+            0,
+            100,
+        )
+        return await self._run("remove-snapshot", vm_id, task_id, [step])
+
+    async def consolidate(self, vm_id: str, task_id: str) -> ActionResult:
+        """Consolidate the VM's disks (``ConsolidateVMDisks_Task``)."""
+        self._guard("consolidate")
+        step = _Step("consolidate disks", lambda s: _vm(s, vm_id).ConsolidateVMDisks_Task(), 0, 100)
+        return await self._run("consolidate", vm_id, task_id, [step])
+
+    async def cancel(self, task_id: str) -> bool:
+        """Ask vCenter to cancel the running vSphere task of an action.
+
+        False when the task is not running or not cancellable (removing a
+        snapshot usually is not).
+        """
+        self._guard("cancel")
+        oid = self._running.get(task_id)
+        session = self._vs.session
+        info = (self._vs.cached("task", oid) or {}).get("info") if oid else None
+        if oid is None or session is None or info is None or not info.cancelable:
+            return False
+        try:
+            await self._vs.action_worker.call(lambda: vim.Task(oid, session.si._stub).CancelTask())
+        except Exception:
+            return False
+        return True
+
+    # -- the one path ------------------------------------------------------------
+    async def _run(
+        self,
+        kind: str,
+        vm_id: str,
+        task_id: str,
+        steps: list[_Step],
+        *,
+        consolidate_after: bool = False,
+    ) -> ActionResult:
+        vs = self._vs
+        session = vs.session
+        if session is None:
+            return ActionResult(
+                TaskState.FAILED, error=f"{vs.target} is not connected; nothing was sent"
+            )
+        props = vs.cached("vm", vm_id)
+        name = str((props or {}).get("name") or vm_id)
+        row = Task(
+            id=task_id,
+            kind=kind,
+            target=f"vm:{vm_id}",
+            target_name=name,
+            state=TaskState.RUNNING,
+            started=datetime.now(UTC),
+            message=steps[0].label if steps else "checking consolidation",
+        )
+        vs.emit(Upsert(row))
+        try:
+            for step in steps:
+                await self._step(session, task_id, step)
+            needed = await self._consolidation_needed(session, vm_id)
+            if needed and consolidate_after:
+                step = _Step(
+                    "consolidate disks",
+                    lambda s: _vm(s, vm_id).ConsolidateVMDisks_Task(),
+                    80 if steps else 0,
+                    100,
+                )
+                await self._step(session, task_id, step)
+                needed = await self._consolidation_needed(session, vm_id)
+            if needed:
+                result = ActionResult(
+                    TaskState.WARNING,
+                    error="the task succeeded but the VM still needs consolidation "
+                    "(a backup proxy may hold a disk, or the datastore ran out of space)",
+                    final_state=FinalState.PARTIAL,
+                )
+            else:
+                result = ActionResult(TaskState.OK, final_state=FinalState.OPERATIONAL)
+        except _Stop as stop:
+            result = stop.result
+        finally:
+            self._running.pop(task_id, None)
+        finished = result.state in (TaskState.OK, TaskState.WARNING)
+        vs.emit(
+            Upsert(
+                dataclasses.replace(
+                    row,
+                    state=result.state,
+                    pct=100.0 if finished else self._pct.get(task_id, 0.0),
+                    ended=datetime.now(UTC),
+                    message="done" if result.state is TaskState.OK else result.state.value,
+                    error=result.error,
+                )
+            )
+        )
+        self._pct.pop(task_id, None)
+        return result
+
+    async def _step(self, session: Session, task_id: str, step: _Step) -> None:
+        vs = self._vs
+        vs.emit(TaskProgress(task_id, step.lo, step.label))
+        try:
+            task = await vs.action_worker.call(step.start, session)
+        except vmodl.MethodFault as exc:  # the server answered: nothing started
+            raise _Stop(
+                ActionResult(TaskState.FAILED, error=clean(f"{step.label}: {_fault(exc)}"))
+            ) from None
+        except Exception as exc:  # the request may have reached the server
+            raise _Stop(self._unknown(step.label, exc)) from None
+        oid = task._moId
+        self._running[task_id] = oid
+
+        def forward(t: Task) -> Event | None:
+            pct = step.lo + (step.hi - step.lo) * t.pct / 100
+            self._pct[task_id] = pct
+            return TaskProgress(task_id, pct, f"{step.label}: {t.state.value} ({t.pct:.0f}%)")
+
+        end = await vs.watch_task(oid, forward)
+        if end is None:
+            raise _Stop(
+                ActionResult(
+                    TaskState.UNKNOWN,
+                    error=f"{step.label}: the connection was lost while the task ran"
+                    + UNKNOWN_TAIL,
+                    final_state=FinalState.PENDING,
+                )
+            )
+        if end.state is TaskState.CANCELLED:
+            raise _Stop(ActionResult(TaskState.CANCELLED, error=f"{step.label}: cancelled"))
+        if end.state is not TaskState.OK:
+            raise _Stop(
+                ActionResult(
+                    TaskState.FAILED,
+                    error=f"{step.label}: {end.error or end.state.value}",
+                )
+            )
+
+    async def _consolidation_needed(self, session: Session, vm_id: str) -> bool:
+        """Re-read ``runtime.consolidationNeeded`` from the server, not the cache."""
+        try:
+            return bool(
+                await self._vs.action_worker.call(
+                    lambda: _vm(session, vm_id).runtime.consolidationNeeded
+                )
+            )
+        except Exception as exc:
+            raise _Stop(self._unknown("re-reading consolidationNeeded", exc)) from None
+
+    def _unknown(self, label: str, exc: BaseException) -> ActionResult:
+        return ActionResult(
+            TaskState.UNKNOWN,
+            error=self._vs.scrub(clean(f"{label}: {type(exc).__name__}: {exc}")) + UNKNOWN_TAIL,
+            final_state=FinalState.PENDING,
+        )
+
+    def _vm_of_snapshot(self, snapshot_id: str) -> str | None:
+        for (cat, oid), props in list(self._vs.cached_items()):
+            if cat != "vm":
+                continue
+            info = props.get("snapshot")
+            stack = list(getattr(info, "rootSnapshotList", None) or ())
+            while stack:
+                tree = stack.pop()
+                if tree.snapshot._moId == snapshot_id:
+                    return oid
+                stack.extend(tree.childSnapshotList or ())
+        return None
+
+
+def _vm(session: Session, vm_id: str) -> Any:
+    return vim.VirtualMachine(vm_id, session.si._stub)
+
+
+def _fault(exc: vmodl.MethodFault) -> str:
+    return fault_message(exc) or type(exc).__name__
