@@ -1,6 +1,7 @@
 """The ``ventana`` command line.
 
     ventana [--target NAME | --seed N --vms N ...] [--read-only] [--record FILE]
+    ventana --vsphere HOST[:PORT] --user USER [--ca-file PEM]   (monitoring only)
     ventana replay FILE [--speed N]
     ventana log [--csv] [--limit N]
 
@@ -34,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", help="a target named in the config file")
     parser.add_argument("--read-only", action="store_true", help="no action can change anything")
     parser.add_argument("--record", type=Path, metavar="FILE", help="record the session")
+    vs = parser.add_argument_group("vSphere (monitoring only in this version)")
+    vs.add_argument("--vsphere", metavar="HOST[:PORT]", help="a vCenter or ESXi host")
+    vs.add_argument("--user", help="user name for --vsphere (e.g. administrator@vsphere.local)")
+    vs.add_argument("--ca-file", type=Path, help="CA bundle that signed the server's certificate")
+    vs.add_argument("--password-file", type=Path, help="file with the password (mode 0600)")
+    vs.add_argument(
+        "--insecure", action="store_true",
+        help="do NOT verify the TLS certificate (shown in the header and logged)",
+    )
     sim = parser.add_argument_group("built-in simulated cluster (the default target)")
     sim.add_argument("--seed", type=int, default=None, help="seed: the same seed, the same run")
     sim.add_argument("--vms", type=int, default=None, help="number of VMs (default 74)")
@@ -102,6 +112,28 @@ def _sim_backend(args: argparse.Namespace, options: dict[str, object], read_only
     return SimBackend(SimConfig(read_only=read_only, **values))  # type: ignore[arg-type]
 
 
+VSPHERE_READ_ONLY = "vSphere actions are not available in this version (monitoring only)"
+
+
+def _vsphere_backend(args: argparse.Namespace) -> Backend:
+    import getpass
+    import os
+
+    from ventana.backends.vsphere import VSphereBackend, VSphereConfig
+    from ventana.backends.vsphere.backend import DEFAULT_ENV
+
+    host, _, port = str(args.vsphere).rpartition(":") if ":" in args.vsphere else (
+        args.vsphere, "", "443")
+    config = VSphereConfig(
+        host=host, port=int(port), user=args.user or "", ca_file=args.ca_file,
+        insecure=args.insecure, password_file=args.password_file, read_only=True,
+    )
+    password = None
+    if args.password_file is None and not os.environ.get(DEFAULT_ENV) and sys.stdin.isatty():
+        password = getpass.getpass(f"Password for {config.user or 'the user'} on {host}: ")
+    return VSphereBackend(config, password=password)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -127,6 +159,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         mode = "replay"
         reason = "replaying a recording"
+    elif args.vsphere:
+        if not args.user:
+            print("ventana: --vsphere needs --user", file=sys.stderr)
+            return 2
+        try:
+            backend = _vsphere_backend(args)
+        except (ValueError, OSError) as exc:
+            print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+            return 2
+        reason = VSPHERE_READ_ONLY
     else:
         try:
             target = config.target(args.target) if args.target else None
@@ -161,9 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     log, log_error = _open_log(log_path)
     from .app import VentanaApp
 
+    flags = "TLS NOT VERIFIED" if getattr(args, "insecure", False) else ""
     app = VentanaApp(
         backend, log=log, log_error=log_error, recorder=recorder, mode=mode,
-        read_only_reason=reason,
+        read_only_reason=reason, flags=flags,
     )
     try:
         app.run()
