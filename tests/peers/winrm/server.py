@@ -116,10 +116,10 @@ class _HTTPServer(ThreadingHTTPServer):
             name=f"{self.peer.thread_prefix}-conn-{client_address[1]}",
             daemon=True,
         )
-        with self._conn_lock:
+        with self._conn_lock:  # started before it is recorded: join_threads never sees
+            thread.start()     # a thread that has not started
             self._conn_threads = {t for t in self._conn_threads if t.is_alive()}
             self._conn_threads.add(thread)
-        thread.start()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """TLS handshake in the connection's thread, then serve its requests."""

@@ -1,0 +1,548 @@
+"""The Hyper-V failover cluster backend: PowerShell Remoting to every node, poll and diff.
+
+For each configured node address the backend opens one PowerShell session
+(``session.NodeSession``), emits ``ConnectionChanged(CONNECTING)``, reads
+everything (``commands``), maps it (``mapping``), emits the entities as
+``Upsert``s, then ``CONNECTED``. From then on it re-reads each node every
+``poll_interval`` seconds and emits only what changed (``Upsert``/``Remove``).
+Cluster-wide facts (nodes, CSVs and their space) are read from the
+lowest-numbered node that answers. When a node stops answering its source
+goes ``STALE`` with the reason (its entities stay, marked stale by the
+store), then ``RECONNECTING`` with exponential backoff until it answers
+again; a full re-read on reconnect emits only the differences. A refused
+password or an untrusted certificate is not retried (retries could lock the
+account): the source goes ``DISCONNECTED`` with the reason.
+
+Actions: a writable backend (``read_only=False``) hands out a
+``HyperVExecutor`` whose merge removes every checkpoint of a VM
+(``Get-VM -Id … | Remove-VMSnapshot -Name *``) on the node hosting it,
+reporting the PSRP progress records as task progress. A read-only backend
+refuses ``executor()``, every executor re-checks the mode, and the node
+sessions of a read-only backend refuse to send a mutating command at all.
+Configuration-version upgrade is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from ventana.state.events import (
+    ConnectionChanged,
+    Event,
+    LinkState,
+    Remove,
+    TaskProgress,
+    Upsert,
+)
+from ventana.state.model import (
+    VM,
+    Entity,
+    FinalState,
+    Key,
+    Kind,
+    Platform,
+    Task,
+    TaskState,
+    VirtualDisk,
+    key_of,
+)
+from ventana.state.store import ref
+
+from ..base import ActionResult, Backend, Executor
+from . import commands as cmd
+from .credentials import Credential
+from .mapping import (
+    ClusterRead,
+    Mount,
+    NodeFacts,
+    NodeRead,
+    cluster_entities,
+    cluster_name,
+    node_entities,
+    node_facts,
+    path_key,
+    props,
+    text,
+)
+from .session import AuthFailed, CommandFailed, NodeSession, SessionError, TlsRefused
+
+log = logging.getLogger(__name__)
+
+VHD_BATCH = 500
+MAX_CHAIN_ROUNDS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class HyperVConfig:
+    """One Hyper-V failover cluster target (from the TOML config and the command line).
+
+    - ``nodes``: node addresses, ``host`` or ``host:port`` (connect by the name
+      in the node's certificate); empty: connect to ``cluster`` itself (a
+      single host, or the cluster name's current owner).
+    - ``ca_bundle``: the CA certificate(s) that signed the nodes' WinRM
+      certificates; None: the certifi bundle pypsrp uses by default.
+    - ``verify_tls``: False turns verification off — an explicit flag, logged
+      as a warning at every connect.
+    - ``backup_service``: the backup agent's Windows service name (None: not
+      read); ``backup_version_key``/``backup_version_value``: a registry value
+      holding its version (e.g. ``HKLM:\\SOFTWARE\\Vendor\\Agent``, ``Version``).
+    """
+
+    cluster: str
+    username: str
+    nodes: tuple[str, ...] = ()
+    port: int = 5986
+    auth: str = "negotiate"
+    ca_bundle: str | None = None
+    verify_tls: bool = True
+    read_only: bool = True
+    poll_interval: float = 15.0
+    command_timeout: float = 60.0
+    connection_timeout: float = 10.0
+    operation_timeout: int = 20
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    backup_service: str | None = None
+    backup_version_key: str | None = None
+    backup_version_value: str = "Version"
+
+    def addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for item in self.nodes or (self.cluster,):
+            host, sep, port = item.rpartition(":")
+            if sep and port.isdigit() and "]" not in port:
+                out.append((host.strip("[]"), int(port)))
+            else:
+                out.append((item, self.port))
+        return out
+
+
+@dataclass(slots=True)
+class _NodeState:
+    index: int
+    host: str
+    port: int
+    session: NodeSession
+    source: str
+    computer: str = ""
+    healthy: bool = False
+    chain_paths: list[str] = field(default_factory=list)
+
+
+_END = object()
+
+
+class HyperVBackend(Backend):
+    """Live inventory of a Hyper-V failover cluster over PowerShell Remoting."""
+
+    name = "hyperv"
+    platform = Platform.HYPERV
+
+    def __init__(self, config: HyperVConfig, credential: Credential) -> None:
+        super().__init__(f"hyperv://{config.cluster}", read_only=config.read_only)
+        self.config = config
+        self._credential = credential
+        if not config.verify_tls:
+            cert: bool | str = False
+        else:
+            cert = config.ca_bundle or True
+        self._cert: bool | str = cert
+        self._nodes: list[_NodeState] = []
+        for index, (host, port) in enumerate(config.addresses()):
+            session = self._new_session(host, port)
+            self._nodes.append(_NodeState(index, host, port, session, f"hyperv:{host}:{port}"))
+        self._actions: set[NodeSession] = set()  # sessions of running actions
+        self._queue: asyncio.Queue[object] | None = None
+        self._started = False
+        self._closed = False
+        self._known: dict[Key, Entity] = {}
+        self._owner: dict[Key, str] = {}
+        self._scopes: dict[str, set[Key]] = {}
+        self._cluster_read: ClusterRead | None = None
+        self._cluster_id = config.cluster
+        self._mounts: list[Mount] = []
+        self._facts: dict[str, NodeFacts] = {}  # node name (casefolded) -> backup agent
+        self._vm_counts: dict[str, Counter[str]] = {}  # source -> VMs per host node
+
+    def _new_session(self, host: str, port: int) -> NodeSession:
+        config = self.config
+        session = NodeSession(
+            host,
+            port=port,
+            username=self._credential.username,
+            password=self._credential.password,
+            auth=config.auth,
+            cert_validation=self._cert,
+            connection_timeout=config.connection_timeout,
+            operation_timeout=config.operation_timeout,
+            command_timeout=config.command_timeout,
+        )
+        session.allow_mutating = not config.read_only
+        return session
+
+    def __repr__(self) -> str:
+        return f"HyperVBackend({self.target!r}, user={self._credential.username!r})"
+
+    @property
+    def sources(self) -> list[str]:
+        """The ConnectionChanged source name of each node, in config order."""
+        return [n.source for n in self._nodes]
+
+    def sessions(self) -> Sequence[NodeSession]:
+        return [n.session for n in self._nodes]
+
+    def _make_executor(self) -> Executor:
+        return HyperVExecutor(self)
+
+    # -- the stream ---------------------------------------------------------------------
+    async def events(self) -> AsyncIterator[Event]:
+        """Per node: CONNECTING, the inventory as upserts, CONNECTED, then changes.
+
+        Runs until ``close()`` (then each node ends with DISCONNECTED). Can be
+        consumed once.
+        """
+        if self._started:
+            raise RuntimeError("HyperVBackend.events() can be consumed once")
+        self._started = True
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queue = queue
+        if self._closed:
+            for node in self._nodes:
+                yield ConnectionChanged(node.source, LinkState.DISCONNECTED, "closed")
+            return
+        tasks = [
+            asyncio.create_task(self._node_loop(node), name=f"hyperv-{node.source}")
+            for node in self._nodes
+        ]
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                yield item  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(
+                *(node.session.close() for node in self._nodes),
+                *(action.close() for action in list(self._actions)),
+                return_exceptions=True,
+            )
+        for node in self._nodes:
+            yield ConnectionChanged(node.source, LinkState.DISCONNECTED, "closed")
+
+    def _emit(self, event: object) -> None:
+        if self._queue is not None and not self._closed:
+            self._queue.put_nowait(event)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        if self._queue is not None:
+            self._queue.put_nowait(_END)
+        self._closed = True
+        if self._queue is None:
+            for node in self._nodes:
+                await node.session.close()
+
+    # -- one node ---------------------------------------------------------------------------
+    async def _node_loop(self, node: _NodeState) -> None:
+        cfg = self.config
+        where = f"{node.host}:{node.port}"
+        self._emit(
+            ConnectionChanged(
+                node.source, LinkState.CONNECTING, f"connecting to {where} as {cfg.username}"
+            )
+        )
+        if not cfg.verify_tls:
+            log.warning("%s: TLS certificate verification is OFF (explicit flag)", where)
+        failures = 0
+        while not self._closed:
+            try:
+                await self._poll(node)
+            except (AuthFailed, TlsRefused) as exc:
+                log.error("%s", exc)
+                node.healthy = False
+                self._emit(ConnectionChanged(node.source, LinkState.DISCONNECTED, str(exc)))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = (
+                    str(exc)
+                    if isinstance(exc, SessionError)
+                    else (f"{where}: {type(exc).__name__}: {exc}")
+                )
+                failures += 1
+                if node.healthy:
+                    node.healthy = False
+                    log.warning("%s stopped answering: %s", where, reason)
+                    self._emit(ConnectionChanged(node.source, LinkState.STALE, reason))
+                delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
+                delay *= random.uniform(0.8, 1.2)
+                self._emit(
+                    ConnectionChanged(
+                        node.source,
+                        LinkState.RECONNECTING,
+                        f"retry {failures} in {delay:.1f} s: {reason}",
+                    )
+                )
+                await asyncio.sleep(delay)
+                continue
+            if not node.healthy:
+                node.healthy = True
+                failures = 0
+                log.info("%s: connected (%s)", where, node.computer or "?")
+                self._emit(ConnectionChanged(node.source, LinkState.CONNECTED))
+            await asyncio.sleep(cfg.poll_interval)
+
+    def _reads_cluster(self, node: _NodeState) -> bool:
+        if self._cluster_read is None:
+            return True
+        lower = [n.index for n in self._nodes if n.healthy and n.index < node.index]
+        return not lower
+
+    async def _poll(self, node: _NodeState) -> None:
+        session = node.session
+        if not node.computer:
+            answer = await session.run(cmd.get_computer_system())
+            names = [text(props(o).get("Name")).strip() for o in answer.output]
+            node.computer = next((n for n in names if n), node.host)
+        if self._reads_cluster(node):
+            nodes, csvs, states, partitions = await session.run_many(
+                [
+                    cmd.get_cluster_nodes(),
+                    cmd.get_csvs(),
+                    cmd.get_csv_states(),
+                    cmd.get_disk_partitions(),
+                ]
+            )
+            read = ClusterRead(nodes.output, csvs.output, states.output, partitions.output)
+            self._cluster_read = read
+            self._cluster_id = cluster_name(read, self.config.cluster)
+            # Mount points first: VMs are placed on LUNs by their disks' paths.
+            _, self._mounts = cluster_entities(read, self._cluster_id, self._facts)
+
+        vms, snapshots, drives, replication, heartbeat = await session.run_many(
+            [
+                cmd.get_vms(),
+                cmd.get_snapshots(),
+                cmd.get_hard_disk_drives(),
+                cmd.get_replication(),
+                cmd.get_heartbeat(),
+            ]
+        )
+        nread = NodeRead(
+            vms=vms.output,
+            snapshots=snapshots.output,
+            drives=drives.output,
+            replication=replication.output,
+            heartbeat=heartbeat.output,
+        )
+        nread.vhds = await self._read_chains(node, nread.drives)
+        if self.config.backup_service:
+            answer = await session.run(cmd.get_service(self.config.backup_service))
+            nread.service = answer.output[0] if answer.output else None
+            nread.service_missing = not answer.output
+            if self.config.backup_version_key and answer.output:
+                value = await session.run(
+                    cmd.get_registry_value(
+                        self.config.backup_version_key, self.config.backup_version_value
+                    )
+                )
+                nread.agent_version = text(value.output[0]).strip() if value.output else None
+
+        entities = node_entities(nread, self._cluster_id, node.computer, self._mounts)
+        # Counted by each VM's host: one endpoint may answer for several nodes.
+        self._vm_counts[node.source] = Counter(
+            e.node_id.casefold() for e in entities if isinstance(e, VM)
+        )
+        self._facts[node.computer.casefold()] = node_facts(nread, 0)
+        self._publish_cluster()
+        self._publish(node.source, entities)
+
+    async def _read_chains(self, node: _NodeState, drives: list[object]) -> dict[str, object]:
+        """Get-VHD for every drive's file and, following ParentPath, the whole chain.
+
+        Last poll's chain files go in the first batch, so an unchanged chain
+        takes one round trip; files that vanished answer "not found" (ignored).
+        """
+        leaves = [text(props(d).get("Path")).strip() for d in drives]
+        batch = list(dict.fromkeys(p for p in [*leaves, *node.chain_paths] if p))
+        asked: set[str] = set()
+        vhds: dict[str, object] = {}
+        rounds = 0
+        while batch and rounds < MAX_CHAIN_ROUNDS:
+            rounds += 1
+            asked.update(path_key(p) for p in batch)
+            found: list[object] = []
+            for start in range(0, len(batch), VHD_BATCH):
+                answer = await node.session.run(cmd.get_vhds(batch[start : start + VHD_BATCH]))
+                found.extend(answer.output)
+            parents: list[str] = []
+            for obj in found:
+                p = props(obj)
+                vhds[path_key(text(p.get("Path")))] = obj
+                parent = text(p.get("ParentPath")).strip()
+                if parent and path_key(parent) not in asked:
+                    parents.append(parent)
+            batch = list(dict.fromkeys(parents))
+        node.chain_paths = [text(props(o).get("Path")) for o in vhds.values()]
+        return vhds
+
+    # -- diffing -----------------------------------------------------------------------------
+    def _publish_cluster(self) -> None:
+        if self._cluster_read is None:
+            return
+        totals: Counter[str] = Counter()
+        for counts in self._vm_counts.values():
+            totals.update(counts)
+        facts = {
+            name: dataclasses.replace(self._facts.get(name, NodeFacts()), vm_count=totals[name])
+            for name in set(self._facts) | set(totals)
+        }
+        entities, self._mounts = cluster_entities(self._cluster_read, self._cluster_id, facts)
+        self._publish("cluster", entities)
+
+    def _publish(self, scope: str, entities: list[Entity]) -> None:
+        """Emit what differs from what the client was last told for this scope."""
+        fresh: set[Key] = set()
+        for entity in entities:
+            key = key_of(entity)
+            if key in fresh:
+                continue
+            fresh.add(key)
+            self._owner[key] = scope
+            if self._known.get(key) != entity:
+                self._known[key] = entity
+                self._emit(Upsert(entity))
+        for key in sorted(self._scopes.get(scope, set()) - fresh):
+            if self._owner.get(key) == scope:  # no other node reports it now
+                del self._owner[key]
+                self._known.pop(key, None)
+                self._emit(Remove(key[0], key[1]))
+        self._scopes[scope] = fresh
+
+    # -- actions --------------------------------------------------------------------------
+    def _vm_disks(self, vm_id: str) -> list[VirtualDisk]:
+        return [e for e in self._known.values() if isinstance(e, VirtualDisk) and e.vm_id == vm_id]
+
+    def _checkpoint_count(self, vm_id: str) -> int:
+        return sum(
+            1
+            for (kind, _), e in self._known.items()
+            if kind is Kind.CHECKPOINT and getattr(e, "vm_id", None) == vm_id
+        )
+
+    async def run_merge(self, vm_id: str, task_id: str) -> ActionResult:
+        """Remove every checkpoint of a VM on its node; progress goes out on the stream."""
+        if self.read_only:  # the executor checked too; this is below it
+            return ActionResult(TaskState.FAILED, error=f"{self.target} is read-only")
+        vm = self._known.get((Kind.VM, vm_id))
+        if not isinstance(vm, VM):
+            return ActionResult(
+                TaskState.FAILED, error="the VM is not in the inventory; nothing sent"
+            )
+        node = next(
+            (
+                n
+                for n in self._nodes
+                if n.healthy and n.computer.casefold() == vm.node_id.casefold()
+            ),
+            None,
+        )
+        if node is None:
+            return ActionResult(
+                TaskState.FAILED,
+                error=f"node {vm.node_id} is not connected; the merge was not sent",
+            )
+        before = sum(d.size_bytes for d in self._vm_disks(vm_id))
+        checkpoints = self._checkpoint_count(vm_id)
+        started = datetime.now(UTC)
+        task = Task(
+            task_id,
+            "merge",
+            ref(Kind.VM, vm_id),
+            vm.name,
+            0.0,
+            TaskState.RUNNING,
+            started=started,
+            message=f"merging {checkpoints} checkpoint(s) on {vm.node_id}",
+        )
+        self._emit(Upsert(task))
+
+        def progress(pct: float, message: str) -> None:
+            self._emit(TaskProgress(task_id, pct, message))
+
+        state, error, final = TaskState.OK, "", FinalState.OPERATIONAL
+        # Its own pool: a merge can run for hours while the node's polls go on.
+        action = self._new_session(node.host, node.port)
+        self._actions.add(action)
+        try:
+            await action.run_long(cmd.remove_all_snapshots(vm_id), progress)
+        except CommandFailed as exc:
+            state, error, final = TaskState.FAILED, str(exc), FinalState.FAILED
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, SessionError) else type(exc).__name__
+            state, final = TaskState.UNKNOWN, FinalState.PENDING
+            error = (
+                f"{reason} — the merge may still be running; outcome unknown, verify on the host"
+            )
+        after: int | None = None
+        if state is not TaskState.UNKNOWN:
+            try:  # re-read the node: sizes after, checkpoints left
+                await self._poll(node)
+                after = sum(d.size_bytes for d in self._vm_disks(vm_id))
+            except Exception as exc:
+                log.warning("re-read after the merge failed: %s", exc)
+            left = self._checkpoint_count(vm_id)
+            if state is TaskState.FAILED and left < checkpoints:
+                final = FinalState.PARTIAL
+        self._emit(
+            Upsert(
+                Task(
+                    task_id,
+                    "merge",
+                    ref(Kind.VM, vm_id),
+                    vm.name,
+                    100.0 if state is TaskState.OK else task.pct,
+                    state,
+                    started=started,
+                    ended=datetime.now(UTC),
+                    message="merged" if state is TaskState.OK else task.message,
+                    error=error,
+                )
+            )
+        )
+        return ActionResult(state, error, before, after, final)
+
+
+class HyperVExecutor(Executor):
+    """The mutating handle of a writable Hyper-V session."""
+
+    def __init__(self, backend: HyperVBackend) -> None:
+        super().__init__(backend)
+        self._hv = backend
+
+    async def merge(self, vm_id: str, task_id: str) -> ActionResult:
+        """Remove every checkpoint of the VM (Hyper-V merges the chain into the base disks).
+
+        OK: merged; FAILED: the host refused or failed part-way (what is left
+        is re-read; PARTIAL when some checkpoints went); UNKNOWN: the
+        connection dropped after the request was sent.
+        """
+        self._guard("merge")
+        return await self._hv.run_merge(vm_id, task_id)
+
+    async def cancel(self, task_id: str) -> bool:
+        """Always False: Hyper-V cannot cancel a merge in progress; it runs to its end."""
+        self._guard("cancel")
+        return False

@@ -1,0 +1,384 @@
+"""The one async wrapper around synchronous pypsrp: a node's PowerShell session.
+
+pypsrp 0.9.1 is synchronous, so every call runs in a daemon worker thread
+(a thread stuck in a dead socket never blocks the event loop or the process
+exit) and the rest of the backend awaits it. One ``RunspacePool`` per node,
+opened on first use and reused; one command at a time per node (pypsrp's
+pool and its HTTP session are not meant to be driven from several threads)
+and at most ``MAX_THREADS`` calls in flight for the whole process. Every
+command has a time limit: when it fires the pipeline is asked to stop, the
+pool is discarded (a pool is unusable after a read timeout, pypsrp#21) and
+the next command opens a new one.
+
+Errors come out as :class:`SessionError` subclasses whose messages are safe
+to show and log: they never carry the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..base import ReadOnlyError
+from .commands import SWITCH, Command
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_THREADS = 16
+_threads = threading.BoundedSemaphore(MAX_THREADS)
+_slots: asyncio.Semaphore | None = None
+_slots_loop: asyncio.AbstractEventLoop | None = None
+
+
+class SessionError(Exception):
+    """A node could not be reached or did not answer; the message is safe to show."""
+
+
+class AuthFailed(SessionError):
+    """The node refused the credentials (not retried: it could lock the account)."""
+
+
+class TlsRefused(SessionError):
+    """The node's certificate is not trusted (not retried)."""
+
+
+class CommandTimeout(SessionError):
+    """A command ran past its time limit; it was stopped and the pool discarded."""
+
+
+class CommandFailed(SessionError):
+    """The pipeline failed (a terminating error) or wrote errors it should not have."""
+
+
+@dataclass(slots=True)
+class Answer:
+    output: list[Any] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _global_slots() -> asyncio.Semaphore:
+    global _slots, _slots_loop
+    loop = asyncio.get_running_loop()
+    if _slots is None or _slots_loop is not loop:
+        _slots, _slots_loop = asyncio.Semaphore(MAX_THREADS), loop
+    return _slots
+
+
+async def in_thread(fn: Callable[[], T], *, name: str) -> T:
+    """Run ``fn`` in a daemon thread and await its result (cancellable; the thread runs on)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop may be gone
+                loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, result, None)
+        finally:
+            _threads.release()
+
+    async with _global_slots():
+        if not _threads.acquire(blocking=False):
+            raise SessionError(f"{MAX_THREADS} PowerShell calls are stuck; not sending more")
+        threading.Thread(target=work, name=name, daemon=True).start()
+        return await future
+
+
+def _property_names(obj: Any) -> list[str]:
+    names: list[str] = []
+    for attr in ("adapted_properties", "extended_properties"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, dict):
+            names.extend(value)
+    return names
+
+
+def describe(exc: BaseException, where: str, password: str = "") -> SessionError:
+    """Turn a pypsrp/requests exception into a safe :class:`SessionError`."""
+    from pypsrp.exceptions import AuthenticationError, WinRMTransportError
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from requests.exceptions import SSLError, Timeout
+
+    chain: list[BaseException] = []
+    item: BaseException | None = exc
+    while item is not None and len(chain) < 10:
+        chain.append(item)
+        item = item.__cause__ or item.__context__
+    detail = str(exc)
+    if password:
+        detail = detail.replace(password, "***")
+    if isinstance(exc, SessionError):
+        return exc
+    if any(isinstance(e, AuthenticationError) for e in chain) or (
+        isinstance(exc, WinRMTransportError) and getattr(exc, "code", None) == 401
+    ):
+        return AuthFailed(f"{where}: the user name or password was refused (authentication failed)")
+    if any(isinstance(e, SSLError) for e in chain) or "CERTIFICATE_VERIFY_FAILED" in detail:
+        return TlsRefused(
+            f"{where}: TLS certificate not trusted — refusing to connect "
+            "(give the cluster's CA bundle; verification stays on)"
+        )
+    if any(isinstance(e, Timeout) for e in chain):
+        return CommandTimeout(f"{where}: no answer in time (read timeout)")
+    if any(isinstance(e, RequestsConnectionError | ConnectionError) for e in chain):
+        return SessionError(f"{where}: cannot connect ({type(exc).__name__})")
+    return SessionError(f"{where}: {type(exc).__name__}: {detail[:300]}")
+
+
+class NodeSession:
+    """One node's reused runspace pool, driven from asyncio."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        port: int,
+        username: str,
+        password: str,
+        auth: str = "negotiate",
+        ssl: bool = True,
+        cert_validation: bool | str = True,
+        connection_timeout: float = 10.0,
+        operation_timeout: int = 20,
+        command_timeout: float = 60.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.where = f"{host}:{port}"
+        self._username = username
+        self._password = password
+        self._auth = auth
+        self._ssl = ssl
+        self._cert_validation = cert_validation
+        self._connection_timeout = connection_timeout
+        self._operation_timeout = max(1, int(operation_timeout))
+        self.command_timeout = command_timeout
+        self._pool: Any = None
+        self._lock = asyncio.Lock()
+        self.allow_mutating = False  # only a writable backend turns this on
+        self.sent: list[str] = []  # cmdlet names sent, newest last (tests, audit)
+
+    def __repr__(self) -> str:  # never shows the password
+        return f"NodeSession({self.where!r}, user={self._username!r})"
+
+    # -- pool ------------------------------------------------------------------------
+    def _open_sync(self) -> Any:
+        from pypsrp.powershell import RunspacePool
+        from pypsrp.wsman import WSMan
+
+        wsman = WSMan(
+            self.host,
+            port=self.port,
+            username=self._username,
+            password=self._password,
+            auth=self._auth,
+            ssl=self._ssl,
+            cert_validation=self._cert_validation,
+            connection_timeout=int(max(1, self._connection_timeout)),
+            operation_timeout=self._operation_timeout,
+            read_timeout=self._operation_timeout + 10,
+        )
+        pool = RunspacePool(wsman)
+        try:
+            pool.open()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                wsman.close()
+            raise
+        return pool
+
+    async def _ensure_pool(self) -> Any:
+        if self._pool is None:
+            try:
+                self._pool = await asyncio.wait_for(
+                    in_thread(self._open_sync, name=f"psrp-open-{self.where}"),
+                    self._connection_timeout + self._operation_timeout + 5,
+                )
+            except TimeoutError as exc:
+                raise CommandTimeout(f"{self.where}: opening the session timed out") from exc
+            except Exception as exc:
+                raise describe(exc, self.where, self._password) from None
+            log.info("opened a PowerShell session on %s as %s", self.where, self._username)
+        return self._pool
+
+    async def open(self) -> None:
+        async with self._lock:
+            await self._ensure_pool()
+
+    def _discard(self) -> None:
+        """Drop the pool without waiting on it (it may be stuck)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+
+        def close() -> None:
+            with contextlib.suppress(Exception):
+                pool.close()
+            with contextlib.suppress(Exception):
+                pool.connection.close()
+
+        threading.Thread(target=close, name=f"psrp-discard-{self.where}", daemon=True).start()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool (WS-Man Delete), waiting at most ``timeout`` seconds for it."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+
+        def close() -> None:
+            with contextlib.suppress(Exception):
+                pool.close()
+            with contextlib.suppress(Exception):
+                pool.connection.close()
+
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(in_thread(close, name=f"psrp-close-{self.where}"), timeout)
+
+    # -- commands ----------------------------------------------------------------------
+    async def run(self, command: Command, *, timeout: float | None = None) -> Answer:
+        """Send one pipeline and return its output; stop it if it runs out of time."""
+        return (await self.run_many([command], timeout=timeout))[0]
+
+    async def run_many(
+        self, commands: list[Command], *, timeout: float | None = None
+    ) -> list[Answer]:
+        """Send several read pipelines as statements of one round trip.
+
+        Outputs are told apart by their property set (each command selects
+        its own), so with more than one command each must select properties.
+        Errors fail the whole batch unless every command tolerates them.
+        """
+        self._check_mutating(commands)
+        if len(commands) > 1 and not all(c.properties for c in commands):
+            raise ValueError("batched commands must each select their properties")
+        labels = ", ".join(c.label for c in commands)
+        limit = timeout or self.command_timeout
+        async with self._lock:
+            pool = await self._ensure_pool()
+            ps = self._build(pool, commands)
+
+            def invoke() -> list[Any]:
+                return list(ps.invoke())
+
+            try:
+                output = await asyncio.wait_for(
+                    in_thread(invoke, name=f"psrp-run-{self.where}"), limit
+                )
+            except TimeoutError:
+                self._stop(ps)
+                self._discard()
+                raise CommandTimeout(
+                    f"{self.where}: {labels} took longer than {limit:g} s; stopped"
+                ) from None
+            except Exception as exc:
+                self._discard()
+                raise describe(exc, self.where, self._password) from None
+        errors = [str(e) for e in ps.streams.error]
+        if ps.had_errors:
+            reason = "; ".join(errors) or "the pipeline failed"
+            raise CommandFailed(f"{self.where}: {labels}: {reason[:500]}")
+        if errors and not all(c.tolerate_errors for c in commands):
+            raise CommandFailed(f"{self.where}: {labels}: {'; '.join(errors)[:500]}")
+        if len(commands) == 1:
+            return [Answer(output, errors)]
+        answers = [Answer(errors=errors) for _ in commands]
+        by_shape = {frozenset(c.properties): a for c, a in zip(commands, answers, strict=True)}
+        for obj in output:
+            shape = frozenset(_property_names(obj))
+            answer = by_shape.get(shape)
+            if answer is None:
+                log.debug("%s: an object of an unexpected shape was ignored", self.where)
+                continue
+            answer.output.append(obj)
+        return answers
+
+    def _check_mutating(self, commands: list[Command]) -> None:
+        if any(c.mutating for c in commands) and not self.allow_mutating:
+            raise ReadOnlyError(f"{self.where} is read-only: a mutating command was not sent")
+
+    def _build(self, pool: Any, commands: list[Command]) -> Any:
+        from pypsrp.powershell import PowerShell
+
+        ps = PowerShell(pool)
+        for command in commands:
+            for cmdlet in command.pipeline():
+                ps.add_cmdlet(cmdlet.name)
+                self.sent.append(cmdlet.name)
+                for name, value in cmdlet.params:
+                    if value is SWITCH:
+                        ps.add_parameter(name)
+                    else:
+                        ps.add_parameter(name, value)
+            ps.add_statement()
+        del self.sent[:-200]
+        return ps
+
+    async def run_long(
+        self,
+        command: Command,
+        on_progress: Callable[[float, str], None],
+        *,
+        poll_s: float = 0.25,
+    ) -> Answer:
+        """Run a long command (a merge) with no time limit, reporting its progress records.
+
+        A dead node still ends it: WinRM's receive times out and the
+        connection error comes out as a :class:`SessionError` (the outcome is
+        then unknown). A terminating error is :class:`CommandFailed`.
+        """
+        self._check_mutating([command])
+        async with self._lock:
+            pool = await self._ensure_pool()
+            ps = self._build(pool, [command])
+            job = asyncio.ensure_future(
+                in_thread(lambda: list(ps.invoke()), name=f"psrp-long-{self.where}")
+            )
+            seen = 0
+            try:
+                while True:
+                    done, _ = await asyncio.wait({job}, timeout=poll_s)
+                    records = list(ps.streams.progress)
+                    for record in records[seen:]:
+                        pct = float(getattr(record, "percent_complete", -1) or 0)
+                        status = str(getattr(record, "description", "") or "")
+                        on_progress(max(0.0, min(100.0, pct)), status)
+                    seen = len(records)
+                    if done:
+                        break
+                output = job.result()
+            except asyncio.CancelledError:
+                job.cancel()
+                raise
+            except Exception as exc:
+                self._discard()
+                raise describe(exc, self.where, self._password) from None
+        errors = [str(e) for e in ps.streams.error]
+        if ps.had_errors:
+            reason = "; ".join(errors) or "the pipeline failed"
+            raise CommandFailed(f"{self.where}: {command.label}: {reason[:500]}")
+        return Answer(output, errors)
+
+    def _stop(self, ps: Any) -> None:
+        def stop() -> None:
+            with contextlib.suppress(Exception):
+                ps.stop()
+
+        threading.Thread(target=stop, name=f"psrp-stop-{self.where}", daemon=True).start()

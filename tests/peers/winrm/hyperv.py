@@ -1,0 +1,746 @@
+"""Hyper-V / FailoverClusters handlers of the WinRM test peer, answering from the simulated cluster.
+
+:class:`ClusterModel` holds a simulated cluster built by
+``ventana.backends.sim.build_inventory`` (the same data the built-in
+simulator shows) behind a lock; tests change it between polls
+(:meth:`ClusterModel.set_power`, :meth:`~ClusterModel.add_checkpoint`,
+:meth:`~ClusterModel.remove_checkpoint`, :meth:`~ClusterModel.set_free`).
+:func:`build_hyperv_registry` serves it as one node would: ``node=None``
+answers for every VM of the cluster (one endpoint for the whole cluster),
+``node="HV-NODE-01"`` only for the VMs that node hosts (one peer per node).
+
+Objects are shaped like a real server's output: plain type names
+(``Microsoft.HyperV.PowerShell.VirtualMachine``…), enums by name, nested
+objects flattened to strings, sizes as Int64/UInt64, Guids as Guids,
+DateTime as DateTime. ``Select-Object -Property`` projects them into
+``Selected.<type>`` objects with note properties, as PowerShell does.
+
+Commands: Get-ClusterNode, Get-ClusterSharedVolume,
+Get-ClusterSharedVolumeState, Get-CimInstance (Win32_ComputerSystem,
+root/MSCluster MSCluster_DiskPartition), Get-VM, Get-VMSnapshot,
+Get-VMHardDiskDrive, Get-VHD, Get-VMReplication, Get-VMIntegrationService,
+Get-Service, Get-ItemPropertyValue, Select-Object, and the one mutating
+command, Remove-VMSnapshot (``Get-VM -Id … | Remove-VMSnapshot -Name *``:
+merges newest first with progress records; ``model.merge_fail_after``
+makes it fail part-way with a terminating error, ``model.merge_step_s``
+sets its pace).
+
+Start it by hand (one endpoint serving the whole cluster)::
+
+    VENTANA_TEST_WINRM_PASSWORD=... .venv/bin/python -m tests.peers.winrm \\
+        --port 5986 --commands tests.peers.winrm.hyperv:build_registry
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from ventana.backends.sim import SimConfig, build_inventory
+from ventana.state.model import (
+    MB,
+    VM,
+    Checkpoint,
+    CheckpointKind,
+    DiskFormat,
+    IntegrationState,
+    LunRole,
+    LunState,
+    PowerState,
+    ReplicationState,
+    ServiceState,
+    VirtualDisk,
+)
+
+from .cmdlets import (
+    CommandRegistry,
+    CommandWriter,
+    ErrorCategory,
+    PSInt64,
+    TerminatingError,
+    ps_enum,
+    ps_object,
+)
+
+try:  # UInt64/UInt32 as a real server sends VHD sizes and CIM sizes
+    from psrpcore.types import PSUInt, PSUInt64
+except ImportError:  # pragma: no cover
+    PSUInt, PSUInt64 = int, PSInt64  # type: ignore[misc, assignment]
+
+from psrpcore.types import PSNoteProperty, PSObject
+
+BACKUP_SERVICE = "VentanaTestBackupAgent"
+BACKUP_VERSION_KEY = "HKLM:\\SOFTWARE\\VentanaTest\\BackupAgent"
+
+HV = "Microsoft.HyperV.PowerShell."
+FC = "Microsoft.FailoverClusters.PowerShell."
+
+VMState = ps_enum(
+    HV + "VMState",
+    {
+        "Other": 1,
+        "Running": 2,
+        "Off": 3,
+        "Stopping": 4,
+        "Saved": 6,
+        "Paused": 9,
+        "Starting": 10,
+        "Reset": 11,
+        "Saving": 32773,
+        "Pausing": 32776,
+        "Resuming": 32777,
+        "PausedCritical": 32781,
+    },
+)
+SnapshotType = ps_enum(
+    HV + "SnapshotType",
+    {"Standard": 0, "Recovery": 1, "Planned": 2, "Missing": 3, "Replica": 4},
+)
+VhdFormat = ps_enum(HV + "VhdFormat", {"VHD": 2, "VHDX": 3, "VHDSet": 4})
+VhdType = ps_enum(HV + "VhdType", {"Fixed": 2, "Dynamic": 3, "Differencing": 4})
+ControllerType = ps_enum(HV + "ControllerType", {"IDE": 0, "SCSI": 1})
+ReplState = ps_enum(
+    HV + "VMReplicationState",
+    {"Disabled": 0, "Replicating": 6, "Suspended": 9, "Error": 10},
+)
+ReplHealth = ps_enum(
+    HV + "VMReplicationHealthState",
+    {"NotApplicable": 0, "Normal": 1, "Warning": 2, "Critical": 3},
+)
+ReplMode = ps_enum(HV + "VMReplicationMode", {"None": 0, "Primary": 1, "Replica": 2})
+OpStatus = ps_enum(
+    HV + "VMIntegrationComponentOperationalStatus",
+    {"Ok": 2, "Degraded": 3, "Error": 6, "NoContact": 12, "LostCommunication": 13},
+)
+NodeStateEnum = ps_enum(
+    FC + "ClusterNodeState", {"Up": 0, "Down": 1, "Paused": 2, "Joining": 3, "Unknown": -1}
+)
+DrainStatus = ps_enum(
+    FC + "NodeDrainStatus", {"NotInitiated": 0, "InProgress": 1, "Completed": 2, "Failed": 3}
+)
+ResourceState = ps_enum(
+    FC + "ClusterResourceState",
+    {"Unknown": -1, "Online": 2, "Offline": 3, "Failed": 4, "OnlinePending": 129},
+)
+CsvStateInfo = ps_enum(
+    FC + "ClusterSharedVolumeStateInfo",
+    {"Unavailable": 0, "Paused": 1, "Direct": 2, "FileSystemRedirected": 3, "BlockRedirected": 4},
+)
+ServiceStatus = ps_enum(
+    "System.ServiceProcess.ServiceControllerStatus",
+    {"Stopped": 1, "StartPending": 2, "StopPending": 3, "Running": 4},
+)
+
+_POWER = {
+    PowerState.RUNNING: "Running",
+    PowerState.OFF: "Off",
+    PowerState.SAVED: "Saved",
+    PowerState.PAUSED: "Paused",
+    PowerState.PAUSED_CRITICAL: "PausedCritical",
+    PowerState.STARTING: "Starting",
+    PowerState.STOPPING: "Stopping",
+    PowerState.UNKNOWN: "Other",
+}
+_SNAP = {
+    CheckpointKind.STANDARD: "Standard",
+    CheckpointKind.PRODUCTION: "Standard",  # production checkpoints report "Standard" too
+    CheckpointKind.BACKUP: "Recovery",
+    CheckpointKind.RECOVERY: "Planned",
+}
+_REPL = {
+    ReplicationState.DISABLED: "Disabled",
+    ReplicationState.REPLICATING: "Replicating",
+    ReplicationState.SUSPENDED: "Suspended",
+    ReplicationState.ERROR: "Error",
+}
+_CSV_STATE = {
+    LunState.ONLINE: "Online",
+    LunState.REDIRECTED: "Online",
+    LunState.OFFLINE: "Offline",
+    LunState.FAILED: "Failed",
+}
+
+
+def _enum(enum_type: Any, name: str) -> Any:
+    return enum_type[name]
+
+
+def volume_guid(lun_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ventana-test-volume:{lun_id}"))
+
+
+class ClusterModel:
+    """A simulated cluster that handlers read and tests change (thread-safe)."""
+
+    def __init__(self, config: SimConfig | None = None, epoch: datetime | None = None) -> None:
+        config = config or SimConfig(rate=0)
+        inv = build_inventory(config, epoch or datetime(2025, 1, 6, 9, 0, tzinfo=UTC))
+        self.lock = threading.RLock()
+        self.config = config
+        self.cluster = inv.cluster
+        self.nodes = {n.id: n for n in inv.nodes}
+        self.luns = {x.id: x for x in inv.luns}
+        self.vms = {v.id: v for v in inv.vms}
+        self.disks = {d.id: d for d in inv.disks}
+        self.checkpoints = {c.id: c for c in inv.checkpoints}
+        self.chains = {k: list(v) for k, v in inv.chains.items()}
+        self.files = {k: list(v) for k, v in inv.checkpoint_files.items()}
+        self.calls: list[str] = []  # command names served, for tests
+        self.merge_step_s = 0.02  # Remove-VMSnapshot: seconds per progress step
+        self.merge_fail_after: int | None = None  # fail before removing checkpoint N+1
+
+    # -- what a node sees ----------------------------------------------------------------
+    def vms_of(self, node: str | None) -> list[VM]:
+        with self.lock:
+            return [v for v in self.vms.values() if node is None or v.node_id == node]
+
+    def drive_chains(self, vm: VM) -> list[list[VirtualDisk]]:
+        """Each drive's files, base first (disk_ids are the base disks)."""
+        with self.lock:
+            by_parent: dict[str, VirtualDisk] = {}
+            for d in self.disks.values():
+                if d.vm_id == vm.id and d.parent_path:
+                    by_parent[d.parent_path.casefold()] = d
+            out = []
+            for base_id in vm.disk_ids:
+                disk = self.disks.get(base_id)
+                chain = []
+                while disk is not None and len(chain) < 1000:
+                    chain.append(disk)
+                    disk = by_parent.get(disk.path.casefold())
+                out.append(chain)
+            return out
+
+    def disk_by_path(self, path: str) -> VirtualDisk | None:
+        key = path.casefold()
+        with self.lock:
+            return next((d for d in self.disks.values() if d.path.casefold() == key), None)
+
+    def resource_name(self, lun_id: str) -> str:
+        """The cluster disk resource's name (unique, unlike volume labels)."""
+        with self.lock:
+            return f"Cluster Disk {list(self.luns).index(lun_id) + 1}"
+
+    def mount_of(self, lun_id: str) -> str:
+        """C:\\ClusterStorage\\VolumeN, from the VM files placed on the LUN."""
+        with self.lock:
+            for d in self.disks.values():
+                if d.lun_id == lun_id and d.path.lower().startswith("c:\\clusterstorage\\"):
+                    return "\\".join(d.path.split("\\")[:3])
+        n = sorted(self.luns).index(lun_id) + 1 if lun_id in self.luns else 0
+        return f"C:\\ClusterStorage\\Spare{n}"
+
+    # -- changes tests make -------------------------------------------------------------
+    def vm_named(self, name: str) -> VM:
+        with self.lock:
+            return next(v for v in self.vms.values() if v.name == name)
+
+    def set_power(self, vm_id: str, power: PowerState) -> None:
+        with self.lock:
+            vm = self.vms[vm_id]
+            integration = IntegrationState.OK if power is PowerState.RUNNING else vm.integration
+            if power in (PowerState.OFF, PowerState.SAVED):
+                integration = IntegrationState.OFF
+            self.vms[vm_id] = dataclasses.replace(vm, power=power, integration=integration)
+
+    def set_free(self, lun_id: str, free_bytes: int) -> None:
+        with self.lock:
+            self.luns[lun_id] = dataclasses.replace(self.luns[lun_id], free_bytes=free_bytes)
+
+    def add_checkpoint(self, vm_id: str, name: str, kind: CheckpointKind) -> str:
+        """A new checkpoint: one new .avhdx on top of every drive's chain."""
+        with self.lock:
+            vm = self.vms[vm_id]
+            chain = self.chains.setdefault(vm_id, [])
+            cp_id = str(uuid.uuid4())
+            files = []
+            first = ""
+            for drive in self.drive_chains(vm):
+                leaf = drive[-1]
+                file_id = str(uuid.uuid4())
+                stem = leaf.path.rsplit("\\", 1)[-1].split("_")[0].rsplit(".", 1)[0]
+                folder = leaf.path.rsplit("\\", 1)[0]
+                path = f"{folder}\\{stem}_{file_id.upper()}.avhdx"
+                self.disks[file_id] = VirtualDisk(
+                    file_id,
+                    vm_id,
+                    path,
+                    DiskFormat.AVHDX,
+                    4 * MB,
+                    leaf.max_bytes,
+                    leaf.path,
+                    leaf.lun_id,
+                )
+                files.append(file_id)
+                first = first or path
+            parent = chain[-1] if chain else None
+            self.checkpoints[cp_id] = Checkpoint(
+                cp_id, vm_id, name, parent, kind, datetime.now(UTC), first, 4 * MB * len(files)
+            )
+            self.files[cp_id] = files
+            chain.append(cp_id)
+            return cp_id
+
+    def remove_checkpoint(self, cp_id: str) -> None:
+        """Remove-VMSnapshot of the newest checkpoint: its files merge into their parents."""
+        with self.lock:
+            cp = self.checkpoints.pop(cp_id)
+            chain = self.chains.get(cp.vm_id, [])
+            if cp_id in chain:
+                chain.remove(cp_id)
+            for file_id in self.files.pop(cp_id, []):
+                merged = self.disks.pop(file_id, None)
+                if merged is None:
+                    continue
+                for d_id, d in list(self.disks.items()):  # its blocks go into the parent
+                    if merged.parent_path and d.path.casefold() == merged.parent_path.casefold():
+                        grown = min(d.max_bytes, d.size_bytes + merged.size_bytes)
+                        self.disks[d_id] = dataclasses.replace(d, size_bytes=grown)
+                for d_id, d in list(self.disks.items()):  # re-parent a child file
+                    if d.parent_path and d.parent_path.casefold() == merged.path.casefold():
+                        self.disks[d_id] = dataclasses.replace(d, parent_path=merged.parent_path)
+            for other_id, other in list(self.checkpoints.items()):
+                if other.parent_id == cp_id:
+                    self.checkpoints[other_id] = dataclasses.replace(other, parent_id=cp.parent_id)
+
+
+# -- object builders ---------------------------------------------------------------------
+
+
+def _vm_object(vm: VM) -> Any:
+    return ps_object(
+        [HV + "VirtualMachine", HV + "VirtualMachineBase", HV + "VirtualizationObject"],
+        {
+            "Name": vm.name,
+            "Id": uuid.UUID(vm.id),
+            "VMId": uuid.UUID(vm.id),
+            "State": _enum(VMState, _POWER.get(vm.power, "Other")),
+            "Generation": vm.generation,
+            "Version": vm.config_version,
+            "ProcessorCount": PSInt64(vm.vcpus),
+            "MemoryStartup": PSInt64(vm.memory_mb * MB),
+            "ComputerName": vm.node_id,
+            "IsClustered": True,
+            "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",  # nested: a string
+        },
+        to_string=f"VirtualMachine (Name = '{vm.name}') [Id = '{vm.id}']",
+    )
+
+
+def _select(params: dict[str, Any], writer: CommandWriter) -> None:
+    wanted = [str(p) for p in _as_list(params.get("Property"))]
+    for obj in writer.input:
+        meta = getattr(obj, "PSObject", None)
+        if meta is None:
+            writer.write_output(obj)
+            continue
+        values: dict[str, Any] = {}
+        for prop in [*meta.adapted_properties, *meta.extended_properties]:
+            values.setdefault(prop.name.casefold(), (prop.name, prop.get_value(obj)))
+        out = PSObject()
+        out.PSObject.type_names = [
+            f"Selected.{meta.type_names[0]}",
+            "System.Management.Automation.PSCustomObject",
+            "System.Object",
+        ]
+        props = []
+        for name in wanted:
+            _, value = values.get(name.casefold(), (name, None))
+            props.append(PSNoteProperty(name, value))
+        out.PSObject.extended_properties = props
+        writer.write_output(out)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+def _vm_filter(params: dict[str, Any]) -> list[str]:
+    return [str(p).casefold() for p in _as_list(params.get("VMName"))] or ["*"]
+
+
+def _match(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name.casefold(), p) for p in patterns)
+
+
+def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> CommandRegistry:
+    """The Hyper-V/FailoverClusters commands of one node (None: of the whole cluster)."""
+
+    def log(name: str) -> None:
+        with model.lock:
+            model.calls.append(name)
+
+    def get_cluster_node(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-ClusterNode")
+        with model.lock:
+            nodes = list(model.nodes.values())
+        for n in nodes:
+            state = {"up": "Up", "down": "Down", "paused": "Paused", "joining": "Joining"}
+            writer.write_output(
+                ps_object(
+                    [FC + "ClusterNode", FC + "ClusterObject"],
+                    {
+                        "Name": n.name,
+                        "Id": str(nodes.index(n) + 1),
+                        "State": _enum(NodeStateEnum, state.get(n.state.value, "Unknown")),
+                        "DrainStatus": _enum(
+                            DrainStatus,
+                            "InProgress" if n.state.value == "draining" else "NotInitiated",
+                        ),
+                        "Cluster": model.cluster.name,
+                    },
+                    to_string=n.name,
+                )
+            )
+
+    def get_csvs(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-ClusterSharedVolume")
+        with model.lock:
+            luns = [x for x in model.luns.values() if x.role is LunRole.CSV]
+        for lun in luns:
+            writer.write_output(
+                ps_object(
+                    [FC + "ClusterSharedVolume", FC + "ClusterObject"],
+                    {
+                        "Name": model.resource_name(lun.id),
+                        "Id": lun.id,
+                        "OwnerNode": lun.owner_node_id,  # a ClusterNode, flattened to its name
+                        "State": _enum(ResourceState, _CSV_STATE[lun.state]),
+                        "SharedVolumeInfo": "{" + model.mount_of(lun.id) + "}",
+                    },
+                    to_string=model.resource_name(lun.id),
+                )
+            )
+
+    def get_csv_state(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-ClusterSharedVolumeState")
+        with model.lock:
+            luns = [x for x in model.luns.values() if x.role is LunRole.CSV]
+            nodes = list(model.nodes)
+        for lun in luns:
+            for n in nodes:
+                info = "Direct"
+                if lun.state is LunState.REDIRECTED:
+                    info = "FileSystemRedirected"
+                writer.write_output(
+                    ps_object(
+                        [FC + "ClusterSharedVolumeState"],
+                        {
+                            "Name": model.resource_name(lun.id),
+                            "Node": n,
+                            "StateInfo": _enum(CsvStateInfo, info),
+                            "VolumeName": f"\\\\?\\Volume{{{volume_guid(lun.id)}}}\\",
+                            "VolumeFriendlyName": model.mount_of(lun.id).rsplit("\\", 1)[-1],
+                        },
+                    )
+                )
+
+    def get_cim(params: dict[str, Any], writer: CommandWriter) -> None:
+        cls = str(params.get("ClassName", "")).casefold()
+        log(f"Get-CimInstance {cls}")
+        if cls == "win32_computersystem":
+            writer.write_output(
+                ps_object(
+                    [
+                        "Microsoft.Management.Infrastructure.CimInstance#root/cimv2/Win32_ComputerSystem"
+                    ],
+                    {"Name": node or next(iter(model.nodes)), "Domain": "lab.example"},
+                )
+            )
+            return
+        if cls != "mscluster_diskpartition":
+            writer.write_error(
+                f"Invalid class {params.get('ClassName')}", category=ErrorCategory.ObjectNotFound
+            )
+            return
+        with model.lock:
+            luns = [x for x in model.luns.values() if x.role is LunRole.CSV]
+        for lun in luns:
+            mount = model.mount_of(lun.id)
+            writer.write_output(
+                ps_object(
+                    [
+                        "Microsoft.Management.Infrastructure.CimInstance#root/MSCluster/"
+                        "MSCluster_DiskPartition"
+                    ],
+                    {
+                        "Path": mount,
+                        "VolumeLabel": lun.name,
+                        "VolumeGuid": volume_guid(lun.id),
+                        "TotalSize": PSUInt(lun.total_bytes // MB),
+                        "FreeSpace": PSUInt(lun.free_bytes // MB),
+                        "MountPoints": [mount],
+                    },
+                )
+            )
+
+    def get_vm(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-VM")
+        patterns = [str(p).casefold() for p in _as_list(params.get("Name"))] or ["*"]
+        ids = {str(i).casefold() for i in _as_list(params.get("Id"))}
+        for vm in model.vms_of(node):
+            if ids and vm.id.casefold() not in ids:
+                continue
+            if _match(vm.name, patterns):
+                writer.write_output(_vm_object(vm))
+        if (
+            ids
+            and not writer.stopping
+            and not any(v.id.casefold() in ids for v in model.vms_of(node))
+        ):
+            writer.write_error(
+                "Hyper-V was unable to find a virtual machine with the given id.",
+                error_id="InvalidParameter",
+                category=ErrorCategory.InvalidArgument,
+                exception_type="Microsoft.HyperV.PowerShell.VirtualizationException",
+            )
+
+    def remove_snapshot(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Remove-VMSnapshot -Name * for the piped VMs: merges newest first, with progress."""
+        log("Remove-VMSnapshot")
+        names = [str(n).casefold() for n in _as_list(params.get("Name"))] or ["*"]
+        for obj in writer.input:
+            meta = getattr(obj, "PSObject", None)
+            if meta is None:
+                continue
+            values = {p.name: p.get_value(obj) for p in meta.adapted_properties}
+            vm_id = str(values.get("Id", ""))
+            with model.lock:
+                vm = model.vms.get(vm_id)
+                chain = [model.checkpoints[c] for c in model.chains.get(vm_id, [])]
+            if vm is None:
+                continue
+            todo = [cp for cp in reversed(chain) if _match(cp.name, names)]
+            steps = 4
+            for i, cp in enumerate(todo):
+                for step in range(steps):
+                    pct = int((i * steps + step) * 100 / (len(todo) * steps))
+                    writer.write_progress(
+                        "Remove-VMSnapshot",
+                        f"Merging disks of {vm.name}: checkpoint {i + 1} of {len(todo)}",
+                        percent=pct,
+                    )
+                    if writer.wait(model.merge_step_s):
+                        return
+                if model.merge_fail_after is not None and i >= model.merge_fail_after:
+                    raise TerminatingError(
+                        f"'{vm.name}' failed to remove checkpoint '{cp.name}': "
+                        "The process cannot access the file because it is being used by "
+                        "another process. (0x80070020)",
+                        error_id="OperationFailed",
+                        category=ErrorCategory.ResourceBusy,
+                        exception_type="Microsoft.HyperV.PowerShell.VirtualizationException",
+                    )
+                model.remove_checkpoint(cp.id)
+            writer.write_progress("Remove-VMSnapshot", "Completed", percent=100, completed=True)
+
+    def get_snapshot(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-VMSnapshot")
+        patterns = _vm_filter(params)
+        for vm in model.vms_of(node):
+            if not _match(vm.name, patterns):
+                continue
+            with model.lock:
+                cps = [model.checkpoints[c] for c in model.chains.get(vm.id, [])]
+            for cp in cps:
+                writer.write_output(
+                    ps_object(
+                        [HV + "VMSnapshot", HV + "VirtualMachineBase"],
+                        {
+                            "Id": uuid.UUID(cp.id),
+                            "VMId": uuid.UUID(vm.id),
+                            "VMName": vm.name,
+                            "Name": cp.name,
+                            "ParentSnapshotId": uuid.UUID(cp.parent_id) if cp.parent_id else None,
+                            "SnapshotType": _enum(SnapshotType, _SNAP[cp.kind]),
+                            "CreationTime": cp.created,
+                            "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",
+                        },
+                    )
+                )
+
+    def get_drive(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-VMHardDiskDrive")
+        patterns = _vm_filter(params)
+        for vm in model.vms_of(node):
+            if not _match(vm.name, patterns):
+                continue
+            for n, chain in enumerate(model.drive_chains(vm)):
+                if not chain:
+                    continue
+                writer.write_output(
+                    ps_object(
+                        [HV + "HardDiskDrive", HV + "Drive"],
+                        {
+                            "VMId": uuid.UUID(vm.id),
+                            "VMName": vm.name,
+                            "Path": chain[-1].path,
+                            "ControllerType": _enum(
+                                ControllerType, "IDE" if vm.generation == 1 else "SCSI"
+                            ),
+                            "ControllerNumber": 0,
+                            "ControllerLocation": n,
+                        },
+                    )
+                )
+
+    def get_vhd(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-VHD")
+        for path in [str(p) for p in _as_list(params.get("Path"))]:
+            disk = model.disk_by_path(path)
+            if disk is None:
+                writer.write_error(
+                    f"Getting the mounted storage instance for the path '{path}' failed.",
+                    error_id="ObjectNotFound,Microsoft.Vhd.PowerShell.Cmdlets.GetVHD",
+                    category=ErrorCategory.ObjectNotFound,
+                    exception_type="Microsoft.HyperV.PowerShell.VirtualizationException",
+                    target=path,
+                )
+                continue
+            fmt = "VHD" if disk.format is DiskFormat.VHD else "VHDX"
+            kind = "Differencing" if disk.parent_path else "Dynamic"
+            writer.write_output(
+                ps_object(
+                    ["Microsoft.Vhd.PowerShell.VirtualHardDisk"],
+                    {
+                        "Path": disk.path,
+                        "VhdFormat": _enum(VhdFormat, fmt),
+                        "VhdType": _enum(VhdType, kind),
+                        "FileSize": PSUInt64(disk.size_bytes),
+                        "Size": PSUInt64(disk.max_bytes),
+                        "ParentPath": disk.parent_path or "",
+                        "DiskIdentifier": disk.id.upper(),
+                        "Attached": True,
+                    },
+                )
+            )
+
+    def get_replication(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-VMReplication")
+        for vm in model.vms_of(node):
+            if vm.replication is ReplicationState.DISABLED:
+                continue
+            writer.write_output(
+                ps_object(
+                    [HV + "VMReplication", HV + "VirtualizationObject"],
+                    {
+                        "VMId": uuid.UUID(vm.id),
+                        "VMName": vm.name,
+                        "State": _enum(ReplState, _REPL[vm.replication]),
+                        "Health": _enum(
+                            ReplHealth,
+                            {"normal": "Normal", "warning": "Warning", "critical": "Critical"}.get(
+                                vm.replication_health.value, "NotApplicable"
+                            ),
+                        ),
+                        "Mode": _enum(ReplMode, "Primary"),
+                        "ReplicaServer": vm.replica_target,
+                    },
+                )
+            )
+
+    def get_integration(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-VMIntegrationService")
+        patterns = _vm_filter(params)
+        names = [str(n).casefold() for n in _as_list(params.get("Name"))] or ["*"]
+        if not _match("Heartbeat", names):
+            return
+        for vm in model.vms_of(node):
+            if not _match(vm.name, patterns):
+                continue
+            status = None
+            if vm.power is PowerState.RUNNING:
+                status = _enum(
+                    OpStatus, "Degraded" if vm.integration is IntegrationState.DEGRADED else "Ok"
+                )
+            writer.write_output(
+                ps_object(
+                    [HV + "VMIntegrationComponent", HV + "VirtualMachineComponent"],
+                    {
+                        "VMId": uuid.UUID(vm.id),
+                        "VMName": vm.name,
+                        "Name": "Heartbeat",
+                        "Enabled": True,
+                        "PrimaryOperationalStatus": status,
+                    },
+                )
+            )
+
+    def _node_entity() -> Any:
+        with model.lock:
+            return model.nodes.get(node or next(iter(model.nodes)))
+
+    def get_service(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-Service")
+        n = _node_entity()
+        for name in [str(p) for p in _as_list(params.get("Name"))]:
+            if name.casefold() != BACKUP_SERVICE.casefold() or n.backup_agent_state in (
+                ServiceState.MISSING,
+                ServiceState.UNKNOWN,
+            ):
+                writer.write_error(
+                    f"Cannot find any service with service name '{name}'.",
+                    error_id="NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand",
+                    category=ErrorCategory.ObjectNotFound,
+                    exception_type="Microsoft.PowerShell.Commands.ServiceCommandException",
+                    target=name,
+                )
+                continue
+            running = n.backup_agent_state is ServiceState.RUNNING
+            writer.write_output(
+                ps_object(
+                    ["System.ServiceProcess.ServiceController", "System.ComponentModel.Component"],
+                    {
+                        "Name": BACKUP_SERVICE,
+                        "Status": _enum(ServiceStatus, "Running" if running else "Stopped"),
+                        "DisplayName": "Ventana test backup agent",
+                    },
+                    to_string="System.ServiceProcess.ServiceController",
+                )
+            )
+
+    def get_item_property_value(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-ItemPropertyValue")
+        n = _node_entity()
+        path = str(params.get("Path", ""))
+        if path.casefold() != BACKUP_VERSION_KEY.casefold() or not n.backup_agent_version:
+            writer.write_error(
+                f"Cannot find path '{path}' because it does not exist.",
+                error_id="PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyValueCommand",
+                category=ErrorCategory.ObjectNotFound,
+                target=path,
+            )
+            return
+        writer.write_output(n.backup_agent_version)
+
+    return CommandRegistry(
+        {
+            "Get-ClusterNode": get_cluster_node,
+            "Get-ClusterSharedVolume": get_csvs,
+            "Get-ClusterSharedVolumeState": get_csv_state,
+            "Get-CimInstance": get_cim,
+            "Get-VM": get_vm,
+            "Get-VMSnapshot": get_snapshot,
+            "Get-VMHardDiskDrive": get_drive,
+            "Get-VHD": get_vhd,
+            "Get-VMReplication": get_replication,
+            "Get-VMIntegrationService": get_integration,
+            "Get-Service": get_service,
+            "Get-ItemPropertyValue": get_item_property_value,
+            "Select-Object": _select,
+            "Remove-VMSnapshot": remove_snapshot,
+        }
+    )
+
+
+def build_registry() -> CommandRegistry:
+    """For ``--commands``: the default simulated cluster (74 VMs) on one endpoint."""
+    return build_hyperv_registry(ClusterModel())

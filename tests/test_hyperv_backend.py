@@ -1,0 +1,681 @@
+"""The Hyper-V backend's read path against the WinRM/PSRP test peer.
+
+Each test starts real endpoints (HTTPS with a trustme CA the client verifies,
+NTLM) serving the Hyper-V/FailoverClusters commands from a simulated
+cluster (tests/peers/winrm/hyperv.py), and drives ``HyperVBackend`` through
+its event stream: the inventory matches what the endpoints serve, a change
+on the server side arrives within the poll interval, wrong credentials and
+an untrusted CA are refused with a clear reason, a stopped endpoint makes
+its node stale and the backend reconnects when it is back, the password
+never appears in an event or a log record; a merge reports progress and
+ends OK, FAILED (part-way, with the reason) or UNKNOWN (connection lost),
+and a read-only session never sends a mutating command. Every test is
+bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from peers.winrm.cmdlets import CommandWriter
+from peers.winrm.fixture import PeerHandle, generate_password, start_winrm_peer
+from peers.winrm.hyperv import (
+    BACKUP_SERVICE,
+    BACKUP_VERSION_KEY,
+    ClusterModel,
+    build_hyperv_registry,
+)
+
+from ventana.backends.actions import ActionRunner
+from ventana.backends.base import ReadOnlyError
+from ventana.backends.hyperv import (
+    Credential,
+    CredentialError,
+    HyperVBackend,
+    HyperVConfig,
+    resolve_password,
+)
+from ventana.backends.hyperv import mapping as m
+from ventana.backends.hyperv.backend import HyperVExecutor
+from ventana.backends.hyperv.commands import (
+    MUTATING_CMDLETS,
+    READ_CMDLETS,
+    remove_all_snapshots,
+)
+from ventana.backends.sim import SimConfig
+from ventana.state.actionlog import ActionLog
+from ventana.state.events import (
+    ConnectionChanged,
+    Event,
+    LinkState,
+    Remove,
+    TaskProgress,
+    Upsert,
+)
+from ventana.state.model import (
+    MB,
+    CheckpointKind,
+    Entity,
+    FinalState,
+    IntegrationState,
+    Key,
+    Kind,
+    LunRole,
+    NodeState,
+    PowerState,
+    ServiceState,
+    TaskState,
+    key_of,
+)
+from ventana.state.store import Store
+
+POLL = 0.3
+
+
+def make_model() -> ClusterModel:
+    return ClusterModel(SimConfig(vms=12, nodes=2, rate=0))
+
+
+class Feed:
+    """Consumes a backend's events in the background; tests wait on conditions."""
+
+    def __init__(self, backend: HyperVBackend, store: Store | None = None) -> None:
+        self.backend = backend
+        self.store = store
+        self.events: list[Event] = []
+        self.state: dict[Key, Entity] = {}
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        stream: AsyncIterator[Event] = self.backend.events()
+        async for event in stream:
+            self.events.append(event)
+            if self.store is not None:
+                self.store.apply(event)
+            if isinstance(event, Upsert):
+                self.state[key_of(event.entity)] = event.entity
+            elif isinstance(event, Remove):
+                self.state.pop((event.kind, event.id), None)
+            self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"timed out waiting for {what}; last events: {self.events[-5:]}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+
+    def links(self, source: str | None = None) -> list[ConnectionChanged]:
+        return [
+            e
+            for e in self.events
+            if isinstance(e, ConnectionChanged) and (source is None or e.source == source)
+        ]
+
+    def last_state(self, source: str) -> LinkState | None:
+        links = self.links(source)
+        return links[-1].state if links else None
+
+    def of(self, kind: Kind) -> dict[str, Any]:
+        return {k[1]: v for k, v in self.state.items() if k[0] is kind}
+
+    async def close(self) -> None:
+        await self.backend.close()
+        try:
+            await asyncio.wait_for(self._task, 10)
+        except TimeoutError:
+            self._task.cancel()
+        # Let pools being discarded in the background finish before a peer stops.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+            t.name.startswith("psrp-") for t in threading.enumerate()
+        ):
+            await asyncio.sleep(0.05)
+
+
+def config_for(handles: list[PeerHandle], ca: str, **kwargs: Any) -> HyperVConfig:
+    options: dict[str, Any] = {
+        "nodes": tuple(f"127.0.0.1:{h.port}" for h in handles),
+        "auth": "ntlm",
+        "ca_bundle": ca,
+        "poll_interval": POLL,
+        "command_timeout": 10.0,
+        "connection_timeout": 5.0,
+        "backoff_initial": 0.2,
+        "backoff_max": 1.0,
+        "backup_service": BACKUP_SERVICE,
+        "backup_version_key": BACKUP_VERSION_KEY,
+    }
+    options.update(kwargs)
+    return HyperVConfig("HVCLUSTER01", handles[0].user, **options)
+
+
+@pytest.fixture
+def one_peer() -> Iterator[tuple[ClusterModel, PeerHandle]]:
+    model = make_model()
+    handle = start_winrm_peer(registry=build_hyperv_registry(model))
+    try:
+        yield model, handle
+    finally:
+        handle.stop()
+
+
+def backend_for(handle: PeerHandle, **kwargs: Any) -> HyperVBackend:
+    password = kwargs.pop("password", handle.password)
+    config = config_for([handle], kwargs.pop("ca", handle.ca_path), **kwargs)
+    return HyperVBackend(config, Credential(handle.user, password, "given"))
+
+
+# -- inventory -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_inventory_matches_what_the_nodes_serve(tmp_path: Path) -> None:
+    model = make_model()
+    node_names = sorted(model.nodes)
+    password = generate_password()
+    handles = [
+        start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
+        for name in node_names
+    ]
+    try:
+        bundle = tmp_path / "cas.pem"
+        bundle.write_text("".join(Path(h.ca_path).read_text() for h in handles))
+        backend = HyperVBackend(
+            config_for(handles, str(bundle)), Credential(handles[0].user, handles[0].password, "t")
+        )
+        feed = Feed(backend)
+        start = time.monotonic()
+        await feed.until(
+            lambda: all(feed.last_state(s) is LinkState.CONNECTED for s in backend.sources),
+            20,
+            "both nodes connected",
+        )
+        elapsed = time.monotonic() - start
+        for source in backend.sources:
+            states = [e.state for e in feed.links(source)]
+            assert states[:2] == [LinkState.CONNECTING, LinkState.CONNECTED]
+        # Every upsert of the first read came before that node's CONNECTED.
+        first_connected = next(
+            i for i, e in enumerate(feed.events) if getattr(e, "state", None) is LinkState.CONNECTED
+        )
+        assert any(isinstance(e, Upsert) for e in feed.events[:first_connected])
+
+        # VMs
+        vms = feed.of(Kind.VM)
+        assert set(vms) == set(model.vms)
+        for vm_id, want in model.vms.items():
+            got = vms[vm_id]
+            assert (got.name, got.node_id, got.power) == (want.name, want.node_id, want.power)
+            assert (got.generation, got.config_version, got.vcpus, got.memory_mb) == (
+                want.generation,
+                want.config_version,
+                want.vcpus,
+                want.memory_mb,
+            )
+            assert got.disk_ids == want.disk_ids
+            assert got.lun_id == want.lun_id
+            assert (got.replication, got.replication_health, got.replica_target) == (
+                want.replication,
+                want.replication_health,
+                want.replica_target,
+            )
+            assert got.integration == want.integration
+        # Disks: every file of every chain, with sizes and parents.
+        disks = feed.of(Kind.DISK)
+        assert set(disks) == set(model.disks)
+        for disk_id, want in model.disks.items():
+            got = disks[disk_id]
+            assert (got.vm_id, got.path, got.format, got.parent_path, got.lun_id) == (
+                want.vm_id,
+                want.path,
+                want.format,
+                want.parent_path,
+                want.lun_id,
+            )
+            assert (got.size_bytes, got.max_bytes) == (want.size_bytes, want.max_bytes)
+        # Checkpoints: ids, names, parents, times, kinds (production reads as standard).
+        cps = feed.of(Kind.CHECKPOINT)
+        assert set(cps) == set(model.checkpoints)
+        for cp_id, want in model.checkpoints.items():
+            got = cps[cp_id]
+            assert (got.vm_id, got.name, got.parent_id) == (want.vm_id, want.name, want.parent_id)
+            assert abs((got.created - want.created).total_seconds()) < 1
+            kind = CheckpointKind.STANDARD if want.kind is CheckpointKind.PRODUCTION else want.kind
+            assert got.kind == kind
+            assert (got.disk_path, got.size_bytes) == (want.disk_path, want.size_bytes)
+        # CSVs: names, owners and space (MSCluster_DiskPartition reports whole MB).
+        luns = feed.of(Kind.LUN)
+        csvs = {x.id: x for x in model.luns.values() if x.role is LunRole.CSV}
+        assert set(luns) == set(csvs)
+        for lun_id, want in csvs.items():
+            got = luns[lun_id]
+            assert (got.name, got.owner_node_id, got.state) == (
+                want.name,
+                want.owner_node_id,
+                want.state,
+            )
+            assert got.total_bytes == want.total_bytes // MB * MB
+            assert got.free_bytes == want.free_bytes // MB * MB
+        # Nodes: state, VM count, CSVs owned, backup agent.
+        nodes = feed.of(Kind.NODE)
+        assert sorted(nodes) == node_names
+        for name, want in model.nodes.items():
+            got = nodes[name]
+            assert got.state is NodeState.UP
+            assert got.vm_count == want.vm_count
+            assert set(got.csv_owned) == set(want.csv_owned)
+            assert (got.backup_agent_state, got.backup_agent_version) == (
+                want.backup_agent_state,
+                want.backup_agent_version,
+            )
+        [cluster] = feed.of(Kind.CLUSTER).values()
+        assert (cluster.name, cluster.nodes) == ("HVCLUSTER01", 2)
+        # Only read commands went out.
+        sent = {name for s in backend.sessions() for name in s.sent}
+        assert sent <= READ_CMDLETS
+        assert elapsed < 15, f"first full inventory took {elapsed:.1f} s"
+        await feed.close()
+    finally:
+        for h in handles:
+            h.stop()
+
+
+# -- live changes ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_server_side_changes_arrive_within_the_poll_interval(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    model, handle = one_peer
+    backend = backend_for(handle)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    # One endpoint answers for the whole cluster: VMs still count on their own hosts.
+    counts = {n.id: n.vm_count for n in feed.of(Kind.NODE).values()}
+    assert counts == {n.id: n.vm_count for n in model.nodes.values()}
+    await asyncio.sleep(POLL * 3)
+    settled = len(feed.events)
+    await asyncio.sleep(POLL * 3)
+    assert feed.events[settled:] == []  # nothing changed: nothing emitted
+
+    vm = next(v for v in model.vms.values() if v.power is PowerState.RUNNING)
+    start = time.monotonic()
+    model.set_power(vm.id, PowerState.OFF)
+    await feed.until(
+        lambda: feed.state[(Kind.VM, vm.id)].power is PowerState.OFF, 5, "the VM powered off"
+    )
+    latency = time.monotonic() - start
+    assert feed.state[(Kind.VM, vm.id)].integration is IntegrationState.OFF
+    changed = [e for e in feed.events[settled:] if isinstance(e, Upsert)]
+    assert {key_of(e.entity) for e in changed} <= {(Kind.VM, vm.id), (Kind.NODE, vm.node_id)}
+    # One poll interval, plus the time one poll takes against the peer.
+    assert latency < POLL + 2.0, f"change took {latency:.2f} s"
+
+    cp_id = model.add_checkpoint(vm.id, "before patching", CheckpointKind.STANDARD)
+    new_files = set(model.files[cp_id])
+    await feed.until(
+        lambda: (
+            (Kind.CHECKPOINT, cp_id) in feed.state
+            and all((Kind.DISK, f) in feed.state for f in new_files)
+        ),
+        5,
+        "the new checkpoint and its files",
+    )
+    cp = feed.state[(Kind.CHECKPOINT, cp_id)]
+    assert cp.name == "before patching" and cp.vm_id == vm.id
+
+    model.remove_checkpoint(cp_id)
+    await feed.until(
+        lambda: (
+            (Kind.CHECKPOINT, cp_id) not in feed.state
+            and not any((Kind.DISK, f) in feed.state for f in new_files)
+        ),
+        5,
+        "the checkpoint removed",
+    )
+    removed = {(e.kind, e.id) for e in feed.events if isinstance(e, Remove)}
+    assert (Kind.CHECKPOINT, cp_id) in removed
+
+    lun = next(x for x in model.luns.values() if x.role is LunRole.CSV)
+    model.set_free(lun.id, 26 * MB)
+    await feed.until(
+        lambda: feed.state[(Kind.LUN, lun.id)].free_bytes == 26 * MB, 5, "CSV free space"
+    )
+    await feed.close()
+    assert feed.last_state(source) is LinkState.DISCONNECTED
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+async def test_wrong_password_is_a_clear_error_and_not_retried(
+    one_peer: tuple[ClusterModel, PeerHandle], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _, handle = one_peer
+    wrong = "not-" + handle.password
+    backend = backend_for(handle, password=wrong)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.DISCONNECTED, 15, "refused login")
+    reason = feed.links(source)[-1].reason
+    assert "password was refused" in reason and "authentication failed" in reason
+    await asyncio.sleep(0.5)
+    assert feed.last_state(source) is LinkState.DISCONNECTED  # no retry loop
+    assert not feed.state
+    await feed.close()
+    text = "\n".join(repr(e) for e in feed.events) + "\n".join(
+        r.getMessage() for r in caplog.records
+    )
+    assert wrong not in text and handle.password not in text
+    assert wrong not in repr(backend)
+
+
+@pytest.mark.timeout(20)
+async def test_unknown_ca_is_refused(
+    one_peer: tuple[ClusterModel, PeerHandle], tmp_path: Path
+) -> None:
+    _, handle = one_peer
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    backend = backend_for(handle, ca=str(other))
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.DISCONNECTED, 15, "refused TLS")
+    assert "TLS certificate not trusted" in feed.links(source)[-1].reason
+    assert not feed.state
+    assert handle.peer.service.shell_count() == 0
+    await feed.close()
+
+
+@pytest.mark.timeout(40)
+async def test_stopped_endpoint_goes_stale_then_reconnects(
+    one_peer: tuple[ClusterModel, PeerHandle], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    model, handle = one_peer
+    backend = backend_for(handle)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    count = len(feed.state)
+
+    await asyncio.to_thread(handle.peer.stop)
+    await feed.until(lambda: feed.last_state(source) is not LinkState.CONNECTED, 15, "stale")
+    stale = [e for e in feed.links(source) if e.state is LinkState.STALE]
+    assert stale and stale[0].reason
+    assert len(feed.state) == count  # entities stay (shown stale), nothing removed
+    await asyncio.sleep(1.0)
+    assert any(e.state is LinkState.RECONNECTING for e in feed.links(source))
+
+    vm = next(v for v in model.vms.values() if v.power is PowerState.RUNNING)
+    model.set_power(vm.id, PowerState.SAVED)  # changed while the node was away
+    await asyncio.to_thread(handle.peer.start)
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 15, "reconnected")
+    await feed.until(
+        lambda: feed.state[(Kind.VM, vm.id)].power is PowerState.SAVED, 5, "the missed change"
+    )
+    assert len(feed.state) == count
+    await feed.close()
+
+    text = "\n".join(repr(e) for e in feed.events) + "\n".join(
+        r.getMessage() for r in caplog.records
+    )
+    assert handle.password not in text
+
+
+@pytest.mark.timeout(30)
+async def test_a_command_past_its_time_limit_is_stopped_and_the_pool_replaced(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    _, handle = one_peer
+    registry = handle.peer.registry
+    real = registry.get("Get-VMReplication")
+    assert real is not None
+    slow = {"on": False}
+
+    def maybe_slow(params: dict[str, Any], writer: CommandWriter) -> None:
+        if slow["on"] and writer.wait(20):
+            return  # stopped by the client
+        real(params, writer)
+
+    registry.register("Get-VMReplication", maybe_slow)
+    backend = backend_for(handle, command_timeout=1.0)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    creates = handle.peer.service.stats["Create"]
+    slow["on"] = True
+    await feed.until(lambda: feed.last_state(source) is not LinkState.CONNECTED, 10, "stale")
+    stale = next(e for e in feed.links(source) if e.state is LinkState.STALE)
+    assert "took longer than 1 s" in stale.reason
+    slow["on"] = False
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 15, "reconnected")
+    assert handle.peer.service.stats["Create"] > creates  # the stuck pool was replaced
+    await feed.close()
+
+
+# -- merge and read-only ---------------------------------------------------------------
+
+
+def vm_with_checkpoints(model: ClusterModel, least: int = 2) -> str:
+    return next(v for v, chain in model.chains.items() if len(chain) >= least)
+
+
+@pytest.mark.timeout(30)
+async def test_merge_reports_progress_and_removes_every_checkpoint(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    model, handle = one_peer
+    backend = backend_for(handle, read_only=False)
+    feed = Feed(backend)
+    await feed.until(lambda: feed.last_state(backend.sources[0]) is LinkState.CONNECTED, 20, "up")
+    vm_id = vm_with_checkpoints(model)
+    cps = list(model.chains[vm_id])
+    result = await backend.executor().merge(vm_id, "merge-t1")
+    assert result.state is TaskState.OK, result.error
+    assert result.final_state is FinalState.OPERATIONAL
+    assert result.size_before and result.size_after and result.size_after <= result.size_before
+    await feed.until(
+        lambda: feed.state[(Kind.TASK, "merge-t1")].state is TaskState.OK, 5, "task finished"
+    )
+    progress = [e for e in feed.events if isinstance(e, TaskProgress) and e.task_id == "merge-t1"]
+    assert len(progress) >= 3
+    assert [p.pct for p in progress] == sorted(p.pct for p in progress)
+    assert "checkpoint 1 of" in progress[0].message
+    await feed.until(
+        lambda: not any((Kind.CHECKPOINT, c) in feed.state for c in cps), 5, "checkpoints gone"
+    )
+    task = feed.state[(Kind.TASK, "merge-t1")]
+    assert (task.state, task.pct) == (TaskState.OK, 100.0)
+    assert model.chains[vm_id] == [] and "Remove-VMSnapshot" in model.calls
+    assert await backend.executor().cancel("merge-t1") is False
+    await feed.close()
+
+
+@pytest.mark.timeout(30)
+async def test_merge_failing_half_way_is_failed_with_the_reason(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    model, handle = one_peer
+    backend = backend_for(handle, read_only=False)
+    feed = Feed(backend)
+    await feed.until(lambda: feed.last_state(backend.sources[0]) is LinkState.CONNECTED, 20, "up")
+    vm_id = vm_with_checkpoints(model)
+    before = len(model.chains[vm_id])
+    model.merge_fail_after = 1
+    result = await backend.executor().merge(vm_id, "merge-t2")
+    assert result.state is TaskState.FAILED
+    assert "being used by another process" in result.error
+    assert result.final_state is FinalState.PARTIAL
+    assert len(model.chains[vm_id]) == before - 1
+    await feed.until(
+        lambda: feed.state[(Kind.TASK, "merge-t2")].state is TaskState.FAILED, 5, "task failed"
+    )
+    task = feed.state[(Kind.TASK, "merge-t2")]
+    assert task.state is TaskState.FAILED and "another process" in task.error
+    left = [c for c in feed.of(Kind.CHECKPOINT).values() if c.vm_id == vm_id]
+    assert len(left) == before - 1  # re-read after the failure
+    await feed.close()
+
+
+@pytest.mark.timeout(30)
+async def test_connection_lost_mid_merge_is_unknown(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    model, handle = one_peer
+    backend = backend_for(handle, read_only=False, operation_timeout=2)
+    feed = Feed(backend)
+    await feed.until(lambda: feed.last_state(backend.sources[0]) is LinkState.CONNECTED, 20, "up")
+    vm_id = vm_with_checkpoints(model)
+    model.merge_step_s = 0.5
+    merge = asyncio.create_task(backend.executor().merge(vm_id, "merge-t3"))
+    await feed.until(
+        lambda: any(isinstance(e, TaskProgress) for e in feed.events), 10, "merge running"
+    )
+    await asyncio.to_thread(handle.peer.stop)
+    result = await asyncio.wait_for(merge, 20)
+    assert result.state is TaskState.UNKNOWN
+    assert "outcome unknown" in result.error
+    assert result.final_state is FinalState.PENDING
+    await feed.close()
+
+
+@pytest.mark.timeout(30)
+async def test_merge_through_the_action_runner_is_logged_and_polls_go_on(
+    one_peer: tuple[ClusterModel, PeerHandle], tmp_path: Path
+) -> None:
+    model, handle = one_peer
+    backend = backend_for(handle, read_only=False)
+    store = Store()
+    feed = Feed(backend, store)
+    await feed.until(lambda: feed.last_state(backend.sources[0]) is LinkState.CONNECTED, 20, "up")
+    log = ActionLog.open(tmp_path / "actions.db")
+    try:
+        runner = ActionRunner(store, backend, log)
+        vm_id = vm_with_checkpoints(model)
+        plan = runner.plan("merge", vm_id)
+        model.merge_step_s = 0.08
+        merge = asyncio.create_task(
+            runner.execute(plan, plan.target_name, override=bool(plan.blocking))
+        )
+        # The merge runs on its own pool: the node's polls keep the panes live meanwhile.
+        other = next(
+            v for v in model.vms.values() if v.id != vm_id and v.power is PowerState.RUNNING
+        )
+        model.set_power(other.id, PowerState.OFF)
+        await feed.until(
+            lambda: feed.state[(Kind.VM, other.id)].power is PowerState.OFF, 5, "a poll mid-merge"
+        )
+        assert not merge.done()
+        result = await asyncio.wait_for(merge, 20)
+        assert result.state is TaskState.OK, result.error
+        [row] = log.rows()
+        assert (row.action, row.outcome, row.target_object) == ("merge", "ok", f"vm:{vm_id}")
+        assert row.size_before == result.size_before and row.size_after == result.size_after
+        assert row.target_system == "hyperv://HVCLUSTER01"
+        assert handle.password not in repr(row)
+    finally:
+        log.close()
+        await feed.close()
+
+
+@pytest.mark.timeout(20)
+async def test_read_only_never_sends_a_mutating_command(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    model, handle = one_peer
+    backend = backend_for(handle)  # read-only is the default
+    assert backend.read_only
+    with pytest.raises(ReadOnlyError):
+        backend.executor()
+    feed = Feed(backend)
+    await feed.until(lambda: feed.last_state(backend.sources[0]) is LinkState.CONNECTED, 20, "up")
+    vm_id = vm_with_checkpoints(model)
+    # Bypassing the UI and the base class: the executor re-checks ...
+    with pytest.raises(ReadOnlyError):
+        await HyperVExecutor(backend).merge(vm_id, "merge-ro")
+    # ... and the node session refuses a mutating command outright.
+    with pytest.raises(ReadOnlyError):
+        await backend.sessions()[0].run(remove_all_snapshots(vm_id))
+    assert (await backend.run_merge(vm_id, "merge-ro")).state is TaskState.FAILED
+    assert "Remove-VMSnapshot" not in model.calls
+    sent = {name for s in backend.sessions() for name in s.sent}
+    assert sent <= READ_CMDLETS and not sent & MUTATING_CMDLETS
+    await feed.close()
+
+
+@pytest.mark.timeout(10)
+def test_writable_backend_hands_out_an_executor_and_hides_the_password() -> None:
+    config = HyperVConfig("HVCLUSTER01", "LAB\\operator", read_only=False)
+    backend = HyperVBackend(config, Credential("LAB\\operator", "secret-x", "given"))
+    assert isinstance(backend.executor(), HyperVExecutor)
+    assert "secret-x" not in repr(backend) and "secret-x" not in repr(backend.sessions()[0])
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_password_sources(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = tmp_path / "pw"
+    secret.write_text("file-secret-1\n")
+    os.chmod(secret, 0o600)
+    cred = resolve_password("LAB\\op", password_file=secret, environ={})
+    assert (cred.password, cred.source) == ("file-secret-1", "file")
+    assert "file-secret-1" not in repr(cred)
+
+    os.chmod(secret, 0o644)
+    with pytest.raises(CredentialError, match="readable by others"):
+        resolve_password("LAB\\op", password_file=secret, environ={})
+
+    env = {"VENTANA_HYPERV_PASSWORD": "env-secret-2"}
+    cred = resolve_password("LAB\\op", environ=env, use_keyring=False)
+    assert (cred.password, cred.source) == ("env-secret-2", "environment")
+
+    with pytest.raises(CredentialError, match="VENTANA_HYPERV_PASSWORD"):
+        resolve_password("LAB\\op", environ={}, use_keyring=False)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "environment" in logged or "VENTANA_HYPERV_PASSWORD" in logged
+    assert "file-secret-1" not in logged and "env-secret-2" not in logged
+
+
+# -- mapping of odd values ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_mapping_never_crashes_on_odd_values() -> None:
+    assert m.power_state("SomethingNew") is PowerState.UNKNOWN
+    assert m.power_state(None) is PowerState.UNKNOWN
+    assert m.power_state("PausedCritical") is PowerState.PAUSED_CRITICAL
+    assert m.node_state("Paused", "InProgress") is NodeState.DRAINING
+    assert m.node_state(42, None) is NodeState.UNKNOWN
+    assert m.service_state("Weird") is ServiceState.UNKNOWN
+    assert m.as_datetime("not a date") == m.EPOCH
+    assert m.as_datetime("2024-05-01T10:00:00.1234567Z").microsecond == 123456
+    assert m.as_int("x") == 0 and m.as_int(None) == 0
+    assert (
+        m.as_id("{6F1B7A52-1B7E-4D53-9A4E-2F4D1E0C9B11}") == "6f1b7a52-1b7e-4d53-9a4e-2f4d1e0c9b11"
+    )
+    read = m.NodeRead(vms=[{"Id": "not-a-guid", "Name": None, "State": object()}])
+    [vm] = m.node_entities(read, "C", "N", [])
+    assert vm.power is PowerState.UNKNOWN and vm.name == "" and vm.node_id == "N"
