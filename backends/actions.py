@@ -52,6 +52,7 @@ class ActionRunner:
         recorder: ActionRecorder | None = None,
         clock: Callable[[], datetime] = _now,
         mode: str | None = None,
+        flags: str = "",
     ) -> None:
         self.store = store
         self.backend = backend
@@ -60,6 +61,7 @@ class ActionRunner:
         self.recorder = recorder
         self.clock = clock
         self.mode = mode or ("read-only" if backend.read_only else "read-write")
+        self.flags = flags  # e.g. "TLS NOT VERIFIED": kept in every row's plan
 
     @property
     def read_only(self) -> bool:
@@ -82,7 +84,7 @@ class ActionRunner:
                 mode=self.mode,
                 target_object=plan.target,
                 target_name=plan.target_name,
-                plan=plan.to_log(),
+                plan={**plan.to_log(), "session_flags": self.flags},
                 findings=findings_to_log(plan.findings),
                 override=override,
                 confirmed=False,
@@ -171,7 +173,11 @@ class ActionRunner:
                 mode=self.mode,
                 target_object=fresh.target,
                 target_name=fresh.target_name,
-                plan={**fresh.to_log(), "overridden": sorted(blocking) if override else []},
+                plan={
+                    **fresh.to_log(),
+                    "overridden": sorted(blocking) if override else [],
+                    "session_flags": self.flags,
+                },
                 findings=findings_to_log(fresh.findings),
                 override=bool(override and blocking),
                 confirmed=True,

@@ -86,7 +86,7 @@ class VentanaApp(App[None]):
         self.action_log = log
         self.runner = ActionRunner(
             self.store, backend, log, log_error=log_error, recorder=recorder, clock=clock,
-            mode=mode,
+            mode=mode, flags=flags,
         )
         self.flags = flags
         self.read_only_reason = read_only_reason or "this session cannot change the cluster"
@@ -147,7 +147,7 @@ class VentanaApp(App[None]):
                 title="Action log unavailable", severity="error", markup=False, timeout=60,
             )
         self.store.subscribe(self._on_delta)
-        self.set_interval(self._flush_interval, self._flush)
+        self.set_interval(self._flush_interval, self._flush_events)
         self.run_worker(self._pump(), name="event-pump", group="backend", exit_on_error=False)
         self.query_one(VmTable).focus()
 
@@ -168,7 +168,7 @@ class VentanaApp(App[None]):
             )
             self.notify(f"Backend stopped: {reason}", severity="error", markup=False)
 
-    def _flush(self) -> None:
+    def _flush_events(self) -> None:
         if self.recorder is not None and self.recorder.error and not self._recording_lost:
             self._recording_lost = True
             self.query_one(StatusHeader).flags = " ".join(

@@ -1,6 +1,7 @@
 """The ``ventana`` command line.
 
     ventana [--target NAME | --seed N --vms N ...] [--read-only] [--record FILE]
+    ventana --hyperv CLUSTER [--node HOST]... --user 'DOMAIN\\user' [--ca-file PEM] [--read-write]
     ventana --vsphere HOST[:PORT] --user USER [--ca-file PEM]   (monitoring only)
     ventana replay FILE [--speed N]
     ventana log [--csv] [--limit N]
@@ -35,12 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", help="a target named in the config file")
     parser.add_argument("--read-only", action="store_true", help="no action can change anything")
     parser.add_argument("--record", type=Path, metavar="FILE", help="record the session")
-    vs = parser.add_argument_group("vSphere (monitoring only in this version)")
-    vs.add_argument("--vsphere", metavar="HOST[:PORT]", help="a vCenter or ESXi host")
-    vs.add_argument("--user", help="user name for --vsphere (e.g. administrator@vsphere.local)")
-    vs.add_argument("--ca-file", type=Path, help="CA bundle that signed the server's certificate")
-    vs.add_argument("--password-file", type=Path, help="file with the password (mode 0600)")
-    vs.add_argument(
+    real = parser.add_argument_group("real clusters")
+    real.add_argument(
+        "--hyperv", metavar="CLUSTER_OR_NODE",
+        help="a Hyper-V failover cluster over WinRM/HTTPS (read-only unless --read-write)",
+    )
+    real.add_argument(
+        "--node", action="append", default=[], metavar="HOST[:PORT]",
+        help="--hyperv: a cluster node to connect to (repeat; default: the name itself)",
+    )
+    real.add_argument("--auth", default="negotiate",
+                      choices=("negotiate", "ntlm", "kerberos", "credssp", "basic"),
+                      help="--hyperv: WinRM authentication (default negotiate)")
+    real.add_argument("--winrm-port", type=int, default=5986, help="--hyperv: HTTPS port")
+    real.add_argument(
+        "--read-write", action="store_true",
+        help="--hyperv: allow actions (after plan, pre-flight and typed confirmation)",
+    )
+    real.add_argument("--vsphere", metavar="HOST[:PORT]",
+                      help="a vCenter or ESXi host (monitoring only in this version)")
+    real.add_argument("--user", help="user name (DOMAIN\\user, or user@vsphere.local)")
+    real.add_argument("--ca-file", type=Path, help="CA bundle that signed the server's certificate")
+    real.add_argument("--password-file", type=Path, help="file with the password (mode 0600)")
+    real.add_argument(
         "--insecure", action="store_true",
         help="do NOT verify the TLS certificate (shown in the header and logged)",
     )
@@ -134,6 +152,33 @@ def _vsphere_backend(args: argparse.Namespace) -> Backend:
     return VSphereBackend(config, password=password)
 
 
+def _hyperv_backend(args: argparse.Namespace) -> Backend:
+    import getpass
+
+    from ventana.backends.hyperv import (
+        Credential,
+        CredentialError,
+        HyperVBackend,
+        HyperVConfig,
+        resolve_password,
+    )
+
+    try:
+        credential = resolve_password(args.user, password_file=args.password_file)
+    except CredentialError:
+        if args.password_file is not None or not sys.stdin.isatty():
+            raise
+        password = getpass.getpass(f"Password for {args.user} on {args.hyperv}: ")
+        credential = Credential(args.user, password, "prompt")
+    nodes = tuple(n if ":" in n else f"{n}:{args.winrm_port}" for n in args.node)
+    config = HyperVConfig(
+        args.hyperv, args.user, nodes=nodes, port=args.winrm_port, auth=args.auth,
+        ca_bundle=str(args.ca_file) if args.ca_file else None,
+        verify_tls=not args.insecure, read_only=not args.read_write or args.read_only,
+    )
+    return HyperVBackend(config, credential)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -159,6 +204,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         mode = "replay"
         reason = "replaying a recording"
+    elif args.hyperv:
+        from ventana.backends.hyperv import CredentialError
+
+        if not args.user:
+            print("ventana: --hyperv needs --user DOMAIN\\user", file=sys.stderr)
+            return 2
+        try:
+            backend = _hyperv_backend(args)
+        except (CredentialError, ValueError, OSError) as exc:
+            print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+            return 2
+        if backend.read_only:
+            reason = ("started with --read-only" if args.read_only
+                      else "Hyper-V sessions are read-only unless started with --read-write")
     elif args.vsphere:
         if not args.user:
             print("ventana: --vsphere needs --user", file=sys.stderr)
