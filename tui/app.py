@@ -11,6 +11,7 @@ confirm → log); the UI never calls a backend mutation itself. Read-only is one
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Input
@@ -211,6 +213,11 @@ class VentanaApp(App[None]):
             self.notify(reason, title="Data error", severity="error", markup=False, timeout=30)
 
     def _on_delta(self, delta: Delta) -> None:
+        # While the console closes its panes are gone; the store is still right.
+        with contextlib.suppress(NoMatches):
+            self._route(delta)
+
+    def _route(self, delta: Delta) -> None:
         store = self.store
         nodes: set[str] = set()
         luns: set[str] = set()

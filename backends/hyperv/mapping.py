@@ -16,7 +16,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ventana.state.model import (
@@ -41,7 +41,7 @@ from ventana.state.model import (
     VirtualDisk,
 )
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from ..coerce import EPOCH, aware_utc
 
 # -- primitive values ------------------------------------------------------------------
 
@@ -112,9 +112,7 @@ def as_datetime(value: Any) -> datetime:
             parsed = datetime.fromisoformat(s)
         except ValueError:
             return EPOCH
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return aware_utc(parsed)
 
 
 def as_list(value: Any) -> list[Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ventana.state.model import (
@@ -44,6 +44,8 @@ from ventana.state.model import (
     TaskState,
     VirtualDisk,
 )
+
+from ..coerce import EPOCH, aware_utc
 
 Props = dict[str, Any]
 
@@ -92,9 +94,8 @@ def datastore_name(path: str) -> str:
 
 
 def as_utc(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return datetime.fromtimestamp(0, UTC)
+    """A pyvmomi datetime as aware UTC; anything else (None, a string) is the epoch."""
+    return aware_utc(value) if isinstance(value, datetime) else EPOCH
 
 
 @dataclass(frozen=True, slots=True)
