@@ -1,4 +1,4 @@
-"""Targets from the TOML config file.
+r"""Targets from the TOML config file.
 
 ``~/.config/ventana/config.toml`` (XDG) or ``--config FILE`` lists targets::
 
@@ -6,11 +6,28 @@
 
     [[target]]
     name = "lab"
-    kind = "sim"          # sim (hyperv and vsphere arrive with their backends)
+    kind = "sim"
     seed = 7
     vms = 74
-    rate = 1.0
-    read_only = false
+    read_only = false     # sim targets are writable unless this says true
+
+    [[target]]
+    name = "prod"
+    kind = "hyperv"
+    cluster = "HVCLUSTER01"
+    nodes = ["hv01.corp.example:5986", "hv02.corp.example:5986"]
+    user = 'CORP\ops'
+    auth = "negotiate"
+    ca_bundle = "/etc/ventana/corp-ca.pem"
+    read_only = false     # real clusters are read-only unless this says false
+
+    [[target]]
+    name = "vcenter"
+    kind = "vsphere"
+    host = "vc01.corp.example"
+    port = 443
+    user = "ops@vsphere.local"
+    ca_bundle = "/etc/ventana/corp-ca.pem"
 
 Passwords never go here: a config with a key that looks like a secret is
 refused, so nobody is tempted.
@@ -25,7 +42,7 @@ from typing import Any
 
 from .paths import config_dir
 
-KNOWN_KINDS = ("sim",)
+KNOWN_KINDS = ("sim", "hyperv", "vsphere")
 _SECRET_WORDS = ("password", "secret", "token", "passwd")
 
 
@@ -96,7 +113,8 @@ def load_config(path: Path | None = None) -> Config:
                 f"{path}: target {raw['name']!r} has kind {kind!r}; this version supports: "
                 + ", ".join(KNOWN_KINDS)
             )
-        read_only = raw.get("read_only", False)
+        # Real clusters are read-only unless the config explicitly says otherwise.
+        read_only = raw.get("read_only", kind != "sim")
         if not isinstance(read_only, bool):
             raise ConfigError(f"{path}: read_only of {raw['name']!r} must be true or false")
         options = {k: v for k, v in raw.items() if k not in ("name", "kind", "read_only")}

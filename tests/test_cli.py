@@ -11,7 +11,7 @@ import pytest
 
 from ventana.state.actionlog import ActionLog
 from ventana.state.config import ConfigError, load_config
-from ventana.tui.cli import main
+from ventana.tui.cli import build_parser, main
 
 
 def _one_row(path: Path) -> None:
@@ -80,3 +80,29 @@ def test_cli_refuses_bad_config_and_recordings(
     fixture = Path(__file__).parent / "recordings" / "small-cluster.jsonl"
     assert main(["replay", str(fixture), "--speed", "-1"]) == 2
     assert main(["--target", "nope"]) == 2
+
+
+def test_real_cluster_targets_come_from_the_config(tmp_path: Path) -> None:
+    from ventana.tui.cli import _apply_target
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        '[[target]]\nname = "prod"\nkind = "hyperv"\ncluster = "HVCLUSTER01"\n'
+        'nodes = ["hv01:5986", "hv02"]\nuser = \'CORP\\ops\'\nca_bundle = "/etc/ca.pem"\n'
+        '[[target]]\nname = "prod-rw"\nkind = "hyperv"\nread_only = false\n'
+        '[[target]]\nname = "vc"\nkind = "vsphere"\nhost = "vc01"\nport = 8443\n'
+    )
+    config = load_config(cfg)
+    assert config.target("prod").read_only  # real clusters: read-only by default
+    assert not config.target("prod-rw").read_only
+    args = build_parser().parse_args(["--target", "prod"])
+    _apply_target(args, "hyperv", config.target("prod").options, True)
+    assert args.hyperv == "HVCLUSTER01" and args.node == ["hv01:5986", "hv02"]
+    assert args.user == "CORP\\ops" and str(args.ca_file) == "/etc/ca.pem"
+    assert not args.read_write
+    args = build_parser().parse_args(["--target", "prod-rw", "--user", "CORP\\me"])
+    _apply_target(args, "hyperv", config.target("prod-rw").options, False)
+    assert args.read_write and args.user == "CORP\\me"  # the command line wins
+    args = build_parser().parse_args(["--target", "vc"])
+    _apply_target(args, "vsphere", config.target("vc").options, True)
+    assert args.vsphere == "vc01:8443"

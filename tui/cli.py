@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ventana.backends.base import Backend
 from ventana.state.actionlog import ActionLog, ActionLogError
-from ventana.state.config import ConfigError, load_config
+from ventana.state.config import Config, ConfigError, load_config
 from ventana.state.sanitize import clean
 
 
@@ -45,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--node", action="append", default=[], metavar="HOST[:PORT]",
         help="--hyperv: a cluster node to connect to (repeat; default: the name itself)",
     )
-    real.add_argument("--auth", default="negotiate",
+    real.add_argument("--auth", default=None,
                       choices=("negotiate", "ntlm", "kerberos", "credssp", "basic"),
                       help="--hyperv: WinRM authentication (default negotiate)")
-    real.add_argument("--winrm-port", type=int, default=5986, help="--hyperv: HTTPS port")
+    real.add_argument("--winrm-port", type=int, default=None,
+                      help="--hyperv: HTTPS port (default 5986)")
     real.add_argument(
         "--read-write", action="store_true",
         help="--hyperv: allow actions (after plan, pre-flight and typed confirmation)",
@@ -170,13 +171,36 @@ def _hyperv_backend(args: argparse.Namespace) -> Backend:
             raise
         password = getpass.getpass(f"Password for {args.user} on {args.hyperv}: ")
         credential = Credential(args.user, password, "prompt")
-    nodes = tuple(n if ":" in n else f"{n}:{args.winrm_port}" for n in args.node)
+    port = args.winrm_port or 5986
+    nodes = tuple(n if ":" in n else f"{n}:{port}" for n in args.node)
     config = HyperVConfig(
-        args.hyperv, args.user, nodes=nodes, port=args.winrm_port, auth=args.auth,
+        args.hyperv, args.user, nodes=nodes, port=port, auth=args.auth or "negotiate",
         ca_bundle=str(args.ca_file) if args.ca_file else None,
         verify_tls=not args.insecure, read_only=not args.read_write or args.read_only,
     )
     return HyperVBackend(config, credential)
+
+
+def _apply_target(args: argparse.Namespace, kind: str, options: dict[str, object],
+                  read_only: bool) -> None:
+    """Fill the command-line fields from a config target (the command line wins)."""
+    def take(attr: str, key: str, convert=lambda v: v) -> None:  # type: ignore[no-untyped-def]
+        if getattr(args, attr, None) in (None, [], False) and key in options:
+            setattr(args, attr, convert(options[key]))
+
+    take("user", "user", str)
+    take("ca_file", "ca_bundle", lambda v: Path(str(v)).expanduser())
+    take("password_file", "password_file", lambda v: Path(str(v)).expanduser())
+    if kind == "hyperv":
+        args.hyperv = str(options.get("cluster") or args.target)
+        take("node", "nodes", lambda v: [str(n) for n in v])  # type: ignore[attr-defined]
+        take("auth", "auth", str)
+        take("winrm_port", "port", int)
+        args.read_write = args.read_write or not read_only
+    else:
+        host = str(options.get("host") or args.target)
+        args.vsphere = f"{host}:{int(options.get('port', 443))}"  # type: ignore[arg-type]
+    args.target = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ventana: {clean(str(exc))}", file=sys.stderr)
         return 2
-    log_path = args.log or config.log
+    return main_with(args, config, args.log or config.log)
+
+
+def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -> int:
 
     if args.command == "log":
         return cmd_log(args, log_path)
@@ -234,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"ventana: {clean(str(exc))}", file=sys.stderr)
             return 2
+        if target is not None and target.kind != "sim":
+            _apply_target(args, target.kind, target.options, target.read_only)
+            return main_with(args, config, log_path)
         read_only = args.read_only or bool(target and target.read_only)
         try:
             backend = _sim_backend(args, target.options if target else {}, read_only)
