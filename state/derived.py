@@ -93,6 +93,29 @@ def merge_space(store: Store, vm_id: str) -> MergeSpace:
     )
 
 
+def merge_needed_by_lun(store: Store, vm_id: str) -> dict[str, int]:
+    """Worst-case extra space a merge needs on each LUN the VM's disks use.
+
+    A VM's disks can sit on several CSVs; the merged blocks land in each
+    chain's base disk, so each LUN needs up to the differencing data of the
+    chains that end there (bounded by how far its base disks can grow).
+    """
+    chain: dict[str, int] = {}
+    headroom: dict[str, int] = {}
+    for disk in store.disks_of(vm_id):
+        if disk.parent_path:
+            chain[disk.lun_id] = chain.get(disk.lun_id, 0) + disk.size_bytes
+        else:
+            headroom[disk.lun_id] = headroom.get(disk.lun_id, 0) + max(
+                0, disk.max_bytes - disk.size_bytes
+            )
+    return {
+        lun_id: min(size, headroom[lun_id]) if lun_id in headroom else size
+        for lun_id, size in chain.items()
+        if lun_id
+    }
+
+
 def pct_free(lun: Lun) -> float:
     if lun.total_bytes <= 0:
         return 0.0

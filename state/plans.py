@@ -18,6 +18,7 @@ from .derived import (
     PAUSE_CRITICAL_MARGIN,
     chain_depth,
     human_bytes,
+    merge_needed_by_lun,
     merge_space,
     oldest_checkpoint_age,
 )
@@ -167,6 +168,20 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
                 f"{human_bytes(free_after_peak)} free (under {LUN_CRITICAL_PCT:g} %). Every VM "
                 "on the volume keeps writing during a merge that may take hours.",
             )
+        for other_id, other_needed in merge_needed_by_lun(store, vm_id).items():
+            other = store.lun(other_id)
+            if other_id == lun.id or other is None:
+                continue
+            other_reserved = _reserved_by_running_merges(store, other_id, vm_id)
+            if other.free_bytes - other_reserved - other_needed < PAUSE_CRITICAL_MARGIN:
+                add(
+                    Severity.BLOCKING,
+                    "NO_SPACE",
+                    f"Some of this VM's disks are on {other.name}, which has "
+                    f"{human_bytes(other.free_bytes)} free; merging them may need "
+                    f"{human_bytes(other_needed)} there and must leave "
+                    f"{human_bytes(PAUSE_CRITICAL_MARGIN)}.",
+                )
         if lun.state is not LunState.ONLINE:
             add(
                 Severity.BLOCKING if lun.state is not LunState.REDIRECTED else Severity.WARNING,
@@ -312,6 +327,11 @@ def _reserved_by_running_merges(store: Store, lun_id: str, except_vm: str) -> in
             continue
         kind, _, other = task.target.partition(":")
         vm = store.vm(other) if kind == Kind.VM.value else None
-        if vm is not None and vm.id != except_vm and vm.lun_id == lun_id:
+        if vm is None or vm.id == except_vm:
+            continue
+        by_lun = merge_needed_by_lun(store, vm.id)
+        if by_lun:
+            total += by_lun.get(lun_id, 0)
+        elif vm.lun_id == lun_id:
             total += merge_space(store, vm.id).needed
     return total

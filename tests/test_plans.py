@@ -11,6 +11,7 @@ from ventana.state.model import (
     GB,
     Checkpoint,
     CheckpointKind,
+    DiskFormat,
     Finding,
     Kind,
     PowerState,
@@ -18,6 +19,7 @@ from ventana.state.model import (
     Severity,
     Task,
     TaskState,
+    VirtualDisk,
 )
 from ventana.state.plans import plan_merge
 from ventana.state.store import ref
@@ -130,3 +132,16 @@ def test_offline_vm_merge_is_described_as_offline() -> None:
     store = small_cluster()
     store.apply(Upsert(dataclasses.replace(store.vm("a"), power=PowerState.OFF)))
     assert "offline merge" in plan_merge(store, "a", NOW).steps[2]
+
+
+def test_disks_on_a_second_csv_are_space_checked_there() -> None:
+    store = small_cluster(free_gb=500)  # app-01's own CSV has room
+    assert "NO_SPACE" not in codes(plan_merge(store, "a", NOW))
+    # A data disk of app-01 lives on CSV-DATA1 (26 MB free) with a differencing disk.
+    store.apply(Upsert(VirtualDisk("a-d2", "a", "C:\\CS2\\data.vhdx", DiskFormat.VHDX,
+                                   100 * GB, 400 * GB, None, "l2")))
+    store.apply(Upsert(VirtualDisk("a-d2-1", "a", "C:\\CS2\\data_1.avhdx", DiskFormat.AVHDX,
+                                   3 * GB, 400 * GB, "C:\\CS2\\data.vhdx", "l2")))
+    plan = plan_merge(store, "a", NOW)
+    finding = next(f for f in plan.findings if f.code == "NO_SPACE")
+    assert "CSV-DATA1" in finding.message and finding.severity is Severity.BLOCKING
