@@ -15,6 +15,7 @@ from ventana.state.events import LinkState
 from ventana.state.model import Kind
 from ventana.state.recording import Recorder, read_recording
 from ventana.tui.app import VentanaApp
+from ventana.tui.log_screen import RecordedActionsScreen
 from ventana.tui.plan_screen import PlanScreen
 from ventana.tui.vm_table import VmTable
 
@@ -101,3 +102,9 @@ async def test_record_a_merge_then_replay_it(tmp_path: Path) -> None:
         await finished(pilot)
         assert not replay.store.checkpoints_of(vm_id)
         assert {v.id: v for v in replay.store.vms()} == live_vms
+        await pilot.press("l")  # what the operator did, as recorded
+        await pilot.pause(0.1)
+        screen = replay.screen
+        assert isinstance(screen, RecordedActionsScreen)
+        assert [a.data.get("phase") for a in screen.actions] == ["start", "end"]
+        assert screen.query_one("#log-table").row_count == 2

@@ -43,7 +43,7 @@ from .checkpoints_pane import CheckpointsPane
 from .confirm_screen import ConfirmScreen
 from .header import ReadOnlyBanner, StatusHeader
 from .help_screen import HelpScreen
-from .log_screen import LogScreen
+from .log_screen import LogScreen, RecordedActionsScreen
 from .luns_pane import LunsPane
 from .nodes_pane import NodesPane
 from .plan_screen import Confirmation, PlanScreen
@@ -313,6 +313,10 @@ class VentanaApp(App[None]):
         self.push_screen(HelpScreen(self.read_only))
 
     def action_action_log(self) -> None:
+        recorded = getattr(self.backend, "actions_so_far", None)
+        if callable(recorded):  # a replay: what the operator did in the recording
+            self.push_screen(RecordedActionsScreen(recorded()))
+            return
         self.push_screen(LogScreen(self.action_log, self.runner.log_error))
 
     def action_sort(self) -> None:

@@ -1,4 +1,5 @@
-"""The action-log screen: the newest rows of the SQLite action log."""
+"""The action-log screens: the newest rows of the SQLite action log, and in a
+replay the operator actions the recording holds."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from textual.widgets import DataTable, Static
 
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.derived import human_bytes
+from ventana.state.recording import ActionRecord
+from ventana.state.sanitize import clean
 
 _OUTCOME_STYLE = {
     "ok": "green",
@@ -21,6 +24,40 @@ _OUTCOME_STYLE = {
     "unknown": "bold magenta",
     "running": "cyan",
 }
+
+
+class RecordedActionsScreen(ModalScreen[None]):
+    """In a replay: the operator actions the recording holds, up to now."""
+
+    BINDINGS = [Binding("escape,q,l", "dismiss", "Close")]
+
+    def __init__(self, actions: list[ActionRecord]) -> None:
+        super().__init__()
+        self.actions = actions
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="log-dialog"):
+            yield Static(Text("Operator actions in this recording, up to the replay's "
+                              "position", style="bold"), id="log-title")
+            yield DataTable(id="log-table", cursor_type="row")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#log-table", DataTable)
+        for label in ("At (s)", "Action", "Target", "Phase", "Outcome", "Error"):
+            table.add_column(label)
+        for record in self.actions:
+            data = record.data
+            table.add_row(
+                Text(f"{record.t:.1f}"), Text(clean(record.action)), Text(clean(record.target)),
+                Text(clean(str(data.get("phase", "")))),
+                Text(clean(record.outcome),
+                     style=_OUTCOME_STYLE.get(record.outcome, "bold magenta")),
+                Text(clean(str(data.get("error", "")))),
+            )
+        if not self.actions:
+            self.query_one("#log-title", Static).update(
+                Text("No operator action in this recording so far.", style="dim"))
+        table.focus()
 
 
 class LogScreen(ModalScreen[None]):
