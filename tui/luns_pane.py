@@ -52,7 +52,7 @@ class LunsPane(KeyedTable):
         ("free", "Free", 8),
         ("pct", "%Free", 6),
         ("bar", "Used", BAR_WIDTH),
-        ("state", "State", 10),
+        ("state", "State", 8),
     )
 
     def __init__(self, **kwargs: object) -> None:

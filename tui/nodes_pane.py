@@ -41,7 +41,7 @@ class NodesPane(KeyedTable):
         ("vms", "VMs", 4),
         ("csvs", "CSVs", 4),
         ("agent", "Backup agent", 20),
-        ("owned", "Owns", 80),
+        ("owned", "Owns", 46),
     )
 
     def __init__(self, **kwargs: object) -> None:
