@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.model import FinalState, Kind, TaskState
-from ventana.state.plans import Plan, findings_to_log, plan_merge
+from ventana.state.plans import PLANNERS, Plan, findings_to_log
 from ventana.state.sanitize import clean
 from ventana.state.store import Store
 
@@ -68,9 +68,10 @@ class ActionRunner:
         return self.backend.read_only
 
     def plan(self, action: str, vm_id: str) -> Plan:
-        if action != "merge":
+        planner = PLANNERS.get(action)
+        if planner is None:
             raise ValueError(f"unknown action {action!r}")
-        return plan_merge(self.store, vm_id, self.clock())
+        return planner(self.store, vm_id, self.clock())
 
     # -- rows that end where they start ------------------------------------
     def _one_shot(self, plan: Plan, outcome: str, error: str, *, override: bool = False) -> None:
@@ -192,7 +193,12 @@ class ActionRunner:
         )
 
         try:
-            result = await executor.merge(obj_id, task_id)
+            if fresh.action == "upgrade":
+                result = await executor.upgrade_version(
+                    obj_id, task_id, str(fresh.facts["target_version"])
+                )
+            else:
+                result = await executor.merge(obj_id, task_id)
         except ReadOnlyError as exc:
             result = ActionResult(TaskState.FAILED, error=f"refused: {exc}")
         except asyncio.CancelledError:

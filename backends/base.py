@@ -51,6 +51,19 @@ class Executor(abc.ABC):
         was sent must return ``TaskState.UNKNOWN``, never OK.
         """
 
+    async def upgrade_version(self, vm_id: str, task_id: str, version: str) -> ActionResult:
+        """Raise a VM's configuration version (irreversible; the VM is off).
+
+        Backends that can do it override this; the default refuses before
+        anything is sent.
+        """
+        self._guard("upgrade")
+        return ActionResult(
+            TaskState.FAILED,
+            error=f"configuration-version upgrade is not available on {self._backend.target}; "
+            "nothing was sent",
+        )
+
     @abc.abstractmethod
     async def cancel(self, task_id: str) -> bool:
         """Ask the system to cancel a running task; False if it cannot."""

@@ -9,6 +9,7 @@ the action log. Blocking findings refuse the action unless overridden.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -335,3 +336,87 @@ def _reserved_by_running_merges(store: Store, lun_id: str, except_vm: str) -> in
         elif vm.lun_id == lun_id:
             total += merge_space(store, vm.id).needed
     return total
+
+
+def version_key(version: str) -> tuple[int, int]:
+    """``"9.0"`` → (9, 0); ``"vmx-19"`` → (19, 0); no number → (-1, -1)."""
+    found = re.search(r"(\d+)(?:\.(\d+))?", version or "")
+    if found is None:
+        return (-1, -1)
+    return (int(found.group(1)), int(found.group(2) or 0))
+
+
+def cluster_max_version(store: Store, cluster_id: str) -> str:
+    """The highest configuration version already running on the cluster: its
+    hosts support it, so it is the safe target for an upgrade."""
+    versions = [v.config_version for v in store.vms() if v.cluster_id == cluster_id]
+    return max(versions, key=version_key, default="")
+
+
+def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
+    """Plan an irreversible configuration-version upgrade (Update-VMVersion)."""
+    vm = store.vm(vm_id)
+    if vm is None:
+        raise KeyError(f"no VM {vm_id!r} in the current view")
+    target = ref(Kind.VM, vm_id)
+    to_version = cluster_max_version(store, vm.cluster_id)
+    findings: list[Finding] = []
+
+    def add(severity: Severity, code: str, message: str) -> None:
+        findings.append(Finding(f"preflight:{code}:{vm_id}", severity, target, code, message))
+
+    if store.stale:
+        add(Severity.BLOCKING, "STALE_DATA",
+            "The connection is not live; the VM's state may be out of date. "
+            f"({store.link_reason() or store.link_state()})")
+    if version_key(vm.config_version) >= version_key(to_version):
+        add(Severity.BLOCKING, "ALREADY_CURRENT",
+            f"The VM is already at version {vm.config_version or '?'}, the highest this "
+            "cluster runs.")
+    if vm.power is not PowerState.OFF:
+        add(Severity.BLOCKING, "VM_NOT_OFF",
+            f"The VM is {vm.power.value}; Update-VMVersion needs it shut down (not saved). "
+            "Shut it down inside the window first.")
+    saved = [c for c in store.checkpoints_of(vm_id) if c.kind is CheckpointKind.STANDARD]
+    if saved:
+        add(Severity.BLOCKING, "SAVED_STATE_CHECKPOINT",
+            f"{len(saved)} standard checkpoint(s) (e.g. {saved[0].name!r}) may hold the "
+            "VM's saved state, which Update-VMVersion refuses. Merge the checkpoints first.")
+    if store.running_tasks_for(target):
+        task = store.running_tasks_for(target)[0]
+        add(Severity.BLOCKING, "VM_BUSY", f"A task is running on this VM: {task.kind}.")
+    if vm.replication is not ReplicationState.DISABLED:
+        add(Severity.WARNING, "REPLICA_VERSION",
+            f"The VM replicates to {vm.replica_target or 'a replica site'}: the replica "
+            f"host must run version {to_version} too, or replication stops.")
+    add(Severity.INFO, "IRREVERSIBLE",
+        f"Version {to_version} cannot be downgraded: the VM will no longer start on hosts "
+        "that do not support it, and older backups of its configuration cannot be restored "
+        "as-is.")
+    node = store.node(vm.node_id)
+    where = f"-ComputerName {_quote_ps(node.name)} " if node else ""
+    return Plan(
+        action="upgrade",
+        target=target,
+        target_name=vm.name,
+        steps=(
+            f"Raise the configuration version from {vm.config_version or '?'} to {to_version}",
+            "The VM stays off; nothing else about it changes",
+            "This cannot be undone",
+        ),
+        findings=tuple(sorted(findings, key=lambda f: -f.severity.rank)),
+        command=f"Update-VMVersion {where}-VMName {_quote_ps(vm.name)} -Force",
+        irreversible=True,
+        created=now,
+        facts={
+            "node": node.name if node else "",
+            "power": vm.power.value,
+            "generation": vm.generation,
+            "config_version": vm.config_version,
+            "target_version": to_version,
+            "replication": vm.replication.value,
+        },
+    )
+
+
+PLANNERS = {"merge": plan_merge, "upgrade": plan_upgrade}

@@ -230,3 +230,35 @@ async def test_hostile_cluster_reaches_no_screen_as_control_bytes(tmp_path: Path
             assert not any(ch in line for ch in _RAW), repr(line)
         for svg in screens:
             assert not any(ch in svg for ch in _RAW)
+
+
+async def test_upgrade_an_off_vm_and_refuse_a_running_one(tmp_path: Path) -> None:
+    from ventana.state.model import PowerState
+    from ventana.state.plans import cluster_max_version, version_key
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        store = app.store
+        top = cluster_max_version(store, next(iter(store.vms())).cluster_id)
+        older = [v for v in sorted(store.vms(), key=lambda v: v.name)
+                 if version_key(v.config_version) < version_key(top)]
+        running = next(v for v in older if v.power is PowerState.RUNNING)
+        ready = next(v for v in older if not app.runner.plan("upgrade", v.id).blocking)
+        table = app.query_one(VmTable)
+        table.select_vm(running.id)
+        await pilot.press("u")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, PlanScreen)
+        assert "VM_NOT_OFF" in {f.code for f in app.screen.plan.blocking}
+        await pilot.press("escape")
+        table.select_vm(ready.id)
+        await pilot.press("u")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, PlanScreen) and app.screen.plan.irreversible
+        await pilot.press(*ready.name, "enter")
+        await wait_for(pilot, lambda: app.action_log.rows()[0].outcome not in
+                       ("running", "cancelled"), timeout=20)
+        row = app.action_log.rows()[0]
+        assert row.action == "upgrade" and row.outcome == "ok", row.error
+        await wait_for(pilot, lambda: store.vm(ready.id).config_version == top)

@@ -6,7 +6,7 @@ import dataclasses
 
 from factories import NOW, small_cluster
 
-from ventana.state.events import ConnectionChanged, FindingRaised, LinkState, Upsert
+from ventana.state.events import ConnectionChanged, FindingRaised, LinkState, Remove, Upsert
 from ventana.state.model import (
     GB,
     Checkpoint,
@@ -145,3 +145,21 @@ def test_disks_on_a_second_csv_are_space_checked_there() -> None:
     plan = plan_merge(store, "a", NOW)
     finding = next(f for f in plan.findings if f.code == "NO_SPACE")
     assert "CSV-DATA1" in finding.message and finding.severity is Severity.BLOCKING
+
+
+def test_upgrade_needs_the_vm_off_and_no_saved_state_checkpoints() -> None:
+    from ventana.state.plans import plan_upgrade
+
+    store = small_cluster()
+    store.apply(Upsert(dataclasses.replace(store.vm("b"), config_version="9.0")))
+    store.apply(Upsert(dataclasses.replace(store.vm("a"), config_version="5.0")))
+    plan = plan_upgrade(store, "a", NOW)
+    assert plan.irreversible and plan.facts["target_version"] == "9.0"
+    assert {"VM_NOT_OFF", "SAVED_STATE_CHECKPOINT"} <= codes(plan, Severity.BLOCKING)
+    assert plan.command == "Update-VMVersion -ComputerName 'HV-NODE-01' -VMName 'app-01' -Force"
+    for cp in store.checkpoints_of("a"):
+        store.apply(Remove(Kind.CHECKPOINT, cp.id))
+    store.apply(Upsert(dataclasses.replace(store.vm("a"), power=PowerState.OFF)))
+    assert not plan_upgrade(store, "a", NOW).blocking
+    # The newest VM cannot go higher than what the cluster already runs.
+    assert "ALREADY_CURRENT" in codes(plan_upgrade(store, "b", NOW), Severity.BLOCKING)

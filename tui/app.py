@@ -352,12 +352,18 @@ class VentanaApp(App[None]):
         return self.query_one(VmTable).cursor_vm_id
 
     def action_merge(self) -> None:
+        self._open_plan("merge")
+
+    def action_upgrade(self) -> None:
+        self._open_plan("upgrade")
+
+    def _open_plan(self, action: str) -> None:
         vm_id = self.selected_vm_id()
         if vm_id is None:
             self.notify("Select a VM first.", severity="warning")
             return
         try:
-            plan = self.runner.plan("merge", vm_id)
+            plan = self.runner.plan(action, vm_id)
         except KeyError as exc:
             self.notify(clean(str(exc)), severity="error", markup=False)
             return
@@ -371,7 +377,8 @@ class VentanaApp(App[None]):
                 self.runner.cancelled(plan)
             except ActionRefused as exc:
                 self.notify(str(exc), severity="error", markup=False)
-            self.notify(f"Merge of {plan.target_name} cancelled; nothing was sent.", markup=False)
+            self.notify(f"{plan.action.capitalize()} of {plan.target_name} cancelled; nothing "
+                        "was sent.", markup=False)
             return
         self.run_worker(
             self._execute(plan, confirmation), group="actions", exit_on_error=False
@@ -408,29 +415,32 @@ class VentanaApp(App[None]):
             )
         except (ActionRefused, ReadOnlyError) as exc:
             self.notify(
-                f"Merge refused: {exc}", title="Refused", severity="error", markup=False,
-                timeout=30,
+                f"{plan.action.capitalize()} refused: {exc}", title="Refused",
+                severity="error", markup=False, timeout=30,
             )
             return
         except Exception as exc:  # never lose an action silently
             self.notify(
-                f"Merge of {plan.target_name}: {clean(f'{type(exc).__name__}: {exc}')} — "
-                "check the action log and verify on the host",
-                title="Merge error", severity="error", markup=False, timeout=60,
+                f"{plan.action.capitalize()} of {plan.target_name}: "
+                f"{clean(f'{type(exc).__name__}: {exc}')} — check the action log and verify "
+                "on the host",
+                title="Action error", severity="error", markup=False, timeout=60,
             )
             return
         took = time.monotonic() - started
         sizes = ""
         if result.size_before is not None and result.size_after is not None:
             sizes = f"; disks {human_bytes(result.size_before)} → {human_bytes(result.size_after)}"
-        message = f"Merge of {plan.target_name}: {result.state.value} in {took:.1f} s{sizes}"
+        message = (f"{plan.action.capitalize()} of {plan.target_name}: {result.state.value} "
+                   f"in {took:.1f} s{sizes}")
         if result.error:
             message += f"\n{result.error}"
         severity = {
             TaskState.OK: "information",
             TaskState.WARNING: "warning",
         }.get(result.state, "error")
-        self.notify(message, title="Merge finished", severity=severity, markup=False, timeout=15)
+        self.notify(message, title=f"{plan.action.capitalize()} finished", severity=severity,
+                    markup=False, timeout=15)
         self.last_result = result
 
     async def on_unmount(self) -> None:

@@ -27,6 +27,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("merge", "m", "Merge checkpoints", "Plan and run a merge of the selected VM's "
             "checkpoints (plan → pre-flight → typed confirmation → log)", "Merge",
             mutating=True),
+    Command("upgrade", "u", "Upgrade configuration version", "Plan and run the irreversible "
+            "configuration-version upgrade of the selected VM (it must be off)", "Upgrade",
+            mutating=True),
     Command("filter", "slash", "Filter VMs", "Filter the VM list (name, node, LUN, power, "
             "replication, task); Esc clears", "Filter"),
     Command("sort", "s", "Sort VMs", "Sort the VM list by the next column (S reverses)", "Sort"),

@@ -40,8 +40,14 @@ class Confirmation:
     overridden: frozenset[str] = frozenset()  # the blocking codes the operator saw
 
 
+ACTION_TITLES = {
+    "merge": "Merge checkpoints of ",
+    "upgrade": "Upgrade the configuration version of ",
+}
+
+
 def plan_title(plan: Plan) -> Text:
-    title = Text(f"{plan.action.capitalize()} checkpoints of ", style="bold")
+    title = Text(ACTION_TITLES.get(plan.action, f"{plan.action} "), style="bold")
     title.append(plan.target_name, style="bold underline")
     if plan.irreversible:
         title.append("  IRREVERSIBLE", style="bold red")
@@ -61,6 +67,25 @@ def plan_summary(plan: Plan) -> Group:
                    f"{facts.get('config_version') or '?'} · replication "
                    f"{facts.get('replication', '?')}")
     space.add_row("VM", vm_line)
+    if plan.action == "upgrade":
+        space.add_row("Configuration version", Text(
+            f"{facts.get('config_version') or '?'} → {facts.get('target_version') or '?'} "
+            "(the highest version already running on this cluster)", style="bold"))
+    else:
+        _space_rows(space, plan)
+    space.add_row("Equivalent command", Text(plan.command, style="italic"))
+    if plan.created is not None:
+        space.add_row("Planned at", Text(plan.created.strftime("%Y-%m-%d %H:%M:%S UTC")
+                                         + " (re-checked when you confirm)"))
+    groups: list[object] = [steps, space]
+    listed = facts.get("checkpoint_list", [])
+    if listed:
+        groups += [Text(""), _chain_table(listed)]
+    return Group(*groups)  # type: ignore[arg-type]
+
+
+def _space_rows(space: Table, plan: Plan) -> None:
+    facts = plan.facts
     space.add_row("Volume", Text(plan.lun_name or "?", style="bold"))
     space.add_row("Free now", Text(human_bytes(plan.free_now)))
     needed = Text(human_bytes(plan.space_needed))
@@ -76,22 +101,20 @@ def plan_summary(plan: Plan) -> Group:
     space.add_row("Disks now", Text(human_bytes(plan.size_before)))
     if plan.estimate:
         space.add_row("Estimated time", Text(plan.estimate.text()))
-    space.add_row("Equivalent command", Text(plan.command, style="italic"))
-    if plan.created is not None:
-        space.add_row("Planned at", Text(plan.created.strftime("%Y-%m-%d %H:%M:%S UTC")
-                                         + " (re-checked when you confirm)"))
+
+
+def _chain_table(listed: list[dict[str, object]]) -> Table:
     chain = Table(box=None, padding=(0, 1), show_header=True, header_style="dim")
     for label, justify in (("Checkpoint", "left"), ("Kind", "left"), ("Created", "left"),
                            ("Size", "right")):
         chain.add_column(label, justify=justify)  # type: ignore[arg-type]
-    listed = facts.get("checkpoint_list", [])
     for item in listed[:12]:
-        chain.add_row(Text(item["name"]), Text(item["kind"]),
-                      Text(item["created"][:16].replace("T", " ")),
-                      Text(human_bytes(item["size"])))
+        chain.add_row(Text(str(item["name"])), Text(str(item["kind"])),
+                      Text(str(item["created"])[:16].replace("T", " ")),
+                      Text(human_bytes(item["size"])))  # type: ignore[arg-type]
     if len(listed) > 12:
         chain.add_row(Text(f"… {len(listed) - 12} more"), Text(""), Text(""), Text(""))
-    return Group(steps, space, Text(""), chain)
+    return chain
 
 
 def findings_text(plan: Plan) -> Text:
@@ -124,8 +147,8 @@ class PlanScreen(ModalScreen[Confirmation | None]):
             if plan.blocking:
                 yield Static(
                     Text(
-                        f"Blocked by {len(plan.blocking)} pre-flight check(s). The merge is "
-                        "refused unless you override; the override is logged.",
+                        f"Blocked by {len(plan.blocking)} pre-flight check(s). The {plan.action} "
+                        "is refused unless you override; the override is logged.",
                         style="bold red",
                     ),
                     id="plan-blocked",
@@ -137,7 +160,8 @@ class PlanScreen(ModalScreen[Confirmation | None]):
             yield Input(placeholder=plan.target_name, id="confirm-name", disabled=self.read_only)
             yield Static("", id="plan-error")
             with Horizontal(id="plan-buttons"):
-                yield Button("Run merge", variant="error", id="run", disabled=self.read_only)
+                yield Button(f"Run {plan.action}", variant="error", id="run",
+                             disabled=self.read_only)
                 yield Button("Cancel (Esc)", id="cancel")
 
     def on_mount(self) -> None:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
 from ventana.state.events import ConnectionChanged, Event, LinkState, Remove, Upsert
-from ventana.state.model import Key, Kind, Platform, TaskState
+from ventana.state.model import FinalState, Key, Kind, Platform, PowerState, TaskState
 
 from ..base import ActionResult, Backend
 from .churn import Churn
@@ -62,6 +62,7 @@ class SimBackend(Backend):
         self._control: deque[Event] = deque()
         self._client_keys: set[Key] = set()
         self._jobs: dict[str, MergeJob] = {}
+        self._upgrades: dict[str, asyncio.Future[ActionResult]] = {}
         self._attempts: Counter[str] = Counter()
         self._restore: asyncio.Task[None] | None = None
         self._anchor_real = 0.0  # loop time at which ...
@@ -239,6 +240,47 @@ class SimBackend(Backend):
         finally:
             self._jobs.pop(task_id, None)
 
+    async def run_upgrade(self, vm_id: str, task_id: str, version: str) -> ActionResult:
+        """Raise a VM's configuration version, as Update-VMVersion does on a host."""
+        if not self.connected:
+            return ActionResult(TaskState.FAILED, error=f"{self.target} is not connected; "
+                                                        "the upgrade was not sent")
+        self._catch_up()
+        world = self.world
+        vm = world.vms.get(vm_id)
+        if vm is None:
+            return ActionResult(TaskState.FAILED, error="the VM was not found on the host")
+        before = vm.config_version
+        task = world.start_task(task_id, "upgrade", vm, f"Update-VMVersion {before} → {version}")
+        future: asyncio.Future[ActionResult] = asyncio.get_running_loop().create_future()
+
+        def finish() -> None:
+            current = world.vms.get(vm_id)
+            if current is None or current.power is not PowerState.OFF:
+                error = ("Update-VMVersion: The operation cannot be performed while the "
+                         "virtual machine is in its current state.")
+                world.finish_task(task.id, TaskState.FAILED, error=error)
+                result = ActionResult(TaskState.FAILED, error=error,
+                                      final_state=FinalState.PENDING)
+            else:
+                world.update_vm(vm_id, config_version=version)
+                world.finish_task(task.id, TaskState.OK, f"configuration version {version}",
+                                  pct=100.0)
+                result = ActionResult(TaskState.OK, final_state=FinalState.OPERATIONAL,
+                                      detail=f"configuration version {before} → {version}")
+            if not future.done():
+                future.set_result(result)
+            self._wake.set()
+
+        world.progress(task.id, 40.0, "updating the configuration")
+        self.sched.after(4.0, finish)  # a few simulated seconds
+        self._upgrades[task_id] = future
+        self._wake.set()
+        try:
+            return await future
+        finally:
+            self._upgrades.pop(task_id, None)
+
     def cancel_task(self, task_id: str) -> bool:
         world = self.world
         task = world.tasks.get(task_id)
@@ -263,6 +305,11 @@ class SimBackend(Backend):
                     final_state=None,
                 )
             )
+        for future in list(self._upgrades.values()):
+            if not future.done():
+                future.set_result(ActionResult(
+                    TaskState.UNKNOWN, error=f"{why}; its outcome is unknown — verify on the host"
+                ))
 
     # -- test hooks ----------------------------------------------------------------
     def drop_connection(self, seconds: float | None = None, reason: str = "") -> None:

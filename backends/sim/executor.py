@@ -34,6 +34,11 @@ class SimExecutor(Executor):
         self._guard("merge")
         return await self._sim.run_merge(vm_id, task_id)
 
+    async def upgrade_version(self, vm_id: str, task_id: str, version: str) -> ActionResult:
+        """Update-VMVersion: refused unless the VM is off; takes a few seconds."""
+        self._guard("upgrade")
+        return await self._sim.run_upgrade(vm_id, task_id, version)
+
     async def cancel(self, task_id: str) -> bool:
         """Always False for a merge: Hyper-V cannot cancel a merge in progress.
 
