@@ -126,19 +126,23 @@ async def test_read_only_hides_merge_and_backend_refuses(tmp_path: Path) -> None
     async with app.run_test(size=SIZE) as pilot:
         await populated(pilot)
         assert app.query_one("#read-only-banner")
-        assert app.check_action("merge", ()) is None
-        await pilot.press("m")
-        await pilot.pause(0.1)
-        assert not isinstance(app.screen, PlanScreen)
-        assert not await app.run_action("merge")
+        for action, key in (("merge", "m"), ("upgrade", "u")):
+            assert app.check_action(action, ()) is None
+            await pilot.press(key)
+            await pilot.pause(0.1)
+            assert not isinstance(app.screen, PlanScreen)
+            assert not await app.run_action(action)
         # Bypass the UI entirely: the runner and the backend refuse, and log it.
         vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
         plan = app.runner.plan("merge", vm_id)
         with pytest.raises(ReadOnlyError):
             await app.runner.execute(plan, plan.target_name)
         with pytest.raises(ReadOnlyError):
+            await app.runner.execute(app.runner.plan("upgrade", vm_id), plan.target_name,
+                                     override=True)
+        with pytest.raises(ReadOnlyError):
             app.backend.executor()
-        (row,) = app.action_log.rows()
+        row, _ = app.action_log.rows()
         assert row.outcome == "refused" and row.mode == "read-only"
         assert app.store.checkpoints_of(vm_id)  # nothing changed
 

@@ -71,3 +71,48 @@ async def test_merge_on_a_psrp_endpoint_from_the_console(tmp_path: Path) -> None
         log.close()
     finally:
         handle.stop()
+
+
+async def test_upgrade_on_a_psrp_endpoint_is_refused_running_and_done_off(
+    tmp_path: Path,
+) -> None:
+    from ventana.state.model import PowerState, TaskState
+    from ventana.state.plans import version_key
+
+    model = ClusterModel(SimConfig(vms=12, nodes=2, rate=0))
+    handle = start_winrm_peer(registry=build_hyperv_registry(model))
+    try:
+        secret = tmp_path / "pw"
+        secret.write_text(handle.password + "\n")
+        os.chmod(secret, 0o600)
+        args = build_parser().parse_args([
+            "--hyperv", "HVCLUSTER01", "--node", f"127.0.0.1:{handle.port}",
+            "--user", handle.user, "--auth", "ntlm", "--ca-file", str(handle.ca_path),
+            "--password-file", str(secret), "--read-write",
+        ])
+        backend = _hyperv_backend(args)
+        log = ActionLog.open(tmp_path / "a.db")
+        app = VentanaApp(backend, log=log)
+        async with app.run_test(size=(180, 50)) as pilot:
+            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and not app._pending,
+                           timeout=60)
+            # One endpoint stands for the node it was reached as; act on its VMs.
+            reached = {n.computer.casefold() for n in backend._nodes if n.healthy}
+            old = next(v for v in sorted(app.store.vms(), key=lambda v: v.name)
+                       if version_key(v.config_version) < (9, 0)
+                       and v.node_id.casefold() in reached)
+            # The host refuses a running VM even when the operator overrides.
+            model.set_power(old.id, PowerState.RUNNING)
+            executor = backend.executor()
+            refused = await executor.upgrade_version(old.id, "t-1", "9.0")
+            assert refused.state is TaskState.FAILED
+            assert "current state" in refused.error
+            # Off: it goes through, and the version is read back from the host.
+            model.set_power(old.id, PowerState.OFF)
+            done = await executor.upgrade_version(old.id, "t-2", "9.0")
+            assert done.state is TaskState.OK, done.error
+            assert "→ 9.0" in done.detail
+            await wait_for(pilot, lambda: app.store.vm(old.id).config_version == "9.0")
+        log.close()
+    finally:
+        handle.stop()

@@ -442,6 +442,50 @@ class HyperVBackend(Backend):
             if kind is Kind.CHECKPOINT and getattr(e, "vm_id", None) == vm_id
         )
 
+    async def run_upgrade(self, vm_id: str, task_id: str, version: str) -> ActionResult:
+        """Update-VMVersion on the VM's node; the outcome is read back from the host."""
+        if self.read_only:  # the executor checked too; this is below it
+            return ActionResult(TaskState.FAILED, error=f"{self.target} is read-only")
+        vm = self._known.get((Kind.VM, vm_id))
+        if not isinstance(vm, VM):
+            return ActionResult(TaskState.FAILED,
+                                error="the VM is not in the inventory; nothing sent")
+        node = next((n for n in self._nodes
+                     if n.healthy and n.computer.casefold() == vm.node_id.casefold()), None)
+        if node is None:
+            return ActionResult(TaskState.FAILED,
+                                error=f"node {vm.node_id} is not connected; nothing was sent")
+        before = vm.config_version
+        task = Task(task_id, "upgrade", ref(Kind.VM, vm_id), vm.name, 0.0, TaskState.RUNNING,
+                    started=datetime.now(UTC), message=f"Update-VMVersion {before} → {version}")
+        self._emit(Upsert(task))
+        state, error, final = TaskState.OK, "", FinalState.OPERATIONAL
+        try:
+            await node.session.run(cmd.update_vm_version(vm_id))
+        except CommandFailed as exc:
+            state, error, final = TaskState.FAILED, str(exc), FinalState.PENDING
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, SessionError) else type(exc).__name__
+            state, final = TaskState.UNKNOWN, FinalState.PENDING
+            error = f"{reason} — outcome unknown, verify on the host"
+        detail = ""
+        if state is not TaskState.UNKNOWN:
+            try:  # what the host now says is the truth
+                await self._poll(node)
+                now = self._known.get((Kind.VM, vm_id))
+                reached = now.config_version if isinstance(now, VM) else "?"
+                detail = f"configuration version {before} → {reached}"
+                if state is TaskState.OK and reached == before:
+                    state, final = TaskState.WARNING, FinalState.PENDING
+                    error = f"the host still reports version {reached}"
+            except Exception as exc:
+                log.warning("re-read after the upgrade failed: %s", exc)
+        self._emit(Upsert(dataclasses.replace(
+            task, state=state, pct=100.0 if state is TaskState.OK else 0.0,
+            ended=datetime.now(UTC), message=detail or task.message, error=error,
+        )))
+        return ActionResult(state, error, final_state=final, detail=detail)
+
     async def run_merge(self, vm_id: str, task_id: str) -> ActionResult:
         """Remove every checkpoint of a VM on its node; progress goes out on the stream."""
         if self.read_only:  # the executor checked too; this is below it
@@ -541,6 +585,12 @@ class HyperVExecutor(Executor):
         """
         self._guard("merge")
         return await self._hv.run_merge(vm_id, task_id)
+
+    async def upgrade_version(self, vm_id: str, task_id: str, version: str) -> ActionResult:
+        """Update-VMVersion -Force on the VM's node (irreversible; the host refuses a VM
+        that is not off). The version reached is read back from the host."""
+        self._guard("upgrade")
+        return await self._hv.run_upgrade(vm_id, task_id, version)
 
     async def cancel(self, task_id: str) -> bool:
         """Always False: Hyper-V cannot cancel a merge in progress; it runs to its end."""

@@ -204,8 +204,20 @@ def remove_all_snapshots(vm_id: str) -> Command:
     )
 
 
+def update_vm_version(vm_id: str) -> Command:
+    """Irreversible: raise the VM's configuration version to the host's default."""
+    return Command(
+        "configuration-version upgrade",
+        (
+            Cmdlet("Get-VM", (("Id", uuid.UUID(vm_id)),)),
+            Cmdlet("Update-VMVersion", (("Force", SWITCH),)),
+        ),
+        mutating=True,
+    )
+
+
 #: Cmdlets that change something on the host.
-MUTATING_CMDLETS = frozenset({"Remove-VMSnapshot"})
+MUTATING_CMDLETS = frozenset({"Remove-VMSnapshot", "Update-VMVersion"})
 
 #: Every cmdlet the read path may send (tests assert nothing else goes out).
 READ_CMDLETS = frozenset(

@@ -185,6 +185,7 @@ class ClusterModel:
         self.nodes = {n.id: n for n in inv.nodes}
         self.luns = {x.id: x for x in inv.luns}
         self.vms = {v.id: v for v in inv.vms}
+        self.host_version = "9.0"  # Update-VMVersion raises VMs to this
         self.disks = {d.id: d for d in inv.disks}
         self.checkpoints = {c.id: c for c in inv.checkpoints}
         self.chains = {k: list(v) for k, v in inv.chains.items()}
@@ -542,6 +543,30 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 model.remove_checkpoint(cp.id)
             writer.write_progress("Remove-VMSnapshot", "Completed", percent=100, completed=True)
 
+    def update_version(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Update-VMVersion -Force for the piped VMs: refused unless the VM is off."""
+        log("Update-VMVersion")
+        for obj in writer.input:
+            meta = getattr(obj, "PSObject", None)
+            if meta is None:
+                continue
+            values = {p.name: p.get_value(obj) for p in meta.adapted_properties}
+            vm_id = str(values.get("Id", ""))
+            with model.lock:
+                vm = model.vms.get(vm_id)
+                if vm is None:
+                    continue
+                if vm.power is not PowerState.OFF:
+                    raise TerminatingError(
+                        f"Update-VMVersion: Failed to update the configuration version of "
+                        f"'{vm.name}': The operation cannot be performed while the virtual "
+                        "machine is in its current state.",
+                        error_id="InvalidState",
+                        category=ErrorCategory.InvalidOperation,
+                        exception_type="Microsoft.HyperV.PowerShell.VirtualizationException",
+                    )
+                model.vms[vm_id] = dataclasses.replace(vm, config_version=model.host_version)
+
     def get_snapshot(params: dict[str, Any], writer: CommandWriter) -> None:
         log("Get-VMSnapshot")
         patterns = _vm_filter(params)
@@ -737,6 +762,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             "Get-ItemPropertyValue": get_item_property_value,
             "Select-Object": _select,
             "Remove-VMSnapshot": remove_snapshot,
+            "Update-VMVersion": update_version,
         }
     )
 
