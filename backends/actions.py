@@ -33,6 +33,23 @@ class ActionRefused(Exception):
     """The action was not started; the reason is safe to show."""
 
 
+def _what_changed(shown: Plan, fresh: Plan) -> str:
+    """What the operator did not see and must: '' when the plan still stands."""
+    def warned(plan: Plan) -> set[str]:
+        return {f.code for f in plan.findings if f.severity.rank >= 1} - {
+            f.code for f in plan.blocking
+        }
+
+    new = warned(fresh) - warned(shown)
+    if new:
+        return f"new warnings ({', '.join(sorted(new))})"
+    for fact, what in (("target_version", "the target version"),
+                       ("checkpoints", "the number of checkpoints")):
+        if shown.facts.get(fact) != fresh.facts.get(fact):
+            return f"{what} changed ({shown.facts.get(fact)} → {fresh.facts.get(fact)})"
+    return ""
+
+
 class ActionRecorder(Protocol):
     def write_action(self, data: dict[str, Any]) -> None: ...
 
@@ -160,6 +177,10 @@ class ActionRunner:
                 f"{', '.join(sorted(blocking - seen))}; review the plan again",
                 override=override,
             )
+        changed = _what_changed(plan, fresh)
+        if changed:
+            raise self._refuse(fresh, f"{changed} since the plan was shown; review it again",
+                               override=override)
 
         try:
             executor = self.backend.executor()

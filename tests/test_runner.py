@@ -132,3 +132,41 @@ async def test_no_log_means_no_action(tmp_path: Path) -> None:
     with pytest.raises(ActionRefused, match="disk full"):
         await r.execute(r.plan("merge", "a"), "app-01")
     assert r.backend.handle.calls == 0
+
+
+async def test_what_the_operator_confirmed_must_still_stand(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from ventana.state.model import Checkpoint, CheckpointKind
+
+    r = runner(tmp_path, store=small_cluster())
+    plan = r.plan("merge", "a")
+    # A backup job leaves a checkpoint behind while the plan is on screen: the
+    # merge would now take one more checkpoint, with a new warning.
+    r.store.apply(Upsert(Checkpoint("a-bk", "a", "Veeam backup", "a-cp2",
+                                    CheckpointKind.BACKUP, NOW - timedelta(hours=1))))
+    with pytest.raises(ActionRefused, match=r"new warnings \(BACKUP_CHECKPOINT\)"):
+        await r.execute(plan, "app-01")
+    assert r.backend.handle.calls == 0
+    assert r.log.rows()[0].outcome == "refused"
+
+
+async def test_an_upgrade_goes_only_to_the_version_confirmed(tmp_path: Path) -> None:
+    import dataclasses
+
+    from ventana.state.model import PowerState
+
+    store = small_cluster()
+    store.apply(Upsert(dataclasses.replace(store.vm("b"), config_version="9.0")))
+    store.apply(Upsert(dataclasses.replace(store.vm("c"), config_version="5.0",
+                                           power=PowerState.OFF)))
+    for cp in list(store.checkpoints_of("c")):
+        store.apply(Remove(Kind.CHECKPOINT, cp.id))
+    r = runner(tmp_path, store=store)
+    plan = r.plan("upgrade", "c")
+    assert not plan.blocking and plan.facts["target_version"] == "9.0"
+    # A VM at a newer version joins the cluster before the operator confirms.
+    store.apply(Upsert(dataclasses.replace(store.vm("b"), config_version="10.0")))
+    with pytest.raises(ActionRefused, match=r"target version changed \(9.0 → 10.0\)"):
+        await r.execute(plan, "dc-03")
+    assert r.backend.handle.calls == 0
