@@ -67,9 +67,12 @@ def clean_entity(entity: T) -> T:
     for name in tuples:
         values.extend(getattr(entity, name))
     # One check for the whole entity: the common case. A non-str where text
-    # belongs (a loosely typed source) goes the slow way and becomes text.
-    if all(type(v) is str for v in values) and _safe("".join(values)):
-        return entity
+    # belongs (a loosely typed source) makes join fail: the slow way makes it text.
+    try:
+        if _safe("".join(values)):
+            return entity
+    except TypeError:
+        pass
     changes: dict[str, Any] = {}
     for name in strs:
         value = getattr(entity, name)
