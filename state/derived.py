@@ -7,6 +7,7 @@ free space expected afterwards, and % free per LUN with its threshold level.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +19,7 @@ from .store import Store
 PAUSE_CRITICAL_MARGIN = 200 * MB
 LUN_WARN_PCT = 10.0
 LUN_CRITICAL_PCT = 5.0
+_VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
 
 
 def chain_depth(checkpoints: list[Checkpoint]) -> int:
@@ -131,6 +133,14 @@ def lun_level(
     if pct < warn_pct:
         return Severity.WARNING
     return Severity.INFO
+
+
+def version_key(version: str) -> tuple[int, int]:
+    """``"9.0"`` → (9, 0); ``"vmx-19"`` → (19, 0); no number → (-1, -1)."""
+    found = _VERSION.search(version or "")
+    if found is None:
+        return (-1, -1)
+    return (int(found.group(1)), int(found.group(2) or 0))
 
 
 def human_bytes(n: int | float | None) -> str:

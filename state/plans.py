@@ -9,7 +9,6 @@ the action log. Blocking findings refuse the action unless overridden.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +21,7 @@ from .derived import (
     merge_needed_by_lun,
     merge_space,
     oldest_checkpoint_age,
+    version_key,
 )
 from .model import (
     CheckpointKind,
@@ -336,14 +336,6 @@ def _reserved_by_running_merges(store: Store, lun_id: str, except_vm: str) -> in
         elif vm.lun_id == lun_id:
             total += merge_space(store, vm.id).needed
     return total
-
-
-def version_key(version: str) -> tuple[int, int]:
-    """``"9.0"`` → (9, 0); ``"vmx-19"`` → (19, 0); no number → (-1, -1)."""
-    found = re.search(r"(\d+)(?:\.(\d+))?", version or "")
-    if found is None:
-        return (-1, -1)
-    return (int(found.group(1)), int(found.group(2) or 0))
 
 
 def cluster_max_version(store: Store, cluster_id: str) -> str:

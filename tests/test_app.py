@@ -237,8 +237,9 @@ async def test_hostile_cluster_reaches_no_screen_as_control_bytes(tmp_path: Path
 
 
 async def test_upgrade_an_off_vm_and_refuse_a_running_one(tmp_path: Path) -> None:
+    from ventana.state.derived import version_key
     from ventana.state.model import PowerState
-    from ventana.state.plans import cluster_max_version, version_key
+    from ventana.state.plans import cluster_max_version
 
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:

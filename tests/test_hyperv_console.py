@@ -76,8 +76,8 @@ async def test_merge_on_a_psrp_endpoint_from_the_console(tmp_path: Path) -> None
 async def test_upgrade_on_a_psrp_endpoint_is_refused_running_and_done_off(
     tmp_path: Path,
 ) -> None:
+    from ventana.state.derived import version_key
     from ventana.state.model import PowerState, TaskState
-    from ventana.state.plans import version_key
 
     model = ClusterModel(SimConfig(vms=12, nodes=2, rate=0))
     handle = start_winrm_peer(registry=build_hyperv_registry(model))

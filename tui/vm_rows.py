@@ -28,7 +28,13 @@ from typing import Any
 
 from rich.cells import cell_len, set_cell_size
 
-from ventana.state.derived import chain_depth, human_age, human_bytes, vm_differencing_bytes
+from ventana.state.derived import (
+    chain_depth,
+    human_age,
+    human_bytes,
+    version_key,
+    vm_differencing_bytes,
+)
 from ventana.state.model import (
     MB,
     VM,
@@ -209,17 +215,6 @@ def _task(tasks: list[Task]) -> tuple[str, str]:
     if len(tasks) > 1:
         text += f" +{len(tasks) - 1}"
     return text, f"{kind.casefold()}\x01{first.pct:06.2f}"  # \x01: below any text
-
-
-_VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
-
-
-def version_key(version: str) -> int:
-    """``"9.0"`` → 9000, ``"8.3"`` → 8003, ``"vmx-19"`` → 19000; no number sorts first."""
-    found = _VERSION.search(version)
-    if found is None:
-        return -1
-    return int(found.group(1)) * 1000 + int(found.group(2) or 0)
 
 
 # -- sorting ------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import dataclasses
 import fnmatch
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -332,6 +333,15 @@ def _vm_object(vm: VM) -> Any:
     )
 
 
+def _piped_vm_ids(writer: CommandWriter) -> Iterator[str]:
+    """The Ids of the VM objects piped in (``Get-VM -Id … | <cmdlet>``)."""
+    for obj in writer.input:
+        meta = getattr(obj, "PSObject", None)
+        if meta is not None:
+            values = {p.name: p.get_value(obj) for p in meta.adapted_properties}
+            yield str(values.get("Id", ""))
+
+
 def _select(params: dict[str, Any], writer: CommandWriter) -> None:
     wanted = [str(p) for p in _as_list(params.get("Property"))]
     for obj in writer.input:
@@ -508,12 +518,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         """Remove-VMSnapshot -Name * for the piped VMs: merges newest first, with progress."""
         log("Remove-VMSnapshot")
         names = [str(n).casefold() for n in _as_list(params.get("Name"))] or ["*"]
-        for obj in writer.input:
-            meta = getattr(obj, "PSObject", None)
-            if meta is None:
-                continue
-            values = {p.name: p.get_value(obj) for p in meta.adapted_properties}
-            vm_id = str(values.get("Id", ""))
+        for vm_id in _piped_vm_ids(writer):
             with model.lock:
                 vm = model.vms.get(vm_id)
                 chain = [model.checkpoints[c] for c in model.chains.get(vm_id, [])]
@@ -546,12 +551,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
     def update_version(params: dict[str, Any], writer: CommandWriter) -> None:
         """Update-VMVersion -Force for the piped VMs: refused unless the VM is off."""
         log("Update-VMVersion")
-        for obj in writer.input:
-            meta = getattr(obj, "PSObject", None)
-            if meta is None:
-                continue
-            values = {p.name: p.get_value(obj) for p in meta.adapted_properties}
-            vm_id = str(values.get("Id", ""))
+        for vm_id in _piped_vm_ids(writer):
             with model.lock:
                 vm = model.vms.get(vm_id)
                 if vm is None:
