@@ -16,17 +16,39 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.model import FinalState, Kind, TaskState
-from ventana.state.plans import PLANNERS, Plan, findings_to_log
+from ventana.state.plans import PLANNERS, Plan, Planner, findings_to_log, register_planner
 from ventana.state.sanitize import clean
 from ventana.state.store import Store
 
-from .base import ActionResult, Backend, ReadOnlyError
+from .base import ActionResult, Backend, Executor, ReadOnlyError
+
+#: How a confirmed plan is carried out: ``call(executor, vm_id, task_id, plan)``.
+ExecuteFn = Callable[[Executor, str, str, Plan], Awaitable[ActionResult]]
+
+EXECUTE: dict[str, ExecuteFn] = {
+    "merge": lambda ex, vm_id, task_id, plan: ex.merge(vm_id, task_id),
+    "upgrade": lambda ex, vm_id, task_id, plan: ex.upgrade_version(
+        vm_id, task_id, str(plan.facts["target_version"])
+    ),
+}
+
+
+def register_action(action: str, planner: Planner, execute: ExecuteFn) -> None:
+    """Add a guarded action: its planner and how a confirmed plan runs.
+
+    Every registered action goes through the same path: plan → pre-flight →
+    typed confirmation → intent row → executor → outcome row.
+    """
+    if EXECUTE.get(action, execute) is not execute:
+        raise ValueError(f"action {action!r} is already registered")
+    register_planner(action, planner)
+    EXECUTE[action] = execute
 
 
 class ActionRefused(Exception):
@@ -84,11 +106,14 @@ class ActionRunner:
     def read_only(self) -> bool:
         return self.backend.read_only
 
-    def plan(self, action: str, vm_id: str) -> Plan:
+    def plan(self, action: str, vm_id: str, **params: Any) -> Plan:
         planner = PLANNERS.get(action)
-        if planner is None:
+        if planner is None or action not in EXECUTE:
             raise ValueError(f"unknown action {action!r}")
-        return planner(self.store, vm_id, self.clock())
+        plan = planner(self.store, vm_id, self.clock(), **params)
+        if params and plan.params != params:
+            plan = dataclasses.replace(plan, params=dict(params))
+        return plan
 
     # -- rows that end where they start ------------------------------------
     def _one_shot(self, plan: Plan, outcome: str, error: str, *, override: bool = False) -> None:
@@ -158,7 +183,7 @@ class ActionRunner:
             raise self._refuse(plan, f"unsupported target {plan.target!r}")
         # Re-check against the live state: the plan on screen may be old.
         try:
-            fresh = self.plan(plan.action, obj_id)
+            fresh = self.plan(plan.action, obj_id, **plan.params)
         except KeyError:
             raise self._refuse(
                 plan, "the target is no longer in the inventory; nothing was sent"
@@ -214,12 +239,7 @@ class ActionRunner:
         )
 
         try:
-            if fresh.action == "upgrade":
-                result = await executor.upgrade_version(
-                    obj_id, task_id, str(fresh.facts["target_version"])
-                )
-            else:
-                result = await executor.merge(obj_id, task_id)
+            result = await EXECUTE[fresh.action](executor, obj_id, task_id, fresh)
         except ReadOnlyError as exc:
             result = ActionResult(TaskState.FAILED, error=f"refused: {exc}")
         except asyncio.CancelledError:

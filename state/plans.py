@@ -9,6 +9,7 @@ the action log. Blocking findings refuse the action unless overridden.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,6 +84,9 @@ class Plan:
     destructive: bool = True
     created: datetime | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    #: What the operator chose beyond the VM (e.g. a snapshot id): the runner
+    #: plans again with the same params at confirmation.
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def blocking(self) -> tuple[Finding, ...]:
@@ -109,6 +113,8 @@ class Plan:
             "irreversible": self.irreversible,
             "facts": self.facts,
         }
+        if self.params:
+            data["params"] = self.params
         if self.estimate:
             data["estimate"] = asdict(self.estimate)
         return data
@@ -411,4 +417,15 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
     )
 
 
-PLANNERS = {"merge": plan_merge, "upgrade": plan_upgrade}
+#: A planner: ``planner(store, vm_id, now, **params) -> Plan``. Raises KeyError
+#: when the target is not in the inventory.
+Planner = Callable[..., Plan]
+
+PLANNERS: dict[str, Planner] = {"merge": plan_merge, "upgrade": plan_upgrade}
+
+
+def register_planner(action: str, planner: Planner) -> None:
+    """Make ``action`` plannable (modules that add an action call this once)."""
+    if PLANNERS.get(action, planner) is not planner:
+        raise ValueError(f"action {action!r} is already registered")
+    PLANNERS[action] = planner

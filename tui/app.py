@@ -357,13 +357,13 @@ class VentanaApp(App[None]):
     def action_upgrade(self) -> None:
         self._open_plan("upgrade")
 
-    def _open_plan(self, action: str) -> None:
-        vm_id = self.selected_vm_id()
+    def _open_plan(self, action: str, vm_id: str | None = None, **params: object) -> None:
+        vm_id = vm_id or self.selected_vm_id()
         if vm_id is None:
             self.notify("Select a VM first.", severity="warning")
             return
         try:
-            plan = self.runner.plan(action, vm_id)
+            plan = self.runner.plan(action, vm_id, **params)
         except KeyError as exc:
             self.notify(clean(str(exc)), severity="error", markup=False)
             return
