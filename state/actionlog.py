@@ -545,10 +545,14 @@ class ActionLog:
         outcome: str,
         error: str = "",
         task_id: str = "",
+        final_state: FinalState | str | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> int:
-        """One finished row at once, for cancelled and refused actions."""
+        """One finished row at once, for cancelled and refused actions and for
+        changes made only in the log (an operator setting a VM's final state)."""
         if outcome not in FINISHED_OUTCOMES:
             raise ValueError(f"outcome must be one of {FINISHED_OUTCOMES}, not {outcome!r}")
+        final = FinalState(final_state).value if final_state is not None else None
         row = self._intent(
             action=action, target_system=target_system, mode=mode,
             target_object=target_object, target_name=target_name, plan=plan,
@@ -556,6 +560,10 @@ class ActionLog:
         )
         now = _iso(_now())
         row.update(started=now, ended=now, duration_s=0.0, outcome=outcome, error=_text(error))
+        if final is not None:
+            row["final_state"] = final
+        if detail is not None:
+            row["detail"] = _json(detail)
         with self._write():
             table = self.db.table(TABLE)
             table.insert(row)
