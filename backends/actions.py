@@ -72,6 +72,9 @@ def _what_changed(shown: Plan, fresh: Plan) -> str:
     return ""
 
 
+SETTLE_S = 1.0
+
+
 def where_now(store: Store, vm_id: str, when: str) -> dict[str, Any]:
     """The VM's disks and LUN as the store shows them now, for the report.
 
@@ -132,6 +135,10 @@ class ActionRunner:
         self.clock = clock
         self.mode = mode or ("read-only" if backend.read_only else "read-write")
         self.flags = flags  # e.g. "TLS NOT VERIFIED": kept in every row's plan
+        #: Brings the store up to date with the backend's last events before the
+        #: outcome row reads the disks and LUN "after" (the app applies its event
+        #: buffer); bounded by SETTLE_S. None: read the store as it is.
+        self.settle: Callable[[], Awaitable[None]] | None = None
 
     @property
     def read_only(self) -> bool:
@@ -287,6 +294,14 @@ class ActionRunner:
                 final_state=FinalState.PENDING,
             )
 
+        closing = False
+        if self.settle is not None:
+            try:
+                await asyncio.wait_for(self.settle(), SETTLE_S)
+            except asyncio.CancelledError:
+                closing = True  # log the outcome first, then let the console close
+            except Exception:  # a stale "after" is better than a lost outcome
+                pass
         if not result.state.finished:  # a backend must not report "still running" here
             result = dataclasses.replace(result, state=TaskState.UNKNOWN,
                                          error=result.error or "the backend gave no outcome")
@@ -322,6 +337,8 @@ class ActionRunner:
                 "error": result.error,
             }
         )
+        if closing:
+            raise asyncio.CancelledError
         return result
 
     def _finish_quietly(self, row: int, why: str) -> None:

@@ -592,6 +592,18 @@ class ActionLog:
         found = self._select(f"select * from {TABLE} where id = ?", (row_id,))
         return self._row(found[0]) if found else None
 
+    def final_states(self) -> dict[str, str]:
+        """Each target's latest final state (by when it was set; the last row wins).
+
+        An action's outcome sets it and an operator's ``final-state`` row
+        replaces it; a later action replaces that in turn.
+        """
+        found = self._select(
+            f"select target_object, final_state from {TABLE} where final_state is not null "
+            "order by coalesce(ended, started), id"
+        )
+        return {r["target_object"]: r["final_state"] for r in found}
+
     @staticmethod
     def _row(r: dict[str, Any]) -> LogRow:
         values = {name: r.get(name) for name in COLUMNS}

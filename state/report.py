@@ -626,7 +626,7 @@ def lun_chart(luns: Sequence[LunLine], *, width: int = 30, label: int = 16) -> l
     """Plain-text bars of each LUN's free space before and after, on one scale."""
     scale = max([u.total or 0 for u in luns] + [u.free_before or 0 for u in luns]
                 + [u.free_after or 0 for u in luns] + [1])
-    out = [f"{'LUN free space':<{label}}         0{'':{width - 1}}{fmt_gb(scale)}"]
+    out = [f"{'LUN free space':<{label}} {'':6}  0{fmt_gb(scale):>{width}}"]
     for u in luns:
         name = clean(u.name).replace("`", "'")
         if len(name) > label:
