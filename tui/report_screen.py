@@ -79,12 +79,19 @@ class LunChart(Static):
         self.update(table)
 
 
-def _table(table: DataTable, columns: Sequence[str], rows: Sequence[Sequence[Text]]) -> None:
+def _table(table: DataTable, columns: Sequence[str], rows: Sequence[Sequence[Text]],
+           right: Sequence[int] = ()) -> None:
+    """Fill a table; the ``right`` columns (numbers) are right-aligned by padding."""
     table.clear(columns=True)
-    for label in columns:
-        table.add_column(label)
+    widths = {i: max([len(columns[i])] + [r[i].cell_len for r in rows]) for i in right}
+    for i, label in enumerate(columns):
+        table.add_column(label.rjust(widths[i]) if i in widths else label)
     for row in rows:
-        table.add_row(*row)
+        cells = list(row)
+        for i, width in widths.items():
+            cells[i] = cells[i].copy()
+            cells[i].pad_left(width - cells[i].cell_len)
+        table.add_row(*cells)
 
 
 class ReportScreen(ModalScreen[None]):
@@ -162,25 +169,27 @@ class ReportScreen(ModalScreen[None]):
             ("VM", "Disk", "LUN", "Before", "After", "Recovered", "Merge start", "Merge time",
              "Rebuild", "Final state"),
             [(Text(d.vm), Text(d.disk), Text(d.lun or "-"),
-              Text(fmt_gb(d.size_before), justify="right"),
-              Text(fmt_gb(d.size_after), justify="right"),
-              Text(fmt_gb(d.recovered), justify="right"),
+              Text(fmt_gb(d.size_before)),
+              Text(fmt_gb(d.size_after)),
+              Text(fmt_gb(d.recovered)),
               Text(fmt_time(d.merge_started) if d.first_of_vm else ""),
               Text((fmt_duration(d.merge_s) + (f" ×{d.merges}" if d.merges > 1 else ""))
                    if d.first_of_vm else ""),
               Text(fmt_duration(d.rebuild_s) if d.first_of_vm else ""),
               Text(d.final_state or "not set", style=_STATE_STYLE.get(d.final_state or "", "dim")))
              for d in report.disks],
+            right=(3, 4, 5),
         )
         _table(
             self.query_one("#report-lun-table", DataTable),
             ("LUN", "Total", "Free before", "Free after", "Change"),
-            [(Text(u.name), Text(fmt_gb(u.total), justify="right"),
-              Text(fmt_gb(u.free_before), justify="right"),
-              Text(fmt_gb(u.free_after), justify="right"),
-              Text(("+" if (u.gained or 0) > 0 else "") + fmt_gb(u.gained), justify="right",
+            [(Text(u.name), Text(fmt_gb(u.total)),
+              Text(fmt_gb(u.free_before)),
+              Text(fmt_gb(u.free_after)),
+              Text(("+" if (u.gained or 0) > 0 else "") + fmt_gb(u.gained),
                    style="green" if (u.gained or 0) > 0 else ""))
              for u in report.luns],
+            right=(1, 2, 3, 4),
         )
         self.query_one(LunChart).show(report.luns)
         totals = [
@@ -193,7 +202,7 @@ class ReportScreen(ModalScreen[None]):
             *((f"Actions {k}", str(v)) for k, v in t.outcomes.items()),
         ]
         _table(self.query_one("#report-totals", DataTable), ("Total", "Value"),
-               [(Text(k), Text(v, justify="right")) for k, v in totals])
+               [(Text(k), Text(v)) for k, v in totals], right=(1,))
         _table(
             self.query_one("#report-pending", DataTable),
             ("When", "VM", "What", "Status", "Detail"),
