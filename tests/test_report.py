@@ -214,3 +214,45 @@ def test_cli_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+# -- what the runner writes for the report ----------------------------------------
+
+async def test_runner_settle_is_bounded_and_never_loses_the_outcome(tmp_path: Path) -> None:
+    import asyncio
+    import dataclasses
+    import time
+
+    from factories import small_cluster
+    from test_runner import runner
+
+    from ventana.state.events import Upsert
+
+    r = runner(tmp_path, store=small_cluster())
+    lun = r.store.lun(r.store.vm("a").lun_id)
+    calls: list[str] = []
+
+    async def settle() -> None:  # the backend's last events reach the store
+        calls.append("settle")
+        r.store.apply(Upsert(dataclasses.replace(lun, free_bytes=lun.free_bytes + 5 * GB)))
+
+    r.settle = settle
+    await r.execute(r.plan("merge", "a"), "app-01")
+    (row,) = r.log.rows()
+    assert calls == ["settle"] and row.outcome == "ok"
+    assert row.plan_data()["lun_before"]["free"] == lun.free_bytes
+    assert row.detail_data()["lun_after"]["free"] == lun.free_bytes + 5 * GB
+    assert row.plan_data()["disks_before"] and row.detail_data()["disks_after"]
+
+    async def hangs() -> None:
+        await asyncio.sleep(3600)
+
+    async def breaks() -> None:
+        raise RuntimeError("store gone")
+
+    for bad in (hangs, breaks):
+        r.settle = bad
+        t0 = time.monotonic()
+        await r.execute(r.plan("merge", "a"), "app-01")
+        assert time.monotonic() - t0 < 3
+        assert r.log.rows()[0].outcome == "ok"  # a stale "after", never a lost outcome

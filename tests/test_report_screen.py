@@ -55,6 +55,9 @@ async def test_a_merge_shows_in_the_report_with_its_lun_before_and_after(tmp_pat
         assert detail["lun_after"]["id"] == lun.id
         assert detail["lun_after"]["free"] > plan["lun_before"]["free"]  # the merge freed space
         assert detail["disks_after"]
+        await wait_for(pilot, lambda: app.final_state_of(vm_id) == "Operational")
+        assert str(app.query_one(CheckpointsPane).border_title).endswith(
+            "final state: Operational")
         await wait_for(pilot, lambda: app.screen is app.screen_stack[0])
         await pilot.press("r")
         await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen)
