@@ -242,7 +242,7 @@ def _disks(value: Any) -> dict[str, tuple[str, int]]:
         for d in value:
             if isinstance(d, dict) and _int(d.get("size")) is not None:
                 path = str(d.get("path") or d.get("id") or "?")
-                out[str(d.get("id") or path)] = (path, int(d["size"]))
+                out[clean(d.get("id") or path)] = (clean(path), int(d["size"]))
     return out
 
 
@@ -294,16 +294,16 @@ def build_report(
         before_lun = plan.get("lun_before")
         if isinstance(before_lun, dict) and _int(before_lun.get("free")) is not None:
             lun_seen(str(before_lun.get("id") or before_lun.get("name"))).see(
-                started, order, int(before_lun["free"]), str(before_lun.get("name") or ""),
+                started, order, int(before_lun["free"]), clean(before_lun.get("name") or ""),
                 _int(before_lun.get("total")))
         elif plan.get("lun") and _int(plan.get("free_now")) is not None:
             # An older row: the LUN by name only (resolved to its id below).
-            name = str(plan["lun"])
+            name = clean(plan["lun"])
             by_name.append((name, started, order, int(plan["free_now"])))
         after_lun = detail.get("lun_after")
         if isinstance(after_lun, dict) and _int(after_lun.get("free")) is not None:
             lun_seen(str(after_lun.get("id") or after_lun.get("name"))).see(
-                ended, order, int(after_lun["free"]), str(after_lun.get("name") or ""),
+                ended, order, int(after_lun["free"]), clean(after_lun.get("name") or ""),
                 _int(after_lun.get("total")))
 
         if row.action == FINAL_STATE_ACTION:
@@ -315,23 +315,23 @@ def build_report(
             outcomes[status] += 1
             if status in ("unknown", "interrupted", "running"):
                 pending.append(PendingLine(
-                    started, row.target_name, row.action, row.status,
-                    row.error or "verify the VM's state on the host"))
+                    started, clean(row.target_name), clean(row.action), row.status,
+                    clean(row.error or "verify the VM's state on the host")))
         if not is_vm:
             continue
         vm = vms.setdefault(row.target_object, _Vm(row.target_object))
-        vm.name = row.target_name or vm.name
+        vm.name = clean(row.target_name) or vm.name
         lun_name = (after_lun or {}).get("name") if isinstance(after_lun, dict) else None
         if not lun_name and isinstance(before_lun, dict):
             lun_name = before_lun.get("name")
-        vm.lun = str(lun_name or plan.get("lun") or vm.lun)
+        vm.lun = clean(lun_name or plan.get("lun") or vm.lun)
 
         if row.final_state:
             at = (ended, row.id)
             if vm.final_at is None or at >= vm.final_at:
-                vm.final, vm.final_at = row.final_state, at
+                vm.final, vm.final_at = clean(row.final_state), at
                 note = plan.get("note") if row.action == FINAL_STATE_ACTION else None
-                vm.final_why = str(note or row.error or "")
+                vm.final_why = clean(note or row.error or "")
             if row.action == FINAL_STATE_ACTION:
                 vm.worked = True
         if row.action == FINAL_STATE_ACTION or row.outcome not in RAN:

@@ -136,12 +136,19 @@ def test_hostile_names_stay_literal(tmp_path: Path) -> None:
                        target_object=f"vm:{i}", target_name=name,
                        plan={"final_state": "Degraded", "note": name}, findings=[],
                        override=False, confirmed=True, outcome="ok", final_state="Degraded")
+        # A log written by something else may hold raw control bytes: still literal.
+        raw = json.loads(LOG.read_text().splitlines()[0])
+        raw.update(id=100, target_name="raw\x1b]52;c;eA==\x07", target_object="vm:raw",
+                   error="\x9b2J")
+        log.db.table("actions").insert(raw)
         report = build_report(log.rows())
+    assert any(d.vm.startswith("raw\\x1b") for d in report.disks)
+    assert "\x1b" not in to_csv(report) and "\x07" not in to_csv(report)
     md = to_markdown(report)
     assert "\x1b" not in md and "\\x1b" in md  # the escape made visible, never sent
     table = [line for line in md.splitlines() if line.startswith("| ")]
     vm_lines = [line for line in table if "Degraded" in line and "(all disks)" in line]
-    assert len(vm_lines) == len(names)
+    assert len(vm_lines) == len(names)  # the raw row's VM ended Operational
     for line in vm_lines:  # a name never adds a column
         assert line.count(" | ") == 9
     assert md_escape("a|b") == "a\\|b" and md_escape("[x]") == "\\[x\\]"
