@@ -624,6 +624,8 @@ def _signed_gb(n: int | None) -> str:
 
 def lun_chart(luns: Sequence[LunLine], *, width: int = 30, label: int = 16) -> list[str]:
     """Plain-text bars of each LUN's free space before and after, on one scale."""
+    if not luns:
+        return []
     scale = max([u.total or 0 for u in luns] + [u.free_before or 0 for u in luns]
                 + [u.free_after or 0 for u in luns] + [1])
     out = [f"{'LUN free space':<{label}} {'':6}  0{fmt_gb(scale):>{width}}"]

@@ -189,6 +189,11 @@ def test_cli_report_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     xlsx = tmp_path / "r.xlsx"
     assert main(["report", "--db", str(db), "--format", "xlsx", "--out", str(xlsx)]) == 0
     assert load_workbook(xlsx).sheetnames[0] == "VMs and disks"
+    assert main(["report", "--db", str(db), "--format", "chart", "--recording", str(RECORDING)]
+                ) == 0
+    chart = capsys.readouterr().out
+    assert chart.splitlines()[1].startswith("CSV-03-DATA3     before |██████")
+    assert "722.09 GB" in chart
     md = tmp_path / "r.md"
     assert main(["report", "--log", str(db), "--out", str(md)]) == 0
     assert md.read_text().startswith("# Campaign report")

@@ -5,7 +5,7 @@
     ventana --vsphere HOST[:PORT] --user USER [--ca-file PEM]   (monitoring only)
     ventana replay FILE [--speed N]
     ventana log [--csv] [--limit N]
-    ventana report [--format md|csv|xlsx] [--out PATH] [--db PATH] [--since ISO] [--until ISO]
+    ventana report [--format md|csv|xlsx|chart] [--out PATH] [--db PATH] [--since ISO] [--until ISO]
 
 With no target, the console opens on the built-in simulated cluster.
 """
@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit codes: 0 written; 1 the action log cannot be read; 2 bad "
         "arguments; 3 the output cannot be written.",
     )
-    report.add_argument("--format", choices=("md", "csv", "xlsx"), default="md",
-                        help="md (default) and csv go to stdout unless --out; xlsx needs --out")
+    report.add_argument("--format", choices=("md", "csv", "xlsx", "chart"), default="md",
+                        help="md (default), csv and chart (the LUN bars alone) go to stdout "
+                        "unless --out; xlsx needs --out")
     report.add_argument("--out", type=Path, metavar="PATH", help="write the report to PATH")
     report.add_argument("--db", type=Path, metavar="PATH",
                         help="the action log (default: --log, the config's log, or the XDG one)")
@@ -142,6 +143,7 @@ def cmd_report(args: argparse.Namespace, log_path: Path | None) -> int:
     from ventana.state.report import (
         ReportError,
         build_report,
+        lun_chart,
         lun_sightings,
         parse_time,
         to_csv,
@@ -182,7 +184,10 @@ def cmd_report(args: argparse.Namespace, log_path: Path | None) -> int:
         if args.format == "xlsx":
             write_xlsx(report, args.out)
             return 0
-        text = to_markdown(report) if args.format == "md" else to_csv(report)
+        if args.format == "chart":
+            text = "\n".join(lun_chart(report.luns) or ["No LUN seen in this range."]) + "\n"
+        else:
+            text = to_markdown(report) if args.format == "md" else to_csv(report)
         if args.out is None:
             sys.stdout.write(text)
         else:
