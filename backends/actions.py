@@ -72,6 +72,40 @@ def _what_changed(shown: Plan, fresh: Plan) -> str:
     return ""
 
 
+SETTLE_S = 1.0
+
+
+def where_now(store: Store, vm_id: str, when: str) -> dict[str, Any]:
+    """The VM's disks and LUN as the store shows them now, for the report.
+
+    Written into the plan at the intent (``when="before"``) and into the
+    outcome's detail at finish (``"after"``): ``disks_<when>`` lists each
+    base disk's id, path, size with its differencing chain, and file count;
+    ``lun_<when>`` the LUN's id, name, total and free bytes. Empty when the VM
+    is gone from the store.
+    """
+    vm = store.vm(vm_id)
+    if vm is None:
+        return {}
+    files = store.disks_of(vm_id)
+    by_path = {d.path: d for d in files}
+    disks: dict[str, dict[str, Any]] = {}
+    for d in files:  # each .avhdx counts towards the base disk at the root of its chain
+        root, seen = d, 0
+        while root.parent_path and root.parent_path in by_path and seen < len(files):
+            root, seen = by_path[root.parent_path], seen + 1
+        entry = disks.setdefault(root.id, {"id": root.id, "path": root.path, "size": 0,
+                                           "files": 0})
+        entry["size"] += d.size_bytes
+        entry["files"] += 1
+    data: dict[str, Any] = {f"disks_{when}": sorted(disks.values(), key=lambda e: e["path"])}
+    lun = store.lun(vm.lun_id) if vm.lun_id else None
+    if lun is not None:
+        data[f"lun_{when}"] = {"id": lun.id, "name": lun.name, "total": lun.total_bytes,
+                               "free": lun.free_bytes}
+    return data
+
+
 class ActionRecorder(Protocol):
     def write_action(self, data: dict[str, Any]) -> None: ...
 
@@ -101,6 +135,10 @@ class ActionRunner:
         self.clock = clock
         self.mode = mode or ("read-only" if backend.read_only else "read-write")
         self.flags = flags  # e.g. "TLS NOT VERIFIED": kept in every row's plan
+        #: Brings the store up to date with the backend's last events before the
+        #: outcome row reads the disks and LUN "after" (the app applies its event
+        #: buffer); bounded by SETTLE_S. None: read the store as it is.
+        self.settle: Callable[[], Awaitable[None]] | None = None
 
     @property
     def read_only(self) -> bool:
@@ -127,7 +165,8 @@ class ActionRunner:
                 mode=self.mode,
                 target_object=plan.target,
                 target_name=plan.target_name,
-                plan={**plan.to_log(), "session_flags": self.flags},
+                plan={**plan.to_log(), "session_flags": self.flags,
+                      **where_now(self.store, plan.target.partition(":")[2], "before")},
                 findings=findings_to_log(plan.findings),
                 override=override,
                 confirmed=False,
@@ -224,6 +263,7 @@ class ActionRunner:
                     **fresh.to_log(),
                     "overridden": sorted(blocking) if override else [],
                     "session_flags": self.flags,
+                    **where_now(self.store, obj_id, "before"),
                 },
                 findings=findings_to_log(fresh.findings),
                 override=bool(override and blocking),
@@ -254,6 +294,14 @@ class ActionRunner:
                 final_state=FinalState.PENDING,
             )
 
+        closing = False
+        if self.settle is not None:
+            try:
+                await asyncio.wait_for(self.settle(), SETTLE_S)
+            except asyncio.CancelledError:
+                closing = True  # log the outcome first, then let the console close
+            except Exception:  # a stale "after" is better than a lost outcome
+                pass
         if not result.state.finished:  # a backend must not report "still running" here
             result = dataclasses.replace(result, state=TaskState.UNKNOWN,
                                          error=result.error or "the backend gave no outcome")
@@ -266,7 +314,8 @@ class ActionRunner:
                 size_before=result.size_before,
                 size_after=result.size_after,
                 final_state=result.final_state.value if result.final_state else None,
-                detail={"detail": result.detail} if result.detail else None,
+                detail={**({"detail": result.detail} if result.detail else {}),
+                        **where_now(self.store, obj_id, "after")},
             )
         except ActionLogError as exc:
             # The intent row stays; it reads "interrupted — verify" later.
@@ -288,6 +337,8 @@ class ActionRunner:
                 "error": result.error,
             }
         )
+        if closing:
+            raise asyncio.CancelledError
         return result
 
     def _finish_quietly(self, row: int, why: str) -> None:

@@ -50,6 +50,12 @@ def main() -> int:
           f"inventory of {results['inventory_entities']:,} entities applied in "
           f"{results['inventory_apply_s']} s")
 
+    from .report import print_report, run_report
+
+    report = run_report()
+    print_report(report)
+    results.update(report)
+
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")

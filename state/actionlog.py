@@ -545,10 +545,14 @@ class ActionLog:
         outcome: str,
         error: str = "",
         task_id: str = "",
+        final_state: FinalState | str | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> int:
-        """One finished row at once, for cancelled and refused actions."""
+        """One finished row at once, for cancelled and refused actions and for
+        changes made only in the log (an operator setting a VM's final state)."""
         if outcome not in FINISHED_OUTCOMES:
             raise ValueError(f"outcome must be one of {FINISHED_OUTCOMES}, not {outcome!r}")
+        final = FinalState(final_state).value if final_state is not None else None
         row = self._intent(
             action=action, target_system=target_system, mode=mode,
             target_object=target_object, target_name=target_name, plan=plan,
@@ -556,6 +560,10 @@ class ActionLog:
         )
         now = _iso(_now())
         row.update(started=now, ended=now, duration_s=0.0, outcome=outcome, error=_text(error))
+        if final is not None:
+            row["final_state"] = final
+        if detail is not None:
+            row["detail"] = _json(detail)
         with self._write():
             table = self.db.table(TABLE)
             table.insert(row)
@@ -583,6 +591,18 @@ class ActionLog:
     def get(self, row_id: int) -> LogRow | None:
         found = self._select(f"select * from {TABLE} where id = ?", (row_id,))
         return self._row(found[0]) if found else None
+
+    def final_states(self) -> dict[str, str]:
+        """Each target's latest final state (by when it was set; the last row wins).
+
+        An action's outcome sets it and an operator's ``final-state`` row
+        replaces it; a later action replaces that in turn.
+        """
+        found = self._select(
+            f"select target_object, final_state from {TABLE} where final_state is not null "
+            "order by coalesce(ended, started), id"
+        )
+        return {r["target_object"]: r["final_state"] for r in found}
 
     @staticmethod
     def _row(r: dict[str, Any]) -> LogRow:

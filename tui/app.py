@@ -91,10 +91,12 @@ class VentanaApp(App[None]):
             mode=mode, flags=flags,
         )
         self.flags = flags
+        self.runner.settle = self._settle_store
         self.read_only_reason = read_only_reason or "this session cannot change the cluster"
         self._flush_interval = 1.0 / flush_hz
         self._pending: list[Event] = []
         self._selected_vm: str | None = None
+        self._final_states: dict[str, str] = {}  # "vm:id" → final state, from the action log
         self._recording_lost = False
         self._actions_running = 0
         # The first inventory is applied in one batch (every row built once);
@@ -151,6 +153,7 @@ class VentanaApp(App[None]):
         self.store.subscribe(self._on_delta)
         self.set_interval(self._flush_interval, self._flush_events)
         self.run_worker(self._pump(), name="event-pump", group="backend", exit_on_error=False)
+        self.run_worker(self._load_final_states(), group="final-states", exit_on_error=False)
         self.query_one(VmTable).focus()
 
     # -- the event stream --------------------------------------------------------
@@ -294,6 +297,9 @@ class VentanaApp(App[None]):
         pane.show_vm(self.store, vm_id)
         vm = self.store.vm(vm_id) if vm_id else None
         pane.border_title = Text(f"Checkpoints — {vm.name}") if vm else "Checkpoints"
+        final = self.final_state_of(vm_id) if vm_id else None
+        if vm and final:
+            pane.border_title = Text(f"Checkpoints — {vm.name} · final state: {final}")
 
     # -- read-only, bindings, palette -------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -442,6 +448,108 @@ class VentanaApp(App[None]):
         self.notify(message, title=f"{plan.action.capitalize()} finished", severity=severity,
                     markup=False, timeout=15)
         self.last_result = result
+        if result.final_state is not None:
+            self._set_final_state(plan.target, result.final_state.value)
 
     async def on_unmount(self) -> None:
         await self.backend.close()
+
+    # -- the campaign report and final states ----------------------------------------
+    def action_report(self) -> None:
+        from ventana.state.model import Lun
+
+        from .report_screen import ReportScreen
+
+        luns = [lun for lun in self.store.all(Kind.LUN) if isinstance(lun, Lun)]
+        self.push_screen(ReportScreen(self.action_log, self.runner.log_error, luns))
+
+    def final_state_of(self, vm_id: str) -> str | None:
+        """The VM's final state as the action log has it (None: never set)."""
+        return self._final_states.get(f"{Kind.VM.value}:{vm_id}")
+
+    def _set_final_state(self, target: str, state: str) -> None:
+        self._final_states[target] = state
+        kind, _, vm_id = target.partition(":")
+        if kind == Kind.VM.value and vm_id == self._selected_vm:
+            with contextlib.suppress(NoMatches):
+                self._show_vm(vm_id)
+
+    async def _load_final_states(self) -> None:
+        import asyncio
+
+        if self.action_log is None:
+            return
+        try:
+            states = await asyncio.to_thread(self.action_log.final_states)
+        except Exception as exc:  # the console works without them
+            self.notify(f"Final states could not be read from the action log: "
+                        f"{clean(str(exc))}", severity="warning", markup=False)
+            return
+        for target, state in states.items():  # an edit made meanwhile stays
+            self._final_states.setdefault(target, state)
+        if self._selected_vm is not None:
+            with contextlib.suppress(NoMatches):
+                self._show_vm(self._selected_vm)
+
+    def action_final_state(self) -> None:
+        from .final_state_screen import FinalStateScreen
+
+        vm_id = self.selected_vm_id()
+        vm = self.store.vm(vm_id) if vm_id else None
+        if vm is None:
+            self.notify("Select a VM first.", severity="warning")
+            return
+        if self.runner.mode == "replay":
+            self.notify("A replay shows a recorded session: final states are set on a live "
+                        "console.", severity="warning")
+            return
+        if self.action_log is None:
+            self.notify(f"The action log is unavailable, so the final state cannot be "
+                        f"recorded: {clean(self.runner.log_error)}", severity="error",
+                        markup=False)
+            return
+        self.push_screen(FinalStateScreen(vm.name, self.final_state_of(vm.id)),
+                         callback=partial(self._final_state_chosen, vm.id, vm.name))
+
+    def _final_state_chosen(self, vm_id: str, vm_name: str, choice: object) -> None:
+        if choice is None:
+            return
+        self.run_worker(self._record_final_state(vm_id, vm_name, choice),
+                        group="final-states", exit_on_error=False)
+
+    async def _record_final_state(self, vm_id: str, vm_name: str, choice: object) -> None:
+        import asyncio
+
+        from ventana.state.actionlog import ActionLogError
+
+        from .final_state_screen import FinalStateChoice
+
+        assert isinstance(choice, FinalStateChoice) and self.action_log is not None
+        target = f"{Kind.VM.value}:{vm_id}"
+        previous = self.final_state_of(vm_id)
+        try:
+            await asyncio.to_thread(
+                self.action_log.record,
+                action="final-state", target_system=self.backend.target, mode=self.runner.mode,
+                target_object=target, target_name=vm_name,
+                plan={"final_state": choice.state.value, "previous": previous,
+                      "note": choice.note},
+                findings=[], override=False, confirmed=True, outcome="ok",
+                final_state=choice.state,
+                detail={"note": choice.note} if choice.note else None,
+            )
+        except ActionLogError as exc:
+            self.notify(f"The final state was not recorded: {clean(str(exc))}",
+                        severity="error", markup=False, timeout=30)
+            return
+        self._set_final_state(target, choice.state.value)
+        self.notify(f"{vm_name}: final state {choice.state.value}"
+                    + (f" ({choice.note})" if choice.note else ""), markup=False)
+
+    async def _settle_store(self) -> None:
+        """Apply the backend's events received so far (an outcome reads the store next)."""
+        import asyncio
+
+        await asyncio.sleep(self._flush_interval)  # the pump takes what the backend sent
+        if not self._loading:
+            self._flush_events()

@@ -5,6 +5,7 @@
     ventana --vsphere HOST[:PORT] --user USER [--ca-file PEM]   (monitoring only)
     ventana replay FILE [--speed N]
     ventana log [--csv] [--limit N]
+    ventana report [--format md|csv|xlsx|chart] [--out PATH] [--db PATH] [--since ISO] [--until ISO]
 
 With no target, the console opens on the built-in simulated cluster.
 """
@@ -80,6 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--csv", action="store_true", help="export every row as CSV to stdout")
     log.add_argument("--limit", type=int, default=50)
     _add_common(log)
+    report = sub.add_parser(
+        "report", help="the campaign report from the action log (Markdown, CSV or xlsx)",
+        description="Exit codes: 0 written; 1 the action log cannot be read; 2 bad "
+        "arguments; 3 the output cannot be written.",
+    )
+    report.add_argument("--format", choices=("md", "csv", "xlsx", "chart"), default="md",
+                        help="md (default), csv and chart (the LUN bars alone) go to stdout "
+                        "unless --out; xlsx needs --out")
+    report.add_argument("--out", type=Path, metavar="PATH", help="write the report to PATH")
+    report.add_argument("--db", type=Path, metavar="PATH",
+                        help="the action log (default: --log, the config's log, or the XDG one)")
+    report.add_argument("--since", metavar="ISO", help="only rows started at or after this time")
+    report.add_argument("--until", metavar="ISO", help="only rows started at or before this time")
+    report.add_argument("--recording", type=Path, metavar="FILE",
+                        help="a recording: every LUN it saw joins the LUN table")
+    report.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                        help="how long to wait for a locked action log (default 10)")
+    _add_common(report)
     return parser
 
 
@@ -116,6 +135,66 @@ def cmd_log(args: argparse.Namespace, log_path: Path | None) -> int:
         return 0
     finally:
         log.close()
+
+
+def cmd_report(args: argparse.Namespace, log_path: Path | None) -> int:
+    from ventana.state.paths import default_log_path
+    from ventana.state.recording import RecordingError, read_recording
+    from ventana.state.report import (
+        ReportError,
+        build_report,
+        lun_chart,
+        lun_sightings,
+        parse_time,
+        to_csv,
+        to_markdown,
+        write_xlsx,
+    )
+
+    def fail(code: int, message: str) -> int:
+        print(f"ventana report: {clean(message)}", file=sys.stderr)
+        return code
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ReportError as exc:
+        return fail(2, str(exc))
+    if args.format == "xlsx" and args.out is None:
+        return fail(2, "--format xlsx needs --out PATH (a workbook is not written to a terminal)")
+    path = args.db or log_path or default_log_path()
+    if not path.is_file():  # a report never creates an empty log
+        return fail(1, f"no action log at {path}")
+    luns = []
+    if args.recording is not None:
+        try:
+            luns = lun_sightings(read_recording(args.recording))
+        except (RecordingError, OSError) as exc:
+            return fail(1, f"cannot read the recording {args.recording}: {exc}")
+    try:
+        with ActionLog.open(path, busy_timeout=max(0.0, args.wait)) as log:
+            rows = log.rows(newest_first=False)
+    except ActionLogError as exc:
+        return fail(1, str(exc))
+    try:
+        report = build_report(rows, since=since, until=until, luns=luns)
+    except ReportError as exc:
+        return fail(2, str(exc))
+    try:
+        if args.format == "xlsx":
+            write_xlsx(report, args.out)
+            return 0
+        if args.format == "chart":
+            text = "\n".join(lun_chart(report.luns) or ["No LUN seen in this range."]) + "\n"
+        else:
+            text = to_markdown(report) if args.format == "md" else to_csv(report)
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            args.out.write_text(text, encoding="utf-8", newline="")
+    except OSError as exc:
+        return fail(3, f"cannot write {args.out}: {exc.strerror or exc}")
+    return 0
 
 
 def _sim_backend(args: argparse.Namespace, options: dict[str, object], read_only: bool) -> Backend:
@@ -217,6 +296,8 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
 
     if args.command == "log":
         return cmd_log(args, log_path)
+    if args.command == "report":
+        return cmd_report(args, log_path)
 
     mode: str | None = None
     reason = ""

@@ -39,6 +39,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("help", "question_mark", "Help", "Show keys and commands", "Help"),
     Command("quit", "q", "Quit", "Leave the console (running tasks continue on the cluster)",
             "Quit"),
+    Command("report", "r", "Campaign report", "The campaign report from the action log: VMs "
+            "and disks before/after, LUN free space with a bar chart, totals, pending tasks",
+            "Report", show=False),
+    Command("final_state", "e", "Set final state", "Set the selected VM's final state "
+            "(Operational, Degraded, …) with a note; written to the action log, nothing is "
+            "sent to the cluster", "State", show=False),
 )
 
 MUTATING_ACTIONS = frozenset(c.action for c in COMMANDS if c.mutating)
