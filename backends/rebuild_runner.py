@@ -16,6 +16,7 @@ confirmation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ from ventana.state.rebuild import (
     StepState,
     manual_steps,
     plan_rebuild,
+    step_commands,
 )
 from ventana.state.sanitize import clean
 
@@ -100,7 +102,6 @@ class RebuildRun:
     async def _step(self, wf: Rebuild, name: str) -> ActionResult | None:
         commands = self.plan.facts.get("step_commands") or {}
         if wf.capture is not None and name != "capture":
-            from ventana.state.rebuild import step_commands
             commands = step_commands(
                 {"name": wf.vm_name, "node": wf.node, "vm_id": wf.vm_id,
                  "old_name": wf.old_vm_name}, wf.capture, wf.to_last_parent)
@@ -201,23 +202,20 @@ class RebuildRun:
         if name == "capture":
             final = FinalState.PENDING
         with_manual = f"{STEP_TITLES[name]} failed: {error} What to do: {manual}"
-        try:
+        # If this fails, the intent row stays and reads "interrupted — verify".
+        with contextlib.suppress(ActionLogError):
             self.log.finish(row, outcome="unknown" if unknown else "failed", error=with_manual,
                             final_state=final, detail=detail)
-        except ActionLogError:
-            pass  # the intent row stays and reads "interrupted — verify"
         return ActionResult(TaskState.UNKNOWN if unknown else TaskState.FAILED,
                             error=with_manual, final_state=final)
 
     def _fail_quietly(self, wf: Rebuild, name: str, row: int, why: str) -> None:
-        try:
+        with contextlib.suppress(ActionLogError):
             self.rs.step_update(self.id, name, state=StepState.FAILED, ended=_iso(), error=why,
                                 manual=manual_steps(name, wf))
             self.rs.set_state(self.id, RebuildState.FAILED)
             self.log.finish(row, outcome="unknown", error=why,
                             final_state=FinalState.PENDING.value)
-        except ActionLogError:
-            pass
 
     def _complete(self) -> ActionResult:
         wf = self.wf

@@ -676,8 +676,9 @@ def plan_rebuild(store: Any, vm_id: str, now: datetime, *, db: str = "",
                      ("to the last parent — the newest checkpoint stays (replication)"
                       if to_last_parent else "into a single disk"))
         elif name == "create":
+            version = cluster_max_version(store, vm.cluster_id)
             extra = (f": same name, Gen{vm.generation}, {vm.vcpus} vCPU, {vm.memory_mb} MB, NICs "
-                     f"and disks from the capture; version {cluster_max_version(store, vm.cluster_id)}")
+                     f"and disks from the capture; version {version}")
         elif name == "keep_old":
             extra = f": renamed {old}, off, until you remove it"
         steps_text.append(f"[{state}] {title}{extra}")

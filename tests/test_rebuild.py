@@ -18,7 +18,14 @@ from ventana.backends.base import REBUILD_UNAVAILABLE, ReadOnlyError
 from ventana.backends.rebuild_runner import execute_rebuild  # noqa: F401 - registers "rebuild"
 from ventana.backends.sim import SimBackend
 from ventana.state.actionlog import ActionLog
-from ventana.state.model import VM, CheckpointKind, FinalState, PowerState, ReplicationState, TaskState
+from ventana.state.model import (
+    VM,
+    CheckpointKind,
+    FinalState,
+    PowerState,
+    ReplicationState,
+    TaskState,
+)
 from ventana.state.rebuild import STEP_NAMES, RebuildState, RebuildStore, StepState
 from ventana.state.store import Store
 
@@ -171,7 +178,7 @@ async def test_boot_order_incident_is_caught(tmp_path: Path) -> None:
     db = tmp_path / "actions.db"
     async with Session(quiet()) as s:  # the workflow itself gets it right
         vm = s.store.vm(vm.id)
-        _, result, wf = await rebuild(s, db, vm, None)
+        _, _, wf = await rebuild(s, db, vm, None)
         assert wf.step("verify_boot").state is StepState.DONE, wf.step("verify_boot").error
         assert "SCSI 0:1" in wf.step("verify_boot").message
 
