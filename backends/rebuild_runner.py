@@ -58,6 +58,7 @@ class RebuildRun:
         self.task_id = task_id
         self.target_system = getattr(getattr(executor, "_backend", None), "target", "?")
         self.flags: list[str] = []
+        self.size_after: int | None = None
 
     @property
     def wf(self) -> Rebuild:
@@ -166,7 +167,8 @@ class RebuildRun:
                     self.rs.update(self.id, capture=result.data)
             elif name == "create":
                 self.rs.update(self.id, new_vm_id=str(result.data.get("vm_id", "")))
-                detail["new_vm_id"] = result.data.get("vm_id")
+                detail.update(result.data)
+                self.size_after = result.data.get("size_bytes")
             elif name == "services":
                 before = set((wf.capture or {}).get("services") or [])
                 after = set(result.data.get("services") or [])
@@ -226,10 +228,12 @@ class RebuildRun:
                    f"{wf.old_vm_name} until you remove it")
         self.rs.set_state(self.id, RebuildState.DONE,
                           result={"flags": self.flags, "new_vm_id": wf.new_vm_id})
+        sizes = {"size_before": self.plan.size_before, "size_after": self.size_after}
         if self.flags:
             return ActionResult(TaskState.WARNING, error="; ".join(self.flags),
-                                final_state=FinalState.PENDING, detail=summary)
-        return ActionResult(TaskState.OK, final_state=FinalState.OPERATIONAL, detail=summary)
+                                final_state=FinalState.PENDING, detail=summary, **sizes)
+        return ActionResult(TaskState.OK, final_state=FinalState.OPERATIONAL, detail=summary,
+                            **sizes)
 
 
 async def execute_rebuild(executor: Executor, vm_id: str, task_id: str, plan: Plan
@@ -253,7 +257,19 @@ async def execute_rebuild(executor: Executor, vm_id: str, task_id: str, plan: Pl
                 to_last_parent=bool(plan.facts.get("to_last_parent")),
                 old_vm_name=str(plan.facts.get("old_name") or f"{plan.target_name}-old"),
             )
-        return await RebuildRun(executor, log, rs, wf, plan, task_id).run()
+        run = RebuildRun(executor, log, rs, wf, plan, task_id)
+        try:
+            return await run.run()
+        except ActionLogError as exc:  # a step's intent row could not be written
+            with contextlib.suppress(ActionLogError):
+                rs.set_state(wf.id, RebuildState.FAILED)
+            return ActionResult(TaskState.FAILED, error="the action log cannot be written, so "
+                                f"the next step was not started: {exc}",
+                                final_state=FinalState.PENDING)
+        except Exception:
+            with contextlib.suppress(ActionLogError):
+                rs.set_state(wf.id, RebuildState.FAILED)
+            raise
     finally:
         rs.close()
         log.close()

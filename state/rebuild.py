@@ -45,7 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from .actionlog import _BOOT, _HOST, ActionLogError, _proc_start, redact, writer_alive
+from .derived import PAUSE_CRITICAL_MARGIN, human_bytes, merge_space
+from .model import Finding, Kind, LunState, PowerState, ReplicationState, Severity
+from .plans import Estimate, Plan, cluster_max_version
 from .sanitize import clean
+from .store import Store, ref
 
 
 class StepState(StrEnum):
@@ -285,8 +289,10 @@ class Rebuild:
 
     @property
     def interrupted(self) -> bool:
-        """A step reads "running" but the console that ran it is gone."""
-        if not any(s.state is StepState.RUNNING for s in self.steps):
+        """It reads "running" but the console that ran it is gone."""
+        running = self.state is RebuildState.RUNNING or any(
+            s.state is StepState.RUNNING for s in self.steps)
+        if not running:
             return False
         return not writer_alive(self.host, self.boot_id, self.pid, self.proc_start)
 
@@ -542,8 +548,8 @@ COPY_MB_PER_S = 150.0
 _FIXED_MIN = 15.0  # create, first boot and checks
 
 
-def plan_rebuild(store: Any, vm_id: str, now: datetime, *, db: str = "",
-                 workflow: str | None = None) -> Any:
+def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
+                 workflow: str | None = None) -> Plan:
     """Plan a rebuild of a VM, or the resumption of an unfinished one.
 
     ``db`` is the action-log file (it holds the rebuild tables); ``workflow``
@@ -557,11 +563,6 @@ def plan_rebuild(store: Any, vm_id: str, now: datetime, *, db: str = "",
     boot device comes from the capture (blocking on resume if the capture
     has none).
     """
-    from .derived import PAUSE_CRITICAL_MARGIN, human_bytes, merge_space
-    from .model import Finding, Kind, LunState, PowerState, ReplicationState, Severity
-    from .plans import Estimate, Plan, cluster_max_version
-    from .store import ref
-
     vm = store.vm(vm_id)
     if vm is None:
         raise KeyError(f"no VM {vm_id!r} in the current view")
@@ -607,7 +608,7 @@ def plan_rebuild(store: Any, vm_id: str, now: datetime, *, db: str = "",
         add(Severity.BLOCKING, "REBUILD_FINISHED", f"This rebuild is {wf.state.value}.")
     if wf is not None and wf.state is RebuildState.RUNNING and not wf.interrupted:
         add(Severity.BLOCKING, "REBUILD_RUNNING", "This rebuild is running in a console now.")
-    busy = [t for t in store.running_tasks_for(target)]
+    busy = list(store.running_tasks_for(target))
     if busy:
         add(Severity.BLOCKING, "VM_BUSY",
             f"A task is running on this VM: {busy[0].kind} {busy[0].pct:.0f}%. Wait for it.")
@@ -657,10 +658,13 @@ def plan_rebuild(store: Any, vm_id: str, now: datetime, *, db: str = "",
                 "Gen2: the new VM's first boot device and Secure Boot template are set from "
                 "the capture, and checked before it starts; the rebuild stops after the "
                 "capture if it holds no boot order.")
-    if resuming:
+    if wf is not None and resuming:
+        nxt = wf.next_step
         add(Severity.INFO, "RESUME",
-            f"Resuming: {wf.done_count} of {len(STEPS)} steps are done; it continues with "  # type: ignore[union-attr]
-            f"'{(wf.next_step.title if wf.next_step else '-')}'.")  # type: ignore[union-attr]
+            f"Resuming ({wf.status}): {wf.done_count} of {len(STEPS)} steps are done; it "
+            f"continues with '{nxt.title if nxt else '-'}'"
+            + (", which was interrupted: verify on the host first (what to do is in the "
+               "checklist)" if wf.interrupted else "") + ".")
 
     when = now
     old = wf.old_vm_name if wf else old_name(vm.name, when)

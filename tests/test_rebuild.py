@@ -34,12 +34,13 @@ def runner(s: Session, db: Path) -> ActionRunner:
     return ActionRunner(s.store, s.backend, ActionLog.open(db), clock=s.backend.now)
 
 
-def candidate(store: Store, want=lambda vm: True) -> VM:  # type: ignore[no-untyped-def]
-    """A running, non-replicating VM with a chain on a roomy CSV."""
+def candidate(store: Store, want=lambda vm: True,  # type: ignore[no-untyped-def]
+              power: PowerState = PowerState.RUNNING) -> VM:
+    """A non-replicating VM (running by default) with a chain on a roomy CSV."""
     for vm in sorted(store.vms(), key=lambda v: v.name):
         lun = store.lun(vm.lun_id)
         size = sum(d.size_bytes for d in store.disks_of(vm.id))
-        if (vm.power is PowerState.RUNNING and vm.replication is ReplicationState.DISABLED
+        if (vm.power is power and vm.replication is ReplicationState.DISABLED
                 and store.checkpoints_of(vm.id) and lun is not None
                 and lun.free_bytes > 3 * size + 2 * 1024**3 and want(vm)):
             return vm
@@ -50,7 +51,8 @@ async def rebuild(s: Session, db: Path, vm: VM, workflow: str | None = None):  #
     r = runner(s, db)
     params = {"db": str(db), **({"workflow": workflow} if workflow else {})}
     plan = r.plan("rebuild", vm.id, **params)
-    result = await r.execute(plan, plan.target_name, override=bool(plan.blocking))
+    assert not plan.blocking, [f.code for f in plan.blocking]
+    result = await r.execute(plan, plan.target_name)
     await s.settle()
     rs = RebuildStore.open(db)
     wf = rs.latest(vm.id)
@@ -280,3 +282,65 @@ async def test_backends_without_rebuild_refuse_before_sending() -> None:
 
     result = await Plain(SimBackend()).capture("vm", "t")
     assert result.state is TaskState.FAILED and REBUILD_UNAVAILABLE in result.error
+
+
+async def test_an_interrupted_step_is_run_again_on_resume(tmp_path: Path) -> None:
+    """The console died during a step: the rebuild reads "interrupted —
+    verify on the host", can be resumed (after a new confirmation), and the
+    step runs again."""
+    import sqlite3
+
+    db = tmp_path / "actions.db"
+    async with Session(quiet()) as s:
+        vm = candidate(s.store)
+        s.backend.rebuild.fail_next("capture", vm.name)
+        _, _, wf = await rebuild(s, db, vm)
+        rs = RebuildStore.open(db)
+        rs.claim(wf.id)
+        rs.step_update(wf.id, "capture", state=StepState.RUNNING, error="")
+        rs.close()
+        with sqlite3.connect(db) as conn:  # the writer: a process that is gone
+            conn.execute("update rebuilds set pid = 999999999, proc_start = 1 where id = ?",
+                         (wf.id,))
+        rs = RebuildStore.open(db)
+        stuck = rs.get(wf.id)
+        assert stuck is not None and stuck.interrupted
+        assert stuck.status == "interrupted — verify on the host"
+        r = runner(s, db)
+        plan = r.plan("rebuild", vm.id, db=str(db), workflow=wf.id)
+        assert not plan.blocking and "interrupted" in next(
+            f.message for f in plan.findings if f.code == "RESUME")
+        _, result, done = await rebuild(s, db, vm, workflow=wf.id)
+        assert result.state is TaskState.OK and done.state is RebuildState.DONE
+
+
+async def test_off_vm_skips_the_services_comparison(tmp_path: Path) -> None:
+    db = tmp_path / "actions.db"
+    async with Session(quiet()) as s:
+        vm = candidate(s.store, power=PowerState.OFF)
+        plan, result, wf = await rebuild(s, db, vm)
+        assert "GUEST_NOT_REACHABLE" in {f.code for f in plan.findings}
+        assert wf.step("services").state is StepState.SKIPPED
+        assert wf.capture["nics"][0]["ipv4"] is None and wf.capture["services"] is None
+        assert result.state is TaskState.WARNING and "not compared" in result.error
+        assert s.store.vm(wf.new_vm_id).power is PowerState.RUNNING
+
+
+async def test_saved_vm_is_blocked(tmp_path: Path) -> None:
+    db = tmp_path / "actions.db"
+    async with Session(quiet()) as s:
+        vm = next(v for v in s.store.vms() if v.power is PowerState.SAVED)
+        plan = runner(s, db).plan("rebuild", vm.id, db=str(db))
+        assert "VM_SAVED" in {f.code for f in plan.blocking}
+        with pytest.raises(ActionRefused):
+            await runner(s, db).execute(plan, plan.target_name)
+
+
+async def test_no_room_for_the_copy_is_blocked(tmp_path: Path) -> None:
+    db = tmp_path / "actions.db"
+    async with Session(quiet()) as s:
+        data1 = next(x for x in s.store.luns() if x.name == "CSV-DATA1")
+        vm = next(v for v in s.store.vms() if v.lun_id == data1.id)
+        plan = runner(s, db).plan("rebuild", vm.id, db=str(db))
+        finding = next(f for f in plan.blocking if f.code == "NO_SPACE")
+        assert "copy of the consolidated disk" in finding.message

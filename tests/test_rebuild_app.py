@@ -176,3 +176,25 @@ async def test_read_only_console_cannot_rebuild(tmp_path: Path) -> None:
         with pytest.raises(ReadOnlyError):
             await app.runner.execute(plan, plan.target_name)
         assert unfinished(tmp_path) == []
+
+
+async def test_abandon_a_failed_rebuild(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        vm_id = pick(app)
+        name = app.store.vm(vm_id).name
+        app.backend.rebuild.fail_next("capture", name)  # type: ignore[attr-defined]
+        app.query_one(VmTable).select_vm(vm_id)
+        await pilot.press("b")
+        await confirm(pilot, name)
+        await wait_for(pilot, lambda: latest(tmp_path, vm_id) is not None
+                       and latest(tmp_path, vm_id).state is RebuildState.FAILED)
+        await pilot.pause(0.6)
+        await pilot.press("x")
+        await pilot.pause(0.2)
+        await pilot.click("#yes")
+        await wait_for(pilot, lambda: latest(tmp_path, vm_id).state is RebuildState.ABANDONED)
+        assert unfinished(tmp_path) == []
+        row = ActionLog.open(tmp_path / "actions.db").rows()[0]
+        assert row.action == "rebuild.abandon" and row.outcome == "cancelled"

@@ -6,9 +6,10 @@ Secure Boot template, CPU/RAM, NICs with switch/VLAN/MAC/IPv4, disks with
 their controllers, checkpoints, guest services); and, when a step failed,
 the VM's known state and what to do by hand. ``p`` asks the rebuild to pause
 after the running step; ``r`` resumes a paused or failed one through a new
-plan and typed confirmation. The screen reads the rebuild tables of the
-action-log file twice a second, so it follows a rebuild whichever worker
-runs it.
+plan and typed confirmation; ``x`` abandons one the operator finished or
+rolled back by hand (nothing is sent; the action log keeps a row). The
+screen reads the rebuild tables of the action-log file twice a second, so it
+follows a rebuild whichever worker runs it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ventana.state.model import Task
 from ventana.state.rebuild import Rebuild, RebuildState, RebuildStore, StepState
 from ventana.state.sanitize import clean
 
+from .confirm_screen import ConfirmScreen
 from .plan_screen import ACTION_TITLES
 
 ACTION_TITLES.setdefault("rebuild", "Rebuild ")
@@ -170,6 +172,7 @@ class RebuildScreen(ModalScreen[None]):
         Binding("escape,q", "dismiss", "Close"),
         Binding("p", "pause", "Pause after this step"),
         Binding("r", "resume", "Resume"),
+        Binding("x", "abandon", "Abandon (stop tracking)"),
     ]
 
     def __init__(self, db: Path, vm_id: str, *, workflow: str | None = None,
@@ -248,7 +251,7 @@ class RebuildScreen(ModalScreen[None]):
         self.query_one("#rebuild-capture", Static).update(capture_summary(wf.capture))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("pause", "resume") and self.read_only:
+        if action in ("pause", "resume", "abandon") and self.read_only:
             return None
         return True
 
@@ -274,3 +277,37 @@ class RebuildScreen(ModalScreen[None]):
         resume = getattr(self.app, "open_rebuild_plan", None)
         if callable(resume):
             resume(wf.vm_id, workflow=wf.id, show_checklist=False)
+
+    def action_abandon(self) -> None:
+        wf = self.wf
+        if wf is None or self._rs is None:
+            return
+        if not wf.state.unfinished or (wf.state is RebuildState.RUNNING and not wf.interrupted):
+            self.notify(f"The rebuild is {wf.status}; only a paused, failed or interrupted "
+                        "rebuild can be abandoned.", markup=False)
+            return
+        question = (f"Abandon the rebuild of {clean(wf.vm_name)}? Nothing is sent to the "
+                    "cluster: the VMs stay as they are now (see the checklist for what was "
+                    "done); the console stops offering to resume it. The action log keeps a row.")
+        self.app.push_screen(ConfirmScreen(question, "Abandon", "Keep"), callback=self._abandon)
+
+    def _abandon(self, yes: bool | None) -> None:
+        wf = self.wf
+        if not yes or wf is None or self._rs is None:
+            return
+        log = getattr(self.app, "action_log", None)
+        try:
+            if log is not None:
+                log.record(action="rebuild.abandon", target_system=wf.target_system,
+                           mode="read-write", target_object=f"vm:{wf.vm_id}",
+                           target_name=wf.vm_name,
+                           plan={"workflow": wf.id, "steps": {s.name: s.state.value
+                                                              for s in wf.steps}},
+                           findings=[], override=False, confirmed=True, outcome="cancelled",
+                           error="abandoned by the operator")
+            self._rs.set_state(wf.id, RebuildState.ABANDONED)
+        except ActionLogError as exc:
+            self.notify(f"Could not abandon: {clean(str(exc))}", severity="error", markup=False)
+            return
+        self.notify(f"Rebuild of {clean(wf.vm_name)} abandoned.", markup=False)
+        self.refresh_state()

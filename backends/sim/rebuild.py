@@ -356,9 +356,11 @@ class SimRebuild:
         rng = random.Random(f"rebuild:new:{self.seed}:{old.id}:{len(self.origin)}")
         new_id = guid(rng)
         disk_ids = []
+        total = 0
         for j, d in enumerate(capture.get("disks", [])):
             disk_id = guid(rng)
             size = self._flat_size(old.id, j)
+            total += size
             world.put(VirtualDisk(disk_id, new_id, str(d["new_path"]), DiskFormat.VHDX, size,
                                   int(d["max"]), None, old.lun_id))
             world.adjust_free(old.lun_id, -size)
@@ -394,7 +396,8 @@ class SimRebuild:
                           "controller_location": layout[j][2]} for j in by_slot] + order
             self.firmware[new_id] = Firmware(order, str(fw.get("secure_boot_template")
                                                         or "MicrosoftWindows"))
-        return StepResult(TaskState.OK, data={"vm_id": new_id, "disks": len(disk_ids)},
+        return StepResult(TaskState.OK, data={"vm_id": new_id, "disks": len(disk_ids),
+                                              "size_bytes": total},
                           detail=f"new VM {new.name} ({new_id}) created, version {version}")
 
     async def verify_boot(self, vm_id: str, capture: dict[str, Any], task_id: str
