@@ -628,7 +628,10 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
     if lun is None:
         add(Severity.BLOCKING, "LUN_UNKNOWN", "The volume under this VM's disks is not known.")
     total = sum(d.size_bytes for d in disks)
-    merge_needed = merge_space(store, vm_id).needed if "merge" not in done else 0
+    space = merge_space(store, vm_id)
+    merge_needed = space.needed if "merge" not in done else 0
+    freed_worst = space.freed_worst if "merge" not in done else 0
+    freed_best = space.freed_best if "merge" not in done else 0
     copy_needed = total if "create" not in done else 0
     needed = merge_needed + copy_needed
     if lun is not None:
@@ -704,8 +707,8 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
         lun_name=lun.name if lun else "",
         free_now=lun.free_bytes if lun else None,
         space_needed=needed,
-        free_after_worst=(lun.free_bytes - copy_needed) if lun else None,
-        free_after_best=(lun.free_bytes - copy_needed) if lun else None,
+        free_after_worst=(lun.free_bytes + freed_worst - copy_needed) if lun else None,
+        free_after_best=(lun.free_bytes + freed_best - copy_needed) if lun else None,
         size_before=total,
         estimate=Estimate(likely * 0.5, likely, likely * 3.0,
                           f"merge of {len(checkpoints)} checkpoint(s), copy of "

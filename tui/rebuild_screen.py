@@ -215,12 +215,11 @@ class RebuildScreen(ModalScreen[None]):
             return None
         if self.workflow:
             return rs.get(self.workflow)
-        found = rs.unfinished(self.vm_id) or ([rs.latest(self.vm_id)]
-                                              if rs.latest(self.vm_id) else [])
-        if found and found[-1] is not None:
-            self.workflow = found[-1].id
-            return found[-1]
-        return None
+        waiting = rs.unfinished(self.vm_id)
+        wf = waiting[-1] if waiting else rs.latest(self.vm_id)
+        if wf is not None:
+            self.workflow = wf.id
+        return wf
 
     def refresh_state(self) -> None:
         try:
