@@ -216,10 +216,10 @@ class RebuildScreen(ModalScreen[None]):
         if self.workflow:
             return rs.get(self.workflow)
         waiting = rs.unfinished(self.vm_id)
-        wf = waiting[-1] if waiting else rs.latest(self.vm_id)
-        if wf is not None:
-            self.workflow = wf.id
-        return wf
+        if waiting:  # follow this one from now on, whatever state it reaches
+            self.workflow = waiting[-1].id
+            return waiting[-1]
+        return rs.latest(self.vm_id)
 
     def refresh_state(self) -> None:
         try:
