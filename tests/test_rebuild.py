@@ -128,6 +128,7 @@ async def test_failure_in_each_step_stops_with_instructions(tmp_path: Path, step
             assert "Set-VMFirmware" in failed.manual
         if step == "keep_old":
             assert old.name == vm.name and "Rename-VM" in failed.manual
+        assert s.backend.world.audit() == []  # space, counts and chains still add up
         rows = {r.action: r for r in ActionLog.open(db).rows(newest_first=False)}
         assert rows["rebuild"].outcome == "failed"
         assert rows[f"rebuild.{step}"].outcome == "failed"
@@ -344,3 +345,13 @@ async def test_no_room_for_the_copy_is_blocked(tmp_path: Path) -> None:
         plan = runner(s, db).plan("rebuild", vm.id, db=str(db))
         finding = next(f for f in plan.blocking if f.code == "NO_SPACE")
         assert "copy of the consolidated disk" in finding.message
+
+
+async def test_failures_can_be_injected_through_the_config() -> None:
+    async with Session(quiet(rebuild_failures=(("capture", "app-01"),))) as s:
+        vm = next(v for v in s.store.vms() if v.name == "app-01")
+        ex = s.backend.executor()
+        first = await ex.capture(vm.id, "c1")
+        second = await ex.capture(vm.id, "c2")
+        assert first.state is TaskState.FAILED and "timed out" in first.error
+        assert second.state is TaskState.OK  # injected once
