@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from ventana.state.events import Event
 from ventana.state.model import FinalState, Platform, TaskState
@@ -30,6 +31,20 @@ class ActionResult:
     size_after: int | None = None
     final_state: FinalState | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """The outcome of one rebuild step on a host: ``data`` carries what it
+    produced (the capture, the new VM's id, the guest's services)."""
+
+    state: TaskState  # OK, WARNING, FAILED or UNKNOWN
+    error: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    detail: str = ""
+
+
+REBUILD_UNAVAILABLE = "rebuild is not available on this target; nothing was sent"
 
 
 class Executor(abc.ABC):
@@ -63,6 +78,41 @@ class Executor(abc.ABC):
             error=f"configuration-version upgrade is not available on {self._backend.target}; "
             "nothing was sent",
         )
+
+    # -- the rebuild workflow's steps (state/rebuild.py) ---------------------------
+    # Backends that can rebuild override these; the defaults refuse before
+    # anything is sent. Each returns a StepResult; progress goes out on the
+    # backend's stream under ``task_id``.
+
+    def _no_rebuild(self) -> StepResult:
+        self._guard("rebuild")
+        return StepResult(TaskState.FAILED, error=f"{REBUILD_UNAVAILABLE} ({self._backend.target})")
+
+    async def capture(self, vm_id: str, task_id: str) -> StepResult:
+        """Read the VM's configuration and guest facts; ``data`` is the capture."""
+        return self._no_rebuild()
+
+    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
+                            ) -> StepResult:
+        """Shut the VM down and merge its chain (all of it, or all but the newest)."""
+        return self._no_rebuild()
+
+    async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:
+        """Copy the consolidated disks and create a new VM; ``data['vm_id']`` is its id."""
+        return self._no_rebuild()
+
+    async def verify_boot(self, vm_id: str, capture: dict[str, Any], task_id: str
+                          ) -> StepResult:
+        """Check the boot device against the capture, start the VM, wait for its guest."""
+        return self._no_rebuild()
+
+    async def guest_services(self, vm_id: str, task_id: str) -> StepResult:
+        """The guest's running services (``data['services']``)."""
+        return self._no_rebuild()
+
+    async def retire_old(self, vm_id: str, new_name: str, task_id: str) -> StepResult:
+        """Keep the old VM as fallback: off, renamed, no automatic start."""
+        return self._no_rebuild()
 
     @abc.abstractmethod
     async def cancel(self, task_id: str) -> bool:

@@ -28,13 +28,15 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
+from ventana.backends import rebuild_runner  # noqa: F401 - registers the "rebuild" action
 from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.base import Backend, ReadOnlyError
-from ventana.state.actionlog import ActionLog
+from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.derived import human_bytes
 from ventana.state.events import ConnectionChanged, Event, LinkState
 from ventana.state.model import Kind, TaskState
 from ventana.state.plans import Plan
+from ventana.state.rebuild import RebuildStore
 from ventana.state.sanitize import clean
 from ventana.state.store import Delta, Store
 
@@ -47,6 +49,7 @@ from .log_screen import LogScreen, RecordedActionsScreen
 from .luns_pane import LunsPane
 from .nodes_pane import NodesPane
 from .plan_screen import Confirmation, PlanScreen
+from .rebuild_screen import RebuildScreen
 from .task_strip import TaskStrip
 from .vm_table import VmTable
 
@@ -150,6 +153,7 @@ class VentanaApp(App[None]):
                 f"{clean(self.runner.log_error)}",
                 title="Action log unavailable", severity="error", markup=False, timeout=60,
             )
+        self._announce_unfinished_rebuilds()
         self.store.subscribe(self._on_delta)
         self.set_interval(self._flush_interval, self._flush_events)
         self.run_worker(self._pump(), name="event-pump", group="backend", exit_on_error=False)
@@ -376,6 +380,77 @@ class VentanaApp(App[None]):
         self.push_screen(
             PlanScreen(plan, read_only=self.read_only), callback=partial(self._plan_closed, plan)
         )
+
+    # -- rebuild ----------------------------------------------------------------------
+    def _announce_unfinished_rebuilds(self) -> None:
+        """Say which rebuilds wait to be resumed (paused, failed or interrupted)."""
+        if self.action_log is None:
+            return
+        try:
+            rs = RebuildStore.open(self.action_log.path)
+            try:
+                waiting = rs.unfinished()
+            finally:
+                rs.close()
+        except ActionLogError as exc:
+            self.notify(f"Rebuild state cannot be read: {clean(str(exc))}", severity="warning",
+                        markup=False)
+            return
+        if waiting:
+            names = ", ".join(f"{clean(w.vm_name)} ({w.status})" for w in waiting[:5])
+            more = f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
+            self.notify(f"{len(waiting)} rebuild(s) unfinished: {names}{more} — select the VM "
+                        "and press b", title="Rebuilds waiting", severity="warning",
+                        markup=False, timeout=30)
+
+    def action_rebuild(self) -> None:
+        vm_id = self.selected_vm_id()
+        if vm_id is None:
+            self.notify("Select a VM first.", severity="warning")
+            return
+        if self.action_log is None:
+            self.notify("A rebuild keeps its state in the action log, which is not open: "
+                        f"{clean(self.runner.log_error)}", severity="error", markup=False)
+            return
+        try:
+            rs = RebuildStore.open(self.action_log.path)
+            try:
+                waiting = rs.unfinished(vm_id)
+                latest = rs.latest(vm_id)
+            finally:
+                rs.close()
+        except ActionLogError as exc:
+            self.notify(clean(str(exc)), severity="error", markup=False)
+            return
+        if waiting or (latest is not None and latest.new_vm_id == vm_id):
+            wf = waiting[-1] if waiting else latest
+            assert wf is not None
+            self.push_screen(RebuildScreen(self.action_log.path, wf.vm_id, workflow=wf.id,
+                                           read_only=self.read_only))
+            return
+        self.open_rebuild_plan(vm_id)
+
+    def open_rebuild_plan(self, vm_id: str, workflow: str | None = None, *,
+                          show_checklist: bool = True) -> None:
+        """Plan a rebuild (or its resumption): pre-flight, typed confirmation, then run."""
+        if self.action_log is None:
+            return
+        params: dict[str, object] = {"db": str(self.action_log.path)}
+        if workflow:
+            params["workflow"] = workflow
+        try:
+            plan = self.runner.plan("rebuild", vm_id, **params)
+        except (KeyError, ActionLogError) as exc:
+            self.notify(clean(str(exc)), severity="error", markup=False)
+            return
+
+        def closed(confirmation: Confirmation | None) -> None:
+            self._plan_closed(plan, confirmation)
+            if confirmation is not None and show_checklist:
+                self.push_screen(RebuildScreen(self.action_log.path, vm_id,  # type: ignore[union-attr]
+                                               workflow=workflow, read_only=self.read_only))
+
+        self.push_screen(PlanScreen(plan, read_only=self.read_only), callback=closed)
 
     def _plan_closed(self, plan: Plan, confirmation: Confirmation | None) -> None:
         if confirmation is None:

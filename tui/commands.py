@@ -30,6 +30,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("upgrade", "u", "Upgrade configuration version", "Plan and run the irreversible "
             "configuration-version upgrade of the selected VM (it must be off)", "Upgrade",
             mutating=True),
+    Command("rebuild", "b", "Rebuild VM", "Rebuild the selected VM on a fresh consolidated "
+            "disk (capture → merge → new VM → boot check → services check → keep the old "
+            "one), or open its unfinished rebuild: pause, resume, what to do by hand",
+            "Rebuild", mutating=True),
     Command("filter", "slash", "Filter VMs", "Filter the VM list (name, node, LUN, power, "
             "replication, task); Esc clears", "Filter"),
     Command("sort", "s", "Sort VMs", "Sort the VM list by the next column (S reverses)", "Sort"),

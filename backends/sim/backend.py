@@ -30,6 +30,7 @@ from .config import SimConfig
 from .executor import SimExecutor
 from .inventory import build_inventory
 from .merge import MergeJob
+from .rebuild import SimRebuild
 from .world import World
 
 Sleep = Callable[[float], Awaitable[object]]
@@ -62,7 +63,9 @@ class SimBackend(Backend):
         self._control: deque[Event] = deque()
         self._client_keys: set[Key] = set()
         self._jobs: dict[str, MergeJob] = {}
+        # Short operations in flight (upgrades, rebuild steps): UNKNOWN on close.
         self._upgrades: dict[str, asyncio.Future[ActionResult]] = {}
+        self._rebuild: SimRebuild | None = None
         self._attempts: Counter[str] = Counter()
         self._restore: asyncio.Task[None] | None = None
         self._anchor_real = 0.0  # loop time at which ...
@@ -95,6 +98,13 @@ class SimBackend(Backend):
     def set_read_only(self, value: bool) -> None:
         """Flip the session's mode; executors already handed out re-check it."""
         self._read_only = value
+
+    @property
+    def rebuild(self) -> SimRebuild:
+        """The simulated host's side of VM rebuilds (guest facts, new VMs)."""
+        if self._rebuild is None:
+            self._rebuild = SimRebuild(self)
+        return self._rebuild
 
     def _make_executor(self) -> SimExecutor:
         return SimExecutor(self)
@@ -218,8 +228,13 @@ class SimBackend(Backend):
         self._unknown_all("the session was closed while the merge was running")
 
     # -- actions -------------------------------------------------------------------
-    async def run_merge(self, vm_id: str, task_id: str) -> ActionResult:
-        """Start a merge on the simulated host and wait for its outcome."""
+    async def run_merge(self, vm_id: str, task_id: str, *, keep_last: bool = False,
+                        force_fail: bool = False) -> ActionResult:
+        """Start a merge on the simulated host and wait for its outcome.
+
+        ``keep_last`` merges to the last parent (the newest checkpoint stays,
+        replication is not broken); ``force_fail`` is the rebuild tests' hook.
+        """
         if not self.connected:
             why = "closed" if self._closed else "not connected"
             return ActionResult(
@@ -231,7 +246,8 @@ class SimBackend(Backend):
         self._catch_up()
         self._attempts[vm_id] += 1
         future: asyncio.Future[ActionResult] = asyncio.get_running_loop().create_future()
-        job = MergeJob(self.world, self.config, vm_id, task_id, future, self._attempts[vm_id])
+        job = MergeJob(self.world, self.config, vm_id, task_id, future, self._attempts[vm_id],
+                       keep_last=keep_last, force_fail=force_fail)
         self._jobs[task_id] = job
         job.begin()
         self._wake.set()

@@ -31,6 +31,8 @@ class SimConfig:
       finished tasks are never removed).
     - ``hostile_names``: rename a few VMs to strings with control sequences
       and markup (for UI safety tests).
+    - ``rebuild_failures``: ``(step, vm name or id)`` pairs: that rebuild step
+      fails on that VM (failure injection for tests; see sim/rebuild.py).
     """
 
     seed: int = 7
@@ -45,6 +47,7 @@ class SimConfig:
     merge_failure_rate: float = 0.04
     task_retention_s: float | None = 30.0
     hostile_names: bool = False
+    rebuild_failures: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.vms < 0:

@@ -7,9 +7,9 @@ to the backend, whose event stream carries the task's progress.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..base import ActionResult, Executor
+from ..base import ActionResult, Executor, StepResult
 
 if TYPE_CHECKING:
     from .backend import SimBackend
@@ -38,6 +38,33 @@ class SimExecutor(Executor):
         """Update-VMVersion: refused unless the VM is off; takes a few seconds."""
         self._guard("upgrade")
         return await self._sim.run_upgrade(vm_id, task_id, version)
+
+    # -- rebuild steps (sim/rebuild.py) ----------------------------------------------
+    async def capture(self, vm_id: str, task_id: str) -> StepResult:
+        self._guard("rebuild")
+        return await self._sim.rebuild.capture(vm_id, task_id)
+
+    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
+                            ) -> StepResult:
+        self._guard("rebuild")
+        return await self._sim.rebuild.merge(vm_id, task_id, to_last_parent)
+
+    async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:
+        self._guard("rebuild")
+        return await self._sim.rebuild.create(capture, task_id)
+
+    async def verify_boot(self, vm_id: str, capture: dict[str, Any], task_id: str
+                          ) -> StepResult:
+        self._guard("rebuild")
+        return await self._sim.rebuild.verify_boot(vm_id, capture, task_id)
+
+    async def guest_services(self, vm_id: str, task_id: str) -> StepResult:
+        self._guard("rebuild")
+        return await self._sim.rebuild.services(vm_id, task_id)
+
+    async def retire_old(self, vm_id: str, new_name: str, task_id: str) -> StepResult:
+        self._guard("rebuild")
+        return await self._sim.rebuild.retire(vm_id, new_name, task_id)
 
     async def cancel(self, task_id: str) -> bool:
         """Always False for a merge: Hyper-V cannot cancel a merge in progress.

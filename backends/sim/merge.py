@@ -97,8 +97,13 @@ class MergeJob:
         task_id: str,
         future: asyncio.Future[ActionResult],
         attempt: int,
+        *,
+        keep_last: bool = False,
+        force_fail: bool = False,
     ) -> None:
         self.world = world
+        self.keep_last = keep_last  # merge to the last parent (the newest checkpoint stays)
+        self.force_fail = force_fail  # test hook: stop part-way with a disk error
         self.sched = world.sched
         self.config = config
         self.vm_id = vm_id
@@ -172,6 +177,8 @@ class MergeJob:
             )
             return
         chain = list(world.chains.get(self.vm_id, ()))
+        if self.keep_last:
+            chain = chain[:-1]
         self.checkpoints = len(chain)
         self.size_before = world.vm_bytes(self.vm_id)
         lun = world.luns[vm.lun_id]
@@ -208,6 +215,8 @@ class MergeJob:
         self._plan(chain)
         if rng.random() < self.config.merge_failure_rate:
             self.fail_at = rng.randrange(len(self.units))
+        if self.force_fail:
+            self.fail_at = len(self.units) // 2
         world.progress(
             self.task_id,
             0.0,
@@ -338,7 +347,7 @@ class MergeJob:
             f"Merged {self.checkpoints} checkpoint(s); {lun.name} free "
             f"{human_bytes(self.free_before)} → {human_bytes(lun.free_bytes)}"
         )
-        if vm.replication is not ReplicationState.DISABLED:
+        if vm.replication is not ReplicationState.DISABLED and not self.keep_last:
             world.update_vm(
                 self.vm_id, replication=ReplicationState.ERROR, replication_health=Health.CRITICAL
             )
