@@ -260,6 +260,12 @@ class VentanaApp(App[None]):
         header = self.query_one(StatusHeader)
         header.link = self.store.link_state()
         header.reason = self.store.link_reason()
+        per_target = getattr(self.backend, "read_only_of_link", None)
+        if callable(per_target):  # several targets: each one's link and mode
+            header.targets = tuple(
+                (link.source, link.state, link.reason, per_target(link.source))
+                for link in self.store.links.values()
+            )
         stale = self.store.stale
         self.query_one(VmTable).stale = stale
         self.query_one(NodesPane).set_stale(stale)
