@@ -82,3 +82,26 @@ def test_lean_first_read_maps_like_pyvmomi(vcsim) -> None:  # type: ignore[no-un
     assert mapped == entities(full)
     kinds = {type(e.entity).__name__ for e in mapped}  # type: ignore[attr-defined]
     assert {"VM", "VirtualDisk", "Checkpoint", "Node", "Lun", "Cluster"} <= kinds
+
+
+def test_lean_first_wait_maps_like_pyvmomi(vcsim) -> None:  # type: ignore[no-untyped-def]
+    handle, _ = vcsim
+    session = vs_session.Session(handle.host, handle.port, handle.user, handle.password,
+                                 ca_file=handle.ca_path)
+    try:
+        lean = session.wait(5)  # the filter's first answer: every object, lean
+        assert session.version
+        full = session._retrieve(session.spec, 50)
+    finally:
+        session.close()
+    assert lean is not None
+    vm = next(u for u in lean if u.type_name == "VirtualMachine")
+    assert isinstance(vm.assigned["layoutEx"], vs_session.LeanLayoutEx)
+    assert {(u.moid, u.kind) for u in lean if u.type_name != "Task"} == {
+        (u.moid, "enter") for u in full if u.type_name != "Task"}
+
+    def entities(objects: list[vs_session.ObjectUpdate]) -> list[object]:
+        backend = VSphereBackend(VSphereConfig(host="unused"), password="unused")
+        return sorted(backend._apply(objects, full=True), key=repr)
+
+    assert entities(lean) == entities(full)

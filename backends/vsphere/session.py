@@ -16,6 +16,8 @@ import concurrent.futures
 import contextlib
 import functools
 import gc
+import logging
+import re
 import ssl
 import time
 import xml.etree.ElementTree as ET
@@ -26,8 +28,10 @@ from typing import Any, TypeVar
 
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
+from pyVmomi.SoapAdapter import SoapResponseDeserializer
 
 PC = vmodl.query.PropertyCollector
+log = logging.getLogger("ventana.backends.vsphere")
 T = TypeVar("T")
 
 VM_PATHS = [
@@ -269,6 +273,14 @@ def _lean_hardware(val: ET.Element) -> LeanHardware:
 _LEAN: dict[str, Callable[[ET.Element], Any]] = {HARDWARE: _lean_hardware, LAYOUT: _lean_layout}
 
 
+# A change set of a lean property, as servers write it (no nested change sets).
+_LEAN_CHANGE = re.compile(
+    rb"<changeSet><name>(?:" + b"|".join(re.escape(n.encode()) for n in (HARDWARE, LAYOUT))
+    + rb")</name>.*?</changeSet>",
+    re.DOTALL,
+)
+
+
 class _RawUnavailable(Exception):
     """The lean path could not be used; the caller reads through pyvmomi."""
 
@@ -397,6 +409,10 @@ class Session:
 
     def _raw(self, mo: Any, method: str, args: list[Any]) -> ET.Element:
         """Call ``method`` through the session's stub; the response body as a tree."""
+        return ET.fromstring(self._post(mo, method, args))
+
+    def _post(self, mo: Any, method: str, args: list[Any]) -> bytes:
+        """Call ``method`` through the session's stub; the raw 200 response body."""
         stub = self.si._stub
         info = mo._GetMethodInfo(method)
         request = stub.SerializeRequest(mo, info, args)
@@ -411,9 +427,13 @@ class Session:
             conn.close()
             raise
         stub.ReturnConnection(conn)
+        if resp.status == 500 and resp.getheader("Content-Encoding", "identity") == "identity":
+            fault = SoapResponseDeserializer(stub).Deserialize(data, info.result)
+            if isinstance(fault, BaseException):
+                raise fault  # as pyvmomi raises it (NotAuthenticated, RequestCanceled, ...)
         if resp.status != 200 or resp.getheader("Content-Encoding", "identity") != "identity":
             raise _RawUnavailable(f"HTTP {resp.status}")
-        return ET.fromstring(data)
+        return data
 
     def wait(self, max_wait_s: int) -> list[ObjectUpdate] | None:
         """Block until something changed (or ``max_wait_s`` passed: None).
@@ -421,10 +441,24 @@ class Session:
         The first call after the filter is created returns every object as
         ``enter``; the backend diffs it against what it already emitted.
         """
+        lean: dict[str, dict[str, Any]] = {}
         if self.filter is None:
             self.filter = self.pc.CreateFilter(self.spec, partialUpdates=True)
             self.version = ""
-        update = self.pc.WaitForUpdatesEx(self.version, PC.WaitOptions(maxWaitSeconds=max_wait_s))
+        options = PC.WaitOptions(maxWaitSeconds=max_wait_s)
+        update = None
+        if not self.version:
+            paused = gc.isenabled()
+            gc.disable()
+            try:
+                update, lean = self._first_wait_lean(options)
+            except _RawUnavailable as exc:
+                log.info("lean first WaitForUpdatesEx unavailable (%s); using pyvmomi", exc)
+            finally:
+                if paused:
+                    gc.enable()
+        if update is None:
+            update = self.pc.WaitForUpdatesEx(self.version, options)
         self.last_call = time.monotonic()
         if update is None:
             return None
@@ -439,12 +473,52 @@ class Session:
                         removed.append(change.name)
                     else:
                         assigned[change.name] = change.val
+                for name, val in lean.pop(obj.obj._moId, {}).items():
+                    if val is None:
+                        removed.append(name)
+                    else:
+                        assigned[name] = val
                 out.append(
                     ObjectUpdate(
                         str(obj.kind), type_name(obj.obj), obj.obj._moId, assigned, tuple(removed)
                     )
                 )
         return out
+
+    def _first_wait_lean(self, options: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
+        """The filter's first ``WaitForUpdatesEx`` (every object, in full) with
+        ``config.hardware`` and ``layoutEx`` read lean, as in ``read_all``.
+
+        The raw answer is read twice: ElementTree takes the lean properties'
+        change sets, then pyvmomi deserializes the answer with those change sets
+        cut out. Anything unexpected raises ``_RawUnavailable`` and the caller
+        asks again through pyvmomi (a first wait can be repeated: it always
+        returns the full state).
+        """
+        body = self._post(self.pc, "WaitForUpdatesEx", ["", options])
+        lean: dict[str, dict[str, Any]] = {}
+        count = 0
+        try:
+            root = ET.fromstring(body)
+            for obj_set in root.iter(f"{_NS}objectSet"):
+                oid = obj_set.findtext(f"{_NS}obj") or ""
+                for change in obj_set.iterfind(f"{_NS}changeSet"):
+                    name = change.findtext(f"{_NS}name") or ""
+                    if name in _LEAN:
+                        val = change.find(f"{_NS}val")
+                        removed = change.findtext(f"{_NS}op") in ("remove", "indirectRemove")
+                        lean.setdefault(oid, {})[name] = (
+                            None if val is None or removed else _LEAN[name](val)
+                        )
+                        count += 1
+        except Exception as exc:
+            raise _RawUnavailable(f"unexpected answer: {exc}") from exc
+        stripped, cut = _LEAN_CHANGE.subn(b"", body)
+        if cut != count:
+            raise _RawUnavailable(f"{cut} change sets cut, {count} read")
+        info = self.pc._GetMethodInfo("WaitForUpdatesEx")
+        update = SoapResponseDeserializer(self.si._stub).Deserialize(stripped, info.result)
+        return update, lean
 
     def keep_alive(self) -> None:
         """A cheap authenticated call, so an idle session does not expire."""
