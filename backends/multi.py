@@ -188,10 +188,13 @@ class MultiBackend(Backend):
         queue: asyncio.Queue[tuple[Child, Event | None]] = asyncio.Queue()
 
         async def pump(child: Child) -> None:
+            stream = child.backend.events()
             try:
-                async for event in child.backend.events():
+                async for event in stream:
                     await queue.put((child, event))
             except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()  # the child's own clean-up runs now, not at GC
                 raise
             except Exception as exc:  # one target failing leaves the others running
                 log.exception("target %s failed", child.label)

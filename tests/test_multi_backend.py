@@ -193,13 +193,20 @@ async def test_sim_and_vcsim_side_by_side(tmp_path: Path) -> None:
 
             # The vSphere target stays read-only, whatever the sim allows.
             vc_vm = next(v for v in app.store.vms() if v.id.startswith("vc/"))
+            table.select_vm(vc_vm.id)
+            await pilot.press("m")
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, PlanScreen)  # the plan shows, confirming cannot
+            assert app.screen.query_one("#confirm-name").disabled
+            await pilot.press("escape")
+            await pilot.pause(0.1)
             plan = app.runner.plan("merge", vc_vm.id)
             plan = dataclasses.replace(plan)
             with pytest.raises(ReadOnlyError, match="read-only"):
                 await app.runner.execute(plan, vc_vm.name, override=True)
             with pytest.raises(ReadOnlyError):
                 await multi.executor().merge(vc_vm.id, "merge-bypass")
-            assert app.action_log.rows()[0].outcome == "refused"
+            assert [r.outcome for r in app.action_log.rows()[:2]] == ["refused", "cancelled"]
         log.close()
         assert multi._closed
     finally:

@@ -373,8 +373,10 @@ class VentanaApp(App[None]):
         except KeyError as exc:
             self.notify(clean(str(exc)), severity="error", markup=False)
             return
+        per_target = getattr(self.backend, "read_only_for", None)  # several targets
+        read_only = self.read_only or (per_target is not None and per_target(vm_id))
         self.push_screen(
-            PlanScreen(plan, read_only=self.read_only), callback=partial(self._plan_closed, plan)
+            PlanScreen(plan, read_only=read_only), callback=partial(self._plan_closed, plan)
         )
 
     def _plan_closed(self, plan: Plan, confirmation: Confirmation | None) -> None:
