@@ -39,7 +39,7 @@ lint: $(VENV)/.test-deps
 snapshots: $(VENV)/.test-deps  ## regenerate screenshots/*.svg after a deliberate UI change
 	$(BIN)/pytest -q tests/test_snapshots.py --snapshot-update
 
-bench: $(VENV)/.test-deps  ## benchmarks: prints a table, writes bench/results/*.json
+bench: $(VENV)/.test-deps vcsim  ## benchmarks: prints a table, writes bench/results/*.json
 	$(BIN)/python -m bench
 
 clean:

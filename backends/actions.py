@@ -220,6 +220,11 @@ class ActionRunner:
         kind, _, obj_id = plan.target.partition(":")
         if kind != Kind.VM.value:
             raise self._refuse(plan, f"unsupported target {plan.target!r}")
+        read_only_for = getattr(self.backend, "read_only_for", None)  # several targets
+        if read_only_for is not None and read_only_for(obj_id):
+            err = self._refuse(plan, f"the target of {plan.target_name} is read-only; "
+                                     "nothing was sent")
+            raise ReadOnlyError(str(err))
         # Re-check against the live state: the plan on screen may be old.
         try:
             fresh = self.plan(plan.action, obj_id, **plan.params)

@@ -25,13 +25,40 @@ TARGETS = (
 )
 
 
+def run_vsphere_suite(args: argparse.Namespace) -> None:
+    """bench/vsphere.py: inventory readers and change → screen against one vcsim."""
+    from . import vsphere
+
+    if not vsphere.inventory_bench_path().is_file():
+        print("\nvSphere benchmark skipped: vcsim / inventory-bench not built (make vcsim)")
+        return
+    results = asyncio.run(vsphere.run_vsphere(args.vsphere_vms, changes=args.vsphere_changes))
+    vsphere.report(results)
+    print(f"written: {vsphere.write(results, vars(args))}")
+
+
+SUITES = ("console", "vsphere")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("suites", nargs="*", choices=[[], *SUITES], default=[],
+                        metavar="SUITE", help=f"which to run: {', '.join(SUITES)} (default all)")
+    parser.add_argument("--vsphere-vms", type=int, default=1000)
+    parser.add_argument("--vsphere-changes", type=int, default=20)
     parser.add_argument("--vms", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0, help="events/s under load")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the load phase")
     args = parser.parse_args()
+    suites = set(args.suites or SUITES)
+    if "console" in suites:
+        run_console_suite(args)
+    if "vsphere" in suites:
+        run_vsphere_suite(args)
+    return 0
 
+
+def run_console_suite(args: argparse.Namespace) -> None:
     results = asyncio.run(run_console(args.vms, args.rate, args.seconds))
     results.update({f"store_{k}" if k == "vms" else k: v
                     for k, v in run_store(args.vms).items()})
@@ -63,7 +90,6 @@ def main() -> int:
     path.write_text(json.dumps({"when": stamp, "args": vars(args), "results": results},
                                indent=2) + "\n")
     print(f"written: {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -267,6 +267,12 @@ class VentanaApp(App[None]):
         header = self.query_one(StatusHeader)
         header.link = self.store.link_state()
         header.reason = self.store.link_reason()
+        per_target = getattr(self.backend, "read_only_of_link", None)
+        if callable(per_target):  # several targets: each one's link and mode
+            header.targets = tuple(
+                (link.source, link.state, link.reason, per_target(link.source))
+                for link in self.store.links.values()
+            )
         stale = self.store.stale
         self.query_one(VmTable).stale = stale
         self.query_one(NodesPane).set_stale(stale)
@@ -377,8 +383,10 @@ class VentanaApp(App[None]):
         except KeyError as exc:
             self.notify(clean(str(exc)), severity="error", markup=False)
             return
+        per_target = getattr(self.backend, "read_only_for", None)  # several targets
+        read_only = self.read_only or (per_target is not None and per_target(vm_id))
         self.push_screen(
-            PlanScreen(plan, read_only=self.read_only), callback=partial(self._plan_closed, plan)
+            PlanScreen(plan, read_only=read_only), callback=partial(self._plan_closed, plan)
         )
 
     # -- rebuild ----------------------------------------------------------------------

@@ -3,6 +3,8 @@
     ventana [--target NAME | --seed N --vms N ...] [--read-only] [--record FILE]
     ventana --hyperv CLUSTER [--node HOST]... --user 'DOMAIN\\user' [--ca-file PEM] [--read-write]
     ventana --vsphere HOST[:PORT] --user USER [--ca-file PEM]   (monitoring only)
+    ventana --target A --target B              (several targets side by side)
+    ventana --vsphere HOST --user U --sim      (likewise: --vsphere with --hyperv or --sim)
     ventana replay FILE [--speed N]
     ventana log [--csv] [--limit N]
     ventana report [--format md|csv|xlsx|chart] [--out PATH] [--db PATH] [--since ISO] [--until ISO]
@@ -28,13 +30,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="config file (default: XDG config dir)")
 
 
+class _TargetAction(argparse.Action):
+    """``--target`` keeps the last name in ``target`` and every name in ``targets``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        namespace.targets = [*(getattr(namespace, "targets", None) or []), values]
+        namespace.target = values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ventana",
         description="Terminal console for live maintenance of virtualization clusters.",
     )
     _add_common(parser)
-    parser.add_argument("--target", help="a target named in the config file")
+    parser.add_argument("--target", action=_TargetAction, default=None,
+                        help="a target named in the config file (repeat: side by side)")
+    parser.set_defaults(targets=[])
     parser.add_argument("--read-only", action="store_true", help="no action can change anything")
     parser.add_argument("--record", type=Path, metavar="FILE", help="record the session")
     real = parser.add_argument_group("real clusters")
@@ -65,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="do NOT verify the TLS certificate (shown in the header and logged)",
     )
     sim = parser.add_argument_group("built-in simulated cluster (the default target)")
+    sim.add_argument("--sim", action="store_true",
+                     help="also show the simulated cluster (with --hyperv or --vsphere)")
     sim.add_argument("--seed", type=int, default=None, help="seed: the same seed, the same run")
     sim.add_argument("--vms", type=int, default=None, help="number of VMs (default 74)")
     sim.add_argument("--rate", type=float, default=None, help="churn rate multiplier (0: static)")
@@ -282,37 +296,11 @@ def _apply_target(args: argparse.Namespace, kind: str, options: dict[str, object
     args.target = None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"ventana: {clean(str(exc))}", file=sys.stderr)
-        return 2
-    return main_with(args, config, args.log or config.log)
-
-
-def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -> int:
-
-    if args.command == "log":
-        return cmd_log(args, log_path)
-    if args.command == "report":
-        return cmd_report(args, log_path)
-
-    mode: str | None = None
+def _single_backend(args: argparse.Namespace, config: Config) -> tuple[Backend, str] | int:
+    """One target from the command line or the config: (backend, read-only reason),
+    or an exit code after saying why not."""
     reason = ""
-    if args.command == "replay":
-        from ventana.backends.replay import ReplayBackend
-        from ventana.state.recording import RecordingError
-
-        try:
-            backend: Backend = ReplayBackend(args.file, speed=args.speed)
-        except (RecordingError, OSError, ValueError) as exc:
-            print(f"ventana: {clean(str(exc))}", file=sys.stderr)
-            return 2
-        mode = "replay"
-        reason = "replaying a recording"
-    elif args.hyperv:
+    if args.hyperv:
         from ventana.backends.hyperv import CredentialError
 
         if not args.user:
@@ -344,7 +332,7 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             return 2
         if target is not None and target.kind != "sim":
             _apply_target(args, target.kind, target.options, target.read_only)
-            return main_with(args, config, log_path)
+            return _single_backend(args, config)
         read_only = args.read_only or bool(target and target.read_only)
         try:
             backend = _sim_backend(args, target.options if target else {}, read_only)
@@ -355,6 +343,97 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             reason = "started with --read-only" if args.read_only else (
                 f"target {target.name!r} is read_only in the config" if target else ""
             )
+
+    return backend, reason
+
+
+def _several(args: argparse.Namespace) -> bool:
+    """More than one target asked for (``--target`` repeated, or real ones combined)."""
+    named = len(args.targets or [])
+    direct = sum(bool(x) for x in (args.hyperv, args.vsphere, getattr(args, "sim", False)))
+    return named + direct > 1
+
+
+def _several_backends(args: argparse.Namespace, config: Config) -> tuple[Backend, str] | int:
+    """Each target on its own copy of the arguments, then one composite backend."""
+    import copy
+
+    from ventana.backends.multi import MultiBackend
+
+    def only(**fields: object) -> argparse.Namespace:
+        one = copy.copy(args)
+        one.node = list(args.node)
+        one.targets, one.target, one.hyperv, one.vsphere, one.sim = [], None, None, None, False
+        for key, value in fields.items():
+            setattr(one, key, value)
+        return one
+
+    wanted: list[tuple[str, argparse.Namespace]] = [
+        (name, only(target=name)) for name in args.targets or []
+    ]
+    if args.hyperv:
+        wanted.append((str(args.hyperv), only(hyperv=args.hyperv)))
+    if args.vsphere:
+        wanted.append((str(args.vsphere).rsplit(":", 1)[0] if ":" in args.vsphere
+                       else str(args.vsphere), only(vsphere=args.vsphere)))
+    if getattr(args, "sim", False):
+        wanted.append(("sim", only()))
+    children: list[tuple[str, Backend]] = []
+    labels: set[str] = set()
+    for label, one in wanted:
+        label = label.replace("/", "-").replace(":", "-") or "target"
+        while label in labels:
+            label += "'"
+        labels.add(label)
+        built = _single_backend(one, config)
+        if isinstance(built, int):
+            return built
+        children.append((label, built[0]))
+    backend = MultiBackend(children)
+    reason = "every target is read-only" if backend.read_only else ""
+    return backend, reason
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+        return 2
+    return main_with(args, config, args.log or config.log)
+
+
+def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -> int:
+
+    if args.command == "log":
+        return cmd_log(args, log_path)
+    if args.command == "report":
+        return cmd_report(args, log_path)
+
+    mode: str | None = None
+    reason = ""
+    if args.command == "replay":
+        from ventana.backends.replay import ReplayBackend
+        from ventana.state.recording import RecordingError
+
+        try:
+            backend: Backend = ReplayBackend(args.file, speed=args.speed)
+        except (RecordingError, OSError, ValueError) as exc:
+            print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+            return 2
+        mode = "replay"
+        reason = "replaying a recording"
+    elif _several(args):
+        built = _several_backends(args, config)
+        if isinstance(built, int):
+            return built
+        backend, reason = built
+    else:
+        single = _single_backend(args, config)
+        if isinstance(single, int):
+            return single
+        backend, reason = single
 
     recorder = None
     if args.record:

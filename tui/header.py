@@ -31,19 +31,33 @@ class StatusHeader(Static):
     mode: reactive[str] = reactive("read-write")
     counts: reactive[str] = reactive("")
     flags: reactive[str] = reactive("")
+    #: Several targets side by side: (name, link, reason, read-only) per link;
+    #: shown instead of the single target, link and mode.
+    targets: reactive[tuple[tuple[str, LinkState, str, bool], ...]] = reactive(())
 
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(" Ventana ", style="bold reverse")
-        text.append("  ")
-        text.append(self.target, style="bold")
-        text.append("  ")
-        text.append(f"● {self.link.value}", style=_LINK_STYLE.get(self.link, "bold"))
-        if self.reason and self.link is not LinkState.CONNECTED:
-            text.append(f" ({self.reason})", style="italic")
-        text.append("  ")
-        mode_style = "bold black on yellow" if self.mode != "read-write" else "bold"
-        text.append(f" {self.mode.upper()} ", style=mode_style)
+        if self.targets:
+            for name, link, reason, read_only in self.targets:
+                text.append("  ")
+                text.append(name, style="bold")
+                text.append(f" ● {link.value}", style=_LINK_STYLE.get(link, "bold"))
+                if reason and link is not LinkState.CONNECTED:
+                    text.append(f" ({reason})", style="italic")
+                text.append(" ")
+                text.append(" RO " if read_only else " RW ",
+                            style="bold black on yellow" if read_only else "bold")
+        else:
+            text.append("  ")
+            text.append(self.target, style="bold")
+            text.append("  ")
+            text.append(f"● {self.link.value}", style=_LINK_STYLE.get(self.link, "bold"))
+            if self.reason and self.link is not LinkState.CONNECTED:
+                text.append(f" ({self.reason})", style="italic")
+            text.append("  ")
+            mode_style = "bold black on yellow" if self.mode != "read-write" else "bold"
+            text.append(f" {self.mode.upper()} ", style=mode_style)
         if self.flags:
             text.append("  ")
             text.append(f" {self.flags} ", style="bold white on red")

@@ -9,6 +9,8 @@
 # Environment: VCSIM_CACHE_DIR (default <repo>/.cache/vcsim, git-ignored).
 # Result: $VCSIM_CACHE_DIR/bin/vcsim-ventana; its stamp file records a hash of
 # every input, and the build is skipped while that hash is unchanged.
+# Also $VCSIM_CACHE_DIR/bin/inventory-bench (inventory-bench/main.go, the govc-style
+# peer of `make bench`), from the unpatched Debian sources, with its own stamp.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -64,10 +66,7 @@ inputs=$(
     sha256sum "$here/build.sh" "$here/main.go" ${patches[@]+"${patches[@]}"} | sed "s|$here/||"
 )
 hash=$(printf '%s\n' "$inputs" | sha256sum | cut -d' ' -f1)
-if [[ -x $bin && -f $stamp && $(cat "$stamp") == "$hash" ]]; then
-    step "up to date: $bin (inputs ${hash:0:12})"
-    exit 0
-fi
+build_vcsim() {
 
 # 3. Private GOPATH: a copy of the Debian sources with our patches; the rest of
 #    the Debian GOPATH (github.com/google/uuid) stays where it is.
@@ -92,3 +91,34 @@ start=$(date +%s)
 mv -f "$bin.tmp" "$bin"
 printf '%s\n' "$hash" >"$stamp"
 step "built $bin in $(($(date +%s) - start)) s (inputs ${hash:0:12})"
+}
+if [[ -x $bin && -f $stamp && $(cat "$stamp") == "$hash" ]]; then
+    step "up to date: $bin (inputs ${hash:0:12})"
+else
+    build_vcsim
+fi
+
+# 5. The benchmark peer: govmomi's client packages as Debian ships them (no patches).
+bench_bin=$cache/bin/inventory-bench
+bench_stamp=$bench_bin.stamp
+bench_hash=$(
+    printf '%s\n' "$inputs" | grep -v '\.patch$' | grep -v ' main.go$'
+    sha256sum "$here/inventory-bench/main.go" | sed "s|$here/||"
+)
+bench_hash=$(printf '%s\n' "$bench_hash" | sha256sum | cut -d' ' -f1)
+if [[ -x $bench_bin && -f $bench_stamp && $(cat "$bench_stamp") == "$bench_hash" ]]; then
+    step "up to date: $bench_bin (inputs ${bench_hash:0:12})"
+    exit 0
+fi
+bench_gopath=$cache/bench-gopath
+rm -rf "$bench_gopath"
+mkdir -p "$bench_gopath/src/ventana/inventory-bench"
+cp "$here/inventory-bench/main.go" "$bench_gopath/src/ventana/inventory-bench/main.go"
+step "go build inventory-bench (GO111MODULE=off)"
+start=$(date +%s)
+(cd "$bench_gopath/src/ventana/inventory-bench" &&
+    GO111MODULE=off GOPROXY=off GOFLAGS= GOPATH="$bench_gopath:/usr/share/gocode" \
+        GOCACHE="$cache/go-build" go build -o "$bench_bin.tmp" .) || die "go build inventory-bench failed"
+mv -f "$bench_bin.tmp" "$bench_bin"
+printf '%s\n' "$bench_hash" >"$bench_stamp"
+step "built $bench_bin in $(($(date +%s) - start)) s (inputs ${bench_hash:0:12})"

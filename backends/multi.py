@@ -1,0 +1,305 @@
+"""``MultiBackend``: several targets in one console (a Hyper-V cluster next to
+a vCenter, two simulators, ...).
+
+Each child keeps its own stream, executor, read-only mode and connection.
+The composite:
+
+- **merges the streams**: one task per child pumps its events into a queue;
+  a child that ends or fails ends only its own part (its failure becomes
+  that child's ``DISCONNECTED`` link), the composite stream runs until every
+  child's has ended;
+- **namespaces every id** with the child's label (``"<label>/<id>"``) so two
+  sources can never collide in the store — moref values of two vCenters,
+  node and cluster names of two Hyper-V clusters, a simulator's ids next to
+  anything. Every reference field moves with it: ``id``, every ``*_id``
+  (``cluster_id``, ``node_id``, ``vm_id``, ``lun_id``, ``parent_id``,
+  ``owner_node_id`` ...), every ``*_ids`` tuple (``disk_ids``), ``csv_owned``,
+  and the ``kind:id`` ``target`` of tasks and findings; ``Remove`` and
+  ``TaskProgress`` ids too. Task ids the console itself gave an executor
+  (``merge-<hex>``, unique already) stay as they are so the runner finds its
+  own task;
+- **routes executor calls** to the child that owns the VM (or task) and
+  strips the namespace from every id argument on the way down;
+- **keeps read-only per target**: the composite is read-only only when every
+  child is (then it gives out no executor at all); otherwise a call for a
+  read-only child's VM is refused by that child's own ``executor()`` before
+  anything is sent — a writable sibling never lends it its executor;
+- **reports link state per target**: a child's ``ConnectionChanged`` source
+  becomes its label (Hyper-V's per-node sources: ``"<label> <node>"``), so the
+  store keeps one link per target and the header can show each;
+- **closes every child** on ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Container, Sequence
+from datetime import datetime
+from typing import Any
+
+from ventana.state.events import (
+    ConnectionChanged,
+    Event,
+    FindingRaised,
+    LinkState,
+    Remove,
+    TaskProgress,
+    Upsert,
+)
+from ventana.state.model import Entity
+
+from .base import ActionResult, Backend, Executor, ReadOnlyError
+
+log = logging.getLogger("ventana.backends.multi")
+
+SEP = "/"
+
+
+@dataclasses.dataclass(eq=False)
+class Child:
+    label: str
+    backend: Backend
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.label}{SEP}"
+
+    def source(self, source: str) -> str:
+        """A child's link source as the composite reports it."""
+        if source in (self.backend.target, self.backend.name, ""):
+            return self.label
+        return f"{self.label} {source}"
+
+
+def _ref_fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """(single id fields, tuple-of-id fields, has a ``kind:id`` target) of an entity class."""
+    single, many = [], []
+    for f in dataclasses.fields(cls):
+        if f.name == "id" or f.name.endswith("_id"):
+            single.append(f.name)
+        elif f.name.endswith("_ids") or f.name == "csv_owned":
+            many.append(f.name)
+    has_target = any(f.name == "target" for f in dataclasses.fields(cls))
+    return tuple(single), tuple(many), has_target
+
+
+_FIELDS: dict[type, tuple[tuple[str, ...], tuple[str, ...], bool]] = {}
+
+
+def namespace_entity(entity: Entity, prefix: str, keep: Container[str] = frozenset()) -> Entity:
+    """``entity`` with every id and reference field prefixed (``keep``: ids left alone)."""
+    cls = type(entity)
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = _ref_fields(cls)
+    single, many, has_target = fields
+    changes: dict[str, Any] = {}
+    for name in single:
+        value = getattr(entity, name)
+        if value and value not in keep:
+            changes[name] = prefix + value
+    for name in many:
+        value = getattr(entity, name)
+        if value:
+            changes[name] = tuple(prefix + v for v in value)
+    if has_target:
+        target = getattr(entity, "target", "")
+        kind, sep, obj = str(target).partition(":")
+        if sep and obj:
+            changes["target"] = f"{kind}:{prefix}{obj}"
+    return dataclasses.replace(entity, **changes) if changes else entity  # type: ignore[type-var]
+
+
+class MultiBackend(Backend):
+    """Several backends as one event stream with namespaced ids."""
+
+    name = "multi"
+
+    def __init__(self, children: Sequence[tuple[str, Backend]]) -> None:
+        if len(children) < 2:
+            raise ValueError("a composite needs at least two targets")
+        labels = [label for label, _ in children]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"target labels must be unique: {labels}")
+        for label in labels:
+            if not label or SEP in label or ":" in label:
+                raise ValueError(f"bad target label {label!r} (no '/' or ':')")
+        self.children = [Child(label, backend) for label, backend in children]
+        super().__init__(
+            " + ".join(c.label for c in self.children),
+            read_only=all(c.backend.read_only for c in self.children),
+        )
+        self.platform = self.children[0].backend.platform
+        self.clock_rate = self.children[0].backend.clock_rate
+        self._own_tasks: dict[str, Child] = {}  # task ids handed to executors
+        self._closed = False
+
+    # -- what the console asks ---------------------------------------------------
+    @property
+    def read_only(self) -> bool:
+        """Read-only only when every child is (a child may change its mode)."""
+        return all(c.backend.read_only for c in self.children)
+
+    def now(self) -> datetime:
+        return self.children[0].backend.now()
+
+    def owner(self, obj_id: str) -> Child | None:
+        """The child a namespaced id (or a task id given to an executor) belongs to."""
+        if obj_id in self._own_tasks:
+            return self._own_tasks[obj_id]
+        label, sep, _ = obj_id.partition(SEP)
+        if sep:
+            for child in self.children:
+                if child.label == label:
+                    return child
+        return None
+
+    def read_only_for(self, obj_id: str) -> bool:
+        child = self.owner(obj_id)
+        return child is None or child.backend.read_only
+
+    def read_only_of_link(self, source: str) -> bool:
+        """The mode of the target a (composite) link source belongs to."""
+        label = source.split(" ", 1)[0]
+        return next((c.backend.read_only for c in self.children if c.label == label), True)
+
+    # -- the stream --------------------------------------------------------------
+    def wrap(self, child: Child, event: Event) -> Event:
+        prefix = child.prefix
+        keep = self._own_tasks
+        match event:
+            case Upsert(entity):
+                return Upsert(namespace_entity(entity, prefix, keep))
+            case Remove(kind, id_):
+                return Remove(kind, id_ if id_ in keep else prefix + id_)
+            case TaskProgress(task_id, pct, message, state):
+                tid = task_id if task_id in keep else prefix + task_id
+                return TaskProgress(tid, pct, message, state)
+            case FindingRaised(finding):
+                return FindingRaised(namespace_entity(finding, prefix, keep))  # type: ignore[arg-type]
+            case ConnectionChanged(source, state, reason):
+                return ConnectionChanged(child.source(source), state, reason)
+        return event
+
+    async def events(self) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[tuple[Child, Event | None]] = asyncio.Queue()
+
+        async def pump(child: Child) -> None:
+            stream = child.backend.events()
+            try:
+                async for event in stream:
+                    await queue.put((child, event))
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()  # the child's own clean-up runs now, not at GC
+                raise
+            except Exception as exc:  # one target failing leaves the others running
+                log.exception("target %s failed", child.label)
+                await queue.put((child, ConnectionChanged(
+                    child.backend.target, LinkState.DISCONNECTED,
+                    f"{type(exc).__name__}: {exc}")))
+            finally:
+                queue.put_nowait((child, None))
+
+        tasks = [asyncio.ensure_future(pump(c)) for c in self.children]
+        running = len(tasks)
+        try:
+            while running:
+                child, event = await queue.get()
+                if event is None:
+                    running -= 1
+                    continue
+                yield self.wrap(child, event)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def close(self) -> None:
+        """Close every child (one failing to close does not keep the others open)."""
+        if self._closed:
+            return
+        self._closed = True
+        results = await asyncio.gather(
+            *(c.backend.close() for c in self.children), return_exceptions=True
+        )
+        for child, result in zip(self.children, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("closing %s: %s", child.label, result)
+
+    def _make_executor(self) -> Executor:
+        return MultiExecutor(self)
+
+
+def _strip(value: Any, prefix: str) -> Any:
+    if isinstance(value, str):
+        return value[len(prefix):] if value.startswith(prefix) else value
+    if isinstance(value, tuple):
+        return tuple(_strip(v, prefix) for v in value)
+    if isinstance(value, list):
+        return [_strip(v, prefix) for v in value]
+    if isinstance(value, dict):
+        return {k: _strip(v, prefix) for k, v in value.items()}
+    return value
+
+
+class MultiExecutor(Executor):
+    """Routes each call to the executor of the child that owns the VM.
+
+    The first argument of every executor method is the (namespaced) VM id
+    (``cancel``: the task id). The owning child's ``executor()`` is asked
+    for each call, so a read-only child refuses before anything is sent.
+    Methods the children add (further vSphere or Hyper-V actions) are routed
+    the same way.
+    """
+
+    def __init__(self, backend: MultiBackend) -> None:
+        super().__init__(backend)
+        self._multi = backend
+
+    def _child_executor(self, obj_id: str, action: str) -> tuple[Child, Executor]:
+        child = self._multi.owner(obj_id)
+        if child is None:
+            raise ReadOnlyError(f"{action} refused: no target owns {obj_id!r}; nothing was sent")
+        try:
+            return child, child.backend.executor()
+        except ReadOnlyError as exc:
+            raise ReadOnlyError(f"{action} refused: {exc}") from None
+
+    async def _call(self, method: str, vm_id: str, task_id: str, *args: Any) -> ActionResult:
+        child, executor = self._child_executor(vm_id, method)
+        self._multi._own_tasks[task_id] = child
+        fn = getattr(executor, method)
+        return await fn(_strip(vm_id, child.prefix), task_id, *_strip(args, child.prefix))
+
+    async def merge(self, vm_id: str, task_id: str) -> ActionResult:
+        return await self._call("merge", vm_id, task_id)
+
+    async def upgrade_version(self, vm_id: str, task_id: str, version: str) -> ActionResult:
+        return await self._call("upgrade_version", vm_id, task_id, version)
+
+    async def cancel(self, task_id: str) -> bool:
+        child = self._multi.owner(task_id)
+        if child is None or child.backend.read_only:
+            return False
+        task = task_id if task_id in self._multi._own_tasks else _strip(task_id, child.prefix)
+        return await child.backend.executor().cancel(task)
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        async def routed(vm_id: str, *args: Any, **kwargs: Any) -> Any:
+            child, executor = self._child_executor(vm_id, method)
+            if args and isinstance(args[0], str) and SEP not in args[0]:
+                self._multi._own_tasks[args[0]] = child  # the task id, by convention
+            fn = getattr(executor, method)
+            return await fn(_strip(vm_id, child.prefix), *_strip(args, child.prefix),
+                            **_strip(kwargs, child.prefix))
+
+        return routed

@@ -1,0 +1,438 @@
+"""vSphere benchmark: full inventory and change → screen, against one vcsim.
+
+One simulator (tools/vcsim, 1,000 VMs by default, a tenth of them with
+snapshots) is read by three readers that collect the same facts — every VM
+(name, power, host, connection, consolidation flag, hardware, version,
+firmware, snapshot tree with sizes from ``layoutEx``, datastores, tools),
+host, datastore and cluster:
+
+- **ours**: ``VSphereBackend`` (one PropertyCollector, paged
+  ``RetrievePropertiesEx``) until every object is in a ``Store``;
+- **(a) plain pyvmomi**: a script that walks the inventory object by object
+  as most scripts do — a container view of VMs, then ``vm.name``,
+  ``vm.runtime.powerState``, ``vm.snapshot``, ... each access a round trip;
+- **(b) govc-style Go**: ``tools/vcsim/inventory-bench`` (govmomi's ``view``
+  + ``property`` collector, one ``Retrieve`` per object type).
+
+Each time covers login to the last object read (Python start-up and the Go
+process start are not counted). Then the console itself, headless under
+Pilot on ``VSphereBackend``: a second pyvmomi client powers VMs off and
+creates snapshots, and the time from the call to the changed cell being
+drawn is taken for each (median and p99).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ventana.backends.vsphere import VSphereBackend, VSphereConfig
+from ventana.backends.vsphere.mapping import snapshot_size
+from ventana.backends.vsphere.session import ssl_context
+from ventana.state.events import ConnectionChanged, Event, LinkState
+from ventana.state.model import Kind
+from ventana.state.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = (200, 60)
+
+
+def _peers() -> Any:
+    """tests/peers/vcsim.py (start/stop the simulator), importable from here."""
+    import importlib.util
+
+    path = REPO / "tests" / "peers" / "vcsim.py"
+    spec = importlib.util.spec_from_file_location("ventana_bench_vcsim", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[spec.name] = module  # dataclasses look the module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
+def inventory_bench_path() -> Path:
+    """The Go peer built by tools/vcsim/build.sh (next to the simulator)."""
+    return _peers().binary_path().with_name("inventory-bench")
+
+
+@dataclass
+class Inventory:
+    """What a reader found: sorted names per kind and the snapshot count."""
+
+    seconds: float
+    vms: list[str]
+    hosts: list[str]
+    datastores: list[str]
+    clusters: list[str]
+    snapshots: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> tuple[int, int, int, int, int]:
+        return (len(self.vms), len(self.hosts), len(self.datastores), len(self.clusters),
+                self.snapshots)
+
+
+def _connect(handle: Any) -> Any:
+    from pyVim.connect import SmartConnect
+
+    return SmartConnect(host=handle.host, port=handle.port, user=handle.user,
+                        pwd=handle.password, sslContext=ssl_context(handle.ca_path))
+
+
+# -- ours ------------------------------------------------------------------------------------
+async def read_ours(handle: Any, page_size: int | None = None) -> Inventory:
+    """``VSphereBackend`` until CONNECTED, every event applied to a ``Store``."""
+    cfg = VSphereConfig(host=handle.host, port=handle.port, user=handle.user,
+                        ca_file=handle.ca_path)
+    if page_size is not None:
+        cfg = VSphereConfig(**{**cfg.__dict__, "page_size": page_size})
+    backend = VSphereBackend(cfg, password=handle.password)
+    store = Store()
+    started = time.perf_counter()
+    batch: list[Event] = []
+    stream = backend.events()
+    try:
+        async for event in stream:
+            batch.append(event)
+            if isinstance(event, ConnectionChanged) and event.state in (
+                LinkState.CONNECTED, LinkState.DISCONNECTED
+            ):
+                break
+        store.apply_many(batch)
+        seconds = time.perf_counter() - started
+        if store.link_state() is not LinkState.CONNECTED:
+            raise RuntimeError(f"backend did not connect: {store.link_reason()}")
+    finally:
+        await backend.close()
+        async for _ in stream:
+            pass
+    return Inventory(
+        seconds,
+        sorted(vm.name for vm in store.vms()),
+        sorted(n.name for n in store.nodes()),
+        sorted(lun.name for lun in store.luns()),
+        sorted(c.name for c in store.all(Kind.CLUSTER)),  # type: ignore[attr-defined]
+        store.count(Kind.CHECKPOINT),
+        {"entities": sum(store.count(k) for k in Kind)},
+    )
+
+
+# -- (a) plain pyvmomi -----------------------------------------------------------------------
+def read_plain(handle: Any) -> Inventory:
+    """Object by object, every attribute access a round trip — as most scripts do."""
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    started = time.perf_counter()
+    si = _connect(handle)
+    content = si.RetrieveContent()
+    views = content.viewManager
+
+    def objects(kind: type) -> list[Any]:
+        view = views.CreateContainerView(content.rootFolder, [kind], True)
+        try:
+            return list(view.view)
+        finally:
+            view.Destroy()
+
+    vms: list[str] = []
+    snapshots = 0
+    for vm in objects(vim.VirtualMachine):
+        facts: dict[str, Any] = {
+            "name": vm.name,
+            "power": vm.runtime.powerState,
+            "host": vm.runtime.host.name,
+            "connection": vm.runtime.connectionState,
+            "consolidation": vm.runtime.consolidationNeeded,
+            "hardware": vm.config.hardware,
+            "version": vm.config.version,
+            "firmware": vm.config.firmware,
+            "tools": vm.guest.toolsRunningStatus,
+            "datastores": [ds.name for ds in vm.datastore],
+        }
+        layout = vm.layoutEx
+        tree = vm.snapshot
+        stack = list(tree.rootSnapshotList) if tree is not None else []
+        while stack:
+            snap = stack.pop()
+            snapshots += 1
+            facts.setdefault("snapshots", []).append(
+                (snap.name, snapshot_size(layout, snap.snapshot._moId)))
+            stack.extend(snap.childSnapshotList)
+        vms.append(facts["name"])
+    hosts = []
+    for host in objects(vim.HostSystem):
+        hosts.append(host.name)
+        _ = (host.runtime.connectionState, host.runtime.inMaintenanceMode, host.parent.name)
+    datastores = []
+    for ds in objects(vim.Datastore):
+        datastores.append(ds.name)
+        _ = (ds.summary.capacity, ds.summary.freeSpace, ds.summary.accessible, len(ds.host))
+    clusters = []
+    for cr in objects(vim.ComputeResource):
+        clusters.append(cr.name)
+        _ = len(cr.host)
+    seconds = time.perf_counter() - started
+    Disconnect(si)
+    return Inventory(seconds, sorted(vms), sorted(hosts), sorted(datastores), sorted(clusters),
+                     snapshots)
+
+
+# -- (b) govc-style Go -----------------------------------------------------------------------
+def read_go(handle: Any, binary: Path | None = None) -> Inventory:
+    """tools/vcsim/inventory-bench; its own login → last object time."""
+    binary = binary or inventory_bench_path()
+    if not binary.is_file():
+        raise FileNotFoundError(f"{binary} missing: run `make vcsim` (tools/vcsim/build.sh)")
+    env = {**os.environ, "VCSIM_USERNAME": handle.user, "VCSIM_PASSWORD": handle.password}
+    wall = time.perf_counter()
+    done = subprocess.run(
+        [str(binary), "-url", handle.url, "-ca", str(handle.ca_path)],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    wall = time.perf_counter() - wall
+    if done.returncode != 0:
+        raise RuntimeError(f"inventory-bench failed ({done.returncode}): {done.stderr[-2000:]}")
+    out = json.loads(done.stdout)
+    return Inventory(out["total_s"], out["vms"] or [], out["hosts"] or [],
+                     out["datastores"] or [], out["clusters"] or [], out["snapshots"],
+                     {"process_wall_s": wall, "login_s": out["login_s"],
+                      "retrieve_s": out["retrieve_s"]})
+
+
+# -- the simulator ---------------------------------------------------------------------------
+@contextmanager
+def simulator(vms: int, tmp: Path) -> Any:
+    """A vcsim with ``vms`` VMs: 2 clusters of 5 hosts, 4 datastores."""
+    peers = _peers()
+    hosts = 10
+    per_host = max(1, -(-vms // hosts))
+    handle = peers.start_vcsim(tmp, clusters=2, hosts=hosts // 2, vms=per_host, datastores=4,
+                               quiet=True, startup_timeout=180.0)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def add_snapshots(handle: Any, every: int = 10) -> int:
+    """A snapshot on every ``every``-th VM (a child one too on every other of those)."""
+    from pyVim.connect import Disconnect
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    si = _connect(handle)
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    made = 0
+    for i, vm in enumerate(sorted(view.view, key=lambda v: v._moId)):
+        if i % every:
+            continue
+        for depth in range(1 + (i // every) % 2):
+            WaitForTask(vm.CreateSnapshot_Task(f"bench-{depth}", "benchmark", False, False), si=si)
+            made += 1
+    view.Destroy()
+    Disconnect(si)
+    return made
+
+
+# -- change → cell on screen -----------------------------------------------------------------
+async def run_latency(handle: Any, changes: int = 20) -> dict[str, Any]:
+    """The console on VSphereBackend; a second client changes VMs on screen."""
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    from ventana.tui.app import VentanaApp
+    from ventana.tui.vm_table import VmTable
+
+    cfg = VSphereConfig(host=handle.host, port=handle.port, user=handle.user,
+                        ca_file=handle.ca_path)
+    backend = VSphereBackend(cfg, password=handle.password)
+    app = VentanaApp(backend, log=None, log_error="benchmark", read_only_reason="benchmark")
+    si = await asyncio.to_thread(_connect, handle)
+    content = si.RetrieveContent()
+    by_id = {
+        vm._moId: vm
+        for vm in content.viewManager.CreateContainerView(
+            content.rootFolder, [vim.VirtualMachine], True).view
+    }
+    latencies: list[float] = []
+    in_store: list[float] = []
+    pending: dict[str, tuple[float, str, str]] = {}  # vm id -> (t0, column, text before)
+    stored: set[str] = set()
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        expected = len(by_id)
+        deadline = time.monotonic() + 120
+        while (table.row_count < expected or app._pending) and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        connected_at = time.perf_counter()
+        # Steady state: the update filter's first WaitForUpdatesEx (every
+        # object again, diffed to nothing) has been parsed and applied.
+        while not (backend._session and backend._session.version) and (
+            time.monotonic() < deadline
+        ):
+            await pilot.pause(0.05)
+        first_update_s = time.perf_counter() - connected_at
+        await pilot.pause(0.3)
+
+        def seen(delta: Any) -> None:
+            now = time.perf_counter()
+            for change in delta.changes:
+                vm_id = change.id if change.kind is Kind.VM else None
+                if change.kind is Kind.CHECKPOINT:
+                    cp = app.store.get(Kind.CHECKPOINT, change.id)
+                    vm_id = getattr(cp, "vm_id", None)
+                if vm_id in pending and vm_id not in stored:
+                    stored.add(vm_id)
+                    in_store.append(now - pending[vm_id][0])
+
+        app.store.subscribe(seen)
+        original = table._row_strip
+
+        def timed(vm_id: str, is_cursor: bool, styles: Any):  # type: ignore[no-untyped-def]
+            strip = original(vm_id, is_cursor, styles)
+            want = pending.get(vm_id)
+            if want is not None and table.cell_text(vm_id, want[1]) != want[2]:
+                latencies.append(time.perf_counter() - want[0])
+                del pending[vm_id]
+            return strip
+
+        table._row_strip = timed  # type: ignore[method-assign]
+        top = table.scroll_offset.y
+        page = table.scrollable_content_region.height - 1
+        on_screen = [i for i in table.visible_ids[top : top + page]
+                     if app.store.vm(i) is not None and app.store.vm(i).power.value == "running"]
+        missed = 0
+        for n, vm_id in enumerate(on_screen[:changes]):
+            vm = by_id[vm_id]
+            column = "power" if n % 2 == 0 else "ckpts"
+            call: Callable[[], Any] = (
+                vm.PowerOffVM_Task if column == "power"
+                else lambda vm=vm: vm.CreateSnapshot_Task("latency", "", False, False))
+            pending[vm_id] = (time.perf_counter(), column, table.cell_text(vm_id, column))
+            await asyncio.to_thread(call)
+            until = time.monotonic() + 10
+            while vm_id in pending and time.monotonic() < until:
+                await pilot.pause(0.005)
+            if pending.pop(vm_id, None) is not None:
+                missed += 1
+            await pilot.pause(0.1)
+    await asyncio.to_thread(Disconnect, si)
+    lat = sorted(latencies)
+    store_lat = sorted(in_store)
+    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) >= 2 else None
+    return {
+        "change_samples": len(lat),
+        "change_missed": missed,
+        "change_median_ms": round(1000 * statistics.median(lat), 1) if lat else None,
+        "change_p99_ms": round(1000 * q[98], 1) if q else None,
+        "change_max_ms": round(1000 * lat[-1], 1) if lat else None,
+        "change_in_store_median_ms": (round(1000 * statistics.median(store_lat), 1)
+                                      if store_lat else None),
+        "first_update_after_connect_s": round(first_update_s, 2),
+    }
+
+
+# -- the suite -------------------------------------------------------------------------------
+def _median(fn: Callable[[], Inventory], rounds: int) -> tuple[Inventory, list[float]]:
+    runs = [fn() for _ in range(rounds)]
+    times = [r.seconds for r in runs]
+    runs.sort(key=lambda r: r.seconds)
+    return runs[len(runs) // 2], times
+
+
+async def run_vsphere(vms: int = 1000, rounds: int = 3, plain_rounds: int = 1,
+                      changes: int = 20) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ventana-bench-vcsim-") as tmp:
+        started = time.perf_counter()
+        with simulator(vms, Path(tmp)) as handle:
+            sim_start_s = time.perf_counter() - started
+            made = add_snapshots(handle)
+            await read_ours(handle)  # warm: imports, TLS session, server caches
+            ours_runs = []
+            for _ in range(rounds):
+                ours_runs.append(await read_ours(handle))
+            ours_runs.sort(key=lambda r: r.seconds)
+            ours = ours_runs[len(ours_runs) // 2]
+            go, go_times = _median(lambda: read_go(handle), rounds)
+            plain, plain_times = _median(lambda: read_plain(handle), plain_rounds)
+            for name, other in (("plain", plain), ("go", go)):
+                if other.summary() != ours.summary() or other.vms != ours.vms:
+                    raise AssertionError(
+                        f"readers disagree: ours {ours.summary()} vs {name} {other.summary()}")
+            latency = await run_latency(handle, changes)
+    return {
+        "vms": len(ours.vms),
+        "hosts": len(ours.hosts),
+        "datastores": len(ours.datastores),
+        "snapshots": ours.snapshots,
+        "snapshots_created": made,
+        "entities_in_store": ours.extra["entities"],
+        "vcsim_start_s": round(sim_start_s, 2),
+        "ours_s": round(ours.seconds, 3),
+        "ours_runs_s": [round(r.seconds, 3) for r in ours_runs],
+        "plain_s": round(plain.seconds, 3),
+        "plain_runs_s": [round(t, 3) for t in plain_times],
+        "go_s": round(go.seconds, 3),
+        "go_runs_s": [round(t, 3) for t in go_times],
+        "go_process_wall_s": round(go.extra["process_wall_s"], 3),
+        "plain_over_ours": round(plain.seconds / ours.seconds, 1),
+        "ours_over_go": round(ours.seconds / go.seconds, 2),
+        **latency,
+    }
+
+
+# (key, label, target, lower is better)
+TARGETS = (
+    ("ours_s", "ours: login → full inventory in Store (s)", None, True),
+    ("plain_s", "(a) plain pyvmomi, object by object (s)", None, True),
+    ("go_s", "(b) govmomi view+property, Go (s)", None, True),
+    ("plain_over_ours", "(a) / ours (×)", 5.0, False),
+    ("ours_over_go", "ours / (b) (×)", 1.5, True),
+    ("change_median_ms", "change on server → cell drawn, median (ms)", None, True),
+    ("change_p99_ms", "change on server → cell drawn, p99 (ms)", None, True),
+)
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"\nVentana vSphere benchmark — vcsim, {results['vms']:,} VMs, "
+          f"{results['hosts']} hosts, {results['datastores']} datastores, "
+          f"{results['snapshots']} snapshots")
+    print(f"{'measure':<44} {'value':>10} {'target':>10}  ok")
+    for key, label, target, lower in TARGETS:
+        value = results.get(key)
+        ok = ""
+        if target is not None and value is not None:
+            ok = "yes" if (value <= target if lower else value >= target) else "NO"
+        shown = "-" if value is None else f"{value:,}"
+        goal = "" if target is None else (f"≤ {target:g}" if lower else f"≥ {target:g}")
+        print(f"{label:<44} {shown:>10} {goal:>10}  {ok}")
+    print(f"runs: ours {results['ours_runs_s']}, (b) {results['go_runs_s']} "
+          f"(process wall {results['go_process_wall_s']} s), (a) {results['plain_runs_s']}; "
+          f"changes: {results['change_samples']} drawn, {results['change_missed']} missed, "
+          f"max {results['change_max_ms']} ms, in the store after "
+          f"{results['change_in_store_median_ms']} ms (median); the update filter's first "
+          f"full WaitForUpdatesEx took {results['first_update_after_connect_s']} s after "
+          f"CONNECTED")
+
+
+def write(results: dict[str, Any], args: dict[str, Any]) -> Path:
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / "vsphere.json"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path.write_text(json.dumps({"when": stamp, "args": args, "results": results}, indent=2) + "\n")
+    return path
