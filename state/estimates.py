@@ -85,12 +85,9 @@ def learned_estimate(
     """
     fallback = heuristic_merge_estimate(checkpoints, chain_bytes)
     if len(samples) < min_samples:
-        have = f"{len(samples)} past merge{'s' if len(samples) != 1 else ''}"
-        return dataclasses.replace(
-            fallback,
-            basis=f"size/chain heuristic (only {have} on this cluster, {min_samples} needed): "
-            + fallback.basis,
-        )
+        why = ("no past merges on this cluster yet" if not samples else
+               f"only {len(samples)} past merge(s) on this cluster, {min_samples} needed")
+        return dataclasses.replace(fallback, basis=f"heuristic, {why}: {fallback.basis}")
     ratios = sorted(s.ratio for s in samples)
     median = statistics.median(ratios)
     if len(ratios) >= 10:
