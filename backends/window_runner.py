@@ -45,6 +45,7 @@ from ventana.state.window import (
     MaintenanceWindow,
     Projection,
     QueueItem,
+    WindowError,
     project,
 )
 
@@ -61,6 +62,7 @@ class WindowRunner:
         self.window = window
         self.on_change = on_change
         self.paused = False
+        self.save_error = ""
         self.confirmed: dict[str, Plan] = {}  # item id -> the plan the operator saw
         self.started_plans: dict[str, Plan] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -232,7 +234,12 @@ class WindowRunner:
         self._set(item, status=SKIPPED, reason=reason, ended=self.runner.clock())
 
     def _set(self, item: QueueItem, **changes: object) -> None:
-        self.window.update(item.id, **changes)
+        try:
+            self.window.update(item.id, **changes)
+        except WindowError as exc:
+            # The queue's file is unwritable: the run goes on (every action
+            # still has its action-log row); the screen says the queue is unsaved.
+            self.save_error = str(exc)
         self._changed()
 
     def _changed(self) -> None:

@@ -141,3 +141,26 @@ def test_window_screen_snapshot(snap_compare, tmp_path: Path) -> None:  # type: 
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=open_window)
+
+
+async def test_pause_and_skip_from_the_screen_while_it_runs(tmp_path: Path) -> None:
+    app = make_app(tmp_path, speed=3000)  # a ~3 h merge takes a few real seconds
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        await queue(pilot, app, "git-01", "intranet-01", "kms-01")  # one LUN
+        await pilot.press("w")
+        await pilot.pause(0.2)
+        await pilot.press("r")
+        await pilot.pause(0.2)
+        name = app._window.window.name  # type: ignore[union-attr]
+        await pilot.press(*name, "enter")
+        await wait_for(pilot, lambda: rows(app)[0][9].startswith("running"), 10)
+        await pilot.press("z", "down", "down", "k")
+        await pilot.pause(0.2)
+        assert "paused" in str(app.screen.query_one("#window-summary", Static).render())
+        await wait_for(pilot, lambda: not app._window.active, 30)  # type: ignore[union-attr]
+        statuses = [r[9].split()[0] for r in rows(app)]
+        assert statuses == ["ok", "queued", "skipped"]
+    log = ActionLog.open(tmp_path / "actions.db")
+    outcomes = {r.target_name: r.outcome for r in log.rows()}
+    assert outcomes == {"git-01": "ok", "kms-01": "cancelled"}

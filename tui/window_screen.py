@@ -91,7 +91,8 @@ def parse_end(text: str, now: datetime) -> datetime | None:
     return at if at.tzinfo else at.replace(tzinfo=now.tzinfo)
 
 
-def item_cells(n: int, p: ItemProjection, now: datetime | None = None) -> tuple[Text, ...]:
+def item_cells(n: int, p: ItemProjection, now: datetime | None = None,
+               progress: str = "") -> tuple[Text, ...]:
     item = p.item
     est = Text("")
     if item.pending and p.plan is not None:
@@ -105,6 +106,8 @@ def item_cells(n: int, p: ItemProjection, now: datetime | None = None) -> tuple[
         if p.lun_free_after_best != p.lun_free_after_worst:
             free.append(f"–{human_bytes(p.lun_free_after_best)}")
     status = Text(item.status, style=_STATUS_STYLE.get(item.status, ""))
+    if progress:
+        status.append(f" {progress}", style="cyan")
     reason = p.error or item.reason
     if item.status == "queued" and p.blocking:
         status.append(f" blocked: {', '.join(p.blocking)}", style="bold red")
@@ -143,6 +146,8 @@ def summary_text(wr: WindowRunner, proj: Projection) -> Text:
                 text.append("does NOT fit before the end", style="bold red")
     else:
         text.append("\nNothing to run. Add merges with p on the VM list.", style="dim")
+    if wr.save_error:
+        text.append(f"\nThe queue could not be saved: {clean(wr.save_error)}", style="bold red")
     state = ("paused: running items finish, nothing new starts" if wr.paused and wr.active
              else "running" if wr.active else "")
     if state:
@@ -288,19 +293,35 @@ class WindowScreen(Screen[None]):
         table = self.query_one("#window-table", DataTable)
         cursor = table.cursor_row
         keys = [p.item.id for p in proj.items]
+        progress = self._progress(proj)
         current = [str(k.value) for k in table.rows]
         if current != keys:
             table.clear()
             for n, p in enumerate(proj.items, start=1):
-                table.add_row(*item_cells(n, p, proj.now), key=p.item.id)
+                table.add_row(*item_cells(n, p, proj.now, progress.get(p.item.id, "")),
+                              key=p.item.id)
             if keys:
                 table.move_cursor(row=min(cursor, len(keys) - 1))
             return
         for n, p in enumerate(proj.items, start=1):
-            for label, cell in zip(COLUMNS, item_cells(n, p, proj.now), strict=True):
+            cells = item_cells(n, p, proj.now, progress.get(p.item.id, ""))
+            for label, cell in zip(COLUMNS, cells, strict=True):
                 if str(table.get_cell(p.item.id, label)) != str(cell):
                     # A handful of rows: widths may follow the text.
                     table.update_cell(p.item.id, label, cell, update_width=True)
+
+    def _progress(self, proj: Projection) -> dict[str, str]:
+        """Running items: the task's percentage and message from the live store."""
+        store = self.wr.runner.store
+        out: dict[str, str] = {}
+        for p in proj.items:
+            if p.item.status != "running":
+                continue
+            tasks = [t for t in store.running_tasks_for(f"vm:{p.item.vm_id}")
+                     if t.kind == p.item.action]
+            if tasks:
+                out[p.item.id] = clean(f"{tasks[0].pct:.0f}% {tasks[0].message}")[:80]
+        return out
 
     def _selected(self) -> str | None:
         table = self.query_one("#window-table", DataTable)
