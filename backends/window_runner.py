@@ -14,8 +14,9 @@ confirmation (deleting a VM) is never run from a queue.
 Rules while running:
 
 - at most ``window.parallel`` items at once; never two on one VM; never two
-  on one LUN unless the window allows it (``same_lun``): items wait, and a
-  later item on another LUN may start first;
+  on one LUN unless the window allows it (``same_lun``) — a VM's LUNs are its
+  plan's and those of all its disk files: items wait, and a later item on
+  other LUNs may start first;
 - **pause**: running items finish, nothing new starts;
 - **skip**: a queued item is not run (a "cancelled" row says so); a running
   one cannot be skipped (a merge cannot be stopped);
@@ -172,8 +173,7 @@ class WindowRunner:
             item = self.window.item(item_id)
             if item is not None:
                 busy_vms.add(item.vm_id)
-            if plan is not None and plan.lun_id:
-                busy_luns.add(plan.lun_id)
+                busy_luns |= self._luns_of(item.vm_id, plan)
         failed_vms = {i.vm_id for i in self.window.items if i.status in NOT_OK}
         earlier_vms: set[str] = set()
         for item in list(self.window.items):
@@ -189,16 +189,12 @@ class WindowRunner:
                 earlier_vms.add(item.vm_id)
                 continue
             shown = self.confirmed[item.id]
-            try:
-                lun = self.plan_item(item).lun_id or shown.lun_id
-            except (KeyError, ValueError):
-                lun = shown.lun_id  # execute() refuses and logs it
-            if lun and not self.window.same_lun and lun in busy_luns:
+            luns = self._luns_of(item.vm_id, shown)
+            if not self.window.same_lun and luns & busy_luns:
                 earlier_vms.add(item.vm_id)
                 continue
             busy_vms.add(item.vm_id)
-            if lun:
-                busy_luns.add(lun)
+            busy_luns |= luns
             self.started_plans[item.id] = shown
             self._tasks[item.id] = asyncio.get_running_loop().create_task(
                 self._run_item(item.id, shown))
@@ -225,6 +221,13 @@ class WindowRunner:
             self._set(item, status=status, reason=clean(reason), ended=self.runner.clock())
 
     # -- helpers ----------------------------------------------------------------------
+    def _luns_of(self, vm_id: str, plan: Plan | None) -> set[str]:
+        """Every LUN the item touches: its plan's and those of all the VM's disk files."""
+        luns = {d.lun_id for d in self.runner.store.disks_of(vm_id) if d.lun_id}
+        if plan is not None and plan.lun_id:
+            luns.add(plan.lun_id)
+        return luns
+
     def _skip(self, item: QueueItem, reason: str) -> None:
         plan = self.confirmed.get(item.id)
         if plan is not None:

@@ -243,3 +243,20 @@ async def test_progress_events_do_not_matter_to_the_queue(tmp_path: Path) -> Non
         assert wr.confirm("sat-night") == 0
         assert window.item(item.id).status == "skipped"  # type: ignore[union-attr]
         assert not any(isinstance(e, TaskProgress) for e in s.events)
+
+
+async def test_nothing_starts_while_the_link_is_stale(tmp_path: Path) -> None:
+    async with Session(quiet()) as s:
+        runner, _log, window = setup(s, tmp_path)
+        ids = queue(s, window, ("git-01",))
+        wr = WindowRunner(runner, window)
+        wr.confirm("sat-night")
+        s.backend.drop_connection()
+        await s.settle()
+        assert s.store.stale
+        task = wr.start()
+        await asyncio.sleep(1.2)  # two polls
+        assert window.item(ids[0]).status == "queued" and wr.active  # type: ignore[union-attr]
+        s.backend.restore_connection()
+        await asyncio.wait_for(task, 30)
+        assert window.item(ids[0]).status == "ok"  # type: ignore[union-attr]

@@ -148,6 +148,8 @@ def summary_text(wr: WindowRunner, proj: Projection) -> Text:
         text.append("\nNothing to run. Add merges with p on the VM list.", style="dim")
     if wr.save_error:
         text.append(f"\nThe queue could not be saved: {clean(wr.save_error)}", style="bold red")
+    if wr.active and wr.runner.store.stale:
+        text.append(" · waiting for the connection: nothing new starts", style="bold yellow")
     state = ("paused: running items finish, nothing new starts" if wr.paused and wr.active
              else "running" if wr.active else "")
     if state:
