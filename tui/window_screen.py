@@ -182,12 +182,17 @@ class WindowConfirmScreen(ModalScreen[RunChoice | None]):
                 yield Static(Text(f"Run {len(self.plans)} queued action(s) of the window "
                                   f"{self.window_name!r}", style="bold"), id="plan-title")
                 for n, plan in enumerate(self.plans, start=1):
-                    head = Text(f"{n}. ")
+                    head = Text(f"\n{n}. ")
                     head.append_text(plan_title(plan))
-                    body = Text(f"   {plan.lun_name or '?'} · "
-                                f"{plan.estimate.text() if plan.estimate else 'no estimate'}\n"
-                                f"   {plan.command}", style="dim")
-                    yield Static(Group(head, findings_text(plan), body))
+                    parts: list[Text] = [head, findings_text(plan)]
+                    if plan.blocking:
+                        parts.append(Text("   Blocked now: skipped at its turn unless this has "
+                                          "cleared (no override from a queue).",
+                                          style="bold red"))
+                    parts.append(Text(f"   {plan.lun_name or '?'} · "
+                                      f"{plan.estimate.text() if plan.estimate else 'no estimate'}"
+                                      f"\n   {plan.command}", style="dim"))
+                    yield Static(Group(*parts))
                 yield Static(Text(
                     "Each item is re-planned at its start; one blocked then (or whose plan "
                     "changed) is skipped and logged. There is no override from a queue. A "
