@@ -254,6 +254,7 @@ class ActionRunner:
                     "session_flags": self.flags,
                     # Source seconds per wall second: learned estimates undo it.
                     "clock_rate": self.backend.clock_rate,
+                    **({"second_confirmation": True} if fresh.double_confirm else {}),
                 },
                 findings=findings_to_log(fresh.findings),
                 override=bool(override and blocking),

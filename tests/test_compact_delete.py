@@ -149,6 +149,7 @@ async def test_delete_on_the_plan_screen_needs_the_name_and_the_word(tmp_path: P
         assert not any(d.format is DiskFormat.VHDX for d in app.store.disks_of(vm.id))
     row = ActionLog.open(tmp_path / "actions.db").rows()[0]
     assert row.action == "delete" and row.outcome == "ok"
+    assert row.plan_data()["second_confirmation"] is True
     assert {f["path"] for f in row.plan_data()["facts"]["files"]} == set(files)
 
 
