@@ -96,6 +96,9 @@ async def test_end_time_says_whether_the_queue_fits(tmp_path: Path) -> None:
         await pilot.pause(0.2)
         summary = app.screen.query_one("#window-summary", Static)
         assert "no end time" in str(summary.render())
+        detail = str(app.screen.query_one("#window-detail", Static).render())
+        assert "merge git-01: estimate" in detail and "no past merges on this cluster" in detail
+        assert "Remove-VMSnapshot" in detail
         await pilot.press("e", *"+1h", "enter")  # git-01 alone is ~3 h
         await pilot.pause(0.2)
         assert [r[8] for r in rows(app)] == ["NO", "NO"]

@@ -274,6 +274,7 @@ class WindowScreen(Screen[None]):
         with Vertical(id="window-main"):
             yield Static("", id="window-summary")
             yield DataTable(id="window-table", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="window-detail")
             yield Input(id="window-input", classes="hidden")
         yield Footer()
 
@@ -309,6 +310,7 @@ class WindowScreen(Screen[None]):
                               key=p.item.id)
             if keys:
                 table.move_cursor(row=min(cursor, len(keys) - 1))
+            self._show_detail()
             return
         for n, p in enumerate(proj.items, start=1):
             cells = item_cells(n, p, proj.now, progress.get(p.item.id, ""))
@@ -316,6 +318,33 @@ class WindowScreen(Screen[None]):
                 if str(table.get_cell(p.item.id, label)) != str(cell):
                     # A handful of rows: widths may follow the text.
                     table.update_cell(p.item.id, label, cell, update_width=True)
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        """The selected item: its estimate's basis and uncertainty, findings, command."""
+        detail = self.query_one("#window-detail", Static)
+        item_id = self._selected()
+        found = next((p for p in self.projection.items if p.item.id == item_id),
+                     None) if self.projection else None
+        if found is None:
+            detail.update("")
+            return
+        text = Text(f"{found.item.action} {found.item.vm_name}: ", style="bold")
+        if found.plan is None:
+            text.append(found.error or found.item.reason or found.item.status)
+        else:
+            text.append(f"estimate {found.estimate.text()}\n")
+            for f in found.plan.findings:
+                style = ("cyan", "yellow", "bold red", "bold red")[f.severity.rank]
+                text.append(f"{f.severity.value.upper()} {f.code}  ", style=style)
+            text.append(found.plan.command, style="italic dim")
+        if found.item.reason:
+            text.append(f"\n{found.item.reason}", style="dim")
+        detail.update(text)
+
+    @on(DataTable.RowHighlighted, "#window-table")
+    def _highlighted(self) -> None:
+        self._show_detail()
 
     def _progress(self, proj: Projection) -> dict[str, str]:
         """Running items: the task's percentage and message from the live store."""
