@@ -8,6 +8,8 @@ cluster's own history is evidence. The model stays simple and robust:
   from the action log: its duration (in the source's time: a simulator's
   faster clock is undone with the ``clock_rate`` the runner logs) and the
   checkpoint count and differencing-disk bytes its plan recorded;
+- merges of similar chains (checkpoint count within half of this one's) are
+  used when there are enough of them, else all of the cluster's merges;
 - each sample gives a *ratio*: its real duration over what the size/chain
   heuristic (``plans.merge_units``) predicted for it. The ratio calibrates
   the heuristic to this cluster's storage, whatever the mix of chain length
@@ -88,6 +90,16 @@ def learned_estimate(
         why = ("no past merges on this cluster yet" if not samples else
                f"only {len(samples)} past merge(s) on this cluster, {min_samples} needed")
         return dataclasses.replace(fallback, basis=f"heuristic, {why}: {fallback.basis}")
+    # Prefer merges of similar chains (checkpoint count within half of this
+    # one's): chain length is what drove merge time in the source campaign.
+    similar = [s for s in samples
+               if abs(s.checkpoints - checkpoints) <= max(1, checkpoints // 2)]
+    which = "past merges"
+    if len(similar) >= min_samples:
+        lo, hi = min(s.checkpoints for s in similar), max(s.checkpoints for s in similar)
+        span = f"{lo}" if lo == hi else f"{lo}–{hi}"
+        which = f"similar past merges ({span} checkpoints)"
+        samples = similar
     ratios = sorted(s.ratio for s in samples)
     median = statistics.median(ratios)
     if len(ratios) >= 10:
@@ -102,7 +114,7 @@ def learned_estimate(
         low_s=low,
         likely_s=likely,
         high_s=high,
-        basis=f"from {len(samples)} past merges on this cluster, ±{pct} % "
+        basis=f"from {len(samples)} {which} on this cluster, ±{pct} % "
         f"({checkpoints} checkpoints, {human_bytes(chain_bytes)} of differencing disks)",
     )
 

@@ -39,7 +39,8 @@ def test_median_ratio_scales_the_model_and_the_spread_is_the_range() -> None:
     base = 60 * merge_units(5, 100 * GB)
     assert est.likely_s == pytest.approx(2.0 * base)
     assert est.low_s == pytest.approx(1.5 * base) and est.high_s == pytest.approx(3.0 * base)
-    assert est.basis.startswith("from 5 past merges on this cluster, ±50 %")
+    assert est.basis.startswith("from 5 similar past merges (3 checkpoints) on this cluster, "
+                                "±50 %")
     # One pathological merge moves the median little (the mean would be 8.5).
     wild = learned_estimate([*samples, sample(40.0)], 5, 100 * GB)
     assert wild.likely_s == pytest.approx(2.25 * base)
@@ -48,6 +49,18 @@ def test_median_ratio_scales_the_model_and_the_spread_is_the_range() -> None:
     est = learned_estimate(many, 1, 0)
     base = 60 * merge_units(1, 0)
     assert est.low_s == pytest.approx(1.1 * base) and est.high_s == pytest.approx(1.9 * base)
+
+
+def test_similar_chains_are_preferred_when_there_are_enough() -> None:
+    short = [sample(1.0, checkpoints=2) for _ in range(3)]
+    long = [sample(5.0, checkpoints=20) for _ in range(3)]
+    est = learned_estimate(short + long, 2, 0)
+    assert est.likely_s == pytest.approx(60 * merge_units(2, 0))
+    assert est.basis.startswith("from 3 similar past merges (2 checkpoints)")
+    # Too few similar ones: every past merge counts.
+    est = learned_estimate(short[:2] + long, 2, 0)
+    assert est.basis.startswith("from 5 past merges on this cluster")
+    assert est.likely_s == pytest.approx(5.0 * 60 * merge_units(2, 0))
 
 
 def seed(log: ActionLog, system: str, seconds: float, checkpoints: int, chain: int, *,
@@ -88,7 +101,7 @@ async def test_plans_and_the_window_use_the_learned_estimate(tmp_path: Path) -> 
             seed(log, s.backend.target, minutes * 60, checkpoints, 30 * GB)
         after = runner.plan("merge", vm.id)
         assert after.estimate and after.estimate.basis.startswith(
-            "from 4 past merges on this cluster, ±")
+            "from 4 similar past merges (3–5 checkpoints) on this cluster, ±")
         assert after.estimate.likely_s > before.estimate.likely_s  # this cluster is slower
         window = WindowStore.open(log.path).load("w")
         window.add(vm.id, vm.name, "merge")
