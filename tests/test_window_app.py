@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from apphelp import make_app, populated, wait_for
@@ -9,6 +10,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from ventana.state.actionlog import ActionLog
+from ventana.state.events import Upsert
 from ventana.tui.app import VentanaApp
 from ventana.tui.vm_table import VmTable
 from ventana.tui.window_screen import WindowConfirmScreen, WindowScreen
@@ -167,3 +169,25 @@ async def test_pause_and_skip_from_the_screen_while_it_runs(tmp_path: Path) -> N
     log = ActionLog.open(tmp_path / "actions.db")
     outcomes = {r.target_name: r.outcome for r in log.rows()}
     assert outcomes == {"git-01": "ok", "kms-01": "cancelled"}
+
+
+async def test_hostile_vm_name_is_shown_literally_in_the_window(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        vm = app.store.vm(vm_id(app, "git-01"))
+        assert vm is not None
+        evil = "[bold red]x[/] [@click=app.quit]y[/] \x1b]52;c;aGk=\x07\x1b[2J"
+        app.store.apply(Upsert(dataclasses.replace(vm, name=evil)))
+        await pilot.pause(0.2)
+        app.query_one(VmTable).select_vm(vm.id)
+        await pilot.pause(0.05)
+        await pilot.press("p", "w")
+        await pilot.pause(0.3)
+        shown = rows(app)[0][1]
+        assert shown.startswith("[bold red]x[/] [@click=app.quit]y[/]")
+        assert "\x1b" not in shown
+        table = app.screen.query_one("#window-table", DataTable)
+        for y in range(table.size.height):
+            assert "\x1b" not in table.render_line(y).text
+        assert app.is_running
