@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ventana.state.actionlog import ActionLog, ActionLogError
+from ventana.state.cleanup_plans import plan_compact, plan_delete
+from ventana.state.estimates import LearnedEstimator
 from ventana.state.model import FinalState, Kind, TaskState
 from ventana.state.plans import PLANNERS, Plan, Planner, findings_to_log, register_planner
 from ventana.state.sanitize import clean
@@ -110,6 +112,17 @@ class ActionRecorder(Protocol):
     def write_action(self, data: dict[str, Any]) -> None: ...
 
 
+class PlanEstimator(Protocol):
+    def refine(self, plan: Plan) -> Plan: ...
+
+
+#: The plan param a queued item carries: the maintenance window it ran from.
+#: Planners never see it; it lands in the plan's params and facts (and so in
+#: the action log row).
+QUEUE_PARAM = "queue_window"
+_DEFAULT: Any = object()
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -126,6 +139,7 @@ class ActionRunner:
         clock: Callable[[], datetime] = _now,
         mode: str | None = None,
         flags: str = "",
+        estimator: PlanEstimator | None = _DEFAULT,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -139,6 +153,10 @@ class ActionRunner:
         #: outcome row reads the disks and LUN "after" (the app applies its event
         #: buffer); bounded by SETTLE_S. None: read the store as it is.
         self.settle: Callable[[], Awaitable[None]] | None = None
+        # Merge estimates learned from this cluster's past merges in the log.
+        if estimator is _DEFAULT:
+            estimator = LearnedEstimator(log, backend.target) if log is not None else None
+        self.estimator = estimator
 
     @property
     def read_only(self) -> bool:
@@ -148,7 +166,13 @@ class ActionRunner:
         planner = PLANNERS.get(action)
         if planner is None or action not in EXECUTE:
             raise ValueError(f"unknown action {action!r}")
+        queue = params.pop(QUEUE_PARAM, None)
         plan = planner(self.store, vm_id, self.clock(), **params)
+        if self.estimator is not None:
+            plan = self.estimator.refine(plan)
+        if queue is not None:
+            params[QUEUE_PARAM] = queue
+            plan = dataclasses.replace(plan, facts={**plan.facts, QUEUE_PARAM: queue})
         if params and plan.params != params:
             plan = dataclasses.replace(plan, params=dict(params))
         return plan
@@ -198,6 +222,7 @@ class ActionRunner:
         *,
         override: bool = False,
         overridden: frozenset[str] | None = None,
+        confirmed_twice: bool = False,
     ) -> ActionResult:
         """Run a confirmed plan.
 
@@ -250,6 +275,9 @@ class ActionRunner:
         if changed:
             raise self._refuse(fresh, f"{changed} since the plan was shown; review it again",
                                override=override)
+        if fresh.double_confirm and not confirmed_twice:
+            raise self._refuse(fresh, f"{fresh.action} needs a second explicit confirmation "
+                                      "after the typed name; nothing was sent", override=override)
 
         try:
             executor = self.backend.executor()
@@ -269,6 +297,9 @@ class ActionRunner:
                     "overridden": sorted(blocking) if override else [],
                     "session_flags": self.flags,
                     **where_now(self.store, obj_id, "before"),
+                    # Source seconds per wall second: learned estimates undo it.
+                    "clock_rate": self.backend.clock_rate,
+                    **({"second_confirmation": True} if fresh.double_confirm else {}),
                 },
                 findings=findings_to_log(fresh.findings),
                 override=bool(override and blocking),
@@ -358,3 +389,16 @@ class ActionRunner:
         if self.backend.read_only:
             return False
         return await self.backend.executor().cancel(task_id)
+
+
+# -- offline clean-up actions -------------------------------------------------------
+register_action(
+    "compact", plan_compact,
+    lambda ex, vm_id, task_id, plan: ex.compact_vhdx(
+        vm_id, task_id, tuple(d["path"] for d in plan.facts["disks"])),
+)
+register_action(
+    "delete", plan_delete,
+    lambda ex, vm_id, task_id, plan: ex.delete_vm(
+        vm_id, task_id, tuple(f["path"] for f in plan.facts["files"])),
+)

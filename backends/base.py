@@ -114,6 +114,33 @@ class Executor(abc.ABC):
         """Keep the old VM as fallback: off, renamed, no automatic start."""
         return self._no_rebuild()
 
+    async def compact_vhdx(self, vm_id: str, task_id: str, paths: tuple[str, ...]
+                           ) -> ActionResult:
+        """Optimize-VHD -Mode Full on the given disk files of a VM that is off.
+
+        Backends that can do it override this; the default refuses before
+        anything is sent.
+        """
+        self._guard("compact")
+        return ActionResult(
+            TaskState.FAILED,
+            error=f"compacting a VHDX is not available on {self._backend.target}; "
+            "nothing was sent",
+        )
+
+    async def delete_vm(self, vm_id: str, task_id: str, paths: tuple[str, ...]) -> ActionResult:
+        """Remove a VM (it is off, not replicating) and delete the given files.
+
+        Backends that can do it override this; the default refuses before
+        anything is sent.
+        """
+        self._guard("delete")
+        return ActionResult(
+            TaskState.FAILED,
+            error=f"deleting a VM is not available on {self._backend.target}; "
+            "nothing was sent",
+        )
+
     @abc.abstractmethod
     async def cancel(self, task_id: str) -> bool:
         """Ask the system to cancel a running task; False if it cannot."""

@@ -87,6 +87,8 @@ class Plan:
     #: What the operator chose beyond the VM (e.g. a snapshot id): the runner
     #: plans again with the same params at confirmation.
     params: dict[str, Any] = field(default_factory=dict)
+    #: Needs a second, explicit confirmation after the typed name (deleting a VM).
+    double_confirm: bool = False
 
     @property
     def blocking(self) -> tuple[Finding, ...]:
@@ -118,6 +120,24 @@ class Plan:
         if self.estimate:
             data["estimate"] = asdict(self.estimate)
         return data
+
+
+def merge_units(checkpoints: int, chain_bytes: int) -> float:
+    """The size/chain-based merge time in minutes (the fallback estimate's model)."""
+    return (_MERGE_BASE_MIN + _MERGE_PER_CHECKPOINT_MIN * checkpoints
+            + _MERGE_PER_GB_MIN * chain_bytes / 1024**3)
+
+
+def heuristic_merge_estimate(checkpoints: int, chain_bytes: int) -> Estimate:
+    """The estimate when this cluster has no merge history to learn from."""
+    likely = 60 * merge_units(checkpoints, chain_bytes)
+    return Estimate(
+        low_s=likely * 0.4,
+        likely_s=likely,
+        high_s=likely * 3.0,
+        basis=f"{checkpoints} checkpoints, {human_bytes(chain_bytes)} of "
+        "differencing disks; merge time follows the chain more than the size",
+    )
 
 
 def findings_to_log(findings: tuple[Finding, ...]) -> list[dict[str, str]]:
@@ -262,19 +282,7 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
             f"Chain depth {depth}: long chains merge slowly (hours), whatever their size.",
         )
 
-    chain_gb = space.chain_bytes / 1024**3
-    likely = 60 * (
-        _MERGE_BASE_MIN
-        + _MERGE_PER_CHECKPOINT_MIN * len(checkpoints)
-        + _MERGE_PER_GB_MIN * chain_gb
-    )
-    estimate = Estimate(
-        low_s=likely * 0.4,
-        likely_s=likely,
-        high_s=likely * 3.0,
-        basis=f"{len(checkpoints)} checkpoints, {human_bytes(space.chain_bytes)} of "
-        "differencing disks; merge time follows the chain more than the size",
-    )
+    estimate = heuristic_merge_estimate(len(checkpoints), space.chain_bytes)
     oldest = oldest_checkpoint_age(checkpoints, now)
     disks = store.disks_of(vm_id)
     size_before = sum(d.size_bytes for d in disks)

@@ -31,6 +31,7 @@ from textual.widgets import Footer, Input
 from ventana.backends import rebuild_runner  # noqa: F401 - registers the "rebuild" action
 from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.base import Backend, ReadOnlyError
+from ventana.backends.window_runner import WindowRunner
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.derived import human_bytes
 from ventana.state.events import ConnectionChanged, Event, LinkState
@@ -39,6 +40,7 @@ from ventana.state.plans import Plan
 from ventana.state.rebuild import RebuildStore
 from ventana.state.sanitize import clean
 from ventana.state.store import Delta, Store
+from ventana.state.window import WindowError, WindowStore
 
 from . import commands
 from .checkpoints_pane import CheckpointsPane
@@ -52,6 +54,7 @@ from .plan_screen import Confirmation, PlanScreen
 from .rebuild_screen import RebuildScreen
 from .task_strip import TaskStrip
 from .vm_table import VmTable
+from .window_screen import RunChoice, WindowScreen
 
 INITIAL_LOAD_MAX_S = 5.0
 
@@ -500,7 +503,7 @@ class VentanaApp(App[None]):
         try:
             result = await self.runner.execute(
                 plan, confirmation.typed, override=confirmation.override,
-                overridden=confirmation.overridden,
+                overridden=confirmation.overridden, confirmed_twice=confirmation.second,
             )
         except (ActionRefused, ReadOnlyError) as exc:
             self.notify(
@@ -636,3 +639,87 @@ class VentanaApp(App[None]):
         await asyncio.sleep(self._flush_interval)  # the pump takes what the backend sent
         if not self._loading:
             self._flush_events()
+
+    # -- the maintenance window -------------------------------------------------------
+    _window: WindowRunner | None = None
+
+    def window_runner(self) -> WindowRunner | None:
+        """The window queue (from the action log's file); None, with a notice, if unusable."""
+        if self._window is not None:
+            return self._window
+        if self.action_log is None:
+            self.notify("The maintenance window is kept in the action log, which is not "
+                        f"open: {clean(self.runner.log_error)}", severity="error",
+                        markup=False)
+            return None
+        try:
+            window = WindowStore.open(self.action_log.path).load(
+                default_name=f"window {self.clock():%Y-%m-%d}", now=self.clock())
+        except WindowError as exc:
+            self.notify(clean(str(exc)), severity="error", markup=False)
+            return None
+        self._window = WindowRunner(self.runner, window, on_change=self._window_changed)
+        return self._window
+
+    def action_window(self) -> None:
+        wr = self.window_runner()
+        if wr is not None:
+            self.push_screen(WindowScreen(wr, read_only=self.read_only,
+                                          on_run=self._window_run))
+
+    def action_queue_merge(self) -> None:
+        if isinstance(self.screen, WindowScreen):
+            return
+        vm_id = self.selected_vm_id()
+        vm = self.store.vm(vm_id) if vm_id else None
+        if vm is None:
+            self.notify("Select a VM first.", severity="warning")
+            return
+        wr = self.window_runner()
+        if wr is None:
+            return
+        try:
+            wr.window.add(vm.id, vm.name, "merge")
+        except WindowError as exc:
+            self.notify(clean(str(exc)), severity="error", markup=False)
+            return
+        pending = sum(1 for i in wr.window.items if i.pending)
+        self.notify(f"Merge of {vm.name} queued in {wr.window.name} ({pending} to run). "
+                    "w opens the window.", markup=False)
+
+    def action_compact(self) -> None:
+        self._open_plan("compact")
+
+    def action_delete_vm(self) -> None:
+        self._open_plan("delete")
+
+    def _window_changed(self) -> None:
+        if isinstance(self.screen, WindowScreen):
+            self.screen.refresh_queue()
+
+    def _window_run(self, choice: RunChoice, shown: dict[str, Plan]) -> None:
+        wr = self._window
+        if wr is None:
+            return
+        try:
+            wr.window.set_parallel(choice.parallel, choice.same_lun)
+            count = wr.confirm(choice.typed, shown)
+        except (ActionRefused, ReadOnlyError, WindowError) as exc:
+            self.notify(f"The queue was not run: {clean(str(exc))}", severity="error",
+                        markup=False)
+            return
+        self.notify(f"Running {count} item(s) of {wr.window.name}.", markup=False)
+        self.run_worker(self._run_window(wr), group="window", exit_on_error=False)
+
+    async def _run_window(self, wr: WindowRunner) -> None:
+        self._actions_running += 1
+        try:
+            await wr.start()
+        finally:
+            self._actions_running -= 1
+        counts: dict[str, int] = {}
+        for item in wr.window.items:
+            counts[item.status] = counts.get(item.status, 0) + 1
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        self.notify(f"Window {wr.window.name}: {summary}", title="Queue stopped",
+                    markup=False, timeout=15)

@@ -49,6 +49,20 @@ COMMANDS: tuple[Command, ...] = (
     Command("final_state", "e", "Set final state", "Set the selected VM's final state "
             "(Operational, Degraded, …) with a note; written to the action log, nothing is "
             "sent to the cluster", "State", show=False),
+    Command("window", "w", "Maintenance window", "The window's plan queue: order, estimates, "
+            "projected LUN space, fits before the end; run it (N in parallel), pause, skip",
+            "Window"),
+    # Adding to the queue changes nothing on the cluster (read-only sessions can
+    # plan a window); running the queue is guarded on the window screen.
+    Command("queue_merge", "p", "Queue merge", "Add the selected VM's merge to the "
+            "maintenance window's queue", "Queue"),
+    # Palette-only (no key): offline clean-up actions.
+    Command("compact", "", "Compact VHDX (offline)", "Plan and run Optimize-VHD -Mode Full on "
+            "the selected VM's dynamic disks (VM off, no checkpoints)", mutating=True,
+            show=False),
+    Command("delete_vm", "", "Delete obsolete VM", "Plan and run the removal of the selected "
+            "VM and its disk files (VM off, not replicating; typed name and a second "
+            "confirmation)", mutating=True, show=False),
 )
 
 MUTATING_ACTIONS = frozenset(c.action for c in COMMANDS if c.mutating)
@@ -58,7 +72,7 @@ def bindings() -> list[Binding]:
     return [
         Binding(c.key, c.action, c.short or c.title, show=c.show, tooltip=c.help)
         for c in COMMANDS
-        if c.action != "focus_next_pane"
+        if c.action != "focus_next_pane" and c.key  # no key: palette only
     ]
 
 

@@ -38,11 +38,18 @@ class Confirmation:
     typed: str
     override: bool
     overridden: frozenset[str] = frozenset()  # the blocking codes the operator saw
+    second: bool = False  # the second explicit confirmation (plan.double_confirm)
+
+
+#: What the operator types as the second confirmation of a double-confirmed plan.
+SECOND_WORD = "DELETE"
 
 
 ACTION_TITLES = {
     "merge": "Merge checkpoints of ",
     "upgrade": "Upgrade the configuration version of ",
+    "compact": "Compact the disks of ",
+    "delete": "Delete the VM ",
 }
 
 
@@ -81,6 +88,9 @@ def plan_summary(plan: Plan) -> Group:
     listed = facts.get("checkpoint_list", [])
     if listed:
         groups += [Text(""), _chain_table(listed)]
+    files = facts.get("files") or facts.get("disks")
+    if files and plan.action in ("delete", "compact"):
+        groups += [Text(""), _files_table(plan, files)]
     return Group(*groups)  # type: ignore[arg-type]
 
 
@@ -115,6 +125,22 @@ def _chain_table(listed: list[dict[str, object]]) -> Table:
     if len(listed) > 12:
         chain.add_row(Text(f"… {len(listed) - 12} more"), Text(""), Text(""), Text(""))
     return chain
+
+
+def _files_table(plan: Plan, files: list[dict[str, object]]) -> Table:
+    """Every file the action deletes or compacts, with its size (never truncated)."""
+    deleting = plan.action == "delete"
+    table = Table(box=None, padding=(0, 1), show_header=True, header_style="dim",
+                  title=Text("Files deleted" if deleting else "Disks compacted", style="bold"),
+                  title_justify="left")
+    table.add_column("File")
+    table.add_column("Size", justify="right")
+    for item in files:
+        table.add_row(Text(str(item["path"])), Text(human_bytes(item["size"])))  # type: ignore[arg-type]
+    total = sum(int(item["size"]) for item in files)  # type: ignore[call-overload]
+    table.add_row(Text(f"{len(files)} file(s)", style="bold"),
+                  Text(human_bytes(total), style="bold"))
+    return table
 
 
 def findings_text(plan: Plan) -> Text:
@@ -158,6 +184,15 @@ class PlanScreen(ModalScreen[Confirmation | None]):
             prompt.append(plan.target_name, style="bold")
             yield Static(prompt, id="plan-prompt")
             yield Input(placeholder=plan.target_name, id="confirm-name", disabled=self.read_only)
+            if plan.double_confirm:
+                files = plan.facts.get("files") or []
+                second = Text("Second confirmation — this cannot be undone. Type ",
+                              style="bold red")
+                second.append(SECOND_WORD, style="bold reverse")
+                second.append(f" to {plan.action} {plan.target_name} and its {len(files)} "
+                              f"file(s), {human_bytes(plan.size_before)}:", style="bold red")
+                yield Static(second, id="plan-second-prompt")
+                yield Input(placeholder=SECOND_WORD, id="confirm-second", disabled=self.read_only)
             yield Static("", id="plan-error")
             with Horizontal(id="plan-buttons"):
                 yield Button(f"Run {plan.action}", variant="error", id="run",
@@ -179,8 +214,21 @@ class PlanScreen(ModalScreen[Confirmation | None]):
         if self.plan.blocking and not override:
             self._error("Blocked by pre-flight. Tick the override to run anyway (logged).")
             return
+        second = False
+        if self.plan.double_confirm:
+            box = self.query_one("#confirm-second", Input)
+            if box.value != SECOND_WORD:
+                self._error(f"Type {SECOND_WORD} in the second box as well: this "
+                            f"{self.plan.action} cannot be undone.")
+                box.focus()
+                return
+            second = True
         seen = frozenset(f.code for f in self.plan.blocking) if override else frozenset()
-        self.dismiss(Confirmation(typed, override, seen))
+        self.dismiss(Confirmation(typed, override, seen, second))
+
+    @on(Input.Submitted, "#confirm-second")
+    def _second_submitted(self) -> None:
+        self._try_confirm()
 
     @on(Input.Submitted, "#confirm-name")
     def _submitted(self) -> None:

@@ -183,8 +183,19 @@ class Churn:
             )
         self._stopped.append(vm_id)
 
+    def forget_vm(self, vm_id: str) -> None:
+        """A VM was deleted: churn no longer picks it, starts it or moves it."""
+        for ids in (self.vm_ids, self.replicas, self._stopped):
+            while vm_id in ids:
+                ids.remove(vm_id)
+        if self._drain is not None:
+            for ids in (self._drain.queue, self._drain.moved):
+                while vm_id in ids:
+                    ids.remove(vm_id)
+
     def _settle(self, vm_id: str, was: PowerState, now: PowerState) -> None:
-        if self.world.vms[vm_id].power is was:
+        vm = self.world.vms.get(vm_id)
+        if vm is not None and vm.power is was:
             self.world.set_power(vm_id, now)
 
     def _replication(self) -> None:

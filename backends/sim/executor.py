@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..base import ActionResult, Executor, StepResult
+from .cleanup import run_compact, run_delete
 
 if TYPE_CHECKING:
     from .backend import SimBackend
@@ -65,6 +66,17 @@ class SimExecutor(Executor):
     async def retire_old(self, vm_id: str, new_name: str, task_id: str) -> StepResult:
         self._guard("rebuild")
         return await self._sim.rebuild.retire(vm_id, new_name, task_id)
+
+    async def compact_vhdx(self, vm_id: str, task_id: str, paths: tuple[str, ...]
+                           ) -> ActionResult:
+        """Optimize-VHD -Mode Full: refused unless the VM is off and has no checkpoints."""
+        self._guard("compact")
+        return await run_compact(self._sim, vm_id, task_id, paths)
+
+    async def delete_vm(self, vm_id: str, task_id: str, paths: tuple[str, ...]) -> ActionResult:
+        """Remove-VM and its files: refused while the VM is not off or replicates."""
+        self._guard("delete")
+        return await run_delete(self._sim, vm_id, task_id, paths)
 
     async def cancel(self, task_id: str) -> bool:
         """Always False for a merge: Hyper-V cannot cancel a merge in progress.
