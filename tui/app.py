@@ -35,6 +35,15 @@ from ventana.state.derived import human_bytes
 from ventana.state.events import ConnectionChanged, Event, LinkState
 from ventana.state.model import Kind, TaskState
 from ventana.state.plans import Plan
+from ventana.state.plans_vsphere import (
+    CONSOLIDATE,
+    CREATE_SNAPSHOT,
+    ESTIMATES,
+    REMOVE_ALL,
+    REMOVE_SNAPSHOT,
+    ServerEstimate,
+    is_vsphere,
+)
 from ventana.state.sanitize import clean
 from ventana.state.store import Delta, Store
 
@@ -352,7 +361,69 @@ class VentanaApp(App[None]):
         return self.query_one(VmTable).cursor_vm_id
 
     def action_merge(self) -> None:
+        vm_id = self.selected_vm_id()
+        vm = self.store.vm(vm_id) if vm_id else None
+        if vm is not None and is_vsphere(self.store, vm):  # the vSphere equivalent
+            self._open_vsphere(REMOVE_ALL, vm.id)
+            return
         self._open_plan("merge")
+
+    # -- vSphere snapshot actions (plans in state/plans_vsphere.py) ----------------
+    def _vsphere_vm(self) -> str | None:
+        vm_id = self.selected_vm_id()
+        vm = self.store.vm(vm_id) if vm_id else None
+        if vm is None:
+            self.notify("Select a VM first.", severity="warning")
+            return None
+        if not is_vsphere(self.store, vm):
+            self.notify("This action is for vSphere VMs.", severity="warning")
+            return None
+        return vm.id
+
+    def _remove_snapshot(self, children: bool) -> None:
+        vm_id = self._vsphere_vm()
+        if vm_id is None:
+            return
+        snapshot = self.query_one(CheckpointsPane).selected_checkpoint_id(vm_id)
+        if snapshot is None:
+            self.notify("Select a snapshot in the Checkpoints pane first (Tab, then the "
+                        "arrow keys).", severity="warning")
+            return
+        self._open_vsphere(REMOVE_SNAPSHOT, vm_id, snapshot=snapshot, children=children)
+
+    def action_remove_snapshot(self) -> None:
+        self._remove_snapshot(children=False)
+
+    def action_remove_snapshot_tree(self) -> None:
+        self._remove_snapshot(children=True)
+
+    def action_consolidate(self) -> None:
+        if (vm_id := self._vsphere_vm()) is not None:
+            self._open_vsphere(CONSOLIDATE, vm_id)
+
+    def action_create_snapshot(self) -> None:
+        if (vm_id := self._vsphere_vm()) is not None:
+            self._open_vsphere(CREATE_SNAPSHOT, vm_id)
+
+    def _open_vsphere(self, action: str, vm_id: str, **params: object) -> None:
+        """Ask vCenter for its storage estimate first (writable sessions only: it
+        starts a server task), then open the plan; the estimate is best-effort."""
+        if action not in (REMOVE_ALL, CONSOLIDATE) or self.read_only:
+            self._open_plan(action, vm_id, **params)
+            return
+
+        async def estimate_then_plan() -> None:
+            with contextlib.suppress(Exception):
+                executor = self.backend.executor()
+                estimate = getattr(executor, "estimate_consolidation", None)
+                if estimate is not None:
+                    snaps = frozenset(c.id for c in self.store.checkpoints_of(vm_id))
+                    by_lun = await estimate(vm_id, timeout=10.0)
+                    ESTIMATES[vm_id] = ServerEstimate(by_lun, snaps, self.clock())
+            self._open_plan(action, vm_id, **params)
+
+        self.run_worker(estimate_then_plan(), group="estimate", exclusive=True,
+                        exit_on_error=False)
 
     def action_upgrade(self) -> None:
         self._open_plan("upgrade")
@@ -364,7 +435,7 @@ class VentanaApp(App[None]):
             return
         try:
             plan = self.runner.plan(action, vm_id, **params)
-        except KeyError as exc:
+        except (KeyError, ValueError) as exc:  # gone, or not available on this target
             self.notify(clean(str(exc)), severity="error", markup=False)
             return
         self.push_screen(

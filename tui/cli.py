@@ -2,7 +2,7 @@
 
     ventana [--target NAME | --seed N --vms N ...] [--read-only] [--record FILE]
     ventana --hyperv CLUSTER [--node HOST]... --user 'DOMAIN\\user' [--ca-file PEM] [--read-write]
-    ventana --vsphere HOST[:PORT] --user USER [--ca-file PEM]   (monitoring only)
+    ventana --vsphere HOST[:PORT] --user USER [--ca-file PEM] [--read-write]
     ventana replay FILE [--speed N]
     ventana log [--csv] [--limit N]
 
@@ -52,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="--hyperv: HTTPS port (default 5986)")
     real.add_argument(
         "--read-write", action="store_true",
-        help="--hyperv: allow actions (after plan, pre-flight and typed confirmation)",
+        help="--hyperv/--vsphere: allow actions (after plan, pre-flight and typed confirmation)",
     )
     real.add_argument("--vsphere", metavar="HOST[:PORT]",
-                      help="a vCenter or ESXi host (monitoring only in this version)")
+                      help="a vCenter or ESXi host (read-only unless --read-write)")
     real.add_argument("--user", help="user name (DOMAIN\\user, or user@vsphere.local)")
     real.add_argument("--ca-file", type=Path, help="CA bundle that signed the server's certificate")
     real.add_argument("--password-file", type=Path, help="file with the password (mode 0600)")
@@ -131,7 +131,7 @@ def _sim_backend(args: argparse.Namespace, options: dict[str, object], read_only
     return SimBackend(SimConfig(read_only=read_only, **values))  # type: ignore[arg-type]
 
 
-VSPHERE_READ_ONLY = "vSphere actions are not available in this version (monitoring only)"
+VSPHERE_READ_ONLY = "vSphere sessions are read-only unless started with --read-write"
 
 
 def _vsphere_backend(args: argparse.Namespace) -> Backend:
@@ -145,7 +145,8 @@ def _vsphere_backend(args: argparse.Namespace) -> Backend:
         args.vsphere, "", "443")
     config = VSphereConfig(
         host=host, port=int(port), user=args.user or "", ca_file=args.ca_file,
-        insecure=args.insecure, password_file=args.password_file, read_only=True,
+        insecure=args.insecure, password_file=args.password_file,
+        read_only=not args.read_write or args.read_only,
     )
     password = None
     if args.password_file is None and not os.environ.get(DEFAULT_ENV) and sys.stdin.isatty():
@@ -200,6 +201,7 @@ def _apply_target(args: argparse.Namespace, kind: str, options: dict[str, object
     else:
         host = str(options.get("host") or args.target)
         args.vsphere = f"{host}:{int(options.get('port', 443))}"  # type: ignore[arg-type]
+        args.read_write = args.read_write or not read_only
     args.target = None
 
 
@@ -254,7 +256,8 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
         except (ValueError, OSError) as exc:
             print(f"ventana: {clean(str(exc))}", file=sys.stderr)
             return 2
-        reason = VSPHERE_READ_ONLY
+        if backend.read_only:
+            reason = "started with --read-only" if args.read_only else VSPHERE_READ_ONLY
     else:
         try:
             target = config.target(args.target) if args.target else None

@@ -43,6 +43,10 @@ class Confirmation:
 ACTION_TITLES = {
     "merge": "Merge checkpoints of ",
     "upgrade": "Upgrade the configuration version of ",
+    "remove-snapshot": "Remove a snapshot of ",
+    "remove-all-snapshots": "Remove all snapshots of ",
+    "consolidate": "Consolidate the disks of ",
+    "create-snapshot": "Create a snapshot of ",
 }
 
 
@@ -66,7 +70,26 @@ def plan_summary(plan: Plan) -> Group:
                    f"Gen{facts.get('generation', '?')} · version "
                    f"{facts.get('config_version') or '?'} · replication "
                    f"{facts.get('replication', '?')}")
+    vsphere = facts.get("platform") == "vsphere"
+    if vsphere:
+        vm_line = Text(f"on host {facts.get('node') or '?'} · {facts.get('power', '?')} · "
+                       f"{facts.get('checkpoints', 0)} snapshot(s) · stun budget "
+                       f"{float(facts.get('stun_budget_ms') or 0) / 1000:.1f} s")
+        if facts.get("last_stun_ms") is not None:
+            vm_line.append(f" · last stun {float(facts['last_stun_ms']) / 1000:.2f} s")
     space.add_row("VM", vm_line)
+    if vsphere and facts.get("snapshot_name"):
+        space.add_row("Snapshot", Text(str(facts["snapshot_name"]), style="bold"))
+    if vsphere and plan.action == "remove-snapshot":
+        space.add_row("Children", Text("removed too (X)" if facts.get("children")
+                                       else "kept, re-parented (press X instead to remove "
+                                       "them too)"))
+    if vsphere and plan.action == "create-snapshot":
+        space.add_row("Options", Text(f"quiesce {'yes' if facts.get('quiesce') else 'no'} · "
+                                      f"memory {'yes' if facts.get('memory') else 'no'}"))
+        for key, label in (("pre_freeze", "Guest pre-freeze"), ("post_thaw", "Guest post-thaw")):
+            if facts.get(key):
+                space.add_row(label, Text(str(facts[key]), style="italic"))
     if plan.action == "upgrade":
         space.add_row("Configuration version", Text(
             f"{facts.get('config_version') or '?'} → {facts.get('target_version') or '?'} "
@@ -86,12 +109,15 @@ def plan_summary(plan: Plan) -> Group:
 
 def _space_rows(space: Table, plan: Plan) -> None:
     facts = plan.facts
-    space.add_row("Volume", Text(plan.lun_name or "?", style="bold"))
+    vsphere = facts.get("platform") == "vsphere"
+    space.add_row("Datastore" if vsphere else "Volume", Text(plan.lun_name or "?", style="bold"))
     space.add_row("Free now", Text(human_bytes(plan.free_now)))
     needed = Text(human_bytes(plan.space_needed))
     if facts.get("reserved_by_running_merges"):
         needed.append(f"  + {human_bytes(facts['reserved_by_running_merges'])} reserved by "
                       "merges already running on this volume", style="yellow")
+    if facts.get("space_basis"):
+        needed.append(f"  ({facts['space_basis']})", style="dim")
     space.add_row("Space needed (peak)", needed)
     after = Text(human_bytes(plan.free_after_worst))
     if plan.free_after_best != plan.free_after_worst:
@@ -101,6 +127,9 @@ def _space_rows(space: Table, plan: Plan) -> None:
     space.add_row("Disks now", Text(human_bytes(plan.size_before)))
     if plan.estimate:
         space.add_row("Estimated time", Text(plan.estimate.text()))
+    if facts.get("estimated_stun_s") is not None:
+        space.add_row("Estimated stun", Text(f"{facts['estimated_stun_s']:.1f} s (from the "
+                                             "delta size)"))
 
 
 def _chain_table(listed: list[dict[str, object]]) -> Table:

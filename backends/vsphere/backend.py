@@ -46,7 +46,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from ventana.state.events import ConnectionChanged, Event, LinkState, Remove, Upsert
-from ventana.state.model import Entity, Key, Platform, Task, TaskState, key_of
+from ventana.state.model import Entity, Key, Kind, Platform, Task, TaskState, key_of
 
 from ..base import Backend, Executor
 from .credentials import DEFAULT_ENV, CredentialError, resolve_password
@@ -136,6 +136,7 @@ class VSphereBackend(Backend):
         self._emitted: dict[ObjKey, dict[Key, Entity]] = {}
         self._watchers: dict[str, list[asyncio.Future[Task | None]]] = {}
         self._forward: dict[str, Callable[[Task], Event | None]] = {}
+        self._owned: set[str] = set()  # vSphere tasks an action of ours started
         self.reads = 0  # full inventory reads (first connect, re-logins, reconnects)
 
     def set_read_only(self, value: bool) -> None:
@@ -168,6 +169,13 @@ class VSphereBackend(Backend):
     def scrub(self, text: str) -> str:
         """``text`` with the password masked (for any message that leaves)."""
         return self._scrub(text)
+
+    def own_task(self, oid: str) -> None:
+        """A vSphere task an action of this console started: its progress goes to
+        the action's own row, so the task itself is not shown twice."""
+        self._owned.add(oid)
+        if self.emitted_task(oid) is not None:
+            self.emit(Remove(Kind.TASK, oid))
 
     def emitted_task(self, oid: str) -> Task | None:
         for entity in self._emitted.get((TASK_T, oid), {}).values():
@@ -447,7 +455,8 @@ class VSphereBackend(Backend):
         for key in gone:
             entities = self._emitted.pop(key)
             if key[0] == TASK_T:
-                events.extend(self._task_gone(entities))
+                if key[1] not in self._owned:
+                    events.extend(self._task_gone(entities))
                 continue
             for entity in reversed(list(entities.values())):
                 events.append(Remove(entity.KIND, entity.id))
@@ -475,7 +484,9 @@ class VSphereBackend(Backend):
                 task = task_entity(oid, props.get("info"))
                 new = [task] if task is not None else []
                 if task is not None:
-                    events.extend(self._diff(key, new))
+                    diff = self._diff(key, new)
+                    if oid not in self._owned:
+                        events.extend(diff)
                     self._task_seen(task, events)
                     continue
             elif cat == CR_T:
