@@ -458,3 +458,30 @@ def plan_create_snapshot(
     from dataclasses import replace
 
     return replace(plan, destructive=False)
+
+
+def configure(sections: dict[str, Any]) -> VSphereSettings:
+    """Apply the config's ``[stun]``, ``[vsphere]`` and ``[guest]`` tables to SETTINGS."""
+    stun = sections.get("stun") or {}
+    vsphere = sections.get("vsphere") or {}
+    guests = sections.get("guest") or {}
+    if "budget_ms" in stun:
+        SETTINGS.stun_budget_ms = _positive(stun["budget_ms"], "[stun] budget_ms")
+    for name, ms in (stun.get("vm") or {}).items():
+        SETTINGS.stun_budget_by_vm[str(name)] = _positive(ms, f"[stun.vm] {name!r}")
+    if "backup_window_h" in vsphere:
+        hours = _positive(vsphere["backup_window_h"], "[vsphere] backup_window_h")
+        SETTINGS.backup_window = timedelta(hours=hours)
+    for name, table in guests.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"[guest.{name!r}] must be a table")
+        hooks = {k: str(table[k]) for k in ("pre_freeze", "post_thaw") if table.get(k)}
+        if hooks:
+            SETTINGS.guest_hooks[str(name)] = hooks
+    return SETTINGS
+
+
+def _positive(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{what} must be a positive number, not {value!r}")
+    return float(value)

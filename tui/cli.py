@@ -293,6 +293,17 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             return 2
 
     log, log_error = _open_log(log_path)
+    if hasattr(backend, "side_channels") and config.sections:  # vSphere: the SSH side channel
+        from ventana.backends.ssh.wiring import attach
+        from ventana.state.plans_vsphere import configure
+
+        try:
+            configure(config.sections)
+            attach(backend, config.sections, log)
+        except (ValueError, TypeError) as exc:
+            print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+            return 2
+
     from .app import VentanaApp
 
     flags = "TLS NOT VERIFIED" if getattr(args, "insecure", False) else ""

@@ -32,16 +32,17 @@ COMMANDS: tuple[Command, ...] = (
             "configuration-version upgrade of the selected VM (it must be off)", "Upgrade",
             mutating=True),
     Command("remove_snapshot", "x", "Remove snapshot", "vSphere: plan and run the removal "
-            "of the snapshot selected in the Checkpoints pane", "Rm snap", mutating=True),
+            "of the snapshot selected in the Checkpoints pane", "Rm snap", mutating=True,
+            show=False),
     Command("remove_snapshot_tree", "X", "Remove snapshot and children", "vSphere: plan and "
             "run the removal of the selected snapshot with all its children", mutating=True,
             show=False),
     Command("consolidate", "c", "Consolidate disks", "vSphere: plan and run disk "
             "consolidation of the selected VM (when vSphere says it is needed)", "Consolidate",
-            mutating=True),
+            mutating=True, show=False),
     Command("create_snapshot", "n", "Create snapshot", "vSphere: plan and take a snapshot of "
             "the selected VM, with the guest's freeze/thaw hooks when configured", "Snap",
-            mutating=True),
+            mutating=True, show=False),
     Command("filter", "slash", "Filter VMs", "Filter the VM list (name, node, LUN, power, "
             "replication, task); Esc clears", "Filter"),
     Command("sort", "s", "Sort VMs", "Sort the VM list by the next column (S reverses)", "Sort"),

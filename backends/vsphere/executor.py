@@ -184,7 +184,12 @@ class VSphereExecutor(Executor):
 
         vm_name = str((self._vs.cached("vm", vm_id) or {}).get("name") or vm_id)
         factory = getattr(self._vs, "guest_shell", None)
-        shell = factory(vm_name) if factory is not None else None
+        try:
+            shell = factory(vm_name) if factory is not None else None
+        except Exception as exc:  # no password, bad key path: nothing ran yet
+            return ActionResult(
+                TaskState.FAILED, error=f"guest hooks: {clean(str(exc))}; nothing was sent"
+            )
         if shell is None:
             return ActionResult(
                 TaskState.FAILED,
