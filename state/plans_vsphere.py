@@ -344,6 +344,7 @@ def plan_remove_snapshot(
         command=f"govc: {govc}\nPowerCLI: {powercli}", snapshots=affected, use_server=False,
         params={"snapshot": chosen.id, "children": bool(children)},
         snapshot_name=chosen.name, snapshot_id=chosen.id, children=bool(children),
+        toggles={"children": "Also remove its child snapshots"},
     )
 
 
@@ -454,6 +455,8 @@ def plan_create_snapshot(
         snapshot_name=name, quiesce=bool(quiesce), memory=bool(memory),
         pre_freeze=hooks.get("pre_freeze", ""), post_thaw=hooks.get("post_thaw", ""),
         existing_delta_bytes=delta_now,
+        toggles={"quiesce": "Quiesce the guest (VMware Tools)",
+                 "memory": "Include the VM's memory"},
     )
     from dataclasses import replace
 

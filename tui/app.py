@@ -439,10 +439,14 @@ class VentanaApp(App[None]):
             self.notify(clean(str(exc)), severity="error", markup=False)
             return
         self.push_screen(
-            PlanScreen(plan, read_only=self.read_only), callback=partial(self._plan_closed, plan)
+            PlanScreen(plan, read_only=self.read_only,
+                       replan=partial(self.runner.plan, action, vm_id)),
+            callback=partial(self._plan_closed, plan),
         )
 
     def _plan_closed(self, plan: Plan, confirmation: Confirmation | None) -> None:
+        if confirmation is not None and confirmation.plan is not None:
+            plan = confirmation.plan  # options changed on the plan screen
         if confirmation is None:
             try:
                 self.runner.cancelled(plan)

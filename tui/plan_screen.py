@@ -9,6 +9,7 @@ findings also need an explicit, logged override. Esc cancels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import Group
@@ -38,6 +39,7 @@ class Confirmation:
     typed: str
     override: bool
     overridden: frozenset[str] = frozenset()  # the blocking codes the operator saw
+    plan: Plan | None = None  # the plan as last shown, when options re-planned it
 
 
 ACTION_TITLES = {
@@ -81,9 +83,8 @@ def plan_summary(plan: Plan) -> Group:
     if vsphere and facts.get("snapshot_name"):
         space.add_row("Snapshot", Text(str(facts["snapshot_name"]), style="bold"))
     if vsphere and plan.action == "remove-snapshot":
-        space.add_row("Children", Text("removed too (X)" if facts.get("children")
-                                       else "kept, re-parented (press X instead to remove "
-                                       "them too)"))
+        space.add_row("Children", Text("removed too" if facts.get("children")
+                                       else "kept, re-parented to its parent"))
     if vsphere and plan.action == "create-snapshot":
         space.add_row("Options", Text(f"quiesce {'yes' if facts.get('quiesce') else 'no'} · "
                                       f"memory {'yes' if facts.get('memory') else 'no'}"))
@@ -160,10 +161,13 @@ def findings_text(plan: Plan) -> Text:
 class PlanScreen(ModalScreen[Confirmation | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, plan: Plan, *, read_only: bool = False) -> None:
+    def __init__(self, plan: Plan, *, read_only: bool = False,
+                 replan: Callable[..., Plan] | None = None) -> None:
         super().__init__()
         self.plan = plan
         self.read_only = read_only
+        self.replan = replan  # params -> a fresh plan (options such as quiesce/children)
+        self._replanned = False
 
     def compose(self) -> ComposeResult:
         plan = self.plan
@@ -183,6 +187,12 @@ class PlanScreen(ModalScreen[Confirmation | None]):
                     id="plan-blocked",
                 )
                 yield Checkbox("Override blocking findings (logged)", id="override")
+            toggles = plan.facts.get("toggles") or {}
+            if toggles and self.replan is not None:
+                with Horizontal(id="plan-toggles"):
+                    for name, label in toggles.items():
+                        yield Checkbox(label, value=bool(plan.params.get(name)),
+                                       id=f"toggle-{name}")
             prompt = Text("Type the VM name to confirm: ")
             prompt.append(plan.target_name, style="bold")
             yield Static(prompt, id="plan-prompt")
@@ -199,17 +209,35 @@ class PlanScreen(ModalScreen[Confirmation | None]):
     def _error(self, message: str) -> None:
         self.query_one("#plan-error", Static).update(Text(message, style="bold red"))
 
+    @on(Checkbox.Changed)
+    def _toggled(self, event: Checkbox.Changed) -> None:
+        name = (event.checkbox.id or "").removeprefix("toggle-")
+        if name == event.checkbox.id or self.replan is None:
+            return
+        try:
+            plan = self.replan(**{**self.plan.params, name: event.value})
+        except (KeyError, ValueError) as exc:
+            self._error(str(exc))
+            return
+        self.plan, self._replanned = plan, True
+        self.query_one("#plan-title", Static).update(plan_title(plan))
+        self.query_one("#plan-findings", Static).update(findings_text(plan))
+        self.query_one("#plan-summary", Static).update(plan_summary(plan))
+
     def _try_confirm(self) -> None:
         typed = self.query_one("#confirm-name", Input).value
-        override = bool(self.plan.blocking) and self.query_one("#override", Checkbox).value
+        boxes = self.query("#override")
+        override = bool(self.plan.blocking) and bool(boxes) and boxes.first(Checkbox).value
         if typed != self.plan.target_name:
             self._error("The name does not match. Type it exactly as shown to confirm.")
             return
         if self.plan.blocking and not override:
-            self._error("Blocked by pre-flight. Tick the override to run anyway (logged).")
+            self._error("Blocked by pre-flight. Tick the override to run anyway (logged)."
+                        if boxes else "Blocked by pre-flight: change the options above.")
             return
         seen = frozenset(f.code for f in self.plan.blocking) if override else frozenset()
-        self.dismiss(Confirmation(typed, override, seen))
+        self.dismiss(Confirmation(typed, override, seen,
+                                  self.plan if self._replanned else None))
 
     @on(Input.Submitted, "#confirm-name")
     def _submitted(self) -> None:

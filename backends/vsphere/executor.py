@@ -207,7 +207,8 @@ class VSphereExecutor(Executor):
         except FreezeFailed as exc:
             result = ActionResult(TaskState.FAILED, error=clean(str(exc)) + "; no snapshot taken")
         except ThawFailed as exc:
-            done = f"snapshot {result.state.value}; " if result is not None else ""
+            done = (f"snapshot {result.state.value}{': ' + result.error if result.error else ''}; "
+                    if result is not None else "no snapshot taken; ")
             result = ActionResult(
                 TaskState.FAILED,
                 error=done + clean(str(exc)),
