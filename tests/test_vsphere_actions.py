@@ -337,3 +337,24 @@ async def test_an_executor_handed_out_before_read_only_refuses(
                 await runner.execute(plan, plan.target_name, override=True)
     finally:
         await asyncio.to_thread(Disconnect, si)
+
+
+async def test_cancel_key_asks_the_executor_and_says_when_it_cannot(
+    vcsim: VcsimHandle, tmp_path: Path
+) -> None:
+    app = make_app(vcsim, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        vm = vm_named(app, "DC0_C0_H1_VM2")
+        app.query_one(VmTable).select_vm(vm.id)
+        await pilot.pause(0.1)
+        await pilot.press("k")
+        await pilot.pause(0.1)
+        assert "No action of this console" in str(list(app._notifications)[-1].message)
+        # A running row of ours whose vSphere task is not (or no longer) cancellable.
+        app.backend.emit(Upsert(Task("consolidate-0123456789ab", "consolidate", f"vm:{vm.id}",
+                                     vm.name, 10.0, TaskState.RUNNING)))
+        await wait_for(pilot, lambda: bool(app.store.running_tasks_for(f"vm:{vm.id}")))
+        await pilot.press("k")
+        await wait_for(pilot, lambda: "cannot be cancelled" in str(
+            list(app._notifications)[-1].message))

@@ -405,6 +405,30 @@ class VentanaApp(App[None]):
         if (vm_id := self._vsphere_vm()) is not None:
             self._open_vsphere(CREATE_SNAPSHOT, vm_id)
 
+    async def action_cancel_task(self) -> None:
+        """Ask the cluster to cancel this console's running action on the selected VM."""
+        vm_id = self.selected_vm_id()
+        ours = [t for t in self.store.running_tasks_for(f"vm:{vm_id}")
+                if t.id.startswith(f"{t.kind}-")] if vm_id else []
+        if not ours:
+            self.notify("No action of this console is running on the selected VM.",
+                        severity="warning")
+            return
+        task = ours[0]
+        try:
+            done = await self.runner.cancel(task.id)
+        except Exception as exc:  # the request may not have gone out
+            self.notify(f"Cancel of {task.kind} failed: {clean(str(exc))}", severity="error",
+                        markup=False)
+            return
+        if done:
+            self.notify(f"Cancel requested for {task.kind} of {task.target_name}.",
+                        markup=False)
+        else:
+            self.notify(f"{task.kind} of {task.target_name} cannot be cancelled at this point "
+                        "(e.g. a snapshot removal or a merge in progress); it goes on.",
+                        severity="warning", markup=False)
+
     def _open_vsphere(self, action: str, vm_id: str, **params: object) -> None:
         """Ask vCenter for its storage estimate first (writable sessions only: it
         starts a server task), then open the plan; the estimate is best-effort."""

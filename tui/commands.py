@@ -43,6 +43,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("create_snapshot", "n", "Create snapshot", "vSphere: plan and take a snapshot of "
             "the selected VM, with the guest's freeze/thaw hooks when configured", "Snap",
             mutating=True, show=False),
+    Command("cancel_task", "k", "Cancel running action", "Ask the cluster to cancel this "
+            "console's running action on the selected VM (where the task can be cancelled)",
+            mutating=True, show=False),
     Command("filter", "slash", "Filter VMs", "Filter the VM list (name, node, LUN, power, "
             "replication, task); Esc clears", "Filter"),
     Command("sort", "s", "Sort VMs", "Sort the VM list by the next column (S reverses)", "Sort"),
