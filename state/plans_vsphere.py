@@ -219,14 +219,14 @@ def _space(
 ) -> tuple[Any, int, str]:
     """(lun, bytes needed, basis) and the space findings."""
     lun = store.lun(vm.lun_id) if vm.lun_id else None
-    needed, basis = delta_bytes, "the snapshots' delta files (layoutEx)"
+    needed, basis = delta_bytes, "from the snapshots' delta files in layoutEx"
     server = ESTIMATES.get(vm.id)
     if use_server and server is not None and server.snapshots == frozenset(
         c.id for c in snapshots
     ):
         needed = server.by_lun.get(vm.lun_id, sum(server.by_lun.values()))
-        basis = (f"vCenter's estimate (EstimateStorageForConsolidateSnapshots, "
-                 f"{server.at:%H:%M:%S} UTC)")
+        basis = (f"vCenter's estimate, EstimateStorageForConsolidateSnapshots at "
+                 f"{server.at:%H:%M:%S} UTC")
     if lun is None:
         pre.add(Severity.BLOCKING, "DATASTORE_UNKNOWN",
                 "The datastore holding this VM's files is not known.")
@@ -447,6 +447,10 @@ def plan_create_snapshot(
             f"-q={str(quiesce).lower()} {sh_quote(name)}")
     powercli = (f"New-Snapshot -VM (Get-VM -Name {ps_quote(vm.name)}) -Name {ps_quote(name)}"
                 f"{' -Quiesce' if quiesce else ''}{' -Memory' if memory else ''}")
+    if memory:
+        pre.add(Severity.INFO, "MEMORY_STUN",
+                f"A memory snapshot stuns the VM while its {vm.memory_mb / 1024:g} GB of memory "
+                "are written: seconds, not the usual fraction of a second.")
     delta_now = sum(c.size_bytes for c in cps)
     plan = _plan(
         CREATE_SNAPSHOT, store, vm, pre, now, steps=tuple(steps),
@@ -460,7 +464,13 @@ def plan_create_snapshot(
     )
     from dataclasses import replace
 
-    return replace(plan, destructive=False)
+    return replace(
+        plan, destructive=False, space_needed=None,
+        estimate=Estimate(5, 15, 120, "a snapshot takes seconds; quiesce adds the guest's "
+                          "flush, memory the time to write it"),
+        facts={**plan.facts, "space_basis": "the new delta grows with the VM's writes until "
+               "the snapshot is removed"},
+    )
 
 
 def configure(sections: dict[str, Any]) -> VSphereSettings:

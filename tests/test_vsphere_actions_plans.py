@@ -186,3 +186,41 @@ def test_registered_on_the_guarded_path() -> None:
 
     for action in (REMOVE_SNAPSHOT, REMOVE_ALL, CONSOLIDATE, CREATE_SNAPSHOT):
         assert action in PLANNERS and action in EXECUTE
+
+
+def test_vsphere_is_read_only_unless_asked(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ventana.backends.vsphere.backend import DEFAULT_ENV
+    from ventana.state.config import load_config
+    from ventana.tui.cli import _vsphere_backend, build_parser, main_with
+
+    monkeypatch.setenv(DEFAULT_ENV, "not-used")
+    base = ["--vsphere", "vc01:443", "--user", "ops@vsphere.local"]
+    assert _vsphere_backend(build_parser().parse_args(base)).read_only
+    assert not _vsphere_backend(build_parser().parse_args([*base, "--read-write"])).read_only
+    assert _vsphere_backend(build_parser().parse_args([*base, "--read-write",
+                                                       "--read-only"])).read_only
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[[target]]\nname = "vc"\nkind = "vsphere"\nhost = "vc01"\n'
+                   'user = "ops@vsphere.local"\nread_only = false\n'
+                   '[stun]\nbudget_ms = -5\n')
+    config = load_config(cfg)
+    assert config.sections == {"stun": {"budget_ms": -5}}
+    args = build_parser().parse_args(["--target", "vc"])
+    # The config's read_only = false reaches the backend; a bad [stun] table stops
+    # the console before it starts, with the reason.
+    assert main_with(args, config, tmp_path / "a.db") == 2
+    assert args.read_write
+    assert "[stun] budget_ms must be a positive number" in capsys.readouterr().err
+
+
+def test_configure_reads_the_tables() -> None:
+    pv.configure({"stun": {"budget_ms": 1500, "vm": {"sql-01": 4000}},
+                  "vsphere": {"backup_window_h": 2},
+                  "guest": {"sql-01": {"pre_freeze": "f", "post_thaw": "t", "address": "x"}}})
+    assert SETTINGS.stun_budget_ms == 1500 and SETTINGS.stun_budget_by_vm["sql-01"] == 4000
+    assert SETTINGS.backup_window == timedelta(hours=2)
+    assert SETTINGS.guest_hooks["sql-01"] == {"pre_freeze": "f", "post_thaw": "t"}
+    with pytest.raises(ValueError):
+        pv.configure({"vsphere": {"backup_window_h": "4h"}})

@@ -302,6 +302,8 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             attach(backend, config.sections, log)
         except (ValueError, TypeError) as exc:
             print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+            if log is not None:
+                log.close()
             return 2
 
     from .app import VentanaApp
