@@ -235,3 +235,26 @@ async def test_console_shows_the_stun_of_its_own_action(
         SETTINGS.stun_budget_by_vm.clear()
         SETTINGS.stun_budget_by_vm.update(saved)
         handle.stop()
+
+
+async def test_one_round_trip_per_host_and_a_missing_log_skips_only_its_vm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with start_ssh_peer() as peer:
+        monkeypatch.setenv(DEFAULT_PASSWORD_ENV, peer.password)
+        known = peer.write_known_hosts(tmp_path / "known_hosts")
+        source = FakeSource()
+        weird = "/vmfs/volumes/data store 1/db-02; x:y"
+        peer.files[f"{weird}/vmware.log"] = line(STARTED, 1_500_000) + "noise\n"
+        source.locations += [
+            VmLocation("vm-2", "db-02", "host-1", "esx01", weird),
+            VmLocation("vm-3", "gone", "host-1", "esx01", "[datastore1] gone"),
+        ]
+        watcher = StunWatcher(source, {"esx01": target_for(peer, known)},
+                              budget_ms=lambda name: 2000.0)
+        await watcher.poll()
+        assert len(peer.commands) == 1 and peer.commands[0].startswith("grep -H -E ")
+        assert source.stuns["vm-1"][0] == pytest.approx(221.633)
+        assert source.stuns["vm-2"] == (1500.0, STARTED)
+        assert "vm-3" not in source.stuns
+        assert not [e for e in source.events if isinstance(e, FindingRaised)]

@@ -1,9 +1,11 @@
 """The stun watcher: vmware.log over SSH, beside the vSphere stream.
 
-For every VM on an ESXi host named in the config, the watcher reads the VM's
-``vmware.log`` over SSH (``EsxiShell``: host keys checked against an
-explicit known_hosts) every ``interval_s`` seconds and on demand after a
-snapshot action, and for each new ``Checkpoint_Unstun`` line:
+For every VM on an ESXi host named in the config, the watcher reads the
+stun lines of the VM's ``vmware.log`` over SSH (``EsxiShell``: host keys
+checked against an explicit known_hosts; one ``grep -H`` per host for up to
+``BATCH`` VMs, so only the matching lines travel) every ``interval_s``
+seconds and on demand after a snapshot action, and for each new
+``Checkpoint_Unstun`` line:
 
 - sets the VM's ``last_stun_ms`` / ``stun_at`` (through the backend, so the
   vSphere stream's later updates of the VM keep them);
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,13 +43,15 @@ from ventana.state.plans import findings_to_log
 from ventana.state.sanitize import clean
 
 from ..credentials import CredentialError, find_password
-from .client import CommandFailed, EsxiShell, SshError
+from .client import CommandFailed, EsxiShell, SshError, datastore_path
 from .stun import StunEvent, parse_stun_lines, stun_findings
 
 log = logging.getLogger("ventana.backends.ssh.watcher")
 
 DEFAULT_PASSWORD_ENV = "VENTANA_SSH_PASSWORD"
 RECENT = 50  # stuns kept per VM for the outcome of an action
+BATCH = 100  # VM logs per grep (one round trip per host and batch)
+STUN_PATTERN = "Checkpoint_?Unstun"
 CLOCK_SLACK = timedelta(seconds=5)  # the host's clock against ours
 KEYRING_SERVICE = "ventana-ssh"
 
@@ -185,13 +190,10 @@ class StunWatcher:
         try:
             shell = target.shell()
             async with shell:
-                for loc in locs:
-                    try:
-                        text = await shell.read_vmware_log(loc.log_dir)
-                    except CommandFailed as exc:  # this VM's log only (moved, not there yet)
-                        log.info("vmware.log of %s not read: %s", loc.vm_name, exc)
-                        continue
-                    new.extend(self._handle(loc, parse_stun_lines(text)))
+                for i in range(0, len(locs), BATCH):
+                    texts = await _stun_lines(shell, locs[i : i + BATCH])
+                    for loc in locs[i : i + BATCH]:
+                        new.extend(self._handle(loc, parse_stun_lines(texts.get(loc.vm_id, ""))))
         except (SshError, CredentialError, OSError, ValueError) as exc:
             self._ssh_failed(host_id, host_name, target, exc)
             return new
@@ -294,6 +296,33 @@ class StunWatcher:
 
     def _since(self, vm_id: str, since: datetime) -> list[StunEvent]:
         return [e for e in self._recent.get(vm_id, ()) if e.timestamp >= since]
+
+
+async def _stun_lines(shell: EsxiShell, locs: list[VmLocation]) -> dict[str, str]:
+    """The stun lines of several VMs' logs in one round trip (``grep -H``).
+
+    Only the matching lines travel (a vmware.log runs to megabytes). grep's
+    exit status 1 is "no stun line yet"; a missing log (2, with the others
+    still read) skips that VM; no exit status at all raises ``OutcomeUnknown``.
+    """
+    paths = {str(PurePosixPath(datastore_path(loc.log_dir)) / "vmware.log"): loc.vm_id
+             for loc in locs}
+    command = "grep -H -E " + shlex.quote(STUN_PATTERN) + " -- " + " ".join(
+        shlex.quote(p) for p in paths
+    )
+    result = await shell.run_unchecked(command)
+    if result.exit_status not in (0, 1, 2):
+        raise CommandFailed(result)
+    if result.exit_status == 2 and result.stderr:
+        log.info("vmware.log not read: %s", clean(result.stderr.strip()[-300:]))
+    by_len = sorted(paths, key=len, reverse=True)  # "a/b:…" must not match path "a"
+    out: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        for path in by_len:
+            if line.startswith(path + ":"):
+                out.setdefault(paths[path], []).append(line[len(path) + 1 :])
+                break
+    return {vm_id: "\n".join(lines) for vm_id, lines in out.items()}
 
 
 def vm_log_dir(layout: Any) -> str:

@@ -43,8 +43,12 @@ def guest_targets(sections: Mapping[str, Any]) -> dict[str, SshTarget]:
 
 
 def attach(backend: Any, sections: Mapping[str, Any], log: ActionLog | None,
-           *, interval_s: float = 60.0) -> str:
+           *, interval_s: float | None = None) -> str:
     hosts = ssh_hosts(sections)
+    if interval_s is None:
+        interval_s = float((sections.get("ssh") or {}).get("interval_s", 60.0))
+        if interval_s <= 0:
+            raise ValueError("[ssh] interval_s must be positive")
     guests = guest_targets(sections)
     said = []
     if hosts:
