@@ -30,6 +30,7 @@ from textual.widgets import Footer, Input
 
 from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.base import Backend, ReadOnlyError
+from ventana.backends.vsphere import actions as _vsphere_actions  # noqa: F401  (registers them)
 from ventana.state.actionlog import ActionLog
 from ventana.state.derived import human_bytes
 from ventana.state.events import ConnectionChanged, Event, LinkState

@@ -189,7 +189,8 @@ class PlanScreen(ModalScreen[Confirmation | None]):
                 yield Checkbox("Override blocking findings (logged)", id="override")
             toggles = plan.facts.get("toggles") or {}
             if toggles and self.replan is not None:
-                with Horizontal(id="plan-toggles"):
+                with Horizontal(id="plan-toggles") as row:
+                    row.styles.height = "auto"
                     for name, label in toggles.items():
                         yield Checkbox(label, value=bool(plan.params.get(name)),
                                        id=f"toggle-{name}")
