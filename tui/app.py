@@ -438,6 +438,7 @@ class VentanaApp(App[None]):
             return
 
         async def estimate_then_plan() -> None:
+            self.notify("Asking vCenter for its storage estimate…", timeout=3)
             with contextlib.suppress(Exception):
                 executor = self.backend.executor()
                 estimate = getattr(executor, "estimate_consolidation", None)

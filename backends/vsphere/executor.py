@@ -1,9 +1,11 @@
-"""The vSphere mutating handle: remove snapshots and consolidate disks.
+"""The vSphere mutating handle: remove snapshots, consolidate disks, create a
+snapshot (inside the guest's freeze/thaw hooks), ask for the storage estimate.
 
 Only a writable ``VSphereBackend`` hands one out, and every call re-checks the
 backend's mode before anything reaches the server (``Executor._guard``).
 Each action is one task row (the id the caller gives) on the backend's event
-stream, fed by the vSphere tasks it starts; a vSphere task's end is taken
+stream, fed by the vSphere tasks it starts (which the backend then does not
+show as rows of their own: ``own_task``); a vSphere task's end is taken
 from the stream's ``WaitForUpdatesEx`` feed, so the stream must be consumed
 while an action runs.
 
