@@ -29,6 +29,29 @@ r"""Targets from the TOML config file.
     user = "ops@vsphere.local"
     ca_bundle = "/etc/ventana/corp-ca.pem"
 
+vSphere actions and the SSH side channel (README: "vSphere actions")::
+
+    [stun]
+    budget_ms = 2000            # default stun budget per VM
+    [stun.vm]
+    "sql-01" = 4000             # e.g. half a database mirror's QoS timeout
+
+    [vsphere]
+    backup_window_h = 4         # a backup snapshot younger than this is in use
+
+    [ssh.host."esx01.corp.example"]      # the ESXi host as vSphere names it
+    user = "root"
+    known_hosts = "/etc/ventana/known_hosts"
+    key = "/etc/ventana/id_ed25519"      # else VENTANA_SSH_PASSWORD / the keyring
+
+    [guest."sql-01"]                     # freeze/thaw around snapshots Ventana takes
+    address = "sql-01.corp.example"
+    user = "ventana"
+    known_hosts = "/etc/ventana/known_hosts"
+    key = "/etc/ventana/guest_ed25519"
+    pre_freeze = "sudo /opt/db/freeze.sh"
+    post_thaw = "sudo /opt/db/thaw.sh"
+
 Passwords never go here: a config with a key that looks like a secret is
 refused, so nobody is tempted.
 """
@@ -43,6 +66,7 @@ from typing import Any
 from .paths import config_dir
 
 KNOWN_KINDS = ("sim", "hyperv", "vsphere")
+SECTIONS = ("stun", "vsphere", "ssh", "guest")
 _SECRET_WORDS = ("password", "secret", "token", "passwd")
 
 
@@ -63,6 +87,9 @@ class Config:
     targets: tuple[Target, ...] = ()
     log: Path | None = None
     source: Path | None = None
+    #: The ``[stun]``, ``[vsphere]``, ``[ssh]`` and ``[guest]`` tables, as read
+    #: (``plans_vsphere.configure`` and ``ssh.wiring`` interpret them).
+    sections: dict[str, Any] = field(default_factory=dict)
 
     def target(self, name: str) -> Target:
         for t in self.targets:
@@ -120,4 +147,8 @@ def load_config(path: Path | None = None) -> Config:
         options = {k: v for k, v in raw.items() if k not in ("name", "kind", "read_only")}
         targets.append(Target(raw["name"], kind, read_only, options))
     log = data.get("log")
-    return Config(tuple(targets), Path(log).expanduser() if log else None, path)
+    sections = {k: data[k] for k in SECTIONS if k in data}
+    for name, table in sections.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+    return Config(tuple(targets), Path(log).expanduser() if log else None, path, sections)

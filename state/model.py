@@ -191,6 +191,10 @@ class VM:
     disk_ids: tuple[str, ...] = ()
     lun_id: str = ""
     consolidation_needed: bool = False
+    #: The last stun (vSphere: ``Checkpoint_Unstun`` in vmware.log, over SSH)
+    #: and when it ended; None until the SSH side channel has seen one.
+    last_stun_ms: float | None = None
+    stun_at: datetime | None = None
 
     KIND = Kind.VM
 
@@ -205,6 +209,9 @@ class Checkpoint:
     created: datetime
     disk_path: str = ""
     size_bytes: int = 0
+    #: vSphere snapshot flags (None where the platform does not say).
+    quiesced: bool | None = None
+    memory: bool | None = None
 
     KIND = Kind.CHECKPOINT
 

@@ -570,9 +570,10 @@ async def test_merge_through_the_action_runner(
     ]
     assert any("remove all snapshots" in e.message for e in progress)
     assert any("consolidate disks" in e.message for e in progress)
-    vsphere_kinds = {t.kind for t in store.tasks_for(f"vm:{target.id}")}
-    assert any("removeallsnapshots" in k.lower() for k in vsphere_kinds), vsphere_kinds
-    assert any("consolidate" in k.lower() for k in vsphere_kinds - {"merge"}), vsphere_kinds
+    # The vSphere tasks the action started feed its row; they are not shown twice.
+    vsphere_kinds = {t.kind for t in store.tasks_for(f"vm:{target.id}")} - {"merge"}
+    assert not any("removeallsnapshots" in k.lower() for k in vsphere_kinds), vsphere_kinds
+    assert not any("consolidate" in k.lower() for k in vsphere_kinds), vsphere_kinds
 
 
 @pytest.mark.timeout(20)

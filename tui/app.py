@@ -31,12 +31,22 @@ from textual.widgets import Footer, Input
 from ventana.backends import rebuild_runner  # noqa: F401 - registers the "rebuild" action
 from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.base import Backend, ReadOnlyError
+from ventana.backends.vsphere import actions as _vsphere_actions  # noqa: F401  (registers them)
 from ventana.backends.window_runner import WindowRunner
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.derived import human_bytes
 from ventana.state.events import ConnectionChanged, Event, LinkState
 from ventana.state.model import Kind, TaskState
 from ventana.state.plans import Plan
+from ventana.state.plans_vsphere import (
+    CONSOLIDATE,
+    CREATE_SNAPSHOT,
+    ESTIMATES,
+    REMOVE_ALL,
+    REMOVE_SNAPSHOT,
+    ServerEstimate,
+    is_vsphere,
+)
 from ventana.state.rebuild import RebuildStore
 from ventana.state.sanitize import clean
 from ventana.state.store import Delta, Store
@@ -371,7 +381,94 @@ class VentanaApp(App[None]):
         return self.query_one(VmTable).cursor_vm_id
 
     def action_merge(self) -> None:
+        vm_id = self.selected_vm_id()
+        vm = self.store.vm(vm_id) if vm_id else None
+        if vm is not None and is_vsphere(self.store, vm):  # the vSphere equivalent
+            self._open_vsphere(REMOVE_ALL, vm.id)
+            return
         self._open_plan("merge")
+
+    # -- vSphere snapshot actions (plans in state/plans_vsphere.py) ----------------
+    def _vsphere_vm(self) -> str | None:
+        vm_id = self.selected_vm_id()
+        vm = self.store.vm(vm_id) if vm_id else None
+        if vm is None:
+            self.notify("Select a VM first.", severity="warning")
+            return None
+        if not is_vsphere(self.store, vm):
+            self.notify("This action is for vSphere VMs.", severity="warning")
+            return None
+        return vm.id
+
+    def _remove_snapshot(self, children: bool) -> None:
+        vm_id = self._vsphere_vm()
+        if vm_id is None:
+            return
+        snapshot = self.query_one(CheckpointsPane).selected_checkpoint_id(vm_id)
+        if snapshot is None:
+            self.notify("Select a snapshot in the Checkpoints pane first (Tab, then the "
+                        "arrow keys).", severity="warning")
+            return
+        self._open_vsphere(REMOVE_SNAPSHOT, vm_id, snapshot=snapshot, children=children)
+
+    def action_remove_snapshot(self) -> None:
+        self._remove_snapshot(children=False)
+
+    def action_remove_snapshot_tree(self) -> None:
+        self._remove_snapshot(children=True)
+
+    def action_consolidate(self) -> None:
+        if (vm_id := self._vsphere_vm()) is not None:
+            self._open_vsphere(CONSOLIDATE, vm_id)
+
+    def action_create_snapshot(self) -> None:
+        if (vm_id := self._vsphere_vm()) is not None:
+            self._open_vsphere(CREATE_SNAPSHOT, vm_id)
+
+    async def action_cancel_task(self) -> None:
+        """Ask the cluster to cancel this console's running action on the selected VM."""
+        vm_id = self.selected_vm_id()
+        ours = [t for t in self.store.running_tasks_for(f"vm:{vm_id}")
+                if t.id.startswith(f"{t.kind}-")] if vm_id else []
+        if not ours:
+            self.notify("No action of this console is running on the selected VM.",
+                        severity="warning")
+            return
+        task = ours[0]
+        try:
+            done = await self.runner.cancel(task.id)
+        except Exception as exc:  # the request may not have gone out
+            self.notify(f"Cancel of {task.kind} failed: {clean(str(exc))}", severity="error",
+                        markup=False)
+            return
+        if done:
+            self.notify(f"Cancel requested for {task.kind} of {task.target_name}.",
+                        markup=False)
+        else:
+            self.notify(f"{task.kind} of {task.target_name} cannot be cancelled at this point "
+                        "(e.g. a snapshot removal or a merge in progress); it goes on.",
+                        severity="warning", markup=False)
+
+    def _open_vsphere(self, action: str, vm_id: str, **params: object) -> None:
+        """Ask vCenter for its storage estimate first (writable sessions only: it
+        starts a server task), then open the plan; the estimate is best-effort."""
+        if action not in (REMOVE_ALL, CONSOLIDATE) or self.read_only:
+            self._open_plan(action, vm_id, **params)
+            return
+
+        async def estimate_then_plan() -> None:
+            self.notify("Asking vCenter for its storage estimate…", timeout=3)
+            with contextlib.suppress(Exception):
+                executor = self.backend.executor()
+                estimate = getattr(executor, "estimate_consolidation", None)
+                if estimate is not None:
+                    snaps = frozenset(c.id for c in self.store.checkpoints_of(vm_id))
+                    by_lun = await estimate(vm_id, timeout=10.0)
+                    ESTIMATES[vm_id] = ServerEstimate(by_lun, snaps, self.clock())
+            self._open_plan(action, vm_id, **params)
+
+        self.run_worker(estimate_then_plan(), group="estimate", exclusive=True,
+                        exit_on_error=False)
 
     def action_upgrade(self) -> None:
         self._open_plan("upgrade")
@@ -383,13 +480,15 @@ class VentanaApp(App[None]):
             return
         try:
             plan = self.runner.plan(action, vm_id, **params)
-        except KeyError as exc:
+        except (KeyError, ValueError) as exc:  # gone, or not available on this target
             self.notify(clean(str(exc)), severity="error", markup=False)
             return
         per_target = getattr(self.backend, "read_only_for", None)  # several targets
         read_only = self.read_only or (per_target is not None and per_target(vm_id))
         self.push_screen(
-            PlanScreen(plan, read_only=read_only), callback=partial(self._plan_closed, plan)
+            PlanScreen(plan, read_only=read_only,
+                       replan=partial(self.runner.plan, action, vm_id)),
+            callback=partial(self._plan_closed, plan),
         )
 
     # -- rebuild ----------------------------------------------------------------------
@@ -464,6 +563,8 @@ class VentanaApp(App[None]):
         self.push_screen(PlanScreen(plan, read_only=self.read_only), callback=closed)
 
     def _plan_closed(self, plan: Plan, confirmation: Confirmation | None) -> None:
+        if confirmation is not None and confirmation.plan is not None:
+            plan = confirmation.plan  # options changed on the plan screen
         if confirmation is None:
             try:
                 self.runner.cancelled(plan)

@@ -21,7 +21,7 @@ from ventana.state.derived import (
     oldest_checkpoint_age,
     vm_differencing_bytes,
 )
-from ventana.state.model import Checkpoint, CheckpointKind
+from ventana.state.model import VM, Checkpoint, CheckpointKind
 from ventana.state.store import Store
 
 _KIND_STYLE = {
@@ -38,8 +38,19 @@ def checkpoint_label(cp: Checkpoint, now: datetime) -> Text:
     text.append(f"{human_bytes(cp.size_bytes):>8} ")
     if cp.kind is not CheckpointKind.STANDARD:
         text.append(f"[{cp.kind.value}] ", style=_KIND_STYLE.get(cp.kind, ""))
+    flags = [f for f, on in (("quiesced", cp.quiesced), ("memory", cp.memory)) if on]
+    if flags:
+        text.append(f"[{', '.join(flags)}] ", style="cyan")
     text.append(cp.name, style="bold")
     return text
+
+
+def stun_text(vm: VM) -> Text:
+    """' · last stun 1.2 s (14:03)' — from the SSH side channel, when it saw one."""
+    if vm.last_stun_ms is None:
+        return Text("")
+    when = f" ({vm.stun_at:%H:%M} UTC)" if vm.stun_at else ""
+    return Text(f" · last stun {vm.last_stun_ms / 1000:.2f} s{when}", style="dim")
 
 
 class CheckpointsPane(Tree[str]):
@@ -58,7 +69,8 @@ class CheckpointsPane(Tree[str]):
     def show_vm(self, store: Store, vm_id: str | None, *, force: bool = False) -> None:
         vm = store.vm(vm_id) if vm_id else None
         checkpoints = store.checkpoints_of(vm_id) if vm_id else []
-        signature = (vm_id, vm.name if vm else None, tuple(sorted(checkpoints, key=lambda c: c.id)))
+        signature = (vm_id, vm.name if vm else None, vm.last_stun_ms if vm else None,
+                     tuple(sorted(checkpoints, key=lambda c: c.id)))
         if not force and signature == self._signature:
             return
         self._signature = signature
@@ -79,6 +91,7 @@ class CheckpointsPane(Tree[str]):
             )
         else:
             root.append(" · no checkpoints", style="dim")
+        root.append_text(stun_text(vm))
         self.root.set_label(root)
         children: dict[str | None, list[Checkpoint]] = {}
         ids = {c.id for c in checkpoints}
@@ -98,3 +111,10 @@ class CheckpointsPane(Tree[str]):
 
         add(self.root, None)
         self.root.expand()
+
+    def selected_checkpoint_id(self, vm_id: str) -> str | None:
+        """The checkpoint under the cursor, when the pane shows ``vm_id``."""
+        node = self.cursor_node
+        if self.vm_id != vm_id or node is None or node is self.root:
+            return None
+        return node.data

@@ -2,7 +2,7 @@
 
     ventana [--target NAME | --seed N --vms N ...] [--read-only] [--record FILE]
     ventana --hyperv CLUSTER [--node HOST]... --user 'DOMAIN\\user' [--ca-file PEM] [--read-write]
-    ventana --vsphere HOST[:PORT] --user USER [--ca-file PEM]   (monitoring only)
+    ventana --vsphere HOST[:PORT] --user USER [--ca-file PEM] [--read-write]
     ventana --target A --target B              (several targets side by side)
     ventana --vsphere HOST --user U --sim      (likewise: --vsphere with --hyperv or --sim)
     ventana replay FILE [--speed N]
@@ -65,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="--hyperv: HTTPS port (default 5986)")
     real.add_argument(
         "--read-write", action="store_true",
-        help="--hyperv: allow actions (after plan, pre-flight and typed confirmation)",
+        help="--hyperv/--vsphere: allow actions (after plan, pre-flight and typed confirmation)",
     )
     real.add_argument("--vsphere", metavar="HOST[:PORT]",
-                      help="a vCenter or ESXi host (monitoring only in this version)")
+                      help="a vCenter or ESXi host (read-only unless --read-write)")
     real.add_argument("--user", help="user name (DOMAIN\\user, or user@vsphere.local)")
     real.add_argument("--ca-file", type=Path, help="CA bundle that signed the server's certificate")
     real.add_argument("--password-file", type=Path, help="file with the password (mode 0600)")
@@ -224,7 +224,7 @@ def _sim_backend(args: argparse.Namespace, options: dict[str, object], read_only
     return SimBackend(SimConfig(read_only=read_only, **values))  # type: ignore[arg-type]
 
 
-VSPHERE_READ_ONLY = "vSphere actions are not available in this version (monitoring only)"
+VSPHERE_READ_ONLY = "vSphere sessions are read-only unless started with --read-write"
 
 
 def _vsphere_backend(args: argparse.Namespace) -> Backend:
@@ -238,7 +238,8 @@ def _vsphere_backend(args: argparse.Namespace) -> Backend:
         args.vsphere, "", "443")
     config = VSphereConfig(
         host=host, port=int(port), user=args.user or "", ca_file=args.ca_file,
-        insecure=args.insecure, password_file=args.password_file, read_only=True,
+        insecure=args.insecure, password_file=args.password_file,
+        read_only=not args.read_write or args.read_only,
     )
     password = None
     if args.password_file is None and not os.environ.get(DEFAULT_ENV) and sys.stdin.isatty():
@@ -293,6 +294,7 @@ def _apply_target(args: argparse.Namespace, kind: str, options: dict[str, object
     else:
         host = str(options.get("host") or args.target)
         args.vsphere = f"{host}:{int(options.get('port', 443))}"  # type: ignore[arg-type]
+        args.read_write = args.read_write or not read_only
     args.target = None
 
 
@@ -323,7 +325,8 @@ def _single_backend(args: argparse.Namespace, config: Config) -> tuple[Backend, 
         except (ValueError, OSError) as exc:
             print(f"ventana: {clean(str(exc))}", file=sys.stderr)
             return 2
-        reason = VSPHERE_READ_ONLY
+        if backend.read_only:
+            reason = "started with --read-only" if args.read_only else VSPHERE_READ_ONLY
     else:
         try:
             target = config.target(args.target) if args.target else None
@@ -450,6 +453,19 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             return 2
 
     log, log_error = _open_log(log_path)
+    if hasattr(backend, "side_channels") and config.sections:  # vSphere: the SSH side channel
+        from ventana.backends.ssh.wiring import attach
+        from ventana.state.plans_vsphere import configure
+
+        try:
+            configure(config.sections)
+            attach(backend, config.sections, log)
+        except (ValueError, TypeError) as exc:
+            print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+            if log is not None:
+                log.close()
+            return 2
+
     from .app import VentanaApp
 
     flags = "TLS NOT VERIFIED" if getattr(args, "insecure", False) else ""

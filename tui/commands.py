@@ -24,8 +24,9 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("merge", "m", "Merge checkpoints", "Plan and run a merge of the selected VM's "
-            "checkpoints (plan → pre-flight → typed confirmation → log)", "Merge",
+    Command("merge", "m", "Merge checkpoints / remove all snapshots", "Plan and run a merge "
+            "of the selected VM's checkpoints (Hyper-V) or the removal of all its snapshots "
+            "(vSphere) (plan → pre-flight → typed confirmation → log)", "Merge",
             mutating=True),
     Command("upgrade", "u", "Upgrade configuration version", "Plan and run the irreversible "
             "configuration-version upgrade of the selected VM (it must be off)", "Upgrade",
@@ -34,6 +35,21 @@ COMMANDS: tuple[Command, ...] = (
             "disk (capture → merge → new VM → boot check → services check → keep the old "
             "one), or open its unfinished rebuild: pause, resume, what to do by hand",
             "Rebuild", mutating=True),
+    Command("remove_snapshot", "x", "Remove snapshot", "vSphere: plan and run the removal "
+            "of the snapshot selected in the Checkpoints pane", "Rm snap", mutating=True,
+            show=False),
+    Command("remove_snapshot_tree", "X", "Remove snapshot and children", "vSphere: plan and "
+            "run the removal of the selected snapshot with all its children", mutating=True,
+            show=False),
+    Command("consolidate", "c", "Consolidate disks", "vSphere: plan and run disk "
+            "consolidation of the selected VM (when vSphere says it is needed)", "Consolidate",
+            mutating=True, show=False),
+    Command("create_snapshot", "n", "Create snapshot", "vSphere: plan and take a snapshot of "
+            "the selected VM, with the guest's freeze/thaw hooks when configured", "Snap",
+            mutating=True, show=False),
+    Command("cancel_task", "k", "Cancel running action", "Ask the cluster to cancel this "
+            "console's running action on the selected VM (where the task can be cancelled)",
+            mutating=True, show=False),
     Command("filter", "slash", "Filter VMs", "Filter the VM list (name, node, LUN, power, "
             "replication, task); Esc clears", "Filter"),
     Command("sort", "s", "Sort VMs", "Sort the VM list by the next column (S reverses)", "Sort"),

@@ -9,6 +9,7 @@ findings also need an explicit, logged override. Esc cancels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import Group
@@ -39,6 +40,7 @@ class Confirmation:
     override: bool
     overridden: frozenset[str] = frozenset()  # the blocking codes the operator saw
     second: bool = False  # the second explicit confirmation (plan.double_confirm)
+    plan: Plan | None = None  # the plan as last shown, when options re-planned it
 
 
 #: What the operator types as the second confirmation of a double-confirmed plan.
@@ -50,6 +52,10 @@ ACTION_TITLES = {
     "upgrade": "Upgrade the configuration version of ",
     "compact": "Compact the disks of ",
     "delete": "Delete the VM ",
+    "remove-snapshot": "Remove a snapshot of ",
+    "remove-all-snapshots": "Remove all snapshots of ",
+    "consolidate": "Consolidate the disks of ",
+    "create-snapshot": "Create a snapshot of ",
 }
 
 
@@ -73,7 +79,25 @@ def plan_summary(plan: Plan) -> Group:
                    f"Gen{facts.get('generation', '?')} · version "
                    f"{facts.get('config_version') or '?'} · replication "
                    f"{facts.get('replication', '?')}")
+    vsphere = facts.get("platform") == "vsphere"
+    if vsphere:
+        vm_line = Text(f"on host {facts.get('node') or '?'} · {facts.get('power', '?')} · "
+                       f"{facts.get('checkpoints', 0)} snapshot(s) · stun budget "
+                       f"{float(facts.get('stun_budget_ms') or 0) / 1000:.1f} s")
+        if facts.get("last_stun_ms") is not None:
+            vm_line.append(f" · last stun {float(facts['last_stun_ms']) / 1000:.2f} s")
     space.add_row("VM", vm_line)
+    if vsphere and facts.get("snapshot_name"):
+        space.add_row("Snapshot", Text(str(facts["snapshot_name"]), style="bold"))
+    if vsphere and plan.action == "remove-snapshot":
+        space.add_row("Children", Text("removed too" if facts.get("children")
+                                       else "kept, re-parented to its parent"))
+    if vsphere and plan.action == "create-snapshot":
+        space.add_row("Options", Text(f"quiesce {'yes' if facts.get('quiesce') else 'no'} · "
+                                      f"memory {'yes' if facts.get('memory') else 'no'}"))
+        for key, label in (("pre_freeze", "Guest pre-freeze"), ("post_thaw", "Guest post-thaw")):
+            if facts.get(key):
+                space.add_row(label, Text(str(facts[key]), style="italic"))
     if plan.action == "upgrade":
         space.add_row("Configuration version", Text(
             f"{facts.get('config_version') or '?'} → {facts.get('target_version') or '?'} "
@@ -96,12 +120,15 @@ def plan_summary(plan: Plan) -> Group:
 
 def _space_rows(space: Table, plan: Plan) -> None:
     facts = plan.facts
-    space.add_row("Volume", Text(plan.lun_name or "?", style="bold"))
+    vsphere = facts.get("platform") == "vsphere"
+    space.add_row("Datastore" if vsphere else "Volume", Text(plan.lun_name or "?", style="bold"))
     space.add_row("Free now", Text(human_bytes(plan.free_now)))
     needed = Text(human_bytes(plan.space_needed))
     if facts.get("reserved_by_running_merges"):
         needed.append(f"  + {human_bytes(facts['reserved_by_running_merges'])} reserved by "
                       "merges already running on this volume", style="yellow")
+    if facts.get("space_basis"):
+        needed.append(f"  ({facts['space_basis']})", style="dim")
     space.add_row("Space needed (peak)", needed)
     after = Text(human_bytes(plan.free_after_worst))
     if plan.free_after_best != plan.free_after_worst:
@@ -111,6 +138,9 @@ def _space_rows(space: Table, plan: Plan) -> None:
     space.add_row("Disks now", Text(human_bytes(plan.size_before)))
     if plan.estimate:
         space.add_row("Estimated time", Text(plan.estimate.text()))
+    if facts.get("estimated_stun_s") is not None:
+        space.add_row("Estimated stun", Text(f"{facts['estimated_stun_s']:.1f} s (from the "
+                                             "delta size)"))
 
 
 def _chain_table(listed: list[dict[str, object]]) -> Table:
@@ -157,10 +187,13 @@ def findings_text(plan: Plan) -> Text:
 class PlanScreen(ModalScreen[Confirmation | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, plan: Plan, *, read_only: bool = False) -> None:
+    def __init__(self, plan: Plan, *, read_only: bool = False,
+                 replan: Callable[..., Plan] | None = None) -> None:
         super().__init__()
         self.plan = plan
         self.read_only = read_only
+        self.replan = replan  # params -> a fresh plan (options such as quiesce/children)
+        self._replanned = False
 
     def compose(self) -> ComposeResult:
         plan = self.plan
@@ -180,6 +213,13 @@ class PlanScreen(ModalScreen[Confirmation | None]):
                     id="plan-blocked",
                 )
                 yield Checkbox("Override blocking findings (logged)", id="override")
+            toggles = plan.facts.get("toggles") or {}
+            if toggles and self.replan is not None:
+                with Horizontal(id="plan-toggles") as row:
+                    row.styles.height = "auto"
+                    for name, label in toggles.items():
+                        yield Checkbox(label, value=bool(plan.params.get(name)),
+                                       id=f"toggle-{name}")
             prompt = Text("Type the VM name to confirm: ")
             prompt.append(plan.target_name, style="bold")
             yield Static(prompt, id="plan-prompt")
@@ -205,14 +245,31 @@ class PlanScreen(ModalScreen[Confirmation | None]):
     def _error(self, message: str) -> None:
         self.query_one("#plan-error", Static).update(Text(message, style="bold red"))
 
+    @on(Checkbox.Changed)
+    def _toggled(self, event: Checkbox.Changed) -> None:
+        name = (event.checkbox.id or "").removeprefix("toggle-")
+        if name == event.checkbox.id or self.replan is None:
+            return
+        try:
+            plan = self.replan(**{**self.plan.params, name: event.value})
+        except (KeyError, ValueError) as exc:
+            self._error(str(exc))
+            return
+        self.plan, self._replanned = plan, True
+        self.query_one("#plan-title", Static).update(plan_title(plan))
+        self.query_one("#plan-findings", Static).update(findings_text(plan))
+        self.query_one("#plan-summary", Static).update(plan_summary(plan))
+
     def _try_confirm(self) -> None:
         typed = self.query_one("#confirm-name", Input).value
-        override = bool(self.plan.blocking) and self.query_one("#override", Checkbox).value
+        boxes = self.query("#override")
+        override = bool(self.plan.blocking) and bool(boxes) and boxes.first(Checkbox).value
         if typed != self.plan.target_name:
             self._error("The name does not match. Type it exactly as shown to confirm.")
             return
         if self.plan.blocking and not override:
-            self._error("Blocked by pre-flight. Tick the override to run anyway (logged).")
+            self._error("Blocked by pre-flight. Tick the override to run anyway (logged)."
+                        if boxes else "Blocked by pre-flight: change the options above.")
             return
         second = False
         if self.plan.double_confirm:
@@ -224,7 +281,8 @@ class PlanScreen(ModalScreen[Confirmation | None]):
                 return
             second = True
         seen = frozenset(f.code for f in self.plan.blocking) if override else frozenset()
-        self.dismiss(Confirmation(typed, override, seen, second))
+        self.dismiss(Confirmation(typed, override, seen, second=second,
+                                  plan=self.plan if self._replanned else None))
 
     @on(Input.Submitted, "#confirm-second")
     def _second_submitted(self) -> None:

@@ -7,6 +7,12 @@
   status is ``OutcomeUnknown``.
 - ``hooks``: ``frozen(shell, freeze_cmd, thaw_cmd, log=…)`` — the thaw always
   runs, both outcomes are reported, a failed thaw is raised loudly.
+- ``watcher``: ``StunWatcher`` — beside a vSphere backend's stream, reads the
+  stun lines of the VMs on configured ESXi hosts (one ``grep -H`` per host),
+  sets each VM's last stun, logs a row per stun, raises ``LONG_STUN``; SSH
+  failures become ``SSH_UNAVAILABLE`` findings.
+- ``wiring``: ``attach(backend, config sections, log)`` — the watcher, the stun
+  probe after each action and the guest shells for freeze/thaw, from the config.
 """
 
 from __future__ import annotations

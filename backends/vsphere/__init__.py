@@ -7,7 +7,11 @@
 - ``mapping``: vSphere objects → the shared model (pure functions).
 - ``backend``: ``VSphereBackend``, the event stream with reconnects.
 - ``executor``: ``VSphereExecutor`` — remove all snapshots + consolidate (the
-  ``merge`` action), remove one snapshot, consolidate, cancel.
+  ``merge`` action), remove one snapshot, consolidate, create a snapshot
+  (with guest freeze/thaw hooks), the storage estimate, cancel.
+- ``actions``: registers ``remove-snapshot``, ``remove-all-snapshots``,
+  ``consolidate`` and ``create-snapshot`` on the guarded path (planners in
+  ``ventana.state.plans_vsphere``).
 
 Sessions are read-only unless ``VSphereConfig(read_only=False)``; a read-only
 backend refuses ``executor()`` before anything reaches the server.
@@ -15,9 +19,35 @@ backend refuses ``executor()`` before anything reaches the server.
 
 from __future__ import annotations
 
-from .backend import VSphereBackend, VSphereConfig
-from .credentials import CredentialError, resolve_password
-from .executor import VSphereExecutor
+from typing import TYPE_CHECKING, Any
+
+from . import actions as _actions  # noqa: F401  (registers the actions; no pyVmomi import)
+
+if TYPE_CHECKING:
+    from .backend import VSphereBackend, VSphereConfig
+    from .credentials import CredentialError, resolve_password
+    from .executor import VSphereExecutor
+
+_LAZY = {
+    "VSphereBackend": "backend",
+    "VSphereConfig": "backend",
+    "CredentialError": "credentials",
+    "resolve_password": "credentials",
+    "VSphereExecutor": "executor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """pyVmomi is imported on first use, not by importing the package (start-up time)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CredentialError",

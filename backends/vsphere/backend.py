@@ -46,7 +46,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from ventana.state.events import ConnectionChanged, Event, LinkState, Remove, Upsert
-from ventana.state.model import Entity, Key, Platform, Task, TaskState, key_of
+from ventana.state.model import Entity, Key, Kind, Platform, Task, TaskState, key_of
 
 from ..base import Backend, Executor
 from .credentials import DEFAULT_ENV, CredentialError, resolve_password
@@ -136,6 +136,12 @@ class VSphereBackend(Backend):
         self._emitted: dict[ObjKey, dict[Key, Entity]] = {}
         self._watchers: dict[str, list[asyncio.Future[Task | None]]] = {}
         self._forward: dict[str, Callable[[Task], Event | None]] = {}
+        self._owned: set[str] = set()  # vSphere tasks an action of ours started
+        # The SSH side channel (backends/ssh): stun watcher and guest shells.
+        self._stun: dict[str, tuple[float, Any]] = {}  # VM id -> (ms, when)
+        self.side_channels: list[Any] = []  # start() / close(), run beside the stream
+        self.stun_probe: Callable[..., Any] | None = None  # (vm_id, since) -> outcome text
+        self.guest_shell: Callable[[str], Any] | None = None  # VM name -> shell for its hooks
         self.reads = 0  # full inventory reads (first connect, re-logins, reconnects)
 
     def set_read_only(self, value: bool) -> None:
@@ -168,6 +174,39 @@ class VSphereBackend(Backend):
     def scrub(self, text: str) -> str:
         """``text`` with the password masked (for any message that leaves)."""
         return self._scrub(text)
+
+    def note_stun(self, vm_id: str, ms: float, at: Any) -> None:
+        """A stun the SSH side channel saw: kept on the VM across later updates."""
+        self._stun[vm_id] = (ms, at)
+        key = (VM_T, vm_id)
+        for k, entity in list(self._emitted.get(key, {}).items()):
+            if k[0] is Kind.VM:
+                vm = dataclasses.replace(entity, last_stun_ms=ms, stun_at=at)  # type: ignore[type-var]
+                self._emitted[key][k] = vm
+                self.emit(Upsert(vm))
+
+    def vm_locations(self) -> list[Any]:
+        """Each VM's id, name, host and vmware.log directory (for the stun watcher)."""
+        from ..ssh.watcher import VmLocation, vm_log_dir
+
+        hosts = {k[1]: str(p.get("name") or k[1]) for k, p in self._cache.items() if k[0] == HOST_T}
+        out = []
+        for (cat, oid), props in list(self._cache.items()):
+            if cat != VM_T:
+                continue
+            host_id = moid(props.get("runtime.host"))
+            log_dir = vm_log_dir(props.get("layoutEx"))
+            if log_dir:
+                out.append(VmLocation(oid, str(props.get("name") or oid), host_id,
+                                      hosts.get(host_id, host_id), log_dir))
+        return out
+
+    def own_task(self, oid: str) -> None:
+        """A vSphere task an action of this console started: its progress goes to
+        the action's own row, so the task itself is not shown twice."""
+        self._owned.add(oid)
+        if self.emitted_task(oid) is not None:
+            self.emit(Remove(Kind.TASK, oid))
 
     def emitted_task(self, oid: str) -> Task | None:
         for entity in self._emitted.get((TASK_T, oid), {}).values():
@@ -239,6 +278,8 @@ class VSphereBackend(Backend):
         delay = cfg.backoff_initial_s
         attempt = 0
         connected_once = False
+        for side in self.side_channels:
+            side.start()
         try:
             while not self._closed:
                 reason = ""
@@ -293,6 +334,9 @@ class VSphereBackend(Backend):
         finally:
             self._closed = True
             self._connected = False
+            for side in self.side_channels:
+                with contextlib.suppress(Exception):
+                    await side.close()
             self._lose_watchers()
             self._drop_session()
             self._worker.shutdown()
@@ -447,7 +491,8 @@ class VSphereBackend(Backend):
         for key in gone:
             entities = self._emitted.pop(key)
             if key[0] == TASK_T:
-                events.extend(self._task_gone(entities))
+                if key[1] not in self._owned:
+                    events.extend(self._task_gone(entities))
                 continue
             for entity in reversed(list(entities.values())):
                 events.append(Remove(entity.KIND, entity.id))
@@ -475,7 +520,9 @@ class VSphereBackend(Backend):
                 task = task_entity(oid, props.get("info"))
                 new = [task] if task is not None else []
                 if task is not None:
-                    events.extend(self._diff(key, new))
+                    diff = self._diff(key, new)
+                    if oid not in self._owned:
+                        events.extend(diff)
                     self._task_seen(task, events)
                     continue
             elif cat == CR_T:
@@ -489,6 +536,9 @@ class VSphereBackend(Backend):
             else:
                 host = moid(props.get("runtime.host"))
                 new = vm_entities(oid, props, cluster_of_host(host), look)
+                if oid in self._stun and new:
+                    ms, at = self._stun[oid]
+                    new[0] = dataclasses.replace(new[0], last_stun_ms=ms, stun_at=at)  # type: ignore[type-var]
             events.extend(self._diff(key, new))
         return events
 

@@ -1,9 +1,11 @@
-"""The vSphere mutating handle: remove snapshots and consolidate disks.
+"""The vSphere mutating handle: remove snapshots, consolidate disks, create a
+snapshot (inside the guest's freeze/thaw hooks), ask for the storage estimate.
 
 Only a writable ``VSphereBackend`` hands one out, and every call re-checks the
 backend's mode before anything reaches the server (``Executor._guard``).
 Each action is one task row (the id the caller gives) on the backend's event
-stream, fed by the vSphere tasks it starts; a vSphere task's end is taken
+stream, fed by the vSphere tasks it starts (which the backend then does not
+show as rows of their own: ``own_task``); a vSphere task's end is taken
 from the stream's ``WaitForUpdatesEx`` feed, so the stream must be consumed
 while an action runs.
 
@@ -22,6 +24,7 @@ Outcomes (RELIABILITY.md):
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from pyVmomi import vim, vmodl
 
+from ventana.state.derived import human_bytes
 from ventana.state.events import Event, TaskProgress, Upsert
 from ventana.state.model import FinalState, Task, TaskState
 from ventana.state.sanitize import clean
 
 from ..base import ActionResult, Executor
-from .mapping import fault_message
+from .mapping import fault_message, moid
 
 if TYPE_CHECKING:
     from .backend import VSphereBackend
@@ -69,7 +73,13 @@ class VSphereExecutor(Executor):
     async def merge(self, vm_id: str, task_id: str) -> ActionResult:
         """Remove every snapshot of the VM (their data goes into the base disks),
         then consolidate if the server still reports ``consolidationNeeded``."""
-        self._guard("merge")
+        return await self.remove_all_snapshots(vm_id, task_id, kind="merge")
+
+    async def remove_all_snapshots(
+        self, vm_id: str, task_id: str, *, kind: str = "remove-all-snapshots"
+    ) -> ActionResult:
+        """``RemoveAllSnapshots_Task`` then, if still needed, ``ConsolidateVMDisks_Task``."""
+        self._guard(kind)
         steps: list[_Step] = []
         props = self._vs.cached("vm", vm_id) or {}
         if props.get("snapshot") is not None:
@@ -81,7 +91,7 @@ class VSphereExecutor(Executor):
                     80,
                 )
             )
-        return await self._run("merge", vm_id, task_id, steps, consolidate_after=True)
+        return await self._run(kind, vm_id, task_id, steps, consolidate_after=True)
 
     async def remove_snapshot(
         self, snapshot_id: str, task_id: str, *, remove_children: bool = False
@@ -102,6 +112,118 @@ class VSphereExecutor(Executor):
             100,
         )
         return await self._run("remove-snapshot", vm_id, task_id, [step])
+
+
+    async def remove_snapshot_of(
+        self, vm_id: str, snapshot_id: str, task_id: str, remove_children: bool = False
+    ) -> ActionResult:
+        """Remove one snapshot of ``vm_id``; refuses a snapshot of another VM."""
+        self._guard("remove snapshot")
+        owner = self._vm_of_snapshot(snapshot_id)
+        if owner != vm_id:
+            return ActionResult(
+                TaskState.FAILED,
+                error=f"snapshot {snapshot_id} is not a snapshot of this VM in the current "
+                "view; nothing was sent",
+            )
+        return await self.remove_snapshot(snapshot_id, task_id, remove_children=remove_children)
+
+    async def estimate_consolidation(self, vm_id: str, timeout: float = 15.0) -> dict[str, int]:
+        """vCenter's ``EstimateStorageForConsolidateSnapshots_Task``: bytes needed per
+        datastore id. Starts a (read-only) server task, so a read-only session
+        refuses it like any other; raises on any failure (the caller falls
+        back to the delta sizes)."""
+        self._guard("estimate")
+        vs = self._vs
+        session = vs.session
+        if session is None:
+            raise ConnectionError(f"{vs.target} is not connected")
+        task = await vs.action_worker.call(
+            lambda: _vm(session, vm_id).EstimateStorageForConsolidateSnapshots_Task()
+        )
+        oid = task._moId
+        vs.own_task(oid)
+        end = await asyncio.wait_for(vs.watch_task(oid), timeout)
+        if end is None or end.state is not TaskState.OK:
+            raise RuntimeError(end.error if end is not None else "connection lost")
+        info = (vs.cached("task", oid) or {}).get("info")
+        result = getattr(info, "result", None)
+        if result is None:  # the feed may not carry the result: read it once
+            result = await vs.action_worker.call(lambda: task.info.result)
+        return {
+            moid(r.datastore): int(r.freeSpaceRequiredInKb or 0) * 1024 for r in result or ()
+        }
+
+    async def create_snapshot(
+        self,
+        vm_id: str,
+        task_id: str,
+        name: str,
+        quiesce: bool = False,
+        memory: bool = False,
+        pre_freeze: str = "",
+        post_thaw: str = "",
+    ) -> ActionResult:
+        """``CreateSnapshot_Task``, inside the guest's freeze/thaw hooks when given.
+
+        The hooks run over SSH in the guest (``backend.guest_shell(vm_name)``)
+        through ``ssh.hooks.frozen``: the thaw runs whatever happens after the
+        freeze; both outcomes go into the result's detail.
+        """
+        self._guard("create snapshot")
+        step = _Step(
+            "create snapshot",
+            lambda s: _vm(s, vm_id).CreateSnapshot_Task(
+                name=name, description="created by Ventana", memory=memory, quiesce=quiesce
+            ),
+            0,
+            100,
+        )
+        if not (pre_freeze or post_thaw):
+            return await self._run("create-snapshot", vm_id, task_id, [step], check=False)
+        from ..ssh.client import SshError
+        from ..ssh.hooks import FreezeFailed, ThawFailed, frozen
+
+        vm_name = str((self._vs.cached("vm", vm_id) or {}).get("name") or vm_id)
+        factory = getattr(self._vs, "guest_shell", None)
+        try:
+            shell = factory(vm_name) if factory is not None else None
+        except Exception as exc:  # no password, bad key path: nothing ran yet
+            return ActionResult(
+                TaskState.FAILED, error=f"guest hooks: {clean(str(exc))}; nothing was sent"
+            )
+        if shell is None:
+            return ActionResult(
+                TaskState.FAILED,
+                error=f"guest hooks are configured for {vm_name} but no guest SSH connection "
+                "is; nothing was sent",
+            )
+        hooks: list[str] = []
+        result: ActionResult | None = None
+        try:
+            async with shell, frozen(
+                shell, pre_freeze or "true", post_thaw or "true",
+                log=lambda o: hooks.append(o.describe()),
+            ):
+                result = await self._run("create-snapshot", vm_id, task_id, [step], check=False)
+        except FreezeFailed as exc:
+            result = ActionResult(TaskState.FAILED, error=clean(str(exc)) + "; no snapshot taken")
+        except ThawFailed as exc:
+            done = (f"snapshot {result.state.value}{': ' + result.error if result.error else ''}; "
+                    if result is not None else "no snapshot taken; ")
+            result = ActionResult(
+                TaskState.FAILED,
+                error=done + clean(str(exc)),
+                final_state=FinalState.DEGRADED,
+            )
+        except SshError as exc:
+            result = ActionResult(
+                TaskState.FAILED, error=f"guest hooks: {clean(str(exc))}; no snapshot taken"
+            )
+        detail = "; ".join(["guest hooks: " + ", ".join(hooks)] if hooks else [])
+        if result.detail:
+            detail = f"{result.detail}; {detail}" if detail else result.detail
+        return dataclasses.replace(result, detail=detail)
 
     async def consolidate(self, vm_id: str, task_id: str) -> ActionResult:
         """Consolidate the VM's disks (``ConsolidateVMDisks_Task``)."""
@@ -136,6 +258,7 @@ class VSphereExecutor(Executor):
         steps: list[_Step],
         *,
         consolidate_after: bool = False,
+        check: bool = True,
     ) -> ActionResult:
         vs = self._vs
         session = vs.session
@@ -155,10 +278,11 @@ class VSphereExecutor(Executor):
             message=steps[0].label if steps else "checking consolidation",
         )
         vs.emit(Upsert(row))
+        size_before = _files_bytes((props or {}).get("layoutEx"))
         try:
             for step in steps:
                 await self._step(session, task_id, step)
-            needed = await self._consolidation_needed(session, vm_id)
+            needed = check and await self._consolidation_needed(session, vm_id)
             if needed and consolidate_after:
                 step = _Step(
                     "consolidate disks",
@@ -181,6 +305,17 @@ class VSphereExecutor(Executor):
             result = stop.result
         finally:
             self._running.pop(task_id, None)
+        if result.state is not TaskState.UNKNOWN:
+            after = await self._files_now(session, vm_id)
+            details = [result.detail, _sizes_text(size_before, after)]
+            if steps and result.state in (TaskState.OK, TaskState.WARNING):
+                details.append(await self._stun_after(vm_id, row.started))
+            result = dataclasses.replace(
+                result,
+                size_before=size_before,
+                size_after=after,
+                detail="; ".join(d for d in details if d),
+            )
         finished = result.state in (TaskState.OK, TaskState.WARNING)
         vs.emit(
             Upsert(
@@ -210,6 +345,7 @@ class VSphereExecutor(Executor):
             raise _Stop(self._unknown(step.label, exc)) from None
         oid = task._moId
         self._running[task_id] = oid
+        vs.own_task(oid)  # one row per action in the task strip: ours
 
         def forward(t: Task) -> Event | None:
             pct = step.lo + (step.hi - step.lo) * t.pct / 100
@@ -247,6 +383,24 @@ class VSphereExecutor(Executor):
         except Exception as exc:
             raise _Stop(self._unknown("re-reading consolidationNeeded", exc)) from None
 
+    async def _stun_after(self, vm_id: str, since: datetime | None) -> str:
+        """The stun the SSH side channel saw for this action, if one is configured."""
+        probe = getattr(self._vs, "stun_probe", None)
+        if probe is None or since is None:
+            return ""
+        try:
+            return str(await asyncio.wait_for(probe(vm_id, since), 20) or "")
+        except Exception as exc:
+            return f"stun not read over SSH: {clean(f'{type(exc).__name__}: {exc}')}"
+
+    async def _files_now(self, session: Session, vm_id: str) -> int | None:
+        """The VM's disk and snapshot files, re-read from the server (None if unreadable)."""
+        try:
+            layout = await self._vs.action_worker.call(lambda: _vm(session, vm_id).layoutEx)
+        except Exception:
+            return None
+        return _files_bytes(layout)
+
     def _unknown(self, label: str, exc: BaseException) -> ActionResult:
         return ActionResult(
             TaskState.UNKNOWN,
@@ -270,6 +424,23 @@ class VSphereExecutor(Executor):
 
 def _vm(session: Session, vm_id: str) -> Any:
     return vim.VirtualMachine(vm_id, session.si._stub)
+
+
+_NOT_DATA = frozenset({"log", "swap", "uwswap", "stat", "screenshot", "nvram", "config",
+                       "extendedConfig", "snapshotList"})
+
+
+def _files_bytes(layout: Any) -> int | None:
+    """Bytes in a VM's disk and snapshot files (``layoutEx``); None if unknown."""
+    if layout is None:
+        return None
+    return sum(int(f.size or 0) for f in layout.file or () if str(f.type) not in _NOT_DATA)
+
+
+def _sizes_text(before: int | None, after: int | None) -> str:
+    if before is None or after is None:
+        return ""
+    return f"disk and snapshot files {human_bytes(before)} → {human_bytes(after)}"
 
 
 def _fault(exc: vmodl.MethodFault) -> str:

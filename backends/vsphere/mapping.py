@@ -210,6 +210,14 @@ def _snapshot_size(lay: _Layout, snap_id: str) -> tuple[int, str]:
     return size, path
 
 
+def _has_memory(lay: _Layout, snap_id: str) -> bool | None:
+    """Whether the snapshot holds the VM's memory (a ``.vmem``: memoryKey >= 0)."""
+    snap = lay.snapshots.get(snap_id)
+    if snap is None:
+        return None
+    return snap.memoryKey is not None and snap.memoryKey >= 0
+
+
 def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list[Entity]:
     """The VM, its disk files and its snapshots."""
     lay = _Layout.of(props.get("layoutEx"))
@@ -289,6 +297,8 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
                 created=as_utc(tree.createTime),
                 disk_path=path,
                 size_bytes=size,
+                quiesced=bool(tree.quiesced),
+                memory=_has_memory(lay, snap_id),
             )
         )
     return [vm, *disks.values(), *checkpoints]

@@ -2,10 +2,10 @@
 
 It listens on 127.0.0.1 on a free port with a freshly generated ed25519 host
 key and accepts one test user with a generated password. It serves
-``cat <path>`` from a dict of fake files (by default a ``vmware.log`` built
-from the lab sample), records every command it receives in order, and
-answers configured commands with a given exit status and output, or by
-dropping the connection mid-way (``Drop``) to show an unknown outcome.
+``cat <path>`` and ``grep [-H] -E PATTERN -- FILE...`` from a dict of fake
+files (by default a ``vmware.log`` built from the lab sample), records every
+command it receives in order, and answers configured commands with a given
+exit status and output, or by dropping the connection mid-way (``Drop``) to show an unknown outcome.
 
     async with start_ssh_peer(commands={"freeze": Reply(0)}) as peer:
         peer.write_known_hosts(tmp_path / "known_hosts")
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import shlex
 from collections.abc import AsyncIterator, Mapping
@@ -131,12 +132,46 @@ class SshPeer:
             argv = shlex.split(command)
         except ValueError:
             return Reply(2, stderr=f"sh: syntax error: {command}\n")
+        if argv and argv[0] == "grep":
+            return self._grep(argv[1:])
         if len(argv) == 2 and argv[0] == "cat":
             text = self.files.get(argv[1])
             if text is None:
                 return Reply(1, stderr=f"cat: can't open '{argv[1]}': No such file or directory\n")
             return Reply(0, stdout=text)
         return Reply(127, stderr=f"sh: {argv[0] if argv else command}: not found\n")
+
+
+    def _grep(self, args: list[str]) -> Reply:
+        """busybox-like ``grep [-H] -E PATTERN [--] FILE...`` over the fake files."""
+        with_name = False
+        pattern = None
+        files: list[str] = []
+        it = iter(args)
+        for arg in it:
+            if arg == "-H":
+                with_name = True
+            elif arg == "-E":
+                pattern = next(it, None)
+            elif arg == "--":
+                files.extend(it)
+            else:
+                files.append(arg)
+        if pattern is None or not files:
+            return Reply(2, stderr="grep: usage\n")
+        regex = re.compile(pattern)
+        out, err, found = [], [], False
+        for name in files:
+            text = self.files.get(name)
+            if text is None:
+                err.append(f"grep: {name}: No such file or directory\n")
+                continue
+            for line in text.splitlines():
+                if regex.search(line):
+                    found = True
+                    out.append(f"{name}:{line}\n" if with_name else f"{line}\n")
+        status = 2 if err else (0 if found else 1)
+        return Reply(status, stdout="".join(out), stderr="".join(err))
 
 
 class _Server(asyncssh.SSHServer):

@@ -1,0 +1,226 @@
+"""vSphere plans and pre-flight, from a hand-built store (no server)."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from factories import NOW
+
+from ventana.state import plans_vsphere as pv
+from ventana.state.events import ConnectionChanged, LinkState, Upsert
+from ventana.state.model import (
+    GB,
+    VM,
+    Checkpoint,
+    CheckpointKind,
+    Cluster,
+    Lun,
+    LunRole,
+    Node,
+    Platform,
+    PowerState,
+    Severity,
+    Task,
+    TaskState,
+)
+from ventana.state.plans_vsphere import (
+    CONSOLIDATE,
+    CREATE_SNAPSHOT,
+    ESTIMATES,
+    REMOVE_ALL,
+    REMOVE_SNAPSHOT,
+    SETTINGS,
+    ServerEstimate,
+)
+from ventana.state.store import Store
+
+HOSTILE = "o'brien; rm -rf / $(id) `x`"
+
+
+@pytest.fixture(autouse=True)
+def clean_settings() -> Iterator[None]:
+    saved = (SETTINGS.backup_window, SETTINGS.stun_budget_ms, dict(SETTINGS.stun_budget_by_vm),
+             dict(SETTINGS.guest_hooks))
+    ESTIMATES.clear()
+    yield
+    (SETTINGS.backup_window, SETTINGS.stun_budget_ms, SETTINGS.stun_budget_by_vm,
+     SETTINGS.guest_hooks) = saved
+    ESTIMATES.clear()
+
+
+def vcenter(*snapshots: Checkpoint, free_gb: float = 500, name: str = "sql-01",
+            consolidation: bool = False, last_stun_ms: float | None = None) -> Store:
+    store = Store()
+    store.apply_many([
+        ConnectionChanged("vc", LinkState.CONNECTED),
+        Upsert(Cluster("c1", "DC0_C0", Platform.VSPHERE, nodes=1)),
+        Upsert(Node("h1", "esx01", "c1")),
+        Upsert(Lun("ds1", "LocalDS_0", "c1", int(2000 * GB), int(free_gb * GB),
+                   role=LunRole.DATASTORE)),
+        Upsert(VM("vm-1", name, "c1", "h1", PowerState.RUNNING, lun_id="ds1",
+                  consolidation_needed=consolidation, last_stun_ms=last_stun_ms,
+                  stun_at=NOW - timedelta(hours=1) if last_stun_ms else None)),
+        *[Upsert(s) for s in snapshots],
+    ])
+    return store
+
+
+def snap(sid: str, name: str, parent: str | None = None, *, gb: float = 10,
+         kind: CheckpointKind = CheckpointKind.STANDARD, age: timedelta = timedelta(days=3),
+         ) -> Checkpoint:
+    return Checkpoint(sid, "vm-1", name, parent, kind, NOW - age, f"[LocalDS_0] {sid}.vmdk",
+                      int(gb * GB), quiesced=False, memory=False)
+
+
+def codes(plan, severity: Severity | None = None) -> set[str]:
+    return {f.code for f in plan.findings if severity is None or f.severity is severity}
+
+
+def test_commands_quote_hostile_names_for_shell_and_powershell() -> None:
+    store = vcenter(snap("snapshot-1", HOSTILE), name=HOSTILE)
+    plan = pv.plan_remove_snapshot(store, "vm-1", NOW, snapshot="snapshot-1")
+    govc, powercli = plan.command.split("\n")
+    words = shlex.split(govc.removeprefix("govc: "))
+    assert words == ["govc", "snapshot.remove", "-vm", HOSTILE, HOSTILE]
+    assert "'o''brien; rm -rf / $(id) `x`'" in powercli
+    assert "-Id 'VirtualMachineSnapshot-snapshot-1'" in powercli  # names need not be unique
+    plan = pv.plan_create_snapshot(store, "vm-1", NOW, name=HOSTILE, quiesce=True)
+    govc = plan.command.split("\n")[0].removeprefix("govc: ")
+    assert shlex.split(govc)[-1] == HOSTILE and "-q=true" in govc
+
+
+def test_remove_one_with_or_without_children() -> None:
+    store = vcenter(snap("s1", "base", gb=10), snap("s2", "child", "s1", gb=20),
+                    snap("s3", "grandchild", "s2", gb=30))
+    one = pv.plan_remove_snapshot(store, "vm-1", NOW, snapshot="s2")
+    assert one.params == {"snapshot": "s2", "children": False}
+    assert one.facts["delta_bytes"] == 20 * GB and "re-parented" in one.steps[2]
+    tree = pv.plan_remove_snapshot(store, "vm-1", NOW, snapshot="s2", children=True)
+    assert tree.facts["delta_bytes"] == 50 * GB and "-RemoveChildren" in tree.command
+    with pytest.raises(KeyError):
+        pv.plan_remove_snapshot(store, "vm-1", NOW, snapshot="gone")
+
+
+def test_a_young_backup_snapshot_blocks_an_old_one_warns() -> None:
+    young = snap("s1", "VEEAM BACKUP TEMPORARY SNAPSHOT", kind=CheckpointKind.BACKUP,
+                 age=timedelta(hours=1))
+    old = snap("s2", "Veeam leftover", kind=CheckpointKind.BACKUP, age=timedelta(days=9))
+    store = vcenter(young, old)
+    assert "BACKUP_IN_PROGRESS" in codes(pv.plan_remove_all(store, "vm-1", NOW),
+                                         Severity.BLOCKING)
+    plan = pv.plan_remove_snapshot(store, "vm-1", NOW, snapshot="s2")
+    assert "BACKUP_IN_PROGRESS" not in codes(plan)
+    assert "BACKUP_SNAPSHOT" in codes(plan, Severity.WARNING)
+    SETTINGS.backup_window = timedelta(minutes=30)  # configurable
+    assert "BACKUP_IN_PROGRESS" not in codes(pv.plan_remove_all(store, "vm-1", NOW))
+
+
+def test_busy_vm_and_stale_data_block() -> None:
+    store = vcenter(snap("s1", "a"))
+    store.apply(Upsert(Task("task-9", "VirtualMachine.relocate", "vm:vm-1", "sql-01", 10,
+                            TaskState.RUNNING)))
+    for plan in (pv.plan_remove_all(store, "vm-1", NOW),
+                 pv.plan_remove_snapshot(store, "vm-1", NOW, snapshot="s1"),
+                 pv.plan_create_snapshot(store, "vm-1", NOW)):
+        assert "VM_BUSY" in codes(plan, Severity.BLOCKING)
+    store.apply(ConnectionChanged("vc", LinkState.STALE, "lost"))
+    assert "STALE_DATA" in codes(pv.plan_remove_all(store, "vm-1", NOW), Severity.BLOCKING)
+
+
+def test_space_from_the_servers_estimate_when_it_matches_the_snapshots() -> None:
+    store = vcenter(snap("s1", "a", gb=5), free_gb=50)
+    assert "NO_SPACE" not in codes(pv.plan_remove_all(store, "vm-1", NOW))
+    ESTIMATES["vm-1"] = ServerEstimate({"ds1": int(80 * GB)}, frozenset({"s1"}), NOW)
+    plan = pv.plan_remove_all(store, "vm-1", NOW)
+    assert "NO_SPACE" in codes(plan, Severity.BLOCKING)
+    assert plan.space_needed == 80 * GB and "vCenter" in plan.facts["space_basis"]
+    # Another snapshot appeared since: the estimate no longer applies.
+    store.apply(Upsert(snap("s2", "b", "s1", gb=1)))
+    plan = pv.plan_remove_all(store, "vm-1", NOW)
+    assert "NO_SPACE" not in codes(plan) and "layoutEx" in plan.facts["space_basis"]
+
+
+def test_stun_estimate_and_last_stun_warn_over_the_vms_budget() -> None:
+    store = vcenter(snap("s1", "big", gb=400))
+    plan = pv.plan_remove_all(store, "vm-1", NOW)
+    assert plan.facts["estimated_stun_s"] == pytest.approx(8.2)
+    assert "LONG_STUN" in codes(plan, Severity.WARNING)
+    SETTINGS.stun_budget_by_vm["sql-01"] = 10_000
+    assert "LONG_STUN" not in codes(pv.plan_remove_all(store, "vm-1", NOW))
+    store = vcenter(snap("s1", "small", gb=1), last_stun_ms=3_500)
+    SETTINGS.stun_budget_by_vm["sql-01"] = 3_000  # e.g. a mirror's QoS timeout / 2
+    plan = pv.plan_create_snapshot(store, "vm-1", NOW)
+    assert "LAST_STUN_LONG" in codes(plan, Severity.WARNING)
+
+
+def test_consolidate_needs_the_flag_and_create_needs_one_mode() -> None:
+    store = vcenter()
+    assert "NOTHING_TO_CONSOLIDATE" in codes(pv.plan_consolidate(store, "vm-1", NOW),
+                                             Severity.BLOCKING)
+    assert "NOTHING_TO_REMOVE" in codes(pv.plan_remove_all(store, "vm-1", NOW),
+                                        Severity.BLOCKING)
+    store = vcenter(consolidation=True)
+    plan = pv.plan_consolidate(store, "vm-1", NOW)
+    assert not plan.blocking and plan.action == CONSOLIDATE
+    plan = pv.plan_create_snapshot(store, "vm-1", NOW, quiesce=True, memory=True)
+    assert "QUIESCE_AND_MEMORY" in codes(plan, Severity.BLOCKING)
+
+
+def test_create_snapshot_shows_the_guest_hooks() -> None:
+    SETTINGS.guest_hooks["sql-01"] = {"pre_freeze": "/opt/db/freeze.sh",
+                                      "post_thaw": "/opt/db/thaw.sh"}
+    plan = pv.plan_create_snapshot(vcenter(), "vm-1", NOW, name="pre-patch")
+    assert plan.action == CREATE_SNAPSHOT and not plan.destructive
+    assert plan.steps[0].endswith("/opt/db/freeze.sh") and "thaw.sh" in plan.steps[-1]
+    assert plan.facts["pre_freeze"] == "/opt/db/freeze.sh"
+    assert plan.params == {"name": "pre-patch", "quiesce": False, "memory": False}
+
+
+def test_registered_on_the_guarded_path() -> None:
+    import ventana.backends.vsphere  # noqa: F401  (registers the actions)
+    from ventana.backends.actions import EXECUTE
+    from ventana.state.plans import PLANNERS
+
+    for action in (REMOVE_SNAPSHOT, REMOVE_ALL, CONSOLIDATE, CREATE_SNAPSHOT):
+        assert action in PLANNERS and action in EXECUTE
+
+
+def test_vsphere_is_read_only_unless_asked(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ventana.backends.vsphere.backend import DEFAULT_ENV
+    from ventana.state.config import load_config
+    from ventana.tui.cli import _vsphere_backend, build_parser, main_with
+
+    monkeypatch.setenv(DEFAULT_ENV, "not-used")
+    base = ["--vsphere", "vc01:443", "--user", "ops@vsphere.local"]
+    assert _vsphere_backend(build_parser().parse_args(base)).read_only
+    assert not _vsphere_backend(build_parser().parse_args([*base, "--read-write"])).read_only
+    assert _vsphere_backend(build_parser().parse_args([*base, "--read-write",
+                                                       "--read-only"])).read_only
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[[target]]\nname = "vc"\nkind = "vsphere"\nhost = "vc01"\n'
+                   'user = "ops@vsphere.local"\nread_only = false\n'
+                   '[stun]\nbudget_ms = -5\n')
+    config = load_config(cfg)
+    assert config.sections == {"stun": {"budget_ms": -5}}
+    args = build_parser().parse_args(["--target", "vc"])
+    # The config's read_only = false reaches the backend; a bad [stun] table stops
+    # the console before it starts, with the reason.
+    assert main_with(args, config, tmp_path / "a.db") == 2
+    assert args.read_write
+    assert "[stun] budget_ms must be a positive number" in capsys.readouterr().err
+
+
+def test_configure_reads_the_tables() -> None:
+    pv.configure({"stun": {"budget_ms": 1500, "vm": {"sql-01": 4000}},
+                  "vsphere": {"backup_window_h": 2},
+                  "guest": {"sql-01": {"pre_freeze": "f", "post_thaw": "t", "address": "x"}}})
+    assert SETTINGS.stun_budget_ms == 1500 and SETTINGS.stun_budget_by_vm["sql-01"] == 4000
+    assert SETTINGS.backup_window == timedelta(hours=2)
+    assert SETTINGS.guest_hooks["sql-01"] == {"pre_freeze": "f", "post_thaw": "t"}
+    with pytest.raises(ValueError):
+        pv.configure({"vsphere": {"backup_window_h": "4h"}})
