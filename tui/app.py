@@ -326,6 +326,11 @@ class VentanaApp(App[None]):
 
     # -- read-only, bindings, palette -------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in commands.CONSOLE_ACTIONS and len(self.screen_stack) > 1:
+            # The console's commands act on the main screen only: a key that a
+            # screen on top does not use (or has disabled) must not fall
+            # through to a console command behind it.
+            return False
         if action in commands.MUTATING_ACTIONS and self.read_only:
             return None  # shown disabled; the runner refuses anyway
         return True

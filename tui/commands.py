@@ -82,6 +82,8 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 MUTATING_ACTIONS = frozenset(c.action for c in COMMANDS if c.mutating)
+#: Commands that act on the main screen's selection (not help and quit).
+CONSOLE_ACTIONS = frozenset(c.action for c in COMMANDS if c.action not in ("help", "quit"))
 
 
 def bindings() -> list[Binding]:
