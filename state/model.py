@@ -169,6 +169,8 @@ class Node:
     backup_agent_version: str | None = None
     backup_agent_state: ServiceState = ServiceState.UNKNOWN
     vm_count: int = 0
+    # The backup agent's ports found closed on this node; () all open, None unknown.
+    backup_ports_closed: tuple[int, ...] | None = None
 
     KIND = Kind.NODE
 
@@ -191,6 +193,10 @@ class VM:
     disk_ids: tuple[str, ...] = ()
     lun_id: str = ""
     consolidation_needed: bool = False
+    # Facts for backup eligibility; None / () mean "not reported by this backend".
+    vss_capable: bool | None = None  # the guest can take VSS (application-consistent) snapshots
+    dynamic_disks: bool | None = None  # the guest uses dynamic (LDM) disks
+    storage_paths: tuple[str, ...] = ()  # configuration, checkpoint and disk locations
 
     KIND = Kind.VM
 
