@@ -29,6 +29,17 @@ r"""Targets from the TOML config file.
     user = "ops@vsphere.local"
     ca_bundle = "/etc/ventana/corp-ca.pem"
 
+    [findings]            # thresholds of the findings screen (defaults shown)
+    checkpoint_warn_hours = 72
+    checkpoint_critical_hours = 720
+    chain_depth_max = 3
+    differencing_pct = 50         # differencing data over this % of its base disk
+    lun_warn_pct = 10
+    lun_critical_pct = 5
+    backup_max_gb = 2048          # the backup policy's per-VM limit
+    backup_agent_min_version = "12.0"
+    backup_agent_ports = [28001, 28002, 29000, 30001, 30002, 30003]
+
 Passwords never go here: a config with a key that looks like a secret is
 refused, so nobody is tempted.
 """
@@ -40,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .findings import FindingsConfig
 from .paths import config_dir
 
 KNOWN_KINDS = ("sim", "hyperv", "vsphere")
@@ -63,6 +75,7 @@ class Config:
     targets: tuple[Target, ...] = ()
     log: Path | None = None
     source: Path | None = None
+    findings: FindingsConfig = field(default_factory=FindingsConfig)  # [findings] thresholds
 
     def target(self, name: str) -> Target:
         for t in self.targets:
@@ -120,4 +133,11 @@ def load_config(path: Path | None = None) -> Config:
         options = {k: v for k, v in raw.items() if k not in ("name", "kind", "read_only")}
         targets.append(Target(raw["name"], kind, read_only, options))
     log = data.get("log")
-    return Config(tuple(targets), Path(log).expanduser() if log else None, path)
+    raw_findings = data.get("findings", {})
+    if not isinstance(raw_findings, dict):
+        raise ConfigError(f"{path}: [findings] must be a table")
+    try:
+        findings = FindingsConfig.from_toml(raw_findings)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return Config(tuple(targets), Path(log).expanduser() if log else None, path, findings)

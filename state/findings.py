@@ -283,10 +283,19 @@ class FindingsEngine:
         self._unsubscribe: Callable[[], None] | None = None
         self.version = 0  # bumped on every change of the finding set
         self.last_recompute_s = 0.0
+        # Targets waiting to be computed: a delta touching more than
+        # ``backlog_after`` VMs (the first inventory) is not computed inside
+        # the store's callback but in slices by ``drain()``.
+        self._backlog: dict[str, None] = {}
+        self.backlog_after = 256
 
     # -- life ------------------------------------------------------------------
-    def attach(self) -> FindingsEngine:
-        self.recompute_all()
+    def attach(self, *, eager: bool = True) -> FindingsEngine:
+        """Compute everything now (``eager``) or queue it for ``drain()``; then follow."""
+        if eager:
+            self.recompute_all()
+        else:
+            self._queue_all()
         if self._unsubscribe is None:
             self._unsubscribe = self.store.subscribe(self.on_delta)
         return self
@@ -304,6 +313,39 @@ class FindingsEngine:
                 self._listeners.remove(listener)
 
         return unsubscribe
+
+    @property
+    def pending(self) -> int:
+        """Targets not computed yet (0: the findings are complete)."""
+        return len(self._backlog)
+
+    def drain(self, budget_s: float = 0.02) -> FindingsChange:
+        """Compute queued targets for about ``budget_s`` seconds."""
+        change = FindingsChange()
+        if not self._backlog:
+            return change
+        deadline = time.perf_counter() + budget_s
+        backlog = self._backlog
+        n = 0
+        while backlog:
+            target = next(iter(backlog))
+            del backlog[target]
+            self._recompute_target(target, change)
+            n += 1
+            if n % 64 == 0 and time.perf_counter() >= deadline:
+                break
+        self._emit(change)
+        return change
+
+    def _queue_all(self) -> None:
+        store = self.store
+        self._paths = Counter(_path_key(d.path) for d in store.all(Kind.DISK))  # type: ignore[union-attr]
+        for task in store.tasks():
+            self._track_task(None, task)
+        for kind, items in ((Kind.NODE, store.nodes()), (Kind.LUN, store.luns()),
+                            (Kind.VM, store.vms())):
+            for item in items:
+                self._backlog[ref(kind, item.id)] = None
 
     # -- reading -----------------------------------------------------------------
     def findings(self) -> list[LiveFinding]:
@@ -343,6 +385,7 @@ class FindingsEngine:
         targets.update(ref(Kind.NODE, n.id) for n in store.nodes())
         self._heap.clear()
         self._due.clear()
+        self._backlog.clear()
         for target in targets:
             self._recompute_target(target, change)
         backend_ids = {f.id for f in store.all(Kind.FINDING)}
@@ -398,6 +441,10 @@ class FindingsEngine:
                         change.removed.append(gone)
                 else:
                     self._put_backend(c.new, change)  # type: ignore[arg-type]
+        if len(vms) > self.backlog_after:
+            for vm_id in vms:
+                self._backlog[ref(Kind.VM, vm_id)] = None
+            vms = set()
         for vm_id in vms:
             self._recompute_target(ref(Kind.VM, vm_id), change)
         for lun_id in luns:

@@ -30,10 +30,12 @@ from textual.widgets import Footer, Input
 
 from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.base import Backend, ReadOnlyError
+from ventana.state.acks import AckBook, AckError, follow, open_findings
 from ventana.state.actionlog import ActionLog
 from ventana.state.derived import human_bytes
 from ventana.state.events import ConnectionChanged, Event, LinkState
-from ventana.state.model import Kind, TaskState
+from ventana.state.findings import FindingsConfig, FindingsEngine, count_by_severity
+from ventana.state.model import Kind, Severity, TaskState
 from ventana.state.plans import Plan
 from ventana.state.sanitize import clean
 from ventana.state.store import Delta, Store
@@ -41,6 +43,7 @@ from ventana.state.store import Delta, Store
 from . import commands
 from .checkpoints_pane import CheckpointsPane
 from .confirm_screen import ConfirmScreen
+from .findings_screen import FindingsScreen
 from .header import ReadOnlyBanner, StatusHeader
 from .help_screen import HelpScreen
 from .log_screen import LogScreen, RecordedActionsScreen
@@ -51,6 +54,7 @@ from .task_strip import TaskStrip
 from .vm_table import VmTable
 
 INITIAL_LOAD_MAX_S = 5.0
+FINDINGS_TICK_S = 30.0  # age thresholds and snooze expiry are checked this often
 
 
 class EventRecorder(ActionRecorder, Protocol):
@@ -78,6 +82,7 @@ class VentanaApp(App[None]):
         mode: str | None = None,
         read_only_reason: str = "",
         flush_hz: float = 12.5,
+        findings_config: FindingsConfig | None = None,
     ) -> None:
         super().__init__()
         self.backend = backend
@@ -103,6 +108,23 @@ class VentanaApp(App[None]):
         self._inventory_done = False
         self._load_started = time.monotonic()
         self.set_reactive(VentanaApp.read_only, backend.read_only)
+        # Findings: live, incremental; the first inventory is computed in slices
+        # by the flush timer so it never delays the first screen.
+        self.findings = FindingsEngine(self.store, findings_config, clock).attach(eager=False)
+        self.acks: AckBook | None = None
+        self.acks_error = ""
+        if self.runner.mode == "replay":
+            self.acks_error = "a replay cannot acknowledge findings"
+        elif log is None:
+            self.acks_error = f"the action log is unavailable ({log_error or 'not opened'})"
+        else:
+            try:
+                self.acks = AckBook.open(log.path, grace=self.findings.config.ack_grace)
+            except AckError as exc:
+                self.acks_error = str(exc)
+        if self.acks is not None:
+            follow(self.findings, self.acks, clock)
+        self._findings_seen = (-1, -1)
 
     # -- layout ---------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -150,6 +172,7 @@ class VentanaApp(App[None]):
             )
         self.store.subscribe(self._on_delta)
         self.set_interval(self._flush_interval, self._flush_events)
+        self.set_interval(FINDINGS_TICK_S, self._tick_findings)
         self.run_worker(self._pump(), name="event-pump", group="backend", exit_on_error=False)
         self.query_one(VmTable).focus()
 
@@ -171,6 +194,12 @@ class VentanaApp(App[None]):
             self.notify(f"Backend stopped: {reason}", severity="error", markup=False)
 
     def _flush_events(self) -> None:
+        self._flush_store()
+        if not self._loading and self.findings.pending:
+            self.findings.drain(0.02)
+        self.sync_findings()
+
+    def _flush_store(self) -> None:
         if self.recorder is not None and self.recorder.error and not self._recording_lost:
             self._recording_lost = True
             self.query_one(StatusHeader).flags = " ".join(
@@ -267,6 +296,27 @@ class VentanaApp(App[None]):
         for pane in (self.query_one(CheckpointsPane), self.query_one(TaskStrip)):
             pane.set_class(stale, "stale")
 
+    def _tick_findings(self) -> None:
+        self.findings.tick()
+        if self.acks is not None:
+            with contextlib.suppress(AckError):
+                self.acks.expire(self.clock())
+        self.sync_findings(force=True)
+
+    def sync_findings(self, force: bool = False) -> None:
+        """The header's open-finding counts (recounted only when something changed)."""
+        seen = (self.findings.version, self.acks.version if self.acks else 0)
+        if not force and seen == self._findings_seen and not self.findings.pending:
+            return
+        self._findings_seen = seen
+        counts = count_by_severity(
+            f for f, _ in open_findings(self.findings, self.acks, self.clock()))
+        with contextlib.suppress(NoMatches):
+            header = self.query_one(StatusHeader)
+            header.findings = (counts[Severity.CRITICAL] + counts[Severity.BLOCKING],
+                               counts[Severity.WARNING], counts[Severity.INFO])
+            header.findings_pending = self.findings.pending > 0
+
     def _sync_counts(self) -> None:
         s = self.store
         self.query_one(StatusHeader).counts = (
@@ -350,6 +400,9 @@ class VentanaApp(App[None]):
         if isinstance(self.focused, CheckpointsPane) and self.focused.vm_id:
             return self.focused.vm_id
         return self.query_one(VmTable).cursor_vm_id
+
+    def action_findings(self) -> None:
+        self.push_screen(FindingsScreen(self))
 
     def action_merge(self) -> None:
         self._open_plan("merge")
@@ -444,4 +497,7 @@ class VentanaApp(App[None]):
         self.last_result = result
 
     async def on_unmount(self) -> None:
+        self.findings.detach()
+        if self.acks is not None:
+            self.acks.close()
         await self.backend.close()

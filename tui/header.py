@@ -31,6 +31,9 @@ class StatusHeader(Static):
     mode: reactive[str] = reactive("read-write")
     counts: reactive[str] = reactive("")
     flags: reactive[str] = reactive("")
+    # Open (not acknowledged/snoozed) findings: (critical, warning, info).
+    findings: reactive[tuple[int, int, int]] = reactive((0, 0, 0))
+    findings_pending: reactive[bool] = reactive(False)
 
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
@@ -50,6 +53,15 @@ class StatusHeader(Static):
         if self.counts:
             text.append("  ")
             text.append(self.counts, style="dim")
+        critical, warning, info = self.findings
+        if critical or warning or info or self.findings_pending:
+            text.append("  findings ", style="dim")
+            text.append(f"{critical} crit", style="bold red" if critical else "dim")
+            text.append(" · ", style="dim")
+            text.append(f"{warning} warn", style="bold yellow" if warning else "dim")
+            text.append(f" · {info} info", style="dim")
+            if self.findings_pending:
+                text.append(" …", style="dim")
         return text
 
 
