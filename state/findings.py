@@ -235,7 +235,7 @@ Listener = Callable[[FindingsChange], None]
 
 
 def _path_key(path: str) -> str:
-    return path.strip().casefold()
+    return path.casefold()
 
 
 def _share(path: str) -> str | None:
@@ -288,6 +288,8 @@ class FindingsEngine:
         # the store's callback but in slices by ``drain()``.
         self._backlog: dict[str, None] = {}
         self.backlog_after = 256
+        self._min_config_version = version_key(self.config.config_version_min)
+        self._min_agent_version = _dotted(self.config.backup_agent_min_version)
 
     # -- life ------------------------------------------------------------------
     def attach(self, *, eager: bool = True) -> FindingsEngine:
@@ -551,8 +553,9 @@ class FindingsEngine:
             before = old.get(f.code)
             if before is None:
                 stamp = stamp or self.clock()
-                fresh[f.code] = replace(f, since=stamp)
-                change.added.append(fresh[f.code])
+                object.__setattr__(f, "since", stamp)  # built just above, not shared yet
+                fresh[f.code] = f
+                change.added.append(f)
             elif not before.same(f):
                 fresh[f.code] = replace(f, since=before.since)
                 change.changed.append(fresh[f.code])
@@ -590,7 +593,6 @@ class FindingsEngine:
 
         cps = store.checkpoints_of(vm.id)
         disks = store.disks_of(vm.id)
-        tasks = store.tasks_for(target) if cps or disks else []
         merging = vm.id in self._merging
 
         # Old checkpoints (not the backup-created ones: their own rule below).
@@ -620,13 +622,12 @@ class FindingsEngine:
                 "walks the chain and the merge time grows with each link.")
 
         if disks:
-            by_path = {_path_key(d.path): d for d in disks}
+            diffs = [d for d in disks if d.parent_path]
+            by_path = {_path_key(d.path): d for d in disks} if diffs else {}
             # Differencing data per base disk, and chains whose parent is missing.
             chained: dict[str, int] = {}
             broken: list[str] = []
-            for d in disks:
-                if not d.parent_path:
-                    continue
+            for d in diffs:
                 parent_key = _path_key(d.parent_path)
                 if parent_key not in by_path and parent_key not in self._paths:
                     broken.append(f"{_file(d.path)} names its parent {d.parent_path}, "
@@ -652,7 +653,7 @@ class FindingsEngine:
                     ". Backups fail with 'does not have valid vhd chains' and a merge would "
                     "fail too: repair the chain by hand (Set-VHD -ParentPath) first.")
             worst: tuple[float, str] | None = None
-            base_by_id = {d.id: d for d in disks if not d.parent_path}
+            base_by_id = {d.id: d for d in disks if not d.parent_path} if chained else {}
             for base_id, size in chained.items():
                 base = base_by_id[base_id]
                 if base.size_bytes <= 0:
@@ -672,8 +673,8 @@ class FindingsEngine:
                     add(MERGE_PENDING, Severity.WARNING,
                         "Disk consolidation is needed: a snapshot was removed but its delta "
                         "disks were not merged.")
-                elif not cps and any(d.parent_path for d in disks):
-                    n = sum(1 for d in disks if d.parent_path)
+                elif not cps and diffs:
+                    n = len(diffs)
                     add(MERGE_PENDING, Severity.WARNING,
                         f"{n} differencing disk(s) but no checkpoint: a merge is pending or "
                         "failed; the VM runs on the differencing disks.")
@@ -696,7 +697,8 @@ class FindingsEngine:
 
         leftovers = [c for c in cps if c.kind is CheckpointKind.BACKUP]
         if leftovers:
-            backup_running = any(t.kind == "backup" and not t.state.finished for t in tasks)
+            backup_running = any(t.kind == "backup" and not t.state.finished
+                                 for t in store.tasks_for(target))
             if not backup_running:
                 oldest = min(leftovers, key=lambda c: c.created)
                 age = now - oldest.created
@@ -757,7 +759,7 @@ class FindingsEngine:
 
         if vm.config_version and cfg.config_version_min:
             have = version_key(vm.config_version)
-            if vm.config_version[:1].isdigit() and have < version_key(cfg.config_version_min):
+            if vm.config_version[:1].isdigit() and have < self._min_config_version:
                 add(CONFIG_VERSION_OLD, Severity.INFO,
                     f"Configuration version {vm.config_version} (below "
                     f"{cfg.config_version_min}): no production checkpoints; upgrade while "
@@ -821,7 +823,7 @@ class FindingsEngine:
                                    "this node fail.", node.name))
         version = node.backup_agent_version
         if (state is not ServiceState.MISSING and version and cfg.backup_agent_min_version
-                and _dotted(version) < _dotted(cfg.backup_agent_min_version)):
+                and _dotted(version) < self._min_agent_version):
             out.append(LiveFinding(target, AGENT_OLD, Severity.WARNING,
                                    f"Backup agent {version} is older than "
                                    f"{cfg.backup_agent_min_version}.", node.name))
