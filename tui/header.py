@@ -23,7 +23,7 @@ _LINK_STYLE = {
 
 
 class StatusHeader(Static):
-    """One line: target · link · mode · counts."""
+    """One line: target · link · mode · flags · open findings · counts."""
 
     target: reactive[str] = reactive("")
     link: reactive[LinkState] = reactive(LinkState.CONNECTING)
@@ -50,11 +50,9 @@ class StatusHeader(Static):
         if self.flags:
             text.append("  ")
             text.append(f" {self.flags} ", style="bold white on red")
-        if self.counts:
-            text.append("  ")
-            text.append(self.counts, style="dim")
         critical, warning, info = self.findings
         if critical or warning or info or self.findings_pending:
+            # Before the inventory counts: what is wrong matters more than how much there is.
             text.append("  findings ", style="dim")
             text.append(f"{critical} crit", style="bold red" if critical else "dim")
             text.append(" · ", style="dim")
@@ -62,6 +60,9 @@ class StatusHeader(Static):
             text.append(f" · {info} info", style="dim")
             if self.findings_pending:
                 text.append(" …", style="dim")
+        if self.counts:
+            text.append("  ")
+            text.append(self.counts, style="dim")
         return text
 
 
