@@ -7,13 +7,13 @@ from pathlib import Path
 
 from apphelp import make_app, populated, wait_for
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input
+from textual.widgets import Input
 
 from ventana.state import findings as F
 from ventana.state.events import Upsert
 from ventana.state.model import Severity
 from ventana.tui.app import VentanaApp
-from ventana.tui.findings_screen import FindingsScreen, SilenceDialog
+from ventana.tui.findings_screen import FindingsList, FindingsScreen, SilenceDialog
 from ventana.tui.header import StatusHeader
 from ventana.tui.plan_screen import PlanScreen
 
@@ -42,8 +42,7 @@ def row_keys(screen: FindingsScreen) -> list[str]:
 
 
 async def select(pilot: Pilot, screen: FindingsScreen, key: str) -> None:
-    table = screen.query_one("#findings-table", DataTable)
-    table.move_cursor(row=row_keys(screen).index(key))
+    screen.query_one(FindingsList).move_to(row_keys(screen).index(key))
     await pilot.pause(0.05)
 
 

@@ -18,21 +18,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.geometry import Size
+from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Input, Static
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widgets import Button, Input, Static
 
 from ventana.state.acks import Ack, AckError, audit, open_findings, parse_until
 from ventana.state.derived import human_age
 from ventana.state.findings import LiveFinding
 from ventana.state.model import Severity
 from ventana.state.sanitize import clean
+
+from .vm_rows import fit
 
 if TYPE_CHECKING:
     from .app import VentanaApp
@@ -45,7 +53,148 @@ SEVERITY_STYLE = {
 }
 SORTS = ("severity", "object", "code", "age")
 MIN_SEVERITY = (Severity.INFO, Severity.WARNING, Severity.CRITICAL)
-MESSAGE_WIDTH = 90
+# (label, width); the message takes what is left of the width (the detail
+# line under the list shows it whole).
+COLUMNS: tuple[tuple[str, int], ...] = (
+    ("Severity", 9), ("Object", 20), ("Code", 26), ("Age", 6), ("Status", 8), ("Message", 0),
+)
+_FIXED = sum(w for _, w in COLUMNS) + len(COLUMNS)
+_SEVERITY_RICH = {sev: Style.parse(style) for sev, style in SEVERITY_STYLE.items()}
+_DIM = Style(dim=True)
+Item = tuple[LiveFinding, Ack | None]
+
+
+class FindingsList(ScrollView, can_focus=True, inherit_bindings=False):
+    """A virtual list of findings: only the lines on screen are built, so
+    thousands of findings cost what a screenful does (the Line API)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up", "cursor(-1)", "Up", show=False),
+        Binding("down", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "cursor_to(0)", "First", show=False),
+        Binding("end", "cursor_to(-1)", "Last", show=False),
+        Binding("enter", "select", "Remedy", show=False),
+    ]
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"findings-list--header", "findings-list--cursor"}
+    DEFAULT_CSS = """
+    FindingsList {
+        background: $surface;
+        color: $foreground;
+        height: 1fr;
+        & > .findings-list--header {
+            text-style: bold;
+            background: $panel;
+            color: $foreground;
+        }
+        & > .findings-list--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+        }
+        &:focus > .findings-list--cursor {
+            background: $block-cursor-background;
+            color: $block-cursor-foreground;
+        }
+    }
+    """
+
+    class Highlighted(Message):
+        pass
+
+    class Selected(Message):
+        pass
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.rows: list[Item] = []
+        self.cursor = 0
+        self.now: datetime | None = None
+
+    def set_rows(self, rows: list[Item], now: datetime, keep: str | None) -> None:
+        self.rows = rows
+        self.now = now
+        index = next((i for i, (f, _) in enumerate(rows) if f.key == keep), None)
+        if index is not None:
+            self.cursor = index
+        self.cursor = max(0, min(self.cursor, len(rows) - 1))
+        self.virtual_size = Size(0, len(rows) + 1)
+        self._into_view()
+        self.refresh()
+
+    def current(self) -> Item | None:
+        return self.rows[self.cursor] if 0 <= self.cursor < len(self.rows) else None
+
+    def _page(self) -> int:
+        return max(1, self.scrollable_content_region.height - 1)
+
+    def _into_view(self) -> None:
+        top, page = self.scroll_offset.y, self._page()
+        if self.cursor < top:
+            self.scroll_to(y=self.cursor, animate=False)
+        elif self.cursor >= top + page:
+            self.scroll_to(y=self.cursor - page + 1, animate=False)
+
+    def move_to(self, row: int) -> None:
+        if not self.rows:
+            return
+        row = max(0, min(row, len(self.rows) - 1))
+        if row != self.cursor:
+            self.cursor = row
+            self._into_view()
+            self.refresh()
+            self.post_message(self.Highlighted())
+
+    def action_cursor(self, step: int) -> None:
+        self.move_to(self.cursor + step)
+
+    def action_page(self, step: int) -> None:
+        self.move_to(self.cursor + step * self._page())
+
+    def action_cursor_to(self, row: int) -> None:
+        self.move_to(row if row >= 0 else len(self.rows) - 1)
+
+    def action_select(self) -> None:
+        if self.rows:
+            self.post_message(self.Selected())
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None or offset.y == 0:
+            return
+        self.move_to(offset.y - 1 + self.scroll_offset.y)
+        if event.chain >= 2:
+            self.action_select()
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        widths = [w or max(10, width - _FIXED) for _, w in COLUMNS]
+        base = self.rich_style
+        if y == 0:
+            style = self.get_component_rich_style("findings-list--header")
+            segments = [Segment(" " + fit(label, w), style)
+                        for (label, _), w in zip(COLUMNS, widths, strict=True)]
+            return Strip(segments).crop_extend(0, width, style)
+        row = y - 1 + self.scroll_offset.y
+        if row >= len(self.rows):
+            return Strip.blank(width, base)
+        f, ack = self.rows[row]
+        fill = (self.get_component_rich_style("findings-list--cursor")
+                if row == self.cursor else base)
+        muted = fill + _DIM if ack is not None else fill
+        age = self.now - f.since if self.now and f.since else None
+        status = ("snoozed" if ack.kind == "snooze" else "ack'd") if ack is not None else ""
+        cells = (
+            (f.severity.value, fill + _SEVERITY_RICH.get(f.severity, Style())),
+            (f.target_name or f.target, muted),
+            (f.code, muted),
+            (human_age(age if age is None or age >= timedelta(0) else None), muted),
+            (status, fill + _DIM),
+            (f.message, muted),
+        )
+        segments = [Segment(" " + fit(text, w), style)
+                    for (text, style), w in zip(cells, widths, strict=True)]
+        return Strip(segments).crop_extend(0, width, fill)
 
 
 def _sort_key(column: str, now: datetime) -> Callable[[tuple[LiveFinding, Ack | None]], tuple]:
@@ -174,7 +323,7 @@ class FindingsScreen(ModalScreen[None]):
             yield Static("", id="findings-title")
             yield Input(placeholder="filter: words over object, code and message (Esc clears)",
                         id="findings-filter")
-            yield DataTable(id="findings-table", cursor_type="row", zebra_stripes=True)
+            yield FindingsList(id="findings-table")
             yield Static("", id="findings-detail")
             yield Static(Text(
                 "Enter remedy · a acknowledge · z snooze · x lift · h show silenced · "
@@ -182,12 +331,7 @@ class FindingsScreen(ModalScreen[None]):
                 id="findings-keys")
 
     def on_mount(self) -> None:
-        table = self.query_one("#findings-table", DataTable)
-        for label, key, width in (("Severity", "sev", 9), ("Object", "obj", 22),
-                                  ("Code", "code", 26), ("Age", "age", 6),
-                                  ("Status", "status", 10),
-                                  ("Message", "msg", MESSAGE_WIDTH)):
-            table.add_column(label, key=key, width=width)
+        table = self.query_one("#findings-table", FindingsList)
         self._unsubscribe = self.console.findings.subscribe(self._changed)
         self.refresh_rows()
         self.set_interval(0.5, self._maybe_refresh)
@@ -211,13 +355,7 @@ class FindingsScreen(ModalScreen[None]):
         return self.console.clock()
 
     def selected(self) -> tuple[LiveFinding, Ack | None] | None:
-        table = self.query_one("#findings-table", DataTable)
-        if not self._rows or table.cursor_row is None:
-            return None
-        row = table.cursor_row
-        if 0 <= row < len(self._rows):
-            return self._rows[row]
-        return None
+        return self.query_one("#findings-table", FindingsList).current()
 
     def refresh_rows(self) -> None:
         console = self.console
@@ -236,35 +374,10 @@ class FindingsScreen(ModalScreen[None]):
             and (not words or matches(f, words))
         ]
         rows.sort(key=_sort_key(self.sort, now), reverse=self.reverse)
-        table = self.query_one("#findings-table", DataTable)
+        table = self.query_one("#findings-table", FindingsList)
         current = self.selected()
-        keep = current[0].key if current else None
         self._rows = rows
-        with self.app.batch_update():
-            table.clear()
-            for f, ack in rows:
-                status = Text("")
-                if ack is not None:
-                    status = Text("snoozed" if ack.kind == "snooze" else "ack'd", style="dim")
-                age = now - f.since if f.since else None
-                message = f.message if len(f.message) <= MESSAGE_WIDTH else (
-                    f.message[: MESSAGE_WIDTH - 1] + "…")
-                style = "dim" if ack is not None else ""
-                table.add_row(
-                    Text(f.severity.value, style=SEVERITY_STYLE.get(f.severity, "")),
-                    Text(f.target_name or f.target, style=style),
-                    Text(f.code, style=style),
-                    Text(human_age(age if age is None or age >= timedelta(0) else None),
-                         style=style),
-                    status,
-                    Text(message, style=style),
-                    key=f.key,
-                )
-            if keep is not None:
-                for i, (f, _) in enumerate(rows):
-                    if f.key == keep:
-                        table.move_cursor(row=i, animate=False)
-                        break
+        table.set_rows(rows, now, current[0].key if current else None)
         title = Text("Findings ", style="bold")
         title.append(f"{len(rows)} shown of {total}", style="bold")
         extra = []
@@ -302,11 +415,11 @@ class FindingsScreen(ModalScreen[None]):
             text.append(f"\n{ack.describe()}", style="dim")
         detail.update(text)
 
-    @on(DataTable.RowHighlighted, "#findings-table")
+    @on(FindingsList.Highlighted)
     def _highlighted(self) -> None:
         self._show_detail()
 
-    @on(DataTable.RowSelected, "#findings-table")
+    @on(FindingsList.Selected)
     def _selected(self) -> None:
         self.action_remedy()
 
@@ -323,14 +436,14 @@ class FindingsScreen(ModalScreen[None]):
 
     @on(Input.Submitted, "#findings-filter")
     def _filter_done(self) -> None:
-        self.query_one("#findings-table", DataTable).focus()
+        self.query_one("#findings-table", FindingsList).focus()
 
     def action_close(self) -> None:
         box = self.query_one("#findings-filter", Input)
         if self.focused is box:
             box.value = ""
             box.remove_class("shown")
-            self.query_one("#findings-table", DataTable).focus()
+            self.query_one("#findings-table", FindingsList).focus()
             return
         self.dismiss(None)
 
