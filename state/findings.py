@@ -200,7 +200,9 @@ class LiveFinding:
     remedy: str | None = None  # a registered action name ("merge", "upgrade")
     vm_id: str | None = None  # the VM the remedy acts on
     source: str = "rules"  # "rules" or the backend's finding id
-    since: datetime | None = None  # first seen by this engine
+    # Since when the problem exists: from the model where it tells (a checkpoint's
+    # age), else when this engine first saw it.
+    since: datetime | None = None
 
     @property
     def key(self) -> str:
@@ -552,12 +554,13 @@ class FindingsEngine:
         for f in new:
             before = old.get(f.code)
             if before is None:
-                stamp = stamp or self.clock()
-                object.__setattr__(f, "since", stamp)  # built just above, not shared yet
+                if f.since is None:
+                    stamp = stamp or self.clock()
+                    object.__setattr__(f, "since", stamp)  # built just above, not shared yet
                 fresh[f.code] = f
                 change.added.append(f)
             elif not before.same(f):
-                fresh[f.code] = replace(f, since=before.since)
+                fresh[f.code] = f if f.since is not None else replace(f, since=before.since)
                 change.changed.append(fresh[f.code])
             else:
                 fresh[f.code] = before
@@ -587,9 +590,10 @@ class FindingsEngine:
         out: list[LiveFinding] = []
         next_due: list[datetime] = []
 
-        def add(code: str, severity: Severity, message: str) -> None:
+        def add(code: str, severity: Severity, message: str,
+                since: datetime | None = None) -> None:
             out.append(LiveFinding(target, code, severity, message, name,
-                                   REMEDIES.get(code), vm.id))
+                                   REMEDIES.get(code), vm.id, since=since))
 
         cps = store.checkpoints_of(vm.id)
         disks = store.disks_of(vm.id)
@@ -613,7 +617,8 @@ class FindingsEngine:
                 add(CHECKPOINT_OLD, sev,
                     f"{over} checkpoint(s) older than {human_age(cfg.checkpoint_warn_age)}; the "
                     f"oldest, '{oldest.name}', is {human_age(age)} old "
-                    f"({oldest.created:%Y-%m-%d}). Merge them in a window.")
+                    f"({oldest.created:%Y-%m-%d}). Merge them in a window.",
+                    oldest.created + cfg.checkpoint_warn_age)
 
         depth = chain_depth(cps) if cps else 0
         if depth > cfg.chain_depth_max:
@@ -710,7 +715,8 @@ class FindingsEngine:
                     add(BACKUP_LEFTOVER, sev,
                         f"{len(leftovers)} checkpoint(s) left behind by backup software "
                         f"('{oldest.name}', {human_age(age)} old) with no backup running; the "
-                        "next backup may fail or chain onto it.")
+                        "next backup may fail or chain onto it.",
+                        oldest.created + cfg.backup_leftover_after)
                 else:
                     next_due.append(oldest.created + cfg.backup_leftover_after)
 

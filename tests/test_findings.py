@@ -316,10 +316,15 @@ def test_since_is_kept_while_a_finding_persists() -> None:
     now = [NOW]
     eng = FindingsEngine(store, clock=lambda: now[0]).attach()
     first = {f.code: f for f in eng.for_target("vm:a")}[F.CHECKPOINT_OLD]
+    assert first.since == NOW - timedelta(days=900) + timedelta(hours=72)  # from the model
     now[0] = NOW + timedelta(hours=1)
     store.apply(Remove(Kind.CHECKPOINT, "a-cp2"))  # message changes (2 checkpoints)
     again = {f.code: f for f in eng.for_target("vm:a")}[F.CHECKPOINT_OLD]
-    assert again.message != first.message and again.since == first.since == NOW
+    assert again.message != first.message and again.since == first.since
+    lun = {f.code: f for f in eng.for_target("lun:l2")}[F.LUN_LOW_SPACE]
+    assert lun.since == NOW  # first seen by the engine
+    store.apply(Upsert(dataclasses.replace(store.lun("l2"), free_bytes=int(0.02 * GB))))  # type: ignore[arg-type]
+    assert {f.code: f for f in eng.for_target("lun:l2")}[F.LUN_LOW_SPACE].since == NOW
 
 
 def test_big_deltas_are_drained_in_slices() -> None:

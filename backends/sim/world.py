@@ -327,7 +327,11 @@ class World:
             IntegrationState.UNKNOWN,
         ):
             integration = IntegrationState.OK
-        self.update_vm(vm_id, power=power, integration=integration)
+        guest: dict[str, object] = {}
+        if power is PowerState.RUNNING and vm.vss_capable is None:
+            # A guest that comes up reports what the inventory could not read while it was off.
+            guest = {"vss_capable": not vm.name.startswith("fw-"), "dynamic_disks": False}
+        self.update_vm(vm_id, power=power, integration=integration, **guest)
 
     def move_vm(self, vm_id: str, node_id: str) -> None:
         vm = self.vms[vm_id]
