@@ -334,6 +334,19 @@ def follow(engine: FindingsEngine, book: AckBook, clock: Callable[[], datetime]
     return engine.subscribe(on_change)
 
 
+def open_counts(engine: FindingsEngine, book: AckBook | None, now: datetime
+                ) -> dict[Severity, int]:
+    """Open findings by severity: the engine's counts less the silenced ones (O(acks))."""
+    counts = dict(engine.counts)
+    if book is None:
+        return counts
+    for ack in book.all_open():
+        for f in engine.for_target(ack.target):
+            if f.code == ack.code and ack.covers(f, now, book.grace):
+                counts[f.severity] -= 1
+    return counts
+
+
 def open_findings(
     engine: FindingsEngine, book: AckBook | None, now: datetime, *, silenced: bool = False
 ) -> list[tuple[LiveFinding, Ack | None]]:

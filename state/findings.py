@@ -284,6 +284,7 @@ class FindingsEngine:
         self._lun_merges: dict[str, set[str]] = {}  # LUN id -> VMs merging onto it
         self._unsubscribe: Callable[[], None] | None = None
         self.version = 0  # bumped on every change of the finding set
+        self.counts: dict[Severity, int] = dict.fromkeys(Severity, 0)  # kept incrementally
         self.last_recompute_s = 0.0
         # Targets waiting to be computed: a delta touching more than
         # ``backlog_after`` VMs (the first inventory) is not computed inside
@@ -291,6 +292,7 @@ class FindingsEngine:
         self._backlog: dict[str, None] = {}
         self.backlog_after = 256
         self._min_config_version = version_key(self.config.config_version_min)
+        self._versions: dict[str, tuple[int, int]] = {}
         self._min_agent_version = _dotted(self.config.backup_agent_min_version)
 
     # -- life ------------------------------------------------------------------
@@ -395,7 +397,9 @@ class FindingsEngine:
         backend_ids = {f.id for f in store.all(Kind.FINDING)}
         for fid in list(self._backend):
             if fid not in backend_ids:
-                change.removed.append(self._backend.pop(fid))
+                gone = self._backend.pop(fid)
+                change.removed.append(gone)
+                self.counts[gone.severity] -= 1
         for entity in store.all(Kind.FINDING):
             self._put_backend(entity, change)  # type: ignore[arg-type]
         self._emit(change)
@@ -443,6 +447,7 @@ class FindingsEngine:
                     gone = self._backend.pop(c.id, None)
                     if gone is not None:
                         change.removed.append(gone)
+                        self.counts[gone.severity] -= 1
                 else:
                     self._put_backend(c.new, change)  # type: ignore[arg-type]
         if len(vms) > self.backlog_after:
@@ -495,9 +500,12 @@ class FindingsEngine:
         if old is None:
             self._backend[finding.id] = replace(new, since=self.clock())
             change.added.append(self._backend[finding.id])
+            self.counts[new.severity] += 1
         elif not old.same(new):
             self._backend[finding.id] = replace(new, since=old.since)
             change.changed.append(self._backend[finding.id])
+            self.counts[old.severity] -= 1
+            self.counts[new.severity] += 1
 
     def _track_task(self, old: Task | None, new: Task | None) -> set[str]:
         """Keep the running-merge maps; return the LUNs whose projection may change."""
@@ -559,14 +567,18 @@ class FindingsEngine:
                     object.__setattr__(f, "since", stamp)  # built just above, not shared yet
                 fresh[f.code] = f
                 change.added.append(f)
+                self.counts[f.severity] += 1
             elif not before.same(f):
                 fresh[f.code] = f if f.since is not None else replace(f, since=before.since)
                 change.changed.append(fresh[f.code])
+                self.counts[before.severity] -= 1
+                self.counts[f.severity] += 1
             else:
                 fresh[f.code] = before
         for code, before in old.items():
             if code not in fresh:
                 change.removed.append(before)
+                self.counts[before.severity] -= 1
         if fresh:
             self._rules[target] = fresh
         else:
@@ -600,7 +612,7 @@ class FindingsEngine:
         merging = vm.id in self._merging
 
         # Old checkpoints (not the backup-created ones: their own rule below).
-        manual = [c for c in cps if c.kind is not CheckpointKind.BACKUP]
+        manual = [c for c in cps if c.kind is not CheckpointKind.BACKUP] if cps else cps
         if manual:
             oldest = min(manual, key=lambda c: c.created)
             age = now - oldest.created
@@ -700,7 +712,7 @@ class FindingsEngine:
                 "Disk consolidation is needed: a snapshot was removed but its delta disks "
                 "were not merged.")
 
-        leftovers = [c for c in cps if c.kind is CheckpointKind.BACKUP]
+        leftovers = [c for c in cps if c.kind is CheckpointKind.BACKUP] if cps else cps
         if leftovers:
             backup_running = any(t.kind == "backup" and not t.state.finished
                                  for t in store.tasks_for(target))
@@ -741,7 +753,7 @@ class FindingsEngine:
                 ("; it is backed up crash-consistent or in saved state." if guest
                  else "; it is backed up offline."))
 
-        if vm.storage_paths:
+        if vm.storage_paths and any(p[:2] in ("\\\\", "//") for p in vm.storage_paths):
             shares = {s for s in (_share(p) for p in vm.storage_paths) if s}
             if shares:
                 places = {_location(p) for p in vm.storage_paths}
@@ -764,7 +776,9 @@ class FindingsEngine:
                     f"{vm.replication.value}, health {vm.replication_health.value}.")
 
         if vm.config_version and cfg.config_version_min:
-            have = version_key(vm.config_version)
+            have = self._versions.get(vm.config_version)
+            if have is None:
+                have = self._versions[vm.config_version] = version_key(vm.config_version)
             if vm.config_version[:1].isdigit() and have < self._min_config_version:
                 add(CONFIG_VERSION_OLD, Severity.INFO,
                     f"Configuration version {vm.config_version} (below "

@@ -12,7 +12,14 @@ from factories import NOW, small_cluster
 
 from ventana.backends.sim import SimConfig, build_inventory
 from ventana.state import findings as F
-from ventana.state.acks import AckBook, audit, follow, open_findings, parse_until
+from ventana.state.acks import (
+    AckBook,
+    audit,
+    follow,
+    open_counts,
+    open_findings,
+    parse_until,
+)
 from ventana.state.actionlog import ActionLog
 from ventana.state.config import ConfigError, load_config
 from ventana.state.events import FindingRaised, Remove, Upsert
@@ -337,6 +344,16 @@ def test_big_deltas_are_drained_in_slices() -> None:
         eng.drain(0.005)
     eager = FindingsEngine(store, clock=lambda: NOW).attach()
     assert sorted(f.key for f in eng.findings()) == sorted(f.key for f in eager.findings())
+    # The incremental counts stay equal to a recount through changes of every kind.
+    for vm in list(store.vms())[:50]:
+        store.apply(Upsert(dataclasses.replace(vm, power=PowerState.OFF)))
+        for cp in store.checkpoints_of(vm.id):
+            store.apply(Remove(Kind.CHECKPOINT, cp.id))
+    store.apply(FindingRaised(Finding("x", Severity.WARNING, "lun:none", "X", "x")))
+    store.apply(FindingRaised(Finding("x", Severity.CRITICAL, "lun:none", "X", "y")))
+    assert eng.counts == F.count_by_severity(eng.findings()) | {Severity.BLOCKING: 0}
+    store.apply(Remove(Kind.FINDING, "x"))
+    assert eng.counts == F.count_by_severity(eng.findings()) | {Severity.BLOCKING: 0}
 
 
 def test_the_sim_shows_each_bad_case() -> None:
@@ -389,6 +406,8 @@ def test_ack_persists_and_is_audited(tmp_path: Path) -> None:
           target_system="HVCLUSTER01", mode="read-only")
     assert book.covering(f, NOW) is not None
     assert f not in [x for x, _ in open_findings(eng, book, NOW)]
+    assert open_counts(eng, book, NOW) == F.count_by_severity(
+        x for x, _ in open_findings(eng, book, NOW)) | {Severity.BLOCKING: 0}
     book.close()
     again = AckBook.open(log.path)
     ack = again.covering(f, NOW + timedelta(days=3))
