@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 
 from apphelp import make_app, populated, wait_for
+from factories import NOW
 from textual.pilot import Pilot
 from textual.widgets import Input
 
+from ventana.backends.sim import SimBackend, SimConfig
 from ventana.state import findings as F
+from ventana.state.actionlog import ActionLog
 from ventana.state.events import Upsert
 from ventana.state.model import Severity
 from ventana.tui.app import VentanaApp
@@ -178,3 +182,24 @@ def test_findings_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=show)
+
+
+async def test_a_snooze_ends_by_itself(tmp_path: Path) -> None:
+    now = [NOW]
+    config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+    app = VentanaApp(SimBackend(config), log=ActionLog.open(tmp_path / "actions.db"),
+                     clock=lambda: now[0])
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        key = key_of(app, F.AGENT_OLD)
+        before = app.query_one(StatusHeader).findings
+        screen = await open_findings(pilot)
+        await _silence(pilot, key, "z", "upgrade booked for Thursday", "1h")
+        assert key not in row_keys(screen)
+        assert app.query_one(StatusHeader).findings[1] == before[1] - 1
+        now[0] = NOW + timedelta(minutes=61)
+        app._tick_findings()
+        await pilot.pause(0.7)  # the screen refreshes twice a second
+        assert key in row_keys(screen)
+        assert app.query_one(StatusHeader).findings == before
+        assert app.acks is not None and app.acks.get(*key.split("|")) is None
