@@ -496,13 +496,12 @@ class FindingsScreen(ModalScreen[None]):
         if book is None:
             return
         now = self.now()
+        action = "snooze" if silence.until is not None else "acknowledge"
         try:
             if silence.until is not None:
                 book.snooze(finding, silence.until, silence.reason, now)
-                action = "snooze"
             else:
                 book.acknowledge(finding, silence.reason, now)
-                action = "acknowledge"
             if self.console.action_log is not None:
                 try:
                     audit(self.console.action_log, action=action, finding=finding,
@@ -512,8 +511,8 @@ class FindingsScreen(ModalScreen[None]):
                     book.lift(finding.target, finding.code, now, "not audited")
                     raise
         except (AckError, ValueError) as exc:
-            self.app.notify(f"Not {action if 'action' in locals() else 'saved'}: "
-                            f"{clean(str(exc))}", severity="error", markup=False)
+            self.app.notify(f"Not {action}d: {clean(str(exc))}", severity="error",
+                            markup=False)
             return
         self.app.notify(f"{finding.code} on {finding.target_name}: "
                         + (f"snoozed until {silence.until:%Y-%m-%d %H:%M} UTC"
