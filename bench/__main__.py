@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .console import run_console, run_store
+from .findings import run_findings
 
 # (key, label, target, lower is better)
 TARGETS = (
@@ -22,6 +23,9 @@ TARGETS = (
     ("load_cpu_pct", "CPU at the load rate (%)", None, True),
     ("load_events_per_s", "load: events/s sent", None, False),
     ("events_per_s", "store: events/s applied", None, False),
+    ("findings_median_ms", "findings after one change, median (ms)", None, True),
+    ("findings_p99_ms", "findings after one change, p99 (ms)", 20.0, True),
+    ("findings_full_s", "findings: all computed once (s)", None, True),
 )
 
 
@@ -62,6 +66,7 @@ def run_console_suite(args: argparse.Namespace) -> None:
     results = asyncio.run(run_console(args.vms, args.rate, args.seconds))
     results.update({f"store_{k}" if k == "vms" else k: v
                     for k, v in run_store(args.vms).items()})
+    results.update(run_findings(args.vms))
     print(f"\nVentana console benchmark — {args.vms:,} VMs, {args.rate:g} events/s, "
           f"{platform.python_version()}, {platform.machine()}")
     print(f"{'measure':<40} {'value':>10} {'target':>10}  ok")
@@ -76,6 +81,9 @@ def run_console_suite(args: argparse.Namespace) -> None:
     print(f"redraw samples: {results['redraw_samples']}, max {results['redraw_max_ms']} ms; "
           f"inventory of {results['inventory_entities']:,} entities applied in "
           f"{results['inventory_apply_s']} s")
+    print(f"findings: {results['findings_count']:,} over {results['findings_changes']:,} single "
+          f"changes, max {results['findings_max_ms']} ms; store.apply with findings p99 "
+          f"{results['findings_apply_p99_ms']} ms")
 
     from .report import print_report, run_report
 

@@ -52,6 +52,19 @@ vSphere actions and the SSH side channel (README: "vSphere actions")::
     pre_freeze = "sudo /opt/db/freeze.sh"
     post_thaw = "sudo /opt/db/thaw.sh"
 
+Findings thresholds (README: "Findings")::
+
+    [findings]            # thresholds of the findings screen (defaults shown)
+    checkpoint_warn_hours = 72
+    checkpoint_critical_hours = 720
+    chain_depth_max = 3
+    differencing_pct = 50         # differencing data over this % of its base disk
+    lun_warn_pct = 10
+    lun_critical_pct = 5
+    backup_max_gb = 2048          # the backup policy's per-VM limit
+    backup_agent_min_version = "12.0"
+    backup_agent_ports = [28001, 28002, 29000, 30001, 30002, 30003]
+
 Passwords never go here: a config with a key that looks like a secret is
 refused, so nobody is tempted.
 """
@@ -63,6 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .findings import FindingsConfig
 from .paths import config_dir
 
 KNOWN_KINDS = ("sim", "hyperv", "vsphere")
@@ -90,6 +104,7 @@ class Config:
     #: The ``[stun]``, ``[vsphere]``, ``[ssh]`` and ``[guest]`` tables, as read
     #: (``plans_vsphere.configure`` and ``ssh.wiring`` interpret them).
     sections: dict[str, Any] = field(default_factory=dict)
+    findings: FindingsConfig = field(default_factory=FindingsConfig)  # [findings] thresholds
 
     def target(self, name: str) -> Target:
         for t in self.targets:
@@ -151,4 +166,12 @@ def load_config(path: Path | None = None) -> Config:
     for name, table in sections.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{name}] must be a table")
-    return Config(tuple(targets), Path(log).expanduser() if log else None, path, sections)
+    raw_findings = data.get("findings", {})
+    if not isinstance(raw_findings, dict):
+        raise ConfigError(f"{path}: [findings] must be a table")
+    try:
+        findings = FindingsConfig.from_toml(raw_findings)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return Config(tuple(targets), Path(log).expanduser() if log else None, path, sections,
+                  findings)

@@ -169,6 +169,8 @@ class Node:
     backup_agent_version: str | None = None
     backup_agent_state: ServiceState = ServiceState.UNKNOWN
     vm_count: int = 0
+    # The backup agent's ports found closed on this node; () all open, None unknown.
+    backup_ports_closed: tuple[int, ...] | None = None
 
     KIND = Kind.NODE
 
@@ -195,6 +197,10 @@ class VM:
     #: and when it ended; None until the SSH side channel has seen one.
     last_stun_ms: float | None = None
     stun_at: datetime | None = None
+    # Facts for backup eligibility; None / () mean "not reported by this backend".
+    vss_capable: bool | None = None  # the guest can take VSS (application-consistent) snapshots
+    dynamic_disks: bool | None = None  # the guest uses dynamic (LDM) disks
+    storage_paths: tuple[str, ...] = ()  # configuration, checkpoint and disk locations
 
     KIND = Kind.VM
 

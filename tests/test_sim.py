@@ -178,8 +178,11 @@ async def test_disks_checkpoints_and_chains_are_consistent() -> None:
             assert d.path.startswith("C:\\ClusterStorage\\Volume")
             assert f"\\{vm.name}\\Virtual Hard Disks\\" in d.path
         sizes += [b.size_bytes for b in bases]  # type: ignore[union-attr]
-        # Each checkpoint's .avhdx chain links back to a base disk.
+        # Each checkpoint's .avhdx chain links back to a base disk (but in the
+        # few VMs whose chain the simulator breaks on purpose: CHAIN_BROKEN).
         for cp in store.checkpoints_of(vm.id):
+            if vm.id in backend.world.broken_chains:
+                break
             avhdx = disks[cp.disk_path]
             assert avhdx.format is DiskFormat.AVHDX and avhdx.path.endswith(".avhdx")
             node = avhdx

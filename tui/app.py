@@ -33,10 +33,12 @@ from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.base import Backend, ReadOnlyError
 from ventana.backends.vsphere import actions as _vsphere_actions  # noqa: F401  (registers them)
 from ventana.backends.window_runner import WindowRunner
+from ventana.state.acks import AckBook, AckError, follow, open_counts
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.derived import human_bytes
 from ventana.state.events import ConnectionChanged, Event, LinkState
-from ventana.state.model import Kind, TaskState
+from ventana.state.findings import FindingsConfig, FindingsEngine
+from ventana.state.model import Kind, Severity, TaskState
 from ventana.state.plans import Plan
 from ventana.state.plans_vsphere import (
     CONSOLIDATE,
@@ -55,6 +57,7 @@ from ventana.state.window import WindowError, WindowStore
 from . import commands
 from .checkpoints_pane import CheckpointsPane
 from .confirm_screen import ConfirmScreen
+from .findings_screen import FindingsScreen
 from .header import ReadOnlyBanner, StatusHeader
 from .help_screen import HelpScreen
 from .log_screen import LogScreen, RecordedActionsScreen
@@ -67,6 +70,10 @@ from .vm_table import VmTable
 from .window_screen import RunChoice, WindowScreen
 
 INITIAL_LOAD_MAX_S = 5.0
+FINDINGS_TICK_S = 30.0  # age thresholds and snooze expiry are checked this often
+# The first inventory's findings are computed in slices of this many seconds per
+# flush (about 0.5 s of work at 10,000 VMs): a redraw never waits longer for them.
+FINDINGS_SLICE_S = 0.008
 
 
 class EventRecorder(ActionRecorder, Protocol):
@@ -94,6 +101,7 @@ class VentanaApp(App[None]):
         mode: str | None = None,
         read_only_reason: str = "",
         flush_hz: float = 12.5,
+        findings_config: FindingsConfig | None = None,
     ) -> None:
         super().__init__()
         self.backend = backend
@@ -121,6 +129,23 @@ class VentanaApp(App[None]):
         self._inventory_done = False
         self._load_started = time.monotonic()
         self.set_reactive(VentanaApp.read_only, backend.read_only)
+        # Findings: live, incremental; the first inventory is computed in slices
+        # by the flush timer so it never delays the first screen.
+        self.findings = FindingsEngine(self.store, findings_config, clock).attach(eager=False)
+        self.acks: AckBook | None = None
+        self.acks_error = ""
+        if self.runner.mode == "replay":
+            self.acks_error = "a replay cannot acknowledge findings"
+        elif log is None:
+            self.acks_error = f"the action log is unavailable ({log_error or 'not opened'})"
+        else:
+            try:
+                self.acks = AckBook.open(log.path, grace=self.findings.config.ack_grace)
+            except AckError as exc:
+                self.acks_error = str(exc)
+        if self.acks is not None:
+            follow(self.findings, self.acks, clock)
+        self._findings_seen = (-1, -1)
 
     # -- layout ---------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -169,6 +194,7 @@ class VentanaApp(App[None]):
         self._announce_unfinished_rebuilds()
         self.store.subscribe(self._on_delta)
         self.set_interval(self._flush_interval, self._flush_events)
+        self.set_interval(FINDINGS_TICK_S, self._tick_findings)
         self.run_worker(self._pump(), name="event-pump", group="backend", exit_on_error=False)
         self.run_worker(self._load_final_states(), group="final-states", exit_on_error=False)
         self.query_one(VmTable).focus()
@@ -191,6 +217,12 @@ class VentanaApp(App[None]):
             self.notify(f"Backend stopped: {reason}", severity="error", markup=False)
 
     def _flush_events(self) -> None:
+        self._flush_store()
+        if not self._loading and self.findings.pending:
+            self.findings.drain(FINDINGS_SLICE_S)
+        self.sync_findings()
+
+    def _flush_store(self) -> None:
         if self.recorder is not None and self.recorder.error and not self._recording_lost:
             self._recording_lost = True
             self.query_one(StatusHeader).flags = " ".join(
@@ -293,6 +325,26 @@ class VentanaApp(App[None]):
         for pane in (self.query_one(CheckpointsPane), self.query_one(TaskStrip)):
             pane.set_class(stale, "stale")
 
+    def _tick_findings(self) -> None:
+        self.findings.tick()
+        if self.acks is not None:
+            with contextlib.suppress(AckError):
+                self.acks.expire(self.clock())
+        self.sync_findings(force=True)
+
+    def sync_findings(self, force: bool = False) -> None:
+        """The header's open-finding counts (recounted only when something changed)."""
+        seen = (self.findings.version, self.acks.version if self.acks else 0)
+        if not force and seen == self._findings_seen and not self.findings.pending:
+            return
+        self._findings_seen = seen
+        counts = open_counts(self.findings, self.acks, self.clock())
+        with contextlib.suppress(NoMatches):
+            header = self.query_one(StatusHeader)
+            header.findings = (counts[Severity.CRITICAL] + counts[Severity.BLOCKING],
+                               counts[Severity.WARNING], counts[Severity.INFO])
+            header.findings_pending = self.findings.pending > 0
+
     def _sync_counts(self) -> None:
         s = self.store
         self.query_one(StatusHeader).counts = (
@@ -384,6 +436,9 @@ class VentanaApp(App[None]):
         if isinstance(self.focused, CheckpointsPane) and self.focused.vm_id:
             return self.focused.vm_id
         return self.query_one(VmTable).cursor_vm_id
+
+    def action_findings(self) -> None:
+        self.push_screen(FindingsScreen(self))
 
     def action_merge(self) -> None:
         vm_id = self.selected_vm_id()
@@ -644,6 +699,9 @@ class VentanaApp(App[None]):
             self._set_final_state(plan.target, result.final_state.value)
 
     async def on_unmount(self) -> None:
+        self.findings.detach()
+        if self.acks is not None:
+            self.acks.close()
         await self.backend.close()
 
     # -- the campaign report and final states ----------------------------------------

@@ -471,7 +471,7 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
     flags = "TLS NOT VERIFIED" if getattr(args, "insecure", False) else ""
     app = VentanaApp(
         backend, log=log, log_error=log_error, recorder=recorder, mode=mode,
-        read_only_reason=reason, flags=flags,
+        read_only_reason=reason, flags=flags, findings_config=config.findings,
     )
     try:
         app.run()

@@ -55,6 +55,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("sort", "s", "Sort VMs", "Sort the VM list by the next column (S reverses)", "Sort"),
     Command("focus_next_pane", "tab", "Next pane", "Move focus to the next pane", "Pane",
             show=False),
+    Command("findings", "f", "Findings", "What is wrong now, live: sort, filter, acknowledge "
+            "or snooze (logged), Enter opens a finding's remedy", "Findings"),
     Command("action_log", "l", "Action log", "Show the latest rows of the action log", "Log"),
     Command("help", "question_mark", "Help", "Show keys and commands", "Help"),
     Command("quit", "q", "Quit", "Leave the console (running tasks continue on the cluster)",

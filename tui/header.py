@@ -23,7 +23,7 @@ _LINK_STYLE = {
 
 
 class StatusHeader(Static):
-    """One line: target · link · mode · counts."""
+    """One line: target · link · mode · flags · open findings · counts."""
 
     target: reactive[str] = reactive("")
     link: reactive[LinkState] = reactive(LinkState.CONNECTING)
@@ -34,6 +34,9 @@ class StatusHeader(Static):
     #: Several targets side by side: (name, link, reason, read-only) per link;
     #: shown instead of the single target, link and mode.
     targets: reactive[tuple[tuple[str, LinkState, str, bool], ...]] = reactive(())
+    # Open (not acknowledged/snoozed) findings: (critical, warning, info).
+    findings: reactive[tuple[int, int, int]] = reactive((0, 0, 0))
+    findings_pending: reactive[bool] = reactive(False)
 
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
@@ -61,6 +64,16 @@ class StatusHeader(Static):
         if self.flags:
             text.append("  ")
             text.append(f" {self.flags} ", style="bold white on red")
+        critical, warning, info = self.findings
+        if critical or warning or info or self.findings_pending:
+            # Before the inventory counts: what is wrong matters more than how much there is.
+            text.append("  findings ", style="dim")
+            text.append(f"{critical} crit", style="bold red" if critical else "dim")
+            text.append(" · ", style="dim")
+            text.append(f"{warning} warn", style="bold yellow" if warning else "dim")
+            text.append(f" · {info} info", style="dim")
+            if self.findings_pending:
+                text.append(" …", style="dim")
         if self.counts:
             text.append("  ")
             text.append(self.counts, style="dim")

@@ -14,6 +14,7 @@ under a second.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import random
 import uuid
@@ -64,6 +65,7 @@ class Inventory:
     profiles: dict[str, VmProfile] = field(default_factory=dict)
     saved_bytes: dict[str, int] = field(default_factory=dict)  # VM -> saved-state bytes
     orphaned_bytes: dict[str, int] = field(default_factory=dict)  # LUN -> bytes outside VMs
+    broken_chains: set[str] = field(default_factory=set)  # VMs whose .avhdx parent is missing
 
     def entities(self) -> Iterator[Entity]:
         """Everything, in the order a real backend reports it."""
@@ -339,4 +341,83 @@ def _build(config: SimConfig, epoch: datetime) -> Inventory:
         for name, version, state in node_list
     ]
     inv.cluster = Cluster(cluster, cluster, Platform.HYPERV, nodes=len(node_ids))
+    _guest_facts(config, inv, {s.lun_id: s.volume for s in slots})
     return inv
+
+
+def _guest_facts(config: SimConfig, inv: Inventory, volumes: dict[str, str]) -> None:
+    """Backup-eligibility facts, storage paths, closed agent ports, broken chains.
+
+    Drawn from a generator of their own (seeded from the seed) after
+    everything else, so adding them changed no other figure of the lab.
+    Running guests report VSS and dynamic disks (appliances: no VSS); guests
+    that are not running report neither (unknown). A few VMs of each bad
+    case: no VSS, dynamic disks, files spread over two SMB shares, a
+    differencing disk whose parent is not where the chain says.
+    """
+    rng = random.Random(f"ventana-sim-guest-facts:{config.seed}")
+    lab_part = sorted(inv.vms[:LAB_SHAPED_VMS], key=lambda v: v.name)
+    running = [v for v in lab_part if v.power is PowerState.RUNNING]
+    windows = [v for v in running if not v.name.startswith(("fw-", "lnx-"))]
+    no_vss = {v.id for v in rng.sample(windows, min(2, len(windows)))}
+    dyn_pool = [v for v in windows if v.id not in no_vss]
+    dynamic = {v.id for v in rng.sample(dyn_pool, min(2, len(dyn_pool)))}
+    smb_pool = [v for v in lab_part if not v.replica_target and v.id not in no_vss | dynamic]
+    smb = {v.id for v in rng.sample(smb_pool, min(2, len(smb_pool)))}
+    chain_pool = [
+        v for v in lab_part
+        if inv.chains.get(v.id) and not v.replica_target and inv.profiles[v.id].lab is False
+        and v.id not in smb
+    ]
+    broken = {v.id for v in rng.sample(chain_pool, min(2, len(chain_pool)))}
+    for v in inv.vms[LAB_SHAPED_VMS:]:  # scale runs: about 1 % of each case
+        r = rng.random()
+        if v.power is PowerState.RUNNING and r < 0.01:
+            no_vss.add(v.id)
+        elif v.power is PowerState.RUNNING and r < 0.02:
+            dynamic.add(v.id)
+        elif r < 0.03 and not v.replica_target:
+            smb.add(v.id)
+    disks = {d.id: d for d in inv.disks if d.id in _first_avhdx(inv, broken)}
+    for i, disk in enumerate(inv.disks):
+        if disk.id in disks and disk.parent_path:
+            # Moved by hand from a node's local disk: the chain still names the old parent.
+            stem = disk.parent_path.rpartition("\\")[2]
+            wrong = f"D:\\Hyper-V\\Virtual Hard Disks\\{stem}"
+            inv.disks[i] = dataclasses.replace(disk, parent_path=wrong)
+    inv.broken_chains = broken
+    for i, vm in enumerate(inv.vms):
+        running_vm = vm.power is PowerState.RUNNING
+        appliance = vm.name.startswith("fw-")  # Linux guests freeze via the VSS daemon
+        if vm.id in smb:
+            paths: tuple[str, ...] = (
+                f"\\\\FS-SMB01\\VMs\\{vm.name}",
+                f"\\\\FS-SMB02\\VMData\\{vm.name}\\Virtual Hard Disks",
+            )
+        else:
+            paths = (f"C:\\ClusterStorage\\{volumes.get(vm.lun_id, '')}\\{vm.name}",)
+        inv.vms[i] = dataclasses.replace(
+            vm,
+            vss_capable=(not appliance and vm.id not in no_vss) if running_vm else None,
+            dynamic_disks=(vm.id in dynamic) if running_vm else None,
+            storage_paths=paths,
+        )
+    ports = lab.BACKUP_AGENT_PORTS
+    for i, node in enumerate(inv.nodes):
+        if node.backup_agent_state is ServiceState.STOPPED:
+            closed: tuple[int, ...] = ports  # nothing listens
+        elif i == 1 and len(inv.nodes) > 2:
+            closed = (ports[2],)  # a firewall rule lost in a node rebuild
+        else:
+            closed = ()
+        inv.nodes[i] = dataclasses.replace(node, backup_ports_closed=closed)
+
+
+def _first_avhdx(inv: Inventory, vm_ids: set[str]) -> set[str]:
+    """The first .avhdx of each of these VMs' chains (its parent is the base disk)."""
+    out: set[str] = set()
+    for vm_id in vm_ids:
+        chain = inv.chains.get(vm_id) or []
+        if chain:
+            out.update(inv.checkpoint_files[chain[0]][:1])
+    return out

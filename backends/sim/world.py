@@ -58,6 +58,8 @@ class World:
         self.chains: dict[str, list[str]] = {k: list(v) for k, v in inv.chains.items()}
         self.files: dict[str, list[str]] = {k: list(v) for k, v in inv.checkpoint_files.items()}
         self.file_owner: dict[str, str] = {f: cp for cp, fs in self.files.items() for f in fs}
+        # VMs whose first .avhdx points at a parent that is not there (a broken chain).
+        self.broken_chains: set[str] = set(inv.broken_chains)
         self.profiles: dict[str, VmProfile] = inv.profiles
         self.saved_bytes: dict[str, int] = dict(inv.saved_bytes)
         self.orphaned_bytes: dict[str, int] = dict(inv.orphaned_bytes)
@@ -325,7 +327,11 @@ class World:
             IntegrationState.UNKNOWN,
         ):
             integration = IntegrationState.OK
-        self.update_vm(vm_id, power=power, integration=integration)
+        guest: dict[str, object] = {}
+        if power is PowerState.RUNNING and vm.vss_capable is None:
+            # A guest that comes up reports what the inventory could not read while it was off.
+            guest = {"vss_capable": not vm.name.startswith("fw-"), "dynamic_disks": False}
+        self.update_vm(vm_id, power=power, integration=integration, **guest)
 
     def move_vm(self, vm_id: str, node_id: str) -> None:
         vm = self.vms[vm_id]
@@ -389,6 +395,8 @@ class World:
             if lun.role is LunRole.CSV and (owner is None or lun.id not in owner.csv_owned):
                 problems.append(f"{lun.name}: not in its owner's csv_owned")
         for vm_id, chain in self.chains.items():
+            if vm_id in self.broken_chains:
+                continue  # broken on purpose: its first .avhdx names a missing parent
             vm = self.vms[vm_id]
             leaf = [self.disks[d].path for d in vm.disk_ids]
             parent: str | None = None
