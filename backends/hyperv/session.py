@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..base import ReadOnlyError
-from .commands import SWITCH, Command
+from .commands import SWITCH, Command, fix_rows, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,43 @@ def _property_names(obj: Any) -> list[str]:
         if isinstance(value, dict):
             names.extend(value)
     return names
+
+
+def _sort_answers(
+    commands: list[Command], output: list[Any], errors: list[str], where: str
+) -> list[Answer]:
+    """Split one round trip's output between its commands, decoding JSON answers.
+
+    A JSON command answers one string (ConvertTo-Json), or nothing when no
+    object matched; the decoded rows are told apart by their property names,
+    as the CLIXML objects of a non-JSON batch are.
+    """
+    answers = [Answer(errors=errors) for _ in commands]
+    if len(commands) == 1 and not commands[0].json:
+        answers[0].output = output
+        return answers
+    by_shape = {frozenset(c.properties): (c, a) for c, a in zip(commands, answers, strict=True)}
+    for obj in output:
+        if isinstance(obj, str):
+            try:
+                rows = parse_json(obj)
+            except ValueError:
+                log.debug("%s: an answer that is not JSON was ignored", where)
+                continue
+            if not rows:
+                continue
+            target = by_shape.get(frozenset(rows[0]))
+            if target is None:
+                log.debug("%s: JSON rows of an unexpected shape were ignored", where)
+                continue
+            target[1].output.extend(fix_rows(target[0], rows))
+            continue
+        target = by_shape.get(frozenset(_property_names(obj)))
+        if target is None:
+            log.debug("%s: an object of an unexpected shape was ignored", where)
+            continue
+        target[1].output.append(obj)
+    return answers
 
 
 def describe(exc: BaseException, where: str, password: str = "") -> SessionError:
@@ -275,11 +312,14 @@ class NodeSession:
             pool = await self._ensure_pool()
             ps = self._build(pool, commands)
 
-            def invoke() -> list[Any]:
-                return list(ps.invoke())
+            def invoke() -> list[Answer]:
+                # Decoded here, in the worker thread: a JSON answer can be megabytes.
+                output = list(ps.invoke())
+                errors = [str(e) for e in ps.streams.error]
+                return _sort_answers(commands, output, errors, self.where)
 
             try:
-                output = await asyncio.wait_for(
+                answers = await asyncio.wait_for(
                     in_thread(invoke, name=f"psrp-run-{self.where}"), limit
                 )
             except TimeoutError:
@@ -297,17 +337,6 @@ class NodeSession:
             raise CommandFailed(f"{self.where}: {labels}: {reason[:500]}")
         if errors and not all(c.tolerate_errors for c in commands):
             raise CommandFailed(f"{self.where}: {labels}: {'; '.join(errors)[:500]}")
-        if len(commands) == 1:
-            return [Answer(output, errors)]
-        answers = [Answer(errors=errors) for _ in commands]
-        by_shape = {frozenset(c.properties): a for c, a in zip(commands, answers, strict=True)}
-        for obj in output:
-            shape = frozenset(_property_names(obj))
-            answer = by_shape.get(shape)
-            if answer is None:
-                log.debug("%s: an object of an unexpected shape was ignored", self.where)
-                continue
-            answer.output.append(obj)
         return answers
 
     def _check_mutating(self, commands: list[Command]) -> None:

@@ -34,7 +34,9 @@ Start it by hand (one endpoint serving the whole cluster)::
 from __future__ import annotations
 
 import dataclasses
+import enum
 import fnmatch
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -94,7 +96,7 @@ VMState = ps_enum(
         "Saving": 32773,
         "Pausing": 32776,
         "Resuming": 32777,
-        "PausedCritical": 32781,
+        "PausedCritical": 32785,
     },
 )
 SnapshotType = ps_enum(
@@ -106,7 +108,7 @@ VhdType = ps_enum(HV + "VhdType", {"Fixed": 2, "Dynamic": 3, "Differencing": 4})
 ControllerType = ps_enum(HV + "ControllerType", {"IDE": 0, "SCSI": 1})
 ReplState = ps_enum(
     HV + "VMReplicationState",
-    {"Disabled": 0, "Replicating": 6, "Suspended": 9, "Error": 10},
+    {"Disabled": 0, "Replicating": 4, "Suspended": 8, "Error": 9},
 )
 ReplHealth = ps_enum(
     HV + "VMReplicationHealthState",
@@ -194,33 +196,57 @@ class ClusterModel:
         self.calls: list[str] = []  # command names served, for tests
         self.merge_step_s = 0.02  # Remove-VMSnapshot: seconds per progress step
         self.merge_fail_after: int | None = None  # fail before removing checkpoint N+1
+        self._index_version = -1
+        self.version = 0  # bumped by every change (indexes are rebuilt lazily)
+        self._by_path: dict[str, VirtualDisk] = {}
+        self._children: dict[str, VirtualDisk] = {}  # parent path -> child file
+        self._by_node: dict[str | None, list[VM]] = {}
+
+    def _indexes(self) -> None:
+        """Path and node indexes (lock held): O(1) lookups instead of scans per VM."""
+        if self._index_version == self.version:
+            return
+        self._by_path = {d.path.casefold(): d for d in self.disks.values()}
+        self._children = {
+            d.parent_path.casefold(): d for d in self.disks.values() if d.parent_path
+        }
+        by_node: dict[str | None, list[VM]] = {None: list(self.vms.values())}
+        for vm in self.vms.values():
+            by_node.setdefault(vm.node_id, []).append(vm)
+        self._by_node = by_node
+        self._index_version = self.version
+
+    def changed(self) -> None:
+        """Call after changing the model directly (not through the methods below)."""
+        with self.lock:
+            self.version += 1
 
     # -- what a node sees ----------------------------------------------------------------
     def vms_of(self, node: str | None) -> list[VM]:
         with self.lock:
-            return [v for v in self.vms.values() if node is None or v.node_id == node]
+            self._indexes()
+            return list(self._by_node.get(node, []))
 
     def drive_chains(self, vm: VM) -> list[list[VirtualDisk]]:
         """Each drive's files, base first (disk_ids are the base disks)."""
         with self.lock:
-            by_parent: dict[str, VirtualDisk] = {}
-            for d in self.disks.values():
-                if d.vm_id == vm.id and d.parent_path:
-                    by_parent[d.parent_path.casefold()] = d
+            self._indexes()
             out = []
             for base_id in vm.disk_ids:
                 disk = self.disks.get(base_id)
                 chain = []
                 while disk is not None and len(chain) < 1000:
                     chain.append(disk)
-                    disk = by_parent.get(disk.path.casefold())
+                    disk = self._children.get(disk.path.casefold())
+                    if disk is not None and disk.vm_id != vm.id:
+                        disk = None
                 out.append(chain)
             return out
 
     def disk_by_path(self, path: str) -> VirtualDisk | None:
-        key = path.casefold()
         with self.lock:
-            return next((d for d in self.disks.values() if d.path.casefold() == key), None)
+            self._indexes()
+            return self._by_path.get(path.casefold())
 
     def resource_name(self, lun_id: str) -> str:
         """The cluster disk resource's name (unique, unlike volume labels)."""
@@ -248,10 +274,12 @@ class ClusterModel:
             if power in (PowerState.OFF, PowerState.SAVED):
                 integration = IntegrationState.OFF
             self.vms[vm_id] = dataclasses.replace(vm, power=power, integration=integration)
+            self.version += 1
 
     def set_free(self, lun_id: str, free_bytes: int) -> None:
         with self.lock:
             self.luns[lun_id] = dataclasses.replace(self.luns[lun_id], free_bytes=free_bytes)
+            self.version += 1
 
     def add_checkpoint(self, vm_id: str, name: str, kind: CheckpointKind) -> str:
         """A new checkpoint: one new .avhdx on top of every drive's chain."""
@@ -285,6 +313,7 @@ class ClusterModel:
             )
             self.files[cp_id] = files
             chain.append(cp_id)
+            self.version += 1
             return cp_id
 
     def remove_checkpoint(self, cp_id: str) -> None:
@@ -308,13 +337,97 @@ class ClusterModel:
             for other_id, other in list(self.checkpoints.items()):
                 if other.parent_id == cp_id:
                     self.checkpoints[other_id] = dataclasses.replace(other, parent_id=cp.parent_id)
+            self.version += 1
 
 
 # -- object builders ---------------------------------------------------------------------
 
 
-def _vm_object(vm: VM) -> Any:
-    return ps_object(
+class Row:
+    """An object passed from one command to the next within a statement (never serialized).
+
+    Building psrpcore objects costs ~50 µs each; a cmdlet whose output goes
+    to ``Select-Object``/``ConvertTo-Json`` on the same node writes these
+    instead. What reaches the client is the same either way.
+    """
+
+    __slots__ = ("props", "to_string", "type_names")
+
+    def __init__(self, type_names: list[str], props: dict[str, Any],
+                 to_string: str | None = None) -> None:
+        self.type_names = type_names
+        self.props = props
+        self.to_string = to_string
+
+
+def _obj(writer: CommandWriter, type_names: list[str], props: dict[str, Any], *,
+         to_string: str | None = None) -> Any:
+    """A :class:`Row` when the output is piped on, else the psrpcore object sent to the client."""
+    if writer.piped:
+        return Row(type_names, props, to_string)
+    return ps_object(type_names, props, to_string=to_string)
+
+
+def _properties(obj: Any) -> tuple[str, dict[str, Any]] | None:
+    """(first type name, properties) of a Row or a psrpcore object; None for a primitive."""
+    if isinstance(obj, Row):
+        return obj.type_names[0], obj.props
+    meta = getattr(obj, "PSObject", None)
+    if meta is None:
+        return None
+    values: dict[str, Any] = {}
+    for prop in [*meta.adapted_properties, *meta.extended_properties]:
+        values.setdefault(prop.name, prop.get_value(obj))
+    return (meta.type_names[0] if meta.type_names else "System.Object"), values
+
+
+_DOTNET_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _json_value(value: Any) -> Any:
+    """A value as Windows PowerShell 5.1's ConvertTo-Json writes it."""
+    if value is None or isinstance(value, bool | str | float):
+        return value
+    if isinstance(value, enum.Enum):  # enums as their number (5.1 has no -EnumsAsStrings)
+        return int(value.value) if isinstance(value.value, int) else str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        when = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return f"/Date({int((when - _DOTNET_EPOCH).total_seconds() * 1000)})/"
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return str(value)
+
+
+def _convert_to_json(params: dict[str, Any], writer: CommandWriter) -> None:
+    """ConvertTo-Json [-Compress]: every piped object as ONE JSON string (5.1 rules).
+
+    No input: no output. One object: the object, not an array. Properties
+    in order; enums as numbers, DateTime as "/Date(ms)/", Guid as a string.
+    """
+    rows: list[Any] = []
+    for obj in writer.input:
+        found = _properties(obj)
+        if found is None:
+            rows.append(_json_value(obj))
+        else:
+            rows.append({name: _json_value(v) for name, v in found[1].items()})
+    if not rows:
+        return
+    compress = bool(params.get("Compress"))
+    writer.write_output(json.dumps(
+        rows[0] if len(rows) == 1 else rows,
+        separators=(",", ":") if compress else (", ", ": "),
+        indent=None if compress else 4,
+    ))
+
+
+def _vm_object(vm: VM, writer: CommandWriter) -> Any:
+    return _obj(
+        writer,
         [HV + "VirtualMachine", HV + "VirtualMachineBase", HV + "VirtualizationObject"],
         {
             "Name": vm.name,
@@ -336,33 +449,29 @@ def _vm_object(vm: VM) -> Any:
 def _piped_vm_ids(writer: CommandWriter) -> Iterator[str]:
     """The Ids of the VM objects piped in (``Get-VM -Id … | <cmdlet>``)."""
     for obj in writer.input:
-        meta = getattr(obj, "PSObject", None)
-        if meta is not None:
-            values = {p.name: p.get_value(obj) for p in meta.adapted_properties}
-            yield str(values.get("Id", ""))
+        found = _properties(obj)
+        if found is not None:
+            yield str(found[1].get("Id", ""))
 
 
 def _select(params: dict[str, Any], writer: CommandWriter) -> None:
     wanted = [str(p) for p in _as_list(params.get("Property"))]
     for obj in writer.input:
-        meta = getattr(obj, "PSObject", None)
-        if meta is None:
+        found = _properties(obj)
+        if found is None:
             writer.write_output(obj)
             continue
-        values: dict[str, Any] = {}
-        for prop in [*meta.adapted_properties, *meta.extended_properties]:
-            values.setdefault(prop.name.casefold(), (prop.name, prop.get_value(obj)))
+        first, props = found
+        folded = {name.casefold(): value for name, value in reversed(list(props.items()))}
+        values = {name: folded.get(name.casefold()) for name in wanted}
+        types = [f"Selected.{first}", "System.Management.Automation.PSCustomObject",
+                 "System.Object"]
+        if writer.piped:
+            writer.write_output(Row(types, values))
+            continue
         out = PSObject()
-        out.PSObject.type_names = [
-            f"Selected.{meta.type_names[0]}",
-            "System.Management.Automation.PSCustomObject",
-            "System.Object",
-        ]
-        props = []
-        for name in wanted:
-            _, value = values.get(name.casefold(), (name, None))
-            props.append(PSNoteProperty(name, value))
-        out.PSObject.extended_properties = props
+        out.PSObject.type_names = types
+        out.PSObject.extended_properties = [PSNoteProperty(n, v) for n, v in values.items()]
         writer.write_output(out)
 
 
@@ -396,7 +505,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         for n in nodes:
             state = {"up": "Up", "down": "Down", "paused": "Paused", "joining": "Joining"}
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [FC + "ClusterNode", FC + "ClusterObject"],
                     {
                         "Name": n.name,
@@ -418,7 +528,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             luns = [x for x in model.luns.values() if x.role is LunRole.CSV]
         for lun in luns:
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [FC + "ClusterSharedVolume", FC + "ClusterObject"],
                     {
                         "Name": model.resource_name(lun.id),
@@ -442,7 +553,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 if lun.state is LunState.REDIRECTED:
                     info = "FileSystemRedirected"
                 writer.write_output(
-                    ps_object(
+                    _obj(
+                        writer,
                         [FC + "ClusterSharedVolumeState"],
                         {
                             "Name": model.resource_name(lun.id),
@@ -459,7 +571,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         log(f"Get-CimInstance {cls}")
         if cls == "win32_computersystem":
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [
                         "Microsoft.Management.Infrastructure.CimInstance#root/cimv2/Win32_ComputerSystem"
                     ],
@@ -477,7 +590,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         for lun in luns:
             mount = model.mount_of(lun.id)
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [
                         "Microsoft.Management.Infrastructure.CimInstance#root/MSCluster/"
                         "MSCluster_DiskPartition"
@@ -501,7 +615,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             if ids and vm.id.casefold() not in ids:
                 continue
             if _match(vm.name, patterns):
-                writer.write_output(_vm_object(vm))
+                writer.write_output(_vm_object(vm, writer))
         if (
             ids
             and not writer.stopping
@@ -566,6 +680,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                         exception_type="Microsoft.HyperV.PowerShell.VirtualizationException",
                     )
                 model.vms[vm_id] = dataclasses.replace(vm, config_version=model.host_version)
+                model.version += 1
 
     def get_snapshot(params: dict[str, Any], writer: CommandWriter) -> None:
         log("Get-VMSnapshot")
@@ -577,7 +692,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 cps = [model.checkpoints[c] for c in model.chains.get(vm.id, [])]
             for cp in cps:
                 writer.write_output(
-                    ps_object(
+                    _obj(
+                        writer,
                         [HV + "VMSnapshot", HV + "VirtualMachineBase"],
                         {
                             "Id": uuid.UUID(cp.id),
@@ -602,7 +718,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 if not chain:
                     continue
                 writer.write_output(
-                    ps_object(
+                    _obj(
+                        writer,
                         [HV + "HardDiskDrive", HV + "Drive"],
                         {
                             "VMId": uuid.UUID(vm.id),
@@ -633,7 +750,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             fmt = "VHD" if disk.format is DiskFormat.VHD else "VHDX"
             kind = "Differencing" if disk.parent_path else "Dynamic"
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     ["Microsoft.Vhd.PowerShell.VirtualHardDisk"],
                     {
                         "Path": disk.path,
@@ -654,7 +772,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             if vm.replication is ReplicationState.DISABLED:
                 continue
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [HV + "VMReplication", HV + "VirtualizationObject"],
                     {
                         "VMId": uuid.UUID(vm.id),
@@ -687,7 +806,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                     OpStatus, "Degraded" if vm.integration is IntegrationState.DEGRADED else "Ok"
                 )
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [HV + "VMIntegrationComponent", HV + "VirtualMachineComponent"],
                     {
                         "VMId": uuid.UUID(vm.id),
@@ -721,7 +841,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 continue
             running = n.backup_agent_state is ServiceState.RUNNING
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     ["System.ServiceProcess.ServiceController", "System.ComponentModel.Component"],
                     {
                         "Name": BACKUP_SERVICE,
@@ -761,6 +882,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             "Get-Service": get_service,
             "Get-ItemPropertyValue": get_item_property_value,
             "Select-Object": _select,
+            "ConvertTo-Json": _convert_to_json,
             "Remove-VMSnapshot": remove_snapshot,
             "Update-VMVersion": update_version,
         }
