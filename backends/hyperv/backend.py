@@ -30,7 +30,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ventana.state.events import (
@@ -133,7 +133,6 @@ class _NodeState:
     source: str
     computer: str = ""
     healthy: bool = False
-    chain_paths: list[str] = field(default_factory=list)
 
 
 _END = object()
@@ -372,30 +371,43 @@ class HyperVBackend(Backend):
     async def _read_chains(self, node: _NodeState, drives: list[object]) -> dict[str, object]:
         """Get-VHD for every drive's file and, following ParentPath, the whole chain.
 
-        Last poll's chain files go in the first batch, so an unchanged chain
-        takes one round trip; files that vanished answer "not found" (ignored).
+        Two piped reads cover the usual chain: the files the VMs' drives use
+        now (``Get-VMHardDiskDrive | Get-VHD``) and the files their
+        checkpoints froze (``Get-VMSnapshot | Get-VMHardDiskDrive |
+        Get-VHD``), with no paths sent. A parent neither names (a chain left
+        behind by a deleted checkpoint) is then asked for by path, round by
+        round; files that vanished answer "not found" (ignored).
         """
-        leaves = [text(props(d).get("Path")).strip() for d in drives]
-        batch = list(dict.fromkeys(p for p in [*leaves, *node.chain_paths] if p))
-        asked: set[str] = set()
+        # One round trip; both answer the same shape, so which one a file came
+        # from is not told apart (not needed: they are merged).
+        attached, frozen = await node.session.run_many(
+            [cmd.get_attached_vhds(), cmd.get_checkpoint_vhds()]
+        )
         vhds: dict[str, object] = {}
+        for obj in [*attached.output, *frozen.output]:
+            vhds[path_key(text(props(obj).get("Path")))] = obj
+        asked = set(vhds)
+        leaves = [text(props(d).get("Path")).strip() for d in drives]
+        batch = [p for p in dict.fromkeys(leaves) if p and path_key(p) not in asked]
         rounds = 0
-        while batch and rounds < MAX_CHAIN_ROUNDS:
+        found: list[object] = list(vhds.values())
+        while True:
+            for obj in found:
+                parent = text(props(obj).get("ParentPath")).strip()
+                if parent and path_key(parent) not in asked:
+                    batch.append(parent)
+            batch = list(dict.fromkeys(batch))
+            if not batch or rounds >= MAX_CHAIN_ROUNDS:
+                break
             rounds += 1
             asked.update(path_key(p) for p in batch)
-            found: list[object] = []
+            found = []
             for start in range(0, len(batch), VHD_BATCH):
                 answer = await node.session.run(cmd.get_vhds(batch[start : start + VHD_BATCH]))
                 found.extend(answer.output)
-            parents: list[str] = []
             for obj in found:
-                p = props(obj)
-                vhds[path_key(text(p.get("Path")))] = obj
-                parent = text(p.get("ParentPath")).strip()
-                if parent and path_key(parent) not in asked:
-                    parents.append(parent)
-            batch = list(dict.fromkeys(parents))
-        node.chain_paths = [text(props(o).get("Path")) for o in vhds.values()]
+                vhds[path_key(text(props(obj).get("Path")))] = obj
+            batch = []
         return vhds
 
     # -- diffing -----------------------------------------------------------------------------

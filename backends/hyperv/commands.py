@@ -275,6 +275,32 @@ def get_hard_disk_drives() -> Command:
     )
 
 
+def get_attached_vhds() -> Command:
+    """Get-VHD of every file a VM's drives use now (the leaves of the chains), piped."""
+    return Command(
+        "virtual hard disk files (attached)",
+        (Cmdlet("Get-VMHardDiskDrive", (("VMName", "*"),)), Cmdlet("Get-VHD")),
+        VHD_PROPS,
+        tolerate_errors=True,
+        extra=_enums(VhdFormat="VhdFormat", VhdType="VhdType"),
+    )
+
+
+def get_checkpoint_vhds() -> Command:
+    """Get-VHD of every file a checkpoint's drives froze (the rest of the chains), piped."""
+    return Command(
+        "virtual hard disk files (checkpoints)",
+        (
+            Cmdlet("Get-VMSnapshot", (("VMName", "*"),)),
+            Cmdlet("Get-VMHardDiskDrive"),
+            Cmdlet("Get-VHD"),
+        ),
+        VHD_PROPS,
+        tolerate_errors=True,
+        extra=_enums(VhdFormat="VhdFormat", VhdType="VhdType"),
+    )
+
+
 def get_vhds(paths: list[str]) -> Command:
     """Get-VHD for these files; a file that is gone is a non-terminating error."""
     return Command(

@@ -201,6 +201,7 @@ class ClusterModel:
         self._by_path: dict[str, VirtualDisk] = {}
         self._children: dict[str, VirtualDisk] = {}  # parent path -> child file
         self._by_node: dict[str | None, list[VM]] = {}
+        self._mounts: dict[str, str] = {}
 
     def _indexes(self) -> None:
         """Path and node indexes (lock held): O(1) lookups instead of scans per VM."""
@@ -214,6 +215,11 @@ class ClusterModel:
         for vm in self.vms.values():
             by_node.setdefault(vm.node_id, []).append(vm)
         self._by_node = by_node
+        mounts: dict[str, str] = {}
+        for d in self.disks.values():
+            if d.lun_id not in mounts and d.path.lower().startswith("c:\\clusterstorage\\"):
+                mounts[d.lun_id] = "\\".join(d.path.split("\\")[:3])
+        self._mounts = mounts
         self._index_version = self.version
 
     def changed(self) -> None:
@@ -256,9 +262,9 @@ class ClusterModel:
     def mount_of(self, lun_id: str) -> str:
         """C:\\ClusterStorage\\VolumeN, from the VM files placed on the LUN."""
         with self.lock:
-            for d in self.disks.values():
-                if d.lun_id == lun_id and d.path.lower().startswith("c:\\clusterstorage\\"):
-                    return "\\".join(d.path.split("\\")[:3])
+            self._indexes()
+            if lun_id in self._mounts:
+                return self._mounts[lun_id]
         n = sorted(self.luns).index(lun_id) + 1 if lun_id in self.luns else 0
         return f"C:\\ClusterStorage\\Spare{n}"
 
@@ -384,22 +390,34 @@ def _properties(obj: Any) -> tuple[str, dict[str, Any]] | None:
 _DOTNET_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_PLAIN = (type(None), bool, str, float, int)
+
+
 def _json_value(value: Any) -> Any:
     """A value as Windows PowerShell 5.1's ConvertTo-Json writes it."""
-    if value is None or isinstance(value, bool | str | float):
+    kind = type(value)
+    if kind in _PLAIN:
         return value
-    if isinstance(value, enum.Enum):  # enums as their number (5.1 has no -EnumsAsStrings)
-        return int(value.value) if isinstance(value.value, int) else str(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, uuid.UUID):
+    if kind is uuid.UUID:
         return str(value)
-    if isinstance(value, datetime):
+    if kind is datetime:
         when = value if value.tzinfo else value.replace(tzinfo=UTC)
         return f"/Date({int((when - _DOTNET_EPOCH).total_seconds() * 1000)})/"
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return [_json_value(v) for v in value]
+    number = _ENUM_NUMBERS.get(kind, {}).get(str(value)) if issubclass(kind, enum.Enum) else None
+    if number is not None:  # enums as their number (5.1 has no -EnumsAsStrings)
+        return number
+    if isinstance(value, enum.Enum):
+        number = int(value.value)
+        _ENUM_NUMBERS.setdefault(kind, {})[str(value)] = number
+        return number
+    if isinstance(value, int):  # psrpcore's sized integers
+        return int(value)
     return str(value)
+
+
+_ENUM_NUMBERS: dict[type, dict[str, int]] = {}
 
 
 def _convert_to_json(params: dict[str, Any], writer: CommandWriter) -> None:
@@ -709,10 +727,37 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 )
 
     def get_drive(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Get-VMHardDiskDrive -VMName …, or of piped VMs, or of piped checkpoints."""
         log("Get-VMHardDiskDrive")
         patterns = _vm_filter(params)
+        piped = [found for found in map(_properties, writer.input) if found is not None]
+        snapshots = [p for t, p in piped if t.endswith("VMSnapshot")]
+        if snapshots:
+            for snap in snapshots:
+                with model.lock:
+                    vm = model.vms.get(str(snap.get("VMId", "")))
+                    files = [model.disks.get(f) for f in model.files.get(str(snap["Id"]), [])]
+                if vm is None:
+                    continue
+                for n, child in enumerate(files):
+                    if child is None or not child.parent_path:
+                        continue
+                    writer.write_output(_obj(writer, [HV + "HardDiskDrive", HV + "Drive"], {
+                        "VMId": uuid.UUID(vm.id),
+                        "VMName": vm.name,
+                        "Path": child.parent_path,  # the file this checkpoint froze
+                        "ControllerType": _enum(
+                            ControllerType, "IDE" if vm.generation == 1 else "SCSI"
+                        ),
+                        "ControllerNumber": 0,
+                        "ControllerLocation": n,
+                    }))
+            return
+        wanted = {str(p.get("Id", "")) for _, p in piped}
         for vm in model.vms_of(node):
-            if not _match(vm.name, patterns):
+            if wanted and vm.id not in wanted:
+                continue
+            if not wanted and not _match(vm.name, patterns):
                 continue
             for n, chain in enumerate(model.drive_chains(vm)):
                 if not chain:
@@ -736,7 +781,11 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
 
     def get_vhd(params: dict[str, Any], writer: CommandWriter) -> None:
         log("Get-VHD")
-        for path in [str(p) for p in _as_list(params.get("Path"))]:
+        paths = [str(p) for p in _as_list(params.get("Path"))]
+        for found in map(_properties, writer.input):  # -Path by property name, piped
+            if found is not None and found[1].get("Path"):
+                paths.append(str(found[1]["Path"]))
+        for path in paths:
             disk = model.disk_by_path(path)
             if disk is None:
                 writer.write_error(
