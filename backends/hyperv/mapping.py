@@ -455,6 +455,20 @@ def node_entities(
     disks: list[Entity] = []
     checkpoints: list[Entity] = []
     seen_files: set[str] = set()
+    # Most files live under C:\ClusterStorage\VolumeN\: one lookup by that
+    # folder instead of a scan of every mount per file (10,000s of files).
+    by_prefix = {m.prefix: m.lun_id for m in mounts}
+    nested = any(m.prefix.count("\\") != 3 for m in mounts)
+
+    def lun_of(path: str) -> str:
+        if not nested:
+            parts = path_key(path).split("\\", 3)
+            if len(parts) == 4:
+                found = by_prefix.get("\\".join(parts[:3]) + "\\")
+                if found is not None:
+                    return found
+        return lun_for(path, mounts)
+
     for obj in read.vms:
         p = props(obj)
         vm_id = as_id(p.get("Id"))
@@ -479,7 +493,7 @@ def node_entities(
             for position, vhd in enumerate(chain):
                 path = text(vhd.get("Path"))
                 disk_id = as_id(vhd.get("DiskIdentifier")) or path_key(path)
-                lun = lun_for(path, mounts)
+                lun = lun_of(path)
                 vm_lun = vm_lun or lun
                 parent = text(vhd.get("ParentPath")).strip() or None
                 disks.append(

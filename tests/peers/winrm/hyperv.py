@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
+import functools
 import json
 import threading
 import uuid
@@ -204,7 +205,17 @@ class ClusterModel:
         self._mounts: dict[str, str] = {}
 
     def _indexes(self) -> None:
-        """Path and node indexes (lock held): O(1) lookups instead of scans per VM."""
+        """Path and node indexes: O(1) lookups instead of scans per VM.
+
+        Rebuilt under the lock after a change; read without it (each index is
+        replaced whole, never changed in place).
+        """
+        if self._index_version == self.version:
+            return
+        with self.lock:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
         if self._index_version == self.version:
             return
         self._by_path = {d.path.casefold(): d for d in self.disks.values()}
@@ -229,30 +240,28 @@ class ClusterModel:
 
     # -- what a node sees ----------------------------------------------------------------
     def vms_of(self, node: str | None) -> list[VM]:
-        with self.lock:
-            self._indexes()
-            return list(self._by_node.get(node, []))
+        self._indexes()
+        return list(self._by_node.get(node, []))
 
     def drive_chains(self, vm: VM) -> list[list[VirtualDisk]]:
         """Each drive's files, base first (disk_ids are the base disks)."""
-        with self.lock:
-            self._indexes()
-            out = []
-            for base_id in vm.disk_ids:
-                disk = self.disks.get(base_id)
-                chain = []
-                while disk is not None and len(chain) < 1000:
-                    chain.append(disk)
-                    disk = self._children.get(disk.path.casefold())
-                    if disk is not None and disk.vm_id != vm.id:
-                        disk = None
-                out.append(chain)
-            return out
+        self._indexes()
+        children = self._children
+        out = []
+        for base_id in vm.disk_ids:
+            disk = self.disks.get(base_id)
+            chain = []
+            while disk is not None and len(chain) < 1000:
+                chain.append(disk)
+                disk = children.get(disk.path.casefold())
+                if disk is not None and disk.vm_id != vm.id:
+                    disk = None
+            out.append(chain)
+        return out
 
     def disk_by_path(self, path: str) -> VirtualDisk | None:
-        with self.lock:
-            self._indexes()
-            return self._by_path.get(path.casefold())
+        self._indexes()
+        return self._by_path.get(path.casefold())
 
     def resource_name(self, lun_id: str) -> str:
         """The cluster disk resource's name (unique, unlike volume labels)."""
@@ -347,6 +356,16 @@ class ClusterModel:
 
 
 # -- object builders ---------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=200_000)
+def _guid(text: str) -> uuid.UUID:
+    return uuid.UUID(text)
+
+
+def _num(writer: CommandWriter, kind: Any, value: int) -> Any:
+    """A sized integer for the wire; a plain int when it only goes to the next command."""
+    return value if writer.piped else kind(value)
 
 
 class Row:
@@ -449,13 +468,13 @@ def _vm_object(vm: VM, writer: CommandWriter) -> Any:
         [HV + "VirtualMachine", HV + "VirtualMachineBase", HV + "VirtualizationObject"],
         {
             "Name": vm.name,
-            "Id": uuid.UUID(vm.id),
-            "VMId": uuid.UUID(vm.id),
+            "Id": _guid(vm.id),
+            "VMId": _guid(vm.id),
             "State": _enum(VMState, _POWER.get(vm.power, "Other")),
             "Generation": vm.generation,
             "Version": vm.config_version,
-            "ProcessorCount": PSInt64(vm.vcpus),
-            "MemoryStartup": PSInt64(vm.memory_mb * MB),
+            "ProcessorCount": _num(writer, PSInt64, vm.vcpus),
+            "MemoryStartup": _num(writer, PSInt64, vm.memory_mb * MB),
             "ComputerName": vm.node_id,
             "IsClustered": True,
             "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",  # nested: a string
@@ -714,11 +733,11 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                         writer,
                         [HV + "VMSnapshot", HV + "VirtualMachineBase"],
                         {
-                            "Id": uuid.UUID(cp.id),
-                            "VMId": uuid.UUID(vm.id),
+                            "Id": _guid(cp.id),
+                            "VMId": _guid(vm.id),
                             "VMName": vm.name,
                             "Name": cp.name,
-                            "ParentSnapshotId": uuid.UUID(cp.parent_id) if cp.parent_id else None,
+                            "ParentSnapshotId": _guid(cp.parent_id) if cp.parent_id else None,
                             "SnapshotType": _enum(SnapshotType, _SNAP[cp.kind]),
                             "CreationTime": cp.created,
                             "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",
@@ -743,7 +762,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                     if child is None or not child.parent_path:
                         continue
                     writer.write_output(_obj(writer, [HV + "HardDiskDrive", HV + "Drive"], {
-                        "VMId": uuid.UUID(vm.id),
+                        "VMId": _guid(vm.id),
                         "VMName": vm.name,
                         "Path": child.parent_path,  # the file this checkpoint froze
                         "ControllerType": _enum(
@@ -767,7 +786,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                         writer,
                         [HV + "HardDiskDrive", HV + "Drive"],
                         {
-                            "VMId": uuid.UUID(vm.id),
+                            "VMId": _guid(vm.id),
                             "VMName": vm.name,
                             "Path": chain[-1].path,
                             "ControllerType": _enum(
@@ -806,8 +825,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                         "Path": disk.path,
                         "VhdFormat": _enum(VhdFormat, fmt),
                         "VhdType": _enum(VhdType, kind),
-                        "FileSize": PSUInt64(disk.size_bytes),
-                        "Size": PSUInt64(disk.max_bytes),
+                        "FileSize": _num(writer, PSUInt64, disk.size_bytes),
+                        "Size": _num(writer, PSUInt64, disk.max_bytes),
                         "ParentPath": disk.parent_path or "",
                         "DiskIdentifier": disk.id.upper(),
                         "Attached": True,
@@ -825,7 +844,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                     writer,
                     [HV + "VMReplication", HV + "VirtualizationObject"],
                     {
-                        "VMId": uuid.UUID(vm.id),
+                        "VMId": _guid(vm.id),
                         "VMName": vm.name,
                         "State": _enum(ReplState, _REPL[vm.replication]),
                         "Health": _enum(
@@ -859,7 +878,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                     writer,
                     [HV + "VMIntegrationComponent", HV + "VirtualMachineComponent"],
                     {
-                        "VMId": uuid.UUID(vm.id),
+                        "VMId": _guid(vm.id),
                         "VMName": vm.name,
                         "Name": "Heartbeat",
                         "Enabled": True,
