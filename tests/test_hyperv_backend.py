@@ -679,3 +679,41 @@ def test_mapping_never_crashes_on_odd_values() -> None:
     read = m.NodeRead(vms=[{"Id": "not-a-guid", "Name": None, "State": object()}])
     [vm] = m.node_entities(read, "C", "N", [])
     assert vm.power is PowerState.UNKNOWN and vm.name == "" and vm.node_id == "N"
+
+
+# -- CSV backup state -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_csv_in_backup_reaches_the_lun_and_the_merge_preflight(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    from ventana.state.plans import plan_merge
+
+    model, handle = one_peer
+    backend = backend_for(handle)
+    store = Store()
+    feed = Feed(backend, store)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    vm = next(v for v in model.vms.values() if v.lun_id and model.chains.get(v.id))
+    assert feed.state[(Kind.LUN, vm.lun_id)].in_backup is False
+    plan = plan_merge(store, vm.id, store_now())
+    assert "CSV_IN_BACKUP" not in {f.code for f in plan.findings}
+
+    model.set_in_backup(vm.lun_id, True)  # MSCluster_ClusterSharedVolume.BackupState = 1
+    await feed.until(lambda: store.lun(vm.lun_id).in_backup, 5, "the CSV in backup")
+    plan = plan_merge(store, vm.id, store_now())
+    [finding] = [f for f in plan.findings if f.code == "CSV_IN_BACKUP"]
+    assert store.lun(vm.lun_id).name in finding.message
+
+    model.set_in_backup(vm.lun_id, False)
+    await feed.until(lambda: not store.lun(vm.lun_id).in_backup, 5, "the backup ended")
+    assert "Get-CimInstance mscluster_clustersharedvolume" in model.calls
+    await feed.close()
+
+
+def store_now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

@@ -264,7 +264,9 @@ class HyperVBackend(Backend):
         if not cfg.verify_tls:
             log.warning("%s: TLS certificate verification is OFF (explicit flag)", where)
         failures = 0
+        loop = asyncio.get_running_loop()
         while not self._closed:
+            began = loop.time()
             try:
                 await self._poll(node)
             except (AuthFailed, TlsRefused) as exc:
@@ -301,7 +303,11 @@ class HyperVBackend(Backend):
                 failures = 0
                 log.info("%s: connected (%s)", where, node.computer or "?")
                 self._emit(ConnectionChanged(node.source, LinkState.CONNECTED))
-            await asyncio.sleep(cfg.poll_interval)
+            # Polls start every poll_interval (not interval + read time): a change
+            # waits at most one interval plus one read.
+            await asyncio.sleep(
+                max(0.1 * cfg.poll_interval, cfg.poll_interval - (loop.time() - began))
+            )
 
     def _reads_cluster(self, node: _NodeState) -> bool:
         if self._cluster_read is None:
@@ -316,15 +322,18 @@ class HyperVBackend(Backend):
             names = [text(props(o).get("Name")).strip() for o in answer.output]
             node.computer = next((n for n in names if n), node.host)
         if self._reads_cluster(node):
-            nodes, csvs, states, partitions = await session.run_many(
+            nodes, csvs, states, partitions, backups = await session.run_many(
                 [
                     cmd.get_cluster_nodes(),
                     cmd.get_csvs(),
                     cmd.get_csv_states(),
                     cmd.get_disk_partitions(),
+                    cmd.get_csv_backup_states(),
                 ]
             )
-            read = ClusterRead(nodes.output, csvs.output, states.output, partitions.output)
+            read = ClusterRead(
+                nodes.output, csvs.output, states.output, partitions.output, backups.output
+            )
             self._cluster_read = read
             self._cluster_id = cluster_name(read, self.config.cluster)
             # Mount points first: VMs are placed on LUNs by their disks' paths.

@@ -224,6 +224,28 @@ def get_disk_partitions() -> Command:
     )
 
 
+CSV_BACKUP_PROPS = ("Name", "VolumeName", "BackupState")
+
+
+def get_csv_backup_states() -> Command:
+    """Each CSV's backup state: ``BackupState`` 0 = none, 1 = a backup is in progress.
+
+    CIM ``MSCluster_ClusterSharedVolume`` (root/MSCluster) is the one place
+    the cluster reports it flat (Get-ClusterSharedVolume nests it, and
+    Get-ClusterSharedVolumeState only shows the redirection a backup may cause).
+    """
+    return Command(
+        "CSV backup state",
+        (
+            Cmdlet(
+                "Get-CimInstance",
+                (("Namespace", "root/MSCluster"), ("ClassName", "MSCluster_ClusterSharedVolume")),
+            ),
+        ),
+        CSV_BACKUP_PROPS,
+    )
+
+
 # -- per-node reads (VMs hosted by the node answering) ---------------------------------
 
 COMPUTER_PROPS = ("Name", "Domain")

@@ -285,6 +285,7 @@ class ClusterRead:
     csvs: list[Any] = field(default_factory=list)
     csv_states: list[Any] = field(default_factory=list)
     partitions: list[Any] = field(default_factory=list)
+    backups: list[Any] = field(default_factory=list)  # MSCluster_ClusterSharedVolume
 
 
 @dataclass(slots=True)
@@ -345,6 +346,11 @@ def cluster_entities(
         guid = _volume_guid(p.get("VolumeGuid")) or _volume_guid(p.get("Path"))
         if guid:
             partitions[guid] = p
+    in_backup: set[str] = set()  # volume GUIDs with a backup in progress
+    for obj in read.backups:
+        p = props(obj)
+        if as_int(p.get("BackupState")) == 1:
+            in_backup.add(_volume_guid(p.get("VolumeName")) or path_key(text(p.get("Name"))))
     states: dict[str, list[dict[str, Any]]] = {}
     for obj in read.csv_states:
         p = props(obj)
@@ -369,6 +375,10 @@ def cluster_entities(
         total = as_int(part.get("TotalSize")) * MB
         free = as_int(part.get("FreeSpace")) * MB
         label = text(part.get("VolumeLabel")).strip()
+        guid = _volume_guid(row.get("VolumeName"))
+        backup = bool(guid and guid in in_backup) or any(
+            path_key(text(m)) in in_backup for m in as_list(part.get("MountPoints"))
+        )
         luns.append(
             Lun(
                 lun_id,
@@ -379,6 +389,7 @@ def cluster_entities(
                 owner_node_id=owner,
                 role=LunRole.CSV,
                 state=state,
+                in_backup=backup,
             )
         )
         for mount in [*as_list(part.get("MountPoints")), part.get("Path")]:

@@ -17,7 +17,8 @@ DateTime as DateTime. ``Select-Object -Property`` projects them into
 
 Commands: Get-ClusterNode, Get-ClusterSharedVolume,
 Get-ClusterSharedVolumeState, Get-CimInstance (Win32_ComputerSystem,
-root/MSCluster MSCluster_DiskPartition), Get-VM, Get-VMSnapshot,
+root/MSCluster MSCluster_DiskPartition and MSCluster_ClusterSharedVolume with
+its BackupState — :meth:`ClusterModel.set_in_backup`), ConvertTo-Json, Get-VM, Get-VMSnapshot,
 Get-VMHardDiskDrive, Get-VHD, Get-VMReplication, Get-VMIntegrationService,
 Get-Service, Get-ItemPropertyValue, Select-Object, and the one mutating
 command, Remove-VMSnapshot (``Get-VM -Id … | Remove-VMSnapshot -Name *``:
@@ -294,6 +295,12 @@ class ClusterModel:
     def set_free(self, lun_id: str, free_bytes: int) -> None:
         with self.lock:
             self.luns[lun_id] = dataclasses.replace(self.luns[lun_id], free_bytes=free_bytes)
+            self.version += 1
+
+    def set_in_backup(self, lun_id: str, value: bool) -> None:
+        """A backup of this CSV starts (True) or ends (False): its BackupState."""
+        with self.lock:
+            self.luns[lun_id] = dataclasses.replace(self.luns[lun_id], in_backup=value)
             self.version += 1
 
     def add_checkpoint(self, vm_id: str, name: str, kind: CheckpointKind) -> str:
@@ -616,6 +623,22 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                     {"Name": node or next(iter(model.nodes)), "Domain": "lab.example"},
                 )
             )
+            return
+        if cls == "mscluster_clustersharedvolume":
+            with model.lock:
+                luns = [x for x in model.luns.values() if x.role is LunRole.CSV]
+            for lun in luns:
+                writer.write_output(_obj(
+                    writer,
+                    ["Microsoft.Management.Infrastructure.CimInstance#root/MSCluster/"
+                     "MSCluster_ClusterSharedVolume"],
+                    {
+                        "Name": model.mount_of(lun.id),
+                        "VolumeName": f"\\\\?\\Volume{{{volume_guid(lun.id)}}}\\",
+                        "BackupState": _num(writer, PSUInt, 1 if lun.in_backup else 0),
+                        "FaultState": _num(writer, PSUInt, 0),
+                    },
+                ))
             return
         if cls != "mscluster_diskpartition":
             writer.write_error(
