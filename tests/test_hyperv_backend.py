@@ -717,3 +717,60 @@ def store_now() -> Any:
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+# -- node discovery ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+async def test_nodes_are_discovered_from_the_cluster_name_and_a_dead_node_is_no_crash(
+    tmp_path: Path,
+) -> None:
+    """``--hyperv HVCLUSTER01`` with no nodes: Get-ClusterNode through the cluster name,
+    then one session per node by name. Every name is 127.0.0.1 on its own port here,
+    given to the backend as ``resolve`` (as ``curl --resolve`` would)."""
+    model = ClusterModel(SimConfig(vms=12, nodes=3, rate=0))
+    names = sorted(model.nodes)
+    password = generate_password()
+    handles = {
+        name: start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
+        for name in names
+    }
+    try:
+        bundle = tmp_path / "cas.pem"
+        bundle.write_text("".join(Path(h.ca_path).read_text() for h in handles.values()))
+        dead = names[-1]
+        handles[dead].peer.stop()  # this node does not answer
+        first = handles[names[0]]
+        resolve = tuple((n, f"127.0.0.1:{h.port}") for n, h in handles.items())
+        # The cluster name answers from its current owner (the first node).
+        resolve += (("HVCLUSTER01", f"127.0.0.1:{first.port}"),)
+        config = config_for(list(handles.values()), str(bundle), nodes=(), resolve=resolve)
+        backend = HyperVBackend(config, Credential(first.user, password, "t"))
+        feed = Feed(backend)
+        alive = [f"hyperv:{n}" for n in names[:-1]]
+        await feed.until(
+            lambda: all(feed.last_state(s) is LinkState.CONNECTED for s in alive),
+            30, "the live nodes connected",
+        )
+        assert backend.sources == ["hyperv:HVCLUSTER01", *(f"hyperv:{n}" for n in names)]
+        assert feed.last_state("hyperv:HVCLUSTER01") is LinkState.CONNECTED
+        await feed.until(
+            lambda: feed.last_state(f"hyperv:{dead}") is LinkState.RECONNECTING,
+            10, "the dead node retrying",
+        )
+        # Every node is known (from Get-ClusterNode); the VMs of the live ones are in.
+        assert sorted(feed.of(Kind.NODE)) == names
+        live_vms = {v.id for v in model.vms.values() if v.node_id != dead}
+        await feed.until(lambda: live_vms <= set(feed.of(Kind.VM)), 10, "the live nodes' VMs")
+        # The dead node comes back: its VMs arrive, nothing restarted by hand.
+        handles[dead].peer.start()
+        await feed.until(
+            lambda: feed.last_state(f"hyperv:{dead}") is LinkState.CONNECTED,
+            20, "the node back",
+        )
+        await feed.until(lambda: set(model.vms) <= set(feed.of(Kind.VM)), 10, "every VM")
+        await feed.close()
+    finally:
+        for h in handles.values():
+            h.stop()

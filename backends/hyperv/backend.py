@@ -84,8 +84,17 @@ class HyperVConfig:
     """One Hyper-V failover cluster target (from the TOML config and the command line).
 
     - ``nodes``: node addresses, ``host`` or ``host:port`` (connect by the name
-      in the node's certificate); empty: connect to ``cluster`` itself (a
-      single host, or the cluster name's current owner).
+      in the node's certificate); empty: discover them — connect to
+      ``cluster`` (the cluster name answers from its current owner), run
+      ``Get-ClusterNode``, then open one session per node by its name. A
+      target that is not a cluster (Get-ClusterNode refused) is read as a
+      single host (its reads still need the FailoverClusters cmdlets: a
+      standalone host is not supported yet). ``discover=False``: connect to
+      ``cluster`` only.
+    - ``resolve``: ``{name: "host[:port]"}`` — where to reach a node (or the
+      cluster name) instead of its name, like ``curl --resolve``; for labs and
+      the test endpoint, where every name is 127.0.0.1 on its own port. The
+      TLS certificate is checked against the address connected to.
     - ``ca_bundle``: the CA certificate(s) that signed the nodes' WinRM
       certificates; None: the certifi bundle pypsrp uses by default.
     - ``verify_tls``: False turns verification off — an explicit flag, logged
@@ -112,6 +121,20 @@ class HyperVConfig:
     backup_service: str | None = None
     backup_version_key: str | None = None
     backup_version_value: str = "Version"
+    discover: bool = True
+    resolve: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def discovers(self) -> bool:
+        return self.discover and not self.nodes
+
+    def address_of(self, name: str) -> tuple[str, int]:
+        """Where to connect to reach ``name`` (``resolve`` first, else the name itself)."""
+        target = dict((k.casefold(), v) for k, v in self.resolve).get(name.casefold(), name)
+        host, sep, port = target.rpartition(":")
+        if sep and port.isdigit() and "]" not in port:
+            return host.strip("[]"), int(port)
+        return target, self.port
 
     def addresses(self) -> list[tuple[str, int]]:
         out = []
@@ -154,9 +177,19 @@ class HyperVBackend(Backend):
             cert = config.ca_bundle or True
         self._cert: bool | str = cert
         self._nodes: list[_NodeState] = []
-        for index, (host, port) in enumerate(config.addresses()):
-            session = self._new_session(host, port)
-            self._nodes.append(_NodeState(index, host, port, session, f"hyperv:{host}:{port}"))
+        self._discovery: _NodeState | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        if config.discovers:
+            host, port = config.address_of(config.cluster)
+            self._discovery = _NodeState(
+                -1, host, port, self._new_session(host, port), f"hyperv:{config.cluster}"
+            )
+        else:
+            for index, (host, port) in enumerate(config.addresses()):
+                session = self._new_session(host, port)
+                self._nodes.append(
+                    _NodeState(index, host, port, session, f"hyperv:{host}:{port}")
+                )
         self._actions: set[NodeSession] = set()  # sessions of running actions
         self._queue: asyncio.Queue[object] | None = None
         self._started = False
@@ -191,8 +224,9 @@ class HyperVBackend(Backend):
 
     @property
     def sources(self) -> list[str]:
-        """The ConnectionChanged source name of each node, in config order."""
-        return [n.source for n in self._nodes]
+        """The ConnectionChanged source names: the cluster name while discovering, each node."""
+        first = [self._discovery.source] if self._discovery is not None else []
+        return first + [n.source for n in self._nodes]
 
     def sessions(self) -> Sequence[NodeSession]:
         return [n.session for n in self._nodes]
@@ -213,13 +247,16 @@ class HyperVBackend(Backend):
         queue: asyncio.Queue[object] = asyncio.Queue()
         self._queue = queue
         if self._closed:
-            for node in self._nodes:
-                yield ConnectionChanged(node.source, LinkState.DISCONNECTED, "closed")
+            for source in self.sources:
+                yield ConnectionChanged(source, LinkState.DISCONNECTED, "closed")
             return
-        tasks = [
-            asyncio.create_task(self._node_loop(node), name=f"hyperv-{node.source}")
-            for node in self._nodes
-        ]
+        tasks = self._tasks
+        if self._discovery is not None:
+            tasks.append(
+                asyncio.create_task(self._discover(self._discovery), name="hyperv-discover")
+            )
+        for node in self._nodes:
+            self._start_node(node)
         try:
             while True:
                 item = await queue.get()
@@ -230,13 +267,73 @@ class HyperVBackend(Backend):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            discovery = [self._discovery] if self._discovery is not None else []
             await asyncio.gather(
-                *(node.session.close() for node in self._nodes),
+                *(node.session.close() for node in [*discovery, *self._nodes]),
                 *(action.close() for action in list(self._actions)),
                 return_exceptions=True,
             )
-        for node in self._nodes:
-            yield ConnectionChanged(node.source, LinkState.DISCONNECTED, "closed")
+        for source in self.sources:
+            yield ConnectionChanged(source, LinkState.DISCONNECTED, "closed")
+
+    def _start_node(self, node: _NodeState) -> None:
+        self._tasks.append(
+            asyncio.create_task(self._node_loop(node), name=f"hyperv-{node.source}")
+        )
+
+    async def _discover(self, entry: _NodeState) -> None:
+        """Get-ClusterNode through the cluster name, then one session per node by name.
+
+        Retried with backoff while the name does not answer; a refused
+        password or certificate ends it (DISCONNECTED). A target that refuses
+        Get-ClusterNode (not a cluster) is read as the only node.
+        """
+        cfg = self.config
+        where = f"{entry.host}:{entry.port}"
+        self._emit(ConnectionChanged(
+            entry.source, LinkState.CONNECTING,
+            f"discovering the nodes of {cfg.cluster} through {where} as {cfg.username}",
+        ))
+        failures = 0
+        while not self._closed:
+            try:
+                answer = await entry.session.run(cmd.get_cluster_nodes())
+                names = [text(props(o).get("Name")).strip() for o in answer.output]
+                names = sorted({n.casefold(): n for n in names if n}.values(), key=str.casefold)
+            except (AuthFailed, TlsRefused) as exc:
+                self._emit(ConnectionChanged(entry.source, LinkState.DISCONNECTED, str(exc)))
+                return
+            except CommandFailed as exc:
+                log.info("%s: no cluster here (%s); reading it as one host", where, exc)
+                names = []
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                reason = str(exc) if isinstance(exc, SessionError) else type(exc).__name__
+                delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
+                self._emit(ConnectionChanged(
+                    entry.source, LinkState.RECONNECTING,
+                    f"retry {failures} in {delay:.1f} s: {reason}",
+                ))
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                continue
+            break
+        else:
+            return
+        await entry.session.close()
+        if names:
+            targets = [(name, *cfg.address_of(name)) for name in names]
+        else:  # its source is told apart from the cluster name's by the port
+            targets = [(f"{entry.host}:{entry.port}", entry.host, entry.port)]
+        for index, (name, host, port) in enumerate(targets):
+            session = self._new_session(host, port)
+            node = _NodeState(index, host, port, session, f"hyperv:{name}")
+            self._nodes.append(node)
+            self._start_node(node)
+        found = ", ".join(n for n, _, _ in targets)
+        log.info("%s: %d node(s): %s", cfg.cluster, len(targets), found)
+        self._emit(ConnectionChanged(entry.source, LinkState.CONNECTED))
 
     def _emit(self, event: object) -> None:
         if self._queue is not None and not self._closed:
