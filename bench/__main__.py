@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .console import run_console, run_store
+from .hyperv import suite as hyperv_suite
 
 # (key, label, target, lower is better)
 TARGETS = (
@@ -35,6 +36,7 @@ def main() -> int:
     results = asyncio.run(run_console(args.vms, args.rate, args.seconds))
     results.update({f"store_{k}" if k == "vms" else k: v
                     for k, v in run_store(args.vms).items()})
+    hyperv = hyperv_suite()
     print(f"\nVentana console benchmark — {args.vms:,} VMs, {args.rate:g} events/s, "
           f"{platform.python_version()}, {platform.machine()}")
     print(f"{'measure':<40} {'value':>10} {'target':>10}  ok")
@@ -56,6 +58,9 @@ def main() -> int:
     path = out / f"console-{stamp}.json"
     path.write_text(json.dumps({"when": stamp, "args": vars(args), "results": results},
                                indent=2) + "\n")
+    print(f"written: {path}")
+    path = out / f"hyperv-{stamp}.json"
+    path.write_text(json.dumps({"when": stamp, "results": hyperv}, indent=2) + "\n")
     print(f"written: {path}")
     return 0
 
