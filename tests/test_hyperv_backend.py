@@ -774,3 +774,34 @@ async def test_nodes_are_discovered_from_the_cluster_name_and_a_dead_node_is_no_
     finally:
         for h in handles.values():
             h.stop()
+
+
+def test_commands_md_shows_every_read_as_sent() -> None:
+    """The operator's copy of the contract carries each read line exactly as it is sent."""
+    from ventana.backends.hyperv import commands as c
+
+    doc = (Path(c.__file__).parent / "COMMANDS.md").read_text()
+    reads = [c.get_cluster_nodes(), c.get_csvs(), c.get_csv_states(), c.get_disk_partitions(),
+             c.get_csv_backup_states(), c.get_computer_system(), c.get_vms(), c.get_snapshots(),
+             c.get_hard_disk_drives(), c.get_attached_vhds(), c.get_checkpoint_vhds(),
+             c.get_replication(), c.get_heartbeat()]
+    for command in reads:
+        assert command.as_powershell() in doc, command.as_powershell()
+        assert {x.name for x in command.pipeline()} <= READ_CMDLETS
+
+
+def test_convert_to_json_quirks_are_undone() -> None:
+    from ventana.backends.hyperv import commands as c
+
+    rows = c.decode_json(
+        c.get_snapshots(),
+        '{"Id":"8c2d3b1e-0000-4000-8000-000000000001","VMId":"8c2d3b1e-0000-4000-8000-0000000000'
+        '02","Name":"x","ParentSnapshotId":null,"SnapshotType":1,'
+        '"CreationTime":"\\/Date(1736150400000)\\/"}',
+    )
+    [row] = rows  # one object arrives unwrapped
+    assert row["SnapshotType"] == "Recovery"
+    assert row["CreationTime"].isoformat() == "2025-01-06T08:00:00+00:00"
+    assert c.decode_json(c.get_vms(), "") == []
+    assert c.decode_json(c.get_vms(), '[{"State":"Running"},{"State":99999}]') == [
+        {"State": "Running"}, {"State": "99999"}]
