@@ -805,3 +805,59 @@ def test_convert_to_json_quirks_are_undone() -> None:
     assert c.decode_json(c.get_vms(), "") == []
     assert c.decode_json(c.get_vms(), '[{"State":"Running"},{"State":99999}]') == [
         {"State": "Running"}, {"State": "99999"}]
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+async def test_power_changes_stream_well_before_the_poll(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """Register-CimIndicationEvent + Wait-Event on a session of its own: a VM powered
+    off on the server is on the stream in about a second, with a 30 s poll."""
+    model, handle = one_peer
+    backend = backend_for(handle, poll_interval=30.0, stream_wait_s=5)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    await feed.until(lambda: backend.streaming.get(source) is True, 10, "the stream up")
+    await asyncio.sleep(0.5)  # the first Wait-Event is in
+    latencies = []
+    for vm in [v for v in model.vms.values() if v.power is PowerState.RUNNING][:3]:
+        start = time.monotonic()
+        model.set_power(vm.id, PowerState.OFF)
+        await feed.until(
+            lambda vm=vm: feed.state[(Kind.VM, vm.id)].power is PowerState.OFF,
+            10, "the streamed power change",
+        )
+        latencies.append(time.monotonic() - start)
+        assert feed.state[(Kind.VM, vm.id)].integration is IntegrationState.OFF
+    assert max(latencies) < 3.0, latencies  # the poll would take 30 s
+    assert {"Register-CimIndicationEvent", "Wait-Event", "Get-Event", "Remove-Event"} <= set(
+        model.calls
+    )
+    started = time.monotonic()
+    await feed.close()  # the waiting pipeline is stopped, its session closed
+    assert time.monotonic() - started < 8
+    assert feed.last_state(source) is LinkState.DISCONNECTED
+
+
+@pytest.mark.timeout(40)
+async def test_a_refused_subscription_falls_back_to_polling(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    model, handle = one_peer
+    model.indications = False  # the server refuses Register-CimIndicationEvent
+    backend = backend_for(handle)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    await feed.until(lambda: backend.streaming.get(source) is False, 10, "the stream refused")
+    vm = next(v for v in model.vms.values() if v.power is PowerState.RUNNING)
+    model.set_power(vm.id, PowerState.SAVED)
+    await feed.until(
+        lambda: feed.state[(Kind.VM, vm.id)].power is PowerState.SAVED, 5, "the polled change"
+    )
+    assert "Wait-Event" not in model.calls
+    await feed.close()

@@ -49,6 +49,8 @@ class Command:
     #: Non-terminating errors that are a normal answer (e.g. "not found").
     tolerate_errors: bool = False
     mutating: bool = False
+    #: Writes no output (may be batched without selecting properties).
+    quiet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -369,6 +371,85 @@ def get_registry_value(path: str, name: str) -> Command:
     )
 
 
+# -- streaming: VM state changes as they happen (CIM indications) ------------------------
+
+#: The event subscription's name in the runspace (one per node session).
+VM_EVENTS = "Ventana.VMState"
+VM_EVENT_QUERY = (
+    "SELECT * FROM __InstanceModificationEvent WITHIN 1 "
+    "WHERE TargetInstance ISA 'Msvm_ComputerSystem'"
+)
+VM_EVENT_PROPS = ("Name", "ElementName", "EnabledState")
+WAIT_EVENT_PROPS = ("EventIdentifier",)
+
+#: Msvm_ComputerSystem.EnabledState → the power state name Ventana maps (mapping.POWER_STATES).
+ENABLED_STATES = {
+    2: "Running", 3: "Off", 6: "Saved", 9: "Paused", 10: "Starting", 4: "Stopping",
+    11: "Reset", 32768: "Paused", 32769: "Saved", 32770: "Starting", 32773: "Saving",
+    32774: "Stopping", 32776: "Pausing", 32777: "Resuming",
+}
+
+
+def subscribe_vm_events() -> Command:
+    """Subscribe this runspace to Msvm_ComputerSystem changes (queued as PowerShell events).
+
+    Changes nothing on the host: the subscription lives in the session's
+    runspace and ends with it.
+    """
+    return Command(
+        "VM state subscription",
+        (
+            Cmdlet(
+                "Register-CimIndicationEvent",
+                (
+                    ("Namespace", "root/virtualization/v2"),
+                    ("Query", VM_EVENT_QUERY),
+                    ("SourceIdentifier", VM_EVENTS),
+                ),
+            ),
+        ),
+        quiet=True,
+    )
+
+
+def wait_vm_events(timeout_s: int) -> list[Command]:
+    """One round trip that blocks until a VM changes (or ``timeout_s``), then drains the queue.
+
+    Statement 1 waits (its answer is ignored); statement 2 reads every queued
+    event's VM; statement 3 removes the events read. An event queued between
+    2 and 3 is dropped — the next poll still sees that change.
+    """
+    expand = tuple(
+        Cmdlet("Select-Object", (("ExpandProperty", name),))
+        for name in ("SourceEventArgs", "NewEvent", "TargetInstance")
+    )
+    return [
+        Command(
+            "wait for a VM change",
+            (Cmdlet("Wait-Event", (("SourceIdentifier", VM_EVENTS), ("Timeout", timeout_s))),),
+            WAIT_EVENT_PROPS,
+        ),
+        Command(
+            "VM changes",
+            (Cmdlet("Get-Event", (("SourceIdentifier", VM_EVENTS),)), *expand),
+            VM_EVENT_PROPS,
+        ),
+        Command(
+            "forget the VM changes read",
+            (Cmdlet("Get-Event", (("SourceIdentifier", VM_EVENTS),)), Cmdlet("Remove-Event")),
+            quiet=True,
+        ),
+    ]
+
+
+def unsubscribe_vm_events() -> Command:
+    return Command(
+        "end the VM state subscription",
+        (Cmdlet("Unregister-Event", (("SourceIdentifier", VM_EVENTS),)),),
+        quiet=True,
+    )
+
+
 # -- the one mutating command -------------------------------------------------------------
 
 
@@ -416,5 +497,11 @@ READ_CMDLETS = frozenset(
         "Get-ItemPropertyValue",
         "Select-Object",
         "ConvertTo-Json",
+        # Session-local event subscription (streaming): nothing on the host changes.
+        "Register-CimIndicationEvent",
+        "Wait-Event",
+        "Get-Event",
+        "Remove-Event",
+        "Unregister-Event",
     }
 )

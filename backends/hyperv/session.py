@@ -304,7 +304,7 @@ class NodeSession:
         Errors fail the whole batch unless every command tolerates them.
         """
         self._check_mutating(commands)
-        if len(commands) > 1 and not all(c.properties for c in commands):
+        if len(commands) > 1 and not all(c.properties or c.quiet for c in commands):
             raise ValueError("batched commands must each select their properties")
         labels = ", ".join(c.label for c in commands)
         limit = timeout or self.command_timeout
@@ -322,6 +322,10 @@ class NodeSession:
                 answers = await asyncio.wait_for(
                     in_thread(invoke, name=f"psrp-run-{self.where}"), limit
                 )
+            except asyncio.CancelledError:  # the caller gave up: stop it on the node too
+                self._stop(ps)
+                self._discard()
+                raise
             except TimeoutError:
                 self._stop(ps)
                 self._discard()

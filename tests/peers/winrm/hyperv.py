@@ -40,6 +40,7 @@ import fnmatch
 import functools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -198,6 +199,9 @@ class ClusterModel:
         self.calls: list[str] = []  # command names served, for tests
         self.merge_step_s = 0.02  # Remove-VMSnapshot: seconds per progress step
         self.merge_fail_after: int | None = None  # fail before removing checkpoint N+1
+        #: Register-CimIndicationEvent accepted (False: refused, as with too few rights).
+        self.indications = True
+        self.watchers: list[Any] = []  # called with each VM whose state changed
         self._index_version = -1
         self.version = 0  # bumped by every change (indexes are rebuilt lazily)
         self._by_path: dict[str, VirtualDisk] = {}
@@ -289,8 +293,11 @@ class ClusterModel:
             integration = IntegrationState.OK if power is PowerState.RUNNING else vm.integration
             if power in (PowerState.OFF, PowerState.SAVED):
                 integration = IntegrationState.OFF
-            self.vms[vm_id] = dataclasses.replace(vm, power=power, integration=integration)
+            vm = self.vms[vm_id] = dataclasses.replace(vm, power=power, integration=integration)
             self.version += 1
+            watchers = list(self.watchers)
+        for watcher in watchers:  # CIM indications: Msvm_ComputerSystem modified
+            watcher(vm)
 
     def set_free(self, lun_id: str, free_bytes: int) -> None:
         with self.lock:
@@ -431,6 +438,8 @@ def _json_value(value: Any) -> Any:
         return f"/Date({int((when - _DOTNET_EPOCH).total_seconds() * 1000)})/"
     if kind is list or kind is tuple:
         return [_json_value(v) for v in value]
+    if kind is Row:
+        return _flat(value)
     number = _ENUM_NUMBERS.get(kind, {}).get(str(value)) if issubclass(kind, enum.Enum) else None
     if number is not None:  # enums as their number (5.1 has no -EnumsAsStrings)
         return number
@@ -490,6 +499,25 @@ def _vm_object(vm: VM, writer: CommandWriter) -> Any:
     )
 
 
+#: Msvm_ComputerSystem.EnabledState of each power state (2 Enabled, 3 Disabled,
+#: 6 Enabled but Offline = saved, 9 Quiesce = paused, 10 Starting, 4 Shutting Down).
+_ENABLED_STATE = {
+    PowerState.RUNNING: 2,
+    PowerState.OFF: 3,
+    PowerState.SAVED: 6,
+    PowerState.PAUSED: 9,
+    PowerState.PAUSED_CRITICAL: 9,
+    PowerState.STARTING: 10,
+    PowerState.STOPPING: 4,
+}
+
+
+def _wire(row: Row) -> Any:
+    """A Row sent to the client: a psrpcore object, nested objects flattened to strings."""
+    return ps_object(row.type_names, {k: _flat(v) for k, v in row.props.items()},
+                     to_string=row.to_string)
+
+
 def _piped_vm_ids(writer: CommandWriter) -> Iterator[str]:
     """The Ids of the VM objects piped in (``Get-VM -Id … | <cmdlet>``)."""
     for obj in writer.input:
@@ -498,8 +526,36 @@ def _piped_vm_ids(writer: CommandWriter) -> Iterator[str]:
             yield str(found[1].get("Id", ""))
 
 
+def _flat(value: Any) -> Any:
+    """A nested object sent at the default depth: its ToString (type name for a Row)."""
+    if isinstance(value, Row):
+        return value.to_string or value.type_names[0]
+    return value
+
+
 def _select(params: dict[str, Any], writer: CommandWriter) -> None:
     wanted = [str(p) for p in _as_list(params.get("Property"))]
+    expand = params.get("ExpandProperty")
+    if expand is not None:  # -ExpandProperty NAME: the property's value itself
+        for obj in writer.input:
+            found = _properties(obj)
+            if found is None:
+                continue
+            folded = {k.casefold(): v for k, v in found[1].items()}
+            value = folded.get(str(expand).casefold())
+            if value is None:
+                writer.write_error(
+                    f"Property \"{expand}\" cannot be found.",
+                    error_id="ExpandPropertyNotFound,Microsoft.PowerShell.Commands.SelectObjectCommand",
+                    category=ErrorCategory.InvalidArgument,
+                )
+                continue
+            if isinstance(value, Row) and not writer.piped:
+                value = ps_object(value.type_names,
+                                  {k: _flat(v) for k, v in value.props.items()},
+                                  to_string=value.to_string)
+            writer.write_output(value)
+        return
     for obj in writer.input:
         found = _properties(obj)
         if found is None:
@@ -515,7 +571,9 @@ def _select(params: dict[str, Any], writer: CommandWriter) -> None:
             continue
         out = PSObject()
         out.PSObject.type_names = types
-        out.PSObject.extended_properties = [PSNoteProperty(n, v) for n, v in values.items()]
+        out.PSObject.extended_properties = [
+            PSNoteProperty(n, _flat(v)) for n, v in values.items()
+        ]
         writer.write_output(out)
 
 
@@ -958,8 +1016,125 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             return
         writer.write_output(n.backup_agent_version)
 
+    # -- CIM indications: VM state changes as they happen --------------------------------
+    # One queue per SourceIdentifier for this endpoint (a real server keeps them per
+    # runspace and drops them with it; here a re-register replaces the old one).
+    events_cond = threading.Condition()
+    queues: dict[str, list[Row]] = {}
+    subscriptions: dict[str, Any] = {}
+    counter = iter(range(1, 1 << 62))
+
+    def _event(source: str, vm: VM) -> Row:
+        target = Row(
+            ["Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/"
+             "Msvm_ComputerSystem"],
+            {"Name": vm.id.upper(), "ElementName": vm.name, "Caption": "Virtual Machine",
+             "EnabledState": _ENABLED_STATE.get(vm.power, 0)},
+            to_string=f"Msvm_ComputerSystem (Name = \"{vm.id.upper()}\")",
+        )
+        new = Row(["Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/"
+                   "__InstanceModificationEvent"], {"TargetInstance": target})
+        args = Row(["Microsoft.Management.Infrastructure.CimCmdlets."
+                    "CimIndicationEventInstanceEventArgs"], {"NewEvent": new})
+        return Row(["System.Management.Automation.PSEventArgs"], {
+            "EventIdentifier": next(counter), "SourceIdentifier": source,
+            "TimeGenerated": datetime.now(UTC), "SourceEventArgs": args,
+        })
+
+    def register_cim_indication(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Register-CimIndicationEvent -Namespace root/virtualization/v2 -Query … -Source…"""
+        log("Register-CimIndicationEvent")
+        namespace = str(params.get("Namespace", "")).casefold().replace("\\", "/")
+        query = str(params.get("Query", ""))
+        source = str(params.get("SourceIdentifier", "")) or str(uuid.uuid4())
+        if not model.indications:
+            raise TerminatingError(
+                "Access denied", error_id="HRESULT 0x80041003,"
+                "Microsoft.Management.Infrastructure.CimCmdlets.RegisterCimIndicationCommand",
+                category=ErrorCategory.PermissionDenied,
+                exception_type="Microsoft.Management.Infrastructure.CimException",
+            )
+        if namespace != "root/virtualization/v2" or "msvm_computersystem" not in query.casefold():
+            raise TerminatingError(
+                f"Invalid query: {query}", error_id="HRESULT 0x80041017",
+                category=ErrorCategory.InvalidArgument,
+                exception_type="Microsoft.Management.Infrastructure.CimException",
+            )
+
+        def watcher(vm: VM) -> None:
+            if node is not None and vm.node_id != node:
+                return
+            with events_cond:
+                queue = queues.setdefault(source, [])
+                queue.append(_event(source, vm))
+                del queue[:-10_000]
+                events_cond.notify_all()
+
+        with model.lock:
+            old = subscriptions.pop(source, None)
+            if old in model.watchers:
+                model.watchers.remove(old)
+            subscriptions[source] = watcher
+            model.watchers.append(watcher)
+        with events_cond:
+            queues[source] = []
+
+    def wait_event(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Wait-Event -SourceIdentifier S -Timeout N: the oldest queued event (kept queued)."""
+        log("Wait-Event")
+        source = str(params.get("SourceIdentifier", ""))
+        timeout = float(params.get("Timeout", -1))
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            with events_cond:
+                queue = queues.get(source, [])
+                if queue:
+                    event = queue[0]
+                    break
+                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                if left <= 0:
+                    return
+                events_cond.wait(left)
+            writer.check_stop()
+        writer.write_output(event if writer.piped else _wire(event))
+
+    def get_event(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-Event")
+        source = str(params.get("SourceIdentifier", ""))
+        with events_cond:
+            queued = list(queues.get(source, []))
+        for event in queued:
+            writer.write_output(event if writer.piped else _wire(event))
+
+    def remove_event(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Remove-Event")
+        ids = {found[1].get("EventIdentifier") for found in map(_properties, writer.input)
+               if found is not None}
+        source = params.get("SourceIdentifier")
+        with events_cond:
+            for name, queue in queues.items():
+                if source is not None and name == str(source):
+                    queue.clear()
+                elif ids:
+                    queue[:] = [e for e in queue if e.props["EventIdentifier"] not in ids]
+
+    def unregister_event(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Unregister-Event")
+        source = str(params.get("SourceIdentifier", ""))
+        with model.lock:
+            old = subscriptions.pop(source, None)
+            if old in model.watchers:
+                model.watchers.remove(old)
+        with events_cond:
+            queues.pop(source, None)
+
     return CommandRegistry(
         {
+            "Register-CimIndicationEvent": register_cim_indication,
+            "Wait-Event": wait_event,
+            "Get-Event": get_event,
+            "Remove-Event": remove_event,
+            "Unregister-Event": unregister_event,
             "Get-ClusterNode": get_cluster_node,
             "Get-ClusterSharedVolume": get_csvs,
             "Get-ClusterSharedVolumeState": get_csv_state,
