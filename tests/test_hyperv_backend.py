@@ -861,3 +861,12 @@ async def test_a_refused_subscription_falls_back_to_polling(
     )
     assert "Wait-Event" not in model.calls
     await feed.close()
+
+
+def test_commands_md_shows_the_stream_as_sent() -> None:
+    from ventana.backends.hyperv import commands as c
+
+    doc = (Path(c.__file__).parent / "COMMANDS.md").read_text()
+    for command in [c.subscribe_vm_events(), *c.wait_vm_events(20)]:
+        assert command.as_powershell() in doc, command.as_powershell()
+        assert {x.name for x in command.pipeline()} <= READ_CMDLETS
