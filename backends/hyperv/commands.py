@@ -442,14 +442,6 @@ def wait_vm_events(timeout_s: int) -> list[Command]:
     ]
 
 
-def unsubscribe_vm_events() -> Command:
-    return Command(
-        "end the VM state subscription",
-        (Cmdlet("Unregister-Event", (("SourceIdentifier", VM_EVENTS),)),),
-        quiet=True,
-    )
-
-
 # -- the one mutating command -------------------------------------------------------------
 
 
@@ -502,6 +494,5 @@ READ_CMDLETS = frozenset(
         "Wait-Event",
         "Get-Event",
         "Remove-Event",
-        "Unregister-Event",
     }
 )
