@@ -82,7 +82,10 @@ def profile_threads(out: str) -> None:
 
 
 def serve(vms: int, nodes: int, stream: bool) -> int:  # pragma: no cover - own process
-    """Run one peer per node over one simulated cluster; obey commands on stdin."""
+    """Run one peer per node over one simulated cluster; obey commands on stdin.
+
+    ``stream=False``: the endpoints refuse the VM event subscription.
+    """
     sys.path.insert(0, str(ROOT / "tests"))
     from peers.winrm.fixture import generate_password, start_winrm_peer
     from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
@@ -91,6 +94,7 @@ def serve(vms: int, nodes: int, stream: bool) -> int:  # pragma: no cover - own 
     from ventana.state.model import PowerState
 
     model = ClusterModel(SimConfig(seed=7, vms=vms, nodes=nodes, rate=0))
+    model.indications = stream
     password = generate_password()
     handles = [
         start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
@@ -174,7 +178,7 @@ async def run_hyperv(vms: int = 10_000, nodes: int = 4, changes: int = 40,
             "HVCLUSTER01", info["user"],
             nodes=tuple(f"127.0.0.1:{p}" for p in info["ports"]),
             auth="ntlm", ca_bundle=info["ca"], poll_interval=poll,
-            command_timeout=120.0, operation_timeout=60,
+            command_timeout=120.0, operation_timeout=60, stream=stream,
         )
         backend = HyperVBackend(config, Credential(info["user"], info["password"], "bench"))
         app = VentanaApp(backend, log=None, log_error="benchmark")
