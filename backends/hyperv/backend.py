@@ -1,25 +1,33 @@
 """The Hyper-V failover cluster backend: PowerShell Remoting to every node, poll and diff.
 
-For each configured node address the backend opens one PowerShell session
-(``session.NodeSession``), emits ``ConnectionChanged(CONNECTING)``, reads
-everything (``commands``), maps it (``mapping``), emits the entities as
-``Upsert``s, then ``CONNECTED``. From then on it re-reads each node every
-``poll_interval`` seconds and emits only what changed (``Upsert``/``Remove``).
-Cluster-wide facts (nodes, CSVs and their space) are read from the
-lowest-numbered node that answers. When a node stops answering its source
-goes ``STALE`` with the reason (its entities stay, marked stale by the
-store), then ``RECONNECTING`` with exponential backoff until it answers
-again; a full re-read on reconnect emits only the differences. A refused
-password or an untrusted certificate is not retried (retries could lock the
-account): the source goes ``DISCONNECTED`` with the reason.
+Nodes: the configured addresses, or — with none configured — the nodes
+``Get-ClusterNode`` lists through the cluster name (source
+``hyperv:CLUSTER``; each node is then reached by its name, or by the
+address ``resolve`` gives it). For each node the backend opens one
+PowerShell session (``session.NodeSession``), emits
+``ConnectionChanged(CONNECTING)``, reads everything (``commands``: one JSON
+answer per cmdlet, a handful of round trips per node whatever its size),
+maps it (``mapping``), emits the entities as ``Upsert``s, then
+``CONNECTED``. From then on a poll starts every ``poll_interval`` seconds
+and emits only what changed (``Upsert``/``Remove``); beside it, a second
+session per node streams VM power changes (a CIM indication subscription,
+``Wait-Event`` round trips) so they do not wait for the poll; a node that
+refuses the subscription is polled only. Cluster-wide facts (nodes, CSVs,
+their space and backup state) are read from the lowest-numbered node that
+answers. When a node stops answering its source goes ``STALE`` with the
+reason (its entities stay, marked stale by the store), then
+``RECONNECTING`` with exponential backoff until it answers again; a full
+re-read on reconnect emits only the differences. A refused password or an
+untrusted certificate is not retried (retries could lock the account): the
+source goes ``DISCONNECTED`` with the reason.
 
 Actions: a writable backend (``read_only=False``) hands out a
 ``HyperVExecutor`` whose merge removes every checkpoint of a VM
 (``Get-VM -Id … | Remove-VMSnapshot -Name *``) on the node hosting it,
-reporting the PSRP progress records as task progress. A read-only backend
-refuses ``executor()``, every executor re-checks the mode, and the node
-sessions of a read-only backend refuse to send a mutating command at all.
-Configuration-version upgrade is not implemented yet.
+reporting the PSRP progress records as task progress, and whose upgrade
+sends ``Update-VMVersion -Force``. A read-only backend refuses
+``executor()``, every executor re-checks the mode, and the node sessions of
+a read-only backend refuse to send a mutating command at all.
 """
 
 from __future__ import annotations

@@ -13,14 +13,25 @@ Objects are shaped like a real server's output: plain type names
 (``Microsoft.HyperV.PowerShell.VirtualMachine``…), enums by name, nested
 objects flattened to strings, sizes as Int64/UInt64, Guids as Guids,
 DateTime as DateTime. ``Select-Object -Property`` projects them into
-``Selected.<type>`` objects with note properties, as PowerShell does.
+``Selected.<type>`` objects with note properties, as PowerShell does;
+``ConvertTo-Json`` writes what Windows PowerShell 5.1 writes (enums as
+numbers, DateTime as ``\\/Date(ms)\\/``). Within a statement, cmdlets pass
+light :class:`Row` objects to the next one (``Get-VMSnapshot |
+Get-VMHardDiskDrive | Get-VHD`` works as on a host: drives of piped VMs or
+checkpoints, ``Get-VHD`` taking ``Path`` from the pipeline); only what
+reaches the client is built as psrpcore objects.
 
 Commands: Get-ClusterNode, Get-ClusterSharedVolume,
 Get-ClusterSharedVolumeState, Get-CimInstance (Win32_ComputerSystem,
 root/MSCluster MSCluster_DiskPartition and MSCluster_ClusterSharedVolume with
 its BackupState — :meth:`ClusterModel.set_in_backup`), ConvertTo-Json, Get-VM, Get-VMSnapshot,
 Get-VMHardDiskDrive, Get-VHD, Get-VMReplication, Get-VMIntegrationService,
-Get-Service, Get-ItemPropertyValue, Select-Object, and the one mutating
+Get-Service, Get-ItemPropertyValue, Select-Object (-Property, -ExpandProperty),
+the VM event stream (Register-CimIndicationEvent on Msvm_ComputerSystem,
+Wait-Event, Get-Event, Remove-Event, Unregister-Event: events are queued as
+:meth:`ClusterModel.set_power` changes a VM of this node; ``model.indications
+= False`` refuses the subscription; queues are per endpoint and
+SourceIdentifier, not per runspace as on a real server), and the one mutating
 command, Remove-VMSnapshot (``Get-VM -Id … | Remove-VMSnapshot -Name *``:
 merges newest first with progress records; ``model.merge_fail_after``
 makes it fail part-way with a terminating error, ``model.merge_step_s``
