@@ -870,3 +870,21 @@ def test_commands_md_shows_the_stream_as_sent() -> None:
     for command in [c.subscribe_vm_events(), *c.wait_vm_events(20)]:
         assert command.as_powershell() in doc, command.as_powershell()
         assert {x.name for x in command.pipeline()} <= READ_CMDLETS
+
+
+@pytest.mark.timeout(30)
+async def test_finished_pipelines_are_released(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """pypsrp keeps every PowerShell (and its output) in the pool until close():
+    polls release theirs, so a long session does not grow by every answer."""
+    _model, handle = one_peer
+    backend = backend_for(handle)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    await asyncio.sleep(POLL * 4)  # a few polls
+    [session] = backend.sessions()
+    pool = session._pool
+    assert pool is not None and len(pool.pipelines) <= 1  # at most the poll under way
+    await feed.close()

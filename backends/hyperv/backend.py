@@ -519,17 +519,22 @@ class HyperVBackend(Backend):
             names = [text(props(o).get("Name")).strip() for o in answer.output]
             node.computer = next((n for n in names if n), node.host)
         if self._reads_cluster(node):
-            nodes, csvs, states, partitions, backups = await session.run_many(
+            nodes, csvs, states, partitions = await session.run_many(
                 [
                     cmd.get_cluster_nodes(),
                     cmd.get_csvs(),
                     cmd.get_csv_states(),
                     cmd.get_disk_partitions(),
-                    cmd.get_csv_backup_states(),
                 ]
             )
+            # Apart: a cluster that cannot answer it still shows its CSVs (backup unknown).
+            try:
+                backups = (await session.run(cmd.get_csv_backup_states())).output
+            except CommandFailed as exc:
+                log.warning("CSV backup state not readable (shown as not in backup): %s", exc)
+                backups = []
             read = ClusterRead(
-                nodes.output, csvs.output, states.output, partitions.output, backups.output
+                nodes.output, csvs.output, states.output, partitions.output, backups
             )
             self._cluster_read = read
             self._cluster_id = cluster_name(read, self.config.cluster)

@@ -245,6 +245,7 @@ def get_csv_backup_states() -> Command:
             ),
         ),
         CSV_BACKUP_PROPS,
+        tolerate_errors=True,
     )
 
 

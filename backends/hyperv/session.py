@@ -148,6 +148,21 @@ def _sort_answers(
     return answers
 
 
+def _release(ps: Any) -> None:
+    """Terminate a finished pipeline on the node and drop it from the pool's registry.
+
+    pypsrp keeps every PowerShell it ran in ``pool.pipelines`` — with its
+    output — until ``close()``: without this a reused pool grows by every
+    answer it ever received (megabytes per poll at 2,500 VMs a node).
+    """
+    try:
+        ps.close()  # WS-Man Signal terminate, as PowerShell's own client sends
+    except Exception:  # a pipeline the node already forgot: drop it here anyway
+        log.debug("closing a finished pipeline failed", exc_info=True)
+    with contextlib.suppress(Exception):
+        ps.runspace_pool.pipelines.pop(ps.id, None)
+
+
 def describe(exc: BaseException, where: str, password: str = "") -> SessionError:
     """Turn a pypsrp/requests exception into a safe :class:`SessionError`."""
     from pypsrp.exceptions import AuthenticationError, WinRMTransportError
@@ -316,6 +331,7 @@ class NodeSession:
                 # Decoded here, in the worker thread: a JSON answer can be megabytes.
                 output = list(ps.invoke())
                 errors = [str(e) for e in ps.streams.error]
+                _release(ps)
                 return _sort_answers(commands, output, errors, self.where)
 
             try:
@@ -381,9 +397,12 @@ class NodeSession:
         async with self._lock:
             pool = await self._ensure_pool()
             ps = self._build(pool, [command])
-            job = asyncio.ensure_future(
-                in_thread(lambda: list(ps.invoke()), name=f"psrp-long-{self.where}")
-            )
+            def invoke_long() -> list[Any]:
+                output = list(ps.invoke())
+                _release(ps)
+                return output
+
+            job = asyncio.ensure_future(in_thread(invoke_long, name=f"psrp-long-{self.where}"))
             seen = 0
             try:
                 while True:
