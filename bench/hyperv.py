@@ -283,7 +283,7 @@ TARGETS = (
 )
 
 
-def suite(vms: int = 10_000, changes: int = 12, poll: float = 10.0) -> dict[str, Any]:
+def suite(vms: int = 10_000, changes: int = 40, poll: float = 10.0) -> dict[str, Any]:
     """The suite ``python -m bench`` runs: prints its table, returns its figures."""
     results = asyncio.run(run_hyperv(vms, 4, changes, poll))
     print(f"\nHyper-V over WinRM/PSRP — {results['hv_vms']:,} VMs on 4 endpoints, poll "
