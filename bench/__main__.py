@@ -41,13 +41,27 @@ def run_vsphere_suite(args: argparse.Namespace) -> None:
     print(f"written: {vsphere.write(results, vars(args))}")
 
 
-SUITES = ("console", "vsphere")
+def run_hyperv_suite(args: argparse.Namespace) -> None:
+    """bench/hyperv.py: 4 WinRM/PSRP endpoints x 2,500 VMs behind the real backend."""
+    from .hyperv import suite
+
+    results = suite(vms=args.hyperv_vms)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path = out / f"hyperv-{stamp}.json"
+    path.write_text(json.dumps({"when": stamp, "results": results}, indent=2) + "\n")
+    print(f"written: {path}")
+
+
+SUITES = ("console", "hyperv", "vsphere")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("suites", nargs="*", choices=[[], *SUITES], default=[],
                         metavar="SUITE", help=f"which to run: {', '.join(SUITES)} (default all)")
+    parser.add_argument("--hyperv-vms", type=int, default=10_000)
     parser.add_argument("--vsphere-vms", type=int, default=1000)
     parser.add_argument("--vsphere-changes", type=int, default=20)
     parser.add_argument("--vms", type=int, default=10_000)
@@ -57,6 +71,8 @@ def main() -> int:
     suites = set(args.suites or SUITES)
     if "console" in suites:
         run_console_suite(args)
+    if "hyperv" in suites:
+        run_hyperv_suite(args)
     if "vsphere" in suites:
         run_vsphere_suite(args)
     return 0

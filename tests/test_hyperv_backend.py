@@ -679,3 +679,212 @@ def test_mapping_never_crashes_on_odd_values() -> None:
     read = m.NodeRead(vms=[{"Id": "not-a-guid", "Name": None, "State": object()}])
     [vm] = m.node_entities(read, "C", "N", [])
     assert vm.power is PowerState.UNKNOWN and vm.name == "" and vm.node_id == "N"
+
+
+# -- CSV backup state -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_csv_in_backup_reaches_the_lun_and_the_merge_preflight(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    from ventana.state.plans import plan_merge
+
+    model, handle = one_peer
+    backend = backend_for(handle)
+    store = Store()
+    feed = Feed(backend, store)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    vm = next(v for v in model.vms.values() if v.lun_id and model.chains.get(v.id))
+    assert feed.state[(Kind.LUN, vm.lun_id)].in_backup is False
+    plan = plan_merge(store, vm.id, store_now())
+    assert "CSV_IN_BACKUP" not in {f.code for f in plan.findings}
+
+    model.set_in_backup(vm.lun_id, True)  # MSCluster_ClusterSharedVolume.BackupState = 1
+    await feed.until(lambda: store.lun(vm.lun_id).in_backup, 5, "the CSV in backup")
+    plan = plan_merge(store, vm.id, store_now())
+    [finding] = [f for f in plan.findings if f.code == "CSV_IN_BACKUP"]
+    assert store.lun(vm.lun_id).name in finding.message
+
+    model.set_in_backup(vm.lun_id, False)
+    await feed.until(lambda: not store.lun(vm.lun_id).in_backup, 5, "the backup ended")
+    assert "Get-CimInstance mscluster_clustersharedvolume" in model.calls
+    await feed.close()
+
+
+def store_now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+# -- node discovery ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+async def test_nodes_are_discovered_from_the_cluster_name_and_a_dead_node_is_no_crash(
+    tmp_path: Path,
+) -> None:
+    """``--hyperv HVCLUSTER01`` with no nodes: Get-ClusterNode through the cluster name,
+    then one session per node by name. Every name is 127.0.0.1 on its own port here,
+    given to the backend as ``resolve`` (as ``curl --resolve`` would)."""
+    model = ClusterModel(SimConfig(vms=12, nodes=3, rate=0))
+    names = sorted(model.nodes)
+    password = generate_password()
+    handles = {
+        name: start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
+        for name in names
+    }
+    try:
+        bundle = tmp_path / "cas.pem"
+        bundle.write_text("".join(Path(h.ca_path).read_text() for h in handles.values()))
+        dead = names[-1]
+        handles[dead].peer.stop()  # this node does not answer
+        first = handles[names[0]]
+        resolve = tuple((n, f"127.0.0.1:{h.port}") for n, h in handles.items())
+        # The cluster name answers from its current owner (the first node).
+        resolve += (("HVCLUSTER01", f"127.0.0.1:{first.port}"),)
+        config = config_for(list(handles.values()), str(bundle), nodes=(), resolve=resolve)
+        backend = HyperVBackend(config, Credential(first.user, password, "t"))
+        feed = Feed(backend)
+        alive = [f"hyperv:{n}" for n in names[:-1]]
+        await feed.until(
+            lambda: all(feed.last_state(s) is LinkState.CONNECTED for s in alive),
+            30, "the live nodes connected",
+        )
+        assert backend.sources == ["hyperv:HVCLUSTER01", *(f"hyperv:{n}" for n in names)]
+        assert feed.last_state("hyperv:HVCLUSTER01") is LinkState.CONNECTED
+        await feed.until(
+            lambda: feed.last_state(f"hyperv:{dead}") is LinkState.RECONNECTING,
+            10, "the dead node retrying",
+        )
+        # Every node is known (from Get-ClusterNode); the VMs of the live ones are in.
+        assert sorted(feed.of(Kind.NODE)) == names
+        live_vms = {v.id for v in model.vms.values() if v.node_id != dead}
+        await feed.until(lambda: live_vms <= set(feed.of(Kind.VM)), 10, "the live nodes' VMs")
+        # The dead node comes back: its VMs arrive, nothing restarted by hand.
+        handles[dead].peer.start()
+        await feed.until(
+            lambda: feed.last_state(f"hyperv:{dead}") is LinkState.CONNECTED,
+            20, "the node back",
+        )
+        await feed.until(lambda: set(model.vms) <= set(feed.of(Kind.VM)), 10, "every VM")
+        await feed.close()
+    finally:
+        for h in handles.values():
+            h.stop()
+
+
+def test_commands_md_shows_every_read_as_sent() -> None:
+    """The operator's copy of the contract carries each read line exactly as it is sent."""
+    from ventana.backends.hyperv import commands as c
+
+    doc = (Path(c.__file__).parent / "COMMANDS.md").read_text()
+    reads = [c.get_cluster_nodes(), c.get_csvs(), c.get_csv_states(), c.get_disk_partitions(),
+             c.get_csv_backup_states(), c.get_computer_system(), c.get_vms(), c.get_snapshots(),
+             c.get_hard_disk_drives(), c.get_attached_vhds(), c.get_checkpoint_vhds(),
+             c.get_replication(), c.get_heartbeat()]
+    for command in reads:
+        assert command.as_powershell() in doc, command.as_powershell()
+        assert {x.name for x in command.pipeline()} <= READ_CMDLETS
+
+
+def test_convert_to_json_quirks_are_undone() -> None:
+    from ventana.backends.hyperv import commands as c
+
+    rows = c.decode_json(
+        c.get_snapshots(),
+        '{"Id":"8c2d3b1e-0000-4000-8000-000000000001","VMId":"8c2d3b1e-0000-4000-8000-0000000000'
+        '02","Name":"x","ParentSnapshotId":null,"SnapshotType":1,'
+        '"CreationTime":"\\/Date(1736150400000)\\/"}',
+    )
+    [row] = rows  # one object arrives unwrapped
+    assert row["SnapshotType"] == "Recovery"
+    assert row["CreationTime"].isoformat() == "2025-01-06T08:00:00+00:00"
+    assert c.decode_json(c.get_vms(), "") == []
+    assert c.decode_json(c.get_vms(), '[{"State":"Running"},{"State":99999}]') == [
+        {"State": "Running"}, {"State": "99999"}]
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+async def test_power_changes_stream_well_before_the_poll(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """Register-CimIndicationEvent + Wait-Event on a session of its own: a VM powered
+    off on the server is on the stream in about a second, with a 30 s poll."""
+    model, handle = one_peer
+    backend = backend_for(handle, poll_interval=30.0, stream_wait_s=5)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    await feed.until(lambda: backend.streaming.get(source) is True, 10, "the stream up")
+    await asyncio.sleep(0.5)  # the first Wait-Event is in
+    latencies = []
+    for vm in [v for v in model.vms.values() if v.power is PowerState.RUNNING][:3]:
+        start = time.monotonic()
+        model.set_power(vm.id, PowerState.OFF)
+        await feed.until(
+            lambda vm=vm: feed.state[(Kind.VM, vm.id)].power is PowerState.OFF,
+            10, "the streamed power change",
+        )
+        latencies.append(time.monotonic() - start)
+        assert feed.state[(Kind.VM, vm.id)].integration is IntegrationState.OFF
+    assert max(latencies) < 3.0, latencies  # the poll would take 30 s
+    assert {"Register-CimIndicationEvent", "Wait-Event", "Get-Event", "Remove-Event"} <= set(
+        model.calls
+    )
+    started = time.monotonic()
+    await feed.close()  # the waiting pipeline is stopped, its session closed
+    assert time.monotonic() - started < 8
+    assert feed.last_state(source) is LinkState.DISCONNECTED
+
+
+@pytest.mark.timeout(40)
+async def test_a_refused_subscription_falls_back_to_polling(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    model, handle = one_peer
+    model.indications = False  # the server refuses Register-CimIndicationEvent
+    backend = backend_for(handle)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    await feed.until(lambda: backend.streaming.get(source) is False, 10, "the stream refused")
+    vm = next(v for v in model.vms.values() if v.power is PowerState.RUNNING)
+    model.set_power(vm.id, PowerState.SAVED)
+    await feed.until(
+        lambda: feed.state[(Kind.VM, vm.id)].power is PowerState.SAVED, 5, "the polled change"
+    )
+    assert "Wait-Event" not in model.calls
+    await feed.close()
+
+
+def test_commands_md_shows_the_stream_as_sent() -> None:
+    from ventana.backends.hyperv import commands as c
+
+    doc = (Path(c.__file__).parent / "COMMANDS.md").read_text()
+    for command in [c.subscribe_vm_events(), *c.wait_vm_events(20)]:
+        assert command.as_powershell() in doc, command.as_powershell()
+        assert {x.name for x in command.pipeline()} <= READ_CMDLETS
+
+
+@pytest.mark.timeout(30)
+async def test_finished_pipelines_are_released(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """pypsrp keeps every PowerShell (and its output) in the pool until close():
+    polls release theirs, so a long session does not grow by every answer."""
+    _model, handle = one_peer
+    backend = backend_for(handle)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
+    await asyncio.sleep(POLL * 4)  # a few polls
+    [session] = backend.sessions()
+    pool = session._pool
+    assert pool is not None and len(pool.pipelines) <= 1  # at most the poll under way
+    await feed.close()

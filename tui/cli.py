@@ -2,6 +2,7 @@
 
     ventana [--target NAME | --seed N --vms N ...] [--read-only] [--record FILE]
     ventana --hyperv CLUSTER [--node HOST]... --user 'DOMAIN\\user' [--ca-file PEM] [--read-write]
+        (no --node: the nodes are discovered with Get-ClusterNode through CLUSTER)
     ventana --vsphere HOST[:PORT] --user USER [--ca-file PEM] [--read-write]
     ventana --target A --target B              (several targets side by side)
     ventana --vsphere HOST --user U --sim      (likewise: --vsphere with --hyperv or --sim)
@@ -57,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument(
         "--node", action="append", default=[], metavar="HOST[:PORT]",
         help="--hyperv: a cluster node to connect to (repeat; default: the name itself)",
+    )
+    real.add_argument(
+        "--resolve", action="append", default=[], metavar="NAME=HOST[:PORT]",
+        help="--hyperv: reach this node (or cluster) name at this address (labs, the test "
+             "endpoint; repeat)",
+    )
+    real.add_argument(
+        "--no-discover", action="store_true",
+        help="--hyperv: without --node, connect to the name only (no Get-ClusterNode)",
     )
     real.add_argument("--auth", default=None,
                       choices=("negotiate", "ntlm", "kerberos", "credssp", "basic"),
@@ -271,6 +281,8 @@ def _hyperv_backend(args: argparse.Namespace) -> Backend:
         args.hyperv, args.user, nodes=nodes, port=port, auth=args.auth or "negotiate",
         ca_bundle=str(args.ca_file) if args.ca_file else None,
         verify_tls=not args.insecure, read_only=not args.read_write or args.read_only,
+        discover=not args.no_discover,
+        resolve=tuple(tuple(r.split("=", 1)) for r in args.resolve if "=" in r),  # type: ignore[misc]
     )
     return HyperVBackend(config, credential)
 

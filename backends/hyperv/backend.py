@@ -1,25 +1,33 @@
 """The Hyper-V failover cluster backend: PowerShell Remoting to every node, poll and diff.
 
-For each configured node address the backend opens one PowerShell session
-(``session.NodeSession``), emits ``ConnectionChanged(CONNECTING)``, reads
-everything (``commands``), maps it (``mapping``), emits the entities as
-``Upsert``s, then ``CONNECTED``. From then on it re-reads each node every
-``poll_interval`` seconds and emits only what changed (``Upsert``/``Remove``).
-Cluster-wide facts (nodes, CSVs and their space) are read from the
-lowest-numbered node that answers. When a node stops answering its source
-goes ``STALE`` with the reason (its entities stay, marked stale by the
-store), then ``RECONNECTING`` with exponential backoff until it answers
-again; a full re-read on reconnect emits only the differences. A refused
-password or an untrusted certificate is not retried (retries could lock the
-account): the source goes ``DISCONNECTED`` with the reason.
+Nodes: the configured addresses, or — with none configured — the nodes
+``Get-ClusterNode`` lists through the cluster name (source
+``hyperv:CLUSTER``; each node is then reached by its name, or by the
+address ``resolve`` gives it). For each node the backend opens one
+PowerShell session (``session.NodeSession``), emits
+``ConnectionChanged(CONNECTING)``, reads everything (``commands``: one JSON
+answer per cmdlet, a handful of round trips per node whatever its size),
+maps it (``mapping``), emits the entities as ``Upsert``s, then
+``CONNECTED``. From then on a poll starts every ``poll_interval`` seconds
+and emits only what changed (``Upsert``/``Remove``); beside it, a second
+session per node streams VM power changes (a CIM indication subscription,
+``Wait-Event`` round trips) so they do not wait for the poll; a node that
+refuses the subscription is polled only. Cluster-wide facts (nodes, CSVs,
+their space and backup state) are read from the lowest-numbered node that
+answers. When a node stops answering its source goes ``STALE`` with the
+reason (its entities stay, marked stale by the store), then
+``RECONNECTING`` with exponential backoff until it answers again; a full
+re-read on reconnect emits only the differences. A refused password or an
+untrusted certificate is not retried (retries could lock the account): the
+source goes ``DISCONNECTED`` with the reason.
 
 Actions: a writable backend (``read_only=False``) hands out a
 ``HyperVExecutor`` whose merge removes every checkpoint of a VM
 (``Get-VM -Id … | Remove-VMSnapshot -Name *``) on the node hosting it,
-reporting the PSRP progress records as task progress. A read-only backend
-refuses ``executor()``, every executor re-checks the mode, and the node
-sessions of a read-only backend refuse to send a mutating command at all.
-Configuration-version upgrade is not implemented yet.
+reporting the PSRP progress records as task progress, and whose upgrade
+sends ``Update-VMVersion -Force``. A read-only backend refuses
+``executor()``, every executor re-checks the mode, and the node sessions of
+a read-only backend refuse to send a mutating command at all.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ventana.state.events import (
@@ -45,9 +53,11 @@ from ventana.state.model import (
     VM,
     Entity,
     FinalState,
+    IntegrationState,
     Key,
     Kind,
     Platform,
+    PowerState,
     Task,
     TaskState,
     VirtualDisk,
@@ -63,11 +73,14 @@ from .mapping import (
     Mount,
     NodeFacts,
     NodeRead,
+    as_id,
+    as_int,
     cluster_entities,
     cluster_name,
     node_entities,
     node_facts,
     path_key,
+    power_state,
     props,
     text,
 )
@@ -84,8 +97,23 @@ class HyperVConfig:
     """One Hyper-V failover cluster target (from the TOML config and the command line).
 
     - ``nodes``: node addresses, ``host`` or ``host:port`` (connect by the name
-      in the node's certificate); empty: connect to ``cluster`` itself (a
-      single host, or the cluster name's current owner).
+      in the node's certificate); empty: discover them — connect to
+      ``cluster`` (the cluster name answers from its current owner), run
+      ``Get-ClusterNode``, then open one session per node by its name. A
+      target that is not a cluster (Get-ClusterNode refused) is read as a
+      single host (its reads still need the FailoverClusters cmdlets: a
+      standalone host is not supported yet). ``discover=False``: connect to
+      ``cluster`` only.
+    - ``stream``: beside the polls, one more session per node subscribes to
+      VM state changes (``Register-CimIndicationEvent`` on
+      ``Msvm_ComputerSystem``) and waits for them (``Wait-Event``, at most
+      ``stream_wait_s`` per round trip): a power change reaches the screen
+      in about a second instead of at the next poll. A node that refuses
+      the subscription is polled only.
+    - ``resolve``: ``{name: "host[:port]"}`` — where to reach a node (or the
+      cluster name) instead of its name, like ``curl --resolve``; for labs and
+      the test endpoint, where every name is 127.0.0.1 on its own port. The
+      TLS certificate is checked against the address connected to.
     - ``ca_bundle``: the CA certificate(s) that signed the nodes' WinRM
       certificates; None: the certifi bundle pypsrp uses by default.
     - ``verify_tls``: False turns verification off — an explicit flag, logged
@@ -112,6 +140,22 @@ class HyperVConfig:
     backup_service: str | None = None
     backup_version_key: str | None = None
     backup_version_value: str = "Version"
+    discover: bool = True
+    resolve: tuple[tuple[str, str], ...] = ()
+    stream: bool = True
+    stream_wait_s: int = 20
+
+    @property
+    def discovers(self) -> bool:
+        return self.discover and not self.nodes
+
+    def address_of(self, name: str) -> tuple[str, int]:
+        """Where to connect to reach ``name`` (``resolve`` first, else the name itself)."""
+        target = dict((k.casefold(), v) for k, v in self.resolve).get(name.casefold(), name)
+        host, sep, port = target.rpartition(":")
+        if sep and port.isdigit() and "]" not in port:
+            return host.strip("[]"), int(port)
+        return target, self.port
 
     def addresses(self) -> list[tuple[str, int]]:
         out = []
@@ -133,7 +177,6 @@ class _NodeState:
     source: str
     computer: str = ""
     healthy: bool = False
-    chain_paths: list[str] = field(default_factory=list)
 
 
 _END = object()
@@ -155,10 +198,24 @@ class HyperVBackend(Backend):
             cert = config.ca_bundle or True
         self._cert: bool | str = cert
         self._nodes: list[_NodeState] = []
-        for index, (host, port) in enumerate(config.addresses()):
-            session = self._new_session(host, port)
-            self._nodes.append(_NodeState(index, host, port, session, f"hyperv:{host}:{port}"))
+        self._discovery: _NodeState | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        if config.discovers:
+            host, port = config.address_of(config.cluster)
+            self._discovery = _NodeState(
+                -1, host, port, self._new_session(host, port), f"hyperv:{config.cluster}"
+            )
+        else:
+            for index, (host, port) in enumerate(config.addresses()):
+                session = self._new_session(host, port)
+                self._nodes.append(
+                    _NodeState(index, host, port, session, f"hyperv:{host}:{port}")
+                )
         self._actions: set[NodeSession] = set()  # sessions of running actions
+        self._watchers: set[NodeSession] = set()  # streaming sessions
+        #: Per node source: True while its VM event stream is up, False when refused/lost.
+        self.streaming: dict[str, bool] = {}
+        self._streamed: dict[str, tuple[float, PowerState]] = {}  # vm id -> (when, power)
         self._queue: asyncio.Queue[object] | None = None
         self._started = False
         self._closed = False
@@ -192,11 +249,14 @@ class HyperVBackend(Backend):
 
     @property
     def sources(self) -> list[str]:
-        """The ConnectionChanged source name of each node, in config order."""
-        return [n.source for n in self._nodes]
+        """The ConnectionChanged source names: the cluster name while discovering, each node."""
+        first = [self._discovery.source] if self._discovery is not None else []
+        return first + [n.source for n in self._nodes]
 
     def sessions(self) -> Sequence[NodeSession]:
-        return [n.session for n in self._nodes]
+        """The read sessions: the cluster name's while discovering, then each node's."""
+        first = [self._discovery.session] if self._discovery is not None else []
+        return first + [n.session for n in self._nodes]
 
     def _make_executor(self) -> Executor:
         return HyperVExecutor(self)
@@ -214,13 +274,16 @@ class HyperVBackend(Backend):
         queue: asyncio.Queue[object] = asyncio.Queue()
         self._queue = queue
         if self._closed:
-            for node in self._nodes:
-                yield ConnectionChanged(node.source, LinkState.DISCONNECTED, "closed")
+            for source in self.sources:
+                yield ConnectionChanged(source, LinkState.DISCONNECTED, "closed")
             return
-        tasks = [
-            asyncio.create_task(self._node_loop(node), name=f"hyperv-{node.source}")
-            for node in self._nodes
-        ]
+        tasks = self._tasks
+        if self._discovery is not None:
+            tasks.append(
+                asyncio.create_task(self._discover(self._discovery), name="hyperv-discover")
+            )
+        for node in self._nodes:
+            self._start_node(node)
         try:
             while True:
                 item = await queue.get()
@@ -231,13 +294,145 @@ class HyperVBackend(Backend):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            discovery = [self._discovery] if self._discovery is not None else []
             await asyncio.gather(
-                *(node.session.close() for node in self._nodes),
+                *(node.session.close() for node in [*discovery, *self._nodes]),
                 *(action.close() for action in list(self._actions)),
+                *(watch.close() for watch in list(self._watchers)),
                 return_exceptions=True,
             )
-        for node in self._nodes:
-            yield ConnectionChanged(node.source, LinkState.DISCONNECTED, "closed")
+        for source in self.sources:
+            yield ConnectionChanged(source, LinkState.DISCONNECTED, "closed")
+
+    def _start_node(self, node: _NodeState) -> None:
+        self._tasks.append(
+            asyncio.create_task(self._node_loop(node), name=f"hyperv-{node.source}")
+        )
+        if self.config.stream:
+            self._tasks.append(
+                asyncio.create_task(self._watch_loop(node), name=f"hyperv-watch-{node.source}")
+            )
+
+    async def _watch_loop(self, node: _NodeState) -> None:
+        """Stream VM state changes from one node on its own session, beside the polls.
+
+        Subscribe, then wait-and-drain round trips; a lost session
+        re-subscribes with backoff. A node that refuses the subscription (a
+        terminating error) is left to the polls. Stopped by cancellation: the
+        waiting pipeline is stopped and the session closed.
+        """
+        cfg = self.config
+        where = f"{node.host}:{node.port}"
+        session = self._new_session(node.host, node.port)
+        self._watchers.add(session)
+        failures = 0
+        try:
+            while not self._closed:
+                try:
+                    await session.run(cmd.subscribe_vm_events())
+                except (AuthFailed, TlsRefused):
+                    return  # the poll loop reports it
+                except CommandFailed as exc:
+                    log.info("%s refused the VM event subscription; polling only: %s",
+                             where, exc)
+                    self.streaming[node.source] = False
+                    return
+                except SessionError:
+                    failures += 1
+                    delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                    continue
+                self.streaming[node.source] = True
+                failures = 0
+                while not self._closed:
+                    try:
+                        _, changes, _ = await session.run_many(
+                            cmd.wait_vm_events(cfg.stream_wait_s),
+                            timeout=cfg.stream_wait_s + cfg.command_timeout,
+                        )
+                    except SessionError as exc:
+                        log.debug("%s: VM event wait ended: %s", where, exc)
+                        self.streaming[node.source] = False
+                        break  # a new session: subscribe again
+                    self._apply_vm_events(changes.output)
+        finally:
+            self._watchers.discard(session)
+            await session.close()
+
+    def _apply_vm_events(self, rows: list[object]) -> None:
+        """A streamed power change: the VM as last read, with its new power state."""
+        now = asyncio.get_running_loop().time()
+        for row in rows:
+            p = props(row)
+            vm_id = as_id(p.get("Name"))
+            name = cmd.ENABLED_STATES.get(as_int(p.get("EnabledState")))
+            if not vm_id or name is None:
+                continue
+            power = power_state(name)
+            self._streamed[vm_id] = (now, power)
+            vm = self._known.get((Kind.VM, vm_id))
+            if not isinstance(vm, VM) or vm.power is power:
+                continue
+            integration = vm.integration
+            if power in (PowerState.OFF, PowerState.SAVED):
+                integration = IntegrationState.OFF
+            fresh = dataclasses.replace(vm, power=power, integration=integration)
+            self._known[(Kind.VM, vm_id)] = fresh
+            self._emit(Upsert(fresh))
+
+    async def _discover(self, entry: _NodeState) -> None:
+        """Get-ClusterNode through the cluster name, then one session per node by name.
+
+        Retried with backoff while the name does not answer; a refused
+        password or certificate ends it (DISCONNECTED). A target that refuses
+        Get-ClusterNode (not a cluster) is read as the only node.
+        """
+        cfg = self.config
+        where = f"{entry.host}:{entry.port}"
+        self._emit(ConnectionChanged(
+            entry.source, LinkState.CONNECTING,
+            f"discovering the nodes of {cfg.cluster} through {where} as {cfg.username}",
+        ))
+        failures = 0
+        while not self._closed:
+            try:
+                answer = await entry.session.run(cmd.get_cluster_nodes())
+                names = [text(props(o).get("Name")).strip() for o in answer.output]
+                names = sorted({n.casefold(): n for n in names if n}.values(), key=str.casefold)
+            except (AuthFailed, TlsRefused) as exc:
+                self._emit(ConnectionChanged(entry.source, LinkState.DISCONNECTED, str(exc)))
+                return
+            except CommandFailed as exc:
+                log.info("%s: no cluster here (%s); reading it as one host", where, exc)
+                names = []
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                reason = str(exc) if isinstance(exc, SessionError) else type(exc).__name__
+                delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
+                self._emit(ConnectionChanged(
+                    entry.source, LinkState.RECONNECTING,
+                    f"retry {failures} in {delay:.1f} s: {reason}",
+                ))
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                continue
+            break
+        else:
+            return
+        await entry.session.close()
+        if names:
+            targets = [(name, *cfg.address_of(name)) for name in names]
+        else:  # its source is told apart from the cluster name's by the port
+            targets = [(f"{entry.host}:{entry.port}", entry.host, entry.port)]
+        for index, (name, host, port) in enumerate(targets):
+            session = self._new_session(host, port)
+            node = _NodeState(index, host, port, session, f"hyperv:{name}")
+            self._nodes.append(node)
+            self._start_node(node)
+        found = ", ".join(n for n, _, _ in targets)
+        log.info("%s: %d node(s): %s", cfg.cluster, len(targets), found)
+        self._emit(ConnectionChanged(entry.source, LinkState.CONNECTED))
 
     def _emit(self, event: object) -> None:
         if self._queue is not None and not self._closed:
@@ -265,7 +460,9 @@ class HyperVBackend(Backend):
         if not cfg.verify_tls:
             log.warning("%s: TLS certificate verification is OFF (explicit flag)", where)
         failures = 0
+        loop = asyncio.get_running_loop()
         while not self._closed:
+            began = loop.time()
             try:
                 await self._poll(node)
             except (AuthFailed, TlsRefused) as exc:
@@ -302,7 +499,11 @@ class HyperVBackend(Backend):
                 failures = 0
                 log.info("%s: connected (%s)", where, node.computer or "?")
                 self._emit(ConnectionChanged(node.source, LinkState.CONNECTED))
-            await asyncio.sleep(cfg.poll_interval)
+            # Polls start every poll_interval (not interval + read time): a change
+            # waits at most one interval plus one read.
+            await asyncio.sleep(
+                max(0.1 * cfg.poll_interval, cfg.poll_interval - (loop.time() - began))
+            )
 
     def _reads_cluster(self, node: _NodeState) -> bool:
         if self._cluster_read is None:
@@ -311,6 +512,7 @@ class HyperVBackend(Backend):
         return not lower
 
     async def _poll(self, node: _NodeState) -> None:
+        began = asyncio.get_running_loop().time()
         session = node.session
         if not node.computer:
             answer = await session.run(cmd.get_computer_system())
@@ -325,7 +527,15 @@ class HyperVBackend(Backend):
                     cmd.get_disk_partitions(),
                 ]
             )
-            read = ClusterRead(nodes.output, csvs.output, states.output, partitions.output)
+            # Apart: a cluster that cannot answer it still shows its CSVs (backup unknown).
+            try:
+                backups = (await session.run(cmd.get_csv_backup_states())).output
+            except CommandFailed as exc:
+                log.warning("CSV backup state not readable (shown as not in backup): %s", exc)
+                backups = []
+            read = ClusterRead(
+                nodes.output, csvs.output, states.output, partitions.output, backups
+            )
             self._cluster_read = read
             self._cluster_id = cluster_name(read, self.config.cluster)
             # Mount points first: VMs are placed on LUNs by their disks' paths.
@@ -361,6 +571,14 @@ class HyperVBackend(Backend):
                 nread.agent_version = text(value.output[0]).strip() if value.output else None
 
         entities = node_entities(nread, self._cluster_id, node.computer, self._mounts)
+        if self._streamed:  # a change streamed while this read ran is newer than it
+            for i, entity in enumerate(entities):
+                if isinstance(entity, VM) and entity.id in self._streamed:
+                    when, power = self._streamed[entity.id]
+                    if when > began and entity.power is not power:
+                        entities[i] = dataclasses.replace(entity, power=power)
+                    elif when <= began:
+                        del self._streamed[entity.id]
         # Counted by each VM's host: one endpoint may answer for several nodes.
         self._vm_counts[node.source] = Counter(
             e.node_id.casefold() for e in entities if isinstance(e, VM)
@@ -372,30 +590,43 @@ class HyperVBackend(Backend):
     async def _read_chains(self, node: _NodeState, drives: list[object]) -> dict[str, object]:
         """Get-VHD for every drive's file and, following ParentPath, the whole chain.
 
-        Last poll's chain files go in the first batch, so an unchanged chain
-        takes one round trip; files that vanished answer "not found" (ignored).
+        Two piped reads cover the usual chain: the files the VMs' drives use
+        now (``Get-VMHardDiskDrive | Get-VHD``) and the files their
+        checkpoints froze (``Get-VMSnapshot | Get-VMHardDiskDrive |
+        Get-VHD``), with no paths sent. A parent neither names (a chain left
+        behind by a deleted checkpoint) is then asked for by path, round by
+        round; files that vanished answer "not found" (ignored).
         """
-        leaves = [text(props(d).get("Path")).strip() for d in drives]
-        batch = list(dict.fromkeys(p for p in [*leaves, *node.chain_paths] if p))
-        asked: set[str] = set()
+        # One round trip; both answer the same shape, so which one a file came
+        # from is not told apart (not needed: they are merged).
+        attached, frozen = await node.session.run_many(
+            [cmd.get_attached_vhds(), cmd.get_checkpoint_vhds()]
+        )
         vhds: dict[str, object] = {}
+        for obj in [*attached.output, *frozen.output]:
+            vhds[path_key(text(props(obj).get("Path")))] = obj
+        asked = set(vhds)
+        leaves = [text(props(d).get("Path")).strip() for d in drives]
+        batch = [p for p in dict.fromkeys(leaves) if p and path_key(p) not in asked]
         rounds = 0
-        while batch and rounds < MAX_CHAIN_ROUNDS:
+        found: list[object] = list(vhds.values())
+        while True:
+            for obj in found:
+                parent = text(props(obj).get("ParentPath")).strip()
+                if parent and path_key(parent) not in asked:
+                    batch.append(parent)
+            batch = list(dict.fromkeys(batch))
+            if not batch or rounds >= MAX_CHAIN_ROUNDS:
+                break
             rounds += 1
             asked.update(path_key(p) for p in batch)
-            found: list[object] = []
+            found = []
             for start in range(0, len(batch), VHD_BATCH):
                 answer = await node.session.run(cmd.get_vhds(batch[start : start + VHD_BATCH]))
                 found.extend(answer.output)
-            parents: list[str] = []
             for obj in found:
-                p = props(obj)
-                vhds[path_key(text(p.get("Path")))] = obj
-                parent = text(p.get("ParentPath")).strip()
-                if parent and path_key(parent) not in asked:
-                    parents.append(parent)
-            batch = list(dict.fromkeys(parents))
-        node.chain_paths = [text(props(o).get("Path")) for o in vhds.values()]
+                vhds[path_key(text(props(obj).get("Path")))] = obj
+            batch = []
         return vhds
 
     # -- diffing -----------------------------------------------------------------------------

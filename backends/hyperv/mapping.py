@@ -285,6 +285,7 @@ class ClusterRead:
     csvs: list[Any] = field(default_factory=list)
     csv_states: list[Any] = field(default_factory=list)
     partitions: list[Any] = field(default_factory=list)
+    backups: list[Any] = field(default_factory=list)  # MSCluster_ClusterSharedVolume
 
 
 @dataclass(slots=True)
@@ -345,6 +346,11 @@ def cluster_entities(
         guid = _volume_guid(p.get("VolumeGuid")) or _volume_guid(p.get("Path"))
         if guid:
             partitions[guid] = p
+    in_backup: set[str] = set()  # volume GUIDs with a backup in progress
+    for obj in read.backups:
+        p = props(obj)
+        if as_int(p.get("BackupState")) == 1:
+            in_backup.add(_volume_guid(p.get("VolumeName")) or path_key(text(p.get("Name"))))
     states: dict[str, list[dict[str, Any]]] = {}
     for obj in read.csv_states:
         p = props(obj)
@@ -369,6 +375,10 @@ def cluster_entities(
         total = as_int(part.get("TotalSize")) * MB
         free = as_int(part.get("FreeSpace")) * MB
         label = text(part.get("VolumeLabel")).strip()
+        guid = _volume_guid(row.get("VolumeName"))
+        backup = bool(guid and guid in in_backup) or any(
+            path_key(text(m)) in in_backup for m in as_list(part.get("MountPoints"))
+        )
         luns.append(
             Lun(
                 lun_id,
@@ -379,6 +389,7 @@ def cluster_entities(
                 owner_node_id=owner,
                 role=LunRole.CSV,
                 state=state,
+                in_backup=backup,
             )
         )
         for mount in [*as_list(part.get("MountPoints")), part.get("Path")]:
@@ -455,6 +466,20 @@ def node_entities(
     disks: list[Entity] = []
     checkpoints: list[Entity] = []
     seen_files: set[str] = set()
+    # Most files live under C:\ClusterStorage\VolumeN\: one lookup by that
+    # folder instead of a scan of every mount per file (10,000s of files).
+    by_prefix = {m.prefix: m.lun_id for m in mounts}
+    nested = any(m.prefix.count("\\") != 3 for m in mounts)
+
+    def lun_of(path: str) -> str:
+        if not nested:
+            parts = path_key(path).split("\\", 3)
+            if len(parts) == 4:
+                found = by_prefix.get("\\".join(parts[:3]) + "\\")
+                if found is not None:
+                    return found
+        return lun_for(path, mounts)
+
     for obj in read.vms:
         p = props(obj)
         vm_id = as_id(p.get("Id"))
@@ -479,7 +504,7 @@ def node_entities(
             for position, vhd in enumerate(chain):
                 path = text(vhd.get("Path"))
                 disk_id = as_id(vhd.get("DiskIdentifier")) or path_key(path)
-                lun = lun_for(path, mounts)
+                lun = lun_of(path)
                 vm_lun = vm_lun or lun
                 parent = text(vhd.get("ParentPath")).strip() or None
                 disks.append(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..base import ReadOnlyError
-from .commands import SWITCH, Command
+from .commands import SWITCH, Command, fix_rows, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,58 @@ def _property_names(obj: Any) -> list[str]:
         if isinstance(value, dict):
             names.extend(value)
     return names
+
+
+def _sort_answers(
+    commands: list[Command], output: list[Any], errors: list[str], where: str
+) -> list[Answer]:
+    """Split one round trip's output between its commands, decoding JSON answers.
+
+    A JSON command answers one string (ConvertTo-Json), or nothing when no
+    object matched; the decoded rows are told apart by their property names,
+    as the CLIXML objects of a non-JSON batch are.
+    """
+    answers = [Answer(errors=errors) for _ in commands]
+    if len(commands) == 1 and not commands[0].json:
+        answers[0].output = output
+        return answers
+    by_shape = {frozenset(c.properties): (c, a) for c, a in zip(commands, answers, strict=True)}
+    for obj in output:
+        if isinstance(obj, str):
+            try:
+                rows = parse_json(obj)
+            except ValueError:
+                log.debug("%s: an answer that is not JSON was ignored", where)
+                continue
+            if not rows:
+                continue
+            target = by_shape.get(frozenset(rows[0]))
+            if target is None:
+                log.debug("%s: JSON rows of an unexpected shape were ignored", where)
+                continue
+            target[1].output.extend(fix_rows(target[0], rows))
+            continue
+        target = by_shape.get(frozenset(_property_names(obj)))
+        if target is None:
+            log.debug("%s: an object of an unexpected shape was ignored", where)
+            continue
+        target[1].output.append(obj)
+    return answers
+
+
+def _release(ps: Any) -> None:
+    """Terminate a finished pipeline on the node and drop it from the pool's registry.
+
+    pypsrp keeps every PowerShell it ran in ``pool.pipelines`` — with its
+    output — until ``close()``: without this a reused pool grows by every
+    answer it ever received (megabytes per poll at 2,500 VMs a node).
+    """
+    try:
+        ps.close()  # WS-Man Signal terminate, as PowerShell's own client sends
+    except Exception:  # a pipeline the node already forgot: drop it here anyway
+        log.debug("closing a finished pipeline failed", exc_info=True)
+    with contextlib.suppress(Exception):
+        ps.runspace_pool.pipelines.pop(ps.id, None)
 
 
 def describe(exc: BaseException, where: str, password: str = "") -> SessionError:
@@ -267,7 +319,7 @@ class NodeSession:
         Errors fail the whole batch unless every command tolerates them.
         """
         self._check_mutating(commands)
-        if len(commands) > 1 and not all(c.properties for c in commands):
+        if len(commands) > 1 and not all(c.properties or c.quiet for c in commands):
             raise ValueError("batched commands must each select their properties")
         labels = ", ".join(c.label for c in commands)
         limit = timeout or self.command_timeout
@@ -275,13 +327,21 @@ class NodeSession:
             pool = await self._ensure_pool()
             ps = self._build(pool, commands)
 
-            def invoke() -> list[Any]:
-                return list(ps.invoke())
+            def invoke() -> list[Answer]:
+                # Decoded here, in the worker thread: a JSON answer can be megabytes.
+                output = list(ps.invoke())
+                errors = [str(e) for e in ps.streams.error]
+                _release(ps)
+                return _sort_answers(commands, output, errors, self.where)
 
             try:
-                output = await asyncio.wait_for(
+                answers = await asyncio.wait_for(
                     in_thread(invoke, name=f"psrp-run-{self.where}"), limit
                 )
+            except asyncio.CancelledError:  # the caller gave up: stop it on the node too
+                self._stop(ps)
+                self._discard()
+                raise
             except TimeoutError:
                 self._stop(ps)
                 self._discard()
@@ -297,17 +357,6 @@ class NodeSession:
             raise CommandFailed(f"{self.where}: {labels}: {reason[:500]}")
         if errors and not all(c.tolerate_errors for c in commands):
             raise CommandFailed(f"{self.where}: {labels}: {'; '.join(errors)[:500]}")
-        if len(commands) == 1:
-            return [Answer(output, errors)]
-        answers = [Answer(errors=errors) for _ in commands]
-        by_shape = {frozenset(c.properties): a for c, a in zip(commands, answers, strict=True)}
-        for obj in output:
-            shape = frozenset(_property_names(obj))
-            answer = by_shape.get(shape)
-            if answer is None:
-                log.debug("%s: an object of an unexpected shape was ignored", self.where)
-                continue
-            answer.output.append(obj)
         return answers
 
     def _check_mutating(self, commands: list[Command]) -> None:
@@ -348,9 +397,12 @@ class NodeSession:
         async with self._lock:
             pool = await self._ensure_pool()
             ps = self._build(pool, [command])
-            job = asyncio.ensure_future(
-                in_thread(lambda: list(ps.invoke()), name=f"psrp-long-{self.where}")
-            )
+            def invoke_long() -> list[Any]:
+                output = list(ps.invoke())
+                _release(ps)
+                return output
+
+            job = asyncio.ensure_future(in_thread(invoke_long, name=f"psrp-long-{self.where}"))
             seen = 0
             try:
                 while True:

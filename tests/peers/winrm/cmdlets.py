@@ -214,6 +214,15 @@ class CommandWriter:
         self.input: list[Any] = list(input or [])
         self._sink = sink
 
+    @property
+    def piped(self) -> bool:
+        """True when the output goes to the next command of the statement, not the client.
+
+        A handler may then write lightweight objects (see ``hyperv.Row``) that
+        the next command reads, instead of psrpcore objects built for the wire.
+        """
+        return getattr(self._sink, "_collected", None) is not None
+
     # -- stop -----------------------------------------------------------------
     @property
     def stopping(self) -> bool:

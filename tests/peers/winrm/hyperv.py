@@ -13,13 +13,25 @@ Objects are shaped like a real server's output: plain type names
 (``Microsoft.HyperV.PowerShell.VirtualMachine``…), enums by name, nested
 objects flattened to strings, sizes as Int64/UInt64, Guids as Guids,
 DateTime as DateTime. ``Select-Object -Property`` projects them into
-``Selected.<type>`` objects with note properties, as PowerShell does.
+``Selected.<type>`` objects with note properties, as PowerShell does;
+``ConvertTo-Json`` writes what Windows PowerShell 5.1 writes (enums as
+numbers, DateTime as ``\\/Date(ms)\\/``). Within a statement, cmdlets pass
+light :class:`Row` objects to the next one (``Get-VMSnapshot |
+Get-VMHardDiskDrive | Get-VHD`` works as on a host: drives of piped VMs or
+checkpoints, ``Get-VHD`` taking ``Path`` from the pipeline); only what
+reaches the client is built as psrpcore objects.
 
 Commands: Get-ClusterNode, Get-ClusterSharedVolume,
 Get-ClusterSharedVolumeState, Get-CimInstance (Win32_ComputerSystem,
-root/MSCluster MSCluster_DiskPartition), Get-VM, Get-VMSnapshot,
+root/MSCluster MSCluster_DiskPartition and MSCluster_ClusterSharedVolume with
+its BackupState — :meth:`ClusterModel.set_in_backup`), ConvertTo-Json, Get-VM, Get-VMSnapshot,
 Get-VMHardDiskDrive, Get-VHD, Get-VMReplication, Get-VMIntegrationService,
-Get-Service, Get-ItemPropertyValue, Select-Object, and the one mutating
+Get-Service, Get-ItemPropertyValue, Select-Object (-Property, -ExpandProperty),
+the VM event stream (Register-CimIndicationEvent on Msvm_ComputerSystem,
+Wait-Event, Get-Event, Remove-Event, Unregister-Event: events are queued as
+:meth:`ClusterModel.set_power` changes a VM of this node; ``model.indications
+= False`` refuses the subscription; queues are per endpoint and
+SourceIdentifier, not per runspace as on a real server), and the one mutating
 command, Remove-VMSnapshot (``Get-VM -Id … | Remove-VMSnapshot -Name *``:
 merges newest first with progress records; ``model.merge_fail_after``
 makes it fail part-way with a terminating error, ``model.merge_step_s``
@@ -34,8 +46,12 @@ Start it by hand (one endpoint serving the whole cluster)::
 from __future__ import annotations
 
 import dataclasses
+import enum
 import fnmatch
+import functools
+import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -94,7 +110,7 @@ VMState = ps_enum(
         "Saving": 32773,
         "Pausing": 32776,
         "Resuming": 32777,
-        "PausedCritical": 32781,
+        "PausedCritical": 32785,
     },
 )
 SnapshotType = ps_enum(
@@ -106,7 +122,7 @@ VhdType = ps_enum(HV + "VhdType", {"Fixed": 2, "Dynamic": 3, "Differencing": 4})
 ControllerType = ps_enum(HV + "ControllerType", {"IDE": 0, "SCSI": 1})
 ReplState = ps_enum(
     HV + "VMReplicationState",
-    {"Disabled": 0, "Replicating": 6, "Suspended": 9, "Error": 10},
+    {"Disabled": 0, "Replicating": 4, "Suspended": 8, "Error": 9},
 )
 ReplHealth = ps_enum(
     HV + "VMReplicationHealthState",
@@ -194,33 +210,74 @@ class ClusterModel:
         self.calls: list[str] = []  # command names served, for tests
         self.merge_step_s = 0.02  # Remove-VMSnapshot: seconds per progress step
         self.merge_fail_after: int | None = None  # fail before removing checkpoint N+1
+        #: Register-CimIndicationEvent accepted (False: refused, as with too few rights).
+        self.indications = True
+        self.watchers: list[Any] = []  # called with each VM whose state changed
+        self._index_version = -1
+        self.version = 0  # bumped by every change (indexes are rebuilt lazily)
+        self._by_path: dict[str, VirtualDisk] = {}
+        self._children: dict[str, VirtualDisk] = {}  # parent path -> child file
+        self._by_node: dict[str | None, list[VM]] = {}
+        self._mounts: dict[str, str] = {}
+
+    def _indexes(self) -> None:
+        """Path and node indexes: O(1) lookups instead of scans per VM.
+
+        Rebuilt under the lock after a change; read without it (each index is
+        replaced whole, never changed in place).
+        """
+        if self._index_version == self.version:
+            return
+        with self.lock:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        if self._index_version == self.version:
+            return
+        self._by_path = {d.path.casefold(): d for d in self.disks.values()}
+        self._children = {
+            d.parent_path.casefold(): d for d in self.disks.values() if d.parent_path
+        }
+        by_node: dict[str | None, list[VM]] = {None: list(self.vms.values())}
+        for vm in self.vms.values():
+            by_node.setdefault(vm.node_id, []).append(vm)
+        self._by_node = by_node
+        mounts: dict[str, str] = {}
+        for d in self.disks.values():
+            if d.lun_id not in mounts and d.path.lower().startswith("c:\\clusterstorage\\"):
+                mounts[d.lun_id] = "\\".join(d.path.split("\\")[:3])
+        self._mounts = mounts
+        self._index_version = self.version
+
+    def changed(self) -> None:
+        """Call after changing the model directly (not through the methods below)."""
+        with self.lock:
+            self.version += 1
 
     # -- what a node sees ----------------------------------------------------------------
     def vms_of(self, node: str | None) -> list[VM]:
-        with self.lock:
-            return [v for v in self.vms.values() if node is None or v.node_id == node]
+        self._indexes()
+        return list(self._by_node.get(node, []))
 
     def drive_chains(self, vm: VM) -> list[list[VirtualDisk]]:
         """Each drive's files, base first (disk_ids are the base disks)."""
-        with self.lock:
-            by_parent: dict[str, VirtualDisk] = {}
-            for d in self.disks.values():
-                if d.vm_id == vm.id and d.parent_path:
-                    by_parent[d.parent_path.casefold()] = d
-            out = []
-            for base_id in vm.disk_ids:
-                disk = self.disks.get(base_id)
-                chain = []
-                while disk is not None and len(chain) < 1000:
-                    chain.append(disk)
-                    disk = by_parent.get(disk.path.casefold())
-                out.append(chain)
-            return out
+        self._indexes()
+        children = self._children
+        out = []
+        for base_id in vm.disk_ids:
+            disk = self.disks.get(base_id)
+            chain = []
+            while disk is not None and len(chain) < 1000:
+                chain.append(disk)
+                disk = children.get(disk.path.casefold())
+                if disk is not None and disk.vm_id != vm.id:
+                    disk = None
+            out.append(chain)
+        return out
 
     def disk_by_path(self, path: str) -> VirtualDisk | None:
-        key = path.casefold()
-        with self.lock:
-            return next((d for d in self.disks.values() if d.path.casefold() == key), None)
+        self._indexes()
+        return self._by_path.get(path.casefold())
 
     def resource_name(self, lun_id: str) -> str:
         """The cluster disk resource's name (unique, unlike volume labels)."""
@@ -230,9 +287,9 @@ class ClusterModel:
     def mount_of(self, lun_id: str) -> str:
         """C:\\ClusterStorage\\VolumeN, from the VM files placed on the LUN."""
         with self.lock:
-            for d in self.disks.values():
-                if d.lun_id == lun_id and d.path.lower().startswith("c:\\clusterstorage\\"):
-                    return "\\".join(d.path.split("\\")[:3])
+            self._indexes()
+            if lun_id in self._mounts:
+                return self._mounts[lun_id]
         n = sorted(self.luns).index(lun_id) + 1 if lun_id in self.luns else 0
         return f"C:\\ClusterStorage\\Spare{n}"
 
@@ -247,11 +304,22 @@ class ClusterModel:
             integration = IntegrationState.OK if power is PowerState.RUNNING else vm.integration
             if power in (PowerState.OFF, PowerState.SAVED):
                 integration = IntegrationState.OFF
-            self.vms[vm_id] = dataclasses.replace(vm, power=power, integration=integration)
+            vm = self.vms[vm_id] = dataclasses.replace(vm, power=power, integration=integration)
+            self.version += 1
+            watchers = list(self.watchers)
+        for watcher in watchers:  # CIM indications: Msvm_ComputerSystem modified
+            watcher(vm)
 
     def set_free(self, lun_id: str, free_bytes: int) -> None:
         with self.lock:
             self.luns[lun_id] = dataclasses.replace(self.luns[lun_id], free_bytes=free_bytes)
+            self.version += 1
+
+    def set_in_backup(self, lun_id: str, value: bool) -> None:
+        """A backup of this CSV starts (True) or ends (False): its BackupState."""
+        with self.lock:
+            self.luns[lun_id] = dataclasses.replace(self.luns[lun_id], in_backup=value)
+            self.version += 1
 
     def add_checkpoint(self, vm_id: str, name: str, kind: CheckpointKind) -> str:
         """A new checkpoint: one new .avhdx on top of every drive's chain."""
@@ -285,6 +353,7 @@ class ClusterModel:
             )
             self.files[cp_id] = files
             chain.append(cp_id)
+            self.version += 1
             return cp_id
 
     def remove_checkpoint(self, cp_id: str) -> None:
@@ -308,23 +377,131 @@ class ClusterModel:
             for other_id, other in list(self.checkpoints.items()):
                 if other.parent_id == cp_id:
                     self.checkpoints[other_id] = dataclasses.replace(other, parent_id=cp.parent_id)
+            self.version += 1
 
 
 # -- object builders ---------------------------------------------------------------------
 
 
-def _vm_object(vm: VM) -> Any:
-    return ps_object(
+@functools.lru_cache(maxsize=200_000)
+def _guid(text: str) -> uuid.UUID:
+    return uuid.UUID(text)
+
+
+def _num(writer: CommandWriter, kind: Any, value: int) -> Any:
+    """A sized integer for the wire; a plain int when it only goes to the next command."""
+    return value if writer.piped else kind(value)
+
+
+class Row:
+    """An object passed from one command to the next within a statement (never serialized).
+
+    Building psrpcore objects costs ~50 µs each; a cmdlet whose output goes
+    to ``Select-Object``/``ConvertTo-Json`` on the same node writes these
+    instead. What reaches the client is the same either way.
+    """
+
+    __slots__ = ("props", "to_string", "type_names")
+
+    def __init__(self, type_names: list[str], props: dict[str, Any],
+                 to_string: str | None = None) -> None:
+        self.type_names = type_names
+        self.props = props
+        self.to_string = to_string
+
+
+def _obj(writer: CommandWriter, type_names: list[str], props: dict[str, Any], *,
+         to_string: str | None = None) -> Any:
+    """A :class:`Row` when the output is piped on, else the psrpcore object sent to the client."""
+    if writer.piped:
+        return Row(type_names, props, to_string)
+    return ps_object(type_names, props, to_string=to_string)
+
+
+def _properties(obj: Any) -> tuple[str, dict[str, Any]] | None:
+    """(first type name, properties) of a Row or a psrpcore object; None for a primitive."""
+    if isinstance(obj, Row):
+        return obj.type_names[0], obj.props
+    meta = getattr(obj, "PSObject", None)
+    if meta is None:
+        return None
+    values: dict[str, Any] = {}
+    for prop in [*meta.adapted_properties, *meta.extended_properties]:
+        values.setdefault(prop.name, prop.get_value(obj))
+    return (meta.type_names[0] if meta.type_names else "System.Object"), values
+
+
+_DOTNET_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+_PLAIN = (type(None), bool, str, float, int)
+
+
+def _json_value(value: Any) -> Any:
+    """A value as Windows PowerShell 5.1's ConvertTo-Json writes it."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is uuid.UUID:
+        return str(value)
+    if kind is datetime:
+        when = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return f"/Date({int((when - _DOTNET_EPOCH).total_seconds() * 1000)})/"
+    if kind is list or kind is tuple:
+        return [_json_value(v) for v in value]
+    if kind is Row:
+        return _flat(value)
+    number = _ENUM_NUMBERS.get(kind, {}).get(str(value)) if issubclass(kind, enum.Enum) else None
+    if number is not None:  # enums as their number (5.1 has no -EnumsAsStrings)
+        return number
+    if isinstance(value, enum.Enum):
+        number = int(value.value)
+        _ENUM_NUMBERS.setdefault(kind, {})[str(value)] = number
+        return number
+    if isinstance(value, int):  # psrpcore's sized integers
+        return int(value)
+    return str(value)
+
+
+_ENUM_NUMBERS: dict[type, dict[str, int]] = {}
+
+
+def _convert_to_json(params: dict[str, Any], writer: CommandWriter) -> None:
+    """ConvertTo-Json [-Compress]: every piped object as ONE JSON string (5.1 rules).
+
+    No input: no output. One object: the object, not an array. Properties
+    in order; enums as numbers, DateTime as "/Date(ms)/", Guid as a string.
+    """
+    rows: list[Any] = []
+    for obj in writer.input:
+        found = _properties(obj)
+        if found is None:
+            rows.append(_json_value(obj))
+        else:
+            rows.append({name: _json_value(v) for name, v in found[1].items()})
+    if not rows:
+        return
+    compress = bool(params.get("Compress"))
+    writer.write_output(json.dumps(
+        rows[0] if len(rows) == 1 else rows,
+        separators=(",", ":") if compress else (", ", ": "),
+        indent=None if compress else 4,
+    ))
+
+
+def _vm_object(vm: VM, writer: CommandWriter) -> Any:
+    return _obj(
+        writer,
         [HV + "VirtualMachine", HV + "VirtualMachineBase", HV + "VirtualizationObject"],
         {
             "Name": vm.name,
-            "Id": uuid.UUID(vm.id),
-            "VMId": uuid.UUID(vm.id),
+            "Id": _guid(vm.id),
+            "VMId": _guid(vm.id),
             "State": _enum(VMState, _POWER.get(vm.power, "Other")),
             "Generation": vm.generation,
             "Version": vm.config_version,
-            "ProcessorCount": PSInt64(vm.vcpus),
-            "MemoryStartup": PSInt64(vm.memory_mb * MB),
+            "ProcessorCount": _num(writer, PSInt64, vm.vcpus),
+            "MemoryStartup": _num(writer, PSInt64, vm.memory_mb * MB),
             "ComputerName": vm.node_id,
             "IsClustered": True,
             "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",  # nested: a string
@@ -333,36 +510,81 @@ def _vm_object(vm: VM) -> Any:
     )
 
 
+#: Msvm_ComputerSystem.EnabledState of each power state (2 Enabled, 3 Disabled,
+#: 6 Enabled but Offline = saved, 9 Quiesce = paused, 10 Starting, 4 Shutting Down).
+_ENABLED_STATE = {
+    PowerState.RUNNING: 2,
+    PowerState.OFF: 3,
+    PowerState.SAVED: 6,
+    PowerState.PAUSED: 9,
+    PowerState.PAUSED_CRITICAL: 9,
+    PowerState.STARTING: 10,
+    PowerState.STOPPING: 4,
+}
+
+
+def _wire(row: Row) -> Any:
+    """A Row sent to the client: a psrpcore object, nested objects flattened to strings."""
+    return ps_object(row.type_names, {k: _flat(v) for k, v in row.props.items()},
+                     to_string=row.to_string)
+
+
 def _piped_vm_ids(writer: CommandWriter) -> Iterator[str]:
     """The Ids of the VM objects piped in (``Get-VM -Id … | <cmdlet>``)."""
     for obj in writer.input:
-        meta = getattr(obj, "PSObject", None)
-        if meta is not None:
-            values = {p.name: p.get_value(obj) for p in meta.adapted_properties}
-            yield str(values.get("Id", ""))
+        found = _properties(obj)
+        if found is not None:
+            yield str(found[1].get("Id", ""))
+
+
+def _flat(value: Any) -> Any:
+    """A nested object sent at the default depth: its ToString (type name for a Row)."""
+    if isinstance(value, Row):
+        return value.to_string or value.type_names[0]
+    return value
 
 
 def _select(params: dict[str, Any], writer: CommandWriter) -> None:
     wanted = [str(p) for p in _as_list(params.get("Property"))]
+    expand = params.get("ExpandProperty")
+    if expand is not None:  # -ExpandProperty NAME: the property's value itself
+        for obj in writer.input:
+            found = _properties(obj)
+            if found is None:
+                continue
+            folded = {k.casefold(): v for k, v in found[1].items()}
+            value = folded.get(str(expand).casefold())
+            if value is None:
+                writer.write_error(
+                    f"Property \"{expand}\" cannot be found.",
+                    error_id="ExpandPropertyNotFound,Microsoft.PowerShell.Commands.SelectObjectCommand",
+                    category=ErrorCategory.InvalidArgument,
+                )
+                continue
+            if isinstance(value, Row) and not writer.piped:
+                value = ps_object(value.type_names,
+                                  {k: _flat(v) for k, v in value.props.items()},
+                                  to_string=value.to_string)
+            writer.write_output(value)
+        return
     for obj in writer.input:
-        meta = getattr(obj, "PSObject", None)
-        if meta is None:
+        found = _properties(obj)
+        if found is None:
             writer.write_output(obj)
             continue
-        values: dict[str, Any] = {}
-        for prop in [*meta.adapted_properties, *meta.extended_properties]:
-            values.setdefault(prop.name.casefold(), (prop.name, prop.get_value(obj)))
+        first, props = found
+        folded = {name.casefold(): value for name, value in reversed(list(props.items()))}
+        values = {name: folded.get(name.casefold()) for name in wanted}
+        types = [f"Selected.{first}", "System.Management.Automation.PSCustomObject",
+                 "System.Object"]
+        if writer.piped:
+            writer.write_output(Row(types, values))
+            continue
         out = PSObject()
-        out.PSObject.type_names = [
-            f"Selected.{meta.type_names[0]}",
-            "System.Management.Automation.PSCustomObject",
-            "System.Object",
+        out.PSObject.type_names = types
+        out.PSObject.extended_properties = [
+            PSNoteProperty(n, _flat(v)) for n, v in values.items()
         ]
-        props = []
-        for name in wanted:
-            _, value = values.get(name.casefold(), (name, None))
-            props.append(PSNoteProperty(name, value))
-        out.PSObject.extended_properties = props
         writer.write_output(out)
 
 
@@ -396,7 +618,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         for n in nodes:
             state = {"up": "Up", "down": "Down", "paused": "Paused", "joining": "Joining"}
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [FC + "ClusterNode", FC + "ClusterObject"],
                     {
                         "Name": n.name,
@@ -418,7 +641,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             luns = [x for x in model.luns.values() if x.role is LunRole.CSV]
         for lun in luns:
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [FC + "ClusterSharedVolume", FC + "ClusterObject"],
                     {
                         "Name": model.resource_name(lun.id),
@@ -442,7 +666,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 if lun.state is LunState.REDIRECTED:
                     info = "FileSystemRedirected"
                 writer.write_output(
-                    ps_object(
+                    _obj(
+                        writer,
                         [FC + "ClusterSharedVolumeState"],
                         {
                             "Name": model.resource_name(lun.id),
@@ -459,13 +684,30 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         log(f"Get-CimInstance {cls}")
         if cls == "win32_computersystem":
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [
                         "Microsoft.Management.Infrastructure.CimInstance#root/cimv2/Win32_ComputerSystem"
                     ],
                     {"Name": node or next(iter(model.nodes)), "Domain": "lab.example"},
                 )
             )
+            return
+        if cls == "mscluster_clustersharedvolume":
+            with model.lock:
+                luns = [x for x in model.luns.values() if x.role is LunRole.CSV]
+            for lun in luns:
+                writer.write_output(_obj(
+                    writer,
+                    ["Microsoft.Management.Infrastructure.CimInstance#root/MSCluster/"
+                     "MSCluster_ClusterSharedVolume"],
+                    {
+                        "Name": model.mount_of(lun.id),
+                        "VolumeName": f"\\\\?\\Volume{{{volume_guid(lun.id)}}}\\",
+                        "BackupState": _num(writer, PSUInt, 1 if lun.in_backup else 0),
+                        "FaultState": _num(writer, PSUInt, 0),
+                    },
+                ))
             return
         if cls != "mscluster_diskpartition":
             writer.write_error(
@@ -477,7 +719,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         for lun in luns:
             mount = model.mount_of(lun.id)
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [
                         "Microsoft.Management.Infrastructure.CimInstance#root/MSCluster/"
                         "MSCluster_DiskPartition"
@@ -501,7 +744,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             if ids and vm.id.casefold() not in ids:
                 continue
             if _match(vm.name, patterns):
-                writer.write_output(_vm_object(vm))
+                writer.write_output(_vm_object(vm, writer))
         if (
             ids
             and not writer.stopping
@@ -566,6 +809,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                         exception_type="Microsoft.HyperV.PowerShell.VirtualizationException",
                     )
                 model.vms[vm_id] = dataclasses.replace(vm, config_version=model.host_version)
+                model.version += 1
 
     def get_snapshot(params: dict[str, Any], writer: CommandWriter) -> None:
         log("Get-VMSnapshot")
@@ -577,14 +821,15 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 cps = [model.checkpoints[c] for c in model.chains.get(vm.id, [])]
             for cp in cps:
                 writer.write_output(
-                    ps_object(
+                    _obj(
+                        writer,
                         [HV + "VMSnapshot", HV + "VirtualMachineBase"],
                         {
-                            "Id": uuid.UUID(cp.id),
-                            "VMId": uuid.UUID(vm.id),
+                            "Id": _guid(cp.id),
+                            "VMId": _guid(vm.id),
                             "VMName": vm.name,
                             "Name": cp.name,
-                            "ParentSnapshotId": uuid.UUID(cp.parent_id) if cp.parent_id else None,
+                            "ParentSnapshotId": _guid(cp.parent_id) if cp.parent_id else None,
                             "SnapshotType": _enum(SnapshotType, _SNAP[cp.kind]),
                             "CreationTime": cp.created,
                             "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",
@@ -593,19 +838,47 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 )
 
     def get_drive(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Get-VMHardDiskDrive -VMName …, or of piped VMs, or of piped checkpoints."""
         log("Get-VMHardDiskDrive")
         patterns = _vm_filter(params)
+        piped = [found for found in map(_properties, writer.input) if found is not None]
+        snapshots = [p for t, p in piped if t.endswith("VMSnapshot")]
+        if snapshots:
+            for snap in snapshots:
+                with model.lock:
+                    vm = model.vms.get(str(snap.get("VMId", "")))
+                    files = [model.disks.get(f) for f in model.files.get(str(snap["Id"]), [])]
+                if vm is None:
+                    continue
+                for n, child in enumerate(files):
+                    if child is None or not child.parent_path:
+                        continue
+                    writer.write_output(_obj(writer, [HV + "HardDiskDrive", HV + "Drive"], {
+                        "VMId": _guid(vm.id),
+                        "VMName": vm.name,
+                        "Path": child.parent_path,  # the file this checkpoint froze
+                        "ControllerType": _enum(
+                            ControllerType, "IDE" if vm.generation == 1 else "SCSI"
+                        ),
+                        "ControllerNumber": 0,
+                        "ControllerLocation": n,
+                    }))
+            return
+        wanted = {str(p.get("Id", "")) for _, p in piped}
         for vm in model.vms_of(node):
-            if not _match(vm.name, patterns):
+            if wanted and vm.id not in wanted:
+                continue
+            if not wanted and not _match(vm.name, patterns):
                 continue
             for n, chain in enumerate(model.drive_chains(vm)):
                 if not chain:
                     continue
                 writer.write_output(
-                    ps_object(
+                    _obj(
+                        writer,
                         [HV + "HardDiskDrive", HV + "Drive"],
                         {
-                            "VMId": uuid.UUID(vm.id),
+                            "VMId": _guid(vm.id),
                             "VMName": vm.name,
                             "Path": chain[-1].path,
                             "ControllerType": _enum(
@@ -619,7 +892,11 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
 
     def get_vhd(params: dict[str, Any], writer: CommandWriter) -> None:
         log("Get-VHD")
-        for path in [str(p) for p in _as_list(params.get("Path"))]:
+        paths = [str(p) for p in _as_list(params.get("Path"))]
+        for found in map(_properties, writer.input):  # -Path by property name, piped
+            if found is not None and found[1].get("Path"):
+                paths.append(str(found[1]["Path"]))
+        for path in paths:
             disk = model.disk_by_path(path)
             if disk is None:
                 writer.write_error(
@@ -633,14 +910,15 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             fmt = "VHD" if disk.format is DiskFormat.VHD else "VHDX"
             kind = "Differencing" if disk.parent_path else "Dynamic"
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     ["Microsoft.Vhd.PowerShell.VirtualHardDisk"],
                     {
                         "Path": disk.path,
                         "VhdFormat": _enum(VhdFormat, fmt),
                         "VhdType": _enum(VhdType, kind),
-                        "FileSize": PSUInt64(disk.size_bytes),
-                        "Size": PSUInt64(disk.max_bytes),
+                        "FileSize": _num(writer, PSUInt64, disk.size_bytes),
+                        "Size": _num(writer, PSUInt64, disk.max_bytes),
                         "ParentPath": disk.parent_path or "",
                         "DiskIdentifier": disk.id.upper(),
                         "Attached": True,
@@ -654,10 +932,11 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             if vm.replication is ReplicationState.DISABLED:
                 continue
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [HV + "VMReplication", HV + "VirtualizationObject"],
                     {
-                        "VMId": uuid.UUID(vm.id),
+                        "VMId": _guid(vm.id),
                         "VMName": vm.name,
                         "State": _enum(ReplState, _REPL[vm.replication]),
                         "Health": _enum(
@@ -687,10 +966,11 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                     OpStatus, "Degraded" if vm.integration is IntegrationState.DEGRADED else "Ok"
                 )
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     [HV + "VMIntegrationComponent", HV + "VirtualMachineComponent"],
                     {
-                        "VMId": uuid.UUID(vm.id),
+                        "VMId": _guid(vm.id),
                         "VMName": vm.name,
                         "Name": "Heartbeat",
                         "Enabled": True,
@@ -721,7 +1001,8 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 continue
             running = n.backup_agent_state is ServiceState.RUNNING
             writer.write_output(
-                ps_object(
+                _obj(
+                    writer,
                     ["System.ServiceProcess.ServiceController", "System.ComponentModel.Component"],
                     {
                         "Name": BACKUP_SERVICE,
@@ -746,8 +1027,125 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             return
         writer.write_output(n.backup_agent_version)
 
+    # -- CIM indications: VM state changes as they happen --------------------------------
+    # One queue per SourceIdentifier for this endpoint (a real server keeps them per
+    # runspace and drops them with it; here a re-register replaces the old one).
+    events_cond = threading.Condition()
+    queues: dict[str, list[Row]] = {}
+    subscriptions: dict[str, Any] = {}
+    counter = iter(range(1, 1 << 62))
+
+    def _event(source: str, vm: VM) -> Row:
+        target = Row(
+            ["Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/"
+             "Msvm_ComputerSystem"],
+            {"Name": vm.id.upper(), "ElementName": vm.name, "Caption": "Virtual Machine",
+             "EnabledState": _ENABLED_STATE.get(vm.power, 0)},
+            to_string=f"Msvm_ComputerSystem (Name = \"{vm.id.upper()}\")",
+        )
+        new = Row(["Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/"
+                   "__InstanceModificationEvent"], {"TargetInstance": target})
+        args = Row(["Microsoft.Management.Infrastructure.CimCmdlets."
+                    "CimIndicationEventInstanceEventArgs"], {"NewEvent": new})
+        return Row(["System.Management.Automation.PSEventArgs"], {
+            "EventIdentifier": next(counter), "SourceIdentifier": source,
+            "TimeGenerated": datetime.now(UTC), "SourceEventArgs": args,
+        })
+
+    def register_cim_indication(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Register-CimIndicationEvent -Namespace root/virtualization/v2 -Query … -Source…"""
+        log("Register-CimIndicationEvent")
+        namespace = str(params.get("Namespace", "")).casefold().replace("\\", "/")
+        query = str(params.get("Query", ""))
+        source = str(params.get("SourceIdentifier", "")) or str(uuid.uuid4())
+        if not model.indications:
+            raise TerminatingError(
+                "Access denied", error_id="HRESULT 0x80041003,"
+                "Microsoft.Management.Infrastructure.CimCmdlets.RegisterCimIndicationCommand",
+                category=ErrorCategory.PermissionDenied,
+                exception_type="Microsoft.Management.Infrastructure.CimException",
+            )
+        if namespace != "root/virtualization/v2" or "msvm_computersystem" not in query.casefold():
+            raise TerminatingError(
+                f"Invalid query: {query}", error_id="HRESULT 0x80041017",
+                category=ErrorCategory.InvalidArgument,
+                exception_type="Microsoft.Management.Infrastructure.CimException",
+            )
+
+        def watcher(vm: VM) -> None:
+            if node is not None and vm.node_id != node:
+                return
+            with events_cond:
+                queue = queues.setdefault(source, [])
+                queue.append(_event(source, vm))
+                del queue[:-10_000]
+                events_cond.notify_all()
+
+        with model.lock:
+            old = subscriptions.pop(source, None)
+            if old in model.watchers:
+                model.watchers.remove(old)
+            subscriptions[source] = watcher
+            model.watchers.append(watcher)
+        with events_cond:
+            queues[source] = []
+
+    def wait_event(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Wait-Event -SourceIdentifier S -Timeout N: the oldest queued event (kept queued)."""
+        log("Wait-Event")
+        source = str(params.get("SourceIdentifier", ""))
+        timeout = float(params.get("Timeout", -1))
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            with events_cond:
+                queue = queues.get(source, [])
+                if queue:
+                    event = queue[0]
+                    break
+                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                if left <= 0:
+                    return
+                events_cond.wait(left)
+            writer.check_stop()
+        writer.write_output(event if writer.piped else _wire(event))
+
+    def get_event(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-Event")
+        source = str(params.get("SourceIdentifier", ""))
+        with events_cond:
+            queued = list(queues.get(source, []))
+        for event in queued:
+            writer.write_output(event if writer.piped else _wire(event))
+
+    def remove_event(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Remove-Event")
+        ids = {found[1].get("EventIdentifier") for found in map(_properties, writer.input)
+               if found is not None}
+        source = params.get("SourceIdentifier")
+        with events_cond:
+            for name, queue in queues.items():
+                if source is not None and name == str(source):
+                    queue.clear()
+                elif ids:
+                    queue[:] = [e for e in queue if e.props["EventIdentifier"] not in ids]
+
+    def unregister_event(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Unregister-Event")
+        source = str(params.get("SourceIdentifier", ""))
+        with model.lock:
+            old = subscriptions.pop(source, None)
+            if old in model.watchers:
+                model.watchers.remove(old)
+        with events_cond:
+            queues.pop(source, None)
+
     return CommandRegistry(
         {
+            "Register-CimIndicationEvent": register_cim_indication,
+            "Wait-Event": wait_event,
+            "Get-Event": get_event,
+            "Remove-Event": remove_event,
+            "Unregister-Event": unregister_event,
             "Get-ClusterNode": get_cluster_node,
             "Get-ClusterSharedVolume": get_csvs,
             "Get-ClusterSharedVolumeState": get_csv_state,
@@ -761,6 +1159,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             "Get-Service": get_service,
             "Get-ItemPropertyValue": get_item_property_value,
             "Select-Object": _select,
+            "ConvertTo-Json": _convert_to_json,
             "Remove-VMSnapshot": remove_snapshot,
             "Update-VMVersion": update_version,
         }

@@ -1,0 +1,331 @@
+"""Benchmark of the Hyper-V backend at scale: 4 nodes x 2,500 VMs behind WinRM/PSRP endpoints.
+
+The endpoints are the test peer (tests/peers/winrm: HTTPS, NTLM, psrpcore)
+serving a simulated cluster, one endpoint per node, run in a separate
+process (``python -m bench.hyperv serve``) so the client and the server do
+not share a GIL. Both are Python on the same machine and share its CPUs —
+a real cluster would answer from four other machines, so these figures are
+pessimistic for the client side.
+
+Measured through the console as an operator runs it (``VentanaApp`` headless
+under Textual's Pilot, the real ``HyperVBackend`` behind it):
+
+- time to full inventory: from the app starting to every VM in the app's
+  store and every node CONNECTED, and to a fully populated VM table;
+- server-side change → row redrawn on screen: the server process flips the
+  power state of a VM whose row is on screen; the time from the change being
+  made (the server's reply) to that row's strip being rebuilt, median/p99;
+  the same change measured to the app's store is kept too;
+- RSS of the client process after the inventory and after the changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .console import SIZE, rss_mb
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def profile_threads(out: str) -> None:
+    """cProfile every thread of this process (Thread.run patched); merged stats at exit."""
+    import atexit
+    import cProfile
+    import pstats
+    import threading
+
+    profiles: list[cProfile.Profile] = []
+    original = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.enable()
+        try:
+            original(self)
+        finally:
+            profile.disable()
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+    main = cProfile.Profile()
+    profiles.append(main)
+    main.enable()
+
+    def dump() -> None:
+        main.disable()
+        stats: pstats.Stats | None = None
+        for profile in profiles:
+            profile.create_stats()
+            if not profile.stats:  # type: ignore[attr-defined]
+                continue
+            if stats is None:
+                stats = pstats.Stats(profile)
+            else:
+                stats.add(profile)
+        if stats is not None:
+            stats.dump_stats(out)
+
+    atexit.register(dump)
+
+
+# -- the server process ---------------------------------------------------------------
+
+
+def serve(vms: int, nodes: int, stream: bool) -> int:  # pragma: no cover - own process
+    """Run one peer per node over one simulated cluster; obey commands on stdin.
+
+    ``stream=False``: the endpoints refuse the VM event subscription.
+    """
+    sys.path.insert(0, str(ROOT / "tests"))
+    from peers.winrm.fixture import generate_password, start_winrm_peer
+    from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
+
+    from ventana.backends.sim import SimConfig
+    from ventana.state.model import PowerState
+
+    model = ClusterModel(SimConfig(seed=7, vms=vms, nodes=nodes, rate=0))
+    model.indications = stream
+    password = generate_password()
+    handles = [
+        start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
+        for name in sorted(model.nodes)
+    ]
+    bundle = Path(handles[0].ca_path).parent / "bundle.pem"
+    bundle.write_text("".join(Path(h.ca_path).read_text() for h in handles))
+    print(json.dumps({"ports": [h.port for h in handles], "ca": str(bundle),
+                      "user": handles[0].user, "password": password,
+                      "vms": len(model.vms)}), flush=True)
+    powers = [PowerState.RUNNING, PowerState.OFF, PowerState.SAVED]
+    try:
+        for line in sys.stdin:
+            words = line.split()
+            if not words:
+                continue
+            if words[0] == "power":
+                vm = model.vms[words[1]]
+                model.set_power(vm.id, next(p for p in powers if p is not vm.power))
+                print(json.dumps({"ok": True, "power": model.vms[vm.id].power.value}),
+                      flush=True)
+            elif words[0] == "quit":
+                break
+    finally:
+        for h in handles:
+            h.stop()
+    return 0
+
+
+class Server:
+    """The endpoints' process, and its command channel."""
+
+    def __init__(self, vms: int, nodes: int, stream: bool, profile: str | None = None) -> None:
+        args = [sys.executable, "-m", "bench.hyperv", "serve", "--vms", str(vms),
+                "--nodes", str(nodes)]
+        if profile:
+            args += ["--profile", profile]
+        if not stream:
+            args.append("--no-stream")
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the endpoint process did not start")
+        self.info: dict[str, Any] = json.loads(line)
+
+    def ask(self, line: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+            self.proc.wait(15)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+# -- the client -------------------------------------------------------------------------
+
+
+async def run_hyperv(vms: int = 10_000, nodes: int = 4, changes: int = 40,
+                     poll: float = 15.0, stream: bool = True,
+                     profile: str | None = None) -> dict[str, Any]:
+    from ventana.backends.hyperv import Credential, HyperVBackend, HyperVConfig
+    from ventana.state.model import Kind
+    from ventana.tui.app import VentanaApp
+    from ventana.tui.vm_table import VmTable
+
+    peer_profile = str(Path(profile) / "peer.prof") if profile else None
+    server = await asyncio.to_thread(Server, vms, nodes, stream, peer_profile)
+    try:
+        info = server.info
+        config = HyperVConfig(
+            "HVCLUSTER01", info["user"],
+            nodes=tuple(f"127.0.0.1:{p}" for p in info["ports"]),
+            auth="ntlm", ca_bundle=info["ca"], poll_interval=poll,
+            command_timeout=120.0, operation_timeout=60, stream=stream,
+        )
+        backend = HyperVBackend(config, Credential(info["user"], info["password"], "bench"))
+        app = VentanaApp(backend, log=None, log_error="benchmark")
+        started = time.perf_counter()
+        async with app.run_test(size=SIZE) as pilot:
+            store = app.store
+            table = app.query_one(VmTable)
+
+            while store.count(Kind.VM) < info["vms"] or not _all_connected(app, backend):
+                await pilot.pause(0.05)
+                if time.perf_counter() - started > 300:
+                    raise RuntimeError("no full inventory in 300 s")
+            inventory_s = time.perf_counter() - started
+            while table.row_count < info["vms"] or app._pending:
+                await pilot.pause(0.02)
+            await pilot.pause()
+            screen_s = time.perf_counter() - started
+            rss_inventory = rss_mb()
+
+            # -- server-side changes on rows that are on screen ------------------------
+            sent: dict[str, float] = {}
+            to_screen: list[float] = []
+            to_store: list[float] = []
+            original = table._row_strip
+
+            def timed(vm_id: str, is_cursor: bool, styles: Any):  # type: ignore[no-untyped-def]
+                before = table.rows_rendered
+                strip = original(vm_id, is_cursor, styles)
+                if table.rows_rendered != before and vm_id in sent:
+                    to_screen.append(time.perf_counter() - sent.pop(vm_id))
+                return strip
+
+            table._row_strip = timed  # type: ignore[method-assign]
+            rng = random.Random(5)
+            for _ in range(changes):
+                top = table.scroll_offset.y
+                page = max(1, table.scrollable_content_region.height - 1)
+                on_screen = table.visible_ids[top: top + page]
+                vm_id = rng.choice(on_screen)
+                power_before = store.vm(vm_id).power
+                await asyncio.to_thread(server.ask, f"power {vm_id}")
+                t0 = time.perf_counter()
+                sent[vm_id] = t0
+                # Spread the changes over the poll cycle (as real changes are).
+                deadline = t0 + poll + 30
+                while store.vm(vm_id).power is power_before:
+                    await asyncio.sleep(0.005)
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError("a change did not arrive")
+                to_store.append(time.perf_counter() - t0)
+                while vm_id in sent and time.perf_counter() < deadline:
+                    await pilot.pause(0.01)
+                sent.pop(vm_id, None)
+                await asyncio.sleep(rng.uniform(0, min(poll, 2.0)))
+            rss_changes = rss_mb()
+        await backend.close()
+    finally:
+        await asyncio.to_thread(server.close)
+
+    def stats(values: list[float], name: str) -> dict[str, Any]:
+        values = sorted(values)
+        if not values:
+            return {f"{name}_median_ms": None, f"{name}_p99_ms": None}
+        p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
+        return {f"{name}_median_ms": round(1000 * statistics.median(values), 1),
+                f"{name}_p99_ms": round(1000 * p99, 1),
+                f"{name}_max_ms": round(1000 * values[-1], 1)}
+
+    return {
+        "hv_vms": info["vms"],
+        "hv_nodes": nodes,
+        "hv_poll_s": poll,
+        "hv_stream": stream,
+        "hv_inventory_s": round(inventory_s, 2),
+        "hv_populated_s": round(screen_s, 2),
+        "hv_rss_mb_inventory": round(rss_inventory, 1),
+        "hv_rss_mb": round(rss_changes, 1),
+        "hv_change_samples": len(to_store),
+        "hv_screen_samples": len(to_screen),
+        **stats(to_screen, "hv_change_screen"),
+        **stats(to_store, "hv_change_store"),
+    }
+
+
+def _all_connected(app: Any, backend: Any) -> bool:
+    from ventana.state.events import LinkState
+
+    links = app.store.links
+    for source in backend.sources:
+        link = links.get(source)
+        if link is None or getattr(link, "state", None) is not LinkState.CONNECTED:
+            return False
+    return True
+
+
+TARGETS = (
+    ("hv_inventory_s", "Hyper-V: full inventory, 4x2,500 VMs (s)", 10.0),
+    ("hv_populated_s", "  to a fully populated VM table (s)", None),
+    ("hv_change_screen_median_ms", "Hyper-V: server change → screen, median (ms)", None),
+    ("hv_change_screen_p99_ms", "Hyper-V: server change → screen, p99 (ms)", "poll+100"),
+    ("hv_rss_mb", "Hyper-V: client RSS (MB)", None),
+)
+
+
+def suite(vms: int = 10_000, changes: int = 40, poll: float = 10.0) -> dict[str, Any]:
+    """The suite ``python -m bench`` runs: prints its table, returns its figures."""
+    results = asyncio.run(run_hyperv(vms, 4, changes, poll))
+    print(f"\nHyper-V over WinRM/PSRP — {results['hv_vms']:,} VMs on 4 endpoints, poll "
+          f"{poll:g} s (endpoints in a second process on the same CPUs)")
+    for key, label, target in TARGETS:
+        value = results.get(key)
+        if target == "poll+100":
+            target = poll * 1000 + 100
+        ok = "" if target is None or value is None else ("yes" if value < target else "NO")
+        goal = "" if target is None else f"< {target:g}"
+        shown = "-" if value is None else f"{value:,}"
+        print(f"{label:<46} {shown:>10} {goal:>10}  {ok}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.hyperv")
+    parser.add_argument("mode", nargs="?", default="run", choices=["run", "serve"])
+    parser.add_argument("--vms", type=int, default=10_000)
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--changes", type=int, default=40)
+    parser.add_argument("--poll", type=float, default=15.0)
+    parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument("--profile", help="cProfile every thread; client.prof/peer.prof here "
+                        "(serve: the file to write)")
+    args = parser.parse_args(argv)
+    if args.profile:
+        if args.mode == "serve":
+            profile_threads(args.profile)
+        else:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            profile_threads(str(Path(args.profile) / "client.prof"))
+    if args.mode == "serve":
+        return serve(args.vms, args.nodes, not args.no_stream)
+    results = asyncio.run(run_hyperv(args.vms, args.nodes, args.changes, args.poll,
+                                     not args.no_stream, args.profile))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
