@@ -213,7 +213,7 @@ async def test_console_shows_the_stun_of_its_own_action(
                 await pilot.pause(0.2)
                 screen = await open_plan(pilot, app, "m")
                 assert screen.plan.action == REMOVE_ALL
-                await confirm(pilot, app, vm.name)
+                await confirm(pilot, app, vm.name, REMOVE_ALL)
                 [row] = [r for r in app.action_log.rows() if r.action == REMOVE_ALL]
                 assert row.outcome == "ok", row.error
                 assert "stun 812 ms" in row.detail and "OVER BUDGET" in row.detail

@@ -110,11 +110,20 @@ def recent_tasks(si) -> int:
     return len(si.content.taskManager.recentTask)
 
 
-async def confirm(pilot, app: VentanaApp, name: str) -> None:
+async def confirm(pilot, app: VentanaApp, name: str, action: str | None = None) -> None:
+    """Type the name, confirm, and wait for the action's outcome row.
+
+    With ``action``, wait for that action's row (the SSH watcher may log
+    ``stun`` rows while it runs); else for the newest row.
+    """
     await pilot.press(*name, "enter")
+
+    def finished() -> bool:
+        rows = [r for r in app.action_log.rows() if action is None or r.action == action]
+        return bool(rows) and rows[0].outcome not in ("running", None)
+
     try:
-        await wait_for(pilot, lambda: bool(app.action_log.rows())
-                       and app.action_log.rows()[0].outcome not in ("running", None), 20)
+        await wait_for(pilot, finished, 20)
     except AssertionError:
         raise AssertionError(f"no outcome: {app.action_log.rows()} {app.screen} "
                              f"{app.screen.query_one('#confirm-name').value!r} "
