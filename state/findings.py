@@ -627,9 +627,9 @@ class FindingsEngine:
         remedies = remedies_for(store, vm)
 
         def add(code: str, severity: Severity, message: str,
-                since: datetime | None = None) -> None:
+                since: datetime | None = None, *, remedy: bool = True) -> None:
             out.append(LiveFinding(target, code, severity, message, name,
-                                   remedies.get(code), vm.id, since=since))
+                                   remedies.get(code) if remedy else None, vm.id, since=since))
 
         cps = store.checkpoints_of(vm.id)
         disks = store.disks_of(vm.id)
@@ -707,10 +707,13 @@ class FindingsEngine:
                         "Disk consolidation is needed: a snapshot was removed but its delta "
                         "disks were not merged.")
                 elif not cps and diffs:
+                    # No checkpoint left to remove: no guarded action fixes it.
                     n = len(diffs)
                     add(MERGE_PENDING, Severity.WARNING,
                         f"{n} differencing disk(s) but no checkpoint: a merge is pending or "
-                        "failed; the VM runs on the differencing disks.")
+                        "failed; the VM runs on the differencing disks. With the VM off, "
+                        "merge them into their parent by hand (Merge-VHD) and attach the "
+                        "parent (Set-VMHardDiskDrive).", remedy=False)
 
             used = sum(d.size_bytes for d in disks)
             provisioned = sum(d.max_bytes for d in disks if not d.parent_path)

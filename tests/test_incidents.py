@@ -328,6 +328,17 @@ async def test_consolidation_still_pending_is_a_finding_and_on_the_reports_pendi
     assert pending.severity is Severity.WARNING and pending.remedy == PV.CONSOLIDATE
     assert "NOTHING_TO_CONSOLIDATE" not in codes(PV.plan_consolidate(store, "v1", NOW).findings)
 
+    # Hyper-V: an .avhdx the VM still runs on, with no checkpoint left. No
+    # guarded action can fix it (a merge has no checkpoint to remove): no
+    # remedy offered, the way to do it by hand instead.
+    hv = small_cluster()
+    eng = FindingsEngine(hv, clock=lambda: NOW).attach()
+    hv.apply(Upsert(VirtualDisk("b-x", "b", "C:\\CS\\db-01_A1B2.avhdx", DiskFormat.AVHDX,
+                                3 * GB, 200 * GB, "C:\\CS\\db-01.vhdx", "l1")))
+    left = found(eng, "vm:b")[F.MERGE_PENDING]
+    assert left.remedy is None and "Merge-VHD" in left.message
+    assert "NOTHING_TO_MERGE" in codes(plan_merge(hv, "b", NOW).blocking)
+
     db = tmp_path / "actions.db"
     async with Session(quiet()) as s:
         vm = roomy_vm(s.store)
