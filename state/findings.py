@@ -40,6 +40,12 @@ config file, see ``FindingsConfig``):
   it is backed up offline).
 - *Files spread across SMB shares*: a VM with a file on an SMB share
   (``\\\\server\\share``) whose files are in more than one location.
+- *Broken chain*: ``derived.broken_chain``, the rule the merge pre-flight
+  blocks on too, so the finding and the plan never disagree.
+- *Remedies* follow the VM's platform (its cluster's, as in
+  ``plans_vsphere.is_vsphere``): Hyper-V's merge/upgrade, vSphere's
+  remove-all-snapshots/consolidate. A pending merge with no checkpoint left
+  has none: no guarded action fixes it; its message says what to do by hand.
 """
 
 from __future__ import annotations
