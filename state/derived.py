@@ -1,17 +1,19 @@
 """Derived facts operators need at a glance, computed from the store.
 
 Checkpoint chain depth, age of the oldest checkpoint, total size of the
-differencing disks per VM, the free space a merge of the chain needs and the
-free space expected afterwards, and % free per LUN with its threshold level.
+differencing disks per VM, whether a VM's disk chain is broken, the free
+space a merge of the chain needs and the free space expected afterwards, and
+% free per LUN with its threshold level.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .model import MB, Checkpoint, CheckpointKind, Lun, Severity
+from .model import MB, Checkpoint, CheckpointKind, Kind, Lun, Severity, VirtualDisk
 from .store import Store
 
 # Hyper-V pauses VMs (Paused-Critical) when the volume under their disks falls
@@ -62,6 +64,69 @@ def vm_differencing_bytes(store: Store, vm_id: str) -> int:
     """
     diffs = [d.size_bytes for d in store.disks_of(vm_id) if d.parent_path]
     return sum(diffs) if diffs else differencing_bytes(store.checkpoints_of(vm_id))
+
+
+def path_key(path: str) -> str:
+    """A disk path as Windows compares it (case-insensitive)."""
+    return path.casefold()
+
+
+def _file_name(path: str) -> str:
+    return path.replace("/", "\\").rpartition("\\")[2] or path
+
+
+#: What backup software says of a VM with a broken chain (the campaign's words).
+INVALID_CHAINS = "does not have valid vhd chains"
+
+
+def broken_chain(
+    disks: Iterable[VirtualDisk],
+    checkpoints: Iterable[Checkpoint],
+    known: Callable[[str], bool],
+) -> list[str]:
+    """Why a VM's disk chain is broken, one phrase per fault (empty: not broken).
+
+    A differencing disk is broken when the parent it names is neither one of
+    the VM's disks nor any other known disk (``known(path_key(path))``: a
+    parent shared with another VM counts); a checkpoint is broken when the
+    file it refers to is not a known disk — checked only when the VM reports
+    differencing disks at all (a source that lists checkpoints but not their
+    files has not said the files are missing: unknown is not bad). Backups
+    then fail with "does not have valid vhd chains" and so does a merge. The
+    findings rule and the merge pre-flight both use this.
+    """
+    disks = list(disks)
+    own = {path_key(d.path) for d in disks}
+    out: list[str] = []
+    diffs = False
+    for d in disks:
+        if not d.parent_path:
+            continue
+        diffs = True
+        key = path_key(d.parent_path)
+        if key not in own and not known(key):
+            out.append(f"{_file_name(d.path)} names its parent {d.parent_path}, "
+                       "which is not there")
+    for c in checkpoints if diffs else ():
+        if c.disk_path:
+            key = path_key(c.disk_path)
+            if key not in own and not known(key):
+                out.append(f"checkpoint '{c.name}' refers to {c.disk_path}, "
+                           "which is not among the VM's disks")
+    return out
+
+
+def store_paths(store: Store) -> Callable[[str], bool]:
+    """``known`` for ``broken_chain`` over every disk in the store, built on first use."""
+    paths: set[str] | None = None
+
+    def known(key: str) -> bool:
+        nonlocal paths
+        if paths is None:
+            paths = {path_key(d.path) for d in store.all(Kind.DISK)}  # type: ignore[union-attr]
+        return key in paths
+
+    return known
 
 
 def has_backup_checkpoint(checkpoints: list[Checkpoint]) -> bool:

@@ -40,6 +40,12 @@ config file, see ``FindingsConfig``):
   it is backed up offline).
 - *Files spread across SMB shares*: a VM with a file on an SMB share
   (``\\\\server\\share``) whose files are in more than one location.
+- *Broken chain*: ``derived.broken_chain``, the rule the merge pre-flight
+  blocks on too, so the finding and the plan never disagree.
+- *Remedies* follow the VM's platform (its cluster's, as in
+  ``plans_vsphere.is_vsphere``): Hyper-V's merge/upgrade, vSphere's
+  remove-all-snapshots/consolidate. A pending merge with no checkpoint left
+  has none: no guarded action fixes it; its message says what to do by hand.
 """
 
 from __future__ import annotations
@@ -53,11 +59,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .derived import (
+    INVALID_CHAINS,
     PAUSE_CRITICAL_MARGIN,
+    broken_chain,
     chain_depth,
     human_age,
     human_bytes,
     merge_needed_by_lun,
+    path_key,
     pct_free,
     version_key,
 )
@@ -78,6 +87,7 @@ from .model import (
     Severity,
     Task,
 )
+from .plans_vsphere import CONSOLIDATE, REMOVE_ALL, is_vsphere
 from .store import Delta, Store, ref
 
 TB = 1024 * GB
@@ -111,6 +121,21 @@ REMEDIES: dict[str, str] = {
     BACKUP_LEFTOVER: "merge",
     CONFIG_VERSION_OLD: "upgrade",
 }
+# The same on a vSphere VM (its cluster's platform): snapshots are removed, a
+# pending consolidation is consolidated; a hardware-version upgrade is not a
+# guarded action here (vSphere versions are "vmx-NN" and not checked anyway).
+VSPHERE_REMEDIES: dict[str, str] = {
+    CHECKPOINT_OLD: REMOVE_ALL,
+    CHAIN_DEEP: REMOVE_ALL,
+    DIFF_LARGE: REMOVE_ALL,
+    MERGE_PENDING: CONSOLIDATE,
+    BACKUP_LEFTOVER: REMOVE_ALL,
+}
+
+
+def remedies_for(store: Store, vm: VM) -> dict[str, str]:
+    """The remedy table for a VM's platform (``plans_vsphere.is_vsphere``)."""
+    return VSPHERE_REMEDIES if is_vsphere(store, vm) else REMEDIES
 
 
 def _delta(value: Any, default: timedelta) -> timedelta:
@@ -236,8 +261,7 @@ class FindingsChange:
 Listener = Callable[[FindingsChange], None]
 
 
-def _path_key(path: str) -> str:
-    return path.casefold()
+_path_key = path_key
 
 
 def _share(path: str) -> str | None:
@@ -442,6 +466,11 @@ class FindingsEngine:
                     vms.add(target[3:])
             elif kind is Kind.NODE:
                 nodes.add(c.id)
+            elif kind is Kind.CLUSTER:
+                # The platform decides the VMs' remedies (rare: clusters arrive first).
+                old_platform = getattr(c.old, "platform", None)
+                if c.new is None or old_platform is not getattr(c.new, "platform", None):
+                    vms.update(v.id for v in self.store.vms() if v.cluster_id == c.id)
             elif kind is Kind.FINDING:
                 if c.new is None:
                     gone = self._backend.pop(c.id, None)
@@ -601,11 +630,12 @@ class FindingsEngine:
         name = vm.name
         out: list[LiveFinding] = []
         next_due: list[datetime] = []
+        remedies = remedies_for(store, vm)
 
         def add(code: str, severity: Severity, message: str,
-                since: datetime | None = None) -> None:
+                since: datetime | None = None, *, remedy: bool = True) -> None:
             out.append(LiveFinding(target, code, severity, message, name,
-                                   REMEDIES.get(code), vm.id, since=since))
+                                   remedies.get(code) if remedy else None, vm.id, since=since))
 
         cps = store.checkpoints_of(vm.id)
         disks = store.disks_of(vm.id)
@@ -641,15 +671,10 @@ class FindingsEngine:
         if disks:
             diffs = [d for d in disks if d.parent_path]
             by_path = {_path_key(d.path): d for d in disks} if diffs else {}
-            # Differencing data per base disk, and chains whose parent is missing.
+            # Differencing data per base disk (a chain whose parent is missing
+            # stops at once and counts nowhere).
             chained: dict[str, int] = {}
-            broken: list[str] = []
             for d in diffs:
-                parent_key = _path_key(d.parent_path)
-                if parent_key not in by_path and parent_key not in self._paths:
-                    broken.append(f"{_file(d.path)} names its parent {d.parent_path}, "
-                                  "which is not there")
-                    continue
                 root = d
                 seen = 0
                 while root.parent_path and seen < 1000:
@@ -659,15 +684,12 @@ class FindingsEngine:
                     root, seen = nxt, seen + 1
                 if root.parent_path is None and root is not d:
                     chained[root.id] = chained.get(root.id, 0) + d.size_bytes
-            for c in cps:
-                if c.disk_path and _path_key(c.disk_path) not in self._paths:
-                    broken.append(f"checkpoint '{c.name}' refers to {c.disk_path}, "
-                                  "which is not among the VM's disks")
+            broken = broken_chain(disks, cps, self._paths.__contains__) if diffs else []
             if broken:
                 more = f" (and {len(broken) - 2} more)" if len(broken) > 2 else ""
                 add(CHAIN_BROKEN, Severity.CRITICAL,
                     "The disk chain is broken: " + "; ".join(broken[:2]) + more +
-                    ". Backups fail with 'does not have valid vhd chains' and a merge would "
+                    f". Backups fail with '{INVALID_CHAINS}' and a merge would "
                     "fail too: repair the chain by hand (Set-VHD -ParentPath) first.")
             worst: tuple[float, str] | None = None
             base_by_id = {d.id: d for d in disks if not d.parent_path} if chained else {}
@@ -691,10 +713,13 @@ class FindingsEngine:
                         "Disk consolidation is needed: a snapshot was removed but its delta "
                         "disks were not merged.")
                 elif not cps and diffs:
+                    # No checkpoint left to remove: no guarded action fixes it.
                     n = len(diffs)
                     add(MERGE_PENDING, Severity.WARNING,
                         f"{n} differencing disk(s) but no checkpoint: a merge is pending or "
-                        "failed; the VM runs on the differencing disks.")
+                        "failed; the VM runs on the differencing disks. With the VM off, "
+                        "merge them into their parent by hand (Merge-VHD) and attach the "
+                        "parent (Set-VMHardDiskDrive).", remedy=False)
 
             used = sum(d.size_bytes for d in disks)
             provisioned = sum(d.max_bytes for d in disks if not d.parent_path)

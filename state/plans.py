@@ -15,13 +15,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .derived import (
+    INVALID_CHAINS,
     LUN_CRITICAL_PCT,
     PAUSE_CRITICAL_MARGIN,
+    broken_chain,
     chain_depth,
     human_bytes,
     merge_needed_by_lun,
     merge_space,
     oldest_checkpoint_age,
+    store_paths,
     version_key,
 )
 from .model import (
@@ -172,6 +175,17 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
         )
     if not checkpoints:
         add(Severity.BLOCKING, "NOTHING_TO_MERGE", "The VM has no checkpoints to merge.")
+    broken = broken_chain(store.disks_of(vm_id), checkpoints, store_paths(store))
+    if broken:
+        more = f" (and {len(broken) - 2} more)" if len(broken) > 2 else ""
+        add(
+            Severity.BLOCKING,
+            "CHAIN_BROKEN",
+            "The disk chain is broken: " + "; ".join(broken[:2]) + more + ". Backups fail "
+            f"with 'Virtual machine {INVALID_CHAINS}' and the merge fails the same way on "
+            "the host. Repair the chain by hand first (Set-VHD -Path <child> -ParentPath "
+            "<parent>, then Test-VHD), and plan again.",
+        )
     if lun is None:
         add(Severity.BLOCKING, "LUN_UNKNOWN", "The volume under this VM's disks is not known.")
     else:

@@ -13,7 +13,11 @@ LUN list), within an optional time range on each row's start time:
 - **totals**: space recovered on the disks and gained on the LUNs, VMs per
   final state, actions per outcome.
 - **pending tasks**: actions whose outcome is unknown or interrupted, and
-  VMs left *With pending tasks*, *Partially consolidated* or *Failed*.
+  VMs left *With pending tasks*, *Partially consolidated* or *Failed*. An
+  unknown/interrupted/running action is no longer pending once a later run
+  of the same action on the same target finished ``ok`` or ``warning`` in the
+  range (the question "did it run? verify the VM" is answered): it is dropped
+  from the list (the action log and the outcome counts keep it).
 
 A VM's final state is the latest one set in the range: an action's outcome
 sets it, an operator's edit (a ``final-state`` row) replaces it, and a later
@@ -54,6 +58,8 @@ MERGE_ACTION = "merge"
 #: Outcomes of actions that reached the cluster (their sizes and times count).
 RAN = frozenset({"ok", "warning", "failed", "unknown", "running"})
 PENDING_STATES = (FinalState.PENDING, FinalState.PARTIAL, FinalState.FAILED)
+#: Outcomes of a later run that answer an earlier unknown/interrupted one.
+RESOLVES = frozenset({"ok", "warning"})
 #: The order outcomes are counted in the totals.
 STATUSES = ("ok", "warning", "failed", "unknown", "interrupted", "running", "cancelled",
             "refused")
@@ -267,6 +273,9 @@ def build_report(
     seen_luns: dict[str, _LunSeen] = {}
     outcomes: Counter[str] = Counter()
     pending: list[PendingLine] = []
+    # (target, action) -> its pending lines not yet answered by a later success.
+    open_by_action: dict[tuple[str, str], list[PendingLine]] = {}
+    resolved: set[int] = set()
     read = 0
     order = 0
     by_name: list[tuple[str, datetime, int, int]] = []
@@ -313,10 +322,15 @@ def build_report(
             status = "interrupted" if row.status == INTERRUPTED else (
                 "unknown" if row.status == UNKNOWN else row.outcome)
             outcomes[status] += 1
+            what = (row.target_object, row.action)
             if status in ("unknown", "interrupted", "running"):
-                pending.append(PendingLine(
+                line = PendingLine(
                     started, clean(row.target_name), clean(row.action), row.status,
-                    clean(row.error or "verify the VM's state on the host")))
+                    clean(row.error or "verify the VM's state on the host"))
+                pending.append(line)
+                open_by_action.setdefault(what, []).append(line)
+            elif status in RESOLVES and what in open_by_action:
+                resolved.update(id(p) for p in open_by_action.pop(what))
         if not is_vm:
             continue
         vm = vms.setdefault(row.target_object, _Vm(row.target_object))
@@ -357,6 +371,9 @@ def build_report(
         elif row.action == REBUILD_ACTION and took is not None:
             vm.rebuild_s += took
             vm.rebuilds += 1
+
+    if resolved:
+        pending = [p for p in pending if id(p) not in resolved]
 
     for at, lun in luns:
         if _in_range(at, since, until):

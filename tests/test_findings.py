@@ -476,3 +476,45 @@ def test_lun_quorum_is_not_a_space_finding() -> None:
     store.apply(Upsert(Node("n3", "HV-NODE-03", "c1")))
     eng = engine(store)
     assert codes(eng, "lun:q") == {}
+
+
+def test_remedies_follow_the_vms_platform() -> None:
+    """A vSphere VM's snapshot findings offer vSphere's actions, a Hyper-V VM's
+    the merge; the platform is the VM's cluster's, and a cluster arriving (or
+    changing platform) after its VMs updates their remedies."""
+    from ventana.state.model import Cluster, Platform
+    from ventana.state.plans import PLANNERS
+    from ventana.state.plans_vsphere import CONSOLIDATE, REMOVE_ALL
+
+    store = small_cluster()
+    eng = engine(store)
+    backup = next(c for c in store.checkpoints_of("c"))
+    store.apply(Upsert(dataclasses.replace(backup, created=NOW - timedelta(days=40))))
+    store.apply(Upsert(dataclasses.replace(vm(store, "b"), consolidation_needed=True)))
+
+    def remedies() -> dict[tuple[str, str], str | None]:
+        return {(f.target, f.code): f.remedy for f in eng.findings() if f.target.startswith("vm:")}
+
+    hyperv = remedies()
+    assert hyperv[("vm:a", F.CHECKPOINT_OLD)] == "merge"
+    assert hyperv[("vm:c", F.BACKUP_LEFTOVER)] == "merge"
+    assert hyperv[("vm:b", F.MERGE_PENDING)] == "merge"
+
+    store.apply(Upsert(Cluster("c1", "VC-CLUSTER", Platform.VSPHERE, nodes=2)))
+    vsphere = remedies()
+    assert vsphere[("vm:a", F.CHECKPOINT_OLD)] == REMOVE_ALL == "remove-all-snapshots"
+    assert vsphere[("vm:c", F.BACKUP_LEFTOVER)] == REMOVE_ALL
+    assert vsphere[("vm:b", F.MERGE_PENDING)] == CONSOLIDATE == "consolidate"
+    # Each remedy is a guarded action the console can plan and run.
+    import ventana.backends.vsphere.actions  # noqa: F401 - registers the vSphere actions
+    from ventana.backends.actions import EXECUTE
+
+    assert set(F.VSPHERE_REMEDIES.values()) <= set(PLANNERS) & set(EXECUTE)
+    # The same answer from a fresh engine (the full computation path).
+    fresh = {(f.target, f.code): f.remedy for f in engine(store).findings()
+             if f.target.startswith("vm:")}
+    assert fresh == vsphere
+
+    # A VM whose cluster is not known yet: Hyper-V's remedies (the default).
+    store.apply(Remove(Kind.CLUSTER, "c1"))
+    assert remedies() == hyperv

@@ -163,3 +163,49 @@ def test_upgrade_needs_the_vm_off_and_no_saved_state_checkpoints() -> None:
     assert not plan_upgrade(store, "a", NOW).blocking
     # The newest VM cannot go higher than what the cluster already runs.
     assert "ALREADY_CURRENT" in codes(plan_upgrade(store, "b", NOW), Severity.BLOCKING)
+
+
+def test_broken_chain_blocks_the_merge_with_the_findings_rule() -> None:
+    """The same rule as the CHAIN_BROKEN finding (derived.broken_chain): a
+    differencing disk whose parent is nowhere blocks; a parent that is another
+    VM's disk (a shared base) or the VM's own does not; once the VM reports its
+    differencing disks, a checkpoint whose file is not among them blocks too."""
+    from ventana.state.derived import broken_chain, path_key
+    from ventana.state.findings import CHAIN_BROKEN, FindingsEngine
+
+    store = small_cluster(free_gb=1500)
+    eng = FindingsEngine(store, clock=lambda: NOW).attach()
+    parent = "C:\\CS\\app-01.vhdx"
+    chain = []
+    for i in range(3):
+        path = f"C:\\CS\\app-01_{i}.avhdx"
+        chain.append(VirtualDisk(f"a-x{i}", "a", path, DiskFormat.AVHDX, (i + 1) * 10 * GB,
+                                 200 * GB, parent, "l1"))
+        parent = path
+    store.apply_many(Upsert(d) for d in chain)
+
+    def broken() -> bool:
+        in_plan = "CHAIN_BROKEN" in codes(plan_merge(store, "a", NOW), Severity.BLOCKING)
+        assert in_plan == (CHAIN_BROKEN in {f.code for f in eng.for_target("vm:a")})
+        return in_plan
+
+    assert not broken()
+    moved = dataclasses.replace(chain[0], parent_path="D:\\Hyper-V\\app-01.vhdx")
+    store.apply(Upsert(moved))
+    assert broken()
+    blocked = next(f for f in plan_merge(store, "a", NOW).blocking if f.code == "CHAIN_BROKEN")
+    assert "does not have valid vhd chains" in blocked.message
+    assert "app-01_0.avhdx names its parent D:\\Hyper-V\\app-01.vhdx" in blocked.message
+    # A shared parent: another VM's disk (case differs: Windows paths).
+    store.apply(Upsert(dataclasses.replace(moved, parent_path="c:\\cs\\DB-01.VHDX")))
+    assert not broken()
+    store.apply(Upsert(chain[0]))
+    # The newest checkpoint's file vanished.
+    store.apply(Remove(Kind.DISK, "a-x2"))
+    assert broken()
+    known = {path_key(d.path) for d in store.all(Kind.DISK)}.__contains__  # type: ignore[attr-defined]
+    (fault,) = broken_chain(store.disks_of("a"), store.checkpoints_of("a"), known)
+    assert "app-01_2.avhdx, which is not among the VM's disks" in fault
+    # Without differencing disks reported, checkpoint files are not judged.
+    base = [d for d in store.disks_of("a") if not d.parent_path]
+    assert broken_chain(base, store.checkpoints_of("a"), known) == []

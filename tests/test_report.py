@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -268,3 +268,66 @@ async def test_runner_settle_is_bounded_and_never_loses_the_outcome(tmp_path: Pa
         await r.execute(r.plan("merge", "a"), "app-01")
         assert time.monotonic() - t0 < 3
         assert r.log.rows()[0].outcome == "ok"  # a stale "after", never a lost outcome
+
+
+async def test_a_later_ok_run_takes_an_unknown_one_off_the_pending_list(tmp_path: Path) -> None:
+    """The link drops mid-merge (outcome unknown); the operator checks, takes a
+    new checkpoint's worth of work and merges again, ok: the unknown merge is
+    no longer pending. Another VM's unknown merge stays on the list."""
+    import asyncio
+
+    from test_sim_actions import Session, quiet
+
+    from ventana.backends.actions import ActionRunner
+    from ventana.state.events import TaskProgress
+    from ventana.state.model import CheckpointKind, ReplicationState, TaskState
+
+    db = tmp_path / "actions.db"
+    async with Session(quiet(speed=60.0)) as s:
+        r = ActionRunner(s.store, s.backend, ActionLog.open(db), clock=s.backend.now)
+        mergeable = [v for v in sorted(s.store.vms(), key=lambda v: v.name)
+                     if v.replication is ReplicationState.DISABLED
+                     and s.store.checkpoints_of(v.id) and not r.plan("merge", v.id).blocking]
+        first, other = mergeable[0], mergeable[1]
+
+        async def lost(vm_id: str) -> None:
+            def drop(event: object) -> None:
+                if isinstance(event, TaskProgress):
+                    s.hook = None
+                    s.backend.drop_connection(reason="WinRM read timeout")
+
+            s.hook = drop
+            vm = s.store.vm(vm_id)
+            result = await r.execute(r.plan("merge", vm_id), vm.name)  # type: ignore[union-attr]
+            assert result.state is TaskState.UNKNOWN
+            while s.backend.world.running_task(vm_id, "merge"):
+                await asyncio.sleep(0)
+            s.backend.restore_connection()
+            for _ in range(10_000):
+                if not s.store.stale:
+                    break
+                await asyncio.sleep(0)
+
+        await lost(first.id)
+        await lost(other.id)
+        pending = build_report(ActionLog.open(db).rows()).pending
+        assert {(p.vm, p.what) for p in pending} == {(first.name, "merge"), (other.name, "merge")}
+
+        s.backend.world.add_checkpoint("cp-again", [f"f-again-{j}" for j in first.disk_ids],
+                                       first.id, "again", CheckpointKind.STANDARD,
+                                       [GB for _ in first.disk_ids])
+        s.backend._wake.set()  # a change made behind the backend's back: let it stream
+        for _ in range(10_000):
+            if s.store.checkpoints_of(first.id):
+                break
+            await asyncio.sleep(0)
+        again = await r.execute(r.plan("merge", first.id), first.name)
+        assert again.state is TaskState.OK, again.error
+        report = build_report(ActionLog.open(db).rows())
+        assert [(p.vm, p.what) for p in report.pending] == [(other.name, "merge")]
+        assert report.totals.outcomes["unknown"] == 2  # the log and the counts keep it
+        # Within a range that ends before the ok run, it is still pending.
+        ok_row = ActionLog.open(db).rows()[0]
+        until = parse_time(ok_row.started) - timedelta(microseconds=1)
+        early = build_report(ActionLog.open(db).rows(), until=until)
+        assert {p.vm for p in early.pending} == {first.name, other.name}

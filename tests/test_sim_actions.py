@@ -7,6 +7,7 @@ runs, as the console does; simulated time runs as fast as it is consumed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -189,6 +190,40 @@ async def test_merge_stops_part_way_when_the_csv_fills_up() -> None:
         assert s.store.get(Kind.DISK, vm.disk_ids[0]).path == avhdx.parent_path  # type: ignore[union-attr]
         assert s.store.lun(vm.lun_id).free_bytes >= PAUSE_CRITICAL_MARGIN  # type: ignore[union-attr]
         assert_store_matches(s.store, s.backend.world)
+
+
+async def test_merge_of_a_broken_chain_fails_and_merges_nothing() -> None:
+    """An .avhdx whose parent is not where it says: Hyper-V cannot merge it."""
+    async with Session(quiet()) as s:
+        world = s.backend.world
+        vm_id = min(world.broken_chains, key=lambda v: world.vms[v].name)
+        before = sorted(c.id for c in s.store.checkpoints_of(vm_id))
+        free = s.store.lun(world.vms[vm_id].lun_id).free_bytes  # type: ignore[union-attr]
+        result = await s.backend.executor().merge(vm_id, "merge-broken")
+        await s.settle()
+
+        assert result.state is TaskState.FAILED and result.final_state is FinalState.FAILED
+        assert "The chain of virtual hard disks is broken" in result.error
+        assert "(0xC03A000D)" in result.error and "D:\\Hyper-V\\" in result.error
+        assert sorted(c.id for c in s.store.checkpoints_of(vm_id)) == before
+        assert s.store.lun(world.vms[vm_id].lun_id).free_bytes == free  # type: ignore[union-attr]
+        task = s.store.task("merge-broken")
+        assert task is not None and task.state is TaskState.FAILED
+        assert vm_id not in world.busy
+        assert_store_matches(s.store, world)
+        # Mended by hand (Set-VHD -ParentPath): the same merge goes through.
+        for cp_id in world.chains[vm_id][:1]:
+            for f in world.files[cp_id]:
+                disk = world.disks[f]
+                base = world.disks[world.vms[vm_id].disk_ids[world.files[cp_id].index(f)]]
+                world.put(dataclasses.replace(disk, parent_path=base.path))
+        world.broken_chains.discard(vm_id)
+        s.backend._wake.set()  # a change made behind the backend's back: let it stream
+        mended = await s.backend.executor().merge(vm_id, "merge-mended")
+        await s.settle()
+        assert "chain of virtual hard disks is broken" not in mended.error
+        assert mended.state is TaskState.OK or "Not enough free space" in mended.error
+        assert_store_matches(s.store, world)
 
 
 async def test_merge_refuses_files_held_by_a_running_backup() -> None:

@@ -9,7 +9,8 @@ CSV, and when all the files of a checkpoint are merged they are deleted
 size (the campaign saw 40 min to 13 h 30 min). It fails like the real thing:
 the CSV would fall below Hyper-V's pause margin (the merge stops, what was
 merged stays merged, the rest of the chain is intact), a file held by a
-backup, or a seeded random disk error. A merge cannot be cancelled.
+backup, a broken chain (an .avhdx whose parent file is not there: nothing is
+merged), or a seeded random disk error. A merge cannot be cancelled.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import math
 import random
 from dataclasses import dataclass
 
-from ventana.state.derived import PAUSE_CRITICAL_MARGIN, MergeSpace, human_bytes, merge_space
+from ventana.state.derived import (
+    PAUSE_CRITICAL_MARGIN,
+    MergeSpace,
+    broken_chain,
+    human_bytes,
+    merge_space,
+    path_key,
+)
 from ventana.state.events import Upsert
 from ventana.state.model import (
     FinalState,
@@ -30,6 +38,7 @@ from ventana.state.model import (
     Severity,
     Task,
     TaskState,
+    VirtualDisk,
 )
 from ventana.state.store import Store, ref
 
@@ -210,6 +219,17 @@ class MergeJob:
                 lambda: self._end(TaskState.OK, FinalState.OPERATIONAL, "No checkpoints to merge"),
             )
             return
+        missing = self._missing_parent(chain)
+        if missing is not None:
+            self._fail_soon(
+                "The chain of virtual hard disks is broken. The system cannot locate the "
+                f"parent virtual hard disk for the differencing disk '{missing.path}' "
+                f"(it names {missing.parent_path}). (0xC03A000D) Nothing was merged; the "
+                "chain is as it was.",
+                2,
+                8,
+            )
+            return
         world.busy[self.vm_id] = self.task_id
         space = space_for(world, self.vm_id)
         self._plan(chain)
@@ -225,6 +245,20 @@ class MergeJob:
             f"may need up to {human_bytes(space.needed)} free",
         )
         self.sched.after(rng.uniform(5, 20), self._unit_start)
+
+    def _missing_parent(self, chain: list[str]) -> VirtualDisk | None:
+        """The first .avhdx of the chain whose parent file is not there (a broken chain).
+
+        The same rule as the findings and the merge pre-flight
+        (``derived.broken_chain``), over the host's own files.
+        """
+        world = self.world
+        files = [world.disks[f] for cp_id in chain for f in world.files[cp_id]]
+        paths = {path_key(d.path) for d in world.disks.values()}
+        for disk in files:
+            if broken_chain((disk,), (), paths.__contains__):
+                return disk
+        return None
 
     def _plan(self, chain: list[str]) -> None:
         world, rng = self.world, self.rng
