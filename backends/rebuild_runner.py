@@ -32,12 +32,10 @@ from ventana.state.rebuild import (
     RebuildStore,
     StepState,
     manual_steps,
-    plan_rebuild,
     step_commands,
 )
 from ventana.state.sanitize import clean
 
-from .actions import register_action
 from .base import ActionResult, Executor, ReadOnlyError, StepResult
 
 
@@ -239,6 +237,7 @@ class RebuildRun:
 async def execute_rebuild(executor: Executor, vm_id: str, task_id: str, plan: Plan
                           ) -> ActionResult:
     """The registered executor call for "rebuild": start or resume, run, report."""
+    executor._guard_vm("rebuild", vm_id)  # read-only: no workflow, no step row, nothing sent
     db = str(plan.params.get("db") or "")
     if not db:
         return ActionResult(TaskState.FAILED, error="no action log to keep the rebuild's "
@@ -274,5 +273,3 @@ async def execute_rebuild(executor: Executor, vm_id: str, task_id: str, plan: Pl
         rs.close()
         log.close()
 
-
-register_action("rebuild", plan_rebuild, execute_rebuild)

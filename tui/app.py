@@ -28,10 +28,8 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
-from ventana.backends import rebuild_runner  # noqa: F401 - registers the "rebuild" action
 from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.base import Backend, ReadOnlyError
-from ventana.backends.vsphere import actions as _vsphere_actions  # noqa: F401  (registers them)
 from ventana.backends.window_runner import WindowRunner
 from ventana.state.acks import AckBook, AckError, follow, open_counts
 from ventana.state.actionlog import ActionLog, ActionLogError
