@@ -340,6 +340,14 @@ class MultiExecutor(Executor):
         self._multi._own_tasks[task_id] = child
         return await executor.retire_old(_strip(vm_id, child.prefix), new_name, task_id)
 
+    async def estimate_consolidation(self, vm_id: str, timeout: float = 15.0
+                                     ) -> dict[str, int]:
+        """vCenter's storage estimate, its datastore ids namespaced like the store's."""
+        child, executor = self._child_executor(vm_id, "estimate")
+        by_lun = await executor.estimate_consolidation(  # type: ignore[attr-defined]
+            _strip(vm_id, child.prefix), timeout=timeout)
+        return {child.prefix + lun: size for lun, size in by_lun.items()}
+
     async def cancel(self, task_id: str) -> bool:
         child = self._multi.owner(task_id)
         if child is None or child.backend.read_only:

@@ -1,0 +1,95 @@
+"""Several targets and vSphere actions: a simulator next to a writable vCenter (vcsim).
+
+The platform is decided per VM, not per session: ``m`` on a vSphere VM plans
+remove-all-snapshots, on a simulated one a checkpoint merge; vCenter's storage
+estimate is asked of the vSphere target and keyed like the store (namespaced
+datastore ids); ``x``/``c``/``n`` on a Hyper-V/sim VM say so and open nothing;
+the SSH side channel attaches to a composite's vSphere target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from apphelp import wait_for
+from factories import NOW
+from peers.vcsim import BUILD_HINT, is_built, start_vcsim
+from test_multi_backend import sim
+from test_vsphere_actions import confirm, on_server, open_plan, snapshot
+
+from ventana.backends.multi import MultiBackend
+from ventana.backends.vsphere import VSphereBackend, VSphereConfig
+from ventana.state.actionlog import ActionLog
+from ventana.state.config import Config
+from ventana.state.model import Kind
+from ventana.state.plans_vsphere import ESTIMATES, REMOVE_ALL
+from ventana.tui.app import VentanaApp
+from ventana.tui.cli import attach_side_channels
+from ventana.tui.plan_screen import PlanScreen
+from ventana.tui.vm_table import VmTable
+
+SIZE = (200, 60)
+
+
+def test_the_ssh_side_channel_attaches_to_a_composites_vsphere_target() -> None:
+    vc = VSphereBackend(VSphereConfig("vc01", user="ops"), password="x")
+    multi = MultiBackend([("lab", sim()), ("vc", vc)])
+    sections = {"ssh": {"host": {"esx01": {"known_hosts": "/k"}}},
+                "guest": {"sql-01": {"address": "sql-01.corp", "known_hosts": "/k"}}}
+    said = attach_side_channels(multi, Config(sections=sections), None)
+    assert "1 host" in said and "1 VM" in said
+    assert len(vc.side_channels) == 1 and vc.stun_probe is not None
+    assert vc.guest_shell is not None
+    assert attach_side_channels(sim(), Config(sections=sections), None) == ""
+
+
+@pytest.mark.skipif(not is_built(), reason=BUILD_HINT)
+@pytest.mark.timeout(120)
+async def test_sim_next_to_a_writable_vcenter(tmp_path: Path) -> None:
+    handle = start_vcsim(tmp_path / "vcsim", hosts=2, vms=3, datastores=1, quiet=True)
+    try:
+        vc = VSphereBackend(VSphereConfig(host=handle.host, port=handle.port, user=handle.user,
+                                          ca_file=handle.ca_path, wait_s=30, read_only=False),
+                            password=handle.password)
+        multi = MultiBackend([("lab", sim(vms=8)), ("vc", vc)])
+        app = VentanaApp(multi, log=ActionLog.open(tmp_path / "a.db"), clock=lambda: NOW)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 14 and not app._pending,
+                           timeout=40)
+            table = app.query_one(VmTable)
+            vm = next(v for v in app.store.vms() if v.id.startswith("vc/")
+                      and v.name == "DC0_C0_H1_VM0")
+            await on_server(handle, snapshot(vm.id.split("/", 1)[1], "before-patch"))
+            await wait_for(pilot, lambda: bool(app.store.checkpoints_of(vm.id)), timeout=20)
+            ESTIMATES.clear()
+
+            # m on the vSphere VM: remove all snapshots, with vCenter's own estimate.
+            table.select_vm(vm.id)
+            await pilot.pause(0.2)
+            screen = await open_plan(pilot, app, "m")
+            assert screen.plan.action == REMOVE_ALL
+            estimate = ESTIMATES.get(vm.id)
+            assert estimate is not None and vm.lun_id in estimate.by_lun, estimate
+            assert "EstimateStorageForConsolidateSnapshots" in screen.plan.facts["space_basis"]
+            await confirm(pilot, app, vm.name)
+            row = app.action_log.rows()[0]
+            assert (row.action, row.outcome) == (REMOVE_ALL, "ok"), row.error
+            await wait_for(pilot, lambda: not app.store.checkpoints_of(vm.id), timeout=20)
+
+            # m on a simulated VM: a checkpoint merge; x/c/n are vSphere's only.
+            lab = next(v for v in app.store.vms() if v.id.startswith("lab/")
+                       and app.store.checkpoints_of(v.id))
+            table.select_vm(lab.id)
+            await pilot.pause(0.2)
+            for key in ("x", "c", "n"):
+                await pilot.press(key)
+                await pilot.pause(0.2)
+                assert not isinstance(app.screen, PlanScreen), key
+                assert "for vSphere VMs" in str(list(app._notifications)[-1].message)
+            screen = await open_plan(pilot, app, "m")
+            assert screen.plan.action == "merge"
+            await pilot.press("escape")
+        app.action_log.close()
+    finally:
+        handle.stop()
