@@ -394,7 +394,10 @@ class VentanaApp(App[None]):
 
     # -- commands -------------------------------------------------------------------
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.read_only))
+        under = self.screen if len(self.screen_stack) > 1 else None
+        if isinstance(under, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.read_only, under))
 
     def action_action_log(self) -> None:
         recorded = getattr(self.backend, "actions_so_far", None)
@@ -638,6 +641,11 @@ class VentanaApp(App[None]):
     async def action_quit(self) -> None:
         running = self._actions_running
         if not running:
+            if len(self.screen_stack) > 1:  # q on a dialog or a screen that does not close on q
+                if not isinstance(self.screen, ConfirmScreen):
+                    self.push_screen(ConfirmScreen("Leave the console?", "Quit", "Stay"),
+                                     callback=lambda quit_: self.exit() if quit_ else None)
+                return
             self.exit()
             return
         question = (

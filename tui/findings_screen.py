@@ -294,6 +294,7 @@ class SilenceDialog(ModalScreen[Silence | None]):
 class FindingsScreen(ModalScreen[None]):
     BINDINGS = [
         Binding("escape,q,f", "close", "Close"),
+        Binding("question_mark", "app.help", "Help", show=False),
         Binding("a", "acknowledge", "Acknowledge"),
         Binding("z", "snooze", "Snooze"),
         Binding("x", "lift", "Lift ack/snooze"),
