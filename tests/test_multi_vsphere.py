@@ -77,6 +77,12 @@ async def test_sim_next_to_a_writable_vcenter(tmp_path: Path) -> None:
             assert (row.action, row.outcome) == (REMOVE_ALL, "ok"), row.error
             await wait_for(pilot, lambda: not app.store.checkpoints_of(vm.id), timeout=20)
 
+            # p queues the same per-VM action: remove-all-snapshots, not a Hyper-V merge.
+            await pilot.press("p")
+            await pilot.pause(0.1)
+            assert app._window is not None
+            assert app._window.window.items[-1].action == REMOVE_ALL
+
             # m on a simulated VM: a checkpoint merge; x/c/n are vSphere's only.
             lab = next(v for v in app.store.vms() if v.id.startswith("lab/")
                        and app.store.checkpoints_of(v.id))
@@ -90,6 +96,10 @@ async def test_sim_next_to_a_writable_vcenter(tmp_path: Path) -> None:
             screen = await open_plan(pilot, app, "m")
             assert screen.plan.action == "merge"
             await pilot.press("escape")
+            await pilot.pause(0.1)
+            await pilot.press("p")
+            await pilot.pause(0.1)
+            assert app._window.window.items[-1].action == "merge"
         app.action_log.close()
     finally:
         handle.stop()

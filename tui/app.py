@@ -848,13 +848,16 @@ class VentanaApp(App[None]):
         wr = self.window_runner()
         if wr is None:
             return
+        # The platform decides, per VM, as for m: a vSphere VM's plan is remove-all-snapshots.
+        action = REMOVE_ALL if is_vsphere(self.store, vm) else "merge"
         try:
-            wr.window.add(vm.id, vm.name, "merge")
+            wr.window.add(vm.id, vm.name, action)
         except WindowError as exc:
             self.notify(clean(str(exc)), severity="error", markup=False)
             return
         pending = sum(1 for i in wr.window.items if i.pending)
-        self.notify(f"Merge of {vm.name} queued in {wr.window.name} ({pending} to run). "
+        what = "Removal of all snapshots" if action == REMOVE_ALL else "Merge"
+        self.notify(f"{what} of {vm.name} queued in {wr.window.name} ({pending} to run). "
                     "w opens the window.", markup=False)
 
     def action_compact(self) -> None:
