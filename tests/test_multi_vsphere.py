@@ -24,6 +24,7 @@ from ventana.state.actionlog import ActionLog
 from ventana.state.config import Config
 from ventana.state.model import Kind
 from ventana.state.plans_vsphere import ESTIMATES, REMOVE_ALL
+from ventana.state.rebuild import RebuildStore
 from ventana.tui.app import VentanaApp
 from ventana.tui.cli import attach_side_channels
 from ventana.tui.plan_screen import PlanScreen
@@ -82,6 +83,14 @@ async def test_sim_next_to_a_writable_vcenter(tmp_path: Path) -> None:
             await pilot.pause(0.1)
             assert app._window is not None
             assert app._window.window.items[-1].action == REMOVE_ALL
+
+            # Hyper-V workflows say so on a vSphere VM, and leave nothing behind.
+            for key in ("u", "b"):
+                await pilot.press(key)
+                await pilot.pause(0.2)
+                assert not isinstance(app.screen, PlanScreen), key
+                assert "for Hyper-V VMs" in str(list(app._notifications)[-1].message)
+            assert RebuildStore.open(app.action_log.path).latest(vm.id) is None
 
             # m on a simulated VM: a checkpoint merge; x/c/n are vSphere's only.
             lab = next(v for v in app.store.vms() if v.id.startswith("lab/")

@@ -532,7 +532,8 @@ class VentanaApp(App[None]):
                         exit_on_error=False)
 
     def action_upgrade(self) -> None:
-        self._open_plan("upgrade")
+        if self._not_on_vsphere("A configuration-version upgrade"):
+            self._open_plan("upgrade")
 
     def _open_plan(self, action: str, vm_id: str | None = None, **params: object) -> None:
         vm_id = vm_id or self.selected_vm_id()
@@ -578,6 +579,8 @@ class VentanaApp(App[None]):
         vm_id = self.selected_vm_id()
         if vm_id is None:
             self.notify("Select a VM first.", severity="warning")
+            return
+        if not self._not_on_vsphere("The rebuild workflow"):
             return
         if self.action_log is None:
             self.notify("A rebuild keeps its state in the action log, which is not open: "
@@ -861,10 +864,12 @@ class VentanaApp(App[None]):
                     "w opens the window.", markup=False)
 
     def action_compact(self) -> None:
-        self._open_plan("compact")
+        if self._not_on_vsphere("Compacting a VHDX"):
+            self._open_plan("compact")
 
     def action_delete_vm(self) -> None:
-        self._open_plan("delete")
+        if self._not_on_vsphere("Deleting a VM"):
+            self._open_plan("delete")
 
     def _window_changed(self) -> None:
         if isinstance(self.screen, WindowScreen):
@@ -896,3 +901,19 @@ class VentanaApp(App[None]):
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         self.notify(f"Window {wr.window.name}: {summary}", title="Queue stopped",
                     markup=False, timeout=15)
+
+    def _not_on_vsphere(self, what: str) -> bool:
+        """True when the selected VM is not a vSphere VM; else say why nothing opens.
+
+        Upgrade, rebuild, compact and delete are Hyper-V workflows: their plans
+        would show Hyper-V commands and a vSphere target would refuse them (a
+        rebuild would leave a failed workflow behind).
+        """
+        vm_id = self.selected_vm_id()
+        vm = self.store.vm(vm_id) if vm_id else None
+        if vm is not None and is_vsphere(self.store, vm):
+            self.notify(f"{what} is for Hyper-V VMs; {vm.name} is a vSphere VM (m removes "
+                        "all its snapshots, c consolidates, n takes a snapshot).",
+                        severity="warning", markup=False)
+            return False
+        return True
