@@ -92,6 +92,15 @@ async def test_sim_next_to_a_writable_vcenter(tmp_path: Path) -> None:
                 assert "for Hyper-V VMs" in str(list(app._notifications)[-1].message)
             assert RebuildStore.open(app.action_log.path).latest(vm.id) is None
 
+            # A finding's "merge" remedy on a vSphere VM opens its own plan too.
+            await on_server(handle, snapshot(vm.id.split("/", 1)[1], "left-by-backup"))
+            await wait_for(pilot, lambda: bool(app.store.checkpoints_of(vm.id)), timeout=20)
+            app.open_remedy("merge", vm.id)
+            await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), 15)
+            assert app.screen.plan.action == REMOVE_ALL  # type: ignore[attr-defined]
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+
             # m on a simulated VM: a checkpoint merge; x/c/n are vSphere's only.
             lab = next(v for v in app.store.vms() if v.id.startswith("lab/")
                        and app.store.checkpoints_of(v.id))

@@ -74,6 +74,11 @@ FINDINGS_TICK_S = 30.0  # age thresholds and snooze expiry are checked this ofte
 FINDINGS_SLICE_S = 0.008
 
 
+#: Hyper-V workflows, and how a notice names them on a vSphere VM.
+HYPERV_ONLY = {"upgrade": "A configuration-version upgrade", "rebuild": "The rebuild workflow",
+               "compact": "Compacting a VHDX", "delete": "Deleting a VM"}
+
+
 class EventRecorder(ActionRecorder, Protocol):
     error: str | None
 
@@ -532,7 +537,7 @@ class VentanaApp(App[None]):
                         exit_on_error=False)
 
     def action_upgrade(self) -> None:
-        if self._not_on_vsphere("A configuration-version upgrade"):
+        if self._not_on_vsphere(HYPERV_ONLY["upgrade"]):
             self._open_plan("upgrade")
 
     def _open_plan(self, action: str, vm_id: str | None = None, **params: object) -> None:
@@ -580,7 +585,7 @@ class VentanaApp(App[None]):
         if vm_id is None:
             self.notify("Select a VM first.", severity="warning")
             return
-        if not self._not_on_vsphere("The rebuild workflow"):
+        if not self._not_on_vsphere(HYPERV_ONLY["rebuild"]):
             return
         if self.action_log is None:
             self.notify("A rebuild keeps its state in the action log, which is not open: "
@@ -864,11 +869,11 @@ class VentanaApp(App[None]):
                     "w opens the window.", markup=False)
 
     def action_compact(self) -> None:
-        if self._not_on_vsphere("Compacting a VHDX"):
+        if self._not_on_vsphere(HYPERV_ONLY["compact"]):
             self._open_plan("compact")
 
     def action_delete_vm(self) -> None:
-        if self._not_on_vsphere("Deleting a VM"):
+        if self._not_on_vsphere(HYPERV_ONLY["delete"]):
             self._open_plan("delete")
 
     def _window_changed(self) -> None:
@@ -902,14 +907,26 @@ class VentanaApp(App[None]):
         self.notify(f"Window {wr.window.name}: {summary}", title="Queue stopped",
                     markup=False, timeout=15)
 
-    def _not_on_vsphere(self, what: str) -> bool:
-        """True when the selected VM is not a vSphere VM; else say why nothing opens.
+    def open_remedy(self, action: str, vm_id: str) -> None:
+        """A finding's remedy on its VM, decided per VM like the keys: a vSphere VM's
+        "merge" is remove-all-snapshots; a Hyper-V workflow says it is one."""
+        vm = self.store.vm(vm_id)
+        if vm is not None and is_vsphere(self.store, vm):
+            if action == "merge":
+                self._open_vsphere(REMOVE_ALL, vm_id)
+                return
+            if action in HYPERV_ONLY and not self._not_on_vsphere(HYPERV_ONLY[action], vm_id):
+                return
+        self._open_plan(action, vm_id)
+
+    def _not_on_vsphere(self, what: str, vm_id: str | None = None) -> bool:
+        """True when the (selected) VM is not a vSphere VM; else say why nothing opens.
 
         Upgrade, rebuild, compact and delete are Hyper-V workflows: their plans
         would show Hyper-V commands and a vSphere target would refuse them (a
         rebuild would leave a failed workflow behind).
         """
-        vm_id = self.selected_vm_id()
+        vm_id = vm_id or self.selected_vm_id()
         vm = self.store.vm(vm_id) if vm_id else None
         if vm is not None and is_vsphere(self.store, vm):
             self.notify(f"{what} is for Hyper-V VMs; {vm.name} is a vSphere VM (m removes "
