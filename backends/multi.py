@@ -340,6 +340,21 @@ class MultiExecutor(Executor):
         self._multi._own_tasks[task_id] = child
         return await executor.retire_old(_strip(vm_id, child.prefix), new_name, task_id)
 
+    async def remove_snapshot_of(self, vm_id: str, snapshot_id: str, task_id: str,
+                                 remove_children: bool = False) -> ActionResult:
+        """vSphere: the task id is the third argument here, not the second; the
+        console must know it as its own (cancel, the task strip)."""
+        child, executor = self._child_executor(vm_id, "remove snapshot")
+        self._multi._own_tasks[task_id] = child
+        fn = getattr(executor, "remove_snapshot_of", None)
+        if fn is None:
+            return ActionResult(TaskState.FAILED, error="remove snapshot is not available on "
+                                f"{child.label}; nothing was sent")
+        result: ActionResult = await fn(_strip(vm_id, child.prefix),
+                                        _strip(snapshot_id, child.prefix), task_id,
+                                        remove_children)
+        return result
+
     async def estimate_consolidation(self, vm_id: str, timeout: float = 15.0
                                      ) -> dict[str, int]:
         """vCenter's storage estimate, its datastore ids namespaced like the store's."""

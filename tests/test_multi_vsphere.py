@@ -121,3 +121,16 @@ async def test_sim_next_to_a_writable_vcenter(tmp_path: Path) -> None:
         app.action_log.close()
     finally:
         handle.stop()
+
+
+async def test_a_snapshot_removal_task_stays_the_consoles_own() -> None:
+    """remove_snapshot_of takes the task id third: the composite still keeps it un-namespaced
+    (so k can cancel it and the strip ranks it first) and strips the snapshot's namespace."""
+    vc = VSphereBackend(VSphereConfig("vc01", user="ops", read_only=False), password="x")
+    multi = MultiBackend([("lab", sim()), ("vc", vc)])
+    result = await multi.executor().remove_snapshot_of("vc/vm-1", "vc/snapshot-2",
+                                                       "remove-snapshot-ab12", False)
+    assert multi.owner("remove-snapshot-ab12") is multi.children[1]
+    assert "snapshot-2 is not a snapshot of this VM" in result.error  # the child's own check
+    assert "vc/" not in result.error
+    await multi.close()
