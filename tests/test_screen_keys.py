@@ -106,6 +106,8 @@ def test_the_task_strip_ranks_every_registered_action_first() -> None:
     # A step of a rebuild runs under its own kind, with the console's task id.
     store.apply(Upsert(Task("rebuild-ab12-merge-stop", "shutdown", ref(Kind.VM, "a"),
                             "app-01", 5.0, TaskState.RUNNING, NOW.replace(hour=0))))
+    store.apply(Upsert(Task("lab/rebuild-cd34-merge-stop", "shutdown", ref(Kind.VM, "a"),
+                            "app-01", 5.0, TaskState.RUNNING, NOW.replace(hour=0))))
 
     class Strip(TaskStrip):  # what the strip would show, without an app around it
         shown = ""
@@ -117,5 +119,5 @@ def test_the_task_strip_ranks_every_registered_action_first() -> None:
     strip.MAX_LINES = 100
     strip.sync(store)
     lines = strip.shown.splitlines()
-    assert len(lines) == len(action_names()) + 2
+    assert len(lines) == len(action_names()) + 3
     assert lines[-1].startswith("backup"), lines

@@ -33,7 +33,8 @@ def operator_kinds() -> frozenset[str]:
 
 
 def is_operator_task(task: Task, kinds: frozenset[str]) -> bool:
-    return task.kind in kinds or any(task.id.startswith(f"{k}-") for k in kinds)
+    own = task.id.rpartition("/")[2]  # a composite's sub-task ("lab/rebuild-…-stop")
+    return task.kind in kinds or any(own.startswith(f"{k}-") for k in kinds)
 BAR = 16
 
 
