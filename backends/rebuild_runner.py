@@ -242,8 +242,17 @@ async def execute_rebuild(executor: Executor, vm_id: str, task_id: str, plan: Pl
     if not db:
         return ActionResult(TaskState.FAILED, error="no action log to keep the rebuild's "
                             "state in; nothing was sent")
-    log = ActionLog.open(db)
-    rs = RebuildStore.open(db)
+    try:
+        log = ActionLog.open(db)
+    except ActionLogError as exc:  # e.g. locked past the busy timeout: nothing went out
+        return ActionResult(TaskState.FAILED, error=f"the rebuild's state cannot be kept: "
+                            f"{exc}; nothing was sent")
+    try:
+        rs = RebuildStore.open(db)
+    except ActionLogError as exc:
+        log.close()
+        return ActionResult(TaskState.FAILED, error=f"the rebuild's state cannot be kept: "
+                            f"{exc}; nothing was sent")
     try:
         workflow = plan.params.get("workflow")
         wf = rs.get(str(workflow)) if workflow else None

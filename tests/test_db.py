@@ -86,3 +86,23 @@ def test_acks_on_a_locked_file(tmp_path: Path) -> None:
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+async def test_a_rebuild_whose_state_file_cannot_be_opened_sends_nothing(
+        tmp_path: Path) -> None:
+    """The rebuild opens the file again for its workflow: unusable, it is a plain failure
+    with nothing sent — not an "unknown outcome, verify on the host"."""
+    from test_sim_actions import quiet
+
+    from ventana.backends.rebuild_runner import execute_rebuild
+    from ventana.state.model import TaskState
+    from ventana.state.plans import Plan
+
+    db = tmp_path / "actions.db"
+    db.write_bytes(b"this is not a database" * 100)
+    sim = quiet()
+    plan = Plan("rebuild", "vm:VM-001", "app-01", (), (), "", params={"db": str(db)})
+    result = await execute_rebuild(sim.executor(), "VM-001", "rebuild-1", plan)
+    assert result.state is TaskState.FAILED and "nothing was sent" in result.error
+    assert "not a usable action log" in result.error
+    await sim.close()
