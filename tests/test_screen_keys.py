@@ -121,3 +121,16 @@ def test_the_task_strip_ranks_every_registered_action_first() -> None:
     lines = strip.shown.splitlines()
     assert len(lines) == len(action_names()) + 3
     assert lines[-1].startswith("backup"), lines
+
+
+async def test_question_mark_in_the_typed_name_is_typed_not_help(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        await pilot.press("m")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen))
+        await wait_for(pilot, lambda: getattr(app.focused, "id", None) == "confirm-name")
+        await pilot.press("question_mark")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, PlanScreen)
+        assert app.focused.value == "?"  # type: ignore[union-attr]
