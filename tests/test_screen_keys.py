@@ -134,3 +134,11 @@ async def test_question_mark_in_the_typed_name_is_typed_not_help(tmp_path: Path)
         await pilot.pause(0.1)
         assert isinstance(app.screen, PlanScreen)
         assert app.focused.value == "?"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("screen", [FindingsScreen, ReportScreen, RebuildScreen, PlanScreen,
+                                    FinalStateScreen, LogScreen, RecordedActionsScreen],
+                         ids=lambda s: s.__name__)
+def test_modal_screens_answer_question_mark_themselves(screen: type[Screen]) -> None:
+    # The app's own bindings do not reach a modal screen: each asks for help itself.
+    assert "question_mark" in _keys(getattr(screen, "BINDINGS", []))
