@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ventana.state.actionlog import ActionLog, ActionLogError
-from ventana.state.cleanup_plans import plan_compact, plan_delete
 from ventana.state.estimates import LearnedEstimator
 from ventana.state.model import FinalState, Kind, TaskState
 from ventana.state.plans import PLANNERS, Plan, Planner, findings_to_log, register_planner
@@ -141,6 +140,9 @@ class ActionRunner:
         flags: str = "",
         estimator: PlanEstimator | None = _DEFAULT,
     ) -> None:
+        from .registry import register_all
+
+        register_all()  # every action the console offers, for any user of a runner
         self.store = store
         self.backend = backend
         self.log = log
@@ -391,14 +393,10 @@ class ActionRunner:
         return await self.backend.executor().cancel(task_id)
 
 
-# -- offline clean-up actions -------------------------------------------------------
-register_action(
-    "compact", plan_compact,
-    lambda ex, vm_id, task_id, plan: ex.compact_vhdx(
-        vm_id, task_id, tuple(d["path"] for d in plan.facts["disks"])),
-)
-register_action(
-    "delete", plan_delete,
-    lambda ex, vm_id, task_id, plan: ex.delete_vm(
-        vm_id, task_id, tuple(f["path"] for f in plan.facts["files"])),
-)
+# -- offline clean-up actions (registered by backends/registry.py) -----------------
+async def execute_compact(ex: Executor, vm_id: str, task_id: str, plan: Plan) -> ActionResult:
+    return await ex.compact_vhdx(vm_id, task_id, tuple(d["path"] for d in plan.facts["disks"]))
+
+
+async def execute_delete(ex: Executor, vm_id: str, task_id: str, plan: Plan) -> ActionResult:
+    return await ex.delete_vm(vm_id, task_id, tuple(f["path"] for f in plan.facts["files"]))

@@ -57,6 +57,13 @@ class Executor(abc.ABC):
         if self._backend.read_only:
             raise ReadOnlyError(f"{action} refused: {self._backend.target} is read-only")
 
+    def _guard_vm(self, action: str, vm_id: str) -> None:
+        """``_guard``, and the VM's own target when the backend holds several."""
+        self._guard(action)
+        read_only_for = getattr(self._backend, "read_only_for", None)
+        if read_only_for is not None and read_only_for(vm_id):
+            raise ReadOnlyError(f"{action} refused: the target of {vm_id} is read-only")
+
     @abc.abstractmethod
     async def merge(self, vm_id: str, task_id: str) -> ActionResult:
         """Merge every checkpoint of a VM into its base disks.

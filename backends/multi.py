@@ -49,9 +49,9 @@ from ventana.state.events import (
     TaskProgress,
     Upsert,
 )
-from ventana.state.model import Entity
+from ventana.state.model import Entity, TaskState
 
-from .base import ActionResult, Backend, Executor, ReadOnlyError
+from .base import ActionResult, Backend, Executor, ReadOnlyError, StepResult
 
 log = logging.getLogger("ventana.backends.multi")
 
@@ -283,6 +283,86 @@ class MultiExecutor(Executor):
     async def upgrade_version(self, vm_id: str, task_id: str, version: str) -> ActionResult:
         return await self._call("upgrade_version", vm_id, task_id, version)
 
+    # The base class's optional steps (rebuild, compact, delete) would refuse as
+    # "not available" without asking the owning child: route them too.
+    async def compact_vhdx(self, vm_id: str, task_id: str, paths: tuple[str, ...]
+                           ) -> ActionResult:
+        return await self._call("compact_vhdx", vm_id, task_id, paths)
+
+    async def delete_vm(self, vm_id: str, task_id: str, paths: tuple[str, ...]) -> ActionResult:
+        return await self._call("delete_vm", vm_id, task_id, paths)
+
+    async def _step(self, method: str, vm_id: str, task_id: str, *args: Any,
+                    **kwargs: Any) -> StepResult:
+        """A rebuild step: routed like an action; the VM id in its data (a capture,
+        the new VM) comes back namespaced so the next step finds its target."""
+        child, executor = self._child_executor(vm_id, method)
+        self._multi._own_tasks[task_id] = child
+        result: StepResult = await getattr(executor, method)(
+            _strip(vm_id, child.prefix), task_id, *_strip(args, child.prefix),
+            **_strip(kwargs, child.prefix))
+        vm = result.data.get("vm_id")
+        if isinstance(vm, str) and vm and not vm.startswith(child.prefix):
+            result = dataclasses.replace(result, data={**result.data,
+                                                       "vm_id": child.prefix + vm})
+        return result
+
+    async def capture(self, vm_id: str, task_id: str) -> StepResult:
+        return await self._step("capture", vm_id, task_id)
+
+    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
+                            ) -> StepResult:
+        return await self._step("rebuild_merge", vm_id, task_id, to_last_parent=to_last_parent)
+
+    async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:
+        vm_id = str(capture.get("vm_id") or "")
+        child, executor = self._child_executor(vm_id, "create_from_capture")
+        self._multi._own_tasks[task_id] = child
+        result = await executor.create_from_capture(_strip(capture, child.prefix), task_id)
+        vm = result.data.get("vm_id")
+        if isinstance(vm, str) and vm and not vm.startswith(child.prefix):
+            result = dataclasses.replace(result, data={**result.data,
+                                                       "vm_id": child.prefix + vm})
+        return result
+
+    async def verify_boot(self, vm_id: str, capture: dict[str, Any], task_id: str
+                          ) -> StepResult:
+        child, executor = self._child_executor(vm_id, "verify_boot")
+        self._multi._own_tasks[task_id] = child
+        return await executor.verify_boot(_strip(vm_id, child.prefix),
+                                          _strip(capture, child.prefix), task_id)
+
+    async def guest_services(self, vm_id: str, task_id: str) -> StepResult:
+        return await self._step("guest_services", vm_id, task_id)
+
+    async def retire_old(self, vm_id: str, new_name: str, task_id: str) -> StepResult:
+        child, executor = self._child_executor(vm_id, "retire_old")
+        self._multi._own_tasks[task_id] = child
+        return await executor.retire_old(_strip(vm_id, child.prefix), new_name, task_id)
+
+    async def remove_snapshot_of(self, vm_id: str, snapshot_id: str, task_id: str,
+                                 remove_children: bool = False) -> ActionResult:
+        """vSphere: the task id is the third argument here, not the second; the
+        console must know it as its own (cancel, the task strip)."""
+        child, executor = self._child_executor(vm_id, "remove snapshot")
+        self._multi._own_tasks[task_id] = child
+        fn = getattr(executor, "remove_snapshot_of", None)
+        if fn is None:
+            return ActionResult(TaskState.FAILED, error="remove snapshot is not available on "
+                                f"{child.label}; nothing was sent")
+        result: ActionResult = await fn(_strip(vm_id, child.prefix),
+                                        _strip(snapshot_id, child.prefix), task_id,
+                                        remove_children)
+        return result
+
+    async def estimate_consolidation(self, vm_id: str, timeout: float = 15.0
+                                     ) -> dict[str, int]:
+        """vCenter's storage estimate, its datastore ids namespaced like the store's."""
+        child, executor = self._child_executor(vm_id, "estimate")
+        by_lun = await executor.estimate_consolidation(  # type: ignore[attr-defined]
+            _strip(vm_id, child.prefix), timeout=timeout)
+        return {child.prefix + lun: size for lun, size in by_lun.items()}
+
     async def cancel(self, task_id: str) -> bool:
         child = self._multi.owner(task_id)
         if child is None or child.backend.read_only:
@@ -298,7 +378,10 @@ class MultiExecutor(Executor):
             child, executor = self._child_executor(vm_id, method)
             if args and isinstance(args[0], str) and SEP not in args[0]:
                 self._multi._own_tasks[args[0]] = child  # the task id, by convention
-            fn = getattr(executor, method)
+            fn = getattr(executor, method, None)
+            if fn is None:  # another platform's action: nothing was sent
+                return ActionResult(TaskState.FAILED, error=f"{method.replace('_', ' ')} is not "
+                                    f"available on {child.label}; nothing was sent")
             return await fn(_strip(vm_id, child.prefix), *_strip(args, child.prefix),
                             **_strip(kwargs, child.prefix))
 

@@ -32,12 +32,10 @@ from ventana.state.rebuild import (
     RebuildStore,
     StepState,
     manual_steps,
-    plan_rebuild,
     step_commands,
 )
 from ventana.state.sanitize import clean
 
-from .actions import register_action
 from .base import ActionResult, Executor, ReadOnlyError, StepResult
 
 
@@ -239,12 +237,22 @@ class RebuildRun:
 async def execute_rebuild(executor: Executor, vm_id: str, task_id: str, plan: Plan
                           ) -> ActionResult:
     """The registered executor call for "rebuild": start or resume, run, report."""
+    executor._guard_vm("rebuild", vm_id)  # read-only: no workflow, no step row, nothing sent
     db = str(plan.params.get("db") or "")
     if not db:
         return ActionResult(TaskState.FAILED, error="no action log to keep the rebuild's "
                             "state in; nothing was sent")
-    log = ActionLog.open(db)
-    rs = RebuildStore.open(db)
+    try:
+        log = ActionLog.open(db)
+    except ActionLogError as exc:  # e.g. locked past the busy timeout: nothing went out
+        return ActionResult(TaskState.FAILED, error=f"the rebuild's state cannot be kept: "
+                            f"{exc}; nothing was sent")
+    try:
+        rs = RebuildStore.open(db)
+    except ActionLogError as exc:
+        log.close()
+        return ActionResult(TaskState.FAILED, error=f"the rebuild's state cannot be kept: "
+                            f"{exc}; nothing was sent")
     try:
         workflow = plan.params.get("workflow")
         wf = rs.get(str(workflow)) if workflow else None
@@ -274,5 +282,3 @@ async def execute_rebuild(executor: Executor, vm_id: str, task_id: str, plan: Pl
         rs.close()
         log.close()
 
-
-register_action("rebuild", plan_rebuild, execute_rebuild)

@@ -32,13 +32,14 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .actionlog import DEFAULT_BUSY_TIMEOUT, ActionLog, ActionLogError, _explain, _operator
+from .actionlog import ActionLog, ActionLogError, _operator
+from .db import DEFAULT_BUSY_TIMEOUT, connect, explain, write
 from .findings import FindingsChange, FindingsEngine, LiveFinding
 from .model import Severity
 from .sanitize import clean
@@ -133,15 +134,8 @@ class AckBook:
     @classmethod
     def open(cls, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
              grace: timedelta = DEFAULT_GRACE) -> AckBook:
-        conn: sqlite3.Connection | None = None
+        conn = connect(path, busy_timeout=busy_timeout, error=AckError)
         try:
-            conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise AckError(f"{path} cannot use WAL (journal mode {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
             book = cls(Path(path), conn, busy_timeout, grace)
             with book._write():
                 conn.execute(
@@ -154,36 +148,18 @@ class AckBook:
             book._load()
             return book
         except AckError:
-            if conn is not None:
-                conn.close()
+            conn.close()
             raise
         except (sqlite3.Error, OSError) as exc:
-            if conn is not None:
-                conn.close()
-            raise AckError(_explain(exc, Path(path), busy_timeout)) from exc
+            conn.close()
+            raise AckError(explain(exc, Path(path), busy_timeout)) from exc
 
     @classmethod
     def beside(cls, log: ActionLog, **kwargs: object) -> AckBook:
         return cls.open(log.path, **kwargs)  # type: ignore[arg-type]
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise AckError(_explain(exc, self.path, self._timeout)) from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise AckError(_explain(exc, self.path, self._timeout)) from exc
-                raise
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write(self._conn, self._lock, self.path, self._timeout, AckError)
 
     def _load(self) -> None:
         with self._lock:

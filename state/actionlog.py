@@ -38,7 +38,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,13 +47,13 @@ from typing import Any, TextIO
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
+from .db import DEFAULT_BUSY_TIMEOUT, connect, explain, write
 from .model import FinalState
 from .paths import default_log_path, ensure_dir
 from .sanitize import clean
 
 SCHEMA_VERSION = 1
 TABLE = "actions"
-DEFAULT_BUSY_TIMEOUT = 10.0
 
 MODES = ("read-write", "read-only", "replay")
 OUTCOMES = ("running", "ok", "warning", "failed", "cancelled", "refused", "unknown")
@@ -294,21 +294,7 @@ def _iso(t: datetime) -> str:
     return t.isoformat(timespec="milliseconds")
 
 
-def _explain(exc: BaseException, path: Path, timeout: float) -> str:
-    msg = str(exc)
-    low = msg.lower()
-    if "locked" in low or "busy" in low:
-        return (f"the action log {path} is locked by another process "
-                f"(waited {timeout:g} s): {msg}")
-    if "disk is full" in low or "disk full" in low:
-        return f"the disk holding the action log {path} is full: {msg}"
-    if "readonly" in low or "read-only" in low:
-        return f"the action log {path} is read-only: {msg}"
-    if "unable to open" in low:
-        return f"cannot create or open the action log {path} (is the directory writable?): {msg}"
-    if "not a database" in low or "malformed" in low:
-        return f"{path} is not a usable action log: {msg}"
-    return f"action log {path}: {msg}"
+_explain = explain  # the one explanation of a failed write (state/db.py)
 
 
 # -- the log ----------------------------------------------------------------------
@@ -357,29 +343,16 @@ class ActionLog:
             raise ActionLogError(
                 f"cannot create the action log {path}: {exc.strerror or exc}"
             ) from exc
-        conn: sqlite3.Connection | None = None
+        conn = connect(path, busy_timeout=busy_timeout, error=ActionLogError)
         try:
-            conn = sqlite3.connect(
-                str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise ActionLogError(
-                    f"the action log {path} cannot use WAL (journal mode {mode!r}); "
-                    "it needs a local disk, not a network share"
-                )
-            conn.execute("PRAGMA synchronous = FULL")
             log = cls(path, conn, busy_timeout)
             log._migrate()
             return log
         except ActionLogError:
-            if conn is not None:
-                conn.close()
+            conn.close()
             raise
         except (sqlite3.Error, OSError) as exc:
-            if conn is not None:
-                conn.close()
+            conn.close()
             raise ActionLogError(_explain(exc, path, busy_timeout)) from exc
 
     def _migrate(self) -> None:
@@ -403,21 +376,8 @@ class ActionLog:
         with self._lock:
             if self._closed:
                 raise ActionLogError(f"the action log {self.path} is closed")
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise ActionLogError(_explain(exc, self.path, self._timeout)) from exc
-            try:
+            with write(self._conn, self._lock, self.path, self._timeout, ActionLogError):
                 yield
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise ActionLogError(_explain(exc, self.path, self._timeout)) from exc
-                raise
 
     # -- writing --------------------------------------------------------------
     def _intent(

@@ -36,8 +36,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .actionlog import _BOOT, _HOST, ActionLogError, _proc_start, redact, writer_alive
+from .db import DEFAULT_BUSY_TIMEOUT, connect, explain, write
 from .derived import PAUSE_CRITICAL_MARGIN, human_bytes, merge_space
 from .model import Finding, Kind, LunState, PowerState, ReplicationState, Severity
 from .plans import Estimate, Plan, cluster_max_version
@@ -364,55 +365,28 @@ class RebuildStore:
         self._proc_start = _proc_start(self._pid)
 
     @classmethod
-    def open(cls, path: Path | str, *, busy_timeout: float = 10.0) -> RebuildStore:
+    def open(cls, path: Path | str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+             ) -> RebuildStore:
         """Open the action-log file's rebuild tables (created if missing).
 
         Raises ``ActionLogError`` when the file cannot be opened or written.
         """
         path = Path(path)
-        conn: sqlite3.Connection | None = None
+        conn = connect(path, busy_timeout=busy_timeout, error=ActionLogError,
+                       row_factory=sqlite3.Row)
         try:
-            conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise ActionLogError(f"{path} cannot use WAL (journal mode {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
             store = cls(path, conn, busy_timeout)
             with store._write():
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
             return store
-        except ActionLogError:
-            if conn is not None:
-                conn.close()
+        except BaseException:
+            conn.close()
             raise
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            raise ActionLogError(f"rebuild state in {path}: {exc}") from exc
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise ActionLogError(f"rebuild state in {self.path}: {exc}") from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise ActionLogError(f"rebuild state in {self.path}: {exc}") from exc
-                raise
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write(self._conn, self._lock, self.path, self._timeout, ActionLogError)
 
     def close(self) -> None:
         with self._lock, suppress(sqlite3.Error):
@@ -499,7 +473,7 @@ class RebuildStore:
             try:
                 return list(self._conn.execute(sql, params))
             except sqlite3.Error as exc:
-                raise ActionLogError(f"rebuild state in {self.path}: {exc}") from exc
+                raise ActionLogError(explain(exc, self.path, self._timeout)) from exc
 
     def get(self, rebuild_id: str) -> Rebuild | None:
         rows = self._query("select * from rebuilds where id=?", (rebuild_id,))

@@ -30,11 +30,13 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from .db import DEFAULT_BUSY_TIMEOUT, connect, write
 from .plans import Estimate, Plan
 from .sanitize import clean
 
@@ -348,22 +350,29 @@ def _dt(text: str | None) -> datetime | None:
 class WindowStore:
     """The queue's tables in the action log's SQLite file (WAL, own connection)."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection,
+                 timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.path = path
         self._conn = conn
+        self._timeout = timeout
         self._lock = threading.RLock()
 
     @classmethod
-    def open(cls, path: Path, *, busy_timeout: float = 10.0) -> WindowStore:
+    def open(cls, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> WindowStore:
+        conn = connect(path, busy_timeout=busy_timeout, error=WindowError)
+        store = cls(Path(path), conn, busy_timeout)
         try:
-            conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise WindowError(f"the window queue in {path} cannot be opened: {exc}") from exc
-        return cls(path, conn)
+            with store._write():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write(self._conn, self._lock, self.path, self._timeout, WindowError)
 
     def close(self) -> None:
         with self._lock:
@@ -410,32 +419,20 @@ class WindowStore:
         return window
 
     def save(self, window: MaintenanceWindow, *, old_name: str | None = None) -> None:
-        try:
-            with self._lock:
-                conn = self._conn
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for gone in {window.name, old_name or window.name}:
-                        conn.execute("delete from window_items where window = ?", (gone,))
-                        conn.execute("delete from windows where name = ?", (gone,))
-                    conn.execute(
-                        "insert into windows (name, end_at, parallel, same_lun, updated) "
-                        "values (?, ?, ?, ?, ?)",
-                        (window.name, _iso(window.end), window.parallel, int(window.same_lun),
-                         datetime.now(UTC).isoformat()))
-                    conn.executemany(
-                        "insert into window_items (id, window, position, vm_id, vm_name, "
-                        "action, params, status, reason, started, ended) "
-                        "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(i.id, window.name, n, i.vm_id, i.vm_name, i.action,
-                          json.dumps(i.params, sort_keys=True), i.status, clean(i.reason),
-                          _iso(i.started), _iso(i.ended))
-                         for n, i in enumerate(window.items)])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise WindowError(f"the window queue in {self.path} cannot be written: {exc}") \
-                from exc
+        with self._write() as conn:
+            for gone in {window.name, old_name or window.name}:
+                conn.execute("delete from window_items where window = ?", (gone,))
+                conn.execute("delete from windows where name = ?", (gone,))
+            conn.execute(
+                "insert into windows (name, end_at, parallel, same_lun, updated) "
+                "values (?, ?, ?, ?, ?)",
+                (window.name, _iso(window.end), window.parallel, int(window.same_lun),
+                 datetime.now(UTC).isoformat()))
+            conn.executemany(
+                "insert into window_items (id, window, position, vm_id, vm_name, "
+                "action, params, status, reason, started, ended) "
+                "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(i.id, window.name, n, i.vm_id, i.vm_name, i.action,
+                  json.dumps(i.params, sort_keys=True), i.status, clean(i.reason),
+                  _iso(i.started), _iso(i.ended))
+                 for n, i in enumerate(window.items)])

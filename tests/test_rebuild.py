@@ -15,7 +15,6 @@ from test_sim_actions import Session, quiet
 
 from ventana.backends.actions import ActionRefused, ActionRunner
 from ventana.backends.base import REBUILD_UNAVAILABLE, ReadOnlyError
-from ventana.backends.rebuild_runner import execute_rebuild  # noqa: F401 - registers "rebuild"
 from ventana.backends.sim import SimBackend
 from ventana.state.actionlog import ActionLog
 from ventana.state.model import (

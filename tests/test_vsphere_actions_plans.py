@@ -180,10 +180,11 @@ def test_create_snapshot_shows_the_guest_hooks() -> None:
 
 
 def test_registered_on_the_guarded_path() -> None:
-    import ventana.backends.vsphere  # noqa: F401  (registers the actions)
     from ventana.backends.actions import EXECUTE
+    from ventana.backends.registry import register_all
     from ventana.state.plans import PLANNERS
 
+    register_all()
     for action in (REMOVE_SNAPSHOT, REMOVE_ALL, CONSOLIDATE, CREATE_SNAPSHOT):
         assert action in PLANNERS and action in EXECUTE
 

@@ -28,10 +28,8 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
-from ventana.backends import rebuild_runner  # noqa: F401 - registers the "rebuild" action
 from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.base import Backend, ReadOnlyError
-from ventana.backends.vsphere import actions as _vsphere_actions  # noqa: F401  (registers them)
 from ventana.backends.window_runner import WindowRunner
 from ventana.state.acks import AckBook, AckError, follow, open_counts
 from ventana.state.actionlog import ActionLog, ActionLogError
@@ -74,6 +72,11 @@ FINDINGS_TICK_S = 30.0  # age thresholds and snooze expiry are checked this ofte
 # The first inventory's findings are computed in slices of this many seconds per
 # flush (about 0.5 s of work at 10,000 VMs): a redraw never waits longer for them.
 FINDINGS_SLICE_S = 0.008
+
+
+#: Hyper-V workflows, and how a notice names them on a vSphere VM.
+HYPERV_ONLY = {"upgrade": "A configuration-version upgrade", "rebuild": "The rebuild workflow",
+               "compact": "Compacting a VHDX", "delete": "Deleting a VM"}
 
 
 class EventRecorder(ActionRecorder, Protocol):
@@ -396,7 +399,10 @@ class VentanaApp(App[None]):
 
     # -- commands -------------------------------------------------------------------
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.read_only))
+        under = self.screen if len(self.screen_stack) > 1 else None
+        if isinstance(under, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.read_only, under))
 
     def action_action_log(self) -> None:
         recorded = getattr(self.backend, "actions_so_far", None)
@@ -531,7 +537,8 @@ class VentanaApp(App[None]):
                         exit_on_error=False)
 
     def action_upgrade(self) -> None:
-        self._open_plan("upgrade")
+        if self._not_on_vsphere(HYPERV_ONLY["upgrade"]):
+            self._open_plan("upgrade")
 
     def _open_plan(self, action: str, vm_id: str | None = None, **params: object) -> None:
         vm_id = vm_id or self.selected_vm_id()
@@ -577,6 +584,8 @@ class VentanaApp(App[None]):
         vm_id = self.selected_vm_id()
         if vm_id is None:
             self.notify("Select a VM first.", severity="warning")
+            return
+        if not self._not_on_vsphere(HYPERV_ONLY["rebuild"]):
             return
         if self.action_log is None:
             self.notify("A rebuild keeps its state in the action log, which is not open: "
@@ -640,6 +649,11 @@ class VentanaApp(App[None]):
     async def action_quit(self) -> None:
         running = self._actions_running
         if not running:
+            if len(self.screen_stack) > 1:  # q on a dialog or a screen that does not close on q
+                if not isinstance(self.screen, ConfirmScreen):
+                    self.push_screen(ConfirmScreen("Leave the console?", "Quit", "Stay"),
+                                     callback=lambda quit_: self.exit() if quit_ else None)
+                return
             self.exit()
             return
         question = (
@@ -842,20 +856,25 @@ class VentanaApp(App[None]):
         wr = self.window_runner()
         if wr is None:
             return
+        # The platform decides, per VM, as for m: a vSphere VM's plan is remove-all-snapshots.
+        action = REMOVE_ALL if is_vsphere(self.store, vm) else "merge"
         try:
-            wr.window.add(vm.id, vm.name, "merge")
+            wr.window.add(vm.id, vm.name, action)
         except WindowError as exc:
             self.notify(clean(str(exc)), severity="error", markup=False)
             return
         pending = sum(1 for i in wr.window.items if i.pending)
-        self.notify(f"Merge of {vm.name} queued in {wr.window.name} ({pending} to run). "
+        what = "Removal of all snapshots" if action == REMOVE_ALL else "Merge"
+        self.notify(f"{what} of {vm.name} queued in {wr.window.name} ({pending} to run). "
                     "w opens the window.", markup=False)
 
     def action_compact(self) -> None:
-        self._open_plan("compact")
+        if self._not_on_vsphere(HYPERV_ONLY["compact"]):
+            self._open_plan("compact")
 
     def action_delete_vm(self) -> None:
-        self._open_plan("delete")
+        if self._not_on_vsphere(HYPERV_ONLY["delete"]):
+            self._open_plan("delete")
 
     def _window_changed(self) -> None:
         if isinstance(self.screen, WindowScreen):
@@ -887,3 +906,31 @@ class VentanaApp(App[None]):
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         self.notify(f"Window {wr.window.name}: {summary}", title="Queue stopped",
                     markup=False, timeout=15)
+
+    def open_remedy(self, action: str, vm_id: str) -> None:
+        """A finding's remedy on its VM, decided per VM like the keys: a vSphere VM's
+        "merge" is remove-all-snapshots; a Hyper-V workflow says it is one."""
+        vm = self.store.vm(vm_id)
+        if vm is not None and is_vsphere(self.store, vm):
+            if action == "merge":
+                self._open_vsphere(REMOVE_ALL, vm_id)
+                return
+            if action in HYPERV_ONLY and not self._not_on_vsphere(HYPERV_ONLY[action], vm_id):
+                return
+        self._open_plan(action, vm_id)
+
+    def _not_on_vsphere(self, what: str, vm_id: str | None = None) -> bool:
+        """True when the (selected) VM is not a vSphere VM; else say why nothing opens.
+
+        Upgrade, rebuild, compact and delete are Hyper-V workflows: their plans
+        would show Hyper-V commands and a vSphere target would refuse them (a
+        rebuild would leave a failed workflow behind).
+        """
+        vm_id = vm_id or self.selected_vm_id()
+        vm = self.store.vm(vm_id) if vm_id else None
+        if vm is not None and is_vsphere(self.store, vm):
+            self.notify(f"{what} is for Hyper-V VMs; {vm.name} is a vSphere VM (m removes "
+                        "all its snapshots, c consolidates, n takes a snapshot).",
+                        severity="warning", markup=False)
+            return False
+        return True

@@ -409,6 +409,21 @@ def _several_backends(args: argparse.Namespace, config: Config) -> tuple[Backend
     return backend, reason
 
 
+def attach_side_channels(backend: Backend, config: Config, log: ActionLog | None) -> str:
+    """The SSH side channel (stun watcher, guest hooks) on every vSphere backend,
+    a composite's vSphere targets included; raises ValueError on a bad config."""
+    children = getattr(backend, "children", None)
+    backends = [c.backend for c in children] if children is not None else [backend]
+    vsphere = [b for b in backends if hasattr(b, "side_channels")]
+    if not vsphere or not config.sections:
+        return ""
+    from ventana.backends.ssh.wiring import attach
+    from ventana.state.plans_vsphere import configure
+
+    configure(config.sections)
+    return "; ".join(filter(None, (attach(b, config.sections, log) for b in vsphere)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -465,18 +480,13 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             return 2
 
     log, log_error = _open_log(log_path)
-    if hasattr(backend, "side_channels") and config.sections:  # vSphere: the SSH side channel
-        from ventana.backends.ssh.wiring import attach
-        from ventana.state.plans_vsphere import configure
-
-        try:
-            configure(config.sections)
-            attach(backend, config.sections, log)
-        except (ValueError, TypeError) as exc:
-            print(f"ventana: {clean(str(exc))}", file=sys.stderr)
-            if log is not None:
-                log.close()
-            return 2
+    try:
+        attach_side_channels(backend, config, log)
+    except (ValueError, TypeError) as exc:
+        print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+        if log is not None:
+            log.close()
+        return 2
 
     from .app import VentanaApp
 

@@ -41,7 +41,8 @@ class FinalStateChoice:
 
 
 class FinalStateScreen(ModalScreen[FinalStateChoice | None]):
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel"),
+                Binding("question_mark", "app.help", "Help", show=False)]
     DEFAULT_CSS = """
     FinalStateScreen { align: center middle; }
     #final-dialog { width: 72; height: auto; border: round $accent; background: $surface;

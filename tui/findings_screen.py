@@ -294,6 +294,7 @@ class SilenceDialog(ModalScreen[Silence | None]):
 class FindingsScreen(ModalScreen[None]):
     BINDINGS = [
         Binding("escape,q,f", "close", "Close"),
+        Binding("question_mark", "app.help", "Help", show=False),
         Binding("a", "acknowledge", "Acknowledge"),
         Binding("z", "snooze", "Snooze"),
         Binding("x", "lift", "Lift ack/snooze"),
@@ -475,7 +476,7 @@ class FindingsScreen(ModalScreen[None]):
             self.app.notify(f"{f.code} has no action in Ventana; see its message.",
                             markup=False)
             return
-        self.console._open_plan(f.remedy, f.vm_id)
+        self.console.open_remedy(f.remedy, f.vm_id)
 
     def _silence(self, snooze: bool) -> None:
         item = self.selected()

@@ -29,7 +29,8 @@ _OUTCOME_STYLE = {
 class RecordedActionsScreen(ModalScreen[None]):
     """In a replay: the operator actions the recording holds, up to now."""
 
-    BINDINGS = [Binding("escape,q,l", "dismiss", "Close")]
+    BINDINGS = [Binding("escape,q,l", "dismiss", "Close"),
+                Binding("question_mark", "app.help", "Help", show=False)]
 
     def __init__(self, actions: list[ActionRecord]) -> None:
         super().__init__()
@@ -61,7 +62,8 @@ class RecordedActionsScreen(ModalScreen[None]):
 
 
 class LogScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,l", "dismiss", "Close")]
+    BINDINGS = [Binding("escape,q,l", "dismiss", "Close"),
+                Binding("question_mark", "app.help", "Help", show=False)]
 
     def __init__(self, log: ActionLog | None, unavailable: str = "") -> None:
         super().__init__()

@@ -185,7 +185,8 @@ def findings_text(plan: Plan) -> Text:
 
 
 class PlanScreen(ModalScreen[Confirmation | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel"),
+                Binding("question_mark", "app.help", "Help", show=False)]
 
     def __init__(self, plan: Plan, *, read_only: bool = False,
                  replan: Callable[..., Plan] | None = None) -> None:

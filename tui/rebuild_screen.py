@@ -170,6 +170,7 @@ class RebuildScreen(ModalScreen[None]):
     CSS_PATH = "rebuild_screen.tcss"
     BINDINGS = [
         Binding("escape,q", "dismiss", "Close"),
+        Binding("question_mark", "app.help", "Help", show=False),
         Binding("p", "pause", "Pause after this step"),
         Binding("r", "resume", "Resume"),
         Binding("x", "abandon", "Abandon (stop tracking)"),

@@ -97,6 +97,7 @@ def _table(table: DataTable, columns: Sequence[str], rows: Sequence[Sequence[Tex
 class ReportScreen(ModalScreen[None]):
     BINDINGS = [
         Binding("escape,q", "dismiss", "Close"),
+        Binding("question_mark", "app.help", "Help", show=False),
         Binding("r", "refresh_report", "Refresh"),
     ]
     DEFAULT_CSS = """

@@ -1,7 +1,10 @@
 """The task strip: running and recently finished tasks with progress.
 
-Shows operator actions (merges) first, then the cluster's own jobs (backups),
-each with a progress bar, its message and, when finished, its outcome.
+Shows operator actions first — every registered action kind
+(backends/registry.py), and any task this console started (its id is
+``<action>-<hex>``, e.g. a rebuild's shutdown step) — then the cluster's own
+jobs (backups), each with a progress bar, its message and, when finished,
+its outcome.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from ventana.backends.registry import action_names
 from ventana.state.model import Task, TaskState
 from ventana.state.store import Store
 
@@ -21,7 +25,16 @@ _STATE_STYLE = {
     TaskState.CANCELLED: "yellow",
     TaskState.UNKNOWN: "bold magenta",
 }
-OPERATOR_KINDS = frozenset({"merge", "consolidate", "upgrade", "rebuild"})
+
+
+def operator_kinds() -> frozenset[str]:
+    """Every action an operator can start from the console."""
+    return action_names()
+
+
+def is_operator_task(task: Task, kinds: frozenset[str]) -> bool:
+    own = task.id.rpartition("/")[2]  # a composite's sub-task ("lab/rebuild-…-stop")
+    return task.kind in kinds or any(own.startswith(f"{k}-") for k in kinds)
 BAR = 16
 
 
@@ -51,6 +64,7 @@ class TaskStrip(Static):
 
     def sync(self, store: Store) -> None:
         tasks = list(store.tasks())
+        kinds = operator_kinds()
 
         def rank(t: Task) -> tuple[int, int, float, str]:
             # Running operator actions, then running jobs, then the most recent
@@ -58,7 +72,7 @@ class TaskStrip(Static):
             started = t.started.timestamp() if t.started else 0.0
             return (
                 0 if not t.state.finished else 1,
-                0 if t.kind in OPERATOR_KINDS else 1,
+                0 if is_operator_task(t, kinds) else 1,
                 -started,
                 t.id,
             )

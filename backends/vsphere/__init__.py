@@ -9,9 +9,9 @@
 - ``executor``: ``VSphereExecutor`` — remove all snapshots + consolidate (the
   ``merge`` action), remove one snapshot, consolidate, create a snapshot
   (with guest freeze/thaw hooks), the storage estimate, cancel.
-- ``actions``: registers ``remove-snapshot``, ``remove-all-snapshots``,
-  ``consolidate`` and ``create-snapshot`` on the guarded path (planners in
-  ``ventana.state.plans_vsphere``).
+- ``actions``: the execute functions of ``remove-snapshot``, ``remove-all-snapshots``,
+  ``consolidate`` and ``create-snapshot`` (planners in
+  ``ventana.state.plans_vsphere``; registered by ``backends/registry.py``).
 
 Sessions are read-only unless ``VSphereConfig(read_only=False)``; a read-only
 backend refuses ``executor()`` before anything reaches the server.
@@ -20,8 +20,6 @@ backend refuses ``executor()`` before anything reaches the server.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-from . import actions as _actions  # noqa: F401  (registers the actions; no pyVmomi import)
 
 if TYPE_CHECKING:
     from .backend import VSphereBackend, VSphereConfig

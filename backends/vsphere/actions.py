@@ -1,6 +1,6 @@
 """The vSphere actions on the guarded path (plan → pre-flight → typed confirm → log).
 
-Registered once, when the vSphere package is imported (``__init__``):
+Registered by ``backends/registry.register_all`` (``register()`` here):
 
 - ``remove-snapshot`` — params ``snapshot`` (id) and ``children`` (bool);
 - ``remove-all-snapshots`` — then consolidate if still needed;
@@ -36,6 +36,7 @@ from ..base import ActionResult, Executor
 
 def _by_name(method: str, args: Any) -> ExecuteFn:
     async def run(ex: Executor, vm_id: str, task_id: str, plan: Plan) -> ActionResult:
+        ex._guard_vm(plan.action, vm_id)  # read-only refuses first, whatever the platform
         fn = getattr(ex, method, None)
         if fn is None:
             return ActionResult(
@@ -80,5 +81,3 @@ def register() -> None:
             continue
         register_action(action, planner, execute)
 
-
-register()
