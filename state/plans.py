@@ -150,6 +150,22 @@ def findings_to_log(findings: tuple[Finding, ...]) -> list[dict[str, str]]:
     ]
 
 
+def chain_broken_message(store: Store, vm_id: str) -> str | None:
+    """The CHAIN_BROKEN pre-flight text for a VM whose disk chain is broken, else None.
+
+    Every plan that merges a chain (merge, rebuild) blocks on it: the host
+    fails such a merge, and backups already fail on the VM.
+    """
+    broken = broken_chain(store.disks_of(vm_id), store.checkpoints_of(vm_id), store_paths(store))
+    if not broken:
+        return None
+    more = f" (and {len(broken) - 2} more)" if len(broken) > 2 else ""
+    return ("The disk chain is broken: " + "; ".join(broken[:2]) + more + ". Backups fail "
+            f"with 'Virtual machine {INVALID_CHAINS}' and the merge fails the same way on "
+            "the host. Repair the chain by hand first (Set-VHD -Path <child> -ParentPath "
+            "<parent>, then Test-VHD), and plan again.")
+
+
 def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     """Plan merging every checkpoint of a VM into its base disks."""
     vm = store.vm(vm_id)
@@ -175,17 +191,9 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
         )
     if not checkpoints:
         add(Severity.BLOCKING, "NOTHING_TO_MERGE", "The VM has no checkpoints to merge.")
-    broken = broken_chain(store.disks_of(vm_id), checkpoints, store_paths(store))
+    broken = chain_broken_message(store, vm_id)
     if broken:
-        more = f" (and {len(broken) - 2} more)" if len(broken) > 2 else ""
-        add(
-            Severity.BLOCKING,
-            "CHAIN_BROKEN",
-            "The disk chain is broken: " + "; ".join(broken[:2]) + more + ". Backups fail "
-            f"with 'Virtual machine {INVALID_CHAINS}' and the merge fails the same way on "
-            "the host. Repair the chain by hand first (Set-VHD -Path <child> -ParentPath "
-            "<parent>, then Test-VHD), and plan again.",
-        )
+        add(Severity.BLOCKING, "CHAIN_BROKEN", broken)
     if lun is None:
         add(Severity.BLOCKING, "LUN_UNKNOWN", "The volume under this VM's disks is not known.")
     else:

@@ -48,7 +48,7 @@ from .actionlog import _BOOT, _HOST, ActionLogError, _proc_start, redact, writer
 from .db import DEFAULT_BUSY_TIMEOUT, connect, explain, write
 from .derived import PAUSE_CRITICAL_MARGIN, human_bytes, merge_space
 from .model import Finding, Kind, LunState, PowerState, ReplicationState, Severity
-from .plans import Estimate, Plan, cluster_max_version
+from .plans import Estimate, Plan, chain_broken_message, cluster_max_version
 from .sanitize import clean
 from .store import Store, ref
 
@@ -586,6 +586,9 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
     if busy:
         add(Severity.BLOCKING, "VM_BUSY",
             f"A task is running on this VM: {busy[0].kind} {busy[0].pct:.0f}%. Wait for it.")
+    broken = chain_broken_message(store, vm.id)
+    if broken:
+        add(Severity.BLOCKING, "CHAIN_BROKEN", broken)
     if not started and vm.power in (PowerState.SAVED, PowerState.PAUSED,
                                     PowerState.PAUSED_CRITICAL):
         add(Severity.BLOCKING, "VM_SAVED",

@@ -202,6 +202,10 @@ async def test_invalid_vhd_chains_block_the_merge_and_a_forced_merge_fails(
         forced = r.log.rows()[0]  # type: ignore[union-attr]
         assert forced.outcome == "failed" and forced.override and "0xC03A000D" in forced.error
 
+        # A rebuild merges the same chain first: its plan blocks on it too.
+        rebuild = r.plan("rebuild", vm.id, db=str(r.log.path))  # type: ignore[union-attr]
+        assert "CHAIN_BROKEN" in codes(rebuild.blocking)
+
 
 # -- rebuilds -------------------------------------------------------------------------
 
@@ -462,8 +466,10 @@ async def test_merge_times_not_proportional_to_size_are_learned(tmp_path: Path) 
             seconds = row.duration_s * float(row.plan_data().get("clock_rate") or 1.0)
             per_gb.append(seconds / max(plan.facts["chain_bytes"] / GB, 0.1))
         await s.settle()
-        # Time per GB of chain is far from constant from one merge to the next.
-        assert max(per_gb) > 1.5 * min(per_gb)
+        # Time per GB of chain is far from constant from one merge to the next
+        # (measured on the wall clock, so the spread varies between runs:
+        # 1.4x-2x seen; proportional merges would give 1x).
+        assert max(per_gb) > 1.25 * min(per_gb)
         learned = r.plan("merge", picked[-1].id)
         assert learned.estimate and learned.estimate.basis.startswith("from 3 ")
         heuristic = heuristic_merge_estimate(learned.facts["checkpoints"],

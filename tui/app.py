@@ -638,7 +638,7 @@ class VentanaApp(App[None]):
             try:
                 self.runner.cancelled(plan)
             except ActionRefused as exc:
-                self.notify(str(exc), severity="error", markup=False)
+                self.notify(clean(str(exc)), severity="error", markup=False)
             self.notify(f"{plan.action.capitalize()} of {plan.target_name} cancelled; nothing "
                         "was sent.", markup=False)
             return
