@@ -67,6 +67,7 @@ from ventana.state.store import ref
 
 from ..base import ActionResult, Backend, Executor
 from . import commands as cmd
+from .cleanup import Cleanup
 from .credentials import Credential
 from .mapping import (
     ClusterRead,
@@ -673,6 +674,17 @@ class HyperVBackend(Backend):
             if kind is Kind.CHECKPOINT and getattr(e, "vm_id", None) == vm_id
         )
 
+    def node_for(self, vm: VM) -> _NodeState | None:
+        """The connected node hosting ``vm`` (None: not connected): by its computer
+        name, else the session whose last read reported the VM (one endpoint may
+        answer for several nodes)."""
+        by_name = next((n for n in self._nodes
+                        if n.healthy and n.computer.casefold() == vm.node_id.casefold()), None)
+        if by_name is not None:
+            return by_name
+        scope = self._owner.get((Kind.VM, vm.id))
+        return next((n for n in self._nodes if n.healthy and n.source == scope), None)
+
     async def run_upgrade(self, vm_id: str, task_id: str, version: str) -> ActionResult:
         """Update-VMVersion on the VM's node; the outcome is read back from the host."""
         if self.read_only:  # the executor checked too; this is below it
@@ -822,6 +834,19 @@ class HyperVExecutor(Executor):
         that is not off). The version reached is read back from the host."""
         self._guard("upgrade")
         return await self._hv.run_upgrade(vm_id, task_id, version)
+
+    async def compact_vhdx(self, vm_id: str, task_id: str, paths: tuple[str, ...]
+                           ) -> ActionResult:
+        """Optimize-VHD -Mode Full per file, after the host confirms the VM is Off;
+        sizes before/after are read back with Get-VHD (``cleanup.Cleanup.compact``)."""
+        self._guard("compact")
+        return await Cleanup(self._hv).compact(vm_id, task_id, paths)
+
+    async def delete_vm(self, vm_id: str, task_id: str, paths: tuple[str, ...]) -> ActionResult:
+        """Remove-ClusterGroup (if clustered), Remove-VM, then Remove-Item of exactly the
+        listed files, each checked to be the VM's own (``cleanup.Cleanup.delete``)."""
+        self._guard("delete")
+        return await Cleanup(self._hv).delete(vm_id, task_id, paths)
 
     async def cancel(self, task_id: str) -> bool:
         """Always False: Hyper-V cannot cancel a merge in progress; it runs to its end."""

@@ -470,8 +470,76 @@ def update_vm_version(vm_id: str) -> Command:
     )
 
 
+# -- clean-up: compact a VHDX, delete an obsolete VM ----------------------------------------
+
+VM_CHECK_PROPS = ("Name", "Id", "State", "Path", "IsClustered", "ReplicationState")
+
+
+def get_vm_check(vm_id: str) -> Command:
+    """One VM's state as the host sees it now (re-checked just before a mutating step)."""
+    return Command(
+        "VM state (pre-check)",
+        (Cmdlet("Get-VM", (("Id", uuid.UUID(vm_id)),)),),
+        VM_CHECK_PROPS,
+        extra=_enums(State="VMState", ReplicationState="VMReplicationState"),
+    )
+
+
+def get_vm_drives(vm_id: str) -> Command:
+    """The disk files one VM's drives use now (where its storage is)."""
+    return Command(
+        "VM drives (pre-check)",
+        (Cmdlet("Get-VM", (("Id", uuid.UUID(vm_id)),)), Cmdlet("Get-VMHardDiskDrive")),
+        DRIVE_PROPS,
+        extra=_enums(ControllerType="ControllerType"),
+    )
+
+
+def paths_present(paths: list[str]) -> Command:
+    """Whether each file still exists (one Boolean per path, in order; literal paths)."""
+    return Command("files still present", (Cmdlet("Test-Path", (("LiteralPath", list(paths)),)),))
+
+
+def optimize_vhd(path: str) -> Command:
+    """Compact one dynamic VHD/VHDX (VM off, file not in use)."""
+    return Command(
+        "compact (Optimize-VHD)",
+        (Cmdlet("Optimize-VHD", (("Path", path), ("Mode", "Full"))),),
+        mutating=True,
+    )
+
+
+def remove_cluster_group(vm_id: str) -> Command:
+    """Remove a VM's cluster role and its resources (by the VM's Id, never a name)."""
+    return Command(
+        "remove the VM's cluster role",
+        (Cmdlet("Remove-ClusterGroup", (("VMId", uuid.UUID(vm_id)), ("RemoveResources", SWITCH),
+                                        ("Force", SWITCH))),),
+        mutating=True,
+    )
+
+
+def remove_vm(vm_id: str) -> Command:
+    """Remove a VM's configuration (Hyper-V leaves its disk files)."""
+    return Command(
+        "remove the VM",
+        (Cmdlet("Get-VM", (("Id", uuid.UUID(vm_id)),)), Cmdlet("Remove-VM", (("Force", SWITCH),))),
+        mutating=True,
+    )
+
+
+def remove_file(path: str) -> Command:
+    """Delete exactly one file: a literal path, no wildcard, no -Recurse."""
+    return Command(
+        "delete a disk file",
+        (Cmdlet("Remove-Item", (("LiteralPath", path),)),),
+        mutating=True,
+    )
+
+
 #: Cmdlets that change something on the host.
-MUTATING_CMDLETS = frozenset({"Remove-VMSnapshot", "Update-VMVersion"})
+MUTATING_CMDLETS = frozenset({"Remove-VMSnapshot", "Update-VMVersion", "Optimize-VHD",
+                              "Remove-ClusterGroup", "Remove-VM", "Remove-Item"})
 
 #: Every cmdlet the read path may send (tests assert nothing else goes out).
 READ_CMDLETS = frozenset(
@@ -488,6 +556,7 @@ READ_CMDLETS = frozenset(
         "Get-VMIntegrationService",
         "Get-Service",
         "Get-ItemPropertyValue",
+        "Test-Path",
         "Select-Object",
         "ConvertTo-Json",
         # Session-local event subscription (streaming): nothing on the host changes.

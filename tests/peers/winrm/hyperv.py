@@ -213,6 +213,12 @@ class ClusterModel:
         #: Register-CimIndicationEvent accepted (False: refused, as with too few rights).
         self.indications = True
         self.watchers: list[Any] = []  # called with each VM whose state changed
+        #: VMs with a cluster role (Remove-ClusterGroup -VMId removes it).
+        self.clustered: set[str] = set(self.vms)
+        #: Files Remove-Item cannot delete (casefolded paths): "in use by another process".
+        self.locked: set[str] = set()
+        #: Optimize-VHD: the file keeps this share of its size (the rest was unused blocks).
+        self.compact_keep = 0.6
         self._index_version = -1
         self.version = 0  # bumped by every change (indexes are rebuilt lazily)
         self._by_path: dict[str, VirtualDisk] = {}
@@ -292,6 +298,24 @@ class ClusterModel:
                 return self._mounts[lun_id]
         n = sorted(self.luns).index(lun_id) + 1 if lun_id in self.luns else 0
         return f"C:\\ClusterStorage\\Spare{n}"
+
+    def vm_folder(self, vm: VM) -> str:
+        """The VM's configuration folder: where its first disk file lives."""
+        disk = self.disks.get(vm.disk_ids[0]) if vm.disk_ids else None
+        if disk is None:
+            return f"C:\\ClusterStorage\\Volume1\\{vm.name}"
+        return disk.path.rsplit("\\", 1)[0]
+
+    def owner_of(self, disk: VirtualDisk) -> VM | None:
+        """The VM using a file (None: an orphan left behind by Remove-VM)."""
+        return self.vms.get(disk.vm_id)
+
+    def free_file(self, disk: VirtualDisk, freed: int) -> None:
+        """``freed`` bytes of a file's LUN become free (the caller holds the lock)."""
+        lun = self.luns.get(disk.lun_id)
+        if lun is not None:
+            self.luns[lun.id] = dataclasses.replace(
+                lun, free_bytes=min(lun.total_bytes, lun.free_bytes + freed))
 
     # -- changes tests make -------------------------------------------------------------
     def vm_named(self, name: str) -> VM:
@@ -489,7 +513,7 @@ def _convert_to_json(params: dict[str, Any], writer: CommandWriter) -> None:
     ))
 
 
-def _vm_object(vm: VM, writer: CommandWriter) -> Any:
+def _vm_object(vm: VM, writer: CommandWriter, model: ClusterModel) -> Any:
     return _obj(
         writer,
         [HV + "VirtualMachine", HV + "VirtualMachineBase", HV + "VirtualizationObject"],
@@ -503,7 +527,9 @@ def _vm_object(vm: VM, writer: CommandWriter) -> Any:
             "ProcessorCount": _num(writer, PSInt64, vm.vcpus),
             "MemoryStartup": _num(writer, PSInt64, vm.memory_mb * MB),
             "ComputerName": vm.node_id,
-            "IsClustered": True,
+            "IsClustered": vm.id in model.clustered,
+            "Path": model.vm_folder(vm),
+            "ReplicationState": _enum(ReplState, _REPL[vm.replication]),
             "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",  # nested: a string
         },
         to_string=f"VirtualMachine (Name = '{vm.name}') [Id = '{vm.id}']",
@@ -744,7 +770,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             if ids and vm.id.casefold() not in ids:
                 continue
             if _match(vm.name, patterns):
-                writer.write_output(_vm_object(vm, writer))
+                writer.write_output(_vm_object(vm, writer, model))
         if (
             ids
             and not writer.stopping
@@ -1139,8 +1165,122 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         with events_cond:
             queues.pop(source, None)
 
+    # -- clean-up: Optimize-VHD, Remove-ClusterGroup, Remove-VM, Remove-Item, Test-Path ----
+    def _vz_error(message: str, error_id: str, category: Any) -> TerminatingError:
+        return TerminatingError(message, error_id=error_id, category=category,
+                                exception_type=HV + "VirtualizationException")
+
+    def optimize_vhd(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Optimize-VHD -Path P -Mode Full: refused while the file's VM is not Off."""
+        log("Optimize-VHD")
+        for path in [str(p) for p in _as_list(params.get("Path"))]:
+            with model.lock:
+                disk = model.disk_by_path(path)
+                owner = model.owner_of(disk) if disk is not None else None
+            if disk is None:
+                raise _vz_error(f"Optimize-VHD: The system cannot find the file specified: "
+                                f"'{path}'.", "ObjectNotFound", ErrorCategory.ObjectNotFound)
+            if owner is not None and owner.power is not PowerState.OFF:
+                raise _vz_error(
+                    f"Optimize-VHD: Failed to compact the virtual disk '{path}': The process "
+                    "cannot access the file because it is being used by another process. "
+                    "(0x80070020)", "InvalidOperation", ErrorCategory.ResourceBusy)
+            for pct in (0, 25, 50, 75):
+                writer.write_progress("Optimize-VHD", f"Compacting {path}", percent=pct)
+                if writer.wait(model.merge_step_s):
+                    return
+            with model.lock:
+                disk = model.disks[disk.id]
+                after = max(4 * MB, int(disk.size_bytes * model.compact_keep))
+                after = min(after, disk.size_bytes)
+                model.disks[disk.id] = dataclasses.replace(disk, size_bytes=after)
+                model.free_file(disk, disk.size_bytes - after)
+                model.version += 1
+            writer.write_progress("Optimize-VHD", "Completed", percent=100, completed=True)
+
+    def remove_cluster_group(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Remove-ClusterGroup -VMId G -RemoveResources -Force: the VM's role goes."""
+        log("Remove-ClusterGroup")
+        vm_id = str(params.get("VMId", "")).casefold()
+        if not params.get("RemoveResources"):
+            raise TerminatingError("The group still has resources; use -RemoveResources.",
+                                   error_id="InvalidOperation",
+                                   category=ErrorCategory.InvalidOperation)
+        with model.lock:
+            if vm_id not in model.clustered:
+                raise TerminatingError(
+                    f"No clustered role was found for the virtual machine with id '{vm_id}'.",
+                    error_id="ClusterObjectNotFound", category=ErrorCategory.ObjectNotFound,
+                    exception_type=FC + "ClusterCmdletException")
+            model.clustered.discard(vm_id)
+            model.version += 1
+
+    def remove_vm(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Get-VM -Id … | Remove-VM -Force: configuration and checkpoints go, files stay."""
+        log("Remove-VM")
+        for vm_id in _piped_vm_ids(writer):
+            with model.lock:
+                vm = model.vms.get(vm_id)
+                if vm is None:
+                    continue
+                if vm.power is not PowerState.OFF:
+                    raise _vz_error(
+                        f"Remove-VM: '{vm.name}' failed to delete: The operation cannot be "
+                        "performed while the virtual machine is in its current state.",
+                        "InvalidState", ErrorCategory.InvalidOperation)
+                if vm.id in model.clustered:
+                    raise _vz_error(
+                        f"Remove-VM: '{vm.name}' is a clustered virtual machine: remove its "
+                        "cluster role first (Remove-ClusterGroup).", "InvalidOperation",
+                        ErrorCategory.InvalidOperation)
+                del model.vms[vm_id]
+                for cp_id in model.chains.pop(vm_id, []):
+                    model.checkpoints.pop(cp_id, None)
+                    model.files.pop(cp_id, None)
+                model.version += 1
+
+    def remove_item(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Remove-Item -LiteralPath P: one file; a folder or a wildcard is refused."""
+        log("Remove-Item")
+        if params.get("Recurse") or ("Path" in params and "LiteralPath" not in params):
+            raise TerminatingError("this peer accepts -LiteralPath only, without -Recurse",
+                                   error_id="InvalidArgument",
+                                   category=ErrorCategory.InvalidArgument)
+        for path in [str(p) for p in _as_list(params.get("LiteralPath"))]:
+            with model.lock:
+                disk = model.disk_by_path(path)
+                busy = disk is not None and (path.casefold() in model.locked
+                                             or model.owner_of(disk) is not None)
+                if disk is not None and not busy:
+                    del model.disks[disk.id]
+                    model.free_file(disk, disk.size_bytes)
+                    model.version += 1
+            if disk is None:
+                writer.write_error(
+                    f"Cannot find path '{path}' because it does not exist.",
+                    error_id="PathNotFound,Microsoft.PowerShell.Commands.RemoveItemCommand",
+                    category=ErrorCategory.ObjectNotFound, target=path)
+            elif busy:
+                writer.write_error(
+                    f"Cannot remove item {path}: The process cannot access the file '{path}' "
+                    "because it is being used by another process.",
+                    error_id="RemoveFileSystemItemIOError,"
+                             "Microsoft.PowerShell.Commands.RemoveItemCommand",
+                    category=ErrorCategory.WriteError, exception_type="System.IO.IOException",
+                    target=path)
+
+    def test_path(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Test-Path")
+        for path in [str(p) for p in _as_list(params.get("LiteralPath"))]:
+            writer.write_output(model.disk_by_path(path) is not None)
+
     return CommandRegistry(
         {
+            "Optimize-VHD": optimize_vhd,
+            "Remove-ClusterGroup": remove_cluster_group,
+            "Remove-VM": remove_vm,
+            "Remove-Item": remove_item,
+            "Test-Path": test_path,
             "Register-CimIndicationEvent": register_cim_indication,
             "Wait-Event": wait_event,
             "Get-Event": get_event,
