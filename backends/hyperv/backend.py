@@ -40,6 +40,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from ventana.state.events import (
     ConnectionChanged,
@@ -65,7 +66,7 @@ from ventana.state.model import (
 )
 from ventana.state.store import ref
 
-from ..base import ActionResult, Backend, Executor
+from ..base import ActionResult, Backend, Executor, StepResult
 from . import commands as cmd
 from .cleanup import Cleanup
 from .credentials import Credential
@@ -85,6 +86,7 @@ from .mapping import (
     props,
     text,
 )
+from .rebuild import HyperVRebuild
 from .session import AuthFailed, CommandFailed, NodeSession, SessionError, TlsRefused
 
 log = logging.getLogger(__name__)
@@ -847,6 +849,43 @@ class HyperVExecutor(Executor):
         listed files, each checked to be the VM's own (``cleanup.Cleanup.delete``)."""
         self._guard("delete")
         return await Cleanup(self._hv).delete(vm_id, task_id, paths)
+
+    # -- the rebuild workflow's steps (rebuild.HyperVRebuild) -----------------------
+
+    def _rebuild(self) -> HyperVRebuild:
+        return HyperVRebuild(self._hv)
+
+    async def capture(self, vm_id: str, task_id: str) -> StepResult:
+        """Read the VM's configuration from the host (guest services: not readable)."""
+        self._guard("rebuild")
+        return await self._rebuild().capture(vm_id, task_id)
+
+    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
+                            ) -> StepResult:
+        """Stop-VM, then Remove-VMSnapshot (all, or all but the newest)."""
+        self._guard("rebuild")
+        return await self._rebuild().merge(vm_id, task_id, to_last_parent)
+
+    async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:
+        """Convert-VHD into a new folder, New-VM and its settings from the capture."""
+        self._guard("rebuild")
+        return await self._rebuild().create(capture, task_id)
+
+    async def verify_boot(self, vm_id: str, capture: dict[str, Any], task_id: str
+                          ) -> StepResult:
+        """Boot order checked against the capture, Start-VM, heartbeat Ok."""
+        self._guard("rebuild")
+        return await self._rebuild().verify_boot(vm_id, capture, task_id)
+
+    async def guest_services(self, vm_id: str, task_id: str) -> StepResult:
+        """Integration services as the host sees them; guest services unknown."""
+        self._guard("rebuild")
+        return await self._rebuild().services(vm_id, task_id)
+
+    async def retire_old(self, vm_id: str, new_name: str, task_id: str) -> StepResult:
+        """Stop-VM if running, Rename-VM, Set-VM -AutomaticStartAction Nothing."""
+        self._guard("rebuild")
+        return await self._rebuild().retire(vm_id, new_name, task_id)
 
     async def cancel(self, task_id: str) -> bool:
         """Always False: Hyper-V cannot cancel a merge in progress; it runs to its end."""
