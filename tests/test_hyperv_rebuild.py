@@ -207,3 +207,30 @@ def test_boot_entries_read_both_shapes() -> None:
         {"type": "NetworkAdapter", "name": "LAN"},
         {"type": "File", "description": "Windows Boot Manager", "firmware_path": "\\EFI"},
     ]
+
+
+def test_commands_md_documents_every_rebuild_command() -> None:
+    doc = (Path(c.__file__).parent / "COMMANDS.md").read_text()
+    v, n = "d3b0c9b2-8f2e-4a53-9d3c-6a7f0f6b2a11", "e7a1f0c4-2b6d-4c1e-9f3a-5d8b7c6a4e21"
+    p = "C:\\ClusterStorage\\Volume1\\app-01\\app-01.vhdx"
+    folder = "C:\\ClusterStorage\\Volume1\\app-01-rebuilt-20250106"
+    q = folder + "\\app-01.vhdx"
+    reads = [c.get_vm_config(v), c.get_vm_drives(v), c.get_vhds([p]), c.get_vm_nics(v),
+             c.get_nic_vlan(v, "Network Adapter"), c.get_firmware(v), c.get_boot_order(v),
+             c.get_bios(v), c.get_vm_checkpoints(v), c.get_vm_integration(v),
+             c.get_vm_integration(n, "Heartbeat")]
+    writes = [c.stop_vm(v), c.remove_all_snapshots(v),
+              c.remove_snapshot("5a6b7c8d-1e2f-4a3b-8c9d-0e1f2a3b4c5d"), c.convert_vhd(p, q),
+              c.new_vm("app-01", 2, 8 * 1024**3, folder), c.set_processor(n, 4),
+              c.set_memory(n, 8 * 1024**3, False), c.remove_nics(n),
+              c.add_nic(n, "Network Adapter", "vSwitch-LAN", "00155D0A0B0C"),
+              c.set_nic_vlan(n, "Network Adapter", 20), c.add_drive(n, "SCSI", 0, 1, q),
+              c.set_secure_boot(n, "MicrosoftWindows"),
+              c.add_cluster_role(n, "app-01-rebuilt-20250106"), c.start_vm(n),
+              c.rename_vm(v, "app-01-old-20250106"), c.set_no_autostart(v)]
+    for command in reads:
+        assert command.as_powershell() in doc, command.as_powershell()
+        assert not command.mutating and {x.name for x in command.pipeline()} <= c.READ_CMDLETS
+    for command in writes:
+        assert command.as_powershell() in doc, command.as_powershell()
+        assert command.mutating and {x.name for x in command.pipeline()} & c.MUTATING_CMDLETS

@@ -25,7 +25,8 @@ Actions: a writable backend (``read_only=False``) hands out a
 ``HyperVExecutor`` whose merge removes every checkpoint of a VM
 (``Get-VM -Id … | Remove-VMSnapshot -Name *``) on the node hosting it,
 reporting the PSRP progress records as task progress, and whose upgrade
-sends ``Update-VMVersion -Force``. A read-only backend refuses
+sends ``Update-VMVersion -Force``; compact and delete are in ``cleanup``,
+the rebuild's six steps in ``rebuild``. A read-only backend refuses
 ``executor()``, every executor re-checks the mode, and the node sessions of
 a read-only backend refuse to send a mutating command at all.
 """

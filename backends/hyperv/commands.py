@@ -16,8 +16,9 @@ back to the member name with :data:`ENUMS`), DateTime as ``"/Date(ms)/"``
 not wrapped in an array. ``COMMANDS.md`` beside this file documents the same contract for a
 Windows operator; keep the two in step.
 
-All of these only read except ``remove_all_snapshots`` (the merge), which
-is marked ``mutating``: a read-only session refuses to send it.
+The reads only read; the commands of the actions (merge, upgrade, compact,
+delete, the rebuild's steps) are marked ``mutating``: a read-only session
+refuses to send them (``MUTATING_CMDLETS`` lists their cmdlets).
 """
 
 from __future__ import annotations

@@ -31,11 +31,24 @@ the VM event stream (Register-CimIndicationEvent on Msvm_ComputerSystem,
 Wait-Event, Get-Event, Remove-Event, Unregister-Event: events are queued as
 :meth:`ClusterModel.set_power` changes a VM of this node; ``model.indications
 = False`` refuses the subscription; queues are per endpoint and
-SourceIdentifier, not per runspace as on a real server), and the one mutating
-command, Remove-VMSnapshot (``Get-VM -Id … | Remove-VMSnapshot -Name *``:
+SourceIdentifier, not per runspace as on a real server), and the mutating
+commands: Remove-VMSnapshot (``Get-VM -Id … | Remove-VMSnapshot -Name *``:
 merges newest first with progress records; ``model.merge_fail_after``
 makes it fail part-way with a terminating error, ``model.merge_step_s``
-sets its pace).
+sets its pace; ``Get-VMSnapshot -Id … | Remove-VMSnapshot`` merges one),
+Update-VMVersion; the clean-up ones — Optimize-VHD (refused while the file's
+VM is not Off; the file keeps ``model.compact_keep`` of its size, the CSV
+gains the rest), Remove-ClusterGroup -VMId, Remove-VM (Off and no cluster
+role; leaves the files), Remove-Item -LiteralPath (one file; ``model.locked``
+files are "in use"), Test-Path; and the rebuild's — Get-VMNetworkAdapter(+Vlan),
+Get-VMFirmware (BootOrder), Get-VMBios, Stop-VM, Start-VM, Convert-VHD,
+New-VM -NoVHD, Set-VMProcessor, Set-VMMemory, Remove-/Add-VMNetworkAdapter,
+Set-VMNetworkAdapterVlan, Add-VMHardDiskDrive, Set-VMFirmware,
+Add-ClusterVirtualMachineRole, Rename-VM, Set-VM -AutomaticStartAction.
+Per-VM host facts the inventory lacks (drive slots, NICs, firmware) are
+derived from the VM's name; ``model.system_drive`` puts a VM's OS on another
+drive and ``model.prepend_boot_entries`` makes Add-VMHardDiskDrive put the
+new drive first in the boot order (the wrong-boot-device incident).
 
 Start it by hand (one endpoint serving the whole cluster)::
 
