@@ -99,7 +99,9 @@ async def test_full_rebuild_through_the_endpoint(
     assert cap["memory_mb"] == vm.memory_mb and cap["guest_reachable"] is False
     assert "PowerShell Direct" in cap["services_note"]
     assert [n["mac"] for n in cap["nics"]] == [n["mac"] for n in old_nics]
-    assert cap["nics"][0]["ipv4"][0]["address"] == old_nics[0]["ip"]
+    assert cap["nics"][0]["ipv4"][0] == {
+        "address": old_nics[0]["ip"], "prefix": 24, "gateway": f"10.20.{old_nics[0]['vlan']}.1",
+        "dns": ["10.20.10.11", "10.20.10.12"], "dhcp": False}
     [system] = [d for d in cap["disks"] if d["system"]]
     assert (system["controller_type"], system["controller_number"],
             system["controller_location"]) == old_slots[1]
@@ -218,7 +220,7 @@ def test_commands_md_documents_every_rebuild_command() -> None:
     reads = [c.get_vm_config(v), c.get_vm_drives(v), c.get_vhds([p]), c.get_vm_nics(v),
              c.get_nic_vlan(v, "Network Adapter"), c.get_firmware(v), c.get_boot_order(v),
              c.get_bios(v), c.get_vm_checkpoints(v), c.get_vm_integration(v),
-             c.get_vm_integration(n, "Heartbeat")]
+             c.get_vm_integration(n, "Heartbeat"), c.get_guest_network()]
     writes = [c.stop_vm(v), c.remove_all_snapshots(v),
               c.remove_snapshot("5a6b7c8d-1e2f-4a3b-8c9d-0e1f2a3b4c5d"), c.convert_vhd(p, q),
               c.new_vm("app-01", 2, 8 * 1024**3, folder), c.set_processor(n, 4),

@@ -543,7 +543,10 @@ def remove_file(path: str) -> Command:
 VM_CONFIG_PROPS = ("Name", "Id", "State", "Generation", "Version", "ProcessorCount",
                    "MemoryStartup", "DynamicMemoryEnabled", "Path", "ComputerName",
                    "ReplicationState", "IsClustered")
-NIC_PROPS = ("Name", "SwitchName", "MacAddress", "DynamicMacAddressEnabled", "IPAddresses")
+NIC_PROPS = ("Name", "Id", "SwitchName", "MacAddress", "DynamicMacAddressEnabled",
+             "IPAddresses")
+GUEST_NET_PROPS = ("InstanceID", "IPAddresses", "Subnets", "DefaultGateways", "DNSServers",
+                   "DHCPEnabled")
 VLAN_PROPS = ("OperationMode", "AccessVlanId")
 FIRMWARE_PROPS = ("SecureBoot", "SecureBootTemplate")
 BOOT_PROPS = ("BootType", "Description", "FirmwarePath", "Device")
@@ -581,6 +584,17 @@ def get_vm_nics(vm_id: str) -> Command:
     does not report)."""
     return Command("network adapters", (_by_id(vm_id), Cmdlet("Get-VMNetworkAdapter")),
                    NIC_PROPS)
+
+
+def get_guest_network() -> Command:
+    """The guests' IP settings as their integration services report them over KVP
+    (``InstanceID`` = ``Microsoft:GuestNetwork\\<VM id>\\<adapter id>``); a guest
+    without integration services reports nothing."""
+    return Command(
+        "guest IP configuration (KVP)",
+        (Cmdlet("Get-CimInstance", (("Namespace", "root/virtualization/v2"),
+                                    ("ClassName", "Msvm_GuestNetworkAdapterConfiguration"))),),
+        GUEST_NET_PROPS, tolerate_errors=True)
 
 
 def get_nic_vlan(vm_id: str, nic: str) -> Command:

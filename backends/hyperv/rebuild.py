@@ -17,8 +17,10 @@ step's task id and returns a ``StepResult`` whose ``data`` has the shapes
   guest, which Ventana does not hold. The capture says so
   (``guest_reachable`` False, ``services`` None, ``services_note``), so the
   runner skips the services comparison and flags it, never claims it.
-  IPv4 settings are only the addresses the guest reports (no prefix,
-  gateway or DNS: those live in the guest).
+  IPv4 settings (addresses, prefix, gateway, DNS, DHCP) are what the
+  guest's integration services report over KVP
+  (``Msvm_GuestNetworkAdapterConfiguration``); a guest that reports
+  nothing leaves them None.
 - **merge**: Stop-VM (guest shutdown) when not Off, then Remove-VMSnapshot of
   every checkpoint (``Get-VM -Id … | Remove-VMSnapshot -Name *``), or — for a
   replicating VM — of every one but the newest, one by one by Id.
@@ -116,6 +118,42 @@ def boot_entries(rows: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+
+
+def _list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [text(v) for v in value] if isinstance(value, list) else [text(value)]
+
+
+def _prefix(mask: str) -> int | None:
+    """ "255.255.255.0" → 24; "24" → 24; anything else → None."""
+    if mask.isdigit():
+        return int(mask)
+    if _IPV4.match(mask):
+        bits = "".join(f"{int(x):08b}" for x in mask.split("."))
+        return bits.count("1") if "01" not in bits else None
+    return None
+
+
+def guest_ipv4(addresses: Any, config: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The capture's ``ipv4`` of one NIC: the guest's IPv4 addresses (Get-VMNetworkAdapter)
+    with prefix, gateway and DNS where its KVP configuration reports them (else None)."""
+    ips = _list(config.get("IPAddresses")) or _list(addresses)
+    subnets = _list(config.get("Subnets"))
+    gateways = [g for g in _list(config.get("DefaultGateways")) if _IPV4.match(g)]
+    dns = [d for d in _list(config.get("DNSServers")) if _IPV4.match(d)]
+    out = []
+    for i, ip in enumerate(ips):
+        if not _IPV4.match(ip):
+            continue
+        out.append({"address": ip, "prefix": _prefix(subnets[i]) if i < len(subnets) else None,
+                    "gateway": gateways[0] if gateways else None, "dns": dns or None,
+                    "dhcp": config.get("DHCPEnabled") if config else None})
+    return out or None
+
+
 def first_disk(order: list[dict[str, Any]]) -> tuple[str, int, int] | None:
     disk = next((b for b in order if b.get("type") == "HardDiskDrive"), None)
     if disk is None:
@@ -193,6 +231,17 @@ class HyperVRebuild:
                 for r in await self._read(s, cmd.get_vhds(leaves))} if leaves else {}
         self._progress(task_id, 45, "Get-VMNetworkAdapter")
         nic_rows = await self._read(s, cmd.get_vm_nics(vm_id))
+        guest = {}
+        if nic_rows:
+            try:
+                rows = await self._read(s, cmd.get_guest_network())
+            except CommandFailed as exc:  # no rights on the class: addresses only
+                log.info("guest IP configuration not readable: %s", exc)
+                rows = []
+            for r in rows:
+                ident = text(r.get("InstanceID")).casefold()
+                if vm_id.casefold() in ident:
+                    guest[ident.rsplit("\\", 1)[-1]] = r
         nics = []
         for n in nic_rows:
             name = text(n.get("Name"))
@@ -202,8 +251,8 @@ class HyperVRebuild:
             addresses = n.get("IPAddresses") or []
             if isinstance(addresses, str):
                 addresses = [addresses]
-            ipv4 = [{"address": a, "prefix": None, "gateway": None, "dns": None}
-                    for a in map(text, addresses) if re.fullmatch(r"\d+(\.\d+){3}", a)]
+            config = guest.get(text(n.get("Id")).casefold().rsplit("\\", 1)[-1], {})
+            ipv4 = guest_ipv4(addresses, config)
             nics.append({"name": name, "switch": text(n.get("SwitchName")), "vlan": vlan,
                          "mac": text(n.get("MacAddress")).replace("-", "").upper(),
                          "dynamic_mac": bool(n.get("DynamicMacAddressEnabled")),
@@ -265,7 +314,7 @@ class HyperVRebuild:
             "vcpus": as_int(vm.get("ProcessorCount")),
             "memory_mb": as_int(vm.get("MemoryStartup")) // (1024 * 1024),
             "dynamic_memory": bool(vm.get("DynamicMemoryEnabled")),
-            "power": text(vm.get("State")), "os": None, "firmware": firmware, "nics": nics,
+            "power": text(vm.get("State")), "os": "unknown", "firmware": firmware, "nics": nics,
             "disks": disks, "new_folder": folder, "clustered": bool(vm.get("IsClustered")),
             "checkpoints": [{"name": text(c.get("Name")), "kind": text(c.get("SnapshotType")),
                              "created": (c["CreationTime"].isoformat()

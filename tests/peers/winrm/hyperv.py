@@ -811,6 +811,25 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                     },
                 ))
             return
+        if cls == "msvm_guestnetworkadapterconfiguration":  # KVP: what the guests report
+            for vm in model.vms_of(node):
+                if vm.power is not PowerState.RUNNING or vm.integration is not \
+                        IntegrationState.OK:
+                    continue
+                for nic in model.nics_of(vm):
+                    if not nic.get("ip"):
+                        continue
+                    writer.write_output(_obj(writer, [
+                        "Microsoft.Management.Infrastructure.CimInstance#root/virtualization/"
+                        "v2/Msvm_GuestNetworkAdapterConfiguration"], {
+                        "InstanceID": f"Microsoft:GuestNetwork\\{vm.id.upper()}\\"
+                                      f"{_nic_guid(vm, nic)}",
+                        "IPAddresses": [nic["ip"], "fe80::215:5dff:fe00:1"],
+                        "Subnets": ["255.255.255.0", "64"],
+                        "DefaultGateways": [f"10.20.{nic['vlan']}.1"],
+                        "DNSServers": ["10.20.10.11", "10.20.10.12"],
+                        "DHCPEnabled": False}))
+            return
         if cls != "mscluster_diskpartition":
             writer.write_error(
                 f"Invalid class {params.get('ClassName')}", category=ErrorCategory.ObjectNotFound
@@ -1388,11 +1407,15 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         up = vm.power is PowerState.RUNNING and vm.integration is IntegrationState.OK
         return _obj(writer_dummy, [HV + "VMNetworkAdapter", HV + "VirtualMachineComponent"], {
             "VMId": _guid(vm.id), "VMName": vm.name, "Name": nic["name"],
+            "Id": f"Microsoft:{vm.id.upper()}\\{_nic_guid(vm, nic)}",
             "SwitchName": nic["switch"], "MacAddress": nic["mac"],
             "DynamicMacAddressEnabled": nic["dynamic"],
             "IPAddresses": [nic["ip"], "fe80::215:5dff:fe00:1"] if up and nic.get("ip") else [],
         }, to_string=f"VMNetworkAdapter (Name = '{nic['name']}', VMName = '{vm.name}') "
                      f"[Id = 'Microsoft:{vm.id.upper()}']")
+
+    def _nic_guid(vm: VM, nic: dict[str, Any]) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"nic:{vm.id}:{nic['name']}")).upper()
 
     class _Piped:
         piped = True
