@@ -12,6 +12,7 @@ flagged, never claimed.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ventana.backends.hyperv.backend import HyperVBackend, HyperVExecutor
 from ventana.backends.hyperv.rebuild import boot_entries
 from ventana.backends.rebuild_runner import execute_rebuild  # noqa: F401 - registers "rebuild"
 from ventana.state.actionlog import ActionLog
-from ventana.state.events import LinkState
+from ventana.state.events import LinkState, TaskProgress
 from ventana.state.model import VM, FinalState, PowerState, TaskState
 from ventana.state.rebuild import RebuildState, RebuildStore, StepState
 from ventana.state.store import Store
@@ -236,3 +237,44 @@ def test_commands_md_documents_every_rebuild_command() -> None:
     for command in writes:
         assert command.as_powershell() in doc, command.as_powershell()
         assert command.mutating and {x.name for x in command.pipeline()} & c.MUTATING_CMDLETS
+
+
+@pytest.mark.timeout(40)
+async def test_merge_to_the_last_parent_keeps_the_newest_checkpoint(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    """A replicating VM: Stop-VM, then every checkpoint but the newest, one by one by Id."""
+    model, handle = one_peer
+    vm = next(v for v in sorted(model.vms.values(), key=lambda v: v.name)
+              if len(model.chains.get(v.id, [])) >= 3 and v.power is PowerState.RUNNING)
+    newest = model.chains[vm.id][-1]
+    backend = backend_for(handle, read_only=False)
+    feed = await connected(backend, Store())
+    result = await backend.executor().rebuild_merge(vm.id, "lp-1", to_last_parent=True)
+    assert result.state is TaskState.OK, result.error
+    assert result.data["checkpoints_left"] == 1 and model.chains[vm.id] == [newest]
+    assert model.vms[vm.id].power is PowerState.OFF
+    assert model.calls.count("Remove-VMSnapshot") >= 2 and "Stop-VM" in model.calls
+    await feed.close()
+
+
+@pytest.mark.timeout(40)
+async def test_connection_lost_during_a_copy_is_unknown(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    model, handle = one_peer
+    vm = two_disk_gen2(model)
+    backend = backend_for(handle, read_only=False, operation_timeout=2)
+    feed = await connected(backend, Store())
+    ex = backend.executor()
+    cap = (await ex.capture(vm.id, "c-1")).data
+    assert (await ex.rebuild_merge(vm.id, "c-2", to_last_parent=False)).state is TaskState.OK
+    model.merge_step_s = 0.5  # Convert-VHD's pace
+    create = asyncio.create_task(ex.create_from_capture(cap, "c-3"))
+    await feed.until(lambda: any(isinstance(e, TaskProgress) and e.task_id == "c-3"
+                                 and "Convert" in e.message for e in feed.events),
+                     10, "the copy running")
+    await asyncio.to_thread(handle.peer.stop)
+    result = await asyncio.wait_for(create, 20)
+    assert result.state is TaskState.UNKNOWN and "verify on the host" in result.error
+    await feed.close()
