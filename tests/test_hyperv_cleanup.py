@@ -23,7 +23,7 @@ from ventana.backends.actions import ActionRunner
 from ventana.backends.base import ReadOnlyError
 from ventana.backends.hyperv import commands as c
 from ventana.backends.hyperv.backend import HyperVBackend, HyperVExecutor
-from ventana.backends.hyperv.cleanup import Cleanup, check_path
+from ventana.backends.hyperv.cleanup import Cleanup, check_path, is_volume_root
 from ventana.state.actionlog import ActionLog
 from ventana.state.events import LinkState, TaskProgress
 from ventana.state.model import VM, FinalState, Kind, PowerState, ReplicationState, TaskState
@@ -115,7 +115,8 @@ async def test_compact_of_a_vm_running_on_the_host_is_refused_before_sending(
     other = next(d for d in model.disks.values() if d.vm_id != vm.id)
     model.set_power(vm.id, PowerState.OFF)
     result = await backend.executor().compact_vhdx(vm.id, "compact-x", (other.path,))
-    assert result.state is TaskState.FAILED and "not one of this VM's disk files" in result.error
+    assert result.state is TaskState.FAILED and f"used by {model.vms[other.vm_id].name}" in \
+        result.error and "nothing was sent" in result.error
     await feed.close()
 
 
@@ -248,6 +249,37 @@ def test_check_path_allows_only_plain_disk_files_under_the_vms_folders() -> None
     assert "not a virtual disk" in check_path("C:\\ClusterStorage\\Volume1\\app-01", roots)
     assert "outside" in check_path("C:\\ClusterStorage\\Volume1\\app-012\\x.vhdx", roots)
     assert "absolute" in check_path("app-01.vhdx", roots)
+    for root in ("c:", "c:\\", "c:\\clusterstorage", "c:\\clusterstorage\\volume1",
+                 "c:\\clusterstorage\\volume1\\", "d:\\"):
+        assert is_volume_root(root), root
+    assert not is_volume_root("c:\\clusterstorage\\volume1\\app-01")
+    assert not is_volume_root("d:\\hyper-v")
+
+
+@pytest.mark.timeout(40)
+async def test_a_base_disk_another_vm_depends_on_is_neither_compacted_nor_deleted(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    model, handle = one_peer
+    vm = off_vm(model)
+    other = next(v for v in model.vms.values() if v.id != vm.id and v.disk_ids)
+    base = model.disks[vm.disk_ids[0]]
+    # Another VM's disk is a differencing child of this VM's base (a shared template).
+    with model.lock:
+        child = model.disks[other.disk_ids[0]]
+        model.disks[child.id] = dataclasses.replace(child, parent_path=base.path)
+        model.changed()
+    backend = backend_for(handle, read_only=False)
+    feed = await connected(backend)
+    await feed.until(lambda: any(d.parent_path == base.path for d in feed.of(Kind.DISK).values()
+                                 if d.vm_id == other.id), 10, "the shared parent read")
+    files = tuple({d.path for d in backend._vm_disks(vm.id)} | {base.path})
+    for result in (await backend.executor().compact_vhdx(vm.id, "sh-1", (base.path,)),
+                   await backend.executor().delete_vm(vm.id, "sh-2", files)):
+        assert result.state is TaskState.FAILED, result
+        assert f"used by {other.name}" in result.error and "nothing was sent" in result.error
+    assert not set(model.calls) & c.MUTATING_CMDLETS
+    await feed.close()
 
 
 def test_commands_md_documents_the_cleanup_commands() -> None:

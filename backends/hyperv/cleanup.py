@@ -12,7 +12,9 @@ anything (the plan was made from data up to one poll old):
   be a plain absolute disk file name (no wildcard, no ``..``), one of the
   VM's files as the inventory knows them and inside a folder that holds the
   VM's storage (the folders of its drives on the host and its configuration
-  folder) — never a folder, never a recursion. Then ``Remove-ClusterGroup
+  folder; a volume root never counts) — never a folder, never a recursion.
+  A file another VM uses (attached to it, or the parent of one of its
+  files: a shared base disk) is refused, by compact too. Then ``Remove-ClusterGroup
   -VMId … -RemoveResources -Force`` when the VM is clustered, ``Get-VM -Id
   … | Remove-VM -Force``, and ``Remove-Item -LiteralPath`` one file at a
   time; ``Test-Path`` afterwards says which files are really gone. Files that
@@ -60,6 +62,17 @@ def folder_of(path: str) -> str:
     return path_key(path).rpartition("\\")[0]
 
 
+def is_volume_root(folder: str) -> bool:
+    """``c:``, ``c:\\``, ``c:\\clusterstorage`` or a CSV's ``c:\\clusterstorage\\volume1``
+    (casefolded, no trailing backslash): never "a VM's storage folder"."""
+    parts = [p for p in folder.rstrip("\\").split("\\") if p]
+    if len(parts) <= 1:
+        return True
+    if parts[1] == "clusterstorage":
+        return len(parts) <= 3
+    return False
+
+
 def check_path(path: str, roots: set[str]) -> str:
     """Why ``path`` must not be deleted ('' when it may): plain, absolute, a disk file,
     inside one of ``roots`` (casefolded folders)."""
@@ -101,6 +114,23 @@ class Cleanup:
     def _known_files(self, vm_id: str) -> dict[str, VirtualDisk]:
         return {path_key(d.path): d for d in self.hv._vm_disks(vm_id)}
 
+    def _used_elsewhere(self, vm_id: str, paths: tuple[str, ...]) -> list[str]:
+        """Paths another VM uses: attached to it, or the parent of one of its files
+        (a shared base disk: changing or deleting it breaks that VM's chain)."""
+        others: dict[str, str] = {}
+        for e in self.hv._known.values():
+            if isinstance(e, VirtualDisk) and e.vm_id != vm_id:
+                others[path_key(e.path)] = e.vm_id
+                if e.parent_path:
+                    others[path_key(e.parent_path)] = e.vm_id
+        out = []
+        for p in paths:
+            owner = others.get(path_key(p))
+            if owner is not None:
+                vm = self.hv._known.get((Kind.VM, owner))
+                out.append(f"{p} (used by {getattr(vm, 'name', owner)})")
+        return out
+
     async def _host_vm(self, session: NodeSession, vm_id: str) -> dict[str, Any]:
         answer = await session.run(cmd.get_vm_check(vm_id))
         rows = [props(o) for o in answer.output]
@@ -139,10 +169,15 @@ class Cleanup:
         try:
             vm, node = self._vm_and_node(vm_id)
             known = self._known_files(vm_id)
+            shared = self._used_elsewhere(vm_id, paths)
+            if shared:
+                raise Refused("another VM depends on " + "; ".join(shared)
+                              + " — nothing was sent")
             strange = [p for p in paths if path_key(p) not in known or _WILDCARD.search(p)]
             if strange or not paths:
                 raise Refused("not one of this VM's disk files: " + ", ".join(strange)
-                              if strange else "no disk file to compact; nothing was sent")
+                              + "; nothing was sent" if strange
+                              else "no disk file to compact; nothing was sent")
             on_host = await self._host_vm(node.session, vm_id)
             state = text(on_host.get("State"))
             if state != "Off":
@@ -229,13 +264,14 @@ class Cleanup:
             if config:
                 roots.add(path_key(config))
             # A drive at a volume's root would make the whole volume "the VM's storage".
-            roots = {r for r in roots if r.count("\\") >= 2}
+            roots = {r for r in roots if not is_volume_root(r)}
             bad = []
             for p in paths:
                 why = check_path(p, roots) or ("" if path_key(p) in known
                                                 else "not one of this VM's known files")
                 if why:
                     bad.append(f"{p} ({why})")
+            bad += self._used_elsewhere(vm_id, paths)
             if bad:
                 raise Refused("refused to delete " + "; ".join(bad) + " — nothing was sent")
             clustered = bool(on_host.get("IsClustered"))
