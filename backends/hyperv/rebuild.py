@@ -350,12 +350,20 @@ class HyperVRebuild:
         return await self._guarded(self._merge(vm_id, task_id, to_last_parent),
                                    "Stop-VM or Remove-VMSnapshot was sent")
 
-    async def _stop(self, session: NodeSession, vm_id: str, task_id: str) -> None:
+    async def _stop(self, node: _NodeState, vm_id: str, task_id: str) -> None:
+        session = node.session
         vm = await self._one(session, cmd.get_vm_check(vm_id), "this VM")
         if text(vm.get("State")) != "Off":
             self._progress(task_id, 2, "Stop-VM: shutting the guest down")
-            await session.run(cmd.stop_vm(vm_id), timeout=max(
-                self.hv.config.command_timeout, 600.0))
+            # Its own pool: a guest may take minutes to shut down; the polls go on.
+            action = self.hv._new_session(node.host, node.port)
+            self.hv._actions.add(action)
+            try:
+                await action.run(cmd.stop_vm(vm_id), timeout=max(
+                    self.hv.config.command_timeout, 600.0))
+            finally:
+                self.hv._actions.discard(action)
+                await action.close()
             vm = await self._one(session, cmd.get_vm_check(vm_id), "this VM")
             if text(vm.get("State")) != "Off":
                 raise StepFailed(StepResult(TaskState.FAILED, error=(
@@ -365,7 +373,7 @@ class HyperVRebuild:
         hv = self.hv
         node = self._node(vm_id)
         s = node.session
-        await self._stop(s, vm_id, task_id)
+        await self._stop(node, vm_id, task_id)
         before_rows = await self._read(s, cmd.get_vm_checkpoints(vm_id))
         before = sum(d.size_bytes for d in hv._vm_disks(vm_id))
         ordered = sorted(before_rows, key=lambda c: text(c.get("CreationTime")))
@@ -570,7 +578,7 @@ class HyperVRebuild:
     async def _retire(self, vm_id: str, new_name: str, task_id: str) -> StepResult:
         node = self._node(vm_id)
         s = node.session
-        await self._stop(s, vm_id, task_id)
+        await self._stop(node, vm_id, task_id)
         self._progress(task_id, 40, "Rename-VM")
         await s.run(cmd.rename_vm(vm_id, new_name))
         self._progress(task_id, 70, "Set-VM -AutomaticStartAction Nothing")
