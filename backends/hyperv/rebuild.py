@@ -62,7 +62,15 @@ from ventana.state.model import VM, Kind, TaskState
 
 from ..base import StepResult
 from . import commands as cmd
-from .mapping import as_id, as_int, path_key, props, text
+from .mapping import (
+    as_id,
+    as_int,
+    path_key,
+    power_state,
+    props,
+    replication_state,
+    text,
+)
 from .session import CommandFailed, NodeSession, SessionError
 
 if TYPE_CHECKING:
@@ -290,15 +298,25 @@ class HyperVRebuild:
             slot = (ctype, as_int(d.get("ControllerNumber")), as_int(d.get("ControllerLocation")))
             system = slot == boot_slot if boot_slot else (gen == 1 and slot == ("IDE", 0, 0))
             stem = re.sub(r"_[0-9A-Fa-f-]{36}$", "", path.rsplit("\\", 1)[-1].rsplit(".", 1)[0])
+            base = self._base_of(vm_id, path)
+            known = next((x for x in self.hv._vm_disks(vm_id)
+                          if path_key(x.path) == path_key(base)), None)
             disks.append({
-                "index": j, "path": self._base_of(vm_id, path), "leaf_path": path,
-                "format": text(info.get("VhdFormat")), "size": as_int(info.get("FileSize")),
+                "index": j, "path": base, "leaf_path": path,
+                "format": text(info.get("VhdFormat")),
+                "size": known.size_bytes if known else as_int(info.get("FileSize")),
                 "max": as_int(info.get("Size")), "controller_type": slot[0],
                 "controller_number": slot[1], "controller_location": slot[2],
                 "system": system, "new_path": f"{folder}{stem}.vhdx",
             })
         if disks and not any(d["system"] for d in disks) and gen == 1:
             disks[0]["system"] = True
+        slots = {(d["controller_type"], d["controller_number"], d["controller_location"]):
+                 d["path"] for d in disks}
+        for entry in firmware.get("boot_order") or []:
+            if entry.get("type") == "HardDiskDrive":
+                entry["path"] = slots.get((entry["controller_type"], entry["controller_number"],
+                                           entry["controller_location"]), "")
         for i, d in enumerate(disks):  # two files from one stem must not collide
             if any(o["new_path"].casefold() == d["new_path"].casefold() for o in disks[:i]):
                 d["new_path"] = d["new_path"][:-5] + f"-{i}.vhdx"
@@ -314,15 +332,17 @@ class HyperVRebuild:
             "vcpus": as_int(vm.get("ProcessorCount")),
             "memory_mb": as_int(vm.get("MemoryStartup")) // (1024 * 1024),
             "dynamic_memory": bool(vm.get("DynamicMemoryEnabled")),
-            "power": text(vm.get("State")), "os": "unknown", "firmware": firmware, "nics": nics,
+            "power": power_state(vm.get("State")).value, "os": "unknown",
+            "firmware": firmware, "nics": nics,
             "disks": disks, "new_folder": folder, "clustered": bool(vm.get("IsClustered")),
             "checkpoints": [{"name": text(c.get("Name")), "kind": text(c.get("SnapshotType")),
                              "created": (c["CreationTime"].isoformat()
                                          if isinstance(c.get("CreationTime"), datetime)
                                          else text(c.get("CreationTime"))),
                              "id": as_id(text(c.get("Id")))} for c in checkpoints],
-            "replication": {"state": text(vm.get("ReplicationState")) or "Disabled",
-                            "target": None},
+            "replication": {"state": replication_state(
+                                vm.get("ReplicationState") or "Disabled").value,
+                            "target": getattr(vm_entity, "replica_target", None) or None},
             "heartbeat": heartbeat or "none",
             "integration_services": {text(c.get("Name")): bool(c.get("Enabled"))
                                      for c in components},
