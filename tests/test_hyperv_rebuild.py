@@ -42,6 +42,11 @@ def two_disk_gen2(model: ClusterModel, *, checkpoints: bool = True) -> VM:
               if v.generation == 2 and len(v.disk_ids) >= 2
               and bool(model.chains.get(v.id)) is checkpoints
               and v.power is PowerState.RUNNING and v.replication.value == "disabled")
+    return room(model, vm)
+
+
+def room(model: ClusterModel, vm: VM) -> VM:
+    """Give the VM's CSV 2 TB more, so the merge and the copy fit."""
     with model.lock:
         lun = model.luns[vm.lun_id]
         model.luns[lun.id] = dataclasses.replace(lun, total_bytes=lun.total_bytes + 2 * TB,
@@ -277,4 +282,27 @@ async def test_connection_lost_during_a_copy_is_unknown(
     await asyncio.to_thread(handle.peer.stop)
     result = await asyncio.wait_for(create, 20)
     assert result.state is TaskState.UNKNOWN and "verify on the host" in result.error
+    await feed.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_gen1_vm_is_rebuilt_from_its_bios_capture(
+    one_peer: tuple[ClusterModel, PeerHandle], tmp_path: Path,  # noqa: F811
+) -> None:
+    model, handle = one_peer
+    vm = room(model, next(v for v in sorted(model.vms.values(), key=lambda v: v.name)
+                          if v.generation == 1 and model.chains.get(v.id)
+                          and v.power is PowerState.RUNNING
+                          and v.replication.value == "disabled"))
+    backend = backend_for(handle, read_only=False)
+    store = Store()
+    feed = await connected(backend, store)
+    _plan, result, wf, _rows = await run_rebuild(backend, store, tmp_path / "g1.db", vm)
+    assert result.state is TaskState.WARNING, result.error
+    assert wf.capture["firmware"]["bios_startup_order"][0] == "IDE"
+    assert wf.capture["disks"][0]["system"] is True
+    new = model.vms[wf.new_vm_id]
+    assert new.generation == 1 and new.power is PowerState.RUNNING
+    assert model.slot(new, 0) == ("IDE", 0, 0)
+    assert "Get-VMBios" in model.calls and "Set-VMFirmware" not in model.calls
     await feed.close()
