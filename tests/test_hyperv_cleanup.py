@@ -211,6 +211,25 @@ async def test_delete_is_refused_on_the_host_when_running_or_replicating(
     await feed.close()
 
 
+@pytest.mark.timeout(40)
+async def test_compact_of_a_vm_with_checkpoints_is_refused_on_both_sides(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    model, handle = one_peer
+    vm = off_vm(model, checkpoints=True)
+    backend = backend_for(handle, read_only=False)
+    feed = await connected(backend)
+    base = model.disks[vm.disk_ids[0]].path
+    result = await backend.executor().compact_vhdx(vm.id, "cp-1", (base,))
+    assert result.state is TaskState.FAILED and "checkpoint(s)" in result.error
+    assert "Optimize-VHD" not in model.calls
+    action = backend._new_session(handle.host, handle.port)
+    with pytest.raises(Exception, match="parent of a differencing disk"):
+        await action.run(c.optimize_vhd(base))  # the host refuses it too
+    await action.close()
+    await feed.close()
+
+
 @pytest.mark.timeout(30)
 async def test_read_only_session_sends_neither_compact_nor_delete(
     one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811

@@ -3,7 +3,8 @@
 Both act on files, so both re-check on the host just before sending
 anything (the plan was made from data up to one poll old):
 
-- **compact**: ``Get-VM -Id`` says the VM is Off; each path is one of the
+- **compact**: ``Get-VM -Id`` says the VM is Off and ``Get-VMSnapshot`` none
+  (a parent of a differencing disk must not shrink); each path is one of the
   VM's disk files as the inventory knows them; sizes are read with
   ``Get-VHD`` before and after; then ``Optimize-VHD -Path P -Mode Full``
   per file, on a pool of its own (a compact reads the whole file), its
@@ -183,6 +184,11 @@ class Cleanup:
             if state != "Off":
                 raise Refused(f"the host reports the VM {state or 'in an unknown state'}; "
                               "Optimize-VHD needs it Off — nothing was sent")
+            checkpoints = (await node.session.run(cmd.get_vm_checkpoints(vm_id))).output
+            if checkpoints:
+                raise Refused(f"the host reports {len(checkpoints)} checkpoint(s): the base "
+                              "disks are parents of differencing disks and must not be "
+                              "compacted — merge first; nothing was sent")
             before = await self._sizes(node.session, list(paths))
             gone = [p for p in paths if path_key(p) not in before]
             if gone:
@@ -346,7 +352,7 @@ class Cleanup:
             return ActionResult(TaskState.WARNING, error, size_before, size_before - freed,
                                 FinalState.PENDING, detail)
         self._end(task, TaskState.OK, detail, "")
-        return ActionResult(TaskState.OK, "", size_before, 0, FinalState.OPERATIONAL, detail)
+        return ActionResult(TaskState.OK, "", size_before, 0, None, detail)
 
     async def _reread(self, node: _NodeState) -> None:
         try:

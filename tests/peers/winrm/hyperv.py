@@ -1304,6 +1304,14 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             if disk is None:
                 raise _vz_error(f"Optimize-VHD: The system cannot find the file specified: "
                                 f"'{path}'.", "ObjectNotFound", ErrorCategory.ObjectNotFound)
+            with model.lock:
+                model._indexes()
+                parent = disk.path.casefold() in model._children
+            if parent:
+                raise _vz_error(
+                    f"Optimize-VHD: The virtual disk '{path}' is the parent of a differencing "
+                    "disk and cannot be compacted. (0xC03A0017)", "InvalidOperation",
+                    ErrorCategory.InvalidOperation)
             if owner is not None and owner.power is not PowerState.OFF:
                 raise _vz_error(
                     f"Optimize-VHD: Failed to compact the virtual disk '{path}': The process "
