@@ -316,3 +316,22 @@ def test_commands_md_documents_the_cleanup_commands() -> None:
     for command in (c.get_vm_check(vm_id), c.get_vm_drives(vm_id), c.paths_present([path])):
         assert not command.mutating
         assert {x.name for x in command.pipeline()} <= c.READ_CMDLETS
+
+
+@pytest.mark.timeout(40)
+async def test_connection_lost_during_a_compact_is_unknown(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    model, handle = one_peer
+    vm = off_vm(model)
+    backend = backend_for(handle, read_only=False, operation_timeout=2)
+    feed = await connected(backend)
+    paths = tuple(d.path for d in backend._vm_disks(vm.id) if not d.parent_path)
+    model.merge_step_s = 0.5  # Optimize-VHD's pace
+    compact = asyncio.create_task(backend.executor().compact_vhdx(vm.id, "lost-1", paths))
+    await feed.until(lambda: "Optimize-VHD" in model.calls, 10, "the compact running")
+    await asyncio.to_thread(handle.peer.stop)
+    result = await asyncio.wait_for(compact, 20)
+    assert result.state is TaskState.UNKNOWN and "verify on the host" in result.error
+    assert result.final_state is FinalState.PENDING
+    await feed.close()
