@@ -84,7 +84,8 @@ async def test_full_rebuild_through_the_endpoint(
 ) -> None:
     model, handle = one_peer
     vm = two_disk_gen2(model)
-    model.system_drive[vm.id] = 1  # the campaign's incident: the OS disk sits at SCSI 0:1
+    model.system_drive[vm.id] = 1  # the campaign's incident: the OS disk is not the first
+    model.slots[vm.id] = [("SCSI", 0, 0), ("SCSI", 1, 0)]  # ... and on a second controller
     old_nics = [dict(n) for n in model.nics_of(vm)]
     old_slots = [model.slot(vm, n) for n in range(len(vm.disk_ids))]
     template = model.firmware_of(vm)["template"]
@@ -140,7 +141,9 @@ async def test_full_rebuild_through_the_endpoint(
     assert {"rebuild.capture", "rebuild.merge", "rebuild.create", "rebuild.verify_boot",
             "rebuild.keep_old"} <= set(steps)
     sent = {x for x in model.calls if x in c.MUTATING_CMDLETS}
+    assert model.scsi_controllers[new.id] == 2
     assert {"Stop-VM", "Remove-VMSnapshot", "Convert-VHD", "New-VM", "Add-VMHardDiskDrive",
+            "Add-VMScsiController",
             "Add-VMNetworkAdapter", "Set-VMFirmware", "Start-VM", "Rename-VM",
             "Add-ClusterVirtualMachineRole"} <= sent
     await feed.until(lambda: store.vm(wf.new_vm_id) is not None, 10, "the new VM in the view")
@@ -232,7 +235,8 @@ def test_commands_md_documents_every_rebuild_command() -> None:
               c.new_vm("app-01", 2, 8 * 1024**3, folder), c.set_processor(n, 4),
               c.set_memory(n, 8 * 1024**3, False), c.remove_nics(n),
               c.add_nic(n, "Network Adapter", "vSwitch-LAN", "00155D0A0B0C"),
-              c.set_nic_vlan(n, "Network Adapter", 20), c.add_drive(n, "SCSI", 0, 1, q),
+              c.set_nic_vlan(n, "Network Adapter", 20), c.add_scsi_controller(n),
+              c.add_drive(n, "SCSI", 0, 1, q),
               c.set_secure_boot(n, "MicrosoftWindows"),
               c.add_cluster_role(n, "app-01-rebuilt-20250106"), c.start_vm(n),
               c.rename_vm(v, "app-01-old-20250106"), c.set_no_autostart(v)]

@@ -725,6 +725,12 @@ def add_drive(vm_id: str, controller_type: str, number: int, location: int, path
         mutating=True)
 
 
+def add_scsi_controller(vm_id: str) -> Command:
+    """One more SCSI controller (New-VM gives one: number 0)."""
+    return Command("add a SCSI controller", (_by_id(vm_id), Cmdlet("Add-VMScsiController")),
+                   mutating=True)
+
+
 def set_secure_boot(vm_id: str, template: str) -> Command:
     return Command("set Secure Boot", (_by_id(vm_id), Cmdlet("Set-VMFirmware", (
         ("EnableSecureBoot", "On"), ("SecureBootTemplate", template)))), mutating=True)
@@ -751,7 +757,7 @@ MUTATING_CMDLETS = frozenset({
     "Remove-VMSnapshot", "Update-VMVersion", "Optimize-VHD", "Remove-ClusterGroup",
     "Remove-VM", "Remove-Item", "Stop-VM", "Start-VM", "Convert-VHD", "New-VM",
     "Set-VMProcessor", "Set-VMMemory", "Remove-VMNetworkAdapter", "Add-VMNetworkAdapter",
-    "Set-VMNetworkAdapterVlan", "Add-VMHardDiskDrive", "Set-VMFirmware",
+    "Set-VMNetworkAdapterVlan", "Add-VMHardDiskDrive", "Add-VMScsiController", "Set-VMFirmware",
     "Add-ClusterVirtualMachineRole", "Rename-VM", "Set-VM",
 })
 

@@ -28,6 +28,7 @@ step's task id and returns a ``StepResult`` whose ``data`` has the shapes
   a new folder, New-VM -NoVHD of the same generation, Set-VMProcessor,
   Set-VMMemory, the default NIC replaced by the captured ones
   (Add-VMNetworkAdapter -StaticMacAddress, Set-VMNetworkAdapterVlan),
+  Add-VMScsiController for SCSI controllers beyond New-VM's one,
   Add-VMHardDiskDrive at the captured controller slots — **the system disk
   first**, so it is the first disk in the new firmware's boot order
   (``Set-VMFirmware -FirstBootDevice`` takes a device *object*, which a
@@ -494,6 +495,9 @@ class HyperVRebuild:
                                          str(nic.get("switch") or ""), str(nic.get("mac") or "")))
                 if int(nic.get("vlan") or 0):
                     steps.append(cmd.set_nic_vlan(new_id, str(nic.get("name")), int(nic["vlan"])))
+            scsi = [int(d["controller_number"]) for d in disks
+                    if str(d["controller_type"]).upper() == "SCSI"]
+            steps += [cmd.add_scsi_controller(new_id) for _ in range(max(scsi, default=0))]
             for d in disks:  # the system disk first: it is first in the boot order
                 steps.append(cmd.add_drive(new_id, str(d["controller_type"]),
                                            int(d["controller_number"]),

@@ -248,6 +248,8 @@ class ClusterModel:
         self.dynamic_memory: set[str] = set()
         self.auto_start: dict[str, str] = {}
         self.group_names: dict[str, str] = {}  # clustered VM id -> its cluster group's name
+        #: SCSI controllers of VMs made by New-VM (one; Add-VMScsiController adds).
+        self.scsi_controllers: dict[str, int] = {}
         #: Failure injection: Add-VMHardDiskDrive puts the new drive FIRST in the boot order.
         self.prepend_boot_entries = False
         self._index_version = -1
@@ -1614,6 +1616,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             model.vms[vm.id] = vm
             model.chains[vm.id] = []
             model.slots[vm.id] = []
+            model.scsi_controllers[vm.id] = 1
             model.nics[vm.id] = [{"name": "Network Adapter", "switch": "", "vlan": 0,
                                   "mac": "000000000000", "dynamic": True, "ip": None}]
             if gen == 2:
@@ -1663,6 +1666,10 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 if slot in slots:
                     raise _vz_error(f"Add-VMHardDiskDrive: the slot {slot} is in use.",
                                     "InvalidOperation", ErrorCategory.ResourceExists)
+                if slot[0] == "SCSI" and slot[1] >= model.scsi_controllers.get(vm.id, 4):
+                    raise _vz_error(f"Add-VMHardDiskDrive: '{vm.name}' has no SCSI controller "
+                                    f"number {slot[1]}.", "ObjectNotFound",
+                                    ErrorCategory.ObjectNotFound)
                 model.disks[disk.id] = dataclasses.replace(disk, vm_id=vm.id)
                 slots.append(slot)
                 index = len(vm.disk_ids)
@@ -1674,6 +1681,18 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                         order.insert(0, ("disk", index))
                     else:
                         order.append(("disk", index))
+                model.version += 1
+
+    def add_scsi_controller(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Add-VMScsiController")
+        for vm in _piped_vms(writer):
+            with model.lock:
+                count = model.scsi_controllers.get(vm.id, 1)
+                if count >= 4:
+                    raise _vz_error("Add-VMScsiController: a VM has at most 4 SCSI "
+                                    "controllers.", "InvalidOperation",
+                                    ErrorCategory.InvalidOperation)
+                model.scsi_controllers[vm.id] = count + 1
                 model.version += 1
 
     def add_cluster_role(params: dict[str, Any], writer: CommandWriter) -> None:
@@ -1727,6 +1746,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             "Set-VMProcessor": set_processor,
             "Set-VMMemory": set_memory,
             "Add-VMHardDiskDrive": add_drive,
+            "Add-VMScsiController": add_scsi_controller,
             "Add-ClusterVirtualMachineRole": add_cluster_role,
             "Rename-VM": rename_vm,
             "Set-VM": set_vm,
