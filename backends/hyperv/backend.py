@@ -25,7 +25,8 @@ Actions: a writable backend (``read_only=False``) hands out a
 ``HyperVExecutor`` whose merge removes every checkpoint of a VM
 (``Get-VM -Id … | Remove-VMSnapshot -Name *``) on the node hosting it,
 reporting the PSRP progress records as task progress, and whose upgrade
-sends ``Update-VMVersion -Force``. A read-only backend refuses
+sends ``Update-VMVersion -Force``; compact and delete are in ``cleanup``,
+the rebuild's six steps in ``rebuild``. A read-only backend refuses
 ``executor()``, every executor re-checks the mode, and the node sessions of
 a read-only backend refuse to send a mutating command at all.
 """
@@ -40,6 +41,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from ventana.state.events import (
     ConnectionChanged,
@@ -65,8 +67,9 @@ from ventana.state.model import (
 )
 from ventana.state.store import ref
 
-from ..base import ActionResult, Backend, Executor
+from ..base import ActionResult, Backend, Executor, StepResult
 from . import commands as cmd
+from .cleanup import Cleanup
 from .credentials import Credential
 from .mapping import (
     ClusterRead,
@@ -84,6 +87,7 @@ from .mapping import (
     props,
     text,
 )
+from .rebuild import HyperVRebuild
 from .session import AuthFailed, CommandFailed, NodeSession, SessionError, TlsRefused
 
 log = logging.getLogger(__name__)
@@ -673,6 +677,17 @@ class HyperVBackend(Backend):
             if kind is Kind.CHECKPOINT and getattr(e, "vm_id", None) == vm_id
         )
 
+    def node_for(self, vm: VM) -> _NodeState | None:
+        """The connected node hosting ``vm`` (None: not connected): by its computer
+        name, else the session whose last read reported the VM (one endpoint may
+        answer for several nodes)."""
+        by_name = next((n for n in self._nodes
+                        if n.healthy and n.computer.casefold() == vm.node_id.casefold()), None)
+        if by_name is not None:
+            return by_name
+        scope = self._owner.get((Kind.VM, vm.id))
+        return next((n for n in self._nodes if n.healthy and n.source == scope), None)
+
     async def run_upgrade(self, vm_id: str, task_id: str, version: str) -> ActionResult:
         """Update-VMVersion on the VM's node; the outcome is read back from the host."""
         if self.read_only:  # the executor checked too; this is below it
@@ -822,6 +837,56 @@ class HyperVExecutor(Executor):
         that is not off). The version reached is read back from the host."""
         self._guard("upgrade")
         return await self._hv.run_upgrade(vm_id, task_id, version)
+
+    async def compact_vhdx(self, vm_id: str, task_id: str, paths: tuple[str, ...]
+                           ) -> ActionResult:
+        """Optimize-VHD -Mode Full per file, after the host confirms the VM is Off;
+        sizes before/after are read back with Get-VHD (``cleanup.Cleanup.compact``)."""
+        self._guard("compact")
+        return await Cleanup(self._hv).compact(vm_id, task_id, paths)
+
+    async def delete_vm(self, vm_id: str, task_id: str, paths: tuple[str, ...]) -> ActionResult:
+        """Remove-ClusterGroup (if clustered), Remove-VM, then Remove-Item of exactly the
+        listed files, each checked to be the VM's own (``cleanup.Cleanup.delete``)."""
+        self._guard("delete")
+        return await Cleanup(self._hv).delete(vm_id, task_id, paths)
+
+    # -- the rebuild workflow's steps (rebuild.HyperVRebuild) -----------------------
+
+    def _rebuild(self) -> HyperVRebuild:
+        return HyperVRebuild(self._hv)
+
+    async def capture(self, vm_id: str, task_id: str) -> StepResult:
+        """Read the VM's configuration from the host (guest services: not readable)."""
+        self._guard("rebuild")
+        return await self._rebuild().capture(vm_id, task_id)
+
+    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
+                            ) -> StepResult:
+        """Stop-VM, then Remove-VMSnapshot (all, or all but the newest)."""
+        self._guard("rebuild")
+        return await self._rebuild().merge(vm_id, task_id, to_last_parent)
+
+    async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:
+        """Convert-VHD into a new folder, New-VM and its settings from the capture."""
+        self._guard("rebuild")
+        return await self._rebuild().create(capture, task_id)
+
+    async def verify_boot(self, vm_id: str, capture: dict[str, Any], task_id: str
+                          ) -> StepResult:
+        """Boot order checked against the capture, Start-VM, heartbeat Ok."""
+        self._guard("rebuild")
+        return await self._rebuild().verify_boot(vm_id, capture, task_id)
+
+    async def guest_services(self, vm_id: str, task_id: str) -> StepResult:
+        """Integration services as the host sees them; guest services unknown."""
+        self._guard("rebuild")
+        return await self._rebuild().services(vm_id, task_id)
+
+    async def retire_old(self, vm_id: str, new_name: str, task_id: str) -> StepResult:
+        """Stop-VM if running, Rename-VM, Set-VM -AutomaticStartAction Nothing."""
+        self._guard("rebuild")
+        return await self._rebuild().retire(vm_id, new_name, task_id)
 
     async def cancel(self, task_id: str) -> bool:
         """Always False: Hyper-V cannot cancel a merge in progress; it runs to its end."""

@@ -16,8 +16,9 @@ back to the member name with :data:`ENUMS`), DateTime as ``"/Date(ms)/"``
 not wrapped in an array. ``COMMANDS.md`` beside this file documents the same contract for a
 Windows operator; keep the two in step.
 
-All of these only read except ``remove_all_snapshots`` (the merge), which
-is marked ``mutating``: a read-only session refuses to send it.
+The reads only read; the commands of the actions (merge, upgrade, compact,
+delete, the rebuild's steps) are marked ``mutating``: a read-only session
+refuses to send them (``MUTATING_CMDLETS`` lists their cmdlets).
 """
 
 from __future__ import annotations
@@ -470,8 +471,295 @@ def update_vm_version(vm_id: str) -> Command:
     )
 
 
+# -- clean-up: compact a VHDX, delete an obsolete VM ----------------------------------------
+
+VM_CHECK_PROPS = ("Name", "Id", "State", "Path", "IsClustered", "ReplicationState")
+
+
+def get_vm_check(vm_id: str) -> Command:
+    """One VM's state as the host sees it now (re-checked just before a mutating step)."""
+    return Command(
+        "VM state (pre-check)",
+        (Cmdlet("Get-VM", (("Id", uuid.UUID(vm_id)),)),),
+        VM_CHECK_PROPS,
+        extra=_enums(State="VMState", ReplicationState="VMReplicationState"),
+    )
+
+
+def get_vm_drives(vm_id: str) -> Command:
+    """The disk files one VM's drives use now (where its storage is)."""
+    return Command(
+        "VM drives (pre-check)",
+        (Cmdlet("Get-VM", (("Id", uuid.UUID(vm_id)),)), Cmdlet("Get-VMHardDiskDrive")),
+        DRIVE_PROPS,
+        extra=_enums(ControllerType="ControllerType"),
+    )
+
+
+def paths_present(paths: list[str]) -> Command:
+    """Whether each file still exists (one Boolean per path, in order; literal paths)."""
+    return Command("files still present", (Cmdlet("Test-Path", (("LiteralPath", list(paths)),)),))
+
+
+def optimize_vhd(path: str) -> Command:
+    """Compact one dynamic VHD/VHDX (VM off, file not in use)."""
+    return Command(
+        "compact (Optimize-VHD)",
+        (Cmdlet("Optimize-VHD", (("Path", path), ("Mode", "Full"))),),
+        mutating=True,
+    )
+
+
+def remove_cluster_group(vm_id: str) -> Command:
+    """Remove a VM's cluster role and its resources (by the VM's Id, never a name)."""
+    return Command(
+        "remove the VM's cluster role",
+        (Cmdlet("Remove-ClusterGroup", (("VMId", uuid.UUID(vm_id)), ("RemoveResources", SWITCH),
+                                        ("Force", SWITCH))),),
+        mutating=True,
+    )
+
+
+def remove_vm(vm_id: str) -> Command:
+    """Remove a VM's configuration (Hyper-V leaves its disk files)."""
+    return Command(
+        "remove the VM",
+        (Cmdlet("Get-VM", (("Id", uuid.UUID(vm_id)),)), Cmdlet("Remove-VM", (("Force", SWITCH),))),
+        mutating=True,
+    )
+
+
+def remove_file(path: str) -> Command:
+    """Delete exactly one file: a literal path, no wildcard, no -Recurse."""
+    return Command(
+        "delete a disk file",
+        (Cmdlet("Remove-Item", (("LiteralPath", path),)),),
+        mutating=True,
+    )
+
+
+# -- rebuild: capture, merge, create, verify, retire ----------------------------------------
+
+VM_CONFIG_PROPS = ("Name", "Id", "State", "Generation", "Version", "ProcessorCount",
+                   "MemoryStartup", "DynamicMemoryEnabled", "Path", "ComputerName",
+                   "ReplicationState", "IsClustered")
+NIC_PROPS = ("Name", "Id", "SwitchName", "MacAddress", "DynamicMacAddressEnabled",
+             "IPAddresses")
+GUEST_NET_PROPS = ("InstanceID", "IPAddresses", "Subnets", "DefaultGateways", "DNSServers",
+                   "DHCPEnabled")
+VLAN_PROPS = ("OperationMode", "AccessVlanId")
+FIRMWARE_PROPS = ("SecureBoot", "SecureBootTemplate")
+BOOT_PROPS = ("BootType", "Description", "FirmwarePath", "Device")
+BIOS_PROPS = ("StartupOrder",)
+CHECKPOINT_PROPS = ("Id", "Name", "SnapshotType", "CreationTime", "ParentSnapshotId")
+COMPONENT_PROPS = ("Name", "Enabled", "PrimaryOperationalStatus")
+NEW_VM_PROPS = ("Id", "Name")
+
+ENUMS.update({
+    "VMNetworkAdapterVlanMode": {0: "Untagged", 1: "Access", 2: "Trunk", 3: "Private"},
+    "OnOffState": {0: "On", 1: "Off"},
+    "VMBootSourceType": {0: "Unknown", 1: "Drive", 2: "Network", 3: "File"},
+    "BootDevice": {0: "Floppy", 1: "CD", 2: "IDE", 3: "LegacyNetworkAdapter",
+                   4: "NetworkAdapter", 5: "VHD"},
+})
+
+
+def _int64(value: int) -> str:
+    """An Int64 parameter as its digits: pypsrp 0.9 serializes every Python int as
+    Int32, and PowerShell's parameter binding converts the string to Int64."""
+    return str(int(value))
+
+
+def _by_id(vm_id: str) -> Cmdlet:
+    return Cmdlet("Get-VM", (("Id", uuid.UUID(vm_id)),))
+
+
+def get_vm_config(vm_id: str) -> Command:
+    return Command("VM configuration", (_by_id(vm_id),), VM_CONFIG_PROPS,
+                   extra=_enums(State="VMState", ReplicationState="VMReplicationState"))
+
+
+def get_vm_nics(vm_id: str) -> Command:
+    """NICs with the guest's addresses as the host sees them (KVP; empty when the guest
+    does not report)."""
+    return Command("network adapters", (_by_id(vm_id), Cmdlet("Get-VMNetworkAdapter")),
+                   NIC_PROPS)
+
+
+def get_guest_network() -> Command:
+    """The guests' IP settings as their integration services report them over KVP
+    (``InstanceID`` = ``Microsoft:GuestNetwork\\<VM id>\\<adapter id>``); a guest
+    without integration services reports nothing."""
+    return Command(
+        "guest IP configuration (KVP)",
+        (Cmdlet("Get-CimInstance", (("Namespace", "root/virtualization/v2"),
+                                    ("ClassName", "Msvm_GuestNetworkAdapterConfiguration"))),),
+        GUEST_NET_PROPS, tolerate_errors=True)
+
+
+def get_nic_vlan(vm_id: str, nic: str) -> Command:
+    return Command(
+        "network adapter VLAN",
+        (_by_id(vm_id), Cmdlet("Get-VMNetworkAdapter", (("Name", nic),)),
+         Cmdlet("Get-VMNetworkAdapterVlan")),
+        VLAN_PROPS, extra=_enums(OperationMode="VMNetworkAdapterVlanMode"))
+
+
+def get_firmware(vm_id: str) -> Command:
+    return Command("firmware (Gen2)", (_by_id(vm_id), Cmdlet("Get-VMFirmware")),
+                   FIRMWARE_PROPS, extra=_enums(SecureBoot="OnOffState"))
+
+
+def get_boot_order(vm_id: str) -> Command:
+    """The Gen2 boot order, one entry per device, first first."""
+    return Command(
+        "boot order (Gen2)",
+        (_by_id(vm_id), Cmdlet("Get-VMFirmware"),
+         Cmdlet("Select-Object", (("ExpandProperty", "BootOrder"),))),
+        BOOT_PROPS, extra=_enums(BootType="VMBootSourceType"))
+
+
+def get_bios(vm_id: str) -> Command:
+    return Command("BIOS startup order (Gen1)", (_by_id(vm_id), Cmdlet("Get-VMBios")),
+                   BIOS_PROPS)
+
+
+def get_vm_checkpoints(vm_id: str) -> Command:
+    return Command("the VM's checkpoints", (_by_id(vm_id), Cmdlet("Get-VMSnapshot")),
+                   CHECKPOINT_PROPS,
+                   extra=_enums(("CreationTime",), SnapshotType="SnapshotType"))
+
+
+def get_vm_integration(vm_id: str, name: str | None = None) -> Command:
+    params = (("Name", name),) if name else ()
+    return Command("integration services", (_by_id(vm_id),
+                                            Cmdlet("Get-VMIntegrationService", params)),
+                   COMPONENT_PROPS,
+                   extra=_enums(PrimaryOperationalStatus="VMIntegrationComponentOperationalStatus"))
+
+
+def stop_vm(vm_id: str, *, turn_off: bool = False) -> Command:
+    """Shut the guest down (-Force: no prompt); ``turn_off``: power off without the guest."""
+    params: tuple[tuple[str, Any], ...] = (("Force", SWITCH),)
+    if turn_off:
+        params = (("TurnOff", SWITCH), *params)
+    return Command("stop the VM", (_by_id(vm_id), Cmdlet("Stop-VM", params)), mutating=True)
+
+
+def start_vm(vm_id: str) -> Command:
+    return Command("start the VM", (_by_id(vm_id), Cmdlet("Start-VM")), mutating=True)
+
+
+def remove_snapshot(snapshot_id: str) -> Command:
+    """Remove (merge) one checkpoint, by its Id."""
+    return Command(
+        "merge one checkpoint",
+        (Cmdlet("Get-VMSnapshot", (("Id", uuid.UUID(snapshot_id)),)), Cmdlet("Remove-VMSnapshot")),
+        mutating=True,
+    )
+
+
+def convert_vhd(source: str, destination: str) -> Command:
+    """A new, flat, dynamic copy of a disk (the whole chain up to ``source``)."""
+    return Command(
+        "copy the consolidated disk (Convert-VHD)",
+        (Cmdlet("Convert-VHD", (("Path", source), ("DestinationPath", destination),
+                                ("VHDType", "Dynamic"))),),
+        mutating=True,
+    )
+
+
+def new_vm(name: str, generation: int, memory_bytes: int, folder: str) -> Command:
+    return Command(
+        "create the VM (New-VM)",
+        (Cmdlet("New-VM", (("Name", name), ("Generation", int(generation)),
+                           ("MemoryStartupBytes", _int64(memory_bytes)), ("Path", folder),
+                           ("NoVHD", SWITCH))),),
+        NEW_VM_PROPS, mutating=True,
+    )
+
+
+def set_processor(vm_id: str, count: int) -> Command:
+    return Command("set vCPUs", (_by_id(vm_id), Cmdlet("Set-VMProcessor",
+                                                       (("Count", int(count)),))), mutating=True)
+
+
+def set_memory(vm_id: str, startup_bytes: int, dynamic: bool) -> Command:
+    return Command("set memory", (_by_id(vm_id), Cmdlet("Set-VMMemory", (
+        ("StartupBytes", _int64(startup_bytes)), ("DynamicMemoryEnabled", bool(dynamic))))),
+        mutating=True)
+
+
+def remove_nics(vm_id: str) -> Command:
+    """Remove the adapters New-VM added by default (the captured ones are added next)."""
+    return Command("remove default network adapters",
+                   (_by_id(vm_id), Cmdlet("Get-VMNetworkAdapter"),
+                    Cmdlet("Remove-VMNetworkAdapter")), mutating=True)
+
+
+def add_nic(vm_id: str, name: str, switch: str, mac: str) -> Command:
+    params: list[tuple[str, Any]] = [("Name", name)]
+    if switch:
+        params.append(("SwitchName", switch))
+    if mac:
+        params.append(("StaticMacAddress", mac))
+    return Command("add a network adapter",
+                   (_by_id(vm_id), Cmdlet("Add-VMNetworkAdapter", tuple(params))), mutating=True)
+
+
+def set_nic_vlan(vm_id: str, nic: str, vlan: int) -> Command:
+    return Command(
+        "set the adapter's VLAN",
+        (_by_id(vm_id), Cmdlet("Get-VMNetworkAdapter", (("Name", nic),)),
+         Cmdlet("Set-VMNetworkAdapterVlan", (("Access", SWITCH), ("VlanId", int(vlan))))),
+        mutating=True)
+
+
+def add_drive(vm_id: str, controller_type: str, number: int, location: int, path: str
+              ) -> Command:
+    return Command(
+        "attach a disk",
+        (_by_id(vm_id), Cmdlet("Add-VMHardDiskDrive", (
+            ("ControllerType", controller_type), ("ControllerNumber", int(number)),
+            ("ControllerLocation", int(location)), ("Path", path)))),
+        mutating=True)
+
+
+def add_scsi_controller(vm_id: str) -> Command:
+    """One more SCSI controller (New-VM gives one: number 0)."""
+    return Command("add a SCSI controller", (_by_id(vm_id), Cmdlet("Add-VMScsiController")),
+                   mutating=True)
+
+
+def set_secure_boot(vm_id: str, template: str) -> Command:
+    return Command("set Secure Boot", (_by_id(vm_id), Cmdlet("Set-VMFirmware", (
+        ("EnableSecureBoot", "On"), ("SecureBootTemplate", template)))), mutating=True)
+
+
+def add_cluster_role(vm_id: str, name: str) -> Command:
+    return Command("make the VM highly available", (Cmdlet(
+        "Add-ClusterVirtualMachineRole", (("VMId", uuid.UUID(vm_id)), ("Name", name))),),
+        mutating=True)
+
+
+def rename_vm(vm_id: str, new_name: str) -> Command:
+    return Command("rename the VM", (_by_id(vm_id), Cmdlet("Rename-VM", (
+        ("NewName", new_name),))), mutating=True)
+
+
+def set_no_autostart(vm_id: str) -> Command:
+    return Command("no automatic start", (_by_id(vm_id), Cmdlet("Set-VM", (
+        ("AutomaticStartAction", "Nothing"),))), mutating=True)
+
+
 #: Cmdlets that change something on the host.
-MUTATING_CMDLETS = frozenset({"Remove-VMSnapshot", "Update-VMVersion"})
+MUTATING_CMDLETS = frozenset({
+    "Remove-VMSnapshot", "Update-VMVersion", "Optimize-VHD", "Remove-ClusterGroup",
+    "Remove-VM", "Remove-Item", "Stop-VM", "Start-VM", "Convert-VHD", "New-VM",
+    "Set-VMProcessor", "Set-VMMemory", "Remove-VMNetworkAdapter", "Add-VMNetworkAdapter",
+    "Set-VMNetworkAdapterVlan", "Add-VMHardDiskDrive", "Add-VMScsiController", "Set-VMFirmware",
+    "Add-ClusterVirtualMachineRole", "Rename-VM", "Set-VM",
+})
 
 #: Every cmdlet the read path may send (tests assert nothing else goes out).
 READ_CMDLETS = frozenset(
@@ -488,6 +776,11 @@ READ_CMDLETS = frozenset(
         "Get-VMIntegrationService",
         "Get-Service",
         "Get-ItemPropertyValue",
+        "Test-Path",
+        "Get-VMNetworkAdapter",
+        "Get-VMNetworkAdapterVlan",
+        "Get-VMFirmware",
+        "Get-VMBios",
         "Select-Object",
         "ConvertTo-Json",
         # Session-local event subscription (streaming): nothing on the host changes.

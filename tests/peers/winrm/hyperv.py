@@ -31,11 +31,24 @@ the VM event stream (Register-CimIndicationEvent on Msvm_ComputerSystem,
 Wait-Event, Get-Event, Remove-Event, Unregister-Event: events are queued as
 :meth:`ClusterModel.set_power` changes a VM of this node; ``model.indications
 = False`` refuses the subscription; queues are per endpoint and
-SourceIdentifier, not per runspace as on a real server), and the one mutating
-command, Remove-VMSnapshot (``Get-VM -Id … | Remove-VMSnapshot -Name *``:
+SourceIdentifier, not per runspace as on a real server), and the mutating
+commands: Remove-VMSnapshot (``Get-VM -Id … | Remove-VMSnapshot -Name *``:
 merges newest first with progress records; ``model.merge_fail_after``
 makes it fail part-way with a terminating error, ``model.merge_step_s``
-sets its pace).
+sets its pace; ``Get-VMSnapshot -Id … | Remove-VMSnapshot`` merges one),
+Update-VMVersion; the clean-up ones — Optimize-VHD (refused while the file's
+VM is not Off; the file keeps ``model.compact_keep`` of its size, the CSV
+gains the rest), Remove-ClusterGroup -VMId, Remove-VM (Off and no cluster
+role; leaves the files), Remove-Item -LiteralPath (one file; ``model.locked``
+files are "in use"), Test-Path; and the rebuild's — Get-VMNetworkAdapter(+Vlan),
+Get-VMFirmware (BootOrder), Get-VMBios, Stop-VM, Start-VM, Convert-VHD,
+New-VM -NoVHD, Set-VMProcessor, Set-VMMemory, Remove-/Add-VMNetworkAdapter,
+Set-VMNetworkAdapterVlan, Add-VMHardDiskDrive, Set-VMFirmware,
+Add-ClusterVirtualMachineRole, Rename-VM, Set-VM -AutomaticStartAction.
+Per-VM host facts the inventory lacks (drive slots, NICs, firmware) are
+derived from the VM's name; ``model.system_drive`` puts a VM's OS on another
+drive and ``model.prepend_boot_entries`` makes Add-VMHardDiskDrive put the
+new drive first in the boot order (the wrong-boot-device incident).
 
 Start it by hand (one endpoint serving the whole cluster)::
 
@@ -50,6 +63,7 @@ import enum
 import fnmatch
 import functools
 import json
+import random
 import threading
 import time
 import uuid
@@ -147,6 +161,13 @@ CsvStateInfo = ps_enum(
     FC + "ClusterSharedVolumeStateInfo",
     {"Unavailable": 0, "Paused": 1, "Direct": 2, "FileSystemRedirected": 3, "BlockRedirected": 4},
 )
+VlanMode = ps_enum(HV + "VMNetworkAdapterVlanMode",
+                   {"Untagged": 0, "Access": 1, "Trunk": 2, "Private": 3})
+OnOff = ps_enum(HV + "OnOffState", {"On": 0, "Off": 1})
+BootType = ps_enum(HV + "VMBootSourceType", {"Unknown": 0, "Drive": 1, "Network": 2, "File": 3})
+BootDevice = ps_enum(HV + "BootDevice", {"Floppy": 0, "CD": 1, "IDE": 2,
+                                         "LegacyNetworkAdapter": 3, "NetworkAdapter": 4,
+                                         "VHD": 5})
 ServiceStatus = ps_enum(
     "System.ServiceProcess.ServiceControllerStatus",
     {"Stopped": 1, "StartPending": 2, "StopPending": 3, "Running": 4},
@@ -213,6 +234,24 @@ class ClusterModel:
         #: Register-CimIndicationEvent accepted (False: refused, as with too few rights).
         self.indications = True
         self.watchers: list[Any] = []  # called with each VM whose state changed
+        #: VMs with a cluster role (Remove-ClusterGroup -VMId removes it).
+        self.clustered: set[str] = set(self.vms)
+        #: Files Remove-Item cannot delete (casefolded paths): "in use by another process".
+        self.locked: set[str] = set()
+        #: Optimize-VHD: the file keeps this share of its size (the rest was unused blocks).
+        self.compact_keep = 0.6
+        # -- what the rebuild reads and sets (lazily derived per VM from its name) --
+        self.slots: dict[str, list[tuple[str, int, int]]] = {}  # per drive: type, number, loc
+        self.system_drive: dict[str, int] = {}  # which drive holds the OS (default 0)
+        self.nics: dict[str, list[dict[str, Any]]] = {}
+        self.firmware: dict[str, dict[str, Any]] = {}  # Gen2: boot order, Secure Boot
+        self.dynamic_memory: set[str] = set()
+        self.auto_start: dict[str, str] = {}
+        self.group_names: dict[str, str] = {}  # clustered VM id -> its cluster group's name
+        #: SCSI controllers of VMs made by New-VM (one; Add-VMScsiController adds).
+        self.scsi_controllers: dict[str, int] = {}
+        #: Failure injection: Add-VMHardDiskDrive puts the new drive FIRST in the boot order.
+        self.prepend_boot_entries = False
         self._index_version = -1
         self.version = 0  # bumped by every change (indexes are rebuilt lazily)
         self._by_path: dict[str, VirtualDisk] = {}
@@ -292,6 +331,67 @@ class ClusterModel:
                 return self._mounts[lun_id]
         n = sorted(self.luns).index(lun_id) + 1 if lun_id in self.luns else 0
         return f"C:\\ClusterStorage\\Spare{n}"
+
+    def vm_folder(self, vm: VM) -> str:
+        """The VM's configuration folder: where its first disk file lives."""
+        disk = self.disks.get(vm.disk_ids[0]) if vm.disk_ids else None
+        if disk is None:
+            return f"C:\\ClusterStorage\\Volume1\\{vm.name}"
+        return disk.path.rsplit("\\", 1)[0]
+
+    def slot(self, vm: VM, n: int) -> tuple[str, int, int]:
+        """Drive ``n``'s controller type, number and location."""
+        slots = self.slots.get(vm.id)
+        if slots is not None and n < len(slots):
+            return slots[n]
+        return ("IDE" if vm.generation == 1 else "SCSI", 0, n)
+
+    def nics_of(self, vm: VM) -> list[dict[str, Any]]:
+        with self.lock:
+            if vm.id not in self.nics:
+                rng = random.Random(f"nic:{vm.name}")
+                vlan = (10, 20)[rng.randrange(2)]
+                self.nics[vm.id] = [{
+                    "name": "Network Adapter", "switch": "vSwitch-LAN", "vlan": vlan,
+                    "mac": "00155D" + "".join(f"{rng.randrange(256):02X}" for _ in range(3)),
+                    "dynamic": True, "ip": f"10.20.{vlan}.{rng.randrange(20, 250)}",
+                }]
+            return self.nics[vm.id]
+
+    def firmware_of(self, vm: VM) -> dict[str, Any]:
+        """Gen2 firmware: boot order entries ("disk", drive index) / ("nic", name)."""
+        with self.lock:
+            if vm.id not in self.firmware:
+                linux = vm.name.startswith(("lnx-", "fw-"))
+                order: list[tuple[str, Any]] = []
+                if vm.disk_ids:
+                    order.append(("disk", self.system_drive.get(vm.id, 0)))
+                order += [("nic", n["name"]) for n in self.nics_of(vm)]
+                self.firmware[vm.id] = {
+                    "order": order, "secure": True,
+                    "template": "MicrosoftUEFICertificateAuthority" if linux
+                    else "MicrosoftWindows"}
+            return self.firmware[vm.id]
+
+    def flat_size(self, disk: VirtualDisk) -> int:
+        """A file's chain copied flat (Convert-VHD): every file up to the root, capped."""
+        size, seen, d = 0, set(), disk
+        while d is not None and d.id not in seen:
+            seen.add(d.id)
+            size += d.size_bytes
+            d = self.disk_by_path(d.parent_path) if d.parent_path else None
+        return min(size, disk.max_bytes)
+
+    def owner_of(self, disk: VirtualDisk) -> VM | None:
+        """The VM using a file (None: an orphan left behind by Remove-VM)."""
+        return self.vms.get(disk.vm_id)
+
+    def free_file(self, disk: VirtualDisk, freed: int) -> None:
+        """``freed`` bytes of a file's LUN become free (the caller holds the lock)."""
+        lun = self.luns.get(disk.lun_id)
+        if lun is not None:
+            self.luns[lun.id] = dataclasses.replace(
+                lun, free_bytes=min(lun.total_bytes, lun.free_bytes + freed))
 
     # -- changes tests make -------------------------------------------------------------
     def vm_named(self, name: str) -> VM:
@@ -489,7 +589,7 @@ def _convert_to_json(params: dict[str, Any], writer: CommandWriter) -> None:
     ))
 
 
-def _vm_object(vm: VM, writer: CommandWriter) -> Any:
+def _vm_object(vm: VM, writer: CommandWriter, model: ClusterModel) -> Any:
     return _obj(
         writer,
         [HV + "VirtualMachine", HV + "VirtualMachineBase", HV + "VirtualizationObject"],
@@ -502,8 +602,11 @@ def _vm_object(vm: VM, writer: CommandWriter) -> Any:
             "Version": vm.config_version,
             "ProcessorCount": _num(writer, PSInt64, vm.vcpus),
             "MemoryStartup": _num(writer, PSInt64, vm.memory_mb * MB),
+            "DynamicMemoryEnabled": vm.id in model.dynamic_memory,
             "ComputerName": vm.node_id,
-            "IsClustered": True,
+            "IsClustered": vm.id in model.clustered,
+            "Path": model.vm_folder(vm),
+            "ReplicationState": _enum(ReplState, _REPL[vm.replication]),
             "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",  # nested: a string
         },
         to_string=f"VirtualMachine (Name = '{vm.name}') [Id = '{vm.id}']",
@@ -561,11 +664,12 @@ def _select(params: dict[str, Any], writer: CommandWriter) -> None:
                     category=ErrorCategory.InvalidArgument,
                 )
                 continue
-            if isinstance(value, Row) and not writer.piped:
-                value = ps_object(value.type_names,
-                                  {k: _flat(v) for k, v in value.props.items()},
-                                  to_string=value.to_string)
-            writer.write_output(value)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, Row) and not writer.piped:
+                    item = ps_object(item.type_names,
+                                     {k: _flat(v) for k, v in item.props.items()},
+                                     to_string=item.to_string)
+                writer.write_output(item)
         return
     for obj in writer.input:
         found = _properties(obj)
@@ -709,6 +813,25 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                     },
                 ))
             return
+        if cls == "msvm_guestnetworkadapterconfiguration":  # KVP: what the guests report
+            for vm in model.vms_of(node):
+                if vm.power is not PowerState.RUNNING or vm.integration is not \
+                        IntegrationState.OK:
+                    continue
+                for nic in model.nics_of(vm):
+                    if not nic.get("ip"):
+                        continue
+                    writer.write_output(_obj(writer, [
+                        "Microsoft.Management.Infrastructure.CimInstance#root/virtualization/"
+                        "v2/Msvm_GuestNetworkAdapterConfiguration"], {
+                        "InstanceID": f"Microsoft:GuestNetwork\\{vm.id.upper()}\\"
+                                      f"{_nic_guid(vm, nic)}",
+                        "IPAddresses": [nic["ip"], "fe80::215:5dff:fe00:1"],
+                        "Subnets": ["255.255.255.0", "64"],
+                        "DefaultGateways": [f"10.20.{nic['vlan']}.1"],
+                        "DNSServers": ["10.20.10.11", "10.20.10.12"],
+                        "DHCPEnabled": False}))
+            return
         if cls != "mscluster_diskpartition":
             writer.write_error(
                 f"Invalid class {params.get('ClassName')}", category=ErrorCategory.ObjectNotFound
@@ -744,7 +867,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             if ids and vm.id.casefold() not in ids:
                 continue
             if _match(vm.name, patterns):
-                writer.write_output(_vm_object(vm, writer))
+                writer.write_output(_vm_object(vm, writer, model))
         if (
             ids
             and not writer.stopping
@@ -761,6 +884,20 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         """Remove-VMSnapshot -Name * for the piped VMs: merges newest first, with progress."""
         log("Remove-VMSnapshot")
         names = [str(n).casefold() for n in _as_list(params.get("Name"))] or ["*"]
+        snaps = [p for t, p in (f for f in map(_properties, writer.input) if f is not None)
+                 if t.endswith("VMSnapshot")]
+        if snaps:  # Get-VMSnapshot -Id … | Remove-VMSnapshot: exactly these
+            for snap in snaps:
+                for pct in (0, 50):
+                    writer.write_progress("Remove-VMSnapshot", f"Merging {snap['Name']}",
+                                          percent=pct)
+                    if writer.wait(model.merge_step_s):
+                        return
+                with model.lock:
+                    if str(snap["Id"]) in model.checkpoints:
+                        model.remove_checkpoint(str(snap["Id"]))
+            writer.write_progress("Remove-VMSnapshot", "Completed", percent=100, completed=True)
+            return
         for vm_id in _piped_vm_ids(writer):
             with model.lock:
                 vm = model.vms.get(vm_id)
@@ -814,12 +951,18 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
     def get_snapshot(params: dict[str, Any], writer: CommandWriter) -> None:
         log("Get-VMSnapshot")
         patterns = _vm_filter(params)
+        piped = set(_piped_vm_ids(writer))
+        wanted_id = str(params.get("Id", "")).casefold()
         for vm in model.vms_of(node):
-            if not _match(vm.name, patterns):
+            if piped and vm.id not in piped:
+                continue
+            if not piped and not _match(vm.name, patterns):
                 continue
             with model.lock:
                 cps = [model.checkpoints[c] for c in model.chains.get(vm.id, [])]
             for cp in cps:
+                if wanted_id and cp.id.casefold() != wanted_id:
+                    continue
                 writer.write_output(
                     _obj(
                         writer,
@@ -881,11 +1024,9 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                             "VMId": _guid(vm.id),
                             "VMName": vm.name,
                             "Path": chain[-1].path,
-                            "ControllerType": _enum(
-                                ControllerType, "IDE" if vm.generation == 1 else "SCSI"
-                            ),
-                            "ControllerNumber": 0,
-                            "ControllerLocation": n,
+                            "ControllerType": _enum(ControllerType, model.slot(vm, n)[0]),
+                            "ControllerNumber": model.slot(vm, n)[1],
+                            "ControllerLocation": model.slot(vm, n)[2],
                         },
                     )
                 )
@@ -955,10 +1096,21 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         log("Get-VMIntegrationService")
         patterns = _vm_filter(params)
         names = [str(n).casefold() for n in _as_list(params.get("Name"))] or ["*"]
+        piped = set(_piped_vm_ids(writer))
+        if piped and _match("Key-Value Pair Exchange", names):
+            for vm in model.vms_of(node):
+                if vm.id in piped:
+                    writer.write_output(_obj(writer, [HV + "VMIntegrationComponent"], {
+                        "VMId": _guid(vm.id), "VMName": vm.name,
+                        "Name": "Key-Value Pair Exchange", "Enabled": True,
+                        "PrimaryOperationalStatus": _enum(OpStatus, "Ok")
+                        if vm.power is PowerState.RUNNING else None}))
         if not _match("Heartbeat", names):
             return
         for vm in model.vms_of(node):
-            if not _match(vm.name, patterns):
+            if piped and vm.id not in piped:
+                continue
+            if not piped and not _match(vm.name, patterns):
                 continue
             status = None
             if vm.power is PowerState.RUNNING:
@@ -1139,8 +1291,470 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
         with events_cond:
             queues.pop(source, None)
 
+    # -- clean-up: Optimize-VHD, Remove-ClusterGroup, Remove-VM, Remove-Item, Test-Path ----
+    def _vz_error(message: str, error_id: str, category: Any) -> TerminatingError:
+        return TerminatingError(message, error_id=error_id, category=category,
+                                exception_type=HV + "VirtualizationException")
+
+    def optimize_vhd(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Optimize-VHD -Path P -Mode Full: refused while the file's VM is not Off."""
+        log("Optimize-VHD")
+        for path in [str(p) for p in _as_list(params.get("Path"))]:
+            with model.lock:
+                disk = model.disk_by_path(path)
+                owner = model.owner_of(disk) if disk is not None else None
+            if disk is None:
+                raise _vz_error(f"Optimize-VHD: The system cannot find the file specified: "
+                                f"'{path}'.", "ObjectNotFound", ErrorCategory.ObjectNotFound)
+            with model.lock:
+                model._indexes()
+                parent = disk.path.casefold() in model._children
+            if parent:
+                raise _vz_error(
+                    f"Optimize-VHD: The virtual disk '{path}' is the parent of a differencing "
+                    "disk and cannot be compacted. (0xC03A0017)", "InvalidOperation",
+                    ErrorCategory.InvalidOperation)
+            if owner is not None and owner.power is not PowerState.OFF:
+                raise _vz_error(
+                    f"Optimize-VHD: Failed to compact the virtual disk '{path}': The process "
+                    "cannot access the file because it is being used by another process. "
+                    "(0x80070020)", "InvalidOperation", ErrorCategory.ResourceBusy)
+            for pct in (0, 25, 50, 75):
+                writer.write_progress("Optimize-VHD", f"Compacting {path}", percent=pct)
+                if writer.wait(model.merge_step_s):
+                    return
+            with model.lock:
+                disk = model.disks[disk.id]
+                after = max(4 * MB, int(disk.size_bytes * model.compact_keep))
+                after = min(after, disk.size_bytes)
+                model.disks[disk.id] = dataclasses.replace(disk, size_bytes=after)
+                model.free_file(disk, disk.size_bytes - after)
+                model.version += 1
+            writer.write_progress("Optimize-VHD", "Completed", percent=100, completed=True)
+
+    def remove_cluster_group(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Remove-ClusterGroup -VMId G -RemoveResources -Force: the VM's role goes."""
+        log("Remove-ClusterGroup")
+        vm_id = str(params.get("VMId", "")).casefold()
+        if not params.get("RemoveResources"):
+            raise TerminatingError("The group still has resources; use -RemoveResources.",
+                                   error_id="InvalidOperation",
+                                   category=ErrorCategory.InvalidOperation)
+        with model.lock:
+            if vm_id not in model.clustered:
+                raise TerminatingError(
+                    f"No clustered role was found for the virtual machine with id '{vm_id}'.",
+                    error_id="ClusterObjectNotFound", category=ErrorCategory.ObjectNotFound,
+                    exception_type=FC + "ClusterCmdletException")
+            model.clustered.discard(vm_id)
+            model.version += 1
+
+    def remove_vm(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Get-VM -Id … | Remove-VM -Force: configuration and checkpoints go, files stay."""
+        log("Remove-VM")
+        for vm_id in _piped_vm_ids(writer):
+            with model.lock:
+                vm = model.vms.get(vm_id)
+                if vm is None:
+                    continue
+                if vm.power is not PowerState.OFF:
+                    raise _vz_error(
+                        f"Remove-VM: '{vm.name}' failed to delete: The operation cannot be "
+                        "performed while the virtual machine is in its current state.",
+                        "InvalidState", ErrorCategory.InvalidOperation)
+                if vm.id in model.clustered:
+                    raise _vz_error(
+                        f"Remove-VM: '{vm.name}' is a clustered virtual machine: remove its "
+                        "cluster role first (Remove-ClusterGroup).", "InvalidOperation",
+                        ErrorCategory.InvalidOperation)
+                del model.vms[vm_id]
+                for cp_id in model.chains.pop(vm_id, []):
+                    model.checkpoints.pop(cp_id, None)
+                    model.files.pop(cp_id, None)
+                model.version += 1
+
+    def remove_item(params: dict[str, Any], writer: CommandWriter) -> None:
+        """Remove-Item -LiteralPath P: one file; a folder or a wildcard is refused."""
+        log("Remove-Item")
+        if params.get("Recurse") or ("Path" in params and "LiteralPath" not in params):
+            raise TerminatingError("this peer accepts -LiteralPath only, without -Recurse",
+                                   error_id="InvalidArgument",
+                                   category=ErrorCategory.InvalidArgument)
+        for path in [str(p) for p in _as_list(params.get("LiteralPath"))]:
+            with model.lock:
+                disk = model.disk_by_path(path)
+                busy = disk is not None and (path.casefold() in model.locked
+                                             or model.owner_of(disk) is not None)
+                if disk is not None and not busy:
+                    del model.disks[disk.id]
+                    model.free_file(disk, disk.size_bytes)
+                    model.version += 1
+            if disk is None:
+                writer.write_error(
+                    f"Cannot find path '{path}' because it does not exist.",
+                    error_id="PathNotFound,Microsoft.PowerShell.Commands.RemoveItemCommand",
+                    category=ErrorCategory.ObjectNotFound, target=path)
+            elif busy:
+                writer.write_error(
+                    f"Cannot remove item {path}: The process cannot access the file '{path}' "
+                    "because it is being used by another process.",
+                    error_id="RemoveFileSystemItemIOError,"
+                             "Microsoft.PowerShell.Commands.RemoveItemCommand",
+                    category=ErrorCategory.WriteError, exception_type="System.IO.IOException",
+                    target=path)
+
+    def test_path(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Test-Path")
+        for path in [str(p) for p in _as_list(params.get("LiteralPath"))]:
+            writer.write_output(model.disk_by_path(path) is not None)
+
+    # -- rebuild: NICs, firmware, power, Convert-VHD, New-VM and its settings -----------------
+    def _piped_vms(writer: CommandWriter) -> list[VM]:
+        with model.lock:
+            return [model.vms[i] for i in _piped_vm_ids(writer) if i in model.vms]
+
+    def _nic_row(vm: VM, nic: dict[str, Any]) -> Any:
+        up = vm.power is PowerState.RUNNING and vm.integration is IntegrationState.OK
+        return _obj(writer_dummy, [HV + "VMNetworkAdapter", HV + "VirtualMachineComponent"], {
+            "VMId": _guid(vm.id), "VMName": vm.name, "Name": nic["name"],
+            "Id": f"Microsoft:{vm.id.upper()}\\{_nic_guid(vm, nic)}",
+            "SwitchName": nic["switch"], "MacAddress": nic["mac"],
+            "DynamicMacAddressEnabled": nic["dynamic"],
+            "IPAddresses": [nic["ip"], "fe80::215:5dff:fe00:1"] if up and nic.get("ip") else [],
+        }, to_string=f"VMNetworkAdapter (Name = '{nic['name']}', VMName = '{vm.name}') "
+                     f"[Id = 'Microsoft:{vm.id.upper()}']")
+
+    def _nic_guid(vm: VM, nic: dict[str, Any]) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"nic:{vm.id}:{nic['name']}")).upper()
+
+    class _Piped:
+        piped = True
+
+    writer_dummy: Any = _Piped()  # Rows only: the next command (or Select-Object) reads them
+
+    def _adapters(params: dict[str, Any], writer: CommandWriter) -> list[tuple[VM, dict]]:
+        """(VM, NIC) pairs: of piped adapters, or of piped VMs filtered by -Name."""
+        out = []
+        names = [str(n).casefold() for n in _as_list(params.get("Name"))
+                 or _as_list(params.get("VMNetworkAdapterName"))] or ["*"]
+        for found in map(_properties, writer.input):
+            if found is None:
+                continue
+            kind, p = found
+            with model.lock:
+                vm = model.vms.get(str(p.get("VMId") or p.get("Id") or ""))
+            if vm is None:
+                continue
+            for nic in model.nics_of(vm):
+                if kind.endswith("VMNetworkAdapter"):
+                    if nic["name"] == p.get("Name"):
+                        out.append((vm, nic))
+                elif _match(nic["name"], names):
+                    out.append((vm, nic))
+        return out
+
+    def get_nic(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-VMNetworkAdapter")
+        for vm, nic in _adapters(params, writer):
+            row = _nic_row(vm, nic)
+            writer.write_output(row if writer.piped else _wire(row))
+
+    def get_nic_vlan(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-VMNetworkAdapterVlan")
+        for vm, nic in _adapters(params, writer):
+            writer.write_output(_obj(writer, [HV + "VMNetworkAdapterVlanSetting"], {
+                "VMName": vm.name, "ParentAdapter": _nic_row(vm, nic).to_string,
+                "OperationMode": _enum(VlanMode, "Access" if nic["vlan"] else "Untagged"),
+                "AccessVlanId": nic["vlan"]}))
+
+    def set_nic_vlan(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Set-VMNetworkAdapterVlan")
+        for _vm, nic in _adapters(params, writer):
+            with model.lock:
+                nic["vlan"] = int(params.get("VlanId", 0)) if params.get("Access") else 0
+                model.version += 1
+
+    def remove_nic(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Remove-VMNetworkAdapter")
+        for vm, nic in _adapters(params, writer):
+            with model.lock:
+                model.nics_of(vm).remove(nic)
+                fw = model.firmware.get(vm.id)
+                if fw is not None:
+                    fw["order"] = [e for e in fw["order"] if e != ("nic", nic["name"])]
+                model.version += 1
+
+    def add_nic(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Add-VMNetworkAdapter")
+        for vm in _piped_vms(writer):
+            mac = str(params.get("StaticMacAddress", "")).replace("-", "").upper()
+            nic = {"name": str(params.get("Name", "Network Adapter")),
+                   "switch": str(params.get("SwitchName", "")), "vlan": 0,
+                   "mac": mac or "000000000000", "dynamic": not mac, "ip": None}
+            with model.lock:
+                model.nics_of(vm).append(nic)
+                if vm.generation == 2:
+                    model.firmware_of(vm)["order"].append(("nic", nic["name"]))
+                model.version += 1
+
+    def _boot_rows(vm: VM) -> list[Row]:
+        rows = []
+        for kind, key in model.firmware_of(vm)["order"]:
+            if kind == "disk":
+                ctype, number, loc = model.slot(vm, key)
+                device = Row([HV + "HardDiskDrive"], {}, to_string=(
+                    f"HardDiskDrive (Name = 'Hard Drive on {ctype} controller number {number} "
+                    f"at location {loc}', VMName = '{vm.name}') [Id = 'Microsoft:{vm.id}']"))
+                rows.append(Row([HV + "VMBootSource"], {
+                    "BootType": _enum(BootType, "Drive"), "Description": "EFI SCSI Device",
+                    "FirmwarePath": f"\\AcpiEx(VMBus,0,0)\\Scsi({number},{loc})",
+                    "Device": device}))
+            else:
+                device = Row([HV + "VMNetworkAdapter"], {}, to_string=(
+                    f"VMNetworkAdapter (Name = '{key}', VMName = '{vm.name}') "
+                    f"[Id = 'Microsoft:{vm.id}']"))
+                rows.append(Row([HV + "VMBootSource"], {
+                    "BootType": _enum(BootType, "Network"), "Description": "EFI Network",
+                    "FirmwarePath": "\\AcpiEx(VMBus,0,0)\\MAC()", "Device": device}))
+        return rows
+
+    def get_firmware(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-VMFirmware")
+        for vm in _piped_vms(writer):
+            if vm.generation != 2:
+                raise _vz_error(f"Get-VMFirmware: '{vm.name}' is a generation 1 virtual "
+                                "machine; firmware settings apply to generation 2 only.",
+                                "InvalidParameter", ErrorCategory.InvalidArgument)
+            fw = model.firmware_of(vm)
+            row = Row([HV + "VMFirmware"], {
+                "VMName": vm.name, "SecureBoot": _enum(OnOff, "On" if fw["secure"] else "Off"),
+                "SecureBootTemplate": fw["template"], "BootOrder": _boot_rows(vm)})
+            writer.write_output(row if writer.piped else _wire(row))
+
+    def get_bios(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Get-VMBios")
+        for vm in _piped_vms(writer):
+            if vm.generation != 1:
+                raise _vz_error(f"Get-VMBios: '{vm.name}' is a generation 2 virtual machine.",
+                                "InvalidParameter", ErrorCategory.InvalidArgument)
+            writer.write_output(_obj(writer, [HV + "VMBios"], {
+                "VMName": vm.name, "StartupOrder": [
+                    _enum(BootDevice, n) for n in ("IDE", "CD", "LegacyNetworkAdapter",
+                                                   "Floppy")]}))
+
+    def set_firmware(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Set-VMFirmware")
+        for vm in _piped_vms(writer):
+            with model.lock:
+                fw = model.firmware_of(vm)
+                if "SecureBootTemplate" in params:
+                    fw["template"] = str(params["SecureBootTemplate"])
+                if "EnableSecureBoot" in params:
+                    fw["secure"] = str(params["EnableSecureBoot"]) == "On"
+                model.version += 1
+
+    def stop_vm(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Stop-VM")
+        for vm in _piped_vms(writer):
+            if vm.power is not PowerState.OFF:
+                writer.write_progress("Stop-VM", f"Shutting down {vm.name}", percent=50)
+                writer.wait(model.merge_step_s)
+                model.set_power(vm.id, PowerState.OFF)
+
+    def start_vm(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Start-VM")
+        for vm in _piped_vms(writer):
+            if vm.power is not PowerState.RUNNING:
+                model.set_power(vm.id, PowerState.RUNNING)
+
+    def convert_vhd(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Convert-VHD")
+        source, dest = str(params.get("Path", "")), str(params.get("DestinationPath", ""))
+        with model.lock:
+            disk = model.disk_by_path(source)
+            owner = model.owner_of(disk) if disk is not None else None
+            if disk is None:
+                raise _vz_error(f"Convert-VHD: The system cannot find the file '{source}'.",
+                                "ObjectNotFound", ErrorCategory.ObjectNotFound)
+            if owner is not None and owner.power is not PowerState.OFF:
+                raise _vz_error(f"Convert-VHD: '{source}' is in use by '{owner.name}' "
+                                "(0x80070020).", "InvalidOperation", ErrorCategory.ResourceBusy)
+            if model.disk_by_path(dest) is not None:
+                raise _vz_error(f"Convert-VHD: The file '{dest}' already exists.",
+                                "InvalidParameter", ErrorCategory.ResourceExists)
+            size = model.flat_size(disk)
+            lun = model.luns.get(disk.lun_id)
+            if lun is not None and lun.free_bytes < size:
+                raise _vz_error("Convert-VHD: There is not enough space on the disk.",
+                                "OperationFailed", ErrorCategory.WriteError)
+        for pct in (0, 50):
+            writer.write_progress("Convert-VHD", f"Converting {source}", percent=pct)
+            if writer.wait(model.merge_step_s):
+                return
+        with model.lock:
+            copy = VirtualDisk(str(uuid.uuid4()), "", dest, DiskFormat.VHDX, size,
+                               disk.max_bytes, None, disk.lun_id)
+            model.disks[copy.id] = copy
+            model.free_file(copy, -size)
+            model.version += 1
+        writer.write_progress("Convert-VHD", "Completed", percent=100, completed=True)
+
+    def new_vm(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("New-VM")
+        name = str(params.get("Name", ""))
+        gen = int(params.get("Generation", 1))
+        if not params.get("NoVHD"):
+            raise TerminatingError("this peer creates VMs with -NoVHD only",
+                                   error_id="InvalidArgument",
+                                   category=ErrorCategory.InvalidArgument)
+        with model.lock:
+            here = node or next(iter(model.nodes))
+            vm = VM(id=str(uuid.uuid4()), name=name, cluster_id=model.cluster.id, node_id=here,
+                    power=PowerState.OFF, generation=gen, config_version=model.host_version,
+                    vcpus=1, memory_mb=int(params.get("MemoryStartupBytes", 512 * MB)) // MB,
+                    integration=IntegrationState.OFF)
+            model.vms[vm.id] = vm
+            model.chains[vm.id] = []
+            model.slots[vm.id] = []
+            model.scsi_controllers[vm.id] = 1
+            model.nics[vm.id] = [{"name": "Network Adapter", "switch": "", "vlan": 0,
+                                  "mac": "000000000000", "dynamic": True, "ip": None}]
+            if gen == 2:
+                model.firmware[vm.id] = {"order": [("nic", "Network Adapter")], "secure": True,
+                                         "template": "MicrosoftWindows"}
+            model.version += 1
+        writer.write_output(_vm_object(vm, writer, model))
+
+    def _update(vm_id: str, **changes: Any) -> None:
+        with model.lock:
+            model.vms[vm_id] = dataclasses.replace(model.vms[vm_id], **changes)
+            model.version += 1
+
+    def set_processor(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Set-VMProcessor")
+        for vm in _piped_vms(writer):
+            _update(vm.id, vcpus=int(params.get("Count", vm.vcpus)))
+
+    def set_memory(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Set-VMMemory")
+        for vm in _piped_vms(writer):
+            _update(vm.id, memory_mb=int(params.get("StartupBytes", vm.memory_mb * MB)) // MB)
+            with model.lock:
+                if params.get("DynamicMemoryEnabled"):
+                    model.dynamic_memory.add(vm.id)
+                else:
+                    model.dynamic_memory.discard(vm.id)
+
+    def add_drive(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Add-VMHardDiskDrive")
+        path = str(params.get("Path", ""))
+        slot = (str(params.get("ControllerType", "SCSI")).upper(),
+                int(params.get("ControllerNumber", 0)), int(params.get("ControllerLocation", 0)))
+        for vm in _piped_vms(writer):
+            with model.lock:
+                disk = model.disk_by_path(path)
+                if disk is None:
+                    raise _vz_error(f"Add-VMHardDiskDrive: cannot find '{path}'.",
+                                    "ObjectNotFound", ErrorCategory.ObjectNotFound)
+                owner = model.owner_of(disk)
+                if owner is not None and owner.id != vm.id:
+                    raise _vz_error(f"Add-VMHardDiskDrive: '{path}' is attached to "
+                                    f"'{owner.name}'.", "InvalidOperation",
+                                    ErrorCategory.ResourceBusy)
+                slots = model.slots.setdefault(vm.id, [model.slot(vm, n)
+                                                       for n in range(len(vm.disk_ids))])
+                if slot in slots:
+                    raise _vz_error(f"Add-VMHardDiskDrive: the slot {slot} is in use.",
+                                    "InvalidOperation", ErrorCategory.ResourceExists)
+                if slot[0] == "SCSI" and slot[1] >= model.scsi_controllers.get(vm.id, 4):
+                    raise _vz_error(f"Add-VMHardDiskDrive: '{vm.name}' has no SCSI controller "
+                                    f"number {slot[1]}.", "ObjectNotFound",
+                                    ErrorCategory.ObjectNotFound)
+                model.disks[disk.id] = dataclasses.replace(disk, vm_id=vm.id)
+                slots.append(slot)
+                index = len(vm.disk_ids)
+                model.vms[vm.id] = dataclasses.replace(
+                    vm, disk_ids=(*vm.disk_ids, disk.id), lun_id=vm.lun_id or disk.lun_id)
+                if vm.generation == 2:
+                    order = model.firmware_of(vm)["order"]
+                    if model.prepend_boot_entries:
+                        order.insert(0, ("disk", index))
+                    else:
+                        order.append(("disk", index))
+                model.version += 1
+
+    def add_scsi_controller(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Add-VMScsiController")
+        for vm in _piped_vms(writer):
+            with model.lock:
+                count = model.scsi_controllers.get(vm.id, 1)
+                if count >= 4:
+                    raise _vz_error("Add-VMScsiController: a VM has at most 4 SCSI "
+                                    "controllers.", "InvalidOperation",
+                                    ErrorCategory.InvalidOperation)
+                model.scsi_controllers[vm.id] = count + 1
+                model.version += 1
+
+    def add_cluster_role(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Add-ClusterVirtualMachineRole")
+        vm_id = str(params.get("VMId", "")).casefold()
+        name = str(params.get("Name", ""))
+        with model.lock:
+            vm = model.vms.get(vm_id)
+            if vm is None:
+                raise TerminatingError(f"No virtual machine with id {vm_id}.",
+                                       error_id="ObjectNotFound",
+                                       category=ErrorCategory.ObjectNotFound)
+            taken = {model.group_names.get(v, model.vms[v].name).casefold()
+                     for v in model.clustered if v in model.vms}
+            if (name or vm.name).casefold() in taken:
+                raise TerminatingError(
+                    f"A cluster group named '{name or vm.name}' already exists.",
+                    error_id="ClusterGroupExists", category=ErrorCategory.ResourceExists,
+                    exception_type=FC + "ClusterCmdletException")
+            model.clustered.add(vm_id)
+            model.group_names[vm_id] = name or vm.name
+            model.version += 1
+
+    def rename_vm(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Rename-VM")
+        for vm in _piped_vms(writer):
+            _update(vm.id, name=str(params.get("NewName", vm.name)))
+
+    def set_vm(params: dict[str, Any], writer: CommandWriter) -> None:
+        log("Set-VM")
+        for vm in _piped_vms(writer):
+            with model.lock:
+                if "AutomaticStartAction" in params:
+                    model.auto_start[vm.id] = str(params["AutomaticStartAction"])
+                model.version += 1
+
     return CommandRegistry(
         {
+            "Get-VMNetworkAdapter": get_nic,
+            "Get-VMNetworkAdapterVlan": get_nic_vlan,
+            "Set-VMNetworkAdapterVlan": set_nic_vlan,
+            "Remove-VMNetworkAdapter": remove_nic,
+            "Add-VMNetworkAdapter": add_nic,
+            "Get-VMFirmware": get_firmware,
+            "Get-VMBios": get_bios,
+            "Set-VMFirmware": set_firmware,
+            "Stop-VM": stop_vm,
+            "Start-VM": start_vm,
+            "Convert-VHD": convert_vhd,
+            "New-VM": new_vm,
+            "Set-VMProcessor": set_processor,
+            "Set-VMMemory": set_memory,
+            "Add-VMHardDiskDrive": add_drive,
+            "Add-VMScsiController": add_scsi_controller,
+            "Add-ClusterVirtualMachineRole": add_cluster_role,
+            "Rename-VM": rename_vm,
+            "Set-VM": set_vm,
+            "Optimize-VHD": optimize_vhd,
+            "Remove-ClusterGroup": remove_cluster_group,
+            "Remove-VM": remove_vm,
+            "Remove-Item": remove_item,
+            "Test-Path": test_path,
             "Register-CimIndicationEvent": register_cim_indication,
             "Wait-Event": wait_event,
             "Get-Event": get_event,
