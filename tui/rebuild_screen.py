@@ -136,8 +136,9 @@ def capture_summary(cap: dict[str, Any] | None) -> Group | Text:
     cps = cap.get("checkpoints") or []
     grid.add_row("Checkpoints", Text(f"{len(cps)} in the chain at capture"))
     services = cap.get("services")
+    why = str(cap.get("services_note") or "the guest was not reachable")
     grid.add_row("Services", Text(", ".join(services) if services else
-                                  "not captured (the guest was not reachable)"))
+                                  f"not captured ({why})"))
     rep = cap.get("replication") or {}
     if rep.get("state") not in (None, "disabled"):
         grid.add_row("Replication", Text(f"{rep.get('state')} to {rep.get('target')} — merged "
