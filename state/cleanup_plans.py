@@ -23,7 +23,7 @@ from datetime import datetime
 
 from .derived import human_bytes
 from .model import VM, DiskFormat, Finding, Kind, PowerState, ReplicationState, Severity
-from .plans import Estimate, Plan, _quote_ps
+from .plans import Estimate, Plan, Preflight, _quote_ps
 from .store import Store, ref
 
 COMPACT_MAY_FREE_PCT = 25
@@ -37,16 +37,9 @@ def _vm_common(store: Store, vm_id: str) -> tuple[VM, list[Finding], _Add]:
     vm = store.vm(vm_id)
     if vm is None:
         raise KeyError(f"no VM {vm_id!r} in the current view")
-    findings: list[Finding] = []
-    target = ref(Kind.VM, vm_id)
-
-    def add(severity: Severity, code: str, message: str) -> None:
-        findings.append(Finding(f"preflight:{code}:{vm_id}", severity, target, code, message))
-
-    if store.stale:
-        add(Severity.BLOCKING, "STALE_DATA",
-            "The connection is not live; the VM's state may be out of date. "
-            f"({store.link_reason() or store.link_state()})")
+    pre = Preflight(vm_id)
+    findings, add, target = pre.findings, pre.add, pre.target
+    pre.check_live(store)
     tasks = store.running_tasks_for(target)
     if tasks:
         add(Severity.BLOCKING, "VM_BUSY", f"A task is running on this VM: {tasks[0].kind}.")

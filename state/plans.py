@@ -150,6 +150,34 @@ def findings_to_log(findings: tuple[Finding, ...]) -> list[dict[str, str]]:
     ]
 
 
+
+class Preflight:
+    """The pre-flight findings of one plan on one VM, as they are collected."""
+
+    def __init__(self, vm_id: str) -> None:
+        self.vm_id = vm_id
+        self.target = ref(Kind.VM, vm_id)
+        self.findings: list[Finding] = []
+
+    def add(self, severity: Severity, code: str, message: str) -> None:
+        self.findings.append(
+            Finding(f"preflight:{code}:{self.vm_id}", severity, self.target, code, message)
+        )
+
+    def check_live(self, store: Store) -> None:
+        """STALE_DATA (blocking) when the link is not live: every plan starts with it."""
+        if store.stale:
+            self.add(
+                Severity.BLOCKING,
+                "STALE_DATA",
+                "The connection is not live; these figures may be out of date. "
+                f"Wait for the link to recover. ({store.link_reason() or store.link_state()})",
+            )
+
+    def sorted(self) -> tuple[Finding, ...]:
+        return tuple(sorted(self.findings, key=lambda f: -f.severity.rank))
+
+
 def chain_broken_message(store: Store, vm_id: str) -> str | None:
     """The CHAIN_BROKEN pre-flight text for a VM whose disk chain is broken, else None.
 
@@ -176,19 +204,11 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     lun = store.lun(vm.lun_id) if vm.lun_id else None
     space = merge_space(store, vm_id)
     depth = chain_depth(checkpoints)
-    findings: list[Finding] = []
-
-    def add(severity: Severity, code: str, message: str) -> None:
-        findings.append(Finding(f"preflight:{code}:{vm_id}", severity, target, code, message))
+    pre = Preflight(vm_id)
+    findings, add = pre.findings, pre.add
 
     reserved = _reserved_by_running_merges(store, vm.lun_id, vm_id)
-    if store.stale:
-        add(
-            Severity.BLOCKING,
-            "STALE_DATA",
-            "The connection is not live; these figures may be out of date. "
-            f"Wait for the link to recover. ({store.link_reason() or store.link_state()})",
-        )
+    pre.check_live(store)
     if not checkpoints:
         add(Severity.BLOCKING, "NOTHING_TO_MERGE", "The VM has no checkpoints to merge.")
     broken = chain_broken_message(store, vm_id)
@@ -388,15 +408,9 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
         raise KeyError(f"no VM {vm_id!r} in the current view")
     target = ref(Kind.VM, vm_id)
     to_version = cluster_max_version(store, vm.cluster_id)
-    findings: list[Finding] = []
-
-    def add(severity: Severity, code: str, message: str) -> None:
-        findings.append(Finding(f"preflight:{code}:{vm_id}", severity, target, code, message))
-
-    if store.stale:
-        add(Severity.BLOCKING, "STALE_DATA",
-            "The connection is not live; the VM's state may be out of date. "
-            f"({store.link_reason() or store.link_state()})")
+    pre = Preflight(vm_id)
+    findings, add = pre.findings, pre.add
+    pre.check_live(store)
     if version_key(vm.config_version) >= version_key(to_version):
         add(Severity.BLOCKING, "ALREADY_CURRENT",
             f"The VM is already at version {vm.config_version or '?'}, the highest this "

@@ -37,14 +37,13 @@ from .model import (
     VM,
     Checkpoint,
     CheckpointKind,
-    Finding,
     Kind,
     Platform,
     PowerState,
     Severity,
 )
-from .plans import Estimate, Plan
-from .store import Store, ref
+from .plans import Estimate, Plan, Preflight
+from .store import Store
 
 REMOVE_SNAPSHOT = "remove-snapshot"
 REMOVE_ALL = "remove-all-snapshots"
@@ -123,21 +122,6 @@ def _subtree(checkpoints: list[Checkpoint], root_id: str) -> list[Checkpoint]:
     return out
 
 
-class _Pre:
-    def __init__(self, vm: VM) -> None:
-        self.vm = vm
-        self.target = ref(Kind.VM, vm.id)
-        self.findings: list[Finding] = []
-
-    def add(self, severity: Severity, code: str, message: str) -> None:
-        self.findings.append(
-            Finding(f"preflight:{code}:{self.vm.id}", severity, self.target, code, message)
-        )
-
-    def sorted(self) -> tuple[Finding, ...]:
-        return tuple(sorted(self.findings, key=lambda f: -f.severity.rank))
-
-
 def _vm(store: Store, vm_id: str) -> VM:
     vm = store.vm(vm_id)
     if vm is None:
@@ -145,14 +129,8 @@ def _vm(store: Store, vm_id: str) -> VM:
     return vm
 
 
-def _generic(store: Store, pre: _Pre) -> None:
-    if store.stale:
-        pre.add(
-            Severity.BLOCKING,
-            "STALE_DATA",
-            "The connection is not live; these figures may be out of date. "
-            f"Wait for the link to recover. ({store.link_reason() or store.link_state()})",
-        )
+def _generic(store: Store, pre: Preflight) -> None:
+    pre.check_live(store)
     running = store.running_tasks_for(pre.target)
     if running:
         task = running[0]
@@ -165,7 +143,7 @@ def _generic(store: Store, pre: _Pre) -> None:
         )
 
 
-def _backup_in_use(pre: _Pre, affected: Iterable[Checkpoint], now: datetime) -> None:
+def _backup_in_use(pre: Preflight, affected: Iterable[Checkpoint], now: datetime) -> None:
     window = SETTINGS.backup_window
     young = [
         c for c in affected if c.kind is CheckpointKind.BACKUP and now - c.created < window
@@ -189,7 +167,7 @@ def _backup_in_use(pre: _Pre, affected: Iterable[Checkpoint], now: datetime) -> 
         )
 
 
-def _stun(pre: _Pre, vm: VM, delta_bytes: int) -> float | None:
+def _stun(pre: Preflight, vm: VM, delta_bytes: int) -> float | None:
     budget_ms = SETTINGS.budget_ms(vm)
     if vm.power is not PowerState.RUNNING:
         return None
@@ -214,7 +192,7 @@ def _stun(pre: _Pre, vm: VM, delta_bytes: int) -> float | None:
 
 
 def _space(
-    store: Store, pre: _Pre, vm: VM, delta_bytes: int, snapshots: Iterable[Checkpoint],
+    store: Store, pre: Preflight, vm: VM, delta_bytes: int, snapshots: Iterable[Checkpoint],
     *, use_server: bool,
 ) -> tuple[Any, int, str]:
     """(lun, bytes needed, basis) and the space findings."""
@@ -278,7 +256,7 @@ def _facts(store: Store, vm: VM, snapshots: list[Checkpoint], **extra: Any) -> d
 
 
 def _plan(
-    action: str, store: Store, vm: VM, pre: _Pre, now: datetime, *, steps: tuple[str, ...],
+    action: str, store: Store, vm: VM, pre: Preflight, now: datetime, *, steps: tuple[str, ...],
     command: str, snapshots: list[Checkpoint], use_server: bool, params: dict[str, Any],
     **extra: Any,
 ) -> Plan:
@@ -319,7 +297,7 @@ def plan_remove_snapshot(
     if chosen is None:
         raise KeyError(f"snapshot {snapshot!r} of {vm.name} is not in the current view")
     affected = _subtree(all_cps, chosen.id) if children else [chosen]
-    pre = _Pre(vm)
+    pre = Preflight(vm.id)
     _generic(store, pre)
     _backup_in_use(pre, affected, now)
     kids = [c for c in all_cps if c.parent_id == chosen.id]
@@ -353,7 +331,7 @@ def plan_remove_all(store: Store, vm_id: str, now: datetime) -> Plan:
     consolidate if the server still reports it needed."""
     vm = _vm(store, vm_id)
     cps = store.checkpoints_of(vm_id)
-    pre = _Pre(vm)
+    pre = Preflight(vm.id)
     _generic(store, pre)
     if not cps:
         pre.add(Severity.BLOCKING, "NOTHING_TO_REMOVE", "The VM has no snapshots.")
@@ -380,7 +358,7 @@ def plan_consolidate(store: Store, vm_id: str, now: datetime) -> Plan:
     """Consolidate the VM's disks (``ConsolidateVMDisks_Task``)."""
     vm = _vm(store, vm_id)
     cps = store.checkpoints_of(vm_id)
-    pre = _Pre(vm)
+    pre = Preflight(vm.id)
     _generic(store, pre)
     if not vm.consolidation_needed:
         pre.add(Severity.BLOCKING, "NOTHING_TO_CONSOLIDATE",
@@ -422,7 +400,7 @@ def plan_create_snapshot(
     hooks (freeze before, thaw after) when the config names them."""
     vm = _vm(store, vm_id)
     cps = store.checkpoints_of(vm_id)
-    pre = _Pre(vm)
+    pre = Preflight(vm.id)
     _generic(store, pre)
     name = name or f"ventana-{now:%Y%m%d-%H%M%S}"
     if quiesce and memory:

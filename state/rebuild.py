@@ -47,8 +47,8 @@ from typing import Any
 from .actionlog import _BOOT, _HOST, ActionLogError, _proc_start, redact, writer_alive
 from .db import DEFAULT_BUSY_TIMEOUT, connect, explain, write
 from .derived import PAUSE_CRITICAL_MARGIN, human_bytes, merge_space
-from .model import Finding, Kind, LunState, PowerState, ReplicationState, Severity
-from .plans import Estimate, Plan, chain_broken_message, cluster_max_version
+from .model import Kind, LunState, PowerState, ReplicationState, Severity
+from .plans import Estimate, Plan, Preflight, chain_broken_message, cluster_max_version
 from .sanitize import clean
 from .store import Store, ref
 
@@ -552,10 +552,8 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
             rs.close()
     if workflow and wf is None:
         raise KeyError(f"no rebuild {workflow!r} in the action log")
-    findings: list[Finding] = []
-
-    def add(severity: Severity, code: str, message: str) -> None:
-        findings.append(Finding(f"preflight:{code}:{vm_id}", severity, target, code, message))
+    pre = Preflight(vm_id)
+    findings, add = pre.findings, pre.add
 
     checkpoints = store.checkpoints_of(vm_id)
     disks = store.disks_of(vm_id)
@@ -567,10 +565,7 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
     resuming = wf is not None and wf.state is not RebuildState.READY
     started = "capture" in done
 
-    if store.stale:
-        add(Severity.BLOCKING, "STALE_DATA",
-            "The connection is not live; the VM's state may be out of date. "
-            f"({store.link_reason() or store.link_state()})")
+    pre.check_live(store)
     if not db:
         add(Severity.BLOCKING, "NO_ACTION_LOG",
             "A rebuild keeps its state in the action log, which is not open.")
