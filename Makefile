@@ -37,7 +37,7 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 
 snapshots: $(VENV)/.test-deps  ## regenerate screenshots/*.svg after a deliberate UI change
-	$(BIN)/pytest -q tests/test_snapshots.py --snapshot-update
+	$(BIN)/pytest -q $$(grep -l snap_compare tests/test_*.py) --snapshot-update
 
 bench: $(VENV)/.test-deps vcsim  ## benchmarks: prints a table, writes bench/results/*.json
 	$(BIN)/python -m bench
