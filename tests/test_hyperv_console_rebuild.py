@@ -71,6 +71,12 @@ async def test_rebuild_on_a_psrp_endpoint_from_the_console(tmp_path: Path) -> No
             assert app.store.vm(vm.id).power is PowerState.OFF
             assert not app.store.checkpoints_of(vm.id)
             assert handle.password not in app.export_screenshot()
+
+            def rebuild_row_finished() -> bool:  # the outcome row follows the workflow's DONE
+                rows = [r for r in log.rows() if r.action == "rebuild"]
+                return bool(rows) and rows[0].outcome not in (None, "running")
+
+            await wait_for(pilot, rebuild_row_finished, timeout=20)
         rows = {r.action: r for r in log.rows()}
         assert rows["rebuild"].outcome == "warning"  # guest services not compared
         assert "guest services not compared" in rows["rebuild"].error
