@@ -448,11 +448,12 @@ class VentanaApp(App[None]):
 
     def action_merge(self) -> None:
         vm_id = self.selected_vm_id()
+        self._open_plan(self._merge_action(vm_id), vm_id)
+
+    def _merge_action(self, vm_id: str | None) -> str:
+        """What "merge" is on this VM's platform: on vSphere, remove all snapshots."""
         vm = self.store.vm(vm_id) if vm_id else None
-        if vm is not None and is_vsphere(self.store, vm):  # the vSphere equivalent
-            self._open_vsphere(REMOVE_ALL, vm.id)
-            return
-        self._open_plan("merge")
+        return REMOVE_ALL if vm is not None and is_vsphere(self.store, vm) else "merge"
 
     # -- vSphere snapshot actions (plans in state/plans_vsphere.py) ----------------
     def _vsphere_vm(self) -> str | None:
@@ -475,7 +476,7 @@ class VentanaApp(App[None]):
             self.notify("Select a snapshot in the Checkpoints pane first (Tab, then the "
                         "arrow keys).", severity="warning")
             return
-        self._open_vsphere(REMOVE_SNAPSHOT, vm_id, snapshot=snapshot, children=children)
+        self._open_plan(REMOVE_SNAPSHOT, vm_id, snapshot=snapshot, children=children)
 
     def action_remove_snapshot(self) -> None:
         self._remove_snapshot(children=False)
@@ -485,11 +486,11 @@ class VentanaApp(App[None]):
 
     def action_consolidate(self) -> None:
         if (vm_id := self._vsphere_vm()) is not None:
-            self._open_vsphere(CONSOLIDATE, vm_id)
+            self._open_plan(CONSOLIDATE, vm_id)
 
     def action_create_snapshot(self) -> None:
         if (vm_id := self._vsphere_vm()) is not None:
-            self._open_vsphere(CREATE_SNAPSHOT, vm_id)
+            self._open_plan(CREATE_SNAPSHOT, vm_id)
 
     async def action_cancel_task(self) -> None:
         """Ask the cluster to cancel this console's running action on the selected VM."""
@@ -515,36 +516,40 @@ class VentanaApp(App[None]):
                         "(e.g. a snapshot removal or a merge in progress); it goes on.",
                         severity="warning", markup=False)
 
-    def _open_vsphere(self, action: str, vm_id: str, **params: object) -> None:
-        """Ask vCenter for its storage estimate first (writable sessions only: it
-        starts a server task), then open the plan; the estimate is best-effort."""
-        if action not in (REMOVE_ALL, CONSOLIDATE) or self.read_only:
-            self._open_plan(action, vm_id, **params)
-            return
-
-        async def estimate_then_plan() -> None:
-            self.notify("Asking vCenter for its storage estimate…", timeout=3)
-            with contextlib.suppress(Exception):
-                executor = self.backend.executor()
-                estimate = getattr(executor, "estimate_consolidation", None)
-                if estimate is not None:
-                    snaps = frozenset(c.id for c in self.store.checkpoints_of(vm_id))
-                    by_lun = await estimate(vm_id, timeout=10.0)
-                    ESTIMATES[vm_id] = ServerEstimate(by_lun, snaps, self.clock())
-            self._open_plan(action, vm_id, **params)
-
-        self.run_worker(estimate_then_plan(), group="estimate", exclusive=True,
-                        exit_on_error=False)
+    async def _estimate_then_plan(self, action: str, vm_id: str,
+                                  params: dict[str, object]) -> None:
+        """Ask vCenter for its storage estimate (best-effort), then open the plan."""
+        self.notify("Asking vCenter for its storage estimate…", timeout=3)
+        with contextlib.suppress(Exception):
+            executor = self.backend.executor()
+            estimate = getattr(executor, "estimate_consolidation", None)
+            if estimate is not None:
+                snaps = frozenset(c.id for c in self.store.checkpoints_of(vm_id))
+                by_lun = await estimate(vm_id, timeout=10.0)
+                ESTIMATES[vm_id] = ServerEstimate(by_lun, snaps, self.clock())
+        self._show_plan(action, vm_id, **params)
 
     def action_upgrade(self) -> None:
         if self._not_on_vsphere(HYPERV_ONLY["upgrade"]):
             self._open_plan("upgrade")
 
     def _open_plan(self, action: str, vm_id: str | None = None, **params: object) -> None:
+        """Plan ``action`` on the VM (default: the selected one) and show it.
+
+        Snapshot removal and consolidation first ask vCenter for its storage
+        estimate, on writable sessions only (it starts a server task).
+        """
         vm_id = vm_id or self.selected_vm_id()
         if vm_id is None:
             self.notify("Select a VM first.", severity="warning")
             return
+        if action in (REMOVE_ALL, CONSOLIDATE) and not self.read_only:
+            self.run_worker(self._estimate_then_plan(action, vm_id, dict(params)),
+                            group="estimate", exclusive=True, exit_on_error=False)
+            return
+        self._show_plan(action, vm_id, **params)
+
+    def _show_plan(self, action: str, vm_id: str, **params: object) -> None:
         try:
             plan = self.runner.plan(action, vm_id, **params)
         except (KeyError, ValueError) as exc:  # gone, or not available on this target
@@ -857,7 +862,7 @@ class VentanaApp(App[None]):
         if wr is None:
             return
         # The platform decides, per VM, as for m: a vSphere VM's plan is remove-all-snapshots.
-        action = REMOVE_ALL if is_vsphere(self.store, vm) else "merge"
+        action = self._merge_action(vm.id)
         try:
             wr.window.add(vm.id, vm.name, action)
         except WindowError as exc:
@@ -910,13 +915,10 @@ class VentanaApp(App[None]):
     def open_remedy(self, action: str, vm_id: str) -> None:
         """A finding's remedy on its VM, decided per VM like the keys: a vSphere VM's
         "merge" is remove-all-snapshots; a Hyper-V workflow says it is one."""
-        vm = self.store.vm(vm_id)
-        if vm is not None and is_vsphere(self.store, vm):
-            if action == "merge":
-                self._open_vsphere(REMOVE_ALL, vm_id)
-                return
-            if action in HYPERV_ONLY and not self._not_on_vsphere(HYPERV_ONLY[action], vm_id):
-                return
+        if action == "merge":
+            action = self._merge_action(vm_id)
+        if action in HYPERV_ONLY and not self._not_on_vsphere(HYPERV_ONLY[action], vm_id):
+            return
         self._open_plan(action, vm_id)
 
     def _not_on_vsphere(self, what: str, vm_id: str | None = None) -> bool:
