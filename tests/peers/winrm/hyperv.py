@@ -110,6 +110,13 @@ BACKUP_VERSION_KEY = "HKLM:\\SOFTWARE\\VentanaTest\\BackupAgent"
 HV = "Microsoft.HyperV.PowerShell."
 FC = "Microsoft.FailoverClusters.PowerShell."
 
+
+def _vz_error(message: str, error_id: str, category: Any) -> TerminatingError:
+    """A terminating VirtualizationException, as the Hyper-V cmdlets raise them."""
+    return TerminatingError(message, error_id=error_id, category=category,
+                            exception_type=HV + "VirtualizationException")
+
+
 VMState = ps_enum(
     HV + "VMState",
     {
@@ -877,7 +884,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 "Hyper-V was unable to find a virtual machine with the given id.",
                 error_id="InvalidParameter",
                 category=ErrorCategory.InvalidArgument,
-                exception_type="Microsoft.HyperV.PowerShell.VirtualizationException",
+                exception_type=HV + "VirtualizationException",
             )
 
     def remove_snapshot(params: dict[str, Any], writer: CommandWriter) -> None:
@@ -917,14 +924,11 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                     if writer.wait(model.merge_step_s):
                         return
                 if model.merge_fail_after is not None and i >= model.merge_fail_after:
-                    raise TerminatingError(
+                    raise _vz_error(
                         f"'{vm.name}' failed to remove checkpoint '{cp.name}': "
                         "The process cannot access the file because it is being used by "
                         "another process. (0x80070020)",
-                        error_id="OperationFailed",
-                        category=ErrorCategory.ResourceBusy,
-                        exception_type="Microsoft.HyperV.PowerShell.VirtualizationException",
-                    )
+                        "OperationFailed", ErrorCategory.ResourceBusy)
                 model.remove_checkpoint(cp.id)
             writer.write_progress("Remove-VMSnapshot", "Completed", percent=100, completed=True)
 
@@ -937,14 +941,11 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                 if vm is None:
                     continue
                 if vm.power is not PowerState.OFF:
-                    raise TerminatingError(
+                    raise _vz_error(
                         f"Update-VMVersion: Failed to update the configuration version of "
                         f"'{vm.name}': The operation cannot be performed while the virtual "
                         "machine is in its current state.",
-                        error_id="InvalidState",
-                        category=ErrorCategory.InvalidOperation,
-                        exception_type="Microsoft.HyperV.PowerShell.VirtualizationException",
-                    )
+                        "InvalidState", ErrorCategory.InvalidOperation)
                 model.vms[vm_id] = dataclasses.replace(vm, config_version=model.host_version)
                 model.version += 1
 
@@ -1044,7 +1045,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
                     f"Getting the mounted storage instance for the path '{path}' failed.",
                     error_id="ObjectNotFound,Microsoft.Vhd.PowerShell.Cmdlets.GetVHD",
                     category=ErrorCategory.ObjectNotFound,
-                    exception_type="Microsoft.HyperV.PowerShell.VirtualizationException",
+                    exception_type=HV + "VirtualizationException",
                     target=path,
                 )
                 continue
@@ -1292,10 +1293,6 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             queues.pop(source, None)
 
     # -- clean-up: Optimize-VHD, Remove-ClusterGroup, Remove-VM, Remove-Item, Test-Path ----
-    def _vz_error(message: str, error_id: str, category: Any) -> TerminatingError:
-        return TerminatingError(message, error_id=error_id, category=category,
-                                exception_type=HV + "VirtualizationException")
-
     def optimize_vhd(params: dict[str, Any], writer: CommandWriter) -> None:
         """Optimize-VHD -Path P -Mode Full: refused while the file's VM is not Off."""
         log("Optimize-VHD")
