@@ -548,6 +548,16 @@ class ActionLog:
             params = (max(0, int(limit)),)
         return [self._row(r) for r in self._select(sql, params)]
 
+    def newest_id(self) -> int:
+        """The id of the newest row (0: empty): a cheap "has anything been written"."""
+        return int(self._select(f"select max(id) as m from {TABLE}")[0]["m"] or 0)
+
+    def finished_ok(self, action: str, target_system: str, limit: int) -> list[LogRow]:
+        """The newest rows of ``action`` on ``target_system`` that ended ok with a duration."""
+        sql = (f"select * from {TABLE} where action = ? and outcome = 'ok' and "
+               "target_system = ? and duration_s > 0 order by id desc limit ?")
+        return [self._row(r) for r in self._select(sql, (action, target_system, limit))]
+
     def get(self, row_id: int) -> LogRow | None:
         found = self._select(f"select * from {TABLE} where id = ?", (row_id,))
         return self._row(found[0]) if found else None

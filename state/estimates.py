@@ -26,7 +26,6 @@ newest row id), so re-planning a queue every second costs one tiny query.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -133,21 +132,17 @@ class LearnedEstimator:
     def samples(self) -> list[MergeSample]:
         """This cluster's finished-ok merges (cached until a new row is written)."""
         try:
-            newest = self.log._select("select max(id) as m from actions")[0]["m"] or 0
+            newest = self.log.newest_id()
             if newest != self._seen:
-                rows = self.log._select(
-                    "select plan, duration_s from actions where action = 'merge' and "
-                    "outcome = 'ok' and target_system = ? and duration_s > 0 "
-                    "order by id desc limit ?",
-                    (self.target_system, MAX_SAMPLES),
-                )
                 found = []
-                for row in rows:
+                for row in self.log.finished_ok("merge", self.target_system, MAX_SAMPLES):
                     try:
-                        plan = json.loads(row["plan"])
+                        plan = row.plan_data()
                     except (TypeError, ValueError):
                         continue
-                    sample = sample_from_row(plan, row["duration_s"])
+                    if not isinstance(plan, dict):
+                        continue
+                    sample = sample_from_row(plan, row.duration_s)
                     if sample is not None:
                         found.append(sample)
                 self._samples, self._seen = found, newest
