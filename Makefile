@@ -31,13 +31,15 @@ vcsim:  ## build the vSphere API simulator test peer (once; cached in .cache/vcs
 
 test: $(VENV)/.test-deps vcsim  ## install what tests need and run the whole suite
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
-lint: $(VENV)/.test-deps
+lint: $(VENV)/.test-deps  ## ruff, and the layer contracts (state ↛ backends, tui; backends ↛ tui)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 snapshots: $(VENV)/.test-deps  ## regenerate screenshots/*.svg after a deliberate UI change
-	$(BIN)/pytest -q $$(grep -l snap_compare tests/test_*.py) --snapshot-update
+	$(BIN)/pytest -q $$(grep -rl snap_compare tests --include='test_*.py') --snapshot-update
 
 bench: $(VENV)/.test-deps vcsim  ## benchmarks: prints a table, writes bench/results/*.json
 	$(BIN)/python -m bench

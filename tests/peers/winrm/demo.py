@@ -1,4 +1,4 @@
-"""Demo command handlers of the WinRM test peer, used by tests/test_winrm_peer.py.
+"""Demo command handlers of the WinRM test peer, used by tests/backends/hyperv/test_winrm_peer.py.
 
 They exercise every kind of result a handler can produce; they are not the
 Hyper-V/FailoverClusters handlers backed by the simulated cluster (those are

@@ -19,7 +19,7 @@ from ventana.tui.log_screen import RecordedActionsScreen
 from ventana.tui.plan_screen import PlanScreen
 from ventana.tui.vm_table import VmTable
 
-FIXTURE = Path(__file__).parent / "recordings" / "small-cluster.jsonl"
+FIXTURE = Path(__file__).resolve().parents[1] / "recordings" / "small-cluster.jsonl"
 SIZE = (180, 50)
 
 

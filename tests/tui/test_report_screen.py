@@ -21,7 +21,7 @@ from ventana.tui.report_screen import LunChart, ReportScreen
 from ventana.tui.vm_table import VmTable
 
 SIZE = (180, 50)
-RECORDING = Path(__file__).parent / "recordings" / "small-cluster.jsonl"
+RECORDING = Path(__file__).resolve().parents[1] / "recordings" / "small-cluster.jsonl"
 
 
 def cells(table: DataTable) -> list[list[str]]:

@@ -45,7 +45,7 @@ from ventana.state.recording import (
     read_recording,
 )
 
-RECORDINGS = Path(__file__).resolve().parent / "recordings"
+RECORDINGS = Path(__file__).resolve().parents[1] / "recordings"
 T0 = datetime(2024, 11, 14, 22, 0, tzinfo=UTC)
 HOSTILE = "[bold red]evil\x1b[2J"
 

@@ -77,7 +77,7 @@ def test_cli_refuses_bad_config_and_recordings(
     junk.write_text("hello\n")
     assert main(["replay", str(junk)]) == 2
     assert main(["replay", str(tmp_path / "missing.jsonl")]) == 2
-    fixture = Path(__file__).parent / "recordings" / "small-cluster.jsonl"
+    fixture = Path(__file__).resolve().parents[1] / "recordings" / "small-cluster.jsonl"
     assert main(["replay", str(fixture), "--speed", "-1"]) == 2
     assert main(["--target", "nope"]) == 2
 

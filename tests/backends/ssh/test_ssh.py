@@ -35,7 +35,7 @@ from ventana.backends.ssh import (
 )
 from ventana.state.model import Severity
 
-LAB_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "lab" / "vmware.log.sample"
+LAB_SAMPLE = Path(__file__).resolve().parents[4] / "shared" / "lab" / "vmware.log.sample"
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,7 +14,7 @@ from ventana.state.model import Kind, Platform
 from ventana.state.recording import ActionRecord, RecordingVersionError, read_recording
 from ventana.state.store import Store
 
-FIXTURE = Path(__file__).resolve().parent / "recordings" / "small-cluster.jsonl"
+FIXTURE = Path(__file__).resolve().parents[2] / "recordings" / "small-cluster.jsonl"
 
 
 class Sleeps:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from peers.vcsim import BUILD_HINT, is_built, start_vcsim
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
 from bench import vsphere  # noqa: E402

@@ -28,7 +28,7 @@ from ventana.state.report import (
 )
 from ventana.tui.cli import main
 
-FIXTURES = Path(__file__).parent / "fixtures" / "report"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "report"
 LOG = FIXTURES / "campaign-log.jsonl"
 RECORDING = FIXTURES / "campaign-recording.jsonl"
 GB = 1024**3
