@@ -23,33 +23,12 @@ from typing import Any, Protocol
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.estimates import LearnedEstimator
 from ventana.state.model import FinalState, Kind, TaskState
-from ventana.state.plans import PLANNERS, Plan, Planner, findings_to_log, register_planner
+from ventana.state.plans import Plan, findings_to_log
 from ventana.state.sanitize import clean
 from ventana.state.store import Store
 
-from .base import ActionResult, Backend, Executor, ReadOnlyError
-
-#: How a confirmed plan is carried out: ``call(executor, vm_id, task_id, plan)``.
-ExecuteFn = Callable[[Executor, str, str, Plan], Awaitable[ActionResult]]
-
-EXECUTE: dict[str, ExecuteFn] = {
-    "merge": lambda ex, vm_id, task_id, plan: ex.merge(vm_id, task_id),
-    "upgrade": lambda ex, vm_id, task_id, plan: ex.upgrade_version(
-        vm_id, task_id, str(plan.facts["target_version"])
-    ),
-}
-
-
-def register_action(action: str, planner: Planner, execute: ExecuteFn) -> None:
-    """Add a guarded action: its planner and how a confirmed plan runs.
-
-    Every registered action goes through the same path: plan → pre-flight →
-    typed confirmation → intent row → executor → outcome row.
-    """
-    if EXECUTE.get(action, execute) is not execute:
-        raise ValueError(f"action {action!r} is already registered")
-    register_planner(action, planner)
-    EXECUTE[action] = execute
+from . import actionspecs
+from .base import ActionResult, Backend, ReadOnlyError
 
 
 class ActionRefused(Exception):
@@ -140,9 +119,6 @@ class ActionRunner:
         flags: str = "",
         estimator: PlanEstimator | None = _DEFAULT,
     ) -> None:
-        from .registry import register_all
-
-        register_all()  # every action the console offers, for any user of a runner
         self.store = store
         self.backend = backend
         self.log = log
@@ -165,11 +141,9 @@ class ActionRunner:
         return self.backend.read_only
 
     def plan(self, action: str, vm_id: str, **params: Any) -> Plan:
-        planner = PLANNERS.get(action)
-        if planner is None or action not in EXECUTE:
-            raise ValueError(f"unknown action {action!r}")
+        spec = actionspecs.get(action)  # UnknownAction (a ValueError) if there is none
         queue = params.pop(QUEUE_PARAM, None)
-        plan = planner(self.store, vm_id, self.clock(), **params)
+        plan = spec.planner(self.store, vm_id, self.clock(), **params)
         if self.estimator is not None:
             plan = self.estimator.refine(plan)
         if queue is not None:
@@ -317,7 +291,7 @@ class ActionRunner:
         )
 
         try:
-            result = await EXECUTE[fresh.action](executor, obj_id, task_id, fresh)
+            result = await actionspecs.get(fresh.action).execute(executor, obj_id, task_id, fresh)
         except ReadOnlyError as exc:
             result = ActionResult(TaskState.FAILED, error=f"refused: {exc}")
         except asyncio.CancelledError:
@@ -392,11 +366,3 @@ class ActionRunner:
             return False
         return await self.backend.executor().cancel(task_id)
 
-
-# -- offline clean-up actions (registered by backends/registry.py) -----------------
-async def execute_compact(ex: Executor, vm_id: str, task_id: str, plan: Plan) -> ActionResult:
-    return await ex.compact_vhdx(vm_id, task_id, tuple(d["path"] for d in plan.facts["disks"]))
-
-
-async def execute_delete(ex: Executor, vm_id: str, task_id: str, plan: Plan) -> ActionResult:
-    return await ex.delete_vm(vm_id, task_id, tuple(f["path"] for f in plan.facts["files"]))

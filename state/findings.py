@@ -81,13 +81,14 @@ from .model import (
     Lun,
     LunRole,
     Node,
+    Platform,
     PowerState,
     ReplicationState,
     ServiceState,
     Severity,
     Task,
 )
-from .plans_vsphere import CONSOLIDATE, REMOVE_ALL, is_vsphere
+from .plans_vsphere import is_vsphere
 from .store import Delta, Store, ref
 
 TB = 1024 * GB
@@ -112,7 +113,11 @@ AGENT_STOPPED = "BACKUP_AGENT_STOPPED"
 AGENT_OLD = "BACKUP_AGENT_OLD"
 AGENT_PORTS_CLOSED = "BACKUP_AGENT_PORTS_CLOSED"
 
-# Which guarded action fixes what (the findings screen offers it on Enter).
+# Which console command fixes what (the findings screen offers it on Enter). The
+# command opens the action of the VM's platform: the console core resolves it
+# through the action registry (``actions=`` of the engine) — "merge" on a vSphere
+# VM is the removal of all its snapshots — and a command with no action on the
+# platform (an upgrade on vSphere) offers none.
 REMEDIES: dict[str, str] = {
     CHECKPOINT_OLD: "merge",
     CHAIN_DEEP: "merge",
@@ -121,21 +126,29 @@ REMEDIES: dict[str, str] = {
     BACKUP_LEFTOVER: "merge",
     CONFIG_VERSION_OLD: "upgrade",
 }
-# The same on a vSphere VM (its cluster's platform): snapshots are removed, a
-# pending consolidation is consolidated; a hardware-version upgrade is not a
-# guarded action here (vSphere versions are "vmx-NN" and not checked anyway).
-VSPHERE_REMEDIES: dict[str, str] = {
-    CHECKPOINT_OLD: REMOVE_ALL,
-    CHAIN_DEEP: REMOVE_ALL,
-    DIFF_LARGE: REMOVE_ALL,
-    MERGE_PENDING: CONSOLIDATE,
-    BACKUP_LEFTOVER: REMOVE_ALL,
-}
+# On a vSphere VM a pending merge is the consolidation vSphere asks for
+# (``consolidationNeeded``).
+VSPHERE_REMEDIES: dict[str, str] = {**REMEDIES, MERGE_PENDING: "consolidate"}
+
+#: ``actions(command, platform)``: the action a command opens on a platform (None: none).
+ActionResolver = Callable[[str, Platform], str | None]
 
 
-def remedies_for(store: Store, vm: VM) -> dict[str, str]:
-    """The remedy table for a VM's platform (``plans_vsphere.is_vsphere``)."""
-    return VSPHERE_REMEDIES if is_vsphere(store, vm) else REMEDIES
+def platform_of(store: Store, vm: VM) -> Platform:
+    """The VM's platform (its cluster's; Hyper-V while the cluster is unknown)."""
+    return Platform.VSPHERE if is_vsphere(store, vm) else Platform.HYPERV
+
+
+def remedies_for(store: Store, vm: VM, actions: ActionResolver | None = None
+                 ) -> dict[str, str]:
+    """The remedies for a VM's platform: commands, or with ``actions`` the action
+    names they open there (codes whose command opens nothing are left out)."""
+    platform = platform_of(store, vm)
+    table = VSPHERE_REMEDIES if platform is Platform.VSPHERE else REMEDIES
+    if actions is None:
+        return table
+    return {code: name for code, command in table.items()
+            if (name := actions(command, platform)) is not None}
 
 
 def _delta(value: Any, default: timedelta) -> timedelta:
@@ -294,9 +307,13 @@ class FindingsEngine:
         store: Store,
         config: FindingsConfig | None = None,
         clock: Callable[[], datetime] | None = None,
+        *,
+        actions: ActionResolver | None = None,
     ) -> None:
         self.store = store
         self.config = config or FindingsConfig()
+        self._actions = actions
+        self._remedies: dict[Platform, dict[str, str]] = {}  # resolved once per platform
         self.clock = clock or (lambda: datetime.now(UTC))
         self._rules: dict[str, dict[str, LiveFinding]] = {}  # target -> code -> finding
         self._backend: dict[str, LiveFinding] = {}  # backend finding id -> finding
@@ -630,7 +647,10 @@ class FindingsEngine:
         name = vm.name
         out: list[LiveFinding] = []
         next_due: list[datetime] = []
-        remedies = remedies_for(store, vm)
+        platform = platform_of(store, vm)
+        remedies = self._remedies.get(platform)
+        if remedies is None:
+            remedies = self._remedies[platform] = remedies_for(store, vm, self._actions)
 
         def add(code: str, severity: Severity, message: str,
                 since: datetime | None = None, *, remedy: bool = True) -> None:

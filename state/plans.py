@@ -464,12 +464,3 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
 #: A planner: ``planner(store, vm_id, now, **params) -> Plan``. Raises KeyError
 #: when the target is not in the inventory.
 Planner = Callable[..., Plan]
-
-PLANNERS: dict[str, Planner] = {"merge": plan_merge, "upgrade": plan_upgrade}
-
-
-def register_planner(action: str, planner: Planner) -> None:
-    """Make ``action`` plannable (modules that add an action call this once)."""
-    if PLANNERS.get(action, planner) is not planner:
-        raise ValueError(f"action {action!r} is already registered")
-    PLANNERS[action] = planner

@@ -43,7 +43,7 @@ from ventana.state.sanitize import clean
 from .vm_rows import fit
 
 if TYPE_CHECKING:
-    from .app import VentanaApp
+    from ventana.core import Console
 
 SEVERITY_STYLE = {
     Severity.BLOCKING: "bold white on red",
@@ -305,9 +305,13 @@ class FindingsScreen(ModalScreen[None]):
         Binding("slash", "filter", "Filter"),
     ]
 
-    def __init__(self, app: VentanaApp) -> None:
+    def __init__(self, console: Console, *,
+                 open_remedy: Callable[[str, str], None] | None = None) -> None:
+        """``console``: the engine (findings, acknowledgements, the log);
+        ``open_remedy(action, vm_id)``: the front end opens a remedy's plan."""
         super().__init__()
-        self.console = app
+        self.console = console
+        self._open_remedy = open_remedy
         self.sort = "severity"
         self.reverse = False
         self.min_severity = Severity.INFO
@@ -472,11 +476,11 @@ class FindingsScreen(ModalScreen[None]):
         if item is None:
             return
         f = item[0]
-        if not f.remedy or not f.vm_id:
+        if not f.remedy or not f.vm_id or self._open_remedy is None:
             self.app.notify(f"{f.code} has no action in Ventana; see its message.",
                             markup=False)
             return
-        self.console.open_remedy(f.remedy, f.vm_id)
+        self._open_remedy(f.remedy, f.vm_id)
 
     def _silence(self, snooze: bool) -> None:
         item = self.selected()

@@ -28,11 +28,12 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
-from ventana.state.actionlog import ActionLogError
+from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.derived import human_bytes
 from ventana.state.model import Task
 from ventana.state.rebuild import Rebuild, RebuildState, RebuildStore, StepState
 from ventana.state.sanitize import clean
+from ventana.state.store import Store
 
 from .confirm_screen import ConfirmScreen
 from .plan_screen import ACTION_TITLES
@@ -178,8 +179,16 @@ class RebuildScreen(ModalScreen[None]):
     ]
 
     def __init__(self, db: Path, vm_id: str, *, workflow: str | None = None,
-                 read_only: bool = False, now: Callable[[], datetime] | None = None) -> None:
+                 read_only: bool = False, now: Callable[[], datetime] | None = None,
+                 store: Store | None = None, log: ActionLog | None = None,
+                 resume: Callable[..., None] | None = None) -> None:
+        """``store``: live task progress for the running step; ``log``: where an
+        abandonment is recorded; ``resume(vm_id, workflow=, show_checklist=)``:
+        the front end plans the resumption."""
         super().__init__()
+        self._store = store
+        self._log = log
+        self._resume = resume
         self.db = db
         self.vm_id = vm_id
         self.workflow = workflow
@@ -245,8 +254,7 @@ class RebuildScreen(ModalScreen[None]):
         if wf.to_last_parent:
             head.append("  merge to last parent (replicates)", style="yellow")
         title.update(head)
-        store = getattr(self.app, "store", None)
-        task_of = store.task if store is not None else None
+        task_of = self._store.task if self._store is not None else None
         self.query_one("#rebuild-steps", Static).update(checklist(wf, task_of))
         self.query_one("#rebuild-failure", Static).update(failure_text(wf))
         self.query_one("#rebuild-capture", Static).update(capture_summary(wf.capture))
@@ -275,9 +283,8 @@ class RebuildScreen(ModalScreen[None]):
                 and not wf.interrupted:
             self.notify(f"The rebuild is {wf.status}; nothing to resume.", markup=False)
             return
-        resume = getattr(self.app, "open_rebuild_plan", None)
-        if callable(resume):
-            resume(wf.vm_id, workflow=wf.id, show_checklist=False)
+        if self._resume is not None:
+            self._resume(wf.vm_id, workflow=wf.id, show_checklist=False)
 
     def action_abandon(self) -> None:
         wf = self.wf
@@ -296,7 +303,7 @@ class RebuildScreen(ModalScreen[None]):
         wf = self.wf
         if not yes or wf is None or self._rs is None:
             return
-        log = getattr(self.app, "action_log", None)
+        log = self._log
         try:
             if log is not None:
                 log.record(action="rebuild.abandon", target_system=wf.target_system,

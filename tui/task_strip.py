@@ -1,7 +1,7 @@
 """The task strip: running and recently finished tasks with progress.
 
 Shows operator actions first — every registered action kind
-(backends/registry.py), and any task this console started (its id is
+(backends/actionspecs), and any task this console started (its id is
 ``<action>-<hex>``, e.g. a rebuild's shutdown step) — then the cluster's own
 jobs (backups), each with a progress bar, its message and, when finished,
 its outcome.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ventana.backends.registry import action_names
+from ventana.backends.actionspecs import names as action_names
 from ventana.state.model import Task, TaskState
 from ventana.state.store import Store
 

@@ -9,9 +9,8 @@
 - ``executor``: ``VSphereExecutor`` — remove all snapshots + consolidate (the
   ``merge`` action), remove one snapshot, consolidate, create a snapshot
   (with guest freeze/thaw hooks), the storage estimate, cancel.
-- ``actions``: the execute functions of ``remove-snapshot``, ``remove-all-snapshots``,
-  ``consolidate`` and ``create-snapshot`` (planners in
-  ``ventana.state.plans_vsphere``; registered by ``backends/registry.py``).
+The snapshot actions' specs (``remove-snapshot``, ``remove-all-snapshots``,
+``consolidate``, ``create-snapshot``) are in ``backends/actionspecs/vsphere_snapshots.py``.
 
 Sessions are read-only unless ``VSphereConfig(read_only=False)``; a read-only
 backend refuses ``executor()`` before anything reaches the server.

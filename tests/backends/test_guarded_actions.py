@@ -1,6 +1,6 @@
 """Every registered action, on every kind of read-only target, refuses below the UI.
 
-Table-driven over ``backends/registry.action_names()``: the runner refuses
+Table-driven over ``backends/actionspecs.names()``: the runner refuses
 with a "refused" row and no "started" intent row, the executor's own call
 refuses (ReadOnlyError) when reached directly, the queue and the rebuild
 refuse too — on a read-only simulator, Hyper-V and vSphere session, and on a
@@ -16,20 +16,20 @@ from typing import Any
 import pytest
 from test_sim_actions import Session, quiet
 
-from ventana.backends.actions import EXECUTE, ActionRunner
+from ventana.backends import actionspecs
+from ventana.backends.actions import ActionRunner
 from ventana.backends.base import Backend, ReadOnlyError
 from ventana.backends.credentials import Credential
 from ventana.backends.hyperv import HyperVBackend, HyperVConfig
 from ventana.backends.multi import MultiBackend
-from ventana.backends.registry import action_names
 from ventana.backends.vsphere import VSphereBackend, VSphereConfig
 from ventana.backends.window_runner import WindowRunner
 from ventana.state.actionlog import ActionLog
-from ventana.state.plans import PLANNERS, Plan
+from ventana.state.plans import Plan
 from ventana.state.rebuild import RebuildStore
 from ventana.state.window import WindowStore
 
-ACTIONS = sorted(action_names())
+ACTIONS = sorted(actionspecs.names())
 
 
 def hyperv() -> Backend:
@@ -70,7 +70,10 @@ def test_the_registry_holds_every_action_the_console_offers() -> None:
     assert set(ACTIONS) == {"merge", "upgrade", "compact", "delete", "rebuild",
                             "remove-snapshot", "remove-all-snapshots", "consolidate",
                             "create-snapshot"}
-    assert all(a in PLANNERS and a in EXECUTE for a in ACTIONS)
+    for a in ACTIONS:  # each with its planner, executor entry, platforms and command
+        spec = actionspecs.get(a)
+        assert spec.name == a and spec.planner and spec.execute and spec.platforms
+        assert spec.commands
 
 
 def test_a_plain_runner_sees_the_same_actions_as_the_console(tmp_path: Path) -> None:
@@ -123,7 +126,8 @@ async def test_the_executor_itself_refuses_on_read_only(tmp_path: Path, kind: st
         executor = backend._make_executor()
     db = tmp_path / "actions.db"
     with pytest.raises(ReadOnlyError):
-        await EXECUTE[action](executor, vm_id, f"{action}-t1", a_plan(action, vm_id, db))
+        await actionspecs.get(action).execute(executor, vm_id, f"{action}-t1",
+                                              a_plan(action, vm_id, db))
     assert not db.exists()  # not even a rebuild workflow or a step row
     if isinstance(backend, MultiBackend):
         assert not backend._own_tasks

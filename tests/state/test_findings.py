@@ -481,19 +481,25 @@ def test_lun_quorum_is_not_a_space_finding() -> None:
 def test_remedies_follow_the_vms_platform() -> None:
     """A vSphere VM's snapshot findings offer vSphere's actions, a Hyper-V VM's
     the merge; the platform is the VM's cluster's, and a cluster arriving (or
-    changing platform) after its VMs updates their remedies."""
+    changing platform) after its VMs updates their remedies. The findings name
+    console commands; the action registry says what each opens on the platform."""
+    from ventana.backends import actionspecs
     from ventana.state.model import Cluster, Platform
-    from ventana.state.plans import PLANNERS
     from ventana.state.plans_vsphere import CONSOLIDATE, REMOVE_ALL
 
+    def with_registry(store: Store) -> FindingsEngine:
+        return FindingsEngine(store, FindingsConfig(), clock=lambda: NOW,
+                              actions=actionspecs.action_for).attach()
+
     store = small_cluster()
-    eng = engine(store)
+    eng = with_registry(store)
+    bare = engine(store)  # no registry: the remedies are the commands themselves
     backup = next(c for c in store.checkpoints_of("c"))
     store.apply(Upsert(dataclasses.replace(backup, created=NOW - timedelta(days=40))))
     store.apply(Upsert(dataclasses.replace(vm(store, "b"), consolidation_needed=True)))
 
-    def remedies() -> dict[tuple[str, str], str | None]:
-        return {(f.target, f.code): f.remedy for f in eng.findings() if f.target.startswith("vm:")}
+    def remedies(e: FindingsEngine = eng) -> dict[tuple[str, str], str | None]:
+        return {(f.target, f.code): f.remedy for f in e.findings() if f.target.startswith("vm:")}
 
     hyperv = remedies()
     assert hyperv[("vm:a", F.CHECKPOINT_OLD)] == "merge"
@@ -505,13 +511,13 @@ def test_remedies_follow_the_vms_platform() -> None:
     assert vsphere[("vm:a", F.CHECKPOINT_OLD)] == REMOVE_ALL == "remove-all-snapshots"
     assert vsphere[("vm:c", F.BACKUP_LEFTOVER)] == REMOVE_ALL
     assert vsphere[("vm:b", F.MERGE_PENDING)] == CONSOLIDATE == "consolidate"
-    # Each remedy is a guarded action the console can plan and run.
-    import ventana.backends.vsphere.actions  # noqa: F401 - registers the vSphere actions
-    from ventana.backends.actions import EXECUTE
-
-    assert set(F.VSPHERE_REMEDIES.values()) <= set(PLANNERS) & set(EXECUTE)
+    assert remedies(bare)[("vm:a", F.CHECKPOINT_OLD)] == "merge"  # the command
+    assert remedies(bare)[("vm:b", F.MERGE_PENDING)] == "consolidate"
+    # Each remedy is a guarded action the console can plan and run, on that platform.
+    for name in {r for r in vsphere.values() if r}:
+        assert Platform.VSPHERE in actionspecs.get(name).platforms
     # The same answer from a fresh engine (the full computation path).
-    fresh = {(f.target, f.code): f.remedy for f in engine(store).findings()
+    fresh = {(f.target, f.code): f.remedy for f in with_registry(store).findings()
              if f.target.startswith("vm:")}
     assert fresh == vsphere
 

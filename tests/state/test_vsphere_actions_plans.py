@@ -180,13 +180,14 @@ def test_create_snapshot_shows_the_guest_hooks() -> None:
 
 
 def test_registered_on_the_guarded_path() -> None:
-    from ventana.backends.actions import EXECUTE
-    from ventana.backends.registry import register_all
-    from ventana.state.plans import PLANNERS
+    from ventana.backends import actionspecs
+    from ventana.state.model import Platform
 
-    register_all()
     for action in (REMOVE_SNAPSHOT, REMOVE_ALL, CONSOLIDATE, CREATE_SNAPSHOT):
-        assert action in PLANNERS and action in EXECUTE
+        assert actionspecs.get(action).platforms == {Platform.VSPHERE}
+    # "merge" on a vSphere VM is the removal of all its snapshots; on Hyper-V, the merge.
+    assert actionspecs.action_for("merge", Platform.VSPHERE) == REMOVE_ALL
+    assert actionspecs.action_for("merge", Platform.HYPERV) == "merge"
 
 
 def test_vsphere_is_read_only_unless_asked(

@@ -75,7 +75,7 @@ async def test_record_a_merge_then_replay_it(tmp_path: Path) -> None:
     path = tmp_path / "session.jsonl"
     recorder = Recorder(path, "sim://HVCLUSTER01", meta={"backend": "sim"})
     app = make_app(tmp_path)
-    app.recorder = recorder
+    app.core.recorder = recorder
     app.runner.recorder = recorder
     async with app.run_test(size=SIZE) as pilot:
         await populated(pilot)

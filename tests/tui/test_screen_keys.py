@@ -12,7 +12,7 @@ from factories import NOW, small_cluster
 from textual.binding import Binding
 from textual.screen import Screen
 
-from ventana.backends.registry import action_names
+from ventana.backends.actionspecs import names as action_names
 from ventana.state.events import Upsert
 from ventana.state.model import Kind, Task, TaskState
 from ventana.state.store import ref

@@ -1,0 +1,645 @@
+"""The headless console: a backend's events into the store, actions through the runner.
+
+``Console`` is everything the Textual app did that is not layout, keys or
+screens:
+
+- the **event pump** (``pump``) takes the backend's events into a pending
+  buffer (and the recorder); ``flush`` applies the buffer to the store in one
+  batch. The first inventory is applied in one batch once it is complete (or
+  after ``INITIAL_LOAD_MAX_S``), with the cyclic GC off and then frozen;
+- the **action runner**, whose outcome rows read the store after ``settle``
+  has applied what the backend sent meanwhile;
+- the **findings engine** (remedies resolved through the action registry) and
+  the **acknowledgements** book, and the header's open-finding counts;
+- **final states** (loaded from the action log, recorded on request);
+- the **maintenance window**'s runner and **vCenter's storage estimates**;
+- **routing** an operator's command on a VM to the action of the VM's platform
+  (``resolve``), with a one-line reason when there is none.
+
+The front end is told what happened through ``ConsoleListener`` (notices with a
+severity, header facts, a changed final state, a changed window queue); the
+store's own subscribers receive the deltas. Nothing here imports Textual: a
+headless recorder or a second front end drives a ``Console`` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from ventana.backends import actionspecs
+from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
+from ventana.backends.actionspecs import ActionSpec, Command
+from ventana.backends.base import ActionResult, Backend, ReadOnlyError
+from ventana.backends.window_runner import WindowRunner
+from ventana.state.acks import AckBook, AckError, follow, open_counts
+from ventana.state.actionlog import ActionLog, ActionLogError
+from ventana.state.derived import human_bytes
+from ventana.state.events import ConnectionChanged, Event, LinkState
+from ventana.state.findings import FindingsConfig, FindingsEngine, platform_of
+from ventana.state.model import VM, FinalState, Kind, Platform, Severity, TaskState
+from ventana.state.plans import Plan
+from ventana.state.plans_vsphere import ESTIMATES, REMOVE_ALL, ServerEstimate
+from ventana.state.rebuild import Rebuild, RebuildStore
+from ventana.state.sanitize import clean
+from ventana.state.window import WindowError, WindowStore
+
+INITIAL_LOAD_MAX_S = 5.0
+# The first inventory's findings are computed in slices of this many seconds per
+# flush (about 0.5 s of work at 10,000 VMs): a redraw never waits longer for them.
+FINDINGS_SLICE_S = 0.008
+
+
+class EventRecorder(ActionRecorder, Protocol):
+    error: str | None
+
+    def write_event(self, event: Event) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the operator should read (a toast in the Textual front end).
+
+    ``text`` is plain text (never markup); ``severity`` is "information",
+    "warning" or "error"; ``timeout`` None means the front end's default.
+    """
+
+    text: str
+    title: str = ""
+    severity: str = "information"
+    timeout: float | None = None
+
+
+class ConsoleListener(Protocol):
+    """What a front end hears from the console (besides the store's deltas)."""
+
+    def notice(self, notice: Notice) -> None: ...
+
+    def header(self, **facts: Any) -> None:
+        """Header facts changed: ``counts``, ``flags``, ``findings``, ``findings_pending``."""
+
+    def final_state_changed(self, target: str) -> None: ...
+
+    def window_changed(self) -> None: ...
+
+
+class _Silent:
+    def notice(self, notice: Notice) -> None:
+        pass
+
+    def header(self, **facts: Any) -> None:
+        pass
+
+    def final_state_changed(self, target: str) -> None:
+        pass
+
+    def window_changed(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """An operator's command on a VM, resolved to the action of its platform."""
+
+    spec: ActionSpec
+    command: Command
+    vm: VM
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Console:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        log: ActionLog | None,
+        log_error: str = "",
+        recorder: EventRecorder | None = None,
+        clock: Callable[[], datetime] | None = None,
+        flags: str = "",
+        mode: str | None = None,
+        read_only_reason: str = "",
+        flush_hz: float = 12.5,
+        findings_config: FindingsConfig | None = None,
+        listener: ConsoleListener | None = None,
+    ) -> None:
+        from ventana.state.store import Store
+
+        self.backend = backend
+        self.store = Store()
+        self.clock: Callable[[], datetime] = clock or backend.now
+        self.recorder = recorder
+        self.action_log = log
+        self.listener: ConsoleListener = listener or _Silent()
+        self.runner = ActionRunner(
+            self.store, backend, log, log_error=log_error, recorder=recorder, clock=self.clock,
+            mode=mode, flags=flags,
+        )
+        self.runner.settle = self.settle
+        self.flags = flags
+        self.read_only_reason = read_only_reason or "this session cannot change the cluster"
+        self.flush_interval = 1.0 / flush_hz
+        self.pending: list[Event] = []
+        self.final_states: dict[str, str] = {}  # "vm:id" → final state, from the action log
+        self.actions_running = 0
+        self.last_result: ActionResult | None = None
+        self._recording_lost = False
+        # The first inventory is applied in one batch (every row built once);
+        # until it is complete the header counts what has arrived.
+        self.loading = True
+        self._inventory_done = False
+        self._load_started = time.monotonic()
+        # Findings: live, incremental; the first inventory is computed in slices
+        # by ``flush`` so it never delays the first screen. A finding's remedy is
+        # the action its command opens on the VM's platform.
+        self.findings = FindingsEngine(self.store, findings_config, self.clock,
+                                       actions=actionspecs.action_for).attach(eager=False)
+        self.acks: AckBook | None = None
+        self.acks_error = ""
+        if self.runner.mode == "replay":
+            self.acks_error = "a replay cannot acknowledge findings"
+        elif log is None:
+            self.acks_error = f"the action log is unavailable ({log_error or 'not opened'})"
+        else:
+            try:
+                self.acks = AckBook.open(log.path, grace=self.findings.config.ack_grace)
+            except AckError as exc:
+                self.acks_error = str(exc)
+        if self.acks is not None:
+            follow(self.findings, self.acks, self.clock)
+        self._findings_seen = (-1, -1)
+        self._window: WindowRunner | None = None
+
+    # -- facts ------------------------------------------------------------------------
+    @property
+    def read_only(self) -> bool:
+        return self.backend.read_only
+
+    def _notice(self, text: str, *, title: str = "", severity: str = "information",
+                timeout: float | None = None) -> None:
+        self.listener.notice(Notice(text, title, severity, timeout))
+
+    def header_facts(self) -> dict[str, Any]:
+        """The header's facts at start: target, mode and the session's flags."""
+        flags = self.flags
+        if self.action_log is None and not self.read_only:
+            flags = " ".join(f for f in (self.flags, "NO ACTION LOG — ACTIONS REFUSED") if f)
+        return {"target": clean(self.backend.target), "mode": self.runner.mode, "flags": flags}
+
+    def start(self) -> None:
+        """Say what the operator must know at start (no log, unfinished rebuilds)."""
+        if self.action_log is None and not self.read_only:
+            self._notice(
+                f"The action log cannot be opened, so every action will be refused: "
+                f"{clean(self.runner.log_error)}",
+                title="Action log unavailable", severity="error", timeout=60,
+            )
+        self._announce_unfinished_rebuilds()
+
+    def link_targets(self) -> tuple[tuple[str, LinkState, str, bool], ...] | None:
+        """Each target's link and whether it is read-only (None: a single target)."""
+        per_target = getattr(self.backend, "read_only_of_link", None)  # several targets
+        if not callable(per_target):
+            return None
+        return tuple((link.source, link.state, link.reason, per_target(link.source))
+                     for link in self.store.links.values())
+
+    def read_only_for(self, vm_id: str) -> bool:
+        """The session, or the VM's own target when the backend holds several, is read-only."""
+        per_target = getattr(self.backend, "read_only_for", None)  # several targets
+        return self.read_only or (per_target is not None and bool(per_target(vm_id)))
+
+    def recorded_actions(self) -> list[dict[str, Any]] | None:
+        """A replay's recorded actions (None: not a replay)."""
+        recorded = getattr(self.backend, "actions_so_far", None)
+        return list(recorded()) if callable(recorded) else None
+
+    # -- the event stream -------------------------------------------------------------
+    async def pump(self) -> None:
+        """Take the backend's events into the pending buffer until its stream ends."""
+        try:
+            async for event in self.backend.events():
+                self.pending.append(event)
+                if isinstance(event, ConnectionChanged) and event.state is not LinkState.CONNECTING:
+                    self._inventory_done = True
+                if self.recorder is not None:
+                    self.recorder.write_event(event)
+        except Exception as exc:  # a backend must never take the console down
+            self._inventory_done = True
+            reason = clean(f"{type(exc).__name__}: {exc}")
+            self.pending.append(
+                ConnectionChanged(self.backend.name, LinkState.DISCONNECTED, reason)
+            )
+            self._notice(f"Backend stopped: {reason}", severity="error")
+
+    async def follow(self) -> None:
+        """The pump and a flush every ``flush_interval`` (a headless front end's loop).
+
+        A Textual front end runs ``pump`` as a worker and ``flush`` on its own
+        timer instead. Runs until cancelled (a pump whose stream ended leaves
+        the store as it was).
+        """
+        pump = asyncio.ensure_future(self.pump())
+        try:
+            while True:
+                await asyncio.sleep(self.flush_interval)
+                self.flush()
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+    def flush(self) -> None:
+        """Apply the pending events in one batch, then a slice of the first findings."""
+        self._flush_store()
+        if not self.loading and self.findings.pending:
+            self.findings.drain(FINDINGS_SLICE_S)
+        self.sync_findings()
+
+    def _flush_store(self) -> None:
+        if self.recorder is not None and self.recorder.error and not self._recording_lost:
+            self._recording_lost = True
+            self.listener.header(flags=" ".join(f for f in (self.flags, "RECORDING STOPPED")
+                                                if f))
+            self._notice(f"Recording stopped: {clean(str(self.recorder.error))}",
+                         severity="error", timeout=30)
+        if not self.pending:
+            return
+        if self.loading:
+            waited = time.monotonic() - self._load_started
+            if not self._inventory_done and waited < INITIAL_LOAD_MAX_S:
+                self.listener.header(counts=f"loading… {len(self.pending):,} objects received")
+                return
+            self.loading = False
+            batch, self.pending = self.pending, []
+            # The inventory is long-lived and acyclic: no collections while it
+            # is built, then it leaves the cyclic GC's generations so that a
+            # full collection never pauses a redraw for hundreds of ms.
+            gc.disable()
+            try:
+                self._apply(batch)
+            finally:
+                gc.freeze()
+                gc.enable()
+            return
+        batch, self.pending = self.pending, []
+        self._apply(batch)
+
+    def _apply(self, batch: list[Event]) -> None:
+        try:
+            self.store.apply_many(batch)
+        except Exception as exc:  # bad data from a source must not stop the console
+            reason = clean(f"bad data from {self.backend.name}: {type(exc).__name__}: {exc}")
+            self.store.apply(ConnectionChanged(self.backend.name, LinkState.STALE, reason))
+            self._notice(reason, title="Data error", severity="error", timeout=30)
+
+    async def settle(self) -> None:
+        """Apply the backend's events received so far (an outcome reads the store next)."""
+        await asyncio.sleep(self.flush_interval)  # the pump takes what the backend sent
+        if not self.loading:
+            self.flush()
+
+    # -- findings -----------------------------------------------------------------------
+    def tick_findings(self) -> None:
+        """Age thresholds and snooze expiry (the front end calls this every ~30 s)."""
+        self.findings.tick()
+        if self.acks is not None:
+            with contextlib.suppress(AckError):
+                self.acks.expire(self.clock())
+        self.sync_findings(force=True)
+
+    def sync_findings(self, force: bool = False) -> None:
+        """The header's open-finding counts (recounted only when something changed)."""
+        seen = (self.findings.version, self.acks.version if self.acks else 0)
+        if not force and seen == self._findings_seen and not self.findings.pending:
+            return
+        self._findings_seen = seen
+        counts = open_counts(self.findings, self.acks, self.clock())
+        self.listener.header(
+            findings=(counts[Severity.CRITICAL] + counts[Severity.BLOCKING],
+                      counts[Severity.WARNING], counts[Severity.INFO]),
+            findings_pending=self.findings.pending > 0,
+        )
+
+    # -- commands → actions -------------------------------------------------------------
+    def platform_of(self, vm: VM) -> Platform:
+        return platform_of(self.store, vm)
+
+    def resolve(self, command: str, vm_id: str | None) -> Resolved | None:
+        """The action ``command`` opens on the VM, or None with a notice saying why."""
+        vm = self.store.vm(vm_id) if vm_id else None
+        if vm is None:
+            self._notice("Select a VM first.", severity="warning")
+            return None
+        cmd = actionspecs.command(command)
+        spec = actionspecs.resolve(command, self.platform_of(vm)) if cmd else None
+        if cmd is None or spec is None:
+            self._notice(actionspecs.not_for(command, self.platform_of(vm), vm.name),
+                         severity="warning")
+            return None
+        return Resolved(spec, cmd, vm, dict(cmd.params))
+
+    def action_of(self, command: str, vm: VM) -> str | None:
+        """The action name ``command`` opens on the VM's platform (None: none)."""
+        return actionspecs.action_for(command, self.platform_of(vm))
+
+    def command_of(self, remedy: str) -> str:
+        """The console command of a finding's remedy (an action or a command name)."""
+        if actionspecs.command(remedy) is not None:
+            return remedy
+        spec = actionspecs.SPECS.get(remedy)
+        return spec.commands[0].name if spec is not None and spec.commands else remedy
+
+    def plan(self, action: str, vm_id: str, **params: Any) -> Plan | None:
+        """The plan, or None with a notice (the VM is gone, the action is unknown)."""
+        try:
+            return self.runner.plan(action, vm_id, **params)
+        except (KeyError, ValueError, ActionLogError) as exc:
+            self._notice(clean(str(exc)), severity="error")
+            return None
+
+    def wants_estimate(self, spec: ActionSpec) -> bool:
+        """Ask the server for its storage estimate first (a server task: writable only)."""
+        return spec.opens == "estimate" and not self.read_only
+
+    async def fetch_estimate(self, vm_id: str) -> None:
+        """vCenter's storage estimate for the VM's snapshots (best-effort), for its plans."""
+        self._notice("Asking vCenter for its storage estimate…", timeout=3)
+        with contextlib.suppress(Exception):
+            executor = self.backend.executor()
+            estimate = getattr(executor, "estimate_consolidation", None)  # vSphere only
+            if estimate is not None:
+                snaps = frozenset(c.id for c in self.store.checkpoints_of(vm_id))
+                by_lun = await estimate(vm_id, timeout=10.0)
+                ESTIMATES[vm_id] = ServerEstimate(by_lun, snaps, self.clock())
+
+    def cancelled(self, plan: Plan) -> None:
+        """The operator closed the plan without confirming: log it and say so."""
+        try:
+            self.runner.cancelled(plan)
+        except ActionRefused as exc:
+            self._notice(clean(str(exc)), severity="error")
+        self._notice(f"{plan.action.capitalize()} of {plan.target_name} cancelled; nothing "
+                     "was sent.")
+
+    async def execute(self, plan: Plan, typed: str, *, override: bool = False,
+                      overridden: frozenset[str] | None = None,
+                      second: bool = False) -> ActionResult | None:
+        """Run a confirmed plan through the runner; say how it ended."""
+        self.actions_running += 1
+        try:
+            return await self._execute(plan, typed, override, overridden, second)
+        finally:
+            self.actions_running -= 1
+
+    async def _execute(self, plan: Plan, typed: str, override: bool,
+                       overridden: frozenset[str] | None, second: bool) -> ActionResult | None:
+        started = time.monotonic()
+        try:
+            result = await self.runner.execute(
+                plan, typed, override=override, overridden=overridden, confirmed_twice=second,
+            )
+        except (ActionRefused, ReadOnlyError) as exc:
+            self._notice(f"{plan.action.capitalize()} refused: {exc}", title="Refused",
+                         severity="error", timeout=30)
+            return None
+        except Exception as exc:  # never lose an action silently
+            self._notice(
+                f"{plan.action.capitalize()} of {plan.target_name}: "
+                f"{clean(f'{type(exc).__name__}: {exc}')} — check the action log and verify "
+                "on the host",
+                title="Action error", severity="error", timeout=60,
+            )
+            return None
+        took = time.monotonic() - started
+        sizes = ""
+        if result.size_before is not None and result.size_after is not None:
+            sizes = f"; disks {human_bytes(result.size_before)} → {human_bytes(result.size_after)}"
+        message = (f"{plan.action.capitalize()} of {plan.target_name}: {result.state.value} "
+                   f"in {took:.1f} s{sizes}")
+        if result.error:
+            message += f"\n{result.error}"
+        severity = {
+            TaskState.OK: "information",
+            TaskState.WARNING: "warning",
+        }.get(result.state, "error")
+        self._notice(message, title=f"{plan.action.capitalize()} finished", severity=severity,
+                     timeout=15)
+        self.last_result = result
+        if result.final_state is not None:
+            self.set_final_state(plan.target, result.final_state.value)
+        return result
+
+    async def cancel_task(self, vm_id: str | None) -> None:
+        """Ask the cluster to cancel this console's running action on the VM."""
+        ours = [t for t in self.store.running_tasks_for(f"vm:{vm_id}")
+                if t.id.startswith(f"{t.kind}-")] if vm_id else []
+        if not ours:
+            self._notice("No action of this console is running on the selected VM.",
+                         severity="warning")
+            return
+        task = ours[0]
+        try:
+            done = await self.runner.cancel(task.id)
+        except Exception as exc:  # the request may not have gone out
+            self._notice(f"Cancel of {task.kind} failed: {clean(str(exc))}", severity="error")
+            return
+        if done:
+            self._notice(f"Cancel requested for {task.kind} of {task.target_name}.")
+        else:
+            self._notice(f"{task.kind} of {task.target_name} cannot be cancelled at this point "
+                         "(e.g. a snapshot removal or a merge in progress); it goes on.",
+                         severity="warning")
+
+    # -- rebuilds -----------------------------------------------------------------------
+    def _announce_unfinished_rebuilds(self) -> None:
+        """Say which rebuilds wait to be resumed (paused, failed or interrupted)."""
+        if self.action_log is None:
+            return
+        try:
+            rs = RebuildStore.open(self.action_log.path)
+            try:
+                waiting = rs.unfinished()
+            finally:
+                rs.close()
+        except ActionLogError as exc:
+            self._notice(f"Rebuild state cannot be read: {clean(str(exc))}", severity="warning")
+            return
+        if waiting:
+            names = ", ".join(f"{clean(w.vm_name)} ({w.status})" for w in waiting[:5])
+            more = f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
+            self._notice(f"{len(waiting)} rebuild(s) unfinished: {names}{more} — select the VM "
+                         "and press b", title="Rebuilds waiting", severity="warning", timeout=30)
+
+    def rebuild_to_open(self, vm_id: str) -> tuple[bool, Rebuild | None]:
+        """(go on, the VM's unfinished or finished-into-it rebuild to show instead of a plan).
+
+        ``go on`` is False (with a notice) when the rebuild state cannot be kept or read.
+        """
+        if self.action_log is None:
+            self._notice("A rebuild keeps its state in the action log, which is not open: "
+                         f"{clean(self.runner.log_error)}", severity="error")
+            return False, None
+        try:
+            rs = RebuildStore.open(self.action_log.path)
+            try:
+                waiting = rs.unfinished(vm_id)
+                latest = rs.latest(vm_id)
+            finally:
+                rs.close()
+        except ActionLogError as exc:
+            self._notice(clean(str(exc)), severity="error")
+            return False, None
+        if waiting or (latest is not None and latest.new_vm_id == vm_id):
+            return True, waiting[-1] if waiting else latest
+        return True, None
+
+    def rebuild_params(self, workflow: str | None = None) -> dict[str, object] | None:
+        """A rebuild plan's params (the log keeps its state); None without a log."""
+        if self.action_log is None:
+            return None
+        params: dict[str, object] = {"db": str(self.action_log.path)}
+        if workflow:
+            params["workflow"] = workflow
+        return params
+
+    # -- final states -------------------------------------------------------------------
+    def final_state_of(self, vm_id: str) -> str | None:
+        """The VM's final state as the action log has it (None: never set)."""
+        return self.final_states.get(f"{Kind.VM.value}:{vm_id}")
+
+    def set_final_state(self, target: str, state: str) -> None:
+        self.final_states[target] = state
+        self.listener.final_state_changed(target)
+
+    async def load_final_states(self) -> None:
+        if self.action_log is None:
+            return
+        try:
+            states = await asyncio.to_thread(self.action_log.final_states)
+        except Exception as exc:  # the console works without them
+            self._notice(f"Final states could not be read from the action log: "
+                         f"{clean(str(exc))}", severity="warning")
+            return
+        for target, state in states.items():  # an edit made meanwhile stays
+            self.final_states.setdefault(target, state)
+        self.listener.final_state_changed("")
+
+    def why_no_final_state(self) -> tuple[str, str]:
+        """Why a final state cannot be set now, and how bad that is ('' when it can)."""
+        if self.runner.mode == "replay":
+            return ("A replay shows a recorded session: final states are set on a live "
+                    "console.", "warning")
+        if self.action_log is None:
+            return (f"The action log is unavailable, so the final state cannot be "
+                    f"recorded: {clean(self.runner.log_error)}", "error")
+        return "", ""
+
+    async def record_final_state(self, vm_id: str, vm_name: str, state: FinalState,
+                                 note: str) -> bool:
+        """Write an operator's final state to the action log (nothing goes to the cluster)."""
+        assert self.action_log is not None
+        target = f"{Kind.VM.value}:{vm_id}"
+        previous = self.final_state_of(vm_id)
+        try:
+            await asyncio.to_thread(
+                self.action_log.record,
+                action="final-state", target_system=self.backend.target, mode=self.runner.mode,
+                target_object=target, target_name=vm_name,
+                plan={"final_state": state.value, "previous": previous, "note": note},
+                findings=[], override=False, confirmed=True, outcome="ok",
+                final_state=state,
+                detail={"note": note} if note else None,
+            )
+        except ActionLogError as exc:
+            self._notice(f"The final state was not recorded: {clean(str(exc))}",
+                         severity="error", timeout=30)
+            return False
+        self.set_final_state(target, state.value)
+        self._notice(f"{vm_name}: final state {state.value}" + (f" ({note})" if note else ""))
+        return True
+
+    # -- the maintenance window ---------------------------------------------------------
+    def window_runner(self) -> WindowRunner | None:
+        """The window queue (from the action log's file); None, with a notice, if unusable."""
+        if self._window is not None:
+            return self._window
+        if self.action_log is None:
+            self._notice("The maintenance window is kept in the action log, which is not "
+                         f"open: {clean(self.runner.log_error)}", severity="error")
+            return None
+        try:
+            window = WindowStore.open(self.action_log.path).load(
+                default_name=f"window {self.clock():%Y-%m-%d}", now=self.clock())
+        except WindowError as exc:
+            self._notice(clean(str(exc)), severity="error")
+            return None
+        self._window = WindowRunner(self.runner, window, on_change=self.listener.window_changed)
+        return self._window
+
+    def queue(self, command: str, vm_id: str | None) -> None:
+        """Add the action ``command`` opens on the VM to the window's queue."""
+        vm = self.store.vm(vm_id) if vm_id else None
+        if vm is None:
+            self._notice("Select a VM first.", severity="warning")
+            return
+        wr = self.window_runner()
+        if wr is None:
+            return
+        # The platform decides, per VM, as for the key: a vSphere VM's merge is
+        # the removal of all its snapshots.
+        action = self.action_of(command, vm)
+        if action is None:
+            self._notice(actionspecs.not_for(command, self.platform_of(vm), vm.name),
+                         severity="warning")
+            return
+        try:
+            wr.window.add(vm.id, vm.name, action)
+        except WindowError as exc:
+            self._notice(clean(str(exc)), severity="error")
+            return
+        pending = sum(1 for i in wr.window.items if i.pending)
+        what = "Removal of all snapshots" if action == REMOVE_ALL else action.capitalize()
+        self._notice(f"{what} of {vm.name} queued in {wr.window.name} ({pending} to run). "
+                     "w opens the window.")
+
+    def run_window_now(self, typed: str, shown: dict[str, Plan], parallel: int,
+                       same_lun: bool) -> WindowRunner | None:
+        """Confirm the queue's run; the runner to ``start`` (None, with a notice: refused)."""
+        wr = self._window
+        if wr is None:
+            return None
+        try:
+            wr.window.set_parallel(parallel, same_lun)
+            count = wr.confirm(typed, shown)
+        except (ActionRefused, ReadOnlyError, WindowError) as exc:
+            self._notice(f"The queue was not run: {clean(str(exc))}", severity="error")
+            return None
+        self._notice(f"Running {count} item(s) of {wr.window.name}.")
+        return wr
+
+    async def run_window(self, wr: WindowRunner) -> None:
+        self.actions_running += 1
+        try:
+            await wr.start()
+        finally:
+            self.actions_running -= 1
+        counts: dict[str, int] = {}
+        for item in wr.window.items:
+            counts[item.status] = counts.get(item.status, 0) + 1
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        self._notice(f"Window {wr.window.name}: {summary}", title="Queue stopped", timeout=15)
+
+    # -- the end -------------------------------------------------------------------------
+    async def close(self) -> None:
+        self.findings.detach()
+        if self.acks is not None:
+            self.acks.close()
+        await self.backend.close()
+
