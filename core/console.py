@@ -204,21 +204,23 @@ class Console:
 
     def link_targets(self) -> tuple[tuple[str, LinkState, str, bool], ...] | None:
         """Each target's link and whether it is read-only (None: a single target)."""
-        per_target = getattr(self.backend, "read_only_of_link", None)  # several targets
-        if not callable(per_target):
+        backend: Any = self.backend
+        if not _per_target_modes(backend):
             return None
-        return tuple((link.source, link.state, link.reason, per_target(link.source))
+        return tuple((link.source, link.state, link.reason,
+                      bool(backend.read_only_of_link(link.source)))
                      for link in self.store.links.values())
 
     def read_only_for(self, vm_id: str) -> bool:
         """The session, or the VM's own target when the backend holds several, is read-only."""
-        per_target = getattr(self.backend, "read_only_for", None)  # several targets
-        return self.read_only or (per_target is not None and bool(per_target(vm_id)))
+        backend: Any = self.backend
+        return self.read_only or (_per_target_modes(backend)
+                                  and bool(backend.read_only_for(vm_id)))
 
-    def recorded_actions(self) -> list[dict[str, Any]] | None:
+    def recorded_actions(self) -> list[Any] | None:
         """A replay's recorded actions (None: not a replay)."""
-        recorded = getattr(self.backend, "actions_so_far", None)
-        return list(recorded()) if callable(recorded) else None
+        backend: Any = self.backend
+        return list(backend.actions_so_far()) if _recorded_actions(backend) else None
 
     # -- the event stream -------------------------------------------------------------
     async def pump(self) -> None:
@@ -372,11 +374,10 @@ class Console:
         """vCenter's storage estimate for the VM's snapshots (best-effort), for its plans."""
         self._notice("Asking vCenter for its storage estimate…", timeout=3)
         with contextlib.suppress(Exception):
-            executor = self.backend.executor()
-            estimate = getattr(executor, "estimate_consolidation", None)  # vSphere only
-            if estimate is not None:
+            executor: Any = self.backend.executor()
+            if _consolidation_estimator(executor):  # vSphere only
                 snaps = frozenset(c.id for c in self.store.checkpoints_of(vm_id))
-                by_lun = await estimate(vm_id, timeout=10.0)
+                by_lun = await executor.estimate_consolidation(vm_id, timeout=10.0)
                 ESTIMATES[vm_id] = ServerEstimate(by_lun, snaps, self.clock())
 
     def cancelled(self, plan: Plan) -> None:
@@ -643,3 +644,25 @@ class Console:
             self.acks.close()
         await self.backend.close()
 
+
+# -- optional capabilities of a backend or executor -------------------------------------
+# Each check is the spot for ``isinstance(obj, <Protocol>)`` with the Protocol of the
+# same name in ``backends/capabilities.py`` (PerTargetModes, RecordedActions,
+# ConsolidationEstimator) once that module is in; until then they test the members.
+def _has(obj: object, *members: str) -> bool:
+    return all(callable(getattr(obj, m, None)) for m in members)
+
+
+def _per_target_modes(backend: object) -> bool:
+    """Several targets behind one handle, each read-only or not (``MultiBackend``)."""
+    return _has(backend, "read_only_for", "read_only_of_link")
+
+
+def _recorded_actions(backend: object) -> bool:
+    """A replay: the operator's actions recorded up to the current position."""
+    return _has(backend, "actions_so_far")
+
+
+def _consolidation_estimator(executor: object) -> bool:
+    """vCenter's storage estimate for consolidating a VM's snapshots."""
+    return _has(executor, "estimate_consolidation")

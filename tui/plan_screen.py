@@ -22,6 +22,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Static
 
+from ventana.backends import actionspecs
 from ventana.state.derived import human_bytes
 from ventana.state.model import Severity
 from ventana.state.plans import Plan
@@ -47,16 +48,8 @@ class Confirmation:
 SECOND_WORD = "DELETE"
 
 
-ACTION_TITLES = {
-    "merge": "Merge checkpoints of ",
-    "upgrade": "Upgrade the configuration version of ",
-    "compact": "Compact the disks of ",
-    "delete": "Delete the VM ",
-    "remove-snapshot": "Remove a snapshot of ",
-    "remove-all-snapshots": "Remove all snapshots of ",
-    "consolidate": "Consolidate the disks of ",
-    "create-snapshot": "Create a snapshot of ",
-}
+#: Each action's plan heading, from its spec (backends/actionspecs).
+ACTION_TITLES = {spec.name: spec.heading for spec in actionspecs.specs() if spec.heading}
 
 
 def plan_title(plan: Plan) -> Text:

@@ -36,9 +36,6 @@ from ventana.state.sanitize import clean
 from ventana.state.store import Store
 
 from .confirm_screen import ConfirmScreen
-from .plan_screen import ACTION_TITLES
-
-ACTION_TITLES.setdefault("rebuild", "Rebuild ")
 
 _MARK = {
     StepState.PENDING: ("[ ]", "dim"),

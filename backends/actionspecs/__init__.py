@@ -70,7 +70,8 @@ class ActionSpec:
     ``opens`` says how the front end opens it: ``"plan"`` (the plan screen),
     ``"estimate"`` (ask the server for its storage estimate first, on
     writable sessions, then the plan screen) or ``"workflow"`` (a step-by-step
-    workflow with its own checklist screen: the rebuild). The equivalent
+    workflow with its own checklist screen: the rebuild). ``heading`` leads the
+    plan screen's title, before the VM's name ("Merge checkpoints of "). The equivalent
     command an operator could run by hand is built by the planner
     (``Plan.command``), from the same facts the plan shows.
     """
@@ -80,6 +81,7 @@ class ActionSpec:
     execute: ExecuteFn
     platforms: frozenset[Platform]
     commands: tuple[Command, ...] = ()
+    heading: str = ""
     opens: str = "plan"
 
 

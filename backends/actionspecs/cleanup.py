@@ -30,6 +30,8 @@ async def execute_delete(ex: Executor, vm_id: str, task_id: str, plan: Plan) -> 
 
 
 SPECS = (
-    ActionSpec("compact", plan_compact, execute_compact, HYPERV, (COMPACT,)),
-    ActionSpec("delete", plan_delete, execute_delete, HYPERV, (DELETE,)),
+    ActionSpec("compact", plan_compact, execute_compact, HYPERV, (COMPACT,),
+               heading="Compact the disks of "),
+    ActionSpec("delete", plan_delete, execute_delete, HYPERV, (DELETE,),
+               heading="Delete the VM "),
 )

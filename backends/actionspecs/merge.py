@@ -21,4 +21,5 @@ async def execute_merge(ex: Executor, vm_id: str, task_id: str, plan: Plan) -> A
     return await ex.merge(vm_id, task_id)
 
 
-SPECS = (ActionSpec("merge", plan_merge, execute_merge, HYPERV, (MERGE,)),)
+SPECS = (ActionSpec("merge", plan_merge, execute_merge, HYPERV, (MERGE,),
+                    heading="Merge checkpoints of "),)

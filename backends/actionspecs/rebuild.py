@@ -20,4 +20,4 @@ REBUILD = Command(
     noun="The rebuild workflow")
 
 SPECS = (ActionSpec("rebuild", plan_rebuild, execute_rebuild, HYPERV, (REBUILD,),
-                    opens="workflow"),)
+                    heading="Rebuild ", opens="workflow"),)

@@ -17,4 +17,5 @@ async def execute_upgrade(ex: Executor, vm_id: str, task_id: str, plan: Plan) ->
     return await ex.upgrade_version(vm_id, task_id, str(plan.facts["target_version"]))
 
 
-SPECS = (ActionSpec("upgrade", plan_upgrade, execute_upgrade, HYPERV, (UPGRADE,)),)
+SPECS = (ActionSpec("upgrade", plan_upgrade, execute_upgrade, HYPERV, (UPGRADE,),
+                    heading="Upgrade the configuration version of "),)

@@ -82,18 +82,18 @@ SPECS = (
         _snapshot_action(lambda ex, vm_id, task_id, plan: ex.remove_snapshot_of(
             vm_id, str(plan.params["snapshot"]), task_id, bool(plan.params.get("children"))
         )),
-        VSPHERE, (REMOVE_SNAPSHOT_CMD, REMOVE_TREE_CMD),
+        VSPHERE, (REMOVE_SNAPSHOT_CMD, REMOVE_TREE_CMD), heading="Remove a snapshot of ",
     ),
     ActionSpec(
         REMOVE_ALL, plan_remove_all,
         _snapshot_action(lambda ex, vm_id, task_id, plan: ex.remove_all_snapshots(vm_id,
                                                                                   task_id)),
-        VSPHERE, (MERGE,), opens="estimate",
+        VSPHERE, (MERGE,), heading="Remove all snapshots of ", opens="estimate",
     ),
     ActionSpec(
         CONSOLIDATE, plan_consolidate,
         _snapshot_action(lambda ex, vm_id, task_id, plan: ex.consolidate(vm_id, task_id)),
-        VSPHERE, (CONSOLIDATE_CMD,), opens="estimate",
+        VSPHERE, (CONSOLIDATE_CMD,), heading="Consolidate the disks of ", opens="estimate",
     ),
     ActionSpec(
         CREATE_SNAPSHOT, plan_create_snapshot,
@@ -102,6 +102,6 @@ SPECS = (
             bool(plan.params.get("memory")), str(plan.facts.get("pre_freeze") or ""),
             str(plan.facts.get("post_thaw") or ""),
         )),
-        VSPHERE, (CREATE_SNAPSHOT_CMD,),
+        VSPHERE, (CREATE_SNAPSHOT_CMD,), heading="Create a snapshot of ",
     ),
 )
