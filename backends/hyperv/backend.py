@@ -677,16 +677,24 @@ class HyperVBackend(Backend):
             if kind is Kind.CHECKPOINT and getattr(e, "vm_id", None) == vm_id
         )
 
-    def node_for(self, vm: VM) -> _NodeState | None:
-        """The connected node hosting ``vm`` (None: not connected): by its computer
-        name, else the session whose last read reported the VM (one endpoint may
-        answer for several nodes)."""
-        by_name = next((n for n in self._nodes
-                        if n.healthy and n.computer.casefold() == vm.node_id.casefold()), None)
-        if by_name is not None:
-            return by_name
-        scope = self._owner.get((Kind.VM, vm.id))
-        return next((n for n in self._nodes if n.healthy and n.source == scope), None)
+    def node_for(self, vm: VM | None, node_name: str = "") -> _NodeState | None:
+        """The connected node hosting ``vm`` (None: not connected) — the one lookup
+        every action uses: by the VM's computer name, else the session whose last
+        read reported the VM (one endpoint may answer for several nodes), else —
+        for a VM not in the inventory yet (a rebuild's new VM) — ``node_name``."""
+        if vm is not None:
+            node = self._healthy_node(vm.node_id)
+            if node is not None:
+                return node
+            scope = self._owner.get((Kind.VM, vm.id))
+            node = next((n for n in self._nodes if n.healthy and n.source == scope), None)
+            if node is not None:
+                return node
+        return self._healthy_node(node_name) if node_name else None
+
+    def _healthy_node(self, computer: str) -> _NodeState | None:
+        return next((n for n in self._nodes
+                     if n.healthy and n.computer.casefold() == computer.casefold()), None)
 
     async def run_upgrade(self, vm_id: str, task_id: str, version: str) -> ActionResult:
         """Update-VMVersion on the VM's node; the outcome is read back from the host."""
@@ -696,8 +704,7 @@ class HyperVBackend(Backend):
         if not isinstance(vm, VM):
             return ActionResult(TaskState.FAILED,
                                 error="the VM is not in the inventory; nothing sent")
-        node = next((n for n in self._nodes
-                     if n.healthy and n.computer.casefold() == vm.node_id.casefold()), None)
+        node = self.node_for(vm)
         if node is None:
             return ActionResult(TaskState.FAILED,
                                 error=f"node {vm.node_id} is not connected; nothing was sent")
@@ -741,14 +748,7 @@ class HyperVBackend(Backend):
             return ActionResult(
                 TaskState.FAILED, error="the VM is not in the inventory; nothing sent"
             )
-        node = next(
-            (
-                n
-                for n in self._nodes
-                if n.healthy and n.computer.casefold() == vm.node_id.casefold()
-            ),
-            None,
-        )
+        node = self.node_for(vm)
         if node is None:
             return ActionResult(
                 TaskState.FAILED,

@@ -185,10 +185,7 @@ class HyperVRebuild:
     def _node(self, vm_id: str, node_name: str = "") -> _NodeState:
         hv = self.hv
         vm = hv._known.get((Kind.VM, vm_id))
-        node = hv.node_for(vm) if isinstance(vm, VM) else None
-        if node is None and node_name:
-            node = next((n for n in hv._nodes if n.healthy
-                         and n.computer.casefold() == node_name.casefold()), None)
+        node = hv.node_for(vm if isinstance(vm, VM) else None, node_name)
         if node is None:
             raise StepFailed(StepResult(TaskState.FAILED, error=(
                 "the VM's node is not connected" if isinstance(vm, VM)
