@@ -9,13 +9,13 @@ Registered by ``backends/registry.register_all`` (``register()`` here):
   freeze/thaw hooks from the config run around it.
 
 The planners live in ``ventana.state.plans_vsphere``. Each execute function
-calls the executor by name: an executor that lacks the method (another
-platform) refuses before anything is sent.
+calls the executor's ``capabilities.SnapshotActions``: an executor without
+them (another platform) refuses before anything is sent.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from ventana.state.model import TaskState
 from ventana.state.plans import PLANNERS, Plan
@@ -32,18 +32,20 @@ from ventana.state.plans_vsphere import (
 
 from ..actions import EXECUTE, ExecuteFn, register_action
 from ..base import ActionResult, Executor
+from ..capabilities import SnapshotActions
+
+SnapshotCall = Callable[[SnapshotActions, str, str, Plan], Awaitable[ActionResult]]
 
 
-def _by_name(method: str, args: Any) -> ExecuteFn:
+def _snapshot_action(call: SnapshotCall) -> ExecuteFn:
     async def run(ex: Executor, vm_id: str, task_id: str, plan: Plan) -> ActionResult:
-        ex._guard_vm(plan.action, vm_id)  # read-only refuses first, whatever the platform
-        fn = getattr(ex, method, None)
-        if fn is None:
+        ex.guard_vm(plan.action, vm_id)  # read-only refuses first, whatever the platform
+        if not isinstance(ex, SnapshotActions):
             return ActionResult(
                 TaskState.FAILED,
                 error=f"{plan.action} is not available on this target; nothing was sent",
             )
-        return await fn(*args(vm_id, task_id, plan))
+        return await call(ex, vm_id, task_id, plan)
 
     return run
 
@@ -51,21 +53,21 @@ def _by_name(method: str, args: Any) -> ExecuteFn:
 _ACTIONS = {
     REMOVE_SNAPSHOT: (
         plan_remove_snapshot,
-        _by_name("remove_snapshot_of", lambda vm_id, task_id, plan: (
+        _snapshot_action(lambda ex, vm_id, task_id, plan: ex.remove_snapshot_of(
             vm_id, str(plan.params["snapshot"]), task_id, bool(plan.params.get("children"))
         )),
     ),
     REMOVE_ALL: (
         plan_remove_all,
-        _by_name("remove_all_snapshots", lambda vm_id, task_id, plan: (vm_id, task_id)),
+        _snapshot_action(lambda ex, vm_id, task_id, plan: ex.remove_all_snapshots(vm_id, task_id)),
     ),
     CONSOLIDATE: (
         plan_consolidate,
-        _by_name("consolidate", lambda vm_id, task_id, plan: (vm_id, task_id)),
+        _snapshot_action(lambda ex, vm_id, task_id, plan: ex.consolidate(vm_id, task_id)),
     ),
     CREATE_SNAPSHOT: (
         plan_create_snapshot,
-        _by_name("create_snapshot", lambda vm_id, task_id, plan: (
+        _snapshot_action(lambda ex, vm_id, task_id, plan: ex.create_snapshot(
             vm_id, task_id, str(plan.params["name"]), bool(plan.params.get("quiesce")),
             bool(plan.params.get("memory")), str(plan.facts.get("pre_freeze") or ""),
             str(plan.facts.get("post_thaw") or ""),
