@@ -24,6 +24,7 @@ from ventana.state.model import FinalState, Kind, PowerState, ReplicationState, 
 
 from ..base import ActionResult
 from .context import SimContext
+from .hresults import COMPACT_PARENT, FILE_NOT_FOUND
 
 COMPACT_S_PER_GB = 20.0
 DELETE_S = 45.0
@@ -80,9 +81,9 @@ async def run_compact(sim: SimContext, vm_id: str, task_id: str,
                      "used by another process. (the VM is not off)")
         elif world.chains.get(vm_id):
             error = ("Optimize-VHD: The virtual disk is the parent of a differencing disk "
-                     "and cannot be compacted. (0xC03A0017)")
+                     f"and cannot be compacted. ({COMPACT_PARENT})")
         elif len(disk_ids) != len(paths):
-            error = "Optimize-VHD: The system cannot find the file specified. (0x80070002)"
+            error = f"Optimize-VHD: The system cannot find the file specified. ({FILE_NOT_FOUND})"
         else:
             freed = 0
             for d in disk_ids:

@@ -44,6 +44,7 @@ from ventana.state.model import (
 
 from ..base import ActionResult, StepResult
 from .context import SimContext
+from .hresults import ACCESS_DENIED, INVALID_STATE
 from .specs import guid
 
 COPY_MB_PER_S = 150.0
@@ -64,12 +65,12 @@ _FAILURES = {
                "the operation timed out.",
     "merge": "",  # the merge job stops part-way with a disk error
     "create": "New-VM: Failed to create the virtual machine: 'General access denied error' "
-              "(0x80070005).",
+              f"({ACCESS_DENIED}).",
     "verify_boot": "The new VM did not report a heartbeat within 10 minutes.",
     "services": "Invoke-Command: The virtual machine's guest did not answer (PowerShell "
                 "Direct: the credential or the guest service is unavailable).",
     "keep_old": "Rename-VM: The cluster resource is busy; the operation could not be "
-                "completed (0x8007139F).",
+                f"completed ({INVALID_STATE}).",
 }
 
 
