@@ -4,7 +4,7 @@ A single WinRM endpoint may answer for every node of a cluster (the cluster
 name, a lab, the test peer's ``build_hyperv_registry(model)`` with no node):
 its ``Win32_ComputerSystem`` names one node, yet its ``Get-VM`` lists the VMs
 of all of them. A VM hosted by another node is then reached through the
-session whose last read reported it (``HyperVBackend.node_for``'s owner
+session whose last read reported it (``HyperVContext.node_for``'s owner
 fallback). Compact and delete always did that; merge and upgrade looked the
 node up by computer name only and refused ("node … is not connected; the
 merge was not sent") — the bug these tests pin.
