@@ -29,6 +29,7 @@ from ventana.state.store import Store
 
 from . import actionspecs
 from .base import ActionResult, Backend, ReadOnlyError
+from .capabilities import PerTargetModes
 
 
 class ActionRefused(Exception):
@@ -221,8 +222,8 @@ class ActionRunner:
         kind, _, obj_id = plan.target.partition(":")
         if kind != Kind.VM.value:
             raise self._refuse(plan, f"unsupported target {plan.target!r}")
-        read_only_for = getattr(self.backend, "read_only_for", None)  # several targets
-        if read_only_for is not None and read_only_for(obj_id):
+        backend = self.backend
+        if isinstance(backend, PerTargetModes) and backend.read_only_for(obj_id):  # several
             err = self._refuse(plan, f"the target of {plan.target_name} is read-only; "
                                      "nothing was sent")
             raise ReadOnlyError(str(err))

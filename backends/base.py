@@ -18,6 +18,8 @@ from typing import Any
 from ventana.state.events import Event
 from ventana.state.model import FinalState, Platform, TaskState
 
+from .capabilities import PerTargetModes
+
 
 class ReadOnlyError(PermissionError):
     """A mutating call was attempted on a read-only session."""
@@ -57,11 +59,17 @@ class Executor(abc.ABC):
         if self._backend.read_only:
             raise ReadOnlyError(f"{action} refused: {self._backend.target} is read-only")
 
-    def _guard_vm(self, action: str, vm_id: str) -> None:
-        """``_guard``, and the VM's own target when the backend holds several."""
+    @property
+    def target(self) -> str:
+        """The target system this executor acts on (the action log's ``target_system``)."""
+        return self._backend.target
+
+    def guard_vm(self, action: str, vm_id: str) -> None:
+        """Refuse (``ReadOnlyError``) when the backend — or, when it holds several
+        targets, the VM's own target — is read-only; call before any I/O."""
         self._guard(action)
-        read_only_for = getattr(self._backend, "read_only_for", None)
-        if read_only_for is not None and read_only_for(vm_id):
+        backend = self._backend
+        if isinstance(backend, PerTargetModes) and backend.read_only_for(vm_id):
             raise ReadOnlyError(f"{action} refused: the target of {vm_id} is read-only")
 
     @abc.abstractmethod

@@ -52,6 +52,7 @@ from ventana.state.events import (
 from ventana.state.model import Entity, TaskState
 
 from .base import ActionResult, Backend, Executor, ReadOnlyError, StepResult
+from .capabilities import ConsolidationEstimator, SnapshotActions
 
 log = logging.getLogger("ventana.backends.multi")
 
@@ -157,6 +158,14 @@ class MultiBackend(Backend):
                     return child
         return None
 
+    def claim_task(self, task_id: str, child: Child) -> None:
+        """``task_id`` (given by the console to an executor) belongs to ``child``: its
+        events keep the id un-namespaced and ``owner``/``cancel`` find the child."""
+        self._own_tasks[task_id] = child
+
+    def is_own_task(self, task_id: str) -> bool:
+        return task_id in self._own_tasks
+
     def read_only_for(self, obj_id: str) -> bool:
         child = self.owner(obj_id)
         return child is None or child.backend.read_only
@@ -254,8 +263,9 @@ class MultiExecutor(Executor):
     The first argument of every executor method is the (namespaced) VM id
     (``cancel``: the task id). The owning child's ``executor()`` is asked
     for each call, so a read-only child refuses before anything is sent.
-    Methods the children add (further vSphere or Hyper-V actions) are routed
-    the same way.
+    The capabilities some children add (``capabilities.SnapshotActions``,
+    ``ConsolidationEstimator``) are routed the same way; a child without them
+    refuses, nothing sent.
     """
 
     def __init__(self, backend: MultiBackend) -> None:
@@ -271,95 +281,120 @@ class MultiExecutor(Executor):
         except ReadOnlyError as exc:
             raise ReadOnlyError(f"{action} refused: {exc}") from None
 
-    async def _call(self, method: str, vm_id: str, task_id: str, *args: Any) -> ActionResult:
-        child, executor = self._child_executor(vm_id, method)
-        self._multi._own_tasks[task_id] = child
-        fn = getattr(executor, method)
-        return await fn(_strip(vm_id, child.prefix), task_id, *_strip(args, child.prefix))
+    def _route(self, vm_id: str, task_id: str, action: str) -> tuple[Child, Executor, str]:
+        """The owning child, its executor (refusing when read-only) and the VM id as
+        the child knows it; ``task_id`` is claimed for the child."""
+        child, executor = self._child_executor(vm_id, action)
+        self._multi.claim_task(task_id, child)
+        return child, executor, _strip(vm_id, child.prefix)
+
+    @staticmethod
+    def _named(child: Child, result: StepResult) -> StepResult:
+        """A step's result with the VM id in its data (a capture, the new VM)
+        namespaced, so the next step finds its target."""
+        vm = result.data.get("vm_id")
+        if isinstance(vm, str) and vm and not vm.startswith(child.prefix):
+            result = dataclasses.replace(result, data={**result.data,
+                                                       "vm_id": child.prefix + vm})
+        return result
 
     async def merge(self, vm_id: str, task_id: str) -> ActionResult:
-        return await self._call("merge", vm_id, task_id)
+        _, ex, vm = self._route(vm_id, task_id, "merge")
+        return await ex.merge(vm, task_id)
 
     async def upgrade_version(self, vm_id: str, task_id: str, version: str) -> ActionResult:
-        return await self._call("upgrade_version", vm_id, task_id, version)
+        _, ex, vm = self._route(vm_id, task_id, "upgrade_version")
+        return await ex.upgrade_version(vm, task_id, version)
 
     # The base class's optional steps (rebuild, compact, delete) would refuse as
     # "not available" without asking the owning child: route them too.
     async def compact_vhdx(self, vm_id: str, task_id: str, paths: tuple[str, ...]
                            ) -> ActionResult:
-        return await self._call("compact_vhdx", vm_id, task_id, paths)
+        child, ex, vm = self._route(vm_id, task_id, "compact_vhdx")
+        return await ex.compact_vhdx(vm, task_id, _strip(paths, child.prefix))
 
     async def delete_vm(self, vm_id: str, task_id: str, paths: tuple[str, ...]) -> ActionResult:
-        return await self._call("delete_vm", vm_id, task_id, paths)
-
-    async def _step(self, method: str, vm_id: str, task_id: str, *args: Any,
-                    **kwargs: Any) -> StepResult:
-        """A rebuild step: routed like an action; the VM id in its data (a capture,
-        the new VM) comes back namespaced so the next step finds its target."""
-        child, executor = self._child_executor(vm_id, method)
-        self._multi._own_tasks[task_id] = child
-        result: StepResult = await getattr(executor, method)(
-            _strip(vm_id, child.prefix), task_id, *_strip(args, child.prefix),
-            **_strip(kwargs, child.prefix))
-        vm = result.data.get("vm_id")
-        if isinstance(vm, str) and vm and not vm.startswith(child.prefix):
-            result = dataclasses.replace(result, data={**result.data,
-                                                       "vm_id": child.prefix + vm})
-        return result
+        child, ex, vm = self._route(vm_id, task_id, "delete_vm")
+        return await ex.delete_vm(vm, task_id, _strip(paths, child.prefix))
 
     async def capture(self, vm_id: str, task_id: str) -> StepResult:
-        return await self._step("capture", vm_id, task_id)
+        child, ex, vm = self._route(vm_id, task_id, "capture")
+        return self._named(child, await ex.capture(vm, task_id))
 
     async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
                             ) -> StepResult:
-        return await self._step("rebuild_merge", vm_id, task_id, to_last_parent=to_last_parent)
+        child, ex, vm = self._route(vm_id, task_id, "rebuild_merge")
+        return self._named(child, await ex.rebuild_merge(vm, task_id,
+                                                         to_last_parent=to_last_parent))
 
     async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:
         vm_id = str(capture.get("vm_id") or "")
-        child, executor = self._child_executor(vm_id, "create_from_capture")
-        self._multi._own_tasks[task_id] = child
-        result = await executor.create_from_capture(_strip(capture, child.prefix), task_id)
-        vm = result.data.get("vm_id")
-        if isinstance(vm, str) and vm and not vm.startswith(child.prefix):
-            result = dataclasses.replace(result, data={**result.data,
-                                                       "vm_id": child.prefix + vm})
-        return result
+        child, ex, _ = self._route(vm_id, task_id, "create_from_capture")
+        return self._named(child, await ex.create_from_capture(_strip(capture, child.prefix),
+                                                               task_id))
 
     async def verify_boot(self, vm_id: str, capture: dict[str, Any], task_id: str
                           ) -> StepResult:
-        child, executor = self._child_executor(vm_id, "verify_boot")
-        self._multi._own_tasks[task_id] = child
-        return await executor.verify_boot(_strip(vm_id, child.prefix),
-                                          _strip(capture, child.prefix), task_id)
+        child, ex, vm = self._route(vm_id, task_id, "verify_boot")
+        return await ex.verify_boot(vm, _strip(capture, child.prefix), task_id)
 
     async def guest_services(self, vm_id: str, task_id: str) -> StepResult:
-        return await self._step("guest_services", vm_id, task_id)
+        child, ex, vm = self._route(vm_id, task_id, "guest_services")
+        return self._named(child, await ex.guest_services(vm, task_id))
 
     async def retire_old(self, vm_id: str, new_name: str, task_id: str) -> StepResult:
-        child, executor = self._child_executor(vm_id, "retire_old")
-        self._multi._own_tasks[task_id] = child
-        return await executor.retire_old(_strip(vm_id, child.prefix), new_name, task_id)
+        _, ex, vm = self._route(vm_id, task_id, "retire_old")
+        return await ex.retire_old(vm, new_name, task_id)
+
+    # -- capabilities.SnapshotActions and ConsolidationEstimator: vSphere's, routed
+    # to the owning child; a child without them refuses, nothing sent.
+    def _snapshots(self, vm_id: str, task_id: str, action: str
+                   ) -> tuple[Child, SnapshotActions | ActionResult]:
+        child, executor, _ = self._route(vm_id, task_id, action)
+        if not isinstance(executor, SnapshotActions):
+            return child, ActionResult(TaskState.FAILED, error=f"{action} is not available on "
+                                       f"{child.label}; nothing was sent")
+        return child, executor
 
     async def remove_snapshot_of(self, vm_id: str, snapshot_id: str, task_id: str,
                                  remove_children: bool = False) -> ActionResult:
         """vSphere: the task id is the third argument here, not the second; the
         console must know it as its own (cancel, the task strip)."""
-        child, executor = self._child_executor(vm_id, "remove snapshot")
-        self._multi._own_tasks[task_id] = child
-        fn = getattr(executor, "remove_snapshot_of", None)
-        if fn is None:
-            return ActionResult(TaskState.FAILED, error="remove snapshot is not available on "
-                                f"{child.label}; nothing was sent")
-        result: ActionResult = await fn(_strip(vm_id, child.prefix),
-                                        _strip(snapshot_id, child.prefix), task_id,
-                                        remove_children)
-        return result
+        child, ex = self._snapshots(vm_id, task_id, "remove snapshot")
+        if isinstance(ex, ActionResult):
+            return ex
+        return await ex.remove_snapshot_of(_strip(vm_id, child.prefix),
+                                           _strip(snapshot_id, child.prefix), task_id,
+                                           remove_children)
+
+    async def remove_all_snapshots(self, vm_id: str, task_id: str) -> ActionResult:
+        child, ex = self._snapshots(vm_id, task_id, "remove all snapshots")
+        if isinstance(ex, ActionResult):
+            return ex
+        return await ex.remove_all_snapshots(_strip(vm_id, child.prefix), task_id)
+
+    async def consolidate(self, vm_id: str, task_id: str) -> ActionResult:
+        child, ex = self._snapshots(vm_id, task_id, "consolidate")
+        if isinstance(ex, ActionResult):
+            return ex
+        return await ex.consolidate(_strip(vm_id, child.prefix), task_id)
+
+    async def create_snapshot(self, vm_id: str, task_id: str, name: str,
+                              quiesce: bool = False, memory: bool = False,
+                              pre_freeze: str = "", post_thaw: str = "") -> ActionResult:
+        child, ex = self._snapshots(vm_id, task_id, "create snapshot")
+        if isinstance(ex, ActionResult):
+            return ex
+        return await ex.create_snapshot(_strip(vm_id, child.prefix), task_id, name, quiesce,
+                                        memory, pre_freeze, post_thaw)
 
     async def estimate_consolidation(self, vm_id: str, timeout: float = 15.0
                                      ) -> dict[str, int]:
         """vCenter's storage estimate, its datastore ids namespaced like the store's."""
         child, executor = self._child_executor(vm_id, "estimate")
-        by_lun = await executor.estimate_consolidation(  # type: ignore[attr-defined]
+        if not isinstance(executor, ConsolidationEstimator):
+            raise NotImplementedError(f"no storage estimate on {child.label}")
+        by_lun = await executor.estimate_consolidation(
             _strip(vm_id, child.prefix), timeout=timeout)
         return {child.prefix + lun: size for lun, size in by_lun.items()}
 
@@ -367,22 +402,5 @@ class MultiExecutor(Executor):
         child = self._multi.owner(task_id)
         if child is None or child.backend.read_only:
             return False
-        task = task_id if task_id in self._multi._own_tasks else _strip(task_id, child.prefix)
+        task = task_id if self._multi.is_own_task(task_id) else _strip(task_id, child.prefix)
         return await child.backend.executor().cancel(task)
-
-    def __getattr__(self, method: str) -> Any:
-        if method.startswith("_"):
-            raise AttributeError(method)
-
-        async def routed(vm_id: str, *args: Any, **kwargs: Any) -> Any:
-            child, executor = self._child_executor(vm_id, method)
-            if args and isinstance(args[0], str) and SEP not in args[0]:
-                self._multi._own_tasks[args[0]] = child  # the task id, by convention
-            fn = getattr(executor, method, None)
-            if fn is None:  # another platform's action: nothing was sent
-                return ActionResult(TaskState.FAILED, error=f"{method.replace('_', ' ')} is not "
-                                    f"available on {child.label}; nothing was sent")
-            return await fn(_strip(vm_id, child.prefix), *_strip(args, child.prefix),
-                            **_strip(kwargs, child.prefix))
-
-        return routed

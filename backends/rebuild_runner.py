@@ -54,7 +54,7 @@ class RebuildRun:
         self.id = wf.id
         self.plan = plan
         self.task_id = task_id
-        self.target_system = getattr(getattr(executor, "_backend", None), "target", "?")
+        self.target_system = executor.target
         self.flags: list[str] = []
         self.size_after: int | None = None
 
@@ -237,7 +237,7 @@ class RebuildRun:
 async def execute_rebuild(executor: Executor, vm_id: str, task_id: str, plan: Plan
                           ) -> ActionResult:
     """The registered executor call for "rebuild": start or resume, run, report."""
-    executor._guard_vm("rebuild", vm_id)  # read-only: no workflow, no step row, nothing sent
+    executor.guard_vm("rebuild", vm_id)  # read-only: no workflow, no step row, nothing sent
     db = str(plan.params.get("db") or "")
     if not db:
         return ActionResult(TaskState.FAILED, error="no action log to keep the rebuild's "
@@ -260,7 +260,7 @@ async def execute_rebuild(executor: Executor, vm_id: str, task_id: str, plan: Pl
             wf = rs.create(
                 rebuild_id=f"rb-{uuid.uuid4().hex[:10]}", vm_id=vm_id,
                 vm_name=plan.target_name,
-                target_system=getattr(getattr(executor, "_backend", None), "target", "?"),
+                target_system=executor.target,
                 node=str(plan.facts.get("node") or ""),
                 to_last_parent=bool(plan.facts.get("to_last_parent")),
                 old_vm_name=str(plan.facts.get("old_name") or f"{plan.target_name}-old"),

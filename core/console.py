@@ -567,6 +567,11 @@ class Console:
         return True
 
     # -- the maintenance window ---------------------------------------------------------
+    @property
+    def open_window(self) -> WindowRunner | None:
+        """The window runner if one was opened (None: never asked for)."""
+        return self._window
+
     def window_runner(self) -> WindowRunner | None:
         """The window queue (from the action log's file); None, with a notice, if unusable."""
         if self._window is not None:

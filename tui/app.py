@@ -145,7 +145,7 @@ class VentanaApp(App[None]):
 
     @property
     def _window(self) -> WindowRunner | None:
-        return self.core._window
+        return self.core.open_window
 
     # -- what the core tells the front end (ConsoleListener) ------------------------
     def notice(self, notice: Notice) -> None:

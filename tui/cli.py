@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ventana.backends.base import Backend
+from ventana.backends.capabilities import Composite, SideChannelHost
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.config import Config, ConfigError, load_config
 from ventana.state.sanitize import clean
@@ -412,9 +413,9 @@ def _several_backends(args: argparse.Namespace, config: Config) -> tuple[Backend
 def attach_side_channels(backend: Backend, config: Config, log: ActionLog | None) -> str:
     """The SSH side channel (stun watcher, guest hooks) on every vSphere backend,
     a composite's vSphere targets included; raises ValueError on a bad config."""
-    children = getattr(backend, "children", None)
-    backends = [c.backend for c in children] if children is not None else [backend]
-    vsphere = [b for b in backends if hasattr(b, "side_channels")]
+    backends = ([c.backend for c in backend.children] if isinstance(backend, Composite)
+                else [backend])
+    vsphere = [b for b in backends if isinstance(b, SideChannelHost)]
     if not vsphere or not config.sections:
         return ""
     from ventana.backends.ssh.wiring import attach

@@ -10,14 +10,13 @@
 
 Removing all snapshots and consolidating first ask vCenter for its storage
 estimate (``opens="estimate"``). Each execute function calls the executor's
-snapshot method by name: an executor without it (another platform) refuses
+``capabilities.SnapshotActions``: an executor without them (another platform) refuses
 before anything is sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from ventana.state.model import TaskState
 from ventana.state.plans import Plan
@@ -33,6 +32,7 @@ from ventana.state.plans_vsphere import (
 )
 
 from ..base import ActionResult, Executor
+from ..capabilities import SnapshotActions
 from . import VSPHERE, ActionSpec, Command, ExecuteFn
 from .merge import MERGE
 
@@ -52,21 +52,13 @@ CREATE_SNAPSHOT_CMD = Command(
     "selected VM, with the guest's freeze/thaw hooks when configured", "Snap", show=False)
 
 
-#: The executor methods this family calls (``capabilities.SnapshotActions``).
-_METHODS = ("remove_snapshot_of", "remove_all_snapshots", "consolidate", "create_snapshot")
-SnapshotCall = Callable[[Any, str, str, Plan], Awaitable[ActionResult]]
-
-
-def _has_snapshot_actions(ex: Executor) -> bool:
-    """The one capability check of this family: ``isinstance(ex, SnapshotActions)``
-    once ``backends/capabilities.py`` (its Protocols) is in; until then, by name."""
-    return all(callable(getattr(ex, method, None)) for method in _METHODS)
+SnapshotCall = Callable[[SnapshotActions, str, str, Plan], Awaitable[ActionResult]]
 
 
 def _snapshot_action(call: SnapshotCall) -> ExecuteFn:
     async def run(ex: Executor, vm_id: str, task_id: str, plan: Plan) -> ActionResult:
-        ex._guard_vm(plan.action, vm_id)  # read-only refuses first, whatever the platform
-        if not _has_snapshot_actions(ex):
+        ex.guard_vm(plan.action, vm_id)  # read-only refuses first, whatever the platform
+        if not isinstance(ex, SnapshotActions):
             return ActionResult(
                 TaskState.FAILED,
                 error=f"{plan.action} is not available on this target; nothing was sent",

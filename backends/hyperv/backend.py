@@ -22,11 +22,11 @@ untrusted certificate is not retried (retries could lock the account): the
 source goes ``DISCONNECTED`` with the reason.
 
 Actions: a writable backend (``read_only=False``) hands out a
-``HyperVExecutor`` whose merge removes every checkpoint of a VM
-(``Get-VM -Id … | Remove-VMSnapshot -Name *``) on the node hosting it,
-reporting the PSRP progress records as task progress, and whose upgrade
-sends ``Update-VMVersion -Force``; compact and delete are in ``cleanup``,
-the rebuild's six steps in ``rebuild``. A read-only backend refuses
+``HyperVExecutor``; the workflows live in their own modules and see the
+backend only through its ``context`` (``context.HyperVContext``: the one
+node lookup, the inventory, emit and task rows, re-read, action sessions):
+merge and upgrade in ``merge``, compact and delete in ``cleanup``, the
+rebuild's six steps in ``rebuild``. A read-only backend refuses
 ``executor()``, every executor re-checks the mode, and the node sessions of
 a read-only backend refuse to send a mutating command at all.
 """
@@ -40,7 +40,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from ventana.state.events import (
@@ -48,28 +48,24 @@ from ventana.state.events import (
     Event,
     LinkState,
     Remove,
-    TaskProgress,
     Upsert,
 )
 from ventana.state.model import (
     VM,
     Entity,
-    FinalState,
     IntegrationState,
     Key,
     Kind,
     Platform,
     PowerState,
-    Task,
-    TaskState,
     VirtualDisk,
     key_of,
 )
-from ventana.state.store import ref
 
 from ..base import ActionResult, Backend, Executor, StepResult
 from . import commands as cmd
 from .cleanup import Cleanup
+from .context import HyperVContext, HyperVNode
 from .credentials import Credential
 from .mapping import (
     ClusterRead,
@@ -87,6 +83,7 @@ from .mapping import (
     props,
     text,
 )
+from .merge import run_merge, run_upgrade
 from .rebuild import HyperVRebuild
 from .session import AuthFailed, CommandFailed, NodeSession, SessionError, TlsRefused
 
@@ -172,17 +169,6 @@ class HyperVConfig:
         return out
 
 
-@dataclass(slots=True)
-class _NodeState:
-    index: int
-    host: str
-    port: int
-    session: NodeSession
-    source: str
-    computer: str = ""
-    healthy: bool = False
-
-
 _END = object()
 
 
@@ -201,19 +187,19 @@ class HyperVBackend(Backend):
         else:
             cert = config.ca_bundle or True
         self._cert: bool | str = cert
-        self._nodes: list[_NodeState] = []
-        self._discovery: _NodeState | None = None
+        self._nodes: list[HyperVNode] = []
+        self._discovery: HyperVNode | None = None
         self._tasks: list[asyncio.Task[None]] = []
         if config.discovers:
             host, port = config.address_of(config.cluster)
-            self._discovery = _NodeState(
+            self._discovery = HyperVNode(
                 -1, host, port, self._new_session(host, port), f"hyperv:{config.cluster}"
             )
         else:
             for index, (host, port) in enumerate(config.addresses()):
                 session = self._new_session(host, port)
                 self._nodes.append(
-                    _NodeState(index, host, port, session, f"hyperv:{host}:{port}")
+                    HyperVNode(index, host, port, session, f"hyperv:{host}:{port}")
                 )
         self._actions: set[NodeSession] = set()  # sessions of running actions
         self._watchers: set[NodeSession] = set()  # streaming sessions
@@ -231,6 +217,19 @@ class HyperVBackend(Backend):
         self._mounts: list[Mount] = []
         self._facts: dict[str, NodeFacts] = {}  # node name (casefolded) -> backup agent
         self._vm_counts: dict[str, Counter[str]] = {}  # source -> VMs per host node
+        #: What the workflows (merge, upgrade, clean-up, rebuild) may use of this backend.
+        self.context = HyperVContext(
+            target=self.target,
+            is_read_only=lambda: self.read_only,
+            inventory=MappingProxyType(self._known),
+            owners=MappingProxyType(self._owner),
+            nodes=lambda: self._nodes,
+            emit=self._emit,
+            reread=self._poll,
+            new_session=self._new_session,
+            actions=self._actions,
+            command_timeout=config.command_timeout,
+        )
 
     def _new_session(self, host: str, port: int) -> NodeSession:
         config = self.config
@@ -308,7 +307,7 @@ class HyperVBackend(Backend):
         for source in self.sources:
             yield ConnectionChanged(source, LinkState.DISCONNECTED, "closed")
 
-    def _start_node(self, node: _NodeState) -> None:
+    def _start_node(self, node: HyperVNode) -> None:
         self._tasks.append(
             asyncio.create_task(self._node_loop(node), name=f"hyperv-{node.source}")
         )
@@ -317,7 +316,7 @@ class HyperVBackend(Backend):
                 asyncio.create_task(self._watch_loop(node), name=f"hyperv-watch-{node.source}")
             )
 
-    async def _watch_loop(self, node: _NodeState) -> None:
+    async def _watch_loop(self, node: HyperVNode) -> None:
         """Stream VM state changes from one node on its own session, beside the polls.
 
         Subscribe, then wait-and-drain round trips; a lost session
@@ -384,7 +383,7 @@ class HyperVBackend(Backend):
             self._known[(Kind.VM, vm_id)] = fresh
             self._emit(Upsert(fresh))
 
-    async def _discover(self, entry: _NodeState) -> None:
+    async def _discover(self, entry: HyperVNode) -> None:
         """Get-ClusterNode through the cluster name, then one session per node by name.
 
         Retried with backoff while the name does not answer; a refused
@@ -431,7 +430,7 @@ class HyperVBackend(Backend):
             targets = [(f"{entry.host}:{entry.port}", entry.host, entry.port)]
         for index, (name, host, port) in enumerate(targets):
             session = self._new_session(host, port)
-            node = _NodeState(index, host, port, session, f"hyperv:{name}")
+            node = HyperVNode(index, host, port, session, f"hyperv:{name}")
             self._nodes.append(node)
             self._start_node(node)
         found = ", ".join(n for n, _, _ in targets)
@@ -453,7 +452,7 @@ class HyperVBackend(Backend):
                 await node.session.close()
 
     # -- one node ---------------------------------------------------------------------------
-    async def _node_loop(self, node: _NodeState) -> None:
+    async def _node_loop(self, node: HyperVNode) -> None:
         cfg = self.config
         where = f"{node.host}:{node.port}"
         self._emit(
@@ -509,13 +508,13 @@ class HyperVBackend(Backend):
                 max(0.1 * cfg.poll_interval, cfg.poll_interval - (loop.time() - began))
             )
 
-    def _reads_cluster(self, node: _NodeState) -> bool:
+    def _reads_cluster(self, node: HyperVNode) -> bool:
         if self._cluster_read is None:
             return True
         lower = [n.index for n in self._nodes if n.healthy and n.index < node.index]
         return not lower
 
-    async def _poll(self, node: _NodeState) -> None:
+    async def _poll(self, node: HyperVNode) -> None:
         began = asyncio.get_running_loop().time()
         session = node.session
         if not node.computer:
@@ -591,7 +590,7 @@ class HyperVBackend(Backend):
         self._publish_cluster()
         self._publish(node.source, entities)
 
-    async def _read_chains(self, node: _NodeState, drives: list[object]) -> dict[str, object]:
+    async def _read_chains(self, node: HyperVNode, drives: list[object]) -> dict[str, object]:
         """Get-VHD for every drive's file and, following ParentPath, the whole chain.
 
         Two piped reads cover the usual chain: the files the VMs' drives use
@@ -668,151 +667,15 @@ class HyperVBackend(Backend):
 
     # -- actions --------------------------------------------------------------------------
     def _vm_disks(self, vm_id: str) -> list[VirtualDisk]:
-        return [e for e in self._known.values() if isinstance(e, VirtualDisk) and e.vm_id == vm_id]
-
-    def _checkpoint_count(self, vm_id: str) -> int:
-        return sum(
-            1
-            for (kind, _), e in self._known.items()
-            if kind is Kind.CHECKPOINT and getattr(e, "vm_id", None) == vm_id
-        )
-
-    def node_for(self, vm: VM) -> _NodeState | None:
-        """The connected node hosting ``vm`` (None: not connected): by its computer
-        name, else the session whose last read reported the VM (one endpoint may
-        answer for several nodes)."""
-        by_name = next((n for n in self._nodes
-                        if n.healthy and n.computer.casefold() == vm.node_id.casefold()), None)
-        if by_name is not None:
-            return by_name
-        scope = self._owner.get((Kind.VM, vm.id))
-        return next((n for n in self._nodes if n.healthy and n.source == scope), None)
+        return self.context.vm_disks(vm_id)
 
     async def run_upgrade(self, vm_id: str, task_id: str, version: str) -> ActionResult:
-        """Update-VMVersion on the VM's node; the outcome is read back from the host."""
-        if self.read_only:  # the executor checked too; this is below it
-            return ActionResult(TaskState.FAILED, error=f"{self.target} is read-only")
-        vm = self._known.get((Kind.VM, vm_id))
-        if not isinstance(vm, VM):
-            return ActionResult(TaskState.FAILED,
-                                error="the VM is not in the inventory; nothing sent")
-        node = next((n for n in self._nodes
-                     if n.healthy and n.computer.casefold() == vm.node_id.casefold()), None)
-        if node is None:
-            return ActionResult(TaskState.FAILED,
-                                error=f"node {vm.node_id} is not connected; nothing was sent")
-        before = vm.config_version
-        task = Task(task_id, "upgrade", ref(Kind.VM, vm_id), vm.name, 0.0, TaskState.RUNNING,
-                    started=datetime.now(UTC), message=f"Update-VMVersion {before} → {version}")
-        self._emit(Upsert(task))
-        state, error, final = TaskState.OK, "", FinalState.OPERATIONAL
-        try:
-            await node.session.run(cmd.update_vm_version(vm_id))
-        except CommandFailed as exc:
-            state, error, final = TaskState.FAILED, str(exc), FinalState.PENDING
-        except Exception as exc:
-            reason = str(exc) if isinstance(exc, SessionError) else type(exc).__name__
-            state, final = TaskState.UNKNOWN, FinalState.PENDING
-            error = f"{reason} — outcome unknown, verify on the host"
-        detail = ""
-        if state is not TaskState.UNKNOWN:
-            try:  # what the host now says is the truth
-                await self._poll(node)
-                now = self._known.get((Kind.VM, vm_id))
-                reached = now.config_version if isinstance(now, VM) else "?"
-                detail = f"configuration version {before} → {reached}"
-                if state is TaskState.OK and reached == before:
-                    state, final = TaskState.WARNING, FinalState.PENDING
-                    error = f"the host still reports version {reached}"
-            except Exception as exc:
-                log.warning("re-read after the upgrade failed: %s", exc)
-        self._emit(Upsert(dataclasses.replace(
-            task, state=state, pct=100.0 if state is TaskState.OK else 0.0,
-            ended=datetime.now(UTC), message=detail or task.message, error=error,
-        )))
-        return ActionResult(state, error, final_state=final, detail=detail)
+        """Update-VMVersion on the VM's node (``merge.run_upgrade``)."""
+        return await run_upgrade(self.context, vm_id, task_id, version)
 
     async def run_merge(self, vm_id: str, task_id: str) -> ActionResult:
-        """Remove every checkpoint of a VM on its node; progress goes out on the stream."""
-        if self.read_only:  # the executor checked too; this is below it
-            return ActionResult(TaskState.FAILED, error=f"{self.target} is read-only")
-        vm = self._known.get((Kind.VM, vm_id))
-        if not isinstance(vm, VM):
-            return ActionResult(
-                TaskState.FAILED, error="the VM is not in the inventory; nothing sent"
-            )
-        node = next(
-            (
-                n
-                for n in self._nodes
-                if n.healthy and n.computer.casefold() == vm.node_id.casefold()
-            ),
-            None,
-        )
-        if node is None:
-            return ActionResult(
-                TaskState.FAILED,
-                error=f"node {vm.node_id} is not connected; the merge was not sent",
-            )
-        before = sum(d.size_bytes for d in self._vm_disks(vm_id))
-        checkpoints = self._checkpoint_count(vm_id)
-        started = datetime.now(UTC)
-        task = Task(
-            task_id,
-            "merge",
-            ref(Kind.VM, vm_id),
-            vm.name,
-            0.0,
-            TaskState.RUNNING,
-            started=started,
-            message=f"merging {checkpoints} checkpoint(s) on {vm.node_id}",
-        )
-        self._emit(Upsert(task))
-
-        def progress(pct: float, message: str) -> None:
-            self._emit(TaskProgress(task_id, pct, message))
-
-        state, error, final = TaskState.OK, "", FinalState.OPERATIONAL
-        # Its own pool: a merge can run for hours while the node's polls go on.
-        action = self._new_session(node.host, node.port)
-        self._actions.add(action)
-        try:
-            await action.run_long(cmd.remove_all_snapshots(vm_id), progress)
-        except CommandFailed as exc:
-            state, error, final = TaskState.FAILED, str(exc), FinalState.FAILED
-        except Exception as exc:
-            reason = str(exc) if isinstance(exc, SessionError) else type(exc).__name__
-            state, final = TaskState.UNKNOWN, FinalState.PENDING
-            error = (
-                f"{reason} — the merge may still be running; outcome unknown, verify on the host"
-            )
-        after: int | None = None
-        if state is not TaskState.UNKNOWN:
-            try:  # re-read the node: sizes after, checkpoints left
-                await self._poll(node)
-                after = sum(d.size_bytes for d in self._vm_disks(vm_id))
-            except Exception as exc:
-                log.warning("re-read after the merge failed: %s", exc)
-            left = self._checkpoint_count(vm_id)
-            if state is TaskState.FAILED and left < checkpoints:
-                final = FinalState.PARTIAL
-        self._emit(
-            Upsert(
-                Task(
-                    task_id,
-                    "merge",
-                    ref(Kind.VM, vm_id),
-                    vm.name,
-                    100.0 if state is TaskState.OK else task.pct,
-                    state,
-                    started=started,
-                    ended=datetime.now(UTC),
-                    message="merged" if state is TaskState.OK else task.message,
-                    error=error,
-                )
-            )
-        )
-        return ActionResult(state, error, before, after, final)
+        """Remove every checkpoint of a VM on its node (``merge.run_merge``)."""
+        return await run_merge(self.context, vm_id, task_id)
 
 
 class HyperVExecutor(Executor):
@@ -843,18 +706,18 @@ class HyperVExecutor(Executor):
         """Optimize-VHD -Mode Full per file, after the host confirms the VM is Off;
         sizes before/after are read back with Get-VHD (``cleanup.Cleanup.compact``)."""
         self._guard("compact")
-        return await Cleanup(self._hv).compact(vm_id, task_id, paths)
+        return await Cleanup(self._hv.context).compact(vm_id, task_id, paths)
 
     async def delete_vm(self, vm_id: str, task_id: str, paths: tuple[str, ...]) -> ActionResult:
         """Remove-ClusterGroup (if clustered), Remove-VM, then Remove-Item of exactly the
         listed files, each checked to be the VM's own (``cleanup.Cleanup.delete``)."""
         self._guard("delete")
-        return await Cleanup(self._hv).delete(vm_id, task_id, paths)
+        return await Cleanup(self._hv.context).delete(vm_id, task_id, paths)
 
     # -- the rebuild workflow's steps (rebuild.HyperVRebuild) -----------------------
 
     def _rebuild(self) -> HyperVRebuild:
-        return HyperVRebuild(self._hv)
+        return HyperVRebuild(self._hv.context)
 
     async def capture(self, vm_id: str, task_id: str) -> StepResult:
         """Read the VM's configuration from the host (guest services: not readable)."""

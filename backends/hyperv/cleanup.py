@@ -29,25 +29,19 @@ is the result.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ventana.state.derived import human_bytes
-from ventana.state.events import TaskProgress, Upsert
-from ventana.state.model import VM, FinalState, Kind, Task, TaskState, VirtualDisk
-from ventana.state.store import ref
+from ventana.state.model import VM, FinalState, TaskState, VirtualDisk
 
 from ..base import ActionResult
 from . import commands as cmd
+from .context import HyperVContext, HyperVNode, lost
 from .mapping import as_int, path_key, props, text
 from .session import CommandFailed, NodeSession, SessionError
-
-if TYPE_CHECKING:
-    from .backend import HyperVBackend, _NodeState
 
 log = logging.getLogger(__name__)
 
@@ -96,31 +90,30 @@ def check_path(path: str, roots: set[str]) -> str:
 
 
 class Cleanup:
-    """Runs compact and delete for one backend (its node sessions, its inventory)."""
+    """Runs compact and delete through one backend's ``HyperVContext``."""
 
-    def __init__(self, backend: HyperVBackend) -> None:
-        self.hv = backend
+    def __init__(self, ctx: HyperVContext) -> None:
+        self.ctx = ctx
 
     # -- shared ------------------------------------------------------------------
-    def _vm_and_node(self, vm_id: str) -> tuple[VM, _NodeState]:
-        hv = self.hv
-        vm = hv._known.get((Kind.VM, vm_id))
-        if not isinstance(vm, VM):
+    def _vm_and_node(self, vm_id: str) -> tuple[VM, HyperVNode]:
+        vm = self.ctx.vm(vm_id)
+        if vm is None:
             raise Refused("the VM is not in the inventory; nothing was sent")
-        node = hv.node_for(vm)
+        node = self.ctx.node_for(vm)
         if node is None:
             raise Refused(f"node {vm.node_id} is not connected; nothing was sent")
         return vm, node
 
     def _known_files(self, vm_id: str) -> dict[str, VirtualDisk]:
-        return {path_key(d.path): d for d in self.hv._vm_disks(vm_id)}
+        return {path_key(d.path): d for d in self.ctx.vm_disks(vm_id)}
 
     def _used_elsewhere(self, vm_id: str, paths: tuple[str, ...]) -> list[str]:
         """Paths another VM uses: attached to it, or the parent of one of its files
         (a shared base disk: changing or deleting it breaks that VM's chain)."""
         others: dict[str, str] = {}
-        for e in self.hv._known.values():
-            if isinstance(e, VirtualDisk) and e.vm_id != vm_id:
+        for e in self.ctx.disks():
+            if e.vm_id != vm_id:
                 others[path_key(e.path)] = e.vm_id
                 if e.parent_path:
                     others[path_key(e.parent_path)] = e.vm_id
@@ -128,8 +121,8 @@ class Cleanup:
         for p in paths:
             owner = others.get(path_key(p))
             if owner is not None:
-                vm = self.hv._known.get((Kind.VM, owner))
-                out.append(f"{p} (used by {getattr(vm, 'name', owner)})")
+                vm = self.ctx.vm(owner)
+                out.append(f"{p} (used by {vm.name if vm is not None else owner})")
         return out
 
     async def _host_vm(self, session: NodeSession, vm_id: str) -> dict[str, Any]:
@@ -146,27 +139,11 @@ class Cleanup:
         return {path_key(text(props(o).get("Path"))): as_int(props(o).get("FileSize"))
                 for o in answer.output}
 
-    def _task(self, task_id: str, kind: str, vm: VM, message: str) -> Task:
-        task = Task(task_id, kind, ref(Kind.VM, vm.id), vm.name, 0.0, TaskState.RUNNING,
-                    started=datetime.now(UTC), message=message)
-        self.hv._emit(Upsert(task))
-        return task
-
-    def _end(self, task: Task, state: TaskState, message: str, error: str) -> None:
-        self.hv._emit(Upsert(dataclasses.replace(
-            task, state=state, pct=100.0 if state in (TaskState.OK, TaskState.WARNING)
-            else task.pct, ended=datetime.now(UTC), message=message, error=error)))
-
-    @staticmethod
-    def _lost(exc: BaseException, what: str) -> str:
-        reason = str(exc) if isinstance(exc, SessionError) else type(exc).__name__
-        return f"{reason} — {what}; outcome unknown, verify on the host"
-
     # -- compact -------------------------------------------------------------------
     async def compact(self, vm_id: str, task_id: str, paths: tuple[str, ...]) -> ActionResult:
-        hv = self.hv
-        if hv.read_only:  # the executor checked too; this is below it
-            return ActionResult(TaskState.FAILED, error=f"{hv.target} is read-only")
+        ctx = self.ctx
+        if ctx.read_only:  # the executor checked too; this is below it
+            return ActionResult(TaskState.FAILED, error=f"{ctx.target} is read-only")
         try:
             vm, node = self._vm_and_node(vm_id)
             known = self._known_files(vm_id)
@@ -202,35 +179,31 @@ class Cleanup:
             return ActionResult(TaskState.FAILED, error=f"pre-check failed: {exc}; "
                                 "nothing was sent")
         size_before = sum(before.values())
-        task = self._task(task_id, "compact", vm,
-                          f"Optimize-VHD -Mode Full on {len(paths)} file(s), "
-                          f"{human_bytes(size_before)}")
-        action = hv._new_session(node.host, node.port)
-        hv._actions.add(action)
+        task = ctx.tasks.start(task_id, "compact", vm,
+                               f"Optimize-VHD -Mode Full on {len(paths)} file(s), "
+                               f"{human_bytes(size_before)}")
         state, error, done = TaskState.OK, "", 0
         try:
-            for i, path in enumerate(paths):
-                def progress(pct: float, message: str, i: int = i) -> None:
-                    overall = 100.0 * (i + pct / 100.0) / len(paths)
-                    hv._emit(TaskProgress(task_id, overall, message or f"file {i + 1}"))
+            async with ctx.action_session(node) as action:
+                for i, path in enumerate(paths):
+                    def progress(pct: float, message: str, i: int = i) -> None:
+                        overall = 100.0 * (i + pct / 100.0) / len(paths)
+                        ctx.tasks.progress(task_id, overall, message or f"file {i + 1}")
 
-                hv._emit(TaskProgress(task_id, 100.0 * i / len(paths),
-                                      f"Optimize-VHD {i + 1} of {len(paths)}"))
-                await action.run_long(cmd.optimize_vhd(path), progress)
-                done += 1
+                    ctx.tasks.progress(task_id, 100.0 * i / len(paths),
+                                       f"Optimize-VHD {i + 1} of {len(paths)}")
+                    await action.run_long(cmd.optimize_vhd(path), progress)
+                    done += 1
         except CommandFailed as exc:
             state, error = TaskState.FAILED, str(exc)
         except Exception as exc:
             state = TaskState.UNKNOWN
-            error = self._lost(exc, f"Optimize-VHD may still be running on file {done + 1}")
-        finally:
-            hv._actions.discard(action)
-            await action.close()
+            error = lost(exc, f"Optimize-VHD may still be running on file {done + 1}")
         after_sizes: dict[str, int] = {}
         if state is not TaskState.UNKNOWN:
             try:  # what the host now says is the truth
                 after_sizes = await self._sizes(node.session, list(paths))
-                await hv._poll(node)
+                await ctx.reread(node)
             except Exception as exc:
                 log.warning("re-read after the compact failed: %s", exc)
         size_after = sum(after_sizes.values()) if after_sizes else None
@@ -243,14 +216,14 @@ class Cleanup:
                  TaskState.UNKNOWN: FinalState.PENDING}[state]
         if state is TaskState.FAILED and done:
             error = f"{error} ({done} file(s) were compacted before it failed)"
-        self._end(task, state, detail, error)
+        ctx.tasks.end(task, state, message=detail, error=error)
         return ActionResult(state, error, size_before, size_after, final, detail)
 
     # -- delete ---------------------------------------------------------------------
     async def delete(self, vm_id: str, task_id: str, paths: tuple[str, ...]) -> ActionResult:
-        hv = self.hv
-        if hv.read_only:  # the executor checked too; this is below it
-            return ActionResult(TaskState.FAILED, error=f"{hv.target} is read-only")
+        ctx = self.ctx
+        if ctx.read_only:  # the executor checked too; this is below it
+            return ActionResult(TaskState.FAILED, error=f"{ctx.target} is read-only")
         try:
             vm, node = self._vm_and_node(vm_id)
             known = self._known_files(vm_id)
@@ -287,9 +260,9 @@ class Cleanup:
             return ActionResult(TaskState.FAILED, error=f"pre-check failed: {exc}; "
                                 "nothing was sent")
         size_before = sum(known[path_key(p)].size_bytes for p in paths)
-        task = self._task(task_id, "delete", vm,
-                          f"removing {vm.name} and {len(paths)} file(s), "
-                          f"{human_bytes(size_before)}")
+        task = ctx.tasks.start(task_id, "delete", vm,
+                               f"removing {vm.name} and {len(paths)} file(s), "
+                               f"{human_bytes(size_before)}")
         session = node.session
         steps: list[tuple[str, Callable[[], Any]]] = []
         if clustered:
@@ -299,7 +272,7 @@ class Cleanup:
         sent = 0
         try:
             for i, (label, call) in enumerate(steps):
-                hv._emit(TaskProgress(task_id, 10.0 * (i + 1), label))
+                ctx.tasks.progress(task_id, 10.0 * (i + 1), label)
                 await call()
                 sent += 1
         except CommandFailed as exc:
@@ -308,28 +281,28 @@ class Cleanup:
                 error += " (the cluster role was already removed: the VM is no longer " \
                          "highly available — add it back with Add-ClusterVirtualMachineRole " \
                          "or remove it by hand)"
-            self._end(task, TaskState.FAILED, task.message, error)
+            ctx.tasks.end(task, TaskState.FAILED, error=error)
             await self._reread(node)
             return ActionResult(TaskState.FAILED, error, size_before, None,
                                 FinalState.FAILED if sent else FinalState.PENDING)
         except Exception as exc:
-            error = self._lost(exc, f"{steps[sent][0]} was sent")
-            self._end(task, TaskState.UNKNOWN, task.message, error)
+            error = lost(exc, f"{steps[sent][0]} was sent")
+            ctx.tasks.end(task, TaskState.UNKNOWN, error=error)
             return ActionResult(TaskState.UNKNOWN, error, size_before, None, FinalState.PENDING)
         not_removed: list[str] = []
         unknown = ""
         for i, path in enumerate(paths):
-            hv._emit(TaskProgress(task_id, 30.0 + 60.0 * i / max(1, len(paths)),
-                                  f"Remove-Item {i + 1} of {len(paths)}"))
+            ctx.tasks.progress(task_id, 30.0 + 60.0 * i / max(1, len(paths)),
+                               f"Remove-Item {i + 1} of {len(paths)}")
             try:
                 await session.run(cmd.remove_file(path))
             except CommandFailed as exc:
                 not_removed.append(f"{path}: {exc}")
             except Exception as exc:
-                unknown = self._lost(exc, f"Remove-Item of {path} was sent")
+                unknown = lost(exc, f"Remove-Item of {path} was sent")
                 break
         if unknown:
-            self._end(task, TaskState.UNKNOWN, task.message, unknown)
+            ctx.tasks.end(task, TaskState.UNKNOWN, error=unknown)
             return ActionResult(TaskState.UNKNOWN, unknown, size_before, None,
                                 FinalState.PENDING,
                                 detail="the VM was removed; some files may remain")
@@ -348,14 +321,14 @@ class Cleanup:
                  f"deleted, {human_bytes(freed)} freed"
         if not_removed:
             error = "files not removed: " + "; ".join(not_removed)
-            self._end(task, TaskState.WARNING, detail, error)
+            ctx.tasks.end(task, TaskState.WARNING, message=detail, error=error)
             return ActionResult(TaskState.WARNING, error, size_before, size_before - freed,
                                 FinalState.PENDING, detail)
-        self._end(task, TaskState.OK, detail, "")
+        ctx.tasks.end(task, TaskState.OK, message=detail)
         return ActionResult(TaskState.OK, "", size_before, 0, None, detail)
 
-    async def _reread(self, node: _NodeState) -> None:
+    async def _reread(self, node: HyperVNode) -> None:
         try:
-            await self.hv._poll(node)
+            await self.ctx.reread(node)
         except Exception as exc:
             log.warning("re-read after the delete failed: %s", exc)

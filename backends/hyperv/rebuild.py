@@ -55,14 +55,14 @@ import asyncio
 import logging
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ventana.state.derived import human_bytes
-from ventana.state.events import TaskProgress
-from ventana.state.model import VM, Kind, TaskState
+from ventana.state.model import Kind, Lun, TaskState
 
 from ..base import StepResult
 from . import commands as cmd
+from .context import HyperVContext, HyperVNode
 from .mapping import (
     as_id,
     as_int,
@@ -73,9 +73,6 @@ from .mapping import (
     text,
 )
 from .session import CommandFailed, NodeSession, SessionError
-
-if TYPE_CHECKING:
-    from .backend import HyperVBackend, _NodeState
 
 log = logging.getLogger(__name__)
 
@@ -178,25 +175,21 @@ class HyperVRebuild:
     heartbeat_timeout_s = 600.0
     heartbeat_poll_s = 5.0
 
-    def __init__(self, backend: HyperVBackend) -> None:
-        self.hv = backend
+    def __init__(self, ctx: HyperVContext) -> None:
+        self.ctx = ctx
 
     # -- shared ------------------------------------------------------------------
-    def _node(self, vm_id: str, node_name: str = "") -> _NodeState:
-        hv = self.hv
-        vm = hv._known.get((Kind.VM, vm_id))
-        node = hv.node_for(vm) if isinstance(vm, VM) else None
-        if node is None and node_name:
-            node = next((n for n in hv._nodes if n.healthy
-                         and n.computer.casefold() == node_name.casefold()), None)
+    def _node(self, vm_id: str, node_name: str = "") -> HyperVNode:
+        vm = self.ctx.vm(vm_id)
+        node = self.ctx.node_for(vm, node_name)
         if node is None:
             raise StepFailed(StepResult(TaskState.FAILED, error=(
-                "the VM's node is not connected" if isinstance(vm, VM)
+                "the VM's node is not connected" if vm is not None
                 else "the VM is not in the inventory") + "; nothing was sent"))
         return node
 
     def _progress(self, task_id: str, pct: float, message: str) -> None:
-        self.hv._emit(TaskProgress(task_id, pct, message))
+        self.ctx.tasks.progress(task_id, pct, message)
 
     @staticmethod
     async def _read(session: NodeSession, command: cmd.Command) -> list[dict[str, Any]]:
@@ -211,8 +204,8 @@ class HyperVRebuild:
 
     async def _guarded(self, coro: Any, sent_what: str) -> StepResult:
         """Run a step body; map host refusals to FAILED and lost connections to UNKNOWN."""
-        if self.hv.read_only:  # the executor checked too; this is below it
-            return StepResult(TaskState.FAILED, error=f"{self.hv.target} is read-only")
+        if self.ctx.read_only:  # the executor checked too; this is below it
+            return StepResult(TaskState.FAILED, error=f"{self.ctx.target} is read-only")
         try:
             return await coro
         except StepFailed as exc:
@@ -300,7 +293,7 @@ class HyperVRebuild:
             system = slot == boot_slot if boot_slot else (gen == 1 and slot == ("IDE", 0, 0))
             stem = re.sub(r"_[0-9A-Fa-f-]{36}$", "", path.rsplit("\\", 1)[-1].rsplit(".", 1)[0])
             base = self._base_of(vm_id, path)
-            known = next((x for x in self.hv._vm_disks(vm_id)
+            known = next((x for x in self.ctx.vm_disks(vm_id)
                           if path_key(x.path) == path_key(base)), None)
             disks.append({
                 "index": j, "path": base, "leaf_path": path,
@@ -321,11 +314,11 @@ class HyperVRebuild:
         for i, d in enumerate(disks):  # two files from one stem must not collide
             if any(o["new_path"].casefold() == d["new_path"].casefold() for o in disks[:i]):
                 d["new_path"] = d["new_path"][:-5] + f"-{i}.vhdx"
-        vm_entity = self.hv._known.get((Kind.VM, vm_id))
+        vm_entity = self.ctx.vm(vm_id)
         lun = ""
-        if isinstance(vm_entity, VM) and vm_entity.lun_id:
-            entity = self.hv._known.get((Kind.LUN, vm_entity.lun_id))
-            lun = getattr(entity, "name", "") or vm_entity.lun_id
+        if vm_entity is not None and vm_entity.lun_id:
+            entity = self.ctx.entity(Kind.LUN, vm_entity.lun_id)
+            lun = (entity.name if isinstance(entity, Lun) else "") or vm_entity.lun_id
         data = {
             "vm_id": as_id(text(vm.get("Id"))) or vm_id, "name": name,
             "node": text(vm.get("ComputerName")) or node.computer, "lun": lun,
@@ -343,7 +336,8 @@ class HyperVRebuild:
                              "id": as_id(text(c.get("Id")))} for c in checkpoints],
             "replication": {"state": replication_state(
                                 vm.get("ReplicationState") or "Disabled").value,
-                            "target": getattr(vm_entity, "replica_target", None) or None},
+                            "target": (vm_entity.replica_target if vm_entity is not None
+                                       else None) or None},
             "heartbeat": heartbeat or "none",
             "integration_services": {text(c.get("Name")): bool(c.get("Enabled"))
                                      for c in components},
@@ -356,7 +350,7 @@ class HyperVRebuild:
 
     def _base_of(self, vm_id: str, path: str) -> str:
         """The first file of a chain, following ParentPath through the inventory."""
-        by_path = {path_key(d.path): d for d in self.hv._vm_disks(vm_id)}
+        by_path = {path_key(d.path): d for d in self.ctx.vm_disks(vm_id)}
         seen: set[str] = set()
         while path_key(path) in by_path and path_key(path) not in seen:
             seen.add(path_key(path))
@@ -371,39 +365,32 @@ class HyperVRebuild:
         return await self._guarded(self._merge(vm_id, task_id, to_last_parent),
                                    "Stop-VM or Remove-VMSnapshot was sent")
 
-    async def _stop(self, node: _NodeState, vm_id: str, task_id: str) -> None:
+    async def _stop(self, node: HyperVNode, vm_id: str, task_id: str) -> None:
         session = node.session
         vm = await self._one(session, cmd.get_vm_check(vm_id), "this VM")
         if text(vm.get("State")) != "Off":
             self._progress(task_id, 2, "Stop-VM: shutting the guest down")
             # Its own pool: a guest may take minutes to shut down; the polls go on.
-            action = self.hv._new_session(node.host, node.port)
-            self.hv._actions.add(action)
-            try:
+            async with self.ctx.action_session(node) as action:
                 await action.run(cmd.stop_vm(vm_id), timeout=max(
-                    self.hv.config.command_timeout, 600.0))
-            finally:
-                self.hv._actions.discard(action)
-                await action.close()
+                    self.ctx.command_timeout, 600.0))
             vm = await self._one(session, cmd.get_vm_check(vm_id), "this VM")
             if text(vm.get("State")) != "Off":
                 raise StepFailed(StepResult(TaskState.FAILED, error=(
                     f"Stop-VM returned but the host reports the VM {text(vm.get('State'))}")))
 
     async def _merge(self, vm_id: str, task_id: str, to_last_parent: bool) -> StepResult:
-        hv = self.hv
+        ctx = self.ctx
         node = self._node(vm_id)
         s = node.session
         await self._stop(node, vm_id, task_id)
         before_rows = await self._read(s, cmd.get_vm_checkpoints(vm_id))
-        before = sum(d.size_bytes for d in hv._vm_disks(vm_id))
+        before = sum(d.size_bytes for d in ctx.vm_disks(vm_id))
         ordered = sorted(before_rows, key=lambda c: text(c.get("CreationTime")))
         ordered.sort(key=lambda c: c.get("CreationTime") if isinstance(
             c.get("CreationTime"), datetime) else datetime.min.replace(tzinfo=UTC))
         todo = ordered[:-1] if to_last_parent else ordered
-        action = hv._new_session(node.host, node.port)
-        hv._actions.add(action)
-        try:
+        async with ctx.action_session(node) as action:
             if not to_last_parent and todo:
                 def progress(pct: float, message: str) -> None:
                     self._progress(task_id, 5 + 0.9 * pct, message)
@@ -415,15 +402,12 @@ class HyperVRebuild:
                         self._progress(task_id, 5 + 90 * (i + pct / 100) / len(todo), message)
 
                     await action.run_long(cmd.remove_snapshot(as_id(text(c.get("Id")))), one)
-        finally:
-            hv._actions.discard(action)
-            await action.close()
         left = await self._read(s, cmd.get_vm_checkpoints(vm_id))
         try:
-            await hv._poll(node)
+            await ctx.reread(node)
         except Exception as exc:
             log.warning("re-read after the rebuild merge failed: %s", exc)
-        after = sum(d.size_bytes for d in hv._vm_disks(vm_id))
+        after = sum(d.size_bytes for d in ctx.vm_disks(vm_id))
         want = 1 if to_last_parent and ordered else 0
         data = {"size_before": before, "size_after": after, "checkpoints_left": len(left)}
         if len(left) != want:
@@ -439,7 +423,7 @@ class HyperVRebuild:
                                    "Convert-VHD/New-VM or a setting was sent")
 
     async def _create(self, cap: dict[str, Any], task_id: str) -> StepResult:
-        hv = self.hv
+        ctx = self.ctx
         old_id = str(cap.get("vm_id", ""))
         node = self._node(old_id, str(cap.get("node", "")))
         s = node.session
@@ -463,64 +447,62 @@ class HyperVRebuild:
                     "nothing was sent")))
             sources.append(now[slot])
         made: list[str] = []
-        action = hv._new_session(node.host, node.port)
-        hv._actions.add(action)
         new_id = ""
         total = 0
         try:
-            for i, d in enumerate(disks):
-                def copy(pct: float, message: str, i: int = i) -> None:
-                    self._progress(task_id, 60 * (i + pct / 100) / max(1, len(disks)), message)
+            async with ctx.action_session(node) as action:
+                for i, d in enumerate(disks):
+                    def copy(pct: float, message: str, i: int = i) -> None:
+                        self._progress(task_id, 60 * (i + pct / 100) / max(1, len(disks)), message)
 
-                self._progress(task_id, 60 * i / max(1, len(disks)),
-                               f"Convert-VHD {i + 1} of {len(disks)}")
-                await action.run_long(cmd.convert_vhd(sources[i], str(d["new_path"])), copy)
-                made.append(str(d["new_path"]))
-            sizes = await self._read(s, cmd.get_vhds(made)) if made else []
-            total = sum(as_int(r.get("FileSize")) for r in sizes)
-            self._progress(task_id, 65, "New-VM")
-            gen = int(cap["generation"])
-            memory = int(cap["memory_mb"]) * 1024 * 1024
-            folder = str(cap.get("new_folder", "")).rstrip("\\")
-            created = await self._one(s, cmd.new_vm(str(cap["name"]), gen, memory, folder),
-                                      "the new VM")
-            new_id = as_id(text(created.get("Id")))
-            steps: list[cmd.Command] = [
-                cmd.set_processor(new_id, int(cap["vcpus"])),
-                cmd.set_memory(new_id, memory, bool(cap.get("dynamic_memory"))),
-                cmd.remove_nics(new_id),
-            ]
-            for nic in cap.get("nics") or []:
-                steps.append(cmd.add_nic(new_id, str(nic.get("name") or "Network Adapter"),
-                                         str(nic.get("switch") or ""), str(nic.get("mac") or "")))
-                if int(nic.get("vlan") or 0):
-                    steps.append(cmd.set_nic_vlan(new_id, str(nic.get("name")), int(nic["vlan"])))
-            scsi = [int(d["controller_number"]) for d in disks
-                    if str(d["controller_type"]).upper() == "SCSI"]
-            steps += [cmd.add_scsi_controller(new_id) for _ in range(max(scsi, default=0))]
-            for d in disks:  # the system disk first: it is first in the boot order
-                steps.append(cmd.add_drive(new_id, str(d["controller_type"]),
-                                           int(d["controller_number"]),
-                                           int(d["controller_location"]), str(d["new_path"])))
-            template = str((cap.get("firmware") or {}).get("secure_boot_template") or "")
-            if gen == 2 and template:
-                steps.append(cmd.set_secure_boot(new_id, template))
-            if cap.get("clustered"):
-                steps.append(cmd.add_cluster_role(
-                    new_id, f"{cap['name']}-rebuilt-{datetime.now(UTC):%Y%m%d}"))
-            for i, command in enumerate(steps):
-                self._progress(task_id, 70 + 28 * i / len(steps), command.label)
-                await s.run(command)
+                    self._progress(task_id, 60 * i / max(1, len(disks)),
+                                   f"Convert-VHD {i + 1} of {len(disks)}")
+                    await action.run_long(cmd.convert_vhd(sources[i], str(d["new_path"])), copy)
+                    made.append(str(d["new_path"]))
+                sizes = await self._read(s, cmd.get_vhds(made)) if made else []
+                total = sum(as_int(r.get("FileSize")) for r in sizes)
+                self._progress(task_id, 65, "New-VM")
+                gen = int(cap["generation"])
+                memory = int(cap["memory_mb"]) * 1024 * 1024
+                folder = str(cap.get("new_folder", "")).rstrip("\\")
+                created = await self._one(s, cmd.new_vm(str(cap["name"]), gen, memory, folder),
+                                          "the new VM")
+                new_id = as_id(text(created.get("Id")))
+                steps: list[cmd.Command] = [
+                    cmd.set_processor(new_id, int(cap["vcpus"])),
+                    cmd.set_memory(new_id, memory, bool(cap.get("dynamic_memory"))),
+                    cmd.remove_nics(new_id),
+                ]
+                for nic in cap.get("nics") or []:
+                    name = str(nic.get("name") or "Network Adapter")
+                    steps.append(cmd.add_nic(new_id, name, str(nic.get("switch") or ""),
+                                             str(nic.get("mac") or "")))
+                    if int(nic.get("vlan") or 0):
+                        steps.append(cmd.set_nic_vlan(new_id, str(nic.get("name")),
+                                                      int(nic["vlan"])))
+                scsi = [int(d["controller_number"]) for d in disks
+                        if str(d["controller_type"]).upper() == "SCSI"]
+                steps += [cmd.add_scsi_controller(new_id) for _ in range(max(scsi, default=0))]
+                for d in disks:  # the system disk first: it is first in the boot order
+                    steps.append(cmd.add_drive(new_id, str(d["controller_type"]),
+                                               int(d["controller_number"]),
+                                               int(d["controller_location"]), str(d["new_path"])))
+                template = str((cap.get("firmware") or {}).get("secure_boot_template") or "")
+                if gen == 2 and template:
+                    steps.append(cmd.set_secure_boot(new_id, template))
+                if cap.get("clustered"):
+                    steps.append(cmd.add_cluster_role(
+                        new_id, f"{cap['name']}-rebuilt-{datetime.now(UTC):%Y%m%d}"))
+                for i, command in enumerate(steps):
+                    self._progress(task_id, 70 + 28 * i / len(steps), command.label)
+                    await s.run(command)
         except CommandFailed as exc:
             left = ", ".join(made) or "none"
             where = f"; the new VM {new_id} exists, Off" if new_id else ""
             return StepResult(TaskState.FAILED, error=f"{exc} (copies made: {left}{where})",
                               data={"left_behind": made, "vm_id": new_id or None})
-        finally:
-            hv._actions.discard(action)
-            await action.close()
         try:
-            await hv._poll(node)
+            await ctx.reread(node)
         except Exception as exc:
             log.warning("re-read after the rebuild create failed: %s", exc)
         return StepResult(TaskState.OK, data={"vm_id": new_id, "disks": len(made),
@@ -575,7 +557,7 @@ class HyperVRebuild:
             self._progress(task_id, 50, "waiting for the heartbeat")
             await asyncio.sleep(self.heartbeat_poll_s)
         try:
-            await self.hv._poll(node)
+            await self.ctx.reread(node)
         except Exception as exc:
             log.warning("re-read after Start-VM failed: %s", exc)
         return StepResult(TaskState.OK, data={"first_boot_device": first}, detail=(
@@ -612,7 +594,7 @@ class HyperVRebuild:
             return StepResult(TaskState.FAILED, error=(
                 f"the host reports the old VM as {text(vm.get('Name'))!r}, not {new_name!r}"))
         try:
-            await self.hv._poll(node)
+            await self.ctx.reread(node)
         except Exception as exc:
             log.warning("re-read after the rename failed: %s", exc)
         return StepResult(TaskState.OK, detail=f"old VM renamed {new_name}, kept Off, no "

@@ -19,6 +19,7 @@ import asyncio
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from ventana.state.events import ConnectionChanged, Event, LinkState, Remove, Upsert
 from ventana.state.model import FinalState, Key, Kind, Platform, PowerState, TaskState
@@ -27,6 +28,7 @@ from ..base import ActionResult, Backend
 from .churn import Churn
 from .clock import Scheduler, SimClock
 from .config import SimConfig
+from .context import SimContext
 from .executor import SimExecutor
 from .inventory import build_inventory
 from .merge import MergeJob
@@ -63,13 +65,26 @@ class SimBackend(Backend):
         self._control: deque[Event] = deque()
         self._client_keys: set[Key] = set()
         self._jobs: dict[str, MergeJob] = {}
-        # Short operations in flight (upgrades, rebuild steps): UNKNOWN on close.
-        self._upgrades: dict[str, asyncio.Future[ActionResult]] = {}
+        # Short operations in flight (upgrade, compact, delete, rebuild steps), by task
+        # id: resolved UNKNOWN when the session closes or the link drops.
+        self._in_flight: dict[str, asyncio.Future[Any]] = {}
         self._rebuild: SimRebuild | None = None
         self._attempts: Counter[str] = Counter()
         self._restore: asyncio.Task[None] | None = None
         self._anchor_real = 0.0  # loop time at which ...
         self._anchor_t = 0.0  # ... the simulated clock read this
+        #: What the workflows (compact, delete, upgrade, rebuild) may use of this backend.
+        self.context = SimContext(
+            target=self.target,
+            world=lambda: self.world,
+            sched=self.sched,
+            is_connected=lambda: self.connected,
+            catch_up=self._catch_up,
+            wake=self._wake.set,
+            in_flight=self._in_flight,
+            merge=self.run_merge,
+            forget_vm=self._forget_vm,
+        )
 
     # -- state -------------------------------------------------------------------
     @property
@@ -103,7 +118,8 @@ class SimBackend(Backend):
     def rebuild(self) -> SimRebuild:
         """The simulated host's side of VM rebuilds (guest facts, new VMs)."""
         if self._rebuild is None:
-            self._rebuild = SimRebuild(self)
+            self._rebuild = SimRebuild(self.context, seed=self.config.seed,
+                                       failures=self.config.rebuild_failures)
         return self._rebuild
 
     def _make_executor(self) -> SimExecutor:
@@ -290,12 +306,12 @@ class SimBackend(Backend):
 
         world.progress(task.id, 40.0, "updating the configuration")
         self.sched.after(4.0, finish)  # a few simulated seconds
-        self._upgrades[task_id] = future
-        self._wake.set()
-        try:
-            return await future
-        finally:
-            self._upgrades.pop(task_id, None)
+        return await self.context.settle(task_id, future)
+
+    def _forget_vm(self, vm_id: str) -> None:
+        """A deleted VM leaves the churn's plans."""
+        if self._churn is not None:
+            self._churn.forget_vm(vm_id)
 
     def cancel_task(self, task_id: str) -> bool:
         world = self.world
@@ -321,7 +337,7 @@ class SimBackend(Backend):
                     final_state=None,
                 )
             )
-        for future in list(self._upgrades.values()):
+        for future in list(self._in_flight.values()):
             if not future.done():
                 future.set_result(ActionResult(
                     TaskState.UNKNOWN, error=f"{why}; its outcome is unknown — verify on the host"

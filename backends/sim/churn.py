@@ -36,6 +36,7 @@ from ventana.state.model import (
 
 from . import lab
 from .config import SimConfig
+from .hresults import DISK_FULL
 from .specs import guid
 from .world import World
 
@@ -296,7 +297,7 @@ class Churn:
         elif lun.free_bytes < PAUSE_CRITICAL_MARGIN:
             error = (
                 "Failed to create VM recovery checkpoint: There is not enough space on the "
-                "disk. (0x80070070)"
+                f"disk. ({DISK_FULL})"
             )
         if error:
             self.sched.after(rng.uniform(20, 90), lambda: self._backup_end(task_id, vm_id, error))

@@ -19,14 +19,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ventana.state.model import FinalState, Kind, PowerState, ReplicationState, TaskState
 
 from ..base import ActionResult
-
-if TYPE_CHECKING:
-    from .backend import SimBackend
+from .context import SimContext
+from .hresults import COMPACT_PARENT, FILE_NOT_FOUND
 
 COMPACT_S_PER_GB = 20.0
 DELETE_S = 45.0
@@ -38,7 +36,7 @@ def reclaimable_fraction(disk_id: str) -> float:
     return (digest[0] % 26) / 100.0
 
 
-async def _run(sim: SimBackend, task_id: str, duration_s: float,
+async def _run(sim: SimContext, task_id: str, duration_s: float,
                finish: Callable[[], ActionResult]) -> ActionResult:
     future: asyncio.Future[ActionResult] = asyncio.get_running_loop().create_future()
 
@@ -46,30 +44,25 @@ async def _run(sim: SimBackend, task_id: str, duration_s: float,
         result = finish()
         if not future.done():
             future.set_result(result)
-        sim._wake.set()
+        sim.wake()
 
     sim.sched.after(duration_s, done)
-    sim._upgrades[task_id] = future  # resolved "unknown" if the session drops
-    sim._wake.set()
-    try:
-        return await future
-    finally:
-        sim._upgrades.pop(task_id, None)
+    return await sim.settle(task_id, future)  # resolved "unknown" if the session drops
 
 
-def _not_sent(sim: SimBackend, what: str) -> ActionResult | None:
+def _not_sent(sim: SimContext, what: str) -> ActionResult | None:
     if not sim.connected:
         return ActionResult(TaskState.FAILED,
                             error=f"{sim.target} is not connected; the {what} was not sent")
     return None
 
 
-async def run_compact(sim: SimBackend, vm_id: str, task_id: str,
+async def run_compact(sim: SimContext, vm_id: str, task_id: str,
                       paths: tuple[str, ...]) -> ActionResult:
     refused = _not_sent(sim, "compact")
     if refused is not None:
         return refused
-    sim._catch_up()
+    sim.catch_up()
     world = sim.world
     vm = world.vms.get(vm_id)
     if vm is None:
@@ -88,9 +81,9 @@ async def run_compact(sim: SimBackend, vm_id: str, task_id: str,
                      "used by another process. (the VM is not off)")
         elif world.chains.get(vm_id):
             error = ("Optimize-VHD: The virtual disk is the parent of a differencing disk "
-                     "and cannot be compacted. (0xC03A0017)")
+                     f"and cannot be compacted. ({COMPACT_PARENT})")
         elif len(disk_ids) != len(paths):
-            error = "Optimize-VHD: The system cannot find the file specified. (0x80070002)"
+            error = f"Optimize-VHD: The system cannot find the file specified. ({FILE_NOT_FOUND})"
         else:
             freed = 0
             for d in disk_ids:
@@ -109,12 +102,12 @@ async def run_compact(sim: SimBackend, vm_id: str, task_id: str,
     return await _run(sim, task_id, max(30.0, COMPACT_S_PER_GB * size / 1024**3), finish)
 
 
-async def run_delete(sim: SimBackend, vm_id: str, task_id: str,
+async def run_delete(sim: SimContext, vm_id: str, task_id: str,
                      paths: tuple[str, ...]) -> ActionResult:
     refused = _not_sent(sim, "deletion")
     if refused is not None:
         return refused
-    sim._catch_up()
+    sim.catch_up()
     world = sim.world
     vm = world.vms.get(vm_id)
     if vm is None:
@@ -143,7 +136,7 @@ async def run_delete(sim: SimBackend, vm_id: str, task_id: str,
     return await _run(sim, task_id, DELETE_S, finish)
 
 
-def _delete(sim: SimBackend, vm_id: str, paths: set[str]) -> int:
+def _delete(sim: SimContext, vm_id: str, paths: set[str]) -> int:
     """Remove the VM from the world; delete the listed files; returns bytes freed."""
     world = sim.world
     vm = world.vms[vm_id]
@@ -168,8 +161,7 @@ def _delete(sim: SimBackend, vm_id: str, paths: set[str]) -> int:
     if saved:
         world.adjust_free(vm.lun_id, saved)
     world.busy.pop(vm_id, None)
-    if sim._churn is not None:
-        sim._churn.forget_vm(vm_id)
+    sim.forget_vm(vm_id)
     world.remove(Kind.VM, vm_id)
     node = world.nodes.get(vm.node_id)
     if node is not None:

@@ -71,12 +71,12 @@ class SimExecutor(Executor):
                            ) -> ActionResult:
         """Optimize-VHD -Mode Full: refused unless the VM is off and has no checkpoints."""
         self._guard("compact")
-        return await run_compact(self._sim, vm_id, task_id, paths)
+        return await run_compact(self._sim.context, vm_id, task_id, paths)
 
     async def delete_vm(self, vm_id: str, task_id: str, paths: tuple[str, ...]) -> ActionResult:
         """Remove-VM and its files: refused while the VM is not off or replicates."""
         self._guard("delete")
-        return await run_delete(self._sim, vm_id, task_id, paths)
+        return await run_delete(self._sim.context, vm_id, task_id, paths)
 
     async def cancel(self, task_id: str) -> bool:
         """Always False for a merge: Hyper-V cannot cancel a merge in progress.

@@ -44,6 +44,13 @@ from ventana.state.store import Store, ref
 
 from ..base import ActionResult
 from .config import SimConfig
+from .hresults import (
+    FILE_NOT_FOUND,
+    SHARING_VIOLATION,
+    VHD_CHILD_PARENT_ID_MISMATCH,
+    VHD_PARENT_VHD_NOT_FOUND,
+    VIRTUAL_DISK_LIMITATION,
+)
 from .world import World
 
 TICK_S = 1.0  # real seconds between progress updates
@@ -52,10 +59,10 @@ MINUTES_PER_GB = 0.3  # size still counts a little
 
 RANDOM_ERRORS: tuple[str, ...] = (
     "The chain of virtual hard disks is corrupted. There is a mismatch in the identifiers "
-    "of the parent virtual hard disk and differencing disk. (0xC03A000E)",
-    "The system cannot find the file specified. (0x80070002)",
+    f"of the parent virtual hard disk and differencing disk. ({VHD_CHILD_PARENT_ID_MISMATCH})",
+    f"The system cannot find the file specified. ({FILE_NOT_FOUND})",
     "The requested operation could not be completed due to a virtual disk system "
-    "limitation. (0xC03A001A)",
+    f"limitation. ({VIRTUAL_DISK_LIMITATION})",
 )
 
 
@@ -200,7 +207,7 @@ class MergeJob:
             leaf = world.disks[world.leaf_file(self.vm_id, 0)].path
             self._fail_soon(
                 f"The process cannot access the file '{leaf}' because it is being used by "
-                f"another process. (0x80070020) — backup task {other.id} holds it.",
+                f"another process. ({SHARING_VIOLATION}) — backup task {other.id} holds it.",
                 3,
                 15,
             )
@@ -224,8 +231,8 @@ class MergeJob:
             self._fail_soon(
                 "The chain of virtual hard disks is broken. The system cannot locate the "
                 f"parent virtual hard disk for the differencing disk '{missing.path}' "
-                f"(it names {missing.parent_path}). (0xC03A000D) Nothing was merged; the "
-                "chain is as it was.",
+                f"(it names {missing.parent_path}). ({VHD_PARENT_VHD_NOT_FOUND}) Nothing was "
+                "merged; the chain is as it was.",
                 2,
                 8,
             )

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ventana.state.derived import human_bytes, version_key
 from ventana.state.model import (
@@ -43,10 +43,9 @@ from ventana.state.model import (
 )
 
 from ..base import ActionResult, StepResult
+from .context import SimContext
+from .hresults import ACCESS_DENIED, INVALID_STATE
 from .specs import guid
-
-if TYPE_CHECKING:
-    from .backend import SimBackend
 
 COPY_MB_PER_S = 150.0
 _LINUX = ("lnx-", "fw-")
@@ -66,12 +65,12 @@ _FAILURES = {
                "the operation timed out.",
     "merge": "",  # the merge job stops part-way with a disk error
     "create": "New-VM: Failed to create the virtual machine: 'General access denied error' "
-              "(0x80070005).",
+              f"({ACCESS_DENIED}).",
     "verify_boot": "The new VM did not report a heartbeat within 10 minutes.",
     "services": "Invoke-Command: The virtual machine's guest did not answer (PowerShell "
                 "Direct: the credential or the guest service is unavailable).",
     "keep_old": "Rename-VM: The cluster resource is busy; the operation could not be "
-                "completed (0x8007139F).",
+                f"completed ({INVALID_STATE}).",
 }
 
 
@@ -96,10 +95,13 @@ class Firmware:
 
 
 class SimRebuild:
-    def __init__(self, backend: SimBackend) -> None:
-        self.sim = backend
-        self.seed = backend.config.seed
-        self.failures: set[tuple[str, str]] = set(backend.config.rebuild_failures)
+    """The simulated host's side of rebuilds, through the backend's ``SimContext``."""
+
+    def __init__(self, ctx: SimContext, *, seed: int,
+                 failures: Iterable[tuple[str, str]] = ()) -> None:
+        self.sim = ctx
+        self.seed = seed
+        self.failures: set[tuple[str, str]] = set(failures)
         self.guests: dict[str, Guest] = {}
         self.firmware: dict[str, Firmware] = {}
         self.origin: dict[str, str] = {}  # new VM id -> the VM it was rebuilt from
@@ -185,7 +187,7 @@ class SimRebuild:
         if not sim.connected:
             return StepResult(TaskState.FAILED, error=f"{sim.target} is not connected; "
                                                       "nothing was sent")
-        sim._catch_up()
+        sim.catch_up()
         world = sim.world
         world.start_task(task_id, kind, vm, message)
         future: asyncio.Future[ActionResult | StepResult] = \
@@ -206,15 +208,10 @@ class SimRebuild:
                 world.finish_task(task_id, state, result.detail or message, result.error,
                                   pct=100.0 if state is TaskState.OK else None)
                 future.set_result(result)
-            sim._wake.set()
+            sim.wake()
 
         sim.sched.after(seconds / ticks, lambda: tick(1))
-        sim._upgrades[task_id] = future  # type: ignore[assignment]
-        sim._wake.set()
-        try:
-            result = await future
-        finally:
-            sim._upgrades.pop(task_id, None)
+        result = await sim.settle(task_id, future)
         if isinstance(result, ActionResult):  # the session closed or the link dropped
             return StepResult(result.state, error=result.error)
         return result
@@ -306,7 +303,7 @@ class SimRebuild:
             if stopped.state is not TaskState.OK:
                 return stopped
         fail = self._failing("merge", vm)
-        result = await self.sim.run_merge(vm_id, task_id, keep_last=to_last_parent,
+        result = await self.sim.merge(vm_id, task_id, keep_last=to_last_parent,
                                           force_fail=fail)
         return StepResult(result.state, error=result.error, detail=result.detail,
                           data={"size_before": result.size_before,

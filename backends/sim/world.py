@@ -36,8 +36,8 @@ from ventana.state.model import (
     TaskState,
     VirtualDisk,
 )
-from ventana.state.store import ref
 
+from ..tasks import ended_task, running_task
 from .clock import Scheduler, Timer
 from .inventory import Inventory, VmProfile
 
@@ -121,16 +121,7 @@ class World:
 
     # -- tasks -------------------------------------------------------------------
     def start_task(self, task_id: str, kind: str, vm: VM, message: str) -> Task:
-        task = Task(
-            task_id,
-            kind,
-            ref(Kind.VM, vm.id),
-            vm.name,
-            0.0,
-            TaskState.RUNNING,
-            started=self.now(),
-            message=message,
-        )
+        task = running_task(task_id, kind, vm, message, self.now())
         self.put(task)
         return task
 
@@ -154,14 +145,8 @@ class World:
         task = self.tasks.get(task_id)
         if task is None:
             return
-        done = dataclasses.replace(
-            task,
-            state=state,
-            ended=self.now(),
-            message=message or task.message,
-            error=error,
-            pct=task.pct if pct is None else pct,
-        )
+        done = ended_task(task, state, self.now(), message=message, error=error,
+                          pct=task.pct if pct is None else pct)
         self.put(done)
         if self.retention_s is None:
             return

@@ -17,6 +17,7 @@ from typing import Any
 from ventana.state.actionlog import ActionLog
 from ventana.state.plans_vsphere import SETTINGS
 
+from ..capabilities import SideChannelHost
 from .client import EsxiShell
 from .watcher import SshTarget, StunWatcher
 
@@ -42,7 +43,7 @@ def guest_targets(sections: Mapping[str, Any]) -> dict[str, SshTarget]:
     return out
 
 
-def attach(backend: Any, sections: Mapping[str, Any], log: ActionLog | None,
+def attach(backend: SideChannelHost, sections: Mapping[str, Any], log: ActionLog | None,
            *, interval_s: float | None = None) -> str:
     hosts = ssh_hosts(sections)
     if interval_s is None:

@@ -185,7 +185,7 @@ class VSphereExecutor(Executor):
         from ..ssh.hooks import FreezeFailed, ThawFailed, frozen
 
         vm_name = str((self._vs.cached("vm", vm_id) or {}).get("name") or vm_id)
-        factory = getattr(self._vs, "guest_shell", None)
+        factory = self._vs.guest_shell  # capabilities.SideChannelHost
         try:
             shell = factory(vm_name) if factory is not None else None
         except Exception as exc:  # no password, bad key path: nothing ran yet
@@ -385,7 +385,7 @@ class VSphereExecutor(Executor):
 
     async def _stun_after(self, vm_id: str, since: datetime | None) -> str:
         """The stun the SSH side channel saw for this action, if one is configured."""
-        probe = getattr(self._vs, "stun_probe", None)
+        probe = self._vs.stun_probe  # capabilities.SideChannelHost
         if probe is None or since is None:
             return ""
         try:

@@ -244,8 +244,8 @@ async def test_read_only_session_sends_neither_compact_nor_delete(
     with pytest.raises(ReadOnlyError):
         await HyperVExecutor(backend).delete_vm(vm.id, "ro-2", files)
     # Below the executor: the action code and the node session refuse too.
-    assert (await Cleanup(backend).compact(vm.id, "ro-3", files)).state is TaskState.FAILED
-    assert (await Cleanup(backend).delete(vm.id, "ro-4", files)).state is TaskState.FAILED
+    assert (await Cleanup(backend.context).compact(vm.id, "ro-3", files)).state is TaskState.FAILED
+    assert (await Cleanup(backend.context).delete(vm.id, "ro-4", files)).state is TaskState.FAILED
     session = backend.sessions()[0]
     for command in (c.optimize_vhd(files[0]), c.remove_vm(vm.id), c.remove_file(files[0]),
                     c.remove_cluster_group(vm.id)):

@@ -1,0 +1,111 @@
+"""The checkpoint merge and the configuration-version upgrade on a Hyper-V cluster node.
+
+- **merge**: ``Get-VM -Id … | Remove-VMSnapshot -Name *`` on the node hosting
+  the VM, on a pool of its own (a merge can run for hours while the node's
+  polls go on), its PSRP progress records as task progress; the node is
+  re-read afterwards: sizes after, checkpoints left (PARTIAL when a failure
+  left fewer than there were).
+- **upgrade**: ``Update-VMVersion -Force``; the version reached is read back
+  from the host (WARNING when it did not move).
+
+Outcomes: the host's refusal is FAILED with its message; a connection lost
+after the command was sent is UNKNOWN (never resent). Both run through the
+backend's ``HyperVContext`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ventana.state.model import FinalState, TaskState
+
+from ..base import ActionResult
+from . import commands as cmd
+from .context import HyperVContext, lost
+from .session import CommandFailed, SessionError
+
+log = logging.getLogger(__name__)
+
+
+async def run_upgrade(ctx: HyperVContext, vm_id: str, task_id: str, version: str
+                      ) -> ActionResult:
+    """Update-VMVersion on the VM's node; the outcome is read back from the host."""
+    if ctx.read_only:  # the executor checked too; this is below it
+        return ActionResult(TaskState.FAILED, error=f"{ctx.target} is read-only")
+    vm = ctx.vm(vm_id)
+    if vm is None:
+        return ActionResult(TaskState.FAILED,
+                            error="the VM is not in the inventory; nothing sent")
+    node = ctx.node_for(vm)
+    if node is None:
+        return ActionResult(TaskState.FAILED,
+                            error=f"node {vm.node_id} is not connected; nothing was sent")
+    before = vm.config_version
+    task = ctx.tasks.start(task_id, "upgrade", vm, f"Update-VMVersion {before} → {version}")
+    state, error, final = TaskState.OK, "", FinalState.OPERATIONAL
+    try:
+        await node.session.run(cmd.update_vm_version(vm_id))
+    except CommandFailed as exc:
+        state, error, final = TaskState.FAILED, str(exc), FinalState.PENDING
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, SessionError) else type(exc).__name__
+        state, final = TaskState.UNKNOWN, FinalState.PENDING
+        error = f"{reason} — outcome unknown, verify on the host"
+    detail = ""
+    if state is not TaskState.UNKNOWN:
+        try:  # what the host now says is the truth
+            await ctx.reread(node)
+            now = ctx.vm(vm_id)
+            reached = now.config_version if now is not None else "?"
+            detail = f"configuration version {before} → {reached}"
+            if state is TaskState.OK and reached == before:
+                state, final = TaskState.WARNING, FinalState.PENDING
+                error = f"the host still reports version {reached}"
+        except Exception as exc:
+            log.warning("re-read after the upgrade failed: %s", exc)
+    ctx.tasks.end(task, state, message=detail, error=error,
+                  pct=100.0 if state is TaskState.OK else 0.0)
+    return ActionResult(state, error, final_state=final, detail=detail)
+
+
+async def run_merge(ctx: HyperVContext, vm_id: str, task_id: str) -> ActionResult:
+    """Remove every checkpoint of a VM on its node; progress goes out on the stream."""
+    if ctx.read_only:  # the executor checked too; this is below it
+        return ActionResult(TaskState.FAILED, error=f"{ctx.target} is read-only")
+    vm = ctx.vm(vm_id)
+    if vm is None:
+        return ActionResult(TaskState.FAILED, error="the VM is not in the inventory; nothing sent")
+    node = ctx.node_for(vm)
+    if node is None:
+        return ActionResult(TaskState.FAILED,
+                            error=f"node {vm.node_id} is not connected; the merge was not sent")
+    before = sum(d.size_bytes for d in ctx.vm_disks(vm_id))
+    checkpoints = ctx.checkpoint_count(vm_id)
+    task = ctx.tasks.start(task_id, "merge", vm,
+                           f"merging {checkpoints} checkpoint(s) on {vm.node_id}")
+
+    def progress(pct: float, message: str) -> None:
+        ctx.tasks.progress(task_id, pct, message)
+
+    state, error, final = TaskState.OK, "", FinalState.OPERATIONAL
+    try:
+        async with ctx.action_session(node) as action:
+            await action.run_long(cmd.remove_all_snapshots(vm_id), progress)
+    except CommandFailed as exc:
+        state, error, final = TaskState.FAILED, str(exc), FinalState.FAILED
+    except Exception as exc:
+        state, final = TaskState.UNKNOWN, FinalState.PENDING
+        error = lost(exc, "the merge may still be running")
+    after: int | None = None
+    if state is not TaskState.UNKNOWN:
+        try:  # re-read the node: sizes after, checkpoints left
+            await ctx.reread(node)
+            after = sum(d.size_bytes for d in ctx.vm_disks(vm_id))
+        except Exception as exc:
+            log.warning("re-read after the merge failed: %s", exc)
+        left = ctx.checkpoint_count(vm_id)
+        if state is TaskState.FAILED and left < checkpoints:
+            final = FinalState.PARTIAL
+    ctx.tasks.end(task, state, message="merged" if state is TaskState.OK else "", error=error,
+                  pct=100.0 if state is TaskState.OK else task.pct)
+    return ActionResult(state, error, before, after, final)
