@@ -651,6 +651,16 @@ class VentanaApp(App[None]):
             self._execute(plan, confirmation), group="actions", exit_on_error=False
         )
 
+    # -- safety (issue 12): a wrong typed name is logged as refused --------------
+    @on(PlanScreen.NameMismatch)
+    def _name_mismatch(self, message: PlanScreen.NameMismatch) -> None:
+        from .safety import mismatch_reason
+
+        try:
+            self.runner.refused(message.plan, mismatch_reason(message.typed))
+        except ActionRefused as exc:
+            self.notify(clean(str(exc)), severity="error", markup=False)
+
     async def action_quit(self) -> None:
         running = self._actions_running
         if not running:
