@@ -52,7 +52,7 @@ from ventana.state.sanitize import clean
 from ventana.state.store import Delta, Store
 from ventana.state.window import WindowError, WindowStore
 
-from . import commands
+from . import commands, compact
 from .checkpoints_pane import CheckpointsPane
 from .confirm_screen import ConfirmScreen
 from .findings_screen import FindingsScreen
@@ -85,10 +85,10 @@ class EventRecorder(ActionRecorder, Protocol):
     def write_event(self, event: Event) -> None: ...
 
 
-class VentanaApp(App[None]):
+class VentanaApp(compact.SafetyMixin, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Ventana"
-    BINDINGS = commands.bindings()
+    BINDINGS = commands.bindings() + compact.bindings()  # compact: narrow layout, ':' (issue 12)
 
     read_only: reactive[bool] = reactive(False)
 

@@ -55,3 +55,38 @@ def test_confirm(snap_compare, tmp_path: Path, size: str) -> None:  # type: igno
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=SIZES[size], run_before=ready)
+
+
+async def _main(pilot: Pilot) -> None:
+    await populated(pilot)
+    await pilot.pause(0.2)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_main(snap_compare, tmp_path: Path, size: str) -> None:  # type: ignore[no-untyped-def]
+    """The console: four panes when wide, the VM list alone (1-4 switch) when narrow."""
+    assert snap_compare(make_app(tmp_path), terminal_size=SIZES[size], run_before=_main)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_findings(snap_compare, tmp_path: Path, size: str) -> None:  # type: ignore[no-untyped-def]
+    async def ready(pilot: Pilot) -> None:
+        await _main(pilot)
+        await pilot.press("f")
+        await pilot.pause(0.5)
+
+    assert snap_compare(make_app(tmp_path), terminal_size=SIZES[size], run_before=ready)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_window(snap_compare, tmp_path: Path, size: str) -> None:  # type: ignore[no-untyped-def]
+    async def ready(pilot: Pilot) -> None:
+        app = pilot.app
+        await _main(pilot)
+        for vm_id in [vm_where(app, lambda b, n: not b and n > 0)]:  # type: ignore[arg-type]
+            app.query_one(VmTable).select_vm(vm_id)
+            await pilot.press("p")
+        await pilot.press("w")
+        await pilot.pause(0.5)
+
+    assert snap_compare(make_app(tmp_path), terminal_size=SIZES[size], run_before=ready)
