@@ -214,6 +214,16 @@ class SafetyMixin:
         else:
             app.query_one("#vms").focus()
 
+    # -- a filter that does not parse says so ------------------------------------------
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id != "filter":
+            return
+        from .safety import filter_problem
+
+        problem = filter_problem(event.value)
+        event.input.border_title = problem or None
+        event.input.set_class(bool(problem), "-bad-filter")
+
     # -- keys that do nothing say why --------------------------------------------------
     def on_key(self, event: events.Key) -> None:
         app: Any = self

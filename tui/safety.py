@@ -6,6 +6,8 @@ that does nothing gives.
 
 from __future__ import annotations
 
+import re
+
 from ventana.state.actionlog import INTERRUPTED, UNKNOWN, LogRow
 
 from .fit import cap
@@ -53,3 +55,63 @@ def interrupted_notice(rows: list[LogRow]) -> str:
     if len(lines) > 8:
         shown.append(f"… and {len(lines) - 8} more (l shows the action log)")
     return "\n".join(shown)
+
+
+_LOOSE = re.compile(r"^([a-z]+)(?:<=|>=|<|>|=)")
+_COMPARE = re.compile(r"^([a-z]+)(<=|>=|<|>|=)(\d+(?:\.\d+)?)([a-z]*)$")
+
+
+def filter_problem(text: str) -> str:
+    """Why a VM filter does not parse ("" when every word is a filter term).
+
+    A word with ``< > =`` must be ``column<op>number[unit]`` on a numeric
+    column (``ckpt>3``, ``diff>100GB``, ``oldest>30d``); ``key:value`` needs a
+    known column. Anything else is a plain word matched against the row.
+    """
+    from .vm_rows import COLUMNS, column_index, compile_filter
+
+    for word in text.lower().split():
+        if any(op in word for op in "<>="):
+            loose = _LOOSE.match(word)
+            if loose is not None:
+                try:
+                    column = COLUMNS[column_index(loose.group(1))]
+                except KeyError:
+                    column = None
+                if column is not None and not column.numeric:
+                    return (f"{cap(word, 30)}: {loose.group(1)} is not a number column "
+                            f"(use {loose.group(1)}:value)")
+            found = _COMPARE.match(word)
+            if found is None:
+                return (f"{cap(word, 30)}: not a comparison — write column, one of < <= > "
+                        ">= =, then a number (ckpt>3, diff>100GB, oldest>30d)")
+            key = found.group(1)
+            try:
+                index = column_index(key)
+            except KeyError:
+                return f"{cap(word, 30)}: no column {cap(key, 20)!r}"
+            if not COLUMNS[index].numeric:
+                return f"{cap(word, 30)}: {key} is not a number column (use {key}:value)"
+            flt = compile_filter(word)
+            if flt is None:
+                return f"{cap(word, 30)}: not a filter"
+            if found.group(4) and not _unit_ok(COLUMNS[index].key, found.group(4)):
+                return f"{cap(word, 30)}: unknown unit {cap(found.group(4), 10)!r}"
+        elif ":" in word:
+            key = word.partition(":")[0]
+            try:
+                column_index(key)
+            except KeyError:
+                return (f"{cap(word, 30)}: no column {cap(key, 20)!r}, matched as plain text "
+                        "(columns: power:off, lun:NAME, node:NAME …)")
+    return ""
+
+
+def _unit_ok(column: str, unit: str) -> bool:
+    sizes = {"b", "k", "kb", "m", "mb", "g", "gb", "t", "tb"}
+    ages = {"s", "m", "min", "h", "d", "w", "y"}
+    if column in ("ram", "diff"):
+        return unit in sizes
+    if column == "oldest":
+        return unit in ages
+    return False

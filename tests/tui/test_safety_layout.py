@@ -126,3 +126,28 @@ async def test_a_colon_typed_in_a_text_box_is_just_a_colon(tmp_path: Path) -> No
         await pilot.pause(0.1)
         assert isinstance(app.screen, PlanScreen)
         assert app.screen.query_one("#confirm-name", Input).value == "a:b"
+
+
+def test_filter_problems_are_named() -> None:
+    from ventana.tui.safety import filter_problem
+
+    assert "not a comparison" in filter_problem("ckpt>>3")
+    assert "not a number column" in filter_problem("power=off")
+    assert "unknown unit" in filter_problem("diff>100XB")
+    assert "no column" in filter_problem("ckptz>3")
+    for fine in ("ckpt>3", "diff>100GB oldest>30d power:off web", "gen:1", ""):
+        assert filter_problem(fine) == "", fine
+
+
+async def test_a_filter_that_does_not_parse_says_so(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SMALL) as pilot:
+        await populated(pilot)
+        await pilot.press("slash", *"ckpt>>3")
+        await pilot.pause(0.2)
+        box = app.query_one("#filter", Input)
+        assert "not a comparison" in str(box.border_title)
+        assert "not a comparison" in "\n".join(screen_lines(app))
+        await pilot.press("backspace", "backspace", "3")
+        await pilot.pause(0.1)
+        assert not box.border_title
