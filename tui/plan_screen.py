@@ -79,7 +79,8 @@ def plan_title(plan: Plan) -> Text:
     return title
 
 
-def plan_summary(plan: Plan) -> Group:
+def plan_summary(plan: Plan, clock: str = "") -> Group:
+    """The plan's body; ``clock`` names the time base of "Planned at" (e.g. simulated)."""
     steps = Text()
     for step in plan.steps:
         steps.append(f" • {step}\n")
@@ -118,6 +119,7 @@ def plan_summary(plan: Plan) -> Group:
         _space_rows(space, plan)
     if plan.created is not None:
         space.add_row("Planned at", Text(plan.created.strftime("%Y-%m-%d %H:%M:%S UTC")
+                                         + (f", {clock}" if clock else "")
                                          + " (re-checked when you confirm)"))
     groups: list[object] = [steps, space, Text(""), command_text(plan)]
     listed = facts.get("checkpoint_list", [])
@@ -288,7 +290,7 @@ class PlanScreen(ModalScreen[Confirmation | None]):
                 # Findings first: what can go wrong must not hide below the fold.
                 yield Static(plan_title(plan), id="plan-title")
                 yield Static(findings_text(plan), id="plan-findings")
-                yield Static(plan_summary(plan), id="plan-summary")
+                yield Static(plan_summary(plan, self._clock()), id="plan-summary")
             yield Static("", id="plan-seen")
             with Vertical(id="plan-pinned"):
                 yield Static(pinned_summary(plan, False), id="plan-pinned-summary")
@@ -331,6 +333,11 @@ class PlanScreen(ModalScreen[Confirmation | None]):
                     yield Button(f"Run {plan.action}", variant="error", id="run",
                                  disabled=self.read_only, compact=True)
                     yield Button("Cancel (Esc)", id="cancel", compact=True)
+
+    def _clock(self) -> str:
+        from .safety import clock_label
+
+        return clock_label(self.app)
 
     def on_mount(self) -> None:
         self.query_one("#confirm-name", Input).focus()
@@ -407,7 +414,7 @@ class PlanScreen(ModalScreen[Confirmation | None]):
         self.plan, self._replanned = plan, True
         self.query_one("#plan-title", Static).update(plan_title(plan))
         self.query_one("#plan-findings", Static).update(findings_text(plan))
-        self.query_one("#plan-summary", Static).update(plan_summary(plan))
+        self.query_one("#plan-summary", Static).update(plan_summary(plan, self._clock()))
         self.query_one("#plan-pinned-summary", Static).update(
             pinned_summary(plan, self._override_ticked()))
         self.seen_all = False  # a changed plan must be read again

@@ -115,3 +115,14 @@ def _unit_ok(column: str, unit: str) -> bool:
     if column == "oldest":
         return unit in ages
     return False
+
+
+def clock_label(app: object) -> str:
+    """Which clock a time on this console comes from (one labelled time base)."""
+    runner = getattr(app, "runner", None)
+    if getattr(runner, "mode", "") == "replay":
+        return "the recording's clock"
+    rate = getattr(getattr(app, "backend", None), "clock_rate", 1.0)
+    if rate != 1.0:
+        return f"simulated clock, {rate:g}× wall time"
+    return "wall clock"

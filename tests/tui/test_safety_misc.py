@@ -46,3 +46,33 @@ def test_a_console_that_never_connected_exits_non_zero(capsys: pytest.CaptureFix
     store.apply(ConnectionChanged("vc", LinkState.CONNECTED))
     store.apply(ConnectionChanged("vc", LinkState.DISCONNECTED, "reset"))
     assert exit_code(app) == 0  # it did connect once: quitting later is normal
+
+
+def test_help_marks_keys_by_platform() -> None:
+    from rich.console import Console
+
+    from ventana.tui.help_screen import help_table
+
+    console = Console(width=200, record=True)
+    console.print(help_table(read_only=False))
+    lines = console.export_text().splitlines()
+    row = next(line for line in lines if "Remove snapshot " in line)
+    assert "vSphere" in row
+    row = next(line for line in lines if "Upgrade configuration version" in line)
+    assert "Hyper-V" in row
+
+
+def test_plan_times_name_their_clock() -> None:
+    from types import SimpleNamespace
+
+    from ventana.tui.safety import clock_label
+
+    sim = SimpleNamespace(runner=SimpleNamespace(mode="read-write"),
+                          backend=SimpleNamespace(clock_rate=60.0))
+    assert clock_label(sim) == "simulated clock, 60× wall time"
+    real = SimpleNamespace(runner=SimpleNamespace(mode="read-only"),
+                           backend=SimpleNamespace(clock_rate=1.0))
+    assert clock_label(real) == "wall clock"
+    replay = SimpleNamespace(runner=SimpleNamespace(mode="replay"),
+                             backend=SimpleNamespace(clock_rate=60.0))
+    assert clock_label(replay) == "the recording's clock"
