@@ -180,6 +180,10 @@ class ActionRunner:
     def cancelled(self, plan: Plan, reason: str = "cancelled by the operator") -> None:
         self._one_shot(plan, "cancelled", reason)
 
+    def refused(self, plan: Plan, reason: str) -> None:
+        """Log a confirmation refused on screen (e.g. a name mismatch); nothing was sent."""
+        self._one_shot(plan, "refused", reason)
+
     def _refuse(self, plan: Plan, reason: str, *, override: bool = False) -> ActionRefused:
         try:
             self._one_shot(plan, "refused", reason, override=override)

@@ -132,6 +132,23 @@ def _check_no_secrets(data: Any, where: str) -> None:
             _check_no_secrets(item, where)
 
 
+#: The type each known target option must have (TOML gives ints for 5, floats for 5.0).
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "seed": (int,), "vms": (int,), "rate": (int, float), "speed": (int, float),
+    "port": (int,), "cluster": (str,), "host": (str,), "user": (str,), "auth": (str,),
+    "ca_bundle": (str,), "password_file": (str,), "nodes": (list,),
+}
+_TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string", list: "a list"}
+
+
+def _check_type(where: str, key: str, value: Any, types: tuple[type, ...]) -> None:
+    """A value of the wrong type is named by its key, never a traceback later."""
+    if isinstance(value, bool) or not isinstance(value, types):
+        want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        raise ConfigError(f"{where}: {key} must be {want}, not {type(value).__name__} "
+                          f"{value!r}"[:300])
+
+
 def load_config(path: Path | None = None) -> Config:
     """Load the config; a missing default file is an empty config."""
     explicit = path is not None
@@ -148,7 +165,7 @@ def load_config(path: Path | None = None) -> Config:
     targets = []
     for i, raw in enumerate(data.get("target", [])):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise ConfigError(f"{path}: target #{i + 1} needs a name")
+            raise ConfigError(f"{path}: target #{i + 1} needs a name (a string)")
         kind = raw.get("kind", "sim")
         if kind not in KNOWN_KINDS:
             raise ConfigError(
@@ -160,8 +177,13 @@ def load_config(path: Path | None = None) -> Config:
         if not isinstance(read_only, bool):
             raise ConfigError(f"{path}: read_only of {raw['name']!r} must be true or false")
         options = {k: v for k, v in raw.items() if k not in ("name", "kind", "read_only")}
+        for key, value in options.items():
+            if key in _OPTION_TYPES:
+                _check_type(f"{path}: target {raw['name']!r}", key, value, _OPTION_TYPES[key])
         targets.append(Target(raw["name"], kind, read_only, options))
     log = data.get("log")
+    if log is not None:
+        _check_type(str(path), "log", log, (str,))
     sections = {k: data[k] for k in SECTIONS if k in data}
     for name, table in sections.items():
         if not isinstance(table, dict):

@@ -50,3 +50,15 @@ def vm_where(app: VentanaApp, want: Callable[[set[str], int], bool]) -> str:
         if want(blocking, len(app.store.checkpoints_of(vm.id))):
             return vm.id
     raise AssertionError("no VM matches")
+
+
+def screen_lines(app: VentanaApp) -> list[str]:
+    """The text on the terminal now, one string per line (what the operator reads)."""
+    strips = app.screen._compositor.render_strips()
+    return ["".join(segment.text for segment in strip) for strip in strips]
+
+
+async def read_whole_plan(pilot: Pilot) -> None:
+    """Scroll the plan screen to its end, as an operator reads it before confirming."""
+    await pilot.press("ctrl+end")
+    await wait_for(pilot, lambda: getattr(pilot.app.screen, "seen_all", True))

@@ -31,20 +31,21 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
-from ventana.backends.actions import ActionRunner
+from ventana.backends.actions import ActionRefused, ActionRunner
 from ventana.backends.base import ActionResult, Backend
 from ventana.backends.window_runner import WindowRunner
 from ventana.core import Console, Notice
 from ventana.core.console import EventRecorder
 from ventana.state.acks import AckBook
-from ventana.state.actionlog import ActionLog
+from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.events import Event
 from ventana.state.findings import FindingsConfig, FindingsEngine
 from ventana.state.model import Kind
 from ventana.state.plans import Plan
+from ventana.state.sanitize import clean
 from ventana.state.store import Delta, Store
 
-from . import commands
+from . import commands, compact
 from .checkpoints_pane import CheckpointsPane
 from .confirm_screen import ConfirmScreen
 from .findings_screen import FindingsScreen
@@ -64,10 +65,10 @@ FINDINGS_TICK_S = 30.0  # age thresholds and snooze expiry are checked this ofte
 __all__ = ["EventRecorder", "VentanaApp"]
 
 
-class VentanaApp(App[None]):
+class VentanaApp(compact.SafetyMixin, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Ventana"
-    BINDINGS = commands.bindings()
+    BINDINGS = commands.bindings() + compact.bindings()  # compact: narrow layout, ':' (issue 12)
 
     read_only: reactive[bool] = reactive(False)
 
@@ -205,6 +206,7 @@ class VentanaApp(App[None]):
     def on_mount(self) -> None:
         self.header(**self.core.header_facts())
         self.core.start()
+        self.run_worker(self._announce_interrupted(), group="final-states", exit_on_error=False)
         self.store.subscribe(self._on_delta)
         self.set_interval(self.core.flush_interval, self.core.flush)
         self.set_interval(FINDINGS_TICK_S, self._tick_findings)
@@ -476,6 +478,32 @@ class VentanaApp(App[None]):
     async def _execute(self, plan: Plan, confirmation: Confirmation) -> None:
         await self.core.execute(plan, confirmation.typed, override=confirmation.override,
                                 overridden=confirmation.overridden, second=confirmation.second)
+
+    # -- safety (issue 12): interrupted actions announced at start ----------------
+    async def _announce_interrupted(self) -> None:
+        import asyncio
+
+        from .safety import interrupted_notice
+
+        if self.action_log is None:
+            return
+        try:
+            notice = interrupted_notice(await asyncio.to_thread(self.action_log.rows))
+        except ActionLogError as exc:
+            notice = f"The action log cannot be read: {exc}"
+        if notice:
+            self.notify(notice, title="Interrupted actions — verify on the host",
+                        severity="error", markup=False, timeout=60)
+
+    # -- safety (issue 12): a wrong typed name is logged as refused --------------
+    @on(PlanScreen.NameMismatch)
+    def _name_mismatch(self, message: PlanScreen.NameMismatch) -> None:
+        from .safety import mismatch_reason
+
+        try:
+            self.runner.refused(message.plan, mismatch_reason(message.typed))
+        except ActionRefused as exc:
+            self.notify(clean(str(exc)), severity="error", markup=False)
 
     async def action_quit(self) -> None:
         running = self.core.actions_running

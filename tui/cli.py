@@ -16,7 +16,6 @@ With no target, the console opens on the built-in simulated cluster.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -27,9 +26,14 @@ from ventana.state.config import Config, ConfigError, load_config
 from ventana.state.sanitize import clean
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log", type=Path, help="action log file (default: XDG data dir)")
-    p.add_argument("--config", type=Path, help="config file (default: XDG config dir)")
+def _add_common(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    # On a subcommand the options default to SUPPRESS, so ``ventana --log X log``
+    # and ``ventana log --log X`` both keep X (argparse would reset it to None).
+    default = argparse.SUPPRESS if sub else None
+    p.add_argument("--log", type=Path, default=default,
+                   help="action log file (default: XDG data dir)")
+    p.add_argument("--config", type=Path, default=default,
+                   help="config file (default: XDG config dir)")
 
 
 class _TargetAction(argparse.Action):
@@ -46,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Terminal console for live maintenance of virtualization clusters.",
     )
     _add_common(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--target", action=_TargetAction, default=None,
                         help="a target named in the config file (repeat: side by side)")
     parser.set_defaults(targets=[])
-    parser.add_argument("--read-only", action="store_true", help="no action can change anything")
+    parser.add_argument("--read-only", "--readonly", action="store_true",
+                        help="no action can change anything")
     parser.add_argument("--record", type=Path, metavar="FILE", help="record the session")
     real = parser.add_argument_group("real clusters")
     real.add_argument(
@@ -101,11 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="play a recording back, read-only")
     replay.add_argument("file", type=Path)
     replay.add_argument("--speed", type=float, default=1.0, help="playback speed (0: instant)")
-    _add_common(replay)
+    _add_common(replay, sub=True)
     log = sub.add_parser("log", help="list the action log")
     log.add_argument("--csv", action="store_true", help="export every row as CSV to stdout")
     log.add_argument("--limit", type=int, default=50)
-    _add_common(log)
+    _add_common(log, sub=True)
     report = sub.add_parser(
         "report", help="the campaign report from the action log (Markdown, CSV or xlsx)",
         description="Exit codes: 0 written; 1 the action log cannot be read; 2 bad "
@@ -123,43 +129,41 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a recording: every LUN it saw joins the LUN table")
     report.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                         help="how long to wait for a locked action log (default 10)")
-    _add_common(report)
+    _add_common(report, sub=True)
     return parser
 
 
-def _open_log(path: Path | None) -> tuple[ActionLog | None, str]:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return ActionLog.open(path), ""
+        return version("ventana-console")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _open_log(path: Path | None, *, read_only: bool = False) -> tuple[ActionLog | None, str]:
+    """The action log, proven writable now (not at the first action); read-only
+    sessions only read it."""
+    from .logcheck import unwritable
+
+    try:
+        log = ActionLog.open(path)
     except ActionLogError as exc:
         return None, clean(str(exc))
+    problem = unwritable(log.path)
+    if problem and not read_only:
+        log.close()
+        return None, clean(problem)
+    return log, ""
 
 
 def cmd_log(args: argparse.Namespace, log_path: Path | None) -> int:
-    try:
-        log = ActionLog.open(log_path)
-    except ActionLogError as exc:
-        print(f"ventana: {clean(str(exc))}", file=sys.stderr)
-        return 1
-    try:
-        if args.csv:
-            log.to_csv(sys.stdout)
-            return 0
-        rows = log.rows(limit=args.limit)
-        if not rows:
-            print("The action log is empty.")
-            return 0
-        out = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
-        out.writerow(["started", "operator", "mode", "action", "target", "status",
-                      "duration_s", "size_before", "size_after", "final_state", "error"])
-        for r in rows:
-            out.writerow([r.started, r.operator, r.mode, r.action, r.target_name, r.status,
-                          "" if r.duration_s is None else f"{r.duration_s:.1f}",
-                          r.size_before if r.size_before is not None else "",
-                          r.size_after if r.size_after is not None else "",
-                          r.final_state or "", r.error or ""])
-        return 0
-    finally:
-        log.close()
+    from ventana.state.paths import default_log_path
+
+    from .logcli import cmd_log as run
+
+    return run(log_path or default_log_path(), as_csv=args.csv, limit=args.limit)
 
 
 def cmd_report(args: argparse.Namespace, log_path: Path | None) -> int:
@@ -425,14 +429,30 @@ def attach_side_channels(backend: Backend, config: Config, log: ActionLog | None
     return "; ".join(filter(None, (attach(b, config.sections, log) for b in vsphere)))
 
 
+#: Why a replay has no action log.
+REPLAY_NO_LOG = "a replay does not write to the action log"
+
+
+def session_log(mode: str | None, path: Path | None, *, read_only: bool
+                ) -> tuple[ActionLog | None, str]:
+    """The console's action log: none for a replay (it never touches the operator's log)."""
+    if mode == "replay":
+        return None, REPLAY_NO_LOG
+    return _open_log(path, read_only=read_only)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .logcheck import closing_pipe_quietly
+
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"ventana: {clean(str(exc))}", file=sys.stderr)
         return 2
-    return main_with(args, config, args.log or config.log)
+    with closing_pipe_quietly() as done:  # ``ventana log | head`` ends without a traceback
+        done.code = main_with(args, config, args.log or config.log)
+    return done.code
 
 
 def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -> int:
@@ -480,7 +500,7 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             print(f"ventana: cannot record to {args.record}: {exc}", file=sys.stderr)
             return 2
 
-    log, log_error = _open_log(log_path)
+    log, log_error = session_log(mode, log_path, read_only=backend.read_only)
     try:
         attach_side_channels(backend, config, log)
     except (ValueError, TypeError) as exc:
@@ -496,6 +516,10 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
         backend, log=log, log_error=log_error, recorder=recorder, mode=mode,
         read_only_reason=reason, flags=flags, findings_config=config.findings,
     )
+    from .logcheck import ConnectionWatch
+
+    if mode != "replay":
+        app.connection_watch = ConnectionWatch(app.store)  # type: ignore[attr-defined]
     try:
         app.run()
     finally:
@@ -503,7 +527,9 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             recorder.close()
         if log is not None:
             log.close()
-    return 0
+    from .logcheck import exit_code
+
+    return exit_code(app)
 
 
 if __name__ == "__main__":

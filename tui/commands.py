@@ -16,6 +16,7 @@ from textual.binding import Binding
 
 from ventana.backends import actionspecs
 from ventana.backends.actionspecs import Command
+from ventana.state.model import Platform
 
 #: The console's commands that are not guarded actions.
 CONSOLE_COMMANDS: tuple[Command, ...] = (
@@ -75,3 +76,12 @@ def bindings() -> list[Binding]:
 
 def key_label(key: str) -> str:
     return {"slash": "/", "question_mark": "?", "tab": "Tab"}.get(key, key)
+
+
+def platforms_label(name: str) -> str:
+    """Where a command works, for help: "both", "Hyper-V", "vSphere" ("" for
+    console commands that act on any VM or none), from the action specs' routes."""
+    on = [label for platform, label in ((Platform.HYPERV, "Hyper-V"),
+                                        (Platform.VSPHERE, "vSphere"))
+          if actionspecs.resolve(name, platform) is not None]
+    return "both" if len(on) == 2 else (on[0] if on else "")

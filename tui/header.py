@@ -13,6 +13,8 @@ from textual.widgets import Static
 
 from ventana.state.events import LinkState
 
+from .fit import cap
+
 _LINK_STYLE = {
     LinkState.CONNECTED: "bold green",
     LinkState.CONNECTING: "bold yellow",
@@ -20,6 +22,11 @@ _LINK_STYLE = {
     LinkState.STALE: "bold red",
     LinkState.DISCONNECTED: "bold red",
 }
+
+
+_SHORT_MODE = {"read-write": "rw", "read-only": "ro", "replay": "replay"}
+_SHORT_COUNTS = ((" nodes", "n"), (" VMs", "vm"), (" LUNs", "lun"), (" checkpoints", "ck"),
+                 (" · ", " "))
 
 
 class StatusHeader(Static):
@@ -39,44 +46,69 @@ class StatusHeader(Static):
     findings_pending: reactive[bool] = reactive(False)
 
     def render(self) -> Text:
+        """Everything that fits; a long reason or target is cut first (with "…") so
+        the mode, flags, findings and counts always stay on screen."""
+        width = self.size.width or 200
+        levels = ((10_000, 10_000, False), (60, 40, False), (60, 40, True), (40, 30, True),
+                  (20, 24, True), (8, 16, True), (0, 12, True))
+        for reason_cells, target_cells, short in levels:
+            text = self._head(reason_cells, target_cells, short)
+            tail = self._tail(short)
+            if text.cell_len + tail.cell_len <= width:
+                break
+        text.append_text(tail)
+        return text
+
+    def _head(self, reason_cells: int, target_cells: int, short: bool = False) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(" Ventana ", style="bold reverse")
         if self.targets:
             for name, link, reason, read_only in self.targets:
                 text.append("  ")
-                text.append(name, style="bold")
+                text.append(cap(name, target_cells), style="bold")
                 text.append(f" ● {link.value}", style=_LINK_STYLE.get(link, "bold"))
-                if reason and link is not LinkState.CONNECTED:
-                    text.append(f" ({reason})", style="italic")
+                if reason and link is not LinkState.CONNECTED and reason_cells:
+                    text.append(f" ({cap(reason, reason_cells)})", style="italic")
                 text.append(" ")
                 text.append(" RO " if read_only else " RW ",
                             style="bold black on yellow" if read_only else "bold")
         else:
             text.append("  ")
-            text.append(self.target, style="bold")
+            text.append(cap(self.target, target_cells), style="bold")
             text.append("  ")
             text.append(f"● {self.link.value}", style=_LINK_STYLE.get(self.link, "bold"))
-            if self.reason and self.link is not LinkState.CONNECTED:
-                text.append(f" ({self.reason})", style="italic")
+            if self.reason and self.link is not LinkState.CONNECTED and reason_cells:
+                text.append(f" ({cap(self.reason, reason_cells)})", style="italic")
             text.append("  ")
             mode_style = "bold black on yellow" if self.mode != "read-write" else "bold"
-            text.append(f" {self.mode.upper()} ", style=mode_style)
+            mode = _SHORT_MODE.get(self.mode, self.mode) if short else self.mode
+            text.append(f" {mode.upper()} ", style=mode_style)
+        return text
+
+    def _tail(self, short: bool = False) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
         if self.flags:
             text.append("  ")
             text.append(f" {self.flags} ", style="bold white on red")
         critical, warning, info = self.findings
         if critical or warning or info or self.findings_pending:
             # Before the inventory counts: what is wrong matters more than how much there is.
-            text.append("  findings ", style="dim")
-            text.append(f"{critical} crit", style="bold red" if critical else "dim")
-            text.append(" · ", style="dim")
-            text.append(f"{warning} warn", style="bold yellow" if warning else "dim")
-            text.append(f" · {info} info", style="dim")
+            text.append(" ⚑ " if short else "  findings ", style="dim")
+            text.append(f"{critical}{'c' if short else ' crit'}",
+                        style="bold red" if critical else "dim")
+            text.append("·" if short else " · ", style="dim")
+            text.append(f"{warning}{'w' if short else ' warn'}",
+                        style="bold yellow" if warning else "dim")
+            text.append(f"·{info}i" if short else f" · {info} info", style="dim")
             if self.findings_pending:
                 text.append(" …", style="dim")
         if self.counts:
-            text.append("  ")
-            text.append(self.counts, style="dim")
+            text.append(" " if short else "  ")
+            counts = self.counts
+            if short:
+                for long, brief in _SHORT_COUNTS:
+                    counts = counts.replace(long, brief)
+            text.append(counts, style="dim")
         return text
 
 

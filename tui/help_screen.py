@@ -15,7 +15,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
-from .commands import COMMANDS, key_label
+from .commands import COMMANDS, key_label, platforms_label
 
 PANE_KEYS = (
     ("↑ ↓ PgUp PgDn Home End", "Move in the focused pane"),
@@ -23,21 +23,31 @@ PANE_KEYS = (
     ("s / S", "VMs: sort by the next column / reverse"),
     ("Ctrl+P", "Command palette (every action)"),
     ("Esc", "Close a dialog or clear the filter; cancels a plan"),
+    (":", "Command mode: :vms :nodes :luns :checkpoints :findings :log :window :report "
+          ":help :q"),
+    ("1 2 3 4", "Under 120 columns (one pane at a time): VMs, Nodes, LUNs, Checkpoints; "
+                "Tab cycles, Esc back to the VMs"),
 )
+
 
 
 def help_table(read_only: bool) -> Table:
     table = Table(box=None, padding=(0, 2), show_header=True, header_style="bold")
     table.add_column("Key")
     table.add_column("Command")
+    table.add_column("On")
     table.add_column("What it does")
     for c in COMMANDS:
         title = Text(c.title)
         if c.mutating and read_only:
             title.append(" (unavailable: read-only)", style="dim")
-        table.add_row(Text(key_label(c.key), style="bold"), title, Text(c.help))
+        platform = platforms_label(c.name)
+        table.add_row(Text(key_label(c.key), style="bold"), title,
+                      Text(platform, style="cyan" if platform == "vSphere"
+                           else "magenta" if platform == "Hyper-V" else "dim"),
+                      Text(c.help))
     for keys, what in PANE_KEYS:
-        table.add_row(Text(keys, style="bold"), Text(""), Text(what))
+        table.add_row(Text(keys, style="bold"), Text(""), Text(""), Text(what))
     return table
 
 

@@ -1,5 +1,10 @@
 """The action-log screens: the newest rows of the SQLite action log, and in a
-replay the operator actions the recording holds."""
+replay the operator actions the recording holds.
+
+Everything read back from the log file or a recording is untrusted: each
+cell is sanitized (``clean``) and long names are capped (``cap``); times are
+wall-clock UTC, labelled as such.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.derived import human_bytes
 from ventana.state.recording import ActionRecord
 from ventana.state.sanitize import clean
+
+from .fit import cap
+from .logcli import human_duration
 
 _OUTCOME_STYLE = {
     "ok": "green",
@@ -44,16 +52,17 @@ class RecordedActionsScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#log-table", DataTable)
-        for label in ("At (s)", "Action", "Target", "Phase", "Outcome", "Error"):
+        for label in ("At (s into the recording)", "Action", "Target", "Phase", "Outcome",
+                      "Error"):
             table.add_column(label)
         for record in self.actions:
             data = record.data
             table.add_row(
-                Text(f"{record.t:.1f}"), Text(clean(record.action)), Text(clean(record.target)),
-                Text(clean(str(data.get("phase", "")))),
-                Text(clean(record.outcome),
+                Text(f"{record.t:.1f}"), Text(cap(record.action, 30)), Text(cap(record.target)),
+                Text(cap(str(data.get("phase", "")), 30)),
+                Text(cap(record.outcome, 30),
                      style=_OUTCOME_STYLE.get(record.outcome, "bold magenta")),
-                Text(clean(str(data.get("error", "")))),
+                Text(cap(str(data.get("error", "")), 120)),
             )
         if not self.actions:
             self.query_one("#log-title", Static).update(
@@ -77,7 +86,7 @@ class LogScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#log-table", DataTable)
-        for label in ("Started (UTC)", "Operator", "System", "Mode", "Action", "Target",
+        for label in ("Started (UTC, wall clock)", "Operator", "System", "Mode", "Action", "Target",
                       "Outcome", "Override", "Duration", "Before", "After", "Final state",
                       "Error"):
             table.add_column(label)
@@ -95,20 +104,21 @@ class LogScreen(ModalScreen[None]):
             return
         for row in rows:
             status = row.status
+            # Read back from a file any writer can reach: sanitized, capped.
             table.add_row(
-                Text(row.started[:19].replace("T", " ")),
-                Text(row.operator),
-                Text(row.target_system),
-                Text(row.mode),
-                Text(row.action),
-                Text(row.target_name),
-                Text(status, style="bold magenta" if row.interrupted
+                Text(clean(row.started[:19].replace("T", " "))),
+                Text(cap(row.operator, 30)),
+                Text(cap(row.target_system, 40)),
+                Text(cap(row.mode, 12)),
+                Text(cap(row.action, 30)),
+                Text(cap(row.target_name)),
+                Text(cap(status, 40), style="bold magenta" if row.interrupted
                      else _OUTCOME_STYLE.get(row.outcome, "bold magenta")),
                 Text("yes" if row.override else "", style="bold red"),
-                Text(f"{row.duration_s:.1f} s" if row.duration_s is not None else "-"),
+                Text(human_duration(row.duration_s)),
                 Text(human_bytes(row.size_before) if row.size_before is not None else "-"),
                 Text(human_bytes(row.size_after) if row.size_after is not None else "-"),
-                Text(row.final_state or "-"),
-                Text(row.error or ""),
+                Text(cap(row.final_state or "-", 30)),
+                Text(cap(row.error or "", 120)),
             )
         table.focus()

@@ -5,6 +5,14 @@ The operator sees the target, the volume, free space now, the space needed,
 free space expected afterwards, the estimate, each finding and the
 equivalent command. Confirming needs the target's exact name; blocking
 findings also need an explicit, logged override. Esc cancels.
+
+The screen uses the terminal's whole height. The plan scrolls; beside the
+name box a pinned summary (action, VM, node, overrides, space after,
+estimate) stays in view at any size, and a confirmation is accepted only
+once the operator has seen the whole plan (it fits, or was scrolled to its
+end). The equivalent command wraps, never cut, and Ctrl+Y copies it. A
+wrong name is reported to the app (``NameMismatch``), which logs it as
+refused.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.events import Resize
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Static
 
@@ -26,6 +36,8 @@ from ventana.backends import actionspecs
 from ventana.state.derived import human_bytes
 from ventana.state.model import Severity
 from ventana.state.plans import Plan
+
+from .fit import cap
 
 _SEVERITY_STYLE = {
     Severity.BLOCKING: "bold white on red",
@@ -54,13 +66,14 @@ ACTION_TITLES = {spec.name: spec.heading for spec in actionspecs.specs() if spec
 
 def plan_title(plan: Plan) -> Text:
     title = Text(ACTION_TITLES.get(plan.action, f"{plan.action} "), style="bold")
-    title.append(plan.target_name, style="bold underline")
+    title.append(cap(plan.target_name), style="bold underline")
     if plan.irreversible:
         title.append("  IRREVERSIBLE", style="bold red")
     return title
 
 
-def plan_summary(plan: Plan) -> Group:
+def plan_summary(plan: Plan, clock: str = "") -> Group:
+    """The plan's body; ``clock`` names the time base of "Planned at" (e.g. simulated)."""
     steps = Text()
     for step in plan.steps:
         steps.append(f" • {step}\n")
@@ -97,11 +110,11 @@ def plan_summary(plan: Plan) -> Group:
             "(the highest version already running on this cluster)", style="bold"))
     else:
         _space_rows(space, plan)
-    space.add_row("Equivalent command", Text(plan.command, style="italic"))
     if plan.created is not None:
         space.add_row("Planned at", Text(plan.created.strftime("%Y-%m-%d %H:%M:%S UTC")
+                                         + (f", {clock}" if clock else "")
                                          + " (re-checked when you confirm)"))
-    groups: list[object] = [steps, space]
+    groups: list[object] = [steps, space, Text(""), command_text(plan)]
     listed = facts.get("checkpoint_list", [])
     if listed:
         groups += [Text(""), _chain_table(listed)]
@@ -109,6 +122,58 @@ def plan_summary(plan: Plan) -> Group:
     if files and plan.action in ("delete", "compact"):
         groups += [Text(""), _files_table(plan, files)]
     return Group(*groups)  # type: ignore[arg-type]
+
+
+def command_text(plan: Plan) -> Text:
+    """The equivalent command, whole: it wraps (long tokens fold), never cut."""
+    text = Text("Equivalent command", style="dim")
+    text.append("  (Ctrl+Y copies it)\n", style="dim italic")
+    text.append(plan.command, style="italic")
+    text.overflow = "fold"
+    return text
+
+
+def _hm(seconds: float) -> str:
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+
+
+def pinned_summary(plan: Plan, override: bool) -> Text:
+    """What is being confirmed, in three short lines kept beside the name box."""
+    facts = plan.facts
+    text = Text(overflow="fold")
+    action = ACTION_TITLES.get(plan.action, f"{plan.action} ").strip().removesuffix(" of")
+    text.append(action.removesuffix(" the VM"), style="bold")
+    text.append(" · VM ")
+    text.append(cap(plan.target_name, 40), style="bold reverse")
+    text.append(f" · {'host' if facts.get('platform') == 'vsphere' else 'node'} ")
+    text.append(cap(facts.get("node") or "?", 30))
+    if plan.irreversible:
+        text.append("  IRREVERSIBLE", style="bold red")
+    text.append("\nOverrides: ")
+    if not plan.blocking:
+        text.append("none (nothing blocking)")
+    elif override:
+        text.append(", ".join(f.code for f in plan.blocking) + " — overridden, logged",
+                    style="bold red")
+    else:
+        text.append(", ".join(f.code for f in plan.blocking) + " — blocking, not overridden",
+                    style="bold red")
+    text.append("\nSpace after: ")
+    if plan.free_after_worst is None:
+        text.append("n/a")
+    else:
+        text.append(human_bytes(plan.free_after_worst))
+        if plan.free_after_best not in (None, plan.free_after_worst):
+            text.append(f" – {human_bytes(plan.free_after_best)}")
+        text.append(f" free on {cap(plan.lun_name or '?', 30)}")
+    text.append(" · Estimate: ")
+    if plan.estimate is None:
+        text.append("n/a")
+    else:
+        est = plan.estimate
+        text.append(f"{_hm(est.likely_s)} ({_hm(est.low_s)} – {_hm(est.high_s)})")
+    return text
 
 
 def _space_rows(space: Table, plan: Plan) -> None:
@@ -141,12 +206,10 @@ def _chain_table(listed: list[dict[str, object]]) -> Table:
     for label, justify in (("Checkpoint", "left"), ("Kind", "left"), ("Created", "left"),
                            ("Size", "right")):
         chain.add_column(label, justify=justify)  # type: ignore[arg-type]
-    for item in listed[:12]:
-        chain.add_row(Text(str(item["name"])), Text(str(item["kind"])),
+    for item in listed:  # every one: the operator reads the whole plan before confirming
+        chain.add_row(Text(cap(item["name"])), Text(str(item["kind"])),
                       Text(str(item["created"])[:16].replace("T", " ")),
                       Text(human_bytes(item["size"])))  # type: ignore[arg-type]
-    if len(listed) > 12:
-        chain.add_row(Text(f"… {len(listed) - 12} more"), Text(""), Text(""), Text(""))
     return chain
 
 
@@ -177,9 +240,31 @@ def findings_text(plan: Plan) -> Text:
     return text
 
 
+class PlanBody(VerticalScroll):
+    """The scrolling plan; tells its screen when its size or position changes."""
+
+    def on_resize(self, event: Resize) -> None:
+        screen = self.screen
+        if isinstance(screen, PlanScreen):
+            screen.check_seen()
+
+
 class PlanScreen(ModalScreen[Confirmation | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel"),
+                Binding("pagedown", "page(1)", "Page down", show=False),
+                Binding("pageup", "page(-1)", "Page up", show=False),
+                Binding("ctrl+end", "plan_end", "End of plan", show=False),
+                Binding("ctrl+home", "plan_home", "Top of plan", show=False),
+                Binding("ctrl+y", "copy_command", "Copy command", show=False),
                 Binding("question_mark", "app.help", "Help", show=False)]
+
+    class NameMismatch(Message):
+        """The operator confirmed with a name that is not the target's (to be logged)."""
+
+        def __init__(self, plan: Plan, typed: str) -> None:
+            super().__init__()
+            self.plan = plan
+            self.typed = typed
 
     def __init__(self, plan: Plan, *, read_only: bool = False,
                  replan: Callable[..., Plan] | None = None) -> None:
@@ -188,59 +273,129 @@ class PlanScreen(ModalScreen[Confirmation | None]):
         self.read_only = read_only
         self.replan = replan  # params -> a fresh plan (options such as quiesce/children)
         self._replanned = False
+        #: The whole plan has been on screen (it fits, or was scrolled to its end).
+        self.seen_all = False
 
     def compose(self) -> ComposeResult:
         plan = self.plan
         with Vertical(id="plan-dialog"):
-            with VerticalScroll(id="plan-body"):
+            with PlanBody(id="plan-body"):
                 # Findings first: what can go wrong must not hide below the fold.
                 yield Static(plan_title(plan), id="plan-title")
                 yield Static(findings_text(plan), id="plan-findings")
-                yield Static(plan_summary(plan), id="plan-summary")
-            if plan.blocking:
-                yield Static(
-                    Text(
-                        f"Blocked by {len(plan.blocking)} pre-flight check(s). The {plan.action} "
-                        "is refused unless you override; the override is logged.",
-                        style="bold red",
-                    ),
-                    id="plan-blocked",
-                )
-                yield Checkbox("Override blocking findings (logged)", id="override")
-            toggles = plan.facts.get("toggles") or {}
-            if toggles and self.replan is not None:
-                with Horizontal(id="plan-toggles") as row:
-                    row.styles.height = "auto"
-                    for name, label in toggles.items():
-                        yield Checkbox(label, value=bool(plan.params.get(name)),
-                                       id=f"toggle-{name}")
-            prompt = Text("Type the VM name to confirm: ")
-            prompt.append(plan.target_name, style="bold")
-            yield Static(prompt, id="plan-prompt")
-            yield Input(placeholder=plan.target_name, id="confirm-name", disabled=self.read_only)
-            if plan.double_confirm:
-                files = plan.facts.get("files") or []
-                second = Text("Second confirmation — this cannot be undone. Type ",
-                              style="bold red")
-                second.append(SECOND_WORD, style="bold reverse")
-                second.append(f" to {plan.action} {plan.target_name} and its {len(files)} "
-                              f"file(s), {human_bytes(plan.size_before)}:", style="bold red")
-                yield Static(second, id="plan-second-prompt")
-                yield Input(placeholder=SECOND_WORD, id="confirm-second", disabled=self.read_only)
-            yield Static("", id="plan-error")
-            with Horizontal(id="plan-buttons"):
-                yield Button(f"Run {plan.action}", variant="error", id="run",
-                             disabled=self.read_only)
-                yield Button("Cancel (Esc)", id="cancel")
+                yield Static(plan_summary(plan, self._clock()), id="plan-summary")
+            yield Static("", id="plan-seen")
+            with Vertical(id="plan-pinned"):
+                yield Static(pinned_summary(plan, False), id="plan-pinned-summary")
+                if plan.blocking:
+                    yield Static(
+                        Text(f"Blocked by {len(plan.blocking)} pre-flight check(s): refused "
+                             "unless you override.", style="bold red"),
+                        id="plan-blocked",
+                    )
+                    yield Checkbox("Override blocking findings (logged)", id="override",
+                                   compact=True)
+                toggles = plan.facts.get("toggles") or {}
+                if toggles and self.replan is not None:
+                    with Horizontal(id="plan-toggles"):
+                        for name, label in toggles.items():
+                            yield Checkbox(label, value=bool(plan.params.get(name)),
+                                           id=f"toggle-{name}", compact=True)
+                with Horizontal(id="plan-name-row"):
+                    yield Static(Text("Type the VM name to confirm ▸ ", style="bold"),
+                                 id="plan-prompt")
+                    yield Input(placeholder=cap(plan.target_name, 40), id="confirm-name",
+                                disabled=self.read_only, compact=True)
+                if plan.double_confirm:
+                    files = plan.facts.get("files") or []
+                    second = Text("Second confirmation — this cannot be undone. Type ",
+                                  style="bold red")
+                    second.append(SECOND_WORD, style="bold reverse")
+                    second.append(f" to {plan.action} {cap(plan.target_name, 40)} and its "
+                                  f"{len(files)} file(s), {human_bytes(plan.size_before)}:",
+                                  style="bold red")
+                    yield Static(second, id="plan-second-prompt")
+                    yield Input(placeholder=SECOND_WORD, id="confirm-second",
+                                disabled=self.read_only, compact=True)
+                error = Static("", id="plan-error")
+                error.display = False
+                yield error
+                with Horizontal(id="plan-buttons"):
+                    yield Static(Text("PgDn read on · ^Y copy command",
+                                      style="dim"), id="plan-keys")
+                    yield Button(f"Run {plan.action}", variant="error", id="run",
+                                 disabled=self.read_only, compact=True)
+                    yield Button("Cancel (Esc)", id="cancel", compact=True)
+
+    def _clock(self) -> str:
+        from .safety import clock_label
+
+        return clock_label(self.app)
 
     def on_mount(self) -> None:
         self.query_one("#confirm-name", Input).focus()
+        body = self.query_one(PlanBody)
+        self.watch(body, "scroll_y", lambda _value: self.check_seen(), init=False)
 
+    # -- has the operator seen the whole plan? ---------------------------------
+    def unseen_lines(self) -> int:
+        """Lines of the plan below what is (or was) on screen; 0 once all was seen."""
+        if self.seen_all:
+            return 0
+        body = self.query_one(PlanBody)
+        return max(round(body.max_scroll_y - body.scroll_y), 0)
+
+    def check_seen(self) -> None:
+        body = self.query_one(PlanBody)
+        if body.size.height <= 0:
+            return  # not laid out yet: nothing is on screen
+        if not self.seen_all and body.scroll_y >= body.max_scroll_y:
+            self.seen_all = True
+        self._show_seen()
+
+    def _show_seen(self) -> None:
+        below = self.unseen_lines()
+        status = self.query_one("#plan-seen", Static)
+        if below:
+            status.update(Text(f" ▼ {below} more line(s) of the plan below — read them "
+                               "(PgDn) before confirming ", style="bold black on yellow"))
+        else:
+            status.update(Text(" ✓ whole plan seen ", style="dim"))
+
+    def action_page(self, step: int) -> None:
+        body = self.query_one(PlanBody)
+        if step > 0:
+            body.scroll_page_down(animate=False)
+        else:
+            body.scroll_page_up(animate=False)
+
+    def action_plan_end(self) -> None:
+        self.query_one(PlanBody).scroll_end(animate=False)
+
+    def action_plan_home(self) -> None:
+        self.query_one(PlanBody).scroll_home(animate=False)
+
+    def action_copy_command(self) -> None:
+        self.app.copy_to_clipboard(self.plan.command)
+        self.notify("The equivalent command was copied to the clipboard.", markup=False,
+                    timeout=4)
+
+    # ---------------------------------------------------------------------------
     def _error(self, message: str) -> None:
-        self.query_one("#plan-error", Static).update(Text(message, style="bold red"))
+        error = self.query_one("#plan-error", Static)
+        error.update(Text(message, style="bold red"))
+        error.display = bool(message)
+
+    def _override_ticked(self) -> bool:
+        boxes = self.query("#override")
+        return bool(self.plan.blocking) and bool(boxes) and boxes.first(Checkbox).value
 
     @on(Checkbox.Changed)
     def _toggled(self, event: Checkbox.Changed) -> None:
+        if event.checkbox.id == "override":
+            self.query_one("#plan-pinned-summary", Static).update(
+                pinned_summary(self.plan, event.value))
+            return
         name = (event.checkbox.id or "").removeprefix("toggle-")
         if name == event.checkbox.id or self.replan is None:
             return
@@ -252,14 +407,25 @@ class PlanScreen(ModalScreen[Confirmation | None]):
         self.plan, self._replanned = plan, True
         self.query_one("#plan-title", Static).update(plan_title(plan))
         self.query_one("#plan-findings", Static).update(findings_text(plan))
-        self.query_one("#plan-summary", Static).update(plan_summary(plan))
+        self.query_one("#plan-summary", Static).update(plan_summary(plan, self._clock()))
+        self.query_one("#plan-pinned-summary", Static).update(
+            pinned_summary(plan, self._override_ticked()))
+        self.seen_all = False  # a changed plan must be read again
+        self.call_after_refresh(self.check_seen)
 
     def _try_confirm(self) -> None:
         typed = self.query_one("#confirm-name", Input).value
+        override = self._override_ticked()
         boxes = self.query("#override")
-        override = bool(self.plan.blocking) and bool(boxes) and boxes.first(Checkbox).value
         if typed != self.plan.target_name:
-            self._error("The name does not match. Type it exactly as shown to confirm.")
+            self._error("The name does not match. Type it exactly as shown to confirm "
+                        "(refusal logged).")
+            if typed:
+                self.post_message(self.NameMismatch(self.plan, typed))
+            return
+        if below := self.unseen_lines():
+            self._error(f"Not confirmed: {below} line(s) of the plan are not yet seen. "
+                        "Scroll to its end (PgDn) first.")
             return
         if self.plan.blocking and not override:
             self._error("Blocked by pre-flight. Tick the override to run anyway (logged)."

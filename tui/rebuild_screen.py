@@ -89,11 +89,16 @@ def checklist(wf: Rebuild, task_of: Callable[[str], Task | None] | None = None) 
                 pct = task.pct
                 message = task.message or message
         progress = f"{pct:.0f}%" if step.state is not StepState.PENDING else ""
+        state = step.state.value
+        if step.state is StepState.RUNNING and wf.interrupted:
+            # Nobody is running it any more: not "running 0 %" (issue 12).
+            state, progress, style = "interrupted", "?", "bold magenta"
+            message = "interrupted — verify on the host"
         label = Text(mark, style=style)
         label.append(f" {i}. {step.title}", style="" if step.state is not StepState.PENDING
                      else "dim")
         table.add_row(label,
-                      Text(step.state.value, style=style), Text(progress),
+                      Text(state, style=style), Text(progress),
                       Text(_hms(step.started)), Text(_took(step.started, step.ended)),
                       Text(clean(message or "")))
     return table

@@ -16,6 +16,8 @@ from ventana.backends.actionspecs import names as action_names
 from ventana.state.model import Task, TaskState
 from ventana.state.store import Store
 
+from .fit import cap
+
 _STATE_STYLE = {
     TaskState.QUEUED: "dim",
     TaskState.RUNNING: "bold cyan",
@@ -41,8 +43,11 @@ BAR = 16
 def task_line(task: Task) -> Text:
     filled = round(task.pct / 100 * BAR)
     line = Text(no_wrap=True, overflow="ellipsis")
-    line.append(f"{task.kind:<8}", style="bold")
-    line.append(f"{task.target_name or task.target:<24.24} ")
+    # Kind and name in their own columns, a separator between (a long kind such
+    # as remove-all-snapshots never runs into the name); long names end in "…".
+    line.append(f"{cap(task.kind, 20):<10}", style="bold")
+    line.append(" │ ", style="dim")
+    line.append(f"{cap(task.target_name or task.target, 24):<24} ")
     line.append("━" * filled, style=_STATE_STYLE[task.state])
     line.append("━" * (BAR - filled), style="dim")
     line.append(f" {task.pct:5.1f}% ")

@@ -86,12 +86,15 @@ async def test_wrong_name_is_refused_then_right_name_merges(tmp_path: Path) -> N
         await pilot.pause(0.1)
         assert isinstance(app.screen, PlanScreen)  # still open, nothing sent
         assert "does not match" in str(app.screen.query_one("#plan-error").render())
-        assert app.action_log.rows() == []
+        await wait_for(pilot, lambda: bool(app.action_log.rows()))
+        (refused,) = app.action_log.rows()  # evidence: refused (name mismatch), not cancelled
+        assert refused.outcome == "refused" and "name mismatch" in (refused.error or "")
+        assert "'wrong-vm'" in (refused.error or "")
         app.screen.query_one("#confirm-name").value = ""
         await pilot.press(*name, "enter")
-        await wait_for(pilot, lambda: bool(app.action_log.rows())
+        await wait_for(pilot, lambda: len(app.action_log.rows()) == 2
                        and app.action_log.rows()[0].outcome != "running", timeout=20)
-        (row,) = app.action_log.rows()
+        row = app.action_log.rows()[0]
         assert row.outcome == "ok", row.error
         assert row.confirmed and row.size_before and row.size_after
         assert row.final_state == "Operational"

@@ -24,6 +24,9 @@ def _one_row(path: Path) -> None:
 
 def test_log_lists_and_exports_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "a.db"
+    assert main(["log", "--log", str(db)]) == 1  # never creates an empty log
+    assert "no action log" in capsys.readouterr().err and not db.exists()
+    ActionLog.open(db).close()
     assert main(["log", "--log", str(db)]) == 0
     assert "empty" in capsys.readouterr().out
     _one_row(db)

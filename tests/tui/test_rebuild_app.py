@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from apphelp import make_app, populated, wait_for
+from apphelp import make_app, populated, read_whole_plan, wait_for
 from textual.pilot import Pilot
 from textual.widgets import Input
 
@@ -59,6 +59,7 @@ def latest(tmp_path: Path, vm_id: str) -> Rebuild | None:
 async def confirm(pilot: Pilot, name: str) -> None:
     app = pilot.app
     await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen))
+    await read_whole_plan(pilot)  # a confirmation needs the whole plan seen
     box = app.screen.query_one("#confirm-name", Input)
     box.value = name
     await pilot.press("enter")
