@@ -186,6 +186,10 @@ create table if not exists leases (
     acquired {float} not null, expires {float} not null
 );
 create index if not exists leases_row on leases (row_id);
+create table if not exists log_imports (
+    source text not null, tbl text not null, src_key text not null, dst_key text not null,
+    primary key (source, tbl, src_key)
+);
 alter table actions add column cluster_account text not null default ''
 """
 

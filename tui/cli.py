@@ -26,8 +26,19 @@ from ventana.state.config import Config, ConfigError, load_config
 from ventana.state.sanitize import clean
 
 
+def _log_arg(value: str) -> Path | str:
+    """``--log``: a file, or a team's postgresql:// URL (no password in it)."""
+    from ventana.state.schema import LocationError, location
+
+    try:
+        return location(value)  # type: ignore[return-value]
+    except LocationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log", type=Path, help="action log file (default: XDG data dir)")
+    p.add_argument("--log", type=_log_arg, help="action log file, or a team's "
+                   "postgresql://user@host/db URL (default: XDG data dir)")
     p.add_argument("--config", type=Path, help="config file (default: XDG config dir)")
 
 
@@ -104,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     log = sub.add_parser("log", help="list the action log")
     log.add_argument("--csv", action="store_true", help="export every row as CSV to stdout")
     log.add_argument("--limit", type=int, default=50)
+    # team mode (docs/team-mode.md): `ventana log migrate --to postgresql://…`
+    log.add_argument("migrate", nargs="?", choices=["migrate"],
+                     help="copy this SQLite log into a team's database (with --to)")
+    log.add_argument("--to", type=_log_arg, metavar="URL",
+                     help="migrate: the destination, a postgresql:// URL")
     _add_common(log)
     report = sub.add_parser(
         "report", help="the campaign report from the action log (Markdown, CSV or xlsx)",
@@ -114,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="md (default), csv and chart (the LUN bars alone) go to stdout "
                         "unless --out; xlsx needs --out")
     report.add_argument("--out", type=Path, metavar="PATH", help="write the report to PATH")
-    report.add_argument("--db", type=Path, metavar="PATH",
+    report.add_argument("--db", type=_log_arg, metavar="PATH",
                         help="the action log (default: --log, the config's log, or the XDG one)")
     report.add_argument("--since", metavar="ISO", help="only rows started at or after this time")
     report.add_argument("--until", metavar="ISO", help="only rows started at or before this time")
@@ -133,7 +149,28 @@ def _open_log(path: Path | None) -> tuple[ActionLog | None, str]:
         return None, clean(str(exc))
 
 
-def cmd_log(args: argparse.Namespace, log_path: Path | None) -> int:
+def cmd_log_migrate(args: argparse.Namespace, log_path: Path | str | None) -> int:
+    from ventana.state.logmigrate import copy_log
+    from ventana.state.paths import default_log_path
+    from ventana.state.schema import is_url
+
+    source = log_path or default_log_path()
+    if args.to is None or is_url(source):
+        print("ventana log migrate: needs --to postgresql://… and a SQLite log as the source "
+              "(--log FILE, the config's log, or the XDG one)", file=sys.stderr)
+        return 2
+    try:
+        report = copy_log(Path(source), args.to)
+    except ActionLogError as exc:
+        print(f"ventana log migrate: {clean(str(exc))}", file=sys.stderr)
+        return 1
+    print("\n".join(clean(line) for line in report.lines()))
+    return 0
+
+
+def cmd_log(args: argparse.Namespace, log_path: Path | str | None) -> int:
+    if getattr(args, "migrate", None):
+        return cmd_log_migrate(args, log_path)
     try:
         log = ActionLog.open(log_path)
     except ActionLogError as exc:
@@ -148,10 +185,10 @@ def cmd_log(args: argparse.Namespace, log_path: Path | None) -> int:
             print("The action log is empty.")
             return 0
         out = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
-        out.writerow(["started", "operator", "mode", "action", "target", "status",
+        out.writerow(["started", "operator", "host", "mode", "action", "target", "status",
                       "duration_s", "size_before", "size_after", "final_state", "error"])
         for r in rows:
-            out.writerow([r.started, r.operator, r.mode, r.action, r.target_name, r.status,
+            out.writerow([r.started, r.operator, r.host, r.mode, r.action, r.target_name, r.status,
                           "" if r.duration_s is None else f"{r.duration_s:.1f}",
                           r.size_before if r.size_before is not None else "",
                           r.size_after if r.size_after is not None else "",
@@ -186,8 +223,10 @@ def cmd_report(args: argparse.Namespace, log_path: Path | None) -> int:
         return fail(2, str(exc))
     if args.format == "xlsx" and args.out is None:
         return fail(2, "--format xlsx needs --out PATH (a workbook is not written to a terminal)")
+    from ventana.state.schema import is_url
+
     path = args.db or log_path or default_log_path()
-    if not path.is_file():  # a report never creates an empty log
+    if not is_url(path) and not Path(path).is_file():  # a report never creates an empty log
         return fail(1, f"no action log at {path}")
     luns = []
     if args.recording is not None:

@@ -1,0 +1,78 @@
+"""What an action claims from the shared log: its VM and its worst-case LUN space.
+
+``claim_for(store, plan, backend, ttl)`` builds the ``Claim`` that
+``ActionLog.begin`` turns into a lease (state/leases.py) in the intent row's
+transaction. The runner calls it at one place (backends/actions.py, where
+the intent row is written); everything else about team mode lives in
+state/: the schema (schema.py), leases (leases.py), the live feed (live.py)
+and moving a log over (logmigrate.py).
+
+Space: a merge may need, on each LUN its chains end on, up to the chains'
+differencing data (``merge_needed_by_lun``, the pre-flight's own figure);
+other actions with a plan-level ``space_needed`` reserve it on the plan's
+LUN. ``counted`` is what this console's own view already reserves for merges
+running on those LUNs (the pre-flight subtracted it), so a merge another
+console started, which a real cluster also shows here as a running task, is
+not counted twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .derived import merge_needed_by_lun, merge_space
+from .leases import DEFAULT_TTL_S, Claim
+from .model import Kind
+from .plans import Plan
+from .sanitize import clean
+from .store import Store
+
+
+def account_of(backend: Any) -> str:
+    """The cluster account a backend acts as (``config.user``), or ''."""
+    config = getattr(backend, "config", None)
+    user = getattr(config, "user", "") if config is not None else ""
+    return clean(user) if isinstance(user, str) else ""
+
+
+def _merge_space(store: Store, vm_id: str) -> dict[str, int]:
+    by_lun = merge_needed_by_lun(store, vm_id)
+    if by_lun:
+        return by_lun
+    vm = store.vm(vm_id)
+    if vm is None or not vm.lun_id:
+        return {}
+    return {vm.lun_id: merge_space(store, vm_id).needed}
+
+
+def claim_for(store: Store, plan: Plan, backend: Any = None,
+              ttl: float = DEFAULT_TTL_S) -> Claim:
+    """The claim of a confirmed plan: its target's lease and its worst-case space."""
+    kind, _, vm_id = plan.target.partition(":")
+    space: dict[str, int] = {}
+    if kind == Kind.VM.value and plan.action == "merge":
+        space = _merge_space(store, vm_id)
+    elif plan.lun_id and plan.space_needed:
+        space = {plan.lun_id: int(plan.space_needed)}
+    space = {lun: n for lun, n in space.items() if n > 0}
+    free: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for lun_id in space:
+        lun = store.lun(lun_id)
+        if lun is not None:
+            free[lun_id] = lun.free_bytes
+            names[lun_id] = lun.name
+    counted: dict[str, int] = {}
+    counted_targets: set[str] = set()
+    for task in store.tasks():
+        if task.kind != "merge" or task.state.finished:
+            continue
+        other_kind, _, other = task.target.partition(":")
+        if other_kind != Kind.VM.value or other == vm_id or store.vm(other) is None:
+            continue
+        counted_targets.add(task.target)
+        for lun_id, n in _merge_space(store, other).items():
+            if lun_id in space:
+                counted[lun_id] = counted.get(lun_id, 0) + n
+    return Claim(ttl=ttl, cluster_account=account_of(backend), space=space, free=free,
+                 counted=counted, counted_targets=frozenset(counted_targets), lun_names=names)

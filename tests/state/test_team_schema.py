@@ -1,0 +1,280 @@
+"""One schema on two engines: every store round-trips the same on SQLite and PostgreSQL.
+
+Also: leases (one action per VM, shared LUN space), the live feed
+(LISTEN/NOTIFY), the database going away and coming back, and
+``ventana log migrate`` from SQLite to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from peers.postgres import PgServer
+
+from ventana.state.acks import AckBook
+from ventana.state.actionlog import SCHEMA_VERSION, ActionLog, ActionLogError, LogRow
+from ventana.state.derived import PAUSE_CRITICAL_MARGIN
+from ventana.state.findings import LiveFinding
+from ventana.state.leases import ActionBusy, Claim
+from ventana.state.live import TeamFeed
+from ventana.state.model import Severity
+from ventana.state.rebuild import RebuildState, RebuildStore, StepState
+from ventana.state.schema import VERSION
+from ventana.state.window import WindowStore
+
+GB = 1024**3
+BASE = dict(action="merge", target_system="sim://HVCLUSTER01", mode="read-write",
+            target_object="vm:a", target_name="app-01", plan={"steps": ["x"]},
+            findings=[{"code": "LOW_SPACE"}], override=False, confirmed=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def loc(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    if request.param == "sqlite":
+        return tmp_path / "actions.db"
+    return request.getfixturevalue("pg_url")
+
+
+def _finding(target: str = "vm:a", code: str = "CHECKPOINT_OLD",
+             severity: Severity = Severity.WARNING) -> LiveFinding:
+    return LiveFinding(target=target, code=code, severity=severity, message="old checkpoint",
+                       target_name="app-01")
+
+
+def test_every_store_round_trips_on_both_engines(loc: str | Path) -> None:
+    now = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    with ActionLog.open(loc) as log:
+        row = log.begin(**BASE)
+        log.finish(row, outcome="ok", size_before=300, size_after=188,
+                   final_state="Optimized", detail={"note": "merged", "password": "x"})
+        log.record(**BASE, outcome="refused", error="blocked: token=abc")
+        running = log.begin(**{**BASE, "target_object": "vm:b", "target_name": "db-01"})
+        rows = log.rows(newest_first=False)
+        assert [(r.id, r.outcome, r.status) for r in rows] == [
+            (row, "ok", "ok"), (row + 1, "refused", "refused"),
+            (running, "running", "running")]
+        assert rows[0].size_after == 188 and rows[0].final_state == "Optimized"
+        assert rows[0].detail_data() == {"note": "merged"}  # the secret-named key dropped
+        assert rows[1].error == "blocked: token=[redacted]"
+        assert rows[0].override is False and rows[0].confirmed is True
+        assert log.final_states() == {"vm:a": "Optimized"}
+        assert log.newest_id() == running
+        assert [r.id for r in log.rows_after(row)] == [row + 1, running]
+        buf = io.StringIO()
+        assert log.to_csv(buf) == 3 and "cluster_account" in buf.getvalue().splitlines()[0]
+    book = AckBook.open(loc)
+    try:
+        book.acknowledge(_finding(), "known, merge planned", now)
+        book.snooze(_finding(code="LUN_LOW"), now + timedelta(hours=4), "after backup", now)
+        book.lift("vm:a", "LUN_LOW", now)
+    finally:
+        book.close()
+    again = AckBook.open(loc)
+    try:
+        assert [(a.code, a.kind) for a in again.all_open()] == [("CHECKPOINT_OLD", "ack")]
+    finally:
+        again.close()
+    ws = WindowStore.open(loc)
+    try:
+        window = ws.load("saturday")
+        window.add("VM-1", "app-01", "merge")
+        window.add("VM-2", "db-01", "upgrade", target_version="9.0")
+        window.set_parallel(2)
+        loaded = ws.load("saturday")
+        assert [(i.vm_name, i.action, i.params) for i in loaded.items] == [
+            ("app-01", "merge", {}), ("db-01", "upgrade", {"target_version": "9.0"})]
+        assert loaded.parallel == 2
+    finally:
+        ws.close()
+    rs = RebuildStore.open(loc)
+    try:
+        rs.create(rebuild_id="rb-1", vm_id="a", vm_name="app-01", target_system="sim",
+                  node="hv01", to_last_parent=True, old_vm_name="app-01-old")
+        rs.step_update("rb-1", "capture", state=StepState.DONE, pct=100.0, log_row=row)
+        rs.set_state("rb-1", RebuildState.PAUSED, capture={"generation": 2})
+        wf = rs.get("rb-1")
+        assert wf is not None and wf.state is RebuildState.PAUSED and wf.to_last_parent
+        assert wf.capture == {"generation": 2} and wf.steps[0].log_row == row
+        assert [r.id for r in rs.unfinished("a")] == ["rb-1"]
+    finally:
+        rs.close()
+
+
+def test_postgres_schema_is_versioned_and_a_newer_one_refused(pg_url: str) -> None:
+    ActionLog.open(pg_url).close()
+    ActionLog.open(pg_url).close()  # idempotent
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert conn.execute("select version from ventana_schema").fetchall() == [(VERSION,)]
+        conn.execute("insert into ventana_schema values (%s)", (VERSION + 1,))
+    with pytest.raises(ActionLogError, match="newer than this Ventana supports"):
+        ActionLog.open(pg_url)
+
+
+def test_an_old_sqlite_log_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A version-1 file (the actions table only, as written before team mode)."""
+    db = tmp_path / "actions.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE [actions] ([id] INTEGER PRIMARY KEY, [started] TEXT NOT NULL, [ended] TEXT,"
+        " [operator] TEXT NOT NULL, [host] TEXT NOT NULL, [pid] INTEGER NOT NULL, [boot_id] TEXT,"
+        " [proc_start] INTEGER, [target_system] TEXT NOT NULL, [mode] TEXT NOT NULL,"
+        " [action] TEXT NOT NULL, [target_object] TEXT NOT NULL, [target_name] TEXT NOT NULL,"
+        " [plan] TEXT NOT NULL, [findings] TEXT NOT NULL, [override] INTEGER NOT NULL,"
+        " [confirmed] INTEGER NOT NULL, [outcome] TEXT NOT NULL, [error] TEXT NOT NULL,"
+        " [duration_s] FLOAT, [size_before] INTEGER, [size_after] INTEGER, [final_state] TEXT,"
+        " [detail] TEXT, [task_id] TEXT NOT NULL);"
+        "INSERT INTO actions VALUES (1, '2024-11-14T22:00:00.000+00:00', NULL, 'ops', 'gone',"
+        " 1, NULL, NULL, 'sim', 'read-write', 'merge', 'vm:a', 'app-01', '{}', '[]', 0, 1,"
+        " 'running', '', NULL, NULL, NULL, NULL, NULL, 't');"
+        "PRAGMA user_version = 1;")
+    conn.close()
+    with ActionLog.open(db) as log:
+        (old,) = log.rows()
+        assert old.status == "interrupted — verify on the host" and old.cluster_account == ""
+        assert log.db is not None
+        assert log.db.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_leases_one_action_per_vm_and_shared_lun_space(loc: str | Path) -> None:
+    free = 40 * GB
+    claim_a = Claim(ttl=30, cluster_account="CORP\\ops", space={"lun-1": 30 * GB},
+                    free={"lun-1": free}, lun_names={"lun-1": "CSV-01"})
+    with ActionLog.open(loc) as a, ActionLog.open(loc) as b:
+        row = a.begin(**BASE, claim=claim_a)
+        with pytest.raises(ActionBusy, match="already being acted on") as busy:
+            b.begin(**BASE, claim=Claim(ttl=30))
+        assert "merge since" in str(busy.value)
+        other = {**BASE, "target_object": "vm:b", "target_name": "db-01"}
+        tight = Claim(ttl=30, space={"lun-1": 10 * GB}, free={"lun-1": free},
+                      lun_names={"lun-1": "CSV-01"})
+        with pytest.raises(ActionBusy, match="NO_SPACE") as space:
+            b.begin(**other, claim=tight)
+        assert space.value.code == "NO_SPACE" and "app-01" in str(space.value)
+        # The console's own view already counts that merge: not counted twice.
+        counted = Claim(ttl=30, space={"lun-1": 5 * GB}, free={"lun-1": free},
+                        counted={"lun-1": 30 * GB}, counted_targets=frozenset({"vm:a"}))
+        assert free - 35 * GB >= PAUSE_CRITICAL_MARGIN
+        row_b = b.begin(**other, claim=counted)
+        assert {le.target_object for le in b.leases()} == {"vm:a", "vm:b"}
+        assert a.get(row).cluster_account == "CORP\\ops"  # type: ignore[union-attr]
+        a.finish(row, outcome="ok")
+        b.finish(row_b, outcome="ok")
+        assert b.leases() == []
+        b.finish(b.begin(**BASE, claim=tight), outcome="ok")  # free again
+        assert len(b.rows()) == 3  # refusals write nothing here (the runner logs them)
+
+
+def test_another_consoles_action_arrives_within_a_second(pg_url: str) -> None:
+    got: list[LogRow] = []
+    arrived = threading.Event()
+
+    def on_rows(rows: list[LogRow]) -> None:
+        got.extend(rows)
+        if any(r.outcome == "ok" for r in got):
+            arrived.set()
+
+    with ActionLog.open(pg_url) as mine, ActionLog.open(pg_url) as theirs:
+        feed = TeamFeed.start(mine, on_rows)
+        try:
+            deadline = time.monotonic() + 10
+            while feed.state != "live" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert feed.state == "live"
+            t0 = time.monotonic()
+            row = theirs.begin(**BASE, claim=Claim(ttl=30, cluster_account="CORP\\alice"))
+            while not got and time.monotonic() - t0 < 2:
+                time.sleep(0.01)
+            assert got and time.monotonic() - t0 < 1.0
+            first = got[0]
+            assert first.id == row and first.status == "running"
+            assert first.operator and first.host and first.cluster_account == "CORP\\alice"
+            theirs.finish(row, outcome="ok")
+            assert arrived.wait(1.0)
+        finally:
+            feed.stop()
+
+
+def test_database_unreachable_refuses_then_recovers_by_itself() -> None:
+    with PgServer() as pg:
+        pg.psql("create database team")
+        url = pg.url("team")
+        with ActionLog.open(url) as log:
+            log.record(**BASE, outcome="refused")
+            pg.kill()
+            with pytest.raises(ActionLogError, match="unreachable"):
+                log.begin(**BASE, claim=Claim(ttl=30))
+            with pytest.raises(ActionLogError, match="unreachable"):
+                log.rows()
+            pg.start()
+            row = log.begin(**BASE, claim=Claim(ttl=30))  # reconnected, no restart needed
+            log.finish(row, outcome="ok")
+            assert [r.outcome for r in log.rows()] == ["ok", "refused"]
+
+
+def test_log_migrate_copies_every_row_kind_idempotently(tmp_path: Path, pg_url: str,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    from ventana.tui.cli import main
+
+    src = tmp_path / "actions.db"
+    now = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    with ActionLog.open(src) as log:
+        done = log.begin(**BASE)
+        log.finish(done, outcome="ok", final_state="Optimized", size_before=3, size_after=2)
+        log.record(**BASE, outcome="cancelled")
+        running = log.begin(**{**BASE, "target_object": "vm:b", "target_name": "db-01"})
+    book = AckBook.open(src)
+    book.acknowledge(_finding(), "known", now)
+    book.snooze(_finding(code="LUN_LOW"), now + timedelta(hours=2), "later", now)
+    book.close()
+    ws = WindowStore.open(src)
+    ws.load("saturday").add("VM-1", "app-01", "merge")
+    ws.close()
+    rs = RebuildStore.open(src)
+    rs.create(rebuild_id="rb-1", vm_id="a", vm_name="app-01", target_system="sim", node="",
+              to_last_parent=False, old_vm_name="app-01-old")
+    rs.step_update("rb-1", "capture", state=StepState.DONE, log_row=done)
+    rs.close()
+
+    assert main(["log", "migrate", "--to", pg_url, "--log", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "actions: 3 copied" in out and "finding_acks: 2 copied" in out
+    assert "window_items: 1 copied" in out and "rebuild_steps: 6 copied" in out
+    with ActionLog.open(pg_url) as dst, ActionLog.open(src) as orig:
+        theirs = [(r.action, r.outcome, r.target_name, r.started, r.plan, r.final_state)
+                  for r in dst.rows(newest_first=False)]
+        ours = [(r.action, r.outcome, r.target_name, r.started, r.plan, r.final_state)
+                for r in orig.rows(newest_first=False)]
+        assert theirs == ours
+        assert dst.final_states() == orig.final_states()
+    book = AckBook.open(pg_url)
+    assert sorted(a.code for a in book.all_open()) == ["CHECKPOINT_OLD", "LUN_LOW"]
+    book.close()
+    ws = WindowStore.open(pg_url)
+    assert [i.vm_name for i in ws.load("saturday").items] == ["app-01"]
+    ws.close()
+    rs = RebuildStore.open(pg_url)
+    wf = rs.get("rb-1")
+    rs.close()
+    assert wf is not None and wf.steps[0].state is StepState.DONE
+    with ActionLog.open(pg_url) as dst:
+        first_id = dst.rows(newest_first=False)[0].id
+    assert wf.steps[0].log_row == first_id  # the reference follows the new id
+
+    # Again: nothing new; then the running row's outcome arrives in the source.
+    assert main(["log", "migrate", "--to", pg_url, "--log", str(src)]) == 0
+    assert "actions: 0 copied, 0 updated, 3 already there" in capsys.readouterr().out
+    with ActionLog.open(src) as log:
+        log.finish(running, outcome="failed", error="chain corrupted")
+    assert main(["log", "migrate", "--to", pg_url, "--log", str(src)]) == 0
+    assert "actions: 0 copied, 1 updated" in capsys.readouterr().out
+    with ActionLog.open(pg_url) as dst:
+        assert [r.outcome for r in dst.rows(newest_first=False)] == ["ok", "cancelled",
+                                                                      "failed"]
