@@ -365,7 +365,7 @@ class ActionLog:
     @classmethod
     def open(cls, path: Location | None = None, *,
              busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-             lease_ttl: float = DEFAULT_TTL_S) -> ActionLog:
+             lease_ttl: float = DEFAULT_TTL_S, lazy: bool = False) -> ActionLog:
         """Open (creating if needed) the log and prove it is writable.
 
         ``path`` is a file (SQLite) or a ``postgresql://`` URL (a team's
@@ -373,6 +373,11 @@ class ActionLog:
         directory cannot be created or written, the file is not a database or
         has a newer schema, the disk is full, another process holds the write
         lock past ``busy_timeout`` seconds, or the database cannot be reached.
+
+        ``lazy`` (PostgreSQL only): a database out of reach gives a handle
+        anyway; it refuses every write (so every action) until the database
+        answers, then connects, migrates and works — a console started during
+        an outage recovers by itself. ``check()`` says whether it answers now.
         """
         try:
             loc = location(path) if path is not None else default_log_path()
@@ -382,8 +387,17 @@ class ActionLog:
         if not is_url(loc):
             assert isinstance(loc, Path)
             cls._create_file(loc)
-        store = open_db(loc, error=ActionLogError, busy_timeout=busy_timeout)
+        store = open_db(loc, error=ActionLogError, busy_timeout=busy_timeout, lazy=lazy)
         return cls(loc, store, busy_timeout, lease_ttl)
+
+    def check(self) -> str:
+        """'' when the log answers now, else why not (for a banner). Blocking on a
+        shared log (a round trip, bounded by the connect timeout): call it in a worker."""
+        try:
+            self._select("select 1 as one")
+        except ActionLogError as exc:
+            return str(exc)
+        return ""
 
     @staticmethod
     def _create_file(path: Path) -> None:

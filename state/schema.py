@@ -262,7 +262,7 @@ class Db:
     """
 
     def __init__(self, loc: Location, *, error: type[Exception], busy_timeout: float,
-                 app: str = "ventana") -> None:
+                 app: str = "ventana", lazy: bool = False) -> None:
         self.location: Location = loc
         self.error = error
         self.timeout = busy_timeout
@@ -274,7 +274,13 @@ class Db:
         self._closed = False
         self.conn: Any = None
         self.can_write = True
-        self._connect()
+        self._migrated = False
+        try:
+            self._connect()
+        except error:
+            if not (lazy and self.pg):
+                raise
+            self.conn = None  # out of reach: every call retries, migrating first
 
     # -- connecting -------------------------------------------------------------------
     def _connect(self) -> None:
@@ -305,6 +311,14 @@ class Db:
                     self.conn.close()
             self.conn = None
             self._connect()
+            if not self._migrated:
+                try:
+                    self.migrate()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        self.conn.close()
+                    self.conn = None
+                    raise
 
     def unreachable(self) -> bool:
         """PostgreSQL: the connection is gone (the server is down or out of reach)."""
@@ -427,20 +441,12 @@ class Db:
         can open the log (``can_write`` tells whether it may write).
         """
         if self.pg:
-            current = self.version()
-            self._check_newer(current)
-            if current < VERSION:
-                with self.write():
-                    self.execute("select pg_advisory_xact_lock(?)", (LEASE_LOCK_KEY + 1,))
-                    self.execute("create table if not exists ventana_schema "
-                                 "(version integer not null)")
-                    current = self.version()
-                    self._apply(current)
-                    if current < VERSION:
-                        self.execute("insert into ventana_schema (version) values (?)",
-                                     (VERSION,))
-            self.can_write = bool(self.query(
-                "select has_table_privilege('actions', 'INSERT') as w")[0]["w"])
+            self._migrated = True  # (set first: migrating reconnects through _ensure)
+            try:
+                self._migrate_pg()
+            except BaseException:
+                self._migrated = False
+                raise
             return
         with self.write():
             current = self.version()
@@ -448,6 +454,22 @@ class Db:
             if current < VERSION:
                 self._apply(current)
                 self.execute(f"PRAGMA user_version = {VERSION}")
+
+    def _migrate_pg(self) -> None:
+        current = self.version()
+        self._check_newer(current)
+        if current < VERSION:
+            with self.write():
+                self.execute("select pg_advisory_xact_lock(?)", (LEASE_LOCK_KEY + 1,))
+                self.execute("create table if not exists ventana_schema "
+                             "(version integer not null)")
+                current = self.version()
+                self._apply(current)
+                if current < VERSION:
+                    self.execute("insert into ventana_schema (version) values (?)",
+                                 (VERSION,))
+        self.can_write = bool(self.query(
+            "select has_table_privilege('actions', 'INSERT') as w")[0]["w"])
 
     def _check_newer(self, current: int) -> None:
         if current > VERSION:
@@ -483,9 +505,15 @@ class Db:
 
 
 def open_db(loc: Location, *, error: type[Exception], busy_timeout: float,
-            app: str = "ventana") -> Db:
-    """Open and migrate; closes what it opened on failure."""
-    db = Db(loc, error=error, busy_timeout=busy_timeout, app=app)
+            app: str = "ventana", lazy: bool = False) -> Db:
+    """Open and migrate; closes what it opened on failure.
+
+    ``lazy`` (PostgreSQL): a database out of reach is not an error yet — the
+    handle connects and migrates on first use, and refuses every call until then.
+    """
+    db = Db(loc, error=error, busy_timeout=busy_timeout, app=app, lazy=lazy)
+    if db.conn is None:
+        return db
     try:
         db.migrate()
     except BaseException:

@@ -216,6 +216,18 @@ def test_database_unreachable_refuses_then_recovers_by_itself() -> None:
             row = log.begin(**BASE, claim=Claim(ttl=30))  # reconnected, no restart needed
             log.finish(row, outcome="ok")
             assert [r.outcome for r in log.rows()] == ["ok", "refused"]
+        # A console started while the database is down: refuses, then recovers by itself.
+        pg.kill()
+        with pytest.raises(ActionLogError, match="unreachable"):
+            ActionLog.open(url)
+        with ActionLog.open(url, lazy=True) as log:
+            assert "unreachable" in log.check()
+            with pytest.raises(ActionLogError, match="unreachable"):
+                log.begin(**BASE, claim=Claim(ttl=30))
+            pg.start()
+            assert log.check() == ""
+            log.finish(log.begin(**BASE, claim=Claim(ttl=30)), outcome="ok")
+            assert [r.outcome for r in log.rows()] == ["ok", "ok", "refused"]
 
 
 def test_log_migrate_copies_every_row_kind_idempotently(tmp_path: Path, pg_url: str,
@@ -275,6 +287,13 @@ def test_log_migrate_copies_every_row_kind_idempotently(tmp_path: Path, pg_url: 
         log.finish(running, outcome="failed", error="chain corrupted")
     assert main(["log", "migrate", "--to", pg_url, "--log", str(src)]) == 0
     assert "actions: 0 copied, 1 updated" in capsys.readouterr().out
+    # `ventana log` and `ventana report` read the team's log.
+    assert main(["log", "--log", pg_url]) == 0
+    listing = capsys.readouterr().out
+    assert listing.splitlines()[0].split("\t")[:3] == ["started", "operator", "host"]
+    assert len(listing.splitlines()) == 4
+    assert main(["report", "--db", pg_url, "--format", "csv"]) == 0
+    assert "app-01" in capsys.readouterr().out
     with ActionLog.open(pg_url) as dst:
         assert [r.outcome for r in dst.rows(newest_first=False)] == ["ok", "cancelled",
                                                                       "failed"]
