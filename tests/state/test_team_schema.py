@@ -297,3 +297,29 @@ def test_log_migrate_copies_every_row_kind_idempotently(tmp_path: Path, pg_url: 
     with ActionLog.open(pg_url) as dst:
         assert [r.outcome for r in dst.rows(newest_first=False)] == ["ok", "cancelled",
                                                                       "failed"]
+
+
+def test_password_comes_from_the_environment_or_pgpass_never_the_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "s3cret-Team-pw"
+    with PgServer(tcp=True, password=secret) as pg:
+        url = pg.tcp_url("postgres")
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+        monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+        with pytest.raises(ActionLogError, match="unreachable|password"):
+            ActionLog.open(url)  # no password anywhere: refused by the server
+        monkeypatch.setenv("PGPASSWORD", secret)
+        with ActionLog.open(url) as log:
+            log.record(**BASE, outcome="refused", error="nothing sent")
+        monkeypatch.delenv("PGPASSWORD")
+        pgpass = tmp_path / "pgpass"
+        pgpass.write_text(f"127.0.0.1:{pg.port}:*:ventana:{secret}\n")
+        pgpass.chmod(0o600)
+        monkeypatch.setenv("PGPASSFILE", str(pgpass))  # what libpq reads (~/.pgpass)
+        with ActionLog.open(url) as log:
+            buf = io.StringIO()
+            log.to_csv(buf)
+            assert secret not in buf.getvalue() and secret not in log.where
+        with pytest.raises(ActionLogError, match="carries a password") as err:
+            ActionLog.open(url.replace("ventana@", f"ventana:{secret}@"))
+        assert secret not in str(err.value)
