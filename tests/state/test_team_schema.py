@@ -306,7 +306,7 @@ def test_password_comes_from_the_environment_or_pgpass_never_the_log(
         url = pg.tcp_url("postgres")
         monkeypatch.delenv("PGPASSWORD", raising=False)
         monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
-        with pytest.raises(ActionLogError, match="unreachable|password"):
+        with pytest.raises(ActionLogError, match=r"unreachable|password"):
             ActionLog.open(url)  # no password anywhere: refused by the server
         monkeypatch.setenv("PGPASSWORD", secret)
         with ActionLog.open(url) as log:
