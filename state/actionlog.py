@@ -342,6 +342,9 @@ class ActionLog:
         self._closed = False
         self._pending: dict[int, dict[str, Any]] = {}  # outcomes the database missed
         self._keeper = Keeper(self._renew, self.flush)
+        #: The cluster account this console acts as (``team.account_of(backend)``),
+        #: written on every row it writes unless a claim names another.
+        self.account = ""
 
     @property
     def shared(self) -> bool:
@@ -462,7 +465,7 @@ class ActionLog:
             "confirmed": bool(confirmed),
             "error": "",
             "task_id": _text(task_id),
-            "cluster_account": _text(cluster_account),
+            "cluster_account": _text(cluster_account or self.account),
         }
 
     def _insert(self, db: Db, row: dict[str, Any]) -> int:

@@ -519,6 +519,10 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             return 2
 
     log, log_error = _open_log(log_path)
+    if log is not None:  # who did it: the cluster account on every row (team mode)
+        from ventana.state.team import account_of
+
+        log.account = account_of(backend)
     try:
         attach_side_channels(backend, config, log)
     except (ValueError, TypeError) as exc:

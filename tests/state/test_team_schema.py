@@ -51,6 +51,7 @@ def _finding(target: str = "vm:a", code: str = "CHECKPOINT_OLD",
 def test_every_store_round_trips_on_both_engines(loc: str | Path) -> None:
     now = datetime(2026, 12, 6, 12, tzinfo=UTC)
     with ActionLog.open(loc) as log:
+        log.account = "CORP\\ops"  # who did it: the cluster account on every row
         row = log.begin(**BASE)
         log.finish(row, outcome="ok", size_before=300, size_after=188,
                    final_state="Optimized", detail={"note": "merged", "password": "x"})
@@ -63,6 +64,8 @@ def test_every_store_round_trips_on_both_engines(loc: str | Path) -> None:
         assert rows[0].size_after == 188 and rows[0].final_state == "Optimized"
         assert rows[0].detail_data() == {"note": "merged"}  # the secret-named key dropped
         assert rows[1].error == "blocked: token=[redacted]"
+        assert {r.cluster_account for r in rows} == {"CORP\\ops"}
+        assert all(r.operator and r.host for r in rows)
         assert rows[0].override is False and rows[0].confirmed is True
         assert log.final_states() == {"vm:a": "Optimized"}
         assert log.newest_id() == running
