@@ -326,3 +326,29 @@ def test_password_comes_from_the_environment_or_pgpass_never_the_log(
         with pytest.raises(ActionLogError, match="carries a password") as err:
             ActionLog.open(url.replace("ventana@", f"ventana:{secret}@"))
         assert secret not in str(err.value)
+
+
+def test_the_dba_recipe_works() -> None:
+    """docs/team-mode.md's SQL, as written: rw creates and writes, ro only reads."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "team-mode.md").read_text()
+    sql = re.search(r"## For the DBA.*?```sql\n(.*?)```", doc, re.S)
+    assert sql is not None
+    before, _, after = sql.group(1).partition("\\c ventana\n")
+    with PgServer() as pg:
+        for statement in filter(str.strip, before.split(";")):
+            pg.psql(statement.strip())
+        pg.psql(after, "ventana")  # in the new database, one session
+        rw, ro = pg.url("ventana", "ventana_rw"), pg.url("ventana", "ventana_ro")
+        with ActionLog.open(rw) as log:
+            assert log.writable
+            log.record(**BASE, outcome="refused")
+        with ActionLog.open(ro) as log:
+            assert not log.writable
+            assert [r.outcome for r in log.rows()] == ["refused"]
+            with pytest.raises(ActionLogError, match="may only read"):
+                log.begin(**BASE)
+        with psycopg.connect(ro, autocommit=True) as conn, \
+                pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("update actions set outcome = 'ok'")
