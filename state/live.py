@@ -19,7 +19,7 @@ same host sharing the file).
 The UI hook (tui/app.py, one line after the log opens)::
 
     self.team_feed = TeamFeed.start(log, lambda rows: self.call_from_thread(
-        self.show_team_rows, rows))   # task strip + log screen refresh
+        self.show_team_rows, rows))   # task strip (``describe(row)``) + log screen refresh
 
 """
 
@@ -36,6 +36,17 @@ from .sanitize import clean
 from .schema import CONNECT_TIMEOUT_S, NOTIFY_CHANNEL, keyring_password
 
 OnRows = Callable[[list[LogRow]], None]
+
+
+def describe(row: LogRow) -> str:
+    """One line for the task strip or a toast: who, where, what, on what, how it stands.
+
+    ``alice@ws-02 as CORP\\alice: merge app-01 — running`` (plain text, cleaned:
+    render it with ``markup=False``/``Text``).
+    """
+    account = f" as {row.cluster_account}" if row.cluster_account else ""
+    return clean(f"{row.operator}@{row.host}{account}: {row.action} {row.target_name} — "
+                 f"{row.status}")
 
 
 class TeamFeed:

@@ -23,7 +23,7 @@ from ventana.state.actionlog import SCHEMA_VERSION, ActionLog, ActionLogError, L
 from ventana.state.derived import PAUSE_CRITICAL_MARGIN
 from ventana.state.findings import LiveFinding
 from ventana.state.leases import ActionBusy, Claim
-from ventana.state.live import TeamFeed
+from ventana.state.live import TeamFeed, describe
 from ventana.state.model import Severity
 from ventana.state.rebuild import RebuildState, RebuildStore, StepState
 from ventana.state.schema import VERSION
@@ -198,6 +198,8 @@ def test_another_consoles_action_arrives_within_a_second(pg_url: str) -> None:
             first = got[0]
             assert first.id == row and first.status == "running"
             assert first.operator and first.host and first.cluster_account == "CORP\\alice"
+            assert describe(first) == (f"{first.operator}@{first.host} as CORP\\alice: merge "
+                                       "app-01 — running")
             theirs.finish(row, outcome="ok")
             assert arrived.wait(1.0)
         finally:
