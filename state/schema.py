@@ -35,6 +35,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ from .sanitize import clean
 VERSION = 2
 URL_SCHEMES = ("postgresql://", "postgres://")
 KEYRING_SERVICE = "ventana-postgresql"
-CONNECT_TIMEOUT_S = 5
+CONNECT_TIMEOUT_S = 3
+#: After a failed connection, calls fail at once for this long (no UI stall per call).
+RETRY_S = 2.0
 #: The key of the advisory lock that serializes lease decisions on PostgreSQL.
 LEASE_LOCK_KEY = 0x56454E54  # "VENT"
 NOTIFY_CHANNEL = "ventana_actions"
@@ -214,6 +217,9 @@ def explain_pg(exc: BaseException, where: str) -> str:
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return (f"the action-log database {where} refused the write: this console's database "
                 f"role may only read (a read-only console): {msg}")
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return (f"the action-log database {where} is locked by another console's write "
+                f"(waited past the lock timeout): {msg}")
     if isinstance(exc, psycopg.OperationalError):
         return f"the action-log database {where} is unreachable: {msg}"
     if isinstance(exc, psycopg.errors.UndefinedTable):
@@ -275,6 +281,8 @@ class Db:
         self.conn: Any = None
         self.can_write = True
         self._migrated = False
+        self._failed = ""  # why the last connection attempt failed ('' : it did not)
+        self._failed_at = 0.0
         try:
             self._connect()
         except error:
@@ -291,16 +299,24 @@ class Db:
         import psycopg
         from psycopg.rows import dict_row
 
+        # lock_timeout: a write waits for another console's transaction at most as
+        # long as SQLite's busy_timeout, then says so (never hangs).
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
                                   "connect_timeout": CONNECT_TIMEOUT_S,
-                                  "application_name": self._app}
+                                  "application_name": self._app,
+                                  "options": f"-c lock_timeout={max(1, int(self.timeout * 1000))}"}
         password = keyring_password(str(self.location))
         if password:
             kwargs["password"] = password
+        since = time.monotonic() - self._failed_at
+        if self._failed and since < RETRY_S:  # just failed: say so now, retry soon
+            raise self.error(self._failed)
         try:
             self.conn = psycopg.connect(str(self.location), **kwargs)
         except psycopg.Error as exc:
-            raise self.error(explain_pg(exc, self.where)) from None
+            self._failed, self._failed_at = explain_pg(exc, self.where), time.monotonic()
+            raise self.error(self._failed) from None
+        self._failed = ""
 
     def _ensure(self) -> None:
         if self._closed:
