@@ -286,12 +286,20 @@ class LogRow:
         return json.loads(self.detail) if self.detail else None
 
 
-def _status(row: dict[str, Any], live: set[int] | frozenset[int] = frozenset()) -> str:
-    """``running`` only while its console provably runs it: a live lease (any host)
-    or, without one, its process on this host; else interrupted."""
+def _console(host: object, pid: object, proc_start: object) -> str:
+    """A console's identity in leases: host, pid and process start time."""
+    return f"{host}:{pid}:{proc_start}"
+
+
+def _status(row: dict[str, Any], live: set[int] | frozenset[int] = frozenset(),
+            consoles: set[str] | frozenset[str] = frozenset()) -> str:
+    """``running`` only while its console provably runs it: a live lease on it, or
+    its console holding a live lease (a rebuild's step under the rebuild's lease),
+    or its process on this host; else interrupted."""
     outcome = row["outcome"]
     if outcome == "running":
-        alive = row["id"] in live or writer_alive(
+        alive = row["id"] in live or _console(
+            row["host"], row["pid"], row["proc_start"]) in consoles or writer_alive(
             row["host"], row["boot_id"], row["pid"], row["proc_start"])
         return "running" if alive else INTERRUPTED
     if outcome == "unknown":
@@ -513,7 +521,7 @@ class ActionLog:
             if claim is not None:
                 acquire(db, row_id=row_id, target_object=row["target_object"],
                         target_name=row["target_name"], action=row["action"],
-                        who={"console": f"{self._host}:{self._pid}:{self._proc_start}",
+                        who={"console": _console(self._host, self._pid, self._proc_start),
                              "operator": self._operator, "host": self._host, "boot_id": _BOOT,
                              "pid": self._pid, "proc_start": self._proc_start},
                         claim=claim, alive=_lease_alive)
@@ -655,16 +663,17 @@ class ActionLog:
                 raise ActionLogError(f"the action log {self.where} is closed")
             return self._store.query(sql, params)
 
-    def _live_rows(self, rows: list[dict[str, Any]]) -> set[int]:
-        """Ids of running rows whose lease is live (held by a console that renews it)."""
+    def _live(self, rows: list[dict[str, Any]]) -> tuple[set[int], set[str]]:
+        """Rows whose lease is live, and consoles holding one (they renew: alive)."""
         if not any(r["outcome"] == "running" for r in rows):
-            return set()
+            return set(), set()
         with self._lock:
-            return {le.row_id for le in live_leases(self._store, _lease_alive)}
+            leases = live_leases(self._store, _lease_alive)
+        return {le.row_id for le in leases}, {le.console for le in leases}
 
     def _rows(self, found: list[dict[str, Any]]) -> list[LogRow]:
-        live = self._live_rows(found)
-        return [self._row(r, live) for r in found]
+        live, consoles = self._live(found)
+        return [self._row(r, live, consoles) for r in found]
 
     def rows(self, limit: int | None = None, newest_first: bool = True) -> list[LogRow]:
         order = "desc" if newest_first else "asc"
@@ -712,13 +721,14 @@ class ActionLog:
         return {r["target_object"]: r["final_state"] for r in found}
 
     @staticmethod
-    def _row(r: dict[str, Any], live: set[int] | frozenset[int] = frozenset()) -> LogRow:
+    def _row(r: dict[str, Any], live: set[int] | frozenset[int] = frozenset(),
+             consoles: set[str] | frozenset[str] = frozenset()) -> LogRow:
         values = {name: r.get(name) for name in COLUMNS}
         values["override"] = bool(values["override"])
         values["confirmed"] = bool(values["confirmed"])
         values["error"] = values["error"] or ""
         values["cluster_account"] = values["cluster_account"] or ""
-        return LogRow(**values, status=_status(values, live))
+        return LogRow(**values, status=_status(values, live, consoles))
 
     def to_csv(self, file: TextIO | Path) -> int:
         """Write every row (oldest first, with a header) as CSV; return the count.

@@ -369,3 +369,19 @@ def test_the_dba_recipe_works() -> None:
         with psycopg.connect(ro, autocommit=True) as conn, \
                 pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("update actions set outcome = 'ok'")
+
+
+def test_rows_of_a_console_on_another_host_follow_its_leases(loc: str | Path) -> None:
+    """Another machine's pid cannot be checked here: its leases tell whether it lives.
+    A row without a lease of its own (a rebuild's step) lives while its console holds one."""
+    with ActionLog.open(loc) as log:
+        leased = log.begin(**BASE, claim=Claim(ttl=30))
+        step = log.begin(**{**BASE, "action": "rebuild.capture"})
+        # As a console on ws-02 would have written them.
+        log._store.execute("update actions set host = 'ws-02', pid = 4242, proc_start = 7")
+        log._store.execute("update leases set host = 'ws-02', pid = 4242, proc_start = 7, "
+                           "console = 'ws-02:4242:7'")
+        assert {r.id: r.status for r in log.rows()} == {leased: "running", step: "running"}
+        log._store.execute("update leases set expires = 0")  # it stopped renewing
+        assert {r.status for r in log.rows()} == {"interrupted — verify on the host"}
+        assert log.leases() == []
