@@ -360,6 +360,11 @@ class ActionLog:
         return self._store.pg
 
     @property
+    def console(self) -> str:
+        """This console's identity in leases (host, pid, process start)."""
+        return _console(self._host, self._pid, self._proc_start)
+
+    @property
     def writable(self) -> bool:
         """False for a read-only database role (the database refuses its writes)."""
         return self._store.can_write

@@ -117,20 +117,27 @@ def live_leases(db: Db, alive: Callable[[Lease], bool | None]) -> list[Lease]:
     return out
 
 
-def acquire(db: Db, *, row_id: int, target_object: str, target_name: str, action: str,
-            who: Mapping[str, Any], claim: Claim,
-            alive: Callable[[Lease], bool | None]) -> None:
-    """Inside ``db.write(serialize=True)``: check, then insert the lease or raise ActionBusy."""
-    live = live_leases(db, alive)
-    for lease in live:
+def conflicts(live: list[Lease], target_object: str, target_name: str, claim: Claim,
+              mine: str = "") -> list[tuple[str, str]]:
+    """What stands in the way of ``claim`` on ``target_object``: (code, message) pairs.
+
+    ``VM_LEASED``: another console holds the VM. ``NO_SPACE``: the LUN's free
+    space less every other console's reservation there (not counted by this
+    console's own view) and this action's need leaves under 200 MB. Leases held
+    by ``mine`` (this console) are this console's own business.
+    """
+    found: list[tuple[str, str]] = []
+    others = [le for le in live if not (mine and le.console == mine)]
+    for lease in others:
         if lease.target_object == target_object:
-            raise ActionBusy(
+            found.append(("VM_LEASED",
                 f"{clean(target_name)} is already being acted on from another console: "
                 f"{lease.who()}; one action per VM across all consoles — wait for it, or "
-                "verify on the host if that console is gone")
+                "verify on the host if that console is gone"))
     for lun, needed in claim.space.items():
-        shared = [(le, le.lun_space.get(lun, 0)) for le in live
-                  if le.target_object not in claim.counted_targets and le.lun_space.get(lun)]
+        shared = [(le, le.lun_space.get(lun, 0)) for le in others
+                  if le.target_object not in claim.counted_targets and le.lun_space.get(lun)
+                  and le.target_object != target_object]
         if not shared or lun not in claim.free:
             continue
         reserved = sum(n for _, n in shared)
@@ -139,12 +146,24 @@ def acquire(db: Db, *, row_id: int, target_object: str, target_name: str, action
             holders = "; ".join(f"{le.target_name} {human_bytes(n)} by {le.who()}"
                                 for le, n in shared)
             name = claim.lun_names.get(lun, lun)
-            raise ActionBusy(
-                f"blocked by pre-flight: NO_SPACE — {clean(name)} has "
-                f"{human_bytes(claim.free[lun])} free, {human_bytes(reserved)} of it reserved "
-                f"by merges running from other consoles ({holders}); this one may need "
-                f"{human_bytes(needed)} and must leave {human_bytes(PAUSE_CRITICAL_MARGIN)} "
-                "or Hyper-V pauses every VM on the volume", code="NO_SPACE")
+            found.append(("NO_SPACE",
+                f"{clean(name)} has {human_bytes(claim.free[lun])} free, "
+                f"{human_bytes(reserved)} of it reserved by merges running from other consoles "
+                f"({holders}); this one may need {human_bytes(needed)} and must leave "
+                f"{human_bytes(PAUSE_CRITICAL_MARGIN)} or Hyper-V pauses every VM on the "
+                "volume"))
+    return found
+
+
+def acquire(db: Db, *, row_id: int, target_object: str, target_name: str, action: str,
+            who: Mapping[str, Any], claim: Claim,
+            alive: Callable[[Lease], bool | None]) -> None:
+    """Inside ``db.write(serialize=True)``: check, then insert the lease or raise ActionBusy."""
+    live = live_leases(db, alive)
+    for code, message in conflicts(live, target_object, target_name, claim):
+        if code == "NO_SPACE":
+            message = f"blocked by pre-flight: NO_SPACE — {message}"
+        raise ActionBusy(message, code=code)
     # A dead or expired holder's lease is replaced (its row reads interrupted).
     db.execute("delete from leases where target_object = ?", (target_object,))
     db.execute(

@@ -7,6 +7,12 @@ the intent row is written); everything else about team mode lives in
 state/: the schema (schema.py), leases (leases.py), the live feed (live.py)
 and moving a log over (logmigrate.py).
 
+``shared_preflight(plan, store, log)`` shows the same decision before the
+operator confirms: blocking findings ``VM_LEASED`` (another console holds the
+VM, and who) and ``NO_SPACE_SHARED`` (other consoles' reservations on the LUN
+break the 200 MB rule). The lease decision at the intent row stays the one
+that counts (atomic; two consoles confirming at once).
+
 Space: a merge may need, on each LUN its chains end on, up to the chains'
 differencing data (``merge_needed_by_lun``, the pre-flight's own figure);
 other actions with a plan-level ``space_needed`` reserve it on the plan's
@@ -18,11 +24,13 @@ not counted twice.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from .actionlog import ActionLog, ActionLogError
 from .derived import merge_needed_by_lun, merge_space
-from .leases import DEFAULT_TTL_S, Claim
-from .model import Kind
+from .leases import DEFAULT_TTL_S, Claim, conflicts
+from .model import Finding, Kind, Severity
 from .plans import Plan
 from .sanitize import clean
 from .store import Store
@@ -76,3 +84,30 @@ def claim_for(store: Store, plan: Plan, backend: Any = None,
                 counted[lun_id] = counted.get(lun_id, 0) + n
     return Claim(ttl=ttl, cluster_account=account_of(backend), space=space, free=free,
                  counted=counted, counted_targets=frozenset(counted_targets), lun_names=names)
+
+
+def shared_preflight(plan: Plan, store: Store, log: ActionLog | None) -> Plan:
+    """The plan with what other consoles hold added to its pre-flight (blocking).
+
+    Unchanged when nobody else holds anything, on a log without leases, or when
+    the log cannot be read (the intent row will refuse then: fail closed).
+    """
+    if log is None or not plan.target:
+        return plan
+    try:
+        live = log.leases()
+    except ActionLogError:
+        return plan
+    if not live:
+        return plan
+    found = conflicts(live, plan.target, plan.target_name, claim_for(store, plan),
+                      mine=log.console)
+    if not found:
+        return plan
+    _, _, obj = plan.target.partition(":")
+    extra = tuple(
+        Finding(f"preflight:{code}:{obj}", Severity.BLOCKING, plan.target,
+                "NO_SPACE_SHARED" if code == "NO_SPACE" else code, message)
+        for code, message in found)
+    findings = tuple(sorted((*plan.findings, *extra), key=lambda f: -f.severity.rank))
+    return dataclasses.replace(plan, findings=findings)

@@ -385,3 +385,35 @@ def test_rows_of_a_console_on_another_host_follow_its_leases(loc: str | Path) ->
         log._store.execute("update leases set expires = 0")  # it stopped renewing
         assert {r.status for r in log.rows()} == {"interrupted — verify on the host"}
         assert log.leases() == []
+
+
+def test_shared_preflight_shows_other_consoles_before_confirming(loc: str | Path) -> None:
+    import os
+
+    from factories import NOW, small_cluster
+
+    from ventana.state import actionlog
+    from ventana.state.plans import plan_merge
+    from ventana.state.team import claim_for, shared_preflight
+
+    store = small_cluster(free_gb=100)
+    plan = plan_merge(store, "a", NOW)
+    assert not plan.blocking
+    need = claim_for(store, plan).space["l1"]
+    assert need > 10 * GB + PAUSE_CRITICAL_MARGIN
+    free = store.lun("l1").free_bytes  # type: ignore[union-attr]
+    with ActionLog.open(loc) as mine, ActionLog.open(loc) as other:
+        # "other" is another live console on this host (the parent process).
+        other._pid, other._proc_start = os.getppid(), actionlog._proc_start(os.getppid())
+        assert shared_preflight(plan, store, mine) == plan  # nobody else holds anything
+        mine.begin(**{**BASE, "target_object": "vm:c", "target_name": "dc-03"},
+                   claim=Claim(space={"l1": 10 * GB}, free={"l1": free}))
+        assert shared_preflight(plan, store, mine) == plan  # its own lease is its business
+        other.begin(**{**BASE, "target_object": "vm:b", "target_name": "db-01"},
+                    claim=Claim(space={"l1": free - need}, free={"l1": free}))
+        shown = shared_preflight(plan, store, mine)
+        assert [f.code for f in shown.blocking] == ["NO_SPACE_SHARED"]
+        assert "db-01" in shown.blocking[0].message
+        other.begin(**BASE, claim=Claim())  # and now it holds app-01 itself
+        codes = {f.code for f in shared_preflight(plan, store, mine).blocking}
+        assert codes == {"NO_SPACE_SHARED", "VM_LEASED"}
