@@ -417,3 +417,27 @@ def test_shared_preflight_shows_other_consoles_before_confirming(loc: str | Path
         other.begin(**BASE, claim=Claim())  # and now it holds app-01 itself
         codes = {f.code for f in shared_preflight(plan, store, mine).blocking}
         assert codes == {"NO_SPACE_SHARED", "VM_LEASED"}
+
+
+def test_a_window_item_another_console_runs_stays_running(loc: str | Path) -> None:
+    import os
+
+    from ventana.state import actionlog
+    from ventana.state.window import RUNNING
+
+    ws = WindowStore.open(loc)
+    try:
+        window = ws.load("saturday")
+        mine = window.add("VM-1", "app-01", "merge")
+        theirs = window.add("VM-2", "db-01", "merge")
+        window.update(mine.id, status=RUNNING)
+        window.update(theirs.id, status=RUNNING)
+        with ActionLog.open(loc) as other:  # another live console on this host runs VM-2
+            other._pid, other._proc_start = os.getppid(), actionlog._proc_start(os.getppid())
+            other.begin(**{**BASE, "target_object": "vm:VM-2", "target_name": "db-01"},
+                        claim=Claim())
+            loaded = ws.load("saturday")
+        assert [(i.vm_name, i.status) for i in loaded.items] == [
+            ("app-01", "unknown"), ("db-01", RUNNING)]
+    finally:
+        ws.close()
