@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench snapshots clean vcsim
+.PHONY: run test lint bench snapshots clean vcsim postgres
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -29,7 +29,10 @@ run: $(VENV)/.run-deps  ## open the console on the built-in simulated cluster
 vcsim:  ## build the vSphere API simulator test peer (once; cached in .cache/vcsim)
 	tools/vcsim/build.sh
 
-test: $(VENV)/.test-deps vcsim  ## install what tests need and run the whole suite
+postgres:  ## install Debian's PostgreSQL server when missing (team-mode tests start their own)
+	@tools/postgres/install.sh >/dev/null
+
+test: $(VENV)/.test-deps vcsim postgres  ## install what tests need and run the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q
@@ -41,7 +44,7 @@ lint: $(VENV)/.test-deps  ## ruff, and the layer contracts (state ↛ backends, 
 snapshots: $(VENV)/.test-deps  ## regenerate screenshots/*.svg after a deliberate UI change
 	$(BIN)/pytest -q $$(grep -rl snap_compare tests --include='test_*.py') --snapshot-update
 
-bench: $(VENV)/.test-deps vcsim  ## benchmarks: prints a table, writes bench/results/*.json
+bench: $(VENV)/.test-deps vcsim postgres  ## benchmarks: prints a table, writes bench/results/*.json
 	$(BIN)/python -m bench
 
 clean:

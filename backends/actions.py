@@ -22,10 +22,12 @@ from typing import Any, Protocol
 
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.estimates import LearnedEstimator
+from ventana.state.leases import ActionBusy
 from ventana.state.model import FinalState, Kind, TaskState
 from ventana.state.plans import Plan, findings_to_log
 from ventana.state.sanitize import clean
 from ventana.state.store import Store
+from ventana.state.team import claim_for
 
 from . import actionspecs
 from .base import ActionResult, Backend, ReadOnlyError
@@ -286,7 +288,11 @@ class ActionRunner:
                 override=bool(override and blocking),
                 confirmed=True,
                 task_id=task_id,
+                # team mode: the VM's lease and the LUN space, with the intent (state/team.py)
+                claim=claim_for(self.store, fresh, self.backend, self.log.lease_ttl),
             )
+        except ActionBusy as exc:  # another console holds the VM or the LUN's space
+            raise self._refuse(fresh, str(exc), override=override) from exc
         except ActionLogError as exc:
             raise ActionRefused(
                 f"The action log cannot be written, so the action was refused: {exc}"

@@ -54,7 +54,7 @@ def run_hyperv_suite(args: argparse.Namespace) -> None:
     print(f"written: {path}")
 
 
-SUITES = ("console", "hyperv", "vsphere")
+SUITES = ("console", "hyperv", "vsphere", "team")  # team: bench/team.py
 
 
 def main() -> int:
@@ -75,6 +75,8 @@ def main() -> int:
         run_hyperv_suite(args)
     if "vsphere" in suites:
         run_vsphere_suite(args)
+    if "team" in suites:
+        __import__("bench.team").team.run_team_suite(args)
     return 0
 
 

@@ -1,6 +1,7 @@
-"""Acknowledged and snoozed findings, kept in the action-log database file.
+"""Acknowledged and snoozed findings, kept in the action-log database.
 
-A table ``finding_acks`` next to ``actions``, written with the action log's
+A table ``finding_acks`` next to ``actions`` (schema: state/schema.py; a
+SQLite file or a team's PostgreSQL database), written with the action log's
 durability rules (WAL, ``synchronous=FULL``, ``busy_timeout``, every write in
 ``BEGIN IMMEDIATE``); any failure raises ``AckError``. Each acknowledgement
 or snooze is also written to the action log (``ActionLog.record``) by the
@@ -30,19 +31,19 @@ The rules:
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .actionlog import ActionLog, ActionLogError, _operator
-from .db import DEFAULT_BUSY_TIMEOUT, connect, explain, write
+from .db import DEFAULT_BUSY_TIMEOUT
 from .findings import FindingsChange, FindingsEngine, LiveFinding
 from .model import Severity
 from .sanitize import clean
+from .schema import Db, Location, LocationError, is_url, location, open_db
 
 TABLE = "finding_acks"
 ACK = "ack"
@@ -120,10 +121,10 @@ def _time(text: str | None) -> datetime | None:
 class AckBook:
     """The open acknowledgements; ``AckBook.open(path)``; thread-safe; ``close()`` it."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, timeout: float,
-                 grace: timedelta) -> None:
+    def __init__(self, path: Location, db: Db, timeout: float, grace: timedelta) -> None:
         self.path = path
-        self._conn = conn
+        self._db = db
+        self._conn = db.conn if not db.pg else None
         self._timeout = timeout
         self.grace = grace
         self._lock = threading.RLock()
@@ -132,45 +133,46 @@ class AckBook:
         self.version = 0  # bumped on every change
 
     @classmethod
-    def open(cls, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    def open(cls, path: Location, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
              grace: timedelta = DEFAULT_GRACE) -> AckBook:
-        conn = connect(path, busy_timeout=busy_timeout, error=AckError)
+        """The book in the action log's database (a file or a postgresql:// URL)."""
         try:
-            book = cls(Path(path), conn, busy_timeout, grace)
-            with book._write():
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {TABLE} ("
-                    " id INTEGER PRIMARY KEY, target TEXT NOT NULL, code TEXT NOT NULL,"
-                    " kind TEXT NOT NULL, reason TEXT NOT NULL, operator TEXT NOT NULL,"
-                    " created TEXT NOT NULL, severity TEXT NOT NULL, until TEXT,"
-                    " cleared TEXT, ended TEXT, ended_why TEXT)")
-                conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_open ON {TABLE} (ended)")
+            loc = location(path)
+        except LocationError as exc:
+            raise AckError(str(exc)) from None
+        assert loc is not None
+        db = open_db(loc, error=AckError, busy_timeout=busy_timeout)
+        try:
+            book = cls(loc if is_url(loc) else Path(loc), db, busy_timeout, grace)
             book._load()
             return book
-        except AckError:
-            conn.close()
+        except BaseException:
+            db.close()
             raise
-        except (sqlite3.Error, OSError) as exc:
-            conn.close()
-            raise AckError(explain(exc, Path(path), busy_timeout)) from exc
 
     @classmethod
     def beside(cls, log: ActionLog, **kwargs: object) -> AckBook:
         return cls.open(log.path, **kwargs)  # type: ignore[arg-type]
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        return write(self._conn, self._lock, self.path, self._timeout, AckError)
+    def _write(self) -> AbstractContextManager[Db]:
+        return self._db.write()
 
     def _load(self) -> None:
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._db.query(
                 f"SELECT id, target, code, kind, reason, operator, created, severity, until,"
-                f" cleared FROM {TABLE} WHERE ended IS NULL ORDER BY id").fetchall()
+                f" cleared FROM {TABLE} WHERE ended IS NULL ORDER BY id")
         self._open = {}
         for r in rows:
-            ack = Ack(r[0], r[1], r[2], r[3], r[4], r[5], _time(r[6]),  # type: ignore[arg-type]
-                      Severity(r[7]), _time(r[8]), _time(r[9]))
+            ack = Ack(int(r["id"]), r["target"], r["code"], r["kind"], r["reason"],
+                      r["operator"], _time(r["created"]),  # type: ignore[arg-type]
+                      Severity(r["severity"]), _time(r["until"]), _time(r["cleared"]))
             self._open[(ack.target, ack.code)] = ack
+
+    def reload(self) -> None:
+        """Read the book again (another console may have acknowledged something)."""
+        self._load()
+        self.version += 1
 
     # -- reading ---------------------------------------------------------------
     def get(self, target: str, code: str) -> Ack | None:
@@ -198,12 +200,12 @@ class AckBook:
             if old is not None:
                 conn.execute(f"UPDATE {TABLE} SET ended = ?, ended_why = ? WHERE id = ?",
                              (_iso(now), "replaced", old.id))
-            cur = conn.execute(
+            new_id = conn.insert(
                 f"INSERT INTO {TABLE} (target, code, kind, reason, operator, created, severity,"
                 f" until) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (finding.target, finding.code, kind, reason, self._operator, _iso(now),
                  finding.severity.value, _iso(until)))
-            ack = Ack(int(cur.lastrowid or 0), finding.target, finding.code, kind, reason,
+            ack = Ack(new_id, finding.target, finding.code, kind, reason,
                       self._operator, now, finding.severity, until)
         self._open[key] = ack
         self.version += 1
@@ -263,8 +265,8 @@ class AckBook:
         return len(done)
 
     def close(self) -> None:
-        with self._lock, suppress(sqlite3.Error):
-            self._conn.close()
+        with self._lock:
+            self._db.close()
 
 
 def audit(

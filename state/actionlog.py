@@ -1,4 +1,4 @@
-"""The action log: one SQLite row per operator action, never lost.
+"""The action log: one row per operator action, never lost (SQLite or PostgreSQL).
 
 This module owns the ``actions`` table and everything written to it. The
 rules (RELIABILITY.md, "The action log must not lose a row"):
@@ -20,12 +20,20 @@ rules (RELIABILITY.md, "The action log must not lose a row"):
 
 The process that wrote a row is identified by host, boot id, pid and the
 process start time (Linux ``/proc``), so a reused pid is not mistaken for the
-original writer. sqlite-utils does the table work over a connection opened
-here (pragmas are ours); the schema version lives in ``PRAGMA user_version``.
+original writer. The schema, its migrations and the connection (either
+engine) are state/schema.py's; ``open("postgresql://…")`` puts the log in a
+team's database, where ``begin(claim=…)`` also takes the VM's lease
+(state/leases.py: one action per VM across consoles, shared LUN space) and
+the row's status follows the lease: a console that stops renewing it reads
+"interrupted — verify on the host" for everyone. An outcome the database
+missed (out of reach) is kept and written when it is back, never resent.
+``db`` is a sqlite-utils view of a SQLite log (tests and benches; None on
+PostgreSQL).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import getpass
@@ -34,7 +42,6 @@ import math
 import os
 import re
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -45,14 +52,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import sqlite_utils
-from sqlite_utils.db import NotFoundError
 
-from .db import DEFAULT_BUSY_TIMEOUT, connect, explain, write
+from .db import DEFAULT_BUSY_TIMEOUT, explain
+from .leases import DEFAULT_TTL_S, Claim, Keeper, Lease, acquire, live_leases, release
 from .model import FinalState
 from .paths import default_log_path, ensure_dir
 from .sanitize import clean
+from .schema import VERSION, Db, Location, LocationError, is_url, location, open_db
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = VERSION  # state/schema.py owns the schema and its migrations
 TABLE = "actions"
 
 MODES = ("read-write", "read-only", "replay")
@@ -89,6 +97,7 @@ COLUMNS: dict[str, type] = {
     "final_state": str,
     "detail": str,
     "task_id": str,
+    "cluster_account": str,
 }
 _NOT_NULL = {
     "started", "operator", "host", "pid", "target_system", "mode", "action",
@@ -261,6 +270,7 @@ class LogRow:
     detail: str | None
     task_id: str
     status: str  # computed: what the operator should read
+    cluster_account: str = ""  # the account the console used on the cluster
 
     @property
     def interrupted(self) -> bool:
@@ -276,10 +286,21 @@ class LogRow:
         return json.loads(self.detail) if self.detail else None
 
 
-def _status(row: dict[str, Any]) -> str:
+def _console(host: object, pid: object, proc_start: object) -> str:
+    """A console's identity in leases: host, pid and process start time."""
+    return f"{host}:{pid}:{proc_start}"
+
+
+def _status(row: dict[str, Any], live: set[int] | frozenset[int] = frozenset(),
+            consoles: set[str] | frozenset[str] = frozenset()) -> str:
+    """``running`` only while its console provably runs it: a live lease on it, or
+    its console holding a live lease (a rebuild's step under the rebuild's lease),
+    or its process on this host; else interrupted."""
     outcome = row["outcome"]
     if outcome == "running":
-        alive = writer_alive(row["host"], row["boot_id"], row["pid"], row["proc_start"])
+        alive = row["id"] in live or _console(
+            row["host"], row["pid"], row["proc_start"]) in consoles or writer_alive(
+            row["host"], row["boot_id"], row["pid"], row["proc_start"])
         return "running" if alive else INTERRUPTED
     if outcome == "unknown":
         return UNKNOWN
@@ -299,14 +320,27 @@ _explain = explain  # the one explanation of a failed write (state/db.py)
 
 # -- the log ----------------------------------------------------------------------
 
-class ActionLog:
-    """An open action log. Use ``ActionLog.open()``; thread-safe; ``close()`` it."""
+def _lease_alive(lease: Lease) -> bool | None:
+    """Can this host tell whether a lease's holder still runs? (None: no, ask the clock.)"""
+    if lease.host != _HOST or (lease.boot_id and _BOOT and lease.boot_id != _BOOT):
+        return None
+    return writer_alive(lease.host, lease.boot_id, lease.pid, lease.proc_start)
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, busy_timeout: float) -> None:
-        self.path = path
-        self._conn = conn
-        self.db = sqlite_utils.Database(conn, execute_plugins=False)
+
+class ActionLog:
+    """An open action log (SQLite file or PostgreSQL URL). Use ``ActionLog.open()``;
+    thread-safe; ``close()`` it."""
+
+    def __init__(self, path: Location, store: Db, busy_timeout: float,
+                 lease_ttl: float = DEFAULT_TTL_S) -> None:
+        self.path = path  # a Path (SQLite) or the URL (PostgreSQL): other stores open it
+        self.where = store.where
+        self._store = store
+        self._conn = store.conn if not store.pg else None
+        self.db = (sqlite_utils.Database(store.conn, execute_plugins=False)
+                   if not store.pg else None)
         self._timeout = busy_timeout
+        self.lease_ttl = lease_ttl
         self._lock = threading.RLock()
         self._mono: dict[int, float] = {}  # row id → monotonic start, this process
         self._pid = os.getpid()
@@ -314,19 +348,75 @@ class ActionLog:
         self._operator = _text(_operator())
         self._host = _text(_HOST)
         self._closed = False
+        self._pending: dict[int, dict[str, Any]] = {}  # outcomes the database missed
+        self._keeper = Keeper(self._renew, self.flush)
+        #: The cluster account this console acts as (``team.account_of(backend)``),
+        #: written on every row it writes unless a claim names another.
+        self.account = ""
+
+    @property
+    def shared(self) -> bool:
+        """A team's log (PostgreSQL): other consoles write to it too."""
+        return self._store.pg
+
+    @property
+    def console(self) -> str:
+        """This console's identity in leases (host, pid, process start)."""
+        return _console(self._host, self._pid, self._proc_start)
+
+    @property
+    def writable(self) -> bool:
+        """False for a read-only database role (the database refuses its writes)."""
+        return self._store.can_write
+
+    @property
+    def pending_outcomes(self) -> int:
+        return len(self._pending)
+
+    @property
+    def lost_leases(self) -> set[int]:
+        return set(self._keeper.lost)
 
     # -- opening --------------------------------------------------------------
     @classmethod
-    def open(cls, path: Path | None = None, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
-             ) -> ActionLog:
+    def open(cls, path: Location | None = None, *,
+             busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+             lease_ttl: float = DEFAULT_TTL_S, lazy: bool = False) -> ActionLog:
         """Open (creating if needed) the log and prove it is writable.
 
-        Raises ``ActionLogError`` when the directory cannot be created or
-        written, the file is not a database or has a newer schema, the disk
-        is full, or another process holds the write lock past
-        ``busy_timeout`` seconds.
+        ``path`` is a file (SQLite) or a ``postgresql://`` URL (a team's
+        shared log; see docs/team-mode.md). Raises ``ActionLogError`` when the
+        directory cannot be created or written, the file is not a database or
+        has a newer schema, the disk is full, another process holds the write
+        lock past ``busy_timeout`` seconds, or the database cannot be reached.
+
+        ``lazy`` (PostgreSQL only): a database out of reach gives a handle
+        anyway; it refuses every write (so every action) until the database
+        answers, then connects, migrates and works — a console started during
+        an outage recovers by itself. ``check()`` says whether it answers now.
         """
-        path = Path(path) if path is not None else default_log_path()
+        try:
+            loc = location(path) if path is not None else default_log_path()
+        except LocationError as exc:
+            raise ActionLogError(str(exc)) from None
+        assert loc is not None
+        if not is_url(loc):
+            assert isinstance(loc, Path)
+            cls._create_file(loc)
+        store = open_db(loc, error=ActionLogError, busy_timeout=busy_timeout, lazy=lazy)
+        return cls(loc, store, busy_timeout, lease_ttl)
+
+    def check(self) -> str:
+        """'' when the log answers now, else why not (for a banner). Blocking on a
+        shared log (a round trip, bounded by the connect timeout): call it in a worker."""
+        try:
+            self._select("select 1 as one")
+        except ActionLogError as exc:
+            return str(exc)
+        return ""
+
+    @staticmethod
+    def _create_file(path: Path) -> None:
         try:
             ensure_dir(path.parent)
         except OSError as exc:
@@ -343,41 +433,15 @@ class ActionLog:
             raise ActionLogError(
                 f"cannot create the action log {path}: {exc.strerror or exc}"
             ) from exc
-        conn = connect(path, busy_timeout=busy_timeout, error=ActionLogError)
-        try:
-            log = cls(path, conn, busy_timeout)
-            log._migrate()
-            return log
-        except ActionLogError:
-            conn.close()
-            raise
-        except (sqlite3.Error, OSError) as exc:
-            conn.close()
-            raise ActionLogError(_explain(exc, path, busy_timeout)) from exc
-
-    def _migrate(self) -> None:
-        """Create or upgrade the schema; takes the write lock (the writability probe)."""
-        with self._write():
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ActionLogError(
-                    f"the action log {self.path} has schema version {version}, newer than "
-                    f"this Ventana supports ({SCHEMA_VERSION}); upgrade Ventana"
-                )
-            if version < 1:
-                table = self.db.table(TABLE)
-                table.create(COLUMNS, pk="id", not_null=_NOT_NULL, if_not_exists=True)
-                table.create_index(["outcome"], index_name="actions_outcome", if_not_exists=True)
-                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
-    def _write(self) -> Iterator[None]:
-        """One ``BEGIN IMMEDIATE`` transaction; any failure → ActionLogError."""
+    def _write(self, *, serialize: bool = False) -> Iterator[Db]:
+        """One transaction (``BEGIN IMMEDIATE`` on SQLite); any failure → ActionLogError."""
         with self._lock:
             if self._closed:
-                raise ActionLogError(f"the action log {self.path} is closed")
-            with write(self._conn, self._lock, self.path, self._timeout, ActionLogError):
-                yield
+                raise ActionLogError(f"the action log {self.where} is closed")
+            with self._store.write(serialize=serialize) as db:
+                yield db
 
     # -- writing --------------------------------------------------------------
     def _intent(
@@ -393,6 +457,7 @@ class ActionLog:
         override: bool,
         confirmed: bool,
         task_id: str,
+        cluster_account: str = "",
     ) -> dict[str, Any]:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -413,7 +478,18 @@ class ActionLog:
             "confirmed": bool(confirmed),
             "error": "",
             "task_id": _text(task_id),
+            "cluster_account": _text(cluster_account or self.account),
         }
+
+    def _insert(self, db: Db, row: dict[str, Any]) -> int:
+        names = list(row)
+        return db.insert(
+            f"insert into {TABLE} ({', '.join(names)}) values ({', '.join('?' * len(names))})",
+            [row[n] for n in names])
+
+    def _notify(self, db: Db, row_id: int, event: str) -> None:
+        db.notify(json.dumps({"id": row_id, "event": event, "operator": self._operator,
+                              "host": self._host}))
 
     def begin(
         self,
@@ -428,24 +504,42 @@ class ActionLog:
         override: bool,
         confirmed: bool,
         task_id: str = "",
+        claim: Claim | None = None,
     ) -> int:
         """Commit the intent row (outcome ``running``) and return its id.
 
         Call this before anything is sent to the cluster; if it raises
-        ``ActionLogError``, send nothing.
+        ``ActionLogError``, send nothing. With a ``claim`` the row and the
+        VM's lease (state/leases.py) are written in one transaction: another
+        console holding the VM, or the LUN's shared space, raises
+        ``ActionBusy`` and nothing is written.
         """
         row = self._intent(
             action=action, target_system=target_system, mode=mode,
             target_object=target_object, target_name=target_name, plan=plan,
             findings=findings, override=override, confirmed=confirmed, task_id=task_id,
+            cluster_account=claim.cluster_account if claim else "",
         )
         row.update(started=_iso(_now()), outcome="running")
-        with self._write():
-            table = self.db.table(TABLE)
-            table.insert(row)
-            row_id = int(table.last_pk)  # type: ignore[arg-type]
+        with self._write(serialize=claim is not None) as db:
+            row_id = self._insert(db, row)
+            if claim is not None:
+                acquire(db, row_id=row_id, target_object=row["target_object"],
+                        target_name=row["target_name"], action=row["action"],
+                        who={"console": _console(self._host, self._pid, self._proc_start),
+                             "operator": self._operator, "host": self._host, "boot_id": _BOOT,
+                             "pid": self._pid, "proc_start": self._proc_start},
+                        claim=claim, alive=_lease_alive)
+            self._notify(db, row_id, "begin")
+        if claim is not None:
+            self._keeper.hold(row_id, claim.ttl)
         self._mono[row_id] = time.monotonic()
         return row_id
+
+    def _renew(self, row_id: int, ttl: float) -> bool:
+        with self._write():
+            return self._store.execute(
+                "update leases set expires = NOW() + ? where row_id = ?", (ttl, row_id)) > 0
 
     def finish(
         self,
@@ -458,37 +552,75 @@ class ActionLog:
         final_state: FinalState | str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        """Append the outcome to a row ``begin()`` wrote (sets ended and duration)."""
+        """Append the outcome to a row ``begin()`` wrote (sets ended and duration)
+        and drop its lease.
+
+        On a shared log whose database is out of reach, the outcome is kept and
+        written as soon as it is back (``flush``); the ActionLogError says so.
+        """
         if outcome not in FINISHED_OUTCOMES:
             raise ValueError(f"outcome must be one of {FINISHED_OUTCOMES}, not {outcome!r}")
         final = FinalState(final_state).value if final_state is not None else None
         ended = _now()
         mono = self._mono.pop(row_id, None)
-        with self._write():
-            table = self.db.table(TABLE)
-            try:
-                current = table.get(row_id)
-            except NotFoundError:
-                raise ActionLogError(f"no row {row_id} in the action log {self.path}") from None
+        values = {
+            "ended": _iso(ended),
+            "outcome": outcome,
+            "error": _text(error),
+            "duration": round(time.monotonic() - mono, 3) if mono is not None else None,
+            "size_before": size_before,
+            "size_after": size_after,
+            "final_state": final,
+            "detail": _json(detail) if detail is not None else None,
+        }
+        self._keeper.drop(row_id)
+        try:
+            self._finish(row_id, values)
+        except ActionLogError as exc:
+            if self._store.pg and self._store.unreachable():
+                self._pending[row_id] = values
+                self._keeper.poke()
+                raise ActionLogError(
+                    f"{exc} — the outcome is kept by this console and written as soon as the "
+                    "database is back") from exc
+            raise
+
+    def _finish(self, row_id: int, values: dict[str, Any]) -> None:
+        with self._write() as db:
+            found = db.query(f"select outcome, started from {TABLE} where id = ?", (row_id,))
+            if not found:
+                raise ActionLogError(f"no row {row_id} in the action log {self.where}")
+            current = found[0]
             if current["outcome"] != "running":
                 raise ActionLogError(
                     f"action log row {row_id} already has outcome {current['outcome']!r}"
                 )
-            if mono is not None:
-                duration = time.monotonic() - mono
-            else:  # finished by another ActionLog instance: wall clock
+            duration = values["duration"]
+            if duration is None:  # finished by another ActionLog instance: wall clock
                 started = datetime.fromisoformat(current["started"])
-                duration = max(0.0, (ended - started).total_seconds())
-            table.update(row_id, {
-                "ended": _iso(ended),
-                "outcome": outcome,
-                "error": _text(error),
-                "duration_s": round(duration, 3),
-                "size_before": size_before,
-                "size_after": size_after,
-                "final_state": final,
-                "detail": _json(detail) if detail is not None else None,
-            })
+                ended = datetime.fromisoformat(values["ended"])
+                duration = round(max(0.0, (ended - started).total_seconds()), 3)
+            db.execute(
+                f"update {TABLE} set ended = ?, outcome = ?, error = ?, duration_s = ?, "
+                "size_before = ?, size_after = ?, final_state = ?, detail = ? where id = ?",
+                (values["ended"], values["outcome"], values["error"], duration,
+                 values["size_before"], values["size_after"], values["final_state"],
+                 values["detail"], row_id))
+            release(db, row_id)
+            self._notify(db, row_id, "finish")
+
+    def flush(self) -> int:
+        """Write the outcomes the database missed; how many are still waiting."""
+        for row_id, values in list(self._pending.items()):
+            try:
+                self._finish(row_id, values)
+            except ActionLogError as exc:
+                if self._store.unreachable():
+                    break
+                if "already has outcome" not in str(exc) and "no row" not in str(exc):
+                    break
+            self._pending.pop(row_id, None)
+        return len(self._pending)
 
     def record(
         self,
@@ -524,20 +656,29 @@ class ActionLog:
             row["final_state"] = final
         if detail is not None:
             row["detail"] = _json(detail)
-        with self._write():
-            table = self.db.table(TABLE)
-            table.insert(row)
-            return int(table.last_pk)  # type: ignore[arg-type]
+        with self._write() as db:
+            row_id = self._insert(db, row)
+            self._notify(db, row_id, "record")
+            return row_id
 
     # -- reading --------------------------------------------------------------
     def _select(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:
             if self._closed:
-                raise ActionLogError(f"the action log {self.path} is closed")
-            try:
-                return list(self.db.query(sql, params))
-            except sqlite3.Error as exc:
-                raise ActionLogError(_explain(exc, self.path, self._timeout)) from exc
+                raise ActionLogError(f"the action log {self.where} is closed")
+            return self._store.query(sql, params)
+
+    def _live(self, rows: list[dict[str, Any]]) -> tuple[set[int], set[str]]:
+        """Rows whose lease is live, and consoles holding one (they renew: alive)."""
+        if not any(r["outcome"] == "running" for r in rows):
+            return set(), set()
+        with self._lock:
+            leases = live_leases(self._store, _lease_alive)
+        return {le.row_id for le in leases}, {le.console for le in leases}
+
+    def _rows(self, found: list[dict[str, Any]]) -> list[LogRow]:
+        live, consoles = self._live(found)
+        return [self._row(r, live, consoles) for r in found]
 
     def rows(self, limit: int | None = None, newest_first: bool = True) -> list[LogRow]:
         order = "desc" if newest_first else "asc"
@@ -546,7 +687,12 @@ class ActionLog:
         if limit is not None:
             sql += " limit ?"
             params = (max(0, int(limit)),)
-        return [self._row(r) for r in self._select(sql, params)]
+        return self._rows(self._select(sql, params))
+
+    def rows_after(self, row_id: int) -> list[LogRow]:
+        """Rows newer than ``row_id``, oldest first (what another console just wrote)."""
+        return self._rows(self._select(f"select * from {TABLE} where id > ? order by id",
+                                       (int(row_id),)))
 
     def newest_id(self) -> int:
         """The id of the newest row (0: empty): a cheap "has anything been written"."""
@@ -556,11 +702,16 @@ class ActionLog:
         """The newest rows of ``action`` on ``target_system`` that ended ok with a duration."""
         sql = (f"select * from {TABLE} where action = ? and outcome = 'ok' and "
                "target_system = ? and duration_s > 0 order by id desc limit ?")
-        return [self._row(r) for r in self._select(sql, (action, target_system, limit))]
+        return self._rows(self._select(sql, (action, target_system, limit)))
 
     def get(self, row_id: int) -> LogRow | None:
         found = self._select(f"select * from {TABLE} where id = ?", (row_id,))
-        return self._row(found[0]) if found else None
+        return self._rows(found)[0] if found else None
+
+    def leases(self) -> list[Lease]:
+        """Every live lease: what every console is doing right now."""
+        with self._lock:
+            return live_leases(self._store, _lease_alive)
 
     def final_states(self) -> dict[str, str]:
         """Each target's latest final state (by when it was set; the last row wins).
@@ -575,12 +726,14 @@ class ActionLog:
         return {r["target_object"]: r["final_state"] for r in found}
 
     @staticmethod
-    def _row(r: dict[str, Any]) -> LogRow:
+    def _row(r: dict[str, Any], live: set[int] | frozenset[int] = frozenset(),
+             consoles: set[str] | frozenset[str] = frozenset()) -> LogRow:
         values = {name: r.get(name) for name in COLUMNS}
         values["override"] = bool(values["override"])
         values["confirmed"] = bool(values["confirmed"])
         values["error"] = values["error"] or ""
-        return LogRow(**values, status=_status(values))
+        values["cluster_account"] = values["cluster_account"] or ""
+        return LogRow(**values, status=_status(values, live, consoles))
 
     def to_csv(self, file: TextIO | Path) -> int:
         """Write every row (oldest first, with a header) as CSV; return the count.
@@ -600,10 +753,14 @@ class ActionLog:
         return len(rows)
 
     def close(self) -> None:
+        self._keeper.stop()
         with self._lock:
+            if self._pending:
+                with contextlib.suppress(Exception):
+                    self.flush()
             if not self._closed:
                 self._closed = True
-                self._conn.close()
+                self._store.close()
 
     def __enter__(self) -> ActionLog:
         return self

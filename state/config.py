@@ -3,6 +3,9 @@ r"""Targets from the TOML config file.
 ``~/.config/ventana/config.toml`` (XDG) or ``--config FILE`` lists targets::
 
     log = "/var/lib/ventana/actions.db"   # optional; default under XDG data
+    # log = "postgresql://ops@db.corp.example/ventana"   # a team's shared log
+    #   (docs/team-mode.md; the password never goes here: PGPASSWORD, ~/.pgpass
+    #   or the OS keyring)
 
     [[target]]
     name = "lab"
@@ -99,7 +102,7 @@ class Target:
 @dataclass(frozen=True, slots=True)
 class Config:
     targets: tuple[Target, ...] = ()
-    log: Path | None = None
+    log: Path | str | None = None  # a file, or a postgresql:// URL (team mode)
     source: Path | None = None
     #: The ``[stun]``, ``[vsphere]``, ``[ssh]`` and ``[guest]`` tables, as read
     #: (``plans_vsphere.configure`` and ``ssh.wiring`` interpret them).
@@ -195,5 +198,18 @@ def load_config(path: Path | None = None) -> Config:
         findings = FindingsConfig.from_toml(raw_findings)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    return Config(tuple(targets), Path(log).expanduser() if log else None, path, sections,
-                  findings)
+    return Config(tuple(targets), _log_setting(log, path), path, sections, findings)
+
+
+def _log_setting(value: Any, path: Path) -> Path | str | None:
+    """The ``log`` key: a file path, or a postgresql:// URL that carries no password."""
+    from .schema import LocationError, location
+
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: log must be a file path or a postgresql:// URL")
+    try:
+        return location(value)
+    except LocationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -22,8 +22,9 @@ state is known to be and what to do by hand:
 6. ``keep_old`` — the old VM stays, off, renamed ``<name>-old-<date>``,
    until the operator removes it.
 
-The workflow lives in two tables of the action-log database file, opened
-with the same durability as the action log (WAL, ``synchronous=FULL``,
+The workflow lives in two tables of the action log's database (a SQLite file
+or a team's PostgreSQL; schema: state/schema.py), opened with the same
+durability as the action log (WAL, ``synchronous=FULL``,
 ``busy_timeout``, every write in ``BEGIN IMMEDIATE``), so a rebuild paused
 between steps — or interrupted by a console restart — can be resumed. The
 tables are created if missing and do not touch the action log's schema
@@ -34,10 +35,9 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 from collections.abc import Mapping
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -45,11 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from .actionlog import _BOOT, _HOST, ActionLogError, _proc_start, redact, writer_alive
-from .db import DEFAULT_BUSY_TIMEOUT, connect, explain, write
+from .db import DEFAULT_BUSY_TIMEOUT
 from .derived import PAUSE_CRITICAL_MARGIN, human_bytes, merge_space
 from .model import Kind, LunState, PowerState, ReplicationState, Severity
 from .plans import Estimate, Plan, Preflight, chain_broken_message, cluster_max_version
 from .sanitize import clean
+from .schema import Db, Location, LocationError, is_url, location, open_db
 from .store import Store, ref
 
 
@@ -313,84 +314,39 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-_SCHEMA = """
-create table if not exists rebuilds (
-    id text primary key,
-    vm_id text not null,
-    vm_name text not null,
-    target_system text not null,
-    state text not null,
-    created text not null,
-    updated text not null,
-    node text not null default '',
-    to_last_parent integer not null default 0,
-    old_vm_name text not null default '',
-    new_vm_id text not null default '',
-    pause_requested integer not null default 0,
-    capture text,
-    result text not null default '{}',
-    host text not null default '',
-    boot_id text,
-    pid integer not null default 0,
-    proc_start integer
-);
-create index if not exists rebuilds_vm on rebuilds (vm_id, state);
-create table if not exists rebuild_steps (
-    rebuild_id text not null references rebuilds (id),
-    idx integer not null,
-    name text not null,
-    state text not null,
-    pct real not null default 0,
-    message text not null default '',
-    started text,
-    ended text,
-    error text not null default '',
-    manual text not null default '',
-    log_row integer,
-    task_id text not null default '',
-    primary key (rebuild_id, idx)
-);
-"""
-
-
 class RebuildStore:
-    """The rebuild tables in the action-log file. ``open()`` it; thread-safe."""
+    """The rebuild tables in the action log's database. ``open()`` it; thread-safe."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, timeout: float) -> None:
+    def __init__(self, path: Location, db: Db, timeout: float) -> None:
         self.path = path
-        self._conn = conn
+        self._db = db
+        self._conn = db.conn if not db.pg else None
         self._timeout = timeout
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._proc_start = _proc_start(self._pid)
 
     @classmethod
-    def open(cls, path: Path | str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    def open(cls, path: Location, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
              ) -> RebuildStore:
-        """Open the action-log file's rebuild tables (created if missing).
+        """Open the action log's rebuild tables (a file or a postgresql:// URL).
 
-        Raises ``ActionLogError`` when the file cannot be opened or written.
+        Raises ``ActionLogError`` when the database cannot be opened or written.
         """
-        path = Path(path)
-        conn = connect(path, busy_timeout=busy_timeout, error=ActionLogError,
-                       row_factory=sqlite3.Row)
         try:
-            store = cls(path, conn, busy_timeout)
-            with store._write():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            return store
-        except BaseException:
-            conn.close()
-            raise
+            loc = location(str(path) if is_url(path) else Path(path))
+        except LocationError as exc:
+            raise ActionLogError(str(exc)) from None
+        assert loc is not None
+        db = open_db(loc, error=ActionLogError, busy_timeout=busy_timeout)
+        return cls(loc, db, busy_timeout)
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        return write(self._conn, self._lock, self.path, self._timeout, ActionLogError)
+    def _write(self) -> AbstractContextManager[Db]:
+        return self._db.write()
 
     def close(self) -> None:
-        with self._lock, suppress(sqlite3.Error):
-            self._conn.close()
+        with self._lock:
+            self._db.close()
 
     # -- writing -------------------------------------------------------------------
     def create(self, *, rebuild_id: str, vm_id: str, vm_name: str, target_system: str,
@@ -468,12 +424,9 @@ class RebuildStore:
             conn.execute("update rebuilds set updated=? where id=?", (_now(), rebuild_id))
 
     # -- reading -------------------------------------------------------------------
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:
-            try:
-                return list(self._conn.execute(sql, params))
-            except sqlite3.Error as exc:
-                raise ActionLogError(explain(exc, self.path, self._timeout)) from exc
+            return self._db.query(sql, params)
 
     def get(self, rebuild_id: str) -> Rebuild | None:
         rows = self._query("select * from rebuilds where id=?", (rebuild_id,))
@@ -495,7 +448,7 @@ class RebuildStore:
                            "order by created desc limit 1", (vm_id, vm_id))
         return self._build(rows[0]) if rows else None
 
-    def _build(self, r: sqlite3.Row) -> Rebuild:
+    def _build(self, r: Mapping[str, Any]) -> Rebuild:
         steps = tuple(
             Step(name=s["name"], state=StepState(s["state"]), pct=s["pct"], message=s["message"],
                  started=s["started"], ended=s["ended"], error=s["error"], manual=s["manual"],

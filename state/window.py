@@ -16,9 +16,11 @@ Owns the queue model, its projection and its persistence.
   worst and best case, from each plan's space figures — and whether the
   queue fits before the window's end.
 - **Persistence**: two tables (``windows``, ``window_items``) in the action
-  log's SQLite file, written on every change in one transaction, so a queue
-  survives a restart. An item found ``running`` when the queue is loaded was
-  cut off by a restart: it becomes ``unknown`` (verify on the host; its
+  log's database (a SQLite file or a team's PostgreSQL; schema:
+  state/schema.py), written on every change in one transaction, so a queue
+  survives a restart. An item found ``running`` when the queue is loaded
+  whose VM no console holds (no live lease, state/leases.py) was cut off by a
+  restart: it becomes ``unknown`` (verify on the host; its
   action-log row says "interrupted").
 """
 
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -36,9 +37,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .db import DEFAULT_BUSY_TIMEOUT, connect, write
+from .db import DEFAULT_BUSY_TIMEOUT
 from .plans import Estimate, Plan
 from .sanitize import clean
+from .schema import Db, Location, LocationError, is_url, location, open_db
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -49,30 +51,6 @@ NOT_OK = ("failed", "unknown", "cancelled")
 
 #: An action without an estimate of its own (e.g. an upgrade: seconds).
 DEFAULT_ESTIMATE = Estimate(60.0, 300.0, 900.0, "no estimate for this action; assumed 5 min")
-
-_SCHEMA = """
-create table if not exists windows (
-    name text primary key,
-    end_at text,
-    parallel integer not null default 1,
-    same_lun integer not null default 0,
-    updated text not null
-);
-create table if not exists window_items (
-    id text primary key,
-    window text not null,
-    position integer not null,
-    vm_id text not null,
-    vm_name text not null,
-    action text not null,
-    params text not null,
-    status text not null,
-    reason text not null default '',
-    started text,
-    ended text
-);
-"""
-
 
 class WindowError(Exception):
     """The queue cannot be read or written; the message says why."""
@@ -348,35 +326,39 @@ def _dt(text: str | None) -> datetime | None:
 
 
 class WindowStore:
-    """The queue's tables in the action log's SQLite file (WAL, own connection)."""
+    """The queue's tables in the action log's database (a SQLite file or a team's
+    PostgreSQL; schema: state/schema.py), on its own connection."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection,
+    def __init__(self, path: Location, db: Db,
                  timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.path = path
-        self._conn = conn
+        self._db = db
+        self._conn = db.conn if not db.pg else None
         self._timeout = timeout
         self._lock = threading.RLock()
 
     @classmethod
-    def open(cls, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> WindowStore:
-        conn = connect(path, busy_timeout=busy_timeout, error=WindowError)
-        store = cls(Path(path), conn, busy_timeout)
+    def open(cls, path: Location, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> WindowStore:
         try:
-            with store._write():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-        except BaseException:
-            conn.close()
-            raise
-        return store
+            loc = location(path)
+        except LocationError as exc:
+            raise WindowError(str(exc)) from None
+        assert loc is not None
+        db = open_db(loc, error=WindowError, busy_timeout=busy_timeout)
+        return cls(loc if is_url(loc) else Path(loc), db, busy_timeout)
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        return write(self._conn, self._lock, self.path, self._timeout, WindowError)
+    def _write(self) -> AbstractContextManager[Db]:
+        return self._db.write()
+
+    def _held_targets(self) -> set[str]:
+        from .actionlog import _lease_alive
+        from .leases import live_leases
+
+        return {le.target_object for le in live_leases(self._db, _lease_alive)}
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._db.close()
 
     def load(self, name: str | None = None, *, default_name: str = "maintenance window",
              now: datetime | None = None) -> MaintenanceWindow:
@@ -387,28 +369,40 @@ class WindowStore:
         try:
             with self._lock:
                 if name is None:
-                    row = self._conn.execute(
+                    found = self._db.query(
                         "select name, end_at, parallel, same_lun from windows "
-                        "order by updated desc limit 1").fetchone()
+                        "order by updated desc limit 1")
                 else:
-                    row = self._conn.execute(
+                    found = self._db.query(
                         "select name, end_at, parallel, same_lun from windows where name = ?",
-                        (name,)).fetchone()
-                if row is None:
+                        (name,))
+                if not found:
                     window = MaintenanceWindow(self, name or default_name)
                     self.save(window)
                     return window
+                row = found[0]
                 items = [
-                    QueueItem(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6],
-                              _dt(r[7]), _dt(r[8]))
-                    for r in self._conn.execute(
+                    QueueItem(r["id"], r["vm_id"], r["vm_name"], r["action"],
+                              json.loads(r["params"]), r["status"], r["reason"],
+                              _dt(r["started"]), _dt(r["ended"]))
+                    for r in self._db.query(
                         "select id, vm_id, vm_name, action, params, status, reason, started, "
-                        "ended from window_items where window = ? order by position", (row[0],))
+                        "ended from window_items where \"window\" = ? order by position",
+                        (row["name"],))
                 ]
-        except (sqlite3.Error, ValueError) as exc:
-            raise WindowError(f"the window queue in {self.path} cannot be read: {exc}") from exc
-        window = MaintenanceWindow(self, row[0], _dt(row[1]), int(row[2]), bool(row[3]), items)
-        cut = [i for i in window.items if i.status == RUNNING]
+        except WindowError as exc:
+            raise WindowError(f"the window queue in {self._db.where} cannot be read: {exc}"
+                              ) from exc
+        except ValueError as exc:
+            raise WindowError(f"the window queue in {self._db.where} cannot be read: {exc}"
+                              ) from exc
+        window = MaintenanceWindow(self, row["name"], _dt(row["end_at"]), int(row["parallel"]),
+                                   bool(row["same_lun"]), items)
+        # A running item another console still holds (a live lease on its VM) is
+        # theirs; one nobody holds was cut off by a console that stopped.
+        running = [i for i in window.items if i.status == RUNNING]
+        held = self._held_targets() if running else set()
+        cut = [i for i in running if f"vm:{i.vm_id}" not in held]
         for item in cut:
             window.items[window.items.index(item)] = dataclasses.replace(
                 item, status="unknown", ended=now,
@@ -419,9 +413,9 @@ class WindowStore:
         return window
 
     def save(self, window: MaintenanceWindow, *, old_name: str | None = None) -> None:
-        with self._write() as conn:
+        with self._lock, self._write() as conn:
             for gone in {window.name, old_name or window.name}:
-                conn.execute("delete from window_items where window = ?", (gone,))
+                conn.execute("delete from window_items where \"window\" = ?", (gone,))
                 conn.execute("delete from windows where name = ?", (gone,))
             conn.execute(
                 "insert into windows (name, end_at, parallel, same_lun, updated) "
@@ -429,7 +423,7 @@ class WindowStore:
                 (window.name, _iso(window.end), window.parallel, int(window.same_lun),
                  datetime.now(UTC).isoformat()))
             conn.executemany(
-                "insert into window_items (id, window, position, vm_id, vm_name, "
+                "insert into window_items (id, \"window\", position, vm_id, vm_name, "
                 "action, params, status, reason, started, ended) "
                 "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(i.id, window.name, n, i.vm_id, i.vm_name, i.action,

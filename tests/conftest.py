@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import pytest_textual_snapshot
 
+pytest_plugins = ["peers.postgres"]  # pg_server, pg_url: a throwaway PostgreSQL (team mode)
+
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
 
 

@@ -24,14 +24,25 @@ from ventana.backends.capabilities import Composite, SideChannelHost
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.config import Config, ConfigError, load_config
 from ventana.state.sanitize import clean
+from ventana.state.schema import is_url
+
+
+def _log_arg(value: str) -> Path | str:
+    """``--log``: a file, or a team's postgresql:// URL (no password in it)."""
+    from ventana.state.schema import LocationError, location
+
+    try:
+        return location(value)  # type: ignore[return-value]
+    except LocationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_common(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
     # On a subcommand the options default to SUPPRESS, so ``ventana --log X log``
     # and ``ventana log --log X`` both keep X (argparse would reset it to None).
     default = argparse.SUPPRESS if sub else None
-    p.add_argument("--log", type=Path, default=default,
-                   help="action log file (default: XDG data dir)")
+    p.add_argument("--log", type=_log_arg, default=default, help="action log file, or a "
+                   "team's postgresql://user@host/db URL (default: XDG data dir)")
     p.add_argument("--config", type=Path, default=default,
                    help="config file (default: XDG config dir)")
 
@@ -111,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     log = sub.add_parser("log", help="list the action log")
     log.add_argument("--csv", action="store_true", help="export every row as CSV to stdout")
     log.add_argument("--limit", type=int, default=50)
+    # team mode (docs/team-mode.md): `ventana log migrate --to postgresql://…`
+    log.add_argument("migrate", nargs="?", choices=["migrate"],
+                     help="copy this SQLite log into a team's database (with --to)")
+    log.add_argument("--to", type=_log_arg, metavar="URL",
+                     help="migrate: the destination, a postgresql:// URL")
     _add_common(log, sub=True)
     report = sub.add_parser(
         "report", help="the campaign report from the action log (Markdown, CSV or xlsx)",
@@ -121,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="md (default), csv and chart (the LUN bars alone) go to stdout "
                         "unless --out; xlsx needs --out")
     report.add_argument("--out", type=Path, metavar="PATH", help="write the report to PATH")
-    report.add_argument("--db", type=Path, metavar="PATH",
+    report.add_argument("--db", type=_log_arg, metavar="PATH",
                         help="the action log (default: --log, the config's log, or the XDG one)")
     report.add_argument("--since", metavar="ISO", help="only rows started at or after this time")
     report.add_argument("--until", metavar="ISO", help="only rows started at or before this time")
@@ -151,18 +167,38 @@ def _open_log(path: Path | None, *, read_only: bool = False) -> tuple[ActionLog 
         log = ActionLog.open(path)
     except ActionLogError as exc:
         return None, clean(str(exc))
-    problem = unwritable(log.path)
+    problem = "" if is_url(log.path) else unwritable(log.path)
     if problem and not read_only:
         log.close()
         return None, clean(problem)
     return log, ""
 
 
-def cmd_log(args: argparse.Namespace, log_path: Path | None) -> int:
+def cmd_log_migrate(args: argparse.Namespace, log_path: Path | str | None) -> int:
+    from ventana.state.logmigrate import copy_log
+    from ventana.state.paths import default_log_path
+
+    source = log_path or default_log_path()
+    if args.to is None or is_url(source):
+        print("ventana log migrate: needs --to postgresql://… and a SQLite log as the source "
+              "(--log FILE, the config's log, or the XDG one)", file=sys.stderr)
+        return 2
+    try:
+        report = copy_log(Path(source), args.to)
+    except ActionLogError as exc:
+        print(f"ventana log migrate: {clean(str(exc))}", file=sys.stderr)
+        return 1
+    print("\n".join(clean(line) for line in report.lines()))
+    return 0
+
+
+def cmd_log(args: argparse.Namespace, log_path: Path | str | None) -> int:
     from ventana.state.paths import default_log_path
 
     from .logcli import cmd_log as run
 
+    if getattr(args, "migrate", None):
+        return cmd_log_migrate(args, log_path)
     return run(log_path or default_log_path(), as_csv=args.csv, limit=args.limit)
 
 
@@ -191,8 +227,9 @@ def cmd_report(args: argparse.Namespace, log_path: Path | None) -> int:
         return fail(2, str(exc))
     if args.format == "xlsx" and args.out is None:
         return fail(2, "--format xlsx needs --out PATH (a workbook is not written to a terminal)")
+
     path = args.db or log_path or default_log_path()
-    if not path.is_file():  # a report never creates an empty log
+    if not is_url(path) and not Path(path).is_file():  # a report never creates an empty log
         return fail(1, f"no action log at {path}")
     luns = []
     if args.recording is not None:
@@ -501,6 +538,10 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             return 2
 
     log, log_error = session_log(mode, log_path, read_only=backend.read_only)
+    if log is not None:  # who did it: the cluster account on every row (team mode)
+        from ventana.state.team import account_of
+
+        log.account = account_of(backend)
     try:
         attach_side_channels(backend, config, log)
     except (ValueError, TypeError) as exc:

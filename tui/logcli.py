@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from ventana.state.actionlog import COLUMNS, ActionLog, ActionLogError, LogRow
 from ventana.state.derived import human_bytes
 from ventana.state.sanitize import clean
+from ventana.state.schema import is_url
 
 from .fit import cap
 
@@ -64,11 +65,12 @@ def write_csv(rows: list[LogRow], out: TextIO) -> None:
 def write_table(rows: list[LogRow], out: TextIO) -> None:
     writer = csv.writer(out, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE,
                         escapechar="\\")
-    writer.writerow(["started (UTC, wall clock)", "operator", "mode", "action", "target",
+    writer.writerow(["started (UTC, wall clock)", "operator", "host", "mode", "action", "target",
                      "status", "duration", "before", "after", "final_state", "error"])
     for r in rows:
         writer.writerow([
-            clean(r.started[:19].replace("T", " ")), cap(r.operator, 30), clean(r.mode),
+            clean(r.started[:19].replace("T", " ")), cap(r.operator, 30), cap(r.host, 40),
+            clean(r.mode),
             cap(r.action, 30), cap(r.target_name), cap(r.status, 40),
             human_duration(r.duration_s),
             human_bytes(r.size_before) if r.size_before is not None else "-",
@@ -77,9 +79,11 @@ def write_table(rows: list[LogRow], out: TextIO) -> None:
         ])
 
 
-def cmd_log(path: Path, *, as_csv: bool, limit: int) -> int:
-    """Print the log; 1 when it does not exist or cannot be read."""
-    if not path.is_file():  # never create an empty log for a mistyped name
+def cmd_log(path: Path | str, *, as_csv: bool, limit: int) -> int:
+    """Print the log (a file, or a team's database URL); 1 when it does not exist
+    or cannot be read."""
+    # never create an empty log for a mistyped name
+    if not is_url(path) and not Path(path).is_file():
         print(f"ventana log: no action log at {clean(str(path))}", file=sys.stderr)
         return 1
     try:
