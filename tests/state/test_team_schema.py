@@ -310,7 +310,8 @@ def test_log_migrate_copies_every_row_kind_idempotently(tmp_path: Path, pg_url: 
     # `ventana log` and `ventana report` read the team's log.
     assert main(["log", "--log", pg_url]) == 0
     listing = capsys.readouterr().out
-    assert listing.splitlines()[0].split("\t")[:3] == ["started", "operator", "host"]
+    assert listing.splitlines()[0].split("\t")[:3] == ["started (UTC, wall clock)", "operator",
+                                                      "host"]
     assert len(listing.splitlines()) == 4
     assert main(["report", "--db", pg_url, "--format", "csv"]) == 0
     assert "app-01" in capsys.readouterr().out
