@@ -48,6 +48,7 @@ from ventana.state.plans import Plan
 from ventana.state.plans_vsphere import ESTIMATES, REMOVE_ALL, ServerEstimate
 from ventana.state.rebuild import Rebuild, RebuildStore
 from ventana.state.sanitize import clean
+from ventana.state.store import Store
 from ventana.state.window import WindowError, WindowStore
 
 INITIAL_LOAD_MAX_S = 5.0
@@ -129,8 +130,6 @@ class Console:
         findings_config: FindingsConfig | None = None,
         listener: ConsoleListener | None = None,
     ) -> None:
-        from ventana.state.store import Store
-
         self.backend = backend
         self.store = Store()
         self.clock: Callable[[], datetime] = clock or backend.now

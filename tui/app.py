@@ -32,7 +32,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input
 
 from ventana.backends.actions import ActionRefused, ActionRunner
-from ventana.backends.base import ActionResult, Backend
+from ventana.backends.base import Backend
 from ventana.backends.window_runner import WindowRunner
 from ventana.core import Console, Notice
 from ventana.core.console import EventRecorder
@@ -61,8 +61,6 @@ from .vm_table import VmTable
 from .window_screen import RunChoice, WindowScreen
 
 FINDINGS_TICK_S = 30.0  # age thresholds and snooze expiry are checked this often
-
-__all__ = ["EventRecorder", "VentanaApp"]
 
 
 class VentanaApp(compact.SafetyMixin, App[None]):
@@ -135,10 +133,6 @@ class VentanaApp(compact.SafetyMixin, App[None]):
     @property
     def acks(self) -> AckBook | None:
         return self.core.acks
-
-    @property
-    def last_result(self) -> ActionResult | None:
-        return self.core.last_result
 
     @property
     def _pending(self) -> list[Event]:  # what the pump received and no flush applied yet
@@ -275,10 +269,6 @@ class VentanaApp(compact.SafetyMixin, App[None]):
 
     def _tick_findings(self) -> None:
         self.core.tick_findings()
-
-    def sync_findings(self, force: bool = False) -> None:
-        """The header's open-finding counts (recounted only when something changed)."""
-        self.core.sync_findings(force)
 
     def _sync_counts(self) -> None:
         s = self.store
@@ -566,10 +556,6 @@ class VentanaApp(compact.SafetyMixin, App[None]):
                         group="final-states", exit_on_error=False)
 
     # -- the maintenance window -------------------------------------------------------
-    def window_runner(self) -> WindowRunner | None:
-        """The window queue (from the action log's file); None, with a notice, if unusable."""
-        return self.core.window_runner()
-
     def action_window(self) -> None:
         wr = self.core.window_runner()
         if wr is not None:
