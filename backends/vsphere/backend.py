@@ -59,7 +59,7 @@ from .mapping import (
     task_entity,
     vm_entities,
 )
-from .session import ObjectUpdate, Session, Worker
+from .session import DATASTORE_PATHS, STORAGE_PATHS, ObjectUpdate, Session, Worker
 
 log = logging.getLogger("ventana.backends.vsphere")
 
@@ -103,6 +103,10 @@ class VSphereConfig:
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     read_only: bool = True  # a writable session must ask for it
+    # How long an action waits for one vSphere task before its outcome is UNKNOWN
+    # (the VM is then re-read; nothing is re-sent). Consolidating a large disk
+    # takes hours.
+    task_timeout_s: float = 6 * 3600.0
 
 
 class VSphereBackend(Backend):
@@ -125,6 +129,11 @@ class VSphereBackend(Backend):
         self._secret = password or ""
         self._worker = Worker()  # the stream's calls (WaitForUpdatesEx blocks it)
         self.action_worker = Worker()  # the executor's calls
+        self.refresh_worker = Worker()  # RefreshStorageInfo / RefreshDatastore and re-reads
+        self._refreshing: set[str] = set()  # VMs with a storage refresh under way
+        self._refresh_again: set[str] = set()  # ... and another asked for meanwhile
+        self._background: set[asyncio.Task[None]] = set()
+        self.busy_vms: dict[str, str] = {}  # VM id -> our action's task id, while it runs
         self._session: Session | None = None
         self._started = False
         self._closed = False
@@ -200,6 +209,66 @@ class VSphereBackend(Backend):
                 out.append(VmLocation(oid, str(props.get("name") or oid), host_id,
                                       hosts.get(host_id, host_id), log_dir))
         return out
+
+    def apply_read(self, type_name: str, oid: str, props: dict[str, Any],
+                   names: list[str]) -> None:
+        """Fold properties read directly (not pushed) into the view, as an update."""
+        assigned = {n: props[n] for n in names if props.get(n) is not None}
+        removed = tuple(n for n in names if props.get(n) is None)
+        for event in self._apply([ObjectUpdate("modify", type_name, oid, assigned, removed)]):
+            self.emit(event)
+
+    async def refresh_vm_storage(self, vm_id: str) -> dict[str, Any] | None:
+        """``RefreshStorageInfo`` then re-read the VM's storage properties into the
+        view (layoutEx is not reliably pushed); None when not connected or refused."""
+        session = self.session
+        if session is None:
+            return None
+        try:
+            props = await self.refresh_worker.call(session.refresh_storage, vm_id)
+        except Exception as exc:
+            log.info("vSphere %s: storage refresh of %s failed: %s", self.target, vm_id,
+                     self._describe(exc))
+            return None
+        if self.session is session:
+            self.apply_read("VirtualMachine", vm_id, props, list(STORAGE_PATHS))
+        return props
+
+    async def refresh_datastores(self, ds_ids: list[str]) -> None:
+        """``RefreshDatastore`` on each, then re-read capacity and free space."""
+        session = self.session
+        for ds_id in ds_ids:
+            if session is None or self.session is not session:
+                return
+            try:
+                props = await self.refresh_worker.call(session.refresh_datastore, ds_id)
+            except Exception as exc:
+                log.info("vSphere %s: RefreshDatastore %s failed: %s", self.target, ds_id,
+                         self._describe(exc))
+                continue
+            self.apply_read("Datastore", ds_id, props, list(DATASTORE_PATHS))
+
+    def _storage_changed(self, vm_id: str) -> None:
+        """A VM's snapshot tree changed: its layoutEx may not be pushed, so refresh it
+        (one refresh at a time per VM; a change meanwhile asks for one more)."""
+        if vm_id in self._refreshing:
+            self._refresh_again.add(vm_id)
+            return
+        self._refreshing.add(vm_id)
+
+        async def run() -> None:
+            try:
+                while True:
+                    self._refresh_again.discard(vm_id)
+                    await self.refresh_vm_storage(vm_id)
+                    if vm_id not in self._refresh_again or self._closed:
+                        return
+            finally:
+                self._refreshing.discard(vm_id)
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def own_task(self, oid: str) -> None:
         """A vSphere task an action of this console started: its progress goes to
@@ -341,6 +410,9 @@ class VSphereBackend(Backend):
             self._drop_session()
             self._worker.shutdown()
             self.action_worker.shutdown()
+            self.refresh_worker.shutdown()
+            for task in list(self._background):
+                task.cancel()
         for event in self._drain():
             yield event
         yield ConnectionChanged(src, LinkState.DISCONNECTED, "closed")
@@ -375,6 +447,11 @@ class VSphereBackend(Backend):
                 if updates:
                     for event in self._apply(updates):
                         yield event
+                    for upd in updates:
+                        if upd.type_name == "VirtualMachine" and upd.kind == "modify" and (
+                            "snapshot" in upd.assigned or "snapshot" in upd.removed
+                        ):
+                            self._storage_changed(upd.moid)
         finally:
             if pending is not None:
                 pending.add_done_callback(_consume)
@@ -392,6 +469,7 @@ class VSphereBackend(Backend):
         if not self._started:
             self._worker.shutdown()
             self.action_worker.shutdown()
+            self.refresh_worker.shutdown()
 
     # -- connecting ------------------------------------------------------------
     def _resolve_password(self) -> str:
