@@ -24,8 +24,9 @@ Read-only by default (``VSphereConfig.read_only``): ``executor()`` is then
 refused by the base class before anything reaches the server. A writable
 session gets a ``VSphereExecutor`` (executor.py): remove all snapshots and
 consolidate (the ``merge`` action), remove one snapshot, consolidate; its
-task rows and progress are queued onto this stream, and a vSphere task's
-end is taken from the same ``WaitForUpdatesEx`` feed (no task polling).
+task rows and progress are queued onto this stream; each vSphere task it
+starts is followed through a filter of its own (``Session.watch_task``), not
+through ``recentTask``, which vCenter does not promise to push.
 """
 
 from __future__ import annotations
@@ -143,8 +144,6 @@ class VSphereBackend(Backend):
         self._out: deque[Event] = deque()
         self._cache: dict[ObjKey, dict[str, Any]] = {}
         self._emitted: dict[ObjKey, dict[Key, Entity]] = {}
-        self._watchers: dict[str, list[asyncio.Future[Task | None]]] = {}
-        self._forward: dict[str, Callable[[Task], Event | None]] = {}
         self._owned: set[str] = set()  # vSphere tasks an action of ours started
         # The SSH side channel (backends/ssh): stun watcher and guest shells.
         self._stun: dict[str, tuple[float, Any]] = {}  # VM id -> (ms, when)
@@ -266,7 +265,11 @@ class VSphereBackend(Backend):
             finally:
                 self._refreshing.discard(vm_id)
 
-        task = asyncio.ensure_future(run())
+        self.spawn(run())
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` beside the stream (cancelled when the stream ends)."""
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -282,44 +285,6 @@ class VSphereBackend(Backend):
             if isinstance(entity, Task):
                 return entity
         return None
-
-    def watch_task(
-        self, oid: str, forward: Callable[[Task], Event | None] | None = None
-    ) -> asyncio.Future[Task | None]:
-        """A future for a vSphere task's end, fed by ``WaitForUpdatesEx``.
-
-        Resolves with the finished task, or None when the connection is lost
-        first (the outcome is then unknown). ``forward`` turns each update of
-        the task into an event for the stream (progress of the action's row).
-        """
-        fut: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
-        if forward is not None:
-            self._forward[oid] = forward
-        task = self.emitted_task(oid)
-        if task is not None and task.state.finished:
-            fut.set_result(task)
-            self._forward.pop(oid, None)
-        else:
-            self._watchers.setdefault(oid, []).append(fut)
-        return fut
-
-    def _task_seen(self, task: Task, events: list[Event]) -> None:
-        forward = self._forward.get(task.id)
-        if forward is not None and (event := forward(task)) is not None:
-            events.append(event)
-        if task.state.finished:
-            self._forward.pop(task.id, None)
-            for fut in self._watchers.pop(task.id, []):
-                if not fut.done():
-                    fut.set_result(task)
-
-    def _lose_watchers(self) -> None:
-        self._forward.clear()
-        watchers, self._watchers = self._watchers, {}
-        for futs in watchers.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_result(None)
 
     def _drain(self) -> list[Event]:
         out = list(self._out)
@@ -378,7 +343,6 @@ class VSphereBackend(Backend):
                     reason = self._describe(exc)
                 finally:
                     self._connected = False
-                    self._lose_watchers()
                     self._drop_session()
                 for event in self._drain():
                     yield event
@@ -406,7 +370,6 @@ class VSphereBackend(Backend):
             for side in self.side_channels:
                 with contextlib.suppress(Exception):
                     await side.close()
-            self._lose_watchers()
             self._drop_session()
             self._worker.shutdown()
             self.action_worker.shutdown()
@@ -601,7 +564,6 @@ class VSphereBackend(Backend):
                     diff = self._diff(key, new)
                     if oid not in self._owned:
                         events.extend(diff)
-                    self._task_seen(task, events)
                     continue
             elif cat == CR_T:
                 new = [cluster_entity(oid, props)]

@@ -5,9 +5,13 @@ Only a writable ``VSphereBackend`` hands one out, and every call re-checks the
 backend's mode before anything reaches the server (``Executor._guard``).
 Each action is one task row (the id the caller gives) on the backend's event
 stream, fed by the vSphere tasks it starts (which the backend then does not
-show as rows of their own: ``own_task``); a vSphere task's end is taken
-from the stream's ``WaitForUpdatesEx`` feed, so the stream must be consumed
-while an action runs.
+show as rows of their own: ``own_task``). Each vSphere task is followed
+through a property filter on its own ``info`` (``Session.watch_task``):
+TaskManager.recentTask is not for tracking completion and may never list it.
+Before a task is sent the VM must not be busy (an action of ours still runs
+on it, or the server lists a queued/running task for it, read then). After
+every action the VM's storage is refreshed (``RefreshStorageInfo``, then
+layoutEx read back) and its datastores too (``RefreshDatastore``).
 
 Outcomes (RELIABILITY.md):
 
@@ -18,14 +22,17 @@ Outcomes (RELIABILITY.md):
 - FAILED — the server refused or the task failed, with the fault's message;
   or nothing was sent because the session was not connected;
 - CANCELLED — the task was cancelled on the server;
-- UNKNOWN — the connection was lost after the request went out: the outcome
-  must be verified on the host; nothing is ever re-sent automatically.
+- UNKNOWN — the connection was lost after the request went out, or the task
+  did not end within ``task_timeout_s`` (the VM is then re-read, and stays
+  busy for this console until the task ends): the outcome must be verified
+  on the host; nothing is ever re-sent automatically.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
     from .backend import VSphereBackend
     from .session import Session
 
+log = logging.getLogger("ventana.backends.vsphere")
 UNKNOWN_TAIL = " — outcome unknown, verify on the host"
 
 
@@ -318,8 +326,8 @@ class VSphereExecutor(Executor):
             result = stop.result
         finally:
             self._running.pop(task_id, None)
-            if vs.busy_vms.get(vm_id) == task_id:
-                del vs.busy_vms[vm_id]
+            if vs.busy_vms.get(vm_id) == task_id and task_id not in self._timed_out:
+                del vs.busy_vms[vm_id]  # (a task past its timeout keeps the VM busy)
         if task_id in self._timed_out:
             self._timed_out.discard(task_id)
             # The task may still run: show what the server says now; never re-send.
@@ -381,6 +389,7 @@ class VSphereExecutor(Executor):
             info = await self._watch(session, oid, vs.config.task_timeout_s, forward)
         except TaskTimeout as exc:
             self._timed_out.add(task_id)
+            self._follow_late(session, task_id, oid)
             raise _Stop(
                 ActionResult(
                     TaskState.UNKNOWN,
@@ -432,6 +441,25 @@ class VSphereExecutor(Executor):
             wait_s=max(1, min(int(vs.config.wait_s), 10)),
             stopped=lambda: vs.session is not session,
         )
+
+    def _follow_late(self, session: Session, task_id: str, oid: str) -> None:
+        """A task past the action's timeout may still run: the VM stays busy for this
+        console until the task ends (or the session goes), then it is re-read."""
+        vs = self._vs
+        vm_id = next((v for v, t in vs.busy_vms.items() if t == task_id), None)
+
+        async def follow() -> None:
+            try:
+                await self._watch(session, oid, 7 * 24 * 3600.0, lambda _info: None)
+            except Exception as exc:
+                log.info("vSphere task %s no longer followed: %s", oid, type(exc).__name__)
+            finally:
+                if vm_id is not None and vs.busy_vms.get(vm_id) == task_id:
+                    del vs.busy_vms[vm_id]
+            if vm_id is not None:
+                await vs.refresh_vm_storage(vm_id)
+
+        vs.spawn(follow())
 
     async def _busy(self, session: Session, vm_id: str, task_id: str) -> str:
         """Why the VM must not get another task now ('' when it may): an action of

@@ -3,9 +3,12 @@
 ``Session`` holds the blocking side: login with an explicit SSL context
 (pyvmomi silently skips certificate checks for loopback hosts without one —
 RELIABILITY.md), one private PropertyCollector, one ContainerView over the
-inventory (plus the TaskManager's ``recentTask`` list), the paged
-``RetrievePropertiesEx`` read, the filter for ``WaitForUpdatesEx`` and a cheap
-keep-alive call. ``Worker`` runs those calls
+inventory (plus the TaskManager's ``recentTask`` list, for display only), the
+paged ``RetrievePropertiesEx`` read, the filter for ``WaitForUpdatesEx``
+(whole properties: ``partialUpdates=False``), direct reads (one object's
+properties, a VM's storage after ``RefreshStorageInfo``, a datastore after
+``RefreshDatastore``, the tasks running on a VM), one task followed through a
+filter of its own (``watch_task``) and a cheap keep-alive call. ``Worker`` runs those calls
 on one thread (pyvmomi blocks) so the event loop never waits on the network.
 """
 
