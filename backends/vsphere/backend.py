@@ -24,8 +24,9 @@ Read-only by default (``VSphereConfig.read_only``): ``executor()`` is then
 refused by the base class before anything reaches the server. A writable
 session gets a ``VSphereExecutor`` (executor.py): remove all snapshots and
 consolidate (the ``merge`` action), remove one snapshot, consolidate; its
-task rows and progress are queued onto this stream, and a vSphere task's
-end is taken from the same ``WaitForUpdatesEx`` feed (no task polling).
+task rows and progress are queued onto this stream; each vSphere task it
+starts is followed through a filter of its own (``Session.watch_task``), not
+through ``recentTask``, which vCenter does not promise to push.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from .mapping import (
     task_entity,
     vm_entities,
 )
-from .session import ObjectUpdate, Session, Worker
+from .session import DATASTORE_PATHS, STORAGE_PATHS, ObjectUpdate, Session, Worker
 
 log = logging.getLogger("ventana.backends.vsphere")
 
@@ -103,6 +104,10 @@ class VSphereConfig:
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     read_only: bool = True  # a writable session must ask for it
+    # How long an action waits for one vSphere task before its outcome is UNKNOWN
+    # (the VM is then re-read; nothing is re-sent). Consolidating a large disk
+    # takes hours.
+    task_timeout_s: float = 6 * 3600.0
 
 
 class VSphereBackend(Backend):
@@ -125,6 +130,11 @@ class VSphereBackend(Backend):
         self._secret = password or ""
         self._worker = Worker()  # the stream's calls (WaitForUpdatesEx blocks it)
         self.action_worker = Worker()  # the executor's calls
+        self.refresh_worker = Worker()  # RefreshStorageInfo / RefreshDatastore and re-reads
+        self._refreshing: set[str] = set()  # VMs with a storage refresh under way
+        self._refresh_again: set[str] = set()  # ... and another asked for meanwhile
+        self._background: set[asyncio.Task[None]] = set()
+        self.busy_vms: dict[str, str] = {}  # VM id -> our action's task id, while it runs
         self._session: Session | None = None
         self._started = False
         self._closed = False
@@ -134,8 +144,6 @@ class VSphereBackend(Backend):
         self._out: deque[Event] = deque()
         self._cache: dict[ObjKey, dict[str, Any]] = {}
         self._emitted: dict[ObjKey, dict[Key, Entity]] = {}
-        self._watchers: dict[str, list[asyncio.Future[Task | None]]] = {}
-        self._forward: dict[str, Callable[[Task], Event | None]] = {}
         self._owned: set[str] = set()  # vSphere tasks an action of ours started
         # The SSH side channel (backends/ssh): stun watcher and guest shells.
         self._stun: dict[str, tuple[float, Any]] = {}  # VM id -> (ms, when)
@@ -201,6 +209,70 @@ class VSphereBackend(Backend):
                                       hosts.get(host_id, host_id), log_dir))
         return out
 
+    def apply_read(self, type_name: str, oid: str, props: dict[str, Any],
+                   names: list[str]) -> None:
+        """Fold properties read directly (not pushed) into the view, as an update."""
+        assigned = {n: props[n] for n in names if props.get(n) is not None}
+        removed = tuple(n for n in names if props.get(n) is None)
+        for event in self._apply([ObjectUpdate("modify", type_name, oid, assigned, removed)]):
+            self.emit(event)
+
+    async def refresh_vm_storage(self, vm_id: str) -> dict[str, Any] | None:
+        """``RefreshStorageInfo`` then re-read the VM's storage properties into the
+        view (layoutEx is not reliably pushed); None when not connected or refused."""
+        session = self.session
+        if session is None:
+            return None
+        try:
+            props = await self.refresh_worker.call(session.refresh_storage, vm_id)
+        except Exception as exc:
+            log.info("vSphere %s: storage refresh of %s failed: %s", self.target, vm_id,
+                     self._describe(exc))
+            return None
+        if self.session is session:
+            self.apply_read("VirtualMachine", vm_id, props, list(STORAGE_PATHS))
+        return props
+
+    async def refresh_datastores(self, ds_ids: list[str]) -> None:
+        """``RefreshDatastore`` on each, then re-read capacity and free space."""
+        session = self.session
+        for ds_id in ds_ids:
+            if session is None or self.session is not session:
+                return
+            try:
+                props = await self.refresh_worker.call(session.refresh_datastore, ds_id)
+            except Exception as exc:
+                log.info("vSphere %s: RefreshDatastore %s failed: %s", self.target, ds_id,
+                         self._describe(exc))
+                continue
+            self.apply_read("Datastore", ds_id, props, list(DATASTORE_PATHS))
+
+    def _storage_changed(self, vm_id: str) -> None:
+        """A VM's snapshot tree changed: its layoutEx may not be pushed, so refresh it
+        (one refresh at a time per VM; a change meanwhile asks for one more)."""
+        if vm_id in self._refreshing:
+            self._refresh_again.add(vm_id)
+            return
+        self._refreshing.add(vm_id)
+
+        async def run() -> None:
+            try:
+                while True:
+                    self._refresh_again.discard(vm_id)
+                    await self.refresh_vm_storage(vm_id)
+                    if vm_id not in self._refresh_again or self._closed:
+                        return
+            finally:
+                self._refreshing.discard(vm_id)
+
+        self.spawn(run())
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` beside the stream (cancelled when the stream ends)."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def own_task(self, oid: str) -> None:
         """A vSphere task an action of this console started: its progress goes to
         the action's own row, so the task itself is not shown twice."""
@@ -213,44 +285,6 @@ class VSphereBackend(Backend):
             if isinstance(entity, Task):
                 return entity
         return None
-
-    def watch_task(
-        self, oid: str, forward: Callable[[Task], Event | None] | None = None
-    ) -> asyncio.Future[Task | None]:
-        """A future for a vSphere task's end, fed by ``WaitForUpdatesEx``.
-
-        Resolves with the finished task, or None when the connection is lost
-        first (the outcome is then unknown). ``forward`` turns each update of
-        the task into an event for the stream (progress of the action's row).
-        """
-        fut: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
-        if forward is not None:
-            self._forward[oid] = forward
-        task = self.emitted_task(oid)
-        if task is not None and task.state.finished:
-            fut.set_result(task)
-            self._forward.pop(oid, None)
-        else:
-            self._watchers.setdefault(oid, []).append(fut)
-        return fut
-
-    def _task_seen(self, task: Task, events: list[Event]) -> None:
-        forward = self._forward.get(task.id)
-        if forward is not None and (event := forward(task)) is not None:
-            events.append(event)
-        if task.state.finished:
-            self._forward.pop(task.id, None)
-            for fut in self._watchers.pop(task.id, []):
-                if not fut.done():
-                    fut.set_result(task)
-
-    def _lose_watchers(self) -> None:
-        self._forward.clear()
-        watchers, self._watchers = self._watchers, {}
-        for futs in watchers.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_result(None)
 
     def _drain(self) -> list[Event]:
         out = list(self._out)
@@ -309,7 +343,6 @@ class VSphereBackend(Backend):
                     reason = self._describe(exc)
                 finally:
                     self._connected = False
-                    self._lose_watchers()
                     self._drop_session()
                 for event in self._drain():
                     yield event
@@ -337,10 +370,12 @@ class VSphereBackend(Backend):
             for side in self.side_channels:
                 with contextlib.suppress(Exception):
                     await side.close()
-            self._lose_watchers()
             self._drop_session()
             self._worker.shutdown()
             self.action_worker.shutdown()
+            self.refresh_worker.shutdown()
+            for task in list(self._background):
+                task.cancel()
         for event in self._drain():
             yield event
         yield ConnectionChanged(src, LinkState.DISCONNECTED, "closed")
@@ -375,6 +410,11 @@ class VSphereBackend(Backend):
                 if updates:
                     for event in self._apply(updates):
                         yield event
+                    for upd in updates:
+                        if upd.type_name == "VirtualMachine" and upd.kind == "modify" and (
+                            "snapshot" in upd.assigned or "snapshot" in upd.removed
+                        ):
+                            self._storage_changed(upd.moid)
         finally:
             if pending is not None:
                 pending.add_done_callback(_consume)
@@ -392,6 +432,7 @@ class VSphereBackend(Backend):
         if not self._started:
             self._worker.shutdown()
             self.action_worker.shutdown()
+            self.refresh_worker.shutdown()
 
     # -- connecting ------------------------------------------------------------
     def _resolve_password(self) -> str:
@@ -523,7 +564,6 @@ class VSphereBackend(Backend):
                     diff = self._diff(key, new)
                     if oid not in self._owned:
                         events.extend(diff)
-                    self._task_seen(task, events)
                     continue
             elif cat == CR_T:
                 new = [cluster_entity(oid, props)]

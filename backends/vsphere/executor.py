@@ -5,9 +5,13 @@ Only a writable ``VSphereBackend`` hands one out, and every call re-checks the
 backend's mode before anything reaches the server (``Executor._guard``).
 Each action is one task row (the id the caller gives) on the backend's event
 stream, fed by the vSphere tasks it starts (which the backend then does not
-show as rows of their own: ``own_task``); a vSphere task's end is taken
-from the stream's ``WaitForUpdatesEx`` feed, so the stream must be consumed
-while an action runs.
+show as rows of their own: ``own_task``). Each vSphere task is followed
+through a property filter on its own ``info`` (``Session.watch_task``):
+TaskManager.recentTask is not for tracking completion and may never list it.
+Before a task is sent the VM must not be busy (an action of ours still runs
+on it, or the server lists a queued/running task for it, read then). After
+every action the VM's storage is refreshed (``RefreshStorageInfo``, then
+layoutEx read back) and its datastores too (``RefreshDatastore``).
 
 Outcomes (RELIABILITY.md):
 
@@ -18,33 +22,38 @@ Outcomes (RELIABILITY.md):
 - FAILED — the server refused or the task failed, with the fault's message;
   or nothing was sent because the session was not connected;
 - CANCELLED — the task was cancelled on the server;
-- UNKNOWN — the connection was lost after the request went out: the outcome
-  must be verified on the host; nothing is ever re-sent automatically.
+- UNKNOWN — the connection was lost after the request went out, or the task
+  did not end within ``task_timeout_s`` (the VM is then re-read, and stays
+  busy for this console until the task ends): the outcome must be verified
+  on the host; nothing is ever re-sent automatically.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pyVmomi import vim, vmodl
 
-from ventana.state.derived import human_bytes
-from ventana.state.events import Event, TaskProgress, Upsert
+from ventana.state.derived import human_age, human_bytes
+from ventana.state.events import TaskProgress, Upsert
 from ventana.state.model import FinalState, Task, TaskState
 from ventana.state.sanitize import clean
 
 from ..base import ActionResult, Executor
-from .mapping import fault_message, moid
+from .mapping import fault_message, moid, task_entity
+from .session import TaskTimeout
 
 if TYPE_CHECKING:
     from .backend import VSphereBackend
     from .session import Session
 
+log = logging.getLogger("ventana.backends.vsphere")
 UNKNOWN_TAIL = " — outcome unknown, verify on the host"
 
 
@@ -68,6 +77,8 @@ class VSphereExecutor(Executor):
         self._vs = backend
         self._running: dict[str, str] = {}  # our task id -> vSphere task moref
         self._pct: dict[str, float] = {}  # our task id -> last progress
+        self._infos: dict[str, Any] = {}  # vSphere task moref -> its last TaskInfo
+        self._timed_out: set[str] = set()  # our task ids whose vSphere task did not end
 
     # -- the actions ---------------------------------------------------------------
     async def merge(self, vm_id: str, task_id: str) -> ActionResult:
@@ -143,12 +154,12 @@ class VSphereExecutor(Executor):
         )
         oid = task._moId
         vs.own_task(oid)
-        end = await asyncio.wait_for(vs.watch_task(oid), timeout)
+        info = await self._watch(session, oid, timeout, lambda _info: None)
+        end = task_entity(oid, info)
         if end is None or end.state is not TaskState.OK:
-            raise RuntimeError(end.error if end is not None else "connection lost")
-        info = (vs.cached("task", oid) or {}).get("info")
+            raise RuntimeError(end.error if end is not None else "no task information")
         result = getattr(info, "result", None)
-        if result is None:  # the feed may not carry the result: read it once
+        if result is None:  # the filter may not carry the result: read it once
             result = await vs.action_worker.call(lambda: task.info.result)
         return {
             moid(r.datastore): int(r.freeSpaceRequiredInKb or 0) * 1024 for r in result or ()
@@ -240,7 +251,9 @@ class VSphereExecutor(Executor):
         self._guard("cancel")
         oid = self._running.get(task_id)
         session = self._vs.session
-        info = (self._vs.cached("task", oid) or {}).get("info") if oid else None
+        info = None
+        if oid:
+            info = self._infos.get(oid) or (self._vs.cached("task", oid) or {}).get("info")
         if oid is None or session is None or info is None or not info.cancelable:
             return False
         try:
@@ -279,6 +292,14 @@ class VSphereExecutor(Executor):
         )
         vs.emit(Upsert(row))
         size_before = _files_bytes((props or {}).get("layoutEx"))
+        busy = await self._busy(session, vm_id, task_id) if steps else ""
+        if busy:
+            vs.emit(Upsert(dataclasses.replace(row, state=TaskState.FAILED,
+                                               ended=datetime.now(UTC), message="failed",
+                                               error=busy)))
+            return ActionResult(TaskState.FAILED, error=busy)
+        if steps:
+            vs.busy_vms[vm_id] = task_id
         try:
             for step in steps:
                 await self._step(session, task_id, step)
@@ -305,6 +326,14 @@ class VSphereExecutor(Executor):
             result = stop.result
         finally:
             self._running.pop(task_id, None)
+            if vs.busy_vms.get(vm_id) == task_id and task_id not in self._timed_out:
+                del vs.busy_vms[vm_id]  # (a task past its timeout keeps the VM busy)
+        if task_id in self._timed_out:
+            self._timed_out.discard(task_id)
+            # The task may still run: show what the server says now; never re-send.
+            reread = await self._reread(vm_id)
+            result = dataclasses.replace(result, detail="; ".join(
+                d for d in (result.detail, reread) if d))
         if result.state is not TaskState.UNKNOWN:
             after = await self._files_now(session, vm_id)
             details = [result.detail, _sizes_text(size_before, after)]
@@ -347,21 +376,44 @@ class VSphereExecutor(Executor):
         self._running[task_id] = oid
         vs.own_task(oid)  # one row per action in the task strip: ours
 
-        def forward(t: Task) -> Event | None:
+        def forward(info: Any) -> None:
+            self._infos[oid] = info
+            t = task_entity(oid, info)
+            if t is None:
+                return
             pct = step.lo + (step.hi - step.lo) * t.pct / 100
             self._pct[task_id] = pct
-            return TaskProgress(task_id, pct, f"{step.label}: {t.state.value} ({t.pct:.0f}%)")
+            vs.emit(TaskProgress(task_id, pct, f"{step.label}: {t.state.value} ({t.pct:.0f}%)"))
 
-        end = await vs.watch_task(oid, forward)
-        if end is None:
+        try:
+            info = await self._watch(session, oid, vs.config.task_timeout_s, forward)
+        except TaskTimeout as exc:
+            self._timed_out.add(task_id)
+            self._follow_late(session, task_id, oid)
             raise _Stop(
                 ActionResult(
                     TaskState.UNKNOWN,
-                    error=f"{step.label}: the connection was lost while the task ran"
+                    error=f"{step.label}: the task did not end within "
+                    f"{human_age(timedelta(seconds=exc.timeout_s))}; it may still be running "
+                    "on the server"
                     + UNKNOWN_TAIL,
                     final_state=FinalState.PENDING,
                 )
-            )
+            ) from None
+        except Exception as exc:
+            raise _Stop(
+                ActionResult(
+                    TaskState.UNKNOWN,
+                    error=f"{step.label}: the connection was lost while the task ran "
+                    f"({self._vs.scrub(clean(f'{type(exc).__name__}: {exc}'))})"
+                    + UNKNOWN_TAIL,
+                    final_state=FinalState.PENDING,
+                )
+            ) from None
+        finally:
+            self._infos.pop(oid, None)
+        end = task_entity(oid, info)
+        assert end is not None
         if end.state is TaskState.CANCELLED:
             raise _Stop(ActionResult(TaskState.CANCELLED, error=f"{step.label}: cancelled"))
         if end.state is not TaskState.OK:
@@ -371,6 +423,78 @@ class VSphereExecutor(Executor):
                     error=f"{step.label}: {end.error or end.state.value}",
                 )
             )
+
+    async def _watch(
+        self, session: Session, oid: str, timeout_s: float, on_info: Callable[[Any], None]
+    ) -> Any:
+        """Follow one vSphere task directly (its own filter on ``info``, in a thread
+        of its own so that actions on several VMs do not wait on each other);
+        ``on_info`` runs on the event loop for every change."""
+        vs = self._vs
+        loop = asyncio.get_running_loop()
+
+        def seen(info: Any) -> None:
+            loop.call_soon_threadsafe(on_info, info)
+
+        return await asyncio.to_thread(
+            session.watch_task, oid, timeout_s, seen,
+            wait_s=max(1, min(int(vs.config.wait_s), 10)),
+            stopped=lambda: vs.session is not session,
+        )
+
+    def _follow_late(self, session: Session, task_id: str, oid: str) -> None:
+        """A task past the action's timeout may still run: the VM stays busy for this
+        console until the task ends (or the session goes), then it is re-read."""
+        vs = self._vs
+        vm_id = next((v for v, t in vs.busy_vms.items() if t == task_id), None)
+
+        async def follow() -> None:
+            try:
+                await self._watch(session, oid, 7 * 24 * 3600.0, lambda _info: None)
+            except Exception as exc:
+                log.info("vSphere task %s no longer followed: %s", oid, type(exc).__name__)
+            finally:
+                if vm_id is not None and vs.busy_vms.get(vm_id) == task_id:
+                    del vs.busy_vms[vm_id]
+            if vm_id is not None:
+                await vs.refresh_vm_storage(vm_id)
+
+        vs.spawn(follow())
+
+    async def _busy(self, session: Session, vm_id: str, task_id: str) -> str:
+        """Why the VM must not get another task now ('' when it may): an action of
+        this console still runs on it, or the server lists a queued/running task
+        for it (read now, not taken from the update feed). Nothing is sent then."""
+        vs = self._vs
+        other = vs.busy_vms.get(vm_id)
+        if other is not None and other != task_id:
+            return (f"VM_BUSY: another action of this console ({other}) is still running "
+                    "on this VM; nothing was sent")
+        try:
+            running = await vs.action_worker.call(session.busy_tasks, vm_id)
+        except Exception as exc:
+            return (f"VM_BUSY check failed ({vs.scrub(clean(f'{type(exc).__name__}: {exc}'))});"
+                    " nothing was sent")
+        if running:
+            info = running[0]
+            what = str(getattr(info, "descriptionId", "") or getattr(info, "key", "a task"))
+            return (f"VM_BUSY: the server reports {clean(what)} {info.state} on this VM; "
+                    "nothing was sent")
+        return ""
+
+    async def _reread(self, vm_id: str) -> str:
+        """The VM's storage and snapshots re-read after an unfinished task."""
+        props = await self._vs.refresh_vm_storage(vm_id)
+        if props is None:
+            return "the VM could not be re-read"
+        trees = list(getattr(props.get("snapshot"), "rootSnapshotList", None) or ())
+        count = 0
+        while trees:
+            tree = trees.pop()
+            count += 1
+            trees.extend(tree.childSnapshotList or ())
+        needed = "yes" if props.get("runtime.consolidationNeeded") else "no"
+        return f"re-read from the server: {count} snapshot(s), consolidation needed: {needed}"
 
     async def _consolidation_needed(self, session: Session, vm_id: str) -> bool:
         """Re-read ``runtime.consolidationNeeded`` from the server, not the cache."""
@@ -394,12 +518,18 @@ class VSphereExecutor(Executor):
             return f"stun not read over SSH: {clean(f'{type(exc).__name__}: {exc}')}"
 
     async def _files_now(self, session: Session, vm_id: str) -> int | None:
-        """The VM's disk and snapshot files, re-read from the server (None if unreadable)."""
-        try:
-            layout = await self._vs.action_worker.call(lambda: _vm(session, vm_id).layoutEx)
-        except Exception:
-            return None
-        return _files_bytes(layout)
+        """The VM's disk and snapshot files after an action: ``RefreshStorageInfo``,
+        then layoutEx re-read (and folded into the view, since vCenter may never
+        push it); the datastores of its files refreshed too. None if unreadable."""
+        props = await self._vs.refresh_vm_storage(vm_id)
+        if props is None:
+            try:
+                layout = await self._vs.action_worker.call(lambda: _vm(session, vm_id).layoutEx)
+            except Exception:
+                return None
+            return _files_bytes(layout)
+        await self._vs.refresh_datastores([moid(d) for d in props.get("datastore") or ()])
+        return _files_bytes(props.get("layoutEx"))
 
     def _unknown(self, label: str, exc: BaseException) -> ActionResult:
         return ActionResult(

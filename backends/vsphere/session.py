@@ -3,9 +3,12 @@
 ``Session`` holds the blocking side: login with an explicit SSL context
 (pyvmomi silently skips certificate checks for loopback hosts without one —
 RELIABILITY.md), one private PropertyCollector, one ContainerView over the
-inventory (plus the TaskManager's ``recentTask`` list), the paged
-``RetrievePropertiesEx`` read, the filter for ``WaitForUpdatesEx`` and a cheap
-keep-alive call. ``Worker`` runs those calls
+inventory (plus the TaskManager's ``recentTask`` list, for display only), the
+paged ``RetrievePropertiesEx`` read, the filter for ``WaitForUpdatesEx``
+(whole properties: ``partialUpdates=False``), direct reads (one object's
+properties, a VM's storage after ``RefreshStorageInfo``, a datastore after
+``RefreshDatastore``, the tasks running on a VM), one task followed through a
+filter of its own (``watch_task``) and a cheap keep-alive call. ``Worker`` runs those calls
 on one thread (pyvmomi blocks) so the event loop never waits on the network.
 """
 
@@ -66,6 +69,31 @@ PATHS: dict[type, list[str]] = {
     vim.Datastore: DATASTORE_PATHS,
     vim.ComputeResource: COMPUTE_PATHS,  # includes ClusterComputeResource
 }
+# The paths asked for, by the type name an update carries.
+PATHS_BY_NAME: dict[str, list[str]] = {
+    "VirtualMachine": VM_PATHS,
+    "HostSystem": HOST_PATHS,
+    "Datastore": DATASTORE_PATHS,
+    "ComputeResource": COMPUTE_PATHS,
+    "ClusterComputeResource": COMPUTE_PATHS,
+    "Task": TASK_PATHS,
+}
+# What a VM's storage re-read brings (after RefreshStorageInfo, see refresh_storage).
+STORAGE_PATHS = ["layoutEx", "snapshot", "runtime.consolidationNeeded", "datastore"]
+
+
+def enclosing_path(name: str, paths: list[str]) -> str:
+    """The requested path a (possibly nested) change name falls under.
+
+    ``config.hardware.device[2000].capacityInKB`` → ``config.hardware``;
+    a name asked for, or one under no requested path, is returned as is.
+    """
+    if name in paths:
+        return name
+    for path in paths:
+        if name.startswith(path) and name[len(path) : len(path) + 1] in (".", "["):
+            return path
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +309,14 @@ _LEAN_CHANGE = re.compile(
 )
 
 
+class TaskTimeout(Exception):
+    """A watched task did not end in time (its outcome is unknown)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"no end within {timeout_s:g} s")
+        self.timeout_s = timeout_s
+
+
 class _RawUnavailable(Exception):
     """The lean path could not be used; the caller reads through pyvmomi."""
 
@@ -329,6 +365,14 @@ class Session:
         self.filter: Any = None
         self.version = ""
         self.last_call = time.monotonic()
+
+    #: ``CreateFilter(partialUpdates=...)``. False: a change to a nested property
+    #: is reported as the whole property named in the filter (pyvmomi
+    #: docs/vmodl/query/PropertyCollector.rst, CreateFilter), so the cache always
+    #: holds whole values. A nested change that arrives anyway (a server that
+    #: ignores the flag, or this set True) is never stored under its nested path:
+    #: the enclosing property is read again (``wait``).
+    partial_updates = False
 
     # -- reading -------------------------------------------------------------
     def read_all(self, page_size: int) -> list[ObjectUpdate]:
@@ -443,7 +487,7 @@ class Session:
         """
         lean: dict[str, dict[str, Any]] = {}
         if self.filter is None:
-            self.filter = self.pc.CreateFilter(self.spec, partialUpdates=True)
+            self.filter = self.pc.CreateFilter(self.spec, partialUpdates=self.partial_updates)
             self.version = ""
         options = PC.WaitOptions(maxWaitSeconds=max_wait_s)
         update = None
@@ -468,11 +512,23 @@ class Session:
             for obj in fs.objectSet or ():
                 assigned: dict[str, Any] = {}
                 removed: list[str] = []
+                nested: set[str] = set()
+                paths = PATHS_BY_NAME.get(type_name(obj.obj), [])
                 for change in obj.changeSet or ():
-                    if change.op in ("remove", "indirectRemove") or change.val is None:
+                    top = enclosing_path(change.name, paths)
+                    if top != change.name:  # a nested change: read the whole property
+                        nested.add(top)
+                    elif change.op in ("remove", "indirectRemove") or change.val is None:
                         removed.append(change.name)
                     else:
                         assigned[change.name] = change.val
+                if nested and str(obj.kind) != "leave":
+                    fresh = self.read_props(obj.obj, sorted(nested))
+                    for name in nested:
+                        if fresh.get(name) is None:
+                            removed.append(name)
+                        else:
+                            assigned[name] = fresh[name]
                 for name, val in lean.pop(obj.obj._moId, {}).items():
                     if val is None:
                         removed.append(name)
@@ -519,6 +575,115 @@ class Session:
         info = self.pc._GetMethodInfo("WaitForUpdatesEx")
         update = SoapResponseDeserializer(self.si._stub).Deserialize(stripped, info.result)
         return update, lean
+
+    def read_props(self, obj: Any, paths: list[str]) -> dict[str, Any]:
+        """``paths`` of one object, read now (an unset property is absent)."""
+        spec = PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=obj, skip=False)],
+            propSet=[PC.PropertySpec(type=type(obj), pathSet=list(paths))],
+        )
+        result = self.content.propertyCollector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
+        props: dict[str, Any] = {}
+        for oc in getattr(result, "objects", None) or ():
+            props.update({p.name: p.val for p in oc.propSet or ()})
+        return props
+
+    def refresh_storage(self, vm_id: str) -> dict[str, Any]:
+        """``RefreshStorageInfo`` on the VM, then its storage properties read again.
+
+        VirtualMachine.layoutEx (and ``storage``) "might not generate property
+        collector update notifications"; RefreshStorageInfo updates them
+        (pyvmomi docs/vim/VirtualMachine.rst). The values are read, not
+        awaited as updates.
+        """
+        vm = vim.VirtualMachine(vm_id, self.si._stub)
+        vm.RefreshStorageInfo()
+        return self.read_props(vm, STORAGE_PATHS)
+
+    def refresh_datastore(self, ds_id: str) -> dict[str, Any]:
+        """``RefreshDatastore`` (free space is otherwise refreshed only
+        periodically by the server: docs/vim/Datastore.rst), then re-read."""
+        ds = vim.Datastore(ds_id, self.si._stub)
+        ds.RefreshDatastore()
+        return self.read_props(ds, DATASTORE_PATHS)
+
+    def busy_tasks(self, vm_id: str) -> list[Any]:
+        """TaskInfo of queued or running tasks on the VM, from ``recentTask`` read
+        now (TaskManager.recentTask may not be pushed as updates:
+        docs/vim/TaskManager.rst; it is read with RetrievePropertiesEx instead)."""
+        tm = self.content.taskManager
+        tasks = PC.TraversalSpec(name="recentTasks", type=vim.TaskManager, path="recentTask")
+        spec = PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=tm, skip=True, selectSet=[tasks])],
+            propSet=[PC.PropertySpec(type=vim.Task, pathSet=["info"])],
+        )
+        result = self.content.propertyCollector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
+        out = []
+        while result is not None:
+            for oc in result.objects or ():
+                for prop in oc.propSet or ():
+                    info = prop.val
+                    if (getattr(getattr(info, "entity", None), "_moId", None) == vm_id
+                            and str(info.state) in ("queued", "running")):
+                        out.append(info)
+            if not result.token:
+                break
+            result = self.content.propertyCollector.ContinueRetrievePropertiesEx(result.token)
+        return out
+
+    def watch_task(
+        self,
+        task_id: str,
+        timeout_s: float,
+        on_info: Callable[[Any], None],
+        *,
+        wait_s: int = 10,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> Any:
+        """Follow one task until it ends: its own collector with a filter on the
+        task's ``info`` (TaskManager.recentTask "should not be used for tracking
+        Task completion": docs/vim/TaskManager.rst). Returns the final TaskInfo;
+        raises ``TaskTimeout`` after ``timeout_s`` and ``ConnectionError`` when
+        ``stopped()``; a lost connection raises what pyvmomi raises."""
+        task = vim.Task(task_id, self.si._stub)
+        pc = self.content.propertyCollector.CreatePropertyCollector()
+        try:
+            pc.CreateFilter(
+                PC.FilterSpec(
+                    objectSet=[PC.ObjectSpec(obj=task, skip=False)],
+                    propSet=[PC.PropertySpec(type=vim.Task, pathSet=["info"])],
+                ),
+                partialUpdates=False,
+            )
+            deadline = time.monotonic() + timeout_s
+            version = ""
+            while True:
+                if stopped():
+                    raise ConnectionError("the session closed while the task ran")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TaskTimeout(timeout_s)
+                wait = max(1, min(wait_s, int(remaining + 0.999)))
+                update = pc.WaitForUpdatesEx(version, PC.WaitOptions(maxWaitSeconds=wait))
+                if update is None:
+                    continue
+                version = update.version
+                info = None
+                for fs in update.filterSet or ():
+                    for obj in fs.objectSet or ():
+                        for change in obj.changeSet or ():
+                            if change.name == "info" and change.val is not None:
+                                info = change.val
+                            elif change.name.startswith("info"):
+                                info = self.read_props(task, ["info"]).get("info")
+                if info is None:
+                    continue
+                on_info(info)
+                if str(info.state) in ("success", "error"):
+                    return info
+        finally:
+            with contextlib.suppress(Exception):
+                pc.Destroy()
 
     def keep_alive(self) -> None:
         """A cheap authenticated call, so an idle session does not expire."""

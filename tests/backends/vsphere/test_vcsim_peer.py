@@ -233,7 +233,8 @@ def test_wait_for_updates_sees_changes_made_by_a_second_connection(vcsim, si, vm
     pc = content.propertyCollector.CreatePropertyCollector()
     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
     pc.CreateFilter(
-        view_filter_spec(view, vim.VirtualMachine, ["name", "runtime.powerState", "snapshot"]), True
+        view_filter_spec(view, vim.VirtualMachine, ["name", "runtime.powerState", "snapshot"]),
+        partialUpdates=False,  # whole properties (the partial form: the next test)
     )
     initial = pc.WaitForUpdatesEx("", PC.WaitOptions(maxWaitSeconds=0))
     entered = [o for fs in initial.filterSet for o in fs.objectSet]
@@ -258,6 +259,117 @@ def test_wait_for_updates_sees_changes_made_by_a_second_connection(vcsim, si, vm
         Disconnect(other)
         pc.Destroy()
         view.Destroy()
+
+
+def changes_for(pc, version: str, moid: str, want, deadline: float):
+    """Collect ``moid``'s changes until ``want(changes)``; returns (version, changes)."""
+    seen: list = []
+    while time.monotonic() < deadline:
+        update = pc.WaitForUpdatesEx(version, PC.WaitOptions(maxWaitSeconds=1))
+        if update is None:
+            continue
+        version = update.version
+        seen += [c for fs in update.filterSet for o in fs.objectSet if o.obj._moId == moid
+                 for c in o.changeSet]
+        if want(seen):
+            return version, seen
+    raise AssertionError(f"{moid}: changes {[(c.name, c.op) for c in seen]}")
+
+
+def test_partial_updates_name_the_nested_change_as_vcenter_does(vcsim, si, vms) -> None:
+    """partialUpdates=true: only the nested change, under its own path, with add/remove
+    ops for elements (pyvmomi docs/vmodl/query/PropertyCollector.rst, CreateFilter;
+    PropertyCollector/Change.rst); false: the whole property named in the filter."""
+    vm = vms["DC0_C0_H0_VM2"]
+    content = si.content
+    collectors = {}
+    for partial in (True, False):
+        pc = content.propertyCollector.CreatePropertyCollector()
+        pc.CreateFilter(PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=vm, skip=False)],
+            propSet=[PC.PropertySpec(type=vim.VirtualMachine,
+                                     pathSet=["snapshot", "config.hardware"])],
+        ), partialUpdates=partial)
+        collectors[partial] = [pc, pc.WaitForUpdatesEx("", PC.WaitOptions(maxWaitSeconds=0))
+                               .version]
+    try:
+        create_snapshot(vm, "nested")
+        deadline = time.monotonic() + 15
+        for partial, entry in collectors.items():
+            pc, version = entry
+            entry[1], got = changes_for(pc, version, vm._moId, lambda cs: cs, deadline)
+            names = {c.name for c in got}
+            if partial:
+                assert names and all(n.startswith("snapshot.") for n in names), names
+            else:
+                assert names == {"snapshot"}
+                assert [t.name for t in got[0].val.rootSnapshotList] == ["nested"]
+
+        disk = next(d for d in vm.config.hardware.device
+                    if isinstance(d, vim.vm.device.VirtualDisk))
+        disk.capacityInKB += 1024
+        disk.capacityInBytes = disk.capacityInKB * 1024
+        WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)])))
+        pc, version = collectors[True]
+        path = f"config.hardware.device[{disk.key}].capacityInKB"
+        _, got = changes_for(pc, version, vm._moId, lambda cs: any(c.name == path for c in cs),
+                             deadline)
+        assert [c.val for c in got if c.name == path] == [disk.capacityInKB]
+        assert not any(c.name == "config.hardware" for c in got)
+        pc, version = collectors[False]
+        _, got = changes_for(pc, version, vm._moId, lambda cs: cs, deadline)
+        [hw] = [c.val for c in got if c.name == "config.hardware"]
+        assert {d.key: d.capacityInKB for d in hw.device
+                if isinstance(d, vim.vm.device.VirtualDisk)}[disk.key] == disk.capacityInKB
+    finally:
+        for pc, _ in collectors.values():
+            pc.Destroy()
+
+
+def test_layout_ex_is_not_pushed_but_refresh_storage_info_updates_it(si, vms) -> None:
+    """VirtualMachine.layoutEx "might not generate property collector update
+    notifications" (pyvmomi docs/vim/VirtualMachine.rst): the peer pushes none;
+    RefreshStorageInfo updates the value, sizes included."""
+    vm = vms["DC0_C0_H1_VM2"]
+    content = si.content
+    pc = content.propertyCollector.CreatePropertyCollector()
+    pc.CreateFilter(PC.FilterSpec(
+        objectSet=[PC.ObjectSpec(obj=vm, skip=False)],
+        propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["snapshot", "layoutEx"])],
+    ), partialUpdates=False)
+    try:
+        version = pc.WaitForUpdatesEx("", PC.WaitOptions(maxWaitSeconds=0)).version
+        snap = create_snapshot(vm, "unpushed")
+        _, got = changes_for(pc, version, vm._moId, lambda cs: cs, time.monotonic() + 10)
+        assert {c.name for c in got} == {"snapshot"}  # no layoutEx
+        vm.RefreshStorageInfo()
+        layout = vm.layoutEx
+        [snap_layout] = [s for s in layout.snapshot if s.key._moId == snap._moId]
+        vmsn = next(f for f in layout.file if f.key == snap_layout.dataKey)
+        assert vmsn.name.endswith(".vmsn")
+    finally:
+        pc.Destroy()
+
+
+def test_tasks_can_stay_out_of_recent_task_and_run_late(si, vms) -> None:
+    """Test controls: a task never listed in TaskManager.recentTask, one that stays
+    running for a while before doing its work."""
+    vm = vms["DC0_C1_H0_VM2"]
+    reconfig_extra(vm, **{"vcsim.task.hideFromRecentTask": "true",
+                          "vcsim.delay.CreateSnapshot_Task": "2"})
+    task = vm.CreateSnapshot_Task("late", "", False, False)
+    assert task.info.state == "running"
+    assert task._moId not in {t._moId for t in si.content.taskManager.recentTask}
+    assert vm.snapshot is None
+    assert WaitForTask(task) == "success"
+    assert [t.name for t in vm.snapshot.rootSnapshotList] == ["late"]
+    assert task._moId not in {t._moId for t in si.content.taskManager.recentTask}
+    reconfig_extra(vm, **{"vcsim.task.hideFromRecentTask": "false",
+                          "vcsim.delay.CreateSnapshot_Task": ""})
+    task = vm.CreateSnapshot_Task("prompt", "", False, False)
+    assert task.info.state == "success"
+    assert task._moId in {t._moId for t in si.content.taskManager.recentTask}
 
 
 # --- snapshots and consolidation ---------------------------------------------

@@ -38,6 +38,7 @@ from ventana.backends.base import ReadOnlyError
 from ventana.backends.vsphere import CredentialError, VSphereBackend, VSphereConfig
 from ventana.backends.vsphere.credentials import resolve_password
 from ventana.backends.vsphere.mapping import is_backup_snapshot, snapshot_size
+from ventana.backends.vsphere.session import Session
 from ventana.state.actionlog import ActionLog
 from ventana.state.events import (
     ConnectionChanged,
@@ -631,7 +632,9 @@ async def test_remove_snapshot_that_leaves_consolidation_needed_is_a_warning(
 
 
 @pytest.mark.timeout(40)
-async def test_no_answer_after_the_request_is_unknown_and_never_resent(tmp_path: Path) -> None:
+async def test_no_answer_after_the_request_is_unknown_and_never_resent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     handle = start_vcsim(tmp_path / "peer", clusters=0, standalone_hosts=1, vms=1, quiet=True)
     backend = VSphereBackend(
         config_for(handle, read_only=False, wait_s=1, http_timeout_s=1),  # 6 s socket timeout
@@ -646,8 +649,18 @@ async def test_no_answer_after_the_request_is_unknown_and_never_resent(tmp_path:
         snap = await snapshot_via(other, vm.id, "before-freeze")
         await s.until(lambda: s.store.get(Kind.CHECKPOINT, snap), 10, "snapshot seen")
 
-        os.kill(handle.process.pid, signal.SIGSTOP)  # the server goes silent
-        stopped = True
+        # The server goes silent right after the pre-send VM_BUSY check (a read),
+        # so the removal request is the first call it does not answer.
+        checked = Session.busy_tasks
+
+        def then_silent(self: Session, vm_id: str) -> list:
+            nonlocal stopped
+            out = checked(self, vm_id)
+            os.kill(handle.process.pid, signal.SIGSTOP)
+            stopped = True
+            return out
+
+        monkeypatch.setattr(Session, "busy_tasks", then_silent)
         result = await asyncio.wait_for(backend.executor().merge(vm.id, "t-unknown"), 15)
         assert result.state is TaskState.UNKNOWN and "verify on the host" in result.error
         await s.until(lambda: s.state() is LinkState.RECONNECTING, 10, "link down")

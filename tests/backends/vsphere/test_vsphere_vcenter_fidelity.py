@@ -1,0 +1,213 @@
+"""The vSphere backend against the peer behaving as a real vCenter does, not as
+vcsim 0.24.2 allowed (issue 11; patch 0009 and the controls in tools/vcsim):
+
+- partial updates: nested changes under their own paths (the client asks for
+  whole properties, and re-reads the enclosing property if a nested one comes);
+- layoutEx is never pushed: the client calls RefreshStorageInfo after every
+  ``snapshot`` change and after every action, and reads it back;
+- tasks that never appear in TaskManager.recentTask, tasks that outlive the
+  action's timeout (UNKNOWN, the VM re-read, nothing re-sent), and a VM that
+  is busy with a task the feed never showed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from peers.vcsim import BUILD_HINT, VcsimHandle, binary_path, is_built, start_vcsim
+
+if not is_built():
+    pytest.skip(
+        f"vcsim test peer not built ({binary_path()}): {BUILD_HINT}",
+        allow_module_level=True,
+    )
+
+from pyVim.connect import Disconnect
+from pyVim.task import WaitForTask
+from pyVmomi import vim
+from test_vsphere_backend import (  # the same folder (rootdir-less test modules)
+    Stream,
+    config_for,
+    connect,
+    reconfig_via,
+    snapshot_via,
+    vm_by_name,
+)
+
+from ventana.backends.vsphere import VSphereBackend
+from ventana.backends.vsphere.session import Session
+from ventana.state.model import Kind, TaskState
+
+SIZE = {"clusters": 1, "hosts": 2, "standalone_hosts": 0, "vms": 4, "datastores": 1}
+
+
+@pytest.fixture(scope="module")
+def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VcsimHandle]:
+    handle = start_vcsim(tmp_path_factory.mktemp("vcsim"), quiet=True, **SIZE)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def other(vcsim: VcsimHandle):
+    si = connect(vcsim)
+    yield si
+    Disconnect(si)
+
+
+async def open_stream(handle: VcsimHandle, **kw: object) -> Stream:
+    backend = VSphereBackend(config_for(handle, read_only=False, **kw), password=handle.password)
+    s = Stream(backend, handle.password)
+    await s.until(lambda: s.state() is not None and s.state().value == "connected", 15,
+                  "connected")
+    return s
+
+
+@pytest.fixture(params=[False, True], ids=["whole", "partial"])
+async def stream(request: pytest.FixtureRequest, vcsim: VcsimHandle,
+                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stream]:
+    # "partial": the filter asks for partialUpdates as the old code did; the peer
+    # then names nested changes, which the client must re-read, not store.
+    monkeypatch.setattr(Session, "partial_updates", request.param)
+    s = await open_stream(vcsim)
+    yield s
+    await s.close()
+
+
+async def grow_disk(other, vm_id: str, kb: int) -> int:
+    vm = vim.VirtualMachine(vm_id, other._stub)
+    disk = next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
+    disk.capacityInKB += kb
+    disk.capacityInBytes = disk.capacityInKB * 1024
+    spec = vim.vm.ConfigSpec(deviceChange=[
+        vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)])
+    await asyncio.to_thread(WaitForTask, vm.ReconfigVM_Task(spec))
+    return disk.capacityInKB * 1024
+
+
+@pytest.mark.timeout(40)
+async def test_nested_changes_keep_disks_and_snapshots_current(
+    stream: Stream, other, request: pytest.FixtureRequest
+) -> None:
+    store = stream.store
+    name = "DC0_C0_H0_VM0" if "whole" in request.node.callspec.id else "DC0_C0_H0_VM1"
+    vm = vm_by_name(store, name)
+    capacity = await grow_disk(other, vm.id, 2048)
+    await stream.until(
+        lambda: any(d.max_bytes == capacity for d in store.disks_of(vm.id)), 10,
+        "the grown disk's capacity")
+
+    first = await snapshot_via(other, vm.id, "first")
+    second = await snapshot_via(other, vm.id, "second")  # a child: only currentSnapshot moves
+    await stream.until(
+        lambda: {c.id for c in store.checkpoints_of(vm.id)} == {first, second}, 10,
+        "both snapshots, the child under the first")
+    assert store.get(Kind.CHECKPOINT, second).parent_id == first
+    props = stream.backend.cached("vm", vm.id) or {}
+    assert not [k for k in props if k.startswith(("snapshot.", "config.hardware."))], props.keys()
+
+
+def snapshot_file(handle: VcsimHandle, vm_name: str, n: int) -> Path:
+    [path] = handle.log_path.parent.glob(f"govcsim-*/{vm_name}/{vm_name}-Snapshot{n}.vmsn")
+    return path
+
+
+@pytest.mark.timeout(40)
+async def test_layout_ex_is_refreshed_after_a_snapshot_change(vcsim: VcsimHandle, other) -> None:
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC0_C0_H0_VM2")
+        first = await snapshot_via(other, vm.id, "grows")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, first), 10, "snapshot seen")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, first).disk_path.endswith(".vmsn"), 10,
+                      "its state file, from a refreshed layoutEx (never pushed)")
+        # The state file grows on the datastore; vCenter pushes nothing for it.
+        snapshot_file(vcsim, vm.name, 1).write_bytes(b"\0" * (3 << 20))
+        await snapshot_via(other, vm.id, "next")  # a snapshot change: refresh again
+        await s.until(lambda: store.get(Kind.CHECKPOINT, first).size_bytes >= 3 << 20, 10,
+                      "the new size after RefreshStorageInfo")
+    finally:
+        await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_a_task_missing_from_recent_task_still_ends_the_action(
+    vcsim: VcsimHandle, other
+) -> None:
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC0_C0_H0_VM3")
+        snap = await snapshot_via(other, vm.id, "to-remove")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap), 10, "snapshot seen")
+        await reconfig_via(other, vm.id, "vcsim.task.hideFromRecentTask", "true")
+        await reconfig_via(other, vm.id, "vcsim.delay.RemoveAllSnapshots_Task", "1")
+        result = await asyncio.wait_for(s.backend.executor().merge(vm.id, "t-hidden"), 20)
+        assert result.state is TaskState.OK, result.error
+        await s.until(lambda: not store.checkpoints_of(vm.id), 10, "snapshot gone")
+        await s.until(lambda: store.task("t-hidden").state is TaskState.OK, 10, "row OK")
+    finally:
+        await reconfig_via(other, vm.id, "vcsim.task.hideFromRecentTask", "false")
+        await reconfig_via(other, vm.id, "vcsim.delay.RemoveAllSnapshots_Task", "")
+        await s.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_task_past_its_timeout_is_unknown_and_the_vm_is_reread(
+    vcsim: VcsimHandle, other
+) -> None:
+    s = await open_stream(vcsim, task_timeout_s=2)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC0_C0_H1_VM0")
+        snap = await snapshot_via(other, vm.id, "slow")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap), 10, "snapshot seen")
+        await reconfig_via(other, vm.id, "vcsim.task.hideFromRecentTask", "true")
+        await reconfig_via(other, vm.id, "vcsim.delay.RemoveAllSnapshots_Task", "6")
+        executor = s.backend.executor()
+        result = await asyncio.wait_for(executor.merge(vm.id, "t-slow"), 20)
+        assert result.state is TaskState.UNKNOWN, result
+        assert "did not end within" in result.error and "verify on the host" in result.error
+        assert "re-read from the server: 1 snapshot(s)" in result.detail
+        await s.until(lambda: store.task("t-slow").state is TaskState.UNKNOWN, 10, "row UNKNOWN")
+
+        # While it still runs on the server, a second action on the VM is refused
+        # before anything is sent (the task is not in recentTask, but it is ours).
+        again = await asyncio.wait_for(executor.remove_snapshot(snap, "t-again"), 10)
+        assert again.state is TaskState.FAILED and "VM_BUSY" in again.error, again
+        assert "nothing was sent" in again.error
+
+        # The server finishes the one removal it got; the feed shows it.
+        await s.until(lambda: not store.checkpoints_of(vm.id), 15, "removed by the late task")
+    finally:
+        await reconfig_via(other, vm.id, "vcsim.task.hideFromRecentTask", "false")
+        await reconfig_via(other, vm.id, "vcsim.delay.RemoveAllSnapshots_Task", "")
+        await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_a_vm_busy_on_the_server_is_refused_before_sending(
+    vcsim: VcsimHandle, other
+) -> None:
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC0_C0_H1_VM1")
+        snap = await snapshot_via(other, vm.id, "busy")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap), 10, "snapshot seen")
+        await reconfig_via(other, vm.id, "vcsim.delay.CreateSnapshot_Task", "3")
+        server_vm = vim.VirtualMachine(vm.id, other._stub)
+        running = await asyncio.to_thread(server_vm.CreateSnapshot_Task, "by-someone-else", "",
+                                          False, False)
+        result = await asyncio.wait_for(s.backend.executor().merge(vm.id, "t-busy"), 10)
+        assert result.state is TaskState.FAILED and "VM_BUSY" in result.error, result
+        assert "nothing was sent" in result.error
+        await asyncio.to_thread(WaitForTask, running)
+        assert {t.name for t in server_vm.snapshot.rootSnapshotList} == {"busy"}
+    finally:
+        await reconfig_via(other, vm.id, "vcsim.delay.CreateSnapshot_Task", "")
+        await s.close()
