@@ -82,6 +82,7 @@ from .mapping import (
     cluster_name,
     node_entities,
     node_facts,
+    node_name,
     path_key,
     power_state,
     props,
@@ -369,7 +370,8 @@ class HyperVBackend(Backend):
         for row in rows:
             p = props(row)
             vm_id = as_id(p.get("Name"))
-            name = cmd.ENABLED_STATES.get(as_int(p.get("EnabledState")))
+            name = cmd.event_state(as_int(p.get("EnabledState")),
+                                   text(p.get("OtherEnabledState")), as_int(p.get("HealthState")))
             if not vm_id or name is None:
                 continue
             power = power_state(name)
@@ -520,8 +522,8 @@ class HyperVBackend(Backend):
         session = node.session
         if not node.computer:
             answer = await session.run(cmd.get_computer_system())
-            names = [text(props(o).get("Name")).strip() for o in answer.output]
-            node.computer = next((n for n in names if n), node.host)
+            names = [node_name(props(o).get("Name")) for o in answer.output]
+            node.computer = next((n for n in names if n), node_name(node.host))
         if self._reads_cluster(node):
             nodes, csvs, states, partitions = await session.run_many(
                 [
@@ -545,13 +547,12 @@ class HyperVBackend(Backend):
             # Mount points first: VMs are placed on LUNs by their disks' paths.
             _, self._mounts = cluster_entities(read, self._cluster_id, self._facts)
 
-        vms, snapshots, drives, replication, heartbeat = await session.run_many(
+        vms, snapshots, drives, replication = await session.run_many(
             [
-                cmd.get_vms(),
+                cmd.get_vms(),  # with each VM's Heartbeat
                 cmd.get_snapshots(),
                 cmd.get_hard_disk_drives(),
                 cmd.get_replication(),
-                cmd.get_heartbeat(),
             ]
         )
         nread = NodeRead(
@@ -559,7 +560,6 @@ class HyperVBackend(Backend):
             snapshots=snapshots.output,
             drives=drives.output,
             replication=replication.output,
-            heartbeat=heartbeat.output,
         )
         nread.vhds = await self._read_chains(node, nread.drives)
         if self.config.backup_service:
@@ -769,7 +769,10 @@ class HyperVBackend(Backend):
         )
         self._emit(Upsert(task))
 
+        last = [0.0, task.message]  # a failed merge's row keeps the last progress seen
+
         def progress(pct: float, message: str) -> None:
+            last[:] = [pct, message or last[1]]
             self._emit(TaskProgress(task_id, pct, message))
 
         state, error, final = TaskState.OK, "", FinalState.OPERATIONAL
@@ -803,11 +806,11 @@ class HyperVBackend(Backend):
                     "merge",
                     ref(Kind.VM, vm_id),
                     vm.name,
-                    100.0 if state is TaskState.OK else task.pct,
+                    100.0 if state is TaskState.OK else float(last[0]),
                     state,
                     started=started,
                     ended=datetime.now(UTC),
-                    message="merged" if state is TaskState.OK else task.message,
+                    message="merged" if state is TaskState.OK else str(last[1]),
                     error=error,
                 )
             )

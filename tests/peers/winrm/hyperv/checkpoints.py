@@ -53,7 +53,8 @@ def get_snapshot(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) ->
                         "VMName": vm.name,
                         "Name": cp.name,
                         "ParentSnapshotId": _guid(cp.parent_id) if cp.parent_id else None,
-                        "SnapshotType": _enum(SnapshotType, _SNAP[cp.kind]),
+                        "SnapshotType": _enum(SnapshotType, model.snapshot_types.get(
+                            cp.id, _SNAP[cp.kind])),
                         "CreationTime": cp.created,
                         "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",
                     },

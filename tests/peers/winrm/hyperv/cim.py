@@ -43,7 +43,8 @@ def get_cim(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None
                 [
                     "Microsoft.Management.Infrastructure.CimInstance#root/cimv2/Win32_ComputerSystem"
                 ],
-                {"Name": node or next(iter(model.nodes)), "Domain": "lab.example"},
+                {"Name": model.profile.computer(node or next(iter(model.nodes))),
+                 "Domain": model.profile.domain},
             )
         )
         return
@@ -130,6 +131,9 @@ def register_cim_indication(ep: Endpoint, params: dict[str, Any], writer: Comman
             category=ErrorCategory.InvalidArgument,
             exception_type="Microsoft.Management.Infrastructure.CimException",
         )
+
+    with model.lock:
+        model.queries.append(query)  # what the client subscribed to (tests check the filter)
 
     def watcher(vm: VM) -> None:
         if node is not None and vm.node_id != node:

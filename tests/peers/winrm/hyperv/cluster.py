@@ -6,6 +6,7 @@ ClusterVirtualMachineRole.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from ventana.state.model import (
@@ -24,36 +25,48 @@ from .enums import (
     ResourceState,
     _enum,
 )
-from .model import volume_guid
+from .model import ClusterModel, volume_guid
 from .wire import (
+    Row,
     _obj,
+    _wire,
 )
 
 
+def _cluster_row(model: ClusterModel) -> Row:
+    """The ``Cluster`` object a ClusterObject carries (its ToString is the cluster's name)."""
+    name = model.cluster.name
+    return Row([FC + "Cluster"], {
+        "Name": name, "Id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"ventana-test-cluster:{name}")),
+        "Domain": model.profile.domain}, to_string=name)
+
+
+_NODE_STATES = {"up": "Up", "down": "Down", "paused": "Paused", "joining": "Joining"}
+
+
+def _node_row(model: ClusterModel, node_id: str) -> Row:
+    """A ClusterNode (Get-ClusterNode's output, and a CSV's ``OwnerNode``)."""
+    n = model.nodes.get(node_id)
+    state = n.state.value if n is not None else "unknown"
+    name = model.profile.cluster_node(node_id)
+    return Row([FC + "ClusterNode", FC + "ClusterObject"], {
+        "Name": name,
+        "Id": str(list(model.nodes).index(node_id) + 1) if n is not None else "",
+        "State": _enum(NodeStateEnum, _NODE_STATES.get(state, "Unknown")),
+        "DrainStatus": _enum(DrainStatus,
+                             "InProgress" if state == "draining" else "NotInitiated"),
+        "Cluster": _cluster_row(model),
+    }, to_string=name)
+
+
 def get_cluster_node(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
+    """Get-ClusterNode: ``Cluster`` is a nested object (a Cluster), not a name."""
     model = ep.model
     ep.log("Get-ClusterNode")
     with model.lock:
-        nodes = list(model.nodes.values())
-    for n in nodes:
-        state = {"up": "Up", "down": "Down", "paused": "Paused", "joining": "Joining"}
-        writer.write_output(
-            _obj(
-                writer,
-                [FC + "ClusterNode", FC + "ClusterObject"],
-                {
-                    "Name": n.name,
-                    "Id": str(nodes.index(n) + 1),
-                    "State": _enum(NodeStateEnum, state.get(n.state.value, "Unknown")),
-                    "DrainStatus": _enum(
-                        DrainStatus,
-                        "InProgress" if n.state.value == "draining" else "NotInitiated",
-                    ),
-                    "Cluster": model.cluster.name,
-                },
-                to_string=n.name,
-            )
-        )
+        rows = [_node_row(model, node_id) for node_id in model.nodes]
+    for row in rows:
+        writer.write_output(row if writer.piped else _wire(row))
 
 
 def get_csvs(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
@@ -69,7 +82,7 @@ def get_csvs(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> Non
                 {
                     "Name": model.resource_name(lun.id),
                     "Id": lun.id,
-                    "OwnerNode": lun.owner_node_id,  # a ClusterNode, flattened to its name
+                    "OwnerNode": _node_row(model, lun.owner_node_id),  # a ClusterNode object
                     "State": _enum(ResourceState, _CSV_STATE[lun.state]),
                     "SharedVolumeInfo": "{" + model.mount_of(lun.id) + "}",
                 },
@@ -95,7 +108,7 @@ def get_csv_state(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -
                     [FC + "ClusterSharedVolumeState"],
                     {
                         "Name": model.resource_name(lun.id),
-                        "Node": n,
+                        "Node": model.profile.cluster_node(n),
                         "StateInfo": _enum(CsvStateInfo, info),
                         "VolumeName": f"\\\\?\\Volume{{{volume_guid(lun.id)}}}\\",
                         "VolumeFriendlyName": model.mount_of(lun.id).rsplit("\\", 1)[-1],

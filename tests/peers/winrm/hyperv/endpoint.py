@@ -13,7 +13,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from ventana.state.model import VM, Node
+from ventana.state.model import VM, Node, PowerState
 
 from ..cmdlets import CommandWriter
 from .enums import _ENABLED_STATE
@@ -40,7 +40,10 @@ class EventQueues:
             ["Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/"
              "Msvm_ComputerSystem"],
             {"Name": vm.id.upper(), "ElementName": vm.name, "Caption": "Virtual Machine",
-             "EnabledState": _ENABLED_STATE.get(vm.power, 0)},
+             "EnabledState": _ENABLED_STATE.get(vm.power, 0), "OtherEnabledState": None,
+             # HealthState 5 OK, 25 Critical Failure (a Paused-Critical VM).
+             "HealthState": 25 if vm.power is PowerState.PAUSED_CRITICAL else 5,
+             "OnTimeInMilliseconds": 0},
             to_string=f"Msvm_ComputerSystem (Name = \"{vm.id.upper()}\")",
         )
         new = Row(["Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/"

@@ -1,7 +1,8 @@
 """The Hyper-V and FailoverClusters enums the endpoint sends, and the model → member maps.
 
 Members are psrpcore enums (:func:`~..cmdlets.ps_enum`): pypsrp shows them by
-name; ``ConvertTo-Json`` writes their number.
+name; ``ConvertTo-Json`` writes their number. The numbers are the module's own
+(cited beside each table); ``vm_state`` numbers VMState per host profile.
 """
 
 from __future__ import annotations
@@ -11,37 +12,59 @@ from typing import Any
 from ventana.state.model import CheckpointKind, LunState, PowerState, ReplicationState
 
 from ..cmdlets import ps_enum
+from .profile import HostProfile
 
 HV = "Microsoft.HyperV.PowerShell."
 FC = "Microsoft.FailoverClusters.PowerShell."
 
-VMState = ps_enum(
-    HV + "VMState",
-    {
-        "Other": 1,
-        "Running": 2,
-        "Off": 3,
-        "Stopping": 4,
-        "Saved": 6,
-        "Paused": 9,
-        "Starting": 10,
-        "Reset": 11,
-        "Saving": 32773,
-        "Pausing": 32776,
-        "Resuming": 32777,
-        "PausedCritical": 32785,
-    },
-)
+# -- Hyper-V module 2.0.0.0 (dsccommunity/HyperVDsc tests/Unit/Stubs/Hyper-V.stubs.psm1,
+# "Name: Hyper-V, Version: 2.0.0.0"; nforgeio/neonSDK Neon.HyperV VMState.cs agrees) --
+
+#: VMState as Windows Server 2019/2022 number it.
+VM_STATES = {
+    "Other": 1, "Running": 2, "Off": 3, "Stopping": 4, "Saved": 6, "Paused": 9,
+    "Starting": 10, "Reset": 11, "Saving": 32773, "Pausing": 32776, "Resuming": 32777,
+    "FastSaved": 32779, "FastSaving": 32780, "ForceShutdown": 32781, "ForceReboot": 32782,
+    "Hibernated": 32783, "ComponentServicing": 32784, "RunningCritical": 32785,
+    "OffCritical": 32786, "StoppingCritical": 32787, "SavedCritical": 32788,
+    "PausedCritical": 32789, "StartingCritical": 32790, "ResetCritical": 32791,
+    "SavingCritical": 32792, "PausingCritical": 32793, "ResumingCritical": 32794,
+    "FastSavedCritical": 32795, "FastSavingCritical": 32796,
+}
+#: Server 2016: no Hibernated/ComponentServicing, so every later member is 2 lower
+#: (eryph-org/eryph VirtualMachineState.cs: "the numerical values differ between the
+#: Windows versions. Hibernated and ComponentServicing are not present on at least
+#: Windows Server 2016").
+VM_STATES_2016 = {
+    k: (v - 2 if v > 32784 else v) for k, v in VM_STATES.items()
+    if k not in ("Hibernated", "ComponentServicing")
+}
+VMState = ps_enum(HV + "VMState", VM_STATES)
+VMState2016 = ps_enum(HV + "VMState", VM_STATES_2016)
 SnapshotType = ps_enum(
     HV + "SnapshotType",
-    {"Standard": 0, "Recovery": 1, "Planned": 2, "Missing": 3, "Replica": 4},
+    {"Standard": 0, "Recovery": 1, "Planned": 2, "Missing": 5, "Replica": 6,
+     "AppConsistentReplica": 7, "SyncedReplica": 8},
 )
-VhdFormat = ps_enum(HV + "VhdFormat", {"VHD": 2, "VHDX": 3, "VHDSet": 4})
-VhdType = ps_enum(HV + "VhdType", {"Fixed": 2, "Dynamic": 3, "Differencing": 4})
-ControllerType = ps_enum(HV + "ControllerType", {"IDE": 0, "SCSI": 1})
+#: Get-VM's Heartbeat (Nullable<VMHeartbeatStatus>).
+HeartbeatStatus = ps_enum(
+    HV + "VMHeartbeatStatus",
+    {"Unknown": 0, "Disabled": 1, "NoContact": 2, "Error": 3, "LostCommunication": 4,
+     "OkApplicationsUnknown": 5, "OkApplicationsHealthy": 6, "OkApplicationsCritical": 7,
+     "Paused": 8},
+)
+# Microsoft.Vhd.PowerShell (the VHD cmdlets of the same module).
+VhdFormat = ps_enum("Microsoft.Vhd.PowerShell.VhdFormat",
+                    {"Unknown": 0, "VHD": 2, "VHDX": 3, "VHDSet": 4})
+VhdType = ps_enum("Microsoft.Vhd.PowerShell.VhdType",
+                  {"Unknown": 0, "Fixed": 2, "Dynamic": 3, "Differencing": 4})
+ControllerType = ps_enum(HV + "ControllerType", {"IDE": 0, "SCSI": 1, "PMEM": 2})
 ReplState = ps_enum(
     HV + "VMReplicationState",
-    {"Disabled": 0, "Replicating": 4, "Suspended": 8, "Error": 9},
+    {"Disabled": 0, "ReadyForInitialReplication": 1, "InitialReplicationInProgress": 2,
+     "WaitingForInitialReplication": 3, "Replicating": 4, "PreparedForFailover": 5,
+     "FailedOverWaitingCompletion": 6, "FailedOver": 7, "Suspended": 8, "Error": 9,
+     "WaitingForStartResynchronize": 10, "Resynchronizing": 11, "ResynchronizeSuspended": 12},
 )
 ReplHealth = ps_enum(
     HV + "VMReplicationHealthState",
@@ -50,7 +73,9 @@ ReplHealth = ps_enum(
 ReplMode = ps_enum(HV + "VMReplicationMode", {"None": 0, "Primary": 1, "Replica": 2})
 OpStatus = ps_enum(
     HV + "VMIntegrationComponentOperationalStatus",
-    {"Ok": 2, "Degraded": 3, "Error": 6, "NoContact": 12, "LostCommunication": 13},
+    {"Ok": 2, "Degraded": 3, "Error": 6, "NonRecoverableError": 7, "NoContact": 12,
+     "LostCommunication": 13, "ProtocolMismatch": 32775, "ApplicationCritical": 32782,
+     "CommunicationTimedOut": 32783, "CommunicationFailed": 32784, "Disabled": 32896},
 )
 NodeStateEnum = ps_enum(
     FC + "ClusterNodeState", {"Up": 0, "Down": 1, "Paused": 2, "Joining": 3, "Unknown": -1}
@@ -110,6 +135,11 @@ _CSV_STATE = {
 
 def _enum(enum_type: Any, name: str) -> Any:
     return enum_type[name]
+
+
+def vm_state(profile: HostProfile, name: str) -> Any:
+    """A VMState member, numbered as this host's module numbers it."""
+    return (VMState2016 if profile.server2016 else VMState)[name]
 
 
 #: Msvm_ComputerSystem.EnabledState of each power state (2 Enabled, 3 Disabled,

@@ -30,6 +30,8 @@ from ventana.state.model import (
     VirtualDisk,
 )
 
+from .profile import HostProfile
+
 BACKUP_SERVICE = "VentanaTestBackupAgent"
 
 BACKUP_VERSION_KEY = "HKLM:\\SOFTWARE\\VentanaTest\\BackupAgent"
@@ -40,8 +42,13 @@ def volume_guid(lun_id: str) -> str:
 class ClusterModel:
     """A simulated cluster that handlers read and tests change (thread-safe)."""
 
-    def __init__(self, config: SimConfig | None = None, epoch: datetime | None = None) -> None:
+    def __init__(self, config: SimConfig | None = None, epoch: datetime | None = None, *,
+                 profile: HostProfile | None = None) -> None:
         config = config or SimConfig(rate=0)
+        #: What kind of Windows host every node is (enum numbering, language, spellings).
+        self.profile = profile or HostProfile()
+        #: SnapshotType names that override the kind's (e.g. "AppConsistentReplica").
+        self.snapshot_types: dict[str, str] = {}
         inv = build_inventory(config, epoch or datetime(2025, 1, 6, 9, 0, tzinfo=UTC))
         self.lock = threading.RLock()
         self.config = config
@@ -60,6 +67,10 @@ class ClusterModel:
         #: Register-CimIndicationEvent accepted (False: refused, as with too few rights).
         self.indications = True
         self.watchers: list[Any] = []  # called with each VM whose state changed
+        #: Register-CimIndicationEvent queries received (a real host sends an event for
+        #: every modification the query matches: unfiltered, every running VM's
+        #: OnTimeInMilliseconds changes each second).
+        self.queries: list[str] = []
         #: VMs with a cluster role (Remove-ClusterGroup -VMId removes it).
         self.clustered: set[str] = set(self.vms)
         #: Files Remove-Item cannot delete (casefolded paths): "in use by another process".

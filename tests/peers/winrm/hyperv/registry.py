@@ -8,7 +8,7 @@ from ..cmdlets import CommandRegistry, Handler
 from . import checkpoints, cim, cluster, devices, host, storage, vms
 from .endpoint import Endpoint
 from .model import ClusterModel
-from .pipeline import _convert_to_json, _select
+from .pipeline import _convert_to_json, _select, projection_script
 
 #: The cmdlet families, each a module with a ``HANDLERS`` table of ``handler(ep, params, writer)``.
 FAMILIES = (cluster, cim, vms, checkpoints, storage, devices, host)
@@ -23,7 +23,7 @@ def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> Comma
             handlers[name] = functools.partial(fn, ep)
     handlers["Select-Object"] = _select
     handlers["ConvertTo-Json"] = _convert_to_json
-    return CommandRegistry(handlers)
+    return CommandRegistry(handlers, scripts=projection_script)
 
 
 def build_registry() -> CommandRegistry:

@@ -24,12 +24,13 @@ from .enums import (
     _POWER,
     _REPL,
     HV,
+    HeartbeatStatus,
     OpStatus,
     ReplHealth,
     ReplMode,
     ReplState,
-    VMState,
     _enum,
+    vm_state,
 )
 from .model import ClusterModel
 from .wire import (
@@ -44,6 +45,17 @@ from .wire import (
 )
 
 
+def _heartbeat(vm: VM) -> Any:
+    """Get-VM's Heartbeat (VMHeartbeatStatus): null while the VM is not running."""
+    if vm.power is not PowerState.RUNNING:
+        return None
+    if vm.integration is IntegrationState.DEGRADED:
+        return HeartbeatStatus["LostCommunication"]
+    if vm.integration is IntegrationState.OK:
+        return HeartbeatStatus["OkApplicationsUnknown"]  # no application monitoring
+    return HeartbeatStatus["NoContact"]
+
+
 def _vm_object(vm: VM, writer: CommandWriter, model: ClusterModel) -> Any:
     return _obj(
         writer,
@@ -52,16 +64,17 @@ def _vm_object(vm: VM, writer: CommandWriter, model: ClusterModel) -> Any:
             "Name": vm.name,
             "Id": _guid(vm.id),
             "VMId": _guid(vm.id),
-            "State": _enum(VMState, _POWER.get(vm.power, "Other")),
+            "State": vm_state(model.profile, _POWER.get(vm.power, "Other")),
             "Generation": vm.generation,
             "Version": vm.config_version,
             "ProcessorCount": _num(writer, PSInt64, vm.vcpus),
             "MemoryStartup": _num(writer, PSInt64, vm.memory_mb * MB),
             "DynamicMemoryEnabled": vm.id in model.dynamic_memory,
-            "ComputerName": vm.node_id,
+            "ComputerName": model.profile.vm_host(vm.node_id),
             "IsClustered": vm.id in model.clustered,
             "Path": model.vm_folder(vm),
             "ReplicationState": _enum(ReplState, _REPL[vm.replication]),
+            "Heartbeat": _heartbeat(vm),
             "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",  # nested: a string
         },
         to_string=f"VirtualMachine (Name = '{vm.name}') [Id = '{vm.id}']",
@@ -137,45 +150,51 @@ def get_replication(ep: Endpoint, params: dict[str, Any], writer: CommandWriter)
         )
 
 
+#: The integration services every VM has (key into HostProfile.service), enabled or not.
+_SERVICES = (("heartbeat", True), ("shutdown", True), ("kvp", True), ("timesync", True),
+             ("vss", True), ("guest", False))
+
+
 def get_integration(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
+    """Get-VMIntegrationService [-VMName …] [-Name …], or of piped VMs.
+
+    Names are the host's localized Captions (profile ``german``: "Takt" for
+    Heartbeat); a ``-Name`` that matches no service of a VM is a
+    non-terminating ObjectNotFound error, as a lookup by a name that does not
+    exist on this host.
+    """
     model, node = ep.model, ep.node
     ep.log("Get-VMIntegrationService")
     patterns = _vm_filter(params)
-    names = [str(n).casefold() for n in _as_list(params.get("Name"))] or ["*"]
+    wanted = [str(n) for n in _as_list(params.get("Name"))]
+    names = [n.casefold() for n in wanted] or ["*"]
     piped = set(_piped_vm_ids(writer))
-    if piped and _match("Key-Value Pair Exchange", names):
-        for vm in model.vms_of(node):
-            if vm.id in piped:
-                writer.write_output(_obj(writer, [HV + "VMIntegrationComponent"], {
-                    "VMId": _guid(vm.id), "VMName": vm.name,
-                    "Name": "Key-Value Pair Exchange", "Enabled": True,
-                    "PrimaryOperationalStatus": _enum(OpStatus, "Ok")
-                    if vm.power is PowerState.RUNNING else None}))
-    if not _match("Heartbeat", names):
-        return
+    profile = model.profile
     for vm in model.vms_of(node):
         if piped and vm.id not in piped:
             continue
         if not piped and not _match(vm.name, patterns):
             continue
-        status = None
-        if vm.power is PowerState.RUNNING:
-            status = _enum(
-                OpStatus, "Degraded" if vm.integration is IntegrationState.DEGRADED else "Ok"
-            )
-        writer.write_output(
-            _obj(
-                writer,
-                [HV + "VMIntegrationComponent", HV + "VirtualMachineComponent"],
-                {
-                    "VMId": _guid(vm.id),
-                    "VMName": vm.name,
-                    "Name": "Heartbeat",
-                    "Enabled": True,
-                    "PrimaryOperationalStatus": status,
-                },
-            )
-        )
+        found = False
+        for key, enabled in _SERVICES:
+            name = profile.service(key)
+            if not _match(name, names):
+                continue
+            found = True
+            status = None
+            if vm.power is PowerState.RUNNING and enabled:
+                degraded = key == "heartbeat" and vm.integration is IntegrationState.DEGRADED
+                status = _enum(OpStatus, "Degraded" if degraded else "Ok")
+            writer.write_output(_obj(
+                writer, [HV + "VMIntegrationComponent", HV + "VirtualMachineComponent"],
+                {"VMId": _guid(vm.id), "VMName": vm.name, "Name": name, "Enabled": enabled,
+                 "PrimaryOperationalStatus": status}))
+        if wanted and not found:
+            writer.write_error(
+                f"No integration service named '{', '.join(wanted)}' was found for virtual "
+                f"machine '{vm.name}'.", error_id="ObjectNotFound",
+                category=ErrorCategory.ObjectNotFound,
+                exception_type=HV + "VirtualizationException", target=vm.name)
 
 
 def stop_vm(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:

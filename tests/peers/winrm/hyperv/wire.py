@@ -59,7 +59,7 @@ def _obj(writer: CommandWriter, type_names: list[str], props: dict[str, Any], *,
     """A :class:`Row` when the output is piped on, else the psrpcore object sent to the client."""
     if writer.piped:
         return Row(type_names, props, to_string)
-    return ps_object(type_names, props, to_string=to_string)
+    return ps_object(type_names, {k: _flat(v) for k, v in props.items()}, to_string=to_string)
 
 
 def _properties(obj: Any) -> tuple[str, dict[str, Any]] | None:
