@@ -43,12 +43,18 @@ def ended_task(task: Task, state: TaskState, ended: datetime, *, message: str = 
 
 
 class TaskReporter:
-    """Starts, advances and ends task rows on one event stream (``emit``)."""
+    """Starts, advances and ends task rows on one event stream (``emit``).
+
+    It remembers each running task's last progress, so a row that ends
+    without the work done (failed, unknown) keeps the last percentage and
+    message seen, never the 0 % it started with.
+    """
 
     def __init__(self, emit: Callable[[Event], None],
                  now: Callable[[], datetime] = _utcnow) -> None:
         self._emit = emit
         self._now = now
+        self._last: dict[str, tuple[float, str]] = {}
 
     def start(self, task_id: str, kind: str, vm: VM, message: str) -> Task:
         task = running_task(task_id, kind, vm, message, self._now())
@@ -56,10 +62,15 @@ class TaskReporter:
         return task
 
     def progress(self, task_id: str, pct: float, message: str) -> None:
+        seen = self._last.get(task_id)
+        self._last[task_id] = (pct, message or (seen[1] if seen else ""))
         self._emit(TaskProgress(task_id, pct, message))
 
     def end(self, task: Task, state: TaskState, *, message: str = "", error: str = "",
             pct: float | None = None) -> Task:
+        seen = self._last.pop(task.id, None)
+        if seen is not None and state not in DONE:  # where it stopped, as last seen
+            task = dataclasses.replace(task, pct=seen[0], message=seen[1] or task.message)
         done = ended_task(task, state, self._now(), message=message, error=error, pct=pct)
         self._emit(Upsert(done))
         return done

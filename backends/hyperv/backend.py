@@ -78,6 +78,7 @@ from .mapping import (
     cluster_name,
     node_entities,
     node_facts,
+    node_name,
     path_key,
     power_state,
     props,
@@ -368,7 +369,8 @@ class HyperVBackend(Backend):
         for row in rows:
             p = props(row)
             vm_id = as_id(p.get("Name"))
-            name = cmd.ENABLED_STATES.get(as_int(p.get("EnabledState")))
+            name = cmd.event_state(as_int(p.get("EnabledState")),
+                                   text(p.get("OtherEnabledState")), as_int(p.get("HealthState")))
             if not vm_id or name is None:
                 continue
             power = power_state(name)
@@ -519,8 +521,8 @@ class HyperVBackend(Backend):
         session = node.session
         if not node.computer:
             answer = await session.run(cmd.get_computer_system())
-            names = [text(props(o).get("Name")).strip() for o in answer.output]
-            node.computer = next((n for n in names if n), node.host)
+            names = [node_name(props(o).get("Name")) for o in answer.output]
+            node.computer = next((n for n in names if n), node_name(node.host))
         if self._reads_cluster(node):
             nodes, csvs, states, partitions = await session.run_many(
                 [
@@ -544,13 +546,12 @@ class HyperVBackend(Backend):
             # Mount points first: VMs are placed on LUNs by their disks' paths.
             _, self._mounts = cluster_entities(read, self._cluster_id, self._facts)
 
-        vms, snapshots, drives, replication, heartbeat = await session.run_many(
+        vms, snapshots, drives, replication = await session.run_many(
             [
-                cmd.get_vms(),
+                cmd.get_vms(),  # with each VM's Heartbeat
                 cmd.get_snapshots(),
                 cmd.get_hard_disk_drives(),
                 cmd.get_replication(),
-                cmd.get_heartbeat(),
             ]
         )
         nread = NodeRead(
@@ -558,7 +559,6 @@ class HyperVBackend(Backend):
             snapshots=snapshots.output,
             drives=drives.output,
             replication=replication.output,
-            heartbeat=heartbeat.output,
         )
         nread.vhds = await self._read_chains(node, nread.drives)
         if self.config.backup_service:

@@ -36,8 +36,21 @@ SWITCH = object()
 
 @dataclass(frozen=True, slots=True)
 class Cmdlet:
+    """One command of a pipeline: a cmdlet with parameters, or (``script``) a fixed script.
+
+    A script is constant text written here (never built from cluster data or
+    user input): the projection that turns enums into their names on the
+    host (:meth:`Command.pipeline`). Values always go as parameters.
+    """
+
     name: str
     params: tuple[tuple[str, Any], ...] = ()
+    script: bool = False
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """The cmdlets this runs (a projection script runs Select-Object and ConvertTo-Json)."""
+        return ("Select-Object", "ConvertTo-Json") if self.script else (self.name,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +72,30 @@ class Command:
         """Whether the answer is one JSON string (every command that selects properties)."""
         return bool(self.properties)
 
+    @property
+    def enum_properties(self) -> tuple[str, ...]:
+        """The selected properties that are enums: sent as their names, converted on the host."""
+        return tuple(p for p in self.properties if p in self.extra.get("enums", {}))
+
+    def projection(self) -> str:
+        """``Select-Object -Property … | ConvertTo-Json -Compress``, enums as calculated
+        properties (``@{n='State';e={[string]$_.State}}``: the member's name, whatever
+        number this Windows version gives it; ``[string[]]`` for an array of enums)."""
+        arrays = self.extra.get("enum_arrays", ())
+        items = []
+        for name in self.properties:
+            if name in self.enum_properties:
+                cast = "[string[]]" if name in arrays else "[string]"
+                items.append(f"@{{n='{name}';e={{{cast}$_.{name}}}}}")
+            else:
+                items.append(f"'{name}'")
+        return f"Select-Object -Property {','.join(items)} | ConvertTo-Json -Compress"
+
     def pipeline(self) -> tuple[Cmdlet, ...]:
         if not self.properties:
             return self.cmdlets
+        if self.enum_properties:  # a calculated property needs a script block: a fixed script
+            return (*self.cmdlets, Cmdlet(f"$input | {self.projection()}", script=True))
         return (
             *self.cmdlets,
             Cmdlet("Select-Object", (("Property", list(self.properties)),)),
@@ -69,9 +103,16 @@ class Command:
         )
 
     def as_powershell(self) -> str:
-        """The same pipeline as a PowerShell line an operator can paste."""
+        """The same pipeline as a PowerShell line an operator can paste.
+
+        The projection script is printed without its ``$input |`` (the same
+        thing typed in a pipeline).
+        """
         parts = []
         for cmdlet in self.pipeline():
+            if cmdlet.script:
+                parts.append(cmdlet.name.removeprefix("$input | "))
+                continue
             words = [cmdlet.name]
             for name, value in cmdlet.params:
                 words.append(f"-{name}" if value is SWITCH else f"-{name} {_ps_literal(value)}")
@@ -92,51 +133,14 @@ def _ps_literal(value: Any) -> str:
 
 # -- decoding ConvertTo-Json ----------------------------------------------------------------
 
-#: Numeric values of the enums read (Windows PowerShell 5.1's ConvertTo-Json sends
-#: enums as numbers; PowerShell 7 with -EnumsAsStrings, or a string, is taken as is).
-ENUMS: dict[str, dict[int, str]] = {
-    "VMState": {1: "Other", 2: "Running", 3: "Off", 4: "Stopping", 6: "Saved", 9: "Paused",
-                10: "Starting", 11: "Reset", 32773: "Saving", 32776: "Pausing",
-                32777: "Resuming", 32779: "FastSaved", 32780: "FastSaving",
-                32781: "RunningCritical", 32782: "OffCritical", 32783: "StoppingCritical",
-                32784: "SavedCritical", 32785: "PausedCritical", 32786: "StartingCritical",
-                32787: "ResetCritical", 32788: "SavingCritical", 32789: "PausingCritical",
-                32790: "ResumingCritical", 32791: "FastSavedCritical",
-                32792: "FastSavingCritical"},
-    "SnapshotType": {0: "Standard", 1: "Recovery", 2: "Planned", 3: "Missing", 4: "Replica",
-                     5: "AppConsistentReplica", 6: "SyncedReplica"},
-    "VhdFormat": {0: "Unknown", 2: "VHD", 3: "VHDX", 4: "VHDSet"},
-    "VhdType": {0: "Unknown", 2: "Fixed", 3: "Dynamic", 4: "Differencing"},
-    "ControllerType": {0: "IDE", 1: "SCSI"},
-    "VMReplicationState": {0: "Disabled", 1: "ReadyForInitialReplication",
-                           2: "InitialReplicationInProgress", 3: "WaitingForInitialReplication",
-                           4: "Replicating", 5: "PreparedForFailover",
-                           6: "FailedOverWaitingCompletion", 7: "FailedOver", 8: "Suspended",
-                           9: "Error", 10: "WaitingForStartResynchronize", 11: "Resynchronizing",
-                           12: "ResynchronizeSuspended", 13: "RecoveryInProgress",
-                           14: "FailbackInProgress", 15: "FailbackComplete",
-                           16: "WaitingForUpdateCompletion", 17: "UpdateError",
-                           18: "WaitingForRepurposeCompletion", 19: "PreparedForSyncReplication",
-                           20: "PreparedForGroupReverseReplication",
-                           21: "FiredrillInProgress"},
-    "VMReplicationHealthState": {0: "NotApplicable", 1: "Normal", 2: "Warning", 3: "Critical"},
-    "VMReplicationMode": {0: "None", 1: "Primary", 2: "Replica", 3: "TestReplica",
-                          4: "ExtendedReplica"},
-    "VMIntegrationComponentOperationalStatus": {
-        2: "Ok", 3: "Degraded", 6: "Error", 7: "NonRecoverableError", 12: "NoContact",
-        13: "LostCommunication", 32775: "ProtocolMismatch", 32782: "ApplicationCritical",
-        32783: "CommunicationTimedOut", 32784: "CommunicationFailed"},
-    "ClusterNodeState": {-1: "Unknown", 0: "Up", 1: "Down", 2: "Paused", 3: "Joining"},
-    "NodeDrainStatus": {0: "NotInitiated", 1: "InProgress", 2: "Completed", 3: "Failed"},
-    "ClusterResourceState": {-1: "Unknown", 0: "Inherited", 1: "Initializing", 2: "Online",
-                             3: "Offline", 4: "Failed", 128: "Pending", 129: "OnlinePending",
-                             130: "OfflinePending"},
-    "ClusterSharedVolumeStateInfo": {0: "Unavailable", 1: "Paused", 2: "Direct",
-                                     3: "FileSystemRedirected", 4: "BlockRedirected"},
-    "ServiceControllerStatus": {1: "Stopped", 2: "StartPending", 3: "StopPending",
-                                4: "Running", 5: "ContinuePending", 6: "PausePending",
-                                7: "Paused"},
-}
+#: No enum is decoded by its number: the numbers differ between Windows versions
+#: (Hyper-V module 2.0.0.0 numbers VMState RunningCritical 32785, Server 2016's
+#: module, without Hibernated and ComponentServicing, 32783 — dsccommunity/HyperVDsc
+#: ``tests/Unit/Stubs/Hyper-V.stubs.psm1``; eryph-org ``VirtualMachineState.cs``).
+#: Every enum read is converted to its member name on the host
+#: (:meth:`Command.projection`); a number that still arrives (an old contract, a
+#: hand-made capture) reaches ``mapping`` as its digits, an unknown name: the
+#: careful value and a finding.
 
 _DATE = re.compile(r"^/Date\((-?\d+)(?:[+-]\d{4})?\)/$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -162,17 +166,17 @@ def parse_json(payload: str) -> list[dict[str, Any]]:
 
 
 def fix_rows(command: Command, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Undo ConvertTo-Json's quirks in place: enum numbers → names, "/Date(ms)/" → datetime."""
-    enums = command.extra.get("enums", {})
+    """Undo ConvertTo-Json's quirks in place: "/Date(ms)/" → datetime; an enum that
+    arrives as a number (not converted on the host) → its digits, which no table knows."""
+    enums = command.enum_properties
     dates = command.extra.get("dates", ())
     if not enums and not dates:
         return rows
-    tables = [(name, ENUMS[enum]) for name, enum in enums.items()]
     for row in rows:
-        for name, table in tables:
+        for name in enums:
             value = row.get(name)
             if type(value) is int:
-                row[name] = table.get(value, str(value))
+                row[name] = str(value)
         for name in dates:
             row[name] = _date(row.get(name))
     return rows
@@ -186,9 +190,11 @@ def decode_json(command: Command, payload: str) -> list[dict[str, Any]]:
     return fix_rows(command, parse_json(payload))
 
 
-def _enums(dates: tuple[str, ...] = (), **enums: str) -> dict[str, Any]:
-    """``Command.extra`` for :func:`decode_json`: property → enum type, and DateTime properties."""
-    return {"enums": enums, "dates": dates}
+def _enums(dates: tuple[str, ...] = (), arrays: tuple[str, ...] = (), **enums: str
+           ) -> dict[str, Any]:
+    """``Command.extra``: property → its enum type (converted to names on the host; the
+    type is documentation), DateTime properties, and the enum properties that are arrays."""
+    return {"enums": enums, "dates": dates, "enum_arrays": arrays}
 
 
 # -- cluster-wide reads (from one node) ---------------------------------------------
@@ -273,18 +279,20 @@ VM_PROPS = (
     "ProcessorCount",
     "MemoryStartup",
     "ComputerName",
+    "Heartbeat",
 )
 SNAPSHOT_PROPS = ("Id", "VMId", "Name", "ParentSnapshotId", "SnapshotType", "CreationTime")
 DRIVE_PROPS = ("VMId", "Path", "ControllerType", "ControllerNumber", "ControllerLocation")
 VHD_PROPS = ("Path", "VhdFormat", "VhdType", "FileSize", "Size", "ParentPath", "DiskIdentifier")
 REPLICATION_PROPS = ("VMId", "VMName", "State", "Health", "Mode", "ReplicaServer")
-INTEGRATION_PROPS = ("VMId", "VMName", "Name", "Enabled", "PrimaryOperationalStatus")
 SERVICE_PROPS = ("Name", "Status", "DisplayName")
 
 
 def get_vms() -> Command:
+    """Every VM of the node, with its heartbeat (``Heartbeat``, a ``VMHeartbeatStatus``:
+    no integration service is looked up by its display name, which is localized)."""
     return Command("virtual machines", (Cmdlet("Get-VM"),), VM_PROPS,
-                   extra=_enums(State="VMState"))
+                   extra=_enums(State="VMState", Heartbeat="VMHeartbeatStatus"))
 
 
 def get_snapshots() -> Command:
@@ -344,15 +352,6 @@ def get_replication() -> Command:
                                 Mode="VMReplicationMode"))
 
 
-def get_heartbeat() -> Command:
-    return Command(
-        "integration services (heartbeat)",
-        (Cmdlet("Get-VMIntegrationService", (("VMName", "*"), ("Name", "Heartbeat"))),),
-        INTEGRATION_PROPS,
-        extra=_enums(PrimaryOperationalStatus="VMIntegrationComponentOperationalStatus"),
-    )
-
-
 def get_service(name: str) -> Command:
     """The backup agent's Windows service; "not found" is a normal answer."""
     return Command(
@@ -377,19 +376,44 @@ def get_registry_value(path: str, name: str) -> Command:
 
 #: The event subscription's name in the runspace (one per node session).
 VM_EVENTS = "Ventana.VMState"
+#: Only a change of state or health (``OnTimeInMilliseconds`` changes constantly on
+#: every running VM: "every modification" would send one event per VM per second).
+#: WQL compares the instance before and after (``PreviousInstance``) in the
+#: WHERE clause of an ``__InstanceModificationEvent`` query.
 VM_EVENT_QUERY = (
-    "SELECT * FROM __InstanceModificationEvent WITHIN 1 "
-    "WHERE TargetInstance ISA 'Msvm_ComputerSystem'"
+    "SELECT * FROM __InstanceModificationEvent WITHIN 2 "
+    "WHERE TargetInstance ISA 'Msvm_ComputerSystem' "
+    "AND (TargetInstance.EnabledState <> PreviousInstance.EnabledState "
+    "OR TargetInstance.HealthState <> PreviousInstance.HealthState)"
 )
-VM_EVENT_PROPS = ("Name", "ElementName", "EnabledState")
+VM_EVENT_PROPS = ("Name", "ElementName", "EnabledState", "OtherEnabledState", "HealthState")
 WAIT_EVENT_PROPS = ("EventIdentifier",)
 
-#: Msvm_ComputerSystem.EnabledState → the power state name Ventana maps (mapping.POWER_STATES).
-ENABLED_STATES = {
-    2: "Running", 3: "Off", 6: "Saved", 9: "Paused", 10: "Starting", 4: "Stopping",
-    11: "Reset", 32768: "Paused", 32769: "Saved", 32770: "Starting", 32773: "Saving",
-    32774: "Stopping", 32776: "Pausing", 32777: "Resuming",
-}
+#: root/virtualization/v2 Msvm_ComputerSystem.EnabledState (CIM_EnabledLogicalElement):
+#: 2 Enabled, 3 Disabled, 4 Shutting Down, 6 Enabled but Offline (saved), 9 Quiesce
+#: (paused), 10 Starting; 1 Other: the state is named in ``OtherEnabledState``
+#: (transitions such as "Saving"); 0 Unknown, 5 Not Applicable, 7 In Test, 8 Deferred
+#: say nothing Ventana can show. The v1 namespace's 32768+ values are gone since
+#: Windows Server 2012 R2 (learn.microsoft.com windows/win32/hyperv_v2/msvm-computersystem).
+ENABLED_STATES = {2: "Running", 3: "Off", 4: "Stopping", 6: "Saved", 9: "Paused",
+                  10: "Starting"}
+#: HealthState 20 Major Failure, 25 Critical Failure: the VM's storage or
+#: configuration failed (Hyper-V's "…Critical" states, e.g. Paused-Critical).
+CRITICAL_HEALTH = frozenset({20, 25})
+
+
+def event_state(enabled: int, other: str, health: int) -> str | None:
+    """The VMState name a streamed Msvm_ComputerSystem change stands for (None: unknown —
+    the next poll reads it)."""
+    if enabled == 1:
+        name = other.strip().replace(" ", "")
+        if not name:
+            return None
+    else:
+        name = ENABLED_STATES.get(enabled, "")
+        if not name:
+            return None
+    return f"{name}Critical" if health in CRITICAL_HEALTH else name
 
 
 def subscribe_vm_events() -> Command:
@@ -542,7 +566,7 @@ def remove_file(path: str) -> Command:
 
 VM_CONFIG_PROPS = ("Name", "Id", "State", "Generation", "Version", "ProcessorCount",
                    "MemoryStartup", "DynamicMemoryEnabled", "Path", "ComputerName",
-                   "ReplicationState", "IsClustered")
+                   "ReplicationState", "IsClustered", "Heartbeat")
 NIC_PROPS = ("Name", "Id", "SwitchName", "MacAddress", "DynamicMacAddressEnabled",
              "IPAddresses")
 GUEST_NET_PROPS = ("InstanceID", "IPAddresses", "Subnets", "DefaultGateways", "DNSServers",
@@ -555,13 +579,6 @@ CHECKPOINT_PROPS = ("Id", "Name", "SnapshotType", "CreationTime", "ParentSnapsho
 COMPONENT_PROPS = ("Name", "Enabled", "PrimaryOperationalStatus")
 NEW_VM_PROPS = ("Id", "Name")
 
-ENUMS.update({
-    "VMNetworkAdapterVlanMode": {0: "Untagged", 1: "Access", 2: "Trunk", 3: "Private"},
-    "OnOffState": {0: "On", 1: "Off"},
-    "VMBootSourceType": {0: "Unknown", 1: "Drive", 2: "Network", 3: "File"},
-    "BootDevice": {0: "Floppy", 1: "CD", 2: "IDE", 3: "LegacyNetworkAdapter",
-                   4: "NetworkAdapter", 5: "VHD"},
-})
 
 
 def _int64(value: int) -> str:
@@ -576,7 +593,8 @@ def _by_id(vm_id: str) -> Cmdlet:
 
 def get_vm_config(vm_id: str) -> Command:
     return Command("VM configuration", (_by_id(vm_id),), VM_CONFIG_PROPS,
-                   extra=_enums(State="VMState", ReplicationState="VMReplicationState"))
+                   extra=_enums(State="VMState", ReplicationState="VMReplicationState",
+                                Heartbeat="VMHeartbeatStatus"))
 
 
 def get_vm_nics(vm_id: str) -> Command:
@@ -616,18 +634,25 @@ def get_boot_order(vm_id: str) -> Command:
         "boot order (Gen2)",
         (_by_id(vm_id), Cmdlet("Get-VMFirmware"),
          Cmdlet("Select-Object", (("ExpandProperty", "BootOrder"),))),
-        BOOT_PROPS, extra=_enums(BootType="VMBootSourceType"))
+        BOOT_PROPS, extra=_enums(BootType="VMBootSourceType", Device="[string]: ToString"))
 
 
 def get_bios(vm_id: str) -> Command:
     return Command("BIOS startup order (Gen1)", (_by_id(vm_id), Cmdlet("Get-VMBios")),
-                   BIOS_PROPS)
+                   BIOS_PROPS, extra=_enums(arrays=("StartupOrder",), StartupOrder="BootDevice"))
 
 
 def get_vm_checkpoints(vm_id: str) -> Command:
     return Command("the VM's checkpoints", (_by_id(vm_id), Cmdlet("Get-VMSnapshot")),
                    CHECKPOINT_PROPS,
                    extra=_enums(("CreationTime",), SnapshotType="SnapshotType"))
+
+
+def get_vm_heartbeat(vm_id: str) -> Command:
+    """One VM's state and heartbeat (``Get-VM``'s ``Heartbeat``, not a localized service
+    name)."""
+    return Command("the VM's heartbeat", (_by_id(vm_id),), ("Name", "State", "Heartbeat"),
+                   extra=_enums(State="VMState", Heartbeat="VMHeartbeatStatus"))
 
 
 def get_vm_integration(vm_id: str, name: str | None = None) -> Command:

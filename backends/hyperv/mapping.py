@@ -1,13 +1,16 @@
 """What a Hyper-V node answers (pypsrp objects) → Ventana's frozen dataclasses.
 
-Objects arrive as pypsrp ``GenericComplexObject``s: properties in
-``adapted_properties`` (the cmdlet's own objects) or ``extended_properties``
-(``Select-Object`` output: note properties), enums as objects whose ``str()``
-is the member name, DateTime as a CLIXML string, Guid as ``uuid.UUID``,
-nested objects as strings. Nothing here sanitizes text (the store does), but
-nothing here may crash on an odd value either: an unknown enum name maps to
-the model's UNKNOWN (or the most careful value where the model has none), a
-missing number to 0, a bad date to the Unix epoch. All functions are pure.
+Objects arrive as decoded JSON rows (``ConvertTo-Json``: enums converted to
+their names on the host, nested objects as JSON objects up to the default
+depth and as their ToString beyond it) or as pypsrp ``GenericComplexObject``s
+(properties in ``adapted_properties``/``extended_properties``, enums whose
+``str()`` is the member name). Nothing here sanitizes text (the store does),
+but nothing here may crash on an odd value either: an unknown enum name maps
+to the model's UNKNOWN (or the most careful value where the model has none)
+and, for what a VM reports, raises a finding (``UNKNOWN_VALUE``); a missing
+number maps to 0, a bad date to the Unix epoch. Node names are normalized
+once, here (:func:`node_name`): the cluster, WMI and Get-VM spell them in
+different cases and short or FQDN forms. All functions are pure.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ventana.state.model import (
     Cluster,
     DiskFormat,
     Entity,
+    Finding,
     Health,
     IntegrationState,
     Lun,
@@ -38,6 +42,7 @@ from ventana.state.model import (
     PowerState,
     ReplicationState,
     ServiceState,
+    Severity,
     VirtualDisk,
 )
 
@@ -66,8 +71,31 @@ def text(value: Any) -> str:
 
 
 def enum_name(value: Any) -> str:
-    """An enum's member name as sent (pypsrp prints enums by name)."""
+    """An enum's member name as sent (converted on the host; pypsrp prints enums by name)."""
     return text(value).strip()
+
+
+def nested_name(value: Any) -> str:
+    """A nested object's name: ConvertTo-Json sends one within its depth as a JSON object
+    (its ``Name``), beyond it — and CLIXML at the default depth — as its ToString."""
+    if isinstance(value, Mapping):
+        return text(value.get("Name")).strip()
+    found = props(value) if not isinstance(value, str) else {}
+    if "Name" in found:
+        return text(found.get("Name")).strip()
+    return text(value).strip()
+
+
+_IP = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$|:")
+
+
+def node_name(value: Any) -> str:
+    """A node's name as one spelling: the host part, upper-case (``hv-node-01.lab.example``,
+    ``HV-NODE-01`` and ``hv-node-01`` are one node). An address stays as it is."""
+    name = nested_name(value)
+    if not name or _IP.search(name):
+        return name
+    return name.split(".", 1)[0].upper()
 
 
 def as_int(value: Any) -> int:
@@ -157,6 +185,21 @@ POWER_STATES = {
     "savedcritical": PowerState.SAVED,
     "startingcritical": PowerState.STARTING,
     "stoppingcritical": PowerState.STOPPING,
+    # The rest of VMState (Hyper-V module 2.0.0.0; Server 2016 lacks Hibernated and
+    # ComponentServicing): known names, so no "unknown value" finding.
+    "other": PowerState.UNKNOWN,
+    "fastsaved": PowerState.SAVED,
+    "fastsaving": PowerState.STOPPING,
+    "forceshutdown": PowerState.STOPPING,
+    "forcereboot": PowerState.STARTING,
+    "hibernated": PowerState.SAVED,
+    "componentservicing": PowerState.UNKNOWN,
+    "resetcritical": PowerState.STARTING,
+    "savingcritical": PowerState.STOPPING,
+    "pausingcritical": PowerState.PAUSED_CRITICAL,
+    "resumingcritical": PowerState.STARTING,
+    "fastsavedcritical": PowerState.SAVED,
+    "fastsavingcritical": PowerState.STOPPING,
 }
 
 #: Standard and production checkpoints both arrive as "Standard"; backup
@@ -168,8 +211,11 @@ SNAPSHOT_TYPES = {
     "replica": CheckpointKind.RECOVERY,
     "appconsistentreplica": CheckpointKind.RECOVERY,
     "syncedreplica": CheckpointKind.RECOVERY,
-    "missing": CheckpointKind.STANDARD,
+    "missing": CheckpointKind.RECOVERY,
 }
+#: Hyper-V Replica's own recovery points: a merge (Remove-VMSnapshot -Name *) would
+#: remove them with the others.
+REPLICA_SNAPSHOTS = frozenset({"replica", "appconsistentreplica", "syncedreplica"})
 
 REPLICATION_STATES = {
     "disabled": ReplicationState.DISABLED,
@@ -193,7 +239,17 @@ HEALTH = {
     "notapplicable": Health.NOT_APPLICABLE,
 }
 
+#: Get-VM's ``Heartbeat`` (VMHeartbeatStatus, Hyper-V module 2.0.0.0: Unknown,
+#: Disabled, NoContact, Error, LostCommunication, OkApplicationsUnknown,
+#: OkApplicationsHealthy, OkApplicationsCritical, Paused), and the integration
+#: service's PrimaryOperationalStatus (the rebuild's reads).
 HEARTBEAT = {
+    "okapplicationsunknown": IntegrationState.OK,
+    "okapplicationshealthy": IntegrationState.OK,
+    "okapplicationscritical": IntegrationState.DEGRADED,
+    "unknown": IntegrationState.UNKNOWN,
+    "disabled": IntegrationState.UNKNOWN,
+    "paused": IntegrationState.UNKNOWN,
     "ok": IntegrationState.OK,
     "degraded": IntegrationState.DEGRADED,
     "error": IntegrationState.DEGRADED,
@@ -240,7 +296,14 @@ def power_state(value: Any) -> PowerState:
 
 
 def checkpoint_kind(value: Any) -> CheckpointKind:
-    return _lookup(SNAPSHOT_TYPES, enum_name(value), CheckpointKind.STANDARD)  # type: ignore[no-any-return]
+    # Unknown: a recovery checkpoint (never shown as a plain, mergeable one).
+    return _lookup(SNAPSHOT_TYPES, enum_name(value), CheckpointKind.RECOVERY)  # type: ignore[no-any-return]
+
+
+def known(table: Mapping[str, Any], value: Any) -> bool:
+    """Whether an enum name is one of the table's (an empty value counts as known: null)."""
+    name = enum_name(value)
+    return not name or _fold(name) in table
 
 
 def replication_state(value: Any) -> ReplicationState:
@@ -297,7 +360,6 @@ class NodeRead:
     drives: list[Any] = field(default_factory=list)
     vhds: dict[str, Any] = field(default_factory=dict)  # path_key -> VHD object
     replication: list[Any] = field(default_factory=list)
-    heartbeat: list[Any] = field(default_factory=list)
     service: Any = None
     service_missing: bool = False
     agent_version: str | None = None
@@ -325,7 +387,7 @@ class Mount:
 
 def cluster_name(read: ClusterRead, default: str) -> str:
     for obj in read.nodes:
-        name = text(props(obj).get("Cluster")).strip()
+        name = nested_name(props(obj).get("Cluster"))
         if name:
             return name
     return default
@@ -362,9 +424,9 @@ def cluster_entities(
         p = props(obj)
         name = text(p.get("Name"))
         lun_id = as_id(p.get("Id")) or name
-        owner = text(p.get("OwnerNode")).strip()
+        owner = node_name(p.get("OwnerNode"))
         rows = states.get(name, [])
-        owner_rows = [r for r in rows if text(r.get("Node")).strip().casefold() == owner.casefold()]
+        owner_rows = [r for r in rows if node_name(r.get("Node")) == owner]
         row = (owner_rows or rows or [{}])[0]
         state = csv_state(p.get("State"))
         if state is LunState.ONLINE and any(
@@ -403,7 +465,7 @@ def cluster_entities(
     nodes: list[Node] = []
     for obj in read.nodes:
         p = props(obj)
-        name = text(p.get("Name")).strip()
+        name = node_name(p.get("Name"))
         if not name:
             continue
         f = facts.get(name.casefold(), NodeFacts())
@@ -461,7 +523,8 @@ def node_entities(
     drives = _by_vm(read.drives)
     snaps = _by_vm(read.snapshots)
     replication = {k: v[0] for k, v in _by_vm(read.replication).items()}
-    heartbeat = {k: v[0] for k, v in _by_vm(read.heartbeat).items()}
+    node_id = node_name(node_id)
+    findings: list[Entity] = []
     vms: list[Entity] = []
     disks: list[Entity] = []
     checkpoints: list[Entity] = []
@@ -521,22 +584,43 @@ def node_entities(
                 )
                 if position == 0:
                     base_ids.append(disk_id)
-        checkpoints.extend(_checkpoints(vm_id, snaps.get(vm_id, []), chains))
+        name = text(p.get("Name"))
+        vm_snaps = snaps.get(vm_id, [])
+        checkpoints.extend(_checkpoints(vm_id, vm_snaps, chains))
         power = power_state(p.get("State"))
+        rep = replication.get(vm_id)
+        checks = [("State", p.get("State"), POWER_STATES, "unknown power state"),
+                  ("Heartbeat", p.get("Heartbeat"), HEARTBEAT, "heartbeat unknown")]
+        if rep:
+            checks += [("replication State", rep.get("State"), REPLICATION_STATES,
+                        "replication error"),
+                       ("replication Health", rep.get("Health"), HEALTH, "warning")]
+        checks += [(f"SnapshotType of checkpoint {text(s.get('Name'))!r}", s.get("SnapshotType"),
+                    SNAPSHOT_TYPES, "a recovery checkpoint (never merged as a plain one)")
+                   for s in vm_snaps]
+        findings.extend(_unknown_values(vm_id, name, checks))
+        replicas = [s for s in vm_snaps if _fold(enum_name(s.get("SnapshotType")))
+                    in REPLICA_SNAPSHOTS]
+        if replicas:
+            findings.append(Finding(
+                f"hyperv:replica-checkpoint:{vm_id}", Severity.CRITICAL, f"vm:{vm_id}",
+                "REPLICA_CHECKPOINT",
+                f"{len(replicas)} Hyper-V Replica checkpoint(s) (e.g. "
+                f"{text(replicas[0].get('Name'))!r}, "
+                f"{enum_name(replicas[0].get('SnapshotType'))}): they belong to replication; "
+                "a merge would remove them. Do not merge this VM's checkpoints."))
         if power is PowerState.RUNNING:
-            beat = heartbeat.get(vm_id)
-            status = enum_name(beat.get("PrimaryOperationalStatus")) if beat else ""
-            integration = _lookup(HEARTBEAT, status, IntegrationState.UNKNOWN)
+            integration = _lookup(HEARTBEAT, enum_name(p.get("Heartbeat")),
+                                  IntegrationState.UNKNOWN)
         elif power in (PowerState.PAUSED_CRITICAL, PowerState.UNKNOWN):
             integration = IntegrationState.UNKNOWN
         else:
             integration = IntegrationState.OFF
-        rep = replication.get(vm_id)
-        host = text(p.get("ComputerName")).strip() or node_id
+        host = node_name(p.get("ComputerName")) or node_id
         vms.append(
             VM(
                 id=vm_id,
-                name=text(p.get("Name")),
+                name=name,
                 cluster_id=cluster_id,
                 node_id=host,
                 power=power,
@@ -556,7 +640,21 @@ def node_entities(
                 lun_id=vm_lun,
             )
         )
-    return [*vms, *disks, *checkpoints]
+    return [*vms, *disks, *checkpoints, *findings]
+
+
+def _unknown_values(vm_id: str, vm_name: str, checks: list[tuple[str, Any, Mapping[str, Any], str]]
+                    ) -> list[Finding]:
+    """A finding per value a VM reported that Ventana does not know (shown as ``treated``)."""
+    out = []
+    for what, value, table, treated in checks:
+        if known(table, value):
+            continue
+        out.append(Finding(
+            f"hyperv:unknown:{vm_id}:{what}", Severity.WARNING, f"vm:{vm_id}", "UNKNOWN_VALUE",
+            f"{vm_name}: the host reported {what} {enum_name(value)!r}, which Ventana does not "
+            f"know; shown as {treated}. Check the VM on the host before acting on it."))
+    return out
 
 
 def _checkpoints(

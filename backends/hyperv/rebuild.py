@@ -269,14 +269,12 @@ class HyperVRebuild:
         else:
             bios = await self._one(s, cmd.get_bios(vm_id), "this VM's BIOS")
             startup = bios.get("StartupOrder") or []
-            table = cmd.ENUMS["BootDevice"]
-            firmware = {"bios_startup_order": [table.get(x, str(x)) if isinstance(x, int)
-                                               else text(x) for x in startup]}
+            # Names, converted on the host ([string[]]): never decoded by number.
+            firmware = {"bios_startup_order": [text(x) for x in startup]}
         self._progress(task_id, 80, "Get-VMSnapshot")
         checkpoints = await self._read(s, cmd.get_vm_checkpoints(vm_id))
         components = await self._read(s, cmd.get_vm_integration(vm_id))
-        heartbeat = next((text(c.get("PrimaryOperationalStatus")) for c in components
-                          if text(c.get("Name")) == "Heartbeat"), "")
+        heartbeat = text(vm.get("Heartbeat"))  # Get-VM's own, not a localized service name
         boot_slot = first_disk(firmware.get("boot_order") or []) if gen == 2 else None
         name = text(vm.get("Name"))
         now = datetime.now(UTC)
@@ -546,9 +544,10 @@ class HyperVRebuild:
         deadline = loop.time() + self.heartbeat_timeout_s
         status = ""
         while True:
-            rows = await self._read(s, cmd.get_vm_integration(vm_id, "Heartbeat"))
-            status = text(rows[0].get("PrimaryOperationalStatus")) if rows else ""
-            if status == "Ok":
+            # Get-VM's Heartbeat: integration-service names are localized ("Takt").
+            rows = await self._read(s, cmd.get_vm_heartbeat(vm_id))
+            status = text(rows[0].get("Heartbeat")) if rows else ""
+            if status in ("OkApplicationsHealthy", "OkApplicationsUnknown"):
                 break
             if loop.time() >= deadline:
                 return StepResult(TaskState.FAILED, data={"first_boot_device": first}, error=(

@@ -369,8 +369,11 @@ class NodeSession:
         ps = PowerShell(pool)
         for command in commands:
             for cmdlet in command.pipeline():
+                self.sent.extend(cmdlet.commands)
+                if cmdlet.script:  # fixed text from commands.py: the enum-name projection
+                    ps.add_script(cmdlet.name)
+                    continue
                 ps.add_cmdlet(cmdlet.name)
-                self.sent.append(cmdlet.name)
                 for name, value in cmdlet.params:
                     if value is SWITCH:
                         ps.add_parameter(name)

@@ -312,10 +312,10 @@ def test_commands_md_documents_the_cleanup_commands() -> None:
     for command in (c.optimize_vhd(path), c.remove_cluster_group(vm_id), c.remove_vm(vm_id),
                     c.remove_file(path)):
         assert command.mutating
-        assert {x.name for x in command.pipeline()} & c.MUTATING_CMDLETS
+        assert {n for x in command.pipeline() for n in x.commands} & c.MUTATING_CMDLETS
     for command in (c.get_vm_check(vm_id), c.get_vm_drives(vm_id), c.paths_present([path])):
         assert not command.mutating
-        assert {x.name for x in command.pipeline()} <= c.READ_CMDLETS
+        assert {n for x in command.pipeline() for n in x.commands} <= c.READ_CMDLETS
 
 
 @pytest.mark.timeout(40)

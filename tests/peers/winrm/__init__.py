@@ -14,6 +14,7 @@ Modules
 ``psrp.py``     psrpcore runspace pool / pipelines, handler threads, output buffers
 ``cmdlets.py``  the command registry API and what a handler may emit
 ``demo.py``     demo handlers (Get-VM-like, progress, errors, …)
+``hyperv/``     Hyper-V / FailoverClusters handlers, one module per cmdlet family
 ``fixture.py``  ``start_winrm_peer()`` and the ``winrm_peer`` pytest fixture
 
 Starting it by hand

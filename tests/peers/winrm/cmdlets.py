@@ -312,9 +312,13 @@ Handler = Callable[[dict[str, Any], CommandWriter], None]
 class CommandRegistry:
     """Command name → handler, matched case-insensitively. Thread-safe."""
 
-    def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
+    def __init__(self, handlers: Mapping[str, Handler] | None = None, *,
+                 scripts: Callable[[str], Handler | None] | None = None) -> None:
         self._lock = threading.Lock()
         self._handlers: dict[str, tuple[str, Handler]] = {}
+        #: Script commands (``add_script``): text → a handler, or None (refused). A peer
+        #: understands only the scripts it was written for.
+        self.scripts = scripts
         for name, handler in (handlers or {}).items():
             self.register(name, handler)
 
@@ -341,7 +345,8 @@ class CommandRegistry:
 
     def copy(self) -> CommandRegistry:
         with self._lock:
-            return CommandRegistry({name: h for name, h in self._handlers.values()})
+            return CommandRegistry({name: h for name, h in self._handlers.values()},
+                                   scripts=self.scripts)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None

@@ -410,13 +410,17 @@ class PoolSession:
     ) -> list[Any]:
         name = str(cmd.command_text)
         if cmd.is_script:
-            raise TerminatingError(
-                "The WinRM test peer runs commands only (add_command/add_cmdlet), not scripts.",
-                error_id="ScriptsNotSupported",
-                category=ErrorCategory.NotImplemented,
-                exception_type="System.NotSupportedException",
-            )
-        handler = self.registry.get(name)
+            script = self.registry.scripts(name) if self.registry.scripts else None
+            if script is None:
+                raise TerminatingError(
+                    "The WinRM test peer runs only the scripts its registry understands.",
+                    error_id="ScriptsNotSupported",
+                    category=ErrorCategory.NotImplemented,
+                    exception_type="System.NotSupportedException",
+                )
+            handler = script
+        else:
+            handler = self.registry.get(name)
         if handler is None:
             raise TerminatingError(
                 f"The term '{name}' is not recognized as the name of a cmdlet, function, "
