@@ -487,3 +487,30 @@ def test_password_from_the_os_keyring(tmp_path: Path, monkeypatch: pytest.Monkey
                 assert secret not in log.where
     finally:
         keyring.set_keyring(previous)
+
+
+def test_the_live_feed_reconnects_and_catches_up_after_an_outage() -> None:
+    got: list[LogRow] = []
+    with PgServer() as pg:
+        pg.psql("create database team")
+        url = pg.url("team")
+        with ActionLog.open(url) as mine:
+            feed = TeamFeed.start(mine, got.extend)
+            try:
+                deadline = time.monotonic() + 10
+                while feed.state != "live" and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                pg.kill()
+                while not feed.state.startswith("reconnecting") and \
+                        time.monotonic() < deadline + 10:
+                    time.sleep(0.05)
+                assert feed.state.startswith("reconnecting")
+                pg.start()
+                with ActionLog.open(url) as theirs:
+                    row = theirs.record(**BASE, outcome="cancelled")
+                deadline = time.monotonic() + 20
+                while not got and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert [r.id for r in got] == [row] and feed.state == "live"
+            finally:
+                feed.stop()
