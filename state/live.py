@@ -85,6 +85,8 @@ class TeamFeed:
         except ActionLogError as exc:
             self.state = f"reconnecting: {clean(str(exc))}"
             return
+        if self.log.shared and self.state != "live":
+            self.state = "live"
         if rows:
             self._seen = max(self._seen, *(r.id for r in rows))
             with contextlib.suppress(Exception):  # a UI callback must not kill the feed

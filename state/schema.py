@@ -283,6 +283,7 @@ class Db:
         self._migrated = False
         self._failed = ""  # why the last connection attempt failed ('' : it did not)
         self._failed_at = 0.0
+        self._in_tx = False
         try:
             self._connect()
         except error:
@@ -382,16 +383,24 @@ class Db:
                 raise self._fail(exc) from exc
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts. A read outside a transaction on a connection found dead
+        (the server restarted since the last call) is retried once on a new one."""
         with self._lock:
-            self._ensure()
-            try:
-                cur = self.conn.execute(self.dialect.sql(sql), self._params(params))
-                if self.pg:
-                    return list(cur.fetchall())
-                names = [d[0] for d in cur.description or ()]
-                return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-            except self._driver_errors() as exc:
-                raise self._fail(exc) from exc
+            for attempt in (1, 2):
+                self._ensure()
+                try:
+                    cur = self.conn.execute(self.dialect.sql(sql), self._params(params))
+                    if self.pg:
+                        return list(cur.fetchall())
+                    names = [d[0] for d in cur.description or ()]
+                    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+                except self._driver_errors() as exc:
+                    stale = (self.pg and not self._in_tx and self.conn.broken
+                             and sql.lstrip().lower().startswith("select"))
+                    if attempt == 1 and stale:
+                        continue
+                    raise self._fail(exc) from exc
+            raise AssertionError("unreachable")
 
     def insert(self, sql: str, params: Sequence[Any]) -> int:
         """An ``insert … returning id``: the new row's id."""
@@ -431,12 +440,15 @@ class Db:
             import psycopg
 
             try:
+                self._in_tx = True
                 with self.conn.transaction():
                     if serialize:
                         self.conn.execute("select pg_advisory_xact_lock(%s)", (LEASE_LOCK_KEY,))
                     yield self
             except psycopg.Error as exc:
                 raise self._fail(exc) from exc
+            finally:
+                self._in_tx = False
 
     # -- the schema --------------------------------------------------------------------
     def version(self) -> int:

@@ -155,25 +155,23 @@ class PgServer:
             return None
 
     def kill(self) -> None:
-        """kill -9 the postmaster (a crash); its backends exit when they notice."""
+        """kill -9 the whole server (postmaster and its backends), as a crash would."""
         pid = self.postmaster_pid()
         if pid is None:
             return
-        os.kill(pid, signal.SIGKILL)
+        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        pids = [pid, *(int(p) for p in found.stdout.split())]
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        # Orphaned backends hold the shared memory until they notice: wait for them.
-        while time.monotonic() < deadline:
-            busy = subprocess.run(["pgrep", "-u", "nobody" if self._as else str(os.getuid()),
-                                   "-f", f"postgres.*{self.data}"], capture_output=True)
-            if busy.returncode != 0:
-                break
-            time.sleep(0.1)
+        for p in pids:  # gone (reaped by init) before the next start reuses the directory
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(p, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
 
     def stop(self) -> None:
         if self.postmaster_pid() is None:

@@ -442,3 +442,76 @@ def test_a_window_item_another_console_runs_stays_running(loc: str | Path) -> No
             ("app-01", "unknown"), ("db-01", RUNNING)]
     finally:
         ws.close()
+
+
+def test_password_from_the_os_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PGPASSWORD, no pgpass: the keyring's entry for user@host:port/db is used.
+
+    A headless machine has no OS keyring, so a minimal in-memory backend stands in
+    for it through keyring's own plug-in API (``keyring.set_keyring``)."""
+    import keyring
+    from keyring.backend import KeyringBackend
+
+    from ventana.state.schema import KEYRING_SERVICE
+
+    class Memory(KeyringBackend):
+        priority = 1  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.store: dict[tuple[str, str], str] = {}
+
+        def get_password(self, service: str, username: str) -> str | None:
+            return self.store.get((service, username))
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            self.store[(service, username)] = password
+
+        def delete_password(self, service: str, username: str) -> None:
+            self.store.pop((service, username), None)
+
+    secret = "kr-Team-pw"
+    previous = keyring.get_keyring()
+    memory = Memory()
+    keyring.set_keyring(memory)
+    try:
+        with PgServer(tcp=True, password=secret) as pg:
+            url = pg.tcp_url("postgres")
+            monkeypatch.delenv("PGPASSWORD", raising=False)
+            monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+            with pytest.raises(ActionLogError):
+                ActionLog.open(url)  # not stored yet
+            memory.set_password(KEYRING_SERVICE, f"ventana@127.0.0.1:{pg.port}/postgres",
+                                secret)
+            with ActionLog.open(url) as log:
+                log.record(**BASE, outcome="refused")
+                assert secret not in log.where
+    finally:
+        keyring.set_keyring(previous)
+
+
+def test_the_live_feed_reconnects_and_catches_up_after_an_outage() -> None:
+    got: list[LogRow] = []
+    with PgServer() as pg:
+        pg.psql("create database team")
+        url = pg.url("team")
+        with ActionLog.open(url) as mine:
+            feed = TeamFeed.start(mine, got.extend)
+            try:
+                deadline = time.monotonic() + 10
+                while feed.state != "live" and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                pg.kill()
+                while not feed.state.startswith("reconnecting") and \
+                        time.monotonic() < deadline + 10:
+                    time.sleep(0.05)
+                assert feed.state.startswith("reconnecting")
+                pg.start()
+                with ActionLog.open(url) as theirs:
+                    row = theirs.record(**BASE, outcome="cancelled")
+                deadline = time.monotonic() + 20
+                while not got and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert [r.id for r in got] == [row] and feed.state == "live"
+            finally:
+                feed.stop()

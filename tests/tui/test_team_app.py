@@ -1,0 +1,43 @@
+"""The console on a team's log (PostgreSQL): the same operator session, shared rows.
+
+The app gets the log's URL as its path; acknowledgements, the window queue and
+rebuild workflows open the same database. A merge confirmed here is written
+with the VM's lease, and another console sees the row (with operator and host).
+"""
+
+from __future__ import annotations
+
+from apphelp import populated, vm_where, wait_for
+from factories import NOW
+
+from ventana.backends.sim import SimBackend, SimConfig
+from ventana.state.actionlog import ActionLog
+from ventana.tui.app import VentanaApp
+from ventana.tui.plan_screen import PlanScreen
+from ventana.tui.vm_table import VmTable
+
+SIZE = (160, 50)
+
+
+async def test_a_merge_from_the_console_lands_in_the_teams_log(pg_url: str) -> None:
+    log = ActionLog.open(pg_url)
+    config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+    app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        assert app.acks is not None, app.acks_error  # the acks live in the same database
+        vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
+        name = app.store.vm(vm_id).name  # type: ignore[union-attr]
+        app.query_one(VmTable).select_vm(vm_id)
+        await pilot.press("m")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, PlanScreen)
+        await pilot.press(*name, "enter")
+        with ActionLog.open(pg_url) as other:  # another console's view of the same log
+            await wait_for(pilot, lambda: bool(other.rows())
+                           and other.rows()[0].outcome != "running", timeout=30)
+            (row,) = other.rows()
+        assert row.outcome == "ok", row.error
+        assert row.target_name == name and row.operator and row.host
+        assert log.leases() == []  # released with the outcome
+    log.close()
