@@ -27,7 +27,7 @@ from ventana.state.model import FinalState, Kind, TaskState
 from ventana.state.plans import Plan, findings_to_log
 from ventana.state.sanitize import clean
 from ventana.state.store import Store
-from ventana.state.team import claim_for
+from ventana.state.team import claim_for, shared_preflight
 
 from . import actionspecs
 from .base import ActionResult, Backend, ReadOnlyError
@@ -149,6 +149,8 @@ class ActionRunner:
         plan = spec.planner(self.store, vm_id, self.clock(), **params)
         if self.estimator is not None:
             plan = self.estimator.refine(plan)
+        # Team mode: what other consoles hold (the VM, LUN space) blocks before the name.
+        plan = shared_preflight(plan, self.store, self.log)
         if queue is not None:
             params[QUEUE_PARAM] = queue
             plan = dataclasses.replace(plan, facts={**plan.facts, QUEUE_PARAM: queue})

@@ -37,13 +37,19 @@ from ventana.backends import actionspecs
 from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.actionspecs import ActionSpec, Command
 from ventana.backends.base import ActionResult, Backend, ReadOnlyError
+from ventana.backends.capabilities import (
+    ConsolidationEstimator,
+    PerTargetModes,
+    RecordedActions,
+)
 from ventana.backends.window_runner import WindowRunner
 from ventana.state.acks import AckBook, AckError, follow, open_counts
-from ventana.state.actionlog import ActionLog, ActionLogError
+from ventana.state.actionlog import ActionLog, ActionLogError, LogRow
 from ventana.state.derived import human_bytes
-from ventana.state.events import ConnectionChanged, Event, LinkState
+from ventana.state.events import ConnectionChanged, Event, LinkState, Upsert
 from ventana.state.findings import FindingsConfig, FindingsEngine, platform_of
-from ventana.state.model import VM, FinalState, Kind, Platform, Severity, TaskState
+from ventana.state.live import TeamFeed, describe
+from ventana.state.model import VM, FinalState, Kind, Platform, Severity, Task, TaskState
 from ventana.state.plans import Plan
 from ventana.state.plans_vsphere import ESTIMATES, REMOVE_ALL, ServerEstimate
 from ventana.state.rebuild import Rebuild, RebuildStore
@@ -200,11 +206,42 @@ class Console:
                 title="Action log unavailable", severity="error", timeout=60,
             )
         self._announce_unfinished_rebuilds()
+        self._follow_team()
+
+    # -- team mode: other consoles' actions on a shared log (state/live.py) -------------
+    team_feed: TeamFeed | None = None
+
+    def _follow_team(self) -> None:
+        """On a shared log, other consoles' actions reach the task strip as they happen."""
+        log = self.action_log
+        if log is None or not log.shared or self.runner.mode == "replay":
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # started outside a loop (a script): nobody to hand rows to
+            return
+        self.team_feed = TeamFeed.start(
+            log, lambda rows: loop.call_soon_threadsafe(self.team_rows, rows))
+
+    def team_rows(self, rows: list[LogRow]) -> None:
+        """Other consoles' action rows as task rows, through the usual batch (own rows and
+        rows that never ran — refused, cancelled, final states — are left out)."""
+        mine = self.action_log.console if self.action_log is not None else ""
+        for row in rows:
+            if f"{row.host}:{row.pid}:{row.proc_start}" == mine or not row.task_id:
+                continue
+            status = row.status.split(" ", 1)[0]
+            state = _TEAM_STATES.get(status, TaskState.UNKNOWN)
+            self.pending.append(Upsert(Task(
+                f"team-{row.id}", row.action, row.target_object, row.target_name,
+                100.0 if state in (TaskState.OK, TaskState.WARNING) else 0.0, state,
+                started=_when(row.started), ended=_when(row.ended),
+                message=describe(row), error=clean(row.error or ""))))
 
     def link_targets(self) -> tuple[tuple[str, LinkState, str, bool], ...] | None:
         """Each target's link and whether it is read-only (None: a single target)."""
         backend: Any = self.backend
-        if not _per_target_modes(backend):
+        if not isinstance(backend, PerTargetModes):
             return None
         return tuple((link.source, link.state, link.reason,
                       bool(backend.read_only_of_link(link.source)))
@@ -213,13 +250,13 @@ class Console:
     def read_only_for(self, vm_id: str) -> bool:
         """The session, or the VM's own target when the backend holds several, is read-only."""
         backend: Any = self.backend
-        return self.read_only or (_per_target_modes(backend)
+        return self.read_only or (isinstance(backend, PerTargetModes)
                                   and bool(backend.read_only_for(vm_id)))
 
     def recorded_actions(self) -> list[Any] | None:
         """A replay's recorded actions (None: not a replay)."""
         backend: Any = self.backend
-        return list(backend.actions_so_far()) if _recorded_actions(backend) else None
+        return list(backend.actions_so_far()) if isinstance(backend, RecordedActions) else None
 
     # -- the event stream -------------------------------------------------------------
     async def pump(self) -> None:
@@ -374,7 +411,7 @@ class Console:
         self._notice("Asking vCenter for its storage estimate…", timeout=3)
         with contextlib.suppress(Exception):
             executor: Any = self.backend.executor()
-            if _consolidation_estimator(executor):  # vSphere only
+            if isinstance(executor, ConsolidationEstimator):  # vSphere only
                 snaps = frozenset(c.id for c in self.store.checkpoints_of(vm_id))
                 by_lun = await executor.estimate_consolidation(vm_id, timeout=10.0)
                 ESTIMATES[vm_id] = ServerEstimate(by_lun, snaps, self.clock())
@@ -643,30 +680,24 @@ class Console:
 
     # -- the end -------------------------------------------------------------------------
     async def close(self) -> None:
+        if self.team_feed is not None:
+            await asyncio.to_thread(self.team_feed.stop)
         self.findings.detach()
         if self.acks is not None:
             self.acks.close()
         await self.backend.close()
 
 
-# -- optional capabilities of a backend or executor -------------------------------------
-# Each check is the spot for ``isinstance(obj, <Protocol>)`` with the Protocol of the
-# same name in ``backends/capabilities.py`` (PerTargetModes, RecordedActions,
-# ConsolidationEstimator) once that module is in; until then they test the members.
-def _has(obj: object, *members: str) -> bool:
-    return all(callable(getattr(obj, m, None)) for m in members)
+#: A shared log row's status (its first word) as a task state; anything else
+#: ("interrupted — verify on the host", "unknown — …") is UNKNOWN.
+_TEAM_STATES = {"running": TaskState.RUNNING, "ok": TaskState.OK,
+                "warning": TaskState.WARNING, "failed": TaskState.FAILED,
+                "cancelled": TaskState.CANCELLED}
 
 
-def _per_target_modes(backend: object) -> bool:
-    """Several targets behind one handle, each read-only or not (``MultiBackend``)."""
-    return _has(backend, "read_only_for", "read_only_of_link")
-
-
-def _recorded_actions(backend: object) -> bool:
-    """A replay: the operator's actions recorded up to the current position."""
-    return _has(backend, "actions_so_far")
-
-
-def _consolidation_estimator(executor: object) -> bool:
-    """vCenter's storage estimate for consolidating a VM's snapshots."""
-    return _has(executor, "estimate_consolidation")
+def _when(stamp: str | None) -> datetime | None:
+    """A row's ISO time (untrusted text): None when absent or unreadable."""
+    try:
+        return datetime.fromisoformat(stamp) if stamp else None
+    except ValueError:
+        return None

@@ -41,3 +41,53 @@ async def test_a_merge_from_the_console_lands_in_the_teams_log(pg_url: str) -> N
         assert row.target_name == name and row.operator and row.host
         assert log.leases() == []  # released with the outcome
     log.close()
+
+
+OTHER_CONSOLE = """
+import sys, time
+from ventana.state.actionlog import ActionLog
+log = ActionLog.open(sys.argv[1])
+log.begin(action="merge", target_system="sim:other", mode="read-write",
+          target_object="vm:elsewhere-01", target_name="elsewhere-01", plan={}, findings=[],
+          override=False, confirmed=True, task_id="merge-other0001")
+print("begun", flush=True)
+sys.stdin.readline()  # holds its row (and lease) running until told to stop
+"""
+
+
+async def test_another_consoles_action_reaches_the_task_strip(pg_url: str) -> None:
+    """Live awareness: a row another console process writes shows here within a
+    second or so (LISTEN/NOTIFY), with who and where; the console's own rows do not
+    come back through the feed twice."""
+    import subprocess
+    import sys
+    import time
+
+    from ventana.state.model import Kind, TaskState
+
+    log = ActionLog.open(pg_url)
+    config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+    app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        await wait_for(pilot, lambda: app.core.team_feed is not None
+                       and app.core.team_feed.state == "live", timeout=10)
+        other = subprocess.Popen([sys.executable, "-c", OTHER_CONSOLE, pg_url],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert other.stdout is not None and other.stdout.readline().strip() == "begun"
+            seen = time.monotonic()
+
+            def theirs() -> list:
+                return [t for t in app.store.all(Kind.TASK) if t.target_name == "elsewhere-01"]
+
+            await wait_for(pilot, lambda: bool(theirs()), timeout=10)
+            took = time.monotonic() - seen
+            (task,) = theirs()
+            assert task.state is TaskState.RUNNING and task.kind == "merge"
+            assert "@" in task.message and "elsewhere-01" in task.message  # who, where, what
+            assert took < 3.0, f"another console's action took {took:.1f} s to show"
+        finally:
+            other.kill()
+            other.wait()
+    log.close()
