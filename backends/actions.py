@@ -248,7 +248,9 @@ class ActionRunner:
         seen = overridden if overridden is not None else frozenset(f.code for f in plan.blocking)
         blocking = {f.code for f in fresh.blocking}
         if blocking and not override:
-            raise self._refuse(fresh, f"blocked by pre-flight: {', '.join(sorted(blocking))}")
+            why = "; ".join(f"{f.code}: {f.message}" for f in fresh.blocking)
+            raise self._refuse(fresh, f"blocked by pre-flight: {', '.join(sorted(blocking))} "
+                                      f"({why})")
         if blocking - seen:
             raise self._refuse(
                 fresh,

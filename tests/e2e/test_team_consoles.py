@@ -133,7 +133,9 @@ def test_two_merges_on_one_csv_the_second_counts_the_firsts_reservation(
         second = Console(pg_url, "app-06", "--speed", "3000", *shape)
         try:
             plan = second.wait_for("plan")
-            assert plan["blocking"] == []  # its own view sees the whole free space
+            # Its own view sees the whole free space; the shared pre-flight counts the
+            # first console's reservation and blocks before anything is typed.
+            assert plan["blocking"] == ["NO_SPACE_SHARED"]
             end = second.wait_for("done", "refused")
         finally:
             second.close()
