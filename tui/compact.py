@@ -9,7 +9,8 @@ and owns:
   that always keeps Help and Quit replaces the footer;
 - ``:`` command mode (``:vms``, ``:nodes``, ``:luns``, ``:checkpoints``,
   ``:findings``, ``:log``, ``:window``, ``:report``, ``:help``, ``:q``);
-- one-line reasons for keys that do nothing (read-only, replay).
+- one-line reasons for keys that do nothing (read-only, replay);
+- toasts with very long names capped (``fit.cap_runs``).
 
 Textual calls each class's handlers along the MRO, so the mixin's
 ``on_mount``/``on_resize``/``on_key`` run beside the app's own.
@@ -213,6 +214,12 @@ class SafetyMixin:
             self.action_show_pane(self.pane)
         else:
             app.query_one("#vms").focus()
+
+    # -- toasts: a 10,000-character name never floods one ------------------------------
+    def notify(self, message: str, *args: Any, **kwargs: Any) -> None:
+        from .fit import cap_runs
+
+        super().notify(cap_runs(message), *args, **kwargs)  # type: ignore[misc]
 
     # -- a filter that does not parse says so ------------------------------------------
     def on_input_changed(self, event: Input.Changed) -> None:

@@ -33,6 +33,7 @@ from ventana.state.plans import Plan
 from ventana.state.sanitize import clean
 from ventana.state.window import ItemProjection, Projection
 
+from .fit import cap
 from .plan_screen import findings_text, plan_title
 
 _STATUS_STYLE = {
@@ -113,7 +114,7 @@ def item_cells(n: int, p: ItemProjection, now: datetime | None = None,
         status.append(f" blocked: {', '.join(p.blocking)}", style="bold red")
     elif reason:
         status.append(f" {reason}", style="dim")
-    return (Text(str(n)), Text(item.vm_name), Text(item.action), Text(p.lun_name),
+    return (Text(str(n)), Text(cap(item.vm_name)), Text(item.action), Text(cap(p.lun_name, 40)),
             est, Text(_at(p.start_likely, now)), Text(_at(p.end_likely, now)), free,
             _fits(p.fits_likely, p.fits_worst) if item.pending else Text(""), status)
 

@@ -151,3 +151,39 @@ async def test_a_filter_that_does_not_parse_says_so(tmp_path: Path) -> None:
         await pilot.press("backspace", "backspace", "3")
         await pilot.pause(0.1)
         assert not box.border_title
+
+
+async def test_a_10000_character_name_is_capped_in_columns_toasts_and_titles(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    from textual.widgets import DataTable, Static
+
+    from ventana.state.events import Upsert
+    from ventana.tui.plan_screen import PlanScreen
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(200, 55)) as pilot:
+        await populated(pilot)
+        vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
+        long_name = "n" * 10_000
+        app.store.apply(Upsert(dataclasses.replace(app.store.vm(vm_id), name=long_name)))
+        await pilot.pause(0.2)
+        app.query_one(VmTable).select_vm(vm_id)
+        await pilot.press("m")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen))
+        title = str(app.screen.query_one("#plan-title", Static).render())
+        assert "…" in title and len(title) < 200
+        pinned = str(app.screen.query_one("#plan-pinned-summary", Static).render())
+        assert "…" in pinned and long_name not in pinned
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: any("cancelled" in n.message for n in app._notifications))
+        toast = next(n.message for n in app._notifications if "cancelled" in n.message)
+        assert "…" in toast and len(toast) < 200 and toast.endswith("nothing was sent.")
+        await pilot.press("p", "w")
+        await wait_for(pilot, lambda: isinstance(app.screen, WindowScreen))
+        await pilot.pause(0.2)
+        table = app.screen.query_one(DataTable)
+        cells = [str(c) for c in table.get_row_at(0)]
+        assert any(c.endswith("…") for c in cells) and max(map(len, cells)) < 100
