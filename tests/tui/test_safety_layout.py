@@ -187,3 +187,20 @@ async def test_a_10000_character_name_is_capped_in_columns_toasts_and_titles(
         table = app.screen.query_one(DataTable)
         cells = [str(c) for c in table.get_row_at(0)]
         assert any(c.endswith("…") for c in cells) and max(map(len, cells)) < 100
+
+
+async def test_a_mutating_key_in_a_replay_says_why(tmp_path: Path) -> None:
+    from factories import NOW
+
+    from ventana.backends.replay import ReplayBackend
+    from ventana.tui.app import VentanaApp
+
+    fixture = Path(__file__).resolve().parents[1] / "recordings" / "small-cluster.jsonl"
+    app = VentanaApp(ReplayBackend(fixture, speed=0), log=None, log_error="replay",
+                     clock=lambda: NOW, mode="replay", read_only_reason="replaying a recording")
+    async with app.run_test(size=SMALL) as pilot:
+        await wait_for(pilot, lambda: bool(app.store.vms()))
+        await pilot.press("m")
+        await wait_for(pilot, lambda: any("not in a replay" in n.message
+                                          for n in app._notifications))
+        assert len(app.screen_stack) == 1
