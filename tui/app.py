@@ -107,6 +107,8 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         findings_config: FindingsConfig | None = None,
     ) -> None:
         super().__init__()
+        if mode == "replay":  # a replay never writes to the operator's action log (issue 12)
+            log, log_error = None, "a replay does not write to the action log"
         self.backend = backend
         self.store = Store()
         clock = clock or backend.now
