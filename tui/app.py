@@ -728,12 +728,14 @@ class VentanaApp(compact.SafetyMixin, App[None]):
                 title="Action error", severity="error", markup=False, timeout=60,
             )
             return
+        from .logcli import human_duration
+
         took = time.monotonic() - started
         sizes = ""
         if result.size_before is not None and result.size_after is not None:
             sizes = f"; disks {human_bytes(result.size_before)} → {human_bytes(result.size_after)}"
         message = (f"{plan.action.capitalize()} of {plan.target_name}: {result.state.value} "
-                   f"in {took:.1f} s{sizes}")
+                   f"in {human_duration(took)} (wall clock){sizes}")  # issue 12: time base
         if result.error:
             message += f"\n{result.error}"
         severity = {

@@ -56,6 +56,10 @@ async def test_enter_is_refused_while_part_of_the_plan_is_unseen(tmp_path: Path)
         await wait_for(pilot, lambda: bool(app.action_log.rows())
                        and app.action_log.rows()[0].outcome not in ("running", None), 20)
         assert app.action_log.rows()[0].outcome == "ok"
+        await wait_for(pilot, lambda: any("finished" in (n.title or "")
+                                          for n in app._notifications))
+        done = next(n.message for n in app._notifications if "finished" in (n.title or ""))
+        assert "(wall clock)" in done  # one labelled time base per display
 
 
 async def test_a_plan_that_fits_can_be_confirmed_at_once(tmp_path: Path) -> None:
