@@ -197,7 +197,6 @@ class VentanaApp(compact.SafetyMixin, App[None]):
                 title="Action log unavailable", severity="error", markup=False, timeout=60,
             )
         self._announce_unfinished_rebuilds()
-        self.run_worker(self._announce_interrupted(), group="final-states", exit_on_error=False)
         self.store.subscribe(self._on_delta)
         self.set_interval(self._flush_interval, self._flush_events)
         self.set_interval(FINDINGS_TICK_S, self._tick_findings)
@@ -653,32 +652,6 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         self.run_worker(
             self._execute(plan, confirmation), group="actions", exit_on_error=False
         )
-
-    # -- safety (issue 12): interrupted actions announced at start ----------------
-    async def _announce_interrupted(self) -> None:
-        import asyncio
-
-        from .safety import interrupted_notice
-
-        if self.action_log is None:
-            return
-        try:
-            notice = interrupted_notice(await asyncio.to_thread(self.action_log.rows))
-        except ActionLogError as exc:
-            notice = f"The action log cannot be read: {exc}"
-        if notice:
-            self.notify(notice, title="Interrupted actions — verify on the host",
-                        severity="error", markup=False, timeout=60)
-
-    # -- safety (issue 12): a wrong typed name is logged as refused --------------
-    @on(PlanScreen.NameMismatch)
-    def _name_mismatch(self, message: PlanScreen.NameMismatch) -> None:
-        from .safety import mismatch_reason
-
-        try:
-            self.runner.refused(message.plan, mismatch_reason(message.typed))
-        except ActionRefused as exc:
-            self.notify(clean(str(exc)), severity="error", markup=False)
 
     async def action_quit(self) -> None:
         running = self._actions_running

@@ -1,4 +1,5 @@
-"""The console at any terminal size, and the k9s habits (issue 12).
+"""Operator safety in the app: any terminal size, k9s habits, the log as evidence
+(issue 12).
 
 ``SafetyMixin`` is mixed into the app (``class VentanaApp(SafetyMixin, App)``)
 and owns:
@@ -10,6 +11,8 @@ and owns:
 - ``:`` command mode (``:vms``, ``:nodes``, ``:luns``, ``:checkpoints``,
   ``:findings``, ``:log``, ``:window``, ``:report``, ``:help``, ``:q``);
 - one-line reasons for keys that do nothing (read-only, replay);
+- the log as evidence: interrupted actions announced at start, a wrong typed
+  name logged as refused (``PlanScreen.NameMismatch``);
 - toasts with very long names capped (``fit.cap_runs``).
 
 Textual calls each class's handlers along the MRO, so the mixin's
@@ -94,6 +97,41 @@ class SafetyMixin:
         app.mount(keys, before=footer)
         app.mount(box, before=footer)
         self._apply_layout(app.size.width)
+        app.run_worker(self._announce_interrupted(), group="final-states", exit_on_error=False)
+
+    # -- the log is evidence --------------------------------------------------------------
+    async def _announce_interrupted(self) -> None:
+        """Every interrupted or unknown action in the log, with what to verify on the host."""
+        import asyncio
+
+        from ventana.state.actionlog import ActionLogError
+
+        from .safety import interrupted_notice
+
+        app: Any = self
+        if app.action_log is None:
+            return
+        try:
+            notice = interrupted_notice(await asyncio.to_thread(app.action_log.rows))
+        except ActionLogError as exc:
+            notice = f"The action log cannot be read: {exc}"
+        if notice:
+            app.notify(notice, title="Interrupted actions — verify on the host",
+                       severity="error", markup=False, timeout=60)
+
+    def on_plan_screen_name_mismatch(self, message: Any) -> None:
+        """A confirmation typed with the wrong name: logged as refused (name mismatch),
+        the typed text sanitized — not "cancelled by the operator"."""
+        from ventana.backends.actions import ActionRefused
+        from ventana.state.sanitize import clean
+
+        from .safety import mismatch_reason
+
+        app: Any = self
+        try:
+            app.runner.refused(message.plan, mismatch_reason(message.typed))
+        except ActionRefused as exc:
+            app.notify(clean(str(exc)), severity="error", markup=False)
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size.width)
