@@ -58,7 +58,7 @@ def test_help_marks_keys_by_platform() -> None:
     lines = console.export_text().splitlines()
     row = next(line for line in lines if "Remove snapshot " in line)
     assert "vSphere" in row
-    row = next(line for line in lines if "Upgrade configuration version" in line)
+    row = next(line for line in lines if "Upgrade configuration" in line)
     assert "Hyper-V" in row
 
 
