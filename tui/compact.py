@@ -282,7 +282,16 @@ class SafetyMixin:
             self.action_show_pane("vms")  # back to the VM list, as k9s
             event.stop()
             return
-        if len(app.screen_stack) > 1 or isinstance(app.focused, Input):
+        if isinstance(app.focused, Input):
+            return
+        if len(app.screen_stack) > 1:
+            command = next((c for c in commands.COMMANDS if c.key == event.key
+                            and c.action in commands.CONSOLE_ACTIONS), None)
+            if command is not None:  # nobody on this screen took the key
+                app.notify(f"{commands.key_label(command.key)}: {command.title} works on the "
+                           "console's main screen — close this one first (Esc, or : then a "
+                           "pane name).", severity="warning",
+                           markup=False, timeout=5)
             return
         why = self.why_not(event.key)
         if why:

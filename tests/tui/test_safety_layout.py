@@ -204,3 +204,15 @@ async def test_a_mutating_key_in_a_replay_says_why(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: any("not in a replay" in n.message
                                           for n in app._notifications))
         assert len(app.screen_stack) == 1
+
+
+async def test_a_console_key_on_a_screen_on_top_says_where_it_works(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SMALL) as pilot:
+        await populated(pilot)
+        await pilot.press("l")
+        await wait_for(pilot, lambda: isinstance(app.screen, LogScreen))
+        await pilot.press("m")
+        await wait_for(pilot, lambda: any("main screen" in n.message
+                                          for n in app._notifications))
+        assert isinstance(app.screen, LogScreen)  # nothing opened behind it
