@@ -45,7 +45,7 @@ from ventana.backends.capabilities import (
 from ventana.backends.window_runner import WindowRunner
 from ventana.state.acks import AckBook, AckError, follow, open_counts
 from ventana.state.actionlog import ActionLog, ActionLogError, LogRow
-from ventana.state.derived import human_bytes
+from ventana.state.derived import human_bytes, human_duration
 from ventana.state.events import ConnectionChanged, Event, LinkState, Upsert
 from ventana.state.findings import FindingsConfig, FindingsEngine, platform_of
 from ventana.state.live import TeamFeed, describe
@@ -459,7 +459,7 @@ class Console:
         if result.size_before is not None and result.size_after is not None:
             sizes = f"; disks {human_bytes(result.size_before)} → {human_bytes(result.size_after)}"
         message = (f"{plan.action.capitalize()} of {plan.target_name}: {result.state.value} "
-                   f"in {took:.1f} s{sizes}")
+                   f"in {human_duration(took)} (wall clock){sizes}")  # one labelled time base
         if result.error:
             message += f"\n{result.error}"
         severity = {

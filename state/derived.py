@@ -236,3 +236,16 @@ def human_age(delta: timedelta | None) -> str:
         return f"{s // 86400}d"
     years, rest = divmod(s, 86400 * 365)
     return f"{years}y{rest // 86400}d"
+
+
+def human_duration(seconds: float | None) -> str:
+    """``12.3 s``, ``4 min 05 s``, ``12 h 16 min``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

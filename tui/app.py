@@ -31,18 +31,17 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
-from ventana.backends.actions import ActionRefused, ActionRunner
+from ventana.backends.actions import ActionRunner
 from ventana.backends.base import Backend
 from ventana.backends.window_runner import WindowRunner
 from ventana.core import Console, Notice
 from ventana.core.console import EventRecorder
 from ventana.state.acks import AckBook
-from ventana.state.actionlog import ActionLog, ActionLogError
+from ventana.state.actionlog import ActionLog
 from ventana.state.events import Event
 from ventana.state.findings import FindingsConfig, FindingsEngine
 from ventana.state.model import Kind
 from ventana.state.plans import Plan
-from ventana.state.sanitize import clean
 from ventana.state.store import Delta, Store
 
 from . import commands, compact
@@ -85,6 +84,8 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         findings_config: FindingsConfig | None = None,
     ) -> None:
         super().__init__()
+        if mode == "replay":  # a replay never writes to the operator's action log (issue 12)
+            log, log_error = None, "a replay does not write to the action log"
         self.core = Console(
             backend, log=log, log_error=log_error, recorder=recorder, clock=clock,
             flags=flags, mode=mode, read_only_reason=read_only_reason, flush_hz=flush_hz,
@@ -200,7 +201,6 @@ class VentanaApp(compact.SafetyMixin, App[None]):
     def on_mount(self) -> None:
         self.header(**self.core.header_facts())
         self.core.start()
-        self.run_worker(self._announce_interrupted(), group="final-states", exit_on_error=False)
         self.store.subscribe(self._on_delta)
         self.set_interval(self.core.flush_interval, self.core.flush)
         self.set_interval(FINDINGS_TICK_S, self._tick_findings)
@@ -468,32 +468,6 @@ class VentanaApp(compact.SafetyMixin, App[None]):
     async def _execute(self, plan: Plan, confirmation: Confirmation) -> None:
         await self.core.execute(plan, confirmation.typed, override=confirmation.override,
                                 overridden=confirmation.overridden, second=confirmation.second)
-
-    # -- safety (issue 12): interrupted actions announced at start ----------------
-    async def _announce_interrupted(self) -> None:
-        import asyncio
-
-        from .safety import interrupted_notice
-
-        if self.action_log is None:
-            return
-        try:
-            notice = interrupted_notice(await asyncio.to_thread(self.action_log.rows))
-        except ActionLogError as exc:
-            notice = f"The action log cannot be read: {exc}"
-        if notice:
-            self.notify(notice, title="Interrupted actions — verify on the host",
-                        severity="error", markup=False, timeout=60)
-
-    # -- safety (issue 12): a wrong typed name is logged as refused --------------
-    @on(PlanScreen.NameMismatch)
-    def _name_mismatch(self, message: PlanScreen.NameMismatch) -> None:
-        from .safety import mismatch_reason
-
-        try:
-            self.runner.refused(message.plan, mismatch_reason(message.typed))
-        except ActionRefused as exc:
-            self.notify(clean(str(exc)), severity="error", markup=False)
 
     async def action_quit(self) -> None:
         running = self.core.actions_running

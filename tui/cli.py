@@ -550,6 +550,14 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             log.close()
         return 2
 
+    from .preflight import names_to_resolve, unresolvable
+
+    if mode != "replay" and (problem := unresolvable(names_to_resolve(args, config))):
+        print(f"ventana: {problem}", file=sys.stderr)  # plainly, not a socket error later
+        if log is not None:
+            log.close()
+        return 2
+
     from .app import VentanaApp
 
     flags = "TLS NOT VERIFIED" if getattr(args, "insecure", False) else ""

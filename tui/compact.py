@@ -1,4 +1,5 @@
-"""The console at any terminal size, and the k9s habits (issue 12).
+"""Operator safety in the app: any terminal size, k9s habits, the log as evidence
+(issue 12).
 
 ``SafetyMixin`` is mixed into the app (``class VentanaApp(SafetyMixin, App)``)
 and owns:
@@ -9,7 +10,10 @@ and owns:
   that always keeps Help and Quit replaces the footer;
 - ``:`` command mode (``:vms``, ``:nodes``, ``:luns``, ``:checkpoints``,
   ``:findings``, ``:log``, ``:window``, ``:report``, ``:help``, ``:q``);
-- one-line reasons for keys that do nothing (read-only, replay).
+- one-line reasons for keys that do nothing (read-only, replay);
+- the log as evidence: interrupted actions announced at start, a wrong typed
+  name logged as refused (``PlanScreen.NameMismatch``);
+- toasts with very long names capped (``fit.cap_runs``).
 
 Textual calls each class's handlers along the MRO, so the mixin's
 ``on_mount``/``on_resize``/``on_key`` run beside the app's own.
@@ -93,6 +97,41 @@ class SafetyMixin:
         app.mount(keys, before=footer)
         app.mount(box, before=footer)
         self._apply_layout(app.size.width)
+        app.run_worker(self._announce_interrupted(), group="final-states", exit_on_error=False)
+
+    # -- the log is evidence --------------------------------------------------------------
+    async def _announce_interrupted(self) -> None:
+        """Every interrupted or unknown action in the log, with what to verify on the host."""
+        import asyncio
+
+        from ventana.state.actionlog import ActionLogError
+
+        from .safety import interrupted_notice
+
+        app: Any = self
+        if app.action_log is None:
+            return
+        try:
+            notice = interrupted_notice(await asyncio.to_thread(app.action_log.rows))
+        except ActionLogError as exc:
+            notice = f"The action log cannot be read: {exc}"
+        if notice:
+            app.notify(notice, title="Interrupted actions — verify on the host",
+                       severity="error", markup=False, timeout=60)
+
+    def on_plan_screen_name_mismatch(self, message: Any) -> None:
+        """A confirmation typed with the wrong name: logged as refused (name mismatch),
+        the typed text sanitized — not "cancelled by the operator"."""
+        from ventana.backends.actions import ActionRefused
+        from ventana.state.sanitize import clean
+
+        from .safety import mismatch_reason
+
+        app: Any = self
+        try:
+            app.runner.refused(message.plan, mismatch_reason(message.typed))
+        except ActionRefused as exc:
+            app.notify(clean(str(exc)), severity="error", markup=False)
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size.width)
@@ -214,6 +253,12 @@ class SafetyMixin:
         else:
             app.query_one("#vms").focus()
 
+    # -- toasts: a 10,000-character name never floods one ------------------------------
+    def notify(self, message: str, *args: Any, **kwargs: Any) -> None:
+        from .fit import cap_runs
+
+        super().notify(cap_runs(message), *args, **kwargs)  # type: ignore[misc]
+
     # -- a filter that does not parse says so ------------------------------------------
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id != "filter":
@@ -237,7 +282,16 @@ class SafetyMixin:
             self.action_show_pane("vms")  # back to the VM list, as k9s
             event.stop()
             return
-        if len(app.screen_stack) > 1 or isinstance(app.focused, Input):
+        if isinstance(app.focused, Input):
+            return
+        if len(app.screen_stack) > 1:
+            command = next((c for c in commands.COMMANDS if c.key == event.key
+                            and c.action in commands.CONSOLE_ACTIONS), None)
+            if command is not None:  # nobody on this screen took the key
+                app.notify(f"{commands.key_label(command.key)}: {command.title} works on the "
+                           "console's main screen — close this one first (Esc, or : then a "
+                           "pane name).", severity="warning",
+                           markup=False, timeout=5)
             return
         why = self.why_not(event.key)
         if why:

@@ -33,10 +33,10 @@ PANE_KEYS = (
 
 def help_table(read_only: bool) -> Table:
     table = Table(box=None, padding=(0, 2), show_header=True, header_style="bold")
-    table.add_column("Key")
-    table.add_column("Command")
-    table.add_column("On")
-    table.add_column("What it does")
+    table.add_column("Key", max_width=12)
+    table.add_column("Command", max_width=24)
+    table.add_column("On", no_wrap=True)
+    table.add_column("What it does", ratio=1)
     for c in COMMANDS:
         title = Text(c.title)
         if c.mutating and read_only:

@@ -16,12 +16,11 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from ventana.state.actionlog import ActionLog, ActionLogError
-from ventana.state.derived import human_bytes
+from ventana.state.derived import human_bytes, human_duration
 from ventana.state.recording import ActionRecord
 from ventana.state.sanitize import clean
 
 from .fit import cap
-from .logcli import human_duration
 
 _OUTCOME_STYLE = {
     "ok": "green",

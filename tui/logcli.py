@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ventana.state.actionlog import COLUMNS, ActionLog, ActionLogError, LogRow
-from ventana.state.derived import human_bytes
+from ventana.state.derived import human_bytes, human_duration
 from ventana.state.sanitize import clean
 from ventana.state.schema import is_url
 
@@ -25,19 +25,6 @@ from .fit import cap
 
 _FORMULA = re.compile(r"^[=+\-@\t\r]")
 _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
-
-
-def human_duration(seconds: float | None) -> str:
-    """``12.3 s``, ``4 min 05 s``, ``12 h 16 min``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def csv_cell(value: Any) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Group
 from rich.table import Table
@@ -244,17 +245,70 @@ class PlanBody(VerticalScroll):
     """The scrolling plan; tells its screen when its size or position changes."""
 
     def on_resize(self, event: Resize) -> None:
-        screen = self.screen
-        if isinstance(screen, PlanScreen):
-            screen.check_seen()
+        check = getattr(self.screen, "check_seen", None)
+        if callable(check):
+            check()
 
 
-class PlanScreen(ModalScreen[Confirmation | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel"),
-                Binding("pagedown", "page(1)", "Page down", show=False),
-                Binding("pageup", "page(-1)", "Page up", show=False),
-                Binding("ctrl+end", "plan_end", "End of plan", show=False),
-                Binding("ctrl+home", "plan_home", "Top of plan", show=False),
+#: Keys of a screen that must be read to its end before it confirms anything.
+SEEN_BINDINGS = [
+    Binding("pagedown", "page(1)", "Page down", show=False),
+    Binding("pageup", "page(-1)", "Page up", show=False),
+    Binding("ctrl+end", "plan_end", "End of plan", show=False),
+    Binding("ctrl+home", "plan_home", "Top of plan", show=False),
+]
+
+
+class SeenTracker:
+    """For a screen with a ``PlanBody`` and a ``#plan-seen`` line: has the operator
+    seen all of it (it fits, or was scrolled to its end)? Call ``watch_seen`` on
+    mount; confirm only when ``unseen_lines()`` is 0."""
+
+    #: The whole body has been on screen.
+    seen_all: bool = False
+
+    def watch_seen(self) -> None:
+        screen: Any = self
+        body = screen.query_one(PlanBody)
+        screen.watch(body, "scroll_y", lambda _value: self.check_seen(), init=False)
+
+    def unseen_lines(self) -> int:
+        """Lines below what is (or was) on screen; 0 once all was seen."""
+        if self.seen_all:
+            return 0
+        body = self.query_one(PlanBody)  # type: ignore[attr-defined]
+        return max(round(body.max_scroll_y - body.scroll_y), 0)
+
+    def check_seen(self) -> None:
+        body = self.query_one(PlanBody)  # type: ignore[attr-defined]
+        if body.size.height <= 0:
+            return  # not laid out yet: nothing is on screen
+        if not self.seen_all and body.scroll_y >= body.max_scroll_y:
+            self.seen_all = True
+        below = self.unseen_lines()
+        status = self.query_one("#plan-seen", Static)  # type: ignore[attr-defined]
+        if below:
+            status.update(Text(f" ▼ {below} more line(s) of the plan below — read them "
+                               "(PgDn) before confirming ", style="bold black on yellow"))
+        else:
+            status.update(Text(" ✓ whole plan seen ", style="dim"))
+
+    def action_page(self, step: int) -> None:
+        body = self.query_one(PlanBody)  # type: ignore[attr-defined]
+        if step > 0:
+            body.scroll_page_down(animate=False)
+        else:
+            body.scroll_page_up(animate=False)
+
+    def action_plan_end(self) -> None:
+        self.query_one(PlanBody).scroll_end(animate=False)  # type: ignore[attr-defined]
+
+    def action_plan_home(self) -> None:
+        self.query_one(PlanBody).scroll_home(animate=False)  # type: ignore[attr-defined]
+
+
+class PlanScreen(SeenTracker, ModalScreen[Confirmation | None]):
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), *SEEN_BINDINGS,
                 Binding("ctrl+y", "copy_command", "Copy command", show=False),
                 Binding("question_mark", "app.help", "Help", show=False)]
 
@@ -273,8 +327,7 @@ class PlanScreen(ModalScreen[Confirmation | None]):
         self.read_only = read_only
         self.replan = replan  # params -> a fresh plan (options such as quiesce/children)
         self._replanned = False
-        #: The whole plan has been on screen (it fits, or was scrolled to its end).
-        self.seen_all = False
+        self.seen_all = False  # the whole plan has been on screen
 
     def compose(self) -> ComposeResult:
         plan = self.plan
@@ -334,46 +387,7 @@ class PlanScreen(ModalScreen[Confirmation | None]):
 
     def on_mount(self) -> None:
         self.query_one("#confirm-name", Input).focus()
-        body = self.query_one(PlanBody)
-        self.watch(body, "scroll_y", lambda _value: self.check_seen(), init=False)
-
-    # -- has the operator seen the whole plan? ---------------------------------
-    def unseen_lines(self) -> int:
-        """Lines of the plan below what is (or was) on screen; 0 once all was seen."""
-        if self.seen_all:
-            return 0
-        body = self.query_one(PlanBody)
-        return max(round(body.max_scroll_y - body.scroll_y), 0)
-
-    def check_seen(self) -> None:
-        body = self.query_one(PlanBody)
-        if body.size.height <= 0:
-            return  # not laid out yet: nothing is on screen
-        if not self.seen_all and body.scroll_y >= body.max_scroll_y:
-            self.seen_all = True
-        self._show_seen()
-
-    def _show_seen(self) -> None:
-        below = self.unseen_lines()
-        status = self.query_one("#plan-seen", Static)
-        if below:
-            status.update(Text(f" ▼ {below} more line(s) of the plan below — read them "
-                               "(PgDn) before confirming ", style="bold black on yellow"))
-        else:
-            status.update(Text(" ✓ whole plan seen ", style="dim"))
-
-    def action_page(self, step: int) -> None:
-        body = self.query_one(PlanBody)
-        if step > 0:
-            body.scroll_page_down(animate=False)
-        else:
-            body.scroll_page_up(animate=False)
-
-    def action_plan_end(self) -> None:
-        self.query_one(PlanBody).scroll_end(animate=False)
-
-    def action_plan_home(self) -> None:
-        self.query_one(PlanBody).scroll_home(animate=False)
+        self.watch_seen()
 
     def action_copy_command(self) -> None:
         self.app.copy_to_clipboard(self.plan.command)

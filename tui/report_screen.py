@@ -32,6 +32,8 @@ from ventana.state.report import (
 )
 from ventana.state.sanitize import clean
 
+from .fit import cap
+
 _STATE_STYLE = {
     "Operational": "green",
     "Optimized": "green",
@@ -72,7 +74,8 @@ class LunChart(Static):
                 cells = round(width * max(free or 0, 0) / scale)
                 bar = "█" * cells or ("▏" if free else "")
                 pct = f"{100 * free / u.total:.1f} %" if free is not None and u.total else ""
-                table.add_row(Text(u.name if what == "before" else ""), Text(what, style=style),
+                table.add_row(Text(cap(u.name) if what == "before" else ""),
+                              Text(what, style=style),
                               Text(f"{bar:<{width}}", style=style),
                               Text(fmt_gb(free), style=style), Text(pct, style=style))
         self.chart = table
@@ -169,7 +172,7 @@ class ReportScreen(ModalScreen[None]):
             self.query_one("#report-vms", DataTable),
             ("VM", "Disk", "LUN", "Before", "After", "Recovered", "Merge start", "Merge time",
              "Rebuild", "Final state"),
-            [(Text(d.vm), Text(d.disk), Text(d.lun or "-"),
+            [(Text(cap(d.vm)), Text(cap(d.disk, 80)), Text(cap(d.lun or "-", 40)),
               Text(fmt_gb(d.size_before)),
               Text(fmt_gb(d.size_after)),
               Text(fmt_gb(d.recovered)),
@@ -184,7 +187,7 @@ class ReportScreen(ModalScreen[None]):
         _table(
             self.query_one("#report-lun-table", DataTable),
             ("LUN", "Total", "Free before", "Free after", "Change"),
-            [(Text(u.name), Text(fmt_gb(u.total)),
+            [(Text(cap(u.name)), Text(fmt_gb(u.total)),
               Text(fmt_gb(u.free_before)),
               Text(fmt_gb(u.free_after)),
               Text(("+" if (u.gained or 0) > 0 else "") + fmt_gb(u.gained),
@@ -207,7 +210,7 @@ class ReportScreen(ModalScreen[None]):
         _table(
             self.query_one("#report-pending", DataTable),
             ("When", "VM", "What", "Status", "Detail"),
-            [(Text(fmt_time(p.when)), Text(p.vm), Text(p.what),
-              Text(p.status, style="bold magenta"), Text(p.detail))
+            [(Text(fmt_time(p.when)), Text(cap(p.vm)), Text(cap(p.what, 40)),
+              Text(cap(p.status, 40), style="bold magenta"), Text(cap(p.detail, 120)))
              for p in report.pending],
         )

@@ -23,7 +23,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Checkbox, DataTable, Footer, Input, Static
 
@@ -33,7 +33,8 @@ from ventana.state.plans import Plan
 from ventana.state.sanitize import clean
 from ventana.state.window import ItemProjection, Projection
 
-from .plan_screen import findings_text, plan_title
+from .fit import cap
+from .plan_screen import SEEN_BINDINGS, PlanBody, SeenTracker, findings_text, plan_title
 
 _STATUS_STYLE = {
     "queued": "",
@@ -113,7 +114,7 @@ def item_cells(n: int, p: ItemProjection, now: datetime | None = None,
         status.append(f" blocked: {', '.join(p.blocking)}", style="bold red")
     elif reason:
         status.append(f" {reason}", style="dim")
-    return (Text(str(n)), Text(item.vm_name), Text(item.action), Text(p.lun_name),
+    return (Text(str(n)), Text(cap(item.vm_name)), Text(item.action), Text(cap(p.lun_name, 40)),
             est, Text(_at(p.start_likely, now)), Text(_at(p.end_likely, now)), free,
             _fits(p.fits_likely, p.fits_worst) if item.pending else Text(""), status)
 
@@ -164,10 +165,11 @@ class RunChoice:
     same_lun: bool
 
 
-class WindowConfirmScreen(ModalScreen[RunChoice | None]):
-    """Every plan of the queue, then the window's name typed once to run them all."""
+class WindowConfirmScreen(SeenTracker, ModalScreen[RunChoice | None]):
+    """Every plan of the queue, then the window's name typed once to run them all
+    (accepted only once every plan has been on screen: issue 12)."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), *SEEN_BINDINGS]
 
     def __init__(self, name: str, plans: list[Plan], parallel: int, same_lun: bool) -> None:
         super().__init__()
@@ -178,7 +180,7 @@ class WindowConfirmScreen(ModalScreen[RunChoice | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="plan-dialog"):
-            with VerticalScroll(id="plan-body"):
+            with PlanBody(id="plan-body"):
                 yield Static(Text(f"Run {len(self.plans)} queued action(s) of the window "
                                   f"{self.window_name!r}", style="bold"), id="plan-title")
                 for n, plan in enumerate(self.plans, start=1):
@@ -197,21 +199,27 @@ class WindowConfirmScreen(ModalScreen[RunChoice | None]):
                     "Each item is re-planned at its start; one blocked then (or whose plan "
                     "changed) is skipped and logged. There is no override from a queue. A "
                     "failed item skips the later items on its VM only.", style="italic"))
-            with Horizontal(id="window-run-options"):
-                yield Static("In parallel:", classes="label")
-                yield Input(str(self.parallel), id="parallel", type="integer")
-                yield Checkbox("Allow two on one LUN", self.same_lun, id="same-lun")
-            prompt = Text("Type the window's name to run every plan above: ")
-            prompt.append(self.window_name, style="bold")
-            yield Static(prompt, id="plan-prompt")
-            yield Input(placeholder=self.window_name, id="confirm-name")
-            yield Static("", id="plan-error")
-            with Horizontal(id="plan-buttons"):
-                yield Button("Run the queue", variant="error", id="run")
-                yield Button("Cancel (Esc)", id="cancel")
+            yield Static("", id="plan-seen")
+            with Vertical(id="plan-pinned"):
+                with Horizontal(id="window-run-options"):
+                    yield Static("In parallel:", classes="label")
+                    yield Input(str(self.parallel), id="parallel", type="integer", compact=True)
+                    yield Checkbox("Allow two on one LUN", self.same_lun, id="same-lun",
+                                   compact=True)
+                prompt = Text("Type the window's name to run every plan above: ")
+                prompt.append(cap(self.window_name, 40), style="bold")
+                yield Static(prompt, id="window-prompt")
+                yield Input(placeholder=cap(self.window_name, 40), id="confirm-name",
+                            compact=True)
+                yield Static("", id="plan-error")
+                with Horizontal(id="plan-buttons"):
+                    yield Static(Text("PgDn read on", style="dim"), id="plan-keys")
+                    yield Button("Run the queue", variant="error", id="run", compact=True)
+                    yield Button("Cancel (Esc)", id="cancel", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#confirm-name", Input).focus()
+        self.watch_seen()
 
     def _try(self) -> None:
         typed = self.query_one("#confirm-name", Input).value
@@ -226,6 +234,10 @@ class WindowConfirmScreen(ModalScreen[RunChoice | None]):
         if typed != self.window_name:
             error.update(Text("The name does not match. Type it exactly as shown.",
                               style="bold red"))
+            return
+        if below := self.unseen_lines():
+            error.update(Text(f"Not confirmed: {below} line(s) of the plans are not yet seen. "
+                              "Scroll to the end (PgDn) first.", style="bold red"))
             return
         self.dismiss(RunChoice(typed, parallel, self.query_one("#same-lun", Checkbox).value))
 

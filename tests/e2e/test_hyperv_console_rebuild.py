@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from apphelp import wait_for
+from apphelp import read_whole_plan, wait_for
 from peers.winrm.fixture import start_winrm_peer
 from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
 from test_hyperv_console_cleanup import _app
@@ -50,6 +50,7 @@ async def test_rebuild_on_a_psrp_endpoint_from_the_console(tmp_path: Path) -> No
             await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen))
             plan = app.screen.plan  # type: ignore[attr-defined]
             assert plan.action == "rebuild" and not plan.blocking
+            await read_whole_plan(pilot)  # a confirmation needs the whole plan seen (issue 12)
             app.screen.query_one("#confirm-name", Input).value = vm.name
             await pilot.press("enter")
             await wait_for(pilot, lambda: isinstance(app.screen, RebuildScreen))

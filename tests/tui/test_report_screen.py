@@ -149,7 +149,9 @@ async def test_final_state_dialog_hostile_name_and_replay(tmp_path: Path) -> Non
         await pilot.press("e")
         await pilot.pause(0.1)
         assert not isinstance(app.screen, FinalStateScreen)  # a replay is not live
-        assert app.action_log.rows() == []
+        assert app.action_log is None  # a replay never touches an action log (issue 12)
+        with ActionLog.open(tmp_path / "a.db") as log:
+            assert log.rows() == []
         # The dialog itself shows a hostile name literally.
         app.push_screen(FinalStateScreen(app.store.vm("vm-evil").name, None))
         await pilot.pause(0.1)

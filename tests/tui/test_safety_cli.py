@@ -175,3 +175,42 @@ def test_config_values_of_the_wrong_type_name_the_key(tmp_path: Path, text: str,
     assert main(["--config", str(cfg), "log"]) == 2
     err = capsys.readouterr().err
     assert key in err and "Traceback" not in err
+
+
+def test_an_unresolvable_name_says_cannot_resolve(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # .invalid never resolves (RFC 2606).
+    assert main(["--log", str(tmp_path / "a.db"), "--vsphere", "vc01.invalid:443",
+                 "--user", "u"]) == 2
+    assert "cannot resolve vc01.invalid" in capsys.readouterr().err
+    assert main(["--log", str(tmp_path / "a.db"), "--hyperv", "HVCLUSTER01", "--node",
+                 "hv01.invalid:5986", "--user", "D\\u", "--password-file",
+                 str(_secret(tmp_path))]) == 2
+    assert "cannot resolve hv01.invalid" in capsys.readouterr().err
+
+
+def test_resolve_checks_skip_mapped_names_and_name_the_first_failure() -> None:
+    import socket
+    from types import SimpleNamespace
+
+    from ventana.state.config import Config
+    from ventana.tui.preflight import names_to_resolve, unresolvable
+
+    args = SimpleNamespace(resolve=["HVCLUSTER01=127.0.0.1:5986"], hyperv="HVCLUSTER01",
+                           node=[], vsphere=None, targets=[], target=None)
+    assert names_to_resolve(args, Config()) == ["127.0.0.1:5986"]
+
+    def fake(name: str) -> object:
+        if name == "bad":
+            raise socket.gaierror(-2, "Name or service not known")
+        return []
+
+    assert unresolvable(["good:1", "bad:443"], fake) == "cannot resolve bad"
+    assert unresolvable(["good"], fake) == ""
+
+
+def _secret(tmp_path: Path) -> Path:
+    secret = tmp_path / "pw"
+    secret.write_text("x\n")
+    secret.chmod(0o600)
+    return secret

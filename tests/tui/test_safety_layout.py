@@ -151,3 +151,68 @@ async def test_a_filter_that_does_not_parse_says_so(tmp_path: Path) -> None:
         await pilot.press("backspace", "backspace", "3")
         await pilot.pause(0.1)
         assert not box.border_title
+
+
+async def test_a_10000_character_name_is_capped_in_columns_toasts_and_titles(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    from textual.widgets import DataTable, Static
+
+    from ventana.state.events import Upsert
+    from ventana.tui.plan_screen import PlanScreen
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(200, 55)) as pilot:
+        await populated(pilot)
+        vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
+        long_name = "n" * 10_000
+        app.store.apply(Upsert(dataclasses.replace(app.store.vm(vm_id), name=long_name)))
+        await pilot.pause(0.2)
+        app.query_one(VmTable).select_vm(vm_id)
+        await pilot.press("m")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen))
+        title = str(app.screen.query_one("#plan-title", Static).render())
+        assert "…" in title and len(title) < 200
+        pinned = str(app.screen.query_one("#plan-pinned-summary", Static).render())
+        assert "…" in pinned and long_name not in pinned
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: any("cancelled" in n.message for n in app._notifications))
+        toast = next(n.message for n in app._notifications if "cancelled" in n.message)
+        assert "…" in toast and len(toast) < 200 and toast.endswith("nothing was sent.")
+        await pilot.press("p", "w")
+        await wait_for(pilot, lambda: isinstance(app.screen, WindowScreen))
+        await pilot.pause(0.2)
+        table = app.screen.query_one(DataTable)
+        cells = [str(c) for c in table.get_row_at(0)]
+        assert any(c.endswith("…") for c in cells) and max(map(len, cells)) < 100
+
+
+async def test_a_mutating_key_in_a_replay_says_why(tmp_path: Path) -> None:
+    from factories import NOW
+
+    from ventana.backends.replay import ReplayBackend
+    from ventana.tui.app import VentanaApp
+
+    fixture = Path(__file__).resolve().parents[1] / "recordings" / "small-cluster.jsonl"
+    app = VentanaApp(ReplayBackend(fixture, speed=0), log=None, log_error="replay",
+                     clock=lambda: NOW, mode="replay", read_only_reason="replaying a recording")
+    async with app.run_test(size=SMALL) as pilot:
+        await wait_for(pilot, lambda: bool(app.store.vms()))
+        await pilot.press("m")
+        await wait_for(pilot, lambda: any("not in a replay" in n.message
+                                          for n in app._notifications))
+        assert len(app.screen_stack) == 1
+
+
+async def test_a_console_key_on_a_screen_on_top_says_where_it_works(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SMALL) as pilot:
+        await populated(pilot)
+        await pilot.press("l")
+        await wait_for(pilot, lambda: isinstance(app.screen, LogScreen))
+        await pilot.press("m")
+        await wait_for(pilot, lambda: any("main screen" in n.message
+                                          for n in app._notifications))
+        assert isinstance(app.screen, LogScreen)  # nothing opened behind it

@@ -67,3 +67,28 @@ async def test_interrupted_actions_are_announced_at_start(tmp_path: Path) -> Non
         (note,) = [n for n in app._notifications if "Interrupted" in (n.title or "")]
         assert "merge of sql-01" in note.message and "verify" in note.message
         assert "Get-VMSnapshot" in note.message  # what to check on the host
+
+
+async def test_a_replay_never_writes_to_the_log_it_is_given(tmp_path: Path) -> None:
+    from factories import NOW
+
+    from ventana.backends.replay import ReplayBackend
+    from ventana.tui.app import VentanaApp
+    from ventana.tui.plan_screen import PlanScreen
+
+    fixture = Path(__file__).resolve().parents[1] / "recordings" / "small-cluster.jsonl"
+    db = tmp_path / "actions.db"
+    real = ActionLog.open(db)
+    app = VentanaApp(ReplayBackend(fixture, speed=0), log=real, clock=lambda: NOW,
+                     mode="replay", read_only_reason="replaying a recording")
+    async with app.run_test(size=(200, 55)) as pilot:
+        await wait_for(pilot, lambda: any(app.store.checkpoints_of(v.id)
+                                          for v in app.store.vms()))
+        vm = next(v for v in app.store.vms() if app.store.checkpoints_of(v.id))
+        app.query_one("#vms").select_vm(vm.id)  # type: ignore[attr-defined]
+        app.action_merge()  # the palette path: the plan opens read-only
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen))
+        await pilot.press("escape")
+        await pilot.pause(0.3)
+    assert real.rows() == []  # no "cancelled (mode=replay)" row in the operator's log
+    real.close()

@@ -58,7 +58,7 @@ def test_help_marks_keys_by_platform() -> None:
     lines = console.export_text().splitlines()
     row = next(line for line in lines if "Remove snapshot " in line)
     assert "vSphere" in row
-    row = next(line for line in lines if "Upgrade configuration version" in line)
+    row = next(line for line in lines if "Upgrade configuration" in line)
     assert "Hyper-V" in row
 
 
@@ -76,3 +76,32 @@ def test_plan_times_name_their_clock() -> None:
     replay = SimpleNamespace(runner=SimpleNamespace(mode="replay"),
                              backend=SimpleNamespace(clock_rate=60.0))
     assert clock_label(replay) == "the recording's clock"
+
+
+def test_an_interrupted_rebuild_step_reads_interrupted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    from rich.console import Console
+
+    from ventana.state.rebuild import STEP_NAMES, RebuildStore, StepState
+    from ventana.tui.rebuild_screen import checklist
+
+    db = tmp_path / "a.db"
+    rs = RebuildStore.open(db)
+    rs.create(rebuild_id="rb-1", vm_id="vm-1", vm_name="web-01", target_system="sim",
+              node="HV-NODE-01", to_last_parent=False, old_vm_name="web-01-old")
+    rs.claim("rb-1")
+    rs.step_update("rb-1", STEP_NAMES[0], state=StepState.RUNNING, pct=0.0)
+    rs.close()
+    con = sqlite3.connect(db)  # the console that ran it is gone (another host)
+    con.execute("update rebuilds set host = 'another-host'")
+    con.commit()
+    con.close()
+    rs = RebuildStore.open(db)
+    wf = rs.get("rb-1")
+    rs.close()
+    assert wf is not None and wf.interrupted
+    console = Console(width=200, record=True)
+    console.print(checklist(wf))
+    first = next(line for line in console.export_text().splitlines() if "1." in line)
+    assert "interrupted" in first and "running" not in first and "0%" not in first

@@ -56,6 +56,10 @@ async def test_enter_is_refused_while_part_of_the_plan_is_unseen(tmp_path: Path)
         await wait_for(pilot, lambda: bool(app.action_log.rows())
                        and app.action_log.rows()[0].outcome not in ("running", None), 20)
         assert app.action_log.rows()[0].outcome == "ok"
+        await wait_for(pilot, lambda: any("finished" in (n.title or "")
+                                          for n in app._notifications))
+        done = next(n.message for n in app._notifications if "finished" in (n.title or ""))
+        assert "(wall clock)" in done  # one labelled time base per display
 
 
 async def test_a_plan_that_fits_can_be_confirmed_at_once(tmp_path: Path) -> None:
@@ -114,3 +118,35 @@ async def test_a_wrong_name_is_logged_as_refused_with_the_typed_text_sanitized(
         await pilot.press("escape")
         await wait_for(pilot, lambda: len(app.action_log.rows()) == 2)
         assert [r.outcome for r in app.action_log.rows()] == ["cancelled", "refused"]
+
+
+async def test_the_window_queue_is_run_only_once_every_plan_was_seen(tmp_path: Path) -> None:
+    from ventana.tui.window_screen import WindowConfirmScreen, WindowScreen
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=SMALL) as pilot:
+        await populated(pilot)
+        for vm_id in sorted(v.id for v in app.store.vms()
+                            if app.store.checkpoints_of(v.id))[:3]:
+            app.query_one(VmTable).select_vm(vm_id)
+            await pilot.press("p")
+        await pilot.press("w")
+        await wait_for(pilot, lambda: isinstance(app.screen, WindowScreen))
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, WindowConfirmScreen))
+        screen = app.screen
+        assert isinstance(screen, WindowConfirmScreen)
+        await pilot.pause(0.2)
+        assert screen.unseen_lines() > 0
+        for selector in ("#confirm-name", "#run"):
+            region = screen.query_one(selector).region
+            assert region.height > 0 and region.bottom <= SMALL[1], selector
+        screen.query_one("#confirm-name", Input).value = screen.window_name
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.screen is screen
+        assert "not yet seen" in _text(screen, "#plan-error")
+        await pilot.press("ctrl+end")
+        await wait_for(pilot, lambda: screen.seen_all)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, WindowScreen))
