@@ -286,7 +286,7 @@ class SafetyMixin:
             return
         if len(app.screen_stack) > 1:
             command = next((c for c in commands.COMMANDS if c.key == event.key
-                            and c.action in commands.CONSOLE_ACTIONS), None)
+                            and c.name in commands.CONSOLE_ACTIONS), None)
             if command is not None:  # nobody on this screen took the key
                 app.notify(f"{commands.key_label(command.key)}: {command.title} works on the "
                            "console's main screen — close this one first (Esc, or : then a "
