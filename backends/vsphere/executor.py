@@ -66,9 +66,10 @@ class _Step:
 
 
 class _Stop(Exception):
-    def __init__(self, result: ActionResult) -> None:
+    def __init__(self, result: ActionResult, *, task_failed: bool = False) -> None:
         super().__init__(result.error)
         self.result = result
+        self.task_failed = task_failed  # a task ran on the server and ended in error
 
 
 class VSphereExecutor(Executor):
@@ -324,6 +325,8 @@ class VSphereExecutor(Executor):
                 result = ActionResult(TaskState.OK, final_state=FinalState.OPERATIONAL)
         except _Stop as stop:
             result = stop.result
+            if stop.task_failed and kind in _REMOVALS:
+                result = await self._after_failed_removal(session, vm_id, result)
         finally:
             self._running.pop(task_id, None)
             if vs.busy_vms.get(vm_id) == task_id and task_id not in self._timed_out:
@@ -421,7 +424,8 @@ class VSphereExecutor(Executor):
                 ActionResult(
                     TaskState.FAILED,
                     error=f"{step.label}: {end.error or end.state.value}",
-                )
+                ),
+                task_failed=True,
             )
 
     async def _watch(
@@ -496,6 +500,29 @@ class VSphereExecutor(Executor):
         needed = "yes" if props.get("runtime.consolidationNeeded") else "no"
         return f"re-read from the server: {count} snapshot(s), consolidation needed: {needed}"
 
+    async def _after_failed_removal(
+        self, session: Session, vm_id: str, failed: ActionResult
+    ) -> ActionResult:
+        """A removal task that ended in error may still have removed the snapshots
+        and failed only in their consolidation (a locked disk): the snapshots leave
+        the tree and ``consolidationNeeded`` turns true. Re-read the flag: then the
+        outcome is "removed, consolidation failed" and Consolidate is the next step,
+        not a plain failure."""
+        try:
+            needed = await self._consolidation_needed(session, vm_id)
+        except _Stop:
+            return failed
+        if not needed:
+            return failed
+        return ActionResult(
+            TaskState.WARNING,
+            error=f"removed, consolidation failed ({failed.error}): the VM now needs "
+            "consolidation — run Consolidate once the disk is released (a backup proxy or "
+            "another host may hold it)",
+            final_state=FinalState.PARTIAL,
+            detail="consolidation needed: yes (re-read from the server)",
+        )
+
     async def _consolidation_needed(self, session: Session, vm_id: str) -> bool:
         """Re-read ``runtime.consolidationNeeded`` from the server, not the cache."""
         try:
@@ -550,6 +577,9 @@ class VSphereExecutor(Executor):
                     return oid
                 stack.extend(tree.childSnapshotList or ())
         return None
+
+
+_REMOVALS = frozenset({"merge", "remove-all-snapshots", "remove-snapshot"})
 
 
 def _vm(session: Session, vm_id: str) -> Any:

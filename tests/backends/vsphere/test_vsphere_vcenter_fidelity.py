@@ -298,3 +298,34 @@ async def test_an_iso_datastore_listed_first_is_not_taken_for_the_vms(
         assert plan.lun_id == home
     finally:
         await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_a_removal_whose_consolidation_fails_is_removed_consolidation_failed(
+    vcsim: VcsimHandle, other
+) -> None:
+    """The removal task errors, but the snapshots are gone and consolidationNeeded
+    is set (a locked disk): not a plain failure — consolidate is the next step."""
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC0_C0_H1_VM3")
+        snap = await snapshot_via(other, vm.id, "locked")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap), 10, "snapshot seen")
+        await reconfig_via(other, vm.id, "vcsim.removeSnapshot.failsConsolidation",
+                           "msg.snapshot.error-DISKLOCKED")
+        executor = s.backend.executor()
+        result = await asyncio.wait_for(executor.remove_snapshot(snap, "t-locked"), 15)
+        assert result.state is TaskState.WARNING, result
+        assert result.error.startswith("removed, consolidation failed")
+        assert "DISKLOCKED" in result.error and "Consolidate" in result.error
+        await s.until(lambda: store.vm(vm.id).consolidation_needed, 10, "flag seen")
+        assert store.get(Kind.CHECKPOINT, snap) is None
+
+        await reconfig_via(other, vm.id, "vcsim.removeSnapshot.failsConsolidation", "")
+        done = await asyncio.wait_for(executor.consolidate(vm.id, "t-unlocked"), 15)
+        assert done.state is TaskState.OK, done
+        await s.until(lambda: not store.vm(vm.id).consolidation_needed, 10, "flag cleared")
+    finally:
+        await reconfig_via(other, vm.id, "vcsim.removeSnapshot.failsConsolidation", "")
+        await s.close()
