@@ -123,7 +123,70 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                         help="how long to wait for a locked action log (default 10)")
     _add_common(report)
+    # -- probe (vsphere helper; hyperv adds --hyperv here) --------------------------
+    probe = sub.add_parser(
+        "probe", help="read-only capture of a server's raw answers to the backend's reads",
+        description="Log in, send every read the backend sends, write each raw answer to "
+        "--out (JSON lines). Nothing that changes the server is sent. Exit codes: 0 "
+        "written; 1 the server refused or failed; 2 bad arguments.",
+    )
+    probe.add_argument("--vsphere", metavar="HOST[:PORT]", help="a vCenter or ESXi host")
+    probe.add_argument("--hyperv", metavar="NAME",
+                       help="a Hyper-V host or cluster (implemented by the hyperv backend)")
+    probe.add_argument("--out", type=Path, metavar="PATH", required=True,
+                       help="the capture file to write")
+    probe.add_argument("--anonymize", action="store_true",
+                       help="replace every inventory name (and the user) by an alias")
+    probe.add_argument("--wait", type=int, default=5, metavar="SECONDS",
+                       help="how long to listen for pushed updates (default 5)")
+    probe.add_argument("--user", help="user name (user@vsphere.local)")
+    probe.add_argument("--ca-file", type=Path, help="CA bundle that signed the certificate")
+    probe.add_argument("--password-file", type=Path, help="file with the password (mode 0600)")
+    probe.add_argument("--insecure", action="store_true",
+                       help="do NOT verify the TLS certificate")
+    _add_common(probe)
     return parser
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """``ventana probe --vsphere HOST``: logic in backends/vsphere/probe.py."""
+    if args.hyperv and not args.vsphere:
+        print("ventana: probe --hyperv is not available in this build", file=sys.stderr)
+        return 2
+    if not args.vsphere:
+        print("ventana: probe needs --vsphere HOST", file=sys.stderr)
+        return 2
+    if not args.user:
+        print("ventana: probe --vsphere needs --user", file=sys.stderr)
+        return 2
+    import getpass
+    import os
+
+    from ventana.backends.vsphere.credentials import (
+        DEFAULT_ENV,
+        CredentialError,
+        resolve_password,
+    )
+    from ventana.backends.vsphere.probe import probe, summary
+
+    host, _, port = (str(args.vsphere).rpartition(":") if ":" in args.vsphere
+                     else (args.vsphere, "", "443"))
+    try:
+        if args.password_file is None and not os.environ.get(DEFAULT_ENV) and sys.stdin.isatty():
+            password = getpass.getpass(f"Password for {args.user} on {host}: ")
+        else:
+            password, _ = resolve_password(secret_file=args.password_file, env_var=DEFAULT_ENV)
+        result = probe(host, int(port), args.user, password, args.out, ca_file=args.ca_file,
+                       insecure=args.insecure, anonymize=args.anonymize, wait_s=args.wait)
+    except CredentialError as exc:
+        print(f"ventana: {clean(str(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {getattr(exc, 'msg', None) or exc}"
+        print(f"ventana: probe failed: {clean(text)}", file=sys.stderr)
+        return 1
+    print(clean(summary(result)))
+    return 0
 
 
 def _open_log(path: Path | None) -> tuple[ActionLog | None, str]:
@@ -440,6 +503,8 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
         return cmd_log(args, log_path)
     if args.command == "report":
         return cmd_report(args, log_path)
+    if args.command == "probe":
+        return cmd_probe(args)
 
     mode: str | None = None
     reason = ""
