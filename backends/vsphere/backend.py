@@ -212,6 +212,8 @@ class VSphereBackend(Backend):
     def apply_read(self, type_name: str, oid: str, props: dict[str, Any],
                    names: list[str]) -> None:
         """Fold properties read directly (not pushed) into the view, as an update."""
+        if (category(type_name), oid) not in self._cache:
+            return  # not (or no longer) in the view: a read never creates an object
         assigned = {n: props[n] for n in names if props.get(n) is not None}
         removed = tuple(n for n in names if props.get(n) is None)
         for event in self._apply([ObjectUpdate("modify", type_name, oid, assigned, removed)]):
