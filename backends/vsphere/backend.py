@@ -108,6 +108,7 @@ class VSphereConfig:
     # (the VM is then re-read; nothing is re-sent). Consolidating a large disk
     # takes hours.
     task_timeout_s: float = 6 * 3600.0
+    max_object_updates: int = 2000  # WaitOptions.maxObjectUpdates (0: no limit)
 
 
 class VSphereBackend(Backend):
@@ -461,6 +462,7 @@ class VSphereBackend(Backend):
                 ca_file=cfg.ca_file,
                 insecure=cfg.insecure,
                 http_timeout=max(cfg.http_timeout_s, cfg.wait_s + 5),
+                max_object_updates=cfg.max_object_updates,
             )
         except vim.fault.InvalidLogin as exc:
             raise FatalError(f"login refused for {cfg.user}: {exc.msg or 'InvalidLogin'}") from None

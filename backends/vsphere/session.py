@@ -337,7 +337,13 @@ class Session:
         ca_file: Path | None,
         insecure: bool = False,
         http_timeout: float = 30.0,
+        max_object_updates: int = 0,
     ) -> None:
+        #: WaitOptions.maxObjectUpdates: a large inventory's first WaitForUpdatesEx
+        #: arrives in pieces ("truncated"), each well within the socket timeout,
+        #: instead of one answer that overruns it and loops into full re-reads.
+        self.max_object_updates = max_object_updates
+        self.truncated = 0  # answers that said more was to come (for tests and the log)
         self.si = SmartConnect(
             host=host,
             port=port,
@@ -490,6 +496,8 @@ class Session:
             self.filter = self.pc.CreateFilter(self.spec, partialUpdates=self.partial_updates)
             self.version = ""
         options = PC.WaitOptions(maxWaitSeconds=max_wait_s)
+        if self.max_object_updates > 0:
+            options.maxObjectUpdates = self.max_object_updates
         update = None
         if not self.version:
             paused = gc.isenabled()
@@ -507,6 +515,8 @@ class Session:
         if update is None:
             return None
         self.version = update.version
+        if update.truncated:  # the rest comes with the next call, at once
+            self.truncated += 1
         out: list[ObjectUpdate] = []
         for fs in update.filterSet or ():
             for obj in fs.objectSet or ():

@@ -329,3 +329,23 @@ async def test_a_removal_whose_consolidation_fails_is_removed_consolidation_fail
     finally:
         await reconfig_via(other, vm.id, "vcsim.removeSnapshot.failsConsolidation", "")
         await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_the_first_wait_arrives_in_pieces_of_max_object_updates(
+    vcsim: VcsimHandle, other
+) -> None:
+    """WaitOptions.maxObjectUpdates (docs/vmodl/query/PropertyCollector/WaitOptions.rst):
+    the initial state comes in truncated pieces; nothing is lost between them."""
+    s = await open_stream(vcsim, max_object_updates=7)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC1_C0_H1_VM3")
+        snap = await snapshot_via(other, vm.id, "after-pieces")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap), 15, "a change after the pieces")
+        session = s.backend.session
+        assert session is not None and session.truncated >= 3, session and session.truncated
+        total = 2 * (1 * 2 * 4)
+        assert len(list(store.vms())) == total
+    finally:
+        await s.close()
