@@ -437,9 +437,10 @@ def plan_create_snapshot(
     if quiesce and memory:
         pre.add(Severity.BLOCKING, "QUIESCE_AND_MEMORY",
                 "vSphere cannot take a quiesced snapshot with memory; choose one.")
-    if len(cps) >= 31:
+    if chain_depth(cps) >= 31:  # the limit is per chain (root to leaf), not per tree
         pre.add(Severity.BLOCKING, "TOO_MANY_SNAPSHOTS",
-                "vSphere supports at most 32 snapshots in a chain.")
+                "vSphere supports at most 32 snapshots in a chain; this VM's longest chain "
+                f"has {chain_depth(cps)}.")
     elif len(cps) >= 3:
         pre.add(Severity.WARNING, "MANY_SNAPSHOTS",
                 f"The VM already has {len(cps)} snapshots; every one slows its disk I/O.")

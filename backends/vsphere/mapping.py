@@ -209,7 +209,9 @@ def _snapshot_size(lay: _Layout, snap_id: str) -> tuple[int, str]:
     deltas = lay.snapshot_delta(snap_id)
     keys = [k for unit in deltas for k in unit]
     own = [snap.dataKey]
-    if snap.memoryKey is not None and snap.memoryKey >= 0:
+    # A snapshot with memory may keep it in its .vmsn (memoryKey == dataKey, the
+    # state file): counted once.
+    if snap.memoryKey is not None and snap.memoryKey >= 0 and snap.memoryKey != snap.dataKey:
         own.append(snap.memoryKey)
     size = lay.size(keys) + lay.size(own)
     path = lay.path(deltas[0]) if deltas else lay.path((snap.dataKey,))

@@ -175,6 +175,16 @@ def test_space_is_checked_on_the_datastore_of_the_delta_files() -> None:
     assert plan.lun_id == "ds2" and plan.space_needed == 30 * GB
 
 
+def test_the_32_snapshot_limit_is_per_chain_not_per_tree() -> None:
+    # 40 snapshots side by side (each a root): 40 in the tree, chains of 1.
+    wide = vcenter(*[snap(f"w{i}", f"w{i}") for i in range(40)])
+    assert "TOO_MANY_SNAPSHOTS" not in codes(pv.plan_create_snapshot(wide, "vm-1", NOW))
+    # 31 in one chain: the next one would be the 32nd of that chain.
+    deep = vcenter(*[snap(f"d{i}", f"d{i}", f"d{i - 1}" if i else None) for i in range(31)])
+    assert "TOO_MANY_SNAPSHOTS" in codes(pv.plan_create_snapshot(deep, "vm-1", NOW),
+                                         Severity.BLOCKING)
+
+
 def test_stun_estimate_and_last_stun_warn_over_the_vms_budget() -> None:
     store = vcenter(snap("s1", "big", gb=400))
     plan = pv.plan_remove_all(store, "vm-1", NOW)
