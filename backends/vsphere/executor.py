@@ -183,6 +183,34 @@ class VSphereExecutor(Executor):
         freeze; both outcomes go into the result's detail.
         """
         self._guard("create snapshot")
+        # Snapshot limitations, read from the server before anything is sent and
+        # before a guest pre-freeze hook runs.
+        limits_warning = ""
+        session = self._vs.session
+        if session is not None:
+            try:
+                refuse, warn = await self._vs.action_worker.call(
+                    lambda: session.snapshot_limits(vm_id, memory=memory))
+            except Exception as exc:
+                return ActionResult(TaskState.FAILED, error=self._vs.scrub(clean(
+                    f"snapshot limitations not read ({type(exc).__name__}: {exc}); "
+                    "nothing was sent")))
+            if refuse:
+                return ActionResult(TaskState.FAILED, error=clean(
+                    "vSphere cannot snapshot this VM: " + "; ".join(refuse)
+                    + "; nothing was sent"))
+            limits_warning = clean("; ".join(warn))
+        result = await self._create_snapshot(vm_id, task_id, name, quiesce, memory,
+                                             pre_freeze, post_thaw)
+        if limits_warning:
+            detail = "; ".join(d for d in (result.detail, limits_warning) if d)
+            result = dataclasses.replace(result, detail=detail)
+        return result
+
+    async def _create_snapshot(
+        self, vm_id: str, task_id: str, name: str, quiesce: bool, memory: bool,
+        pre_freeze: str, post_thaw: str,
+    ) -> ActionResult:
         step = _Step(
             "create snapshot",
             lambda s: _vm(s, vm_id).CreateSnapshot_Task(

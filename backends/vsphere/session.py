@@ -617,6 +617,55 @@ class Session:
         ds.RefreshDatastore()
         return self.read_props(ds, DATASTORE_PATHS)
 
+    def snapshot_limits(self, vm_id: str, *, memory: bool) -> tuple[list[str], list[str]]:
+        """(refusals, warnings) for a new snapshot of the VM, read now.
+
+        vSphere's snapshot limitations (vSphere documentation, "Snapshot
+        Limitations"; ``config.template``, VirtualDiskRawDiskMappingVer1
+        BackingInfo.compatibilityMode, VirtualSCSIController.sharedBus,
+        VirtualPCIPassthrough, runtime.faultToleranceState): no snapshot of a
+        template, of physical-mode RDMs, with SCSI bus sharing, with DirectPath
+        I/O on a running VM, or of a fault-tolerant VM; independent disks are
+        left out of the snapshot, and a memory snapshot of a running VM with one
+        is refused.
+        """
+        vm = vim.VirtualMachine(vm_id, self.si._stub)
+        props = self.read_props(vm, ["config.template", "config.hardware.device",
+                                     "runtime.faultToleranceState", "runtime.powerState"])
+        running = str(props.get("runtime.powerState") or "") == "poweredOn"
+        refuse: list[str] = []
+        warn: list[str] = []
+        if props.get("config.template"):
+            refuse.append("the VM is a template")
+        ft = str(props.get("runtime.faultToleranceState") or "notConfigured")
+        if ft != "notConfigured":
+            refuse.append(f"Fault Tolerance is configured ({ft})")
+        independent = []
+        for dev in props.get("config.hardware.device") or ():
+            label = str(getattr(getattr(dev, "deviceInfo", None), "label", "") or dev.key)
+            backing = getattr(dev, "backing", None)
+            if isinstance(dev, vim.vm.device.VirtualSCSIController) and str(
+                    dev.sharedBus or "noSharing") != "noSharing":
+                refuse.append(f"{label} shares its SCSI bus ({dev.sharedBus})")
+            elif isinstance(dev, vim.vm.device.VirtualPCIPassthrough) and running:
+                refuse.append(f"{label} is a DirectPath I/O device on a running VM")
+            elif isinstance(dev, vim.vm.device.VirtualDisk):
+                mode = str(getattr(backing, "diskMode", "") or "")
+                if isinstance(
+                    backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo
+                ) and str(backing.compatibilityMode) == "physicalMode":
+                    refuse.append(f"{label} is a physical-mode RDM")
+                elif mode.startswith("independent"):
+                    independent.append(label)
+        if independent:
+            if memory and running:
+                refuse.append(f"a memory snapshot of a running VM with independent disks "
+                              f"({', '.join(independent)})")
+            else:
+                warn.append(f"independent disks are not in the snapshot: "
+                            f"{', '.join(independent)}")
+        return refuse, warn
+
     def busy_tasks(self, vm_id: str) -> list[Any]:
         """TaskInfo of queued or running tasks on the VM, from ``recentTask`` read
         now (TaskManager.recentTask may not be pushed as updates:

@@ -349,3 +349,33 @@ async def test_the_first_wait_arrives_in_pieces_of_max_object_updates(
         assert len(list(store.vms())) == total
     finally:
         await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_snapshot_limitations_refuse_before_anything_is_sent(
+    vcsim: VcsimHandle, other
+) -> None:
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC1_C0_H0_VM0")
+        server_vm = vim.VirtualMachine(vm.id, other._stub)
+        disk = next(d for d in server_vm.config.hardware.device
+                    if isinstance(d, vim.vm.device.VirtualDisk))
+        disk.backing.diskMode = "independent_persistent"
+        await asyncio.to_thread(WaitForTask, server_vm.ReconfigVM_Task(vim.vm.ConfigSpec(
+            deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)])))
+        executor = s.backend.executor()
+        tasks_before = len(other.content.taskManager.recentTask)
+        refused = await asyncio.wait_for(
+            executor.create_snapshot(vm.id, "t-mem", "with-memory", memory=True), 10)
+        assert refused.state is TaskState.FAILED and "independent disks" in refused.error
+        assert "nothing was sent" in refused.error
+        assert len(other.content.taskManager.recentTask) == tasks_before
+        assert server_vm.snapshot is None
+
+        done = await asyncio.wait_for(executor.create_snapshot(vm.id, "t-disk", "disk-only"), 10)
+        assert done.state is TaskState.OK, done
+        assert "independent disks are not in the snapshot" in done.detail
+    finally:
+        await s.close()
