@@ -31,8 +31,10 @@ Outcomes (RELIABILITY.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -321,13 +323,13 @@ class VSphereExecutor(Executor):
         )
         vs.emit(Upsert(row))
         size_before = _files_bytes((props or {}).get("layoutEx"))
-        busy = await self._busy(session, vm_id, task_id) if steps else ""
+        busy = await self._busy(session, vm_id, task_id) if steps or consolidate_after else ""
         if busy:
             vs.emit(Upsert(dataclasses.replace(row, state=TaskState.FAILED,
                                                ended=datetime.now(UTC), message="failed",
                                                error=busy)))
             return ActionResult(TaskState.FAILED, error=busy)
-        if steps:
+        if steps or consolidate_after:
             vs.busy_vms[vm_id] = task_id
         try:
             for step in steps:
@@ -468,11 +470,33 @@ class VSphereExecutor(Executor):
         def seen(info: Any) -> None:
             loop.call_soon_threadsafe(on_info, info)
 
-        return await asyncio.to_thread(
-            session.watch_task, oid, timeout_s, seen,
-            wait_s=max(1, min(int(vs.config.wait_s), 10)),
-            stopped=lambda: vs.session is not session,
-        )
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any, exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+        def run() -> None:
+            try:
+                info = session.watch_task(
+                    oid, timeout_s, seen, wait_s=max(1, min(int(vs.config.wait_s), 10)),
+                    stopped=lambda: vs.session is not session,
+                )
+            except BaseException as exc:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(settle, None, exc)
+                return
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, info, None)
+
+        # A thread of its own, not the loop's shared executor: a task can run for
+        # hours, and several actions (or late tasks) may be followed at once.
+        threading.Thread(target=run, daemon=True, name=f"ventana-vsphere-{oid}").start()
+        return await fut
 
     def _follow_late(self, session: Session, task_id: str, oid: str) -> None:
         """A task past the action's timeout may still run: the VM stays busy for this
