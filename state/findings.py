@@ -735,11 +735,18 @@ class FindingsEngine:
                 elif not cps and diffs:
                     # No checkpoint left to remove: no guarded action fixes it.
                     n = len(diffs)
-                    add(MERGE_PENDING, Severity.WARNING,
-                        f"{n} differencing disk(s) but no checkpoint: a merge is pending or "
-                        "failed; the VM runs on the differencing disks. With the VM off, "
-                        "merge them into their parent by hand (Merge-VHD) and attach the "
-                        "parent (Set-VMHardDiskDrive).", remedy=False)
+                    if is_vsphere(store, vm):  # no Hyper-V advice on a vSphere VM
+                        add(MERGE_PENDING, Severity.WARNING,
+                            f"{n} delta disk(s) but no snapshot: the VM runs on delta disks "
+                            "— a consolidation vSphere has not flagged yet, or the shared "
+                            "base of a linked clone (then nothing is wrong). If it is not a "
+                            "linked clone, consolidate the VM's disks.", remedy=False)
+                    else:
+                        add(MERGE_PENDING, Severity.WARNING,
+                            f"{n} differencing disk(s) but no checkpoint: a merge is pending "
+                            "or failed; the VM runs on the differencing disks. With the VM "
+                            "off, merge them into their parent by hand (Merge-VHD) and "
+                            "attach the parent (Set-VMHardDiskDrive).", remedy=False)
 
             used = sum(d.size_bytes for d in disks)
             provisioned = sum(d.max_bytes for d in disks if not d.parent_path)

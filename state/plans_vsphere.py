@@ -191,42 +191,71 @@ def _stun(pre: Preflight, vm: VM, delta_bytes: int) -> float | None:
     return stun_s
 
 
+def _delta_luns(store: Store, vm: VM, snapshots: Iterable[Checkpoint]) -> dict[str, int]:
+    """Bytes of the snapshots' delta files per datastore id, from their file paths
+    (a delta lives where its path says — not necessarily on the VM's home)."""
+    by_path = {d.path: d.lun_id for d in store.disks_of(vm.id) if d.lun_id}
+    out: dict[str, int] = {}
+    for c in snapshots:
+        lun_id = by_path.get(c.disk_path) or vm.lun_id
+        out[lun_id] = out.get(lun_id, 0) + c.size_bytes
+    return out
+
+
 def _space(
     store: Store, pre: Preflight, vm: VM, delta_bytes: int, snapshots: Iterable[Checkpoint],
     *, use_server: bool,
 ) -> tuple[Any, int, str]:
-    """(lun, bytes needed, basis) and the space findings."""
-    lun = store.lun(vm.lun_id) if vm.lun_id else None
-    needed, basis = delta_bytes, "from the snapshots' delta files in layoutEx"
+    """(the tightest datastore, bytes needed there, basis) and the space findings.
+
+    Every datastore holding delta files being merged is checked. The server's
+    ``EstimateStorageForConsolidateSnapshots`` is the temporary space the
+    consolidation needs, a lower bound for a running VM (docs/vim/
+    VirtualMachine.rst): the larger of it and the delta bytes is used.
+    """
+    snapshots = list(snapshots)
+    needs = _delta_luns(store, vm, snapshots) if snapshots else {vm.lun_id: delta_bytes}
+    basis = "from the snapshots' delta files in layoutEx"
     server = ESTIMATES.get(vm.id)
     if use_server and server is not None and server.snapshots == frozenset(
         c.id for c in snapshots
     ):
-        needed = server.by_lun.get(vm.lun_id, sum(server.by_lun.values()))
-        basis = (f"vCenter's estimate, EstimateStorageForConsolidateSnapshots at "
-                 f"{server.at:%H:%M:%S} UTC")
-    if lun is None:
-        pre.add(Severity.BLOCKING, "DATASTORE_UNKNOWN",
-                "The datastore holding this VM's files is not known.")
-        return None, needed, basis
-    if needed > lun.free_bytes:
-        pre.add(
-            Severity.BLOCKING,
-            "NO_SPACE",
-            f"Datastore {lun.name} has {human_bytes(lun.free_bytes)} free; the operation may "
-            f"need {human_bytes(needed)} ({basis}). A full datastore stops every VM writing to "
-            "it. Free space or move the VM first.",
-        )
-    elif lun.total_bytes and 100.0 * (lun.free_bytes - needed) / lun.total_bytes < LUN_CRITICAL_PCT:
-        pre.add(
-            Severity.WARNING,
-            "LOW_SPACE",
-            f"At the worst point datastore {lun.name} would have "
-            f"{human_bytes(lun.free_bytes - needed)} free (under {LUN_CRITICAL_PCT:g} %).",
-        )
-    if lun.state.value != "online":
-        pre.add(Severity.BLOCKING, "DATASTORE_STATE", f"Datastore {lun.name} is {lun.state.value}.")
-    return lun, needed, basis
+        for lun_id, est in server.by_lun.items():
+            needs[lun_id] = max(needs.get(lun_id, 0), est)
+        basis = ("the larger of the delta files and vCenter's estimate "
+                 f"(EstimateStorageForConsolidateSnapshots at {server.at:%H:%M:%S} UTC)")
+    worst: tuple[Any, int] | None = None
+    for lun_id, needed in sorted(needs.items()):
+        lun = store.lun(lun_id) if lun_id else None
+        if lun is None:
+            pre.add(Severity.BLOCKING, "DATASTORE_UNKNOWN",
+                    "The datastore holding this VM's files is not known."
+                    if not lun_id else f"Datastore {lun_id} of the delta files is not known.")
+            continue
+        if needed > lun.free_bytes:
+            pre.add(
+                Severity.BLOCKING,
+                "NO_SPACE",
+                f"Datastore {lun.name} has {human_bytes(lun.free_bytes)} free; the operation "
+                f"may need {human_bytes(needed)} there ({basis}). A full datastore stops every "
+                "VM writing to it. Free space or move the VM first.",
+            )
+        elif (lun.total_bytes
+              and 100.0 * (lun.free_bytes - needed) / lun.total_bytes < LUN_CRITICAL_PCT):
+            pre.add(
+                Severity.WARNING,
+                "LOW_SPACE",
+                f"At the worst point datastore {lun.name} would have "
+                f"{human_bytes(lun.free_bytes - needed)} free (under {LUN_CRITICAL_PCT:g} %).",
+            )
+        if lun.state.value != "online":
+            pre.add(Severity.BLOCKING, "DATASTORE_STATE",
+                    f"Datastore {lun.name} is {lun.state.value}.")
+        if worst is None or lun.free_bytes - needed < worst[0].free_bytes - worst[1]:
+            worst = (lun, needed)
+    if worst is None:
+        return None, sum(needs.values()), basis
+    return worst[0], worst[1], basis
 
 
 def _estimate(delta_bytes: int, count: int) -> Estimate:
@@ -262,6 +291,8 @@ def _plan(
 ) -> Plan:
     delta = sum(c.size_bytes for c in snapshots)
     lun, needed, basis = _space(store, pre, vm, delta, snapshots, use_server=use_server)
+    here = (_delta_luns(store, vm, snapshots).get(lun.id, 0) if snapshots else delta
+            ) if lun else 0  # the delta bytes freed on that datastore
     stun_s = _stun(pre, vm, delta)
     size_before = sum(d.size_bytes for d in store.disks_of(vm.id))
     return Plan(
@@ -275,8 +306,8 @@ def _plan(
         lun_name=lun.name if lun else "",
         free_now=lun.free_bytes if lun else None,
         space_needed=needed,
-        free_after_worst=(lun.free_bytes - needed + delta) if lun else None,
-        free_after_best=(lun.free_bytes + delta) if lun else None,
+        free_after_worst=(lun.free_bytes - needed + here) if lun else None,
+        free_after_best=(lun.free_bytes + here) if lun else None,
         size_before=size_before,
         estimate=_estimate(delta, len(snapshots)),
         created=now,
@@ -406,9 +437,10 @@ def plan_create_snapshot(
     if quiesce and memory:
         pre.add(Severity.BLOCKING, "QUIESCE_AND_MEMORY",
                 "vSphere cannot take a quiesced snapshot with memory; choose one.")
-    if len(cps) >= 31:
+    if chain_depth(cps) >= 31:  # the limit is per chain (root to leaf), not per tree
         pre.add(Severity.BLOCKING, "TOO_MANY_SNAPSHOTS",
-                "vSphere supports at most 32 snapshots in a chain.")
+                "vSphere supports at most 32 snapshots in a chain; this VM's longest chain "
+                f"has {chain_depth(cps)}.")
     elif len(cps) >= 3:
         pre.add(Severity.WARNING, "MANY_SNAPSHOTS",
                 f"The VM already has {len(cps)} snapshots; every one slows its disk I/O.")

@@ -146,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                         help="how long to wait for a locked action log (default 10)")
     _add_common(report, sub=True)
+    # -- probe (vsphere helper; hyperv adds --hyperv here) --------------------------
+    probe = sub.add_parser(
+        "probe", help="read-only capture of a server's raw answers to the backend's reads",
+        description="Log in, send every read the backend sends, write each raw answer to "
+        "--out (JSON lines). Nothing that changes the server is sent. Exit codes: 0 "
+        "written; 1 the server refused or failed; 2 bad arguments.",
+    )
+    probe.add_argument("--vsphere", metavar="HOST[:PORT]", help="a vCenter or ESXi host")
+    probe.add_argument("--hyperv", metavar="NAME",
+                       help="a Hyper-V host or cluster (implemented by the hyperv backend)")
+    probe.add_argument("--out", type=Path, metavar="PATH", required=True,
+                       help="the capture file to write")
+    probe.add_argument("--anonymize", action="store_true",
+                       help="replace every inventory name (and the user) by an alias")
+    probe.add_argument("--wait", type=int, default=5, metavar="SECONDS",
+                       help="how long to listen for pushed updates (default 5)")
+    probe.add_argument("--user", help="user name (user@vsphere.local)")
+    probe.add_argument("--ca-file", type=Path, help="CA bundle that signed the certificate")
+    probe.add_argument("--password-file", type=Path, help="file with the password (mode 0600)")
+    probe.add_argument("--insecure", action="store_true",
+                       help="do NOT verify the TLS certificate")
+    _add_common(probe, sub=True)
     return parser
 
 
@@ -498,6 +520,10 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
         return cmd_log(args, log_path)
     if args.command == "report":
         return cmd_report(args, log_path)
+    if args.command == "probe":
+        from .probecli import cmd_probe
+
+        return cmd_probe(args)
 
     mode: str | None = None
     reason = ""

@@ -5,10 +5,12 @@ removed or consolidated::
 
     2017-01-04T21:30:19.662Z| vcpu-0| I125: Checkpoint_Unstun: vm stopped for 1091706 us
 
-Both spellings occur in the field (``Checkpoint_Unstun`` and
-``CheckpointUnstun``) and the separator may be ``| ``, `` | `` or, on newer
-builds, plain spaces. The duration is in microseconds. Every other line, and
-any line that does not parse, is ignored.
+ESXi 8 also writes ``CPT: vm was stunned for N us`` beside it (Broadcom KB
+417644): such a line counts on its own only when no ``Checkpoint_Unstun``
+line is within a second of it. Both spellings occur in the field
+(``Checkpoint_Unstun`` and ``CheckpointUnstun``) and the separator may be
+``| ``, `` | `` or, on newer builds, plain spaces. The duration is in
+microseconds. Every other line, and any line that does not parse, is ignored.
 
 A stun longer than the VM's budget becomes a ``LONG_STUN`` finding. The
 budget of a VM in a database mirror is half its QoS timeout: a mirror with an
@@ -42,8 +44,13 @@ DEFAULT_STUN_BUDGET_S = 2.0
 _LINE = re.compile(
     r"^\s*(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}:\d{2})(?:[.,](?P<frac>\d+))?"
     r"(?P<tz>Z|[+-]\d{2}:?\d{2})?"
-    r"(?:\s*\||\s).*?\bCheckpoint_?Unstun:\s*vm stopped for\s+(?P<us>\d+)\s*us\b"
+    r"(?:\s*\||\s).*?(?:\b(?P<cp>Checkpoint_?Unstun):\s*vm stopped for"
+    r"|\bCPT:\s*vm was stunned for)\s+(?P<us>\d+)\s*us\b"
 )
+# ESXi 8 also logs "CPT: vm was stunned for N us" beside Checkpoint_Unstun (Broadcom
+# KB 417644): one stun, two lines. A CPT line within this much of a Checkpoint_Unstun
+# line is the same stun.
+_SAME_STUN = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +87,9 @@ def _timestamp(match: re.Match[str]) -> datetime | None:
 
 def parse_stun_lines(text: str) -> list[StunEvent]:
     """Every stun line of ``text`` (a whole ``vmware.log``), in file order."""
-    events: list[StunEvent] = []
+    found: list[tuple[StunEvent, bool]] = []  # (event, from a Checkpoint_Unstun line)
     for line in text.splitlines():
-        if "nstun" not in line:  # fast path: most of a vmware.log is something else
+        if "nstun" not in line and "stunned" not in line:  # fast path
             continue
         match = _LINE.match(line)
         if match is None:
@@ -90,8 +97,10 @@ def parse_stun_lines(text: str) -> list[StunEvent]:
         when = _timestamp(match)
         if when is None:
             continue
-        events.append(StunEvent(when, int(match["us"])))
-    return events
+        found.append((StunEvent(when, int(match["us"])), match["cp"] is not None))
+    checkpoints = [e.timestamp for e, cp in found if cp]
+    return [e for e, cp in found
+            if cp or not any(abs(e.timestamp - t) <= _SAME_STUN for t in checkpoints)]
 
 
 def budget_for_mirror(qos_timeout_s: float) -> float:

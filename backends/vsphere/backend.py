@@ -60,7 +60,7 @@ from .mapping import (
     task_entity,
     vm_entities,
 )
-from .session import DATASTORE_PATHS, STORAGE_PATHS, ObjectUpdate, Session, Worker
+from .session import DATASTORE_PATHS, ObjectUpdate, Session, Worker
 
 log = logging.getLogger("ventana.backends.vsphere")
 
@@ -108,6 +108,7 @@ class VSphereConfig:
     # (the VM is then re-read; nothing is re-sent). Consolidating a large disk
     # takes hours.
     task_timeout_s: float = 6 * 3600.0
+    max_object_updates: int = 2000  # WaitOptions.maxObjectUpdates (0: no limit)
 
 
 class VSphereBackend(Backend):
@@ -212,6 +213,8 @@ class VSphereBackend(Backend):
     def apply_read(self, type_name: str, oid: str, props: dict[str, Any],
                    names: list[str]) -> None:
         """Fold properties read directly (not pushed) into the view, as an update."""
+        if (category(type_name), oid) not in self._cache:
+            return  # not (or no longer) in the view: a read never creates an object
         assigned = {n: props[n] for n in names if props.get(n) is not None}
         removed = tuple(n for n in names if props.get(n) is None)
         for event in self._apply([ObjectUpdate("modify", type_name, oid, assigned, removed)]):
@@ -230,7 +233,9 @@ class VSphereBackend(Backend):
                      self._describe(exc))
             return None
         if self.session is session:
-            self.apply_read("VirtualMachine", vm_id, props, list(STORAGE_PATHS))
+            # Only layoutEx: the other properties are pushed, and a read that
+            # started before a push must not overwrite it.
+            self.apply_read("VirtualMachine", vm_id, props, ["layoutEx"])
         return props
 
     async def refresh_datastores(self, ds_ids: list[str]) -> None:
@@ -457,6 +462,7 @@ class VSphereBackend(Backend):
                 ca_file=cfg.ca_file,
                 insecure=cfg.insecure,
                 http_timeout=max(cfg.http_timeout_s, cfg.wait_s + 5),
+                max_object_updates=cfg.max_object_updates,
             )
         except vim.fault.InvalidLogin as exc:
             raise FatalError(f"login refused for {cfg.user}: {exc.msg or 'InvalidLogin'}") from None
@@ -545,10 +551,14 @@ class VSphereBackend(Backend):
         def cluster_of_host(host_id: str) -> str:
             return moid((host_props.get(host_id) or {}).get("parent"))
 
-        ds_by_name = {
-            str(p.get("name")): k[1] for k, p in cache.items() if k[0] == DS_T and p.get("name")
-        }
-        look = Lookup(datastore_by_name=lambda name: ds_by_name.get(name, ""))
+        # Names are unique per datacenter only: a name two datastores share maps to
+        # none of them here (a VM resolves it among its own datastores: mapping).
+        ds_names = {k[1]: str(p.get("name")) for k, p in cache.items()
+                    if k[0] == DS_T and p.get("name")}
+        name_count = Counter(ds_names.values())
+        ds_by_name = {n: oid for oid, n in ds_names.items() if name_count[n] == 1}
+        look = Lookup(datastore_by_name=lambda name: ds_by_name.get(name, ""),
+                      datastore_name=lambda oid: ds_names.get(oid, ""))
         vm_count = Counter(moid(p.get("runtime.host")) for k, p in cache.items() if k[0] == VM_T)
 
         order = {CR_T: 0, HOST_T: 1, DS_T: 2, VM_T: 3, TASK_T: 4}

@@ -31,8 +31,10 @@ Outcomes (RELIABILITY.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,9 +68,10 @@ class _Step:
 
 
 class _Stop(Exception):
-    def __init__(self, result: ActionResult) -> None:
+    def __init__(self, result: ActionResult, *, task_failed: bool = False) -> None:
         super().__init__(result.error)
         self.result = result
+        self.task_failed = task_failed  # a task ran on the server and ended in error
 
 
 class VSphereExecutor(Executor):
@@ -182,6 +185,34 @@ class VSphereExecutor(Executor):
         freeze; both outcomes go into the result's detail.
         """
         self._guard("create snapshot")
+        # Snapshot limitations, read from the server before anything is sent and
+        # before a guest pre-freeze hook runs.
+        limits_warning = ""
+        session = self._vs.session
+        if session is not None:
+            try:
+                refuse, warn = await self._vs.action_worker.call(
+                    lambda: session.snapshot_limits(vm_id, memory=memory))
+            except Exception as exc:
+                return ActionResult(TaskState.FAILED, error=self._vs.scrub(clean(
+                    f"snapshot limitations not read ({type(exc).__name__}: {exc}); "
+                    "nothing was sent")))
+            if refuse:
+                return ActionResult(TaskState.FAILED, error=clean(
+                    "vSphere cannot snapshot this VM: " + "; ".join(refuse)
+                    + "; nothing was sent"))
+            limits_warning = clean("; ".join(warn))
+        result = await self._create_snapshot(vm_id, task_id, name, quiesce, memory,
+                                             pre_freeze, post_thaw)
+        if limits_warning:
+            detail = "; ".join(d for d in (result.detail, limits_warning) if d)
+            result = dataclasses.replace(result, detail=detail)
+        return result
+
+    async def _create_snapshot(
+        self, vm_id: str, task_id: str, name: str, quiesce: bool, memory: bool,
+        pre_freeze: str, post_thaw: str,
+    ) -> ActionResult:
         step = _Step(
             "create snapshot",
             lambda s: _vm(s, vm_id).CreateSnapshot_Task(
@@ -292,13 +323,13 @@ class VSphereExecutor(Executor):
         )
         vs.emit(Upsert(row))
         size_before = _files_bytes((props or {}).get("layoutEx"))
-        busy = await self._busy(session, vm_id, task_id) if steps else ""
+        busy = await self._busy(session, vm_id, task_id) if steps or consolidate_after else ""
         if busy:
             vs.emit(Upsert(dataclasses.replace(row, state=TaskState.FAILED,
                                                ended=datetime.now(UTC), message="failed",
                                                error=busy)))
             return ActionResult(TaskState.FAILED, error=busy)
-        if steps:
+        if steps or consolidate_after:
             vs.busy_vms[vm_id] = task_id
         try:
             for step in steps:
@@ -324,6 +355,8 @@ class VSphereExecutor(Executor):
                 result = ActionResult(TaskState.OK, final_state=FinalState.OPERATIONAL)
         except _Stop as stop:
             result = stop.result
+            if stop.task_failed and kind in _REMOVALS:
+                result = await self._after_failed_removal(session, vm_id, result)
         finally:
             self._running.pop(task_id, None)
             if vs.busy_vms.get(vm_id) == task_id and task_id not in self._timed_out:
@@ -421,7 +454,8 @@ class VSphereExecutor(Executor):
                 ActionResult(
                     TaskState.FAILED,
                     error=f"{step.label}: {end.error or end.state.value}",
-                )
+                ),
+                task_failed=True,
             )
 
     async def _watch(
@@ -436,11 +470,33 @@ class VSphereExecutor(Executor):
         def seen(info: Any) -> None:
             loop.call_soon_threadsafe(on_info, info)
 
-        return await asyncio.to_thread(
-            session.watch_task, oid, timeout_s, seen,
-            wait_s=max(1, min(int(vs.config.wait_s), 10)),
-            stopped=lambda: vs.session is not session,
-        )
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any, exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+        def run() -> None:
+            try:
+                info = session.watch_task(
+                    oid, timeout_s, seen, wait_s=max(1, min(int(vs.config.wait_s), 10)),
+                    stopped=lambda: vs.session is not session,
+                )
+            except BaseException as exc:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(settle, None, exc)
+                return
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, info, None)
+
+        # A thread of its own, not the loop's shared executor: a task can run for
+        # hours, and several actions (or late tasks) may be followed at once.
+        threading.Thread(target=run, daemon=True, name=f"ventana-vsphere-{oid}").start()
+        return await fut
 
     def _follow_late(self, session: Session, task_id: str, oid: str) -> None:
         """A task past the action's timeout may still run: the VM stays busy for this
@@ -496,6 +552,29 @@ class VSphereExecutor(Executor):
         needed = "yes" if props.get("runtime.consolidationNeeded") else "no"
         return f"re-read from the server: {count} snapshot(s), consolidation needed: {needed}"
 
+    async def _after_failed_removal(
+        self, session: Session, vm_id: str, failed: ActionResult
+    ) -> ActionResult:
+        """A removal task that ended in error may still have removed the snapshots
+        and failed only in their consolidation (a locked disk): the snapshots leave
+        the tree and ``consolidationNeeded`` turns true. Re-read the flag: then the
+        outcome is "removed, consolidation failed" and Consolidate is the next step,
+        not a plain failure."""
+        try:
+            needed = await self._consolidation_needed(session, vm_id)
+        except _Stop:
+            return failed
+        if not needed:
+            return failed
+        return ActionResult(
+            TaskState.WARNING,
+            error=f"removed, consolidation failed ({failed.error}): the VM now needs "
+            "consolidation — run Consolidate once the disk is released (a backup proxy or "
+            "another host may hold it)",
+            final_state=FinalState.PARTIAL,
+            detail="consolidation needed: yes (re-read from the server)",
+        )
+
     async def _consolidation_needed(self, session: Session, vm_id: str) -> bool:
         """Re-read ``runtime.consolidationNeeded`` from the server, not the cache."""
         try:
@@ -550,6 +629,9 @@ class VSphereExecutor(Executor):
                     return oid
                 stack.extend(tree.childSnapshotList or ())
         return None
+
+
+_REMOVALS = frozenset({"merge", "remove-all-snapshots", "remove-snapshot"})
 
 
 def _vm(session: Session, vm_id: str) -> Any:

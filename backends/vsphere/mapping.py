@@ -100,9 +100,15 @@ def as_utc(value: Any) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """What mapping a VM needs from the rest of the inventory."""
+    """What mapping a VM needs from the rest of the inventory.
 
-    datastore_by_name: Callable[[str], str]
+    Datastore names are unique only within a datacenter: a path's ``[name]``
+    is resolved among the VM's own datastores (all in its datacenter) first;
+    ``datastore_by_name`` answers only for a name no other datastore shares.
+    """
+
+    datastore_by_name: Callable[[str], str]  # a globally unique name -> moref, else ''
+    datastore_name: Callable[[str], str] = lambda _moid: ""  # moref -> name
 
 
 def cluster_entity(cr_id: str, props: Props) -> Cluster:
@@ -203,7 +209,9 @@ def _snapshot_size(lay: _Layout, snap_id: str) -> tuple[int, str]:
     deltas = lay.snapshot_delta(snap_id)
     keys = [k for unit in deltas for k in unit]
     own = [snap.dataKey]
-    if snap.memoryKey is not None and snap.memoryKey >= 0:
+    # A snapshot with memory may keep it in its .vmsn (memoryKey == dataKey, the
+    # state file): counted once.
+    if snap.memoryKey is not None and snap.memoryKey >= 0 and snap.memoryKey != snap.dataKey:
         own.append(snap.memoryKey)
     size = lay.size(keys) + lay.size(own)
     path = lay.path(deltas[0]) if deltas else lay.path((snap.dataKey,))
@@ -228,8 +236,26 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
             size = getattr(dev, "capacityInBytes", 0) or 0
             capacity[dev.key] = int(size or (getattr(dev, "capacityInKB", 0) or 0) * 1024)
 
+    # VM.datastore is an unordered subset (an ISO's datastore may come first):
+    # the VM's datastore is its home's, and each file's is named in its path.
     datastores = [moid(d) for d in props.get("datastore") or ()]
-    lun_id = datastores[0] if datastores else ""
+    own = {look.datastore_name(d): d for d in datastores}
+    own.pop("", None)
+
+    def lun_of(path: str) -> str:
+        name = datastore_name(path)
+        return own.get(name) or look.datastore_by_name(name)
+
+    lun_id = ""
+    for f in getattr(props.get("layoutEx"), "file", None) or ():
+        if str(f.type) == "config":  # the .vmx: the VM's home
+            lun_id = lun_of(str(f.name))
+            break
+    if not lun_id:
+        base = [lay.path(chain[0]) for chain in lay.current.values() if chain]
+        lun_id = next((lun_of(p) for p in base if lun_of(p)), "")
+    if not lun_id and len(datastores) == 1:
+        lun_id = datastores[0]
 
     disks: dict[str, VirtualDisk] = {}
     for disk_key, chain in lay.all_chains():
@@ -248,7 +274,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
                     size_bytes=lay.size(unit),
                     max_bytes=capacity.get(disk_key, 0),
                     parent_path=parent,
-                    lun_id=look.datastore_by_name(datastore_name(path)) or lun_id,
+                    lun_id=lun_of(path) or lun_id,
                 )
             parent = path
     base_ids = tuple(f"{vm_id}:{lay.path(chain[0])}" for chain in lay.current.values() if chain)

@@ -337,7 +337,13 @@ class Session:
         ca_file: Path | None,
         insecure: bool = False,
         http_timeout: float = 30.0,
+        max_object_updates: int = 0,
     ) -> None:
+        #: WaitOptions.maxObjectUpdates: a large inventory's first WaitForUpdatesEx
+        #: arrives in pieces ("truncated"), each well within the socket timeout,
+        #: instead of one answer that overruns it and loops into full re-reads.
+        self.max_object_updates = max_object_updates
+        self.truncated = 0  # answers that said more was to come (for tests and the log)
         self.si = SmartConnect(
             host=host,
             port=port,
@@ -490,6 +496,8 @@ class Session:
             self.filter = self.pc.CreateFilter(self.spec, partialUpdates=self.partial_updates)
             self.version = ""
         options = PC.WaitOptions(maxWaitSeconds=max_wait_s)
+        if self.max_object_updates > 0:
+            options.maxObjectUpdates = self.max_object_updates
         update = None
         if not self.version:
             paused = gc.isenabled()
@@ -507,6 +515,8 @@ class Session:
         if update is None:
             return None
         self.version = update.version
+        if update.truncated:  # the rest comes with the next call, at once
+            self.truncated += 1
         out: list[ObjectUpdate] = []
         for fs in update.filterSet or ():
             for obj in fs.objectSet or ():
@@ -606,6 +616,55 @@ class Session:
         ds = vim.Datastore(ds_id, self.si._stub)
         ds.RefreshDatastore()
         return self.read_props(ds, DATASTORE_PATHS)
+
+    def snapshot_limits(self, vm_id: str, *, memory: bool) -> tuple[list[str], list[str]]:
+        """(refusals, warnings) for a new snapshot of the VM, read now.
+
+        vSphere's snapshot limitations (vSphere documentation, "Snapshot
+        Limitations"; ``config.template``, VirtualDiskRawDiskMappingVer1
+        BackingInfo.compatibilityMode, VirtualSCSIController.sharedBus,
+        VirtualPCIPassthrough, runtime.faultToleranceState): no snapshot of a
+        template, of physical-mode RDMs, with SCSI bus sharing, with DirectPath
+        I/O on a running VM, or of a fault-tolerant VM; independent disks are
+        left out of the snapshot, and a memory snapshot of a running VM with one
+        is refused.
+        """
+        vm = vim.VirtualMachine(vm_id, self.si._stub)
+        props = self.read_props(vm, ["config.template", "config.hardware.device",
+                                     "runtime.faultToleranceState", "runtime.powerState"])
+        running = str(props.get("runtime.powerState") or "") == "poweredOn"
+        refuse: list[str] = []
+        warn: list[str] = []
+        if props.get("config.template"):
+            refuse.append("the VM is a template")
+        ft = str(props.get("runtime.faultToleranceState") or "notConfigured")
+        if ft != "notConfigured":
+            refuse.append(f"Fault Tolerance is configured ({ft})")
+        independent = []
+        for dev in props.get("config.hardware.device") or ():
+            label = str(getattr(getattr(dev, "deviceInfo", None), "label", "") or dev.key)
+            backing = getattr(dev, "backing", None)
+            if isinstance(dev, vim.vm.device.VirtualSCSIController) and str(
+                    dev.sharedBus or "noSharing") != "noSharing":
+                refuse.append(f"{label} shares its SCSI bus ({dev.sharedBus})")
+            elif isinstance(dev, vim.vm.device.VirtualPCIPassthrough) and running:
+                refuse.append(f"{label} is a DirectPath I/O device on a running VM")
+            elif isinstance(dev, vim.vm.device.VirtualDisk):
+                mode = str(getattr(backing, "diskMode", "") or "")
+                if isinstance(
+                    backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo
+                ) and str(backing.compatibilityMode) == "physicalMode":
+                    refuse.append(f"{label} is a physical-mode RDM")
+                elif mode.startswith("independent"):
+                    independent.append(label)
+        if independent:
+            if memory and running:
+                refuse.append(f"a memory snapshot of a running VM with independent disks "
+                              f"({', '.join(independent)})")
+            else:
+                warn.append(f"independent disks are not in the snapshot: "
+                            f"{', '.join(independent)}")
+        return refuse, warn
 
     def busy_tasks(self, vm_id: str) -> list[Any]:
         """TaskInfo of queued or running tasks on the VM, from ``recentTask`` read

@@ -181,6 +181,20 @@ def test_merge_pending() -> None:
     assert codes(eng, "vm:c")[F.MERGE_PENDING] is Severity.WARNING
 
 
+def test_merge_pending_on_a_vsphere_vm_gives_no_hyper_v_advice() -> None:
+    from ventana.state.model import Cluster, Platform
+
+    store = small_cluster()
+    eng = engine(store)
+    _chain_disks(store, "b", "l1", [int(1 * GB)])  # a delta without a checkpoint
+    [hyperv] = [f for f in eng.for_target("vm:b") if f.code == F.MERGE_PENDING]
+    assert "Merge-VHD" in hyperv.message
+    store.apply(Upsert(Cluster("c1", "VC-CLUSTER", Platform.VSPHERE, nodes=2)))
+    [vsphere] = [f for f in engine(store).for_target("vm:b") if f.code == F.MERGE_PENDING]
+    assert "Merge-VHD" not in vsphere.message and "Set-VMHardDiskDrive" not in vsphere.message
+    assert "linked clone" in vsphere.message and "consolidate" in vsphere.message
+
+
 def test_backup_leftover_excused_while_a_backup_runs() -> None:
     store = small_cluster()
     eng = engine(store)

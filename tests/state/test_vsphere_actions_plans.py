@@ -143,6 +143,48 @@ def test_space_from_the_servers_estimate_when_it_matches_the_snapshots() -> None
     assert "NO_SPACE" not in codes(plan) and "layoutEx" in plan.facts["space_basis"]
 
 
+def test_the_estimate_is_a_lower_bound_never_below_the_delta_files() -> None:
+    store = vcenter(snap("s1", "a", gb=40), free_gb=50)
+    ESTIMATES["vm-1"] = ServerEstimate({"ds1": int(1 * GB)}, frozenset({"s1"}), NOW)
+    plan = pv.plan_remove_all(store, "vm-1", NOW)
+    assert plan.space_needed == 40 * GB  # max(estimate, delta), not the smaller estimate
+    assert "larger of" in plan.facts["space_basis"]
+
+
+def test_space_is_checked_on_the_datastore_of_the_delta_files() -> None:
+    """The VM's home (ds1) has room; its deltas live on ds2 (another path), which
+    has not: NO_SPACE names ds2 — not the VM's first or home datastore."""
+    from ventana.state.model import DiskFormat, VirtualDisk
+
+    store = vcenter(free_gb=500)
+    delta = snap("s1", "on-other-ds", gb=30)
+    delta = Checkpoint(delta.id, delta.vm_id, delta.name, None, delta.kind, delta.created,
+                       "[Fast_DS] vm-1/disk-000001.vmdk", delta.size_bytes)
+    store.apply_many([
+        Upsert(Lun("ds2", "Fast_DS", "c1", int(100 * GB), int(20 * GB),
+                   role=LunRole.DATASTORE)),
+        Upsert(VirtualDisk("vm-1:[Fast_DS] vm-1/disk-000001.vmdk", "vm-1",
+                           "[Fast_DS] vm-1/disk-000001.vmdk", DiskFormat.VMDK, int(30 * GB),
+                           int(100 * GB),
+                           parent_path="[Fast_DS] vm-1/disk.vmdk", lun_id="ds2")),
+        Upsert(delta),
+    ])
+    plan = pv.plan_remove_all(store, "vm-1", NOW)
+    [finding] = [f for f in plan.findings if f.code == "NO_SPACE"]
+    assert "Fast_DS" in finding.message
+    assert plan.lun_id == "ds2" and plan.space_needed == 30 * GB
+
+
+def test_the_32_snapshot_limit_is_per_chain_not_per_tree() -> None:
+    # 40 snapshots side by side (each a root): 40 in the tree, chains of 1.
+    wide = vcenter(*[snap(f"w{i}", f"w{i}") for i in range(40)])
+    assert "TOO_MANY_SNAPSHOTS" not in codes(pv.plan_create_snapshot(wide, "vm-1", NOW))
+    # 31 in one chain: the next one would be the 32nd of that chain.
+    deep = vcenter(*[snap(f"d{i}", f"d{i}", f"d{i - 1}" if i else None) for i in range(31)])
+    assert "TOO_MANY_SNAPSHOTS" in codes(pv.plan_create_snapshot(deep, "vm-1", NOW),
+                                         Severity.BLOCKING)
+
+
 def test_stun_estimate_and_last_stun_warn_over_the_vms_budget() -> None:
     store = vcenter(snap("s1", "big", gb=400))
     plan = pv.plan_remove_all(store, "vm-1", NOW)

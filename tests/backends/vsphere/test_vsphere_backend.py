@@ -729,6 +729,9 @@ def test_snapshot_size_joins_the_tree_with_layout_ex() -> None:
     # s2: state + memory + the running delta created when it was taken (000002).
     assert snapshot_size(layout, "s2") == (6 + 50 + 1 + 7, "[ds] vm/vm-000002.vmdk")
     assert snapshot_size(layout, "missing") == (0, "")
+    # Memory kept in the state file (memoryKey == dataKey): that file counts once.
+    layout.snapshot[1].memoryKey = 8
+    assert snapshot_size(layout, "s2") == (6 + 1 + 7, "[ds] vm/vm-000002.vmdk")
 
 
 def test_backup_markers() -> None:

@@ -7,13 +7,16 @@ vcsim 0.24.2 allowed (issue 11; patch 0009 and the controls in tools/vcsim):
   ``snapshot`` change and after every action, and reads it back;
 - tasks that never appear in TaskManager.recentTask, tasks that outlive the
   action's timeout (UNKNOWN, the VM re-read, nothing re-sent), and a VM that
-  is busy with a task the feed never showed.
+  is busy with a task the feed never showed;
+- datastores: names unique only per datacenter (two datacenters, same names),
+  and ``VM.datastore`` unordered (an ISO's datastore listed first).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -41,7 +44,9 @@ from ventana.backends.vsphere import VSphereBackend
 from ventana.backends.vsphere.session import Session
 from ventana.state.model import Kind, TaskState
 
-SIZE = {"clusters": 1, "hosts": 2, "standalone_hosts": 0, "vms": 4, "datastores": 1}
+# Two datacenters, each with its own LocalDS_0 and LocalDS_1 (same names).
+SIZE = {"datacenters": 2, "clusters": 1, "hosts": 2, "standalone_hosts": 0, "vms": 4,
+        "datastores": 2}
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +161,7 @@ async def test_a_task_missing_from_recent_task_still_ends_the_action(
         await s.close()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 async def test_a_task_past_its_timeout_is_unknown_and_the_vm_is_reread(
     vcsim: VcsimHandle, other
 ) -> None:
@@ -181,8 +186,13 @@ async def test_a_task_past_its_timeout_is_unknown_and_the_vm_is_reread(
         assert again.state is TaskState.FAILED and "VM_BUSY" in again.error, again
         assert "nothing was sent" in again.error
 
-        # The server finishes the one removal it got; the feed shows it.
-        await s.until(lambda: not store.checkpoints_of(vm.id), 15, "removed by the late task")
+        # The server finishes the one removal it got (the console follows it: the
+        # VM stops being busy for it), and the feed shows the result.
+        deadline = asyncio.get_running_loop().time() + 30
+        while vm.id in s.backend.busy_vms:
+            assert asyncio.get_running_loop().time() < deadline, "the late task never ended"
+            await asyncio.sleep(0.2)
+        await s.until(lambda: not store.checkpoints_of(vm.id), 10, "removed by the late task")
     finally:
         await reconfig_via(other, vm.id, "vcsim.task.hideFromRecentTask", "false")
         await reconfig_via(other, vm.id, "vcsim.delay.RemoveAllSnapshots_Task", "")
@@ -210,4 +220,162 @@ async def test_a_vm_busy_on_the_server_is_refused_before_sending(
         assert {t.name for t in server_vm.snapshot.rootSnapshotList} == {"busy"}
     finally:
         await reconfig_via(other, vm.id, "vcsim.delay.CreateSnapshot_Task", "")
+        await s.close()
+
+
+def server_props(other, kind: type, paths: list[str]) -> dict[str, dict]:
+    content = other.content
+    view = content.viewManager.CreateContainerView(content.rootFolder, [kind], True)
+    try:
+        return {o._moId: {p: getattr_path(o, p) for p in paths} for o in view.view}
+    finally:
+        view.Destroy()
+
+
+def getattr_path(obj: object, path: str) -> object:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def vm_home(server_vm) -> str:
+    """The moref of the datastore holding the VM's .vmx, as the server says."""
+    name = server_vm.config.files.vmPathName.split("]")[0].lstrip("[")
+    return next(d._moId for d in server_vm.datastore if d.name == name)
+
+
+@pytest.mark.timeout(60)
+async def test_same_named_datastores_in_two_datacenters(vcsim: VcsimHandle, other) -> None:
+    from ventana.state.plans_vsphere import plan_remove_all
+
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        luns = [lun for lun in store.luns() if lun.name == "LocalDS_0"]
+        assert len(luns) == 2 and luns[0].id != luns[1].id
+        for server_vm in [vim.VirtualMachine(v.id, other._stub) for v in store.vms()]:
+            home = vm_home(server_vm)
+            vm = store.vm(server_vm._moId)
+            assert vm.lun_id == home, vm.name
+            assert {d.lun_id for d in store.disks_of(vm.id)} == {home}, vm.name
+
+        vm = vm_by_name(store, "DC1_C0_H0_VM1")
+        snap = await snapshot_via(other, vm.id, "dc1")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap), 10, "snapshot seen")
+        plan = plan_remove_all(store, vm.id, datetime.now(UTC))
+        assert plan.lun_id == vm_home(vim.VirtualMachine(vm.id, other._stub))
+    finally:
+        await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_an_iso_datastore_listed_first_is_not_taken_for_the_vms(
+    vcsim: VcsimHandle, other
+) -> None:
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC0_C0_H1_VM2")
+        server_vm = vim.VirtualMachine(vm.id, other._stub)
+        home = vm_home(server_vm)
+        iso_ds = next(d for d in store.luns() if d.id != home and d.name.startswith("LocalDS")
+                      and d.cluster_id == vm.cluster_id)
+        ide = next(d for d in server_vm.config.hardware.device
+                   if isinstance(d, vim.vm.device.VirtualIDEController))
+        cdrom = vim.vm.device.VirtualCdrom(
+            key=-1, controllerKey=ide.key, unitNumber=1,
+            backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(
+                fileName=f"[{iso_ds.name}] iso/installer.iso"))
+        await asyncio.to_thread(WaitForTask, server_vm.ReconfigVM_Task(vim.vm.ConfigSpec(
+            deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom)])))
+        assert server_vm.datastore[0]._moId == iso_ds.id  # the ISO's store comes first
+        snap = await snapshot_via(other, vm.id, "with-iso")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap), 10, "snapshot seen")
+        assert store.vm(vm.id).lun_id == home
+        from ventana.state.plans_vsphere import plan_remove_all
+
+        plan = plan_remove_all(store, vm.id, datetime.now(UTC))
+        assert plan.lun_id == home
+    finally:
+        await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_a_removal_whose_consolidation_fails_is_removed_consolidation_failed(
+    vcsim: VcsimHandle, other
+) -> None:
+    """The removal task errors, but the snapshots are gone and consolidationNeeded
+    is set (a locked disk): not a plain failure — consolidate is the next step."""
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC0_C0_H1_VM3")
+        snap = await snapshot_via(other, vm.id, "locked")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap), 10, "snapshot seen")
+        await reconfig_via(other, vm.id, "vcsim.removeSnapshot.failsConsolidation",
+                           "msg.snapshot.error-DISKLOCKED")
+        executor = s.backend.executor()
+        result = await asyncio.wait_for(executor.remove_snapshot(snap, "t-locked"), 15)
+        assert result.state is TaskState.WARNING, result
+        assert result.error.startswith("removed, consolidation failed")
+        assert "DISKLOCKED" in result.error and "Consolidate" in result.error
+        await s.until(lambda: store.vm(vm.id).consolidation_needed, 10, "flag seen")
+        assert store.get(Kind.CHECKPOINT, snap) is None
+
+        await reconfig_via(other, vm.id, "vcsim.removeSnapshot.failsConsolidation", "")
+        done = await asyncio.wait_for(executor.consolidate(vm.id, "t-unlocked"), 15)
+        assert done.state is TaskState.OK, done
+        await s.until(lambda: not store.vm(vm.id).consolidation_needed, 10, "flag cleared")
+    finally:
+        await reconfig_via(other, vm.id, "vcsim.removeSnapshot.failsConsolidation", "")
+        await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_the_first_wait_arrives_in_pieces_of_max_object_updates(
+    vcsim: VcsimHandle, other
+) -> None:
+    """WaitOptions.maxObjectUpdates (docs/vmodl/query/PropertyCollector/WaitOptions.rst):
+    the initial state comes in truncated pieces; nothing is lost between them."""
+    s = await open_stream(vcsim, max_object_updates=7)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC1_C0_H1_VM3")
+        snap = await snapshot_via(other, vm.id, "after-pieces")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap), 15, "a change after the pieces")
+        session = s.backend.session
+        assert session is not None and session.truncated >= 3, session and session.truncated
+        total = 2 * (1 * 2 * 4)
+        assert len(list(store.vms())) == total
+    finally:
+        await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_snapshot_limitations_refuse_before_anything_is_sent(
+    vcsim: VcsimHandle, other
+) -> None:
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC1_C0_H0_VM0")
+        server_vm = vim.VirtualMachine(vm.id, other._stub)
+        disk = next(d for d in server_vm.config.hardware.device
+                    if isinstance(d, vim.vm.device.VirtualDisk))
+        disk.backing.diskMode = "independent_persistent"
+        await asyncio.to_thread(WaitForTask, server_vm.ReconfigVM_Task(vim.vm.ConfigSpec(
+            deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)])))
+        executor = s.backend.executor()
+        tasks_before = len(other.content.taskManager.recentTask)
+        refused = await asyncio.wait_for(
+            executor.create_snapshot(vm.id, "t-mem", "with-memory", memory=True), 10)
+        assert refused.state is TaskState.FAILED and "independent disks" in refused.error
+        assert "nothing was sent" in refused.error
+        assert len(other.content.taskManager.recentTask) == tasks_before
+        assert server_vm.snapshot is None
+
+        done = await asyncio.wait_for(executor.create_snapshot(vm.id, "t-disk", "disk-only"), 10)
+        assert done.state is TaskState.OK, done
+        assert "independent disks are not in the snapshot" in done.detail
+    finally:
         await s.close()
