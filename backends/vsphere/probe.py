@@ -94,25 +94,25 @@ def probe(
         pc = session.pc
         # 1. The inventory read, paged, and the lean read beside it.
         for purpose, spec in (("inventory", session.read_spec), ("lean", session.lean_spec)):
-            root = keep(purpose, "RetrievePropertiesEx", session._post(
+            root = keep(purpose, "RetrievePropertiesEx", session.post_raw(
                 pc, "RetrievePropertiesEx", [[spec], PC.RetrieveOptions(maxObjects=page_size)]))
             while token := root.findtext(f".//{_NS}returnval/{_NS}token"):
                 root = keep(purpose, "ContinueRetrievePropertiesEx",
-                            session._post(pc, "ContinueRetrievePropertiesEx", [token]))
+                            session.post_raw(pc, "ContinueRetrievePropertiesEx", [token]))
         # 2. The update filter: the first wait (everything), then what comes in wait_s.
         session.filter = pc.CreateFilter(session.spec, partialUpdates=False)
-        first = keep("first-wait", "WaitForUpdatesEx", session._post(
+        first = keep("first-wait", "WaitForUpdatesEx", session.post_raw(
             pc, "WaitForUpdatesEx", ["", PC.WaitOptions(maxWaitSeconds=0)]))
         version = first.findtext(f".//{_NS}returnval/{_NS}version") or ""
         if version:
-            keep("next-wait", "WaitForUpdatesEx", session._post(
+            keep("next-wait", "WaitForUpdatesEx", session.post_raw(
                 pc, "WaitForUpdatesEx", [version, PC.WaitOptions(maxWaitSeconds=wait_s)]))
         # 3. The VM_BUSY read: recentTask with each task's info.
         tm = session.content.taskManager
         tasks = PC.TraversalSpec(name="recentTasks", type=vim.TaskManager, path="recentTask")
         spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=tm, skip=True, selectSet=[tasks])],
                              propSet=[PC.PropertySpec(type=vim.Task, pathSet=["info"])])
-        keep("recent-tasks", "RetrievePropertiesEx", session._post(
+        keep("recent-tasks", "RetrievePropertiesEx", session.post_raw(
             session.content.propertyCollector, "RetrievePropertiesEx",
             [[spec], PC.RetrieveOptions()]))
         # 4. The storage re-read, for a few VMs.
@@ -124,7 +124,7 @@ def probe(
                                  propSet=[PC.PropertySpec(type=vim.VirtualMachine,
                                                           pathSet=list(STORAGE_PATHS))])
             try:
-                keep(f"storage:{vm_id}", "RetrievePropertiesEx", session._post(
+                keep(f"storage:{vm_id}", "RetrievePropertiesEx", session.post_raw(
                     session.content.propertyCollector, "RetrievePropertiesEx",
                     [[spec], PC.RetrieveOptions()]))
             except vmodl.MethodFault as exc:

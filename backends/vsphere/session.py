@@ -459,9 +459,9 @@ class Session:
 
     def _raw(self, mo: Any, method: str, args: list[Any]) -> ET.Element:
         """Call ``method`` through the session's stub; the response body as a tree."""
-        return ET.fromstring(self._post(mo, method, args))
+        return ET.fromstring(self.post_raw(mo, method, args))
 
-    def _post(self, mo: Any, method: str, args: list[Any]) -> bytes:
+    def post_raw(self, mo: Any, method: str, args: list[Any]) -> bytes:
         """Call ``method`` through the session's stub; the raw 200 response body."""
         stub = self.si._stub
         info = mo._GetMethodInfo(method)
@@ -561,7 +561,7 @@ class Session:
         asks again through pyvmomi (a first wait can be repeated: it always
         returns the full state).
         """
-        body = self._post(self.pc, "WaitForUpdatesEx", ["", options])
+        body = self.post_raw(self.pc, "WaitForUpdatesEx", ["", options])
         lean: dict[str, dict[str, Any]] = {}
         count = 0
         try:
