@@ -312,8 +312,9 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     for known in store.all(Kind.FINDING):
         assert isinstance(known, Finding)
         if known.target in (target, ref(Kind.LUN, vm.lun_id)) and known.severity.rank >= 2:
-            add(Severity.WARNING, f"REPORTED_{known.code}",
-                f"Reported by the cluster: {known.message}")
+            # A backend-reported blocking finding (e.g. a Hyper-V Replica checkpoint) blocks.
+            add(Severity.BLOCKING if known.severity is Severity.BLOCKING else Severity.WARNING,
+                f"REPORTED_{known.code}", f"Reported by the cluster: {known.message}")
     node = store.node(vm.node_id)
     if node is not None and node.state.value in ("draining", "down"):
         add(Severity.WARNING, "NODE_STATE", f"The VM's node {node.name} is {node.state.value}.")
@@ -339,14 +340,15 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
            else f"the VM is {vm.power.value}: an offline merge, usually faster"),
     )
     node_name = node.name if node else ""
-    where = f"-ComputerName {_quote_ps(node_name)} " if node_name else ""
     return Plan(
         action="merge",
         target=target,
         target_name=vm.name,
         steps=steps,
         findings=tuple(sorted(findings, key=lambda f: -f.severity.rank)),
-        command=f"Get-VMSnapshot {where}-VMName {_quote_ps(vm.name)} | Remove-VMSnapshot",
+        # Exactly what the Hyper-V backend sends (commands.remove_all_snapshots), run on
+        # the VM's node: by the VM's id (names need not be unique).
+        command=f"Get-VM -Id {_quote_ps(vm.id)} | Remove-VMSnapshot -Name '*'",
         lun_id=lun.id if lun else "",
         lun_name=lun.name if lun else "",
         free_now=lun.free_bytes if lun else None,
@@ -436,7 +438,6 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
         "that do not support it, and older backups of its configuration cannot be restored "
         "as-is.")
     node = store.node(vm.node_id)
-    where = f"-ComputerName {_quote_ps(node.name)} " if node else ""
     return Plan(
         action="upgrade",
         target=target,
@@ -447,7 +448,8 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
             "This cannot be undone",
         ),
         findings=tuple(sorted(findings, key=lambda f: -f.severity.rank)),
-        command=f"Update-VMVersion {where}-VMName {_quote_ps(vm.name)} -Force",
+        # Exactly what the Hyper-V backend sends (commands.update_vm_version).
+        command=f"Get-VM -Id {_quote_ps(vm.id)} | Update-VMVersion -Force",
         irreversible=True,
         created=now,
         facts={

@@ -123,6 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                         help="how long to wait for a locked action log (default 10)")
     _add_common(report)
+    # -- ventana probe (Hyper-V: backends/hyperv/probe.py) --------------------------------
+    probe = sub.add_parser(
+        "probe", help="read-only: capture what real hosts answer to Ventana's reads",
+        description="Sends only the read contract's commands (COMMANDS.md) and writes every "
+        "raw answer to --out. Exit codes: 0 written; 2 bad arguments; 3 cannot write.",
+    )
+    probe.add_argument("--hyperv", dest="probe_hyperv", action="append", default=[],
+                       metavar="NODE[:PORT]", help="a Hyper-V node to probe (repeat)")
+    probe.add_argument("--user", help="DOMAIN\\user")
+    probe.add_argument("--password-file", type=Path, help="a file holding the password (0600)")
+    probe.add_argument("--ca-file", type=Path, help="the CA bundle of the nodes' certificates")
+    probe.add_argument("--auth", choices=("negotiate", "ntlm", "kerberos", "credssp", "basic"))
+    probe.add_argument("--winrm-port", type=int, default=None)
+    probe.add_argument("--resolve", action="append", default=[], metavar="NAME=HOST[:PORT]",
+                       help="reach NAME at HOST (the certificate is checked against NAME)")
+    probe.add_argument("--out", type=Path, metavar="FILE", help="the capture (JSON, mode 0600)")
+    probe.add_argument("--anonymize", action="store_true",
+                       help="replace names, paths, ids and addresses with stable tokens")
+    _add_common(probe)
     return parser
 
 
@@ -440,6 +459,10 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
         return cmd_log(args, log_path)
     if args.command == "report":
         return cmd_report(args, log_path)
+    if args.command == "probe" and getattr(args, "probe_hyperv", None):
+        from ventana.backends.hyperv.probe import main as probe_hyperv
+
+        return probe_hyperv(args)
 
     mode: str | None = None
     reason = ""

@@ -118,7 +118,7 @@ class HyperVConfig:
     - ``resolve``: ``{name: "host[:port]"}`` — where to reach a node (or the
       cluster name) instead of its name, like ``curl --resolve``; for labs and
       the test endpoint, where every name is 127.0.0.1 on its own port. The
-      TLS certificate is checked against the address connected to.
+      TLS certificate is checked against the NAME (as curl does): it must carry the name.
     - ``ca_bundle``: the CA certificate(s) that signed the nodes' WinRM
       certificates; None: the certifi bundle pypsrp uses by default.
     - ``verify_tls``: False turns verification off — an explicit flag, logged
@@ -163,13 +163,18 @@ class HyperVConfig:
         return target, self.port
 
     def addresses(self) -> list[tuple[str, int]]:
+        return [(host, port) for _, host, port in self.named_addresses()]
+
+    def named_addresses(self) -> list[tuple[str, str, int]]:
+        """(name, host, port) per configured node (or the cluster name alone); ``resolve``
+        applies to a name given without a port."""
         out = []
         for item in self.nodes or (self.cluster,):
             host, sep, port = item.rpartition(":")
             if sep and port.isdigit() and "]" not in port:
-                out.append((host.strip("[]"), int(port)))
+                out.append((host.strip("[]"), host.strip("[]"), int(port)))
             else:
-                out.append((item, self.port))
+                out.append((item, *self.address_of(item)))
         return out
 
 
@@ -202,17 +207,19 @@ class HyperVBackend(Backend):
         else:
             cert = config.ca_bundle or True
         self._cert: bool | str = cert
+        self._names: dict[tuple[str, int], str] = {}  # address -> the node name it stands for
         self._nodes: list[_NodeState] = []
         self._discovery: _NodeState | None = None
         self._tasks: list[asyncio.Task[None]] = []
         if config.discovers:
             host, port = config.address_of(config.cluster)
             self._discovery = _NodeState(
-                -1, host, port, self._new_session(host, port), f"hyperv:{config.cluster}"
+                -1, host, port, self._new_session(host, port, config.cluster),
+                f"hyperv:{config.cluster}"
             )
         else:
-            for index, (host, port) in enumerate(config.addresses()):
-                session = self._new_session(host, port)
+            for index, (name, host, port) in enumerate(config.named_addresses()):
+                session = self._new_session(host, port, name if name != host else None)
                 self._nodes.append(
                     _NodeState(index, host, port, session, f"hyperv:{host}:{port}")
                 )
@@ -233,8 +240,14 @@ class HyperVBackend(Backend):
         self._facts: dict[str, NodeFacts] = {}  # node name (casefolded) -> backup agent
         self._vm_counts: dict[str, Counter[str]] = {}  # source -> VMs per host node
 
-    def _new_session(self, host: str, port: int) -> NodeSession:
+    def _new_session(self, host: str, port: int, name: str | None = None) -> NodeSession:
+        """A session to a node; ``name``: the node's name (remembered per address), which
+        its errors say and its certificate must carry (checked even when ``resolve``
+        reaches it at another address)."""
         config = self.config
+        if name:
+            self._names[(host, port)] = name
+        name = name or self._names.get((host, port))
         session = NodeSession(
             host,
             port=port,
@@ -245,6 +258,7 @@ class HyperVBackend(Backend):
             connection_timeout=config.connection_timeout,
             operation_timeout=config.operation_timeout,
             command_timeout=config.command_timeout,
+            name=name,
         )
         session.allow_mutating = not config.read_only
         return session
@@ -358,6 +372,13 @@ class HyperVBackend(Backend):
                     except SessionError as exc:
                         log.debug("%s: VM event wait ended: %s", where, exc)
                         self.streaming[node.source] = False
+                        # A dropped stream is the first sign of a dead node: stale at once,
+                        # not after the next poll's timeouts (the poll reconnects it).
+                        if node.healthy:
+                            node.healthy = False
+                            self._emit(ConnectionChanged(
+                                node.source, LinkState.STALE,
+                                f"{node.session.where}: the VM event stream dropped: {exc}"))
                         break  # a new session: subscribe again
                     self._apply_vm_events(changes.output)
         finally:
@@ -432,7 +453,7 @@ class HyperVBackend(Backend):
         else:  # its source is told apart from the cluster name's by the port
             targets = [(f"{entry.host}:{entry.port}", entry.host, entry.port)]
         for index, (name, host, port) in enumerate(targets):
-            session = self._new_session(host, port)
+            session = self._new_session(host, port, name if names else None)
             node = _NodeState(index, host, port, session, f"hyperv:{name}")
             self._nodes.append(node)
             self._start_node(node)
@@ -457,7 +478,7 @@ class HyperVBackend(Backend):
     # -- one node ---------------------------------------------------------------------------
     async def _node_loop(self, node: _NodeState) -> None:
         cfg = self.config
-        where = f"{node.host}:{node.port}"
+        where = node.session.where  # the node's name when known: what every text says
         self._emit(
             ConnectionChanged(
                 node.source, LinkState.CONNECTING, f"connecting to {where} as {cfg.username}"
@@ -471,11 +492,24 @@ class HyperVBackend(Backend):
             began = loop.time()
             try:
                 await self._poll(node)
-            except (AuthFailed, TlsRefused) as exc:
+            except AuthFailed as exc:  # not retried: it could lock the account
                 log.error("%s", exc)
                 node.healthy = False
                 self._emit(ConnectionChanged(node.source, LinkState.DISCONNECTED, str(exc)))
                 return
+            except TlsRefused as exc:
+                # Retried with backoff: a certificate gets fixed (renewed, the CA added)
+                # while the console runs; nothing is sent over an untrusted connection.
+                log.error("%s", exc)
+                failures += 1
+                if node.healthy:
+                    node.healthy = False
+                    self._emit(ConnectionChanged(node.source, LinkState.STALE, str(exc)))
+                delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
+                self._emit(ConnectionChanged(node.source, LinkState.RECONNECTING,
+                                             f"retry {failures} in {delay:.1f} s: {exc}"))
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -524,6 +558,8 @@ class HyperVBackend(Backend):
             answer = await session.run(cmd.get_computer_system())
             names = [node_name(props(o).get("Name")) for o in answer.output]
             node.computer = next((n for n in names if n), node_name(node.host))
+            if session.where == f"{node.host}:{node.port}":  # errors name the node from now on
+                session.where = node.computer
         if self._reads_cluster(node):
             nodes, csvs, states, partitions = await session.run_many(
                 [
