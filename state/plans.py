@@ -164,9 +164,11 @@ class Preflight:
             Finding(f"preflight:{code}:{self.vm_id}", severity, self.target, code, message)
         )
 
-    def check_live(self, store: Store) -> None:
-        """STALE_DATA (blocking) when the link is not live: every plan starts with it."""
-        if store.stale:
+    def check_live(self, store: Store, node_id: str | None = None) -> None:
+        """STALE_DATA (blocking) when the link is not live: every plan starts with it.
+        With ``node_id``: only that node's link counts (a healthy node's VMs proceed
+        while another node is down)."""
+        if store.stale if node_id is None else store.stale_for(node_id):
             self.add(
                 Severity.BLOCKING,
                 "STALE_DATA",
@@ -208,7 +210,7 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     findings, add = pre.findings, pre.add
 
     reserved = _reserved_by_running_merges(store, vm.lun_id, vm_id)
-    pre.check_live(store)
+    pre.check_live(store, vm.node_id)
     if not checkpoints:
         add(Severity.BLOCKING, "NOTHING_TO_MERGE", "The VM has no checkpoints to merge.")
     broken = chain_broken_message(store, vm_id)
@@ -412,7 +414,7 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
     to_version = cluster_max_version(store, vm.cluster_id)
     pre = Preflight(vm_id)
     findings, add = pre.findings, pre.add
-    pre.check_live(store)
+    pre.check_live(store, vm.node_id)
     if version_key(vm.config_version) >= version_key(to_version):
         add(Severity.BLOCKING, "ALREADY_CURRENT",
             f"The VM is already at version {vm.config_version or '?'}, the highest this "

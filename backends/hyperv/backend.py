@@ -376,8 +376,8 @@ class HyperVBackend(Backend):
                         # not after the next poll's timeouts (the poll reconnects it).
                         if node.healthy:
                             node.healthy = False
-                            self._emit(ConnectionChanged(
-                                node.source, LinkState.STALE,
+                            self._emit(self._link(
+                                node, LinkState.STALE,
                                 f"{node.session.where}: the VM event stream dropped: {exc}"))
                         break  # a new session: subscribe again
                     self._apply_vm_events(changes.output)
@@ -461,6 +461,17 @@ class HyperVBackend(Backend):
         log.info("%s: %d node(s): %s", cfg.cluster, len(targets), found)
         self._emit(ConnectionChanged(entry.source, LinkState.CONNECTED))
 
+    def _link(self, node: _NodeState, state: LinkState, reason: str = "") -> ConnectionChanged:
+        """A node source's link change, naming the nodes it reads (its computer, the
+        hosts of the VMs it reported, or the name it was discovered by): a stale node
+        makes stale only what it owns (``Store.stale_for``)."""
+        names = set(self._vm_counts.get(node.source, {}))
+        if node.computer:
+            names.add(node.computer.casefold())
+        elif node.session.name != node.host:
+            names.add(node_name(node.session.name).casefold())
+        return ConnectionChanged(node.source, state, reason, tuple(sorted(names)))
+
     def _emit(self, event: object) -> None:
         if self._queue is not None and not self._closed:
             self._queue.put_nowait(event)
@@ -480,9 +491,7 @@ class HyperVBackend(Backend):
         cfg = self.config
         where = node.session.where  # the node's name when known: what every text says
         self._emit(
-            ConnectionChanged(
-                node.source, LinkState.CONNECTING, f"connecting to {where} as {cfg.username}"
-            )
+            self._link(node, LinkState.CONNECTING, f"connecting to {where} as {cfg.username}")
         )
         if not cfg.verify_tls:
             log.warning("%s: TLS certificate verification is OFF (explicit flag)", where)
@@ -495,7 +504,7 @@ class HyperVBackend(Backend):
             except AuthFailed as exc:  # not retried: it could lock the account
                 log.error("%s", exc)
                 node.healthy = False
-                self._emit(ConnectionChanged(node.source, LinkState.DISCONNECTED, str(exc)))
+                self._emit(self._link(node, LinkState.DISCONNECTED, str(exc)))
                 return
             except TlsRefused as exc:
                 # Retried with backoff: a certificate gets fixed (renewed, the CA added)
@@ -504,9 +513,9 @@ class HyperVBackend(Backend):
                 failures += 1
                 if node.healthy:
                     node.healthy = False
-                    self._emit(ConnectionChanged(node.source, LinkState.STALE, str(exc)))
+                    self._emit(self._link(node, LinkState.STALE, str(exc)))
                 delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
-                self._emit(ConnectionChanged(node.source, LinkState.RECONNECTING,
+                self._emit(self._link(node, LinkState.RECONNECTING,
                                              f"retry {failures} in {delay:.1f} s: {exc}"))
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 continue
@@ -522,12 +531,12 @@ class HyperVBackend(Backend):
                 if node.healthy:
                     node.healthy = False
                     log.warning("%s stopped answering: %s", where, reason)
-                    self._emit(ConnectionChanged(node.source, LinkState.STALE, reason))
+                    self._emit(self._link(node, LinkState.STALE, reason))
                 delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
                 delay *= random.uniform(0.8, 1.2)
                 self._emit(
-                    ConnectionChanged(
-                        node.source,
+                    self._link(
+                        node,
                         LinkState.RECONNECTING,
                         f"retry {failures} in {delay:.1f} s: {reason}",
                     )
@@ -538,7 +547,7 @@ class HyperVBackend(Backend):
                 node.healthy = True
                 failures = 0
                 log.info("%s: connected (%s)", where, node.computer or "?")
-                self._emit(ConnectionChanged(node.source, LinkState.CONNECTED))
+                self._emit(self._link(node, LinkState.CONNECTED))
             # Polls start every poll_interval (not interval + read time): a change
             # waits at most one interval plus one read.
             await asyncio.sleep(
@@ -817,6 +826,15 @@ class HyperVBackend(Backend):
         self._actions.add(action)
         try:
             await action.run_long(cmd.remove_all_snapshots(vm_id), progress)
+            # Remove-VMSnapshot returns when the checkpoints left the tree; the .avhdx
+            # files may go on merging in the background. OK only once that has ended.
+            while True:
+                rows = (await action.run(cmd.get_merge_status(vm_id))).output
+                row = props(rows[0]) if rows else {}
+                if text(row.get("SecondaryOperationalStatus")).strip() != "MergingDisks":
+                    break
+                progress(float(last[0]), text(row.get("Status")).strip() or "Merging disks")
+                await asyncio.sleep(min(5.0, max(0.2, self.config.poll_interval)))
         except CommandFailed as exc:
             state, error, final = TaskState.FAILED, str(exc), FinalState.FAILED
         except Exception as exc:

@@ -1084,3 +1084,69 @@ async def test_node_spellings_are_one_node_everywhere(
     result = await backend.executor().merge(vm_id, "merge-sp")
     assert result.state is TaskState.OK, result.error
     await feed.close()
+
+
+# -- partial failure: one node down is not the cluster down ----------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_one_node_down_leaves_the_healthy_nodes_actionable(tmp_path: Path) -> None:
+    """Staleness is per node (and what it owns): the healthy node's VMs still plan and
+    merge; the header's reason says "1/2 nodes"; the dead node's VMs are blocked."""
+    from ventana.state.plans import plan_merge
+
+    model = make_model()
+    names = sorted(model.nodes)
+    password = generate_password()
+    handles = [start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
+               for name in names]
+    try:
+        bundle = tmp_path / "cas.pem"
+        bundle.write_text("".join(Path(h.ca_path).read_text() for h in handles))
+        backend = HyperVBackend(config_for(handles, str(bundle), read_only=False),
+                                Credential(handles[0].user, password, "t"))
+        store = Store()
+        feed = Feed(backend, store)
+        await feed.until(lambda: all(feed.last_state(s) is LinkState.CONNECTED
+                                     for s in backend.sources), 20, "both nodes")
+        await asyncio.to_thread(handles[1].peer.stop)  # the second node dies
+        await feed.until(lambda: store.stale_for(names[1]), 15, "the dead node stale")
+        assert not store.stale_for(names[0])
+        assert store.nodes_live() == (1, 2) and store.link_reason().startswith("1/2 nodes")
+        assert names[1] in store.link_reason()  # which node, and why
+
+        def vm_on(node: str) -> str:
+            return next(v for v, chain in model.chains.items()
+                        if chain and model.vms[v].node_id == node)
+
+        now = datetime.now(UTC)
+        healthy, dead = vm_on(names[0]), vm_on(names[1])
+        assert "STALE_DATA" not in {f.code for f in plan_merge(store, healthy, now).findings}
+        assert "STALE_DATA" in {f.code for f in plan_merge(store, dead, now).findings}
+        result = await backend.executor().merge(healthy, "merge-partial")
+        assert result.state is TaskState.OK, result.error
+        await feed.close()
+    finally:
+        for h in handles:
+            h.stop()
+
+
+@pytest.mark.timeout(40)
+async def test_a_merge_is_done_only_when_the_background_merge_has_ended(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """Remove-VMSnapshot returns; the disks merge on ("Merging disks"): the outcome is OK
+    only once Get-VM no longer reports MergingDisks, with its progress shown meanwhile."""
+    model, handle = one_peer
+    model.background_merge_s = 1.5
+    backend = backend_for(handle, read_only=False)
+    feed = Feed(backend)
+    await feed.until(lambda: feed.last_state(backend.sources[0]) is LinkState.CONNECTED, 20, "up")
+    vm_id = vm_with_checkpoints(model)
+    result = await backend.executor().merge(vm_id, "merge-bg")
+    assert result.state is TaskState.OK, result.error
+    assert vm_id not in model.merging  # it had ended when OK was reported
+    progress = [e.message for e in feed.events
+                if isinstance(e, TaskProgress) and e.task_id == "merge-bg"]
+    assert any(m.startswith("Merging disks (") for m in progress), progress
+    await feed.close()

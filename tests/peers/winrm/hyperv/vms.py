@@ -7,6 +7,7 @@ Set-VMProcessor, Set-VMMemory, Rename-VM, Set-VM, Remove-VM.
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from typing import Any
 
@@ -25,6 +26,7 @@ from .enums import (
     _REPL,
     HV,
     HeartbeatStatus,
+    OperationalStatus,
     OpStatus,
     ReplHealth,
     ReplMode,
@@ -56,7 +58,21 @@ def _heartbeat(vm: VM) -> Any:
     return HeartbeatStatus["NoContact"]
 
 
+def _merging(vm: VM, model: ClusterModel) -> int | None:
+    """The background merge's percent (None: not merging)."""
+    with model.lock:
+        started, seconds = model.merging.get(vm.id, (0.0, 0.0))
+        if not seconds:
+            return None
+        done = (time.monotonic() - started) / seconds
+        if done >= 1:
+            del model.merging[vm.id]
+            return None
+    return int(done * 100)
+
+
 def _vm_object(vm: VM, writer: CommandWriter, model: ClusterModel) -> Any:
+    merging = _merging(vm, model)
     return _obj(
         writer,
         [HV + "VirtualMachine", HV + "VirtualMachineBase", HV + "VirtualizationObject"],
@@ -75,6 +91,11 @@ def _vm_object(vm: VM, writer: CommandWriter, model: ClusterModel) -> Any:
             "Path": model.vm_folder(vm),
             "ReplicationState": _enum(ReplState, _REPL[vm.replication]),
             "Heartbeat": _heartbeat(vm),
+            "PrimaryOperationalStatus": OperationalStatus["Ok"],
+            "SecondaryOperationalStatus": None if merging is None
+            else OperationalStatus["MergingDisks"],
+            "Status": "Operating normally" if merging is None
+            else f"Merging disks ({merging}%)",
             "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",  # nested: a string
         },
         to_string=f"VirtualMachine (Name = '{vm.name}') [Id = '{vm.id}']",
