@@ -603,7 +603,10 @@ FIRMWARE_PROPS = ("SecureBoot", "SecureBootTemplate")
 BOOT_PROPS = ("BootType", "Description", "FirmwarePath", "Device")
 BIOS_PROPS = ("StartupOrder",)
 CHECKPOINT_PROPS = ("Id", "Name", "SnapshotType", "CreationTime", "ParentSnapshotId")
-COMPONENT_PROPS = ("Name", "Enabled", "PrimaryOperationalStatus")
+COMPONENT_PROPS = ("Name", "Id", "Enabled", "PrimaryOperationalStatus")
+#: The Shutdown integration service's fixed id (the end of VMIntegrationComponent.Id): its
+#: display name is localized ("Herunterfahren des Betriebssystems"), its id is not.
+SHUTDOWN_SERVICE_ID = "9f8233ac-be49-4c79-8ee3-e7e1985b2077"
 NEW_VM_PROPS = ("Id", "Name")
 
 

@@ -373,6 +373,18 @@ class HyperVRebuild:
         session = node.session
         vm = await self._one(session, cmd.get_vm_check(vm_id), "this VM")
         if text(vm.get("State")) != "Off":
+            # Stop-VM -Force powers the VM off when the guest's Shutdown service does not
+            # answer: check it first; a power-off is the operator's explicit choice.
+            services = await self._read(session, cmd.get_vm_integration(vm_id))
+            shutdown = next((c for c in services if text(c.get("Id")).lower().endswith(
+                cmd.SHUTDOWN_SERVICE_ID)), None)
+            status = text(shutdown.get("PrimaryOperationalStatus")) if shutdown else ""
+            if not shutdown or not shutdown.get("Enabled") or status != "Ok":
+                raise StepFailed(StepResult(TaskState.FAILED, error=(
+                    f"the guest's Shutdown integration service is {status or 'unavailable'}: "
+                    "Stop-VM -Force would power the VM off (like pulling the plug). Nothing "
+                    "was sent; shut the guest down from inside, or power it off yourself "
+                    "(Stop-VM -TurnOff) if that is acceptable, then run the step again.")))
             self._progress(task_id, 2, "Stop-VM: shutting the guest down")
             # Its own pool: a guest may take minutes to shut down; the polls go on.
             action = self.hv._new_session(node.host, node.port)

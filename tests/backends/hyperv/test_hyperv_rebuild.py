@@ -312,3 +312,24 @@ async def test_a_gen1_vm_is_rebuilt_from_its_bios_capture(
     assert model.slot(new, 0) == ("IDE", 0, 0)
     assert "Get-VMBios" in model.calls and "Set-VMFirmware" not in model.calls
     await feed.close()
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("one_peer", ["german"], indirect=True)
+async def test_stop_vm_is_not_sent_when_the_shutdown_service_does_not_answer(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    """Stop-VM -Force would power the VM off without the guest's Shutdown service: the
+    merge step checks it (by its fixed id, not its localized name) and sends nothing."""
+    model, handle = one_peer
+    vm = next(v for v in sorted(model.vms.values(), key=lambda v: v.name)
+              if model.chains.get(v.id) and v.power is PowerState.RUNNING)
+    model.no_shutdown.add(vm.id)
+    backend = backend_for(handle, read_only=False)
+    feed = await connected(backend, Store())
+    result = await backend.executor().rebuild_merge(vm.id, "rb-stop", to_last_parent=False)
+    assert result.state is TaskState.FAILED
+    assert "Shutdown integration service" in result.error and "power" in result.error
+    assert "Stop-VM" not in model.calls and vm.id not in model.turned_off
+    assert model.vms[vm.id].power is PowerState.RUNNING and model.chains[vm.id]
+    await feed.close()

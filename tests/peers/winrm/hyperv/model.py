@@ -91,6 +91,9 @@ class ClusterModel:
         self.nics: dict[str, list[dict[str, Any]]] = {}
         self.firmware: dict[str, dict[str, Any]] = {}  # Gen2: boot order, Secure Boot
         self.dynamic_memory: set[str] = set()
+        #: VMs whose guest Shutdown service does not answer; VMs Stop-VM powered off.
+        self.no_shutdown: set[str] = set()
+        self.turned_off: set[str] = set()
         self.auto_start: dict[str, str] = {}
         self.group_names: dict[str, str] = {}  # clustered VM id -> its cluster group's name
         #: SCSI controllers of VMs made by New-VM (one; Add-VMScsiController adds).
