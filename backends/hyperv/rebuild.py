@@ -520,7 +520,19 @@ class HyperVRebuild:
                     new_id, f"{cap['name']}-rebuilt-{datetime.now(UTC):%Y%m%d}"))
             for i, command in enumerate(steps):
                 self._progress(task_id, 70 + 28 * i / len(steps), command.label)
-                await s.run(command)
+                try:
+                    await s.run(command)
+                except CommandFailed as exc:
+                    if command.cmdlets[0].name != "Add-ClusterVirtualMachineRole":
+                        raise
+                    # Documented as not runnable remotely without CredSSP (a second hop
+                    # to the cluster service): a known state, and the line to run there.
+                    line = command.as_powershell()
+                    return StepResult(TaskState.FAILED, error=(
+                        f"{exc} — Add-ClusterVirtualMachineRole needs CredSSP when run "
+                        f"remotely. The new VM {new_id} exists, Off, fully configured but "
+                        f"not clustered; run on {node.computer or node.host}: {line}"),
+                        data={"left_behind": made, "vm_id": new_id, "run_on_node": line})
         except CommandFailed as exc:
             left = ", ".join(made) or "none"
             where = f"; the new VM {new_id} exists, Off" if new_id else ""

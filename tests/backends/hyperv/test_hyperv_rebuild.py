@@ -333,3 +333,28 @@ async def test_stop_vm_is_not_sent_when_the_shutdown_service_does_not_answer(
     assert "Stop-VM" not in model.calls and vm.id not in model.turned_off
     assert model.vms[vm.id].power is PowerState.RUNNING and model.chains[vm.id]
     await feed.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_cluster_role_refused_without_credssp_leaves_a_known_state(
+    one_peer: tuple[ClusterModel, PeerHandle], tmp_path: Path,  # noqa: F811
+) -> None:
+    """Add-ClusterVirtualMachineRole over a session without CredSSP is refused: the step
+    fails naming the requirement, the new VM is left Off and not clustered, and the
+    line to run on the node is printed."""
+    model, handle = one_peer
+    model.role_needs_credssp = True
+    vm = two_disk_gen2(model)
+    backend = backend_for(handle, read_only=False)
+    store = Store()
+    feed = await connected(backend, store)
+    _plan, result, wf, _rows = await run_rebuild(backend, store, tmp_path / "a.db", vm)
+    assert result.state is not TaskState.OK
+    create = wf.step("create")
+    assert create.state is StepState.FAILED
+    assert "CredSSP" in create.error and "Add-ClusterVirtualMachineRole -VMId" in create.error
+    new = next(v for v in model.vms.values() if v.id not in {vm.id} and v.name == vm.name
+               and v.id != vm.id and v.id not in model.clustered)
+    assert new.power is PowerState.OFF and new.id in create.error
+    assert vm.id in model.vms  # the old VM is kept
+    await feed.close()

@@ -93,6 +93,8 @@ class ClusterModel:
         self.dynamic_memory: set[str] = set()
         #: VMs whose guest Shutdown service does not answer; VMs Stop-VM powered off.
         self.no_shutdown: set[str] = set()
+        #: Add-ClusterVirtualMachineRole refused over a session without CredSSP.
+        self.role_needs_credssp = False
         self.turned_off: set[str] = set()
         self.auto_start: dict[str, str] = {}
         self.group_names: dict[str, str] = {}  # clustered VM id -> its cluster group's name
