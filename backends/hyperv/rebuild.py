@@ -425,6 +425,15 @@ class HyperVRebuild:
                         self._progress(task_id, 5 + 90 * (i + pct / 100) / len(todo), message)
 
                     await action.run_long(cmd.remove_snapshot(as_id(text(c.get("Id")))), one)
+            # The disks may go on merging after Remove-VMSnapshot returns: the step ends
+            # (and Convert-VHD may copy the chain) only once Get-VM no longer says so.
+            while todo:
+                rows = (await action.run(cmd.get_merge_status(vm_id))).output
+                row = props(rows[0]) if rows else {}
+                if text(row.get("SecondaryOperationalStatus")).strip() != "MergingDisks":
+                    break
+                self._progress(task_id, 95, text(row.get("Status")).strip() or "Merging disks")
+                await asyncio.sleep(min(5.0, max(0.2, hv.config.poll_interval)))
         finally:
             hv._actions.discard(action)
             await action.close()

@@ -358,3 +358,23 @@ async def test_a_cluster_role_refused_without_credssp_leaves_a_known_state(
     assert new.power is PowerState.OFF and new.id in create.error
     assert vm.id in model.vms  # the old VM is kept
     await feed.close()
+
+
+@pytest.mark.timeout(40)
+async def test_the_rebuild_merge_waits_for_the_background_merge(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    """The merge step ends (and Convert-VHD may copy the chain) only once the disks have
+    stopped merging, not when Remove-VMSnapshot returns."""
+    model, handle = one_peer
+    model.background_merge_s = 1.0
+    vm = next(v for v in sorted(model.vms.values(), key=lambda v: v.name)
+              if len(model.chains.get(v.id, [])) >= 3 and v.power is PowerState.RUNNING)
+    backend = backend_for(handle, read_only=False)
+    feed = await connected(backend, Store())
+    result = await backend.executor().rebuild_merge(vm.id, "bg-1", to_last_parent=True)
+    assert result.state is TaskState.OK, result.error
+    assert vm.id not in model.merging  # ended before the step reported OK
+    assert any(isinstance(e, TaskProgress) and e.message.startswith("Merging disks (")
+               for e in feed.events)
+    await feed.close()

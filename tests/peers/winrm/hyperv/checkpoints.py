@@ -80,6 +80,9 @@ def remove_snapshot(ep: Endpoint, params: dict[str, Any], writer: CommandWriter)
             with model.lock:
                 if str(snap["Id"]) in model.checkpoints:
                     model.remove_checkpoint(str(snap["Id"]))
+                if model.background_merge_s > 0:  # the files merge on after it returns
+                    model.merging[str(snap.get("VMId", ""))] = (
+                        time.monotonic(), model.background_merge_s)
         writer.write_progress("Remove-VMSnapshot", "Completed", percent=100, completed=True)
         return
     for vm_id in _piped_vm_ids(writer):
