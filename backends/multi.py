@@ -189,8 +189,9 @@ class MultiBackend(Backend):
                 return TaskProgress(tid, pct, message, state)
             case FindingRaised(finding):
                 return FindingRaised(namespace_entity(finding, prefix, keep))  # type: ignore[arg-type]
-            case ConnectionChanged(source, state, reason):
-                return ConnectionChanged(child.source(source), state, reason)
+            case ConnectionChanged(source, state, reason, nodes):
+                return ConnectionChanged(child.source(source), state, reason,
+                                         tuple(prefix + n for n in nodes))
         return event
 
     async def events(self) -> AsyncIterator[Event]:

@@ -118,8 +118,9 @@ def event_to_dict(event: Event) -> dict[str, Any]:
             }
         case FindingRaised(finding):
             return {"ev": "finding", "data": entity_to_dict(finding)}
-        case ConnectionChanged(source, state, reason):
-            return {"ev": "link", "source": source, "state": state.value, "reason": reason}
+        case ConnectionChanged(source, state, reason, nodes):
+            out = {"ev": "link", "source": source, "state": state.value, "reason": reason}
+            return {**out, "nodes": list(nodes)} if nodes else out
     raise CodecError(f"cannot encode {event!r}")
 
 
@@ -142,7 +143,8 @@ def event_from_dict(d: dict[str, Any]) -> Event:
                 return FindingRaised(finding)
             case "link":
                 return ConnectionChanged(
-                    str(d["source"]), LinkState(d["state"]), str(d.get("reason", ""))
+                    str(d["source"]), LinkState(d["state"]), str(d.get("reason", "")),
+                    tuple(str(n) for n in d.get("nodes") or ()),
                 )
     except (KeyError, TypeError, ValueError) as exc:
         raise CodecError(f"bad {d.get('ev')!r} event: {exc}") from exc

@@ -49,6 +49,9 @@ class ConnectionChanged:
     source: str
     state: LinkState
     reason: str = ""
+    #: The nodes this source reads (empty: unknown, or the whole target). Lets a
+    #: stale node make stale only what it owns (``Store.stale_for``).
+    nodes: tuple[str, ...] = ()
 
 
 Event = Upsert | Remove | TaskProgress | FindingRaised | ConnectionChanged

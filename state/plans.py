@@ -164,9 +164,11 @@ class Preflight:
             Finding(f"preflight:{code}:{self.vm_id}", severity, self.target, code, message)
         )
 
-    def check_live(self, store: Store) -> None:
-        """STALE_DATA (blocking) when the link is not live: every plan starts with it."""
-        if store.stale:
+    def check_live(self, store: Store, node_id: str | None = None) -> None:
+        """STALE_DATA (blocking) when the link is not live: every plan starts with it.
+        With ``node_id``: only that node's link counts (a healthy node's VMs proceed
+        while another node is down)."""
+        if store.stale if node_id is None else store.stale_for(node_id):
             self.add(
                 Severity.BLOCKING,
                 "STALE_DATA",
@@ -208,7 +210,7 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     findings, add = pre.findings, pre.add
 
     reserved = _reserved_by_running_merges(store, vm.lun_id, vm_id)
-    pre.check_live(store)
+    pre.check_live(store, vm.node_id)
     if not checkpoints:
         add(Severity.BLOCKING, "NOTHING_TO_MERGE", "The VM has no checkpoints to merge.")
     broken = chain_broken_message(store, vm_id)
@@ -312,8 +314,9 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
     for known in store.all(Kind.FINDING):
         assert isinstance(known, Finding)
         if known.target in (target, ref(Kind.LUN, vm.lun_id)) and known.severity.rank >= 2:
-            add(Severity.WARNING, f"REPORTED_{known.code}",
-                f"Reported by the cluster: {known.message}")
+            # A backend-reported blocking finding (e.g. a Hyper-V Replica checkpoint) blocks.
+            add(Severity.BLOCKING if known.severity is Severity.BLOCKING else Severity.WARNING,
+                f"REPORTED_{known.code}", f"Reported by the cluster: {known.message}")
     node = store.node(vm.node_id)
     if node is not None and node.state.value in ("draining", "down"):
         add(Severity.WARNING, "NODE_STATE", f"The VM's node {node.name} is {node.state.value}.")
@@ -339,14 +342,15 @@ def plan_merge(store: Store, vm_id: str, now: datetime) -> Plan:
            else f"the VM is {vm.power.value}: an offline merge, usually faster"),
     )
     node_name = node.name if node else ""
-    where = f"-ComputerName {_quote_ps(node_name)} " if node_name else ""
     return Plan(
         action="merge",
         target=target,
         target_name=vm.name,
         steps=steps,
         findings=tuple(sorted(findings, key=lambda f: -f.severity.rank)),
-        command=f"Get-VMSnapshot {where}-VMName {_quote_ps(vm.name)} | Remove-VMSnapshot",
+        # Exactly what the Hyper-V backend sends (commands.remove_all_snapshots), run on
+        # the VM's node: by the VM's id (names need not be unique).
+        command=f"Get-VM -Id {_quote_ps(vm.id)} | Remove-VMSnapshot -Name '*'",
         lun_id=lun.id if lun else "",
         lun_name=lun.name if lun else "",
         free_now=lun.free_bytes if lun else None,
@@ -410,7 +414,7 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
     to_version = cluster_max_version(store, vm.cluster_id)
     pre = Preflight(vm_id)
     findings, add = pre.findings, pre.add
-    pre.check_live(store)
+    pre.check_live(store, vm.node_id)
     if version_key(vm.config_version) >= version_key(to_version):
         add(Severity.BLOCKING, "ALREADY_CURRENT",
             f"The VM is already at version {vm.config_version or '?'}, the highest this "
@@ -436,7 +440,6 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
         "that do not support it, and older backups of its configuration cannot be restored "
         "as-is.")
     node = store.node(vm.node_id)
-    where = f"-ComputerName {_quote_ps(node.name)} " if node else ""
     return Plan(
         action="upgrade",
         target=target,
@@ -447,7 +450,8 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
             "This cannot be undone",
         ),
         findings=tuple(sorted(findings, key=lambda f: -f.severity.rank)),
-        command=f"Update-VMVersion {where}-VMName {_quote_ps(vm.name)} -Force",
+        # Exactly what the Hyper-V backend sends (commands.update_vm_version).
+        command=f"Get-VM -Id {_quote_ps(vm.id)} | Update-VMVersion -Force",
         irreversible=True,
         created=now,
         facts={

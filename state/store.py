@@ -57,6 +57,7 @@ class Link:
     state: LinkState
     reason: str
     since: datetime
+    nodes: tuple[str, ...] = ()  # the nodes this source reads (ConnectionChanged.nodes)
 
 
 @dataclass(slots=True)
@@ -74,6 +75,9 @@ class Delta:
 Subscriber = Callable[[Delta], None]
 
 _PARENT_FIELD = {Kind.CHECKPOINT: "vm_id", Kind.DISK: "vm_id", Kind.TASK: "target"}
+
+
+_NOT_LIVE = (LinkState.STALE, LinkState.RECONNECTING, LinkState.DISCONNECTED)
 
 
 class Store:
@@ -151,14 +155,31 @@ class Store:
 
     @property
     def stale(self) -> bool:
-        return self.link_state() in (
-            LinkState.STALE,
-            LinkState.RECONNECTING,
-            LinkState.DISCONNECTED,
-        )
+        return self.link_state() in _NOT_LIVE
+
+    def stale_for(self, node_id: str) -> bool:
+        """Whether what ``node_id`` owns is stale: its own source(s) are not live (a
+        node no source names: the worst link, as :attr:`stale`)."""
+        key = node_id.casefold()
+        own = [k for k in self.links.values() if key in {n.casefold() for n in k.nodes}]
+        if not own:
+            return self.stale
+        return all(k.state in _NOT_LIVE for k in own)
+
+    def nodes_live(self) -> tuple[int, int]:
+        """(live, known) nodes over the sources that name their nodes."""
+        states: dict[str, bool] = {}
+        for link in self.links.values():
+            for n in link.nodes:
+                live = link.state not in _NOT_LIVE
+                states[n.casefold()] = states.get(n.casefold(), False) or live
+        return sum(states.values()), len(states)
 
     def link_reason(self) -> str:
         reasons = [f"{k.source}: {k.reason}" for k in self.links.values() if k.reason]
+        live, known = self.nodes_live()
+        if known and live < known:  # e.g. "3/4 nodes": one node down is not the cluster down
+            reasons.insert(0, f"{live}/{known} nodes")
         return "; ".join(reasons)
 
     # -- subscribing -----------------------------------------------------
@@ -207,11 +228,14 @@ class Store:
                     state=new_state,
                 )
                 self._put(updated, delta)
-            case ConnectionChanged(source, state, reason):
+            case ConnectionChanged(source, state, reason, nodes):
                 old = self.links.get(source)
-                if old is None or old.state != state or old.reason != reason:
+                nodes = nodes or (old.nodes if old is not None else ())
+                if (old is None or old.state != state or old.reason != reason
+                        or old.nodes != nodes):
                     self.links[source] = Link(
-                        clean(source), state, clean(reason), datetime.now(UTC)
+                        clean(source), state, clean(reason), datetime.now(UTC),
+                        tuple(clean(n) for n in nodes),
                     )
                     delta.links_changed = True
 

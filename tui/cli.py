@@ -146,27 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                         help="how long to wait for a locked action log (default 10)")
     _add_common(report, sub=True)
-    # -- probe (vsphere helper; hyperv adds --hyperv here) --------------------------
+    # -- ventana probe: read-only captures (tui/probecli.py; backends/*/probe.py) ---------
     probe = sub.add_parser(
-        "probe", help="read-only capture of a server's raw answers to the backend's reads",
-        description="Log in, send every read the backend sends, write each raw answer to "
-        "--out (JSON lines). Nothing that changes the server is sent. Exit codes: 0 "
-        "written; 1 the server refused or failed; 2 bad arguments.",
+        "probe", help="read-only: capture what real hosts answer to Ventana's reads",
+        description="Sends only the reads the backend sends (Hyper-V: the read contract in "
+        "COMMANDS.md; vSphere: docs/vsphere.md) and writes every raw answer to --out. "
+        "Nothing that changes a host is sent. Exit codes: 0 written; 1 the server refused "
+        "or failed; 2 bad arguments; 3 cannot write.",
     )
     probe.add_argument("--vsphere", metavar="HOST[:PORT]", help="a vCenter or ESXi host")
-    probe.add_argument("--hyperv", metavar="NAME",
-                       help="a Hyper-V host or cluster (implemented by the hyperv backend)")
-    probe.add_argument("--out", type=Path, metavar="PATH", required=True,
-                       help="the capture file to write")
+    probe.add_argument("--hyperv", dest="probe_hyperv", action="append", default=[],
+                       metavar="NODE[:PORT]", help="a Hyper-V node to probe (repeat)")
+    probe.add_argument("--out", type=Path, metavar="FILE", required=True,
+                       help="the capture file to write (mode 0600)")
     probe.add_argument("--anonymize", action="store_true",
-                       help="replace every inventory name (and the user) by an alias")
+                       help="replace names, paths, ids and addresses with stable aliases")
+    probe.add_argument("--user", help="DOMAIN\\user (Hyper-V) or user@vsphere.local (vSphere)")
+    probe.add_argument("--password-file", type=Path, help="a file holding the password (0600)")
+    probe.add_argument("--ca-file", type=Path, help="the CA bundle of the hosts' certificates")
     probe.add_argument("--wait", type=int, default=5, metavar="SECONDS",
-                       help="how long to listen for pushed updates (default 5)")
-    probe.add_argument("--user", help="user name (user@vsphere.local)")
-    probe.add_argument("--ca-file", type=Path, help="CA bundle that signed the certificate")
-    probe.add_argument("--password-file", type=Path, help="file with the password (mode 0600)")
+                       help="vSphere: how long to listen for pushed updates (default 5)")
     probe.add_argument("--insecure", action="store_true",
-                       help="do NOT verify the TLS certificate")
+                       help="vSphere: do NOT verify the TLS certificate")
+    probe.add_argument("--auth", choices=("negotiate", "ntlm", "kerberos", "credssp", "basic"),
+                       help="Hyper-V: WinRM authentication")
+    probe.add_argument("--winrm-port", type=int, default=None, help="Hyper-V: WinRM port")
+    probe.add_argument("--resolve", action="append", default=[], metavar="NAME=HOST[:PORT]",
+                       help="Hyper-V: reach NAME at HOST (the certificate is checked "
+                       "against NAME)")
     _add_common(probe, sub=True)
     return parser
 
@@ -521,6 +528,10 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
     if args.command == "report":
         return cmd_report(args, log_path)
     if args.command == "probe":
+        if getattr(args, "probe_hyperv", None):
+            from ventana.backends.hyperv.probe import main as probe_hyperv
+
+            return probe_hyperv(args)
         from .probecli import cmd_probe
 
         return cmd_probe(args)

@@ -14,11 +14,8 @@ from ventana.state.sanitize import clean
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """``ventana probe --vsphere HOST``: logic in backends/vsphere/probe.py."""
-    if args.hyperv and not args.vsphere:
-        print("ventana: probe --hyperv is not available in this build", file=sys.stderr)
-        return 2
     if not args.vsphere:
-        print("ventana: probe needs --vsphere HOST", file=sys.stderr)
+        print("ventana: probe needs --vsphere HOST or --hyperv NODE", file=sys.stderr)
         return 2
     if not args.user:
         print("ventana: probe --vsphere needs --user", file=sys.stderr)

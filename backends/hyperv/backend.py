@@ -115,7 +115,7 @@ class HyperVConfig:
     - ``resolve``: ``{name: "host[:port]"}`` — where to reach a node (or the
       cluster name) instead of its name, like ``curl --resolve``; for labs and
       the test endpoint, where every name is 127.0.0.1 on its own port. The
-      TLS certificate is checked against the address connected to.
+      TLS certificate is checked against the NAME (as curl does): it must carry the name.
     - ``ca_bundle``: the CA certificate(s) that signed the nodes' WinRM
       certificates; None: the certifi bundle pypsrp uses by default.
     - ``verify_tls``: False turns verification off — an explicit flag, logged
@@ -160,13 +160,18 @@ class HyperVConfig:
         return target, self.port
 
     def addresses(self) -> list[tuple[str, int]]:
+        return [(host, port) for _, host, port in self.named_addresses()]
+
+    def named_addresses(self) -> list[tuple[str, str, int]]:
+        """(name, host, port) per configured node (or the cluster name alone); ``resolve``
+        applies to a name given without a port."""
         out = []
         for item in self.nodes or (self.cluster,):
             host, sep, port = item.rpartition(":")
             if sep and port.isdigit() and "]" not in port:
-                out.append((host.strip("[]"), int(port)))
+                out.append((host.strip("[]"), host.strip("[]"), int(port)))
             else:
-                out.append((item, self.port))
+                out.append((item, *self.address_of(item)))
         return out
 
 
@@ -188,17 +193,19 @@ class HyperVBackend(Backend):
         else:
             cert = config.ca_bundle or True
         self._cert: bool | str = cert
+        self._names: dict[tuple[str, int], str] = {}  # address -> the node name it stands for
         self._nodes: list[HyperVNode] = []
         self._discovery: HyperVNode | None = None
         self._tasks: list[asyncio.Task[None]] = []
         if config.discovers:
             host, port = config.address_of(config.cluster)
             self._discovery = HyperVNode(
-                -1, host, port, self._new_session(host, port), f"hyperv:{config.cluster}"
+                -1, host, port, self._new_session(host, port, config.cluster),
+                f"hyperv:{config.cluster}"
             )
         else:
-            for index, (host, port) in enumerate(config.addresses()):
-                session = self._new_session(host, port)
+            for index, (name, host, port) in enumerate(config.named_addresses()):
+                session = self._new_session(host, port, name if name != host else None)
                 self._nodes.append(
                     HyperVNode(index, host, port, session, f"hyperv:{host}:{port}")
                 )
@@ -230,10 +237,17 @@ class HyperVBackend(Backend):
             new_session=self._new_session,
             actions=self._actions,
             command_timeout=config.command_timeout,
+            poll_interval=config.poll_interval,
         )
 
-    def _new_session(self, host: str, port: int) -> NodeSession:
+    def _new_session(self, host: str, port: int, name: str | None = None) -> NodeSession:
+        """A session to a node; ``name``: the node's name (remembered per address), which
+        its errors say and its certificate must carry (checked even when ``resolve``
+        reaches it at another address)."""
         config = self.config
+        if name:
+            self._names[(host, port)] = name
+        name = name or self._names.get((host, port))
         session = NodeSession(
             host,
             port=port,
@@ -244,6 +258,7 @@ class HyperVBackend(Backend):
             connection_timeout=config.connection_timeout,
             operation_timeout=config.operation_timeout,
             command_timeout=config.command_timeout,
+            name=name,
         )
         session.allow_mutating = not config.read_only
         return session
@@ -357,6 +372,13 @@ class HyperVBackend(Backend):
                     except SessionError as exc:
                         log.debug("%s: VM event wait ended: %s", where, exc)
                         self.streaming[node.source] = False
+                        # A dropped stream is the first sign of a dead node: stale at once,
+                        # not after the next poll's timeouts (the poll reconnects it).
+                        if node.healthy:
+                            node.healthy = False
+                            self._emit(self._link(
+                                node, LinkState.STALE,
+                                f"{node.session.where}: the VM event stream dropped: {exc}"))
                         break  # a new session: subscribe again
                     self._apply_vm_events(changes.output)
         finally:
@@ -431,13 +453,24 @@ class HyperVBackend(Backend):
         else:  # its source is told apart from the cluster name's by the port
             targets = [(f"{entry.host}:{entry.port}", entry.host, entry.port)]
         for index, (name, host, port) in enumerate(targets):
-            session = self._new_session(host, port)
+            session = self._new_session(host, port, name if names else None)
             node = HyperVNode(index, host, port, session, f"hyperv:{name}")
             self._nodes.append(node)
             self._start_node(node)
         found = ", ".join(n for n, _, _ in targets)
         log.info("%s: %d node(s): %s", cfg.cluster, len(targets), found)
         self._emit(ConnectionChanged(entry.source, LinkState.CONNECTED))
+
+    def _link(self, node: HyperVNode, state: LinkState, reason: str = "") -> ConnectionChanged:
+        """A node source's link change, naming the nodes it reads (its computer, the
+        hosts of the VMs it reported, or the name it was discovered by): a stale node
+        makes stale only what it owns (``Store.stale_for``)."""
+        names = set(self._vm_counts.get(node.source, {}))
+        if node.computer:
+            names.add(node.computer.casefold())
+        elif node.session.name != node.host:
+            names.add(node_name(node.session.name).casefold())
+        return ConnectionChanged(node.source, state, reason, tuple(sorted(names)))
 
     def _emit(self, event: object) -> None:
         if self._queue is not None and not self._closed:
@@ -456,11 +489,9 @@ class HyperVBackend(Backend):
     # -- one node ---------------------------------------------------------------------------
     async def _node_loop(self, node: HyperVNode) -> None:
         cfg = self.config
-        where = f"{node.host}:{node.port}"
+        where = node.session.where  # the node's name when known: what every text says
         self._emit(
-            ConnectionChanged(
-                node.source, LinkState.CONNECTING, f"connecting to {where} as {cfg.username}"
-            )
+            self._link(node, LinkState.CONNECTING, f"connecting to {where} as {cfg.username}")
         )
         if not cfg.verify_tls:
             log.warning("%s: TLS certificate verification is OFF (explicit flag)", where)
@@ -470,11 +501,24 @@ class HyperVBackend(Backend):
             began = loop.time()
             try:
                 await self._poll(node)
-            except (AuthFailed, TlsRefused) as exc:
+            except AuthFailed as exc:  # not retried: it could lock the account
                 log.error("%s", exc)
                 node.healthy = False
-                self._emit(ConnectionChanged(node.source, LinkState.DISCONNECTED, str(exc)))
+                self._emit(self._link(node, LinkState.DISCONNECTED, str(exc)))
                 return
+            except TlsRefused as exc:
+                # Retried with backoff: a certificate gets fixed (renewed, the CA added)
+                # while the console runs; nothing is sent over an untrusted connection.
+                log.error("%s", exc)
+                failures += 1
+                if node.healthy:
+                    node.healthy = False
+                    self._emit(self._link(node, LinkState.STALE, str(exc)))
+                delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
+                self._emit(self._link(node, LinkState.RECONNECTING,
+                                             f"retry {failures} in {delay:.1f} s: {exc}"))
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -487,12 +531,12 @@ class HyperVBackend(Backend):
                 if node.healthy:
                     node.healthy = False
                     log.warning("%s stopped answering: %s", where, reason)
-                    self._emit(ConnectionChanged(node.source, LinkState.STALE, reason))
+                    self._emit(self._link(node, LinkState.STALE, reason))
                 delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
                 delay *= random.uniform(0.8, 1.2)
                 self._emit(
-                    ConnectionChanged(
-                        node.source,
+                    self._link(
+                        node,
                         LinkState.RECONNECTING,
                         f"retry {failures} in {delay:.1f} s: {reason}",
                     )
@@ -503,7 +547,7 @@ class HyperVBackend(Backend):
                 node.healthy = True
                 failures = 0
                 log.info("%s: connected (%s)", where, node.computer or "?")
-                self._emit(ConnectionChanged(node.source, LinkState.CONNECTED))
+                self._emit(self._link(node, LinkState.CONNECTED))
             # Polls start every poll_interval (not interval + read time): a change
             # waits at most one interval plus one read.
             await asyncio.sleep(
@@ -523,6 +567,8 @@ class HyperVBackend(Backend):
             answer = await session.run(cmd.get_computer_system())
             names = [node_name(props(o).get("Name")) for o in answer.output]
             node.computer = next((n for n in names if n), node_name(node.host))
+            if session.where == f"{node.host}:{node.port}":  # errors name the node from now on
+                session.where = node.computer
         if self._reads_cluster(node):
             nodes, csvs, states, partitions = await session.run_many(
                 [

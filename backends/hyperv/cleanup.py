@@ -29,6 +29,7 @@ is the result.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -192,7 +193,13 @@ class Cleanup:
 
                     ctx.tasks.progress(task_id, 100.0 * i / len(paths),
                                        f"Optimize-VHD {i + 1} of {len(paths)}")
-                    await action.run_long(cmd.optimize_vhd(path), progress)
+                    # Full mode needs the file attached read-only; always detached again.
+                    await action.run(cmd.mount_vhd_read_only(path))
+                    try:
+                        await action.run_long(cmd.optimize_vhd(path), progress)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await action.run(cmd.dismount_vhd(path))
                     done += 1
         except CommandFailed as exc:
             state, error = TaskState.FAILED, str(exc)

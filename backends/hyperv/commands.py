@@ -483,6 +483,17 @@ def remove_all_snapshots(vm_id: str) -> Command:
     )
 
 
+MERGE_STATUS_PROPS = ("Name", "SecondaryOperationalStatus", "Status")
+
+
+def get_merge_status(vm_id: str) -> Command:
+    """Whether the VM's disks still merge: ``Remove-VMSnapshot`` returns when the
+    checkpoints are gone from the tree; the .avhdx files go on merging in the background
+    (SecondaryOperationalStatus ``MergingDisks``, Status "Merging disks (N%)")."""
+    return Command("background merge state", (_by_id(vm_id),), MERGE_STATUS_PROPS,
+                   extra=_enums(SecondaryOperationalStatus="VMOperationalStatus"))
+
+
 def update_vm_version(vm_id: str) -> Command:
     """Irreversible: raise the VM's configuration version to the host's default."""
     return Command(
@@ -534,6 +545,22 @@ def optimize_vhd(path: str) -> Command:
     )
 
 
+def mount_vhd_read_only(path: str) -> Command:
+    """Attach a file read-only, no drive letter: Optimize-VHD -Mode Full needs it (on a file
+    not attached read-only, Full falls back to Prezeroed and reclaims less)."""
+    return Command(
+        "attach the file read-only (Mount-VHD)",
+        (Cmdlet("Mount-VHD", (("Path", path), ("ReadOnly", SWITCH), ("NoDriveLetter", SWITCH))),),
+        mutating=True, quiet=True,
+    )
+
+
+def dismount_vhd(path: str) -> Command:
+    """Detach a file attached by :func:`mount_vhd_read_only` (always sent after it)."""
+    return Command("detach the file (Dismount-VHD)", (Cmdlet("Dismount-VHD", (("Path", path),)),),
+                   mutating=True, quiet=True)
+
+
 def remove_cluster_group(vm_id: str) -> Command:
     """Remove a VM's cluster role and its resources (by the VM's Id, never a name)."""
     return Command(
@@ -576,7 +603,10 @@ FIRMWARE_PROPS = ("SecureBoot", "SecureBootTemplate")
 BOOT_PROPS = ("BootType", "Description", "FirmwarePath", "Device")
 BIOS_PROPS = ("StartupOrder",)
 CHECKPOINT_PROPS = ("Id", "Name", "SnapshotType", "CreationTime", "ParentSnapshotId")
-COMPONENT_PROPS = ("Name", "Enabled", "PrimaryOperationalStatus")
+COMPONENT_PROPS = ("Name", "Id", "Enabled", "PrimaryOperationalStatus")
+#: The Shutdown integration service's fixed id (the end of VMIntegrationComponent.Id): its
+#: display name is localized ("Herunterfahren des Betriebssystems"), its id is not.
+SHUTDOWN_SERVICE_ID = "9f8233ac-be49-4c79-8ee3-e7e1985b2077"
 NEW_VM_PROPS = ("Id", "Name")
 
 
@@ -779,7 +809,8 @@ def set_no_autostart(vm_id: str) -> Command:
 
 #: Cmdlets that change something on the host.
 MUTATING_CMDLETS = frozenset({
-    "Remove-VMSnapshot", "Update-VMVersion", "Optimize-VHD", "Remove-ClusterGroup",
+    "Remove-VMSnapshot", "Update-VMVersion", "Optimize-VHD", "Mount-VHD", "Dismount-VHD",
+    "Remove-ClusterGroup",
     "Remove-VM", "Remove-Item", "Stop-VM", "Start-VM", "Convert-VHD", "New-VM",
     "Set-VMProcessor", "Set-VMMemory", "Remove-VMNetworkAdapter", "Add-VMNetworkAdapter",
     "Set-VMNetworkAdapterVlan", "Add-VMHardDiskDrive", "Add-VMScsiController", "Set-VMFirmware",

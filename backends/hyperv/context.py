@@ -67,6 +67,7 @@ class HyperVContext:
         new_session: Callable[[str, int], NodeSession],
         actions: MutableSet[NodeSession],
         command_timeout: float,
+        poll_interval: float = 15.0,
     ) -> None:
         self.target = target
         self._is_read_only = is_read_only
@@ -78,6 +79,7 @@ class HyperVContext:
         self._new_session = new_session
         self._actions = actions
         self.command_timeout = command_timeout
+        self.poll_interval = poll_interval  # how often a workflow re-asks a host
         self.tasks = TaskReporter(emit)
 
     @property

@@ -603,7 +603,7 @@ def node_entities(
                     in REPLICA_SNAPSHOTS]
         if replicas:
             findings.append(Finding(
-                f"hyperv:replica-checkpoint:{vm_id}", Severity.CRITICAL, f"vm:{vm_id}",
+                f"hyperv:replica-checkpoint:{vm_id}", Severity.BLOCKING, f"vm:{vm_id}",
                 "REPLICA_CHECKPOINT",
                 f"{len(replicas)} Hyper-V Replica checkpoint(s) (e.g. "
                 f"{text(replicas[0].get('Name'))!r}, "

@@ -15,14 +15,17 @@ backend's ``HyperVContext`` only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 
 from ventana.state.model import FinalState, TaskState
 
 from ..base import ActionResult
 from . import commands as cmd
 from .context import HyperVContext, lost
-from .session import CommandFailed, SessionError
+from .mapping import props, text
+from .session import CommandFailed, NodeSession, SessionError
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +87,17 @@ async def run_merge(ctx: HyperVContext, vm_id: str, task_id: str) -> ActionResul
     task = ctx.tasks.start(task_id, "merge", vm,
                            f"merging {checkpoints} checkpoint(s) on {vm.node_id}")
 
+    last = [0.0]
+
     def progress(pct: float, message: str) -> None:
+        last[0] = pct
         ctx.tasks.progress(task_id, pct, message)
 
     state, error, final = TaskState.OK, "", FinalState.OPERATIONAL
     try:
         async with ctx.action_session(node) as action:
             await action.run_long(cmd.remove_all_snapshots(vm_id), progress)
+            await wait_background_merge(ctx, action, vm_id, lambda m: progress(last[0], m))
     except CommandFailed as exc:
         state, error, final = TaskState.FAILED, str(exc), FinalState.FAILED
     except Exception as exc:
@@ -106,6 +113,20 @@ async def run_merge(ctx: HyperVContext, vm_id: str, task_id: str) -> ActionResul
         left = ctx.checkpoint_count(vm_id)
         if state is TaskState.FAILED and left < checkpoints:
             final = FinalState.PARTIAL
-    ctx.tasks.end(task, state, message="merged" if state is TaskState.OK else "", error=error,
-                  pct=100.0 if state is TaskState.OK else task.pct)
+    # A row that ends without the work done keeps the last progress seen (TaskReporter).
+    ctx.tasks.end(task, state, message="merged" if state is TaskState.OK else "", error=error)
     return ActionResult(state, error, before, after, final)
+
+
+async def wait_background_merge(ctx: HyperVContext, action: NodeSession, vm_id: str,
+                                say: Callable[[str], None]) -> None:
+    """Remove-VMSnapshot returns when the checkpoints left the tree; the .avhdx files
+    may go on merging in the background (``Msvm_ComputerSystem`` OperationalStatus
+    "Merging disks"). Return only once that has ended; progress says so meanwhile."""
+    while True:
+        rows = (await action.run(cmd.get_merge_status(vm_id))).output
+        row = props(rows[0]) if rows else {}
+        if text(row.get("SecondaryOperationalStatus")).strip() != "MergingDisks":
+            return
+        say(text(row.get("Status")).strip() or "Merging disks")
+        await asyncio.sleep(min(5.0, max(0.2, ctx.poll_interval)))

@@ -72,6 +72,7 @@ from .mapping import (
     replication_state,
     text,
 )
+from .merge import wait_background_merge
 from .session import CommandFailed, NodeSession, SessionError
 
 log = logging.getLogger(__name__)
@@ -367,6 +368,18 @@ class HyperVRebuild:
         session = node.session
         vm = await self._one(session, cmd.get_vm_check(vm_id), "this VM")
         if text(vm.get("State")) != "Off":
+            # Stop-VM -Force powers the VM off when the guest's Shutdown service does not
+            # answer: check it first; a power-off is the operator's explicit choice.
+            services = await self._read(session, cmd.get_vm_integration(vm_id))
+            shutdown = next((c for c in services if text(c.get("Id")).lower().endswith(
+                cmd.SHUTDOWN_SERVICE_ID)), None)
+            status = text(shutdown.get("PrimaryOperationalStatus")) if shutdown else ""
+            if not shutdown or not shutdown.get("Enabled") or status != "Ok":
+                raise StepFailed(StepResult(TaskState.FAILED, error=(
+                    f"the guest's Shutdown integration service is {status or 'unavailable'}: "
+                    "Stop-VM -Force would power the VM off (like pulling the plug). Nothing "
+                    "was sent; shut the guest down from inside, or power it off yourself "
+                    "(Stop-VM -TurnOff) if that is acceptable, then run the step again.")))
             self._progress(task_id, 2, "Stop-VM: shutting the guest down")
             # Its own pool: a guest may take minutes to shut down; the polls go on.
             async with self.ctx.action_session(node) as action:
@@ -400,6 +413,11 @@ class HyperVRebuild:
                         self._progress(task_id, 5 + 90 * (i + pct / 100) / len(todo), message)
 
                     await action.run_long(cmd.remove_snapshot(as_id(text(c.get("Id")))), one)
+            # The disks may go on merging after Remove-VMSnapshot returns: the step ends
+            # (and Convert-VHD may copy the chain) only once Get-VM no longer says so.
+            if todo:
+                await wait_background_merge(ctx, action, vm_id,
+                                            lambda message: self._progress(task_id, 95, message))
         left = await self._read(s, cmd.get_vm_checkpoints(vm_id))
         try:
             await ctx.reread(node)
@@ -493,7 +511,19 @@ class HyperVRebuild:
                         new_id, f"{cap['name']}-rebuilt-{datetime.now(UTC):%Y%m%d}"))
                 for i, command in enumerate(steps):
                     self._progress(task_id, 70 + 28 * i / len(steps), command.label)
-                    await s.run(command)
+                    try:
+                        await s.run(command)
+                    except CommandFailed as exc:
+                        if command.cmdlets[0].name != "Add-ClusterVirtualMachineRole":
+                            raise
+                        # Documented as not runnable remotely without CredSSP (a second
+                        # hop to the cluster service): a known state, and the line to run.
+                        line = command.as_powershell()
+                        return StepResult(TaskState.FAILED, error=(
+                            f"{exc} — Add-ClusterVirtualMachineRole needs CredSSP when run "
+                            f"remotely. The new VM {new_id} exists, Off, fully configured but "
+                            f"not clustered; run on {node.computer or node.host}: {line}"),
+                            data={"left_behind": made, "vm_id": new_id, "run_on_node": line})
         except CommandFailed as exc:
             left = ", ".join(made) or "none"
             where = f"; the new VM {new_id} exists, Off" if new_id else ""

@@ -211,10 +211,14 @@ class NodeSession:
         connection_timeout: float = 10.0,
         operation_timeout: int = 20,
         command_timeout: float = 60.0,
+        name: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
-        self.where = f"{host}:{port}"
+        #: The node's name: what error texts say, and what its TLS certificate must carry
+        #: when it is reached at another address (``--resolve NAME=HOST:PORT``, as curl's).
+        self.name = name or host
+        self.where = self.name if name else f"{host}:{port}"
         self._username = username
         self._password = password
         self._auth = auth
@@ -248,6 +252,8 @@ class NodeSession:
             operation_timeout=self._operation_timeout,
             read_timeout=self._operation_timeout + 10,
         )
+        if self.name.casefold() != self.host.casefold() and self._cert_validation is not False:
+            self._check_certificate_as(wsman, self.name)
         pool = RunspacePool(wsman)
         try:
             pool.open()
@@ -256,6 +262,20 @@ class NodeSession:
                 wsman.close()
             raise
         return pool
+
+    @staticmethod
+    def _check_certificate_as(wsman: Any, name: str) -> None:
+        """Connect to the address but check the certificate against ``name`` (SNI and
+        hostname), as ``curl --resolve NAME:PORT:ADDR`` does: the contract's certificates
+        carry node names, not addresses."""
+        transport = wsman.transport
+        # pypsrp builds its requests session on the first send; built here so that its
+        # HTTPS pools get the name (urllib3's server_hostname / assert_hostname).
+        session = transport._build_session()  # noqa: SLF001 - pypsrp 0.9 has no public hook
+        adapter = session.get_adapter("https://")
+        adapter.poolmanager.connection_pool_kw.update(server_hostname=name,
+                                                      assert_hostname=name)
+        transport.session = session
 
     async def _ensure_pool(self) -> Any:
         if self._pool is None:
@@ -358,6 +378,42 @@ class NodeSession:
         if errors and not all(c.tolerate_errors for c in commands):
             raise CommandFailed(f"{self.where}: {labels}: {'; '.join(errors)[:500]}")
         return answers
+
+    async def run_raw(self, command: Command, *, timeout: float | None = None) -> Answer:
+        """One read exactly as sent, its output NOT decoded (``ventana probe``).
+
+        Non-terminating errors are returned in ``errors``; a failed pipeline
+        raises :class:`CommandFailed` as :meth:`run` does.
+        """
+        if command.mutating:
+            raise ReadOnlyError(f"{self.where}: the probe sends reads only")
+        limit = timeout or self.command_timeout
+        async with self._lock:
+            pool = await self._ensure_pool()
+            ps = self._build(pool, [command])
+
+            def invoke() -> list[Any]:
+                output = list(ps.invoke())
+                _release(ps)
+                return output
+
+            try:
+                output = await asyncio.wait_for(
+                    in_thread(invoke, name=f"psrp-raw-{self.where}"), limit)
+            except TimeoutError:
+                self._stop(ps)
+                self._discard()
+                raise CommandTimeout(
+                    f"{self.where}: {command.label} took longer than {limit:g} s; stopped"
+                ) from None
+            except Exception as exc:
+                self._discard()
+                raise describe(exc, self.where, self._password) from None
+        errors = [str(e) for e in ps.streams.error]
+        if ps.had_errors:
+            reason = "; ".join(errors) or "the pipeline failed"
+            raise CommandFailed(f"{self.where}: {command.label}: {reason[:500]}")
+        return Answer(output, errors)
 
     def _check_mutating(self, commands: list[Command]) -> None:
         if any(c.mutating for c in commands) and not self.allow_mutating:

@@ -14,7 +14,9 @@ import pytest
 from apphelp import wait_for
 from peers.winrm.fixture import start_winrm_peer
 from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
+from peers.winrm.hyperv.profile import MODES
 
+from ventana.backends.hyperv.commands import remove_all_snapshots
 from ventana.backends.sim import SimConfig
 from ventana.state.actionlog import ActionLog
 from ventana.state.model import Kind
@@ -27,8 +29,11 @@ from ventana.tui.vm_table import VmTable
 pytestmark = pytest.mark.timeout(120)
 
 
-async def test_merge_on_a_psrp_endpoint_from_the_console(tmp_path: Path) -> None:
-    model = ClusterModel(SimConfig(vms=12, nodes=2, rate=0))
+@pytest.mark.parametrize("mode", list(MODES))
+async def test_merge_on_a_psrp_endpoint_from_the_console(tmp_path: Path, mode: str) -> None:
+    """Against each host mode of the endpoint (Server 2019/2016 numbering, a German
+    host, node names spelled differently)."""
+    model = ClusterModel(SimConfig(vms=12, nodes=2, rate=0), profile=MODES[mode])
     handle = start_winrm_peer(registry=build_hyperv_registry(model))
     try:
         secret = tmp_path / "pw"
@@ -59,7 +64,8 @@ async def test_merge_on_a_psrp_endpoint_from_the_console(tmp_path: Path) -> None
             await pilot.press("m")
             await pilot.pause(0.2)
             assert isinstance(app.screen, PlanScreen)
-            assert app.screen.plan.command.startswith("Get-VMSnapshot -ComputerName")
+            # The plan's command is exactly the command sent.
+            assert app.screen.plan.command == remove_all_snapshots(vm.id).as_powershell()
             await pilot.press(*vm.name, "enter")
             await wait_for(pilot, lambda: bool(log.rows()) and log.rows()[0].outcome != "running",
                            timeout=60)

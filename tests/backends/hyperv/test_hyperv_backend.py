@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from peers.winrm.hyperv import (
     ClusterModel,
     build_hyperv_registry,
 )
+from peers.winrm.hyperv.profile import MODES
 
 from ventana.backends.actions import ActionRunner
 from ventana.backends.base import ReadOnlyError
@@ -82,8 +84,13 @@ from ventana.state.store import Store
 POLL = 0.3
 
 
-def make_model() -> ClusterModel:
-    return ClusterModel(SimConfig(vms=12, nodes=2, rate=0))
+#: The endpoint's host profiles (tests/peers/winrm/hyperv/profile.py): the console's
+#: Hyper-V tests marked with it run against each.
+ALL_MODES = list(MODES)
+
+
+def make_model(mode: str = "server2019") -> ClusterModel:
+    return ClusterModel(SimConfig(vms=12, nodes=2, rate=0), profile=MODES[mode])
 
 
 class Feed:
@@ -165,8 +172,9 @@ def config_for(handles: list[PeerHandle], ca: str, **kwargs: Any) -> HyperVConfi
 
 
 @pytest.fixture
-def one_peer() -> Iterator[tuple[ClusterModel, PeerHandle]]:
-    model = make_model()
+def one_peer(request: pytest.FixtureRequest) -> Iterator[tuple[ClusterModel, PeerHandle]]:
+    """One endpoint for the whole cluster (parametrize indirectly with a host mode)."""
+    model = make_model(getattr(request, "param", "server2019"))
     handle = start_winrm_peer(registry=build_hyperv_registry(model))
     try:
         yield model, handle
@@ -184,8 +192,9 @@ def backend_for(handle: PeerHandle, **kwargs: Any) -> HyperVBackend:
 
 
 @pytest.mark.timeout(30)
-async def test_inventory_matches_what_the_nodes_serve(tmp_path: Path) -> None:
-    model = make_model()
+@pytest.mark.parametrize("mode", ALL_MODES)
+async def test_inventory_matches_what_the_nodes_serve(tmp_path: Path, mode: str) -> None:
+    model = make_model(mode)
     node_names = sorted(model.nodes)
     password = generate_password()
     handles = [
@@ -390,19 +399,25 @@ async def test_wrong_password_is_a_clear_error_and_not_retried(
 
 
 @pytest.mark.timeout(20)
-async def test_unknown_ca_is_refused(
+async def test_unknown_ca_is_refused_retried_and_recovers_once_fixed(
     one_peer: tuple[ClusterModel, PeerHandle], tmp_path: Path
 ) -> None:
+    """Nothing is sent over an untrusted connection; the node is retried with backoff
+    and recovers when its certificate (here: the CA bundle) is fixed."""
     _, handle = one_peer
-    other = tmp_path / "other-ca.pem"
-    trustme.CA().cert_pem.write_to_path(str(other))
-    backend = backend_for(handle, ca=str(other))
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))  # not the endpoint's CA
+    backend = backend_for(handle, ca=str(bundle))
     feed = Feed(backend)
     source = backend.sources[0]
-    await feed.until(lambda: feed.last_state(source) is LinkState.DISCONNECTED, 15, "refused TLS")
-    assert "TLS certificate not trusted" in feed.links(source)[-1].reason
+    await feed.until(lambda: any("TLS certificate not trusted" in e.reason
+                                 for e in feed.links(source)), 15, "refused TLS")
+    assert feed.last_state(source) is not LinkState.CONNECTED
     assert not feed.state
     assert handle.peer.service.shell_count() == 0
+    bundle.write_text(Path(handle.ca_path).read_text())  # the right CA now
+    await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 15, "recovered")
+    assert feed.of(Kind.VM)
     await feed.close()
 
 
@@ -418,10 +433,14 @@ async def test_stopped_endpoint_goes_stale_then_reconnects(
     await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20, "connected")
     count = len(feed.state)
 
+    await feed.until(lambda: backend.streaming.get(source) is True, 10, "the stream up")
+    killed = time.monotonic()
     await asyncio.to_thread(handle.peer.stop)
     await feed.until(lambda: feed.last_state(source) is not LinkState.CONNECTED, 15, "stale")
+    # Within one poll interval (plus the stop itself), naming the node and why.
+    assert time.monotonic() - killed < POLL + 2.0
     stale = [e for e in feed.links(source) if e.state is LinkState.STALE]
-    assert stale and stale[0].reason
+    assert stale and stale[0].reason and stale[0].reason.startswith("HV-NODE-01")
     assert len(feed.state) == count  # entities stay (shown stale), nothing removed
     await asyncio.sleep(1.0)
     assert any(e.state is LinkState.RECONNECTING for e in feed.links(source))
@@ -481,6 +500,7 @@ def vm_with_checkpoints(model: ClusterModel, least: int = 2) -> str:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("one_peer", ALL_MODES, indirect=True)
 async def test_merge_reports_progress_and_removes_every_checkpoint(
     one_peer: tuple[ClusterModel, PeerHandle],
 ) -> None:
@@ -532,6 +552,8 @@ async def test_merge_failing_half_way_is_failed_with_the_reason(
     )
     task = feed.state[(Kind.TASK, "merge-t2")]
     assert task.state is TaskState.FAILED and "another process" in task.error
+    # The row keeps the last progress seen (the first checkpoint merged: 25 % or more).
+    assert task.pct >= 25.0 and "checkpoint" in task.message
     left = [c for c in feed.of(Kind.CHECKPOINT).values() if c.vm_id == vm_id]
     assert len(left) == before - 1  # re-read after the failure
     await feed.close()
@@ -732,13 +754,16 @@ async def test_nodes_are_discovered_from_the_cluster_name_and_a_dead_node_is_no_
 ) -> None:
     """``--hyperv HVCLUSTER01`` with no nodes: Get-ClusterNode through the cluster name,
     then one session per node by name. Every name is 127.0.0.1 on its own port here,
-    given to the backend as ``resolve`` (as ``curl --resolve`` would)."""
+    given to the backend as ``resolve``; as with ``curl --resolve``, each certificate is
+    checked against the NAME (the certificates carry node names only, as the contract
+    requires; the first node also answers as the cluster name)."""
     model = ClusterModel(SimConfig(vms=12, nodes=3, rate=0))
     names = sorted(model.nodes)
     password = generate_password()
     handles = {
-        name: start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
-        for name in names
+        name: start_winrm_peer(registry=build_hyperv_registry(model, name), password=password,
+                               cert_names=[name, "HVCLUSTER01"] if i == 0 else [name])
+        for i, name in enumerate(names)
     }
     try:
         bundle = tmp_path / "cas.pem"
@@ -774,10 +799,34 @@ async def test_nodes_are_discovered_from_the_cluster_name_and_a_dead_node_is_no_
             20, "the node back",
         )
         await feed.until(lambda: set(model.vms) <= set(feed.of(Kind.VM)), 10, "every VM")
+        # Errors name the node, not the address it was reached at.
+        reasons = " ".join(e.reason for e in feed.links(f"hyperv:{dead}")
+                           if e.state is not LinkState.CONNECTING)
+        assert dead in reasons and "127.0.0.1" not in reasons, reasons
         await feed.close()
     finally:
         for h in handles.values():
             h.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_resolve_checks_the_certificate_against_the_name(tmp_path: Path) -> None:
+    """A certificate for another name is refused even at the right address."""
+    model = make_model()
+    handle = start_winrm_peer(registry=build_hyperv_registry(model), cert_names=["HV-OTHER"])
+    try:
+        config = config_for([handle], handle.ca_path, nodes=(), discover=False,
+                            resolve=(("HVCLUSTER01", f"127.0.0.1:{handle.port}"),))
+        backend = HyperVBackend(config, Credential(handle.user, handle.password, "t"))
+        feed = Feed(backend)
+        source = backend.sources[0]
+        await feed.until(lambda: any("TLS certificate not trusted" in e.reason
+                                     for e in feed.links(source)), 15, "refused")
+        assert "HVCLUSTER01" in feed.links(source)[-1].reason
+        assert not feed.of(Kind.VM)
+        await feed.close()
+    finally:
+        handle.stop()
 
 
 def test_commands_md_shows_every_read_as_sent() -> None:
@@ -844,6 +893,8 @@ async def test_power_changes_stream_well_before_the_poll(
     assert {"Register-CimIndicationEvent", "Wait-Event", "Get-Event", "Remove-Event"} <= set(
         model.calls
     )
+    # Subscribed to state changes only, not to every modification (OnTimeInMilliseconds).
+    assert model.queries and all("PreviousInstance.EnabledState" in q for q in model.queries)
     started = time.monotonic()
     await feed.close()  # the waiting pipeline is stopped, its session closed
     assert time.monotonic() - started < 8
@@ -894,4 +945,208 @@ async def test_finished_pipelines_are_released(
     [session] = backend.sessions()
     pool = session._pool
     assert pool is not None and len(pool.pipelines) <= 1  # at most the poll under way
+    await feed.close()
+
+
+# -- what real hosts send (the endpoint's host modes) ------------------------------------------
+
+
+async def raw_json(handle: PeerHandle, *cmdlets: Any) -> Any:
+    """One pipeline ending in ConvertTo-Json -Compress, sent as cmdlets; the parsed JSON."""
+    import json
+
+    from ventana.backends.hyperv.commands import SWITCH, Cmdlet, Command
+    from ventana.backends.hyperv.session import NodeSession
+
+    session = NodeSession("127.0.0.1", port=handle.port, username=handle.user,
+                          password=handle.password, auth="ntlm", cert_validation=handle.ca_path)
+    command = Command("raw", (*cmdlets, Cmdlet("ConvertTo-Json", (("Compress", SWITCH),))),
+                      tolerate_errors=True)
+    try:
+        answer = await session.run(command)
+    finally:
+        await session.close()
+    return [json.loads(s) for s in answer.output], answer.errors
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("one_peer", ["server2019", "server2016"], indirect=True)
+async def test_enum_numbers_differ_by_windows_version_and_names_do_not(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """VMState PausedCritical is 32789 on module 2.0.0.0 and 32787 on Server 2016: the
+    console reads names converted on the host, so both read Paused-Critical."""
+    from ventana.backends.hyperv.commands import Cmdlet
+
+    model, handle = one_peer
+    vm = next(v for v in model.vms.values() if v.node_id == next(iter(model.nodes)))
+    model.set_power(vm.id, PowerState.PAUSED_CRITICAL)
+    [doc], _ = await raw_json(handle, Cmdlet("Get-VM", (("Name", vm.name),)),
+                              Cmdlet("Select-Object", (("Property", ["Name", "State"]),)))
+    assert doc["State"] == (32787 if model.profile.server2016 else 32789)
+    backend = backend_for(handle)
+    feed = Feed(backend)
+    await feed.until(lambda: (Kind.VM, vm.id) in feed.state, 20, "the inventory")
+    assert feed.state[(Kind.VM, vm.id)].power is PowerState.PAUSED_CRITICAL
+    assert not feed.of(Kind.FINDING)  # every name is known
+    await feed.close()
+
+
+@pytest.mark.timeout(30)
+async def test_nested_objects_follow_convert_to_json_depth(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """ConvertTo-Json's default -Depth 2: a nested object within it is a JSON object,
+    beyond it its ToString; several objects are one array, one level deeper."""
+    from ventana.backends.hyperv.commands import Cmdlet
+
+    model, handle = one_peer
+    select = Cmdlet("Select-Object", (("Property", ["Name", "Cluster"]),))
+    [nodes], _ = await raw_json(handle, Cmdlet("Get-ClusterNode"), select)
+    assert len(nodes) == 2 and nodes[0]["Cluster"]["Name"] == "HVCLUSTER01"
+    select = Cmdlet("Select-Object", (("Property", ["Name", "OwnerNode"]),))
+    [csvs], _ = await raw_json(handle, Cmdlet("Get-ClusterSharedVolume"), select)
+    owner = csvs[0]["OwnerNode"]  # array (0) → CSV (1) → OwnerNode (2): an object …
+    assert owner["Name"] in model.nodes and isinstance(owner["State"], int)  # enum: a number
+    assert owner["Cluster"] == "HVCLUSTER01"  # … whose Cluster (3) is beyond: its ToString
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("one_peer", ["german"], indirect=True)
+async def test_a_german_host_reports_the_heartbeat_without_its_english_name(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    from ventana.backends.hyperv.commands import Cmdlet
+
+    model, handle = one_peer
+    [], errors = await raw_json(handle, Cmdlet("Get-VMIntegrationService", (
+        ("VMName", "*"), ("Name", "Heartbeat"))))
+    assert errors  # the name is "Takt" here
+    backend = backend_for(handle)
+    feed = Feed(backend)
+    mine = [v for v in model.vms.values() if v.power is PowerState.RUNNING]
+    await feed.until(lambda: all((Kind.VM, v.id) in feed.state for v in mine), 20, "VMs")
+    for vm in mine:
+        assert feed.state[(Kind.VM, vm.id)].integration is vm.integration
+    await feed.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_replica_checkpoint_never_looks_mergeable(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    from ventana.state.plans import plan_merge
+
+    model, handle = one_peer
+    vm_id = vm_with_checkpoints(model, 1)
+    cp_id = model.chains[vm_id][-1]
+    model.snapshot_types[cp_id] = "AppConsistentReplica"  # SnapshotType 7
+    backend = backend_for(handle)
+    store = Store()
+    feed = Feed(backend, store)
+    await feed.until(lambda: (Kind.CHECKPOINT, cp_id) in feed.state
+                     and feed.of(Kind.FINDING), 20, "the checkpoint and its finding")
+    assert feed.state[(Kind.CHECKPOINT, cp_id)].kind is CheckpointKind.RECOVERY
+    [finding] = feed.of(Kind.FINDING).values()
+    assert finding.code == "REPLICA_CHECKPOINT" and finding.target == f"vm:{vm_id}"
+    plan = plan_merge(store, vm_id, datetime.now(UTC))
+    assert plan.blocking and "REPORTED_REPLICA_CHECKPOINT" in {f.code for f in plan.findings}
+    await feed.close()
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("one_peer", ["spellings"], indirect=True)
+async def test_node_spellings_are_one_node_everywhere(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """hv-node-01 (cluster), HV-NODE-01 (WMI), hv-node-01.lab.example (Get-VM): one node;
+    the merge plan names it and the merge is sent there."""
+    from ventana.backends.hyperv import commands as c
+    from ventana.state.plans import plan_merge
+
+    model, handle = one_peer
+    backend = backend_for(handle, read_only=False)
+    store = Store()
+    feed = Feed(backend, store)
+    await feed.until(lambda: len(feed.of(Kind.VM)) == len(model.vms)
+                     and len(feed.of(Kind.NODE)) == 2, 20, "the inventory")
+    assert sorted(feed.of(Kind.NODE)) == sorted(model.nodes)
+    for vm in model.vms.values():
+        assert feed.state[(Kind.VM, vm.id)].node_id == vm.node_id
+    for lun in feed.of(Kind.LUN).values():
+        assert lun.owner_node_id in model.nodes
+    first = next(iter(model.nodes))
+    vm_id = next(v for v, chain in model.chains.items()
+                 if len(chain) >= 1 and model.vms[v].node_id == first)
+    plan = plan_merge(store, vm_id, datetime.now(UTC))
+    assert plan.facts["node"] == first
+    assert plan.command == c.remove_all_snapshots(vm_id).as_powershell()  # exactly what is sent
+    result = await backend.executor().merge(vm_id, "merge-sp")
+    assert result.state is TaskState.OK, result.error
+    await feed.close()
+
+
+# -- partial failure: one node down is not the cluster down ----------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_one_node_down_leaves_the_healthy_nodes_actionable(tmp_path: Path) -> None:
+    """Staleness is per node (and what it owns): the healthy node's VMs still plan and
+    merge; the header's reason says "1/2 nodes"; the dead node's VMs are blocked."""
+    from ventana.state.plans import plan_merge
+
+    model = make_model()
+    names = sorted(model.nodes)
+    password = generate_password()
+    handles = [start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
+               for name in names]
+    try:
+        bundle = tmp_path / "cas.pem"
+        bundle.write_text("".join(Path(h.ca_path).read_text() for h in handles))
+        backend = HyperVBackend(config_for(handles, str(bundle), read_only=False),
+                                Credential(handles[0].user, password, "t"))
+        store = Store()
+        feed = Feed(backend, store)
+        await feed.until(lambda: all(feed.last_state(s) is LinkState.CONNECTED
+                                     for s in backend.sources), 20, "both nodes")
+        await asyncio.to_thread(handles[1].peer.stop)  # the second node dies
+        await feed.until(lambda: store.stale_for(names[1]), 15, "the dead node stale")
+        assert not store.stale_for(names[0])
+        assert store.nodes_live() == (1, 2) and store.link_reason().startswith("1/2 nodes")
+        assert names[1] in store.link_reason()  # which node, and why
+
+        def vm_on(node: str) -> str:
+            return next(v for v, chain in model.chains.items()
+                        if chain and model.vms[v].node_id == node)
+
+        now = datetime.now(UTC)
+        healthy, dead = vm_on(names[0]), vm_on(names[1])
+        assert "STALE_DATA" not in {f.code for f in plan_merge(store, healthy, now).findings}
+        assert "STALE_DATA" in {f.code for f in plan_merge(store, dead, now).findings}
+        result = await backend.executor().merge(healthy, "merge-partial")
+        assert result.state is TaskState.OK, result.error
+        await feed.close()
+    finally:
+        for h in handles:
+            h.stop()
+
+
+@pytest.mark.timeout(40)
+async def test_a_merge_is_done_only_when_the_background_merge_has_ended(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """Remove-VMSnapshot returns; the disks merge on ("Merging disks"): the outcome is OK
+    only once Get-VM no longer reports MergingDisks, with its progress shown meanwhile."""
+    model, handle = one_peer
+    model.background_merge_s = 1.5
+    backend = backend_for(handle, read_only=False)
+    feed = Feed(backend)
+    await feed.until(lambda: feed.last_state(backend.sources[0]) is LinkState.CONNECTED, 20, "up")
+    vm_id = vm_with_checkpoints(model)
+    result = await backend.executor().merge(vm_id, "merge-bg")
+    assert result.state is TaskState.OK, result.error
+    assert vm_id not in model.merging  # it had ended when OK was reported
+    progress = [e.message for e in feed.events
+                if isinstance(e, TaskProgress) and e.task_id == "merge-bg"]
+    assert any(m.startswith("Merging disks (") for m in progress), progress
     await feed.close()

@@ -87,6 +87,11 @@ async def test_compact_of_an_off_vm_frees_space_read_back_from_the_host(
         [row] = log.rows()
         assert (row.action, row.outcome) == ("compact", "ok")
         assert model.calls.count("Optimize-VHD") == len(paths)
+        # Each file attached read-only first (Full mode's full effect), always detached.
+        sent = [x for x in model.calls if x.endswith("-VHD") and x != "Get-VHD"]
+        assert sent == ["Mount-VHD", "Optimize-VHD", "Dismount-VHD"] * len(paths)
+        assert not model.mounted
+        assert all(now[p] <= max(4 * 2**20, int(sizes[p] * model.compact_keep)) for p in paths)
     finally:
         log.close()
         await feed.close()
@@ -306,11 +311,11 @@ def test_commands_md_documents_the_cleanup_commands() -> None:
     vm_id = "d3b0c9b2-8f2e-4a53-9d3c-6a7f0f6b2a11"
     path = "C:\\ClusterStorage\\Volume1\\app-01\\app-01.vhdx"
     for command in (c.get_vm_check(vm_id), c.get_vm_drives(vm_id), c.paths_present([path]),
-                    c.optimize_vhd(path), c.remove_cluster_group(vm_id), c.remove_vm(vm_id),
-                    c.remove_file(path)):
+                    c.mount_vhd_read_only(path), c.optimize_vhd(path), c.dismount_vhd(path),
+                    c.remove_cluster_group(vm_id), c.remove_vm(vm_id), c.remove_file(path)):
         assert command.as_powershell() in doc, command.as_powershell()
-    for command in (c.optimize_vhd(path), c.remove_cluster_group(vm_id), c.remove_vm(vm_id),
-                    c.remove_file(path)):
+    for command in (c.mount_vhd_read_only(path), c.optimize_vhd(path), c.dismount_vhd(path),
+                    c.remove_cluster_group(vm_id), c.remove_vm(vm_id), c.remove_file(path)):
         assert command.mutating
         assert {n for x in command.pipeline() for n in x.commands} & c.MUTATING_CMDLETS
     for command in (c.get_vm_check(vm_id), c.get_vm_drives(vm_id), c.paths_present([path])):

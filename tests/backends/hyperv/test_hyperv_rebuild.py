@@ -312,3 +312,69 @@ async def test_a_gen1_vm_is_rebuilt_from_its_bios_capture(
     assert model.slot(new, 0) == ("IDE", 0, 0)
     assert "Get-VMBios" in model.calls and "Set-VMFirmware" not in model.calls
     await feed.close()
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("one_peer", ["german"], indirect=True)
+async def test_stop_vm_is_not_sent_when_the_shutdown_service_does_not_answer(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    """Stop-VM -Force would power the VM off without the guest's Shutdown service: the
+    merge step checks it (by its fixed id, not its localized name) and sends nothing."""
+    model, handle = one_peer
+    vm = next(v for v in sorted(model.vms.values(), key=lambda v: v.name)
+              if model.chains.get(v.id) and v.power is PowerState.RUNNING)
+    model.no_shutdown.add(vm.id)
+    backend = backend_for(handle, read_only=False)
+    feed = await connected(backend, Store())
+    result = await backend.executor().rebuild_merge(vm.id, "rb-stop", to_last_parent=False)
+    assert result.state is TaskState.FAILED
+    assert "Shutdown integration service" in result.error and "power" in result.error
+    assert "Stop-VM" not in model.calls and vm.id not in model.turned_off
+    assert model.vms[vm.id].power is PowerState.RUNNING and model.chains[vm.id]
+    await feed.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_cluster_role_refused_without_credssp_leaves_a_known_state(
+    one_peer: tuple[ClusterModel, PeerHandle], tmp_path: Path,  # noqa: F811
+) -> None:
+    """Add-ClusterVirtualMachineRole over a session without CredSSP is refused: the step
+    fails naming the requirement, the new VM is left Off and not clustered, and the
+    line to run on the node is printed."""
+    model, handle = one_peer
+    model.role_needs_credssp = True
+    vm = two_disk_gen2(model)
+    backend = backend_for(handle, read_only=False)
+    store = Store()
+    feed = await connected(backend, store)
+    _plan, result, wf, _rows = await run_rebuild(backend, store, tmp_path / "a.db", vm)
+    assert result.state is not TaskState.OK
+    create = wf.step("create")
+    assert create.state is StepState.FAILED
+    assert "CredSSP" in create.error and "Add-ClusterVirtualMachineRole -VMId" in create.error
+    new = next(v for v in model.vms.values() if v.id not in {vm.id} and v.name == vm.name
+               and v.id != vm.id and v.id not in model.clustered)
+    assert new.power is PowerState.OFF and new.id in create.error
+    assert vm.id in model.vms  # the old VM is kept
+    await feed.close()
+
+
+@pytest.mark.timeout(40)
+async def test_the_rebuild_merge_waits_for_the_background_merge(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    """The merge step ends (and Convert-VHD may copy the chain) only once the disks have
+    stopped merging, not when Remove-VMSnapshot returns."""
+    model, handle = one_peer
+    model.background_merge_s = 1.0
+    vm = next(v for v in sorted(model.vms.values(), key=lambda v: v.name)
+              if len(model.chains.get(v.id, [])) >= 3 and v.power is PowerState.RUNNING)
+    backend = backend_for(handle, read_only=False)
+    feed = await connected(backend, Store())
+    result = await backend.executor().rebuild_merge(vm.id, "bg-1", to_last_parent=True)
+    assert result.state is TaskState.OK, result.error
+    assert vm.id not in model.merging  # ended before the step reported OK
+    assert any(isinstance(e, TaskProgress) and e.message.startswith("Merging disks (")
+               for e in feed.events)
+    await feed.close()

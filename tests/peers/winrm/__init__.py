@@ -34,9 +34,9 @@ A client connects with::
     WSMan("127.0.0.1", port=5986, username="LAB\\\\operator", password=...,
           auth="ntlm", cert_validation="/tmp/winrm-peer-…/ca.pem")
 
-Limits: PowerShell shells only (no cmd.exe WinRS), commands only (no
-scripts), no message encryption (use HTTPS), no Kerberos or CredSSP, no
-disconnect/reconnect.
+Limits: PowerShell shells only (no cmd.exe WinRS), commands only (scripts
+only as a registry's ``scripts`` parser understands them), no message
+encryption (use HTTPS), no Kerberos or CredSSP, no disconnect/reconnect.
 """
 
 from .cmdlets import (

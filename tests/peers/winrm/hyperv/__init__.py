@@ -10,9 +10,14 @@ answers for every VM of the cluster (one endpoint for the whole cluster),
 ``node="HV-NODE-01"`` only for the VMs that node hosts (one peer per node).
 
 Objects are shaped like a real server's output: plain type names
-(``Microsoft.HyperV.PowerShell.VirtualMachine``…), enums by name, nested
-objects flattened to strings, sizes as Int64/UInt64, Guids as Guids,
-DateTime as DateTime. ``Select-Object -Property`` projects them into
+(``Microsoft.HyperV.PowerShell.VirtualMachine``…), enums by name (numbered
+as the host's module numbers them), nested objects as objects (CLIXML
+flattens them to their ToString at the default depth), sizes as
+Int64/UInt64, Guids as Guids, DateTime as DateTime. ``ConvertTo-Json``
+follows PowerShell's depth rules (``pipeline.py``); the one script the
+client sends — ``$input | Select-Object -Property … | ConvertTo-Json
+-Compress`` with calculated ``[string]`` properties — is understood, any
+other script refused. ``Select-Object -Property`` projects them into
 ``Selected.<type>`` objects with note properties, as PowerShell does;
 ``ConvertTo-Json`` writes what Windows PowerShell 5.1 writes (enums as
 numbers, DateTime as ``\\/Date(ms)\\/``). Within a statement, cmdlets pass
@@ -58,6 +63,8 @@ Start it by hand (one endpoint serving the whole cluster)::
 Modules (one per cmdlet family)
 -------------------------------
 ``model.py``        :class:`ClusterModel`, the simulated cluster
+``profile.py``      :class:`HostProfile`: the host modes (server2019, server2016,
+                    german, spellings), each behaviour with its published source
 ``endpoint.py``     :class:`Endpoint`: what one node's handlers share
 ``enums.py``        the Hyper-V / FailoverClusters enums sent
 ``wire.py``         :class:`Row`, object building, errors, name filters

@@ -5,6 +5,7 @@ Get-VMSnapshot, Remove-VMSnapshot.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..cmdlets import CommandWriter, ErrorCategory
@@ -79,6 +80,9 @@ def remove_snapshot(ep: Endpoint, params: dict[str, Any], writer: CommandWriter)
             with model.lock:
                 if str(snap["Id"]) in model.checkpoints:
                     model.remove_checkpoint(str(snap["Id"]))
+                if model.background_merge_s > 0:  # the files merge on after it returns
+                    model.merging[str(snap.get("VMId", ""))] = (
+                        time.monotonic(), model.background_merge_s)
         writer.write_progress("Remove-VMSnapshot", "Completed", percent=100, completed=True)
         return
     for vm_id in _piped_vm_ids(writer):
@@ -106,6 +110,12 @@ def remove_snapshot(ep: Endpoint, params: dict[str, Any], writer: CommandWriter)
                     "another process. (0x80070020)",
                     "OperationFailed", ErrorCategory.ResourceBusy)
             model.remove_checkpoint(cp.id)
+        if todo and model.background_merge_s > 0:
+            # The checkpoints are gone from the tree, but the .avhdx files go on merging in
+            # the background: Get-VM reports SecondaryOperationalStatus MergingDisks
+            # (VMOperationalStatus 32772, Hyper-V module 2.0.0.0) until it ends.
+            with model.lock:
+                model.merging[vm_id] = (time.monotonic(), model.background_merge_s)
         writer.write_progress("Remove-VMSnapshot", "Completed", percent=100, completed=True)
 
 

@@ -139,6 +139,16 @@ def remove_cluster_group(ep: Endpoint, params: dict[str, Any], writer: CommandWr
 def add_cluster_role(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
     model = ep.model
     ep.log("Add-ClusterVirtualMachineRole")
+    if model.role_needs_credssp:
+        # A remote session without CredSSP cannot make the second hop to the cluster
+        # service (Get-WSManCredSSP docs: CredSSP is "designed for commands that create a
+        # remote session from another remote session"; issue 14 §6). This peer has no
+        # CredSSP, so the refusal is unconditional in this mode.
+        raise TerminatingError(
+            "You do not have administrative privileges on the cluster. Contact your "
+            "network administrator to request access. Access is denied",
+            error_id="ClusterAccessDenied", category=ErrorCategory.PermissionDenied,
+            exception_type=FC + "ClusterCmdletException")
     vm_id = str(params.get("VMId", "")).casefold()
     name = str(params.get("Name", ""))
     with model.lock:

@@ -53,6 +53,14 @@ HeartbeatStatus = ps_enum(
      "OkApplicationsUnknown": 5, "OkApplicationsHealthy": 6, "OkApplicationsCritical": 7,
      "Paused": 8},
 )
+#: Get-VM's Primary/SecondaryOperationalStatus (VMOperationalStatus, a subset).
+OperationalStatus = ps_enum(
+    HV + "VMOperationalStatus",
+    {"Ok": 2, "Degraded": 3, "PredictiveFailure": 5, "InService": 11, "Dormant": 15,
+     "SupportingEntityInError": 16, "CreatingSnapshot": 32768, "DeletingSnapshot": 32770,
+     "WaitingToStart": 32771, "MergingDisks": 32772, "ExportingVirtualMachine": 32773,
+     "MigratingVirtualMachine": 32774, "BackingUpVirtualMachine": 32776},
+)
 # Microsoft.Vhd.PowerShell (the VHD cmdlets of the same module).
 VhdFormat = ps_enum("Microsoft.Vhd.PowerShell.VhdFormat",
                     {"Unknown": 0, "VHD": 2, "VHDX": 3, "VHDSet": 4})

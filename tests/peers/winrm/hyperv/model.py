@@ -64,6 +64,10 @@ class ClusterModel:
         self.calls: list[str] = []  # command names served, for tests
         self.merge_step_s = 0.02  # Remove-VMSnapshot: seconds per progress step
         self.merge_fail_after: int | None = None  # fail before removing checkpoint N+1
+        #: Remove-VMSnapshot returns, then the disks merge this many more seconds in the
+        #: background (0: at once); ``merging``: vm id -> (started, seconds).
+        self.background_merge_s = 0.0
+        self.merging: dict[str, tuple[float, float]] = {}
         #: Register-CimIndicationEvent accepted (False: refused, as with too few rights).
         self.indications = True
         self.watchers: list[Any] = []  # called with each VM whose state changed
@@ -77,12 +81,21 @@ class ClusterModel:
         self.locked: set[str] = set()
         #: Optimize-VHD: the file keeps this share of its size (the rest was unused blocks).
         self.compact_keep = 0.6
+        #: …and this share when not mounted read-only first (Full falls back to Prezeroed).
+        self.compact_keep_prezeroed = 0.9
+        #: Files attached to the host (Mount-VHD): casefolded path -> "ReadOnly"/"ReadWrite".
+        self.mounted: dict[str, str] = {}
         # -- what the rebuild reads and sets (lazily derived per VM from its name) --
         self.slots: dict[str, list[tuple[str, int, int]]] = {}  # per drive: type, number, loc
         self.system_drive: dict[str, int] = {}  # which drive holds the OS (default 0)
         self.nics: dict[str, list[dict[str, Any]]] = {}
         self.firmware: dict[str, dict[str, Any]] = {}  # Gen2: boot order, Secure Boot
         self.dynamic_memory: set[str] = set()
+        #: VMs whose guest Shutdown service does not answer; VMs Stop-VM powered off.
+        self.no_shutdown: set[str] = set()
+        #: Add-ClusterVirtualMachineRole refused over a session without CredSSP.
+        self.role_needs_credssp = False
+        self.turned_off: set[str] = set()
         self.auto_start: dict[str, str] = {}
         self.group_names: dict[str, str] = {}  # clustered VM id -> its cluster group's name
         #: SCSI controllers of VMs made by New-VM (one; Add-VMScsiController adds).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
 import uuid
@@ -110,6 +111,7 @@ _CALCULATED = re.compile(
 _PLAIN_ITEM = re.compile(r"^'(?P<name>\w+)'$")
 
 
+@functools.lru_cache(maxsize=256)
 def projection_script(text: str) -> Any:
     """A handler for ``$input | Select-Object -Property … | ConvertTo-Json -Compress``
     whose items are names (``'Name'``) or calculated properties casting one property
@@ -136,12 +138,12 @@ def projection_script(text: str) -> Any:
             if found is None:
                 continue
             first, props = found
+            folded = {k.casefold(): v for k, v in props.items()}
             values: dict[str, Any] = {}
             for name, cast, path in items:
-                value: Any = props
-                for part in path:
-                    inner = value if isinstance(value, dict) else (_properties(value) or
-                                                                   ("", {}))[1]
+                value: Any = folded.get(path[0].casefold())
+                for part in path[1:]:  # a nested property: $_.OwnerNode.Name
+                    inner = (_properties(value) or ("", {}))[1]
                     value = {k.casefold(): v for k, v in inner.items()}.get(part.casefold())
                 if cast == "string":
                     value = ps_string(value)

@@ -131,14 +131,60 @@ def get_vhd(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None
         )
 
 
+def mount_vhd(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
+    """Mount-VHD -Path P [-ReadOnly] [-NoDriveLetter]: attached to the host; refused while
+    its VM runs (the file is in use)."""
+    model = ep.model
+    ep.log("Mount-VHD")
+    for path in [str(p) for p in _as_list(params.get("Path"))]:
+        with model.lock:
+            disk = model.disk_by_path(path)
+            owner = model.owner_of(disk) if disk is not None else None
+            if disk is None:
+                raise _vz_error(f"Mount-VHD: The system cannot find the file specified: "
+                                f"'{path}'.", "ObjectNotFound", ErrorCategory.ObjectNotFound)
+            if (owner is not None and owner.power is not PowerState.OFF) or \
+                    path.casefold() in model.mounted:
+                raise _vz_error(f"Mount-VHD: Failed to mount the disk '{path}': The process "
+                                "cannot access the file because it is being used by another "
+                                "process. (0x80070020)", "InvalidOperation",
+                                ErrorCategory.ResourceBusy)
+            model.mounted[path.casefold()] = "ReadOnly" if params.get("ReadOnly") else \
+                "ReadWrite"
+
+
+def dismount_vhd(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
+    """Dismount-VHD -Path P."""
+    model = ep.model
+    ep.log("Dismount-VHD")
+    for path in [str(p) for p in _as_list(params.get("Path"))]:
+        with model.lock:
+            if model.mounted.pop(path.casefold(), None) is None:
+                raise _vz_error(f"Dismount-VHD: The disk '{path}' is not attached.",
+                                "InvalidParameter", ErrorCategory.InvalidArgument)
+
+
 def optimize_vhd(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
-    """Optimize-VHD -Path P -Mode Full: refused while the file's VM is not Off."""
+    """Optimize-VHD -Path P -Mode Full: refused while the file's VM is not Off.
+
+    Optimize-VHD (MicrosoftDocs, hyper-v/Optimize-VHD): "the virtual hard disk must
+    not be attached or must be attached in read-only mode", and ``-Mode Full`` on a
+    VHDX "not attached as read-only prior to the operation … will default to
+    Prezeroed mode", which cannot see the guest file system's free space: the file
+    keeps ``model.compact_keep_prezeroed`` of its size instead of ``compact_keep``.
+    """
     model = ep.model
     ep.log("Optimize-VHD")
     for path in [str(p) for p in _as_list(params.get("Path"))]:
         with model.lock:
             disk = model.disk_by_path(path)
             owner = model.owner_of(disk) if disk is not None else None
+            mounted = model.mounted.get(path.casefold())
+        if mounted == "ReadWrite":
+            raise _vz_error(
+                f"Optimize-VHD: The virtual disk '{path}' is attached read-write; it must not "
+                "be attached or be attached read-only.", "InvalidOperation",
+                ErrorCategory.InvalidOperation)
         if disk is None:
             raise _vz_error(f"Optimize-VHD: The system cannot find the file specified: "
                             f"'{path}'.", "ObjectNotFound", ErrorCategory.ObjectNotFound)
@@ -161,7 +207,8 @@ def optimize_vhd(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) ->
                 return
         with model.lock:
             disk = model.disks[disk.id]
-            after = max(4 * MB, int(disk.size_bytes * model.compact_keep))
+            keep = model.compact_keep if mounted == "ReadOnly" else model.compact_keep_prezeroed
+            after = max(4 * MB, int(disk.size_bytes * keep))
             after = min(after, disk.size_bytes)
             model.disks[disk.id] = dataclasses.replace(disk, size_bytes=after)
             model.free_file(disk, disk.size_bytes - after)
@@ -300,6 +347,8 @@ HANDLERS = {
     "Get-VMHardDiskDrive": get_drive,
     "Get-VHD": get_vhd,
     "Optimize-VHD": optimize_vhd,
+    "Mount-VHD": mount_vhd,
+    "Dismount-VHD": dismount_vhd,
     "Convert-VHD": convert_vhd,
     "Add-VMHardDiskDrive": add_drive,
     "Add-VMScsiController": add_scsi_controller,

@@ -7,6 +7,7 @@ Set-VMProcessor, Set-VMMemory, Rename-VM, Set-VM, Remove-VM.
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from typing import Any
 
@@ -25,6 +26,7 @@ from .enums import (
     _REPL,
     HV,
     HeartbeatStatus,
+    OperationalStatus,
     OpStatus,
     ReplHealth,
     ReplMode,
@@ -56,7 +58,21 @@ def _heartbeat(vm: VM) -> Any:
     return HeartbeatStatus["NoContact"]
 
 
+def _merging(vm: VM, model: ClusterModel) -> int | None:
+    """The background merge's percent (None: not merging)."""
+    with model.lock:
+        started, seconds = model.merging.get(vm.id, (0.0, 0.0))
+        if not seconds:
+            return None
+        done = (time.monotonic() - started) / seconds
+        if done >= 1:
+            del model.merging[vm.id]
+            return None
+    return int(done * 100)
+
+
 def _vm_object(vm: VM, writer: CommandWriter, model: ClusterModel) -> Any:
+    merging = _merging(vm, model)
     return _obj(
         writer,
         [HV + "VirtualMachine", HV + "VirtualMachineBase", HV + "VirtualizationObject"],
@@ -75,6 +91,11 @@ def _vm_object(vm: VM, writer: CommandWriter, model: ClusterModel) -> Any:
             "Path": model.vm_folder(vm),
             "ReplicationState": _enum(ReplState, _REPL[vm.replication]),
             "Heartbeat": _heartbeat(vm),
+            "PrimaryOperationalStatus": OperationalStatus["Ok"],
+            "SecondaryOperationalStatus": None if merging is None
+            else OperationalStatus["MergingDisks"],
+            "Status": "Operating normally" if merging is None
+            else f"Merging disks ({merging}%)",
             "HardDrives": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",  # nested: a string
         },
         to_string=f"VirtualMachine (Name = '{vm.name}') [Id = '{vm.id}']",
@@ -150,9 +171,19 @@ def get_replication(ep: Endpoint, params: dict[str, Any], writer: CommandWriter)
         )
 
 
-#: The integration services every VM has (key into HostProfile.service), enabled or not.
+#: The integration services every VM has (key into HostProfile.service), enabled or not,
+#: with the component's fixed id (the last part of VMIntegrationComponent.Id, the same in
+#: every language: Msvm_*ComponentSettingData InstanceID).
 _SERVICES = (("heartbeat", True), ("shutdown", True), ("kvp", True), ("timesync", True),
              ("vss", True), ("guest", False))
+SERVICE_IDS = {
+    "heartbeat": "84EAAE65-2F2E-45F5-9BB5-0E857DC8EB47",
+    "shutdown": "9F8233AC-BE49-4C79-8EE3-E7E1985B2077",
+    "kvp": "2A34B1C2-FD73-4043-8A5B-DD2159BC743F",
+    "timesync": "2497F4DE-E9FA-4204-80E4-4B75C46419C0",
+    "vss": "5CED1297-4598-4915-A5FC-AD21BB4D02A4",
+    "guest": "6C09BB55-D683-4DA0-8931-C9BF705F6480",
+}
 
 
 def get_integration(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
@@ -184,10 +215,14 @@ def get_integration(ep: Endpoint, params: dict[str, Any], writer: CommandWriter)
             status = None
             if vm.power is PowerState.RUNNING and enabled:
                 degraded = key == "heartbeat" and vm.integration is IntegrationState.DEGRADED
-                status = _enum(OpStatus, "Degraded" if degraded else "Ok")
+                if key == "shutdown" and not shutdown_available(model, vm):
+                    status = _enum(OpStatus, "NoContact")
+                else:
+                    status = _enum(OpStatus, "Degraded" if degraded else "Ok")
             writer.write_output(_obj(
                 writer, [HV + "VMIntegrationComponent", HV + "VirtualMachineComponent"],
-                {"VMId": _guid(vm.id), "VMName": vm.name, "Name": name, "Enabled": enabled,
+                {"VMId": _guid(vm.id), "VMName": vm.name, "Name": name,
+                 "Id": f"Microsoft:{vm.id.upper()}\\{SERVICE_IDS[key]}", "Enabled": enabled,
                  "PrimaryOperationalStatus": status}))
         if wanted and not found:
             writer.write_error(
@@ -197,14 +232,35 @@ def get_integration(ep: Endpoint, params: dict[str, Any], writer: CommandWriter)
                 exception_type=HV + "VirtualizationException", target=vm.name)
 
 
+def shutdown_available(model: ClusterModel, vm: VM) -> bool:
+    """Whether the guest's Shutdown integration service answers (running, services OK)."""
+    return (vm.power is PowerState.RUNNING and vm.integration is IntegrationState.OK
+            and vm.id not in model.no_shutdown)
+
+
 def stop_vm(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
+    """Stop-VM [-Force] [-TurnOff]: a guest shutdown through the Shutdown integration
+    service; -TurnOff powers off. Without that service, -Force powers the VM off (the
+    forced stop the Stop-VM documentation describes; issue 14 §3) and the peer records
+    it in ``model.turned_off``; without -Force it is refused."""
     model = ep.model
     ep.log("Stop-VM")
     for vm in ep.piped_vms(writer):
-        if vm.power is not PowerState.OFF:
-            writer.write_progress("Stop-VM", f"Shutting down {vm.name}", percent=50)
-            writer.wait(model.merge_step_s)
+        if vm.power is PowerState.OFF:
+            continue
+        if params.get("TurnOff") or not shutdown_available(model, vm):
+            if not params.get("TurnOff") and not params.get("Force"):
+                raise _vz_error(
+                    f"Stop-VM: The virtual machine '{vm.name}' cannot be shut down: its "
+                    "Shutdown integration service is not available.", "InvalidOperation",
+                    ErrorCategory.InvalidOperation)
+            with model.lock:
+                model.turned_off.add(vm.id)
             model.set_power(vm.id, PowerState.OFF)
+            continue
+        writer.write_progress("Stop-VM", f"Shutting down {vm.name}", percent=50)
+        writer.wait(model.merge_step_s)
+        model.set_power(vm.id, PowerState.OFF)
 
 
 def start_vm(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
