@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--vsphere", metavar="HOST[:PORT]", help="a vCenter or ESXi host")
     probe.add_argument("--hyperv", dest="probe_hyperv", action="append", default=[],
                        metavar="NODE[:PORT]", help="a Hyper-V node to probe (repeat)")
-    probe.add_argument("--out", type=Path, metavar="FILE", required=True,
-                       help="the capture file to write (mode 0600)")
+    probe.add_argument("--out", type=Path, metavar="FILE",
+                       help="the capture file to write (mode 0600; required)")
     probe.add_argument("--anonymize", action="store_true",
                        help="replace names, paths, ids and addresses with stable aliases")
     probe.add_argument("--user", help="DOMAIN\\user (Hyper-V) or user@vsphere.local (vSphere)")

@@ -17,6 +17,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if not args.vsphere:
         print("ventana: probe needs --vsphere HOST or --hyperv NODE", file=sys.stderr)
         return 2
+    if args.out is None:
+        print("ventana: probe needs --out FILE", file=sys.stderr)
+        return 2
     if not args.user:
         print("ventana: probe --vsphere needs --user", file=sys.stderr)
         return 2
