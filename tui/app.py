@@ -11,6 +11,7 @@ confirm → log); the UI never calls a backend mutation itself. Read-only is one
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import time
@@ -68,6 +69,9 @@ from .vm_table import VmTable
 from .window_screen import RunChoice, WindowScreen
 
 INITIAL_LOAD_MAX_S = 5.0
+# The first inventory is applied this many events per turn of the event loop, so
+# a key or a frame never waits for the whole of it (about 10 ms of work each).
+INVENTORY_SLICE = 1000
 FINDINGS_TICK_S = 30.0  # age thresholds and snooze expiry are checked this often
 # The first inventory's findings are computed in slices of this many seconds per
 # flush (about 0.5 s of work at 10,000 VMs): a redraw never waits longer for them.
@@ -130,6 +134,7 @@ class VentanaApp(App[None]):
         # until it is complete the header counts what has arrived.
         self._loading = True
         self._inventory_done = False
+        self._inventory_applying = False  # the first inventory's slices are being applied
         self._load_started = time.monotonic()
         self.set_reactive(VentanaApp.read_only, backend.read_only)
         # Findings: live, incremental; the first inventory is computed in slices
@@ -221,7 +226,7 @@ class VentanaApp(App[None]):
 
     def _flush_events(self) -> None:
         self._flush_store()
-        if not self._loading and self.findings.pending:
+        if not self._loading and not self._inventory_applying and self.findings.pending:
             self.findings.drain(FINDINGS_SLICE_S)
         self.sync_findings()
 
@@ -235,7 +240,7 @@ class VentanaApp(App[None]):
                 f"Recording stopped: {clean(str(self.recorder.error))}",
                 severity="error", markup=False, timeout=30,
             )
-        if not self._pending:
+        if not self._pending or self._inventory_applying:
             return
         if self._loading:
             waited = time.monotonic() - self._load_started
@@ -246,18 +251,27 @@ class VentanaApp(App[None]):
                 return
             self._loading = False
             batch, self._pending = self._pending, []
-            # The inventory is long-lived and acyclic: no collections while it
-            # is built, then it leaves the cyclic GC's generations so that a
-            # full collection never pauses a redraw for hundreds of ms.
-            gc.disable()
-            try:
-                self._apply(batch)
-            finally:
-                gc.freeze()
-                gc.enable()
+            self._inventory_applying = True
+            self.run_worker(self._apply_inventory(batch), name="inventory", group="inventory",
+                            exit_on_error=False)
             return
         batch, self._pending = self._pending, []
         self._apply(batch)
+
+    async def _apply_inventory(self, batch: list[Event]) -> None:
+        """The first inventory, ``INVENTORY_SLICE`` events per turn of the loop."""
+        # The inventory is long-lived and acyclic: no collections while it
+        # is built, then it leaves the cyclic GC's generations so that a
+        # full collection never pauses a redraw for hundreds of ms.
+        gc.disable()
+        try:
+            for start in range(0, len(batch), INVENTORY_SLICE):
+                self._apply(batch[start : start + INVENTORY_SLICE])
+                await asyncio.sleep(0)
+        finally:
+            gc.freeze()
+            gc.enable()
+            self._inventory_applying = False
 
     def _apply(self, batch: list[Event]) -> None:
         try:
