@@ -79,7 +79,8 @@ def run_vsphere_suite(args: argparse.Namespace) -> list[Suite]:
     suites: list[Suite] = []
     for vms in args.vsphere_vms:
         load = _loadavg()
-        results = asyncio.run(vsphere.run_vsphere(vms, changes=args.vsphere_changes))
+        results = asyncio.run(vsphere.run_vsphere(vms, rounds=args.vsphere_rounds,
+                                                  changes=args.vsphere_changes))
         results["loadavg_start"], results["loadavg_end"] = load, _loadavg()
         vsphere.report(results)
         print(f"written: {_write(f'vsphere-{vms}', args, results)}")
@@ -145,6 +146,25 @@ def _hyperv_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def _from_file(path: Path) -> tuple[tuple[Row, ...], dict[str, Any], str]:
+    """A bench/results file's rows, figures and baseline suffix (by the suite that wrote it)."""
+    results = json.loads(path.read_text())["results"]
+    if path.name.startswith("console"):
+        vms = results.get("vms", 10_000)
+        return CONSOLE_ROWS + REPORT_ROWS, results, "" if vms == 10_000 else f"@{vms}"
+    if path.name.startswith("vsphere"):
+        from . import vsphere
+
+        vms = results["vms"]
+        return vsphere.ROWS, results, "" if vms == vsphere.DEFAULT_VMS else f"@{vms}"
+    if path.name.startswith("hyperv"):
+        from . import hyperv
+
+        size = (results["hv_nodes"], results["hv_vms"])
+        return hyperv.ROWS, results, "" if size == hyperv.DEFAULT_SIZE else "@{}x{}".format(*size)
+    raise SystemExit(f"{path}: not a console, vsphere or hyperv result file")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("suites", nargs="*", choices=[[], *SUITES], default=[],
@@ -154,13 +174,26 @@ def main() -> int:
     parser.add_argument("--vsphere-vms", type=_sizes, default=[1000],
                         help="VMs on vcsim; several sizes: 1000,5000,10000 (growth curves)")
     parser.add_argument("--vsphere-changes", type=int, default=20)
+    parser.add_argument("--vsphere-rounds", type=int, default=3,
+                        help="inventory reads per reader (the median is kept)")
     parser.add_argument("--vms", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0, help="events/s under load")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the load phase")
     parser.add_argument("--write-baseline", metavar="NOTE",
                         help="replace bench/baseline.json's figures of the suites that ran; "
                         "NOTE says what the machine was doing")
+    parser.add_argument("--baseline-from", nargs="+", type=Path, metavar="RESULT_JSON",
+                        help="with --write-baseline: take the figures from these "
+                        "bench/results files instead of running anything")
     args = parser.parse_args()
+    if args.baseline_from:
+        if not args.write_baseline:
+            parser.error("--baseline-from needs --write-baseline NOTE")
+        for path in args.baseline_from:
+            rows, results, suffix = _from_file(path)
+            written = write_baseline(results, rows, args.write_baseline, suffix=suffix)
+        print(f"baseline written: {written}")
+        return 0
     suites = set(args.suites or SUITES)
     ran: list[Suite] = []
     if "console" in suites:

@@ -92,7 +92,7 @@ def serve(vms: int, nodes: int, stream: bool) -> int:  # pragma: no cover - own 
     from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
 
     from ventana.backends.sim import SimConfig
-    from ventana.state.model import PowerState
+    from ventana.state.model import CheckpointKind, PowerState
 
     model = ClusterModel(SimConfig(seed=7, vms=vms, nodes=nodes, rate=0))
     model.indications = stream
@@ -117,6 +117,9 @@ def serve(vms: int, nodes: int, stream: bool) -> int:  # pragma: no cover - own 
                 model.set_power(vm.id, next(p for p in powers if p is not vm.power))
                 print(json.dumps({"ok": True, "power": model.vms[vm.id].power.value}),
                       flush=True)
+            elif words[0] == "checkpoint":  # a checkpoint created on the host (not power)
+                cp_id = model.add_checkpoint(words[1], "bench", CheckpointKind.STANDARD)
+                print(json.dumps({"ok": True, "checkpoint": cp_id}), flush=True)
             elif words[0] == "quit":
                 break
     finally:
@@ -165,7 +168,13 @@ class Server:
 
 async def run_hyperv(vms: int = 10_000, nodes: int = 4, changes: int = 40,
                      poll: float = 15.0, stream: bool = True,
-                     profile: str | None = None) -> dict[str, Any]:
+                     profile: str | None = None, trace: int = 0,
+                     nonpower_changes: int = 5) -> dict[str, Any]:
+    """The console on ``HyperVBackend`` against ``nodes`` endpoints serving ``vms`` VMs.
+
+    ``trace``: tracemalloc on (client only); the ``trace`` biggest allocation
+    sites live after the inventory are printed (it slows the client down).
+    """
     from ventana.backends.hyperv import Credential, HyperVBackend, HyperVConfig
     from ventana.state.model import Kind
     from ventana.tui.app import VentanaApp
@@ -195,6 +204,8 @@ async def run_hyperv(vms: int = 10_000, nodes: int = 4, changes: int = 40,
             inventory_s = time.perf_counter() - started
             screen_s = await _populate(app, pilot, info["vms"]) - started
             rss_inventory = rss_mb()
+            if trace:
+                print_allocations(trace)
 
             # -- server-side changes on rows that are on screen ------------------------
             sent: dict[str, float] = {}
@@ -231,6 +242,30 @@ async def run_hyperv(vms: int = 10_000, nodes: int = 4, changes: int = 40,
                     await pilot.pause(0.01)
                 sent.pop(vm_id, None)
                 await asyncio.sleep(rng.uniform(0, min(poll, 2.0)))
+            # -- non-power changes: a checkpoint created on a VM on screen -----------------
+            # The backend learns of these only from its next poll (no subscription yet).
+            nonpower: list[float] = []
+            nonpower_store: list[float] = []
+            for _ in range(nonpower_changes):
+                top = table.scroll_offset.y
+                page = max(1, table.scrollable_content_region.height - 1)
+                vm_id = rng.choice(table.visible_ids[top: top + page])
+                before = table.cell_text(vm_id, "ckpts")
+                await asyncio.to_thread(server.ask, f"checkpoint {vm_id}")
+                t0 = time.perf_counter()
+                count = len(store.checkpoints_of(vm_id))
+                deadline = t0 + poll + 30
+                while len(store.checkpoints_of(vm_id)) == count:
+                    await asyncio.sleep(0.005)
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError("a checkpoint did not arrive")
+                nonpower_store.append(time.perf_counter() - t0)
+                while table.cell_text(vm_id, "ckpts") == before:
+                    await pilot.pause(0.01)
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError("a checkpoint did not reach the screen")
+                nonpower.append(time.perf_counter() - t0)
+                await asyncio.sleep(rng.uniform(0, 1.0))
             rss_changes = rss_mb()
             threads, sockets = threads_and_sockets()
         await backend.close()
@@ -261,7 +296,29 @@ async def run_hyperv(vms: int = 10_000, nodes: int = 4, changes: int = 40,
         "hv_screen_samples": len(to_screen),
         **stats(to_screen, "hv_change_screen"),
         **stats(to_store, "hv_change_store"),
+        "hv_nonpower_samples": len(nonpower),
+        **stats(nonpower, "hv_nonpower_screen"),
+        **stats(nonpower_store, "hv_nonpower_store"),
     }
+
+
+def print_allocations(top: int) -> None:
+    """Where the live memory was allocated (tracemalloc): by file, then by line."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__)])
+    total = sum(stat.size for stat in snapshot.statistics("filename"))
+    print(f"\ntracemalloc: {total / 2**20:.1f} MB live in Python allocations")
+    for group in ("filename", "lineno"):
+        print(f"-- by {group}")
+        for stat in snapshot.statistics(group)[:top]:
+            frame = stat.traceback[0]
+            where = frame.filename.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
+            line = f":{frame.lineno}" if group == "lineno" else ""
+            print(f"{stat.size / 2**20:8.1f} MB {stat.count:>9,} blocks  {where}{line}")
 
 
 def threads_and_sockets() -> tuple[int, int]:
@@ -300,6 +357,8 @@ ROWS = (
     Row("hv_change_screen_median_ms", "power change → screen, median (ms)", noise=50),
     Row("hv_change_screen_p99_ms", "power change → screen, p99 (ms)", POLL_S * 1000 + 100,
         noise=100),
+    Row("hv_nonpower_screen_p99_ms", "checkpoint created → screen, p99 (ms)", 2000.0,
+        noise=500),
 )
 
 
@@ -324,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=40)
     parser.add_argument("--poll", type=float, default=15.0)
     parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="TOP",
+                        help="trace the client's allocations; print the TOP sites")
     parser.add_argument("--profile", help="cProfile every thread; client.prof/peer.prof here "
                         "(serve: the file to write)")
     args = parser.parse_args(argv)
@@ -335,8 +396,12 @@ def main(argv: list[str] | None = None) -> int:
             profile_threads(str(Path(args.profile) / "client.prof"))
     if args.mode == "serve":
         return serve(args.vms, args.nodes, not args.no_stream)
+    if args.tracemalloc and args.mode == "run":
+        import tracemalloc
+
+        tracemalloc.start()
     results = asyncio.run(run_hyperv(args.vms, args.nodes, args.changes, args.poll,
-                                     not args.no_stream, args.profile))
+                                     not args.no_stream, args.profile, args.tracemalloc))
     print(json.dumps(results, indent=2))
     return 0
 
