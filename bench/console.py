@@ -292,6 +292,7 @@ async def run_console(vms: int = 10_000, rate: float = 200.0, seconds: float = 1
         table = app.query_one(VmTable)
         populated_at = await _populate(app, pilot, vms)
         console_s = populated_at - (backend.inventory_sent_at or started)
+        await settle(app, pilot)  # the load is measured at steady state
         backend.table = table
         _instrument(table, backend)
         backend.load.set()
