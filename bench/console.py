@@ -142,13 +142,17 @@ async def _cpu_percent(pilot: Any, seconds: float) -> float:
     return 100.0 * (time.process_time() - cpu0) / (time.perf_counter() - wall0)
 
 
-def backlog(app: VentanaApp) -> int:
-    """Events received but not yet applied to the store (1 while the first inventory is)."""
-    return len(getattr(app, "_pending", ())) + bool(getattr(app, "_inventory_applying", False))
+def loading(app: VentanaApp) -> bool:
+    """The first inventory is still being received or applied.
+
+    (Live events waiting for the next flush are not counted: a live backend
+    always has some, and the table may already show every VM.)
+    """
+    return bool(getattr(app, "_loading", False) or getattr(app, "_inventory_applying", False))
 
 
 async def _populate(app: VentanaApp, pilot: Any, vms: int, timeout: float = 300.0) -> float:
-    """When the first frame showing all ``vms`` rows (nothing left to apply) was drawn.
+    """When the first frame showing all ``vms`` rows (the first inventory applied) was drawn.
 
     Times the table's own drawing instead of ``pilot.pause()``, which waits for
     the whole process to go idle (up to a second more while findings are computed).
@@ -158,7 +162,7 @@ async def _populate(app: VentanaApp, pilot: Any, vms: int, timeout: float = 300.
     original = table.render_line
 
     def render_line(y: int) -> Any:
-        if not drawn and table.row_count >= vms and not backlog(app):
+        if not drawn and table.row_count >= vms and not loading(app):
             drawn.append(time.perf_counter())
         return original(y)
 
