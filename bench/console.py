@@ -168,8 +168,14 @@ async def _populate(app: VentanaApp, pilot: Any, vms: int, timeout: float = 300.
 
     table.render_line = render_line  # type: ignore[method-assign]
     deadline = time.perf_counter() + timeout
+    nudged = False
     try:
         while not drawn:
+            if not nudged and table.row_count >= vms and not loading(app):
+                # If the last frame already showed everything, no further one may come:
+                # ask for one (this can only make the figure a frame later, never earlier).
+                nudged = True
+                table.refresh()
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"{table.row_count:,} of {vms:,} rows after {timeout:g} s")
             await asyncio.sleep(0.005)
