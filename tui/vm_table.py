@@ -694,10 +694,13 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
 
     def _rekey(self) -> None:
         column, reverse = self._sort_column, self._sort_reverse
-        store, rows = self.store, self._rows
+        store, rows, unbuilt = self.store, self._rows, self._unbuilt
+        if not unbuilt and not reverse:  # sort_key, inlined: this runs once per row
+            self._keys = {v: (row.sort[column], row.sort[0], v) for v, row in rows.items()}
+            return
         keys: dict[str, SortKey] = {}
         for vm_id in self._keys:
-            if vm_id in self._unbuilt:  # only while sorted by name (_build_all otherwise)
+            if vm_id in unbuilt:  # only while sorted by name (_build_all otherwise)
                 keys[vm_id] = self._name_key(store.vm(vm_id))  # type: ignore[arg-type]
             else:
                 keys[vm_id] = sort_key(rows[vm_id], column, reverse)
