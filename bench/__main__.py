@@ -5,117 +5,217 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 from .console import run_console, run_store
 from .findings import run_findings
+from .table import (
+    Regression,
+    Row,
+    load_baseline,
+    print_regressions,
+    print_rows,
+    write_baseline,
+)
 
-# (key, label, target, lower is better)
-TARGETS = (
-    ("populated_s", "start to fully populated screen (s)", 1.0, True),
-    ("inventory_to_screen_s", "  of which: inventory in → on screen (s)", None, True),
-    ("rss_mb_under_load", "RSS under load (MB)", 300.0, True),
-    ("redraw_median_ms", "event → row redrawn, median (ms)", None, True),
-    ("redraw_p99_ms", "event → row redrawn, p99 (ms)", 100.0, True),
-    ("idle_cpu_pct", "CPU idle (%)", 5.0, True),
-    ("load_cpu_pct", "CPU at the load rate (%)", None, True),
-    ("load_events_per_s", "load: events/s sent", None, False),
-    ("events_per_s", "store: events/s applied", None, False),
-    ("findings_median_ms", "findings after one change, median (ms)", None, True),
-    ("findings_p99_ms", "findings after one change, p99 (ms)", 20.0, True),
-    ("findings_full_s", "findings: all computed once (s)", None, True),
+CONSOLE_ROWS = (
+    Row("populated_s", "start → fully populated screen (s)", 1.0, noise=0.1),
+    Row("populated_cpu_s", "  process CPU in that time (s)", noise=0.1),
+    Row("inventory_to_screen_s", "  of which: inventory in → on screen (s)", noise=0.1),
+    Row("keys_during_load_p99_ms", "key → handled during the initial load, p99 (ms)", 50.0,
+        noise=10),
+    Row("settle_s", "populated → settled (findings, rows) (s)", noise=0.5),
+    Row("idle_cpu_pct", "CPU at rest after settling, 10 s window (%)", 2.0, noise=1.0),
+    Row("rss_mb_populated", "RSS when populated (MB)", noise=10),
+    Row("rss_mb_under_load", "RSS under load (MB)", 300.0, noise=10),
+    Row("redraw_median_ms", "event → row redrawn, median (ms)", noise=5),
+    Row("redraw_p99_ms", "event → row redrawn, p99 (ms)", 100.0, noise=10),
+    Row("load_cpu_pct", "CPU at the load rate (%)", noise=3),
+    Row("load_events_per_s", "load: events/s sent", lower=False, noise=5),
+    Row("events_per_s", "store: events/s applied", lower=False),
+    Row("inventory_apply_s", "store: inventory applied (s)", noise=0.05),
+    Row("findings_median_ms", "findings after one change, median (ms)", noise=0.2),
+    Row("findings_p99_ms", "findings after one change, p99 (ms)", 20.0, noise=1),
+    Row("findings_full_s", "findings: all computed once (s)", noise=0.05),
+)
+REPORT_ROWS = tuple(
+    Row(key, label, noise=5) for key, label in (
+        ("report_read_ms", "report: read 10k rows from SQLite (ms)"),
+        ("report_build_ms", "report: build the tables (ms)"),
+        ("report_total_md_ms", "report: total, Markdown (ms)"),
+        ("report_total_csv_ms", "report: total, CSV (ms)"),
+        ("report_total_xlsx_ms", "report: total, xlsx (ms)"),
+    )
 )
 
 
-def run_vsphere_suite(args: argparse.Namespace) -> None:
-    """bench/vsphere.py: inventory readers and change → screen against one vcsim."""
+Suite = tuple[str, tuple[Row, ...], dict[str, Any], str]  # name, rows, results, suffix
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _write(name: str, args: argparse.Namespace, results: dict[str, Any]) -> Path:
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path = out / f"{name}-{stamp}.json"
+    path.write_text(json.dumps({"when": stamp, "args": vars(args), "results": results},
+                               indent=2) + "\n")
+    return path
+
+
+def run_vsphere_suite(args: argparse.Namespace) -> list[Suite]:
+    """bench/vsphere.py: inventory readers and change → screen against one vcsim per size."""
     from . import vsphere
 
     if not vsphere.inventory_bench_path().is_file():
         print("\nvSphere benchmark skipped: vcsim / inventory-bench not built (make vcsim)")
-        return
-    results = asyncio.run(vsphere.run_vsphere(args.vsphere_vms, changes=args.vsphere_changes))
-    vsphere.report(results)
-    print(f"written: {vsphere.write(results, vars(args))}")
+        return []
+    suites: list[Suite] = []
+    for vms in args.vsphere_vms:
+        load = _loadavg()
+        results = asyncio.run(vsphere.run_vsphere(vms, rounds=args.vsphere_rounds,
+                                                  changes=args.vsphere_changes))
+        results["loadavg_start"], results["loadavg_end"] = load, _loadavg()
+        vsphere.report(results)
+        print(f"written: {_write(f'vsphere-{vms}', args, results)}")
+        suffix = "" if vms == vsphere.DEFAULT_VMS else f"@{vms}"
+        suites.append((f"vSphere on vcsim, {results['vms']:,} VMs", vsphere.ROWS, results,
+                       suffix))
+    return suites
 
 
-def run_hyperv_suite(args: argparse.Namespace) -> None:
-    """bench/hyperv.py: 4 WinRM/PSRP endpoints x 2,500 VMs behind the real backend."""
-    from .hyperv import suite
+def run_hyperv_suite(args: argparse.Namespace) -> list[Suite]:
+    """bench/hyperv.py: WinRM/PSRP endpoints (4 x 2,500 VMs by default) behind the backend."""
+    from . import hyperv
 
-    results = suite(vms=args.hyperv_vms)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    path = out / f"hyperv-{stamp}.json"
-    path.write_text(json.dumps({"when": stamp, "results": results}, indent=2) + "\n")
-    print(f"written: {path}")
+    suites: list[Suite] = []
+    for nodes, vms in args.hyperv:
+        load = _loadavg()
+        results = hyperv.suite(vms=vms, nodes=nodes)
+        results["loadavg_start"], results["loadavg_end"] = load, _loadavg()
+        print(f"written: {_write(f'hyperv-{nodes}x{vms}', args, results)}")
+        suffix = "" if (nodes, vms) == hyperv.DEFAULT_SIZE else f"@{nodes}x{vms}"
+        suites.append((f"Hyper-V over WinRM/PSRP, {nodes} nodes, {results['hv_vms']:,} VMs",
+                       hyperv.ROWS, results, suffix))
+    return suites
+
+
+def run_console_suite(args: argparse.Namespace) -> list[Suite]:
+    load = _loadavg()
+    results = asyncio.run(run_console(args.vms, args.rate, args.seconds))
+    results.update({f"store_{k}" if k == "vms" else k: v
+                    for k, v in run_store(args.vms).items()})
+    results.update(run_findings(args.vms))
+
+    from .report import run_report
+
+    results.update(run_report())
+    results["loadavg_start"], results["loadavg_end"] = load, _loadavg()
+    print(f"\nredraw samples: {results['redraw_samples']}, max {results['redraw_max_ms']} ms; "
+          f"keys during load: {results['keys_during_load']}, max "
+          f"{results['keys_during_load_max_ms']} ms; inventory of "
+          f"{results['inventory_entities']:,} entities; findings: "
+          f"{results['findings_count']:,} over {results['findings_changes']:,} single changes, "
+          f"max {results['findings_max_ms']} ms")
+    print(f"written: {_write('console', args, results)}")
+    title = (f"Ventana console — {args.vms:,} VMs, {args.rate:g} events/s, "
+             f"{platform.python_version()}, {platform.machine()}")
+    suffix = "" if args.vms == 10_000 else f"@{args.vms}"
+    return [(title, CONSOLE_ROWS + REPORT_ROWS, results, suffix)]
 
 
 SUITES = ("console", "hyperv", "vsphere", "team")  # team: bench/team.py
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _hyperv_sizes(text: str) -> list[tuple[int, int]]:
+    """``4x10000,64x8000``: nodes x VMs in all."""
+    sizes = []
+    for part in text.split(","):
+        nodes, _, vms = part.strip().partition("x")
+        sizes.append((int(nodes), int(vms)))
+    return sizes
+
+
+def _from_file(path: Path) -> tuple[tuple[Row, ...], dict[str, Any], str]:
+    """A bench/results file's rows, figures and baseline suffix (by the suite that wrote it)."""
+    results = json.loads(path.read_text())["results"]
+    if path.name.startswith("console"):
+        vms = results.get("vms", 10_000)
+        return CONSOLE_ROWS + REPORT_ROWS, results, "" if vms == 10_000 else f"@{vms}"
+    if path.name.startswith("vsphere"):
+        from . import vsphere
+
+        vms = results["vms"]
+        return vsphere.ROWS, results, "" if vms == vsphere.DEFAULT_VMS else f"@{vms}"
+    if path.name.startswith("hyperv"):
+        from . import hyperv
+
+        size = (results["hv_nodes"], results["hv_vms"])
+        return hyperv.ROWS, results, "" if size == hyperv.DEFAULT_SIZE else "@{}x{}".format(*size)
+    raise SystemExit(f"{path}: not a console, vsphere or hyperv result file")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("suites", nargs="*", choices=[[], *SUITES], default=[],
                         metavar="SUITE", help=f"which to run: {', '.join(SUITES)} (default all)")
-    parser.add_argument("--hyperv-vms", type=int, default=10_000)
-    parser.add_argument("--vsphere-vms", type=int, default=1000)
+    parser.add_argument("--hyperv", type=_hyperv_sizes, default=[(4, 10_000)],
+                        help="NODESxVMS[,...], e.g. 4x10000,64x8000 (VMs in all)")
+    parser.add_argument("--vsphere-vms", type=_sizes, default=[1000],
+                        help="VMs on vcsim; several sizes: 1000,5000,10000 (growth curves)")
     parser.add_argument("--vsphere-changes", type=int, default=20)
+    parser.add_argument("--vsphere-rounds", type=int, default=3,
+                        help="inventory reads per reader (the median is kept)")
     parser.add_argument("--vms", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0, help="events/s under load")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the load phase")
+    parser.add_argument("--write-baseline", metavar="NOTE",
+                        help="replace bench/baseline.json's figures of the suites that ran; "
+                        "NOTE says what the machine was doing")
+    parser.add_argument("--baseline-from", nargs="+", type=Path, metavar="RESULT_JSON",
+                        help="with --write-baseline: take the figures from these "
+                        "bench/results files instead of running anything")
     args = parser.parse_args()
+    if args.baseline_from:
+        if not args.write_baseline:
+            parser.error("--baseline-from needs --write-baseline NOTE")
+        for path in args.baseline_from:
+            rows, results, suffix = _from_file(path)
+            written = write_baseline(results, rows, args.write_baseline, suffix=suffix)
+        print(f"baseline written: {written}")
+        return 0
     suites = set(args.suites or SUITES)
+    ran: list[Suite] = []
     if "console" in suites:
-        run_console_suite(args)
+        ran += run_console_suite(args)
     if "hyperv" in suites:
-        run_hyperv_suite(args)
+        ran += run_hyperv_suite(args)
     if "vsphere" in suites:
-        run_vsphere_suite(args)
+        ran += run_vsphere_suite(args)
     if "team" in suites:
         __import__("bench.team").team.run_team_suite(args)
+    baseline = load_baseline()
+    regressions: list[Regression] = []
+    for title, rows, results, suffix in ran:
+        load = f"load average {results.get('loadavg_start')} → {results.get('loadavg_end')}"
+        regressions += print_rows(f"{title} ({load})", rows, results, baseline, suffix)
+    print_regressions(regressions)
+    if args.write_baseline:
+        for _, rows, results, suffix in ran:
+            path = write_baseline(results, rows, args.write_baseline, suffix=suffix)
+        print(f"baseline written: {path}")
     return 0
-
-
-def run_console_suite(args: argparse.Namespace) -> None:
-    results = asyncio.run(run_console(args.vms, args.rate, args.seconds))
-    results.update({f"store_{k}" if k == "vms" else k: v
-                    for k, v in run_store(args.vms).items()})
-    results.update(run_findings(args.vms))
-    print(f"\nVentana console benchmark — {args.vms:,} VMs, {args.rate:g} events/s, "
-          f"{platform.python_version()}, {platform.machine()}")
-    print(f"{'measure':<40} {'value':>10} {'target':>10}  ok")
-    for key, label, target, lower in TARGETS:
-        value = results.get(key)
-        ok = ""
-        if target is not None and value is not None:
-            ok = "yes" if (value < target if lower else value > target) else "NO"
-        shown = "-" if value is None else f"{value:,}"
-        goal = "" if target is None else (f"< {target:g}" if lower else f"> {target:g}")
-        print(f"{label:<40} {shown:>10} {goal:>10}  {ok}")
-    print(f"redraw samples: {results['redraw_samples']}, max {results['redraw_max_ms']} ms; "
-          f"inventory of {results['inventory_entities']:,} entities applied in "
-          f"{results['inventory_apply_s']} s")
-    print(f"findings: {results['findings_count']:,} over {results['findings_changes']:,} single "
-          f"changes, max {results['findings_max_ms']} ms; store.apply with findings p99 "
-          f"{results['findings_apply_p99_ms']} ms")
-
-    from .report import print_report, run_report
-
-    report = run_report()
-    print_report(report)
-    results.update(report)
-
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    path = out / f"console-{stamp}.json"
-    path.write_text(json.dumps({"when": stamp, "args": vars(args), "results": results},
-                               indent=2) + "\n")
-    print(f"written: {path}")
 
 
 if __name__ == "__main__":

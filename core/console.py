@@ -61,6 +61,9 @@ INITIAL_LOAD_MAX_S = 5.0
 # The first inventory's findings are computed in slices of this many seconds per
 # flush (about 0.5 s of work at 10,000 VMs): a redraw never waits longer for them.
 FINDINGS_SLICE_S = 0.008
+# The first inventory is applied this many events per turn of the event loop, so
+# a key or a frame never waits for the whole of it (about 10 ms of work each).
+INVENTORY_SLICE = 1000
 
 
 class EventRecorder(ActionRecorder, Protocol):
@@ -159,6 +162,9 @@ class Console:
         # until it is complete the header counts what has arrived.
         self.loading = True
         self._inventory_done = False
+        #: The first inventory's slices are being applied (a task of the loop).
+        self.inventory_applying = False
+        self._inventory_task: asyncio.Future[None] | None = None
         self._load_started = time.monotonic()
         # Findings: live, incremental; the first inventory is computed in slices
         # by ``flush`` so it never delays the first screen. A finding's remedy is
@@ -296,7 +302,7 @@ class Console:
     def flush(self) -> None:
         """Apply the pending events in one batch, then a slice of the first findings."""
         self._flush_store()
-        if not self.loading and self.findings.pending:
+        if not self.loading and not self.inventory_applying and self.findings.pending:
             self.findings.drain(FINDINGS_SLICE_S)
         self.sync_findings()
 
@@ -307,7 +313,7 @@ class Console:
                                                 if f))
             self._notice(f"Recording stopped: {clean(str(self.recorder.error))}",
                          severity="error", timeout=30)
-        if not self.pending:
+        if not self.pending or self.inventory_applying:
             return
         if self.loading:
             waited = time.monotonic() - self._load_started
@@ -316,18 +322,26 @@ class Console:
                 return
             self.loading = False
             batch, self.pending = self.pending, []
-            # The inventory is long-lived and acyclic: no collections while it
-            # is built, then it leaves the cyclic GC's generations so that a
-            # full collection never pauses a redraw for hundreds of ms.
-            gc.disable()
-            try:
-                self._apply(batch)
-            finally:
-                gc.freeze()
-                gc.enable()
+            self.inventory_applying = True
+            self._inventory_task = asyncio.ensure_future(self._apply_inventory(batch))
             return
         batch, self.pending = self.pending, []
         self._apply(batch)
+
+    async def _apply_inventory(self, batch: list[Event]) -> None:
+        """The first inventory, ``INVENTORY_SLICE`` events per turn of the loop."""
+        # The inventory is long-lived and acyclic: no collections while it
+        # is built, then it leaves the cyclic GC's generations so that a
+        # full collection never pauses a redraw for hundreds of ms.
+        gc.disable()
+        try:
+            for start in range(0, len(batch), INVENTORY_SLICE):
+                self._apply(batch[start : start + INVENTORY_SLICE])
+                await asyncio.sleep(0)
+        finally:
+            gc.freeze()
+            gc.enable()
+            self.inventory_applying = False
 
     def _apply(self, batch: list[Event]) -> None:
         try:
@@ -340,6 +354,8 @@ class Console:
     async def settle(self) -> None:
         """Apply the backend's events received so far (an outcome reads the store next)."""
         await asyncio.sleep(self.flush_interval)  # the pump takes what the backend sent
+        if self._inventory_task is not None and not self._inventory_task.done():
+            await asyncio.shield(self._inventory_task)
         if not self.loading:
             self.flush()
 

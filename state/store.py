@@ -198,9 +198,16 @@ class Store:
 
     def apply_many(self, events: Iterable[Event]) -> Delta:
         delta = Delta()
-        for event in events:
-            self._apply_one(event, delta)
-            self.events_applied += 1
+        put, applied = self._put, 0
+        try:
+            for event in events:
+                if type(event) is Upsert:  # the common case, without the match below
+                    put(clean_entity(event.entity), delta)
+                else:
+                    self._apply_one(event, delta)
+                applied += 1
+        finally:
+            self.events_applied += applied
         if delta:
             for callback in list(self._subscribers):
                 callback(delta)

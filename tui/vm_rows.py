@@ -141,18 +141,23 @@ def vm_id_of_target(target: str) -> str | None:
 
 
 # -- building a row ---------------------------------------------------------------
-def build_row(store: Store, vm: VM) -> Row:
-    checkpoints = store.checkpoints_of(vm.id)
+def _names(store: Store, vm: VM) -> tuple[str, str, str]:
+    """Display text of the VM's name, node and LUN."""
     node = store.node(vm.node_id)
     lun = store.lun(vm.lun_id) if vm.lun_id else None
     node_name = display(node.name) if node else vm.node_id or EMPTY
     lun_name = display(lun.name) if lun else vm.lun_id or EMPTY
+    return display(vm.name), node_name, lun_name
+
+
+def build_row(store: Store, vm: VM) -> Row:
+    checkpoints = store.checkpoints_of(vm.id)
+    name, node_name, lun_name = _names(store, vm)
     depth = chain_depth(checkpoints)
     oldest = min((c.created for c in checkpoints), default=None)
     diff = vm_differencing_bytes(store, vm.id)
     repl_text, repl_level = _replication(vm)
     task_text, task_sort = _task(store.running_tasks_for(ref(Kind.VM, vm.id)))
-    name = display(vm.name)
     power = vm.power.value
     by_key: dict[str, tuple[str, object]] = {  # column -> (text, sort value)
         "name": (name, name.casefold()),
@@ -178,6 +183,26 @@ def build_row(store: Store, vm: VM) -> Row:
     search = "\0".join((name, node_name, lun_name, power, repl_text, vm.replication.value,
                         task_text)).lower()
     return Row(vm.id, vm.node_id, vm.lun_id, cells, sort, tuple(levels), oldest, search)
+
+
+# Columns whose width follows their text (the others have a fixed width).
+WIDE = tuple(i for i, c in enumerate(COLUMNS) if c.min_width < c.max_width)
+
+
+def wide_cells(store: Store, vm: VM) -> tuple[str, ...]:
+    """The text of the ``WIDE`` columns, as ``build_row`` has it, without reading the VM's
+    checkpoints and disks: what the table needs to size its columns before rows are built."""
+    name, node_name, lun_name = _names(store, vm)
+    tasks = store.running_tasks_for(ref(Kind.VM, vm.id))
+    texts = {"name": name, "power": vm.power.value, "node": node_name, "lun": lun_name,
+             "repl": _replication(vm)[0], "task": _task(tasks)[0] if tasks else EMPTY,
+             "ver": display(vm.config_version) or EMPTY}
+    return tuple(texts[COLUMN_KEYS[i]] for i in WIDE)
+
+
+def name_sort_value(vm: VM) -> str:
+    """The Name column's sort value (``build_row``'s), from the VM alone."""
+    return display(vm.name).casefold()
 
 
 def _replication(vm: VM) -> tuple[str, int]:
@@ -346,4 +371,7 @@ def matching(ids: Iterable[str], rows: dict[str, Row], flt: Filter | None,
              now: datetime) -> list[str]:
     if flt is None:
         return list(ids)
+    if len(flt.terms) == 1:  # the common case: one word typed
+        term = flt.terms[0]
+        return [vm_id for vm_id in ids if term(rows[vm_id], now)]
     return [vm_id for vm_id in ids if flt(rows[vm_id], now)]

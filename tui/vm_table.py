@@ -11,11 +11,19 @@ only their visible lines are refreshed. Cells whose text changed are
 highlighted for a couple of seconds. The cursor follows its VM, not its
 line. All data is drawn as plain ``Segment`` text, never parsed as markup.
 
+Big batches (the first inventory, ``BULK_ROWS`` new VMs or more) are placed
+without building their rows while the table is sorted by name and not
+filtered: a VM's place needs only its name and the column widths only the
+text of the wide columns (``vm_rows.wide_cells``). Those rows are built when
+first drawn, a few milliseconds' worth at each flush in the background, or
+all at once when a sort by another column or a filter needs them.
+
 What is shown, sorted and matched lives in ``vm_rows`` (no Textual there).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from bisect import bisect_left, insort
@@ -46,22 +54,28 @@ from .vm_rows import (
     NORMAL,
     OLDEST,
     TASK,
+    WIDE,
     Filter,
     Row,
     SortKey,
     build_row,
     column_index,
     compile_filter,
+    descending,
     fit,
     matching,
+    name_sort_value,
     sort_key,
     vm_id_of_target,
+    wide_cells,
 )
 
 HIGHLIGHT_SECONDS = 2.0
 FLUSH_HZ = 8.0
 AGE_TICK_SECONDS = 60.0
 INCREMENTAL_MOVES = 32  # up to this many (or 1 % of rows) moved rows are placed by bisect
+BULK_ROWS = 256  # this many new VMs in one flush are placed by name, their rows built later
+BUILD_SLICE_S = 0.008  # rows built in the background per flush, at most this long
 _GAP = 1  # blank cells before each column
 _PERCENT = re.compile(r"\d+%")
 
@@ -221,8 +235,10 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._monotonic = monotonic
         self._highlight_seconds = highlight_seconds
         self._now = clock()
-        self._rows: dict[str, Row] = {}
-        self._keys: dict[str, SortKey] = {}  # one total order: bisect finds any row
+        self._rows: dict[str, Row] = {}  # built rows (see _unbuilt)
+        self._keys: dict[str, SortKey] = {}  # every VM shown; one total order: bisect works
+        # VMs placed by name whose row is not (re)built yet -> the VM as it was placed
+        self._unbuilt: dict[str, VM] = {}
         self._order: list[str] = []  # every VM, sorted by _keys
         self._visible: list[str] = self._order  # the filtered rows (_order itself if no filter)
         self._by_node: dict[str, set[str]] = {}
@@ -280,7 +296,7 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
 
     def cell_text(self, vm_id: str, column_key: str) -> str:
         """The text a cell shows (unpadded)."""
-        return self._rows[vm_id].cell(column_index(column_key), self._now)
+        return self._row(vm_id).cell(column_index(column_key), self._now)
 
     def is_highlighted(self, vm_id: str, column_key: str) -> bool:
         return column_index(column_key) in self._lit.get(vm_id, {})
@@ -307,8 +323,15 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         expired = self._expire_highlights(now) if self._lit_queue else ()
         if self._dirty:
             self._apply_dirty(now)
+        elif self._unbuilt:
+            self._build_some(BUILD_SLICE_S)
         for vm_id in expired:
             self._refresh_row(vm_id)
+
+    @property
+    def rows_pending(self) -> int:
+        """Rows placed by name whose full row is still to be built (in the background)."""
+        return len(self._unbuilt)
 
     def select_vm(self, vm_id: str) -> bool:
         """Put the cursor on a VM and scroll to it; False if it is not shown."""
@@ -323,6 +346,8 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         """Sort by a column (key or alias, e.g. "name", "diff", "oldest")."""
         column = column_index(column_key)
         self.flush()
+        if column != 0:
+            self._build_all()
         self._sort_column = column
         self._sort_reverse = reverse
         self._rekey()
@@ -338,6 +363,8 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         if (new.text if new else "") == self.filter_text:
             return
         self.flush()
+        if new is not None:
+            self._build_all()
         self._filter = new
         self._reorder(follow=True)
 
@@ -377,12 +404,16 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         self.set_interval(AGE_TICK_SECONDS, self._tick_ages, name="vm-table-ages")
 
     def _load(self) -> None:
-        """Build every row from the store (first paint; no highlights)."""
+        """Place every VM of the store (first paint; no highlights)."""
         self._dirty.clear()
         self._now = self._clock()
-        for vm in self.store.vms():
-            self._put_row(build_row(self.store, vm))
-        self._grow_widths(self._rows.values())
+        vms = list(self.store.vms())
+        if len(vms) >= BULK_ROWS:
+            self._place_by_name([vm.id for vm in vms])
+        else:
+            for vm in vms:
+                self._put_row(build_row(self.store, vm))
+            self._grow_widths(row.cells for row in self._rows.values())
         self._relayout()
         self._loaded = True
         self._reorder(follow=False)
@@ -455,6 +486,14 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
     def _apply_dirty(self, now: float) -> None:
         dirty, self._dirty = self._dirty, set()
         self._now = self._clock()
+        if self._sort_column == 0 and self._filter is None:
+            by_name = dirty & self._unbuilt.keys()
+            new = [vm_id for vm_id in dirty if vm_id not in self._keys]
+            if len(new) >= BULK_ROWS:
+                by_name.update(new)
+            if by_name:
+                dirty -= by_name
+                self._apply_by_name(by_name)
         updates: list[tuple[Row | None, Row | None]] = []
         for vm_id in dirty:
             old = self._rows.get(vm_id)
@@ -478,6 +517,105 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         else:
             self._reposition(updates, moving, changed)
 
+    # -- rows placed by name, built later ------------------------------------------------
+    def _name_key(self, vm: VM) -> SortKey:
+        """``sort_key`` of the VM's row for the Name column, without building the row."""
+        value = name_sort_value(vm)
+        return (descending(value) if self._sort_reverse else value, value, vm.id)
+
+    def _place_by_name(self, ids: Iterable[str]) -> list[str]:
+        """Key, index and size VMs by name; their rows are built later. Returns the new ones."""
+        store, keys, strips, unbuilt = self.store, self._keys, self._strips, self._unbuilt
+        added: list[str] = []
+        cells: list[tuple[str, ...]] = []
+        for vm_id in ids:
+            vm = store.vm(vm_id)
+            if vm is None:
+                continue
+            strips.discard(vm_id)
+            if unbuilt.get(vm_id) is vm:  # only its checkpoints, disks or tasks changed
+                continue
+            old = self._rows.pop(vm_id, None)
+            if vm_id not in keys:
+                added.append(vm_id)
+            keys[vm_id] = self._name_key(vm)
+            unbuilt[vm_id] = vm
+            self._index(vm_id, vm.node_id, vm.lun_id, old)
+            cells.append(wide_cells(store, vm))
+        if self._grow_widths(cells, WIDE):
+            self._relayout()
+            self.refresh()
+        return added
+
+    def _apply_by_name(self, ids: set[str]) -> None:
+        """Dirty VMs whose rows are not built (or many new ones): placed by name only."""
+        store = self.store
+        gone = [vm_id for vm_id in ids if store.vm(vm_id) is None]
+        moved = [vm_id for vm_id in ids if vm_id in self._keys and vm_id not in gone
+                 and self._keys[vm_id] != self._name_key(store.vm(vm_id))]  # type: ignore[arg-type]
+        before = self._window()
+        for vm_id in [*gone, *moved]:
+            _remove(self._order, vm_id, self._keys)
+        for vm_id in gone:
+            self._forget(vm_id)
+        added = self._place_by_name(ids.difference(gone))
+        fresh = sorted([*added, *moved], key=self._keys.__getitem__)
+        if len(fresh) > INCREMENTAL_MOVES:
+            order = self._order + fresh  # two sorted runs: sorting merges them in O(n)
+            order.sort(key=self._keys.__getitem__)
+            self._order = self._visible = order
+        else:
+            for vm_id in fresh:
+                insort(self._order, vm_id, key=self._keys.__getitem__)
+        self._settle(before, follow=True, changed=ids)
+
+    def _row(self, vm_id: str) -> Row:
+        """The VM's row, built now if it was placed by name only."""
+        if vm_id not in self._unbuilt:
+            return self._rows[vm_id]
+        vm = self.store.vm(vm_id)
+        if vm is None:  # removed; the next flush drops it
+            return Row(vm_id, "", "", ("",) * len(COLUMNS), ("",) * len(COLUMNS),
+                       (NORMAL,) * len(COLUMNS), None, "")
+        if vm_id in self._dirty:  # drawn as it is now; the next flush places it again
+            return build_row(self.store, vm)
+        return self._build(vm_id, vm, relayout_later=True)
+
+    def _build(self, vm_id: str, vm: VM, *, relayout_later: bool = False) -> Row:
+        row = build_row(self.store, vm)
+        self._unbuilt.pop(vm_id, None)
+        self._rows[vm_id] = row
+        if self._grow_widths((row.cells,)):
+            if relayout_later:  # not while a frame is being drawn
+                self.call_later(self._relayout_and_refresh)
+            else:
+                self._relayout_and_refresh()
+        return row
+
+    def _relayout_and_refresh(self) -> None:
+        self._relayout()
+        self.refresh()
+
+    def _build_some(self, budget: float) -> None:
+        """Build rows placed by name, for at most ``budget`` seconds."""
+        deadline = time.perf_counter() + budget
+        unbuilt, store = self._unbuilt, self.store
+        while unbuilt:
+            for vm_id in list(itertools.islice(unbuilt, 64)):
+                vm = store.vm(vm_id)
+                if vm is None:
+                    del unbuilt[vm_id]
+                else:
+                    self._build(vm_id, vm)
+            if time.perf_counter() >= deadline:
+                return
+
+    def _build_all(self) -> None:
+        """Every row built (a sort by another column or a filter reads them all)."""
+        if self._dirty:
+            self._apply_dirty(self._monotonic())
+        self._build_some(float("inf"))
+
     def _store_rows(self, updates: list[tuple[Row | None, Row | None]]) -> None:
         for old, new in updates:
             if new is None:
@@ -485,7 +623,7 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
             else:
                 self._put_row(new, old)
                 self._strips.discard(new.vm_id)
-        if self._grow_widths(new for _, new in updates if new is not None):
+        if self._grow_widths(new.cells for _, new in updates if new is not None):
             self._relayout()
             self.refresh()
 
@@ -522,34 +660,56 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
                     insort(self._visible, new.vm_id, key=keys.__getitem__)
         self._settle(before, follow=True, changed=changed)
 
+    def _index(self, vm_id: str, node_id: str, lun_id: str, old: Row | None) -> None:
+        if old is not None and old.node_id != node_id:
+            self._by_node.get(old.node_id, set()).discard(vm_id)
+        if old is not None and old.lun_id != lun_id:
+            self._by_lun.get(old.lun_id, set()).discard(vm_id)
+        self._by_node.setdefault(node_id, set()).add(vm_id)
+        self._by_lun.setdefault(lun_id, set()).add(vm_id)
+
     def _put_row(self, row: Row, old: Row | None = None) -> None:
         vm_id = row.vm_id
-        if old is not None and old.node_id != row.node_id:
-            self._by_node.get(old.node_id, set()).discard(vm_id)
-        if old is not None and old.lun_id != row.lun_id:
-            self._by_lun.get(old.lun_id, set()).discard(vm_id)
-        self._by_node.setdefault(row.node_id, set()).add(vm_id)
-        self._by_lun.setdefault(row.lun_id, set()).add(vm_id)
+        self._index(vm_id, row.node_id, row.lun_id, old)
+        self._unbuilt.pop(vm_id, None)
         self._rows[vm_id] = row
         self._keys[vm_id] = sort_key(row, self._sort_column, self._sort_reverse)
 
     def _drop_row(self, row: Row) -> None:
-        vm_id = row.vm_id
-        del self._rows[vm_id]
+        self._forget(row.vm_id)
+
+    def _forget(self, vm_id: str) -> None:
+        """A VM leaves the table (whether its row was built or not)."""
+        row = self._rows.pop(vm_id, None)
         self._keys.pop(vm_id, None)
-        self._by_node.get(row.node_id, set()).discard(vm_id)
-        self._by_lun.get(row.lun_id, set()).discard(vm_id)
+        self._unbuilt.pop(vm_id, None)
+        if row is not None:
+            self._by_node.get(row.node_id, set()).discard(vm_id)
+            self._by_lun.get(row.lun_id, set()).discard(vm_id)
+        else:  # placed by name only: its node and LUN are not kept (rare: removed unseen)
+            for members in (*self._by_node.values(), *self._by_lun.values()):
+                members.discard(vm_id)
         self._lit.pop(vm_id, None)
         self._strips.discard(vm_id)
 
     def _rekey(self) -> None:
         column, reverse = self._sort_column, self._sort_reverse
-        self._keys = {v: sort_key(row, column, reverse) for v, row in self._rows.items()}
+        store, rows, unbuilt = self.store, self._rows, self._unbuilt
+        if not unbuilt and not reverse:  # sort_key, inlined: this runs once per row
+            self._keys = {v: (row.sort[column], row.sort[0], v) for v, row in rows.items()}
+            return
+        keys: dict[str, SortKey] = {}
+        for vm_id in self._keys:
+            if vm_id in unbuilt:  # only while sorted by name (_build_all otherwise)
+                keys[vm_id] = self._name_key(store.vm(vm_id))  # type: ignore[arg-type]
+            else:
+                keys[vm_id] = sort_key(rows[vm_id], column, reverse)
+        self._keys = keys
 
     def _reorder(self, *, follow: bool, changed: Collection[str] | None = None) -> None:
         """Sort and filter every row again (new sort, new filter, big batches)."""
         before = self._window()
-        self._order = sorted(self._rows, key=self._keys.__getitem__)
+        self._order = sorted(self._keys, key=self._keys.__getitem__)
         flt = self._filter
         self._visible = self._order if flt is None else matching(
             self._order, self._rows, flt, self._now
@@ -557,7 +717,7 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._settle(before, follow=follow, changed=changed)
 
     def _post_counts(self) -> None:
-        counts = (len(self._visible), len(self._rows))
+        counts = (len(self._visible), len(self._keys))
         if counts != self._counts:
             self._counts = counts
             self.post_message(self.CountChanged(self, *counts))
@@ -634,19 +794,25 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         return expired
 
     # -- geometry --------------------------------------------------------------------------
-    def _grow_widths(self, rows: Iterable[Row]) -> bool:
-        """Widen text columns to fit ``rows`` (never narrower; capped per column)."""
+    def _grow_widths(self, rows: Iterable[tuple[str, ...]],
+                     columns: tuple[int, ...] | None = None) -> bool:
+        """Widen text columns to fit rows' cells (never narrower; capped per column).
+
+        ``columns``: which column each cell is (``vm_rows.WIDE`` for ``wide_cells``);
+        None: the cells are a whole row's.
+        """
         widths = self._widths
         grew = False
-        dynamic = [(i, c.max_width) for i, c in enumerate(COLUMNS) if c.min_width < c.max_width]
-        for row in rows:
-            cells = row.cells
-            for index, cap in dynamic:
-                if widths[index] < cap:
-                    size = min(cap, cell_len(cells[index]))
-                    if size > widths[index]:
-                        widths[index] = size
-                        grew = True
+        rows = list(rows)
+        for index in WIDE:
+            cap = COLUMNS[index].max_width
+            if widths[index] >= cap or not rows:
+                continue
+            cell = index if columns is None else columns.index(index)
+            size = min(cap, max(cell_len(cells[cell]) for cells in rows))
+            if size > widths[index]:
+                widths[index] = size
+                grew = True
         return grew
 
     def _relayout(self) -> None:
@@ -763,7 +929,7 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         cached = self._strips.get(vm_id)
         if cached is not None and cached[0] == key:
             return cached[1]
-        strip = self._build_strip(self._rows[vm_id], is_cursor, lit_mask, styles)
+        strip = self._build_strip(self._row(vm_id), is_cursor, lit_mask, styles)
         self._strips.set(vm_id, (key, strip))
         self.rows_rendered += 1
         return strip

@@ -30,7 +30,8 @@ from .commands import SWITCH, Command, fix_rows, parse_json
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_THREADS = 16
+# Up to 64 nodes (a failover cluster's maximum), each with a poll and a stream wait in flight.
+MAX_THREADS = 160
 _threads = threading.BoundedSemaphore(MAX_THREADS)
 _slots: asyncio.Semaphore | None = None
 _slots_loop: asyncio.AbstractEventLoop | None = None

@@ -142,7 +142,8 @@ class SimBackend(Backend):
             return
         cluster = self.config.cluster_name
         yield ConnectionChanged(source, LinkState.CONNECTING, f"connecting to {cluster}")
-        world = self.world
+        # Building a big world takes a while: in a thread, so the UI loop stays responsive.
+        world = self._world or await asyncio.to_thread(lambda: self.world)
         for n, entity in enumerate(world.snapshot(), start=1):
             self._client_keys.add((entity.KIND, entity.id))
             yield Upsert(entity)

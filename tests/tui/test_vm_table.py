@@ -639,3 +639,64 @@ async def test_ten_thousand_vms_load_fast_and_one_change_redraws_one_row() -> No
         assert table.rows_rendered == rendered + 1
         assert "64" in line_of(table, vm_id).split()
         assert took < 0.5, f"one visible change took {took * 1000:.0f} ms"
+
+
+async def test_a_big_batch_is_placed_by_name_and_its_rows_built_later() -> None:
+    """The first inventory (hundreds of VMs in one flush) is placed by name only; every row
+    still reads as a fully built one, churn keeps the order, and a filter builds them all."""
+    full = many_vms(600)
+    store = Store()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        store.apply_many(Upsert(e) for kind in (Kind.CLUSTER, Kind.NODE, Kind.LUN, Kind.VM)
+                         for e in full.all(kind))
+        table.flush()
+        assert table.row_count == 600
+        assert table.rows_pending > 500  # only what was drawn is built
+        # Checkpoints arrive after their VMs (as an inventory sends them): unbuilt rows
+        # are placed again, drawn rows are rebuilt.
+        store.apply_many(Upsert(cp) for cp in full.all(Kind.CHECKPOINT))
+        rng = random.Random(16)
+        for step in range(30):
+            vm = rng.choice(list(store.vms()))
+            roll = rng.random()
+            if roll < 0.2:
+                store.apply(Remove(Kind.VM, vm.id))
+            elif roll < 0.6:
+                change_vm(store, vm.id, name=f"vm-{rng.randint(0, 999):03d}x{step}")
+            else:
+                change_vm(store, vm.id, power=PowerState.OFF, vcpus=63)
+            table.flush()
+            assert table.visible_ids == expected_order(store, "name", False, "")
+        for vm_id in rng.sample(table.visible_ids, 20):
+            row = build_row(store, store.vm(vm_id))  # type: ignore[arg-type]
+            for column in ("ckpts", "depth", "power", "vcpu", "name", "lun"):
+                assert table.cell_text(vm_id, column) == row.cell(column_index(column), NOW)
+        for _ in range(200):  # the background builds the rest at each flush
+            if not table.rows_pending:
+                break
+            table.flush()
+        assert table.rows_pending == 0
+        widths = list(table._widths)
+        rebuilt = VmTable(store)
+        rebuilt._grow_widths(build_row(store, vm).cells for vm in store.vms())
+        assert widths == rebuilt._widths
+        table.set_filter("ckpt>1")
+        assert table.visible_ids == expected_order(store, "name", False, "ckpt>1")
+        table.set_filter("")
+        table.sort_by("ckpts", reverse=True)
+        assert table.visible_ids == expected_order(store, "ckpts", True, "")
+
+
+async def test_a_filter_during_the_load_builds_every_row_first() -> None:
+    store = many_vms(400)
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        assert table.rows_pending > 0
+        table.set_filter("depth>=2")
+        assert table.rows_pending == 0
+        assert table.visible_ids == expected_order(store, "name", False, "depth>=2")
