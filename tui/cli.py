@@ -182,11 +182,12 @@ def _version() -> str:
 
 def _open_log(path: Path | None, *, read_only: bool = False) -> tuple[ActionLog | None, str]:
     """The action log, proven writable now (not at the first action); read-only
-    sessions only read it."""
+    sessions only read it. A team's log (a URL) whose database is out of reach opens
+    anyway: the console refuses actions under a banner until it answers (core/console.py)."""
     from .logcheck import unwritable
 
     try:
-        log = ActionLog.open(path)
+        log = ActionLog.open(path, lazy=True)
     except ActionLogError as exc:
         return None, clean(str(exc))
     problem = "" if is_url(log.path) else unwritable(log.path)

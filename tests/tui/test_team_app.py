@@ -91,3 +91,56 @@ async def test_another_consoles_action_reaches_the_task_strip(pg_url: str) -> No
             other.kill()
             other.wait()
     log.close()
+
+
+async def test_a_console_started_while_the_team_log_is_down_recovers_by_itself() -> None:
+    """The database is down at start: the console opens (monitoring goes on), shows the
+    banner and refuses actions; the database back, the banner goes by itself and an
+    action runs, logged."""
+    import asyncio
+
+    from peers.postgres import PgServer
+
+    from ventana.core.console import TEAM_LOG_DOWN
+    from ventana.tui.cli import _open_log
+    from ventana.tui.header import StatusHeader
+
+    with PgServer() as pg:
+        pg.psql("create database team")
+        url = pg.url("team")
+        pg.stop()
+        log, why = _open_log(url)  # the path the CLI takes: a log anyway, not "no log"
+        assert log is not None and why == "" and "unreachable" in log.down
+        config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+        app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+        async with app.run_test(size=SIZE) as pilot:
+            await populated(pilot)  # monitoring goes on without the database
+            header = app.query_one(StatusHeader)
+            assert TEAM_LOG_DOWN in header.flags
+            assert app.acks is None
+            vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
+            name = app.store.vm(vm_id).name  # type: ignore[union-attr]
+            app.query_one(VmTable).select_vm(vm_id)
+            app.clear_notifications()
+            await pilot.press("m")
+            await pilot.pause(0.1)
+            assert not isinstance(app.screen, PlanScreen)  # refused before any plan
+            notes = [n.message for n in app._notifications]
+            assert any(n.startswith("Refused: the team's action log does not answer")
+                       for n in notes), notes
+
+            await asyncio.to_thread(pg.start)
+            await wait_for(pilot, lambda: TEAM_LOG_DOWN not in header.flags, timeout=15)
+            await wait_for(pilot, lambda: app.acks is not None, timeout=5)  # opened on return
+            await wait_for(pilot, lambda: app.core.team_feed is not None, timeout=5)
+            await pilot.press("m")
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, PlanScreen)
+            await pilot.press(*name, "enter")
+            with ActionLog.open(url) as other:
+                await wait_for(pilot, lambda: bool(other.rows())
+                               and other.rows()[0].outcome != "running", timeout=30)
+                (row,) = other.rows()
+            assert row.outcome == "ok", row.error
+            assert row.target_name == name
+        log.close()
