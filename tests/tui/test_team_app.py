@@ -144,3 +144,61 @@ async def test_a_console_started_while_the_team_log_is_down_recovers_by_itself()
             assert row.outcome == "ok", row.error
             assert row.target_name == name
         log.close()
+
+
+async def test_the_ui_answers_while_the_intent_commit_waits_for_the_database(
+        pg_url: str) -> None:
+    """A shared log's intent row is committed in a worker: while another connection
+    holds the lease lock the commit waits, and the console still answers a key; the
+    lock released, the row commits and only then the action runs."""
+    import asyncio
+    import time
+
+    import psycopg
+
+    from ventana.state.schema import LEASE_LOCK_KEY
+    from ventana.tui.help_screen import HelpScreen
+
+    def waiting() -> bool:  # our console's commit is queued on the lease lock
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            return bool(conn.execute(
+                "select 1 from pg_stat_activity where wait_event_type = 'Lock' "
+                "and wait_event = 'advisory' and application_name = 'ventana'").fetchall())
+
+    def waits_within(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if waiting():
+                return True
+            time.sleep(0.05)
+        return False
+
+    log = ActionLog.open(pg_url)
+    config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+    app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+    holder = psycopg.connect(pg_url, autocommit=True)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await populated(pilot)
+            vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
+            name = app.store.vm(vm_id).name  # type: ignore[union-attr]
+            app.query_one(VmTable).select_vm(vm_id)
+            await pilot.press("m")
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, PlanScreen)
+            holder.execute("select pg_advisory_lock(%s)", (LEASE_LOCK_KEY,))
+            await pilot.press(*name, "enter")
+            assert await asyncio.to_thread(waits_within, 5.0), "the commit never waited"
+            await pilot.press("question_mark")  # the loop answers meanwhile
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), timeout=2)
+            assert await asyncio.to_thread(waiting)  # …while the commit still waits
+            with ActionLog.open(pg_url) as other:
+                assert other.rows() == []  # nothing committed, so nothing sent yet
+                holder.execute("select pg_advisory_unlock(%s)", (LEASE_LOCK_KEY,))
+                await wait_for(pilot, lambda: bool(other.rows())
+                               and other.rows()[0].outcome != "running", timeout=30)
+                (row,) = other.rows()
+            assert row.outcome == "ok", row.error
+    finally:
+        holder.close()
+    log.close()
