@@ -184,6 +184,7 @@ class Console:
             follow(self.findings, self.acks, self.clock)
         self._findings_seen = (-1, -1)
         self._window: WindowRunner | None = None
+        self.team_watchers = []
         #: Why the team's log does not answer ('' : it does, or the log is a file).
         self.log_down = log.down if log is not None and log.shared else ""
         self._log_watch: asyncio.Task[None] | None = None
@@ -306,6 +307,9 @@ class Console:
 
     # -- team mode: other consoles' actions on a shared log (state/live.py) -------------
     team_feed: TeamFeed | None = None
+    #: Called (on the loop) with every batch of rows the team feed brings, this
+    #: console's own included (e.g. the log screen re-reads).
+    team_watchers: list[Callable[[list[LogRow]], None]]
 
     def _follow_team(self) -> None:
         """On a shared log, other consoles' actions reach the task strip as they happen."""
@@ -333,6 +337,9 @@ class Console:
                 100.0 if state in (TaskState.OK, TaskState.WARNING) else 0.0, state,
                 started=_when(row.started), ended=_when(row.ended),
                 message=describe(row), error=clean(row.error or ""))))
+        for watcher in list(self.team_watchers):
+            with contextlib.suppress(Exception):  # a screen must not stop the feed
+                watcher(rows)
 
     def link_targets(self) -> tuple[tuple[str, LinkState, str, bool], ...] | None:
         """Each target's link and whether it is read-only (None: a single target)."""

@@ -202,3 +202,47 @@ async def test_the_ui_answers_while_the_intent_commit_waits_for_the_database(
     finally:
         holder.close()
     log.close()
+
+
+async def test_the_log_screen_follows_other_consoles_rows(pg_url: str) -> None:
+    """Open on a team's log, the log screen shows another console's row as it is
+    written, with its operator and host."""
+    import getpass
+    import socket
+    import subprocess
+    import sys
+
+    from textual.widgets import DataTable
+
+    from ventana.tui.log_screen import LogScreen
+
+    log = ActionLog.open(pg_url)
+    config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+    app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        await wait_for(pilot, lambda: app.core.team_feed is not None
+                       and app.core.team_feed.state == "live", timeout=10)
+        await pilot.press("l")
+        await wait_for(pilot, lambda: isinstance(app.screen, LogScreen))
+        table = app.screen.query_one("#log-table", DataTable)
+        assert table.row_count == 0
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[1:3] == ["Operator", "Host"]
+        other = subprocess.Popen([sys.executable, "-c", OTHER_CONSOLE, pg_url],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert other.stdout is not None and other.stdout.readline().strip() == "begun"
+            await wait_for(pilot, lambda: table.row_count == 1, timeout=5)
+            cells = [str(c) for c in table.get_row_at(0)]
+            assert cells[5:8] == ["merge", "elsewhere-01", "running"], cells
+            assert cells[2] == socket.gethostname()[:30] and cells[1]
+            assert getpass.getuser() in cells[1]
+        finally:
+            other.kill()
+            other.wait()
+        # Closing the screen drops its watcher.
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, LogScreen))
+        assert app.core.team_watchers == []
+    log.close()
