@@ -663,7 +663,7 @@ class Console:
         self.listener.final_state_changed(target)
 
     async def load_final_states(self) -> None:
-        if self.action_log is None:
+        if self.action_log is None or self.log_down:  # down: loaded when it answers
             return
         try:
             states = await asyncio.to_thread(self.action_log.final_states)

@@ -102,6 +102,7 @@ async def test_a_console_started_while_the_team_log_is_down_recovers_by_itself()
     from peers.postgres import PgServer
 
     from ventana.core.console import TEAM_LOG_DOWN
+    from ventana.state.model import Kind
     from ventana.tui.cli import _open_log
     from ventana.tui.header import StatusHeader
 
@@ -143,6 +144,9 @@ async def test_a_console_started_while_the_team_log_is_down_recovers_by_itself()
                 (row,) = other.rows()
             assert row.outcome == "ok", row.error
             assert row.target_name == name
+            await asyncio.to_thread(pg.kill)  # gone again mid-session: the banner is back
+            await wait_for(pilot, lambda: TEAM_LOG_DOWN in header.flags, timeout=15)
+            assert app.store.count(Kind.VM) > 0  # monitoring goes on
         log.close()
 
 
