@@ -250,3 +250,25 @@ async def test_the_log_screen_follows_other_consoles_rows(pg_url: str) -> None:
         await wait_for(pilot, lambda: not isinstance(app.screen, LogScreen))
         assert app.core.team_watchers == []
     log.close()
+
+
+async def test_the_unreachable_banner_stays_whole_at_80_columns(tmp_path: object) -> None:
+    """The header gives the banner room before anything else at 80x24 (the target is
+    cut first): an operator on a small terminal still reads that actions are refused."""
+    from ventana.core.console import TEAM_LOG_DOWN
+    from ventana.tui.cli import _open_log
+    from ventana.tui.header import StatusHeader
+
+    # No server listens on this socket: the log opens lazily, unreachable.
+    log, why = _open_log(f"postgresql://ops@/team?host=%2F{str(tmp_path).strip('/')}"
+                         "&port=5999")
+    assert log is not None and "unreachable" in log.down, why
+    config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+    app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await populated(pilot)
+        header = app.query_one(StatusHeader)
+        shown = header.render().plain
+        assert TEAM_LOG_DOWN in shown, shown  # whole, within the 80 cells on screen:
+        assert shown.index(TEAM_LOG_DOWN) + len(TEAM_LOG_DOWN) <= header.size.width == 80
+    log.close()
