@@ -105,24 +105,32 @@ class LogScreen(ModalScreen[None]):
                 Text(f"The action log is unavailable: {self.unavailable}", style="bold red")
             )
             return
+        if self.action_log.shared:  # a round trip: read in a worker, then follow
+            if self._follow is not None:
+                self._follow.append(self._team_rows)
+            table.focus()
+            self._team_rows([])
+            return
         try:
             rows = self.action_log.rows(limit=500)
         except ActionLogError as exc:
-            self.query_one("#log-title", Static).update(
-                Text(f"The action log cannot be read: {exc}", style="bold red")
-            )
+            self._title(f"The action log cannot be read: {exc}")
             return
         self._fill(rows)
-        if self._follow is not None:
-            self._follow.append(self._team_rows)
         table.focus()
+
+    def _title(self, problem: str = "") -> None:
+        self.query_one("#log-title", Static).update(
+            Text(problem, style="bold red") if problem
+            else Text("Action log (newest first)", style="bold"))
 
     def on_unmount(self) -> None:
         if self._follow is not None and self._team_rows in self._follow:
             self._follow.remove(self._team_rows)
 
     def _team_rows(self, rows: list[LogRow]) -> None:
-        """Other consoles wrote (on the loop): re-read the log, one read at a time."""
+        """Rows arrived (on the loop; [] : the first read): re-read the log, one read at
+        a time."""
         if self._reading:
             self._again = True
             return
@@ -137,8 +145,10 @@ class LogScreen(ModalScreen[None]):
                 self._again = False
                 try:
                     rows = await asyncio.to_thread(log.rows, limit=500)
-                except ActionLogError:  # out of reach for now: what is shown stays
+                except ActionLogError as exc:  # out of reach for now: what is shown stays
+                    self._title(f"The action log cannot be read: {exc}")
                     return
+                self._title()
                 self._fill(rows)
                 if not self._again:
                     return

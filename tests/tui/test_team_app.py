@@ -227,17 +227,20 @@ async def test_the_log_screen_follows_other_consoles_rows(pg_url: str) -> None:
         await populated(pilot)
         await wait_for(pilot, lambda: app.core.team_feed is not None
                        and app.core.team_feed.state == "live", timeout=10)
+        log.record(action="merge", target_system="sim", mode="read-write",
+                   target_object="vm:x", target_name="before-01", plan={}, findings=[],
+                   override=False, confirmed=False, outcome="refused")
         await pilot.press("l")
         await wait_for(pilot, lambda: isinstance(app.screen, LogScreen))
         table = app.screen.query_one("#log-table", DataTable)
-        assert table.row_count == 0
+        await wait_for(pilot, lambda: table.row_count == 1, timeout=5)  # read in a worker
         labels = [str(c.label) for c in table.columns.values()]
         assert labels[1:3] == ["Operator", "Host"]
         other = subprocess.Popen([sys.executable, "-c", OTHER_CONSOLE, pg_url],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert other.stdout is not None and other.stdout.readline().strip() == "begun"
-            await wait_for(pilot, lambda: table.row_count == 1, timeout=5)
+            await wait_for(pilot, lambda: table.row_count == 2, timeout=5)
             cells = [str(c) for c in table.get_row_at(0)]
             assert cells[5:8] == ["merge", "elsewhere-01", "running"], cells
             assert cells[2] == socket.gethostname()[:30] and cells[1]
