@@ -304,6 +304,7 @@ class Console:
             self._follow_team()
             self._announce_unfinished_rebuilds()  # on the loop: it may say something
             await self.load_final_states()
+        self.team_rows([])  # watchers (the log screen) read again
 
     # -- team mode: other consoles' actions on a shared log (state/live.py) -------------
     team_feed: TeamFeed | None = None
