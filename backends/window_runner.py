@@ -28,7 +28,8 @@ Rules while running:
   than skipping everything on STALE_DATA);
 - **team mode**: an item whose VM another console holds (a live lease, read in
   a worker each round) waits, its reason naming the holder, and starts once
-  the lease is gone;
+  the lease is gone; while the team's log cannot be read nothing new starts
+  (the queue waits rather than skipping everything on a refused intent row);
 - items added after the run was confirmed stay queued for the next run.
 """
 
@@ -152,9 +153,10 @@ class WindowRunner:
         try:
             while True:
                 if not self.paused:
-                    if self._waiting():
-                        self.held = await self._held_elsewhere()
-                    self._start_eligible()
+                    held = await self._held_elsewhere() if self._waiting() else {}
+                    if held is not None:  # None: the team's log is out of reach, wait
+                        self.held = held
+                        self._start_eligible()
                 if not self._tasks and (self.paused or not self._waiting()):
                     break
                 self._wake.clear()
@@ -167,16 +169,16 @@ class WindowRunner:
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             self._changed()
 
-    async def _held_elsewhere(self) -> dict[str, str]:
-        """What other consoles hold on a team's log (a round trip: in a worker). Unread,
-        nothing waits here: each item's intent row refuses it then (fail closed)."""
+    async def _held_elsewhere(self) -> dict[str, str] | None:
+        """What other consoles hold on a team's log (a round trip: in a worker); None
+        when it cannot be read now."""
         log = self.runner.log
         if log is None or not log.shared:
             return {}
         try:
             leases = await asyncio.to_thread(log.leases)
         except ActionLogError:
-            return {}
+            return None
         return {le.target_object: le.who() for le in leases if le.console != log.console}
 
     def _waiting(self) -> bool:

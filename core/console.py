@@ -763,7 +763,7 @@ class Console:
                        same_lun: bool) -> WindowRunner | None:
         """Confirm the queue's run; the runner to ``start`` (None, with a notice: refused)."""
         wr = self._window
-        if wr is None:
+        if wr is None or self.refused_while_down():
             return None
         try:
             wr.window.set_parallel(parallel, same_lun)

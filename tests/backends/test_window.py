@@ -326,3 +326,29 @@ async def test_an_item_another_console_holds_waits_naming_the_holder(pg_url: str
         assert sorted(r.target_name for r in mine) == ["av-01", "git-01"]
         assert all(r.outcome == "ok" for r in log.rows())
         log.close()
+
+
+async def test_the_queue_waits_while_the_teams_log_is_out_of_reach() -> None:
+    """Team mode: the database gone after the run was confirmed, nothing starts and
+    nothing is skipped (every intent row would be refused); it back, the queue runs."""
+    from peers.postgres import PgServer
+
+    with PgServer() as pg:
+        pg.psql("create database team")
+        async with Session(quiet()) as s:
+            log = ActionLog.open(pg.url("team"))
+            runner = ActionRunner(s.store, s.backend, log, clock=s.backend.now)
+            window = WindowStore.open(log.path).load("sat-night", default_name="sat-night")
+            ids = queue(s, window, ("git-01", "av-01"))
+            wr = WindowRunner(runner, window)
+            assert wr.confirm("sat-night") == 2
+            await asyncio.to_thread(pg.kill)
+            run = wr.start()
+            await asyncio.sleep(1.5)  # three rounds of the loop
+            assert [i.status for i in window.items] == ["queued", "queued"]
+            assert not run.done() and not wr.running_ids
+            await asyncio.to_thread(pg.start)
+            await asyncio.wait_for(run, 30)
+            assert [window.item(i).status for i in ids] == ["ok", "ok"]  # type: ignore[union-attr]
+            assert sorted(r.outcome for r in log.rows()) == ["ok", "ok"]
+            log.close()
