@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -273,7 +274,7 @@ class ActionRunner:
 
         task_id = f"{plan.action}-{uuid.uuid4().hex[:12]}"
         try:
-            row = self.log.begin(
+            row = await self._begin(
                 action=fresh.action,
                 target_system=self.backend.target,
                 mode=self.mode,
@@ -334,7 +335,7 @@ class ActionRunner:
                                          error=result.error or "the backend gave no outcome")
         outcome = result.state.value
         try:
-            self.log.finish(
+            closing = await self._finish(
                 row,
                 outcome=outcome,
                 error=result.error,
@@ -343,7 +344,7 @@ class ActionRunner:
                 final_state=result.final_state.value if result.final_state else None,
                 detail={**({"detail": result.detail} if result.detail else {}),
                         **where_now(self.store, obj_id, "after")},
-            )
+            ) or closing
         except ActionLogError as exc:
             # The intent row stays; it reads "interrupted — verify" later.
             result = ActionResult(
@@ -367,6 +368,49 @@ class ActionRunner:
         if closing:
             raise asyncio.CancelledError
         return result
+
+    # -- a team's log: its round trips in a worker, never on the UI loop ----------
+    async def _begin(self, **intent: Any) -> int:
+        """``log.begin``: committed when this returns (nothing is sent before). A shared
+        log's commit runs in a worker; cancelled meanwhile, a row it still commits is
+        closed as cancelled (nothing was sent) and its lease dropped."""
+        assert self.log is not None
+        if not self.log.shared:
+            return self.log.begin(**intent)
+        log = self.log
+        begin = asyncio.ensure_future(asyncio.to_thread(log.begin, **intent))
+        try:
+            return await asyncio.shield(begin)
+        except asyncio.CancelledError:
+            def abandon(done: asyncio.Future[int]) -> None:
+                if done.cancelled() or done.exception() is not None:
+                    return
+                threading.Thread(target=self._close_unsent, args=(log, done.result()),
+                                 daemon=True, name="ventana-unsent").start()
+
+            begin.add_done_callback(abandon)
+            raise
+
+    @staticmethod
+    def _close_unsent(log: ActionLog, row: int) -> None:
+        with contextlib.suppress(ActionLogError):
+            log.finish(row, outcome="cancelled",
+                       error="the console closed before anything was sent")
+
+    async def _finish(self, row: int, **outcome: Any) -> bool:
+        """``log.finish`` (a shared log's in a worker); True when the console began
+        closing meanwhile (the worker writes the outcome all the same)."""
+        assert self.log is not None
+        if not self.log.shared:
+            self.log.finish(row, **outcome)
+            return False
+        finish = asyncio.ensure_future(asyncio.to_thread(self.log.finish, row, **outcome))
+        try:
+            await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            finish.add_done_callback(lambda done: done.cancelled() or done.exception())
+            return True
+        return False
 
     def _finish_quietly(self, row: int, why: str) -> None:
         if self.log is None:

@@ -26,6 +26,10 @@ Rules while running:
   LUN a failure left short of space refuses them by pre-flight;
 - while the connection is stale nothing new starts (the queue waits rather
   than skipping everything on STALE_DATA);
+- **team mode**: an item whose VM another console holds (a live lease, read in
+  a worker each round) waits, its reason naming the holder, and starts once
+  the lease is gone; while the team's log cannot be read nothing new starts
+  (the queue waits rather than skipping everything on a refused intent row);
 - items added after the run was confirmed stay queued for the next run.
 """
 
@@ -35,7 +39,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from ventana.state.model import TaskState
+from ventana.state.actionlog import ActionLogError
+from ventana.state.model import Kind, TaskState
 from ventana.state.plans import Plan
 from ventana.state.sanitize import clean
 from ventana.state.window import (
@@ -69,6 +74,8 @@ class WindowRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        #: Team mode: VMs ("vm:<id>") other consoles hold now → who holds them.
+        self.held: dict[str, str] = {}
 
     # -- planning ---------------------------------------------------------------
     def plan_item(self, item: QueueItem) -> Plan:
@@ -146,7 +153,10 @@ class WindowRunner:
         try:
             while True:
                 if not self.paused:
-                    self._start_eligible()
+                    held = await self._held_elsewhere() if self._waiting() else {}
+                    if held is not None:  # None: the team's log is out of reach, wait
+                        self.held = held
+                        self._start_eligible()
                 if not self._tasks and (self.paused or not self._waiting()):
                     break
                 self._wake.clear()
@@ -158,6 +168,18 @@ class WindowRunner:
             if self._tasks:
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             self._changed()
+
+    async def _held_elsewhere(self) -> dict[str, str] | None:
+        """What other consoles hold on a team's log (a round trip: in a worker); None
+        when it cannot be read now."""
+        log = self.runner.log
+        if log is None or not log.shared:
+            return {}
+        try:
+            leases = await asyncio.to_thread(log.leases)
+        except ActionLogError:
+            return None
+        return {le.target_object: le.who() for le in leases if le.console != log.console}
 
     def _waiting(self) -> bool:
         return any(i.status == QUEUED and i.id in self.confirmed for i in self.window.items)
@@ -187,6 +209,13 @@ class WindowRunner:
                 continue
             if item.vm_id in busy_vms or item.vm_id in earlier_vms:
                 earlier_vms.add(item.vm_id)
+                continue
+            holder = self.held.get(f"{Kind.VM.value}:{item.vm_id}")
+            if holder:  # another console acts on the VM: wait for it, saying who
+                earlier_vms.add(item.vm_id)
+                why = f"waiting: held from another console by {holder}"
+                if item.reason != why:
+                    self._set(item, reason=why)
                 continue
             shown = self.confirmed[item.id]
             luns = self._luns_of(item.vm_id, shown)

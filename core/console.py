@@ -58,6 +58,10 @@ from ventana.state.store import Store
 from ventana.state.window import WindowError, WindowStore
 
 INITIAL_LOAD_MAX_S = 5.0
+#: A team's log (PostgreSQL) is asked whether it answers this often, in a worker
+#: thread; while it does not, actions are refused under ``TEAM_LOG_DOWN``.
+LOG_CHECK_S = 2.0
+TEAM_LOG_DOWN = "TEAM LOG UNREACHABLE — ACTIONS REFUSED"
 # The first inventory's findings are computed in slices of this many seconds per
 # flush (about 0.5 s of work at 10,000 VMs): a redraw never waits longer for them.
 FINDINGS_SLICE_S = 0.008
@@ -186,6 +190,10 @@ class Console:
             follow(self.findings, self.acks, self.clock)
         self._findings_seen = (-1, -1)
         self._window: WindowRunner | None = None
+        self.team_watchers = []
+        #: Why the team's log does not answer ('' : it does, or the log is a file).
+        self.log_down = log.down if log is not None and log.shared else ""
+        self._log_watch: asyncio.Task[None] | None = None
 
     # -- facts ------------------------------------------------------------------------
     @property
@@ -198,10 +206,18 @@ class Console:
 
     def header_facts(self) -> dict[str, Any]:
         """The header's facts at start: target, mode and the session's flags."""
-        flags = self.flags
+        return {"target": clean(self.backend.target), "mode": self.runner.mode,
+                "flags": self._flags()}
+
+    def _flags(self) -> str:
+        """The session's flags and what refuses actions now (no log, the team's log down)."""
+        extra = ""
         if self.action_log is None and not self.read_only:
-            flags = " ".join(f for f in (self.flags, "NO ACTION LOG — ACTIONS REFUSED") if f)
-        return {"target": clean(self.backend.target), "mode": self.runner.mode, "flags": flags}
+            extra = "NO ACTION LOG — ACTIONS REFUSED"
+        elif self.log_down and not self.read_only:
+            extra = TEAM_LOG_DOWN
+        lost = "RECORDING STOPPED" if self._recording_lost else ""
+        return " ".join(f for f in (self.flags, lost, extra) if f)
 
     def start(self) -> None:
         """Say what the operator must know at start (no log, unfinished rebuilds)."""
@@ -211,11 +227,96 @@ class Console:
                 f"{clean(self.runner.log_error)}",
                 title="Action log unavailable", severity="error", timeout=60,
             )
-        self._announce_unfinished_rebuilds()
-        self._follow_team()
+        if self.log_down:  # rebuilds, acks and the feed wait for the database
+            self._say_log_down()
+        else:
+            self._announce_unfinished_rebuilds()
+            self._follow_team()
+        self._watch_log()
+
+    # -- a team's log out of reach: refuse actions, keep monitoring, recover ------------
+    def _watch_log(self) -> None:
+        """On a shared log, ask every ``LOG_CHECK_S`` (in a worker) whether it answers."""
+        log = self.action_log
+        if log is None or not log.shared or self.runner.mode == "replay":
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # started outside a loop (a script): nobody to watch for
+            return
+        self._log_watch = asyncio.ensure_future(self._watch_loop(log))
+
+    async def _watch_loop(self, log: ActionLog) -> None:
+        while True:
+            try:
+                why = await asyncio.to_thread(log.check)
+            except Exception as exc:  # never let the watch die: say it is down
+                why = f"{type(exc).__name__}: {exc}"
+            if self._log_state(clean(why)):
+                with contextlib.suppress(Exception):  # what failed says so itself
+                    await self._log_back()
+            await asyncio.sleep(LOG_CHECK_S)
+
+    def _log_state(self, why: str) -> bool:
+        """The watch's answer: a banner when the log goes; True when it just returned."""
+        if why and not self.log_down:
+            self.log_down = why
+            self.listener.header(flags=self._flags())
+            self._say_log_down()
+        elif why:
+            self.log_down = why  # still down (the reason may have changed)
+        elif self.log_down:
+            self.log_down = ""
+            self.listener.header(flags=self._flags())
+            self._notice("The team's action log answers again: actions are allowed.",
+                         title="Action log back", timeout=15)
+            return True
+        return False
+
+    def _say_log_down(self) -> None:
+        if self.read_only:
+            return
+        self._notice(f"The team's action log does not answer, so every action is refused "
+                     f"(monitoring goes on; the console recovers by itself when it answers): "
+                     f"{self.log_down}", title="Action log unreachable", severity="error",
+                     timeout=30)
+
+    def refused_while_down(self) -> bool:
+        """True, with a notice, when the team's log is down (an action would run unlogged)."""
+        if not self.log_down or self.read_only:
+            return False
+        self._notice(f"Refused: the team's action log does not answer, and an action never "
+                     f"runs unlogged ({self.log_down}). Monitoring goes on; actions are "
+                     "allowed again as soon as it answers.", title="Refused", severity="error",
+                     timeout=15)
+        return True
+
+    async def _log_back(self) -> None:
+        """What waited for the database: acknowledgements, the team feed, rebuilds, final
+        states (an action log opened while the database was down)."""
+        log = self.action_log
+        assert log is not None
+        if self.acks is None and self.runner.mode != "replay":
+            try:
+                self.acks = await asyncio.to_thread(
+                    AckBook.open, log.path, grace=self.findings.config.ack_grace)
+            except AckError as exc:
+                self.acks_error = str(exc)
+            else:
+                self.acks_error = ""
+                follow(self.findings, self.acks, self.clock)
+                self.sync_findings(force=True)
+        if self.team_feed is None:
+            self._follow_team()
+            self._announce_unfinished_rebuilds()  # on the loop: it may say something
+            await self.load_final_states()
+        self.team_rows([])  # watchers (the log screen) read again
 
     # -- team mode: other consoles' actions on a shared log (state/live.py) -------------
     team_feed: TeamFeed | None = None
+    #: Called (on the loop) with every batch of rows the team feed brings, this
+    #: console's own included (e.g. the log screen re-reads).
+    team_watchers: list[Callable[[list[LogRow]], None]]
 
     def _follow_team(self) -> None:
         """On a shared log, other consoles' actions reach the task strip as they happen."""
@@ -243,6 +344,9 @@ class Console:
                 100.0 if state in (TaskState.OK, TaskState.WARNING) else 0.0, state,
                 started=_when(row.started), ended=_when(row.ended),
                 message=describe(row), error=clean(row.error or ""))))
+        for watcher in list(self.team_watchers):
+            with contextlib.suppress(Exception):  # a screen must not stop the feed
+                watcher(rows)
 
     def link_targets(self) -> tuple[tuple[str, LinkState, str, bool], ...] | None:
         """Each target's link and whether it is read-only (None: a single target)."""
@@ -309,8 +413,7 @@ class Console:
     def _flush_store(self) -> None:
         if self.recorder is not None and self.recorder.error and not self._recording_lost:
             self._recording_lost = True
-            self.listener.header(flags=" ".join(f for f in (self.flags, "RECORDING STOPPED")
-                                                if f))
+            self.listener.header(flags=self._flags())
             self._notice(f"Recording stopped: {clean(str(self.recorder.error))}",
                          severity="error", timeout=30)
         if not self.pending or self.inventory_applying:
@@ -411,7 +514,10 @@ class Console:
         return spec.commands[0].name if spec is not None and spec.commands else remedy
 
     def plan(self, action: str, vm_id: str, **params: Any) -> Plan | None:
-        """The plan, or None with a notice (the VM is gone, the action is unknown)."""
+        """The plan, or None with a notice (the VM is gone, the action is unknown, the
+        team's log does not answer)."""
+        if self.refused_while_down():
+            return None
         try:
             return self.runner.plan(action, vm_id, **params)
         except (KeyError, ValueError, ActionLogError) as exc:
@@ -454,6 +560,8 @@ class Console:
     async def _execute(self, plan: Plan, typed: str, override: bool,
                        overridden: frozenset[str] | None, second: bool) -> ActionResult | None:
         started = time.monotonic()
+        if self.refused_while_down():
+            return None
         try:
             result = await self.runner.execute(
                 plan, typed, override=override, overridden=overridden, confirmed_twice=second,
@@ -572,7 +680,7 @@ class Console:
         self.listener.final_state_changed(target)
 
     async def load_final_states(self) -> None:
-        if self.action_log is None:
+        if self.action_log is None or self.log_down:  # down: loaded when it answers
             return
         try:
             states = await asyncio.to_thread(self.action_log.final_states)
@@ -671,7 +779,7 @@ class Console:
                        same_lun: bool) -> WindowRunner | None:
         """Confirm the queue's run; the runner to ``start`` (None, with a notice: refused)."""
         wr = self._window
-        if wr is None:
+        if wr is None or self.refused_while_down():
             return None
         try:
             wr.window.set_parallel(parallel, same_lun)
@@ -696,6 +804,10 @@ class Console:
 
     # -- the end -------------------------------------------------------------------------
     async def close(self) -> None:
+        if self._log_watch is not None:
+            self._log_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._log_watch
         if self.team_feed is not None:
             await asyncio.to_thread(self.team_feed.stop)
         self.findings.detach()

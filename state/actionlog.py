@@ -415,6 +415,12 @@ class ActionLog:
             return str(exc)
         return ""
 
+    @property
+    def down(self) -> str:
+        """Why the shared log was out of reach at the last attempt ('' : it answered, or
+        SQLite). Never blocks; ``check()`` asks the database."""
+        return self._store.last_failure
+
     @staticmethod
     def _create_file(path: Path) -> None:
         try:

@@ -6,6 +6,7 @@ r"""Targets from the TOML config file.
     # log = "postgresql://ops@db.corp.example/ventana"   # a team's shared log
     #   (docs/team-mode.md; the password never goes here: PGPASSWORD, ~/.pgpass
     #   or the OS keyring)
+    # lease_ttl = 60   # team mode: seconds before a dead console's lease on a VM lapses
 
     [[target]]
     name = "lab"
@@ -80,6 +81,7 @@ from pathlib import Path
 from typing import Any
 
 from .findings import FindingsConfig
+from .leases import DEFAULT_TTL_S
 from .paths import config_dir
 
 KNOWN_KINDS = ("sim", "hyperv", "vsphere")
@@ -108,6 +110,9 @@ class Config:
     #: (``plans_vsphere.configure`` and ``ssh.wiring`` interpret them).
     sections: dict[str, Any] = field(default_factory=dict)
     findings: FindingsConfig = field(default_factory=FindingsConfig)  # [findings] thresholds
+    #: Team mode: how long a console's lease on a VM outlives its last renewal
+    #: (a console killed mid-action frees the VM, "interrupted", after this).
+    lease_ttl: float = DEFAULT_TTL_S
 
     def target(self, name: str) -> Target:
         for t in self.targets:
@@ -198,7 +203,23 @@ def load_config(path: Path | None = None) -> Config:
         findings = FindingsConfig.from_toml(raw_findings)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    return Config(tuple(targets), _log_setting(log, path), path, sections, findings)
+    return Config(tuple(targets), _log_setting(log, path), path, sections, findings,
+                  _lease_ttl(data.get("lease_ttl", DEFAULT_TTL_S), path))
+
+
+#: The lease TTL's bounds: renewed every third of it, so a few seconds at least;
+#: at most an hour before a dead console's VM is free again.
+LEASE_TTL_RANGE = (5.0, 3600.0)
+
+
+def _lease_ttl(value: Any, path: Path) -> float:
+    """The ``lease_ttl`` key (seconds), within ``LEASE_TTL_RANGE``."""
+    _check_type(str(path), "lease_ttl", value, (int, float))
+    low, high = LEASE_TTL_RANGE
+    if not low <= value <= high:
+        raise ConfigError(f"{path}: lease_ttl must be between {low:g} and {high:g} seconds, "
+                          f"not {value!r}")
+    return float(value)
 
 
 def _log_setting(value: Any, path: Path) -> Path | str | None:

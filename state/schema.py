@@ -341,6 +341,12 @@ class Db:
         """PostgreSQL: the connection is gone (the server is down or out of reach)."""
         return self.pg and (self.conn is None or self.conn.closed or self.conn.broken)
 
+    @property
+    def last_failure(self) -> str:
+        """Why the last connection attempt failed, while the connection is gone ('' :
+        connected, or not known yet). Never blocks (no round trip)."""
+        return self._failed if self.unreachable() else ""
+
     def _fail(self, exc: BaseException) -> Exception:
         if self.pg:
             return self.error(explain_pg(exc, self.where))

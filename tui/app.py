@@ -331,7 +331,8 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         if recorded is not None:  # a replay: what the operator did in the recording
             self.push_screen(RecordedActionsScreen(recorded))
             return
-        self.push_screen(LogScreen(self.action_log, self.runner.log_error))
+        self.push_screen(LogScreen(self.action_log, self.runner.log_error,
+                                   follow=self.core.team_watchers))
 
     def action_sort(self) -> None:
         self.query_one(VmTable).cycle_sort()

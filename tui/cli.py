@@ -23,6 +23,7 @@ from ventana.backends.base import Backend
 from ventana.backends.capabilities import Composite, SideChannelHost
 from ventana.state.actionlog import ActionLog, ActionLogError
 from ventana.state.config import Config, ConfigError, load_config
+from ventana.state.leases import DEFAULT_TTL_S
 from ventana.state.sanitize import clean
 from ventana.state.schema import is_url
 
@@ -187,13 +188,15 @@ def _version() -> str:
         return "unknown"
 
 
-def _open_log(path: Path | None, *, read_only: bool = False) -> tuple[ActionLog | None, str]:
+def _open_log(path: Path | None, *, read_only: bool = False,
+              lease_ttl: float = DEFAULT_TTL_S) -> tuple[ActionLog | None, str]:
     """The action log, proven writable now (not at the first action); read-only
-    sessions only read it."""
+    sessions only read it. A team's log (a URL) whose database is out of reach opens
+    anyway: the console refuses actions under a banner until it answers (core/console.py)."""
     from .logcheck import unwritable
 
     try:
-        log = ActionLog.open(path)
+        log = ActionLog.open(path, lazy=True, lease_ttl=lease_ttl)
     except ActionLogError as exc:
         return None, clean(str(exc))
     problem = "" if is_url(log.path) else unwritable(log.path)
@@ -499,12 +502,12 @@ def attach_side_channels(backend: Backend, config: Config, log: ActionLog | None
 REPLAY_NO_LOG = "a replay does not write to the action log"
 
 
-def session_log(mode: str | None, path: Path | None, *, read_only: bool
-                ) -> tuple[ActionLog | None, str]:
+def session_log(mode: str | None, path: Path | None, *, read_only: bool,
+                lease_ttl: float = DEFAULT_TTL_S) -> tuple[ActionLog | None, str]:
     """The console's action log: none for a replay (it never touches the operator's log)."""
     if mode == "replay":
         return None, REPLAY_NO_LOG
-    return _open_log(path, read_only=read_only)
+    return _open_log(path, read_only=read_only, lease_ttl=lease_ttl)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -574,7 +577,8 @@ def main_with(args: argparse.Namespace, config: Config, log_path: Path | None) -
             print(f"ventana: cannot record to {args.record}: {exc}", file=sys.stderr)
             return 2
 
-    log, log_error = session_log(mode, log_path, read_only=backend.read_only)
+    log, log_error = session_log(mode, log_path, read_only=backend.read_only,
+                                 lease_ttl=config.lease_ttl)
     if log is not None:  # who did it: the cluster account on every row (team mode)
         from ventana.state.team import account_of
 

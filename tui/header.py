@@ -50,7 +50,7 @@ class StatusHeader(Static):
         the mode, flags, findings and counts always stay on screen."""
         width = self.size.width or 200
         levels = ((10_000, 10_000, False), (60, 40, False), (60, 40, True), (40, 30, True),
-                  (20, 24, True), (8, 16, True), (0, 12, True))
+                  (20, 24, True), (8, 16, True), (0, 12, True), (0, 6, True))
         for reason_cells, target_cells, short in levels:
             text = self._head(reason_cells, target_cells, short)
             tail = self._tail(short)

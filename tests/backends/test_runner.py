@@ -170,3 +170,50 @@ async def test_an_upgrade_goes_only_to_the_version_confirmed(tmp_path: Path) -> 
     with pytest.raises(ActionRefused, match=r"target version changed \(9.0 → 10.0\)"):
         await r.execute(plan, "dc-03")
     assert r.backend.handle.calls == 0
+
+
+async def test_shared_log_cancelled_while_the_intent_commit_waits_sends_nothing(
+        pg_url: str) -> None:
+    """On a team's log the intent commit runs in a worker. The console closing while it
+    waits (a lock held by another connection): nothing is sent, and the row the worker
+    still commits is closed as cancelled, its lease dropped."""
+    import time
+
+    import psycopg
+
+    from ventana.state.schema import LEASE_LOCK_KEY
+
+    r = ActionRunner(small_cluster(), FaultyBackend("ok"), ActionLog.open(pg_url),
+                     clock=lambda: NOW)
+    holder = psycopg.connect(pg_url, autocommit=True)
+    try:
+        holder.execute("select pg_advisory_lock(%s)", (LEASE_LOCK_KEY,))
+        job = asyncio.ensure_future(r.execute(r.plan("merge", "a"), "app-01"))
+
+        def waiting() -> bool:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if holder.execute("select 1 from pg_stat_activity where wait_event = "
+                                  "'advisory' and wait_event_type = 'Lock'").fetchall():
+                    return True
+                time.sleep(0.05)
+            return False
+
+        assert await asyncio.to_thread(waiting)
+        assert not job.done()  # the loop is free while the commit waits
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        holder.execute("select pg_advisory_unlock(%s)", (LEASE_LOCK_KEY,))
+        for _ in range(200):
+            rows = r.log.rows()
+            if rows and rows[0].outcome != "running":
+                break
+            await asyncio.sleep(0.05)
+        (row,) = r.log.rows()
+        assert row.outcome == "cancelled" and "before anything was sent" in row.error
+        assert r.log.leases() == []
+        assert r.backend.handle.calls == 0
+    finally:
+        holder.close()
+        r.log.close()

@@ -260,3 +260,95 @@ async def test_nothing_starts_while_the_link_is_stale(tmp_path: Path) -> None:
         s.backend.restore_connection()
         await asyncio.wait_for(task, 30)
         assert window.item(ids[0]).status == "ok"  # type: ignore[union-attr]
+
+
+HOLDER = """
+import sys
+from ventana.state.actionlog import ActionLog
+from ventana.state.leases import Claim
+log = ActionLog.open(sys.argv[1])
+row = log.begin(action="merge", target_system="sim", mode="read-write",
+                target_object=sys.argv[2], target_name=sys.argv[3], plan={}, findings=[],
+                override=False, confirmed=True, task_id="merge-other0002", claim=Claim(ttl=30))
+print("begun", flush=True)
+sys.stdin.readline()  # holds the VM's lease until told
+log.finish(row, outcome="ok")
+log.close()
+print("done", flush=True)
+"""
+
+
+async def test_an_item_another_console_holds_waits_naming_the_holder(pg_url: str) -> None:
+    """Team mode: the queue does not run (nor skip) an item whose VM another console
+    process acts on; it waits, saying who holds it, while the rest of the queue runs,
+    and runs once the other console is done."""
+    import subprocess
+    import sys
+
+    async with Session(quiet()) as s:
+        log = ActionLog.open(pg_url)
+        runner = ActionRunner(s.store, s.backend, log, clock=s.backend.now)
+        window = WindowStore.open(log.path).load("sat-night", default_name="sat-night")
+        held, free = queue(s, window, ("git-01", "av-01"))
+        vm = by_name(s.store, "git-01")
+        other = subprocess.Popen([sys.executable, "-c", HOLDER, pg_url, f"vm:{vm.id}",
+                                  "git-01"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+        try:
+            assert other.stdout is not None and other.stdin is not None
+            assert (await asyncio.to_thread(other.stdout.readline)).strip() == "begun"
+            wr = WindowRunner(runner, window)
+            assert wr.confirm("sat-night") == 2
+            run = wr.start()
+
+            async def until(cond: object, timeout: float = 20) -> None:
+                async def poll() -> None:
+                    while not cond():  # type: ignore[operator]
+                        await asyncio.sleep(0.05)
+                await asyncio.wait_for(poll(), timeout)
+
+            await until(lambda: window.item(free).status == "ok")  # type: ignore[union-attr]
+            item = window.item(held)
+            assert item is not None and item.status == "queued", item
+            assert item.reason.startswith("waiting: held from another console by ")
+            assert "@" in item.reason and "merge since" in item.reason  # who, what, since
+            assert not run.done()
+            other.stdin.write("\n")
+            other.stdin.flush()
+            assert (await asyncio.to_thread(other.stdout.readline)).strip() == "done"
+            await asyncio.wait_for(run, 30)
+            assert window.item(held).status == "ok"  # type: ignore[union-attr]
+        finally:
+            other.kill()
+            other.wait()
+        # One row of ours per VM (the wait wrote none), the other console's one.
+        mine = [r for r in log.rows() if r.task_id != "merge-other0002"]
+        assert sorted(r.target_name for r in mine) == ["av-01", "git-01"]
+        assert all(r.outcome == "ok" for r in log.rows())
+        log.close()
+
+
+async def test_the_queue_waits_while_the_teams_log_is_out_of_reach() -> None:
+    """Team mode: the database gone after the run was confirmed, nothing starts and
+    nothing is skipped (every intent row would be refused); it back, the queue runs."""
+    from peers.postgres import PgServer
+
+    with PgServer() as pg:
+        pg.psql("create database team")
+        async with Session(quiet()) as s:
+            log = ActionLog.open(pg.url("team"))
+            runner = ActionRunner(s.store, s.backend, log, clock=s.backend.now)
+            window = WindowStore.open(log.path).load("sat-night", default_name="sat-night")
+            ids = queue(s, window, ("git-01", "av-01"))
+            wr = WindowRunner(runner, window)
+            assert wr.confirm("sat-night") == 2
+            await asyncio.to_thread(pg.kill)
+            run = wr.start()
+            await asyncio.sleep(1.5)  # three rounds of the loop
+            assert [i.status for i in window.items] == ["queued", "queued"]
+            assert not run.done() and not wr.running_ids
+            await asyncio.to_thread(pg.start)
+            await asyncio.wait_for(run, 30)
+            assert [window.item(i).status for i in ids] == ["ok", "ok"]  # type: ignore[union-attr]
+            assert sorted(r.outcome for r in log.rows()) == ["ok", "ok"]
+            log.close()

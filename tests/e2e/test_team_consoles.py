@@ -273,3 +273,34 @@ def test_password_in_a_log_url_is_refused(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 2 and "carries a password" in done.stderr
     assert "hunter2" not in done.stderr
+
+
+def test_lease_ttl_is_a_config_key_the_console_holds_its_leases_for(tmp_path: Path,
+                                                                     pg_url: str) -> None:
+    from ventana.state.config import ConfigError, load_config
+    from ventana.state.leases import Claim
+    from ventana.tui.cli import session_log
+
+    cfg = tmp_path / "config.toml"
+    for bad in ("0", "2", "7200", '"60"', "true"):
+        cfg.write_text(f"lease_ttl = {bad}\n")
+        with pytest.raises(ConfigError, match="lease_ttl"):
+            load_config(cfg)
+    assert load_config(_write(cfg, "")).lease_ttl == 60.0  # the default
+    config = load_config(_write(cfg, f'log = "{pg_url}"\nlease_ttl = 15\n'))
+    assert config.lease_ttl == 15.0
+    log, why = session_log(None, config.log, read_only=False,  # type: ignore[arg-type]
+                           lease_ttl=config.lease_ttl)
+    assert log is not None, why
+    with log:
+        row = log.begin(action="merge", target_system="sim", mode="read-write",
+                        target_object="vm:a", target_name="app-01", plan={}, findings=[],
+                        override=False, confirmed=True, claim=Claim(ttl=log.lease_ttl))
+        (lease,) = log.leases()
+        assert 10 < lease.expires - lease.acquired <= 15.5  # the configured time, not 60 s
+        log.finish(row, outcome="ok")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -91,3 +91,187 @@ async def test_another_consoles_action_reaches_the_task_strip(pg_url: str) -> No
             other.kill()
             other.wait()
     log.close()
+
+
+async def test_a_console_started_while_the_team_log_is_down_recovers_by_itself() -> None:
+    """The database is down at start: the console opens (monitoring goes on), shows the
+    banner and refuses actions; the database back, the banner goes by itself and an
+    action runs, logged."""
+    import asyncio
+
+    from peers.postgres import PgServer
+
+    from ventana.core.console import TEAM_LOG_DOWN
+    from ventana.state.model import Kind
+    from ventana.tui.cli import _open_log
+    from ventana.tui.header import StatusHeader
+
+    with PgServer() as pg:
+        pg.psql("create database team")
+        url = pg.url("team")
+        pg.stop()
+        log, why = _open_log(url)  # the path the CLI takes: a log anyway, not "no log"
+        assert log is not None and why == "" and "unreachable" in log.down
+        config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+        app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+        async with app.run_test(size=SIZE) as pilot:
+            await populated(pilot)  # monitoring goes on without the database
+            header = app.query_one(StatusHeader)
+            assert TEAM_LOG_DOWN in header.flags
+            assert app.acks is None
+            vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
+            name = app.store.vm(vm_id).name  # type: ignore[union-attr]
+            app.query_one(VmTable).select_vm(vm_id)
+            app.clear_notifications()
+            await pilot.press("m")
+            await pilot.pause(0.1)
+            assert not isinstance(app.screen, PlanScreen)  # refused before any plan
+            notes = [n.message for n in app._notifications]
+            assert any(n.startswith("Refused: the team's action log does not answer")
+                       for n in notes), notes
+
+            await asyncio.to_thread(pg.start)
+            await wait_for(pilot, lambda: TEAM_LOG_DOWN not in header.flags, timeout=15)
+            await wait_for(pilot, lambda: app.acks is not None, timeout=5)  # opened on return
+            await wait_for(pilot, lambda: app.core.team_feed is not None, timeout=5)
+            await pilot.press("m")
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, PlanScreen)
+            await pilot.press(*name, "enter")
+            with ActionLog.open(url) as other:
+                await wait_for(pilot, lambda: bool(other.rows())
+                               and other.rows()[0].outcome != "running", timeout=30)
+                (row,) = other.rows()
+            assert row.outcome == "ok", row.error
+            assert row.target_name == name
+            await asyncio.to_thread(pg.kill)  # gone again mid-session: the banner is back
+            await wait_for(pilot, lambda: TEAM_LOG_DOWN in header.flags, timeout=15)
+            assert app.store.count(Kind.VM) > 0  # monitoring goes on
+        log.close()
+
+
+async def test_the_ui_answers_while_the_intent_commit_waits_for_the_database(
+        pg_url: str) -> None:
+    """A shared log's intent row is committed in a worker: while another connection
+    holds the lease lock the commit waits, and the console still answers a key; the
+    lock released, the row commits and only then the action runs."""
+    import asyncio
+    import time
+
+    import psycopg
+
+    from ventana.state.schema import LEASE_LOCK_KEY
+    from ventana.tui.help_screen import HelpScreen
+
+    def waiting() -> bool:  # our console's commit is queued on the lease lock
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            return bool(conn.execute(
+                "select 1 from pg_stat_activity where wait_event_type = 'Lock' "
+                "and wait_event = 'advisory' and application_name = 'ventana'").fetchall())
+
+    def waits_within(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if waiting():
+                return True
+            time.sleep(0.05)
+        return False
+
+    log = ActionLog.open(pg_url)
+    config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+    app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+    holder = psycopg.connect(pg_url, autocommit=True)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await populated(pilot)
+            vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
+            name = app.store.vm(vm_id).name  # type: ignore[union-attr]
+            app.query_one(VmTable).select_vm(vm_id)
+            await pilot.press("m")
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, PlanScreen)
+            holder.execute("select pg_advisory_lock(%s)", (LEASE_LOCK_KEY,))
+            await pilot.press(*name, "enter")
+            assert await asyncio.to_thread(waits_within, 5.0), "the commit never waited"
+            await pilot.press("question_mark")  # the loop answers meanwhile
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), timeout=2)
+            assert await asyncio.to_thread(waiting)  # …while the commit still waits
+            with ActionLog.open(pg_url) as other:
+                assert other.rows() == []  # nothing committed, so nothing sent yet
+                holder.execute("select pg_advisory_unlock(%s)", (LEASE_LOCK_KEY,))
+                await wait_for(pilot, lambda: bool(other.rows())
+                               and other.rows()[0].outcome != "running", timeout=30)
+                (row,) = other.rows()
+            assert row.outcome == "ok", row.error
+    finally:
+        holder.close()
+    log.close()
+
+
+async def test_the_log_screen_follows_other_consoles_rows(pg_url: str) -> None:
+    """Open on a team's log, the log screen shows another console's row as it is
+    written, with its operator and host."""
+    import getpass
+    import socket
+    import subprocess
+    import sys
+
+    from textual.widgets import DataTable
+
+    from ventana.tui.log_screen import LogScreen
+
+    log = ActionLog.open(pg_url)
+    config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+    app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        await wait_for(pilot, lambda: app.core.team_feed is not None
+                       and app.core.team_feed.state == "live", timeout=10)
+        log.record(action="merge", target_system="sim", mode="read-write",
+                   target_object="vm:x", target_name="before-01", plan={}, findings=[],
+                   override=False, confirmed=False, outcome="refused")
+        await pilot.press("l")
+        await wait_for(pilot, lambda: isinstance(app.screen, LogScreen))
+        table = app.screen.query_one("#log-table", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 1, timeout=5)  # read in a worker
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[1:3] == ["Operator", "Host"]
+        other = subprocess.Popen([sys.executable, "-c", OTHER_CONSOLE, pg_url],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert other.stdout is not None and other.stdout.readline().strip() == "begun"
+            await wait_for(pilot, lambda: table.row_count == 2, timeout=5)
+            cells = [str(c) for c in table.get_row_at(0)]
+            assert cells[5:8] == ["merge", "elsewhere-01", "running"], cells
+            assert cells[2] == socket.gethostname()[:30] and cells[1]
+            assert getpass.getuser() in cells[1]
+        finally:
+            other.kill()
+            other.wait()
+        # Closing the screen drops its watcher.
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, LogScreen))
+        assert app.core.team_watchers == []
+    log.close()
+
+
+async def test_the_unreachable_banner_stays_whole_at_80_columns(tmp_path: object) -> None:
+    """The header gives the banner room before anything else at 80x24 (the target is
+    cut first): an operator on a small terminal still reads that actions are refused."""
+    from ventana.core.console import TEAM_LOG_DOWN
+    from ventana.tui.cli import _open_log
+    from ventana.tui.header import StatusHeader
+
+    # No server listens on this socket: the log opens lazily, unreachable.
+    log, why = _open_log(f"postgresql://ops@/team?host=%2F{str(tmp_path).strip('/')}"
+                         "&port=5999")
+    assert log is not None and "unreachable" in log.down, why
+    config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+    app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await populated(pilot)
+        header = app.query_one(StatusHeader)
+        shown = header.render().plain
+        assert TEAM_LOG_DOWN in shown, shown  # whole, within the 80 cells on screen:
+        assert shown.index(TEAM_LOG_DOWN) + len(TEAM_LOG_DOWN) <= header.size.width == 80
+    log.close()
