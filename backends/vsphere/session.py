@@ -50,6 +50,13 @@ VM_PATHS = [
     "layoutEx",
     "datastore",
     "guest.toolsRunningStatus",
+    # Backup and snapshot-limitation facts (issue 15; docs/vsphere.md "Facts read"):
+    # pyvmomi docs/vim/vm/GuestInfo.rst (toolsVersionStatus2), docs/vim/vm/ConfigInfo.rst
+    # (changeTrackingEnabled, template), docs/vim/vm/RuntimeInfo.rst (faultToleranceState).
+    "guest.toolsVersionStatus2",
+    "config.changeTrackingEnabled",
+    "config.template",
+    "runtime.faultToleranceState",
 ]
 HOST_PATHS = ["name", "runtime.connectionState", "runtime.inMaintenanceMode", "parent"]
 DATASTORE_PATHS = ["name", "summary.capacity", "summary.freeSpace", "summary.accessible", "host"]
@@ -165,22 +172,63 @@ _NS = "{urn:vim25}"
 
 
 @dataclass(frozen=True, slots=True)
+class LeanDescription:
+    """``vim.Description`` (a device's ``deviceInfo``): its label only."""
+
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeanDiskBacking:
+    """A disk's backing: ``diskMode`` (FlatVer2/SparseVer2/RawDiskMappingVer1 ...
+    BackingInfo) and, for an RDM only, ``compatibilityMode`` (pyvmomi
+    docs/vim/vm/device/VirtualDisk/RawDiskMappingVer1BackingInfo.rst)."""
+
+    diskMode: str | None = None
+    compatibilityMode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LeanVirtualDisk:
     """A ``vim.vm.device.VirtualDisk`` as the mapping reads it."""
 
     key: int
     capacityInKB: int = 0
     capacityInBytes: int | None = None
+    deviceInfo: LeanDescription | None = None
+    backing: LeanDiskBacking | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeanVirtualSCSIController:
+    """A ``vim.vm.device.VirtualSCSIController`` (any model): ``sharedBus``
+    (docs/vim/vm/device/VirtualSCSIController.rst)."""
+
+    key: int
+    sharedBus: str
+    deviceInfo: LeanDescription | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeanVirtualPCIPassthrough:
+    """A ``vim.vm.device.VirtualPCIPassthrough`` (DirectPath I/O)."""
+
+    key: int
+    deviceInfo: LeanDescription | None = None
+
+
+LeanDevice = LeanVirtualDisk | LeanVirtualSCSIController | LeanVirtualPCIPassthrough
 
 
 @dataclass(frozen=True, slots=True)
 class LeanHardware:
-    """A ``vim.vm.VirtualHardware`` with its disks only."""
+    """A ``vim.vm.VirtualHardware`` with the devices the mapping reads (disks,
+    SCSI controllers, PCI passthrough devices), in the server's order."""
 
     numCPU: int
     numCoresPerSocket: int
     memoryMB: int
-    device: tuple[LeanVirtualDisk, ...]
+    device: tuple[LeanDevice, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,15 +329,42 @@ def _int(elem: ET.Element | None, default: int | None = 0) -> int | None:
     return int(elem.text) if elem is not None and elem.text else default
 
 
+def _lean_label(dev: ET.Element) -> LeanDescription | None:
+    info = dev.find(f"{_NS}deviceInfo")
+    return None if info is None else LeanDescription(_text(info, "label"))
+
+
+def _lean_backing(dev: ET.Element) -> LeanDiskBacking | None:
+    backing = dev.find(f"{_NS}backing")
+    if backing is None:
+        return None
+    return LeanDiskBacking(
+        diskMode=backing.findtext(f"{_NS}diskMode"),
+        compatibilityMode=backing.findtext(f"{_NS}compatibilityMode"),
+    )
+
+
 def _lean_hardware(val: ET.Element) -> LeanHardware:
-    disks = []
+    disks: list[LeanDevice] = []
     for dev in val.iterfind(f"{_NS}device"):
-        if dev.get(_XSI_TYPE, "").endswith("VirtualDisk"):
+        xsi = dev.get(_XSI_TYPE, "")
+        if xsi.endswith("VirtualDisk"):
             disks.append(LeanVirtualDisk(
                 key=_int(dev.find(f"{_NS}key")) or 0,
                 capacityInKB=_int(dev.find(f"{_NS}capacityInKB")) or 0,
                 capacityInBytes=_int(dev.find(f"{_NS}capacityInBytes"), None),
+                deviceInfo=_lean_label(dev),
+                backing=_lean_backing(dev),
             ))
+        elif dev.find(f"{_NS}sharedBus") is not None:  # every VirtualSCSIController model
+            disks.append(LeanVirtualSCSIController(
+                key=_int(dev.find(f"{_NS}key")) or 0,
+                sharedBus=_text(dev, "sharedBus"),
+                deviceInfo=_lean_label(dev),
+            ))
+        elif xsi.endswith("VirtualPCIPassthrough"):
+            disks.append(LeanVirtualPCIPassthrough(
+                key=_int(dev.find(f"{_NS}key")) or 0, deviceInfo=_lean_label(dev)))
     return LeanHardware(
         numCPU=_int(val.find(f"{_NS}numCPU")) or 0,
         numCoresPerSocket=_int(val.find(f"{_NS}numCoresPerSocket")) or 0,
