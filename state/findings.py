@@ -43,7 +43,7 @@ config file, see ``FindingsConfig``):
   image backup taken through one silently leaves them out.
 - *VMware Tools* (``TOOLS_NOT_READY``): a quiesced (application-consistent)
   snapshot needs Tools running in the guest — not running on a running VM or
-  not installed is a warning; a version vSphere calls old is info.
+  not installed is a warning; a version vSphere does not call current is info.
 - *Changed-block tracking off* (``CBT_OFF``, info) on a VM a backup policy
   covers (``backup_policy_vms``, name patterns, default every VM): each
   incremental backup then reads the whole disk.
@@ -128,10 +128,10 @@ TOOLS_NOT_READY = "TOOLS_NOT_READY"
 CBT_OFF = "CBT_OFF"
 
 # guest.toolsVersionStatus2 values (pyvmomi docs/vim/vm/GuestInfo/ToolsVersionStatus.rst):
-# not installed → no quiesce at all; older than the host wants → info.
+# never installed → no quiesce at all; a version the host does not call current → info.
 TOOLS_MISSING = frozenset({"guestToolsNotInstalled"})
 TOOLS_OLD = frozenset({"guestToolsNeedUpgrade", "guestToolsTooOld", "guestToolsSupportedOld",
-                       "guestToolsBlacklisted"})
+                       "guestToolsBlacklisted", "guestToolsTooNew"})
 
 # Which console command fixes what (the findings screen offers it on Enter). The
 # command opens the action of the VM's platform: the console core resolves it
@@ -851,7 +851,7 @@ class FindingsEngine:
                 tools.append("VMware Tools are not running")
                 tools_sev = Severity.WARNING
             if vm.tools_version_status in TOOLS_OLD:
-                tools.append(f"the Tools version is old ({vm.tools_version_status})")
+                tools.append(f"the Tools version is not current ({vm.tools_version_status})")
             if tools:
                 text = "; ".join(tools)
                 add(TOOLS_NOT_READY, tools_sev,
