@@ -176,20 +176,14 @@ def _backup_in_use(pre: Preflight, affected: Iterable[Checkpoint], now: datetime
         )
 
 
-def _not_in_snapshots(vm: VM) -> list[str]:
-    return [*(vm.independent_disks or ()), *(f"{d} (physical RDM)" for d in vm.physical_rdms or ())]
-
-
-def _snapshot_limits(pre: Preflight, vm: VM, *, create: bool, memory: bool = False) -> None:
-    """The snapshot limitations known from the model (None facts: not checked here;
-    the executor reads them on the server before sending)."""
-    skipped = _not_in_snapshots(vm)
-    if not create:
-        if skipped:
-            pre.add(Severity.WARNING, "INDEPENDENT_DISKS",
-                    "Not in any snapshot: " + ", ".join(skipped) + ". Removing snapshots does "
-                    "not touch them, and a snapshot-based backup skipped them.")
-        return
+def snapshot_limitations(vm: VM, *, memory: bool) -> tuple[list[str], list[str]]:
+    """(refusals, warnings) for a new snapshot of ``vm``, from its facts: vSphere's
+    "Snapshot Limitations" — no snapshot of a template, of a fault-tolerant VM, of
+    physical-mode RDMs, with SCSI bus sharing, with DirectPath I/O on a running VM;
+    independent disks are left out, and a memory snapshot of a running VM with one
+    is refused. A fact not reported (None) adds nothing. The create plan shows
+    these from the model; the executor applies this same function to the facts it
+    reads from the server just before sending (``Session.snapshot_limits``)."""
     running = vm.power is PowerState.RUNNING
     refuse: list[str] = []
     if vm.template:
@@ -201,18 +195,37 @@ def _snapshot_limits(pre: Preflight, vm: VM, *, create: bool, memory: bool = Fal
     if running:
         refuse += [f"{d} is a DirectPath I/O device on a running VM"
                    for d in vm.passthrough_devices or ()]
+    warn: list[str] = []
+    independent = ", ".join(vm.independent_disks or ())
+    if independent and memory and running:
+        refuse.append(f"a memory snapshot of a running VM with independent disks ({independent})")
+    elif independent:
+        warn.append(f"independent disks are not in the snapshot: {independent}")
+    return refuse, warn
+
+
+def _snapshot_limits(pre: Preflight, vm: VM, *, create: bool, memory: bool = False) -> None:
+    """The snapshot limitations known from the model as pre-flight findings."""
+    if not create:
+        skipped = [*(vm.independent_disks or ()),
+                   *(f"{d} (physical RDM)" for d in vm.physical_rdms or ())]
+        if skipped:
+            pre.add(Severity.WARNING, "INDEPENDENT_DISKS",
+                    "Not in any snapshot: " + ", ".join(skipped) + ". Removing snapshots does "
+                    "not touch them, and a snapshot-based backup skipped them.")
+        return
+    refuse, warn = snapshot_limitations(vm, memory=memory)
+    independent = [r for r in refuse if "independent disks" in r]
+    refuse = [r for r in refuse if r not in independent]
     if refuse:
         pre.add(Severity.BLOCKING, "SNAPSHOT_UNSUPPORTED",
                 "vSphere cannot snapshot this VM: " + "; ".join(refuse) + ".")
-    independent = list(vm.independent_disks or ())
-    if independent and memory and running:
+    if independent:
         pre.add(Severity.BLOCKING, "INDEPENDENT_DISKS",
-                "vSphere refuses a memory snapshot of a running VM with independent disks ("
-                + ", ".join(independent) + "): take it without memory.")
-    elif independent:
+                f"vSphere refuses {independent[0]}: take it without memory.")
+    elif warn:
         pre.add(Severity.WARNING, "INDEPENDENT_DISKS",
-                "Independent disks are not in the snapshot: " + ", ".join(independent)
-                + ". A snapshot-based backup skips them.")
+                warn[0][:1].upper() + warn[0][1:] + ". A snapshot-based backup skips them.")
 
 
 def _stun(pre: Preflight, vm: VM, delta_bytes: int) -> float | None:

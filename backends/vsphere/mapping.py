@@ -252,15 +252,15 @@ def _label(dev: Any) -> str:
     return str(label or f"device {getattr(dev, 'key', '?')}")
 
 
-def device_facts(hardware: Any) -> DeviceFacts | None:
-    """The facts above; None when the VM's hardware was not read."""
-    if hardware is None:
+def device_facts(devices: Iterable[Any] | None) -> DeviceFacts | None:
+    """The facts above from ``config.hardware.device``; None when it was not read."""
+    if devices is None:
         return None
     independent: list[str] = []
     rdms: list[str] = []
     shared: list[str] = []
     passthrough: list[str] = []
-    for dev in getattr(hardware, "device", None) or ():
+    for dev in devices:
         kind = type(dev).__name__
         bus = getattr(dev, "sharedBus", None)
         if kind.endswith("VirtualDisk"):
@@ -343,7 +343,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
     if conn != "connected":
         power = PowerState.UNKNOWN
     firmware = str(props.get("config.firmware") or "")
-    facts = device_facts(hardware)
+    facts = device_facts(None if hardware is None else getattr(hardware, "device", None) or ())
     vm = VM(
         id=vm_id,
         name=str(props.get("name") or vm_id),

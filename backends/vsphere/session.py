@@ -33,6 +33,11 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapResponseDeserializer
 
+from ventana.state.model import VM, PowerState
+from ventana.state.plans_vsphere import snapshot_limitations
+
+from .mapping import POWER, device_facts
+
 PC = vmodl.query.PropertyCollector
 log = logging.getLogger("ventana.backends.vsphere")
 T = TypeVar("T")
@@ -698,48 +703,27 @@ class Session:
         vSphere's snapshot limitations (vSphere documentation, "Snapshot
         Limitations"; ``config.template``, VirtualDiskRawDiskMappingVer1
         BackingInfo.compatibilityMode, VirtualSCSIController.sharedBus,
-        VirtualPCIPassthrough, runtime.faultToleranceState): no snapshot of a
-        template, of physical-mode RDMs, with SCSI bus sharing, with DirectPath
-        I/O on a running VM, or of a fault-tolerant VM; independent disks are
-        left out of the snapshot, and a memory snapshot of a running VM with one
-        is refused.
+        VirtualPCIPassthrough, runtime.faultToleranceState), read from the
+        server and judged by the rule the create plan shows
+        (``plans_vsphere.snapshot_limitations``) on the facts the mapping reads
+        (``mapping.device_facts``).
         """
         vm = vim.VirtualMachine(vm_id, self.si._stub)
         props = self.read_props(vm, ["config.template", "config.hardware.device",
                                      "runtime.faultToleranceState", "runtime.powerState"])
-        running = str(props.get("runtime.powerState") or "") == "poweredOn"
-        refuse: list[str] = []
-        warn: list[str] = []
-        if props.get("config.template"):
-            refuse.append("the VM is a template")
-        ft = str(props.get("runtime.faultToleranceState") or "notConfigured")
-        if ft != "notConfigured":
-            refuse.append(f"Fault Tolerance is configured ({ft})")
-        independent = []
-        for dev in props.get("config.hardware.device") or ():
-            label = str(getattr(getattr(dev, "deviceInfo", None), "label", "") or dev.key)
-            backing = getattr(dev, "backing", None)
-            if isinstance(dev, vim.vm.device.VirtualSCSIController) and str(
-                    dev.sharedBus or "noSharing") != "noSharing":
-                refuse.append(f"{label} shares its SCSI bus ({dev.sharedBus})")
-            elif isinstance(dev, vim.vm.device.VirtualPCIPassthrough) and running:
-                refuse.append(f"{label} is a DirectPath I/O device on a running VM")
-            elif isinstance(dev, vim.vm.device.VirtualDisk):
-                mode = str(getattr(backing, "diskMode", "") or "")
-                if isinstance(
-                    backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo
-                ) and str(backing.compatibilityMode) == "physicalMode":
-                    refuse.append(f"{label} is a physical-mode RDM")
-                elif mode.startswith("independent"):
-                    independent.append(label)
-        if independent:
-            if memory and running:
-                refuse.append(f"a memory snapshot of a running VM with independent disks "
-                              f"({', '.join(independent)})")
-            else:
-                warn.append(f"independent disks are not in the snapshot: "
-                            f"{', '.join(independent)}")
-        return refuse, warn
+        facts = device_facts(props.get("config.hardware.device") or ())
+        assert facts is not None
+        model = VM(
+            vm_id, vm_id, "", "",
+            power=POWER.get(str(props.get("runtime.powerState") or ""), PowerState.UNKNOWN),
+            template=bool(props.get("config.template")),
+            fault_tolerance=str(props.get("runtime.faultToleranceState") or "notConfigured"),
+            independent_disks=facts.independent_disks,
+            physical_rdms=facts.physical_rdms,
+            shared_buses=facts.shared_buses,
+            passthrough_devices=facts.passthrough_devices,
+        )
+        return snapshot_limitations(model, memory=memory)
 
     def busy_tasks(self, vm_id: str) -> list[Any]:
         """TaskInfo of queued or running tasks on the VM, from ``recentTask`` read
