@@ -118,6 +118,13 @@ def add_shared_bus(vm: vim.VirtualMachine) -> None:
                                                      sharedBus="physicalSharing"), "add")
 
 
+def add_passthrough(vm: vim.VirtualMachine) -> None:
+    edit(vm, vim.vm.device.VirtualPCIPassthrough(
+        key=-3, backing=vim.vm.device.VirtualPCIPassthrough.DeviceBackingInfo(
+            id="0000:03:00.0", deviceId="1db6", systemId="5e8f-host", vendorId=4318,
+            deviceName="GPU")), "add")
+
+
 def set_tools(vm: vim.VirtualMachine, running: str, version: str) -> None:
     """Patch 0010's controls (vcsim has no guest): guest.toolsRunningStatus and
     guest.toolsVersionStatus2 as VMware Tools would report them."""
@@ -252,6 +259,7 @@ def test_lean_and_pyvmomi_reads_give_the_same_facts(vcsim: VcsimHandle, other) -
     set_disk_mode(target, "independent_persistent")
     add_physical_rdm(target)
     add_shared_bus(target)
+    add_passthrough(target)
     reconfigure(target, changeTrackingEnabled=True)
     set_tools(target, "guestToolsRunning", "guestToolsSupportedOld")
     session = vs_session.Session(vcsim.host, vcsim.port, vcsim.user, vcsim.password,
@@ -265,6 +273,7 @@ def test_lean_and_pyvmomi_reads_give_the_same_facts(vcsim: VcsimHandle, other) -
     hardware = vm_update.assigned["config.hardware"]
     assert isinstance(hardware, vs_session.LeanHardware)
     assert any(isinstance(d, vs_session.LeanVirtualSCSIController) for d in hardware.device)
+    assert any(isinstance(d, vs_session.LeanVirtualPCIPassthrough) for d in hardware.device)
 
     def entities(objects: list[vs_session.ObjectUpdate]) -> list[object]:
         backend = VSphereBackend(VSphereConfig(host="unused"), password="unused")
@@ -275,4 +284,5 @@ def test_lean_and_pyvmomi_reads_give_the_same_facts(vcsim: VcsimHandle, other) -
     [vm] = [e.entity for e in mapped  # type: ignore[attr-defined]
             if isinstance(e.entity, VM) and e.entity.name == name]  # type: ignore[attr-defined]
     assert vm.independent_disks and vm.physical_rdms and vm.shared_buses
+    assert vm.passthrough_devices
     assert vm.cbt_enabled is True and vm.tools_version_status == "guestToolsSupportedOld"
