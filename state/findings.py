@@ -38,6 +38,15 @@ config file, see ``FindingsConfig``):
 - *Not eligible for online backup*: integration services off, no VSS in the
   guest, dynamic disks in the guest (warning); merely not running (info —
   it is backed up offline).
+- *Disks a snapshot-based backup skips* (``SNAPSHOT_SKIPS_DISKS``, warning):
+  independent disks and physical-mode RDMs are not in a VM snapshot, so an
+  image backup taken through one silently leaves them out.
+- *VMware Tools* (``TOOLS_NOT_READY``): a quiesced (application-consistent)
+  snapshot needs Tools running in the guest — not running on a running VM or
+  not installed is a warning; a version vSphere does not call current is info.
+- *Changed-block tracking off* (``CBT_OFF``, info) on a VM a backup policy
+  covers (``backup_policy_vms``, name patterns, default every VM): each
+  incremental backup then reads the whole disk.
 - *Files spread across SMB shares*: a VM with a file on an SMB share
   (``\\\\server\\share``) whose files are in more than one location.
 - *Broken chain*: ``derived.broken_chain``, the rule the merge pre-flight
@@ -50,7 +59,9 @@ config file, see ``FindingsConfig``):
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -112,6 +123,15 @@ AGENT_MISSING = "BACKUP_AGENT_MISSING"
 AGENT_STOPPED = "BACKUP_AGENT_STOPPED"
 AGENT_OLD = "BACKUP_AGENT_OLD"
 AGENT_PORTS_CLOSED = "BACKUP_AGENT_PORTS_CLOSED"
+SNAPSHOT_SKIPS_DISKS = "SNAPSHOT_SKIPS_DISKS"
+TOOLS_NOT_READY = "TOOLS_NOT_READY"
+CBT_OFF = "CBT_OFF"
+
+# guest.toolsVersionStatus2 values (pyvmomi docs/vim/vm/GuestInfo/ToolsVersionStatus.rst):
+# never installed → no quiesce at all; a version the host does not call current → info.
+TOOLS_MISSING = frozenset({"guestToolsNotInstalled"})
+TOOLS_OLD = frozenset({"guestToolsNeedUpgrade", "guestToolsTooOld", "guestToolsSupportedOld",
+                       "guestToolsBlacklisted", "guestToolsTooNew"})
 
 # Which console command fixes what (the findings screen offers it on Enter). The
 # command opens the action of the VM's platform: the console core resolves it
@@ -177,6 +197,8 @@ class FindingsConfig:
     backup_leftover_after: timedelta = timedelta(hours=1)
     config_version_min: str = "8.0"
     ack_grace: timedelta = timedelta(minutes=15)
+    #: VM name patterns (fnmatch, case-insensitive) a backup policy covers (CBT_OFF).
+    backup_policy_vms: tuple[str, ...] = ("*",)
 
     @classmethod
     def from_toml(cls, raw: dict[str, Any]) -> FindingsConfig:
@@ -186,7 +208,7 @@ class FindingsConfig:
             "checkpoint_warn_hours", "checkpoint_critical_hours", "chain_depth_max",
             "differencing_pct", "lun_warn_pct", "lun_critical_pct", "backup_max_gb",
             "backup_agent_min_version", "backup_agent_ports", "backup_leftover_hours",
-            "config_version_min", "ack_grace_minutes",
+            "config_version_min", "ack_grace_minutes", "backup_policy_vms",
         }
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -204,6 +226,9 @@ class FindingsConfig:
             isinstance(p, int) and not isinstance(p, bool) for p in ports
         ):
             raise ValueError("[findings] backup_agent_ports must be a list of port numbers")
+        policy = raw.get("backup_policy_vms", list(d.backup_policy_vms))
+        if not isinstance(policy, list) or not all(isinstance(p, str) for p in policy):
+            raise ValueError("[findings] backup_policy_vms must be a list of VM name patterns")
         cfg = cls(
             checkpoint_warn_age=timedelta(hours=num("checkpoint_warn_hours", 72)),
             checkpoint_critical_age=timedelta(hours=num("checkpoint_critical_hours", 720)),
@@ -218,6 +243,7 @@ class FindingsConfig:
             backup_leftover_after=timedelta(hours=num("backup_leftover_hours", 1)),
             config_version_min=str(raw.get("config_version_min", d.config_version_min)),
             ack_grace=timedelta(minutes=num("ack_grace_minutes", 15)),
+            backup_policy_vms=tuple(policy),
         )
         if cfg.checkpoint_critical_age < cfg.checkpoint_warn_age:
             raise ValueError("[findings] checkpoint_critical_hours is below checkpoint_warn_hours")
@@ -335,6 +361,7 @@ class FindingsEngine:
         self._min_config_version = version_key(self.config.config_version_min)
         self._versions: dict[str, tuple[int, int]] = {}
         self._min_agent_version = _dotted(self.config.backup_agent_min_version)
+        self._policy_re = _patterns(self.config.backup_policy_vms)
 
     # -- life ------------------------------------------------------------------
     def attach(self, *, eager: bool = True) -> FindingsEngine:
@@ -805,6 +832,36 @@ class FindingsEngine:
                 ("; it is backed up crash-consistent or in saved state." if guest
                  else "; it is backed up offline."))
 
+        # Snapshot-based (image) backup facts; each silent while not reported (None).
+        skipped = [*(vm.independent_disks or ()), *(f"{d} (physical RDM)"
+                                                    for d in vm.physical_rdms or ())]
+        if skipped:
+            add(SNAPSHOT_SKIPS_DISKS, Severity.WARNING,
+                "Not in a snapshot, so a snapshot-based image backup silently leaves out: "
+                + ", ".join(skipped) + ". Back them up from the guest, or make them "
+                "dependent (virtual RDM) disks.")
+        if vm.tools_version_status is not None:  # VMware Tools reported (vSphere)
+            tools: list[str] = []
+            tools_sev = Severity.INFO
+            if vm.tools_version_status in TOOLS_MISSING:
+                tools.append("VMware Tools are not installed")
+                tools_sev = Severity.WARNING
+            elif (vm.power is PowerState.RUNNING and vm.tools_version_status is not None
+                  and vm.integration is IntegrationState.OFF):
+                tools.append("VMware Tools are not running")
+                tools_sev = Severity.WARNING
+            if vm.tools_version_status in TOOLS_OLD:
+                tools.append(f"the Tools version is not current ({vm.tools_version_status})")
+            if tools:
+                text = "; ".join(tools)
+                add(TOOLS_NOT_READY, tools_sev,
+                    text[:1].upper() + text[1:] + ": a quiesced (application-consistent) "
+                    "snapshot needs VMware Tools running and current in the guest.")
+        if vm.cbt_enabled is False and self._policy_re.match(vm.name.casefold()):
+            add(CBT_OFF, Severity.INFO,
+                "Changed-block tracking is off: a backup policy covers this VM, and every "
+                "incremental backup reads its whole disks (enable it while no snapshot exists).")
+
         if vm.storage_paths and any(p[:2] in ("\\\\", "//") for p in vm.storage_paths):
             shares = {s for s in (_share(p) for p in vm.storage_paths) if s}
             if shares:
@@ -908,6 +965,12 @@ class FindingsEngine:
                                    + " (a firewall rule?); jobs through this node fail.",
                                    node.name))
         return out
+
+
+def _patterns(globs: Iterable[str]) -> re.Pattern[str]:
+    """One regex for fnmatch-style name patterns (case-insensitive: match casefolded)."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(g.casefold())})" for g in globs)
+                      or r"(?!)")
 
 
 def _file(path: str) -> str:

@@ -201,6 +201,16 @@ class VM:
     vss_capable: bool | None = None  # the guest can take VSS (application-consistent) snapshots
     dynamic_disks: bool | None = None  # the guest uses dynamic (LDM) disks
     storage_paths: tuple[str, ...] = ()  # configuration, checkpoint and disk locations
+    # vSphere facts for snapshot-based backup and snapshot limitations (vsphere
+    # mapping; docs/vsphere.md); None means "not reported", never "no".
+    tools_version_status: str | None = None  # guest.toolsVersionStatus2, e.g. guestToolsCurrent
+    independent_disks: tuple[str, ...] | None = None  # labels of disks in an independent mode
+    physical_rdms: tuple[str, ...] | None = None  # labels of physical-mode RDM disks
+    cbt_enabled: bool | None = None  # config.changeTrackingEnabled
+    shared_buses: tuple[str, ...] | None = None  # SCSI controllers sharing their bus
+    passthrough_devices: tuple[str, ...] | None = None  # DirectPath I/O (PCI passthrough)
+    template: bool | None = None  # config.template
+    fault_tolerance: str | None = None  # runtime.faultToleranceState
 
     KIND = Kind.VM
 

@@ -17,7 +17,15 @@ operation may need, and the pre-flight findings:
   when the console could ask, else the snapshots' delta sizes);
 - LONG_STUN (warning): the estimated stun (from the delta size) or the last
   stun seen on this VM is over the VM's stun budget;
-- NOTHING_TO_REMOVE / NOTHING_TO_CONSOLIDATE (blocking).
+- NOTHING_TO_REMOVE / NOTHING_TO_CONSOLIDATE (blocking);
+- SNAPSHOT_UNSUPPORTED (blocking, create): vSphere's snapshot limitations
+  the executor refuses too — a template, Fault Tolerance, a physical-mode
+  RDM, SCSI bus sharing, DirectPath I/O on a running VM — read from the
+  model (``VM.template`` ...), so the operator sees them before typing the
+  name; the executor re-reads them on the server before sending;
+- INDEPENDENT_DISKS (warning; blocking for a memory snapshot of a running
+  VM, which vSphere refuses): independent disks and physical RDMs are not in
+  any snapshot (create, remove-all): a snapshot-based backup skips them.
 
 Planners are pure functions of the store and ``SETTINGS``; the server's
 estimate reaches them through ``ESTIMATES`` (filled by the console, outside
@@ -37,6 +45,7 @@ from .model import (
     VM,
     Checkpoint,
     CheckpointKind,
+    IntegrationState,
     Kind,
     Platform,
     PowerState,
@@ -165,6 +174,58 @@ def _backup_in_use(pre: Preflight, affected: Iterable[Checkpoint], now: datetime
             f"{len(old)} snapshot(s) were created by backup software and left behind "
             f"(e.g. {old[0].name!r}); the next backup may run a full instead of an incremental.",
         )
+
+
+def snapshot_limitations(vm: VM, *, memory: bool) -> tuple[list[str], list[str]]:
+    """(refusals, warnings) for a new snapshot of ``vm``, from its facts: vSphere's
+    "Snapshot Limitations" — no snapshot of a template, of a fault-tolerant VM, of
+    physical-mode RDMs, with SCSI bus sharing, with DirectPath I/O on a running VM;
+    independent disks are left out, and a memory snapshot of a running VM with one
+    is refused. A fact not reported (None) adds nothing. The create plan shows
+    these from the model; the executor applies this same function to the facts it
+    reads from the server just before sending (``Session.snapshot_limits``)."""
+    running = vm.power is PowerState.RUNNING
+    refuse: list[str] = []
+    if vm.template:
+        refuse.append("the VM is a template")
+    if vm.fault_tolerance not in (None, "notConfigured"):
+        refuse.append(f"Fault Tolerance is configured ({vm.fault_tolerance})")
+    refuse += [f"{d} is a physical-mode RDM" for d in vm.physical_rdms or ()]
+    refuse += [f"{c} shares its SCSI bus" for c in vm.shared_buses or ()]
+    if running:
+        refuse += [f"{d} is a DirectPath I/O device on a running VM"
+                   for d in vm.passthrough_devices or ()]
+    warn: list[str] = []
+    independent = ", ".join(vm.independent_disks or ())
+    if independent and memory and running:
+        refuse.append(f"a memory snapshot of a running VM with independent disks ({independent})")
+    elif independent:
+        warn.append(f"independent disks are not in the snapshot: {independent}")
+    return refuse, warn
+
+
+def _snapshot_limits(pre: Preflight, vm: VM, *, create: bool, memory: bool = False) -> None:
+    """The snapshot limitations known from the model as pre-flight findings."""
+    if not create:
+        skipped = [*(vm.independent_disks or ()),
+                   *(f"{d} (physical RDM)" for d in vm.physical_rdms or ())]
+        if skipped:
+            pre.add(Severity.WARNING, "INDEPENDENT_DISKS",
+                    "Not in any snapshot: " + ", ".join(skipped) + ". Removing snapshots does "
+                    "not touch them, and a snapshot-based backup skipped them.")
+        return
+    refuse, warn = snapshot_limitations(vm, memory=memory)
+    independent = [r for r in refuse if "independent disks" in r]
+    refuse = [r for r in refuse if r not in independent]
+    if refuse:
+        pre.add(Severity.BLOCKING, "SNAPSHOT_UNSUPPORTED",
+                "vSphere cannot snapshot this VM: " + "; ".join(refuse) + ".")
+    if independent:
+        pre.add(Severity.BLOCKING, "INDEPENDENT_DISKS",
+                f"vSphere refuses {independent[0]}: take it without memory.")
+    elif warn:
+        pre.add(Severity.WARNING, "INDEPENDENT_DISKS",
+                warn[0][:1].upper() + warn[0][1:] + ". A snapshot-based backup skips them.")
 
 
 def _stun(pre: Preflight, vm: VM, delta_bytes: int) -> float | None:
@@ -367,6 +428,7 @@ def plan_remove_all(store: Store, vm_id: str, now: datetime) -> Plan:
     if not cps:
         pre.add(Severity.BLOCKING, "NOTHING_TO_REMOVE", "The VM has no snapshots.")
     _backup_in_use(pre, cps, now)
+    _snapshot_limits(pre, vm, create=False)
     steps = (
         f"Remove all {len(cps)} snapshot(s) of {vm.name} (tree depth {chain_depth(cps)}, "
         f"{human_bytes(sum(c.size_bytes for c in cps))} of delta)",
@@ -444,6 +506,13 @@ def plan_create_snapshot(
     elif len(cps) >= 3:
         pre.add(Severity.WARNING, "MANY_SNAPSHOTS",
                 f"The VM already has {len(cps)} snapshots; every one slows its disk I/O.")
+    _snapshot_limits(pre, vm, create=True, memory=memory)
+    if quiesce and vm.tools_version_status is not None and (
+            vm.tools_version_status == "guestToolsNotInstalled"
+            or (vm.power is PowerState.RUNNING and vm.integration is IntegrationState.OFF)):
+        pre.add(Severity.WARNING, "QUIESCE_NEEDS_TOOLS",
+                "A quiesced snapshot needs VMware Tools running in the guest; they are not "
+                "(the snapshot fails, or is taken without quiescing).")
     hooks = SETTINGS.guest_hooks.get(vm.name, {})
     steps = [f"Create snapshot {name!r} of {vm.name}"
              + (" (quiesced through VMware Tools)" if quiesce else "")

@@ -226,6 +226,65 @@ def _has_memory(lay: _Layout, snap_id: str) -> bool | None:
     return snap.memoryKey is not None and snap.memoryKey >= 0
 
 
+# -- backup and snapshot-limitation facts (issue 15) ------------------------------------
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """What ``config.hardware.device`` says about backups and snapshot limits.
+
+    Read alike from pyvmomi objects and the lean ones (attribute names, not
+    types): an independent disk's backing ``diskMode`` is ``independent_*``
+    (pyvmomi docs/vim/vm/device/VirtualDiskOption/DiskMode.rst); a physical
+    RDM's backing has ``compatibilityMode == "physicalMode"``
+    (docs/vim/vm/device/VirtualDisk/RawDiskMappingVer1BackingInfo.rst; no other
+    backing has that attribute); a SCSI controller's ``sharedBus`` other than
+    ``noSharing`` (docs/vim/vm/device/VirtualSCSIController/Sharing.rst); a
+    ``VirtualPCIPassthrough`` is DirectPath I/O.
+    """
+
+    independent_disks: tuple[str, ...]
+    physical_rdms: tuple[str, ...]
+    shared_buses: tuple[str, ...]
+    passthrough_devices: tuple[str, ...]
+
+
+def _label(dev: Any) -> str:
+    label = getattr(getattr(dev, "deviceInfo", None), "label", None)
+    return str(label or f"device {getattr(dev, 'key', '?')}")
+
+
+def device_facts(devices: Iterable[Any] | None) -> DeviceFacts | None:
+    """The facts above from ``config.hardware.device``; None when it was not read."""
+    if devices is None:
+        return None
+    independent: list[str] = []
+    rdms: list[str] = []
+    shared: list[str] = []
+    passthrough: list[str] = []
+    for dev in devices:
+        kind = type(dev).__name__
+        bus = getattr(dev, "sharedBus", None)
+        if kind.endswith("VirtualDisk"):
+            backing = getattr(dev, "backing", None)
+            if str(getattr(backing, "compatibilityMode", None) or "") == "physicalMode":
+                rdms.append(_label(dev))
+            elif str(getattr(backing, "diskMode", None) or "").startswith("independent"):
+                independent.append(_label(dev))
+        elif bus is not None:
+            if str(bus) != "noSharing":
+                shared.append(f"{_label(dev)} ({bus})")
+        elif kind.endswith("VirtualPCIPassthrough"):
+            passthrough.append(_label(dev))
+    return DeviceFacts(tuple(independent), tuple(rdms), tuple(shared), tuple(passthrough))
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _opt_bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
 def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list[Entity]:
     """The VM, its disk files and its snapshots."""
     lay = _Layout.of(props.get("layoutEx"))
@@ -284,6 +343,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
     if conn != "connected":
         power = PowerState.UNKNOWN
     firmware = str(props.get("config.firmware") or "")
+    facts = device_facts(None if hardware is None else getattr(hardware, "device", None) or ())
     vm = VM(
         id=vm_id,
         name=str(props.get("name") or vm_id),
@@ -300,6 +360,15 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
         disk_ids=base_ids,
         lun_id=lun_id,
         consolidation_needed=bool(props.get("runtime.consolidationNeeded")),
+        # Backup and snapshot-limitation facts (issue 15): unset stays None.
+        tools_version_status=_opt_str(props.get("guest.toolsVersionStatus2")),
+        independent_disks=facts.independent_disks if facts else None,
+        physical_rdms=facts.physical_rdms if facts else None,
+        cbt_enabled=_opt_bool(props.get("config.changeTrackingEnabled")),
+        shared_buses=facts.shared_buses if facts else None,
+        passthrough_devices=facts.passthrough_devices if facts else None,
+        template=_opt_bool(props.get("config.template")),
+        fault_tolerance=_opt_str(props.get("runtime.faultToleranceState")),
     )
 
     checkpoints: list[Entity] = []

@@ -33,6 +33,11 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapResponseDeserializer
 
+from ventana.state.model import VM, PowerState
+from ventana.state.plans_vsphere import snapshot_limitations
+
+from .mapping import POWER, device_facts
+
 PC = vmodl.query.PropertyCollector
 log = logging.getLogger("ventana.backends.vsphere")
 T = TypeVar("T")
@@ -50,6 +55,13 @@ VM_PATHS = [
     "layoutEx",
     "datastore",
     "guest.toolsRunningStatus",
+    # Backup and snapshot-limitation facts (issue 15; docs/vsphere.md "Facts read"):
+    # pyvmomi docs/vim/vm/GuestInfo.rst (toolsVersionStatus2), docs/vim/vm/ConfigInfo.rst
+    # (changeTrackingEnabled, template), docs/vim/vm/RuntimeInfo.rst (faultToleranceState).
+    "guest.toolsVersionStatus2",
+    "config.changeTrackingEnabled",
+    "config.template",
+    "runtime.faultToleranceState",
 ]
 HOST_PATHS = ["name", "runtime.connectionState", "runtime.inMaintenanceMode", "parent"]
 DATASTORE_PATHS = ["name", "summary.capacity", "summary.freeSpace", "summary.accessible", "host"]
@@ -165,22 +177,63 @@ _NS = "{urn:vim25}"
 
 
 @dataclass(frozen=True, slots=True)
+class LeanDescription:
+    """``vim.Description`` (a device's ``deviceInfo``): its label only."""
+
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeanDiskBacking:
+    """A disk's backing: ``diskMode`` (FlatVer2/SparseVer2/RawDiskMappingVer1 ...
+    BackingInfo) and, for an RDM only, ``compatibilityMode`` (pyvmomi
+    docs/vim/vm/device/VirtualDisk/RawDiskMappingVer1BackingInfo.rst)."""
+
+    diskMode: str | None = None
+    compatibilityMode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LeanVirtualDisk:
     """A ``vim.vm.device.VirtualDisk`` as the mapping reads it."""
 
     key: int
     capacityInKB: int = 0
     capacityInBytes: int | None = None
+    deviceInfo: LeanDescription | None = None
+    backing: LeanDiskBacking | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeanVirtualSCSIController:
+    """A ``vim.vm.device.VirtualSCSIController`` (any model): ``sharedBus``
+    (docs/vim/vm/device/VirtualSCSIController.rst)."""
+
+    key: int
+    sharedBus: str
+    deviceInfo: LeanDescription | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeanVirtualPCIPassthrough:
+    """A ``vim.vm.device.VirtualPCIPassthrough`` (DirectPath I/O)."""
+
+    key: int
+    deviceInfo: LeanDescription | None = None
+
+
+LeanDevice = LeanVirtualDisk | LeanVirtualSCSIController | LeanVirtualPCIPassthrough
 
 
 @dataclass(frozen=True, slots=True)
 class LeanHardware:
-    """A ``vim.vm.VirtualHardware`` with its disks only."""
+    """A ``vim.vm.VirtualHardware`` with the devices the mapping reads (disks,
+    SCSI controllers, PCI passthrough devices), in the server's order."""
 
     numCPU: int
     numCoresPerSocket: int
     memoryMB: int
-    device: tuple[LeanVirtualDisk, ...]
+    device: tuple[LeanDevice, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,15 +334,42 @@ def _int(elem: ET.Element | None, default: int | None = 0) -> int | None:
     return int(elem.text) if elem is not None and elem.text else default
 
 
+def _lean_label(dev: ET.Element) -> LeanDescription | None:
+    info = dev.find(f"{_NS}deviceInfo")
+    return None if info is None else LeanDescription(_text(info, "label"))
+
+
+def _lean_backing(dev: ET.Element) -> LeanDiskBacking | None:
+    backing = dev.find(f"{_NS}backing")
+    if backing is None:
+        return None
+    return LeanDiskBacking(
+        diskMode=backing.findtext(f"{_NS}diskMode"),
+        compatibilityMode=backing.findtext(f"{_NS}compatibilityMode"),
+    )
+
+
 def _lean_hardware(val: ET.Element) -> LeanHardware:
-    disks = []
+    disks: list[LeanDevice] = []
     for dev in val.iterfind(f"{_NS}device"):
-        if dev.get(_XSI_TYPE, "").endswith("VirtualDisk"):
+        xsi = dev.get(_XSI_TYPE, "")
+        if xsi.endswith("VirtualDisk"):
             disks.append(LeanVirtualDisk(
                 key=_int(dev.find(f"{_NS}key")) or 0,
                 capacityInKB=_int(dev.find(f"{_NS}capacityInKB")) or 0,
                 capacityInBytes=_int(dev.find(f"{_NS}capacityInBytes"), None),
+                deviceInfo=_lean_label(dev),
+                backing=_lean_backing(dev),
             ))
+        elif dev.find(f"{_NS}sharedBus") is not None:  # every VirtualSCSIController model
+            disks.append(LeanVirtualSCSIController(
+                key=_int(dev.find(f"{_NS}key")) or 0,
+                sharedBus=_text(dev, "sharedBus"),
+                deviceInfo=_lean_label(dev),
+            ))
+        elif xsi.endswith("VirtualPCIPassthrough"):
+            disks.append(LeanVirtualPCIPassthrough(
+                key=_int(dev.find(f"{_NS}key")) or 0, deviceInfo=_lean_label(dev)))
     return LeanHardware(
         numCPU=_int(val.find(f"{_NS}numCPU")) or 0,
         numCoresPerSocket=_int(val.find(f"{_NS}numCoresPerSocket")) or 0,
@@ -623,48 +703,27 @@ class Session:
         vSphere's snapshot limitations (vSphere documentation, "Snapshot
         Limitations"; ``config.template``, VirtualDiskRawDiskMappingVer1
         BackingInfo.compatibilityMode, VirtualSCSIController.sharedBus,
-        VirtualPCIPassthrough, runtime.faultToleranceState): no snapshot of a
-        template, of physical-mode RDMs, with SCSI bus sharing, with DirectPath
-        I/O on a running VM, or of a fault-tolerant VM; independent disks are
-        left out of the snapshot, and a memory snapshot of a running VM with one
-        is refused.
+        VirtualPCIPassthrough, runtime.faultToleranceState), read from the
+        server and judged by the rule the create plan shows
+        (``plans_vsphere.snapshot_limitations``) on the facts the mapping reads
+        (``mapping.device_facts``).
         """
         vm = vim.VirtualMachine(vm_id, self.si._stub)
         props = self.read_props(vm, ["config.template", "config.hardware.device",
                                      "runtime.faultToleranceState", "runtime.powerState"])
-        running = str(props.get("runtime.powerState") or "") == "poweredOn"
-        refuse: list[str] = []
-        warn: list[str] = []
-        if props.get("config.template"):
-            refuse.append("the VM is a template")
-        ft = str(props.get("runtime.faultToleranceState") or "notConfigured")
-        if ft != "notConfigured":
-            refuse.append(f"Fault Tolerance is configured ({ft})")
-        independent = []
-        for dev in props.get("config.hardware.device") or ():
-            label = str(getattr(getattr(dev, "deviceInfo", None), "label", "") or dev.key)
-            backing = getattr(dev, "backing", None)
-            if isinstance(dev, vim.vm.device.VirtualSCSIController) and str(
-                    dev.sharedBus or "noSharing") != "noSharing":
-                refuse.append(f"{label} shares its SCSI bus ({dev.sharedBus})")
-            elif isinstance(dev, vim.vm.device.VirtualPCIPassthrough) and running:
-                refuse.append(f"{label} is a DirectPath I/O device on a running VM")
-            elif isinstance(dev, vim.vm.device.VirtualDisk):
-                mode = str(getattr(backing, "diskMode", "") or "")
-                if isinstance(
-                    backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo
-                ) and str(backing.compatibilityMode) == "physicalMode":
-                    refuse.append(f"{label} is a physical-mode RDM")
-                elif mode.startswith("independent"):
-                    independent.append(label)
-        if independent:
-            if memory and running:
-                refuse.append(f"a memory snapshot of a running VM with independent disks "
-                              f"({', '.join(independent)})")
-            else:
-                warn.append(f"independent disks are not in the snapshot: "
-                            f"{', '.join(independent)}")
-        return refuse, warn
+        facts = device_facts(props.get("config.hardware.device") or ())
+        assert facts is not None
+        model = VM(
+            vm_id, vm_id, "", "",
+            power=POWER.get(str(props.get("runtime.powerState") or ""), PowerState.UNKNOWN),
+            template=bool(props.get("config.template")),
+            fault_tolerance=str(props.get("runtime.faultToleranceState") or "notConfigured"),
+            independent_disks=facts.independent_disks,
+            physical_rdms=facts.physical_rdms,
+            shared_buses=facts.shared_buses,
+            passthrough_devices=facts.passthrough_devices,
+        )
+        return snapshot_limitations(model, memory=memory)
 
     def busy_tasks(self, vm_id: str) -> list[Any]:
         """TaskInfo of queued or running tasks on the VM, from ``recentTask`` read
