@@ -379,3 +379,30 @@ async def test_snapshot_limitations_refuse_before_anything_is_sent(
         assert "independent disks are not in the snapshot" in done.detail
     finally:
         await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_layout_ex_is_refreshed_after_a_storage_vmotion(vcsim: VcsimHandle, other) -> None:
+    """A Storage vMotion pushes the VM's ``datastore``, not its layoutEx: the
+    files (and the vmware.log the stun watcher follows) are read again."""
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC1_C0_H1_VM2")
+        snap = await snapshot_via(other, vm.id, "before-move")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap) is not None and store.get(
+            Kind.CHECKPOINT, snap).disk_path.endswith(".vmsn"), 10, "snapshot and its layout")
+        before = store.get(Kind.CHECKPOINT, snap).size_bytes
+        snapshot_file(vcsim, vm.name, 1).write_bytes(b"\0" * (2 << 20))
+        await asyncio.sleep(0.5)  # nothing pushed, nothing refreshed
+        assert store.get(Kind.CHECKPOINT, snap).size_bytes == before
+        ref = vim.VirtualMachine(vm.id, other._stub)
+        here = {d._moId for d in ref.datastore}
+        dc = ref.runtime.host.parent.parent.parent  # host -> cluster -> host folder -> DC
+        target = next(d for d in dc.datastore if d._moId not in here)
+        await asyncio.to_thread(WaitForTask, ref.RelocateVM_Task(
+            vim.vm.RelocateSpec(datastore=target)))
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap).size_bytes >= 2 << 20, 10,
+                      "layoutEx re-read after the datastore change")
+    finally:
+        await s.close()
