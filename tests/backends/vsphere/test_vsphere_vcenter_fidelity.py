@@ -392,6 +392,10 @@ async def test_layout_ex_is_refreshed_after_a_storage_vmotion(vcsim: VcsimHandle
         snap = await snapshot_via(other, vm.id, "before-move")
         await s.until(lambda: store.get(Kind.CHECKPOINT, snap) is not None and store.get(
             Kind.CHECKPOINT, snap).disk_path.endswith(".vmsn"), 10, "snapshot and its layout")
+        # Settled: no refresh under way, none asked for by a late snapshot push.
+        for _ in range(3):
+            await s.until(lambda: vm.id not in s.backend._refreshing, 10, "no refresh")
+            await asyncio.sleep(0.3)
         before = store.get(Kind.CHECKPOINT, snap).size_bytes
         snapshot_file(vcsim, vm.name, 1).write_bytes(b"\0" * (2 << 20))
         await asyncio.sleep(0.5)  # nothing pushed, nothing refreshed
