@@ -10,7 +10,7 @@
 
 Ids are moref values (disks: ``<vm moref>:<descriptor path>``). A
 snapshot's size is the join of the snapshot tree with ``layoutEx`` as the
-vSphere Client and PowerCLI show it (``_snapshot_size``): its state file
+vSphere Client and govc show it (``_snapshot_size``): its state file
 (``.vmsn``), memory file (``.vmem``), the delta disks written between its
 parent and it, and for the current snapshot the running delta;
 ``disk_path`` is the delta created when it was taken (the chain unit just
@@ -255,8 +255,9 @@ def snapshot_size(
 def _snapshot_size(
     lay: _Layout, snap_id: str, parent: str | None, current: bool
 ) -> tuple[int, str]:
-    """A snapshot's size as the vSphere Client, PowerCLI (``Get-Snapshot``
-    SizeMB/SizeGB) and ``govc snapshot.tree -s`` show it: its state file
+    """A snapshot's size as ``govc snapshot.tree -s`` and the vSphere Client
+    show it (PowerCLI's ``Get-Snapshot`` reference documents SizeMB/SizeGB,
+    not how they are summed): its state file
     (``dataKey``, the .vmsn), its memory file (``memoryKey``, the .vmem), and
     the disk files of its own layout's chains that its parent snapshot's do
     not hold — the data written between the parent and this snapshot (a root

@@ -3,21 +3,26 @@ clone's own (issue 11, risk 6). From a ``layoutEx`` as vCenter reports a
 linked clone (``diskMoveType=createNewChildDiskBacking``: the clone's child
 disk in its own directory above the source's disks, pyvmomi
 ``docs/vim/vm/RelocateSpec/DiskMoveOptions.rst``) through the mapping, the
-store and the findings engine. (vcsim 0.24.2 ignores ``diskMoveType`` —
-``simulator/virtual_machine.go``: "TODO: consider
-VirtualMachineCloneSpec.DiskMoveType" — so no peer answers this yet.)
+store and the findings engine; then through vcsim, whose patch 0010 makes
+``CloneVM_Task`` with ``createNewChildDiskBacking`` a linked clone (vcsim
+0.24.2 ignored ``diskMoveType``).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from types import SimpleNamespace
+
+import pytest
+from peers.vcsim import BUILD_HINT, VcsimHandle, binary_path, is_built, start_vcsim
 
 from ventana.backends.vsphere.mapping import Lookup, vm_entities
 from ventana.backends.vsphere.session import LeanHardware, LeanVirtualDisk
 from ventana.state import findings as F
 from ventana.state.events import ConnectionChanged, LinkState, Upsert
 from ventana.state.findings import FindingsConfig, FindingsEngine
-from ventana.state.model import GB, Checkpoint, Cluster, Lun, Platform, VirtualDisk
+from ventana.state.model import GB, Checkpoint, Cluster, Kind, Lun, Platform, VirtualDisk
 from ventana.state.store import Store
 
 SRC = "[ds1] gold"
@@ -142,3 +147,58 @@ def test_no_backup_over_policy_nor_diff_large_for_the_sources_disk() -> None:
     codes = {x.code: x.severity for x in eng.for_target("vm:vm-7")}
     assert codes[F.BACKUP_OVER_POLICY] is F.Severity.WARNING
     assert F.DIFF_LARGE in codes
+
+
+# -- through vcsim --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VcsimHandle]:
+    if not is_built():
+        pytest.skip(f"vcsim test peer not built ({binary_path()}): {BUILD_HINT}")
+    handle = start_vcsim(tmp_path_factory.mktemp("vcsim"), quiet=True, hosts=1, vms=1)
+    yield handle
+    handle.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_linked_clone_through_vcsim(vcsim: VcsimHandle) -> None:
+    from pyVim.connect import Disconnect
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+    from test_vsphere_backend import connect, snapshot_via, vm_by_name
+    from test_vsphere_vcenter_fidelity import open_stream
+
+    other = connect(vcsim)
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        gold = vm_by_name(store, "DC0_C0_H0_VM0")
+        [disk_file] = vcsim.log_path.parent.glob(f"govcsim-*/{gold.name}/disk1.vmdk")
+        disk_file.write_bytes(b"\0" * (1 << 20))  # the source's data: 1 MiB
+        snap = await snapshot_via(other, gold.id, "for-clones")
+        src = vim.VirtualMachine(gold.id, other._stub)
+        spec = vim.vm.CloneSpec(
+            location=vim.vm.RelocateSpec(diskMoveType="createNewChildDiskBacking"),
+            snapshot=vim.vm.Snapshot(snap, other._stub), powerOn=False)
+        await asyncio.to_thread(WaitForTask, src.CloneVM_Task(src.parent, "web-07", spec))
+        await s.until(lambda: any(v.name == "web-07" for v in store.all(Kind.VM)), 10,
+                      "the clone")
+        clone = vm_by_name(store, "web-07")
+        await s.until(lambda: len(store.disks_of(clone.id)) == 2, 10, "the clone's chain")
+        disks = store.disks_of(clone.id)
+        (base,) = [d for d in disks if d.parent_path is None]
+        (child,) = [d for d in disks if d.parent_path is not None]
+        assert "/web-07" not in base.path and "web-07/" in child.path
+        assert child.parent_path == base.path
+        # The source's base is the source's: counted on the source, not on the clone.
+        await s.backend.refresh_vm_storage(gold.id)
+        await s.backend.refresh_vm_storage(clone.id)
+        await s.until(lambda: next(d for d in store.disks_of(gold.id)
+                                   if d.path == base.path).size_bytes >= 1 << 20, 10,
+                      "the source's 1 MiB, on the source")
+        assert base.size_bytes == 0  # not on the clone
+        assert clone.disk_ids == (base.id,)  # the chain's base, as for any VM
+    finally:
+        await s.close()
+        Disconnect(other)
