@@ -112,15 +112,32 @@ class Lookup:
     datastore_name: Callable[[str], str] = lambda _moid: ""  # moref -> name
 
 
+_NAME_ESCAPES = re.compile(r"%(2[fF]|5[cC]|25)")
+_UNESCAPED = {"2f": "/", "5c": "\\", "25": "%"}
+
+
+def entity_name(props: Props, fallback: str) -> str:
+    """A ManagedEntity's name as its owner typed it. vCenter reports it escaped:
+    "Any / (slash), \\ (backslash), character used in this name element will be
+    escaped. Similarly, any % (percent) character … unless it is used to start an
+    escape sequence. A slash is escaped as %2F or %2f. A backslash is escaped as
+    %5C or %5c, and a percent is escaped as %25." (pyvmomi
+    ``docs/vim/ManagedEntity.rst``, name). Other ``%XX`` stay as they are."""
+    raw = str(props.get("name") or "")
+    if not raw:
+        return fallback
+    return _NAME_ESCAPES.sub(lambda m: _UNESCAPED[m.group(1).lower()], raw)
+
+
 def cluster_entity(cr_id: str, props: Props) -> Cluster:
     hosts = props.get("host") or ()
-    return Cluster(cr_id, str(props.get("name") or cr_id), Platform.VSPHERE, nodes=len(hosts))
+    return Cluster(cr_id, entity_name(props, cr_id), Platform.VSPHERE, nodes=len(hosts))
 
 
 def node_entity(host_id: str, props: Props, cluster_id: str, vm_count: int) -> Node:
     return Node(
         id=host_id,
-        name=str(props.get("name") or host_id),
+        name=entity_name(props, host_id),
         cluster_id=cluster_id,
         state=node_state(props),
         vm_count=vm_count,
@@ -131,7 +148,7 @@ def lun_entity(ds_id: str, props: Props, cluster_id: str) -> Lun:
     accessible = props.get("summary.accessible")
     return Lun(
         id=ds_id,
-        name=str(props.get("name") or ds_id),
+        name=entity_name(props, ds_id),
         cluster_id=cluster_id,
         total_bytes=int(props.get("summary.capacity") or 0),
         free_bytes=int(props.get("summary.freeSpace") or 0),
@@ -368,7 +385,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
     firmware = str(props.get("config.firmware") or "")
     vm = VM(
         id=vm_id,
-        name=str(props.get("name") or vm_id),
+        name=entity_name(props, vm_id),
         cluster_id=cluster_id,
         node_id=moid(props.get("runtime.host")),
         power=power,

@@ -202,3 +202,29 @@ async def test_a_linked_clone_through_vcsim(vcsim: VcsimHandle) -> None:
     finally:
         await s.close()
         Disconnect(other)
+
+
+@pytest.mark.timeout(60)
+async def test_escaped_entity_names_read_as_typed(vcsim: VcsimHandle) -> None:
+    """vCenter reports a ManagedEntity's name with / \\ % escaped (%2f %5c %25;
+    vcsim patch 0011): the console shows the name its owner typed."""
+    from pyVim.connect import Disconnect
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+    from test_vsphere_backend import connect, vm_by_name
+    from test_vsphere_vcenter_fidelity import open_stream
+
+    other = connect(vcsim)
+    s = await open_stream(vcsim)
+    store = s.store
+    vm = vm_by_name(store, "DC0_C0_H0_VM0")
+    ref = vim.VirtualMachine(vm.id, other._stub)
+    typed = "web/01 \\ 50% %41"
+    try:
+        await asyncio.to_thread(WaitForTask, ref.Rename_Task(typed))
+        assert ref.name == "web%2f01 %5c 50%25 %41"  # as the server reports it
+        await s.until(lambda: store.get(Kind.VM, vm.id).name == typed, 10, "the typed name")
+    finally:
+        await asyncio.to_thread(WaitForTask, ref.Rename_Task("DC0_C0_H0_VM0"))
+        await s.close()
+        Disconnect(other)
