@@ -410,3 +410,37 @@ async def test_layout_ex_is_refreshed_after_a_storage_vmotion(vcsim: VcsimHandle
                       "layoutEx re-read after the datastore change")
     finally:
         await s.close()
+
+
+@pytest.mark.timeout(60)
+async def test_later_changes_arrive_in_pieces_of_max_object_updates(tmp_path: Path) -> None:
+    """maxObjectUpdates bounds every WaitForUpdatesEx answer (vcsim patch 0012):
+    a burst of changes to many VMs comes truncated, and every change arrives."""
+    handle = start_vcsim(tmp_path, quiet=True, hosts=2, vms=4)  # 8 VMs
+    si = connect(handle)
+    s = await open_stream(handle, max_object_updates=2)
+    store = s.store
+    try:
+        session = s.backend.session
+        assert session is not None
+        await s.until(lambda: len(list(store.vms())) == 8, 15, "the initial state")
+        before = -1
+        while session.truncated != before:  # every piece of the initial state read
+            before = session.truncated
+            await asyncio.sleep(1.0)
+        vms = sorted(store.vms(), key=lambda v: v.name)
+
+        def rename_all() -> None:
+            tasks = [vim.VirtualMachine(v.id, si._stub).Rename_Task(f"burst-{i}")
+                     for i, v in enumerate(vms)]
+            for t in tasks:
+                WaitForTask(t)
+
+        await asyncio.to_thread(rename_all)
+        await s.until(lambda: sorted(v.name for v in store.vms()) ==
+                      [f"burst-{i}" for i in range(8)], 15, "every renamed VM")
+        assert session.truncated > before, (before, session.truncated)
+    finally:
+        await s.close()
+        Disconnect(si)
+        handle.stop()
