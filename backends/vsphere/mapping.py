@@ -309,6 +309,19 @@ def _snapshot_size(
     return lay.size(keys), path
 
 
+def _merge_size(lay: _Layout, snap_id: str) -> int:
+    """What removing this snapshot alone consolidates or deletes: the delta
+    disks created when it was taken (merged into its parent's) and its own
+    state and memory files (deleted)."""
+    snap = lay.snapshots.get(snap_id)
+    if snap is None:
+        return 0
+    keys = {snap.dataKey} | {k for unit in lay.snapshot_delta(snap_id) for k in unit}
+    if snap.memoryKey is not None and snap.memoryKey >= 0:
+        keys.add(snap.memoryKey)
+    return lay.size(keys)
+
+
 def _chain_keys(snap: Any) -> set[int]:
     return {k for d in snap.disk or () for unit in _chain(d) for k in unit}
 
@@ -413,6 +426,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
             else CheckpointKind.STANDARD
         )
         size, path = _snapshot_size(lay, snap_id, parent_id, snap_id == current_id)
+        merge = _merge_size(lay, snap_id)
         checkpoints.append(
             Checkpoint(
                 id=snap_id,
@@ -425,6 +439,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
                 size_bytes=size,
                 quiesced=bool(tree.quiesced),
                 memory=_has_memory(lay, snap_id),
+                merge_bytes=merge if merge != size else None,
             )
         )
     return [vm, *disks.values(), *checkpoints]

@@ -228,3 +228,48 @@ async def test_escaped_entity_names_read_as_typed(vcsim: VcsimHandle) -> None:
         await asyncio.to_thread(WaitForTask, ref.Rename_Task("DC0_C0_H0_VM0"))
         await s.close()
         Disconnect(other)
+
+
+def test_snapshot_sizes_as_the_client_shows_and_what_a_removal_merges() -> None:
+    """The size shown follows the vSphere Client / govc count; a removal's plan
+    counts what removing that snapshot merges (the delta created when it was
+    taken) and deletes (its own files)."""
+    from datetime import UTC, datetime
+
+    from ventana.state import plans_vsphere as pv
+
+    d = "[ds1] db-01"
+    files = [
+        f(1, f"{d}/db-01.vmx", "config", 3_000),
+        f(2, f"{d}/db-01.vmdk", "diskDescriptor", 500),
+        f(3, f"{d}/db-01-flat.vmdk", "diskExtent", 100 * GB),
+        f(4, f"{d}/db-01-000001.vmdk", "diskDescriptor", 500),
+        f(5, f"{d}/db-01-000001-delta.vmdk", "diskExtent", 30 * GB),  # written s1 -> s2
+        f(6, f"{d}/db-01-000002.vmdk", "diskDescriptor", 500),
+        f(7, f"{d}/db-01-000002-delta.vmdk", "diskExtent", 7 * GB),  # written since s2
+        f(8, f"{d}/db-01-Snapshot1.vmsn", "snapshotData", 5_000),
+        f(9, f"{d}/db-01-Snapshot2.vmsn", "snapshotData", 6_000),
+    ]
+    props = clone_props()
+    props["name"] = "db-01"
+    props["layoutEx"] = SimpleNamespace(
+        file=files, disk=[chain((2, 3), (4, 5), (6, 7))],
+        snapshot=[SimpleNamespace(key=ref("s1"), dataKey=8, memoryKey=-1, disk=[chain((2, 3))]),
+                  SimpleNamespace(key=ref("s2"), dataKey=9, memoryKey=9,  # memory in the .vmsn
+                                  disk=[chain((2, 3), (4, 5))])])
+
+    def node(moid: str, name: str, kids: list) -> SimpleNamespace:
+        return SimpleNamespace(snapshot=ref(moid), name=name, description="", createTime=None,
+                               quiesced=False, childSnapshotList=kids)
+
+    props["snapshot"] = SimpleNamespace(
+        currentSnapshot=ref("s2"), rootSnapshotList=[node("s1", "base", [node("s2", "x", [])])])
+    store = store_with(props)
+    s1, s2 = (store.get(Kind.CHECKPOINT, i) for i in ("s1", "s2"))
+    assert s1.size_bytes == 5_000  # a root's base disk is not its own
+    assert s2.size_bytes == 6_000 + 500 + 30 * GB + 500 + 7 * GB  # the .vmsn once
+    assert s1.merge_bytes == 5_000 + 500 + 30 * GB  # removing s1 merges 000001
+    assert s2.merge_bytes == 6_000 + 500 + 7 * GB  # removing s2 merges 000002
+    plan = pv.plan_remove_snapshot(store, "vm-7", datetime(2026, 1, 1, tzinfo=UTC),
+                                   snapshot="s1")
+    assert "(30.0 GB of delta)" in plan.steps[0], plan.steps  # not s1's 5 kB shown size
