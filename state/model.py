@@ -228,6 +228,11 @@ class Checkpoint:
     #: vSphere snapshot flags (None where the platform does not say).
     quiesced: bool | None = None
     memory: bool | None = None
+    #: Bytes removing this snapshot alone consolidates or deletes, where that
+    #: differs from ``size_bytes`` (vSphere: ``size_bytes`` follows the vSphere
+    #: Client's count, this the delta created when it was taken + its own
+    #: files); None: ``size_bytes``.
+    merge_bytes: int | None = None
 
     KIND = Kind.CHECKPOINT
 

@@ -252,6 +252,12 @@ def _stun(pre: Preflight, vm: VM, delta_bytes: int) -> float | None:
     return stun_s
 
 
+def _merge_bytes(c: Checkpoint) -> int:
+    """What removing the snapshot consolidates or deletes (its ``merge_bytes``;
+    ``size_bytes`` is the count the vSphere Client shows)."""
+    return c.size_bytes if c.merge_bytes is None else c.merge_bytes
+
+
 def _delta_luns(store: Store, vm: VM, snapshots: Iterable[Checkpoint]) -> dict[str, int]:
     """Bytes of the snapshots' delta files per datastore id, from their file paths
     (a delta lives where its path says — not necessarily on the VM's home)."""
@@ -259,7 +265,7 @@ def _delta_luns(store: Store, vm: VM, snapshots: Iterable[Checkpoint]) -> dict[s
     out: dict[str, int] = {}
     for c in snapshots:
         lun_id = by_path.get(c.disk_path) or vm.lun_id
-        out[lun_id] = out.get(lun_id, 0) + c.size_bytes
+        out[lun_id] = out.get(lun_id, 0) + _merge_bytes(c)
     return out
 
 
@@ -350,7 +356,7 @@ def _plan(
     command: str, snapshots: list[Checkpoint], use_server: bool, params: dict[str, Any],
     **extra: Any,
 ) -> Plan:
-    delta = sum(c.size_bytes for c in snapshots)
+    delta = sum(_merge_bytes(c) for c in snapshots)
     lun, needed, basis = _space(store, pre, vm, delta, snapshots, use_server=use_server)
     here = (_delta_luns(store, vm, snapshots).get(lun.id, 0) if snapshots else delta
             ) if lun else 0  # the delta bytes freed on that datastore
@@ -396,7 +402,7 @@ def plan_remove_snapshot(
     what = f"snapshot {chosen.name!r}" + (f" and its {len(affected) - 1} descendant(s)"
                                           if children and len(affected) > 1 else "")
     steps = (
-        f"Remove {what} of {vm.name} ({human_bytes(sum(c.size_bytes for c in affected))} of "
+        f"Remove {what} of {vm.name} ({human_bytes(sum(_merge_bytes(c) for c in affected))} of "
         "delta)",
         "Its delta disk is consolidated into the parent disk; the VM keeps running and is "
         "stunned briefly at the end" if vm.power is PowerState.RUNNING

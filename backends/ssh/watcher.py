@@ -1,10 +1,10 @@
 """The stun watcher: vmware.log over SSH, beside the vSphere stream.
 
 For every VM on an ESXi host named in the config, the watcher reads the
-stun lines of the VM's ``vmware.log`` over SSH (``EsxiShell``: host keys
-checked against an explicit known_hosts; one ``grep -H`` per host for up to
-``BATCH`` VMs, so only the matching lines travel) every ``interval_s``
-seconds and on demand after a snapshot action, and for each new
+stun lines of the VM's ``vmware.log`` and its rotated ``vmware-N.log`` over
+SSH (``EsxiShell``: host keys checked against an explicit known_hosts;
+one ``grep -H`` per host for up to ``BATCH`` VMs, so only the matching
+lines travel) every ``interval_s`` seconds and on demand after a snapshot action, and for each new
 ``Checkpoint_Unstun`` line:
 
 - sets the VM's ``last_stun_ms`` / ``stun_at`` (through the backend, so the
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ BATCH = 100  # VM logs per grep (one round trip per host and batch)
 STUN_PATTERN = "Checkpoint_?Unstun"
 CLOCK_SLACK = timedelta(seconds=5)  # the host's clock against ours
 KEYRING_SERVICE = "ventana-ssh"
+ROTATED_GLOB = "vmware-*.log"  # ESXi's rotated logs: vmware-1.log, vmware-2.log, ...
+_LOG_NAME = re.compile(r"vmware(?:-[0-9]+)?\.log:")  # grep -H's file name prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,26 +304,37 @@ class StunWatcher:
 async def _stun_lines(shell: EsxiShell, locs: list[VmLocation]) -> dict[str, str]:
     """The stun lines of several VMs' logs in one round trip (``grep -H``).
 
-    Only the matching lines travel (a vmware.log runs to megabytes). grep's
-    exit status 1 is "no stun line yet"; a missing log (2, with the others
-    still read) skips that VM; no exit status at all raises ``OutcomeUnknown``.
+    Each VM's ``vmware.log`` and its rotated ``vmware-N.log`` files: ESXi
+    rotates the log (``vmx.log.rotateSize`` / ``vmx.log.keepOld``, and at each
+    power-on), so a stun from before a rotation is in a ``vmware-N.log``. The
+    rotated names are matched by the ESXi shell's pathname expansion; a VM
+    with none leaves the pattern as is (POSIX sh), which grep reports as a
+    missing file. Only the matching lines travel (a vmware.log runs to
+    megabytes). grep's exit status 1 is "no stun line yet"; a missing log (2,
+    with the others still read) skips that VM; no exit status at all raises
+    ``OutcomeUnknown``.
     """
-    paths = {str(PurePosixPath(datastore_path(loc.log_dir)) / "vmware.log"): loc.vm_id
-             for loc in locs}
-    command = "grep -H -E " + shlex.quote(STUN_PATTERN) + " -- " + " ".join(
-        shlex.quote(p) for p in paths
-    )
+    dirs = {str(PurePosixPath(datastore_path(loc.log_dir))): loc.vm_id for loc in locs}
+    words = []
+    for d in dirs:
+        words += [shlex.quote(f"{d}/vmware.log"), shlex.quote(d) + "/" + ROTATED_GLOB]
+    command = "grep -H -E " + shlex.quote(STUN_PATTERN) + " -- " + " ".join(words)
     result = await shell.run_unchecked(command)
     if result.exit_status not in (0, 1, 2):
         raise CommandFailed(result)
     if result.exit_status == 2 and result.stderr:
-        log.info("vmware.log not read: %s", clean(result.stderr.strip()[-300:]))
-    by_len = sorted(paths, key=len, reverse=True)  # "a/b:…" must not match path "a"
+        missing = [e for e in result.stderr.splitlines() if ROTATED_GLOB not in e]
+        if missing:  # (no rotated log yet is not worth a line)
+            log.info("vmware.log not read: %s", clean("\n".join(missing)[-300:]))
+    by_len = sorted(dirs, key=len, reverse=True)  # "a/b/…" must not match directory "a"
     out: dict[str, list[str]] = {}
     for line in result.stdout.splitlines():
-        for path in by_len:
-            if line.startswith(path + ":"):
-                out.setdefault(paths[path], []).append(line[len(path) + 1 :])
+        for d in by_len:
+            if not line.startswith(d + "/"):
+                continue
+            name = _LOG_NAME.match(line, len(d) + 1)
+            if name is not None:
+                out.setdefault(dirs[d], []).append(line[name.end() :])
                 break
     return {vm_id: "\n".join(lines) for vm_id, lines in out.items()}
 

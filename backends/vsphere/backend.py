@@ -63,6 +63,11 @@ from .mapping import (
 from .session import DATASTORE_PATHS, ObjectUpdate, Session, Worker
 
 log = logging.getLogger("ventana.backends.vsphere")
+# Pushed VM properties after whose change layoutEx (never reliably pushed) is
+# refreshed: the snapshot tree, and the VM's datastores — a Storage vMotion
+# moves its files (and the vmware.log the stun watcher reads) to another
+# directory (VirtualMachine.datastore, pyvmomi docs/vim/VirtualMachine.rst).
+STORAGE_TRIGGERS = ("snapshot", "datastore")
 
 ObjKey = tuple[str, str]  # (category, moref value)
 VM_T, HOST_T, DS_T, CR_T, TASK_T = "vm", "host", "datastore", "compute", "task"
@@ -416,8 +421,8 @@ class VSphereBackend(Backend):
                     for event in self._apply(updates):
                         yield event
                     for upd in updates:
-                        if upd.type_name == "VirtualMachine" and upd.kind == "modify" and (
-                            "snapshot" in upd.assigned or "snapshot" in upd.removed
+                        if upd.type_name == "VirtualMachine" and upd.kind == "modify" and any(
+                            p in upd.assigned or p in upd.removed for p in STORAGE_TRIGGERS
                         ):
                             self._storage_changed(upd.moid)
         finally:

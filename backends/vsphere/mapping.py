@@ -9,12 +9,13 @@
   ``layoutEx``, + ``Checkpoint`` per snapshot in the tree)
 
 Ids are moref values (disks: ``<vm moref>:<descriptor path>``). A
-snapshot's size is the join of the snapshot tree with ``layoutEx``: its
-state file (``.vmsn``), memory file (``.vmem``) and the delta disks created
-when it was taken (the chain unit just above the snapshot's own disk chain,
-found in a child snapshot's chain or the VM's current chain) — the delta
-the operator gets back when the snapshot is consolidated; ``disk_path`` is
-that delta's descriptor (as a Hyper-V checkpoint's AVHDX).
+snapshot's size is the join of the snapshot tree with ``layoutEx`` as the
+vSphere Client and govc show it (``_snapshot_size``): its state file
+(``.vmsn``), memory file (``.vmem``), the delta disks written between its
+parent and it, and for the current snapshot the running delta;
+``disk_path`` is the delta created when it was taken (the chain unit just
+above the snapshot's own disk chain, in a child snapshot's chain or the VM's
+current chain), as a Hyper-V checkpoint's AVHDX.
 """
 
 from __future__ import annotations
@@ -111,15 +112,32 @@ class Lookup:
     datastore_name: Callable[[str], str] = lambda _moid: ""  # moref -> name
 
 
+_NAME_ESCAPES = re.compile(r"%(2[fF]|5[cC]|25)")
+_UNESCAPED = {"2f": "/", "5c": "\\", "25": "%"}
+
+
+def entity_name(props: Props, fallback: str) -> str:
+    """A ManagedEntity's name as its owner typed it. vCenter reports it escaped:
+    "Any / (slash), \\ (backslash), character used in this name element will be
+    escaped. Similarly, any % (percent) character … unless it is used to start an
+    escape sequence. A slash is escaped as %2F or %2f. A backslash is escaped as
+    %5C or %5c, and a percent is escaped as %25." (pyvmomi
+    ``docs/vim/ManagedEntity.rst``, name). Other ``%XX`` stay as they are."""
+    raw = str(props.get("name") or "")
+    if not raw:
+        return fallback
+    return _NAME_ESCAPES.sub(lambda m: _UNESCAPED[m.group(1).lower()], raw)
+
+
 def cluster_entity(cr_id: str, props: Props) -> Cluster:
     hosts = props.get("host") or ()
-    return Cluster(cr_id, str(props.get("name") or cr_id), Platform.VSPHERE, nodes=len(hosts))
+    return Cluster(cr_id, entity_name(props, cr_id), Platform.VSPHERE, nodes=len(hosts))
 
 
 def node_entity(host_id: str, props: Props, cluster_id: str, vm_count: int) -> Node:
     return Node(
         id=host_id,
-        name=str(props.get("name") or host_id),
+        name=entity_name(props, host_id),
         cluster_id=cluster_id,
         state=node_state(props),
         vm_count=vm_count,
@@ -130,13 +148,17 @@ def lun_entity(ds_id: str, props: Props, cluster_id: str) -> Lun:
     accessible = props.get("summary.accessible")
     return Lun(
         id=ds_id,
-        name=str(props.get("name") or ds_id),
+        name=entity_name(props, ds_id),
         cluster_id=cluster_id,
         total_bytes=int(props.get("summary.capacity") or 0),
         free_bytes=int(props.get("summary.freeSpace") or 0),
         role=LunRole.DATASTORE,
         state=LunState.OFFLINE if accessible is False else LunState.ONLINE,
     )
+
+
+def _directory(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else path.split("]", 1)[0]
 
 
 def _walk(trees: Iterable[Any], parent: str | None) -> Iterator[tuple[Any, str | None]]:
@@ -168,6 +190,47 @@ class _Layout:
     def size(self, keys: Iterable[int]) -> int:
         return sum(int(self.files[k].size or 0) for k in keys if k in self.files)
 
+    def own_size(self, keys: Iterable[int]) -> int:
+        """The bytes these files hold for this VM alone: ``uniqueSize`` where the
+        server sets it ("the file blocks that were allocated only in context of
+        this file … does not include shared blocks", pyvmomi
+        ``docs/vim/vm/FileLayoutEx/FileInfo.rst``; unset when the storage cannot
+        tell), else ``size``."""
+        total = 0
+        for k in keys:
+            f = self.files.get(k)
+            if f is not None:
+                unique = getattr(f, "uniqueSize", None)
+                total += int(f.size or 0) if unique is None else int(unique)
+        return total
+
+    def shared_bases(self) -> set[tuple[int, ...]]:
+        """Leading units of the current chains that belong to another VM.
+
+        A linked clone (``CloneVM_Task`` with ``diskMoveType``
+        ``createNewChildDiskBacking``: "the original virtual machine's disks are
+        now all being shared", only valid "when cloning from a snapshot";
+        ``moveChildMostDiskBacking``: "the parent disks will now be shared",
+        pyvmomi ``docs/vim/vm/RelocateSpec/DiskMoveOptions.rst``) and an instant
+        clone run on a child disk of their own above their source's disks.
+        Read here as the units, from the base up, that sit in another
+        directory than the chain's child-most unit (the running point, placed
+        with the VM) and that no snapshot of this VM froze (its own snapshots'
+        chains end on its own disks)."""
+        frozen = {_chain(d)[-1] for s in self.snapshots.values() for d in s.disk or ()
+                  if _chain(d)}
+        out: set[tuple[int, ...]] = set()
+        for chain in self.current.values():
+            if len(chain) < 2:
+                continue
+            home = _directory(self.path(chain[-1]))
+            for unit in chain[:-1]:
+                where = self.path(unit)
+                if unit in frozen or not where or _directory(where) == home:
+                    break
+                out.add(unit)
+        return out
+
     def path(self, unit: tuple[int, ...]) -> str:
         names = [self.files[k] for k in unit if k in self.files]
         for f in names:
@@ -176,10 +239,13 @@ class _Layout:
         return str(names[0].name) if names else ""
 
     def all_chains(self) -> Iterator[tuple[int, tuple[tuple[int, ...], ...]]]:
-        yield from self.current.items()
+        # The snapshots' chains first: after a revert, the delta above a
+        # snapshot's chain in a child's layout was created when it was taken;
+        # the running one above it, by the revert.
         for snap in self.snapshots.values():
             for d in snap.disk or ():
                 yield d.key, _chain(d)
+        yield from self.current.items()
 
     def snapshot_delta(self, snap_id: str) -> list[tuple[int, ...]]:
         """The delta units created when ``snap_id`` was taken (one per disk)."""
@@ -196,26 +262,68 @@ class _Layout:
         return out
 
 
-def snapshot_size(layout: Any, snap_id: str) -> tuple[int, str]:
-    """``(bytes, disk path)`` of one snapshot, from ``layoutEx``."""
-    lay = _Layout.of(layout)
-    return _snapshot_size(lay, snap_id)
+def snapshot_size(
+    layout: Any, snap_id: str, *, parent: str | None = None, current: bool = False
+) -> tuple[int, str]:
+    """``(bytes, disk path)`` of one snapshot, from ``layoutEx`` (see ``_snapshot_size``)."""
+    return _snapshot_size(_Layout.of(layout), snap_id, parent, current)
 
 
-def _snapshot_size(lay: _Layout, snap_id: str) -> tuple[int, str]:
+def _snapshot_size(
+    lay: _Layout, snap_id: str, parent: str | None, current: bool
+) -> tuple[int, str]:
+    """A snapshot's size as ``govc snapshot.tree -s`` and the vSphere Client
+    show it (PowerCLI's ``Get-Snapshot`` reference documents SizeMB/SizeGB,
+    not how they are summed): its state file
+    (``dataKey``, the .vmsn), its memory file (``memoryKey``, the .vmem), and
+    the disk files of its own layout's chains that its parent snapshot's do
+    not hold — the data written between the parent and this snapshot (a root
+    snapshot's base disks are not its own); the current snapshot also gets the
+    running delta (current chain files that no snapshot holds). After a
+    revert, the running delta thus goes to the snapshot reverted to, and each
+    older branch keeps its own delta. (govmomi ``object.SnapshotSize``,
+    "logic taken from the govc implementation" / "almost the same logic as
+    how VC UI calculates the snapshot size" in vmware-tanzu/vm-operator's
+    ``GetSnapshotSize``, which adds the .vmem as done here.)
+
+    ``memoryKey`` is -1 without memory and "in some cases the memory component
+    is combined with the data component" (``memoryKey == dataKey``, pyvmomi
+    ``docs/vim/vm/FileLayoutEx/SnapshotLayout.rst``): that file counts once.
+    The disk path stays the delta created when the snapshot was taken (its
+    child's, else the running one), as a Hyper-V checkpoint's AVHDX.
+    """
     snap = lay.snapshots.get(snap_id)
     if snap is None:
         return 0, ""
+    keys = {snap.dataKey}
+    if snap.memoryKey is not None and snap.memoryKey >= 0:
+        keys.add(snap.memoryKey)  # a set: memoryKey == dataKey counts once
+    up = lay.snapshots.get(parent) if parent is not None else None
+    if up is not None:
+        keys |= _chain_keys(snap) - _chain_keys(up)
+    if current:
+        held = set().union(*(_chain_keys(s) for s in lay.snapshots.values()))
+        keys |= {k for chain in lay.current.values() for unit in chain for k in unit} - held
     deltas = lay.snapshot_delta(snap_id)
-    keys = [k for unit in deltas for k in unit]
-    own = [snap.dataKey]
-    # A snapshot with memory may keep it in its .vmsn (memoryKey == dataKey, the
-    # state file): counted once.
-    if snap.memoryKey is not None and snap.memoryKey >= 0 and snap.memoryKey != snap.dataKey:
-        own.append(snap.memoryKey)
-    size = lay.size(keys) + lay.size(own)
     path = lay.path(deltas[0]) if deltas else lay.path((snap.dataKey,))
-    return size, path
+    return lay.size(keys), path
+
+
+def _merge_size(lay: _Layout, snap_id: str) -> int:
+    """What removing this snapshot alone consolidates or deletes: the delta
+    disks created when it was taken (merged into its parent's) and its own
+    state and memory files (deleted)."""
+    snap = lay.snapshots.get(snap_id)
+    if snap is None:
+        return 0
+    keys = {snap.dataKey} | {k for unit in lay.snapshot_delta(snap_id) for k in unit}
+    if snap.memoryKey is not None and snap.memoryKey >= 0:
+        keys.add(snap.memoryKey)
+    return lay.size(keys)
+
+
+def _chain_keys(snap: Any) -> set[int]:
+    return {k for d in snap.disk or () for unit in _chain(d) for k in unit}
 
 
 def _has_memory(lay: _Layout, snap_id: str) -> bool | None:
@@ -316,6 +424,10 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
     if not lun_id and len(datastores) == 1:
         lun_id = datastores[0]
 
+    # A disk's size is the bytes this VM alone holds (uniqueSize; a linked or
+    # instant clone's shared base counts 0): BACKUP_OVER_POLICY and DIFF_LARGE
+    # must not charge a clone with its source's disk.
+    shared = lay.shared_bases()
     disks: dict[str, VirtualDisk] = {}
     for disk_key, chain in lay.all_chains():
         parent: str | None = None
@@ -330,7 +442,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
                     vm_id=vm_id,
                     path=path,
                     format=DiskFormat.VMDK,
-                    size_bytes=lay.size(unit),
+                    size_bytes=0 if unit in shared else lay.own_size(unit),
                     max_bytes=capacity.get(disk_key, 0),
                     parent_path=parent,
                     lun_id=lun_of(path) or lun_id,
@@ -346,7 +458,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
     facts = device_facts(None if hardware is None else getattr(hardware, "device", None) or ())
     vm = VM(
         id=vm_id,
-        name=str(props.get("name") or vm_id),
+        name=entity_name(props, vm_id),
         cluster_id=cluster_id,
         node_id=moid(props.get("runtime.host")),
         power=power,
@@ -373,6 +485,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
 
     checkpoints: list[Entity] = []
     info = props.get("snapshot")
+    current_id = moid(getattr(info, "currentSnapshot", None)) if info is not None else ""
     for tree, parent_id in _walk(getattr(info, "rootSnapshotList", None) or (), None):
         snap_id = moid(tree.snapshot)
         name = str(tree.name or "")
@@ -381,7 +494,8 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
             if is_backup_snapshot(name, str(tree.description or ""))
             else CheckpointKind.STANDARD
         )
-        size, path = _snapshot_size(lay, snap_id)
+        size, path = _snapshot_size(lay, snap_id, parent_id, snap_id == current_id)
+        merge = _merge_size(lay, snap_id)
         checkpoints.append(
             Checkpoint(
                 id=snap_id,
@@ -394,6 +508,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
                 size_bytes=size,
                 quiesced=bool(tree.quiesced),
                 memory=_has_memory(lay, snap_id),
+                merge_bytes=merge if merge != size else None,
             )
         )
     return [vm, *disks.values(), *checkpoints]

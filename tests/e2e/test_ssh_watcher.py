@@ -8,6 +8,7 @@ the VM's vmware.log, and the console removing a snapshot.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -258,3 +259,47 @@ async def test_one_round_trip_per_host_and_a_missing_log_skips_only_its_vm(
         assert source.stuns["vm-2"] == (1500.0, STARTED)
         assert "vm-3" not in source.stuns
         assert not [e for e in source.events if isinstance(e, FindingRaised)]
+
+
+async def test_rotated_logs_are_read_and_the_log_follows_a_storage_vmotion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ESXi rotates vmware.log into vmware-N.log: a stun written before the
+    rotation is still read. After a Storage vMotion the VM's directory (from
+    its layoutEx) is another one: the watcher reads there, and what it already
+    handled is not logged again."""
+    async with start_ssh_peer(files={}) as peer:
+        monkeypatch.setenv(DEFAULT_PASSWORD_ENV, peer.password)
+        known = peer.write_known_hosts(tmp_path / "known_hosts")
+        source = FakeSource()
+        t0 = STARTED + timedelta(minutes=1)
+        peer.files[f"{VM_DIR}/vmware-7.log"] = line(t0, 900_000) + "noise\n"
+        peer.files[f"{VM_DIR}/vmware-8.log"] = line(t0 + timedelta(minutes=1), 250_000)
+        peer.files[f"{VM_DIR}/vmware.log"] = line(t0 + timedelta(minutes=2), 120_000)
+        # Another VM's directory whose name starts like this one's: not read as ours.
+        peer.files[f"{VM_DIR}-old/vmware-1.log"] = line(t0 + timedelta(hours=1), 5_000_000)
+        with ActionLog.open(tmp_path / "a.db") as log:
+            watcher = StunWatcher(source, {"esx01": target_for(peer, known)},
+                                  budget_ms=lambda name: 500.0, log=log, started=STARTED)
+            assert await watcher.poll() and len(log.rows()) == 3
+            assert [json.loads(r.plan)["stun_ms"] for r in log.rows(newest_first=False)] == [
+                900.0, 250.0, 120.0]
+            assert source.stuns["vm-1"] == (120.0, t0 + timedelta(minutes=2))
+
+            # A VM with no rotated log yet: the unexpanded pattern is no error worth a line.
+            caplog.clear()
+            with caplog.at_level("INFO", logger="ventana.backends.ssh.watcher"):
+                source.locations = [VmLocation("vm-1", "db-01", "host-1", "esx01",
+                                               "[datastore2] db-01")]
+                moved = "/vmfs/volumes/datastore2/db-01"
+                peer.files[f"{moved}/vmware.log"] = (
+                    line(t0 + timedelta(minutes=2), 120_000)  # copied along: handled already
+                    + line(t0 + timedelta(minutes=9), 700_000)
+                )
+                await watcher.poll()
+            assert not [r for r in caplog.records if "not read" in r.getMessage()]
+            assert f"{moved}/vmware-*.log" in peer.commands[-1]
+            assert [json.loads(r.plan)["stun_ms"] for r in log.rows(newest_first=False)] == [
+                900.0, 250.0, 120.0, 700.0]
+            assert log.rows()[0].outcome == "warning"
+            assert source.stuns["vm-1"] == (700.0, t0 + timedelta(minutes=9))

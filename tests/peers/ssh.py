@@ -2,7 +2,8 @@
 
 It listens on 127.0.0.1 on a free port with a freshly generated ed25519 host
 key and accepts one test user with a generated password. It serves
-``cat <path>`` and ``grep [-H] -E PATTERN -- FILE...`` from a dict of fake
+``cat <path>`` and ``grep [-H] -E PATTERN -- FILE...`` (a ``*`` in a file's
+last component expanded as the shell does) from a dict of fake
 files (by default a ``vmware.log`` built from the lab sample), records every
 command it receives in order, and answers configured commands with a given
 exit status and output, or by dropping the connection mid-way (``Drop``) to show an unknown outcome.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
+import glob
 import re
 import secrets
 import shlex
@@ -161,7 +164,7 @@ class SshPeer:
             return Reply(2, stderr="grep: usage\n")
         regex = re.compile(pattern)
         out, err, found = [], [], False
-        for name in files:
+        for name in self._expand(files):
             text = self.files.get(name)
             if text is None:
                 err.append(f"grep: {name}: No such file or directory\n")
@@ -172,6 +175,24 @@ class SshPeer:
                     out.append(f"{name}:{line}\n" if with_name else f"{line}\n")
         status = 2 if err else (0 if found else 1)
         return Reply(status, stdout="".join(out), stderr="".join(err))
+
+
+    def _expand(self, words: list[str]) -> list[str]:
+        """The shell's pathname expansion of a last component with ``*`` (ESXi's
+        busybox sh, as POSIX "Pathname Expansion"): the matching files in sorted
+        order, or the word unchanged when none matches. The directory part is
+        taken literally (the watcher quotes it)."""
+        out: list[str] = []
+        for word in words:
+            head, _, tail = word.rpartition("/")
+            if "*" not in tail:
+                out.append(word)
+                continue
+            pattern = glob.escape(head) + "/" + tail
+            hits = sorted(f for f in self.files if fnmatch.fnmatchcase(f, pattern)
+                          and "/" not in f[len(head) + 1 :])
+            out.extend(hits or [word])
+        return out
 
 
 class _Server(asyncssh.SSHServer):

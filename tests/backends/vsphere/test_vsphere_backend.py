@@ -724,14 +724,29 @@ def test_snapshot_size_joins_the_tree_with_layout_ex() -> None:
             SimpleNamespace(key=ref("s2"), dataKey=8, memoryKey=9, disk=[chain((1, 2), (3, 4))]),
         ],
     )
-    # s1: its state file + the delta created when it was taken (000001).
-    assert snapshot_size(layout, "s1") == (5 + 1 + 30, "[ds] vm/vm-000001.vmdk")
-    # s2: state + memory + the running delta created when it was taken (000002).
-    assert snapshot_size(layout, "s2") == (6 + 50 + 1 + 7, "[ds] vm/vm-000002.vmdk")
+    # As the vSphere Client / PowerCLI / govc count: s1 (a root) its state file
+    # only (the base disk is not its own); s2 (current) state + memory + the
+    # delta written since s1 (000001) + the running delta (000002).
+    assert snapshot_size(layout, "s1") == (5, "[ds] vm/vm-000001.vmdk")
+    assert snapshot_size(layout, "s2", parent="s1", current=True) == (
+        6 + 50 + 1 + 30 + 1 + 7, "[ds] vm/vm-000002.vmdk")
     assert snapshot_size(layout, "missing") == (0, "")
+    # The sizes add up to the files beyond the base disk: nothing counted twice.
+    total = snapshot_size(layout, "s1")[0] + snapshot_size(layout, "s2", parent="s1",
+                                                           current=True)[0]
+    assert total == sum(x.size for x in layout.file) - 1 - 100
     # Memory kept in the state file (memoryKey == dataKey): that file counts once.
     layout.snapshot[1].memoryKey = 8
-    assert snapshot_size(layout, "s2") == (6 + 1 + 7, "[ds] vm/vm-000002.vmdk")
+    assert snapshot_size(layout, "s2", parent="s1", current=True)[0] == 6 + 1 + 30 + 1 + 7
+
+    # Revert to s1 (current again), then run on a new delta (000003): the running
+    # delta is s1's; s2 keeps the delta of its own branch (000001), not the new one.
+    layout.file.append(f(10, "[ds] vm/vm-000003.vmdk", "diskDescriptor", 1))
+    layout.file.append(f(11, "[ds] vm/vm-000003-delta.vmdk", "diskExtent", 4))
+    layout.file = [x for x in layout.file if x.key not in (5, 6)]  # 000002 discarded
+    layout.disk = [chain((1, 2), (10, 11))]
+    assert snapshot_size(layout, "s1", current=True) == (5 + 1 + 4, "[ds] vm/vm-000001.vmdk")
+    assert snapshot_size(layout, "s2", parent="s1") == (6 + 1 + 30, "[ds] vm/vm-Snapshot2.vmsn")
 
 
 def test_backup_markers() -> None:

@@ -379,3 +379,68 @@ async def test_snapshot_limitations_refuse_before_anything_is_sent(
         assert "independent disks are not in the snapshot" in done.detail
     finally:
         await s.close()
+
+
+@pytest.mark.timeout(40)
+async def test_layout_ex_is_refreshed_after_a_storage_vmotion(vcsim: VcsimHandle, other) -> None:
+    """A Storage vMotion pushes the VM's ``datastore``, not its layoutEx: the
+    files (and the vmware.log the stun watcher follows) are read again."""
+    s = await open_stream(vcsim)
+    store = s.store
+    try:
+        vm = vm_by_name(store, "DC1_C0_H1_VM2")
+        snap = await snapshot_via(other, vm.id, "before-move")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap) is not None and store.get(
+            Kind.CHECKPOINT, snap).disk_path.endswith(".vmsn"), 10, "snapshot and its layout")
+        # Settled: no refresh under way, none asked for by a late snapshot push.
+        for _ in range(3):
+            await s.until(lambda: vm.id not in s.backend._refreshing, 10, "no refresh")
+            await asyncio.sleep(0.3)
+        before = store.get(Kind.CHECKPOINT, snap).size_bytes
+        snapshot_file(vcsim, vm.name, 1).write_bytes(b"\0" * (2 << 20))
+        await asyncio.sleep(0.5)  # nothing pushed, nothing refreshed
+        assert store.get(Kind.CHECKPOINT, snap).size_bytes == before
+        ref = vim.VirtualMachine(vm.id, other._stub)
+        here = {d._moId for d in ref.datastore}
+        dc = ref.runtime.host.parent.parent.parent  # host -> cluster -> host folder -> DC
+        target = next(d for d in dc.datastore if d._moId not in here)
+        await asyncio.to_thread(WaitForTask, ref.RelocateVM_Task(
+            vim.vm.RelocateSpec(datastore=target)))
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap).size_bytes >= 2 << 20, 10,
+                      "layoutEx re-read after the datastore change")
+    finally:
+        await s.close()
+
+
+@pytest.mark.timeout(60)
+async def test_later_changes_arrive_in_pieces_of_max_object_updates(tmp_path: Path) -> None:
+    """maxObjectUpdates bounds every WaitForUpdatesEx answer (vcsim patch 0012):
+    a burst of changes to many VMs comes truncated, and every change arrives."""
+    handle = start_vcsim(tmp_path, quiet=True, hosts=2, vms=4)  # 8 VMs
+    si = connect(handle)
+    s = await open_stream(handle, max_object_updates=2)
+    store = s.store
+    try:
+        session = s.backend.session
+        assert session is not None
+        await s.until(lambda: len(list(store.vms())) == 8, 15, "the initial state")
+        before = -1
+        while session.truncated != before:  # every piece of the initial state read
+            before = session.truncated
+            await asyncio.sleep(1.0)
+        vms = sorted(store.vms(), key=lambda v: v.name)
+
+        def rename_all() -> None:
+            tasks = [vim.VirtualMachine(v.id, si._stub).Rename_Task(f"burst-{i}")
+                     for i, v in enumerate(vms)]
+            for t in tasks:
+                WaitForTask(t)
+
+        await asyncio.to_thread(rename_all)
+        await s.until(lambda: sorted(v.name for v in store.vms()) ==
+                      [f"burst-{i}" for i in range(8)], 15, "every renamed VM")
+        assert session.truncated > before, (before, session.truncated)
+    finally:
+        await s.close()
+        Disconnect(si)
+        handle.stop()
