@@ -306,12 +306,12 @@ class Db:
                                   "connect_timeout": CONNECT_TIMEOUT_S,
                                   "application_name": self._app,
                                   "options": f"-c lock_timeout={max(1, int(self.timeout * 1000))}"}
+        since = time.monotonic() - self._failed_at
+        if self._failed and since < RETRY_S:  # just failed: say so now, retry soon
+            raise self.error(self._failed)  # (before the keyring, which may take seconds)
         password = keyring_password(str(self.location))
         if password:
             kwargs["password"] = password
-        since = time.monotonic() - self._failed_at
-        if self._failed and since < RETRY_S:  # just failed: say so now, retry soon
-            raise self.error(self._failed)
         try:
             self.conn = psycopg.connect(str(self.location), **kwargs)
         except psycopg.Error as exc:

@@ -343,22 +343,51 @@ class NodeSession:
         if len(commands) > 1 and not all(c.properties or c.quiet for c in commands):
             raise ValueError("batched commands must each select their properties")
         labels = ", ".join(c.label for c in commands)
-        limit = timeout or self.command_timeout
+
+        def invoke(ps: Any) -> list[Answer]:
+            # Decoded here, in the worker thread: a JSON answer can be megabytes.
+            output = list(ps.invoke())
+            errors = [str(e) for e in ps.streams.error]
+            _release(ps)
+            return _sort_answers(commands, output, errors, self.where)
+
+        answers, errors = await self._invoke(commands, invoke, labels,
+                                             timeout or self.command_timeout, "psrp-run")
+        if errors and not all(c.tolerate_errors for c in commands):
+            raise CommandFailed(f"{self.where}: {labels}: {'; '.join(errors)[:500]}")
+        return answers
+
+    async def run_raw(self, command: Command, *, timeout: float | None = None) -> Answer:
+        """One read exactly as sent, its output NOT decoded (``ventana probe``).
+
+        Non-terminating errors are returned in ``errors``; a failed pipeline
+        raises :class:`CommandFailed` as :meth:`run` does.
+        """
+        if command.mutating:
+            raise ReadOnlyError(f"{self.where}: the probe sends reads only")
+
+        def invoke(ps: Any) -> list[Any]:
+            output = list(ps.invoke())
+            _release(ps)
+            return output
+
+        output, errors = await self._invoke([command], invoke, command.label,
+                                            timeout or self.command_timeout, "psrp-raw")
+        return Answer(output, errors)
+
+    async def _invoke(self, commands: list[Command], invoke: Callable[[Any], T], labels: str,
+                      limit: float, thread: str) -> tuple[T, list[str]]:
+        """Build ``commands`` into one pipeline on the pool and run ``invoke(ps)`` in a
+        worker thread within ``limit``. A call the caller gave up on, or that ran out
+        of time, is stopped on the node too; a failed pipeline raises
+        :class:`CommandFailed`. Returns what ``invoke`` returned and the
+        non-terminating errors."""
         async with self._lock:
             pool = await self._ensure_pool()
             ps = self._build(pool, commands)
-
-            def invoke() -> list[Answer]:
-                # Decoded here, in the worker thread: a JSON answer can be megabytes.
-                output = list(ps.invoke())
-                errors = [str(e) for e in ps.streams.error]
-                _release(ps)
-                return _sort_answers(commands, output, errors, self.where)
-
             try:
-                answers = await asyncio.wait_for(
-                    in_thread(invoke, name=f"psrp-run-{self.where}"), limit
-                )
+                result = await asyncio.wait_for(
+                    in_thread(lambda: invoke(ps), name=f"{thread}-{self.where}"), limit)
             except asyncio.CancelledError:  # the caller gave up: stop it on the node too
                 self._stop(ps)
                 self._discard()
@@ -376,45 +405,7 @@ class NodeSession:
         if ps.had_errors:
             reason = "; ".join(errors) or "the pipeline failed"
             raise CommandFailed(f"{self.where}: {labels}: {reason[:500]}")
-        if errors and not all(c.tolerate_errors for c in commands):
-            raise CommandFailed(f"{self.where}: {labels}: {'; '.join(errors)[:500]}")
-        return answers
-
-    async def run_raw(self, command: Command, *, timeout: float | None = None) -> Answer:
-        """One read exactly as sent, its output NOT decoded (``ventana probe``).
-
-        Non-terminating errors are returned in ``errors``; a failed pipeline
-        raises :class:`CommandFailed` as :meth:`run` does.
-        """
-        if command.mutating:
-            raise ReadOnlyError(f"{self.where}: the probe sends reads only")
-        limit = timeout or self.command_timeout
-        async with self._lock:
-            pool = await self._ensure_pool()
-            ps = self._build(pool, [command])
-
-            def invoke() -> list[Any]:
-                output = list(ps.invoke())
-                _release(ps)
-                return output
-
-            try:
-                output = await asyncio.wait_for(
-                    in_thread(invoke, name=f"psrp-raw-{self.where}"), limit)
-            except TimeoutError:
-                self._stop(ps)
-                self._discard()
-                raise CommandTimeout(
-                    f"{self.where}: {command.label} took longer than {limit:g} s; stopped"
-                ) from None
-            except Exception as exc:
-                self._discard()
-                raise describe(exc, self.where, self._password) from None
-        errors = [str(e) for e in ps.streams.error]
-        if ps.had_errors:
-            reason = "; ".join(errors) or "the pipeline failed"
-            raise CommandFailed(f"{self.where}: {command.label}: {reason[:500]}")
-        return Answer(output, errors)
+        return result, errors
 
     def _check_mutating(self, commands: list[Command]) -> None:
         if any(c.mutating for c in commands) and not self.allow_mutating:
