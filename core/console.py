@@ -335,7 +335,7 @@ class Console:
         rows that never ran — refused, cancelled, final states — are left out)."""
         mine = self.action_log.console if self.action_log is not None else ""
         for row in rows:
-            if f"{row.host}:{row.pid}:{row.proc_start}" == mine or not row.task_id:
+            if row.console == mine or not row.task_id:
                 continue
             status = row.status.split(" ", 1)[0]
             state = _TEAM_STATES.get(status, TaskState.UNKNOWN)

@@ -276,6 +276,11 @@ class LogRow:
     def interrupted(self) -> bool:
         return self.status == INTERRUPTED
 
+    @property
+    def console(self) -> str:
+        """The identity of the console that wrote the row, as ``ActionLog.console``."""
+        return _console(self.host, self.pid, self.proc_start)
+
     def plan_data(self) -> Any:
         return json.loads(self.plan) if self.plan else None
 
@@ -532,7 +537,7 @@ class ActionLog:
             if claim is not None:
                 acquire(db, row_id=row_id, target_object=row["target_object"],
                         target_name=row["target_name"], action=row["action"],
-                        who={"console": _console(self._host, self._pid, self._proc_start),
+                        who={"console": self.console,
                              "operator": self._operator, "host": self._host, "boot_id": _BOOT,
                              "pid": self._pid, "proc_start": self._proc_start},
                         claim=claim, alive=_lease_alive)
