@@ -9,6 +9,7 @@ composite where one target is read-only next to a writable one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,18 @@ from ventana.state.rebuild import RebuildStore
 from ventana.state.window import WindowStore
 
 ACTIONS = sorted(actionspecs.names())
+
+
+async def both_targets_in(s: Session) -> None:
+    """Both simulators' VMs are in the store (each builds its world in a worker
+    thread, so one settle of the pump is not enough on a busy machine)."""
+    for _ in range(500):
+        await s.settle()
+        ids = [v.id for v in s.store.vms()]
+        if any(i.startswith("lab/") for i in ids) and any(i.startswith("prod/") for i in ids):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the composite's inventory never arrived")
 
 
 def hyperv() -> Backend:
@@ -137,7 +150,7 @@ async def test_the_executor_itself_refuses_on_read_only(tmp_path: Path, kind: st
 async def test_a_queue_on_a_read_only_target_of_a_composite_runs_nothing(tmp_path: Path) -> None:
     backend = MultiBackend([("lab", quiet()), ("prod", quiet(read_only=True))])
     async with Session(backend) as s:  # type: ignore[arg-type]
-        await s.settle()
+        await both_targets_in(s)
         log = ActionLog.open(tmp_path / "actions.db")
         runner = ActionRunner(s.store, backend, log, clock=backend.now)
         window = WindowStore.open(log.path).load("sat", default_name="sat")
@@ -158,7 +171,7 @@ async def test_rebuild_resume_on_a_read_only_target_of_a_composite(tmp_path: Pat
     backend = MultiBackend([("lab", quiet()), ("prod", quiet(read_only=True))])
     db = tmp_path / "actions.db"
     async with Session(backend) as s:  # type: ignore[arg-type]
-        await s.settle()
+        await both_targets_in(s)
         log = ActionLog.open(db)
         runner = ActionRunner(s.store, backend, log, clock=backend.now)
         vm = next(v for v in s.store.vms() if v.id.startswith("prod/"))
@@ -189,7 +202,7 @@ async def test_compact_and_rebuild_run_on_the_writable_target_of_a_composite(
     backend = MultiBackend([("lab", quiet()), ("prod", quiet(read_only=True))])
     db = tmp_path / "actions.db"
     async with Session(backend) as s:  # type: ignore[arg-type]
-        await s.settle()
+        await both_targets_in(s)
         log = ActionLog.open(db)
         runner = ActionRunner(s.store, backend, log, clock=backend.now)
         old_fs = next(v for v in s.store.vms() if v.id.startswith("lab/")
