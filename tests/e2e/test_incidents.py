@@ -444,7 +444,11 @@ async def test_merge_times_not_proportional_to_size_are_learned(tmp_path: Path) 
     """"Merge times from 40 min to 13 h 30 min, not proportional to size" (45.7 GB
     took 8 h 40 min, 401 GB took 12 h): after a few merges on this cluster the
     estimate comes from their history, not from the size formula."""
-    async with Session(quiet()) as s:
+    # Real time at 30,000 simulated seconds per second: the logged (wall)
+    # durations then follow the simulated merges (40 min to several hours,
+    # 0.1-1 s here) rather than the test's own overhead, as they would with
+    # no sleeping at all (every merge then lasts as long as its ticks take).
+    async with Session(quiet(realtime=True, speed=30_000)) as s:
         log = ActionLog.open(tmp_path / "actions.db")
         r = ActionRunner(s.store, s.backend, log, clock=s.backend.now,
                          estimator=LearnedEstimator(log, s.backend.target))
@@ -467,8 +471,7 @@ async def test_merge_times_not_proportional_to_size_are_learned(tmp_path: Path) 
             per_gb.append(seconds / max(plan.facts["chain_bytes"] / GB, 0.1))
         await s.settle()
         # Time per GB of chain is far from constant from one merge to the next
-        # (measured on the wall clock, so the spread varies between runs:
-        # 1.4x-2x seen; proportional merges would give 1x).
+        # (proportional merges would give 1x).
         assert max(per_gb) > 1.25 * min(per_gb)
         learned = r.plan("merge", picked[-1].id)
         assert learned.estimate and learned.estimate.basis.startswith("from 3 ")

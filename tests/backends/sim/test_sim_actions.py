@@ -67,8 +67,12 @@ class Session:
         await asyncio.wait_for(self._task, 5)
 
 
-def quiet(**overrides: object) -> SimBackend:
-    """No churn, no random merge failures, finished tasks kept for inspection."""
+def quiet(*, realtime: bool = False, **overrides: object) -> SimBackend:
+    """No churn, no random merge failures, finished tasks kept for inspection.
+
+    ``realtime``: the simulated clock follows the wall at ``speed`` (by default
+    it jumps from timer to timer as fast as the test runs).
+    """
     values: dict[str, object] = {
         "epoch": EPOCH,
         "rate": 0,
@@ -77,7 +81,8 @@ def quiet(**overrides: object) -> SimBackend:
         "task_retention_s": None,
     }
     values.update(overrides)
-    return SimBackend(SimConfig(**values), sleep=no_sleep)  # type: ignore[arg-type]
+    return SimBackend(SimConfig(**values),  # type: ignore[arg-type]
+                      sleep=None if realtime else no_sleep)
 
 
 def roomy_vm(store: Store, min_checkpoints: int = 3) -> VM:
