@@ -450,7 +450,17 @@ class Console:
         try:
             self.store.apply_many(batch)
         except Exception as exc:  # bad data from a source must not stop the console
-            reason = clean(f"bad data from {self.backend.name}: {type(exc).__name__}: {exc}")
+            # One bad event must not cost the good ones around it (a removal
+            # lost with it would leave a deleted checkpoint on screen): the
+            # batch again, one event at a time (applying twice changes nothing).
+            skipped = 0
+            for event in batch:
+                try:
+                    self.store.apply(event)
+                except Exception:
+                    skipped += 1
+            reason = clean(f"bad data from {self.backend.name}: {type(exc).__name__}: {exc} "
+                           f"({skipped} event(s) of {len(batch)} skipped)")
             self.store.apply(ConnectionChanged(self.backend.name, LinkState.STALE, reason))
             self._notice(reason, title="Data error", severity="error", timeout=30)
 

@@ -333,7 +333,8 @@ class VSphereBackend(Backend):
                     self._session = session
                     objects = await self._worker.call(session.read_all, cfg.page_size)
                     self.reads += 1
-                    for event in self._apply(objects, full=True):
+                    self._out.extend(self._apply(objects, full=True))
+                    for event in self._drain():
                         yield event
                     yield ConnectionChanged(src, LinkState.CONNECTED, note.lstrip(" —"))
                     self._connected = True
@@ -398,6 +399,9 @@ class VSphereBackend(Backend):
         pending: asyncio.Future[list[ObjectUpdate] | None] | None = None
         try:
             while not self._closed:
+                # Cleared before the queue is emptied: an event queued from here
+                # on (during a yield or the keep-alive) wakes the wait below.
+                self._kick.clear()
                 for event in self._drain():
                     yield event
                 if pending is None:
@@ -405,7 +409,6 @@ class VSphereBackend(Backend):
                         await self._worker.call(session.keep_alive)
                         last_keepalive = time.monotonic()
                     pending = asyncio.ensure_future(self._worker.call(session.wait, cfg.wait_s))
-                self._kick.clear()
                 kick = asyncio.ensure_future(self._kick.wait())
                 try:
                     await asyncio.wait({pending, kick}, return_when=asyncio.FIRST_COMPLETED)
@@ -418,8 +421,13 @@ class VSphereBackend(Backend):
                 if self._closed:
                     return
                 if updates:
-                    for event in self._apply(updates):
-                        yield event
+                    # Through the same queue as the events of reads folded in
+                    # meanwhile (``apply_read``), in the order the view changed:
+                    # yielded straight away they could overtake an older event
+                    # still queued (a checkpoint re-mapped by a storage refresh,
+                    # queued, then removed here: the removal came first and the
+                    # stale checkpoint stayed on screen).
+                    self._out.extend(self._apply(updates))
                     for upd in updates:
                         if upd.type_name == "VirtualMachine" and upd.kind == "modify" and any(
                             p in upd.assigned or p in upd.removed for p in STORAGE_TRIGGERS

@@ -19,7 +19,7 @@ from factories import NOW
 from ventana.backends.sim import SimBackend, SimConfig
 from ventana.core import Console, Notice
 from ventana.state.actionlog import ActionLog
-from ventana.state.events import Upsert
+from ventana.state.events import Remove, Upsert
 from ventana.state.model import Cluster, Kind, Platform
 from ventana.state.plans import plan_merge
 from ventana.state.plans_vsphere import REMOVE_ALL
@@ -171,3 +171,21 @@ async def test_a_cancelled_plan_is_logged_and_a_read_only_core_refuses(tmp_path:
     finally:
         loop.cancel()
         await core.close()
+
+
+async def test_one_bad_event_costs_only_itself(tmp_path: Path) -> None:
+    """A batch holding one event the store cannot take: the others still land
+    (a removal lost with it would leave a deleted checkpoint on screen), the
+    source is marked stale and the operator is told how many were skipped."""
+    core, heard = console(tmp_path)
+    loop = await loaded(core)
+    try:
+        checkpoint = next(iter(core.store.all(Kind.CHECKPOINT)))
+        bad = Remove("no-such-kind", "x")  # type: ignore[arg-type]
+        core.pending.extend([bad, Remove(Kind.CHECKPOINT, checkpoint.id)])
+        await until(lambda: not core.pending)
+        assert core.store.get(Kind.CHECKPOINT, checkpoint.id) is None
+        [said] = [n for n in heard.notices if "bad data" in n.text]
+        assert "1 event(s) of 2 skipped" in said.text
+    finally:
+        loop.cancel()
