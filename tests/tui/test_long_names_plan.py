@@ -218,3 +218,28 @@ def test_long_names_plan(snap_compare, tmp_path: Path, size: str) -> None:  # ty
     """The remove-snapshot plan of a VM, snapshot and datastore with 10,000-character names."""
     assert snap_compare(hostile_app(tmp_path), terminal_size=SIZES[size],
                         run_before=open_remove_snapshot)
+
+
+async def test_a_yes_no_question_with_a_huge_name_keeps_its_buttons_on_screen(
+    tmp_path: Path,
+) -> None:
+    from ventana.tui.confirm_screen import ConfirmScreen
+
+    app = make_app(tmp_path)
+    answers: list[bool | None] = []
+    async with app.run_test(size=SIZES["80x24"]) as pilot:
+        await populated(pilot)
+        spaced = " ".join(["word"] * 2_000)
+        question = (f"Abandon the rebuild of {VM_NAME}? Nothing is sent to the cluster; "
+                    f"notes: {spaced}. Really?")
+        app.push_screen(ConfirmScreen(question, "Abandon", "Keep"), callback=answers.append)
+        await pilot.pause(0.3)
+        text = as_text(app.screen.query_one("#confirm-question", Static))
+        assert cap_middle(VM_NAME + "?") in text and "n" * 200 not in text
+        assert text.startswith("Abandon the rebuild of sql-n") and text.rstrip().endswith("Really?")
+        for button in ("#yes", "#no"):
+            region = app.screen.query_one(button).region
+            assert region.height > 0 and region.bottom <= SIZES["80x24"][1], button
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+    assert answers == [False]
