@@ -325,15 +325,22 @@ def _vsphere_backend(args: argparse.Namespace) -> Backend:
         insecure=args.insecure, password_file=args.password_file,
         read_only=not args.read_write or args.read_only,
     )
+    from ventana.backends.credentials import real_keyring
+
     password = None
-    if args.password_file is None and not os.environ.get(DEFAULT_ENV) and sys.stdin.isatty():
-        # Reach the host and verify its certificate before asking (issue 12):
-        # raises HostCheckError, and the operator is never asked.
+    if args.password_file is None and not os.environ.get(DEFAULT_ENV) and (
+        sys.stdin.isatty() or real_keyring()
+    ):
+        # Reach the host and verify its certificate before asking the keyring or
+        # the operator (issue 12): raises HostCheckError, and nobody is asked.
         from ventana.backends.hostcheck import check_host
+        from ventana.backends.vsphere.credentials import from_keyring
         from ventana.backends.vsphere.session import ssl_context
 
         check_host(config.host, config.port, ssl_context(config.ca_file, insecure=config.insecure))
-        password = getpass.getpass(f"Password for {config.user or 'the user'} on {host}: ")
+        password = from_keyring(config.user)
+        if password is None and sys.stdin.isatty():
+            password = getpass.getpass(f"Password for {config.user or 'the user'} on {host}: ")
     return VSphereBackend(config, password=password)
 
 

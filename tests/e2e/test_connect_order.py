@@ -3,7 +3,9 @@ for a host it cannot reach or does not trust (issue 12).
 
 vSphere against vcsim (its own throwaway CA, tests/peers/vcsim.py) and against
 a TLS server presenting a self-signed certificate; Hyper-V against the same
-server, through ``ventana`` itself with a terminal on stdin.
+server, through ``ventana`` itself with a terminal on stdin. The OS keyring is
+the one stand-in: a keyring backend that records what it is asked (no real
+Secret Service/D-Bus is reachable in the test environment).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import getpass
 import re
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +56,61 @@ def asked(monkeypatch: pytest.MonkeyPatch) -> _Prompts:
     monkeypatch.delenv("VENTANA_VSPHERE_PASSWORD", raising=False)
     monkeypatch.delenv("VENTANA_HYPERV_PASSWORD", raising=False)
     return prompts
+
+
+class RecordingKeyring:
+    """A keyring backend (keyring.backend.KeyringBackend) that records every lookup."""
+
+    def __init__(self, stored: dict[tuple[str, str], str] | None = None) -> None:
+        from keyring.backend import KeyringBackend
+
+        outer = self
+        self.asked: list[tuple[str, str]] = []
+        self.stored = dict(stored or {})
+
+        class Backend(KeyringBackend):
+            priority = 1  # type: ignore[assignment]
+
+            def get_password(self, service: str, username: str) -> str | None:
+                outer.asked.append((service, username))
+                return outer.stored.get((service, username))
+
+            def set_password(self, service: str, username: str, password: str) -> None:
+                outer.stored[(service, username)] = password
+
+            def delete_password(self, service: str, username: str) -> None:
+                outer.stored.pop((service, username), None)
+
+        self.backend = Backend()
+
+
+@pytest.fixture
+def keyring_asked() -> Iterator[RecordingKeyring]:
+    import keyring
+
+    before = keyring.get_keyring()
+    recording = RecordingKeyring()
+    keyring.set_keyring(recording.backend)
+    try:
+        yield recording
+    finally:
+        keyring.set_keyring(before)
+
+
+def test_untrusted_hosts_are_refused_before_the_keyring_is_asked(
+    tmp_path: Path, asked: _Prompts, keyring_asked: RecordingKeyring,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pem = self_signed(tmp_path, "127.0.0.1")
+    keyring_asked.stored = {("ventana-vsphere", "u"): "pw", ("ventana-hyperv", "D\\u"): "pw"}
+    with serve(pem) as server:
+        assert main(["--log", str(tmp_path / "a.db"), "--vsphere", f"127.0.0.1:{server.port}",
+                     "--user", "u"]) == 2
+        assert main(["--log", str(tmp_path / "a.db"), "--hyperv", "HVCLUSTER01",
+                     "--node", f"127.0.0.1:{server.port}", "--user", "D\\u"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("self-signed") == 2 and "no password was asked for" in err
+    assert keyring_asked.asked == [] and asked == []
 
 
 def test_vsphere_self_signed_certificate_is_refused_without_a_prompt(
@@ -96,7 +154,7 @@ def test_hyperv_untrusted_node_is_refused_before_keyring_or_prompt(
 
 
 @pytest.mark.skipif(not is_built(), reason=BUILD_HINT)
-async def test_vsphere_vcsim_certificate_checked_then_prompt_then_login(
+async def test_vsphere_vcsim_certificate_checked_then_keyring_or_prompt_then_login(
     tmp_path: Path, asked: _Prompts
 ) -> None:
     # 127.0.0.2: pyvmomi would skip verification for 127.0.0.1 without a context.
@@ -113,11 +171,27 @@ async def test_vsphere_vcsim_certificate_checked_then_prompt_then_login(
             _vsphere_backend(wrong)
         assert asked == []
 
-        asked.answer = handle.password
-        right = build_parser().parse_args(["--vsphere", where, "--user", handle.user,
-                                           "--ca-file", str(handle.ca_path)])
-        backend = _vsphere_backend(right)
-        assert asked == [f"Password for {handle.user} on 127.0.0.2: "]
+        # The keyring is asked once the certificate checked out; nothing stored: the prompt.
+        import keyring
+
+        before = keyring.get_keyring()
+        recording = RecordingKeyring()
+        keyring.set_keyring(recording.backend)
+        try:
+            asked.answer = handle.password
+            right = build_parser().parse_args(["--vsphere", where, "--user", handle.user,
+                                               "--ca-file", str(handle.ca_path)])
+            prompted = _vsphere_backend(right)
+            assert recording.asked == [("ventana-vsphere", handle.user)]
+            assert asked == [f"Password for {handle.user} on 127.0.0.2: "]
+            await prompted.close()
+            asked.clear()
+            recording.stored[("ventana-vsphere", handle.user)] = handle.password
+            backend = _vsphere_backend(right)  # stored: no prompt
+            assert asked == [] and len(recording.asked) == 2
+        finally:
+            keyring.set_keyring(before)
+        # ... and that password logs in.
         stream = backend.events()
         try:
             async with asyncio.timeout(40):
