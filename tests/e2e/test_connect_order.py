@@ -205,3 +205,15 @@ async def test_vsphere_vcsim_certificate_checked_then_keyring_or_prompt_then_log
             await stream.aclose()
     finally:
         handle.stop()
+
+
+def test_probe_checks_the_certificate_before_its_prompt(
+    tmp_path: Path, asked: _Prompts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pem = self_signed(tmp_path, "127.0.0.1")
+    with serve(pem) as server:
+        code = main(["probe", "--vsphere", f"127.0.0.1:{server.port}", "--user", "u",
+                     "--out", str(tmp_path / "capture.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and asked == [] and "self-signed" in err and fingerprint(pem.der) in err
+    assert not (tmp_path / "capture.jsonl").exists()
