@@ -229,7 +229,8 @@ def _chain_table(listed: list[dict[str, object]]) -> Table:
     chain = Table(box=None, padding=(0, 1), show_header=True, header_style="dim")
     for label, justify in (("Checkpoint", "left"), ("Kind", "left"), ("Created", "left"),
                            ("Size", "right")):
-        chain.add_column(label, justify=justify)  # type: ignore[arg-type]
+        # fold, never crop: a cell shows all of its (already shortened) text
+        chain.add_column(label, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for item in listed:  # every one: the operator reads the whole plan before confirming
         chain.add_row(Text(cap_middle(item["name"])), Text(str(item["kind"])),
                       Text(str(item["created"])[:16].replace("T", " ")),
@@ -244,7 +245,7 @@ def _files_table(plan: Plan, files: list[dict[str, object]]) -> Table:
     table = Table(box=None, padding=(0, 1), show_header=True, header_style="dim",
                   title=Text("Files deleted" if deleting else "Disks compacted", style="bold"),
                   title_justify="left")
-    table.add_column("File")
+    table.add_column("File", overflow="fold")
     table.add_column("Size", justify="right")
     for item in files:  # every file; a long VM name inside a path shortened as elsewhere
         table.add_row(Text(shown(plan, str(item["path"]))),

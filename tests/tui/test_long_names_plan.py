@@ -244,3 +244,20 @@ async def test_a_yes_no_question_with_a_huge_name_keeps_its_buttons_on_screen(
         await pilot.press("escape")
         await pilot.pause(0.1)
     assert answers == [False]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_long_names_confirm(snap_compare, tmp_path: Path, size: str) -> None:  # type: ignore[no-untyped-def]
+    """Read to its end, the real 10,000-character name typed: what Enter would confirm."""
+
+    async def ready(pilot: Pilot) -> None:
+        screen = await open_remove_snapshot(pilot)
+        await pilot.press("ctrl+end")
+        await pilot.pause(0.1)
+        box = screen.query_one("#confirm-name", Input)
+        box.value = VM_NAME
+        box.focus()
+        await pilot.pause(0.3)
+        assert screen.seen_all
+
+    assert snap_compare(hostile_app(tmp_path), terminal_size=SIZES[size], run_before=ready)
