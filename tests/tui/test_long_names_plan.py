@@ -261,3 +261,26 @@ def test_long_names_confirm(snap_compare, tmp_path: Path, size: str) -> None:  #
         assert screen.seen_all
 
     assert snap_compare(hostile_app(tmp_path), terminal_size=SIZES[size], run_before=ready)
+
+
+async def test_the_window_confirmation_shortens_long_names_too(tmp_path: Path) -> None:
+    from ventana.tui.window_screen import WindowConfirmScreen, WindowScreen
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZES["80x24"]) as pilot:
+        await populated(pilot)
+        vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
+        vm = app.store.vm(vm_id)
+        app.store.apply(Upsert(dataclasses.replace(vm, name=VM_NAME)))
+        lun = app.store.lun(vm.lun_id)
+        app.store.apply(Upsert(dataclasses.replace(lun, name=DS_NAME)))
+        await pilot.pause(0.2)
+        app.query_one(VmTable).select_vm(vm_id)
+        await pilot.press("p", "w")
+        await wait_for(pilot, lambda: isinstance(app.screen, WindowScreen))
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, WindowConfirmScreen))
+        await pilot.pause(0.2)
+        text = "\n".join(as_text(w) for w in app.screen.query(Static))
+        assert cap_middle(VM_NAME) in text and cap_middle(DS_NAME) in text
+        assert "n" * 200 not in text and "d" * 200 not in text
