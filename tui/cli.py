@@ -337,7 +337,11 @@ def _vsphere_backend(args: argparse.Namespace) -> Backend:
         from ventana.backends.vsphere.credentials import from_keyring
         from ventana.backends.vsphere.session import ssl_context
 
-        check_host(config.host, config.port, ssl_context(config.ca_file, insecure=config.insecure))
+        trust = check_host(config.host, config.port,
+                           ssl_context(config.ca_file, insecure=config.insecure))
+        if not trust.verified:  # the explicit flag: say what is being trusted blindly
+            print(f"ventana: TLS verification OFF for {clean(host)}:{config.port}; its "
+                  f"certificate's SHA-256 fingerprint is {trust.fingerprint}", file=sys.stderr)
         password = from_keyring(config.user)
         if password is None and sys.stdin.isatty():
             password = getpass.getpass(f"Password for {config.user or 'the user'} on {host}: ")

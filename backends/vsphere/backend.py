@@ -465,10 +465,13 @@ class VSphereBackend(Backend):
         # Reach and certificate first (issue 12): an untrusted certificate ends
         # the stream before any login; an unreachable host is retried.
         try:
-            check_host(cfg.host, cfg.port, ssl_context(cfg.ca_file, insecure=cfg.insecure),
-                       timeout=cfg.http_timeout_s)
+            trust = check_host(cfg.host, cfg.port, ssl_context(cfg.ca_file, insecure=cfg.insecure),
+                               timeout=cfg.http_timeout_s)
         except Untrusted as exc:
             raise FatalError(str(exc)) from None
+        if not trust.verified:
+            log.warning("vSphere %s:%s: TLS verification OFF (explicit flag); certificate "
+                        "SHA-256 %s", cfg.host, cfg.port, trust.fingerprint)
         try:
             return Session(
                 cfg.host,

@@ -217,3 +217,17 @@ def test_probe_checks_the_certificate_before_its_prompt(
     err = capsys.readouterr().err
     assert code == 2 and asked == [] and "self-signed" in err and fingerprint(pem.der) in err
     assert not (tmp_path / "capture.jsonl").exists()
+
+
+async def test_insecure_flag_prompts_and_names_the_fingerprint_it_trusts_blindly(
+    tmp_path: Path, asked: _Prompts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pem = self_signed(tmp_path, "127.0.0.1")
+    with serve(pem) as server:
+        args = build_parser().parse_args(["--vsphere", f"127.0.0.1:{server.port}",
+                                          "--user", "u", "--insecure"])
+        backend = _vsphere_backend(args)
+    await backend.close()
+    err = capsys.readouterr().err
+    assert asked == ["Password for u on 127.0.0.1: "]
+    assert "TLS verification OFF" in err and fingerprint(pem.der) in err
