@@ -512,8 +512,9 @@ def time_base(rates: Iterable[float]) -> str:
     if not sims:
         return "wall clock"
     shown = ", ".join(f"×{r:g}" for r in sims)
-    mixed = " and real" if 1.0 in set(rates) else ""
-    return f"wall clock of a simulator run ({shown}{mixed})"
+    if 1.0 in set(rates):
+        return f"wall clock; some runs on a simulator ({shown})"
+    return f"wall clock of a simulator run ({shown})"
 
 
 def fmt_timed(seconds: float | None, line: DiskLine, which: int) -> str:

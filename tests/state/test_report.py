@@ -357,3 +357,11 @@ def test_times_say_their_time_base(tmp_path: Path) -> None:
     rows = {r[1]: r for r in csv.reader(io.StringIO(to_csv(report))) if r and r[0] == "vm_disks"}
     assert rows["sim-vm"][-1] == "wall clock of a simulator run (×60)"
     assert rows["app-01"][-1] == "wall clock"
+
+
+def test_time_base_words() -> None:
+    from ventana.state.report import time_base
+
+    assert time_base([1.0]) == time_base([]) == "wall clock"
+    assert time_base([60.0]) == "wall clock of a simulator run (×60)"
+    assert time_base([1.0, 60.0]) == "wall clock; some runs on a simulator (×60)"
