@@ -342,10 +342,12 @@ def _vsphere_backend(args: argparse.Namespace) -> Backend:
         if not trust.verified:  # the explicit flag: say what is being trusted blindly
             print(f"ventana: TLS verification OFF for {clean(host)}:{config.port}; its "
                   f"certificate's SHA-256 fingerprint is {trust.fingerprint}", file=sys.stderr)
-        password = from_keyring(config.user)
+        password, source = from_keyring(config.user), "the OS keyring"
         if password is None and sys.stdin.isatty():
             password = getpass.getpass(f"Password for {config.user or 'the user'} on {host}: ")
-    return VSphereBackend(config, password=password)
+            source = "the prompt"
+        return VSphereBackend(config, password=password, password_source=source)
+    return VSphereBackend(config)
 
 
 def _hyperv_first_contact(args: argparse.Namespace) -> None:

@@ -131,12 +131,15 @@ class VSphereBackend(Backend):
     name = "vsphere"
     platform = Platform.VSPHERE
 
-    def __init__(self, config: VSphereConfig, *, password: str | None = None) -> None:
-        """``password``: from a caller that prompted or asked a keyring; else resolved
-        from ``config.password_file`` or ``config.password_env`` when the stream starts."""
+    def __init__(self, config: VSphereConfig, *, password: str | None = None,
+                 password_source: str = "the caller") -> None:
+        """``password``: from a caller that prompted or asked a keyring (``password_source``
+        says which, for the link reason and the log); else resolved from
+        ``config.password_file`` or ``config.password_env`` when the stream starts."""
         super().__init__(f"vsphere://{config.host}:{config.port}", read_only=config.read_only)
         self.config = config
         self._password = password
+        self._password_source = password_source
         self._secret = password or ""
         self._worker = Worker()  # the stream's calls (WaitForUpdatesEx blocks it)
         self.action_worker = Worker()  # the executor's calls
@@ -451,8 +454,8 @@ class VSphereBackend(Backend):
     # -- connecting ------------------------------------------------------------
     def _resolve_password(self) -> str:
         if self._password is not None:
-            log.info("vSphere password supplied by the caller")
-            return "the caller"
+            log.info("vSphere password supplied by %s", self._password_source)
+            return self._password_source
         cfg = self.config
         value, source = resolve_password(secret_file=cfg.password_file, env_var=cfg.password_env)
         self._password = self._secret = value

@@ -192,17 +192,22 @@ async def test_vsphere_vcsim_certificate_checked_then_keyring_or_prompt_then_log
         finally:
             keyring.set_keyring(before)
         # ... and that password logs in.
+        links: list[ConnectionChanged] = []
         stream = backend.events()
         try:
             async with asyncio.timeout(40):
                 async for event in stream:
                     if isinstance(event, ConnectionChanged):
                         assert event.state is not LinkState.DISCONNECTED, event.reason
+                        links.append(event)
                         if event.state is LinkState.CONNECTED:
                             break
         finally:
             await backend.close()
             await stream.aclose()
+        assert links[0].state is LinkState.CONNECTING
+        assert "password from the OS keyring" in links[0].reason
+        assert links[-1].state is LinkState.CONNECTED
     finally:
         handle.stop()
 
