@@ -6,6 +6,10 @@ by a CA it was not given — before it sends anything else. The server only
 completes (or fails) handshakes and counts the bytes it receives after one:
 a refused client sends none. Certificates are built with ``cryptography``
 (self-signed) and ``trustme`` (CA-issued, with chosen names and validity).
+The server side is Python's own ``ssl`` server (docs.python.org/3/library/ssl.html,
+``SSLContext.wrap_socket(server_side=True)``): a real TLS 1.2/1.3 handshake, so the
+client's OpenSSL reports the same X509_V_ERR_* codes a vCenter or WinRM listener
+with such a certificate would cause.
 """
 
 from __future__ import annotations
