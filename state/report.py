@@ -8,6 +8,11 @@ LUN list), within an optional time range on each row's start time:
   rebuild time (rows whose action is ``rebuild``), and its final state. As in
   the campaign's own sheet, the VM-level times sit on the VM's first disk
   line; the final state is on every line.
+- **time base**: merge and rebuild times are the ``duration_s`` the console
+  that ran each action measured (wall clock). A row run on a simulator logs
+  its ``clock_rate`` (simulated seconds per wall second) in the plan; such
+  times are labelled and also given in the simulator's clock, which is what
+  the simulator's own "merged in …" outcome text uses.
 - **per LUN**: free space first seen and last seen in the range (from the
   plans, the outcomes and the recording's LUN updates).
 - **totals**: space recovered on the disks and gained on the LUNs, VMs per
@@ -109,6 +114,25 @@ class DiskLine:
     rebuild_s: float | None
     final_state: str | None
     first_of_vm: bool
+    #: The clock of the backend the merge/rebuild times come from: source seconds
+    #: per wall second, one value per rate seen (``(1.0,)``: a real cluster).
+    #: The times above are always wall clock, measured by the console that ran it.
+    clock_rates: tuple[float, ...] = (1.0,)
+
+    @property
+    def time_base(self) -> str:
+        """"wall clock", or how a simulator's faster clock relates to it."""
+        return time_base(self.clock_rates)
+
+    @property
+    def simulated_s(self) -> tuple[float | None, float | None]:
+        """(merge, rebuild) in the simulator's own clock — what its "merged in"
+        text said — when exactly one simulated rate applies; else (None, None)."""
+        if len(self.clock_rates) != 1 or self.clock_rates[0] == 1.0:
+            return None, None
+        rate = self.clock_rates[0]
+        return (None if self.merge_s is None else self.merge_s * rate,
+                None if self.rebuild_s is None else self.rebuild_s * rate)
 
     @property
     def recovered(self) -> int | None:
@@ -209,6 +233,7 @@ class _Vm:
     merge_started: datetime | None = None
     rebuild_s: float = 0.0
     rebuilds: int = 0
+    rates: set[float] = field(default_factory=set)  # clock_rate of the timed rows
     final: str | None = None
     final_at: tuple[datetime, int] | None = None
     final_why: str = ""
@@ -240,6 +265,15 @@ def _duration(row: LogRow, started: datetime) -> float | None:
         return float(row.duration_s)
     ended = _when(row.ended)
     return (ended - started).total_seconds() if ended else None
+
+
+def _rate(plan: dict[str, Any]) -> float:
+    """The backend's clock rate the runner logged with the intent (absent: a real clock)."""
+    try:
+        rate = float(plan.get("clock_rate") or 1.0)
+    except (TypeError, ValueError):
+        return 1.0
+    return rate if rate > 0 and rate == rate and rate != float("inf") else 1.0
 
 
 def _disks(value: Any) -> dict[str, tuple[str, int]]:
@@ -364,6 +398,8 @@ def build_report(
             if row.size_after is not None:
                 vm.total_after = row.size_after
         took = _duration(row, started) if row.ended else None
+        if row.action in (MERGE_ACTION, REBUILD_ACTION) and took is not None:
+            vm.rates.add(_rate(plan))
         if row.action == MERGE_ACTION and took is not None:
             vm.merge_s += took
             vm.merges += 1
@@ -416,6 +452,7 @@ def build_report(
                 merges=vm.merges if first else 0,
                 rebuild_s=vm.rebuild_s if first and vm.rebuilds else None,
                 final_state=vm.final, first_of_vm=first,
+                clock_rates=tuple(sorted(vm.rates)) or (1.0,),
             ))
 
     lun_lines = tuple(
@@ -469,6 +506,28 @@ def fmt_gb(n: int | None) -> str:
     return f"{n / GB:,.2f} GB"
 
 
+def time_base(rates: Iterable[float]) -> str:
+    """The time base of durations measured at these clock rates, in words."""
+    sims = sorted({r for r in rates if r != 1.0})
+    if not sims:
+        return "wall clock"
+    shown = ", ".join(f"×{r:g}" for r in sims)
+    if 1.0 in set(rates):
+        return f"wall clock; some runs on a simulator ({shown})"
+    return f"wall clock of a simulator run ({shown})"
+
+
+def fmt_timed(seconds: float | None, line: DiskLine, which: int) -> str:
+    """A report duration with its time base when it is not plain wall clock."""
+    text = fmt_duration(seconds)
+    if seconds is None or line.clock_rates == (1.0,):
+        return text
+    simulated = line.simulated_s[which]
+    if simulated is not None:
+        return f"{text} wall (simulated ×{line.clock_rates[0]:g}: {fmt_duration(simulated)})"
+    return f"{text} wall ({line.time_base})"
+
+
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -491,7 +550,8 @@ def _minutes(seconds: float | None) -> float | None:
 
 #: Column titles and the values of each table, shared by CSV and xlsx.
 VM_COLUMNS = ("vm", "disk", "lun", "size_before_gb", "size_after_gb", "recovered_gb",
-              "merge_started", "merge_minutes", "merges", "rebuild_minutes", "final_state")
+              "merge_started", "merge_minutes", "merges", "rebuild_minutes", "final_state",
+              "time_base")
 LUN_COLUMNS = ("lun", "lun_id", "total_gb", "free_before_gb", "free_after_gb", "gained_gb",
                "first_seen", "last_seen")
 TOTAL_COLUMNS = ("item", "value")
@@ -504,7 +564,8 @@ def table_rows(report: CampaignReport) -> dict[str, tuple[tuple[str, ...], list[
     vm_rows = [
         [d.vm, d.disk, d.lun, gb(d.size_before), gb(d.size_after), gb(d.recovered),
          _iso(d.merge_started), _minutes(d.merge_s), d.merges or None, _minutes(d.rebuild_s),
-         d.final_state or ""]
+         d.final_state or "",
+         d.time_base if d.first_of_vm and (d.merge_s, d.rebuild_s) != (None, None) else ""]
         for d in report.disks
     ]
     lun_rows = [
@@ -574,7 +635,9 @@ def to_markdown(report: CampaignReport, *, chart_width: int = 30) -> str:
     t = report.totals
     lines = ["# Campaign report", "",
              f"Range: {_range_text(report)}. Rows read: {report.rows_read}. "
-             "Sizes in GB (1 GB = 1024³ bytes); times in UTC.", ""]
+             "Sizes in GB (1 GB = 1024³ bytes); times in UTC. Merge and rebuild times are "
+             "wall-clock durations measured by the console that ran each action; a time from "
+             "a simulator, whose clock runs faster, is marked with its simulated duration.", ""]
     lines += ["## Per VM and disk", ""]
     if report.disks:
         lines += _md_table(
@@ -583,9 +646,9 @@ def to_markdown(report: CampaignReport, *, chart_width: int = 30) -> str:
             ([md_escape(d.vm), md_escape(d.disk), md_escape(d.lun) or "-",
               fmt_gb(d.size_before), fmt_gb(d.size_after), fmt_gb(d.recovered),
               fmt_time(d.merge_started) if d.first_of_vm else "",
-              (fmt_duration(d.merge_s) + (f" ({d.merges} runs)" if d.merges > 1 else ""))
+              (fmt_timed(d.merge_s, d, 0) + (f" ({d.merges} runs)" if d.merges > 1 else ""))
               if d.first_of_vm else "",
-              fmt_duration(d.rebuild_s) if d.first_of_vm else "",
+              fmt_timed(d.rebuild_s, d, 1) if d.first_of_vm else "",
               md_escape(d.final_state or "not set")]
              for d in report.disks),
             {3, 4, 5},

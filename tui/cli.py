@@ -325,15 +325,63 @@ def _vsphere_backend(args: argparse.Namespace) -> Backend:
         insecure=args.insecure, password_file=args.password_file,
         read_only=not args.read_write or args.read_only,
     )
+    from ventana.backends.credentials import real_keyring
+
     password = None
-    if args.password_file is None and not os.environ.get(DEFAULT_ENV) and sys.stdin.isatty():
-        password = getpass.getpass(f"Password for {config.user or 'the user'} on {host}: ")
-    return VSphereBackend(config, password=password)
+    if args.password_file is None and not os.environ.get(DEFAULT_ENV) and (
+        sys.stdin.isatty() or real_keyring()
+    ):
+        # Reach the host and verify its certificate before asking the keyring or
+        # the operator (issue 12): raises HostCheckError, and nobody is asked.
+        from ventana.backends.hostcheck import check_host
+        from ventana.backends.vsphere.credentials import from_keyring
+        from ventana.backends.vsphere.session import ssl_context
+
+        trust = check_host(config.host, config.port,
+                           ssl_context(config.ca_file, insecure=config.insecure))
+        if not trust.verified:  # the explicit flag: say what is being trusted blindly
+            print(f"ventana: TLS verification OFF for {clean(host)}:{config.port}; its "
+                  f"certificate's SHA-256 fingerprint is {trust.fingerprint}", file=sys.stderr)
+        password, source = from_keyring(config.user), "the OS keyring"
+        if password is None and sys.stdin.isatty():
+            password = getpass.getpass(f"Password for {config.user or 'the user'} on {host}: ")
+            source = "the prompt"
+        return VSphereBackend(config, password=password, password_source=source)
+    return VSphereBackend(config)
+
+
+def _hyperv_first_contact(args: argparse.Namespace) -> None:
+    """Reach the first Hyper-V host and verify its certificate as pypsrp will (the
+    certifi bundle unless --ca-file; the NAME is checked even when --resolve maps
+    it), before a keyring or the operator is asked. Raises HostCheckError."""
+    import ssl
+
+    import certifi
+
+    from ventana.backends.hostcheck import check_host
+    from ventana.tui.preflight import host_of
+
+    first = args.node[0] if args.node else str(args.hyperv)
+    name = host_of(first)
+    port = int(first.rsplit(":", 1)[1]) if first.count(":") == 1 else (args.winrm_port or 5986)
+    mapped = dict(r.split("=", 1) for r in args.resolve if "=" in r)
+    connect_to = None
+    if name in mapped:
+        to = mapped[name]
+        connect_to = (host_of(to), int(to.rsplit(":", 1)[1]) if to.count(":") == 1 else port)
+    context = ssl.create_default_context(
+        cafile=str(args.ca_file) if args.ca_file else certifi.where())
+    if args.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    check_host(name, port, context, connect_to=connect_to)
 
 
 def _hyperv_backend(args: argparse.Namespace) -> Backend:
     import getpass
+    import os
 
+    from ventana.backends.credentials import real_keyring
     from ventana.backends.hyperv import (
         Credential,
         CredentialError,
@@ -341,7 +389,12 @@ def _hyperv_backend(args: argparse.Namespace) -> Backend:
         HyperVConfig,
         resolve_password,
     )
+    from ventana.backends.hyperv.credentials import ENV_VAR
 
+    if args.password_file is None and not os.environ.get(ENV_VAR) and (
+        sys.stdin.isatty() or real_keyring()
+    ):
+        _hyperv_first_contact(args)  # before the keyring or the prompt (issue 12)
     try:
         credential = resolve_password(args.user, password_file=args.password_file)
     except CredentialError:
@@ -394,9 +447,11 @@ def _single_backend(args: argparse.Namespace, config: Config) -> tuple[Backend, 
         if not args.user:
             print("ventana: --hyperv needs --user DOMAIN\\user", file=sys.stderr)
             return 2
+        from ventana.backends.hostcheck import HostCheckError
+
         try:
             backend = _hyperv_backend(args)
-        except (CredentialError, ValueError, OSError) as exc:
+        except (CredentialError, HostCheckError, ValueError, OSError) as exc:
             print(f"ventana: {clean(str(exc))}", file=sys.stderr)
             return 2
         if backend.read_only:
@@ -406,9 +461,11 @@ def _single_backend(args: argparse.Namespace, config: Config) -> tuple[Backend, 
         if not args.user:
             print("ventana: --vsphere needs --user", file=sys.stderr)
             return 2
+        from ventana.backends.hostcheck import HostCheckError
+
         try:
             backend = _vsphere_backend(args)
-        except (ValueError, OSError) as exc:
+        except (HostCheckError, ValueError, OSError) as exc:
             print(f"ventana: {clean(str(exc))}", file=sys.stderr)
             return 2
         if backend.read_only:

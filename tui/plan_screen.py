@@ -10,7 +10,11 @@ The screen uses the terminal's whole height. The plan scrolls; beside the
 name box a pinned summary (action, VM, node, overrides, space after,
 estimate) stays in view at any size, and a confirmation is accepted only
 once the operator has seen the whole plan (it fits, or was scrolled to its
-end). The equivalent command wraps, never cut, and Ctrl+Y copies it. A
+end). The equivalent command wraps, never cut at the edge, and Ctrl+Y copies
+it. Long names (VM, node, volume, snapshots) are cut in the middle wherever
+the plan shows them — title, steps, findings, command, tables, pinned
+summary — so a 10,000-character name cannot push the plan off screen; the
+typed confirmation still needs the whole, real name. A
 wrong name is reported to the app (``NameMismatch``), which logs it as
 refused.
 """
@@ -38,7 +42,7 @@ from ventana.state.derived import human_bytes
 from ventana.state.model import Severity
 from ventana.state.plans import Plan
 
-from .fit import cap
+from .fit import cap_middle, shorten_names
 
 _SEVERITY_STYLE = {
     Severity.BLOCKING: "bold white on red",
@@ -65,9 +69,21 @@ SECOND_WORD = "DELETE"
 ACTION_TITLES = {spec.name: spec.heading for spec in actionspecs.specs() if spec.heading}
 
 
+def plan_names(plan: Plan) -> list[object]:
+    """Every untrusted name a plan's text may carry (VM, node, volume, snapshots)."""
+    facts = plan.facts
+    return [plan.target_name, facts.get("node"), plan.lun_name, facts.get("snapshot_name"),
+            *(item.get("name") for item in facts.get("checkpoint_list") or [])]
+
+
+def shown(plan: Plan, text: str) -> str:
+    """Plan text as the screen shows it: long names cut in the middle (fit.py)."""
+    return shorten_names(text, plan_names(plan))
+
+
 def plan_title(plan: Plan) -> Text:
     title = Text(ACTION_TITLES.get(plan.action, f"{plan.action} "), style="bold")
-    title.append(cap(plan.target_name), style="bold underline")
+    title.append(cap_middle(plan.target_name), style="bold underline")
     if plan.irreversible:
         title.append("  IRREVERSIBLE", style="bold red")
     return title
@@ -77,7 +93,7 @@ def plan_summary(plan: Plan, clock: str = "") -> Group:
     """The plan's body; ``clock`` names the time base of "Planned at" (e.g. simulated)."""
     steps = Text()
     for step in plan.steps:
-        steps.append(f" • {step}\n")
+        steps.append(f" • {shown(plan, step)}\n")
     facts = plan.facts
     space = Table.grid(padding=(0, 2))
     space.add_column(style="dim")
@@ -95,7 +111,7 @@ def plan_summary(plan: Plan, clock: str = "") -> Group:
             vm_line.append(f" · last stun {float(facts['last_stun_ms']) / 1000:.2f} s")
     space.add_row("VM", vm_line)
     if vsphere and facts.get("snapshot_name"):
-        space.add_row("Snapshot", Text(str(facts["snapshot_name"]), style="bold"))
+        space.add_row("Snapshot", Text(cap_middle(facts["snapshot_name"]), style="bold"))
     if vsphere and plan.action == "remove-snapshot":
         space.add_row("Children", Text("removed too" if facts.get("children")
                                        else "kept, re-parented to its parent"))
@@ -104,7 +120,7 @@ def plan_summary(plan: Plan, clock: str = "") -> Group:
                                       f"memory {'yes' if facts.get('memory') else 'no'}"))
         for key, label in (("pre_freeze", "Guest pre-freeze"), ("post_thaw", "Guest post-thaw")):
             if facts.get(key):
-                space.add_row(label, Text(str(facts[key]), style="italic"))
+                space.add_row(label, Text(shown(plan, str(facts[key])), style="italic"))
     if plan.action == "upgrade":
         space.add_row("Configuration version", Text(
             f"{facts.get('config_version') or '?'} → {facts.get('target_version') or '?'} "
@@ -126,10 +142,16 @@ def plan_summary(plan: Plan, clock: str = "") -> Group:
 
 
 def command_text(plan: Plan) -> Text:
-    """The equivalent command, whole: it wraps (long tokens fold), never cut."""
+    """The equivalent command: it wraps (long tokens fold), never cut at the edge; long
+    names in it are shortened like everywhere on the plan, and Ctrl+Y copies it whole."""
     text = Text("Equivalent command", style="dim")
-    text.append("  (Ctrl+Y copies it)\n", style="dim italic")
-    text.append(plan.command, style="italic")
+    command = shown(plan, plan.command)
+    if command != plan.command:
+        text.append("  (long names shortened with …; Ctrl+Y copies it whole)\n",
+                    style="dim italic")
+    else:
+        text.append("  (Ctrl+Y copies it)\n", style="dim italic")
+    text.append(command, style="italic")
     text.overflow = "fold"
     return text
 
@@ -146,9 +168,9 @@ def pinned_summary(plan: Plan, override: bool) -> Text:
     action = ACTION_TITLES.get(plan.action, f"{plan.action} ").strip().removesuffix(" of")
     text.append(action.removesuffix(" the VM"), style="bold")
     text.append(" · VM ")
-    text.append(cap(plan.target_name, 40), style="bold reverse")
+    text.append(cap_middle(plan.target_name, 40), style="bold reverse")
     text.append(f" · {'host' if facts.get('platform') == 'vsphere' else 'node'} ")
-    text.append(cap(facts.get("node") or "?", 30))
+    text.append(cap_middle(facts.get("node") or "?", 30))
     if plan.irreversible:
         text.append("  IRREVERSIBLE", style="bold red")
     text.append("\nOverrides: ")
@@ -167,7 +189,7 @@ def pinned_summary(plan: Plan, override: bool) -> Text:
         text.append(human_bytes(plan.free_after_worst))
         if plan.free_after_best not in (None, plan.free_after_worst):
             text.append(f" – {human_bytes(plan.free_after_best)}")
-        text.append(f" free on {cap(plan.lun_name or '?', 30)}")
+        text.append(f" free on {cap_middle(plan.lun_name or '?', 30)}")
     text.append(" · Estimate: ")
     if plan.estimate is None:
         text.append("n/a")
@@ -180,7 +202,8 @@ def pinned_summary(plan: Plan, override: bool) -> Text:
 def _space_rows(space: Table, plan: Plan) -> None:
     facts = plan.facts
     vsphere = facts.get("platform") == "vsphere"
-    space.add_row("Datastore" if vsphere else "Volume", Text(plan.lun_name or "?", style="bold"))
+    space.add_row("Datastore" if vsphere else "Volume",
+                  Text(cap_middle(plan.lun_name or "?"), style="bold"))
     space.add_row("Free now", Text(human_bytes(plan.free_now)))
     needed = Text(human_bytes(plan.space_needed))
     if facts.get("reserved_by_running_merges"):
@@ -206,24 +229,27 @@ def _chain_table(listed: list[dict[str, object]]) -> Table:
     chain = Table(box=None, padding=(0, 1), show_header=True, header_style="dim")
     for label, justify in (("Checkpoint", "left"), ("Kind", "left"), ("Created", "left"),
                            ("Size", "right")):
-        chain.add_column(label, justify=justify)  # type: ignore[arg-type]
+        # fold, never crop: a cell shows all of its (already shortened) text
+        chain.add_column(label, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for item in listed:  # every one: the operator reads the whole plan before confirming
-        chain.add_row(Text(cap(item["name"])), Text(str(item["kind"])),
+        chain.add_row(Text(cap_middle(item["name"])), Text(str(item["kind"])),
                       Text(str(item["created"])[:16].replace("T", " ")),
                       Text(human_bytes(item["size"])))  # type: ignore[arg-type]
     return chain
 
 
 def _files_table(plan: Plan, files: list[dict[str, object]]) -> Table:
-    """Every file the action deletes or compacts, with its size (never truncated)."""
+    """Every file the action deletes or compacts, with its size (each listed; a long
+    name inside a path is cut in the middle like the rest of the plan)."""
     deleting = plan.action == "delete"
     table = Table(box=None, padding=(0, 1), show_header=True, header_style="dim",
                   title=Text("Files deleted" if deleting else "Disks compacted", style="bold"),
                   title_justify="left")
-    table.add_column("File")
+    table.add_column("File", overflow="fold")
     table.add_column("Size", justify="right")
-    for item in files:
-        table.add_row(Text(str(item["path"])), Text(human_bytes(item["size"])))  # type: ignore[arg-type]
+    for item in files:  # every file; a long VM name inside a path shortened as elsewhere
+        table.add_row(Text(shown(plan, str(item["path"]))),
+                      Text(human_bytes(item["size"])))  # type: ignore[arg-type]
     total = sum(int(item["size"]) for item in files)  # type: ignore[call-overload]
     table.add_row(Text(f"{len(files)} file(s)", style="bold"),
                   Text(human_bytes(total), style="bold"))
@@ -237,7 +263,7 @@ def findings_text(plan: Plan) -> Text:
     for f in plan.findings:
         text.append(f" {f.severity.value.upper()} ", style=_SEVERITY_STYLE[f.severity])
         text.append(f" {f.code}  ", style="bold")
-        text.append(f"{f.message}\n")
+        text.append(f"{shown(plan, f.message)}\n")
     return text
 
 
@@ -357,14 +383,14 @@ class PlanScreen(SeenTracker, ModalScreen[Confirmation | None]):
                 with Horizontal(id="plan-name-row"):
                     yield Static(Text("Type the VM name to confirm ▸ ", style="bold"),
                                  id="plan-prompt")
-                    yield Input(placeholder=cap(plan.target_name, 40), id="confirm-name",
+                    yield Input(placeholder=cap_middle(plan.target_name, 40), id="confirm-name",
                                 disabled=self.read_only, compact=True)
                 if plan.double_confirm:
                     files = plan.facts.get("files") or []
                     second = Text("Second confirmation — this cannot be undone. Type ",
                                   style="bold red")
                     second.append(SECOND_WORD, style="bold reverse")
-                    second.append(f" to {plan.action} {cap(plan.target_name, 40)} and its "
+                    second.append(f" to {plan.action} {cap_middle(plan.target_name, 40)} and its "
                                   f"{len(files)} file(s), {human_bytes(plan.size_before)}:",
                                   style="bold red")
                     yield Static(second, id="plan-second-prompt")

@@ -35,14 +35,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     host, _, port = (str(args.vsphere).rpartition(":") if ":" in args.vsphere
                      else (args.vsphere, "", "443"))
+    from ventana.backends.hostcheck import HostCheckError, check_host
+    from ventana.backends.vsphere.session import ssl_context
+
     try:
         if args.password_file is None and not os.environ.get(DEFAULT_ENV) and sys.stdin.isatty():
+            # Reach and certificate before the prompt (issue 12), as the console does.
+            check_host(host, int(port), ssl_context(args.ca_file, insecure=args.insecure))
             password = getpass.getpass(f"Password for {args.user} on {host}: ")
         else:
             password, _ = resolve_password(secret_file=args.password_file, env_var=DEFAULT_ENV)
         result = probe(host, int(port), args.user, password, args.out, ca_file=args.ca_file,
                        insecure=args.insecure, anonymize=args.anonymize, wait_s=args.wait)
-    except CredentialError as exc:
+    except (CredentialError, HostCheckError) as exc:
         print(f"ventana: {clean(str(exc))}", file=sys.stderr)
         return 2
     except Exception as exc:

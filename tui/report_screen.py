@@ -26,9 +26,9 @@ from ventana.state.report import (
     CampaignReport,
     LunLine,
     build_report,
-    fmt_duration,
     fmt_gb,
     fmt_time,
+    fmt_timed,
 )
 from ventana.state.sanitize import clean
 
@@ -166,7 +166,7 @@ class ReportScreen(ModalScreen[None]):
         self._title(
             f"Campaign report — {t.vms} VMs, {t.disks} disks, {fmt_gb(t.recovered)} recovered "
             f"on disks, LUN free space {'+' if t.lun_gained > 0 else ''}{fmt_gb(t.lun_gained)}; "
-            f"{len(report.pending)} pending · r refresh · Esc close"
+            f"{len(report.pending)} pending · times: wall clock · r refresh · Esc close"
         )
         _table(
             self.query_one("#report-vms", DataTable),
@@ -177,9 +177,9 @@ class ReportScreen(ModalScreen[None]):
               Text(fmt_gb(d.size_after)),
               Text(fmt_gb(d.recovered)),
               Text(fmt_time(d.merge_started) if d.first_of_vm else ""),
-              Text((fmt_duration(d.merge_s) + (f" ×{d.merges}" if d.merges > 1 else ""))
+              Text((fmt_timed(d.merge_s, d, 0) + (f" ({d.merges} runs)" if d.merges > 1 else ""))
                    if d.first_of_vm else ""),
-              Text(fmt_duration(d.rebuild_s) if d.first_of_vm else ""),
+              Text(fmt_timed(d.rebuild_s, d, 1) if d.first_of_vm else ""),
               Text(d.final_state or "not set", style=_STATE_STYLE.get(d.final_state or "", "dim")))
              for d in report.disks],
             right=(3, 4, 5),

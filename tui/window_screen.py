@@ -33,8 +33,15 @@ from ventana.state.plans import Plan
 from ventana.state.sanitize import clean
 from ventana.state.window import ItemProjection, Projection
 
-from .fit import cap
-from .plan_screen import SEEN_BINDINGS, PlanBody, SeenTracker, findings_text, plan_title
+from .fit import cap, cap_middle
+from .plan_screen import (
+    SEEN_BINDINGS,
+    PlanBody,
+    SeenTracker,
+    findings_text,
+    plan_title,
+)
+from .plan_screen import shown as plan_text
 
 _STATUS_STYLE = {
     "queued": "",
@@ -182,7 +189,8 @@ class WindowConfirmScreen(SeenTracker, ModalScreen[RunChoice | None]):
         with Vertical(id="plan-dialog"):
             with PlanBody(id="plan-body"):
                 yield Static(Text(f"Run {len(self.plans)} queued action(s) of the window "
-                                  f"{self.window_name!r}", style="bold"), id="plan-title")
+                                  f"'{cap_middle(self.window_name)}'", style="bold"),
+                             id="plan-title")
                 for n, plan in enumerate(self.plans, start=1):
                     head = Text(f"\n{n}. ")
                     head.append_text(plan_title(plan))
@@ -191,9 +199,10 @@ class WindowConfirmScreen(SeenTracker, ModalScreen[RunChoice | None]):
                         parts.append(Text("   Blocked now: skipped at its turn unless this has "
                                           "cleared (no override from a queue).",
                                           style="bold red"))
-                    parts.append(Text(f"   {plan.lun_name or '?'} · "
+                    # Long names shortened as on the plan screen (issue 12).
+                    parts.append(Text(f"   {cap_middle(plan.lun_name or '?')} · "
                                       f"{plan.estimate.text() if plan.estimate else 'no estimate'}"
-                                      f"\n   {plan.command}", style="dim"))
+                                      f"\n   {plan_text(plan, plan.command)}", style="dim"))
                     yield Static(Group(*parts))
                 yield Static(Text(
                     "Each item is re-planned at its start; one blocked then (or whose plan "

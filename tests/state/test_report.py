@@ -331,3 +331,37 @@ async def test_a_later_ok_run_takes_an_unknown_one_off_the_pending_list(tmp_path
         until = parse_time(ok_row.started) - timedelta(microseconds=1)
         early = build_report(ActionLog.open(db).rows(), until=until)
         assert {p.vm for p in early.pending} == {first.name, other.name}
+
+
+def test_times_say_their_time_base(tmp_path: Path) -> None:
+    """A simulator's merge (clock 60 times wall time) is labelled and also given in the simulator's
+    clock — the "merged in 12 h 16 min" its outcome said — beside a real one."""
+    raw = next(json.loads(line) for line in LOG.read_text().splitlines()
+               if json.loads(line)["action"] == "merge")
+    plan = json.loads(raw["plan"])
+    with ActionLog.open(load_log(tmp_path / "a.db")) as log:
+        log.db.table("actions").insert({
+            **raw, "id": 300, "target_object": "vm:sim", "target_name": "sim-vm",
+            "task_id": "merge-sim", "duration_s": 736.3,
+            "plan": json.dumps({**plan, "clock_rate": 60.0})})
+        report = build_report(log.rows())
+    [sim] = [d for d in report.disks if d.vm == "sim-vm"]
+    [real] = [d for d in report.disks if d.vm == "app-01"]
+    assert real.time_base == "wall clock" and sim.time_base == (
+        "wall clock of a simulator run (×60)")
+    assert sim.simulated_s[0] == pytest.approx(736.3 * 60)
+    md = to_markdown(report)
+    assert "| 12 min wall (simulated ×60: 12 h 16 min) |" in md
+    assert "| 4 h 00 min | 10 min |" in md  # a real cluster's times stay as they were
+    assert "wall-clock durations measured by the console that ran each action" in md
+    rows = {r[1]: r for r in csv.reader(io.StringIO(to_csv(report))) if r and r[0] == "vm_disks"}
+    assert rows["sim-vm"][-1] == "wall clock of a simulator run (×60)"
+    assert rows["app-01"][-1] == "wall clock"
+
+
+def test_time_base_words() -> None:
+    from ventana.state.report import time_base
+
+    assert time_base([1.0]) == time_base([]) == "wall clock"
+    assert time_base([60.0]) == "wall clock of a simulator run (×60)"
+    assert time_base([1.0, 60.0]) == "wall clock; some runs on a simulator (×60)"

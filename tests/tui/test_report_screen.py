@@ -67,6 +67,8 @@ async def test_a_merge_shows_in_the_report_with_its_lun_before_and_after(tmp_pat
         vms = cells(screen.query_one("#report-vms", DataTable))
         assert [r[0] for r in vms] == [vm.name] * len(vm.disk_ids)
         assert vms[0][-1] == "Operational" and vms[0][7] != "-"
+        # The simulator's clock runs 1e6 times faster: the wall time is labelled as such (issue 12).
+        assert "wall (simulated ×1e+06: " in vms[0][7]
         luns = cells(screen.query_one("#report-lun-table", DataTable))
         assert len(luns) == len(list(app.store.luns()))  # every LUN the console sees
         console = Console(width=160, record=True, file=io.StringIO())
