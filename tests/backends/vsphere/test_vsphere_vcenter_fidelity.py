@@ -128,8 +128,8 @@ async def test_layout_ex_is_refreshed_after_a_snapshot_change(vcsim: VcsimHandle
         vm = vm_by_name(store, "DC0_C0_H0_VM2")
         first = await snapshot_via(other, vm.id, "grows")
         await s.until(lambda: store.get(Kind.CHECKPOINT, first), 10, "snapshot seen")
-        await s.until(lambda: store.get(Kind.CHECKPOINT, first).disk_path.endswith(".vmsn"), 10,
-                      "its state file, from a refreshed layoutEx (never pushed)")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, first).disk_path.endswith(
+            "disk1-000001.vmdk"), 10, "the delta it made, from a refreshed layoutEx (never pushed)")
         # The state file grows on the datastore; vCenter pushes nothing for it.
         snapshot_file(vcsim, vm.name, 1).write_bytes(b"\0" * (3 << 20))
         await snapshot_via(other, vm.id, "next")  # a snapshot change: refresh again
@@ -391,7 +391,8 @@ async def test_layout_ex_is_refreshed_after_a_storage_vmotion(vcsim: VcsimHandle
         vm = vm_by_name(store, "DC1_C0_H1_VM2")
         snap = await snapshot_via(other, vm.id, "before-move")
         await s.until(lambda: store.get(Kind.CHECKPOINT, snap) is not None and store.get(
-            Kind.CHECKPOINT, snap).disk_path.endswith(".vmsn"), 10, "snapshot and its layout")
+            Kind.CHECKPOINT, snap).disk_path.endswith("-000001.vmdk"), 10,
+            "snapshot and its layout")
         # Settled: no refresh under way, none asked for by a late snapshot push.
         for _ in range(3):
             await s.until(lambda: vm.id not in s.backend._refreshing, 10, "no refresh")
