@@ -261,8 +261,20 @@ def _merge_bytes(c: Checkpoint) -> int:
 def _delta_luns(store: Store, vm: VM, snapshots: Iterable[Checkpoint]) -> dict[str, int]:
     """Bytes of the snapshots' delta files per datastore id, from their file paths
     (a delta lives where its path says — not necessarily on the VM's home)."""
-    by_path = {d.path: d.lun_id for d in store.disks_of(vm.id) if d.lun_id}
+    snapshots = list(snapshots)
+    disks = store.disks_of(vm.id)
+    by_path = {d.path: d.lun_id for d in disks if d.lun_id}
     out: dict[str, int] = {}
+    if {c.id for c in snapshots} == {c.id for c in store.checkpoints_of(vm.id)}:
+        # Every snapshot goes: every delta disk is merged, each into its parent on the
+        # datastore its own path names (a VM's disks may live on several datastores;
+        # a snapshot's ``disk_path`` names only its first disk's delta).
+        for d in disks:
+            if d.parent_path and d.lun_id:
+                out[d.lun_id] = out.get(d.lun_id, 0) + d.size_bytes
+        if sum(out.values()):
+            return out
+        out.clear()
     for c in snapshots:
         lun_id = by_path.get(c.disk_path) or vm.lun_id
         out[lun_id] = out.get(lun_id, 0) + _merge_bytes(c)
