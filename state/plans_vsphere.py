@@ -422,8 +422,11 @@ def plan_remove_snapshot(
         (f"Its {len(kids)} child snapshot(s) stay and are re-parented"
          if kids and not children else "No other snapshot changes"),
     )
+    # By moref, as PowerCLI's -Id below: govc resolves a snapshot by its moref as well as
+    # by name or tree path (govmomi object.VirtualMachine.FindSnapshot); names need not
+    # be unique, may hold "/" (a tree path to govc), and may be reported escaped.
     govc = (f"govc snapshot.remove{' -r' if children else ''} -vm {sh_quote(vm.name)} "
-            f"{sh_quote(chosen.name)}")
+            f"{sh_quote(chosen.id)}")
     powercli = (f"Get-Snapshot -VM (Get-VM -Name {ps_quote(vm.name)}) -Id "
                 f"{ps_quote('VirtualMachineSnapshot-' + chosen.id)} | Remove-Snapshot"
                 f"{' -RemoveChildren' if children else ''} -Confirm:$false")

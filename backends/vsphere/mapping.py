@@ -45,6 +45,7 @@ from ventana.state.model import (
     TaskState,
     VirtualDisk,
 )
+from ventana.state.vsphere_names import unescape
 
 from ..coerce import EPOCH, aware_utc
 
@@ -112,8 +113,6 @@ class Lookup:
     datastore_name: Callable[[str], str] = lambda _moid: ""  # moref -> name
 
 
-_NAME_ESCAPES = re.compile(r"%(2[fF]|5[cC]|25)")
-_UNESCAPED = {"2f": "/", "5c": "\\", "25": "%"}
 
 
 def entity_name(props: Props, fallback: str) -> str:
@@ -126,7 +125,7 @@ def entity_name(props: Props, fallback: str) -> str:
     raw = str(props.get("name") or "")
     if not raw:
         return fallback
-    return _NAME_ESCAPES.sub(lambda m: _UNESCAPED[m.group(1).lower()], raw)
+    return unescape(raw)
 
 
 def cluster_entity(cr_id: str, props: Props) -> Cluster:
@@ -488,7 +487,8 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
     current_id = moid(getattr(info, "currentSnapshot", None)) if info is not None else ""
     for tree, parent_id in _walk(getattr(info, "rootSnapshotList", None) or (), None):
         snap_id = moid(tree.snapshot)
-        name = str(tree.name or "")
+        # Shown as typed: a vSphere-Client-made name arrives escaped (state.vsphere_names).
+        name = unescape(str(tree.name or ""))
         kind = (
             CheckpointKind.BACKUP
             if is_backup_snapshot(name, str(tree.description or ""))
