@@ -54,6 +54,7 @@ from .credentials import DEFAULT_ENV, CredentialError, resolve_password
 from .mapping import (
     Lookup,
     cluster_entity,
+    frozen_files,
     lun_entity,
     moid,
     node_entity,
@@ -151,6 +152,8 @@ class VSphereBackend(Backend):
         self._cache: dict[ObjKey, dict[str, Any]] = {}
         self._emitted: dict[ObjKey, dict[Key, Entity]] = {}
         self._owned: set[str] = set()  # vSphere tasks an action of ours started
+        self._frozen_of: dict[str, frozenset[str]] = {}  # VM id -> disk files its snapshots froze
+        self._frozen_index: dict[str, set[str]] = {}  # disk file -> VMs whose snapshots froze it
         # The SSH side channel (backends/ssh): stun watcher and guest shells.
         self._stun: dict[str, tuple[float, Any]] = {}  # VM id -> (ms, when)
         self.side_channels: list[Any] = []  # start() / close(), run beside the stream
@@ -562,8 +565,11 @@ class VSphereBackend(Backend):
                     if k[0] == DS_T and p.get("name")}
         name_count = Counter(ds_names.values())
         ds_by_name = {n: oid for oid, n in ds_names.items() if name_count[n] == 1}
+        frozen_by = self._index_frozen(touched)
         look = Lookup(datastore_by_name=lambda name: ds_by_name.get(name, ""),
-                      datastore_name=lambda oid: ds_names.get(oid, ""))
+                      datastore_name=lambda oid: ds_names.get(oid, ""),
+                      frozen_elsewhere=lambda vm, name: next(
+                          (o for o in frozen_by.get(name, ()) if o != vm), ""))
         vm_count = Counter(moid(p.get("runtime.host")) for k, p in cache.items() if k[0] == VM_T)
 
         order = {CR_T: 0, HOST_T: 1, DS_T: 2, VM_T: 3, TASK_T: 4}
@@ -596,6 +602,28 @@ class VSphereBackend(Backend):
                     new[0] = dataclasses.replace(new[0], last_stun_ms=ms, stun_at=at)  # type: ignore[type-var]
             events.extend(self._diff(key, new))
         return events
+
+    def _index_frozen(self, touched: set[ObjKey]) -> dict[str, set[str]]:
+        """Disk file -> the VMs whose snapshots froze it (kept up to date for the VMs
+        an update touched): a linked clone's source disks are the source's."""
+        index = self._frozen_index
+        for key in touched:
+            if key[0] != VM_T:
+                continue
+            props = self._cache.get(key)
+            new = frozen_files(props.get("layoutEx")) if props is not None else frozenset()
+            old = self._frozen_of.pop(key[1], frozenset())
+            for name in old - new:
+                owners = index.get(name)
+                if owners is not None:
+                    owners.discard(key[1])
+                    if not owners:
+                        del index[name]
+            for name in new - old:
+                index.setdefault(name, set()).add(key[1])
+            if new:
+                self._frozen_of[key[1]] = new
+        return index
 
     @staticmethod
     def _task_gone(entities: dict[Key, Entity]) -> list[Event]:

@@ -119,6 +119,26 @@ def test_a_normal_vm_running_on_a_delta_keeps_its_base() -> None:
     assert disks[f"{CLONE}/gold.vmdk"].size_bytes == 500 + 300 * GB
 
 
+def test_disks_another_vms_snapshot_froze_are_that_vms_wherever_they_lie() -> None:
+    """A linked clone placed in its source's own directory: the directory rule cannot
+    tell its base from its own disk; the source's snapshot, which froze the base (the
+    clone was made from it), can."""
+    props = clone_props()
+    for x in props["layoutEx"].file:  # the clone's files beside the source's
+        x.name = x.name.replace(CLONE, SRC)
+    frozen = {f"{SRC}/gold.vmdk", f"{SRC}/gold-000001.vmdk"}  # the source's snapshot's chain
+    look = Lookup(lambda name: "datastore-1",
+                  frozen_elsewhere=lambda vm, name: "vm-1" if name in frozen else "")
+    disks = {d.path: d for d in vm_entities("vm-7", props, "domain-c1", look)
+             if isinstance(d, VirtualDisk)}
+    assert disks[f"{SRC}/gold.vmdk"].size_bytes == 0
+    assert disks[f"{SRC}/gold-000001.vmdk"].size_bytes == 0
+    assert disks[f"{SRC}/web-07-000001.vmdk"].size_bytes == 500 + 40 * GB
+    # Without that knowledge (the source out of view) the files count as the VM's own.
+    disks = {d.path: d for d in entities(props) if isinstance(d, VirtualDisk)}
+    assert disks[f"{SRC}/gold.vmdk"].size_bytes == 500 + 300 * GB
+
+
 def store_with(props: dict) -> Store:
     store = Store()
     store.apply_many([
@@ -199,6 +219,9 @@ async def test_a_linked_clone_through_vcsim(vcsim: VcsimHandle) -> None:
                                    if d.path == base.path).size_bytes >= 1 << 20, 10,
                       "the source's 1 MiB, on the source")
         assert base.size_bytes == 0  # not on the clone
+        # ... because the source's snapshot froze it (the published sign), not only
+        # because it lies in another directory.
+        assert s.backend._index_frozen(set()).get(base.path) == {gold.id}
         assert clone.disk_ids == (base.id,)  # the chain's base, as for any VM
     finally:
         await s.close()
