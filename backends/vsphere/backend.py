@@ -401,6 +401,10 @@ class VSphereBackend(Backend):
         pending: asyncio.Future[list[ObjectUpdate] | None] | None = None
         try:
             while not self._closed:
+                # Cleared before draining: an event queued while one is handed out
+                # (the consumer may take its time) or during the keepalive sets the
+                # kick again and is sent next, not after the pending wait (<= wait_s).
+                self._kick.clear()
                 for event in self._drain():
                     yield event
                 if pending is None:
@@ -408,7 +412,6 @@ class VSphereBackend(Backend):
                         await self._worker.call(session.keep_alive)
                         last_keepalive = time.monotonic()
                     pending = asyncio.ensure_future(self._worker.call(session.wait, cfg.wait_s))
-                self._kick.clear()
                 kick = asyncio.ensure_future(self._kick.wait())
                 try:
                     await asyncio.wait({pending, kick}, return_when=asyncio.FIRST_COMPLETED)
@@ -489,12 +492,12 @@ class VSphereBackend(Backend):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
         while not self._closed:
+            self._kick.clear()  # before draining, as in _follow: no queued event waits
             for event in self._drain():
                 yield event
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            self._kick.clear()
             waiters = {
                 asyncio.ensure_future(self._wake.wait()),
                 asyncio.ensure_future(self._kick.wait()),
