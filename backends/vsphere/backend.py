@@ -336,7 +336,8 @@ class VSphereBackend(Backend):
                     self._session = session
                     objects = await self._worker.call(session.read_all, cfg.page_size)
                     self.reads += 1
-                    for event in self._apply(objects, full=True):
+                    self._out.extend(self._apply(objects, full=True))  # in order, as in _follow
+                    for event in self._drain():
                         yield event
                     yield ConnectionChanged(src, LinkState.CONNECTED, note.lstrip(" —"))
                     self._connected = True
@@ -424,7 +425,12 @@ class VSphereBackend(Backend):
                 if self._closed:
                     return
                 if updates:
-                    for event in self._apply(updates):
+                    # Behind what is already queued, never ahead of it: a storage re-read
+                    # (apply_read) mapped the view before these updates, and its events,
+                    # sent after theirs, would bring back what they removed (a removed
+                    # snapshot reappeared). One queue, in the order the view changed.
+                    self._out.extend(self._apply(updates))
+                    for event in self._drain():
                         yield event
                     for upd in updates:
                         if upd.type_name == "VirtualMachine" and upd.kind == "modify" and any(

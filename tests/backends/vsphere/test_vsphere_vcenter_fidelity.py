@@ -488,3 +488,84 @@ async def test_an_event_queued_while_the_stream_hands_one_out_is_not_held_for_a_
         await backend.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.timeout(60)
+async def test_a_storage_reread_queued_before_a_removal_never_brings_the_snapshots_back(
+    vcsim: VcsimHandle, other, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An action's storage re-read (``apply_read``: RefreshStorageInfo, layoutEx) maps
+    the VM from the view as it is then and queues the result; the removal's
+    ``snapshot`` change arrives from the update feed at the same moment. The queued
+    result (the snapshots, still in the view when it was mapped) must reach the
+    consumer before the removal, never after it: else the snapshots come back into
+    the store and stay (CI once: test_multi_vsphere, checkpoints held 20 s after a
+    successful remove-all)."""
+    import copy
+
+    loop = asyncio.get_running_loop()
+    real_wait = Session.wait
+    target: dict[str, object] = {}
+
+    def stale_reread() -> None:
+        # What the executor's re-read maps while the removal is not yet applied:
+        # the same layout, its files one byte larger (a changed snapshot size).
+        backend: VSphereBackend = target["backend"]  # type: ignore[assignment]
+        vm_id = str(target["vm"])
+        layout = copy.deepcopy((backend.cached("vm", vm_id) or {}).get("layoutEx"))
+        for f in layout.file:
+            f.size = int(f.size or 0) + 1
+        backend.apply_read("VirtualMachine", vm_id, {"layoutEx": layout}, ["layoutEx"])
+
+    def wait(self: Session, max_wait_s: int):  # the feed's worker thread
+        updates = real_wait(self, max_wait_s)
+        if updates and any(u.moid == target.get("vm") and "snapshot" in u.removed
+                           for u in updates):
+            target["raced"] = True
+            loop.call_soon_threadsafe(stale_reread)  # runs before the feed's result
+        return updates
+
+    monkeypatch.setattr(Session, "wait", wait)
+    from ventana.state.events import TaskProgress
+    from ventana.state.store import Store
+
+    backend = VSphereBackend(config_for(vcsim, read_only=False, wait_s=30),
+                             password=vcsim.password)
+    target["backend"] = backend
+    store = Store()
+    connected = asyncio.Event()
+
+    async def consume() -> None:  # a consumer that is sometimes busy with an event
+        async for event in backend.events():
+            store.apply(event)
+            if getattr(event, "state", None) is LinkState.CONNECTED:
+                connected.set()
+            if isinstance(event, TaskProgress) and event.message == "hold":
+                await asyncio.sleep(3.0)
+
+    async def until(pred, what: str) -> None:
+        async with asyncio.timeout(10):
+            while not pred():
+                await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(consume())
+    try:
+        await asyncio.wait_for(connected.wait(), 15)
+        vm = next(v for v in store.vms() if v.name == "DC0_C0_H1_VM3")
+        snap = await snapshot_via(other, vm.id, "to-remove")
+        await until(lambda: store.get(Kind.CHECKPOINT, snap) is not None, "snapshot")
+        await asyncio.sleep(1.0)  # its storage refresh is over
+        target["vm"] = vm.id
+        # The consumer is busy with an event while the removal arrives from the feed
+        # and the executor's re-read of the VM is queued.
+        backend.emit(TaskProgress("t-1", 1.0, "hold"))
+        ref = vim.VirtualMachine(vm.id, other._stub)
+        await asyncio.to_thread(WaitForTask, ref.RemoveAllSnapshots_Task())
+        await until(lambda: target.get("raced") and store.get(Kind.CHECKPOINT, snap) is None,
+                    "removed")
+        await asyncio.sleep(3.5)  # the consumer is free again; anything queued has gone out
+        assert store.get(Kind.CHECKPOINT, snap) is None, "the snapshot came back"
+    finally:
+        await backend.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
