@@ -261,8 +261,20 @@ def _merge_bytes(c: Checkpoint) -> int:
 def _delta_luns(store: Store, vm: VM, snapshots: Iterable[Checkpoint]) -> dict[str, int]:
     """Bytes of the snapshots' delta files per datastore id, from their file paths
     (a delta lives where its path says — not necessarily on the VM's home)."""
-    by_path = {d.path: d.lun_id for d in store.disks_of(vm.id) if d.lun_id}
+    snapshots = list(snapshots)
+    disks = store.disks_of(vm.id)
+    by_path = {d.path: d.lun_id for d in disks if d.lun_id}
     out: dict[str, int] = {}
+    if {c.id for c in snapshots} == {c.id for c in store.checkpoints_of(vm.id)}:
+        # Every snapshot goes: every delta disk is merged, each into its parent on the
+        # datastore its own path names (a VM's disks may live on several datastores;
+        # a snapshot's ``disk_path`` names only its first disk's delta).
+        for d in disks:
+            if d.parent_path and d.lun_id:
+                out[d.lun_id] = out.get(d.lun_id, 0) + d.size_bytes
+        if sum(out.values()):
+            return out
+        out.clear()
     for c in snapshots:
         lun_id = by_path.get(c.disk_path) or vm.lun_id
         out[lun_id] = out.get(lun_id, 0) + _merge_bytes(c)
@@ -410,8 +422,11 @@ def plan_remove_snapshot(
         (f"Its {len(kids)} child snapshot(s) stay and are re-parented"
          if kids and not children else "No other snapshot changes"),
     )
+    # By moref, as PowerCLI's -Id below: govc resolves a snapshot by its moref as well as
+    # by name or tree path (govmomi object.VirtualMachine.FindSnapshot); names need not
+    # be unique, may hold "/" (a tree path to govc), and may be reported escaped.
     govc = (f"govc snapshot.remove{' -r' if children else ''} -vm {sh_quote(vm.name)} "
-            f"{sh_quote(chosen.name)}")
+            f"{sh_quote(chosen.id)}")
     powercli = (f"Get-Snapshot -VM (Get-VM -Name {ps_quote(vm.name)}) -Id "
                 f"{ps_quote('VirtualMachineSnapshot-' + chosen.id)} | Remove-Snapshot"
                 f"{' -RemoveChildren' if children else ''} -Confirm:$false")

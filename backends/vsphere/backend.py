@@ -18,10 +18,7 @@ Failures never end the stream except where retrying cannot help:
   ``DISCONNECTED`` with the reason (retrying a wrong password risks a
   lockout; an unknown certificate needs the operator).
 
-The password never appears in an event: reasons are scrubbed of it. Every
-login first reaches the host and verifies its certificate
-(:mod:`ventana.backends.hostcheck`); an untrusted certificate ends the stream
-with host, port, the problem and the fingerprint before any login is sent.
+The password never appears in an event: reasons are scrubbed of it.
 
 Read-only by default (``VSphereConfig.read_only``): ``executor()`` is then
 refused by the base class before anything reaches the server. A writable
@@ -53,18 +50,18 @@ from ventana.state.events import ConnectionChanged, Event, LinkState, Remove, Up
 from ventana.state.model import Entity, Key, Kind, Platform, Task, TaskState, key_of
 
 from ..base import Backend, Executor
-from ..hostcheck import Untrusted, check_host
 from .credentials import DEFAULT_ENV, CredentialError, resolve_password
 from .mapping import (
     Lookup,
     cluster_entity,
+    frozen_files,
     lun_entity,
     moid,
     node_entity,
     task_entity,
     vm_entities,
 )
-from .session import DATASTORE_PATHS, ObjectUpdate, Session, Worker, ssl_context
+from .session import DATASTORE_PATHS, ObjectUpdate, Session, Worker
 
 log = logging.getLogger("ventana.backends.vsphere")
 # Pushed VM properties after whose change layoutEx (never reliably pushed) is
@@ -131,15 +128,12 @@ class VSphereBackend(Backend):
     name = "vsphere"
     platform = Platform.VSPHERE
 
-    def __init__(self, config: VSphereConfig, *, password: str | None = None,
-                 password_source: str = "the caller") -> None:
-        """``password``: from a caller that prompted or asked a keyring (``password_source``
-        says which, for the link reason and the log); else resolved from
-        ``config.password_file`` or ``config.password_env`` when the stream starts."""
+    def __init__(self, config: VSphereConfig, *, password: str | None = None) -> None:
+        """``password``: from a caller that prompted or asked a keyring; else resolved
+        from ``config.password_file`` or ``config.password_env`` when the stream starts."""
         super().__init__(f"vsphere://{config.host}:{config.port}", read_only=config.read_only)
         self.config = config
         self._password = password
-        self._password_source = password_source
         self._secret = password or ""
         self._worker = Worker()  # the stream's calls (WaitForUpdatesEx blocks it)
         self.action_worker = Worker()  # the executor's calls
@@ -158,6 +152,8 @@ class VSphereBackend(Backend):
         self._cache: dict[ObjKey, dict[str, Any]] = {}
         self._emitted: dict[ObjKey, dict[Key, Entity]] = {}
         self._owned: set[str] = set()  # vSphere tasks an action of ours started
+        self._frozen_of: dict[str, frozenset[str]] = {}  # VM id -> disk files its snapshots froze
+        self._frozen_index: dict[str, set[str]] = {}  # disk file -> VMs whose snapshots froze it
         # The SSH side channel (backends/ssh): stun watcher and guest shells.
         self._stun: dict[str, tuple[float, Any]] = {}  # VM id -> (ms, when)
         self.side_channels: list[Any] = []  # start() / close(), run beside the stream
@@ -340,7 +336,7 @@ class VSphereBackend(Backend):
                     self._session = session
                     objects = await self._worker.call(session.read_all, cfg.page_size)
                     self.reads += 1
-                    self._out.extend(self._apply(objects, full=True))
+                    self._out.extend(self._apply(objects, full=True))  # in order, as in _follow
                     for event in self._drain():
                         yield event
                     yield ConnectionChanged(src, LinkState.CONNECTED, note.lstrip(" —"))
@@ -406,8 +402,9 @@ class VSphereBackend(Backend):
         pending: asyncio.Future[list[ObjectUpdate] | None] | None = None
         try:
             while not self._closed:
-                # Cleared before the queue is emptied: an event queued from here
-                # on (during a yield or the keep-alive) wakes the wait below.
+                # Cleared before draining: an event queued while one is handed out
+                # (the consumer may take its time) or during the keepalive sets the
+                # kick again and is sent next, not after the pending wait (<= wait_s).
                 self._kick.clear()
                 for event in self._drain():
                     yield event
@@ -428,13 +425,13 @@ class VSphereBackend(Backend):
                 if self._closed:
                     return
                 if updates:
-                    # Through the same queue as the events of reads folded in
-                    # meanwhile (``apply_read``), in the order the view changed:
-                    # yielded straight away they could overtake an older event
-                    # still queued (a checkpoint re-mapped by a storage refresh,
-                    # queued, then removed here: the removal came first and the
-                    # stale checkpoint stayed on screen).
+                    # Behind what is already queued, never ahead of it: a storage re-read
+                    # (apply_read) mapped the view before these updates, and its events,
+                    # sent after theirs, would bring back what they removed (a removed
+                    # snapshot reappeared). One queue, in the order the view changed.
                     self._out.extend(self._apply(updates))
+                    for event in self._drain():
+                        yield event
                     for upd in updates:
                         if upd.type_name == "VirtualMachine" and upd.kind == "modify" and any(
                             p in upd.assigned or p in upd.removed for p in STORAGE_TRIGGERS
@@ -462,8 +459,8 @@ class VSphereBackend(Backend):
     # -- connecting ------------------------------------------------------------
     def _resolve_password(self) -> str:
         if self._password is not None:
-            log.info("vSphere password supplied by %s", self._password_source)
-            return self._password_source
+            log.info("vSphere password supplied by the caller")
+            return "the caller"
         cfg = self.config
         value, source = resolve_password(secret_file=cfg.password_file, env_var=cfg.password_env)
         self._password = self._secret = value
@@ -473,16 +470,6 @@ class VSphereBackend(Backend):
         """Runs in the worker thread. Classifies the faults retrying cannot fix."""
         cfg = self.config
         assert self._password is not None
-        # Reach and certificate first (issue 12): an untrusted certificate ends
-        # the stream before any login; an unreachable host is retried.
-        try:
-            trust = check_host(cfg.host, cfg.port, ssl_context(cfg.ca_file, insecure=cfg.insecure),
-                               timeout=cfg.http_timeout_s)
-        except Untrusted as exc:
-            raise FatalError(str(exc)) from None
-        if not trust.verified:
-            log.warning("vSphere %s:%s: TLS verification OFF (explicit flag); certificate "
-                        "SHA-256 %s", cfg.host, cfg.port, trust.fingerprint)
         try:
             return Session(
                 cfg.host,
@@ -511,12 +498,12 @@ class VSphereBackend(Backend):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
         while not self._closed:
+            self._kick.clear()  # before draining, as in _follow: no queued event waits
             for event in self._drain():
                 yield event
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            self._kick.clear()
             waiters = {
                 asyncio.ensure_future(self._wake.wait()),
                 asyncio.ensure_future(self._kick.wait()),
@@ -587,8 +574,11 @@ class VSphereBackend(Backend):
                     if k[0] == DS_T and p.get("name")}
         name_count = Counter(ds_names.values())
         ds_by_name = {n: oid for oid, n in ds_names.items() if name_count[n] == 1}
+        frozen_by = self._index_frozen(touched)
         look = Lookup(datastore_by_name=lambda name: ds_by_name.get(name, ""),
-                      datastore_name=lambda oid: ds_names.get(oid, ""))
+                      datastore_name=lambda oid: ds_names.get(oid, ""),
+                      frozen_elsewhere=lambda vm, name: next(
+                          (o for o in frozen_by.get(name, ()) if o != vm), ""))
         vm_count = Counter(moid(p.get("runtime.host")) for k, p in cache.items() if k[0] == VM_T)
 
         order = {CR_T: 0, HOST_T: 1, DS_T: 2, VM_T: 3, TASK_T: 4}
@@ -621,6 +611,28 @@ class VSphereBackend(Backend):
                     new[0] = dataclasses.replace(new[0], last_stun_ms=ms, stun_at=at)  # type: ignore[type-var]
             events.extend(self._diff(key, new))
         return events
+
+    def _index_frozen(self, touched: set[ObjKey]) -> dict[str, set[str]]:
+        """Disk file -> the VMs whose snapshots froze it (kept up to date for the VMs
+        an update touched): a linked clone's source disks are the source's."""
+        index = self._frozen_index
+        for key in touched:
+            if key[0] != VM_T:
+                continue
+            props = self._cache.get(key)
+            new = frozen_files(props.get("layoutEx")) if props is not None else frozenset()
+            old = self._frozen_of.pop(key[1], frozenset())
+            for name in old - new:
+                owners = index.get(name)
+                if owners is not None:
+                    owners.discard(key[1])
+                    if not owners:
+                        del index[name]
+            for name in new - old:
+                index.setdefault(name, set()).add(key[1])
+            if new:
+                self._frozen_of[key[1]] = new
+        return index
 
     @staticmethod
     def _task_gone(entities: dict[Key, Entity]) -> list[Event]:

@@ -45,6 +45,7 @@ from ventana.state.model import (
     TaskState,
     VirtualDisk,
 )
+from ventana.state.vsphere_names import unescape
 
 from ..coerce import EPOCH, aware_utc
 
@@ -110,10 +111,19 @@ class Lookup:
 
     datastore_by_name: Callable[[str], str]  # a globally unique name -> moref, else ''
     datastore_name: Callable[[str], str] = lambda _moid: ""  # moref -> name
+    # (vm moref, disk file) -> another VM in view whose snapshot froze that file, else ''
+    frozen_elsewhere: Callable[[str, str], str] = lambda _vm, _name: ""
 
 
-_NAME_ESCAPES = re.compile(r"%(2[fF]|5[cC]|25)")
-_UNESCAPED = {"2f": "/", "5c": "\\", "25": "%"}
+def frozen_files(layout: Any) -> frozenset[str]:
+    """The disk files a VM's snapshots froze (each snapshot layout's disk chains:
+    "Layout of each virtual disk of the virtual machine when the snapshot was
+    taken", pyvmomi ``docs/vim/vm/FileLayoutEx/SnapshotLayout.rst``)."""
+    lay = _Layout.of(layout)
+    return frozenset(lay.path(unit) for s in lay.snapshots.values() for d in s.disk or ()
+                     for unit in _chain(d) if lay.path(unit))
+
+
 
 
 def entity_name(props: Props, fallback: str) -> str:
@@ -126,7 +136,7 @@ def entity_name(props: Props, fallback: str) -> str:
     raw = str(props.get("name") or "")
     if not raw:
         return fallback
-    return _NAME_ESCAPES.sub(lambda m: _UNESCAPED[m.group(1).lower()], raw)
+    return unescape(raw)
 
 
 def cluster_entity(cr_id: str, props: Props) -> Cluster:
@@ -204,8 +214,19 @@ class _Layout:
                 total += int(f.size or 0) if unique is None else int(unique)
         return total
 
-    def shared_bases(self) -> set[tuple[int, ...]]:
+    def shared_bases(self, elsewhere: Callable[[str], str] = lambda _n: ""
+                     ) -> set[tuple[int, ...]]:
         """Leading units of the current chains that belong to another VM.
+
+        The published sign first: a linked clone is made "from a snapshot" of its
+        source and shares the disks that snapshot froze (``createNewChildDiskBacking``:
+        "the original virtual machine's disks are now all being shared",
+        ``docs/vim/vm/RelocateSpec/DiskMoveOptions.rst``; the snapshot's layout holds
+        them, ``docs/vim/vm/FileLayoutEx/SnapshotLayout.rst``). So a unit another VM
+        in view froze with a snapshot is that VM's (``elsewhere(path)`` names it),
+        wherever it lies. Where no VM in view froze it (an instant clone's source,
+        frozen without a snapshot; a source outside this view), the directory rule
+        below decides.
 
         A linked clone (``CloneVM_Task`` with ``diskMoveType``
         ``createNewChildDiskBacking``: "the original virtual machine's disks are
@@ -226,7 +247,9 @@ class _Layout:
             home = _directory(self.path(chain[-1]))
             for unit in chain[:-1]:
                 where = self.path(unit)
-                if unit in frozen or not where or _directory(where) == home:
+                if unit in frozen or not where:
+                    break
+                if not elsewhere(where) and _directory(where) == home:
                     break
                 out.add(unit)
         return out
@@ -427,7 +450,7 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
     # A disk's size is the bytes this VM alone holds (uniqueSize; a linked or
     # instant clone's shared base counts 0): BACKUP_OVER_POLICY and DIFF_LARGE
     # must not charge a clone with its source's disk.
-    shared = lay.shared_bases()
+    shared = lay.shared_bases(lambda name: look.frozen_elsewhere(vm_id, name))
     disks: dict[str, VirtualDisk] = {}
     for disk_key, chain in lay.all_chains():
         parent: str | None = None
@@ -488,7 +511,8 @@ def vm_entities(vm_id: str, props: Props, cluster_id: str, look: Lookup) -> list
     current_id = moid(getattr(info, "currentSnapshot", None)) if info is not None else ""
     for tree, parent_id in _walk(getattr(info, "rootSnapshotList", None) or (), None):
         snap_id = moid(tree.snapshot)
-        name = str(tree.name or "")
+        # Shown as typed: a vSphere-Client-made name arrives escaped (state.vsphere_names).
+        name = unescape(str(tree.name or ""))
         kind = (
             CheckpointKind.BACKUP
             if is_backup_snapshot(name, str(tree.description or ""))

@@ -160,7 +160,8 @@ async def test_remove_one_snapshot_from_the_checkpoints_pane(
         plan = screen.plan
         assert plan.action == REMOVE_SNAPSHOT
         assert plan.params == {"snapshot": first, "children": False}
-        assert "govc snapshot.remove -vm 'DC0_C0_H0_VM0' 'before patch'" in plan.command
+        # By moref (names need not be unique and may hold "/"; govc resolves either).
+        assert f"govc snapshot.remove -vm 'DC0_C0_H0_VM0' '{first}'" in plan.command
         assert "Remove-Snapshot -Confirm:$false" in plan.command
         assert not plan.blocking, plan.findings
         shown = app.export_screenshot()
@@ -169,7 +170,7 @@ async def test_remove_one_snapshot_from_the_checkpoints_pane(
         await confirm(pilot, app, vm.name)
         (row,) = app.action_log.rows()
         assert row.outcome == "ok", row.error
-        assert row.size_before is not None and row.size_after is not None  # vcsim: 0-byte files
+        assert row.size_before is not None and row.size_after is not None
         assert "disk and snapshot files" in (row.detail or "")
         await wait_for(pilot, lambda: [c.id for c in app.store.checkpoints_of(vm.id)]
                        == [second]

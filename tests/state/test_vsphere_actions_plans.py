@@ -84,7 +84,7 @@ def test_commands_quote_hostile_names_for_shell_and_powershell() -> None:
     plan = pv.plan_remove_snapshot(store, "vm-1", NOW, snapshot="snapshot-1")
     govc, powercli = plan.command.split("\n")
     words = shlex.split(govc.removeprefix("govc: "))
-    assert words == ["govc", "snapshot.remove", "-vm", HOSTILE, HOSTILE]
+    assert words == ["govc", "snapshot.remove", "-vm", HOSTILE, "snapshot-1"]  # by moref
     assert "'o''brien; rm -rf / $(id) `x`'" in powercli
     assert "-Id 'VirtualMachineSnapshot-snapshot-1'" in powercli  # names need not be unique
     plan = pv.plan_create_snapshot(store, "vm-1", NOW, name=HOSTILE, quiesce=True)
@@ -268,3 +268,17 @@ def test_configure_reads_the_tables() -> None:
     assert SETTINGS.guest_hooks["sql-01"] == {"pre_freeze": "f", "post_thaw": "t"}
     with pytest.raises(ValueError):
         pv.configure({"vsphere": {"backup_window_h": "4h"}})
+
+
+def test_vsphere_names_escape_both_ways_and_either_form_confirms() -> None:
+    from ventana.state.vsphere_names import escape, typed_matches, unescape
+
+    shown = "VM Snapshot 11/13/2019, 50% \\ done"
+    reported = "VM Snapshot 11%2f13%2f2019, 50%25 %5c done"
+    assert escape(shown) == reported and unescape(reported) == shown
+    assert unescape("a%2Fb%5Cc%2525") == "a/b\\c%25"  # one level only, any case
+    assert unescape("100%20off") == "100%20off"  # other %XX stay
+    assert typed_matches(shown, shown) and typed_matches(reported, shown)
+    assert not typed_matches("", "a") and not typed_matches(reported, reported + "x")
+    assert not typed_matches("vm snapshot 11/13/2019, 50% \\ done", shown)  # no case folding
+    assert not typed_matches(shown + " ", shown) and not typed_matches(unescape(shown), "x")

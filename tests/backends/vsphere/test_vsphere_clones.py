@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -118,6 +119,26 @@ def test_a_normal_vm_running_on_a_delta_keeps_its_base() -> None:
     assert disks[f"{CLONE}/gold.vmdk"].size_bytes == 500 + 300 * GB
 
 
+def test_disks_another_vms_snapshot_froze_are_that_vms_wherever_they_lie() -> None:
+    """A linked clone placed in its source's own directory: the directory rule cannot
+    tell its base from its own disk; the source's snapshot, which froze the base (the
+    clone was made from it), can."""
+    props = clone_props()
+    for x in props["layoutEx"].file:  # the clone's files beside the source's
+        x.name = x.name.replace(CLONE, SRC)
+    frozen = {f"{SRC}/gold.vmdk", f"{SRC}/gold-000001.vmdk"}  # the source's snapshot's chain
+    look = Lookup(lambda name: "datastore-1",
+                  frozen_elsewhere=lambda vm, name: "vm-1" if name in frozen else "")
+    disks = {d.path: d for d in vm_entities("vm-7", props, "domain-c1", look)
+             if isinstance(d, VirtualDisk)}
+    assert disks[f"{SRC}/gold.vmdk"].size_bytes == 0
+    assert disks[f"{SRC}/gold-000001.vmdk"].size_bytes == 0
+    assert disks[f"{SRC}/web-07-000001.vmdk"].size_bytes == 500 + 40 * GB
+    # Without that knowledge (the source out of view) the files count as the VM's own.
+    disks = {d.path: d for d in entities(props) if isinstance(d, VirtualDisk)}
+    assert disks[f"{SRC}/gold.vmdk"].size_bytes == 500 + 300 * GB
+
+
 def store_with(props: dict) -> Store:
     store = Store()
     store.apply_many([
@@ -198,6 +219,9 @@ async def test_a_linked_clone_through_vcsim(vcsim: VcsimHandle) -> None:
                                    if d.path == base.path).size_bytes >= 1 << 20, 10,
                       "the source's 1 MiB, on the source")
         assert base.size_bytes == 0  # not on the clone
+        # ... because the source's snapshot froze it (the published sign), not only
+        # because it lies in another directory.
+        assert s.backend._index_frozen(set()).get(base.path) == {gold.id}
         assert clone.disk_ids == (base.id,)  # the chain's base, as for any VM
     finally:
         await s.close()
@@ -205,7 +229,7 @@ async def test_a_linked_clone_through_vcsim(vcsim: VcsimHandle) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_escaped_entity_names_read_as_typed(vcsim: VcsimHandle) -> None:
+async def test_escaped_entity_names_read_as_typed(vcsim: VcsimHandle, tmp_path: Path) -> None:
     """vCenter reports a ManagedEntity's name with / \\ % escaped (%2f %5c %25;
     vcsim patch 0011): the console shows the name its owner typed."""
     from pyVim.connect import Disconnect
@@ -224,6 +248,29 @@ async def test_escaped_entity_names_read_as_typed(vcsim: VcsimHandle) -> None:
         await asyncio.to_thread(WaitForTask, ref.Rename_Task(typed))
         assert ref.name == "web%2f01 %5c 50%25 %41"  # as the server reports it
         await s.until(lambda: store.get(Kind.VM, vm.id).name == typed, 10, "the typed name")
+        # A snapshot named by the vSphere Client reads back escaped (community.vmware#2083,
+        # "VM Snapshot 8%2f23%2f2023, …"): shown as the Client showed it.
+        from test_vsphere_backend import snapshot_via
+
+        snap = await snapshot_via(other, vm.id, "VM Snapshot 11%2f13%2f2019, 9:59:56 AM")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, snap) is not None, 10, "snapshot")
+        assert store.get(Kind.CHECKPOINT, snap).name == "VM Snapshot 11/13/2019, 9:59:56 AM"
+        await asyncio.to_thread(WaitForTask, ref.RemoveAllSnapshots_Task())
+        await s.until(lambda: not store.checkpoints_of(vm.id), 10, "snapshot removed")
+        # The typed confirmation takes the name as shown or as vCenter reports it.
+        from ventana.backends.actions import ActionRunner
+        from ventana.state.actionlog import ActionLog
+        from ventana.state.model import TaskState
+
+        with ActionLog.open(tmp_path / "actions.db") as log:
+            runner = ActionRunner(store, s.backend, log)
+            plan = runner.plan("create-snapshot", vm.id, name="typed-as-reported")
+            assert plan.target_name == typed
+            result = await asyncio.wait_for(runner.execute(plan, ref.name), 20)
+            assert result.state is TaskState.OK, result.error
+        await s.until(lambda: [c.name for c in store.checkpoints_of(vm.id)]
+                      == ["typed-as-reported"], 10, "the snapshot it made")
+        await asyncio.to_thread(WaitForTask, ref.RemoveAllSnapshots_Task())
     finally:
         await asyncio.to_thread(WaitForTask, ref.Rename_Task("DC0_C0_H0_VM0"))
         await s.close()

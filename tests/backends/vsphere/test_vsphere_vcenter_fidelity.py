@@ -15,6 +15,7 @@ vcsim 0.24.2 allowed (issue 11; patch 0009 and the controls in tools/vcsim):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ from test_vsphere_backend import (  # the same folder (rootdir-less test modules
 
 from ventana.backends.vsphere import VSphereBackend
 from ventana.backends.vsphere.session import Session
+from ventana.state.events import LinkState
 from ventana.state.model import Kind, TaskState
 
 # Two datacenters, each with its own LocalDS_0 and LocalDS_1 (same names).
@@ -129,8 +131,8 @@ async def test_layout_ex_is_refreshed_after_a_snapshot_change(vcsim: VcsimHandle
         vm = vm_by_name(store, "DC0_C0_H0_VM2")
         first = await snapshot_via(other, vm.id, "grows")
         await s.until(lambda: store.get(Kind.CHECKPOINT, first), 10, "snapshot seen")
-        await s.until(lambda: store.get(Kind.CHECKPOINT, first).disk_path.endswith(".vmsn"), 10,
-                      "its state file, from a refreshed layoutEx (never pushed)")
+        await s.until(lambda: store.get(Kind.CHECKPOINT, first).disk_path.endswith(
+            "disk1-000001.vmdk"), 10, "the delta it made, from a refreshed layoutEx (never pushed)")
         # The state file grows on the datastore; vCenter pushes nothing for it.
         snapshot_file(vcsim, vm.name, 1).write_bytes(b"\0" * (3 << 20))
         await snapshot_via(other, vm.id, "next")  # a snapshot change: refresh again
@@ -392,7 +394,8 @@ async def test_layout_ex_is_refreshed_after_a_storage_vmotion(vcsim: VcsimHandle
         vm = vm_by_name(store, "DC1_C0_H1_VM2")
         snap = await snapshot_via(other, vm.id, "before-move")
         await s.until(lambda: store.get(Kind.CHECKPOINT, snap) is not None and store.get(
-            Kind.CHECKPOINT, snap).disk_path.endswith(".vmsn"), 10, "snapshot and its layout")
+            Kind.CHECKPOINT, snap).disk_path.endswith("-000001.vmdk"), 10,
+            "snapshot and its layout")
         # Settled: no refresh under way, none asked for by a late snapshot push.
         for _ in range(3):
             await s.until(lambda: vm.id not in s.backend._refreshing, 10, "no refresh")
@@ -445,6 +448,47 @@ async def test_later_changes_arrive_in_pieces_of_max_object_updates(tmp_path: Pa
         await s.close()
         Disconnect(si)
         handle.stop()
+
+
+@pytest.mark.timeout(40)
+async def test_an_event_queued_while_the_stream_hands_one_out_is_not_held_for_a_wait(
+    vcsim: VcsimHandle,
+) -> None:
+    """The executor queues events (task rows, re-read storage) with ``emit``. One
+    queued while the stream was handing out the previous one (its consumer busy with
+    it) must go out next, not after the pending ``WaitForUpdatesEx`` returns (up to
+    ``wait_s``, 30 s here): the wake-up it set must not be cleared unseen."""
+    from ventana.state.events import TaskProgress
+
+    backend = VSphereBackend(config_for(vcsim, read_only=False, wait_s=30),
+                             password=vcsim.password)
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def consume() -> None:
+        async for event in backend.events():
+            got.put_nowait(event)
+            if isinstance(event, TaskProgress) and event.message == "first":
+                await asyncio.sleep(0.5)  # the consumer is busy with it
+
+    async def next_progress() -> TaskProgress:
+        while not isinstance(event := await got.get(), TaskProgress):
+            pass
+        return event
+
+    task = asyncio.create_task(consume())
+    try:
+        async with asyncio.timeout(15):
+            while getattr(await got.get(), "state", None) is not LinkState.CONNECTED:
+                pass
+        await asyncio.sleep(1.0)  # the first wait is over; the stream sits in a 30 s one
+        backend.emit(TaskProgress("t-1", 1.0, "first"))
+        assert (await asyncio.wait_for(next_progress(), 5)).message == "first"
+        backend.emit(TaskProgress("t-1", 2.0, "second"))  # while the consumer is busy
+        assert (await asyncio.wait_for(next_progress(), 5)).message == "second"
+    finally:
+        await backend.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
 
 
 @pytest.mark.timeout(40)
