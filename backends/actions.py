@@ -29,7 +29,6 @@ from ventana.state.plans import Plan, findings_to_log
 from ventana.state.sanitize import clean
 from ventana.state.store import Store
 from ventana.state.team import claim_for, shared_preflight
-from ventana.state.vsphere_names import typed_matches
 
 from . import actionspecs
 from .base import ActionResult, Backend, ReadOnlyError
@@ -226,7 +225,7 @@ class ActionRunner:
                 "The action log cannot be written, so destructive actions are refused: "
                 + (self.log_error or "no log open")
             )
-        if not typed_matches(typed, plan.target_name):  # as shown, or vCenter's escaped form
+        if not plan.confirmed_by(typed):  # as shown (or vCenter's escaped form)
             raise self._refuse(plan, "the typed name does not match the target; nothing was sent")
 
         kind, _, obj_id = plan.target.partition(":")
@@ -244,7 +243,7 @@ class ActionRunner:
             raise self._refuse(
                 plan, "the target is no longer in the inventory; nothing was sent"
             ) from None
-        if not typed_matches(typed, fresh.target_name):
+        if not fresh.confirmed_by(typed):
             raise self._refuse(fresh, "the target was renamed since the plan was shown; "
                                       "review it again")
         seen = overridden if overridden is not None else frozenset(f.code for f in plan.blocking)

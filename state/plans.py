@@ -32,12 +32,14 @@ from .model import (
     Finding,
     Kind,
     LunState,
+    Platform,
     PowerState,
     ReplicationState,
     Severity,
     TaskState,
 )
 from .store import Store, ref
+from .vsphere_names import typed_matches
 
 # The source campaign measured merges from 40 min to 13 h 30 min; time
 # followed the chain (number and history of checkpoints), not disk size.
@@ -92,6 +94,14 @@ class Plan:
     params: dict[str, Any] = field(default_factory=dict)
     #: Needs a second, explicit confirmation after the typed name (deleting a VM).
     double_confirm: bool = False
+
+    def confirmed_by(self, typed: str) -> bool:
+        """Whether a typed confirmation names this plan's target: exactly as
+        shown, or (on vSphere only) in the escaped form vCenter reports
+        (``vsphere_names.typed_matches``). Nothing looser."""
+        if self.facts.get("platform") == Platform.VSPHERE.value:
+            return typed_matches(typed, self.target_name)
+        return typed == self.target_name
 
     @property
     def blocking(self) -> tuple[Finding, ...]:

@@ -41,7 +41,6 @@ from ventana.backends import actionspecs
 from ventana.state.derived import human_bytes
 from ventana.state.model import Severity
 from ventana.state.plans import Plan
-from ventana.state.vsphere_names import typed_matches
 
 from .fit import cap_middle, shorten_names
 
@@ -458,7 +457,7 @@ class PlanScreen(SeenTracker, ModalScreen[Confirmation | None]):
         typed = self.query_one("#confirm-name", Input).value
         override = self._override_ticked()
         boxes = self.query("#override")
-        if not typed_matches(typed, self.plan.target_name):  # or vCenter's escaped form
+        if not self.plan.confirmed_by(typed):  # or vCenter's escaped form
             self._error("The name does not match. Type it exactly as shown to confirm "
                         "(refusal logged).")
             if typed:

@@ -282,3 +282,18 @@ def test_vsphere_names_escape_both_ways_and_either_form_confirms() -> None:
     assert not typed_matches("", "a") and not typed_matches(reported, reported + "x")
     assert not typed_matches("vm snapshot 11/13/2019, 50% \\ done", shown)  # no case folding
     assert not typed_matches(shown + " ", shown) and not typed_matches(unescape(shown), "x")
+
+
+def test_only_a_vsphere_plan_takes_the_escaped_form_of_its_name() -> None:
+    """vCenter's escaping is vCenter's: a Hyper-V plan is confirmed by the name
+    exactly as shown, nothing else."""
+    from ventana.state.plans import Plan
+
+    def plan(platform: str) -> Plan:
+        return Plan(action="x", target="vm:1", target_name="web/01 50%", steps=(),
+                    findings=(), command="", facts={"platform": platform})
+
+    assert plan("vsphere").confirmed_by("web%2f01 50%25")
+    assert plan("vsphere").confirmed_by("web/01 50%")
+    assert plan("hyperv").confirmed_by("web/01 50%")
+    assert not plan("hyperv").confirmed_by("web%2f01 50%25")
