@@ -66,7 +66,7 @@ Findings thresholds (README: "Findings")::
     lun_warn_pct = 10
     lun_critical_pct = 5
     backup_max_gb = 2048          # the backup policy's per-VM limit
-    backup_agent_min_version = "12.0"
+    backup_agent_min_version = "19.10"  # default: per product (Avamar 19.10, else 12.0)
     backup_agent_ports = [28001, 28002, 29000, 30001, 30002, 30003]
 
 Passwords never go here: a config with a key that looks like a secret is

@@ -37,7 +37,18 @@ config file, see ``FindingsConfig``):
   backup task running on the VM, older than ``backup_leftover_after``.
 - *Not eligible for online backup*: integration services off, no VSS in the
   guest, dynamic disks in the guest (warning); merely not running (info —
-  it is backed up offline).
+  it is backed up offline). On Hyper-V also (the conditions of the "Child VM
+  Snapshot" method, MicrosoftDocs win32 ``HyperV_v2/backing-up-and-restoring-
+  virtual-machines.md``): the Backup (volume shadow copy) integration service
+  disabled or not answering, a guest KVP does not report as Windows, and
+  pass-through disks (invisible to the host: guest-level backup only). The
+  message names the conditions checked and those the host cannot see (dynamic
+  disks, non-NTFS volumes); a read that failed is ``BACKUP_NOT_CHECKED`` (info).
+- *Backup agent*: missing/stopped (critical), older than the floor (warning:
+  ``backup_agent_min_version``, else the floor of the product found —
+  ``AGENT_FLOORS`` — else 12.0), start mode not Auto (warning), its ports not
+  listening (warning); a fact the node could not answer is
+  ``BACKUP_AGENT_NOT_CHECKED`` (info, with the reason), never guessed.
 - *Disks a snapshot-based backup skips* (``SNAPSHOT_SKIPS_DISKS``, warning):
   independent disks and physical-mode RDMs are not in a VM snapshot, so an
   image backup taken through one silently leaves them out.
@@ -126,6 +137,18 @@ AGENT_PORTS_CLOSED = "BACKUP_AGENT_PORTS_CLOSED"
 SNAPSHOT_SKIPS_DISKS = "SNAPSHOT_SKIPS_DISKS"
 TOOLS_NOT_READY = "TOOLS_NOT_READY"
 CBT_OFF = "CBT_OFF"
+AGENT_START_MODE = "BACKUP_AGENT_START_MODE"
+AGENT_NOT_CHECKED = "BACKUP_AGENT_NOT_CHECKED"
+BACKUP_NOT_CHECKED = "BACKUP_NOT_CHECKED"
+
+#: The version floor of a backup agent product, by its service's display name (casefolded),
+#: used when ``[findings] backup_agent_min_version`` is not set: the source campaign's
+#: Avamar plug-in at least 19.10. A product not listed (or a simulated agent) gets
+#: ``DEFAULT_AGENT_FLOOR``.
+AGENT_FLOORS: dict[str, str] = {"dell avamar plug-in service for windows": "19.10"}
+DEFAULT_AGENT_FLOOR = "12.0"
+#: What a host cannot see of a guest (the finding says so rather than claim it).
+HOST_INVISIBLE = "dynamic disks and non-NTFS volumes (not visible from the host)"
 
 # guest.toolsVersionStatus2 values (pyvmomi docs/vim/vm/GuestInfo/ToolsVersionStatus.rst):
 # never installed → no quiesce at all; a version the host does not call current → info.
@@ -192,7 +215,8 @@ class FindingsConfig:
     lun_warn_pct: float = 10.0
     lun_critical_pct: float = 5.0
     backup_max_bytes: int = 2 * TB
-    backup_agent_min_version: str = "12.0"
+    #: The agent's version floor; None: per product (``AGENT_FLOORS``, else 12.0).
+    backup_agent_min_version: str | None = None
     backup_agent_ports: tuple[int, ...] = BACKUP_AGENT_PORTS
     backup_leftover_after: timedelta = timedelta(hours=1)
     config_version_min: str = "8.0"
@@ -237,8 +261,9 @@ class FindingsConfig:
             lun_warn_pct=num("lun_warn_pct", d.lun_warn_pct),
             lun_critical_pct=num("lun_critical_pct", d.lun_critical_pct),
             backup_max_bytes=int(num("backup_max_gb", d.backup_max_bytes / GB) * GB),
-            backup_agent_min_version=str(
-                raw.get("backup_agent_min_version", d.backup_agent_min_version)),
+            backup_agent_min_version=(
+                str(raw["backup_agent_min_version"]) if "backup_agent_min_version" in raw
+                else None),
             backup_agent_ports=tuple(ports),
             backup_leftover_after=timedelta(hours=num("backup_leftover_hours", 1)),
             config_version_min=str(raw.get("config_version_min", d.config_version_min)),
@@ -360,7 +385,8 @@ class FindingsEngine:
         self.backlog_after = 256
         self._min_config_version = version_key(self.config.config_version_min)
         self._versions: dict[str, tuple[int, int]] = {}
-        self._min_agent_version = _dotted(self.config.backup_agent_min_version)
+        self._min_agent_version = (_dotted(self.config.backup_agent_min_version)
+                                   if self.config.backup_agent_min_version else None)
         self._policy_re = _patterns(self.config.backup_policy_vms)
 
     # -- life ------------------------------------------------------------------
@@ -826,11 +852,36 @@ class FindingsEngine:
                 guest = True
         elif vm.power is not PowerState.UNKNOWN:
             reasons.append(f"it is not running ({vm.power.value})")
+        hyperv_facts = vm.vss_service is not None or vm.guest_windows is not None
+        if vm.power is PowerState.RUNNING:
+            if vm.vss_service is not None and vm.vss_service != "ok":
+                reasons.append("the Backup (volume shadow copy) integration service is "
+                               + ("disabled" if vm.vss_service == "disabled"
+                                  else f"not answering ({vm.vss_service})"))
+                guest = True
+            if vm.guest_windows is False:
+                reasons.append("the guest is not Windows (it reports "
+                               f"{vm.guest_os or 'another OS'!r}): no VSS writer in it")
+                guest = True
+        if vm.passthrough_disks:
+            reasons.append("pass-through disk(s) " + ", ".join(vm.passthrough_disks)
+                           + " are not visible to the host and are left out (back them up "
+                           "from inside the guest)")
+            guest = True
         if reasons:
-            add(BACKUP_OFFLINE_ONLY, Severity.WARNING if guest else Severity.INFO,
-                "Not eligible for an online host-level backup: " + ", ".join(reasons) +
-                ("; it is backed up crash-consistent or in saved state." if guest
-                 else "; it is backed up offline."))
+            text = ("Not eligible for an online host-level backup: " + ", ".join(reasons) +
+                    ("; it is backed up crash-consistent or in saved state." if guest
+                     else "; it is backed up offline."))
+            if hyperv_facts:
+                unknown = [*vm.backup_unchecked, HOST_INVISIBLE]
+                text += (" Checked: power state, integration services, the Backup service, "
+                         "guest OS (KVP), pass-through disks. Not checked: "
+                         + "; ".join(unknown) + ".")
+            add(BACKUP_OFFLINE_ONLY, Severity.WARNING if guest else Severity.INFO, text)
+        elif vm.backup_unchecked:
+            add(BACKUP_NOT_CHECKED, Severity.INFO,
+                "Online-backup eligibility not fully checked: " + "; ".join(vm.backup_unchecked)
+                + f". Never visible from the host: {HOST_INVISIBLE}.")
 
         # Snapshot-based (image) backup facts; each silent while not reported (None).
         skipped = [*(vm.independent_disks or ()), *(f"{d} (physical RDM)"
@@ -951,11 +1002,25 @@ class FindingsEngine:
                                    "The backup agent service is stopped: backups of VMs on "
                                    "this node fail.", node.name))
         version = node.backup_agent_version
-        if (state is not ServiceState.MISSING and version and cfg.backup_agent_min_version
-                and _dotted(version) < self._min_agent_version):
+        floor = (cfg.backup_agent_min_version
+                 or AGENT_FLOORS.get((node.backup_agent_name or "").casefold())
+                 or DEFAULT_AGENT_FLOOR)
+        floor_key = (self._min_agent_version if cfg.backup_agent_min_version
+                     else _dotted(floor))
+        if (state is not ServiceState.MISSING and version and floor_key
+                and _dotted(version) < floor_key):
             out.append(LiveFinding(target, AGENT_OLD, Severity.WARNING,
-                                   f"Backup agent {version} is older than "
-                                   f"{cfg.backup_agent_min_version}.", node.name))
+                                   f"Backup agent {version} is older than {floor}.", node.name))
+        mode = node.backup_agent_start_mode
+        if state is not ServiceState.MISSING and mode and mode.casefold() != "auto":
+            out.append(LiveFinding(target, AGENT_START_MODE, Severity.WARNING,
+                                   f"The backup agent service starts {mode!r}, not "
+                                   "automatically: after the next reboot of this node it "
+                                   "stays stopped and its backups fail.", node.name))
+        if node.backup_unchecked:
+            out.append(LiveFinding(target, AGENT_NOT_CHECKED, Severity.INFO,
+                                   "Backup agent not checked: "
+                                   + "; ".join(node.backup_unchecked) + ".", node.name))
         closed = node.backup_ports_closed
         if state is ServiceState.RUNNING and closed:
             wanted = [p for p in closed if p in cfg.backup_agent_ports] or list(closed)
