@@ -59,7 +59,10 @@ config file, see ``FindingsConfig``):
   covers (``backup_policy_vms``, name patterns, default every VM): each
   incremental backup then reads the whole disk.
 - *Files spread across SMB shares*: a VM with a file on an SMB share
-  (``\\\\server\\share``) whose files are in more than one location.
+  (``\\\\server\\share``) whose files are in more than one location. A location more
+  than ``smb_max_depth`` folders under its share is ``SMB_PATH_DEEP``; junctions and
+  links under a share the backend could not look at are ``SMB_LINKS_NOT_CHECKED``
+  (info, with the reason: on Hyper-V "needs delegation").
 - *Broken chain*: ``derived.broken_chain``, the rule the merge pre-flight
   blocks on too, so the finding and the plan never disagree.
 - *Remedies* follow the VM's platform (its cluster's, as in
@@ -140,6 +143,11 @@ CBT_OFF = "CBT_OFF"
 AGENT_START_MODE = "BACKUP_AGENT_START_MODE"
 AGENT_NOT_CHECKED = "BACKUP_AGENT_NOT_CHECKED"
 BACKUP_NOT_CHECKED = "BACKUP_NOT_CHECKED"
+SMB_PATH_DEEP = "SMB_PATH_DEEP"
+SMB_LINKS_NOT_CHECKED = "SMB_LINKS_NOT_CHECKED"
+#: A VM's files, by their extension (the last component of such a path is no folder).
+_VM_FILE_EXT = (".vhdx", ".vhd", ".avhdx", ".avhd", ".vmcx", ".vmrs", ".vmgs", ".xml",
+                ".bin", ".vsv", ".slp")
 
 #: The version floor of a backup agent product, by its service's display name (casefolded),
 #: used when ``[findings] backup_agent_min_version`` is not set: the source campaign's
@@ -223,6 +231,10 @@ class FindingsConfig:
     ack_grace: timedelta = timedelta(minutes=15)
     #: VM name patterns (fnmatch, case-insensitive) a backup policy covers (CBT_OFF).
     backup_policy_vms: tuple[str, ...] = ("*",)
+    #: Folder levels under an SMB share a VM's files may sit at (SMB_PATH_DEEP): remote
+    #: VSS copies only down to the file server's shadow-copy directory depth (NetApp
+    #: ONTAP: ``-shadowcopy-dir-depth``, 5 by default — set it to your server's).
+    smb_max_depth: int = 5
 
     @classmethod
     def from_toml(cls, raw: dict[str, Any]) -> FindingsConfig:
@@ -232,7 +244,7 @@ class FindingsConfig:
             "checkpoint_warn_hours", "checkpoint_critical_hours", "chain_depth_max",
             "differencing_pct", "lun_warn_pct", "lun_critical_pct", "backup_max_gb",
             "backup_agent_min_version", "backup_agent_ports", "backup_leftover_hours",
-            "config_version_min", "ack_grace_minutes", "backup_policy_vms",
+            "config_version_min", "ack_grace_minutes", "backup_policy_vms", "smb_max_depth",
         }
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -269,6 +281,7 @@ class FindingsConfig:
             config_version_min=str(raw.get("config_version_min", d.config_version_min)),
             ack_grace=timedelta(minutes=num("ack_grace_minutes", 15)),
             backup_policy_vms=tuple(policy),
+            smb_max_depth=int(num("smb_max_depth", d.smb_max_depth)),
         )
         if cfg.checkpoint_critical_age < cfg.checkpoint_warn_age:
             raise ValueError("[findings] checkpoint_critical_hours is below checkpoint_warn_hours")
@@ -337,6 +350,17 @@ def _share(path: str) -> str | None:
     if len(parts) < 2:
         return None
     return f"\\\\{parts[0]}\\{parts[1]}".casefold()
+
+
+def _smb_depth(path: str) -> int:
+    """Folder levels of a location under its SMB share (0: not on a share); a VM file's
+    own name is not a level."""
+    if _share(path) is None:
+        return 0
+    parts = [x for x in path.replace("/", "\\")[2:].split("\\") if x][2:]
+    if parts and parts[-1].casefold().endswith(_VM_FILE_EXT):
+        parts = parts[:-1]
+    return len(parts)
 
 
 def _location(path: str) -> str:
@@ -922,6 +946,20 @@ class FindingsEngine:
                         f"Files on SMB shares spread across {len(places)} locations ("
                         + ", ".join(sorted(places)) + "): every share must be up and "
                         "reachable from every node, and host-level backup of such VMs fails.")
+
+        if vm.storage_paths and cfg.smb_max_depth:
+            deep = [p for p in vm.storage_paths if _smb_depth(p) > cfg.smb_max_depth]
+            if deep:
+                add(SMB_PATH_DEEP, Severity.WARNING,
+                    f"{len(deep)} file location(s) more than {cfg.smb_max_depth} folder levels "
+                    f"under their SMB share (e.g. {deep[0]}): remote VSS copies only down to "
+                    "the file server's shadow-copy directory depth, so a backup misses them.")
+        if vm.smb_link_check:
+            shares = sorted({s for s in (_share(p) for p in vm.storage_paths) if s})
+            add(SMB_LINKS_NOT_CHECKED, Severity.INFO,
+                "Junctions, links and non-regular files in the VM's folders on "
+                + (", ".join(shares) or "its SMB share") + f": {vm.smb_link_check}. Remote "
+                "VSS refuses a share that holds any; check them on the file server.")
 
         if vm.replication is not ReplicationState.DISABLED:
             rep_sev: Severity | None = None

@@ -224,6 +224,9 @@ class VM:
     passthrough_disks: tuple[str, ...] | None = None  # pass-through (physical) disks
     #: Conditions of online backup that could not be checked, each as "what: why".
     backup_unchecked: tuple[str, ...] = ()
+    #: Junctions/links/non-regular files under the VM's SMB folders: None not applicable
+    #: or not read; otherwise what became of the check (e.g. "not checked: needs delegation").
+    smb_link_check: str | None = None
 
     KIND = Kind.VM
 

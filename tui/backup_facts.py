@@ -2,8 +2,10 @@
 
 Shown only for a VM whose backend read them (Hyper-V: ``backends/hyperv/backup``):
 the Backup (volume shadow copy) integration service, the guest OS its KVP
-reports, pass-through disks, what could not be checked and why, and what the
-host can never see. Every value is cluster data: plain ``Text``, never markup.
+reports, pass-through disks, what could not be checked and why, what the
+host can never see, and where each of its files lives (configuration,
+checkpoints, smart paging, every disk file). Every value is cluster data:
+plain ``Text``, never markup.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def backup_signature(vm: VM | None) -> tuple[object, ...]:
     if vm is None:
         return ()
     return (vm.vss_service, vm.guest_os, vm.guest_windows, vm.passthrough_disks,
-            vm.backup_unchecked)
+            vm.backup_unchecked, vm.storage_paths, vm.smb_link_check)
 
 
 def backup_title(vm: VM) -> Text:
@@ -50,4 +52,9 @@ def backup_lines(vm: VM) -> list[Text]:
     for item in vm.backup_unchecked:
         lines.append(Text("not checked: ", style="dim") + Text(item, style="yellow"))
     lines.append(Text("host cannot see: dynamic disks, non-NTFS volumes", style="dim"))
+    if vm.smb_link_check:
+        lines.append(Text("links under the share: ", style="dim")
+                     + Text(vm.smb_link_check, style="yellow"))
+    for path in vm.storage_paths:  # every file location: one share on SMB, no deep folders
+        lines.append(Text("file: ", style="dim") + Text(path))
     return lines

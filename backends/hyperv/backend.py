@@ -67,8 +67,10 @@ from . import commands as cmd
 from .backup import (
     CAMPAIGN_PORTS,
     CAMPAIGN_SERVICES,
+    NEEDS_DELEGATION,
     AgentFacts,
     VmBackupFacts,
+    is_unc,
     read_agent,
     read_vm_facts,
 )
@@ -633,14 +635,22 @@ class HyperVBackend(Backend):
 
         entities = node_entities(nread, self._cluster_id, node.computer, self._mounts)
         if vm_backup:
+            files: dict[str, list[str]] = {}  # each VM's disk files (the whole chains)
+            for entity in entities:
+                if isinstance(entity, VirtualDisk):
+                    files.setdefault(entity.vm_id, []).append(entity.path)
             for i, entity in enumerate(entities):
                 facts = vm_backup.get(entity.id) if isinstance(entity, VM) else None
                 if isinstance(entity, VM) and facts is not None:
+                    paths = (tuple(dict.fromkeys([*facts.locations, *files.get(entity.id, [])]))
+                             if facts.locations is not None else ())
                     entities[i] = dataclasses.replace(
                         entity, vss_service=facts.vss_service, guest_os=facts.guest_os,
                         guest_windows=facts.guest_windows,
                         passthrough_disks=facts.passthrough,
-                        backup_unchecked=facts.unchecked)
+                        backup_unchecked=facts.unchecked, storage_paths=paths,
+                        smb_link_check=(NEEDS_DELEGATION if any(is_unc(p) for p in paths)
+                                        else None))
         if self._streamed:  # a change streamed while this read ran is newer than it
             for i, entity in enumerate(entities):
                 if isinstance(entity, VM) and entity.id in self._streamed:

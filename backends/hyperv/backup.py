@@ -86,6 +86,18 @@ class VmBackupFacts:
     guest_windows: bool | None = None
     passthrough: tuple[str, ...] | None = None
     unchecked: tuple[str, ...] = ()
+    #: Configuration, checkpoint and smart paging folders (None: not read).
+    locations: tuple[str, ...] | None = None
+
+
+#: What a junction/link check under an SMB share needs: the node reading the share on
+#: the operator's behalf is a second hop, which takes CredSSP or Kerberos delegation.
+NEEDS_DELEGATION = ("not checked: needs delegation (reading the share from the node is a "
+                    "second hop: CredSSP or Kerberos constrained delegation)")
+
+
+def is_unc(path: str) -> bool:
+    return path.replace("/", "\\").startswith("\\\\")
 
 
 def _why(exc: Exception) -> str:
@@ -258,6 +270,15 @@ async def read_vm_facts(session: NodeSession, vms: dict[str, PowerState],
     except CommandFailed as exc:
         unchecked_all.append(f"guest OS: {_why(exc)}")
         kvp_read = False
+    locations: dict[str, tuple[str, ...]] = {}
+    try:
+        answer = await session.run(cmd.get_vm_locations())
+        for obj in answer.output:
+            p = props(obj)
+            found = [clean(text(p.get(k)).strip()) for k in cmd.LOCATION_PROPS[1:]]
+            locations[as_id(p.get("Id"))] = tuple(dict.fromkeys(f for f in found if f))
+    except CommandFailed as exc:
+        unchecked_all.append(f"file locations: {_why(exc)}")
     passthrough = passthrough_disks(drives)
     out: dict[str, VmBackupFacts] = {}
     for vm_id, power in vms.items():
@@ -279,5 +300,5 @@ async def read_vm_facts(session: NodeSession, vms: dict[str, PowerState],
                 unchecked.append("guest OS: the guest reports nothing through KVP "
                                  "(Data Exchange service off or not installed)")
         out[vm_id] = VmBackupFacts(service, os_name, windows, passthrough.get(vm_id, ()),
-                                   tuple(unchecked))
+                                   tuple(unchecked), locations.get(vm_id))
     return out

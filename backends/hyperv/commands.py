@@ -381,6 +381,7 @@ DATA_FILE_PROPS = ("Name", "Version")
 LISTEN_PROPS = ("LocalAddress", "LocalPort", "OwningProcess")
 INTEGRATION_PROPS = ("VMId", "Id", "Enabled", "PrimaryOperationalStatus")
 KVP_PROPS = ("SystemName", "GuestIntrinsicExchangeItems")
+LOCATION_PROPS = ("Id", "ConfigurationLocation", "SnapshotFileLocation", "SmartPagingFilePath")
 
 
 def wql_string(value: str) -> str:
@@ -432,6 +433,12 @@ def get_integration_services() -> Command:
         INTEGRATION_PROPS,
         extra=_enums(PrimaryOperationalStatus="VMIntegrationComponentOperationalStatus"),
     )
+
+
+def get_vm_locations() -> Command:
+    """Where each VM keeps its configuration, checkpoints and smart paging file (its
+    disks' paths come with the drives): every file of a VM on SMB must be in one share."""
+    return Command("VM file locations", (Cmdlet("Get-VM"),), LOCATION_PROPS)
 
 
 def get_guest_kvp() -> Command:

@@ -248,6 +248,44 @@ async def test_guest_os_from_kvp_linux_silent_and_refused(
         await feed.close()
 
 
+@pytest.mark.timeout(60)
+async def test_smb_layout_one_share_depth_and_links_need_delegation(
+        peer: tuple[ClusterModel, PeerHandle]) -> None:
+    model, handle = peer
+    node = next(iter(model.nodes))
+    vm = running_vm(model, node)
+    target = f"vm:{vm.id}"
+    feed, store, engine = await started(handle)
+    smb = {F.SMB_SPREAD, F.SMB_PATH_DEEP, F.SMB_LINKS_NOT_CHECKED}
+    try:
+        await feed.until(lambda: bool(getattr(store.vm(vm.id), "storage_paths", ())), 20,
+                         "the VM's file locations")
+        got = store.vm(vm.id)
+        assert got is not None and got.smb_link_check is None
+        folder = model.vm_folder(vm)
+        assert folder in got.storage_paths  # configuration, checkpoints, smart paging
+        assert all(d.path in got.storage_paths for d in model.disks.values()
+                   if d.vm_id == vm.id)  # every file of every chain
+        assert not smb & set(codes(engine, target))
+
+        # Configuration deep under one share, checkpoints on another, disks on a CSV.
+        deep = "\\\\FS-SMB01\\VMs\\a\\b\\c\\d\\e\\f\\" + vm.name
+        model.backup.locations[vm.id] = {"ConfigurationLocation": deep,
+                                         "SnapshotFileLocation": "\\\\FS-SMB02\\Snaps"}
+        await feed.until(lambda: smb <= set(codes(engine, target)), 20, "SMB findings")
+        found = codes(engine, target)
+        assert "more than 5 folder levels" in found[F.SMB_PATH_DEEP].message
+        links = found[F.SMB_LINKS_NOT_CHECKED]
+        assert links.severity is Severity.INFO
+        assert "not checked: needs delegation" in links.message
+        assert "\\\\fs-smb01\\vms" in links.message and "\\\\fs-smb02\\snaps" in links.message
+
+        model.backup.locations.clear()
+        await feed.until(lambda: not smb & set(codes(engine, target)), 20, "cleared")
+    finally:
+        await feed.close()
+
+
 def test_parsing_edges() -> None:
     assert executable('"C:\\Program Files\\A B\\agent.exe" --service') == \
         "C:\\Program Files\\A B\\agent.exe"

@@ -38,6 +38,18 @@ class BackupHost:
     no_kvp: set[str] = field(default_factory=set)
     #: Pass-through disks: VM id -> host disk numbers.
     passthrough: dict[str, list[int]] = field(default_factory=dict)
+    #: A VM's configuration / checkpoint / smart paging folders where they are not the
+    #: folder of its first disk: VM id -> {"ConfigurationLocation": …, …}.
+    locations: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def locations_of(self, vm_id: str, folder: str) -> dict[str, str]:
+        """Get-VM's ConfigurationLocation, SnapshotFileLocation and SmartPagingFilePath
+        (Set-VM -SnapshotFileLocation / -SmartPagingFilePath, MicrosoftDocs
+        windows-powershell-docs hyper-v/Set-VM.md): by default all the VM's folder."""
+        out = dict.fromkeys(("ConfigurationLocation", "SnapshotFileLocation",
+                             "SmartPagingFilePath"), folder)
+        out.update(self.locations.get(vm_id, {}))
+        return out
 
     def refused(self, node: str, what: str) -> bool:
         return what in self.refuse.get(node, set())

@@ -89,6 +89,7 @@ def _vm_object(vm: VM, writer: CommandWriter, model: ClusterModel) -> Any:
             "ComputerName": model.profile.vm_host(vm.node_id),
             "IsClustered": vm.id in model.clustered,
             "Path": model.vm_folder(vm),
+            **model.backup.locations_of(vm.id, model.vm_folder(vm)),
             "ReplicationState": _enum(ReplState, _REPL[vm.replication]),
             "Heartbeat": _heartbeat(vm),
             "PrimaryOperationalStatus": OperationalStatus["Ok"],
