@@ -286,6 +286,23 @@ async def test_smb_layout_one_share_depth_and_links_need_delegation(
         await feed.close()
 
 
+def test_commands_md_shows_every_backup_read_as_sent() -> None:
+    from pathlib import Path
+
+    from ventana.backends.hyperv import commands as c
+
+    doc = (Path(c.__file__).parent / "COMMANDS.md").read_text()
+    reads = [c.get_agent_services(("Dell Avamar Plug-in Service for Windows",)),
+             c.get_file_version("C:\\Program Files\\Vendor\\agent.exe"),
+             c.get_listening_ports(CAMPAIGN_PORTS),
+             c.get_registry_value("HKLM:\\SOFTWARE\\Vendor\\Agent", "Version"),
+             c.get_integration_services(), c.get_guest_kvp(), c.get_vm_locations(),
+             c.get_hard_disk_drives()]
+    for command in reads:
+        assert command.as_powershell() in doc, command.as_powershell()
+        assert {n for x in command.pipeline() for n in x.commands} <= READ_CMDLETS
+
+
 def test_parsing_edges() -> None:
     assert executable('"C:\\Program Files\\A B\\agent.exe" --service') == \
         "C:\\Program Files\\A B\\agent.exe"
