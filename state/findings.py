@@ -883,6 +883,9 @@ class FindingsEngine:
                                + ("disabled" if vm.vss_service == "disabled"
                                   else f"not answering ({vm.vss_service})"))
                 guest = True
+            if vm.cluster_group_state and vm.cluster_group_state.casefold() != "online":
+                reasons.append(f"its cluster group is {vm.cluster_group_state}, not Online")
+                guest = True
             if vm.guest_windows is False:
                 reasons.append("the guest is not Windows (it reports "
                                f"{vm.guest_os or 'another OS'!r}): no VSS writer in it")
@@ -899,7 +902,7 @@ class FindingsEngine:
             if hyperv_facts:
                 unknown = [*vm.backup_unchecked, HOST_INVISIBLE]
                 text += (" Checked: power state, integration services, the Backup service, "
-                         "guest OS (KVP), pass-through disks. Not checked: "
+                         "guest OS (KVP), cluster group, pass-through disks. Not checked: "
                          + "; ".join(unknown) + ".")
             add(BACKUP_OFFLINE_ONLY, Severity.WARNING if guest else Severity.INFO, text)
         elif vm.backup_unchecked:

@@ -227,6 +227,7 @@ class VM:
     #: Junctions/links/non-regular files under the VM's SMB folders: None not applicable
     #: or not read; otherwise what became of the check (e.g. "not checked: needs delegation").
     smb_link_check: str | None = None
+    cluster_group_state: str | None = None  # its cluster role: Online, Offline, …; None: n/a
 
     KIND = Kind.VM
 

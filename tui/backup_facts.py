@@ -25,7 +25,7 @@ def backup_signature(vm: VM | None) -> tuple[object, ...]:
     if vm is None:
         return ()
     return (vm.vss_service, vm.guest_os, vm.guest_windows, vm.passthrough_disks,
-            vm.backup_unchecked, vm.storage_paths, vm.smb_link_check)
+            vm.backup_unchecked, vm.storage_paths, vm.smb_link_check, vm.cluster_group_state)
 
 
 def backup_title(vm: VM) -> Text:
@@ -45,6 +45,10 @@ def backup_lines(vm: VM) -> list[Text]:
         guest = Text(vm.guest_os or ("Windows" if vm.guest_windows else "not Windows"),
                      style="" if vm.guest_windows else "yellow")
     lines.append(Text("guest OS: ", style="dim") + guest)
+    if vm.cluster_group_state:
+        lines.append(Text("cluster group: ", style="dim") + Text(
+            vm.cluster_group_state,
+            style="" if vm.cluster_group_state.casefold() == "online" else "yellow"))
     disks = vm.passthrough_disks
     lines.append(Text("pass-through disks: ", style="dim")
                  + (Text(", ".join(disks), style="yellow") if disks

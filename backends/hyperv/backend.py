@@ -649,6 +649,7 @@ class HyperVBackend(Backend):
                         guest_windows=facts.guest_windows,
                         passthrough_disks=facts.passthrough,
                         backup_unchecked=facts.unchecked, storage_paths=paths,
+                        cluster_group_state=facts.cluster_group,
                         smb_link_check=(NEEDS_DELEGATION if any(is_unc(p) for p in paths)
                                         else None))
         if self._streamed:  # a change streamed while this read ran is newer than it
@@ -691,7 +692,8 @@ class HyperVBackend(Backend):
                                   cfg.backup_version_key, cfg.backup_version_value)
                  if services else AgentFacts())
         powers = {as_id(props(o).get("Id")): power_state(props(o).get("State")) for o in vms}
-        vm_facts = await read_vm_facts(node.session, powers, drives)
+        names = {as_id(props(o).get("Id")): text(props(o).get("Name")) for o in vms}
+        vm_facts = await read_vm_facts(node.session, powers, drives, names)
         self._backup_read[node.source] = (now, agent, vm_facts)
         return agent, vm_facts
 

@@ -88,6 +88,8 @@ class VmBackupFacts:
     unchecked: tuple[str, ...] = ()
     #: Configuration, checkpoint and smart paging folders (None: not read).
     locations: tuple[str, ...] | None = None
+    #: The state of the VM's cluster group (Online, Offline, …; None: not clustered/read).
+    cluster_group: str | None = None
 
 
 #: What a junction/link check under an SMB share needs: the node reading the share on
@@ -238,8 +240,11 @@ def kvp_items(items: Any) -> dict[str, str]:
 
 
 async def read_vm_facts(session: NodeSession, vms: dict[str, PowerState],
-                        drives: Iterable[Any]) -> dict[str, VmBackupFacts]:
-    """VM id -> its online-backup facts, for the VMs ``vms`` (id -> power) of this node."""
+                        drives: Iterable[Any], names: dict[str, str] | None = None
+                        ) -> dict[str, VmBackupFacts]:
+    """VM id -> its online-backup facts, for the VMs ``vms`` (id -> power; ``names``:
+    id -> name, to find a clustered VM's role, named after the VM unless renamed)."""
+    names = names or {}
     unchecked_all: list[str] = []
     vss: dict[str, str] = {}
     try:
@@ -271,14 +276,27 @@ async def read_vm_facts(session: NodeSession, vms: dict[str, PowerState],
         unchecked_all.append(f"guest OS: {_why(exc)}")
         kvp_read = False
     locations: dict[str, tuple[str, ...]] = {}
+    clustered: dict[str, str] = {}  # clustered VM id -> its name (its role's default name)
     try:
         answer = await session.run(cmd.get_vm_locations())
         for obj in answer.output:
             p = props(obj)
-            found = [clean(text(p.get(k)).strip()) for k in cmd.LOCATION_PROPS[1:]]
+            found = [clean(text(p.get(k)).strip()) for k in cmd.LOCATION_PROPS[1:4]]
             locations[as_id(p.get("Id"))] = tuple(dict.fromkeys(f for f in found if f))
+            if p.get("IsClustered") is True or text(p.get("IsClustered")).casefold() == "true":
+                clustered[as_id(p.get("Id"))] = ""
     except CommandFailed as exc:
         unchecked_all.append(f"file locations: {_why(exc)}")
+    groups: dict[str, str] | None = None  # VM role name (casefolded) -> group state
+    if clustered:
+        try:
+            answer = await session.run(cmd.get_cluster_groups())
+            groups = {text(props(o).get("Name")).strip().casefold():
+                      clean(enum_name(props(o).get("State")).strip()) or "Unknown"
+                      for o in answer.output
+                      if enum_name(props(o).get("GroupType")).casefold() == "virtualmachine"}
+        except CommandFailed as exc:
+            unchecked_all.append(f"cluster group: {_why(exc)}")
     passthrough = passthrough_disks(drives)
     out: dict[str, VmBackupFacts] = {}
     for vm_id, power in vms.items():
@@ -299,6 +317,11 @@ async def read_vm_facts(session: NodeSession, vms: dict[str, PowerState],
             else:
                 unchecked.append("guest OS: the guest reports nothing through KVP "
                                  "(Data Exchange service off or not installed)")
+        group: str | None = None
+        if vm_id in clustered and groups is not None:
+            group = groups.get(names.get(vm_id, "").strip().casefold())
+            if group is None:
+                unchecked.append("cluster group: no VM role named after the VM (renamed?)")
         out[vm_id] = VmBackupFacts(service, os_name, windows, passthrough.get(vm_id, ()),
-                                   tuple(unchecked), locations.get(vm_id))
+                                   tuple(unchecked), locations.get(vm_id), group)
     return out

@@ -381,7 +381,9 @@ DATA_FILE_PROPS = ("Name", "Version")
 LISTEN_PROPS = ("LocalAddress", "LocalPort", "OwningProcess")
 INTEGRATION_PROPS = ("VMId", "Id", "Enabled", "PrimaryOperationalStatus")
 KVP_PROPS = ("SystemName", "GuestIntrinsicExchangeItems")
-LOCATION_PROPS = ("Id", "ConfigurationLocation", "SnapshotFileLocation", "SmartPagingFilePath")
+LOCATION_PROPS = ("Id", "ConfigurationLocation", "SnapshotFileLocation", "SmartPagingFilePath",
+                  "IsClustered")
+CLUSTER_GROUP_PROPS = ("Name", "State", "GroupType")
 
 
 def wql_string(value: str) -> str:
@@ -439,6 +441,12 @@ def get_vm_locations() -> Command:
     """Where each VM keeps its configuration, checkpoints and smart paging file (its
     disks' paths come with the drives): every file of a VM on SMB must be in one share."""
     return Command("VM file locations", (Cmdlet("Get-VM"),), LOCATION_PROPS)
+
+
+def get_cluster_groups() -> Command:
+    """The cluster's roles and their state (a VM's role is matched by its name)."""
+    return Command("cluster groups", (Cmdlet("Get-ClusterGroup"),), CLUSTER_GROUP_PROPS,
+                   extra=_enums(State="ClusterGroupState", GroupType="GroupType"))
 
 
 def get_guest_kvp() -> Command:
@@ -913,6 +921,7 @@ READ_CMDLETS = frozenset(
         "Get-Service",
         "Get-ItemPropertyValue",
         "Get-NetTCPConnection",
+        "Get-ClusterGroup",
         "Test-Path",
         "Get-VMNetworkAdapter",
         "Get-VMNetworkAdapterVlan",

@@ -102,6 +102,11 @@ def test_vm_online_backup_conditions() -> None:
     put(store, vm, **{**healthy, "passthrough_disks": ("physical disk 2 (SCSI 0:1)",)})
     assert "pass-through disk(s) physical disk 2" in found(eng, target)[
         F.BACKUP_OFFLINE_ONLY].message
+    put(store, vm, **{**healthy, "cluster_group_state": "Failed"})
+    assert "its cluster group is Failed, not Online" in found(eng, target)[
+        F.BACKUP_OFFLINE_ONLY].message
+    put(store, vm, **{**healthy, "cluster_group_state": "Online"})
+    assert F.BACKUP_OFFLINE_ONLY not in found(eng, target)
     # A read that failed: not checked (info), never "offline".
     put(store, vm, **{**healthy, "guest_os": None, "guest_windows": None,
                       "backup_unchecked": ("guest OS: Access denied",)})

@@ -181,7 +181,7 @@ async def test_online_backup_eligibility_per_vm(peer: tuple[ClusterModel, PeerHa
         assert got is not None
         # The VSS component is found by its id, also where its Name is localized (german).
         assert (got.vss_service, got.guest_windows, got.passthrough_disks,
-                got.backup_unchecked) == ("ok", True, (), ())
+                got.backup_unchecked, got.cluster_group_state) == ("ok", True, (), (), "Online")
         assert got.guest_os == "Windows Server 2019 Datacenter"
         assert F.BACKUP_OFFLINE_ONLY not in codes(engine, target)
 
@@ -197,6 +197,20 @@ async def test_online_backup_eligibility_per_vm(peer: tuple[ClusterModel, PeerHa
         assert "Not checked: dynamic disks and non-NTFS volumes" in f.message
         # The pass-through disk is no file: the VM's disks are what they were.
         assert store.vm(vm.id).disk_ids == vm.disk_ids  # type: ignore[union-attr]
+
+        # The VM's cluster role not online; then a role renamed: not checked.
+        model.backup.ic_disabled.clear()
+        model.backup.passthrough.clear()
+        model.backup.group_state[vm.id] = "PartialOnline"
+        await feed.until(lambda: "cluster group is PartialOnline" in codes(engine, target).get(
+            F.BACKUP_OFFLINE_ONLY, F.LiveFinding("", "", Severity.INFO, "")).message, 20,
+            "group not online")
+        model.backup.group_state.clear()
+        model.group_names[vm.id] = "SQL Server (renamed)"
+        await feed.until(lambda: F.BACKUP_NOT_CHECKED in codes(engine, target), 20, "renamed")
+        assert "no VM role named after the VM" in codes(engine, target)[
+            F.BACKUP_NOT_CHECKED].message
+        model.group_names.pop(vm.id)
 
         # Enabled but not answering.
         model.backup.ic_disabled.clear()
@@ -297,6 +311,7 @@ def test_commands_md_shows_every_backup_read_as_sent() -> None:
              c.get_listening_ports(CAMPAIGN_PORTS),
              c.get_registry_value("HKLM:\\SOFTWARE\\Vendor\\Agent", "Version"),
              c.get_integration_services(), c.get_guest_kvp(), c.get_vm_locations(),
+             c.get_cluster_groups(),
              c.get_hard_disk_drives()]
     for command in reads:
         assert command.as_powershell() in doc, command.as_powershell()

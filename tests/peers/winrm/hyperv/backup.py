@@ -17,10 +17,11 @@ from psrpcore.types import PSUInt, PSUInt16
 
 from ventana.state.model import IntegrationState, PowerState, ServiceState
 
-from ..cmdlets import CommandWriter, ErrorCategory, TerminatingError
+from ..cmdlets import CommandWriter, ErrorCategory, TerminatingError, ps_enum
 from . import cim
 from .backup_state import AGENT_DISPLAY_NAME, AGENT_EXE
 from .endpoint import Endpoint
+from .enums import FC, _enum
 from .model import BACKUP_SERVICE
 from .wire import _as_list, _obj
 
@@ -189,6 +190,35 @@ def get_net_tcp_connection(ep: Endpoint, params: dict[str, Any], writer: Command
                 "OwningProcess": PSUInt(4242)}))
 
 
+#: clusapi.h CLUSTER_GROUP_STATE and CLUSGROUP_TYPE, as the FailoverClusters module's
+#: ClusterGroupState / GroupType number them (learn.microsoft.com windows/win32/api/
+#: clusapi/ne-clusapi-cluster_group_state, ne-clusapi-clusgroup_type: VirtualMachine 111).
+GroupState = ps_enum(FC + "ClusterGroupState", {
+    "Unknown": -1, "Online": 0, "Offline": 1, "Failed": 2, "PartialOnline": 3, "Pending": 4})
+GroupType = ps_enum(FC + "GroupType", {"Cluster": 1, "AvailableStorage": 2,
+                                       "VirtualMachine": 111})
+
+
+def get_cluster_group(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
+    """Get-ClusterGroup: every role of the cluster (MicrosoftDocs windows-powershell-docs
+    failoverclusters/Get-ClusterGroup.md), a VM's role named after the VM unless renamed
+    (``model.group_names``); Online while the VM runs, Offline when it is off or saved."""
+    ep.log("Get-ClusterGroup")
+    model = ep.model
+    writer.write_output(_obj(writer, [FC + "ClusterGroup"], {
+        "Name": "Cluster Group", "State": _enum(GroupState, "Online"),
+        "GroupType": _enum(GroupType, "Cluster")}))
+    for vm in model.vms_of(None):
+        if vm.id not in model.clustered:
+            continue
+        state = model.backup.group_state.get(vm.id) or (
+            "Online" if vm.power in (PowerState.RUNNING, PowerState.PAUSED) else "Offline")
+        writer.write_output(_obj(writer, [FC + "ClusterGroup"], {
+            "Name": model.group_names.get(vm.id, vm.name),
+            "State": _enum(GroupState, state), "GroupType": _enum(GroupType, "VirtualMachine"),
+            "OwnerNode": vm.node_id}))
+
+
 CLASSES = {
     "win32_service": win32_service,
     "cim_datafile": cim_datafile,
@@ -198,4 +228,5 @@ CLASSES = {
 HANDLERS = {
     "Get-CimInstance": get_cim,
     "Get-NetTCPConnection": get_net_tcp_connection,
+    "Get-ClusterGroup": get_cluster_group,
 }

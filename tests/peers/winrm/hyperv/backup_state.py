@@ -41,6 +41,8 @@ class BackupHost:
     #: A VM's configuration / checkpoint / smart paging folders where they are not the
     #: folder of its first disk: VM id -> {"ConfigurationLocation": …, …}.
     locations: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: A clustered VM's role state overriding the default (Online while it runs).
+    group_state: dict[str, str] = field(default_factory=dict)
 
     def locations_of(self, vm_id: str, folder: str) -> dict[str, str]:
         """Get-VM's ConfigurationLocation, SnapshotFileLocation and SmartPagingFilePath
