@@ -678,7 +678,9 @@ class HyperVBackend(Backend):
                            ) -> tuple[AgentFacts | None, dict[str, VmBackupFacts]]:
         """The backup agent and each VM's online-backup facts (``backup``), read again
         at most every ``backup_interval`` seconds (they change rarely; the cost is in
-        COMMANDS.md); between reads the last answer stands."""
+        COMMANDS.md); between reads the last answer stands. A node's first poll reads
+        the agent only: the VMs' facts (rows per VM) come with the next poll, so they
+        never delay the first inventory."""
         cfg = self.config
         if not cfg.backup_checks:
             return None, {}
@@ -691,6 +693,9 @@ class HyperVBackend(Backend):
         agent = (await read_agent(node.session, services, cfg.backup_ports,
                                   cfg.backup_version_key, cfg.backup_version_value)
                  if services else AgentFacts())
+        if last is None:  # the first poll: the agent now, the VMs' facts next time
+            self._backup_read[node.source] = (now - cfg.backup_interval, agent, {})
+            return agent, {}
         powers = {as_id(props(o).get("Id")): power_state(props(o).get("State")) for o in vms}
         names = {as_id(props(o).get("Id")): text(props(o).get("Name")) for o in vms}
         vm_facts = await read_vm_facts(node.session, powers, drives, names)

@@ -14,6 +14,7 @@ feeds shows the finding raised, cleared, or "not checked" with the reason:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from typing import Any
@@ -296,6 +297,28 @@ async def test_smb_layout_one_share_depth_and_links_need_delegation(
 
         model.backup.locations.clear()
         await feed.until(lambda: not smb & set(codes(engine, target)), 20, "cleared")
+    finally:
+        await feed.close()
+
+
+@pytest.mark.timeout(60)
+async def test_backup_checks_off_sends_none_of_the_reads(
+        peer: tuple[ClusterModel, PeerHandle]) -> None:
+    model, handle = peer
+    feed, store, engine = await started(handle, backup_checks=False)
+    try:
+        await feed.until(lambda: store.node(next(iter(model.nodes))) is not None, 20, "read")
+        for _ in range(200):  # a second poll (it changes nothing: no event to wait on)
+            if model.calls.count("Get-VM") >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert model.calls.count("Get-VM") >= 2
+        sent = {n for s in feed.backend.sessions() for n in s.sent}
+        assert not {"Get-NetTCPConnection", "Get-ClusterGroup", "Get-VMIntegrationService"} & sent
+        assert not [c for c in model.calls if "win32_service" in c or "kvp" in c]
+        node = node_of(store, model)
+        assert node.backup_agent_state is ServiceState.UNKNOWN and node.backup_unchecked == ()
+        assert not [f for f in engine.findings() if f.code.startswith("BACKUP_AGENT")]
     finally:
         await feed.close()
 
