@@ -259,6 +259,8 @@ async def read_vm_facts(session: NodeSession, vms: dict[str, PowerState],
                 vss[as_id(p.get("VMId"))] = "disabled"
             elif status.casefold() in ANSWERING:
                 vss[as_id(p.get("VMId"))] = "ok"
+            elif not status and vms.get(as_id(p.get("VMId"))) is not PowerState.RUNNING:
+                vss[as_id(p.get("VMId"))] = "enabled"  # no status while the VM is not running
             else:
                 vss[as_id(p.get("VMId"))] = clean(status) or "no status"
         integration_read = True
