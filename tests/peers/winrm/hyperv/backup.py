@@ -38,9 +38,9 @@ def _wql(params: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _denied(what: str) -> TerminatingError:
-    # A CIM query the account may not run fails the pipeline with Access denied
-    # (CimException, category PermissionDenied: learn.microsoft.com
-    # powershell/module/cimcmdlets/get-ciminstance, errors come from the CIM server).
+    # A CIM query the account may not run fails with WBEM_E_ACCESS_DENIED (0x80041003,
+    # learn.microsoft.com windows/win32/wmisdk/wmi-error-constants), which Get-CimInstance
+    # raises as a CimException, category PermissionDenied.
     return TerminatingError("Access denied", error_id="HRESULT 0x80041003",
                             category=ErrorCategory.PermissionDenied,
                             exception_type="Microsoft.Management.Infrastructure.CimException",
@@ -108,7 +108,7 @@ def cim_datafile(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) ->
             v.casefold() == AGENT_EXE.casefold() for v in names):
         return
     writer.write_output(_obj(writer, [CIM + "root/cimv2/CIM_DataFile"], {
-        "Name": AGENT_EXE.lower(),  # CIM_DataFile reports the name in lower case
+        "Name": AGENT_EXE,
         "Version": n.backup_agent_version or "",
     }))
 
@@ -202,7 +202,9 @@ GroupType = ps_enum(FC + "GroupType", {"Cluster": 1, "AvailableStorage": 2,
 def get_cluster_group(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
     """Get-ClusterGroup: every role of the cluster (MicrosoftDocs windows-powershell-docs
     failoverclusters/Get-ClusterGroup.md), a VM's role named after the VM unless renamed
-    (``model.group_names``); Online while the VM runs, Offline when it is off or saved."""
+    (``model.group_names``). Online while the VM runs, Offline when it is off or saved:
+    the endpoint's own simplification (not from a published table; a test sets any
+    state through ``model.backup.group_state``)."""
     ep.log("Get-ClusterGroup")
     model = ep.model
     writer.write_output(_obj(writer, [FC + "ClusterGroup"], {

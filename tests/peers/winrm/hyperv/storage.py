@@ -95,7 +95,9 @@ def get_drive(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> No
         # Pass-through disks: a physical disk of the host, named by its DiskNumber
         # (Add-VMHardDiskDrive -DiskNumber, MicrosoftDocs windows-powershell-docs
         # hyper-v/Add-VMHardDiskDrive.md: "the disk number of the offline physical hard
-        # drive to be connected as a passthrough disk"); its Path describes the disk.
+        # drive to be connected as a passthrough disk"). Its Path here is a description
+        # of the disk, not a file (its exact wording is not published; the client reads
+        # only DiskNumber).
         for k, number in enumerate(model.backup.passthrough.get(vm.id, [])):
             location = len(model.drive_chains(vm)) + k
             writer.write_output(_obj(writer, [HV + "HardDiskDrive", HV + "Drive"], {
