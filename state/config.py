@@ -66,7 +66,7 @@ Findings thresholds (README: "Findings")::
     lun_warn_pct = 10
     lun_critical_pct = 5
     backup_max_gb = 2048          # the backup policy's per-VM limit
-    backup_agent_min_version = "12.0"
+    backup_agent_min_version = "19.10"  # default: per product (Avamar 19.10, else 12.0)
     backup_agent_ports = [28001, 28002, 29000, 30001, 30002, 30003]
 
 Passwords never go here: a config with a key that looks like a secret is
@@ -145,6 +145,8 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,), "vms": (int,), "rate": (int, float), "speed": (int, float),
     "port": (int,), "cluster": (str,), "host": (str,), "user": (str,), "auth": (str,),
     "ca_bundle": (str,), "password_file": (str,), "nodes": (list,),
+    # Hyper-V backup readiness (docs/backup-readiness.md); backup_checks: true/false.
+    "backup_services": (list,), "backup_ports": (list,), "backup_interval": (int, float),
 }
 _TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string", list: "a list"}
 
@@ -155,6 +157,19 @@ def _check_type(where: str, key: str, value: Any, types: tuple[type, ...]) -> No
         want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
         raise ConfigError(f"{where}: {key} must be {want}, not {type(value).__name__} "
                           f"{value!r}"[:300])
+
+
+def _check_backup_options(where: str, options: dict[str, Any]) -> None:
+    """The Hyper-V backup agent's names (strings), ports (1-65535) and the on/off switch."""
+    names = options.get("backup_services", [])
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(f"{where}: backup_services must be a list of service names")
+    ports = options.get("backup_ports", [])
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536
+               for p in ports):
+        raise ConfigError(f"{where}: backup_ports must be a list of TCP ports (1-65535)")
+    if not isinstance(options.get("backup_checks", True), bool):
+        raise ConfigError(f"{where}: backup_checks must be true or false")
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -188,6 +203,7 @@ def load_config(path: Path | None = None) -> Config:
         for key, value in options.items():
             if key in _OPTION_TYPES:
                 _check_type(f"{path}: target {raw['name']!r}", key, value, _OPTION_TYPES[key])
+        _check_backup_options(f"{path}: target {raw['name']!r}", options)
         targets.append(Target(raw["name"], kind, read_only, options))
     log = data.get("log")
     if log is not None:

@@ -37,7 +37,18 @@ config file, see ``FindingsConfig``):
   backup task running on the VM, older than ``backup_leftover_after``.
 - *Not eligible for online backup*: integration services off, no VSS in the
   guest, dynamic disks in the guest (warning); merely not running (info —
-  it is backed up offline).
+  it is backed up offline). On Hyper-V also (the conditions of the "Child VM
+  Snapshot" method, MicrosoftDocs win32 ``HyperV_v2/backing-up-and-restoring-
+  virtual-machines.md``): the Backup (volume shadow copy) integration service
+  disabled or not answering, a guest KVP does not report as Windows, and
+  pass-through disks (invisible to the host: guest-level backup only). The
+  message names the conditions checked and those the host cannot see (dynamic
+  disks, non-NTFS volumes); a read that failed is ``BACKUP_NOT_CHECKED`` (info).
+- *Backup agent*: missing/stopped (critical), older than the floor (warning:
+  ``backup_agent_min_version``, else the floor of the product found —
+  ``AGENT_FLOORS`` — else 12.0), start mode not Auto (warning), its ports not
+  listening (warning); a fact the node could not answer is
+  ``BACKUP_AGENT_NOT_CHECKED`` (info, with the reason), never guessed.
 - *Disks a snapshot-based backup skips* (``SNAPSHOT_SKIPS_DISKS``, warning):
   independent disks and physical-mode RDMs are not in a VM snapshot, so an
   image backup taken through one silently leaves them out.
@@ -48,7 +59,10 @@ config file, see ``FindingsConfig``):
   covers (``backup_policy_vms``, name patterns, default every VM): each
   incremental backup then reads the whole disk.
 - *Files spread across SMB shares*: a VM with a file on an SMB share
-  (``\\\\server\\share``) whose files are in more than one location.
+  (``\\\\server\\share``) whose files are in more than one location. A location more
+  than ``smb_max_depth`` folders under its share is ``SMB_PATH_DEEP``; junctions and
+  links under a share the backend could not look at are ``SMB_LINKS_NOT_CHECKED``
+  (info, with the reason: on Hyper-V "needs delegation").
 - *Broken chain*: ``derived.broken_chain``, the rule the merge pre-flight
   blocks on too, so the finding and the plan never disagree.
 - *Remedies* follow the VM's platform (its cluster's, as in
@@ -126,6 +140,23 @@ AGENT_PORTS_CLOSED = "BACKUP_AGENT_PORTS_CLOSED"
 SNAPSHOT_SKIPS_DISKS = "SNAPSHOT_SKIPS_DISKS"
 TOOLS_NOT_READY = "TOOLS_NOT_READY"
 CBT_OFF = "CBT_OFF"
+AGENT_START_MODE = "BACKUP_AGENT_START_MODE"
+AGENT_NOT_CHECKED = "BACKUP_AGENT_NOT_CHECKED"
+BACKUP_NOT_CHECKED = "BACKUP_NOT_CHECKED"
+SMB_PATH_DEEP = "SMB_PATH_DEEP"
+SMB_LINKS_NOT_CHECKED = "SMB_LINKS_NOT_CHECKED"
+#: A VM's files, by their extension (the last component of such a path is no folder).
+_VM_FILE_EXT = (".vhdx", ".vhd", ".avhdx", ".avhd", ".vmcx", ".vmrs", ".vmgs", ".xml",
+                ".bin", ".vsv", ".slp")
+
+#: The version floor of a backup agent product, by its service's display name (casefolded),
+#: used when ``[findings] backup_agent_min_version`` is not set: the source campaign's
+#: Avamar plug-in at least 19.10. A product not listed (or a simulated agent) gets
+#: ``DEFAULT_AGENT_FLOOR``.
+AGENT_FLOORS: dict[str, str] = {"dell avamar plug-in service for windows": "19.10"}
+DEFAULT_AGENT_FLOOR = "12.0"
+#: What a host cannot see of a guest (the finding says so rather than claim it).
+HOST_INVISIBLE = "dynamic disks and non-NTFS volumes (not visible from the host)"
 
 # guest.toolsVersionStatus2 values (pyvmomi docs/vim/vm/GuestInfo/ToolsVersionStatus.rst):
 # never installed → no quiesce at all; a version the host does not call current → info.
@@ -192,13 +223,18 @@ class FindingsConfig:
     lun_warn_pct: float = 10.0
     lun_critical_pct: float = 5.0
     backup_max_bytes: int = 2 * TB
-    backup_agent_min_version: str = "12.0"
+    #: The agent's version floor; None: per product (``AGENT_FLOORS``, else 12.0).
+    backup_agent_min_version: str | None = None
     backup_agent_ports: tuple[int, ...] = BACKUP_AGENT_PORTS
     backup_leftover_after: timedelta = timedelta(hours=1)
     config_version_min: str = "8.0"
     ack_grace: timedelta = timedelta(minutes=15)
     #: VM name patterns (fnmatch, case-insensitive) a backup policy covers (CBT_OFF).
     backup_policy_vms: tuple[str, ...] = ("*",)
+    #: Folder levels under an SMB share a VM's files may sit at (SMB_PATH_DEEP): remote
+    #: VSS copies only down to the file server's shadow-copy directory depth (NetApp
+    #: ONTAP: ``-shadowcopy-dir-depth``, 5 by default — set it to your server's).
+    smb_max_depth: int = 5
 
     @classmethod
     def from_toml(cls, raw: dict[str, Any]) -> FindingsConfig:
@@ -208,7 +244,7 @@ class FindingsConfig:
             "checkpoint_warn_hours", "checkpoint_critical_hours", "chain_depth_max",
             "differencing_pct", "lun_warn_pct", "lun_critical_pct", "backup_max_gb",
             "backup_agent_min_version", "backup_agent_ports", "backup_leftover_hours",
-            "config_version_min", "ack_grace_minutes", "backup_policy_vms",
+            "config_version_min", "ack_grace_minutes", "backup_policy_vms", "smb_max_depth",
         }
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -237,13 +273,15 @@ class FindingsConfig:
             lun_warn_pct=num("lun_warn_pct", d.lun_warn_pct),
             lun_critical_pct=num("lun_critical_pct", d.lun_critical_pct),
             backup_max_bytes=int(num("backup_max_gb", d.backup_max_bytes / GB) * GB),
-            backup_agent_min_version=str(
-                raw.get("backup_agent_min_version", d.backup_agent_min_version)),
+            backup_agent_min_version=(
+                str(raw["backup_agent_min_version"]) if "backup_agent_min_version" in raw
+                else None),
             backup_agent_ports=tuple(ports),
             backup_leftover_after=timedelta(hours=num("backup_leftover_hours", 1)),
             config_version_min=str(raw.get("config_version_min", d.config_version_min)),
             ack_grace=timedelta(minutes=num("ack_grace_minutes", 15)),
             backup_policy_vms=tuple(policy),
+            smb_max_depth=int(num("smb_max_depth", d.smb_max_depth)),
         )
         if cfg.checkpoint_critical_age < cfg.checkpoint_warn_age:
             raise ValueError("[findings] checkpoint_critical_hours is below checkpoint_warn_hours")
@@ -314,6 +352,17 @@ def _share(path: str) -> str | None:
     return f"\\\\{parts[0]}\\{parts[1]}".casefold()
 
 
+def _smb_depth(path: str) -> int:
+    """Folder levels of a location under its SMB share (0: not on a share); a VM file's
+    own name is not a level."""
+    if _share(path) is None:
+        return 0
+    parts = [x for x in path.replace("/", "\\")[2:].split("\\") if x][2:]
+    if parts and parts[-1].casefold().endswith(_VM_FILE_EXT):
+        parts = parts[:-1]
+    return len(parts)
+
+
 def _location(path: str) -> str:
     share = _share(path)
     if share is not None:
@@ -360,7 +409,8 @@ class FindingsEngine:
         self.backlog_after = 256
         self._min_config_version = version_key(self.config.config_version_min)
         self._versions: dict[str, tuple[int, int]] = {}
-        self._min_agent_version = _dotted(self.config.backup_agent_min_version)
+        self._min_agent_version = (_dotted(self.config.backup_agent_min_version)
+                                   if self.config.backup_agent_min_version else None)
         self._policy_re = _patterns(self.config.backup_policy_vms)
 
     # -- life ------------------------------------------------------------------
@@ -826,11 +876,39 @@ class FindingsEngine:
                 guest = True
         elif vm.power is not PowerState.UNKNOWN:
             reasons.append(f"it is not running ({vm.power.value})")
+        hyperv_facts = vm.vss_service is not None or vm.guest_windows is not None
+        if vm.power is PowerState.RUNNING:
+            if vm.vss_service is not None and vm.vss_service != "ok":
+                reasons.append("the Backup (volume shadow copy) integration service is "
+                               + ("disabled" if vm.vss_service == "disabled"
+                                  else f"not answering ({vm.vss_service})"))
+                guest = True
+            if vm.cluster_group_state and vm.cluster_group_state.casefold() != "online":
+                reasons.append(f"its cluster group is {vm.cluster_group_state}, not Online")
+                guest = True
+            if vm.guest_windows is False:
+                reasons.append("the guest is not Windows (it reports "
+                               f"{vm.guest_os or 'another OS'!r}): no VSS writer in it")
+                guest = True
+        if vm.passthrough_disks:
+            reasons.append("pass-through disk(s) " + ", ".join(vm.passthrough_disks)
+                           + " are not visible to the host and are left out (back them up "
+                           "from inside the guest)")
+            guest = True
         if reasons:
-            add(BACKUP_OFFLINE_ONLY, Severity.WARNING if guest else Severity.INFO,
-                "Not eligible for an online host-level backup: " + ", ".join(reasons) +
-                ("; it is backed up crash-consistent or in saved state." if guest
-                 else "; it is backed up offline."))
+            text = ("Not eligible for an online host-level backup: " + ", ".join(reasons) +
+                    ("; it is backed up crash-consistent or in saved state." if guest
+                     else "; it is backed up offline."))
+            if hyperv_facts:
+                unknown = [*vm.backup_unchecked, HOST_INVISIBLE]
+                text += (" Checked: power state, integration services, the Backup service, "
+                         "guest OS (KVP), cluster group, pass-through disks. Not checked: "
+                         + "; ".join(unknown) + ".")
+            add(BACKUP_OFFLINE_ONLY, Severity.WARNING if guest else Severity.INFO, text)
+        elif vm.backup_unchecked:
+            add(BACKUP_NOT_CHECKED, Severity.INFO,
+                "Online-backup eligibility not fully checked: " + "; ".join(vm.backup_unchecked)
+                + f". Never visible from the host: {HOST_INVISIBLE}.")
 
         # Snapshot-based (image) backup facts; each silent while not reported (None).
         skipped = [*(vm.independent_disks or ()), *(f"{d} (physical RDM)"
@@ -871,6 +949,20 @@ class FindingsEngine:
                         f"Files on SMB shares spread across {len(places)} locations ("
                         + ", ".join(sorted(places)) + "): every share must be up and "
                         "reachable from every node, and host-level backup of such VMs fails.")
+
+        if vm.storage_paths and cfg.smb_max_depth:
+            deep = [p for p in vm.storage_paths if _smb_depth(p) > cfg.smb_max_depth]
+            if deep:
+                add(SMB_PATH_DEEP, Severity.WARNING,
+                    f"{len(deep)} file location(s) more than {cfg.smb_max_depth} folder levels "
+                    f"under their SMB share (e.g. {deep[0]}): remote VSS copies only down to "
+                    "the file server's shadow-copy directory depth, so a backup misses them.")
+        if vm.smb_link_check:
+            shares = sorted({s for s in (_share(p) for p in vm.storage_paths) if s})
+            add(SMB_LINKS_NOT_CHECKED, Severity.INFO,
+                "Junctions, links and non-regular files in the VM's folders on "
+                + (", ".join(shares) or "its SMB share") + f": {vm.smb_link_check}. Remote "
+                "VSS refuses a share that holds any; check them on the file server.")
 
         if vm.replication is not ReplicationState.DISABLED:
             rep_sev: Severity | None = None
@@ -951,11 +1043,25 @@ class FindingsEngine:
                                    "The backup agent service is stopped: backups of VMs on "
                                    "this node fail.", node.name))
         version = node.backup_agent_version
-        if (state is not ServiceState.MISSING and version and cfg.backup_agent_min_version
-                and _dotted(version) < self._min_agent_version):
+        floor = (cfg.backup_agent_min_version
+                 or AGENT_FLOORS.get((node.backup_agent_name or "").casefold())
+                 or DEFAULT_AGENT_FLOOR)
+        floor_key = (self._min_agent_version if cfg.backup_agent_min_version
+                     else _dotted(floor))
+        if (state is not ServiceState.MISSING and version and floor_key
+                and _dotted(version) < floor_key):
             out.append(LiveFinding(target, AGENT_OLD, Severity.WARNING,
-                                   f"Backup agent {version} is older than "
-                                   f"{cfg.backup_agent_min_version}.", node.name))
+                                   f"Backup agent {version} is older than {floor}.", node.name))
+        mode = node.backup_agent_start_mode
+        if state is not ServiceState.MISSING and mode and mode.casefold() != "auto":
+            out.append(LiveFinding(target, AGENT_START_MODE, Severity.WARNING,
+                                   f"The backup agent service starts {mode!r}, not "
+                                   "automatically: after the next reboot of this node it "
+                                   "stays stopped and its backups fail.", node.name))
+        if node.backup_unchecked:
+            out.append(LiveFinding(target, AGENT_NOT_CHECKED, Severity.INFO,
+                                   "Backup agent not checked: "
+                                   + "; ".join(node.backup_unchecked) + ".", node.name))
         closed = node.backup_ports_closed
         if state is ServiceState.RUNNING and closed:
             wanted = [p for p in closed if p in cfg.backup_agent_ports] or list(closed)

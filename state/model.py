@@ -171,6 +171,12 @@ class Node:
     vm_count: int = 0
     # The backup agent's ports found closed on this node; () all open, None unknown.
     backup_ports_closed: tuple[int, ...] | None = None
+    # Backup agent facts read on real hosts (Hyper-V: Win32_Service; docs/backup-readiness.md);
+    # None means "not reported". ``backup_unchecked``: a fact that could not be read, each
+    # as "what: why" (shown as "not checked", never as OK or bad).
+    backup_agent_name: str | None = None  # the service's display name as found
+    backup_agent_start_mode: str | None = None  # Win32_Service.StartMode: Auto, Manual, Disabled
+    backup_unchecked: tuple[str, ...] = ()
 
     KIND = Kind.NODE
 
@@ -211,6 +217,17 @@ class VM:
     passthrough_devices: tuple[str, ...] | None = None  # DirectPath I/O (PCI passthrough)
     template: bool | None = None  # config.template
     fault_tolerance: str | None = None  # runtime.faultToleranceState
+    # Hyper-V facts for online (host-level, VSS "Child VM Snapshot") backup; None: not read.
+    vss_service: str | None = None  # Backup (volume shadow copy) integration service: ok, ...
+    guest_os: str | None = None  # the guest's OS as it reports it through KVP (OSName)
+    guest_windows: bool | None = None  # KVP OSPlatformId 2 (Win32NT)
+    passthrough_disks: tuple[str, ...] | None = None  # pass-through (physical) disks
+    #: Conditions of online backup that could not be checked, each as "what: why".
+    backup_unchecked: tuple[str, ...] = ()
+    #: Junctions/links/non-regular files under the VM's SMB folders: None not applicable
+    #: or not read; otherwise what became of the check (e.g. "not checked: needs delegation").
+    smb_link_check: str | None = None
+    cluster_group_state: str | None = None  # its cluster role: Online, Offline, …; None: n/a
 
     KIND = Kind.VM
 

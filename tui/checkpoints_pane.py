@@ -24,6 +24,8 @@ from ventana.state.derived import (
 from ventana.state.model import VM, Checkpoint, CheckpointKind
 from ventana.state.store import Store
 
+from .backup_facts import backup_lines, backup_signature, backup_title, has_backup_facts
+
 _KIND_STYLE = {
     CheckpointKind.BACKUP: "yellow",
     CheckpointKind.RECOVERY: "cyan",
@@ -70,7 +72,7 @@ class CheckpointsPane(Tree[str]):
         vm = store.vm(vm_id) if vm_id else None
         checkpoints = store.checkpoints_of(vm_id) if vm_id else []
         signature = (vm_id, vm.name if vm else None, vm.last_stun_ms if vm else None,
-                     tuple(sorted(checkpoints, key=lambda c: c.id)))
+                     tuple(sorted(checkpoints, key=lambda c: c.id)), backup_signature(vm))
         if not force and signature == self._signature:
             return
         self._signature = signature
@@ -110,6 +112,10 @@ class CheckpointsPane(Tree[str]):
                     node.allow_expand = False
 
         add(self.root, None)
+        if has_backup_facts(vm):  # the VM's backup facts (tui/backup_facts.py), below the tree
+            branch = self.root.add(backup_title(vm), data=None, expand=True)
+            for line in backup_lines(vm):
+                branch.add_leaf(line, data=None)
         self.root.expand()
 
     def selected_checkpoint_id(self, vm_id: str) -> str | None:

@@ -378,6 +378,7 @@ def _hyperv_first_contact(args: argparse.Namespace) -> None:
 
 
 def _hyperv_backend(args: argparse.Namespace) -> Backend:
+    import dataclasses
     import getpass
     import os
 
@@ -411,6 +412,10 @@ def _hyperv_backend(args: argparse.Namespace) -> Backend:
         discover=not args.no_discover,
         resolve=tuple(tuple(r.split("=", 1)) for r in args.resolve if "=" in r),  # type: ignore[misc]
     )
+    backup = getattr(args, "hyperv_backup", None) or {}  # the target's backup_* options
+    if backup:
+        config = dataclasses.replace(config, **{
+            k: tuple(v) if isinstance(v, list) else v for k, v in backup.items()})
     return HyperVBackend(config, credential)
 
 
@@ -429,6 +434,9 @@ def _apply_target(args: argparse.Namespace, kind: str, options: dict[str, object
         take("node", "nodes", lambda v: [str(n) for n in v])  # type: ignore[attr-defined]
         take("auth", "auth", str)
         take("winrm_port", "port", int)
+        args.hyperv_backup = {k: options[k] for k in (
+            "backup_services", "backup_ports", "backup_interval", "backup_checks")
+            if k in options}
         args.read_write = args.read_write or not read_only
     else:
         host = str(options.get("host") or args.target)

@@ -64,6 +64,16 @@ from ventana.state.model import (
 
 from ..base import ActionResult, Backend, Executor, StepResult
 from . import commands as cmd
+from .backup import (
+    CAMPAIGN_PORTS,
+    CAMPAIGN_SERVICES,
+    NEEDS_DELEGATION,
+    AgentFacts,
+    VmBackupFacts,
+    is_unc,
+    read_agent,
+    read_vm_facts,
+)
 from .cleanup import Cleanup
 from .context import HyperVContext, HyperVNode
 from .credentials import Credential
@@ -120,9 +130,15 @@ class HyperVConfig:
       certificates; None: the certifi bundle pypsrp uses by default.
     - ``verify_tls``: False turns verification off — an explicit flag, logged
       as a warning at every connect.
-    - ``backup_service``: the backup agent's Windows service name (None: not
-      read); ``backup_version_key``/``backup_version_value``: a registry value
-      holding its version (e.g. ``HKLM:\\SOFTWARE\\Vendor\\Agent``, ``Version``).
+    - Backup readiness (``backup``; docs/backup-readiness.md): ``backup_services``
+      — the backup agent's service names or display names (default the source
+      campaign's Avamar plug-in; ``backup_service`` adds one name), its
+      ``backup_ports`` (default the campaign's), read with each VM's
+      online-backup facts at most every ``backup_interval`` seconds;
+      ``backup_checks=False`` reads none of it. ``backup_version_key``/
+      ``backup_version_value``: a registry value holding the agent's version
+      (e.g. ``HKLM:\\SOFTWARE\\Vendor\\Agent``, ``Version``) instead of its
+      executable's file version.
     """
 
     cluster: str
@@ -142,6 +158,10 @@ class HyperVConfig:
     backup_service: str | None = None
     backup_version_key: str | None = None
     backup_version_value: str = "Version"
+    backup_services: tuple[str, ...] = CAMPAIGN_SERVICES
+    backup_ports: tuple[int, ...] = CAMPAIGN_PORTS
+    backup_interval: float = 60.0
+    backup_checks: bool = True
     discover: bool = True
     resolve: tuple[tuple[str, str], ...] = ()
     stream: bool = True
@@ -225,6 +245,8 @@ class HyperVBackend(Backend):
         self._mounts: list[Mount] = []
         self._facts: dict[str, NodeFacts] = {}  # node name (casefolded) -> backup agent
         self._vm_counts: dict[str, Counter[str]] = {}  # source -> VMs per host node
+        #: Per node source: when backup readiness was last read, and what it said.
+        self._backup_read: dict[str, tuple[float, AgentFacts, dict[str, VmBackupFacts]]] = {}
         #: What the workflows (merge, upgrade, clean-up, rebuild) may use of this backend.
         self.context = HyperVContext(
             target=self.target,
@@ -600,26 +622,36 @@ class HyperVBackend(Backend):
                 cmd.get_replication(),
             ]
         )
+        # A pass-through drive (DiskNumber set) has no file: not part of any chain.
+        files = [d for d in drives.output if props(d).get("DiskNumber") is None]
         nread = NodeRead(
             vms=vms.output,
             snapshots=snapshots.output,
-            drives=drives.output,
+            drives=files,
             replication=replication.output,
         )
         nread.vhds = await self._read_chains(node, nread.drives)
-        if self.config.backup_service:
-            answer = await session.run(cmd.get_service(self.config.backup_service))
-            nread.service = answer.output[0] if answer.output else None
-            nread.service_missing = not answer.output
-            if self.config.backup_version_key and answer.output:
-                value = await session.run(
-                    cmd.get_registry_value(
-                        self.config.backup_version_key, self.config.backup_version_value
-                    )
-                )
-                nread.agent_version = text(value.output[0]).strip() if value.output else None
+        agent, vm_backup = await self._read_backup(node, vms.output, drives.output)
 
         entities = node_entities(nread, self._cluster_id, node.computer, self._mounts)
+        if vm_backup:
+            files: dict[str, list[str]] = {}  # each VM's disk files (the whole chains)
+            for entity in entities:
+                if isinstance(entity, VirtualDisk):
+                    files.setdefault(entity.vm_id, []).append(entity.path)
+            for i, entity in enumerate(entities):
+                facts = vm_backup.get(entity.id) if isinstance(entity, VM) else None
+                if isinstance(entity, VM) and facts is not None:
+                    paths = (tuple(dict.fromkeys([*facts.locations, *files.get(entity.id, [])]))
+                             if facts.locations is not None else ())
+                    entities[i] = dataclasses.replace(
+                        entity, vss_service=facts.vss_service, guest_os=facts.guest_os,
+                        guest_windows=facts.guest_windows,
+                        passthrough_disks=facts.passthrough,
+                        backup_unchecked=facts.unchecked, storage_paths=paths,
+                        cluster_group_state=facts.cluster_group,
+                        smb_link_check=(NEEDS_DELEGATION if any(is_unc(p) for p in paths)
+                                        else None))
         if self._streamed:  # a change streamed while this read ran is newer than it
             for i, entity in enumerate(entities):
                 if isinstance(entity, VM) and entity.id in self._streamed:
@@ -632,9 +664,43 @@ class HyperVBackend(Backend):
         self._vm_counts[node.source] = Counter(
             e.node_id.casefold() for e in entities if isinstance(e, VM)
         )
-        self._facts[node.computer.casefold()] = node_facts(nread, 0)
+        facts = node_facts(nread, 0)
+        if agent is not None:
+            facts = dataclasses.replace(
+                facts, agent_state=agent.state, agent_version=agent.version,
+                agent_name=agent.name, agent_start_mode=agent.start_mode,
+                agent_ports_closed=agent.ports_closed, agent_unchecked=agent.unchecked)
+        self._facts[node.computer.casefold()] = facts
         self._publish_cluster()
         self._publish(node.source, entities)
+
+    async def _read_backup(self, node: HyperVNode, vms: list[object], drives: list[object]
+                           ) -> tuple[AgentFacts | None, dict[str, VmBackupFacts]]:
+        """The backup agent and each VM's online-backup facts (``backup``), read again
+        at most every ``backup_interval`` seconds (they change rarely; the cost is in
+        COMMANDS.md); between reads the last answer stands. A node's first poll reads
+        the agent only: the VMs' facts (rows per VM) come with the next poll, so they
+        never delay the first inventory."""
+        cfg = self.config
+        if not cfg.backup_checks:
+            return None, {}
+        now = asyncio.get_running_loop().time()
+        last = self._backup_read.get(node.source)
+        if last is not None and now - last[0] < cfg.backup_interval:
+            return last[1], last[2]
+        services = tuple(dict.fromkeys(
+            [*([cfg.backup_service] if cfg.backup_service else []), *cfg.backup_services]))
+        agent = (await read_agent(node.session, services, cfg.backup_ports,
+                                  cfg.backup_version_key, cfg.backup_version_value)
+                 if services else AgentFacts())
+        if last is None:  # the first poll: the agent now, the VMs' facts next time
+            self._backup_read[node.source] = (now - cfg.backup_interval, agent, {})
+            return agent, {}
+        powers = {as_id(props(o).get("Id")): power_state(props(o).get("State")) for o in vms}
+        names = {as_id(props(o).get("Id")): text(props(o).get("Name")) for o in vms}
+        vm_facts = await read_vm_facts(node.session, powers, drives, names)
+        self._backup_read[node.source] = (now, agent, vm_facts)
+        return agent, vm_facts
 
     async def _read_chains(self, node: HyperVNode, drives: list[object]) -> dict[str, object]:
         """Get-VHD for every drive's file and, following ParentPath, the whole chain.

@@ -283,6 +283,8 @@ VM_PROPS = (
 )
 SNAPSHOT_PROPS = ("Id", "VMId", "Name", "ParentSnapshotId", "SnapshotType", "CreationTime")
 DRIVE_PROPS = ("VMId", "Path", "ControllerType", "ControllerNumber", "ControllerLocation")
+#: The poll's drives also say which are pass-through (physical) disks: DiskNumber set.
+POLL_DRIVE_PROPS = (*DRIVE_PROPS, "DiskNumber")
 VHD_PROPS = ("Path", "VhdFormat", "VhdType", "FileSize", "Size", "ParentPath", "DiskIdentifier")
 REPLICATION_PROPS = ("VMId", "VMName", "State", "Health", "Mode", "ReplicaServer")
 SERVICE_PROPS = ("Name", "Status", "DisplayName")
@@ -304,7 +306,7 @@ def get_hard_disk_drives() -> Command:
     return Command(
         "virtual hard disk drives",
         (Cmdlet("Get-VMHardDiskDrive", (("VMName", "*"),)),),
-        DRIVE_PROPS,
+        POLL_DRIVE_PROPS,
         extra=_enums(ControllerType="ControllerType"),
     )
 
@@ -369,6 +371,92 @@ def get_registry_value(path: str, name: str) -> Command:
         "backup agent version",
         (Cmdlet("Get-ItemPropertyValue", (("Path", path), ("Name", name))),),
         tolerate_errors=True,
+    )
+
+
+# -- backup readiness (backup.py; docs/backup-readiness.md) ------------------------------
+
+AGENT_SERVICE_PROPS = ("Name", "DisplayName", "State", "StartMode", "PathName", "ProcessId")
+DATA_FILE_PROPS = ("Name", "Version")
+LISTEN_PROPS = ("LocalAddress", "LocalPort", "OwningProcess")
+INTEGRATION_PROPS = ("VMId", "Id", "Enabled", "PrimaryOperationalStatus")
+KVP_PROPS = ("SystemName", "GuestIntrinsicExchangeItems")
+LOCATION_PROPS = ("Id", "ConfigurationLocation", "SnapshotFileLocation", "SmartPagingFilePath",
+                  "IsClustered")
+CLUSTER_GROUP_PROPS = ("Name", "State", "GroupType")
+
+
+def wql_string(value: str) -> str:
+    """A WQL string literal: backslash and quote escaped with a backslash (WQL's rules)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def get_agent_services(names: tuple[str, ...]) -> Command:
+    """The backup agent's Windows service(s), by service name or display name (CIM
+    ``Win32_Service``: state, start mode, the binary's path and the process id). No match
+    is an empty answer, not an error. The names come from the config (WQL-quoted)."""
+    where = " OR ".join(f"{field} = {wql_string(name)}"
+                        for name in names for field in ("Name", "DisplayName"))
+    return Command(
+        "backup agent service",
+        (Cmdlet("Get-CimInstance", (("ClassName", "Win32_Service"), ("Filter", where))),),
+        AGENT_SERVICE_PROPS,
+    )
+
+
+def get_file_version(path: str) -> Command:
+    """An executable's file version (CIM ``CIM_DataFile`` by its key, ``Name``)."""
+    return Command(
+        "backup agent file version",
+        (Cmdlet("Get-CimInstance", (("ClassName", "CIM_DataFile"),
+                                    ("Filter", f"Name = {wql_string(path)}"))),),
+        DATA_FILE_PROPS,
+    )
+
+
+def get_listening_ports(ports: tuple[int, ...]) -> Command:
+    """The TCP ports among ``ports`` something listens on. None listening is a
+    non-terminating ObjectNotFound error ("No matching MSFT_NetTCPConnection objects")."""
+    return Command(
+        "backup agent ports",
+        (Cmdlet("Get-NetTCPConnection", (("State", "Listen"),
+                                         ("LocalPort", [int(p) for p in ports]))),),
+        LISTEN_PROPS,
+        tolerate_errors=True,
+    )
+
+
+def get_integration_services() -> Command:
+    """Every VM's integration services (matched by the component id at the end of ``Id``,
+    never by the localized ``Name``)."""
+    return Command(
+        "integration services (all VMs)",
+        (Cmdlet("Get-VMIntegrationService", (("VMName", "*"),)),),
+        INTEGRATION_PROPS,
+        extra=_enums(PrimaryOperationalStatus="VMIntegrationComponentOperationalStatus"),
+    )
+
+
+def get_vm_locations() -> Command:
+    """Where each VM keeps its configuration, checkpoints and smart paging file (its
+    disks' paths come with the drives): every file of a VM on SMB must be in one share."""
+    return Command("VM file locations", (Cmdlet("Get-VM"),), LOCATION_PROPS)
+
+
+def get_cluster_groups() -> Command:
+    """The cluster's roles and their state (a VM's role is matched by its name)."""
+    return Command("cluster groups", (Cmdlet("Get-ClusterGroup"),), CLUSTER_GROUP_PROPS,
+                   extra=_enums(State="ClusterGroupState", GroupType="GroupType"))
+
+
+def get_guest_kvp() -> Command:
+    """What each running guest reports about itself through KVP (``Msvm_KvpExchangeComponent``
+    ``GuestIntrinsicExchangeItems``: embedded-instance XML, OSName, OSPlatformId…)."""
+    return Command(
+        "guest KVP (OS)",
+        (Cmdlet("Get-CimInstance", (("Namespace", "root/virtualization/v2"),
+                                    ("ClassName", "Msvm_KvpExchangeComponent"))),),
+        KVP_PROPS,
     )
 
 
@@ -832,6 +920,8 @@ READ_CMDLETS = frozenset(
         "Get-VMIntegrationService",
         "Get-Service",
         "Get-ItemPropertyValue",
+        "Get-NetTCPConnection",
+        "Get-ClusterGroup",
         "Test-Path",
         "Get-VMNetworkAdapter",
         "Get-VMNetworkAdapterVlan",

@@ -372,6 +372,11 @@ class NodeFacts:
     vm_count: int = 0
     agent_state: ServiceState = ServiceState.UNKNOWN
     agent_version: str | None = None
+    # Read by backup.read_agent (None: not read).
+    agent_name: str | None = None
+    agent_start_mode: str | None = None
+    agent_ports_closed: tuple[int, ...] | None = None
+    agent_unchecked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +485,10 @@ def cluster_entities(
                 f.agent_version,
                 f.agent_state,
                 f.vm_count,
+                backup_ports_closed=f.agent_ports_closed,
+                backup_agent_name=f.agent_name,
+                backup_agent_start_mode=f.agent_start_mode,
+                backup_unchecked=f.agent_unchecked,
             )
         )
     cluster = Cluster(cluster_id, cluster_id, Platform.HYPERV, nodes=len(nodes))

@@ -28,6 +28,7 @@ from typing import Any
 from ventana.state.model import Entity
 
 from . import commands as cmd
+from .backup import CAMPAIGN_PORTS, CAMPAIGN_SERVICES
 from .mapping import ClusterRead, NodeRead, cluster_entities, cluster_name, node_entities, path_key
 
 FORMAT = "ventana-hyperv-probe/1"
@@ -46,7 +47,18 @@ READS: dict[str, Callable[[], cmd.Command]] = {
     "vhds_attached": cmd.get_attached_vhds,
     "vhds_checkpoints": cmd.get_checkpoint_vhds,
     "replication": cmd.get_replication,
+    # Backup readiness (backup.py), with the campaign's agent names and ports; the agent
+    # executable's version needs the service's answer first: not probed.
+    "agent_service": lambda: cmd.get_agent_services(CAMPAIGN_SERVICES),
+    "agent_ports": lambda: cmd.get_listening_ports(CAMPAIGN_PORTS),
+    "integration": cmd.get_integration_services,
+    "kvp": cmd.get_guest_kvp,
+    "vm_locations": cmd.get_vm_locations,
+    "cluster_groups": cmd.get_cluster_groups,
 }
+#: KVP items kept in an anonymized capture (the guest's OS; never its names or addresses).
+_KVP_KEEP = ("OSName", "OSPlatformId", "OSMajorVersion", "OSMinorVersion", "OSBuildNumber",
+             "OSVersion")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +115,8 @@ _IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
 _NAMES = frozenset({"Name", "VMName", "ElementName", "ComputerName", "Cluster", "Node",
                     "ReplicaServer", "VolumeLabel", "Domain", "OwnerNode", "DisplayName",
                     "VolumeFriendlyName"})
-_PATHS = frozenset({"Path", "ParentPath", "MountPoints"})
+_PATHS = frozenset({"Path", "ParentPath", "MountPoints", "PathName", "ConfigurationLocation",
+                    "SnapshotFileLocation", "SmartPagingFilePath"})
 #: Path parts kept: they say where a file lives, not what it is.
 _KEEP = re.compile(r"^(?:[A-Za-z]:|ClusterStorage|Volume\d+|)$", re.IGNORECASE)
 #: Names kept: the cluster's own resource names and enum-like words carry no secret.
@@ -156,6 +169,9 @@ class Anonymizer:
         if isinstance(value, dict):
             return {k: self.value(k, v) for k, v in value.items()}
         if isinstance(value, list):
+            if key == "GuestIntrinsicExchangeItems":  # guest XML: keep only the OS items
+                value = [v for v in value if isinstance(v, str) and any(
+                    f"<VALUE>{k}</VALUE>" in v for k in _KVP_KEEP)]
             return [self.value(key, v) for v in value]
         if not isinstance(value, str):
             return value

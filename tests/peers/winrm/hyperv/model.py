@@ -30,6 +30,7 @@ from ventana.state.model import (
     VirtualDisk,
 )
 
+from .backup_state import BackupHost
 from .profile import HostProfile
 
 BACKUP_SERVICE = "VentanaTestBackupAgent"
@@ -102,6 +103,8 @@ class ClusterModel:
         self.scsi_controllers: dict[str, int] = {}
         #: Failure injection: Add-VMHardDiskDrive puts the new drive FIRST in the boot order.
         self.prepend_boot_entries = False
+        #: Backup readiness facts the inventory lacks (agent start mode, KVP, pass-through).
+        self.backup = BackupHost()
         self._index_version = -1
         self.version = 0  # bumped by every change (indexes are rebuilt lazily)
         self._by_path: dict[str, VirtualDisk] = {}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 
 from ..cmdlets import CommandRegistry, Handler
-from . import checkpoints, cim, cluster, devices, host, storage, vms
+from . import backup, checkpoints, cim, cluster, devices, host, storage, vms
 from .endpoint import Endpoint
 from .model import ClusterModel
 from .pipeline import _convert_to_json, _select, projection_script
 
 #: The cmdlet families, each a module with a ``HANDLERS`` table of ``handler(ep, params, writer)``.
-FAMILIES = (cluster, cim, vms, checkpoints, storage, devices, host)
+FAMILIES = (cluster, cim, vms, checkpoints, storage, devices, host, backup)  # backup: last
 
 
 def build_hyperv_registry(model: ClusterModel, node: str | None = None) -> CommandRegistry:

@@ -88,9 +88,27 @@ def get_drive(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> No
                         "ControllerType": _enum(ControllerType, model.slot(vm, n)[0]),
                         "ControllerNumber": model.slot(vm, n)[1],
                         "ControllerLocation": model.slot(vm, n)[2],
+                        "DiskNumber": None,  # a file-backed drive has none
                     },
                 )
             )
+        # Pass-through disks: a physical disk of the host, named by its DiskNumber
+        # (Add-VMHardDiskDrive -DiskNumber, MicrosoftDocs windows-powershell-docs
+        # hyper-v/Add-VMHardDiskDrive.md: "the disk number of the offline physical hard
+        # drive to be connected as a passthrough disk"). Its Path here is a description
+        # of the disk, not a file (its exact wording is not published; the client reads
+        # only DiskNumber).
+        for k, number in enumerate(model.backup.passthrough.get(vm.id, [])):
+            location = len(model.drive_chains(vm)) + k
+            writer.write_output(_obj(writer, [HV + "HardDiskDrive", HV + "Drive"], {
+                "VMId": _guid(vm.id),
+                "VMName": vm.name,
+                "Path": f"Disk {number} 100.00 GB Bus 0 Lun {location} Target 0",
+                "ControllerType": _enum(ControllerType, "SCSI"),
+                "ControllerNumber": 0,
+                "ControllerLocation": location,
+                "DiskNumber": number,
+            }))
 
 
 def get_vhd(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:

@@ -89,6 +89,7 @@ def _vm_object(vm: VM, writer: CommandWriter, model: ClusterModel) -> Any:
             "ComputerName": model.profile.vm_host(vm.node_id),
             "IsClustered": vm.id in model.clustered,
             "Path": model.vm_folder(vm),
+            **model.backup.locations_of(vm.id, model.vm_folder(vm)),
             "ReplicationState": _enum(ReplState, _REPL[vm.replication]),
             "Heartbeat": _heartbeat(vm),
             "PrimaryOperationalStatus": OperationalStatus["Ok"],
@@ -208,6 +209,9 @@ def get_integration(ep: Endpoint, params: dict[str, Any], writer: CommandWriter)
             continue
         found = False
         for key, enabled in _SERVICES:
+            # Disabled by the operator (Disable-VMIntegrationService): Enabled False, no
+            # status; enabled but the guest side not answering: NoContact.
+            enabled = enabled and (key, vm.id) not in model.backup.ic_disabled
             name = profile.service(key)
             if not _match(name, names):
                 continue
@@ -215,7 +219,8 @@ def get_integration(ep: Endpoint, params: dict[str, Any], writer: CommandWriter)
             status = None
             if vm.power is PowerState.RUNNING and enabled:
                 degraded = key == "heartbeat" and vm.integration is IntegrationState.DEGRADED
-                if key == "shutdown" and not shutdown_available(model, vm):
+                if (key == "shutdown" and not shutdown_available(model, vm)) or (
+                        (key, vm.id) in model.backup.ic_no_contact):
                     status = _enum(OpStatus, "NoContact")
                 else:
                     status = _enum(OpStatus, "Degraded" if degraded else "Ok")
