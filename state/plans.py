@@ -168,11 +168,15 @@ class Preflight:
         """STALE_DATA (blocking) when the link is not live: every plan starts with it.
         With ``node_id``: only that node's link counts (a healthy node's VMs proceed
         while another node is down)."""
-        if store.stale if node_id is None else store.stale_for(node_id):
+        view = store.staleness()
+        if store.stale if node_id is None else view.of(node_id):
+            what = "The connection is not live"
+            if node_id is not None and view.partial:  # the others are fine: say which one
+                what = f"The link to node {node_id} is not live (other nodes are)"
             self.add(
                 Severity.BLOCKING,
                 "STALE_DATA",
-                "The connection is not live; these figures may be out of date. "
+                f"{what}; these figures may be out of date. "
                 f"Wait for the link to recover. ({store.link_reason() or store.link_state()})",
             )
 

@@ -518,7 +518,7 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
     resuming = wf is not None and wf.state is not RebuildState.READY
     started = "capture" in done
 
-    pre.check_live(store)
+    pre.check_live(store, vm.node_id)  # only the VM's own node counts
     if not db:
         add(Severity.BLOCKING, "NO_ACTION_LOG",
             "A rebuild keeps its state in the action log, which is not open.")
