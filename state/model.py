@@ -171,6 +171,9 @@ class Node:
     vm_count: int = 0
     # The backup agent's ports found closed on this node; () all open, None unknown.
     backup_ports_closed: tuple[int, ...] | None = None
+    #: The host's default VM configuration version (Hyper-V: Get-VMHostSupportedVersion
+    #: -Default), what Update-VMVersion raises a VM to; "" not known.
+    default_config_version: str = ""
 
     KIND = Kind.NODE
 

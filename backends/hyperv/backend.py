@@ -569,6 +569,16 @@ class HyperVBackend(Backend):
             node.computer = next((n for n in names if n), node_name(node.host))
             if session.where == f"{node.host}:{node.port}":  # errors name the node from now on
                 session.where = node.computer
+        if node.default_version is None:  # what Update-VMVersion raises a VM to on this node
+            try:
+                answer = await session.run(cmd.get_default_version())
+                rows = [props(o) for o in answer.output]
+                node.default_version = next(
+                    (text(r.get("Version")).strip() for r in rows if text(r.get("Version"))), "")
+            except CommandFailed as exc:  # e.g. 2012 R2 has no such cmdlet: unknown
+                log.warning("%s: default configuration version not readable: %s",
+                            node.computer, exc)
+                node.default_version = ""
         if self._reads_cluster(node):
             nodes, csvs, states, partitions = await session.run_many(
                 [
@@ -632,7 +642,15 @@ class HyperVBackend(Backend):
         self._vm_counts[node.source] = Counter(
             e.node_id.casefold() for e in entities if isinstance(e, VM)
         )
-        self._facts[node.computer.casefold()] = node_facts(nread, 0)
+        default = node.default_version or ""
+        self._facts[node.computer.casefold()] = dataclasses.replace(
+            node_facts(nread, 0), default_version=default)
+        # The host that answered for other nodes' VMs (one endpoint for several) is where
+        # their Update-VMVersion runs: its default stands for theirs until they answer.
+        for name in self._vm_counts[node.source]:
+            facts = self._facts.get(name, NodeFacts())
+            if default and not facts.default_version:
+                self._facts[name] = dataclasses.replace(facts, default_version=default)
         self._publish_cluster()
         self._publish(node.source, entities)
 

@@ -217,6 +217,11 @@ SNAPSHOT_TYPES = {
 #: remove them with the others.
 REPLICA_SNAPSHOTS = frozenset({"replica", "appconsistentreplica", "syncedreplica"})
 
+
+def is_replica_snapshot(snapshot_type: Any) -> bool:
+    """A Hyper-V Replica checkpoint, by its ``SnapshotType`` name (never its number)."""
+    return _fold(enum_name(snapshot_type)) in REPLICA_SNAPSHOTS
+
 REPLICATION_STATES = {
     "disabled": ReplicationState.DISABLED,
     "replicating": ReplicationState.REPLICATING,
@@ -372,6 +377,7 @@ class NodeFacts:
     vm_count: int = 0
     agent_state: ServiceState = ServiceState.UNKNOWN
     agent_version: str | None = None
+    default_version: str = ""  # Get-VMHostSupportedVersion -Default ("": not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +486,7 @@ def cluster_entities(
                 f.agent_version,
                 f.agent_state,
                 f.vm_count,
+                default_config_version=f.default_version,
             )
         )
     cluster = Cluster(cluster_id, cluster_id, Platform.HYPERV, nodes=len(nodes))
