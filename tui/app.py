@@ -462,7 +462,10 @@ class VentanaApp(compact.SafetyMixin, App[None]):
             if confirmation is not None and show_checklist:
                 self.push_screen(self._rebuild_screen(vm_id, workflow))
 
-        self.push_screen(PlanScreen(plan, read_only=self.read_only), callback=closed)
+        # replan: the plan's options (how to stop the VM: guest shutdown or turn off).
+        self.push_screen(PlanScreen(plan, read_only=self.read_only,
+                                    replan=partial(self.runner.plan, "rebuild", vm_id)),
+                         callback=closed)
 
     def _plan_closed(self, plan: Plan, confirmation: Confirmation | None) -> None:
         if confirmation is not None and confirmation.plan is not None:

@@ -788,11 +788,12 @@ class HyperVExecutor(Executor):
         self._guard("rebuild")
         return await self._rebuild().capture(vm_id, task_id)
 
-    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
-                            ) -> StepResult:
-        """Stop-VM, then Remove-VMSnapshot (all, or all but the newest)."""
+    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool,
+                            turn_off: bool = False) -> StepResult:
+        """Stop-VM (a guest shutdown, or -TurnOff when the operator chose it), then
+        Remove-VMSnapshot (all, or all but the newest)."""
         self._guard("rebuild")
-        return await self._rebuild().merge(vm_id, task_id, to_last_parent)
+        return await self._rebuild().merge(vm_id, task_id, to_last_parent, turn_off)
 
     async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:
         """Convert-VHD into a new folder, New-VM and its settings from the capture."""
