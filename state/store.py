@@ -224,9 +224,14 @@ class Store:
         return len(view.named) - len(view.nodes), len(view.named)
 
     def stale_node_names(self) -> list[str]:
-        """The stale nodes as the sources spell them (sorted), for the header and texts."""
+        """The stale nodes (sorted) for the header and texts, spelled as the inventory
+        names them (a source may name them case-folded), else as the source does."""
         view = self.staleness()
+        if not view.nodes:
+            return []
         names = {n.casefold(): n for link in self.links.values() for n in link.nodes}
+        names.update((node.id.casefold(), node.id) for node in self.nodes()
+                     if node.id.casefold() in view.nodes)
         return sorted(names[k] for k in view.nodes)
 
     def link_reasons(self) -> str:
