@@ -579,7 +579,8 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
                 f"The guest's integration services report {vm.integration.value}: the "
                 "guest shutdown will probably be refused at the merge step (nothing is sent "
                 "then, and the step fails). Shut the guest down from inside first, or tick "
-                "'turn the VM off' here if a power-off is acceptable.")
+                "'Turn off … instead of a guest shutdown' below if a power-off is "
+                "acceptable.")
     elif not started and vm.power is PowerState.OFF:
         add(Severity.WARNING, "GUEST_NOT_REACHABLE",
             "The VM is off: its guest services and IPv4 settings cannot be captured, so the "
@@ -693,8 +694,8 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
             "step_commands": commands,
             "stop": ("turn off" if turn_off else "guest shutdown") if stops else "",
             # The plan screen's option: re-plans with params["turn_off"] flipped.
-            **({"toggles": {"turn_off": "Turn the VM off (Stop-VM -TurnOff: like pulling "
-                                        "the plug) instead of a guest shutdown"}}
+            **({"toggles": {"turn_off": "Turn off (Stop-VM -TurnOff, pulls the plug) "
+                                        "instead of a guest shutdown"}}
                if stops else {}),
         },
         params={"db": db, **({"workflow": workflow} if workflow else {}),

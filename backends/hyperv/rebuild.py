@@ -402,9 +402,10 @@ class HyperVRebuild:
                 raise StepFailed(StepResult(TaskState.FAILED, error=(
                     f"the guest's Shutdown integration service is {status or 'unavailable'}: "
                     "the guest cannot be shut down from the host. Nothing was sent; shut the "
-                    "guest down from inside, or resume the rebuild and tick 'turn the VM "
-                    "off' on its plan (Stop-VM -TurnOff: a power-off, like pulling the plug; "
-                    "unsaved data is lost) if that is acceptable.")))
+                    "guest down from inside, or resume the rebuild and tick 'Turn off … "
+                    "instead of a guest shutdown' on its plan (Stop-VM -TurnOff: a "
+                    "power-off, like pulling the plug; unsaved data is lost) if that is "
+                    "acceptable.")))
             self._progress(task_id, 2, "Stop-VM: shutting the guest down")
             # Its own pool: a guest may take minutes to shut down; the polls go on.
             async with self.ctx.action_session(node) as action:

@@ -98,9 +98,9 @@ async def test_rebuild_from_the_console(tmp_path: Path) -> None:
 
 async def test_the_operator_chooses_how_the_vm_is_stopped(tmp_path: Path) -> None:
     """Issue 14: the plan says what the guest shutdown (Stop-VM -Force) does and offers
-    "turn the VM off" (Stop-VM -TurnOff) as an explicit option; ticking it re-plans (a
-    WILL_TURN_OFF warning, the step and its command say -TurnOff), and the run turns the
-    VM off instead of shutting the guest down."""
+    "Turn off … instead of a guest shutdown" (Stop-VM -TurnOff) as an explicit option;
+    ticking it re-plans (a WILL_TURN_OFF warning, the step and its command say -TurnOff),
+    and the run turns the VM off instead of shutting the guest down."""
     from textual.widgets import Checkbox
 
     app = make_app(tmp_path)

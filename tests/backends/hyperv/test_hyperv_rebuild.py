@@ -332,8 +332,8 @@ async def test_stop_vm_is_not_sent_when_the_shutdown_service_does_not_answer(
     assert "Shutdown integration service" in result.error and "power" in result.error
     assert "Stop-VM" not in model.calls and vm.id not in model.turned_off
     assert model.vms[vm.id].power is PowerState.RUNNING and model.chains[vm.id]
-    # The operator's explicit choice (the plan's "turn the VM off"): Stop-VM -TurnOff is
-    # sent, without asking the guest, and the merge goes on.
+    # The operator's explicit choice (the plan's "Turn off … instead of a guest shutdown"):
+    # Stop-VM -TurnOff is sent, without asking the guest, and the merge goes on.
     result = await backend.executor().rebuild_merge(vm.id, "rb-off", to_last_parent=False,
                                                     turn_off=True)
     assert result.state is TaskState.OK, result.error
