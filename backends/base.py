@@ -107,9 +107,11 @@ class Executor(abc.ABC):
         """Read the VM's configuration and guest facts; ``data`` is the capture."""
         return self._no_rebuild()
 
-    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
-                            ) -> StepResult:
-        """Shut the VM down and merge its chain (all of it, or all but the newest)."""
+    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool,
+                            turn_off: bool = False) -> StepResult:
+        """Stop the VM and merge its chain (all of it, or all but the newest). The stop is
+        a guest shutdown unless the operator chose ``turn_off`` on the plan (a power-off,
+        like pulling the plug)."""
         return self._no_rebuild()
 
     async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:

@@ -322,11 +322,12 @@ class MultiExecutor(Executor):
         child, ex, vm = self._route(vm_id, task_id, "capture")
         return self._named(child, await ex.capture(vm, task_id))
 
-    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
-                            ) -> StepResult:
+    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool,
+                            turn_off: bool = False) -> StepResult:
         child, ex, vm = self._route(vm_id, task_id, "rebuild_merge")
         return self._named(child, await ex.rebuild_merge(vm, task_id,
-                                                         to_last_parent=to_last_parent))
+                                                         to_last_parent=to_last_parent,
+                                                         turn_off=turn_off))
 
     async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:
         vm_id = str(capture.get("vm_id") or "")

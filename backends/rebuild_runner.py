@@ -134,7 +134,10 @@ class RebuildRun:
         if name == "capture":
             return await ex.capture(wf.vm_id, task_id)
         if name == "merge":
-            return await ex.rebuild_merge(wf.vm_id, task_id, to_last_parent=wf.to_last_parent)
+            # How to stop it is the operator's choice on this run's plan (never stored: a
+            # resumed rebuild asks again, and defaults to a guest shutdown).
+            return await ex.rebuild_merge(wf.vm_id, task_id, to_last_parent=wf.to_last_parent,
+                                          turn_off=bool(self.plan.params.get("turn_off")))
         capture = wf.capture or {}
         if name == "create":
             return await ex.create_from_capture(capture, task_id)

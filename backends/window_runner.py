@@ -25,7 +25,8 @@ Rules while running:
   VMs go on — on the same LUN too, but each is re-planned at its start, so a
   LUN a failure left short of space refuses them by pre-flight;
 - while the connection is stale nothing new starts (the queue waits rather
-  than skipping everything on STALE_DATA);
+  than skipping everything on STALE_DATA); when only some nodes are stale,
+  only items on VMs of those nodes wait (saying which node), the rest run;
 - **team mode**: an item whose VM another console holds (a live lease, read in
   a worker each round) waits, its reason naming the holder, and starts once
   the lease is gone; while the team's log cannot be read nothing new starts
@@ -186,7 +187,8 @@ class WindowRunner:
 
     def _start_eligible(self) -> None:
         store = self.runner.store
-        if store.stale:
+        staleness = store.staleness()
+        if staleness.everything:
             return  # wait for the link: every plan would be blocked by STALE_DATA
         busy_vms: set[str] = set()
         busy_luns: set[str] = set()
@@ -214,6 +216,16 @@ class WindowRunner:
             if holder:  # another console acts on the VM: wait for it, saying who
                 earlier_vms.add(item.vm_id)
                 why = f"waiting: held from another console by {holder}"
+                if item.reason != why:
+                    self._set(item, reason=why)
+                continue
+            vm = store.vm(item.vm_id)
+            node = vm.node_id if vm is not None else ""
+            if staleness.any and staleness.of(node):
+                # Its node's link is down (others are fine): wait rather than be skipped on
+                # STALE_DATA; the VM's later items wait behind it.
+                earlier_vms.add(item.vm_id)
+                why = f"waiting: the link to node {node or '?'} is not live"
                 if item.reason != why:
                     self._set(item, reason=why)
                 continue

@@ -39,7 +39,7 @@ def _vm_common(store: Store, vm_id: str) -> tuple[VM, list[Finding], _Add]:
         raise KeyError(f"no VM {vm_id!r} in the current view")
     pre = Preflight(vm_id)
     findings, add, target = pre.findings, pre.add, pre.target
-    pre.check_live(store)
+    pre.check_live(store, vm.node_id)  # only the VM's own node counts
     tasks = store.running_tasks_for(target)
     if tasks:
         add(Severity.BLOCKING, "VM_BUSY", f"A task is running on this VM: {tasks[0].kind}.")

@@ -177,6 +177,9 @@ class Node:
     backup_agent_name: str | None = None  # the service's display name as found
     backup_agent_start_mode: str | None = None  # Win32_Service.StartMode: Auto, Manual, Disabled
     backup_unchecked: tuple[str, ...] = ()
+    #: The host's default VM configuration version (Hyper-V: Get-VMHostSupportedVersion
+    #: -Default), what Update-VMVersion raises a VM to; "" not known.
+    default_config_version: str = ""
 
     KIND = Kind.NODE
 

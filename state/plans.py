@@ -178,11 +178,15 @@ class Preflight:
         """STALE_DATA (blocking) when the link is not live: every plan starts with it.
         With ``node_id``: only that node's link counts (a healthy node's VMs proceed
         while another node is down)."""
-        if store.stale if node_id is None else store.stale_for(node_id):
+        view = store.staleness()
+        if store.stale if node_id is None else view.of(node_id):
+            what = "The connection is not live"
+            if node_id is not None and view.partial:  # the others are fine: say which one
+                what = f"The link to node {node_id} is not live (other nodes are)"
             self.add(
                 Severity.BLOCKING,
                 "STALE_DATA",
-                "The connection is not live; these figures may be out of date. "
+                f"{what}; these figures may be out of date. "
                 f"Wait for the link to recover. ({store.link_reason() or store.link_state()})",
             )
 
@@ -421,14 +425,27 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
     if vm is None:
         raise KeyError(f"no VM {vm_id!r} in the current view")
     target = ref(Kind.VM, vm_id)
-    to_version = cluster_max_version(store, vm.cluster_id)
+    node = store.node(vm.node_id)
+    # Update-VMVersion has no target parameter: it raises the VM to its host's default
+    # version (Get-VMHostSupportedVersion -Default, read per node). Only when that was not
+    # read: the highest version already running on the cluster, said so (a warning).
+    host_default = node.default_config_version if node is not None else ""
+    to_version = host_default or cluster_max_version(store, vm.cluster_id)
+    basis = (f"the default of host {node.name}" if host_default and node is not None else
+             "assumed: the highest version running on this cluster")
     pre = Preflight(vm_id)
     findings, add = pre.findings, pre.add
     pre.check_live(store, vm.node_id)
+    if not host_default:
+        add(Severity.WARNING, "TARGET_VERSION_ASSUMED",
+            f"The default configuration version of host {vm.node_id or '?'} was not read "
+            f"(Get-VMHostSupportedVersion -Default). Update-VMVersion raises the VM to that "
+            f"default, which may differ from {to_version or '?'}, the highest version "
+            "running on this cluster; the version reached is read back afterwards.")
     if version_key(vm.config_version) >= version_key(to_version):
         add(Severity.BLOCKING, "ALREADY_CURRENT",
-            f"The VM is already at version {vm.config_version or '?'}, the highest this "
-            "cluster runs.")
+            f"The VM is already at version {vm.config_version or '?'}, which is not below "
+            f"{to_version or '?'} ({basis}).")
     if vm.power is not PowerState.OFF:
         add(Severity.BLOCKING, "VM_NOT_OFF",
             f"The VM is {vm.power.value}; Update-VMVersion needs it shut down (not saved). "
@@ -449,13 +466,13 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
         f"Version {to_version} cannot be downgraded: the VM will no longer start on hosts "
         "that do not support it, and older backups of its configuration cannot be restored "
         "as-is.")
-    node = store.node(vm.node_id)
     return Plan(
         action="upgrade",
         target=target,
         target_name=vm.name,
         steps=(
-            f"Raise the configuration version from {vm.config_version or '?'} to {to_version}",
+            f"Raise the configuration version from {vm.config_version or '?'} to {to_version} "
+            f"({basis}; Update-VMVersion has no target parameter)",
             "The VM stays off; nothing else about it changes",
             "This cannot be undone",
         ),
@@ -470,6 +487,7 @@ def plan_upgrade(store: Store, vm_id: str, now: datetime) -> Plan:
             "generation": vm.generation,
             "config_version": vm.config_version,
             "target_version": to_version,
+            "target_basis": "host default" if host_default else "cluster maximum",
             "replication": vm.replication.value,
         },
     )

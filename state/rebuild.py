@@ -47,7 +47,7 @@ from typing import Any
 from .actionlog import _BOOT, _HOST, ActionLogError, _proc_start, redact, writer_alive
 from .db import DEFAULT_BUSY_TIMEOUT
 from .derived import PAUSE_CRITICAL_MARGIN, human_bytes, merge_space
-from .model import Kind, LunState, PowerState, ReplicationState, Severity
+from .model import IntegrationState, Kind, LunState, PowerState, ReplicationState, Severity
 from .plans import Estimate, Plan, Preflight, chain_broken_message, cluster_max_version
 from .sanitize import clean
 from .schema import Db, Location, LocationError, is_url, location, open_db
@@ -158,7 +158,7 @@ def _boot_hint(cap: Mapping[str, Any]) -> str:
 # -- the equivalent PowerShell --------------------------------------------------------
 
 def step_commands(info: Mapping[str, Any], capture: Mapping[str, Any] | None,
-                  to_last_parent: bool) -> dict[str, str]:
+                  to_last_parent: bool, *, turn_off: bool = False) -> dict[str, str]:
     """The command an operator could run by hand for each step.
 
     ``info`` has the VM's name, node, generation, vcpus, memory_mb, id and the
@@ -185,7 +185,8 @@ def step_commands(info: Mapping[str, Any], capture: Mapping[str, Any] | None,
     merge = (f"Get-VMSnapshot{node} -VMName {name} | Sort-Object CreationTime | "
              "Select-Object -SkipLast 1 | Remove-VMSnapshot"
              if to_last_parent else f"Get-VMSnapshot{node} -VMName {name} | Remove-VMSnapshot")
-    out["merge"] = f"Stop-VM{node} -Name {name}; {merge}"
+    stop = "-TurnOff -Force" if turn_off else "-Force"  # the operator's choice on the plan
+    out["merge"] = f"Stop-VM{node} -Name {name} {stop}; {merge}"
     disks = cap.get("disks") or []
     folder = cap.get("new_folder") or "<new folder>"
     parts: list[str] = []
@@ -475,8 +476,23 @@ COPY_MB_PER_S = 150.0
 _FIXED_MIN = 15.0  # create, first boot and checks
 
 
+#: What each way of stopping the VM at the merge step does, as Microsoft documents
+#: Stop-VM (MicrosoftDocs windows-powershell-docs, hyper-v/Stop-VM.md, examples 2 and 3):
+#: the plan says it beside the operator's choice.
+STOP_CONSEQUENCES = {
+    "shutdown": ("Stop-VM -Force shuts it down through the guest operating system (its "
+                 "Shutdown integration service) regardless of unsaved application data: "
+                 "Hyper-V gives the guest five minutes to save data, then forces the "
+                 "shutdown, which can lose unsaved data. If that service does not answer, "
+                 "Ventana sends nothing and the step fails."),
+    "turn_off": ("Stop-VM -TurnOff is equivalent to disconnecting the power: the guest is "
+                 "not asked, unsaved data is lost, and its file systems and applications "
+                 "recover as after a power failure."),
+}
+
+
 def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
-                 workflow: str | None = None) -> Plan:
+                 workflow: str | None = None, turn_off: bool = False) -> Plan:
     """Plan a rebuild of a VM, or the resumption of an unfinished one.
 
     ``db`` is the action-log file (it holds the rebuild tables); ``workflow``
@@ -489,6 +505,12 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
     200 MB; a replicating VM is merged only to its last parent; a Gen2 VM's
     boot device comes from the capture (blocking on resume if the capture
     has none).
+
+    How a running VM is stopped at the merge step is the operator's explicit
+    choice (the plan's "turn off" toggle, ``turn_off``): a guest shutdown
+    (``Stop-VM -Force``) by default, or a power-off (``Stop-VM -TurnOff``); the
+    plan states what each does (:data:`STOP_CONSEQUENCES`). The choice is this
+    run's only: a resumed rebuild asks again.
     """
     vm = store.vm(vm_id)
     if vm is None:
@@ -518,7 +540,7 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
     resuming = wf is not None and wf.state is not RebuildState.READY
     started = "capture" in done
 
-    pre.check_live(store)
+    pre.check_live(store, vm.node_id)  # only the VM's own node counts
     if not db:
         add(Severity.BLOCKING, "NO_ACTION_LOG",
             "A rebuild keeps its state in the action log, which is not open.")
@@ -537,15 +559,28 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
     broken = chain_broken_message(store, vm.id)
     if broken:
         add(Severity.BLOCKING, "CHAIN_BROKEN", broken)
+    stops = "merge" not in done and vm.power is PowerState.RUNNING  # the merge step stops it
     if not started and vm.power in (PowerState.SAVED, PowerState.PAUSED,
                                     PowerState.PAUSED_CRITICAL):
         add(Severity.BLOCKING, "VM_SAVED",
             f"The VM is {vm.power.value}: shutting it down for the rebuild would discard its "
             "memory state. Resume it and let it run, or shut it down from the guest, first.")
-    elif not started and vm.power is PowerState.RUNNING:
+    elif stops and turn_off:
+        add(Severity.WARNING, "WILL_TURN_OFF",
+            f"The VM is {vm.power.value} and you chose to TURN IT OFF at the merge step: "
+            f"{STOP_CONSEQUENCES['turn_off']} It stays down until the new VM boots.")
+    elif stops:
         add(Severity.WARNING, "WILL_SHUT_DOWN",
-            "The VM is running: it is captured running (guest services, IPv4 settings), then "
-            "shut down (Stop-VM) at the merge step. It stays down until the new VM boots.")
+            f"The VM is {vm.power.value}: it is captured running (guest services, IPv4 "
+            f"settings), then shut down at the merge step. {STOP_CONSEQUENCES['shutdown']} "
+            "It stays down until the new VM boots.")
+        if vm.integration is not IntegrationState.OK:
+            add(Severity.WARNING, "GUEST_SHUTDOWN_UNLIKELY",
+                f"The guest's integration services report {vm.integration.value}: the "
+                "guest shutdown will probably be refused at the merge step (nothing is sent "
+                "then, and the step fails). Shut the guest down from inside first, or tick "
+                "'Turn off … instead of a guest shutdown' below if a power-off is "
+                "acceptable.")
     elif not started and vm.power is PowerState.OFF:
         add(Severity.WARNING, "GUEST_NOT_REACHABLE",
             "The VM is off: its guest services and IPv4 settings cannot be captured, so the "
@@ -598,13 +633,18 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
     old = wf.old_vm_name if wf else old_name(vm.name, when)
     info = {"name": vm.name, "node": node.name if node else "", "generation": vm.generation,
             "vcpus": vm.vcpus, "memory_mb": vm.memory_mb, "vm_id": vm.id, "old_name": old}
-    commands = step_commands(info, wf.capture if wf else None, to_last_parent)
+    commands = step_commands(info, wf.capture if wf else None, to_last_parent,
+                             turn_off=turn_off and stops)
     steps_text: list[str] = []
     for name, title in STEPS:
         state = wf.step(name).state.value if wf else "pending"
         extra = ""
         if name == "merge":
-            extra = (f": {len(checkpoints)} checkpoint(s); " +
+            if stops:
+                extra = (": stop the VM with Stop-VM -TurnOff (power disconnected), then"
+                         if turn_off else ": stop the VM with a guest shutdown (Stop-VM "
+                         "-Force), then")
+            extra = (f"{extra or ':'} {len(checkpoints)} checkpoint(s); " +
                      ("to the last parent — the newest checkpoint stays (replication)"
                       if to_last_parent else "into a single disk"))
         elif name == "create":
@@ -652,6 +692,12 @@ def plan_rebuild(store: Store, vm_id: str, now: datetime, *, db: str = "",
             "workflow": wf.id if wf else None,
             "resuming": resuming,
             "step_commands": commands,
+            "stop": ("turn off" if turn_off else "guest shutdown") if stops else "",
+            # The plan screen's option: re-plans with params["turn_off"] flipped.
+            **({"toggles": {"turn_off": "Turn off (Stop-VM -TurnOff, pulls the plug) "
+                                        "instead of a guest shutdown"}}
+               if stops else {}),
         },
-        params={"db": db, **({"workflow": workflow} if workflow else {})},
+        params={"db": db, **({"workflow": workflow} if workflow else {}),
+                **({"turn_off": True} if turn_off and stops else {})},
     )

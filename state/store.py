@@ -80,6 +80,45 @@ _PARENT_FIELD = {Kind.CHECKPOINT: "vm_id", Kind.DISK: "vm_id", Kind.TASK: "targe
 _NOT_LIVE = (LinkState.STALE, LinkState.RECONNECTING, LinkState.DISCONNECTED)
 
 
+@dataclass(frozen=True, slots=True)
+class Staleness:
+    """Which nodes' data is stale, per node (issue 14: one node down is not the
+    cluster down).
+
+    - ``nodes``: names (case-folded) of the nodes every source naming them is not
+      live for — what they own (their VMs, the CSVs they coordinate) is stale;
+    - ``named``: every node some source names (``ConnectionChanged.nodes``);
+    - ``rest``: whether a node *no* source names is stale — the worst link is not
+      live (a source that names no nodes, e.g. a simulator or vCenter, speaks for
+      the whole target).
+    """
+
+    nodes: frozenset[str] = frozenset()
+    named: frozenset[str] = frozenset()
+    rest: bool = False
+
+    def of(self, node_id: str) -> bool:
+        """Whether what ``node_id`` owns is stale."""
+        key = node_id.casefold()
+        return key in self.nodes if key in self.named else self.rest
+
+    @property
+    def any(self) -> bool:
+        """Something is stale."""
+        return self.rest or bool(self.nodes)
+
+    @property
+    def everything(self) -> bool:
+        """Everything is stale: no node is live (or no source names its nodes and the
+        link is not live)."""
+        return self.rest and self.nodes == self.named
+
+    @property
+    def partial(self) -> bool:
+        """Some nodes are stale, others live: mark per node, not the whole target."""
+        return self.any and not self.everything
+
+
 class Store:
     def __init__(self) -> None:
         self._tables: dict[Kind, dict[str, Entity]] = {k: {} for k in Kind}
@@ -87,6 +126,7 @@ class Store:
             k: defaultdict(set) for k in _PARENT_FIELD
         }
         self.links: dict[str, Link] = {}
+        self._staleness: Staleness | None = None  # derived from links; dropped when they change
         self._subscribers: list[Subscriber] = []
         self.events_applied = 0
 
@@ -155,25 +195,48 @@ class Store:
 
     @property
     def stale(self) -> bool:
+        """Whether *any* source is not live (the worst link): a node no source names
+        counts as stale then. Per node: :meth:`stale_for` / :meth:`staleness`."""
         return self.link_state() in _NOT_LIVE
+
+    def staleness(self) -> Staleness:
+        """Which nodes' data is stale now, from the sources' links (see :class:`Staleness`)."""
+        if self._staleness is None:
+            named: set[str] = set()
+            live: set[str] = set()
+            for link in self.links.values():
+                for n in link.nodes:
+                    key = n.casefold()
+                    named.add(key)
+                    if link.state not in _NOT_LIVE:
+                        live.add(key)
+            self._staleness = Staleness(frozenset(named - live), frozenset(named), self.stale)
+        return self._staleness
 
     def stale_for(self, node_id: str) -> bool:
         """Whether what ``node_id`` owns is stale: its own source(s) are not live (a
         node no source names: the worst link, as :attr:`stale`)."""
-        key = node_id.casefold()
-        own = [k for k in self.links.values() if key in {n.casefold() for n in k.nodes}]
-        if not own:
-            return self.stale
-        return all(k.state in _NOT_LIVE for k in own)
+        return self.staleness().of(node_id)
 
     def nodes_live(self) -> tuple[int, int]:
         """(live, known) nodes over the sources that name their nodes."""
-        states: dict[str, bool] = {}
-        for link in self.links.values():
-            for n in link.nodes:
-                live = link.state not in _NOT_LIVE
-                states[n.casefold()] = states.get(n.casefold(), False) or live
-        return sum(states.values()), len(states)
+        view = self.staleness()
+        return len(view.named) - len(view.nodes), len(view.named)
+
+    def stale_node_names(self) -> list[str]:
+        """The stale nodes (sorted) for the header and texts, spelled as the inventory
+        names them (a source may name them case-folded), else as the source does."""
+        view = self.staleness()
+        if not view.nodes:
+            return []
+        names = {n.casefold(): n for link in self.links.values() for n in link.nodes}
+        names.update((node.id.casefold(), node.id) for node in self.nodes()
+                     if node.id.casefold() in view.nodes)
+        return sorted(names[k] for k in view.nodes)
+
+    def link_reasons(self) -> str:
+        """Each source's reason, without the node count (the header shows that apart)."""
+        return "; ".join(f"{k.source}: {k.reason}" for k in self.links.values() if k.reason)
 
     def link_reason(self) -> str:
         reasons = [f"{k.source}: {k.reason}" for k in self.links.values() if k.reason]
@@ -245,6 +308,7 @@ class Store:
                         tuple(clean(n) for n in nodes),
                     )
                     delta.links_changed = True
+                    self._staleness = None
 
     def _put(self, entity: Entity, delta: Delta) -> None:
         kind = entity.KIND

@@ -256,16 +256,24 @@ class VentanaApp(compact.SafetyMixin, App[None]):
     def _sync_link(self) -> None:
         header = self.query_one(StatusHeader)
         header.link = self.store.link_state()
-        header.reason = self.store.link_reason()
         targets = self.core.link_targets()
         if targets is not None:  # several targets: each one's link and mode
             header.targets = targets
-        stale = self.store.stale
-        self.query_one(VmTable).stale = stale
-        self.query_one(NodesPane).set_stale(stale)
-        self.query_one(LunsPane).set_stale(stale)
-        for pane in (self.query_one(CheckpointsPane), self.query_one(TaskStrip)):
-            pane.set_class(stale, "stale")
+        # Per node (issue 14): one node down dims only what it owns, and says which.
+        store = self.store
+        view = store.staleness()
+        everything, names = view.everything, tuple(store.stale_node_names())
+        header.stale_nodes, header.nodes_live = names, store.nodes_live()
+        header.reason = store.link_reasons() if view.partial else store.link_reason()
+        vms = self.query_one(VmTable)
+        vms.stale, vms.stale_nodes = everything, () if everything else names
+        self.query_one(NodesPane).set_stale(everything, frozenset(
+            n.id for n in store.nodes() if view.partial and view.of(n.id)))
+        self.query_one(LunsPane).set_stale(everything, frozenset(  # its coordinator reports it
+            lun.id for lun in store.luns() if view.partial and view.of(lun.owner_node_id)))
+        checkpoints = self.query_one(CheckpointsPane)
+        checkpoints.show_vm(store, checkpoints.vm_id)  # dimmed when its VM's node is stale
+        self.query_one(TaskStrip).set_class(everything, "stale")
 
     def _tick_findings(self) -> None:
         self.core.tick_findings()
@@ -454,7 +462,10 @@ class VentanaApp(compact.SafetyMixin, App[None]):
             if confirmation is not None and show_checklist:
                 self.push_screen(self._rebuild_screen(vm_id, workflow))
 
-        self.push_screen(PlanScreen(plan, read_only=self.read_only), callback=closed)
+        # replan: the plan's options (how to stop the VM: guest shutdown or turn off).
+        self.push_screen(PlanScreen(plan, read_only=self.read_only,
+                                    replan=partial(self.runner.plan, "rebuild", vm_id)),
+                         callback=closed)
 
     def _plan_closed(self, plan: Plan, confirmation: Confirmation | None) -> None:
         if confirmation is not None and confirmation.plan is not None:

@@ -2,6 +2,8 @@
 
 Each node shows the checkpoint's name, kind, age and the size of its
 differencing disk; the root line sums the chain (depth, oldest, total). The
+pane is dimmed when the VM's own node's link is not live (per node: a healthy
+node's VM stays bright while another node is down). The
 tree is small (one VM), so it is rebuilt only when that VM's checkpoints or
 the selection change.
 """
@@ -71,8 +73,13 @@ class CheckpointsPane(Tree[str]):
     def show_vm(self, store: Store, vm_id: str | None, *, force: bool = False) -> None:
         vm = store.vm(vm_id) if vm_id else None
         checkpoints = store.checkpoints_of(vm_id) if vm_id else []
+        # Dimmed when what it shows is stale: the VM's own node's link (issue 14), or the
+        # whole link when no VM is shown.
+        view = store.staleness()
+        stale = view.of(vm.node_id) if vm is not None else view.everything
+        self.set_class(stale, "stale")
         signature = (vm_id, vm.name if vm else None, vm.last_stun_ms if vm else None,
-                     tuple(sorted(checkpoints, key=lambda c: c.id)), backup_signature(vm))
+                     stale, tuple(sorted(checkpoints, key=lambda c: c.id)), backup_signature(vm))
         if not force and signature == self._signature:
             return
         self._signature = signature
@@ -94,6 +101,8 @@ class CheckpointsPane(Tree[str]):
         else:
             root.append(" · no checkpoints", style="dim")
         root.append_text(stun_text(vm))
+        if stale and not view.everything:  # the header names the node too; here: this VM's
+            root.append(f" · stale: node {vm.node_id}'s link is down", style="bold red")
         self.root.set_label(root)
         children: dict[str | None, list[Checkpoint]] = {}
         ids = {c.id for c in checkpoints}

@@ -1,8 +1,9 @@
 """The status header and the READ-ONLY banner.
 
 The header shows the target, the connection state (with its reason when not
-connected), the session mode, flags that weaken safety, and the inventory
-counts. Everything is built as ``Text``: nothing from a cluster is markup.
+connected; when only some nodes are stale, "3/4 nodes" and which ones), the
+session mode, flags that weaken safety, and the inventory counts. Everything is
+built as ``Text``: nothing from a cluster is markup.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class StatusHeader(Static):
     # Open (not acknowledged/snoozed) findings: (critical, warning, info).
     findings: reactive[tuple[int, int, int]] = reactive((0, 0, 0))
     findings_pending: reactive[bool] = reactive(False)
+    #: Per-node staleness (``Store.stale_node_names``/``nodes_live``): with some nodes
+    #: still live the header says "● 3/4 nodes" (yellow: the target is not down) and
+    #: names the stale node(s), instead of a red "stale" for the whole target.
+    stale_nodes: reactive[tuple[str, ...]] = reactive(())
+    nodes_live: reactive[tuple[int, int]] = reactive((0, 0))
 
     def render(self) -> Text:
         """Everything that fits; a long reason or target is cut first (with "…") so
@@ -76,7 +82,15 @@ class StatusHeader(Static):
             text.append("  ")
             text.append(cap(self.target, target_cells), style="bold")
             text.append("  ")
-            text.append(f"● {self.link.value}", style=_LINK_STYLE.get(self.link, "bold"))
+            live, known = self.nodes_live
+            if self.stale_nodes and live:  # some nodes down, others live
+                text.append(f"● {live}/{known}" if short else f"● {live}/{known} nodes",
+                            style="bold yellow")
+                text.append(" stale: ", style="bold")
+                text.append(cap(", ".join(self.stale_nodes), max(target_cells, 16)),
+                            style="bold red")
+            else:
+                text.append(f"● {self.link.value}", style=_LINK_STYLE.get(self.link, "bold"))
             if self.reason and self.link is not LinkState.CONNECTED and reason_cells:
                 text.append(f" ({cap(self.reason, reason_cells)})", style="italic")
             text.append("  ")

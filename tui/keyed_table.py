@@ -28,7 +28,8 @@ class KeyedTable(DataTable[Text]):
         self._columns = list(columns)
         self._cells: dict[str, list[Text]] = {}
         self._lit: dict[tuple[str, int], float] = {}
-        self._stale = False
+        self._stale = False  # every row (the whole link is down)
+        self._stale_keys: frozenset[str] = frozenset()  # these rows (their node's link is)
 
     def on_mount(self) -> None:
         # Fixed widths: no re-measuring as rows arrive, so the layout never jumps.
@@ -44,9 +45,12 @@ class KeyedTable(DataTable[Text]):
         index = [c[0] for c in self._columns].index(column)
         return self._cells[key][index].plain
 
-    def _styled(self, cell: Text, lit: bool) -> Text:
+    def is_stale(self, key: str) -> bool:
+        return self._stale or key in self._stale_keys
+
+    def _styled(self, cell: Text, lit: bool, key: str = "") -> Text:
         out = cell.copy()
-        if self._stale:
+        if self.is_stale(key):
             out.stylize("dim")
         if lit:
             out.stylize(_HIGHLIGHT_STYLE)
@@ -57,13 +61,13 @@ class KeyedTable(DataTable[Text]):
         new = list(cells)
         self._cells[key] = new
         if old is None:
-            self.add_row(*(self._styled(c, False) for c in new), key=key)
+            self.add_row(*(self._styled(c, False, key) for c in new), key=key)
             return
         now = time.monotonic()
         for index, (before, after) in enumerate(zip(old, new, strict=True)):
             if before.plain != after.plain or before.style != after.style:
                 self._lit[(key, index)] = now + HIGHLIGHT_SECONDS
-                self.update_cell(key, self._columns[index][0], self._styled(after, True))
+                self.update_cell(key, self._columns[index][0], self._styled(after, True, key))
 
     def discard(self, key: str) -> None:
         if self._cells.pop(key, None) is not None:
@@ -71,14 +75,17 @@ class KeyedTable(DataTable[Text]):
             for lit_key in [k for k in self._lit if k[0] == key]:
                 del self._lit[lit_key]
 
-    def set_stale(self, stale: bool) -> None:
-        if stale == self._stale:
+    def set_stale(self, stale: bool, keys: frozenset[str] = frozenset()) -> None:
+        """Dim every row (``stale``), or only the rows in ``keys`` (one node's link is
+        down: only what it owns); only rows whose staleness changed are redrawn."""
+        if stale == self._stale and keys == self._stale_keys:
             return
-        self._stale = stale
-        for key, cells in self._cells.items():
-            for index, cell in enumerate(cells):
+        before = {k for k in self._cells if self.is_stale(k)}
+        self._stale, self._stale_keys = stale, keys
+        for key in before ^ {k for k in self._cells if self.is_stale(k)}:
+            for index, cell in enumerate(self._cells[key]):
                 lit = (key, index) in self._lit
-                self.update_cell(key, self._columns[index][0], self._styled(cell, lit))
+                self.update_cell(key, self._columns[index][0], self._styled(cell, lit, key))
 
     def _expire_highlights(self) -> None:
         if not self._lit:
@@ -88,4 +95,5 @@ class KeyedTable(DataTable[Text]):
             del self._lit[(key, index)]
             cells = self._cells.get(key)
             if cells is not None:
-                self.update_cell(key, self._columns[index][0], self._styled(cells[index], False))
+                self.update_cell(key, self._columns[index][0],
+                                 self._styled(cells[index], False, key))

@@ -124,7 +124,10 @@ def plan_summary(plan: Plan, clock: str = "") -> Group:
     if plan.action == "upgrade":
         space.add_row("Configuration version", Text(
             f"{facts.get('config_version') or '?'} → {facts.get('target_version') or '?'} "
-            "(the highest version already running on this cluster)", style="bold"))
+            + ("(the host's default: Get-VMHostSupportedVersion -Default)"
+               if facts.get("target_basis") == "host default"
+               else "(assumed: the highest version already running on this cluster)"),
+            style="bold"))
     else:
         _space_rows(space, plan)
     if plan.created is not None:

@@ -173,6 +173,9 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
     """
 
     stale: reactive[bool] = reactive(False)
+    #: One node's link is down, others live: only the rows of VMs on these nodes
+    #: (``Store.stale_node_names``, matched case-blind) are dimmed; the header names them.
+    stale_nodes: reactive[tuple[str, ...]] = reactive(())
 
     class CursorMoved(Message):
         """The highlighted VM changed (None: the table is empty)."""
@@ -231,6 +234,7 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
     ) -> None:
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         self.store = store
+        self._stale_keys: frozenset[str] = frozenset()  # stale_nodes, case-folded
         self._clock = clock
         self._monotonic = monotonic
         self._highlight_seconds = highlight_seconds
@@ -420,6 +424,20 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
 
     def watch_stale(self) -> None:
         self.refresh()
+
+    def watch_stale_nodes(self, nodes: tuple[str, ...]) -> None:
+        self._stale_keys = frozenset(n.casefold() for n in nodes)
+        self.refresh()
+
+    def row_stale(self, vm_id: str) -> bool:
+        """Whether this VM's row shows stale: the whole link, or its node's, is down."""
+        if self.stale:
+            return True
+        keys = self._stale_keys
+        if not keys:
+            return False
+        vm = self.store.vm(vm_id)
+        return vm is not None and vm.node_id.casefold() in keys
 
     def on_focus(self) -> None:
         self.refresh()
@@ -914,28 +932,30 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
             return Strip.blank(width, styles.base)
         vm_id = self._visible[row]
         is_cursor = row == self._cursor_row
-        strip = self._row_strip(vm_id, is_cursor, styles)
-        fill = self._row_style(is_cursor, styles)
+        stale = self.row_stale(vm_id)
+        strip = self._row_strip(vm_id, is_cursor, styles, stale)
+        fill = self._row_style(is_cursor, styles, stale)
         return self._crop(strip, width, fill)
 
-    def _row_style(self, is_cursor: bool, styles: _Styles) -> Style:
+    def _row_style(self, is_cursor: bool, styles: _Styles, stale: bool) -> Style:
         style = styles.cursor if is_cursor else styles.base
-        return style + styles.stale if self.stale else style
+        return style + styles.stale if stale else style
 
-    def _row_strip(self, vm_id: str, is_cursor: bool, styles: _Styles) -> Strip:
+    def _row_strip(self, vm_id: str, is_cursor: bool, styles: _Styles, stale: bool) -> Strip:
         lit = self._lit.get(vm_id)
         lit_mask = sum(1 << i for i in lit) if lit else 0
-        key = (self._layout_gen, is_cursor, self.stale, lit_mask, self._age_epoch)
+        key = (self._layout_gen, is_cursor, stale, lit_mask, self._age_epoch)
         cached = self._strips.get(vm_id)
         if cached is not None and cached[0] == key:
             return cached[1]
-        strip = self._build_strip(self._row(vm_id), is_cursor, lit_mask, styles)
+        strip = self._build_strip(self._row(vm_id), is_cursor, lit_mask, styles, stale)
         self._strips.set(vm_id, (key, strip))
         self.rows_rendered += 1
         return strip
 
-    def _build_strip(self, row: Row, is_cursor: bool, lit_mask: int, styles: _Styles) -> Strip:
-        base = self._row_style(is_cursor, styles)
+    def _build_strip(self, row: Row, is_cursor: bool, lit_mask: int, styles: _Styles,
+                     stale: bool) -> Strip:
+        base = self._row_style(is_cursor, styles, stale)
         gap = Segment(" " * _GAP, base)
         segments: list[Segment] = []
         now = self._now
@@ -961,9 +981,16 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
             segments.append(Segment(" " * _GAP, style))
             segments.append(Segment(self._fit_label(label, index, column.numeric), style))
         strip = self._crop(Strip(segments, self._table_width), width, style)
+        # The stamp ends where the vertical scrollbar starts, so all of it is seen.
+        seen = min(width, self.scrollable_content_region.width or width)
         if self.stale:
-            strip = self._stamp_stale(strip, width, styles)
-        return strip
+            strip = self._stamp_stale(strip, seen, styles, " STALE ")
+        elif self.stale_nodes:  # which nodes' rows are dimmed
+            nodes = ", ".join(self.stale_nodes)
+            strip = self._stamp_stale(strip, seen, styles, f" STALE: {nodes} ")
+        else:
+            return strip
+        return strip.crop_extend(0, width, style)
 
     def _fit_label(self, label: str, index: int, right: bool) -> str:
         width = self._widths[index]
@@ -971,8 +998,9 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
             label = label[: width - 1] + label[-1]
         return fit(label, width, right)
 
-    def _stamp_stale(self, strip: Strip, width: int, styles: _Styles) -> Strip:
-        stamp = " STALE "
+    def _stamp_stale(self, strip: Strip, width: int, styles: _Styles, stamp: str) -> Strip:
+        if len(stamp) > max(7, width // 2):  # never more than half the header
+            stamp = stamp[: max(7, width // 2) - 2] + "… "
         stamp_style = styles.header + styles.critical
         if width <= len(stamp):
             return Strip([Segment(stamp[:width], stamp_style)], width)

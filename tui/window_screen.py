@@ -156,8 +156,12 @@ def summary_text(wr: WindowRunner, proj: Projection) -> Text:
         text.append("\nNothing to run. Add merges with p on the VM list.", style="dim")
     if wr.save_error:
         text.append(f"\nThe queue could not be saved: {clean(wr.save_error)}", style="bold red")
-    if wr.active and wr.runner.store.stale:
+    staleness = wr.runner.store.staleness()
+    if wr.active and staleness.everything:
         text.append(" · waiting for the connection: nothing new starts", style="bold yellow")
+    elif wr.active and staleness.any:  # per node (issue 14): only its items wait
+        names = ", ".join(wr.runner.store.stale_node_names()) or "a stale target"
+        text.append(f" · items on {names} wait for the link", style="bold yellow")
     state = ("paused: running items finish, nothing new starts" if wr.paused and wr.active
              else "running" if wr.active else "")
     if state:

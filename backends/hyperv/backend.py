@@ -591,6 +591,16 @@ class HyperVBackend(Backend):
             node.computer = next((n for n in names if n), node_name(node.host))
             if session.where == f"{node.host}:{node.port}":  # errors name the node from now on
                 session.where = node.computer
+        if node.default_version is None:  # what Update-VMVersion raises a VM to on this node
+            try:
+                answer = await session.run(cmd.get_default_version())
+                rows = [props(o) for o in answer.output]
+                node.default_version = next(
+                    (text(r.get("Version")).strip() for r in rows if text(r.get("Version"))), "")
+            except CommandFailed as exc:  # e.g. 2012 R2 has no such cmdlet: unknown
+                log.warning("%s: default configuration version not readable: %s",
+                            node.computer, exc)
+                node.default_version = ""
         if self._reads_cluster(node):
             nodes, csvs, states, partitions = await session.run_many(
                 [
@@ -670,7 +680,15 @@ class HyperVBackend(Backend):
                 facts, agent_state=agent.state, agent_version=agent.version,
                 agent_name=agent.name, agent_start_mode=agent.start_mode,
                 agent_ports_closed=agent.ports_closed, agent_unchecked=agent.unchecked)
-        self._facts[node.computer.casefold()] = facts
+        default = node.default_version or ""
+        self._facts[node.computer.casefold()] = dataclasses.replace(
+            facts, default_version=default)
+        # The host that answered for other nodes' VMs (one endpoint for several) is where
+        # their Update-VMVersion runs: its default stands for theirs until they answer.
+        for name in self._vm_counts[node.source]:
+            facts = self._facts.get(name, NodeFacts())
+            if default and not facts.default_version:
+                self._facts[name] = dataclasses.replace(facts, default_version=default)
         self._publish_cluster()
         self._publish(node.source, entities)
 
@@ -836,11 +854,12 @@ class HyperVExecutor(Executor):
         self._guard("rebuild")
         return await self._rebuild().capture(vm_id, task_id)
 
-    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
-                            ) -> StepResult:
-        """Stop-VM, then Remove-VMSnapshot (all, or all but the newest)."""
+    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool,
+                            turn_off: bool = False) -> StepResult:
+        """Stop-VM (a guest shutdown, or -TurnOff when the operator chose it), then
+        Remove-VMSnapshot (all, or all but the newest)."""
         self._guard("rebuild")
-        return await self._rebuild().merge(vm_id, task_id, to_last_parent)
+        return await self._rebuild().merge(vm_id, task_id, to_last_parent, turn_off)
 
     async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:
         """Convert-VHD into a new folder, New-VM and its settings from the capture."""

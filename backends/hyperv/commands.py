@@ -460,6 +460,20 @@ def get_guest_kvp() -> Command:
     )
 
 
+def get_default_version() -> Command:
+    """The host's default VM configuration version (``Get-VMHostSupportedVersion
+    -Default``, "the default virtual machine configuration version for this host" —
+    MicrosoftDocs windows-powershell-docs, hyper-v/Get-VMHostSupportedVersion.md):
+    what ``Update-VMVersion``, which has no target parameter, raises a VM to; the
+    upgrade plan states it. ``Version`` is a System.Version, which ConvertTo-Json
+    writes as an object (Major, Minor, Build, …): converted to its string ("9.0") on
+    the host, like the enums. Read once per connection; a host without the cmdlet
+    (2012 R2) answers an error: unknown."""
+    return Command("default configuration version",
+                   (Cmdlet("Get-VMHostSupportedVersion", (("Default", SWITCH),)),),
+                   ("Name", "Version", "IsDefault"), extra=_enums(Version="System.Version"))
+
+
 # -- streaming: VM state changes as they happen (CIM indications) ------------------------
 
 #: The event subscription's name in the runspace (one per node session).
@@ -569,6 +583,14 @@ def remove_all_snapshots(vm_id: str) -> Command:
         ),
         mutating=True,
     )
+
+
+def get_vm_snapshots(vm_id: str) -> Command:
+    """One VM's checkpoints, read on the action session just before the merge is sent:
+    the executor refuses a VM with a Hyper-V Replica checkpoint (``SnapshotType``
+    Replica/AppConsistentReplica/SyncedReplica) itself, whatever the plan said."""
+    return Command("checkpoints of one VM", (_by_id(vm_id), Cmdlet("Get-VMSnapshot")),
+                   SNAPSHOT_PROPS, extra=_enums(("CreationTime",), SnapshotType="SnapshotType"))
 
 
 MERGE_STATUS_PROPS = ("Name", "SecondaryOperationalStatus", "Status")
@@ -917,6 +939,7 @@ READ_CMDLETS = frozenset(
         "Get-VMHardDiskDrive",
         "Get-VHD",
         "Get-VMReplication",
+        "Get-VMHostSupportedVersion",
         "Get-VMIntegrationService",
         "Get-Service",
         "Get-ItemPropertyValue",

@@ -49,6 +49,9 @@ class HyperVNode:
     source: str
     computer: str = ""
     healthy: bool = False
+    #: Get-VMHostSupportedVersion -Default, read once per node (None: not read yet; "":
+    #: the host did not answer it).
+    default_version: str | None = None
 
 
 class HyperVContext:

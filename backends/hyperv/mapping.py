@@ -217,6 +217,11 @@ SNAPSHOT_TYPES = {
 #: remove them with the others.
 REPLICA_SNAPSHOTS = frozenset({"replica", "appconsistentreplica", "syncedreplica"})
 
+
+def is_replica_snapshot(snapshot_type: Any) -> bool:
+    """A Hyper-V Replica checkpoint, by its ``SnapshotType`` name (never its number)."""
+    return _fold(enum_name(snapshot_type)) in REPLICA_SNAPSHOTS
+
 REPLICATION_STATES = {
     "disabled": ReplicationState.DISABLED,
     "replicating": ReplicationState.REPLICATING,
@@ -377,6 +382,7 @@ class NodeFacts:
     agent_start_mode: str | None = None
     agent_ports_closed: tuple[int, ...] | None = None
     agent_unchecked: tuple[str, ...] = ()
+    default_version: str = ""  # Get-VMHostSupportedVersion -Default ("": not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +495,7 @@ def cluster_entities(
                 backup_agent_name=f.agent_name,
                 backup_agent_start_mode=f.agent_start_mode,
                 backup_unchecked=f.agent_unchecked,
+                default_config_version=f.default_version,
             )
         )
     cluster = Cluster(cluster_id, cluster_id, Platform.HYPERV, nodes=len(nodes))

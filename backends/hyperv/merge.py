@@ -24,7 +24,7 @@ from ventana.state.model import FinalState, TaskState
 from ..base import ActionResult
 from . import commands as cmd
 from .context import HyperVContext, lost
-from .mapping import props, text
+from .mapping import is_replica_snapshot, props, text
 from .session import CommandFailed, NodeSession, SessionError
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,10 @@ async def run_merge(ctx: HyperVContext, vm_id: str, task_id: str) -> ActionResul
     state, error, final = TaskState.OK, "", FinalState.OPERATIONAL
     try:
         async with ctx.action_session(node) as action:
+            refusal = await replica_refusal(action, vm_id)
+            if refusal:  # below the plan's REPORTED_REPLICA_CHECKPOINT: nothing is sent
+                ctx.tasks.end(task, TaskState.FAILED, error=refusal)
+                return ActionResult(TaskState.FAILED, refusal, before, before)
             await action.run_long(cmd.remove_all_snapshots(vm_id), progress)
             await wait_background_merge(ctx, action, vm_id, lambda m: progress(last[0], m))
     except CommandFailed as exc:
@@ -116,6 +120,23 @@ async def run_merge(ctx: HyperVContext, vm_id: str, task_id: str) -> ActionResul
     # A row that ends without the work done keeps the last progress seen (TaskReporter).
     ctx.tasks.end(task, state, message="merged" if state is TaskState.OK else "", error=error)
     return ActionResult(state, error, before, after, final)
+
+
+async def replica_refusal(action: NodeSession, vm_id: str) -> str:
+    """Why the merge must not be sent ("" = it may): the host, read now, reports a Hyper-V
+    Replica checkpoint on the VM (SnapshotType Replica, AppConsistentReplica or
+    SyncedReplica — Microsoft.HyperV.PowerShell.SnapshotType), which belongs to
+    replication; ``Remove-VMSnapshot -Name *`` would remove it with the others. Defence in
+    depth: the plan blocks on the finding too, but a stale plan or a caller that skips
+    it must not reach the host. Names only, never numbers (COMMANDS.md)."""
+    rows = (await action.run(cmd.get_vm_snapshots(vm_id))).output
+    replicas = [p for p in map(props, rows) if is_replica_snapshot(p.get("SnapshotType"))]
+    if not replicas:
+        return ""
+    first = replicas[0]
+    return (f"refused: the host reports {len(replicas)} Hyper-V Replica checkpoint(s) "
+            f"(e.g. {text(first.get('Name'))!r}, {text(first.get('SnapshotType'))}); "
+            "they belong to replication and a merge would remove them. Nothing was sent.")
 
 
 async def wait_background_merge(ctx: HyperVContext, action: NodeSession, vm_id: str,

@@ -29,13 +29,23 @@ from ventana.state.model import Entity
 
 from . import commands as cmd
 from .backup import CAMPAIGN_PORTS, CAMPAIGN_SERVICES
-from .mapping import ClusterRead, NodeRead, cluster_entities, cluster_name, node_entities, path_key
+from .mapping import (
+    ClusterRead,
+    NodeFacts,
+    NodeRead,
+    cluster_entities,
+    cluster_name,
+    node_entities,
+    node_name,
+    path_key,
+)
 
 FORMAT = "ventana-hyperv-probe/1"
 
 #: Every read of the contract the probe sends, by key (the order they go out).
 READS: dict[str, Callable[[], cmd.Command]] = {
     "computer": cmd.get_computer_system,
+    "default_version": cmd.get_default_version,  # what Update-VMVersion raises a VM to
     "cluster_nodes": cmd.get_cluster_nodes,
     "csvs": cmd.get_csvs,
     "csv_states": cmd.get_csv_states,
@@ -230,7 +240,18 @@ def decode(data: dict[str, Any], default_cluster: str = "cluster") -> list[Entit
                 "cluster_nodes", "csvs", "csv_states", "partitions", "csv_backups")))
     cluster = cluster or ClusterRead()
     cluster_id = cluster_name(cluster, default_cluster)
-    found, mounts = cluster_entities(cluster, cluster_id, {})
+    facts: dict[str, NodeFacts] = {}  # each node's default configuration version
+    for node in data["nodes"]:
+        reads = node["reads"]
+        computer = next((str(r.get("Name") or "") for r in _rows(reads["computer"], "computer")),
+                        node["node"])
+        rows = _rows(reads["default_version"], "default_version") \
+            if "default_version" in reads else []  # captures before it had no such read
+        version = next((str(r.get("Version") or "") for r in rows if r.get("Version")), "")
+        if version:
+            facts[node_name(computer or node["node"]).casefold()] = NodeFacts(
+                default_version=version)
+    found, mounts = cluster_entities(cluster, cluster_id, facts)
     entities.extend(found)
     for node in data["nodes"]:
         reads = node["reads"]

@@ -21,7 +21,9 @@ step's task id and returns a ``StepResult`` whose ``data`` has the shapes
   guest's integration services report over KVP
   (``Msvm_GuestNetworkAdapterConfiguration``); a guest that reports
   nothing leaves them None.
-- **merge**: Stop-VM (guest shutdown) when not Off, then Remove-VMSnapshot of
+- **merge**: Stop-VM when not Off — a guest shutdown (``-Force``: no prompt, the
+  guest's Shutdown service checked first, nothing sent without it), or ``-TurnOff``
+  when the operator ticked it on the plan — then Remove-VMSnapshot of
   every checkpoint (``Get-VM -Id … | Remove-VMSnapshot -Name *``), or — for a
   replicating VM — of every one but the newest, one by one by Id.
 - **create**: Convert-VHD of each disk's current file (the whole chain) into
@@ -360,14 +362,36 @@ class HyperVRebuild:
         return path
 
     # -- merge ---------------------------------------------------------------------
-    async def merge(self, vm_id: str, task_id: str, to_last_parent: bool) -> StepResult:
-        return await self._guarded(self._merge(vm_id, task_id, to_last_parent),
+    async def merge(self, vm_id: str, task_id: str, to_last_parent: bool,
+                    turn_off: bool = False) -> StepResult:
+        return await self._guarded(self._merge(vm_id, task_id, to_last_parent, turn_off),
                                    "Stop-VM or Remove-VMSnapshot was sent")
 
-    async def _stop(self, node: HyperVNode, vm_id: str, task_id: str) -> None:
+    async def _stop(self, node: HyperVNode, vm_id: str, task_id: str,
+                    turn_off: bool = False) -> None:
+        """Stop the VM before its chain is touched.
+
+        Stop-VM's semantics (MicrosoftDocs windows-powershell-docs, hyper-v/Stop-VM.md):
+        plain, it "shuts down … through the guest operating system"; ``-Force`` does so
+        "regardless of any unsaved application data. Hyper-V gives the guest five minutes
+        to save data, then forces a shutdown" (it also suppresses the prompt);
+        ``-TurnOff`` "is equivalent to disconnecting the power from the virtual machine,
+        and can result in loss of unsaved data". The guest route needs the guest's
+        Shutdown integration service. ``turn_off`` is the operator's explicit choice on
+        the plan; without it the service is checked first and nothing is sent when it
+        does not answer."""
         session = node.session
         vm = await self._one(session, cmd.get_vm_check(vm_id), "this VM")
-        if text(vm.get("State")) != "Off":
+        if text(vm.get("State")) != "Off" and turn_off:
+            self._progress(task_id, 2, "Stop-VM -TurnOff: turning the VM off (operator's "
+                           "choice on the plan)")
+            await session.run(cmd.stop_vm(vm_id, turn_off=True))
+            vm = await self._one(session, cmd.get_vm_check(vm_id), "this VM")
+            if text(vm.get("State")) != "Off":
+                raise StepFailed(StepResult(TaskState.FAILED, error=(
+                    f"Stop-VM -TurnOff returned but the host reports the VM "
+                    f"{text(vm.get('State'))}")))
+        elif text(vm.get("State")) != "Off":
             # Stop-VM -Force powers the VM off when the guest's Shutdown service does not
             # answer: check it first; a power-off is the operator's explicit choice.
             services = await self._read(session, cmd.get_vm_integration(vm_id))
@@ -377,9 +401,11 @@ class HyperVRebuild:
             if not shutdown or not shutdown.get("Enabled") or status != "Ok":
                 raise StepFailed(StepResult(TaskState.FAILED, error=(
                     f"the guest's Shutdown integration service is {status or 'unavailable'}: "
-                    "Stop-VM -Force would power the VM off (like pulling the plug). Nothing "
-                    "was sent; shut the guest down from inside, or power it off yourself "
-                    "(Stop-VM -TurnOff) if that is acceptable, then run the step again.")))
+                    "the guest cannot be shut down from the host. Nothing was sent; shut the "
+                    "guest down from inside, or resume the rebuild and tick 'Turn off … "
+                    "instead of a guest shutdown' on its plan (Stop-VM -TurnOff: a "
+                    "power-off, like pulling the plug; unsaved data is lost) if that is "
+                    "acceptable.")))
             self._progress(task_id, 2, "Stop-VM: shutting the guest down")
             # Its own pool: a guest may take minutes to shut down; the polls go on.
             async with self.ctx.action_session(node) as action:
@@ -390,11 +416,12 @@ class HyperVRebuild:
                 raise StepFailed(StepResult(TaskState.FAILED, error=(
                     f"Stop-VM returned but the host reports the VM {text(vm.get('State'))}")))
 
-    async def _merge(self, vm_id: str, task_id: str, to_last_parent: bool) -> StepResult:
+    async def _merge(self, vm_id: str, task_id: str, to_last_parent: bool,
+                     turn_off: bool = False) -> StepResult:
         ctx = self.ctx
         node = self._node(vm_id)
         s = node.session
-        await self._stop(node, vm_id, task_id)
+        await self._stop(node, vm_id, task_id, turn_off)
         before_rows = await self._read(s, cmd.get_vm_checkpoints(vm_id))
         before = sum(d.size_bytes for d in ctx.vm_disks(vm_id))
         ordered = sorted(before_rows, key=lambda c: text(c.get("CreationTime")))

@@ -62,6 +62,9 @@ class SimBackend(Backend):
         self._connected = False
         self._closed = False
         self._link_down = False
+        # One node's link lost (``drop_node``): what it owns stops reaching the client.
+        self._nodes_down: set[str] = set()
+        self._node_sources: set[str] = set()  # nodes given a source of their own so far
         self._control: deque[Event] = deque()
         self._client_keys: set[Key] = set()
         self._jobs: dict[str, MergeJob] = {}
@@ -165,6 +168,8 @@ class SimBackend(Backend):
                     event = world.out.popleft()
                     if self._link_down:
                         continue  # nothing reaches the client while the link is down
+                    if self._nodes_down and self._owner_node(event) in self._nodes_down:
+                        continue  # nor what a node whose link is down owns
                     self._track(event)
                     yield event
                     continue
@@ -360,6 +365,8 @@ class SimBackend(Backend):
             "WinRM: no answer from the cluster for 30 s (read timeout); data may be stale"
         )
         self._control.append(ConnectionChanged(self.name, LinkState.STALE, reason))
+        self._control.extend(ConnectionChanged(self._node_source(n), LinkState.STALE, reason)
+                             for n in sorted(self._node_sources))
         self.world.out.clear()
         self._unknown_all("the connection was lost while the merge was running")
         self._wake.set()
@@ -395,9 +402,73 @@ class SimBackend(Backend):
             self._control.append(
                 ConnectionChanged(self.name, LinkState.RECONNECTING, "reconnecting: re-reading")
             )
+        self._resync()
+        self._control.append(ConnectionChanged(self.name, LinkState.CONNECTED))
+        self._control.extend(ConnectionChanged(self._node_source(n), LinkState.CONNECTED)
+                             for n in sorted(self._node_sources - self._nodes_down))
+        self._wake.set()
+
+    def _resync(self) -> None:
+        """Queue a full re-read: every entity as it is now, removals for what vanished."""
+        world = self.world
         current = world.keys()
         self._control.extend(Upsert(e) for e in world.snapshot())
         gone = sorted(self._client_keys - current)
         self._control.extend(Remove(kind, id_) for kind, id_ in gone if kind is not Kind.CLUSTER)
-        self._control.append(ConnectionChanged(self.name, LinkState.CONNECTED))
+
+    # -- one node's link (partial failure) -------------------------------------------------
+    def _node_source(self, node_id: str) -> str:
+        return f"{self.name} {node_id}"
+
+    def _owner_node(self, event: Event) -> str | None:
+        """The node whose link carries this change (None: the cluster's)."""
+        if not isinstance(event, Upsert):
+            return None
+        entity = event.entity
+        world = self.world
+        match entity.KIND:
+            case Kind.NODE:
+                return entity.id
+            case Kind.VM:
+                return entity.node_id  # type: ignore[union-attr]
+            case Kind.LUN:  # the CSV's coordinator reports its space
+                return entity.owner_node_id or None  # type: ignore[union-attr]
+            case Kind.CHECKPOINT | Kind.DISK:
+                vm = world.vms.get(entity.vm_id)  # type: ignore[union-attr]
+                return vm.node_id if vm is not None else None
+            case Kind.TASK:
+                target = entity.target  # type: ignore[union-attr]
+                vm = world.vms.get(target.partition(":")[2]) if target.startswith("vm:") else None
+                return vm.node_id if vm is not None else None
+        return None
+
+    def drop_node(self, node_id: str, reason: str = "") -> None:
+        """Lose one node's link while the others stay live (issue 14's partial failure):
+        the node's own source (``"<name> <node>"``, naming it) goes STALE, the
+        cluster's source names the other nodes, and nothing the node owns (its row,
+        its VMs with their checkpoints, disks and tasks, the CSVs it coordinates)
+        reaches the client until ``restore_node``. Actions are refused by pre-flight
+        (STALE_DATA on that node only), as against a real cluster."""
+        if not self.connected or node_id not in self.world.nodes or node_id in self._nodes_down:
+            return
+        self._nodes_down.add(node_id)
+        self._node_sources.add(node_id)
+        reason = reason or f"WinRM: no answer from {node_id} for 30 s (read timeout)"
+        live = tuple(sorted(set(self.world.nodes) - self._nodes_down))
+        self._control.append(ConnectionChanged(self.name, LinkState.CONNECTED, "", live))
+        self._control.append(
+            ConnectionChanged(self._node_source(node_id), LinkState.STALE, reason, (node_id,)))
+        self._wake.set()
+
+    def restore_node(self, node_id: str) -> None:
+        """The node answers again: re-read everything, then its source is CONNECTED."""
+        if node_id not in self._nodes_down or self._closed:
+            return
+        self._nodes_down.discard(node_id)
+        if self._link_down:
+            return  # the whole link's restore reconnects it
+        self._control.append(ConnectionChanged(
+            self._node_source(node_id), LinkState.RECONNECTING, "reconnecting: re-reading"))
+        self._resync()
+        self._control.append(ConnectionChanged(self._node_source(node_id), LinkState.CONNECTED))
         self._wake.set()

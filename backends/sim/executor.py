@@ -45,10 +45,10 @@ class SimExecutor(Executor):
         self._guard("rebuild")
         return await self._sim.rebuild.capture(vm_id, task_id)
 
-    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool
-                            ) -> StepResult:
+    async def rebuild_merge(self, vm_id: str, task_id: str, *, to_last_parent: bool,
+                            turn_off: bool = False) -> StepResult:
         self._guard("rebuild")
-        return await self._sim.rebuild.merge(vm_id, task_id, to_last_parent)
+        return await self._sim.rebuild.merge(vm_id, task_id, to_last_parent, turn_off)
 
     async def create_from_capture(self, capture: dict[str, Any], task_id: str) -> StepResult:
         self._guard("rebuild")

@@ -45,6 +45,11 @@ from .config import SimConfig
 from .specs import LAB_SHAPED_VMS, VmProfile, VmSpec, choose_replicas, draw_specs, fit, gb, guid
 from .specs import shrink as shrink_specs
 
+#: The simulated hosts' default VM configuration version (what Update-VMVersion raises a VM
+#: to): the campaign's Windows Server 2019 hosts, whose newest supported version is 9.0
+#: (MicrosoftDocs windows-server, "Upgrade virtual machine version in Hyper-V").
+HOST_DEFAULT_VERSION = "9.0"
+
 __all__ = ["Inventory", "VmProfile", "build_inventory", "lun_id_for"]
 
 SCALE_LUN_GB = 16384.0
@@ -337,7 +342,8 @@ def _build(config: SimConfig, epoch: datetime) -> Inventory:
         if lun.role is LunRole.CSV:  # the witness disk is owned, but it is no CSV
             owned[lun.owner_node_id].append(lun.id)
     inv.nodes = [
-        Node(name, name, cluster, NodeState.UP, tuple(owned[name]), version, state, counts[name])
+        Node(name, name, cluster, NodeState.UP, tuple(owned[name]), version, state, counts[name],
+             default_config_version=HOST_DEFAULT_VERSION)
         for name, version, state in node_list
     ]
     inv.cluster = Cluster(cluster, cluster, Platform.HYPERV, nodes=len(node_ids))

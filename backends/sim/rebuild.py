@@ -288,7 +288,8 @@ class SimRebuild:
             "captured_at": now.isoformat(),
         }
 
-    async def merge(self, vm_id: str, task_id: str, to_last_parent: bool) -> StepResult:
+    async def merge(self, vm_id: str, task_id: str, to_last_parent: bool,
+                    turn_off: bool = False) -> StepResult:
         world = self.sim.world
         vm = world.vms.get(vm_id)
         if vm is None:
@@ -296,10 +297,13 @@ class SimRebuild:
         if vm.power is not PowerState.OFF:
             def stop() -> StepResult:
                 world.set_power(vm_id, PowerState.OFF)
-                return StepResult(TaskState.OK, detail="shut down")
+                return StepResult(TaskState.OK, detail="turned off" if turn_off else "shut down")
 
-            stopped = await self._timed(f"{task_id}-stop", "shutdown", vm,
-                                        "Stop-VM: shutting the guest down", 60, stop, ticks=2)
+            # A power-off is immediate; a guest shutdown takes the guest's time.
+            what = ("Stop-VM -TurnOff: turning the VM off" if turn_off
+                    else "Stop-VM: shutting the guest down")
+            stopped = await self._timed(f"{task_id}-stop", "shutdown", vm, what,
+                                        5 if turn_off else 60, stop, ticks=2)
             if stopped.state is not TaskState.OK:
                 return stopped
         fail = self._failing("merge", vm)

@@ -262,6 +262,34 @@ async def test_nothing_starts_while_the_link_is_stale(tmp_path: Path) -> None:
         assert window.item(ids[0]).status == "ok"  # type: ignore[union-attr]
 
 
+
+async def test_one_stale_node_holds_only_its_own_items(tmp_path: Path) -> None:
+    """Issue 14: with one node's link down, its VMs' items wait (saying which node)
+    while the items on healthy nodes run; they run once the node is back."""
+    async with Session(quiet()) as s:
+        runner, _log, window = setup(s, tmp_path)
+        git, av = by_name(s.store, "git-01"), by_name(s.store, "av-01")
+        assert git.node_id != av.node_id
+        ids = queue(s, window, ("git-01", "av-01"))
+        wr = WindowRunner(runner, window)
+        wr.confirm("sat-night")
+        s.backend.drop_node(git.node_id)
+        await s.settle()
+        assert s.store.stale_for(git.node_id) and not s.store.stale_for(av.node_id)
+        task = wr.start()
+        for _ in range(100):
+            if window.item(ids[1]).status == "ok":  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.1)
+        held = window.item(ids[0])
+        assert window.item(ids[1]).status == "ok"  # type: ignore[union-attr]
+        assert held is not None and held.status == "queued"
+        assert held.reason == f"waiting: the link to node {git.node_id} is not live"
+        s.backend.restore_node(git.node_id)
+        await asyncio.wait_for(task, 30)
+        assert window.item(ids[0]).status == "ok"  # type: ignore[union-attr]
+
+
 HOLDER = """
 import sys
 from ventana.state.actionlog import ActionLog

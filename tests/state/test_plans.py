@@ -161,6 +161,36 @@ def test_upgrade_needs_the_vm_off_and_no_saved_state_checkpoints() -> None:
     assert "ALREADY_CURRENT" in codes(plan_upgrade(store, "b", NOW), Severity.BLOCKING)
 
 
+def test_upgrade_targets_the_hosts_default_version() -> None:
+    """Update-VMVersion has no target parameter: the plan's target is the VM's host's
+    default (Node.default_config_version, read with Get-VMHostSupportedVersion -Default),
+    not the highest version running on the cluster; only when it was not read is the
+    latter assumed, with a warning."""
+    from ventana.state.plans import plan_upgrade
+
+    store = small_cluster()
+    for vm_id, version in (("a", "9.0"), ("b", "9.0"), ("c", "8.0")):
+        store.apply(Upsert(dataclasses.replace(store.vm(vm_id), config_version=version,
+                                               power=PowerState.OFF)))
+        for cp in store.checkpoints_of(vm_id):
+            store.apply(Remove(Kind.CHECKPOINT, cp.id))
+    assumed = plan_upgrade(store, "a", NOW)  # no host default known: 9.0 is all we have
+    assert assumed.facts["target_version"] == "9.0"
+    assert "TARGET_VERSION_ASSUMED" in codes(assumed, Severity.WARNING)
+    assert "ALREADY_CURRENT" in codes(assumed, Severity.BLOCKING)
+    store.apply(Upsert(dataclasses.replace(store.node("n1"), default_config_version="10.0")))
+    plan = plan_upgrade(store, "a", NOW)  # vm a is on n1, whose default is newer
+    assert plan.facts["target_version"] == "10.0" and plan.facts["target_basis"] == "host default"
+    assert not plan.blocking and "TARGET_VERSION_ASSUMED" not in codes(plan, Severity.WARNING)
+    assert plan.steps[0].startswith("Raise the configuration version from 9.0 to 10.0 "
+                                    "(the default of host HV-NODE-01")
+    # Per node: vm c's host (n2) says 8.0, which vm c already runs.
+    store.apply(Upsert(dataclasses.replace(store.node("n2"), default_config_version="8.0")))
+    plan = plan_upgrade(store, "c", NOW)
+    assert plan.facts["target_version"] == "8.0"
+    assert "ALREADY_CURRENT" in codes(plan, Severity.BLOCKING)
+
+
 def test_broken_chain_blocks_the_merge_with_the_findings_rule() -> None:
     """The same rule as the CHAIN_BROKEN finding (derived.broken_chain): a
     differencing disk whose parent is nowhere blocks; a parent that is another

@@ -96,6 +96,50 @@ async def test_rebuild_from_the_console(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, RebuildScreen))
 
 
+async def test_the_operator_chooses_how_the_vm_is_stopped(tmp_path: Path) -> None:
+    """Issue 14: the plan says what the guest shutdown (Stop-VM -Force) does and offers
+    "Turn off … instead of a guest shutdown" (Stop-VM -TurnOff) as an explicit option;
+    ticking it re-plans (a WILL_TURN_OFF warning, the step and its command say -TurnOff),
+    and the run turns the VM off instead of shutting the guest down."""
+    from textual.widgets import Checkbox
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        vm_id = pick(app)
+        name = app.store.vm(vm_id).name
+        app.query_one(VmTable).select_vm(vm_id)
+        await pilot.press("b")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen))
+        screen = app.screen
+        assert isinstance(screen, PlanScreen)
+        plan = screen.plan
+        shutdown = next(f for f in plan.findings if f.code == "WILL_SHUT_DOWN")
+        assert "five minutes to save data" in shutdown.message
+        assert plan.facts["stop"] == "guest shutdown" and not plan.params.get("turn_off")
+        assert "Stop-VM -ComputerName" in plan.command and "-TurnOff" not in plan.command
+        await read_whole_plan(pilot)
+        box = screen.query_one("#toggle-turn_off", Checkbox)
+        assert not box.value
+        box.value = True  # the explicit choice
+        await wait_for(pilot, lambda: screen.plan.params.get("turn_off") is True)
+        plan = screen.plan
+        codes = {f.code for f in plan.findings}
+        assert "WILL_TURN_OFF" in codes and "WILL_SHUT_DOWN" not in codes
+        assert "disconnecting the power" in next(
+            f.message for f in plan.findings if f.code == "WILL_TURN_OFF")
+        assert any("Stop-VM -TurnOff" in step for step in plan.steps)
+        assert "-TurnOff -Force" in plan.command
+        await confirm(pilot, name)
+        await wait_for(pilot, lambda: isinstance(app.screen, RebuildScreen))
+        await wait_for(pilot, lambda: latest(tmp_path, vm_id) is not None
+                       and latest(tmp_path, vm_id).step("merge").state is StepState.DONE,
+                       timeout=20)
+        stopped = [t for t in app.store.tasks() if t.id.endswith("-stop")]
+        assert stopped and all("TurnOff" in t.message or t.message == "turned off"
+                               for t in stopped), [t.message for t in stopped]
+
+
 async def test_pause_then_resume_with_a_new_confirmation(tmp_path: Path) -> None:
     app = make_app(tmp_path, speed=2000.0)
     async with app.run_test(size=SIZE) as pilot:

@@ -1055,6 +1055,86 @@ async def test_a_replica_checkpoint_never_looks_mergeable(
 
 
 @pytest.mark.timeout(40)
+@pytest.mark.parametrize("one_peer", ALL_MODES, indirect=True)
+async def test_the_upgrade_targets_the_hosts_default_version(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """Update-VMVersion has no target parameter: each node's default version is read
+    (Get-VMHostSupportedVersion -Default; 8.0 on a Server 2016 host, 9.0 on 2019), the
+    plan states it as the target (current → target), and the upgrade reaches it."""
+    import dataclasses
+
+    from ventana.state.plans import plan_upgrade
+
+    model, handle = one_peer
+    vm_id = next(v for v in sorted(model.vms) if not model.chains.get(v))
+    with model.lock:
+        model.vms[vm_id] = dataclasses.replace(model.vms[vm_id], config_version="5.0")
+        model.version += 1
+    model.set_power(vm_id, PowerState.OFF)
+    backend = backend_for(handle, read_only=False)
+    store = Store()
+    feed = Feed(backend, store)
+    def ready() -> bool:
+        vm = store.vm(vm_id)
+        return (vm is not None and vm.power is PowerState.OFF and vm.config_version == "5.0"
+                and any(n.default_config_version for n in store.nodes()))
+
+    await feed.until(ready, 20, "the nodes' default versions and the VM off at 5.0")
+    want = "8.0" if model.profile.server2016 else "9.0"
+    vm = store.vm(vm_id)
+    assert vm is not None and store.node(vm.node_id).default_config_version == want
+    plan = plan_upgrade(store, vm_id, datetime.now(UTC))
+    assert not plan.blocking, plan.blocking
+    assert plan.facts["target_version"] == want and plan.facts["target_basis"] == "host default"
+    assert f"from 5.0 to {want} (the default of host {vm.node_id}" in plan.steps[0]
+    result = await backend.executor().upgrade_version(vm_id, "upgrade-default", want)
+    assert result.state is TaskState.OK, result.error
+    assert result.detail == f"configuration version 5.0 → {want}"
+    await feed.close()
+
+
+def test_commands_md_shows_the_action_reads_as_sent() -> None:
+    """The reads issue 14 added: the host's default version, and the merge's own check
+    for Hyper-V Replica checkpoints — each exactly as sent, and read-only."""
+    from ventana.backends.hyperv import commands as c
+
+    doc = (Path(c.__file__).parent / "COMMANDS.md").read_text()
+    for command in (c.get_default_version(),
+                    c.get_vm_snapshots("d3b0c9b2-8f2e-4a53-9d3c-6a7f0f6b2a11")):
+        assert command.as_powershell() in doc, command.as_powershell()
+        assert {n for x in command.pipeline() for n in x.commands} <= READ_CMDLETS
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("one_peer", ALL_MODES, indirect=True)
+async def test_the_executor_itself_refuses_a_replica_checkpoint(
+    one_peer: tuple[ClusterModel, PeerHandle],
+) -> None:
+    """Defence in depth (issue 14): called directly, with no plan (or one made before the
+    replica checkpoint appeared), the merge reads the VM's checkpoints on the host first
+    and sends nothing when one is a Hyper-V Replica checkpoint."""
+    model, handle = one_peer
+    backend = backend_for(handle, read_only=False)
+    feed = Feed(backend)
+    await feed.until(lambda: feed.last_state(backend.sources[0]) is LinkState.CONNECTED, 20, "up")
+    vm_id = vm_with_checkpoints(model, 2)
+    chain = list(model.chains[vm_id])
+    model.snapshot_types[chain[0]] = "SyncedReplica"  # appears after the last poll
+    result = await backend.executor().merge(vm_id, "merge-replica")
+    assert result.state is TaskState.FAILED
+    assert "Replica checkpoint" in result.error and "SyncedReplica" in result.error
+    assert "Nothing was sent" in result.error
+    assert "Remove-VMSnapshot" not in model.calls and model.chains[vm_id] == chain
+    # Without it the same call merges: the refusal is the replica checkpoint's doing.
+    del model.snapshot_types[chain[0]]
+    result = await backend.executor().merge(vm_id, "merge-plain")
+    assert result.state is TaskState.OK, result.error
+    assert "Remove-VMSnapshot" in model.calls and not model.chains.get(vm_id)
+    await feed.close()
+
+
+@pytest.mark.timeout(40)
 @pytest.mark.parametrize("one_peer", ["spellings"], indirect=True)
 async def test_node_spellings_are_one_node_everywhere(
     one_peer: tuple[ClusterModel, PeerHandle],

@@ -83,7 +83,9 @@ def test_probe_captures_every_read_and_the_capture_decodes(
     for vm_id, want in model.vms.items():
         assert (vms[vm_id].name, vms[vm_id].node_id, vms[vm_id].power) == (
             want.name, want.node_id, want.power)
-    assert {e.id for e in entities if isinstance(e, Node)} == set(model.nodes)
+    nodes = [e for e in entities if isinstance(e, Node)]
+    assert {n.id for n in nodes} == set(model.nodes)
+    assert {n.default_config_version for n in nodes} == {model.host_version}
     assert {e.id for e in entities if isinstance(e, Checkpoint)} == set(model.checkpoints)
     luns = [e for e in entities if isinstance(e, Lun)]
     assert luns and all(lun.owner_node_id in model.nodes for lun in luns)

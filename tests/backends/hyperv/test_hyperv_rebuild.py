@@ -230,7 +230,7 @@ def test_commands_md_documents_every_rebuild_command() -> None:
              c.get_nic_vlan(v, "Network Adapter"), c.get_firmware(v), c.get_boot_order(v),
              c.get_bios(v), c.get_vm_checkpoints(v), c.get_vm_integration(v),
              c.get_vm_heartbeat(n), c.get_guest_network()]
-    writes = [c.stop_vm(v), c.remove_all_snapshots(v),
+    writes = [c.stop_vm(v), c.stop_vm(v, turn_off=True), c.remove_all_snapshots(v),
               c.remove_snapshot("5a6b7c8d-1e2f-4a3b-8c9d-0e1f2a3b4c5d"), c.convert_vhd(p, q),
               c.new_vm("app-01", 2, 8 * 1024**3, folder), c.set_processor(n, 4),
               c.set_memory(n, 8 * 1024**3, False), c.remove_nics(n),
@@ -332,6 +332,13 @@ async def test_stop_vm_is_not_sent_when_the_shutdown_service_does_not_answer(
     assert "Shutdown integration service" in result.error and "power" in result.error
     assert "Stop-VM" not in model.calls and vm.id not in model.turned_off
     assert model.vms[vm.id].power is PowerState.RUNNING and model.chains[vm.id]
+    # The operator's explicit choice (the plan's "Turn off … instead of a guest shutdown"):
+    # Stop-VM -TurnOff is sent, without asking the guest, and the merge goes on.
+    result = await backend.executor().rebuild_merge(vm.id, "rb-off", to_last_parent=False,
+                                                    turn_off=True)
+    assert result.state is TaskState.OK, result.error
+    assert "Stop-VM" in model.calls and vm.id in model.turned_off
+    assert model.vms[vm.id].power is PowerState.OFF and not model.chains.get(vm.id)
     await feed.close()
 
 

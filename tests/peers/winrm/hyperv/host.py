@@ -1,6 +1,7 @@
-"""Host facts outside Hyper-V.
+"""Host facts.
 
-Get-Service (the backup agent), Get-ItemPropertyValue (its version).
+Get-Service (the backup agent), Get-ItemPropertyValue (its version),
+Get-VMHostSupportedVersion (the configuration versions the host supports).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .enums import (
 )
 from .model import BACKUP_SERVICE, BACKUP_VERSION_KEY
 from .wire import (
+    Row,
     _as_list,
     _obj,
 )
@@ -70,7 +72,44 @@ def get_item_property_value(ep: Endpoint, params: dict[str, Any], writer: Comman
     writer.write_output(n.backup_agent_version)
 
 
+#: The configuration versions a host supports, newest last: the long-term-servicing table of
+#: MicrosoftDocs windows-server "Upgrade virtual machine version in Hyper-V on Windows or
+#: Windows Server" (Server 2019: 5.0 … 9.0, not 9.1; Server 2016: 5.0 … 8.0).
+_SUPPORTED = ("5.0", "6.2", "7.0", "7.1", "8.0", "8.1", "8.2", "8.3", "9.0")
+
+
+def _version(text: str) -> Row:
+    """A ``System.Version``: an object (Major, Minor, Build, Revision — Build and
+    Revision -1 when unset) that ConvertTo-Json writes as one; ``[string]`` gives "9.0"."""
+    major, minor = (int(x) for x in text.split("."))
+    return Row(["System.Version", "System.Object"],
+               {"Major": major, "Minor": minor, "Build": -1, "Revision": -1,
+                "MajorRevision": -1, "MinorRevision": -1}, to_string=text)
+
+
+def get_host_supported_version(ep: Endpoint, params: dict[str, Any],
+                               writer: CommandWriter) -> None:
+    """Get-VMHostSupportedVersion [-Default]: "returns a list of virtual machine
+    configuration versions that are supported on a host"; with -Default "the default
+    virtual machine configuration version for this host" (MicrosoftDocs
+    windows-powershell-docs, hyper-v/Get-VMHostSupportedVersion.md). Each is a
+    Microsoft.HyperV.PowerShell.VMHostSupportedVersion: Name (string), Version
+    (System.Version), IsDefault (bool) — the module's type (dsccommunity/HyperVDsc
+    Hyper-V stubs). The Name texts here are illustrative (the client reads Version)."""
+    model = ep.model
+    ep.log("Get-VMHostSupportedVersion")
+    default = model.host_version
+    known = [v for v in _SUPPORTED if float(v) <= float(default)]
+    for version in [default] if params.get("Default") else known:
+        writer.write_output(_obj(
+            writer, ["Microsoft.HyperV.PowerShell.VMHostSupportedVersion", "System.Object"],
+            {"Name": f"Configuration version {version}", "Version": _version(version),
+             "IsDefault": version == default},
+            to_string="Microsoft.HyperV.PowerShell.VMHostSupportedVersion"))
+
+
 HANDLERS = {
     "Get-Service": get_service,
     "Get-ItemPropertyValue": get_item_property_value,
+    "Get-VMHostSupportedVersion": get_host_supported_version,
 }

@@ -57,7 +57,14 @@ class ClusterModel:
         self.nodes = {n.id: n for n in inv.nodes}
         self.luns = {x.id: x for x in inv.luns}
         self.vms = {v.id: v for v in inv.vms}
-        self.host_version = "9.0"  # Update-VMVersion raises VMs to this
+        # The host's default configuration version: what Get-VMHostSupportedVersion -Default
+        # reports and Update-VMVersion raises VMs to ("updates virtual machines to the
+        # current version"; "you also update the configuration version to the latest
+        # version supported by that Hyper-V host" — MicrosoftDocs windows-server,
+        # virtualization/hyper-v/deploy/Upgrade-virtual-machine-version-in-Hyper-V-on-
+        # Windows-or-Windows-Server.md, whose table gives Server 2019 up to 9.0 and Server
+        # 2016 up to 8.0).
+        self.host_version = "8.0" if self.profile.server2016 else "9.0"
         self.disks = {d.id: d for d in inv.disks}
         self.checkpoints = {c.id: c for c in inv.checkpoints}
         self.chains = {k: list(v) for k, v in inv.chains.items()}
