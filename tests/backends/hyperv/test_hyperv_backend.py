@@ -319,6 +319,10 @@ async def test_server_side_changes_arrive_within_the_poll_interval(
     # One endpoint answers for the whole cluster: VMs still count on their own hosts.
     counts = {n.id: n.vm_count for n in feed.of(Kind.NODE).values()}
     assert counts == {n.id: n.vm_count for n in model.nodes.values()}
+    # The VMs' backup facts come with the second poll (the first poll reads only the
+    # agent, so they never delay the first inventory): wait for them, then settle.
+    await feed.until(lambda: all(v.storage_paths for v in feed.of(Kind.VM).values()), 20,
+                     "the VMs' backup facts (second poll)")
     await asyncio.sleep(POLL * 3)
     settled = len(feed.events)
     await asyncio.sleep(POLL * 3)
