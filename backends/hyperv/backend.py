@@ -38,7 +38,7 @@ import dataclasses
 import logging
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -56,6 +56,7 @@ from ventana.state.model import (
     IntegrationState,
     Key,
     Kind,
+    Lun,
     Platform,
     PowerState,
     VirtualDisk,
@@ -64,6 +65,7 @@ from ventana.state.model import (
 
 from ..base import ActionResult, Backend, Executor, StepResult
 from . import commands as cmd
+from . import subscriptions as subs
 from .cleanup import Cleanup
 from .context import HyperVContext, HyperVNode
 from .credentials import Credential
@@ -87,6 +89,7 @@ from .mapping import (
 from .merge import run_merge, run_upgrade
 from .rebuild import HyperVRebuild
 from .session import AuthFailed, CommandFailed, NodeSession, SessionError, TlsRefused
+from .subscriptions import CHECKPOINT_EVENTS, CSV_EVENTS, Source
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +217,18 @@ class HyperVBackend(Backend):
         #: Per node source: True while its VM event stream is up, False when refused/lost.
         self.streaming: dict[str, bool] = {}
         self._streamed: dict[str, tuple[float, PowerState]] = {}  # vm id -> (when, power)
+        #: Per node source: the change subscriptions it holds beside the power stream
+        #: (``subscriptions``: checkpoints on every node, CSV space on the first).
+        self.changes: dict[str, tuple[str, ...]] = {}
+        #: (source, vm id) -> (when its targeted re-read began, its entities): newer than
+        #: a poll that began before it (the poll keeps them).
+        self._reread: dict[tuple[str, str], tuple[float, list[Entity]]] = {}
+        #: volume key -> (when, the streamed partition row): newer than an older cluster read.
+        self._partition_changes: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._growth = subs.Growth()
+        self._replication: dict[str, list[object]] = {}  # source -> last Get-VMReplication rows
+        #: What the targeted updates did, newest last (tests, the bench): (kind, monotonic s).
+        self.targeted: list[tuple[str, float]] = []
         self._queue: asyncio.Queue[object] | None = None
         self._started = False
         self._closed = False
@@ -363,12 +378,17 @@ class HyperVBackend(Backend):
                     continue
                 self.streaming[node.source] = True
                 failures = 0
+                sources = await self._subscribe_changes(session, node)
                 while not self._closed:
                     try:
-                        _, changes, _ = await session.run_many(
-                            cmd.wait_vm_events(cfg.stream_wait_s),
+                        answers = await session.run_many(
+                            subs.wait_changes(sources, cfg.stream_wait_s),
                             timeout=cfg.stream_wait_s + cfg.command_timeout,
                         )
+                        rows = {s.name: answers[1 + 2 * i].output
+                                for i, s in enumerate(sources)}
+                        self._apply_vm_events(rows[cmd.VM_EVENTS])
+                        await self._apply_changes(session, node, rows)
                     except SessionError as exc:
                         log.debug("%s: VM event wait ended: %s", where, exc)
                         self.streaming[node.source] = False
@@ -380,7 +400,6 @@ class HyperVBackend(Backend):
                                 node, LinkState.STALE,
                                 f"{node.session.where}: the VM event stream dropped: {exc}"))
                         break  # a new session: subscribe again
-                    self._apply_vm_events(changes.output)
         finally:
             self._watchers.discard(session)
             await session.close()
@@ -406,6 +425,147 @@ class HyperVBackend(Backend):
             fresh = dataclasses.replace(vm, power=power, integration=integration)
             self._known[(Kind.VM, vm_id)] = fresh
             self._emit(Upsert(fresh))
+
+    # -- changes other than power (subscriptions.py) ----------------------------------------
+    async def _subscribe_changes(self, session: NodeSession, node: HyperVNode) -> list[Source]:
+        """Subscribe the watch session to checkpoint changes (every node) and CSV free-space
+        changes (the first node: ``root/MSCluster`` answers the same from every node).
+        A refused subscription leaves that change to the polls."""
+        wanted = [subs.CHECKPOINTS] + ([subs.CSV_SPACE] if node.index == 0 else [])
+        sources = [subs.VM_STATE]
+        for source in wanted:
+            try:
+                await session.run(subs.subscribe(source))
+            except SessionError as exc:
+                log.info("%s refused the %s; polled only: %s", session.where,
+                         source.label.replace("changes", "subscription"), exc)
+                continue
+            sources.append(source)
+        self.changes[node.source] = tuple(s.name for s in sources[1:])
+        return sources
+
+    async def _apply_changes(self, session: NodeSession, node: HyperVNode,
+                             rows: dict[str, list[object]]) -> None:
+        """Checkpoint events: re-read each VM they name; CSV events: the new free space,
+        then the files written now on a CSV that lost :data:`subs.GROWTH_STEP`."""
+        for vm_id in subs.vm_ids(rows.get(CHECKPOINT_EVENTS, ())):
+            try:
+                await self._reread_vm(session, node, vm_id)
+            except CommandFailed as exc:  # gone, moved: the next poll tells
+                log.debug("%s: re-reading VM %s failed: %s", session.where, vm_id, exc)
+        partitions = rows.get(CSV_EVENTS, ())
+        if partitions:
+            for lun_id in self._apply_partitions(partitions):
+                try:
+                    await self._reread_growth(session, lun_id)
+                except CommandFailed as exc:
+                    log.debug("%s: re-reading the files on %s failed: %s", session.where,
+                              lun_id, exc)
+
+    async def _reread_vm(self, session: NodeSession, node: HyperVNode, vm_id: str) -> None:
+        """One VM's settings, checkpoints, drives and chains (one round trip, plus a
+        round per parent file neither named), published in place of what was shown."""
+        began = asyncio.get_running_loop().time()
+        answers = await session.run_many(subs.vm_reread(vm_id))
+        vms, snapshots, drives = (a.output for a in answers[:3])
+        if not vms or not node.computer:
+            return  # not on this node (any more): the polls tell
+        vhds: dict[str, object] = {}
+        for obj in [*answers[3].output, *answers[4].output]:
+            vhds[path_key(text(props(obj).get("Path")))] = obj
+        for _ in range(MAX_CHAIN_ROUNDS):  # parents neither read named (a chain left behind)
+            missing = [text(props(o).get("ParentPath")).strip() for o in vhds.values()]
+            missing = list(dict.fromkeys(p for p in missing if p and path_key(p) not in vhds))
+            if not missing:
+                break
+            for answer in await session.run_many(subs.get_vhds(missing)):
+                for obj in answer.output:
+                    vhds[path_key(text(props(obj).get("Path")))] = obj
+            for path in missing:  # gone: asked once
+                vhds.setdefault(path_key(path), {"Path": path})
+        vhds = {k: v for k, v in vhds.items() if props(v).get("FileSize") is not None}
+        replication = [r for r in self._replication.get(node.source, [])
+                       if as_id(props(r).get("VMId")) == vm_id]
+        nread = NodeRead(vms=vms, snapshots=snapshots, drives=drives, vhds=vhds,
+                         replication=replication)
+        entities = node_entities(nread, self._cluster_id, node.computer, self._mounts)
+        self._reread[(node.source, vm_id)] = (began, entities)
+        self._publish_vm(node.source, vm_id, entities)
+        self.targeted.append(("vm", asyncio.get_running_loop().time()))
+        del self.targeted[:-1000]
+
+    def _publish_vm(self, scope: str, vm_id: str, entities: list[Entity]) -> None:
+        """Emit what differs for one VM (its disks, checkpoints and findings) in ``scope``."""
+        owned = self._scopes.setdefault(scope, set())
+        old = {k for k in owned if (e := self._known.get(k)) is not None
+               and subs.belongs_to(e, vm_id)}
+        fresh: set[Key] = set()
+        for entity in entities:
+            key = key_of(entity)
+            fresh.add(key)
+            self._owner[key] = scope
+            if self._known.get(key) != entity:
+                self._known[key] = entity
+                self._emit(Upsert(entity))
+        for key in sorted(old - fresh):
+            if self._owner.get(key) == scope:
+                del self._owner[key]
+                self._known.pop(key, None)
+                self._emit(Remove(key[0], key[1]))
+        owned.difference_update(old)
+        owned.update(fresh)
+
+    def _overlay(self, source: str, entities: list[Entity], began: float) -> list[Entity]:
+        """A poll's entities with the VMs re-read after it began taking their re-read."""
+        newer: dict[str, list[Entity]] = {}
+        for (where, vm_id), (when, fresh) in list(self._reread.items()):
+            if where != source:
+                continue
+            if when > began:
+                newer[vm_id] = fresh
+            else:
+                del self._reread[(where, vm_id)]
+        if not newer:
+            return entities
+        kept = [e for e in entities if not any(subs.belongs_to(e, v) for v in newer)]
+        return kept + [e for fresh in newer.values() for e in fresh]
+
+    def _apply_partitions(self, rows: Iterable[object]) -> list[str]:
+        """Streamed partition rows: the CSVs' new free space, published at once. Returns
+        the LUNs that lost enough space for their files to be re-read."""
+        now = asyncio.get_running_loop().time()
+        changes = {}
+        for row in rows:
+            p = props(row)
+            changes[subs.volume_key(p)] = p
+            self._partition_changes[subs.volume_key(p)] = (now, p)
+        if self._cluster_read is None:
+            return []
+        before = self._luns()
+        self._cluster_read.partitions = subs.merge_partitions(self._cluster_read.partitions,
+                                                              changes)
+        self._publish_cluster()
+        self.targeted.append(("csv", now))
+        return self._growth.grown(before, self._luns())
+
+    def _luns(self) -> dict[str, Lun]:
+        return {k[1]: e for k, e in self._known.items() if isinstance(e, Lun)}
+
+    async def _reread_growth(self, session: NodeSession, lun_id: str) -> None:
+        """Get-VHD of the files written now on one CSV (any node's VMs: a CSV path reads
+        the same from every node); the sizes that changed are published."""
+        paths = subs.leaf_paths(self._known.values(), lun_id,
+                                {k[1] for k in self._known if k[0] is Kind.VM})
+        if not paths:
+            return
+        by_path = {path_key(e.path): e for e in self._known.values()
+                   if isinstance(e, VirtualDisk)}
+        answers = await session.run_many(subs.get_vhds(paths))
+        for disk in subs.resized(by_path, (o for a in answers for o in a.output)):
+            key = key_of(disk)
+            self._known[key] = disk
+            self._emit(Upsert(disk))
+        self.targeted.append(("disks", asyncio.get_running_loop().time()))
 
     async def _discover(self, entry: HyperVNode) -> None:
         """Get-ClusterNode through the cluster name, then one session per node by name.
@@ -587,6 +747,12 @@ class HyperVBackend(Backend):
             read = ClusterRead(
                 nodes.output, csvs.output, states.output, partitions.output, backups
             )
+            streamed = {k: row for k, (when, row) in self._partition_changes.items()
+                        if when > began}
+            self._partition_changes = {k: v for k, v in self._partition_changes.items()
+                                       if v[0] > began}
+            if streamed:  # free space streamed while this read ran is newer than it
+                read.partitions = subs.merge_partitions(read.partitions, streamed)
             self._cluster_read = read
             self._cluster_id = cluster_name(read, self.config.cluster)
             # Mount points first: VMs are placed on LUNs by their disks' paths.
@@ -619,7 +785,10 @@ class HyperVBackend(Backend):
                 )
                 nread.agent_version = text(value.output[0]).strip() if value.output else None
 
+        self._replication[node.source] = list(nread.replication)
         entities = node_entities(nread, self._cluster_id, node.computer, self._mounts)
+        if self._reread:  # a VM re-read (a checkpoint event) while this read ran
+            entities = self._overlay(node.source, entities, began)
         if self._streamed:  # a change streamed while this read ran is newer than it
             for i, entity in enumerate(entities):
                 if isinstance(entity, VM) and entity.id in self._streamed:
