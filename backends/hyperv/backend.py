@@ -12,14 +12,18 @@ maps it (``mapping``), emits the entities as ``Upsert``s, then
 and emits only what changed (``Upsert``/``Remove``); beside it, a second
 session per node streams VM power changes (a CIM indication subscription,
 ``Wait-Event`` round trips) so they do not wait for the poll; a node that
-refuses the subscription is polled only. Cluster-wide facts (nodes, CSVs,
-their space and backup state) are read from the lowest-numbered node that
-answers. When a node stops answering its source goes ``STALE`` with the
-reason (its entities stay, marked stale by the store), then
-``RECONNECTING`` with exponential backoff until it answers again; a full
-re-read on reconnect emits only the differences. A refused password or an
-untrusted certificate is not retried (retries could lock the account): the
-source goes ``DISCONNECTED`` with the reason.
+refuses the subscription is polled only. The same session subscribes to
+checkpoint changes (every node) and CSV free-space changes (the first node)
+and answers them with a targeted re-read of that one VM, the new free space
+the event carries, or the files written now on a CSV that lost space
+(``subscriptions``), never a full poll; the poll stays the safety net.
+Cluster-wide facts (nodes, CSVs, their space and backup state) are read from
+the lowest-numbered node that answers. When a node stops answering its
+source goes ``STALE`` with the reason (its entities stay, marked stale by
+the store), then ``RECONNECTING`` with exponential backoff until it answers
+again; a full re-read on reconnect emits only the differences. A refused
+password or an untrusted certificate is not retried (retries could lock the
+account): the source goes ``DISCONNECTED`` with the reason.
 
 Actions: a writable backend (``read_only=False``) hands out a
 ``HyperVExecutor``; the workflows live in their own modules and see the
@@ -114,7 +118,8 @@ class HyperVConfig:
       ``Msvm_ComputerSystem``) and waits for them (``Wait-Event``, at most
       ``stream_wait_s`` per round trip): a power change reaches the screen
       in about a second instead of at the next poll. A node that refuses
-      the subscription is polled only.
+      the subscription is polled only. The same session subscribes to
+      checkpoint and CSV free-space changes (``subscriptions``).
     - ``resolve``: ``{name: "host[:port]"}`` — where to reach a node (or the
       cluster name) instead of its name, like ``curl --resolve``; for labs and
       the test endpoint, where every name is 127.0.0.1 on its own port. The
