@@ -12,14 +12,18 @@ maps it (``mapping``), emits the entities as ``Upsert``s, then
 and emits only what changed (``Upsert``/``Remove``); beside it, a second
 session per node streams VM power changes (a CIM indication subscription,
 ``Wait-Event`` round trips) so they do not wait for the poll; a node that
-refuses the subscription is polled only. Cluster-wide facts (nodes, CSVs,
-their space and backup state) are read from the lowest-numbered node that
-answers. When a node stops answering its source goes ``STALE`` with the
-reason (its entities stay, marked stale by the store), then
-``RECONNECTING`` with exponential backoff until it answers again; a full
-re-read on reconnect emits only the differences. A refused password or an
-untrusted certificate is not retried (retries could lock the account): the
-source goes ``DISCONNECTED`` with the reason.
+refuses the subscription is polled only. The same session subscribes to
+checkpoint changes (every node) and CSV free-space changes (the first node)
+and answers them with a targeted re-read of that one VM, the new free space
+the event carries, or the files written now on a CSV that lost space
+(``subscriptions``), never a full poll; the poll stays the safety net.
+Cluster-wide facts (nodes, CSVs, their space and backup state) are read from
+the lowest-numbered node that answers. When a node stops answering its
+source goes ``STALE`` with the reason (its entities stay, marked stale by
+the store), then ``RECONNECTING`` with exponential backoff until it answers
+again; a full re-read on reconnect emits only the differences. A refused
+password or an untrusted certificate is not retried (retries could lock the
+account): the source goes ``DISCONNECTED`` with the reason.
 
 Actions: a writable backend (``read_only=False``) hands out a
 ``HyperVExecutor``; the workflows live in their own modules and see the
@@ -38,7 +42,7 @@ import dataclasses
 import logging
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -56,6 +60,7 @@ from ventana.state.model import (
     IntegrationState,
     Key,
     Kind,
+    Lun,
     Platform,
     PowerState,
     VirtualDisk,
@@ -64,6 +69,7 @@ from ventana.state.model import (
 
 from ..base import ActionResult, Backend, Executor, StepResult
 from . import commands as cmd
+from . import subscriptions as subs
 from .backup import (
     CAMPAIGN_PORTS,
     CAMPAIGN_SERVICES,
@@ -97,6 +103,7 @@ from .mapping import (
 from .merge import run_merge, run_upgrade
 from .rebuild import HyperVRebuild
 from .session import AuthFailed, CommandFailed, NodeSession, SessionError, TlsRefused
+from .subscriptions import CHECKPOINT_EVENTS, CSV_EVENTS, Source
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +128,8 @@ class HyperVConfig:
       ``Msvm_ComputerSystem``) and waits for them (``Wait-Event``, at most
       ``stream_wait_s`` per round trip): a power change reaches the screen
       in about a second instead of at the next poll. A node that refuses
-      the subscription is polled only.
+      the subscription is polled only. The same session subscribes to
+      checkpoint and CSV free-space changes (``subscriptions``).
     - ``resolve``: ``{name: "host[:port]"}`` — where to reach a node (or the
       cluster name) instead of its name, like ``curl --resolve``; for labs and
       the test endpoint, where every name is 127.0.0.1 on its own port. The
@@ -234,6 +242,18 @@ class HyperVBackend(Backend):
         #: Per node source: True while its VM event stream is up, False when refused/lost.
         self.streaming: dict[str, bool] = {}
         self._streamed: dict[str, tuple[float, PowerState]] = {}  # vm id -> (when, power)
+        #: Per node source: the change subscriptions it holds beside the power stream
+        #: (``subscriptions``: checkpoints on every node, CSV space on the first).
+        self.changes: dict[str, tuple[str, ...]] = {}
+        #: (source, vm id) -> (when its targeted re-read began, its entities): newer than
+        #: a poll that began before it (the poll keeps them).
+        self._reread: dict[tuple[str, str], tuple[float, list[Entity]]] = {}
+        #: volume key -> (when, the streamed partition row): newer than an older cluster read.
+        self._partition_changes: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._growth = subs.Growth()
+        self._replication: dict[str, list[object]] = {}  # source -> last Get-VMReplication rows
+        #: What the targeted updates did, newest last (tests, the bench): (kind, monotonic s).
+        self.targeted: list[tuple[str, float]] = []
         self._queue: asyncio.Queue[object] | None = None
         self._started = False
         self._closed = False
@@ -385,12 +405,17 @@ class HyperVBackend(Backend):
                     continue
                 self.streaming[node.source] = True
                 failures = 0
+                sources = await self._subscribe_changes(session, node)
                 while not self._closed:
                     try:
-                        _, changes, _ = await session.run_many(
-                            cmd.wait_vm_events(cfg.stream_wait_s),
+                        answers = await session.run_many(
+                            subs.wait_changes(sources, cfg.stream_wait_s),
                             timeout=cfg.stream_wait_s + cfg.command_timeout,
                         )
+                        rows = {s.name: answers[1 + 2 * i].output
+                                for i, s in enumerate(sources)}
+                        self._apply_vm_events(rows[cmd.VM_EVENTS])
+                        await self._apply_changes(session, node, rows)
                     except SessionError as exc:
                         log.debug("%s: VM event wait ended: %s", where, exc)
                         self.streaming[node.source] = False
@@ -402,7 +427,6 @@ class HyperVBackend(Backend):
                                 node, LinkState.STALE,
                                 f"{node.session.where}: the VM event stream dropped: {exc}"))
                         break  # a new session: subscribe again
-                    self._apply_vm_events(changes.output)
         finally:
             self._watchers.discard(session)
             await session.close()
@@ -428,6 +452,149 @@ class HyperVBackend(Backend):
             fresh = dataclasses.replace(vm, power=power, integration=integration)
             self._known[(Kind.VM, vm_id)] = fresh
             self._emit(Upsert(fresh))
+
+    # -- changes other than power (subscriptions.py) ----------------------------------------
+    async def _subscribe_changes(self, session: NodeSession, node: HyperVNode) -> list[Source]:
+        """Subscribe the watch session to checkpoint changes (every node) and CSV free-space
+        changes (the first node: ``root/MSCluster`` answers the same from every node).
+        A refused subscription leaves that change to the polls."""
+        wanted = [subs.CHECKPOINTS] + ([subs.CSV_SPACE] if node.index == 0 else [])
+        sources = [subs.VM_STATE]
+        for source in wanted:
+            try:
+                await session.run(subs.subscribe(source))
+            except SessionError as exc:
+                log.info("%s refused the %s; polled only: %s", session.where,
+                         source.label.replace("changes", "subscription"), exc)
+                continue
+            sources.append(source)
+        self.changes[node.source] = tuple(s.name for s in sources[1:])
+        return sources
+
+    async def _apply_changes(self, session: NodeSession, node: HyperVNode,
+                             rows: dict[str, list[object]]) -> None:
+        """Checkpoint events: re-read each VM they name; CSV events: the new free space,
+        then the files written now on a CSV that lost :data:`subs.GROWTH_STEP`."""
+        for vm_id in subs.vm_ids(rows.get(CHECKPOINT_EVENTS, ())):
+            try:
+                await self._reread_vm(session, node, vm_id)
+            except CommandFailed as exc:  # gone, moved: the next poll tells
+                log.debug("%s: re-reading VM %s failed: %s", session.where, vm_id, exc)
+        partitions = rows.get(CSV_EVENTS, ())
+        if partitions:
+            for lun_id in self._apply_partitions(partitions):
+                try:
+                    await self._reread_growth(session, lun_id)
+                except CommandFailed as exc:
+                    log.debug("%s: re-reading the files on %s failed: %s", session.where,
+                              lun_id, exc)
+
+    async def _reread_vm(self, session: NodeSession, node: HyperVNode, vm_id: str) -> None:
+        """One VM's settings, checkpoints, drives and chains (one round trip, plus a
+        round per parent file neither named), published in place of what was shown."""
+        began = asyncio.get_running_loop().time()
+        answers = await session.run_many(subs.vm_reread(vm_id))
+        vms, snapshots, drives = (a.output for a in answers[:3])
+        if not vms or not node.computer:
+            return  # not on this node (any more): the polls tell
+        vhds: dict[str, object] = {}
+        for obj in [*answers[3].output, *answers[4].output]:
+            vhds[path_key(text(props(obj).get("Path")))] = obj
+        for _ in range(MAX_CHAIN_ROUNDS):  # parents neither read named (a chain left behind)
+            missing = [text(props(o).get("ParentPath")).strip() for o in vhds.values()]
+            missing = list(dict.fromkeys(p for p in missing if p and path_key(p) not in vhds))
+            if not missing:
+                break
+            for answer in await session.run_many(subs.get_vhds(missing)):
+                for obj in answer.output:
+                    vhds[path_key(text(props(obj).get("Path")))] = obj
+            for path in missing:  # gone: asked once
+                vhds.setdefault(path_key(path), {"Path": path})
+        vhds = {k: v for k, v in vhds.items() if props(v).get("FileSize") is not None}
+        replication = [r for r in self._replication.get(node.source, [])
+                       if as_id(props(r).get("VMId")) == vm_id]
+        nread = NodeRead(vms=vms, snapshots=snapshots, drives=drives, vhds=vhds,
+                         replication=replication)
+        entities = node_entities(nread, self._cluster_id, node.computer, self._mounts)
+        last = self._backup_read.get(node.source)  # the poll's backup facts still stand
+        entities = with_backup_facts(entities, last[2] if last is not None else {})
+        self._reread[(node.source, vm_id)] = (began, entities)
+        self._publish_vm(node.source, vm_id, entities)
+        self.targeted.append(("vm", asyncio.get_running_loop().time()))
+        del self.targeted[:-1000]
+
+    def _publish_vm(self, scope: str, vm_id: str, entities: list[Entity]) -> None:
+        """Emit what differs for one VM (its disks, checkpoints and findings) in ``scope``."""
+        owned = self._scopes.setdefault(scope, set())
+        old = {k for k in owned if (e := self._known.get(k)) is not None
+               and subs.belongs_to(e, vm_id)}
+        fresh: set[Key] = set()
+        for entity in entities:
+            key = key_of(entity)
+            fresh.add(key)
+            self._owner[key] = scope
+            if self._known.get(key) != entity:
+                self._known[key] = entity
+                self._emit(Upsert(entity))
+        for key in sorted(old - fresh):
+            if self._owner.get(key) == scope:
+                del self._owner[key]
+                self._known.pop(key, None)
+                self._emit(Remove(key[0], key[1]))
+        owned.difference_update(old)
+        owned.update(fresh)
+
+    def _overlay(self, source: str, entities: list[Entity], began: float) -> list[Entity]:
+        """A poll's entities with the VMs re-read after it began taking their re-read."""
+        newer: dict[str, list[Entity]] = {}
+        for (where, vm_id), (when, fresh) in list(self._reread.items()):
+            if where != source:
+                continue
+            if when > began:
+                newer[vm_id] = fresh
+            else:
+                del self._reread[(where, vm_id)]
+        if not newer:
+            return entities
+        kept = [e for e in entities if not any(subs.belongs_to(e, v) for v in newer)]
+        return kept + [e for fresh in newer.values() for e in fresh]
+
+    def _apply_partitions(self, rows: Iterable[object]) -> list[str]:
+        """Streamed partition rows: the CSVs' new free space, published at once. Returns
+        the LUNs that lost enough space for their files to be re-read."""
+        now = asyncio.get_running_loop().time()
+        changes = {}
+        for row in rows:
+            p = props(row)
+            changes[subs.volume_key(p)] = p
+            self._partition_changes[subs.volume_key(p)] = (now, p)
+        if self._cluster_read is None:
+            return []
+        before = self._luns()
+        self._cluster_read.partitions = subs.merge_partitions(self._cluster_read.partitions,
+                                                              changes)
+        self._publish_cluster()
+        self.targeted.append(("csv", now))
+        return self._growth.grown(before, self._luns())
+
+    def _luns(self) -> dict[str, Lun]:
+        return {k[1]: e for k, e in self._known.items() if isinstance(e, Lun)}
+
+    async def _reread_growth(self, session: NodeSession, lun_id: str) -> None:
+        """Get-VHD of the files written now on one CSV (any node's VMs: a CSV path reads
+        the same from every node); the sizes that changed are published."""
+        paths = subs.leaf_paths(self._known.values(), lun_id,
+                                {k[1] for k in self._known if k[0] is Kind.VM})
+        if not paths:
+            return
+        by_path = {path_key(e.path): e for e in self._known.values()
+                   if isinstance(e, VirtualDisk)}
+        answers = await session.run_many(subs.get_vhds(paths))
+        for disk in subs.resized(by_path, (o for a in answers for o in a.output)):
+            key = key_of(disk)
+            self._known[key] = disk
+            self._emit(Upsert(disk))
+        self.targeted.append(("disks", asyncio.get_running_loop().time()))
 
     async def _discover(self, entry: HyperVNode) -> None:
         """Get-ClusterNode through the cluster name, then one session per node by name.
@@ -619,6 +786,12 @@ class HyperVBackend(Backend):
             read = ClusterRead(
                 nodes.output, csvs.output, states.output, partitions.output, backups
             )
+            streamed = {k: row for k, (when, row) in self._partition_changes.items()
+                        if when > began}
+            self._partition_changes = {k: v for k, v in self._partition_changes.items()
+                                       if v[0] > began}
+            if streamed:  # free space streamed while this read ran is newer than it
+                read.partitions = subs.merge_partitions(read.partitions, streamed)
             self._cluster_read = read
             self._cluster_id = cluster_name(read, self.config.cluster)
             # Mount points first: VMs are placed on LUNs by their disks' paths.
@@ -643,25 +816,14 @@ class HyperVBackend(Backend):
         nread.vhds = await self._read_chains(node, nread.drives)
         agent, vm_backup = await self._read_backup(node, vms.output, drives.output)
 
-        entities = node_entities(nread, self._cluster_id, node.computer, self._mounts)
-        if vm_backup:
-            files: dict[str, list[str]] = {}  # each VM's disk files (the whole chains)
-            for entity in entities:
-                if isinstance(entity, VirtualDisk):
-                    files.setdefault(entity.vm_id, []).append(entity.path)
-            for i, entity in enumerate(entities):
-                facts = vm_backup.get(entity.id) if isinstance(entity, VM) else None
-                if isinstance(entity, VM) and facts is not None:
-                    paths = (tuple(dict.fromkeys([*facts.locations, *files.get(entity.id, [])]))
-                             if facts.locations is not None else ())
-                    entities[i] = dataclasses.replace(
-                        entity, vss_service=facts.vss_service, guest_os=facts.guest_os,
-                        guest_windows=facts.guest_windows,
-                        passthrough_disks=facts.passthrough,
-                        backup_unchecked=facts.unchecked, storage_paths=paths,
-                        cluster_group_state=facts.cluster_group,
-                        smb_link_check=(NEEDS_DELEGATION if any(is_unc(p) for p in paths)
-                                        else None))
+        self._replication[node.source] = list(nread.replication)
+        # Mapped in a worker thread: at 2,500 VMs it takes long enough to hold up the
+        # event streams (a checkpoint re-read waiting behind it).
+        entities = await asyncio.to_thread(node_entities, nread, self._cluster_id,
+                                           node.computer, self._mounts)
+        entities = with_backup_facts(entities, vm_backup)
+        if self._reread:  # a VM re-read (a checkpoint event) while this read ran
+            entities = self._overlay(node.source, entities, began)
         if self._streamed:  # a change streamed while this read ran is newer than it
             for i, entity in enumerate(entities):
                 if isinstance(entity, VM) and entity.id in self._streamed:
@@ -886,3 +1048,30 @@ class HyperVExecutor(Executor):
         """Always False: Hyper-V cannot cancel a merge in progress; it runs to its end."""
         self._guard("cancel")
         return False
+
+
+def with_backup_facts(entities: list[Entity], vm_backup: dict[str, VmBackupFacts]
+                      ) -> list[Entity]:
+    """The VMs among ``entities`` with their online-backup facts (``backup.read_vm_facts``)
+    and every file they keep (locations plus each disk file of their chains)."""
+    if not vm_backup:
+        return entities
+    entities = list(entities)
+    files: dict[str, list[str]] = {}  # each VM's disk files (the whole chains)
+    for entity in entities:
+        if isinstance(entity, VirtualDisk):
+            files.setdefault(entity.vm_id, []).append(entity.path)
+    for i, entity in enumerate(entities):
+        facts = vm_backup.get(entity.id) if isinstance(entity, VM) else None
+        if isinstance(entity, VM) and facts is not None:
+            paths = (tuple(dict.fromkeys([*facts.locations, *files.get(entity.id, [])]))
+                     if facts.locations is not None else ())
+            entities[i] = dataclasses.replace(
+                entity, vss_service=facts.vss_service, guest_os=facts.guest_os,
+                guest_windows=facts.guest_windows,
+                passthrough_disks=facts.passthrough,
+                backup_unchecked=facts.unchecked, storage_paths=paths,
+                cluster_group_state=facts.cluster_group,
+                smb_link_check=(NEEDS_DELEGATION if any(is_unc(p) for p in paths)
+                                else None))
+    return entities

@@ -540,36 +540,6 @@ def subscribe_vm_events() -> Command:
     )
 
 
-def wait_vm_events(timeout_s: int) -> list[Command]:
-    """One round trip that blocks until a VM changes (or ``timeout_s``), then drains the queue.
-
-    Statement 1 waits (its answer is ignored); statement 2 reads every queued
-    event's VM; statement 3 removes the events read. An event queued between
-    2 and 3 is dropped — the next poll still sees that change.
-    """
-    expand = tuple(
-        Cmdlet("Select-Object", (("ExpandProperty", name),))
-        for name in ("SourceEventArgs", "NewEvent", "TargetInstance")
-    )
-    return [
-        Command(
-            "wait for a VM change",
-            (Cmdlet("Wait-Event", (("SourceIdentifier", VM_EVENTS), ("Timeout", timeout_s))),),
-            WAIT_EVENT_PROPS,
-        ),
-        Command(
-            "VM changes",
-            (Cmdlet("Get-Event", (("SourceIdentifier", VM_EVENTS),)), *expand),
-            VM_EVENT_PROPS,
-        ),
-        Command(
-            "forget the VM changes read",
-            (Cmdlet("Get-Event", (("SourceIdentifier", VM_EVENTS),)), Cmdlet("Remove-Event")),
-            quiet=True,
-        ),
-    ]
-
-
 # -- the one mutating command -------------------------------------------------------------
 
 

@@ -898,7 +898,8 @@ async def test_power_changes_stream_well_before_the_poll(
         model.calls
     )
     # Subscribed to state changes only, not to every modification (OnTimeInMilliseconds).
-    assert model.queries and all("PreviousInstance.EnabledState" in q for q in model.queries)
+    power = [q for q in model.queries if "'Msvm_ComputerSystem'" in q]
+    assert power and all("PreviousInstance.EnabledState" in q for q in power)
     started = time.monotonic()
     await feed.close()  # the waiting pipeline is stopped, its session closed
     assert time.monotonic() - started < 8
@@ -929,7 +930,11 @@ def test_commands_md_shows_the_stream_as_sent() -> None:
     from ventana.backends.hyperv import commands as c
 
     doc = (Path(c.__file__).parent / "COMMANDS.md").read_text()
-    for command in [c.subscribe_vm_events(), *c.wait_vm_events(20)]:
+    from ventana.backends.hyperv import subscriptions as s
+
+    sources = [s.VM_STATE, s.CHECKPOINTS, s.CSV_SPACE]
+    for command in [c.subscribe_vm_events(), *map(s.subscribe, sources[1:]),
+                    *s.wait_changes(sources, 20)]:
         assert command.as_powershell() in doc, command.as_powershell()
         assert {n for x in command.pipeline() for n in x.commands} <= READ_CMDLETS
 

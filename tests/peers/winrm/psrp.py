@@ -380,6 +380,12 @@ class PoolSession:
                 for index, cmd in enumerate(statement):
                     command = str(cmd.command_text)
                     last = index == len(statement) - 1
+                    if index and not upstream:
+                        # A command after another runs once per object it is piped
+                        # (ProcessRecord / process {}): none piped, it has nothing to do —
+                        # `@() | ForEach-Object { 'x' }` writes nothing. (The cmdlets served
+                        # here write nothing from EndProcessing with no input.)
+                        continue
                     upstream = self._run_command(run, cmd, upstream, collect=not last)
                 upstream = []
         except PipelineStopped:

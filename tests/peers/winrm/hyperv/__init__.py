@@ -34,7 +34,9 @@ Get-VMHardDiskDrive, Get-VHD, Get-VMReplication, Get-VMIntegrationService,
 Get-Service, Get-ItemPropertyValue, Select-Object (-Property, -ExpandProperty),
 the VM event stream (Register-CimIndicationEvent on Msvm_ComputerSystem,
 Wait-Event, Get-Event, Remove-Event, Unregister-Event: events are queued as
-:meth:`ClusterModel.set_power` changes a VM of this node; ``model.indications
+:meth:`ClusterModel.set_power` changes a VM of this node; WQL queries on
+``Msvm_VirtualSystemSettingData`` and ``MSCluster_DiskPartition`` are served by
+polling at their ``WITHIN`` interval, ``indications.py``; ``model.indications
 = False`` refuses the subscription; queues are per endpoint and
 SourceIdentifier, not per runspace as on a real server), and the mutating
 commands: Remove-VMSnapshot (``Get-VM -Id … | Remove-VMSnapshot -Name *``:
@@ -71,6 +73,8 @@ Modules (one per cmdlet family)
 ``pipeline.py``     Select-Object, ConvertTo-Json
 ``cluster.py``      Get-ClusterNode, CSVs, cluster roles
 ``cim.py``          Get-CimInstance, the CIM event stream
+``indications.py`` WQL event queries served by polling, as WMI does (checkpoints:
+                    Msvm_VirtualSystemSettingData; CSV space: MSCluster_DiskPartition)
 ``vms.py``          Get-VM and the VM-level cmdlets
 ``checkpoints.py``  Get-VMSnapshot, Remove-VMSnapshot
 ``storage.py``      drives and disk files

@@ -21,6 +21,7 @@ from ventana.state.model import (
 )
 
 from ..cmdlets import CommandWriter, ErrorCategory, TerminatingError
+from . import indications
 from .devices import nic_guid
 from .endpoint import Endpoint
 from .model import volume_guid
@@ -125,7 +126,10 @@ def register_cim_indication(ep: Endpoint, params: dict[str, Any], writer: Comman
             category=ErrorCategory.PermissionDenied,
             exception_type="Microsoft.Management.Infrastructure.CimException",
         )
-    if namespace != "root/virtualization/v2" or "msvm_computersystem" not in query.casefold():
+    if "msvm_computersystem" not in query.casefold():  # a polled class (checkpoints, CSVs)
+        indications.register(ep, namespace, query, source)
+        return
+    if namespace != "root/virtualization/v2":
         raise TerminatingError(
             f"Invalid query: {query}", error_id="HRESULT 0x80041017",
             category=ErrorCategory.InvalidArgument,
@@ -155,18 +159,26 @@ def register_cim_indication(ep: Endpoint, params: dict[str, Any], writer: Comman
 
 
 def wait_event(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
-    """Wait-Event -SourceIdentifier S -Timeout N: the oldest queued event (kept queued)."""
+    """Wait-Event [-SourceIdentifier S] -Timeout N: the oldest queued event (kept queued);
+    without -SourceIdentifier, of any subscription ("By default, Wait-Event waits for any
+    event": learn.microsoft.com/powershell/module/microsoft.powershell.utility/wait-event)."""
     ep.log("Wait-Event")
-    source = str(params.get("SourceIdentifier", ""))
+    source = params.get("SourceIdentifier")
     timeout = float(params.get("Timeout", -1))
     deadline = None if timeout < 0 else time.monotonic() + timeout
     while True:
+        tick = indications.poll(ep)  # polled subscriptions enumerate at their WITHIN ticks
         with ep.events.cond:
-            queue = ep.events.queues.get(source, [])
-            if queue:
-                event = queue[0]
+            queues = [ep.events.queues.get(str(source), [])] if source is not None else [
+                q for q in ep.events.queues.values() if q]
+            first = min((q[0] for q in queues if q),
+                        key=lambda e: e.props["EventIdentifier"], default=None)
+            if first is not None:
+                event = first
                 break
             left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if tick is not None:
+                left = min(left, max(0.0, tick - time.monotonic()) + 0.001)
             if left <= 0:
                 return
             ep.events.cond.wait(left)
@@ -176,6 +188,7 @@ def wait_event(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> N
 
 def get_event(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> None:
     ep.log("Get-Event")
+    indications.poll(ep)
     source = str(params.get("SourceIdentifier", ""))
     with ep.events.cond:
         queued = list(ep.events.queues.get(source, []))
