@@ -208,3 +208,31 @@ def test_like_follows_wql() -> None:
     assert not indications._like("Microsoft:Hyper-V:System:Realized",
                                  "Microsoft:Hyper-V:Snapshot:%")
     assert indications._like("abc", "a_c") and indications._like("abc", "[a-c]bc")
+
+
+@pytest.mark.timeout(60)
+async def test_a_checkpoint_re_read_keeps_the_vms_backup_facts(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    """The VM re-read after a checkpoint event carries the backup facts the last poll
+    read (they are read every ``backup_interval``, not per event): without them the VM
+    would lose its VSS state until the next poll, and its findings would flap. Its file
+    list gains the new .avhdx at once."""
+    from ventana.backends.hyperv.backup import VmBackupFacts
+
+    model, handle = one_peer
+    backend, feed, store = await subscribed(handle)
+    vm = next(v for v in model.vms.values() if not model.chains.get(v.id))
+    source = next(s for s, v in backend._backup_read.items() if v is not None)
+    when, agent, _ = backend._backup_read[source]
+    facts = VmBackupFacts(vss_service="ok", guest_os="Windows Server 2019", guest_windows=True,
+                          passthrough=(), locations=("C:\\ClusterStorage\\Volume1\\cfg",))
+    backend._backup_read[source] = (when, agent, {vm.id: facts})
+    cp_id = model.add_checkpoint(vm.id, "keeps-facts", CheckpointKind.STANDARD)
+    await feed.until(lambda: store.get(Kind.CHECKPOINT, cp_id) is not None, BOUND_S,
+                     "the new checkpoint")
+    shown = store.vm(vm.id)
+    assert shown is not None and shown.vss_service == "ok", shown
+    avhdx = [d.path for d in store.disks_of(vm.id) if d.path.casefold().endswith(".avhdx")]
+    assert avhdx and set(avhdx) <= set(shown.storage_paths), (avhdx, shown.storage_paths)
+    await feed.close()
