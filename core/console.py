@@ -102,6 +102,11 @@ class ConsoleListener(Protocol):
 
     def window_changed(self) -> None: ...
 
+    # Optional (called only when the listener has it): the first inventory is in the
+    # store. A front end that held its VM list while the slices were applied places
+    # it now, once, rather than once per slice.
+    # def inventory_applied(self) -> None: ...
+
 
 class _Silent:
     def notice(self, notice: Notice) -> None:
@@ -170,6 +175,7 @@ class Console:
         self.inventory_applying = False
         self._inventory_task: asyncio.Future[None] | None = None
         self._load_started = time.monotonic()
+        self._gc_paused = False  # this console turned the cyclic GC off (_pause_gc)
         # Findings: live, incremental; the first inventory is computed in slices
         # by ``flush`` so it never delays the first screen. A finding's remedy is
         # the action its command opens on the VM's platform.
@@ -373,6 +379,8 @@ class Console:
         """Take the backend's events into the pending buffer until its stream ends."""
         try:
             async for event in self.backend.events():
+                if self.loading and not self._gc_paused:
+                    self._pause_gc()  # the inventory arrives: see _pause_gc
                 self.pending.append(event)
                 if isinstance(event, ConnectionChanged) and event.state is not LinkState.CONNECTING:
                     self._inventory_done = True
@@ -417,6 +425,9 @@ class Console:
             self._notice(f"Recording stopped: {clean(str(self.recorder.error))}",
                          severity="error", timeout=30)
         if not self.pending or self.inventory_applying:
+            if (self.loading and self._gc_paused
+                    and time.monotonic() - self._load_started >= INITIAL_LOAD_MAX_S):
+                self._resume_gc()  # nothing (more) arrives: do not stay without the GC
             return
         if self.loading:
             waited = time.monotonic() - self._load_started
@@ -431,20 +442,40 @@ class Console:
         batch, self.pending = self.pending, []
         self._apply(batch)
 
+    def _pause_gc(self) -> None:
+        """No cyclic collections while the first inventory arrives and is applied.
+
+        It is tens of thousands of long-lived, acyclic objects: every collection
+        would walk all of them (a pause of 100+ ms at 10,000 VMs) and free nothing.
+        ``_resume_gc`` turns it back on when the inventory is applied, or when the
+        first load gives up waiting (``INITIAL_LOAD_MAX_S``) with nothing to apply.
+        """
+        if not self._gc_paused and gc.isenabled():
+            gc.disable()
+            self._gc_paused = True
+
+    def _resume_gc(self) -> None:
+        if self._gc_paused:
+            self._gc_paused = False
+            gc.enable()
+
     async def _apply_inventory(self, batch: list[Event]) -> None:
         """The first inventory, ``INVENTORY_SLICE`` events per turn of the loop."""
         # The inventory is long-lived and acyclic: no collections while it
         # is built, then it leaves the cyclic GC's generations so that a
         # full collection never pauses a redraw for hundreds of ms.
-        gc.disable()
+        self._pause_gc()
         try:
             for start in range(0, len(batch), INVENTORY_SLICE):
                 self._apply(batch[start : start + INVENTORY_SLICE])
                 await asyncio.sleep(0)
         finally:
             gc.freeze()
-            gc.enable()
+            self._resume_gc()
             self.inventory_applying = False
+            applied = getattr(self.listener, "inventory_applied", None)
+            if applied is not None:
+                applied()
 
     def _apply(self, batch: list[Event]) -> None:
         try:
@@ -804,6 +835,7 @@ class Console:
 
     # -- the end -------------------------------------------------------------------------
     async def close(self) -> None:
+        self._resume_gc()
         if self._log_watch is not None:
             self._log_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -8,12 +8,14 @@ and the action path through ``resolve`` → ``plan`` → ``execute``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from factories import NOW
 
 from ventana.backends.sim import SimBackend, SimConfig
@@ -46,6 +48,22 @@ class Heard:
     def window_changed(self) -> None:
         self.windows += 1
 
+    def inventory_applied(self) -> None:  # optional: a listener without it is not called
+        self.inventory = getattr(self, "inventory", [])
+        self.inventory.append(self.store.count(Kind.VM))
+
+
+class Gc:
+    """Whether the cyclic GC was on each time the store applied a slice of the inventory."""
+
+    def __init__(self, core: Console) -> None:
+        self.core = core
+        self.enabled: list[bool] = []
+
+    def __call__(self, delta: object) -> None:
+        if self.core.inventory_applying:
+            self.enabled.append(gc.isenabled())
+
 
 def console(tmp_path: Path, *, read_only: bool = False) -> tuple[Console, Heard]:
     config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, read_only=read_only,
@@ -53,6 +71,7 @@ def console(tmp_path: Path, *, read_only: bool = False) -> tuple[Console, Heard]
     heard = Heard()
     core = Console(SimBackend(config), log=ActionLog.open(tmp_path / "actions.db"),
                    clock=lambda: NOW, listener=heard)
+    heard.store = core.store  # type: ignore[attr-defined]
     return core, heard
 
 
@@ -93,6 +112,28 @@ async def test_the_pump_fills_the_store_and_the_header_hears_findings(tmp_path: 
     finally:
         loop.cancel()
         await core.close()
+
+
+async def test_the_first_inventory_is_applied_without_the_gc_and_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No cyclic collection walks the inventory while it is applied; the GC is on again
+    after it, and the listener hears once that the whole inventory is in the store."""
+    monkeypatch.setattr("ventana.core.console.INVENTORY_SLICE", 50)  # several slices
+    assert gc.isenabled()
+    core, heard = console(tmp_path)
+    seen = Gc(core)
+    core.store.subscribe(seen)
+    loop = await loaded(core)
+    try:
+        await until(lambda: not core.inventory_applying)
+        assert len(seen.enabled) > 1 and not any(seen.enabled)
+        assert gc.isenabled()
+        assert heard.inventory == [core.store.count(Kind.VM)]  # type: ignore[attr-defined]
+    finally:
+        loop.cancel()
+        await core.close()
+    assert gc.isenabled()
 
 
 async def test_a_merge_through_the_core_is_logged(tmp_path: Path) -> None:
