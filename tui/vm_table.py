@@ -349,7 +349,8 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
             self._held = False
             self._stage_new()
             self._place_staged()
-            self.flush()
+            if self._dirty:  # what staging left (changes to rows already shown)
+                self._apply_dirty(self._monotonic())
 
     @property
     def held(self) -> bool:
