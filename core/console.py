@@ -68,6 +68,9 @@ FINDINGS_SLICE_S = 0.008
 # The first inventory is applied this many events per turn of the event loop, so
 # a key or a frame never waits for the whole of it (about 10 ms of work each).
 INVENTORY_SLICE = 1000
+# A live batch bigger than this (a burst: the rest of an inventory that outlasted
+# INITIAL_LOAD_MAX_S, a reconnect's full re-read) is applied in slices too.
+BURST_EVENTS = 4 * INVENTORY_SLICE
 
 
 class EventRecorder(ActionRecorder, Protocol):
@@ -171,7 +174,7 @@ class Console:
         # until it is complete the header counts what has arrived.
         self.loading = True
         self._inventory_done = False
-        #: The first inventory's slices are being applied (a task of the loop).
+        #: The first inventory's slices (or a burst's) are being applied (a task of the loop).
         self.inventory_applying = False
         self._inventory_task: asyncio.Future[None] | None = None
         self._load_started = time.monotonic()
@@ -440,6 +443,10 @@ class Console:
             self._inventory_task = asyncio.ensure_future(self._apply_inventory(batch))
             return
         batch, self.pending = self.pending, []
+        if len(batch) > BURST_EVENTS:  # e.g. the rest of an inventory that came late
+            self.inventory_applying = True
+            self._inventory_task = asyncio.ensure_future(self._apply_inventory(batch))
+            return
         self._apply(batch)
 
     def _pause_gc(self) -> None:
@@ -460,7 +467,9 @@ class Console:
             gc.enable()
 
     async def _apply_inventory(self, batch: list[Event]) -> None:
-        """The first inventory, ``INVENTORY_SLICE`` events per turn of the loop."""
+        """The first inventory (or a burst of more than ``BURST_EVENTS``, such as the rest
+        of an inventory that outlasted ``INITIAL_LOAD_MAX_S``), ``INVENTORY_SLICE``
+        events per turn of the loop; ``inventory_applying`` meanwhile."""
         # The inventory is long-lived and acyclic: no collections while it
         # is built, then it leaves the cyclic GC's generations so that a
         # full collection never pauses a redraw for hundreds of ms.
@@ -488,10 +497,15 @@ class Console:
     async def settle(self) -> None:
         """Apply the backend's events received so far (an outcome reads the store next)."""
         await asyncio.sleep(self.flush_interval)  # the pump takes what the backend sent
-        if self._inventory_task is not None and not self._inventory_task.done():
-            await asyncio.shield(self._inventory_task)
+        await self._sliced()
         if not self.loading:
             self.flush()
+            await self._sliced()  # a burst is applied in slices: wait for the last one
+
+    async def _sliced(self) -> None:
+        """Until the batch being applied in slices (if any) is in the store."""
+        if self._inventory_task is not None and not self._inventory_task.done():
+            await asyncio.shield(self._inventory_task)
 
     # -- findings -----------------------------------------------------------------------
     def tick_findings(self) -> None:

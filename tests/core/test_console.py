@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 from factories import NOW
 
+from ventana.backends.base import Backend, Executor
 from ventana.backends.sim import SimBackend, SimConfig
 from ventana.core import Console, Notice
 from ventana.state.actionlog import ActionLog
-from ventana.state.events import Upsert
-from ventana.state.model import Cluster, Kind, Platform
+from ventana.state.events import ConnectionChanged, LinkState, Upsert
+from ventana.state.model import VM, Cluster, Kind, Platform, PowerState
 from ventana.state.plans import plan_merge
 from ventana.state.plans_vsphere import REMOVE_ALL
 
@@ -134,6 +135,63 @@ async def test_the_first_inventory_is_applied_without_the_gc_and_announced(
         loop.cancel()
         await core.close()
     assert gc.isenabled()
+
+
+class LateInventory(Backend):
+    """An inventory that outlasts the first load's wait, then comes all at once."""
+
+    name = "late"
+
+    def __init__(self, vms: int, late_s: float) -> None:
+        super().__init__("late", read_only=True)
+        self.vms, self.late_s = vms, late_s
+
+    def _make_executor(self) -> Executor:  # pragma: no cover - read-only
+        raise RuntimeError("read-only")
+
+    async def events(self):  # type: ignore[no-untyped-def]
+        yield ConnectionChanged(self.name, LinkState.CONNECTING)
+        await asyncio.sleep(self.late_s)
+        yield Upsert(Cluster("c", "C", Platform.HYPERV))
+        for i in range(self.vms):
+            yield Upsert(VM(f"v{i:04d}", f"vm-{i:04d}", "c", "n", PowerState.RUNNING))
+        yield ConnectionChanged(self.name, LinkState.CONNECTED)
+        await asyncio.Event().wait()
+
+
+async def test_a_burst_after_the_first_load_is_applied_in_slices_and_settled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rest of an inventory that came after the first load stopped waiting is one
+    big batch: it is applied in slices (the loop turns between them), announced like
+    the inventory, and ``settle`` returns only once all of it is in the store."""
+    monkeypatch.setattr("ventana.core.console.INITIAL_LOAD_MAX_S", 0.1)
+    monkeypatch.setattr("ventana.core.console.INVENTORY_SLICE", 100)
+    monkeypatch.setattr("ventana.core.console.BURST_EVENTS", 400)
+    heard = Heard()
+    core = Console(LateInventory(1000, late_s=0.3), log=None, listener=heard,
+                   clock=lambda: NOW)
+    heard.store = core.store  # type: ignore[attr-defined]
+    sliced: list[int] = []
+    core.store.subscribe(lambda d: sliced.append(len(d.changes)) if core.inventory_applying
+                         else None)
+    pump = asyncio.ensure_future(core.pump())
+    try:
+        def flushed() -> bool:
+            core.flush()
+            return not core.loading
+
+        await until(flushed)  # gave up waiting: CONNECTING alone was the first load
+        assert core.store.count(Kind.VM) == 0
+        await until(lambda: len(core.pending) > 1000)
+        await core.settle()  # its flush starts the slices; it returns after the last
+        assert core.store.count(Kind.VM) == 1000 and not core.inventory_applying
+        assert len(sliced) >= 10 and max(sliced) <= 100
+        assert heard.inventory[-1] == 1000  # type: ignore[attr-defined]
+        assert gc.isenabled()
+    finally:
+        pump.cancel()
+        await core.close()
 
 
 async def test_a_merge_through_the_core_is_logged(tmp_path: Path) -> None:
