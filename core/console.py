@@ -386,6 +386,9 @@ class Console:
                     self._pause_gc()  # the inventory arrives: see _pause_gc
                 self.pending.append(event)
                 if isinstance(event, ConnectionChanged) and event.state is not LinkState.CONNECTING:
+                    if self.loading and not self._inventory_done:
+                        # The whole inventory is here: apply it now, not at the next tick.
+                        asyncio.get_running_loop().call_soon(self.flush)
                     self._inventory_done = True
                 if self.recorder is not None:
                     self.recorder.write_event(event)
