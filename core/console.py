@@ -66,8 +66,8 @@ TEAM_LOG_DOWN = "TEAM LOG UNREACHABLE — ACTIONS REFUSED"
 # flush (about 0.5 s of work at 10,000 VMs): a redraw never waits longer for them.
 FINDINGS_SLICE_S = 0.008
 # The first inventory is applied this many events per turn of the event loop, so
-# a key or a frame never waits for the whole of it (about 10 ms of work each).
-INVENTORY_SLICE = 1000
+# a key or a frame never waits for the whole of it (about 5 ms of work each).
+INVENTORY_SLICE = 500
 # A live batch bigger than this (a burst: the rest of an inventory that outlasted
 # INITIAL_LOAD_MAX_S, a reconnect's full re-read) is applied in slices too.
 BURST_EVENTS = 4 * INVENTORY_SLICE
@@ -478,9 +478,10 @@ class Console:
         # full collection never pauses a redraw for hundreds of ms.
         self._pause_gc()
         try:
-            for start in range(0, len(batch), INVENTORY_SLICE):
-                self._apply(batch[start : start + INVENTORY_SLICE])
-                await asyncio.sleep(0)
+            with self.findings.deferred():  # computed after, in slices (flush)
+                for start in range(0, len(batch), INVENTORY_SLICE):
+                    self._apply(batch[start : start + INVENTORY_SLICE])
+                    await asyncio.sleep(0)
         finally:
             gc.freeze()
             self._resume_gc()
