@@ -194,6 +194,26 @@ async def test_a_burst_after_the_first_load_is_applied_in_slices_and_settled(
         await core.close()
 
 
+async def test_the_first_findings_are_computed_between_flushes(tmp_path: Path) -> None:
+    """Once the inventory is in, one flush starts the findings; they carry on a slice at
+    a time by themselves, without waiting for the next flushes."""
+    config = SimConfig(seed=7, vms=2000, rate=0.0, epoch=NOW, read_only=True)
+    core = Console(SimBackend(config), log=None, clock=lambda: NOW)
+    pump = asyncio.ensure_future(core.pump())
+    try:
+        def applied() -> bool:
+            core.flush()
+            return not core.loading and not core.inventory_applying
+
+        await until(applied)
+        core.flush()  # the first slice of findings, and the next one queued
+        assert core.findings.pending > 0
+        await until(lambda: not core.findings.pending)  # no flush meanwhile
+    finally:
+        pump.cancel()
+        await core.close()
+
+
 async def test_a_merge_through_the_core_is_logged(tmp_path: Path) -> None:
     core, heard = console(tmp_path)
     loop = await loaded(core)

@@ -809,3 +809,29 @@ def test_wide_widths_measure_what_wide_cells_show() -> None:
     expected = [max(cell_len(wide_cells(store, vm)[i]) for vm in vms) for i in range(len(WIDE))]
     assert list(wide_widths(store, vms)) == expected
     assert wide_widths(store, []) == (0,) * len(WIDE)
+
+
+async def test_rows_placed_by_name_are_built_in_the_background_between_flushes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After one flush starts it, the background build carries on by itself (a slice at
+    a time, keys answered between slices) until every row is built: nothing waits for
+    the 8 Hz flush (here the timer is all but stopped)."""
+    monkeypatch.setattr("ventana.tui.vm_table.FLUSH_HZ", 0.01)
+    store = Store()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        full = many_vms(3000)
+        store.apply_many(Upsert(e) for kind in (Kind.CLUSTER, Kind.NODE, Kind.LUN, Kind.VM,
+                                                Kind.CHECKPOINT) for e in full.all(kind))
+        table.flush()  # places them by name
+        assert table.rows_pending > 2500
+        table.flush()  # starts the background build
+        for _ in range(400):
+            if not table.rows_pending:
+                break
+            await pilot.press("down")  # answered between slices
+        assert table.rows_pending == 0
+        assert (table.row_of(table.cursor_vm_id) or 0) > 0  # the keys moved the cursor
