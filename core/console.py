@@ -435,8 +435,10 @@ class Console:
         if not self.loading and not self.inventory_applying and self.findings.pending:
             self.findings.drain(FINDINGS_SLICE_S)
             if self.findings.pending and not self._drain_queued:
-                self._drain_queued = True
-                asyncio.get_running_loop().call_later(FINDINGS_SLICE_S, self._drain_findings)
+                with contextlib.suppress(RuntimeError):  # no loop (a synchronous caller)
+                    asyncio.get_running_loop().call_later(FINDINGS_SLICE_S,
+                                                          self._drain_findings)
+                    self._drain_queued = True
         self.sync_findings()
 
     def _flush_store(self) -> None:
