@@ -25,6 +25,8 @@ from .table import (
 CONSOLE_ROWS = (
     Row("populated_s", "start → fully populated screen (s)", 1.0, noise=0.1),
     Row("populated_cpu_s", "  process CPU in that time (s)", noise=0.1),
+    Row("populated_loop_cpu_s", "    of which the UI loop's thread (s)", noise=0.1),
+    Row("sim_world_cpu_s", "    of which the simulator's world build (s)", noise=0.1),
     Row("inventory_to_screen_s", "  of which: inventory in → on screen (s)", noise=0.1),
     Row("keys_during_load_p99_ms", "key → handled during the initial load, p99 (ms)", 50.0,
         noise=10),

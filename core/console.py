@@ -62,12 +62,16 @@ INITIAL_LOAD_MAX_S = 5.0
 #: thread; while it does not, actions are refused under ``TEAM_LOG_DOWN``.
 LOG_CHECK_S = 2.0
 TEAM_LOG_DOWN = "TEAM LOG UNREACHABLE — ACTIONS REFUSED"
-# The first inventory's findings are computed in slices of this many seconds per
-# flush (about 0.5 s of work at 10,000 VMs): a redraw never waits longer for them.
+# The first inventory's findings are computed in slices of this many seconds, one
+# every other slice's time (about 0.5 s of work at 10,000 VMs): a key or a redraw
+# never waits longer for them.
 FINDINGS_SLICE_S = 0.008
 # The first inventory is applied this many events per turn of the event loop, so
-# a key or a frame never waits for the whole of it (about 10 ms of work each).
-INVENTORY_SLICE = 1000
+# a key or a frame never waits for the whole of it (about 5 ms of work each).
+INVENTORY_SLICE = 500
+# A live batch bigger than this (a burst: the rest of an inventory that outlasted
+# INITIAL_LOAD_MAX_S, a reconnect's full re-read) is applied in slices too.
+BURST_EVENTS = 4 * INVENTORY_SLICE
 
 
 class EventRecorder(ActionRecorder, Protocol):
@@ -101,6 +105,11 @@ class ConsoleListener(Protocol):
     def final_state_changed(self, target: str) -> None: ...
 
     def window_changed(self) -> None: ...
+
+    # Optional (called only when the listener has it): the first inventory is in the
+    # store. A front end that held its VM list while the slices were applied places
+    # it now, once, rather than once per slice.
+    # def inventory_applied(self) -> None: ...
 
 
 class _Silent:
@@ -166,10 +175,13 @@ class Console:
         # until it is complete the header counts what has arrived.
         self.loading = True
         self._inventory_done = False
-        #: The first inventory's slices are being applied (a task of the loop).
+        #: The first inventory's slices (or a burst's) are being applied (a task of the loop).
         self.inventory_applying = False
         self._inventory_task: asyncio.Future[None] | None = None
         self._load_started = time.monotonic()
+        self._gc_paused = False  # this console turned the cyclic GC off (_pause_gc)
+        self._drain_queued = False  # a findings slice waits for the loop's next turn
+        self._closed = False
         # Findings: live, incremental; the first inventory is computed in slices
         # by ``flush`` so it never delays the first screen. A finding's remedy is
         # the action its command opens on the VM's platform.
@@ -373,8 +385,13 @@ class Console:
         """Take the backend's events into the pending buffer until its stream ends."""
         try:
             async for event in self.backend.events():
+                if self.loading and not self._gc_paused:
+                    self._pause_gc()  # the inventory arrives: see _pause_gc
                 self.pending.append(event)
                 if isinstance(event, ConnectionChanged) and event.state is not LinkState.CONNECTING:
+                    if self.loading and not self._inventory_done:
+                        # The whole inventory is here: apply it now, not at the next tick.
+                        asyncio.get_running_loop().call_soon(self.flush)
                     self._inventory_done = True
                 if self.recorder is not None:
                     self.recorder.write_event(event)
@@ -406,8 +423,22 @@ class Console:
     def flush(self) -> None:
         """Apply the pending events in one batch, then a slice of the first findings."""
         self._flush_store()
+        self._drain_findings()
+
+    def _drain_findings(self) -> None:
+        """A slice of the queued findings; while some are left, the next one runs a slice's
+        time later (half the loop for them, half for keys and frames), not at the next
+        flush (10,000 VMs' findings took seconds at a slice per flush)."""
+        self._drain_queued = False
+        if self._closed:
+            return
         if not self.loading and not self.inventory_applying and self.findings.pending:
             self.findings.drain(FINDINGS_SLICE_S)
+            if self.findings.pending and not self._drain_queued:
+                with contextlib.suppress(RuntimeError):  # no loop (a synchronous caller)
+                    asyncio.get_running_loop().call_later(FINDINGS_SLICE_S,
+                                                          self._drain_findings)
+                    self._drain_queued = True
         self.sync_findings()
 
     def _flush_store(self) -> None:
@@ -417,6 +448,9 @@ class Console:
             self._notice(f"Recording stopped: {clean(str(self.recorder.error))}",
                          severity="error", timeout=30)
         if not self.pending or self.inventory_applying:
+            if (self.loading and self._gc_paused
+                    and time.monotonic() - self._load_started >= INITIAL_LOAD_MAX_S):
+                self._resume_gc()  # nothing (more) arrives: do not stay without the GC
             return
         if self.loading:
             waited = time.monotonic() - self._load_started
@@ -429,22 +463,49 @@ class Console:
             self._inventory_task = asyncio.ensure_future(self._apply_inventory(batch))
             return
         batch, self.pending = self.pending, []
+        if len(batch) > BURST_EVENTS:  # e.g. the rest of an inventory that came late
+            self.inventory_applying = True
+            self._inventory_task = asyncio.ensure_future(self._apply_inventory(batch))
+            return
         self._apply(batch)
 
+    def _pause_gc(self) -> None:
+        """No cyclic collections while the first inventory arrives and is applied.
+
+        It is tens of thousands of long-lived, acyclic objects: every collection
+        would walk all of them (a pause of 100+ ms at 10,000 VMs) and free nothing.
+        ``_resume_gc`` turns it back on when the inventory is applied, or when the
+        first load gives up waiting (``INITIAL_LOAD_MAX_S``) with nothing to apply.
+        """
+        if not self._gc_paused and gc.isenabled():
+            gc.disable()
+            self._gc_paused = True
+
+    def _resume_gc(self) -> None:
+        if self._gc_paused:
+            self._gc_paused = False
+            gc.enable()
+
     async def _apply_inventory(self, batch: list[Event]) -> None:
-        """The first inventory, ``INVENTORY_SLICE`` events per turn of the loop."""
+        """The first inventory (or a burst of more than ``BURST_EVENTS``, such as the rest
+        of an inventory that outlasted ``INITIAL_LOAD_MAX_S``), ``INVENTORY_SLICE``
+        events per turn of the loop; ``inventory_applying`` meanwhile."""
         # The inventory is long-lived and acyclic: no collections while it
         # is built, then it leaves the cyclic GC's generations so that a
         # full collection never pauses a redraw for hundreds of ms.
-        gc.disable()
+        self._pause_gc()
         try:
-            for start in range(0, len(batch), INVENTORY_SLICE):
-                self._apply(batch[start : start + INVENTORY_SLICE])
-                await asyncio.sleep(0)
+            with self.findings.deferred():  # computed after, in slices (flush)
+                for start in range(0, len(batch), INVENTORY_SLICE):
+                    self._apply(batch[start : start + INVENTORY_SLICE])
+                    await asyncio.sleep(0)
         finally:
             gc.freeze()
-            gc.enable()
+            self._resume_gc()
             self.inventory_applying = False
+            applied = getattr(self.listener, "inventory_applied", None)
+            if applied is not None:
+                applied()
 
     def _apply(self, batch: list[Event]) -> None:
         try:
@@ -467,10 +528,15 @@ class Console:
     async def settle(self) -> None:
         """Apply the backend's events received so far (an outcome reads the store next)."""
         await asyncio.sleep(self.flush_interval)  # the pump takes what the backend sent
-        if self._inventory_task is not None and not self._inventory_task.done():
-            await asyncio.shield(self._inventory_task)
+        await self._sliced()
         if not self.loading:
             self.flush()
+            await self._sliced()  # a burst is applied in slices: wait for the last one
+
+    async def _sliced(self) -> None:
+        """Until the batch being applied in slices (if any) is in the store."""
+        if self._inventory_task is not None and not self._inventory_task.done():
+            await asyncio.shield(self._inventory_task)
 
     # -- findings -----------------------------------------------------------------------
     def tick_findings(self) -> None:
@@ -814,6 +880,8 @@ class Console:
 
     # -- the end -------------------------------------------------------------------------
     async def close(self) -> None:
+        self._closed = True
+        self._resume_gc()
         if self._log_watch is not None:
             self._log_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -73,12 +73,13 @@ config file, see ``FindingsConfig``):
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import heapq
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -442,6 +443,21 @@ class FindingsEngine:
     def pending(self) -> int:
         """Targets not computed yet (0: the findings are complete)."""
         return len(self._backlog)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Meanwhile, every VM a delta touches is queued for ``drain()``, however few.
+
+        For a bulk load applied in slices (the console's first inventory): a
+        slice of disks or checkpoints may touch fewer than ``backlog_after``
+        VMs, and computing those inside the store's callback made each slice
+        (and a key waiting behind it) several times longer.
+        """
+        saved, self.backlog_after = self.backlog_after, -1
+        try:
+            yield
+        finally:
+            self.backlog_after = saved
 
     def drain(self, budget_s: float = 0.02) -> FindingsChange:
         """Compute queued targets for about ``budget_s`` seconds."""

@@ -11,8 +11,10 @@ literal text.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 import typing
+from collections.abc import Callable
 from functools import cache
 from typing import Any, TypeVar
 
@@ -60,16 +62,30 @@ def _text_fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(strs), tuple(tuples)
 
 
+@cache
+def _str_getter(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """One C call that reads every str field of a dataclass, as a tuple."""
+    strs, _ = _text_fields(cls)
+    if not strs:
+        return lambda entity: ()
+    if len(strs) == 1:
+        name = strs[0]
+        return lambda entity: (getattr(entity, name),)
+    return operator.attrgetter(*strs)
+
+
 def clean_entity(entity: T) -> T:
     """Sanitize every str (and tuple of str) field of a frozen dataclass."""
-    strs, tuples = _text_fields(type(entity))
-    values = [getattr(entity, name) or "" for name in strs]
-    for name in tuples:
-        values.extend(getattr(entity, name))
-    # One check for the whole entity: the common case. A non-str where text
-    # belongs (a loosely typed source) makes join fail: the slow way makes it text.
+    cls = type(entity)
+    strs, tuples = _text_fields(cls)
+    # One check for the whole entity: the common case. None and "" are skipped; a
+    # non-str where text belongs (a loosely typed source) makes join fail: the slow
+    # way below makes it text.
     try:
-        if _safe("".join(values)):
+        text = "".join(filter(None, _str_getter(cls)(entity)))
+        for name in tuples:
+            text += "".join(getattr(entity, name))
+        if _safe(text):
             return entity
     except TypeError:
         pass

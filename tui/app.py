@@ -168,6 +168,11 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         if isinstance(self.screen, WindowScreen):
             self.screen.refresh_queue()
 
+    def inventory_applied(self) -> None:
+        """The first inventory is in the store: the VM table places it, once."""
+        with contextlib.suppress(NoMatches):
+            self.query_one(VmTable).release()
+
     # -- layout ---------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="header")
@@ -240,6 +245,8 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         with self.batch_update():
             vms = self.query_one(VmTable)
             vms.apply_delta(delta)
+            if self.core.inventory_applying:  # staged slice by slice, placed once at the end
+                vms.hold()
             vms.flush()  # one buffering stage (the app's), not two: lower latency
             if nodes:
                 self.query_one(NodesPane).sync(store, nodes)

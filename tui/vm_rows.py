@@ -200,9 +200,69 @@ def wide_cells(store: Store, vm: VM) -> tuple[str, ...]:
     return tuple(texts[COLUMN_KEYS[i]] for i in WIDE)
 
 
+def wide_widths(store: Store, vms: Iterable[VM]) -> tuple[int, ...]:
+    """The widest ``wide_cells`` text of these VMs, per ``WIDE`` column, in cells.
+
+    The same figure as ``max(cell_len(...))`` over ``wide_cells`` of each VM, but
+    each distinct text is measured once: names are per VM, while nodes, LUNs,
+    power and replication states, versions and tasks repeat (a bulk placement of
+    thousands of VMs measures a few dozen of those).
+    """
+    names: set[str] = set()
+    powers: set[str] = set()
+    node_ids: set[str] = set()
+    lun_ids: set[str] = set()
+    repls: set[tuple[ReplicationState, Health]] = set()
+    versions: set[str] = set()
+    tasks: set[str] = set()
+    task_index = store.running_tasks_for
+    for vm in vms:
+        names.add(vm.name)
+        powers.add(vm.power.value)
+        node_ids.add(vm.node_id)
+        lun_ids.add(vm.lun_id)
+        repls.add((vm.replication, vm.replication_health))
+        versions.add(vm.config_version)
+        running = task_index(_VM_REF_PREFIX + vm.id)
+        tasks.add(_task(running)[0] if running else EMPTY)
+    if not names:
+        return (0,) * len(WIDE)
+    node_names, lun_names = set(), set()
+    for node_id in node_ids:
+        node = store.node(node_id)
+        node_names.add(display(node.name) if node else node_id or EMPTY)
+    for lun_id in lun_ids:
+        lun = store.lun(lun_id) if lun_id else None
+        lun_names.add(display(lun.name) if lun else lun_id or EMPTY)
+    texts = {
+        "name": {display(n) for n in names}, "power": powers, "node": node_names,
+        "lun": lun_names, "repl": {_replication_text(*r) for r in repls}, "task": tasks,
+        "ver": {display(v) or EMPTY for v in versions},
+    }
+    return tuple(_widest(texts[COLUMN_KEYS[i]]) for i in WIDE)
+
+
+def _widest(texts: set[str]) -> int:
+    """The widest text in cells (``len`` for printable ASCII: one cell a character)."""
+    widest = 0
+    for text in texts:
+        size = len(text) if text.isascii() and text.isprintable() else cell_len(text)
+        if size > widest:
+            widest = size
+    return widest
+
+
 def name_sort_value(vm: VM) -> str:
     """The Name column's sort value (``build_row``'s), from the VM alone."""
     return display(vm.name).casefold()
+
+
+def _replication_text(state: ReplicationState, health: Health) -> str:
+    if state is ReplicationState.DISABLED:
+        return EMPTY
+    if health not in (Health.NORMAL, Health.NOT_APPLICABLE):
+        return f"{state.value} ({health.value})"
+    return state.value
 
 
 def _replication(vm: VM) -> tuple[str, int]:
@@ -210,9 +270,7 @@ def _replication(vm: VM) -> tuple[str, int]:
     if state is ReplicationState.DISABLED:
         return EMPTY, NORMAL
     health = vm.replication_health
-    text = state.value
-    if health not in (Health.NORMAL, Health.NOT_APPLICABLE):
-        text = f"{text} ({health.value})"
+    text = _replication_text(state, health)
     if state is ReplicationState.ERROR or health is Health.CRITICAL:
         return text, CRITICAL
     if state is ReplicationState.SUSPENDED or health is Health.WARNING:

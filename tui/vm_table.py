@@ -14,15 +14,17 @@ line. All data is drawn as plain ``Segment`` text, never parsed as markup.
 Big batches (the first inventory, ``BULK_ROWS`` new VMs or more) are placed
 without building their rows while the table is sorted by name and not
 filtered: a VM's place needs only its name and the column widths only the
-text of the wide columns (``vm_rows.wide_cells``). Those rows are built when
-first drawn, a few milliseconds' worth at each flush in the background, or
-all at once when a sort by another column or a filter needs them.
+text of the wide columns (``vm_rows.wide_widths``). Those rows are built when
+first drawn, a few milliseconds' worth at a time in the background (half
+the loop at most), or all at once when a sort by another column or a filter
+needs them.
 
 What is shown, sorted and matched lives in ``vm_rows`` (no Textual there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -67,7 +69,7 @@ from .vm_rows import (
     name_sort_value,
     sort_key,
     vm_id_of_target,
-    wide_cells,
+    wide_widths,
 )
 
 HIGHLIGHT_SECONDS = 2.0
@@ -264,6 +266,9 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._cursor_row = 0
         self._counts = (0, 0)
         self._loaded = False
+        self._held = False  # changes noted, not placed: the first inventory (see hold())
+        self._staged: dict[str, None] = {}  # keyed while held, not in _order yet (_stage_new)
+        self._build_queued = False  # a background slice of row builds is queued
         self.rows_rendered = 0  # row strips built (cache misses): for tests and benchmarks
         self._relayout()
 
@@ -323,14 +328,40 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         """Redraw what changed since the last flush (runs FLUSH_HZ times a second)."""
         if not self._loaded:
             return
+        if self._held:
+            self._stage_new()
+            return
         now = self._monotonic()
         expired = self._expire_highlights(now) if self._lit_queue else ()
         if self._dirty:
             self._apply_dirty(now)
         elif self._unbuilt:
-            self._build_some(BUILD_SLICE_S)
+            self._build_in_background()
         for vm_id in expired:
             self._refresh_row(vm_id)
+
+    # -- the first inventory: noted while it is applied, placed once (scale) ----------------
+    def hold(self) -> None:
+        """Note changes without placing them until ``release``.
+
+        While the first inventory is applied slice by slice, every slice would
+        otherwise place its VMs and then place them again as their disks and
+        checkpoints arrive; held, the table places each VM once, at ``release``.
+        """
+        self._held = True
+
+    def release(self) -> None:
+        """Place what was noted while held (a no-op if not held)."""
+        if self._held:
+            self._held = False
+            self._stage_new()
+            self._place_staged()
+            if self._dirty:  # what staging left (changes to rows already shown)
+                self._apply_dirty(self._monotonic())
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     @property
     def rows_pending(self) -> int:
@@ -545,7 +576,7 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         """Key, index and size VMs by name; their rows are built later. Returns the new ones."""
         store, keys, strips, unbuilt = self.store, self._keys, self._strips, self._unbuilt
         added: list[str] = []
-        cells: list[tuple[str, ...]] = []
+        placed: list[VM] = []
         for vm_id in ids:
             vm = store.vm(vm_id)
             if vm is None:
@@ -559,8 +590,8 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
             keys[vm_id] = self._name_key(vm)
             unbuilt[vm_id] = vm
             self._index(vm_id, vm.node_id, vm.lun_id, old)
-            cells.append(wide_cells(store, vm))
-        if self._grow_widths(cells, WIDE):
+            placed.append(vm)
+        if placed and self._grow_to(wide_widths(store, placed)):
             self._relayout()
             self.refresh()
         return added
@@ -586,6 +617,52 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
             for vm_id in fresh:
                 insort(self._order, vm_id, key=self._keys.__getitem__)
         self._settle(before, follow=True, changed=ids)
+
+    def _stage_new(self) -> None:
+        """While held: key, index and size the new VMs noted so far, without placing them.
+
+        Only VMs the table does not show yet, and only while sorted by name and
+        not filtered (a bulk placement needs nothing else); everything else stays
+        noted for the flush after ``release``. Staged VMs are in ``_keys`` but not
+        in ``_order`` until ``_place_staged``: nothing draws them before then, so a
+        staged VM noted again for its disks or checkpoints needs nothing more (its
+        row is built from the store when first drawn).
+        """
+        dirty = self._dirty
+        if self._sort_column != 0 or self._filter is not None or not dirty:
+            return
+        store, keys, staged, unbuilt = self.store, self._keys, self._staged, self._unbuilt
+        place: list[str] = []
+        done: list[str] = []
+        for vm_id in dirty:
+            if vm_id in keys and vm_id not in staged:
+                continue  # shown already: the flush after release
+            vm = store.vm(vm_id)
+            if vm is None:
+                continue  # gone: the flush after release forgets it
+            if unbuilt.get(vm_id) is vm:
+                done.append(vm_id)
+            else:
+                place.append(vm_id)
+        dirty.difference_update(done)
+        if place:
+            dirty.difference_update(place)
+            added = self._place_by_name(place)
+            added.sort(key=keys.__getitem__)  # sorted runs: the final sort merges them
+            staged.update(dict.fromkeys(added))
+
+    def _place_staged(self) -> None:
+        """The staged VMs join the order: one sort (a merge of two sorted runs)."""
+        staged, self._staged = self._staged, {}
+        keys = self._keys
+        fresh = [vm_id for vm_id in staged if vm_id in keys]
+        if not fresh:
+            return
+        before = self._window()
+        order = self._order + fresh  # sorted runs (_stage_new): a merge
+        order.sort(key=keys.__getitem__)
+        self._order = self._visible = order
+        self._settle(before, follow=True, changed=None)
 
     def _row(self, vm_id: str) -> Row:
         """The VM's row, built now if it was placed by name only."""
@@ -627,6 +704,18 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
                     self._build(vm_id, vm)
             if time.perf_counter() >= deadline:
                 return
+
+    def _build_in_background(self) -> None:
+        """A slice of the rows placed by name; while some are left, the next one runs a
+        slice's time later (keys and frames get the other half of the loop), not at the
+        next flush (10,000 rows took seconds at 8 slices a second)."""
+        self._build_queued = False
+        if self._held or self._dirty or not self._unbuilt or not self.is_attached:
+            return  # held or dirty: the next flush carries on
+        self._build_some(BUILD_SLICE_S)
+        if self._unbuilt and not self._build_queued:
+            self._build_queued = True
+            asyncio.get_running_loop().call_later(BUILD_SLICE_S, self._build_in_background)
 
     def _build_all(self) -> None:
         """Every row built (a sort by another column or a filter reads them all)."""
@@ -727,6 +816,7 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
     def _reorder(self, *, follow: bool, changed: Collection[str] | None = None) -> None:
         """Sort and filter every row again (new sort, new filter, big batches)."""
         before = self._window()
+        self._staged.clear()  # every key is ordered below
         self._order = sorted(self._keys, key=self._keys.__getitem__)
         flt = self._filter
         self._visible = self._order if flt is None else matching(
@@ -828,6 +918,17 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
                 continue
             cell = index if columns is None else columns.index(index)
             size = min(cap, max(cell_len(cells[cell]) for cells in rows))
+            if size > widths[index]:
+                widths[index] = size
+                grew = True
+        return grew
+
+    def _grow_to(self, sizes: tuple[int, ...]) -> bool:
+        """Widen the ``WIDE`` columns to ``sizes`` cells (never narrower; capped)."""
+        widths = self._widths
+        grew = False
+        for index, size in zip(WIDE, sizes, strict=True):
+            size = min(COLUMNS[index].max_width, size)
             if size > widths[index]:
                 widths[index] = size
                 grew = True

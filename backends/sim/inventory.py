@@ -384,7 +384,8 @@ def _guest_facts(config: SimConfig, inv: Inventory, volumes: dict[str, str]) -> 
             dynamic.add(v.id)
         elif r < 0.03 and not v.replica_target:
             smb.add(v.id)
-    disks = {d.id: d for d in inv.disks if d.id in _first_avhdx(inv, broken)}
+    firsts = _first_avhdx(inv, broken)  # once, not once per disk (0.1 s at 10,000 VMs)
+    disks = {d.id: d for d in inv.disks if d.id in firsts}
     for i, disk in enumerate(inv.disks):
         if disk.id in disks and disk.parent_path:
             # Moved by hand from a node's local disk: the chain still names the old parent.

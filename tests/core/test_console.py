@@ -8,19 +8,22 @@ and the action path through ``resolve`` → ``plan`` → ``execute``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from factories import NOW
 
+from ventana.backends.base import Backend, Executor
 from ventana.backends.sim import SimBackend, SimConfig
 from ventana.core import Console, Notice
 from ventana.state.actionlog import ActionLog
-from ventana.state.events import Remove, Upsert
-from ventana.state.model import Cluster, Kind, Platform
+from ventana.state.events import ConnectionChanged, LinkState, Remove, Upsert
+from ventana.state.model import VM, Cluster, Kind, Platform, PowerState
 from ventana.state.plans import plan_merge
 from ventana.state.plans_vsphere import REMOVE_ALL
 
@@ -46,6 +49,22 @@ class Heard:
     def window_changed(self) -> None:
         self.windows += 1
 
+    def inventory_applied(self) -> None:  # optional: a listener without it is not called
+        self.inventory = getattr(self, "inventory", [])
+        self.inventory.append(self.store.count(Kind.VM))
+
+
+class Gc:
+    """Whether the cyclic GC was on each time the store applied a slice of the inventory."""
+
+    def __init__(self, core: Console) -> None:
+        self.core = core
+        self.enabled: list[bool] = []
+
+    def __call__(self, delta: object) -> None:
+        if self.core.inventory_applying:
+            self.enabled.append(gc.isenabled())
+
 
 def console(tmp_path: Path, *, read_only: bool = False) -> tuple[Console, Heard]:
     config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, read_only=read_only,
@@ -53,6 +72,7 @@ def console(tmp_path: Path, *, read_only: bool = False) -> tuple[Console, Heard]
     heard = Heard()
     core = Console(SimBackend(config), log=ActionLog.open(tmp_path / "actions.db"),
                    clock=lambda: NOW, listener=heard)
+    heard.store = core.store  # type: ignore[attr-defined]
     return core, heard
 
 
@@ -92,6 +112,110 @@ async def test_the_pump_fills_the_store_and_the_header_hears_findings(tmp_path: 
         assert core.header_facts()["mode"] == "read-write"
     finally:
         loop.cancel()
+        await core.close()
+
+
+async def test_the_first_inventory_is_applied_without_the_gc_and_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No cyclic collection walks the inventory while it is applied; the GC is on again
+    after it, and the listener hears once that the whole inventory is in the store."""
+    monkeypatch.setattr("ventana.core.console.INVENTORY_SLICE", 50)  # several slices
+    was_enabled = gc.isenabled()  # (another test's console may have left it off)
+    gc.enable()
+    try:
+        core, heard = console(tmp_path)
+        seen = Gc(core)
+        core.store.subscribe(seen)
+        loop = await loaded(core)
+        try:
+            await until(lambda: not core.inventory_applying)
+            assert len(seen.enabled) > 1 and not any(seen.enabled)
+            assert gc.isenabled()
+            assert heard.inventory == [core.store.count(Kind.VM)]  # type: ignore[attr-defined]
+        finally:
+            loop.cancel()
+            await core.close()
+        assert gc.isenabled()
+    finally:
+        if not was_enabled:
+            gc.disable()
+
+
+class LateInventory(Backend):
+    """An inventory that outlasts the first load's wait, then comes all at once."""
+
+    name = "late"
+
+    def __init__(self, vms: int, late_s: float) -> None:
+        super().__init__("late", read_only=True)
+        self.vms, self.late_s = vms, late_s
+
+    def _make_executor(self) -> Executor:  # pragma: no cover - read-only
+        raise RuntimeError("read-only")
+
+    async def events(self):  # type: ignore[no-untyped-def]
+        yield ConnectionChanged(self.name, LinkState.CONNECTING)
+        await asyncio.sleep(self.late_s)
+        yield Upsert(Cluster("c", "C", Platform.HYPERV))
+        for i in range(self.vms):
+            yield Upsert(VM(f"v{i:04d}", f"vm-{i:04d}", "c", "n", PowerState.RUNNING))
+        yield ConnectionChanged(self.name, LinkState.CONNECTED)
+        await asyncio.Event().wait()
+
+
+async def test_a_burst_after_the_first_load_is_applied_in_slices_and_settled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rest of an inventory that came after the first load stopped waiting is one
+    big batch: it is applied in slices (the loop turns between them), announced like
+    the inventory, and ``settle`` returns only once all of it is in the store."""
+    monkeypatch.setattr("ventana.core.console.INITIAL_LOAD_MAX_S", 0.1)
+    monkeypatch.setattr("ventana.core.console.INVENTORY_SLICE", 100)
+    monkeypatch.setattr("ventana.core.console.BURST_EVENTS", 400)
+    heard = Heard()
+    core = Console(LateInventory(1000, late_s=0.3), log=None, listener=heard,
+                   clock=lambda: NOW)
+    heard.store = core.store  # type: ignore[attr-defined]
+    sliced: list[int] = []
+    core.store.subscribe(lambda d: sliced.append(len(d.changes)) if core.inventory_applying
+                         else None)
+    pump = asyncio.ensure_future(core.pump())
+    try:
+        def flushed() -> bool:
+            core.flush()
+            return not core.loading
+
+        await until(flushed)  # gave up waiting: CONNECTING alone was the first load
+        assert core.store.count(Kind.VM) == 0
+        await until(lambda: len(core.pending) > 1000)
+        await core.settle()  # its flush starts the slices; it returns after the last
+        assert core.store.count(Kind.VM) == 1000 and not core.inventory_applying
+        assert len(sliced) >= 10 and max(sliced) <= 100
+        assert heard.inventory[-1] == 1000  # type: ignore[attr-defined]
+        assert not core._gc_paused
+    finally:
+        pump.cancel()
+        await core.close()
+
+
+async def test_the_first_findings_are_computed_between_flushes(tmp_path: Path) -> None:
+    """Once the inventory is in, one flush starts the findings; they carry on a slice at
+    a time by themselves, without waiting for the next flushes."""
+    config = SimConfig(seed=7, vms=2000, rate=0.0, epoch=NOW, read_only=True)
+    core = Console(SimBackend(config), log=None, clock=lambda: NOW)
+    pump = asyncio.ensure_future(core.pump())
+    try:
+        def applied() -> bool:
+            core.flush()
+            return not core.loading and not core.inventory_applying
+
+        await until(applied)
+        core.flush()  # the first slice of findings, and the next one queued
+        assert core.findings.pending > 0
+        await until(lambda: not core.findings.pending)  # no flush meanwhile
+    finally:
+        pump.cancel()
         await core.close()
 
 

@@ -102,6 +102,23 @@ def test_store_sanitizes_every_text_field() -> None:
     assert "\\u202e" in vm.name and "\\x9b" in vm.name
 
 
+def test_one_hostile_field_is_found_wherever_it_is() -> None:
+    """The whole-entity fast check sees a control character in any one text field: the
+    last str field, a tuple of str, or a None/empty field next to it."""
+    store = Store()
+    store.apply_many([
+        Upsert(VM("v1", "ok", "c", "n", disk_ids=("d1", "d\x9b2"))),
+        Upsert(VM("v2", "ok", "c", "n", lun_id="", config_version="9.0\u202e")),
+        Upsert(VM("v3", "ok", "c\x1b", "n", disk_ids=())),
+    ])
+    assert store.vm("v1").disk_ids == ("d1", "d\\x9b2")
+    assert store.vm("v2").config_version == "9.0\\u202e"
+    assert store.vm("v3").cluster_id == "c\\x1b"
+    clean_vm = VM("v4", "plain", "c", "n", disk_ids=("d",))
+    store.apply(Upsert(clean_vm))
+    assert store.vm("v4") is clean_vm  # nothing to clean: the entity itself is kept
+
+
 def test_clean_keeps_plain_text_and_escapes_layout_breakers() -> None:
     assert clean("b [x] é 日本") == "b [x] é 日本"
     assert clean("a\nb\rc\td") == "a\\x0ab\\x0dc\\x09d"

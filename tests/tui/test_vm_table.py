@@ -700,3 +700,138 @@ async def test_a_filter_during_the_load_builds_every_row_first() -> None:
         table.set_filter("depth>=2")
         assert table.rows_pending == 0
         assert table.visible_ids == expected_order(store, "name", False, "depth>=2")
+
+
+# -- the first inventory: held while its slices are applied, placed once ------------------
+def slices(store: Store, size: int) -> list[list[Upsert]]:
+    """A store's entities as an inventory sends them (VMs, then their checkpoints), cut
+    into slices as the console applies them."""
+    events = [Upsert(e) for kind in (Kind.CLUSTER, Kind.NODE, Kind.LUN, Kind.VM, Kind.CHECKPOINT)
+              for e in store.all(kind)]
+    return [events[i : i + size] for i in range(0, len(events), size)]
+
+
+async def test_a_held_inventory_is_staged_slice_by_slice_and_placed_once() -> None:
+    """While held, the table shows nothing new and draws nothing of it; released, it
+    shows every VM in the order and with the widths a row-by-row build gives, the
+    cursor on the first VM, and every later change as usual."""
+    full = many_vms(900)
+    hostile = VM("vm-hostile", "[@click=app.quit]zz[/] \x1b[2J 名前", "c1", "n1",
+                 PowerState.OFF, config_version="9.0", lun_id="l1")
+    store = Store()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        table.hold()
+        for events in [*slices(full, 250), [Upsert(hostile)]]:
+            store.apply_many(events)
+            table.flush()  # stages the new VMs: not shown yet
+            assert table.row_count == 0 and table.held
+        rendered = table.rows_rendered
+        await pilot.pause()
+        assert table.rows_rendered == rendered  # nothing of it was drawn
+        table.release()
+        assert not table.held
+        assert table.visible_ids == expected_order(store, "name", False, "")
+        assert table.cursor_vm_id == table.visible_ids[0]
+        await pilot.pause()
+        assert app.counts[-1] == (901, 901)
+        assert app.moved[-1] == table.visible_ids[0]
+        widths = list(table._widths)
+        rebuilt = VmTable(store)
+        rebuilt._grow_widths(build_row(store, vm).cells for vm in store.vms())
+        assert widths == rebuilt._widths
+        assert table.select_vm("vm-hostile")
+        await pilot.pause()
+        text = line_of(table, "vm-hostile")
+        assert "[@click=app.quit]zz[/]" in text and "\x1b" not in text
+        for vm_id in ("vm-00001", "vm-00450", "vm-00899"):
+            row = build_row(store, store.vm(vm_id))  # type: ignore[arg-type]
+            for column in ("ckpts", "depth", "oldest", "name", "node", "lun"):
+                assert table.cell_text(vm_id, column) == row.cell(column_index(column), NOW)
+        change_vm(store, "vm-00450", name="0-first")
+        store.apply(Remove(Kind.VM, "vm-00001"))
+        table.flush()
+        assert table.visible_ids == expected_order(store, "name", False, "")
+        assert table.visible_ids[0] == "vm-00450"
+
+
+async def test_changes_to_staged_vms_and_a_sort_while_held_are_kept() -> None:
+    """A staged VM renamed or removed before the release, and a sort by another column
+    asked for during the hold: the released table is the one a full sort gives."""
+    full = many_vms(400)
+    store = Store()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        table.hold()
+        parts = slices(full, 200)
+        for events in parts[:2]:
+            store.apply_many(events)
+            table.flush()
+        change_vm(store, "vm-00007", name="zzz-last")
+        store.apply(Remove(Kind.VM, "vm-00008"))
+        table.flush()
+        for events in parts[2:]:
+            store.apply_many(events)
+            table.flush()
+        table.release()
+        assert table.visible_ids == expected_order(store, "name", False, "")
+        assert table.visible_ids[-1] == "vm-00007" and table.row_of("vm-00008") is None
+        table.hold()
+        change_vm(store, "vm-00010", vcpus=64)
+        store.apply(Upsert(VM("vm-new", "new", "c1", "n1", PowerState.OFF, lun_id="l1")))
+        table.flush()  # staged
+        table.sort_by("vcpu", reverse=True)  # during a hold: sorted with what is known
+        table.release()
+        assert table.visible_ids == expected_order(store, "vcpu", True, "")
+        assert table.visible_ids[0] == "vm-00010"
+
+
+def test_wide_widths_measure_what_wide_cells_show() -> None:
+    """The widths of a bulk placement are those of each VM's wide cells: wide (CJK) and
+    zero-width (combining) characters, tabs, escaped controls, tasks and replication."""
+    store = many_vms(50)
+    names = ["名前のとても長い仮想マシン", "e\u0301\u0301\u0301\u0301\u0301\u0301\u0301x" * 3,
+             "tab\there", "esc \x1b[2J", "[b]markup[/b]" * 4]
+    for i, name in enumerate(names):
+        change_vm(store, f"vm-{i:05d}", name=name, replication=ReplicationState.REPLICATING,
+                  replication_health=Health.WARNING, config_version="10.0 preview")
+    store.apply(Upsert(Task("t1", "merge-checkpoints-and-more", ref(Kind.VM, "vm-00020"),
+                            TaskState.RUNNING, 42.0, started=NOW)))
+    from rich.cells import cell_len
+
+    from ventana.tui.vm_rows import WIDE, wide_cells, wide_widths
+
+    vms = list(store.vms())
+    expected = [max(cell_len(wide_cells(store, vm)[i]) for vm in vms) for i in range(len(WIDE))]
+    assert list(wide_widths(store, vms)) == expected
+    assert wide_widths(store, []) == (0,) * len(WIDE)
+
+
+async def test_rows_placed_by_name_are_built_in_the_background_between_flushes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After one flush starts it, the background build carries on by itself (a slice at
+    a time, keys answered between slices) until every row is built: nothing waits for
+    the 8 Hz flush (here the timer is all but stopped)."""
+    monkeypatch.setattr("ventana.tui.vm_table.FLUSH_HZ", 0.01)
+    store = Store()
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        full = many_vms(3000)
+        store.apply_many(Upsert(e) for kind in (Kind.CLUSTER, Kind.NODE, Kind.LUN, Kind.VM,
+                                                Kind.CHECKPOINT) for e in full.all(kind))
+        table.flush()  # places them by name
+        assert table.rows_pending > 2500
+        table.flush()  # starts the background build
+        for _ in range(400):
+            if not table.rows_pending:
+                break
+            await pilot.press("down")  # answered between slices
+        assert table.rows_pending == 0
+        assert (table.row_of(table.cursor_vm_id) or 0) > 0  # the keys moved the cursor
