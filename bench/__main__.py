@@ -109,6 +109,20 @@ def run_hyperv_suite(args: argparse.Namespace) -> list[Suite]:
     return suites
 
 
+def run_hyperv_changes_suite(args: argparse.Namespace) -> list[Suite]:
+    """bench/hyperv_changes.py: checkpoint, CSV space and disk growth → store by CIM
+    subscription (4 x 2,500 VMs), with the full poll on its normal interval."""
+    from . import hyperv_changes
+
+    load = _loadavg()
+    nodes, vms = hyperv_changes.DEFAULT_SIZE
+    results = hyperv_changes.suite(vms=vms, nodes=nodes)
+    results["loadavg_start"], results["loadavg_end"] = load, _loadavg()
+    print(f"written: {_write('hyperv-changes', args, results)}")
+    return [(f"Hyper-V changes other than power, {nodes} nodes, {results['hvc_vms']:,} VMs",
+             hyperv_changes.ROWS, results, "")]
+
+
 def run_console_suite(args: argparse.Namespace) -> list[Suite]:
     load = _loadavg()
     results = asyncio.run(run_console(args.vms, args.rate, args.seconds))
@@ -133,7 +147,7 @@ def run_console_suite(args: argparse.Namespace) -> list[Suite]:
     return [(title, CONSOLE_ROWS + REPORT_ROWS, results, suffix)]
 
 
-SUITES = ("console", "hyperv", "vsphere", "team")  # team: bench/team.py
+SUITES = ("console", "hyperv", "hyperv-changes", "vsphere", "team")  # team: bench/team.py
 
 
 def _sizes(text: str) -> list[int]:
@@ -160,12 +174,16 @@ def _from_file(path: Path) -> tuple[tuple[Row, ...], dict[str, Any], str]:
 
         vms = results["vms"]
         return vsphere.ROWS, results, "" if vms == vsphere.DEFAULT_VMS else f"@{vms}"
+    if path.name.startswith("hyperv-changes"):
+        from . import hyperv_changes
+
+        return hyperv_changes.ROWS, results, ""
     if path.name.startswith("hyperv"):
         from . import hyperv
 
         size = (results["hv_nodes"], results["hv_vms"])
         return hyperv.ROWS, results, "" if size == hyperv.DEFAULT_SIZE else "@{}x{}".format(*size)
-    raise SystemExit(f"{path}: not a console, vsphere or hyperv result file")
+    raise SystemExit(f"{path}: not a console, vsphere, hyperv or hyperv-changes result file")
 
 
 def main() -> int:
@@ -203,6 +221,8 @@ def main() -> int:
         ran += run_console_suite(args)
     if "hyperv" in suites:
         ran += run_hyperv_suite(args)
+    if "hyperv-changes" in suites:
+        ran += run_hyperv_changes_suite(args)
     if "vsphere" in suites:
         ran += run_vsphere_suite(args)
     if "team" in suites:
