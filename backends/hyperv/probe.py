@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ventana.state.model import Entity
+from ventana.state.sanitize import clean
 
 from . import commands as cmd
 from .backup import CAMPAIGN_PORTS, CAMPAIGN_SERVICES
@@ -287,11 +288,6 @@ def main(args: Any) -> int:
         print("ventana probe: needs --hyperv NODE (repeat), --user DOMAIN\\user and --out FILE",
               file=sys.stderr)
         return 2
-    try:
-        credential = resolve_password(args.user, password_file=args.password_file)
-    except CredentialError as exc:
-        print(f"ventana probe: {exc}", file=sys.stderr)
-        return 2
     port = args.winrm_port or 5986
     resolve = dict(r.split("=", 1) for r in args.resolve if "=" in r)
     targets = []
@@ -302,6 +298,28 @@ def main(args: Any) -> int:
         host, sep, p = where.rpartition(":")
         host, node_port = (host, int(p)) if sep and p.isdigit() else (where, node_port)
         targets.append(ProbeTarget(name, host, node_port))
+    # Reach the first node and verify its certificate as pypsrp will (the certifi bundle
+    # unless --ca-file, checked against the node's NAME) before the keyring or the
+    # operator is asked for a password, as the console does (docs/operator-safety.md).
+    import ssl
+
+    import certifi
+
+    from ..hostcheck import HostCheckError, check_host
+
+    first = targets[0]
+    context = ssl.create_default_context(
+        cafile=str(args.ca_file) if args.ca_file else certifi.where())
+    try:
+        check_host(first.name, first.port, context, connect_to=(first.host, first.port))
+    except HostCheckError as exc:
+        print(f"ventana probe: {clean(str(exc))}", file=sys.stderr)
+        return 2
+    try:
+        credential = resolve_password(args.user, password_file=args.password_file)
+    except CredentialError as exc:
+        print(f"ventana probe: {exc}", file=sys.stderr)
+        return 2
 
     def session(target: ProbeTarget) -> NodeSession:
         return NodeSession(target.host, port=target.port, username=credential.username,

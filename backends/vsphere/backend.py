@@ -18,7 +18,10 @@ Failures never end the stream except where retrying cannot help:
   ``DISCONNECTED`` with the reason (retrying a wrong password risks a
   lockout; an unknown certificate needs the operator).
 
-The password never appears in an event: reasons are scrubbed of it.
+The password never appears in an event: reasons are scrubbed of it. Every
+login first reaches the host and verifies its certificate
+(:mod:`ventana.backends.hostcheck`); an untrusted certificate ends the stream
+with host, port, the problem and the fingerprint before any login is sent.
 
 Read-only by default (``VSphereConfig.read_only``): ``executor()`` is then
 refused by the base class before anything reaches the server. A writable
@@ -50,6 +53,7 @@ from ventana.state.events import ConnectionChanged, Event, LinkState, Remove, Up
 from ventana.state.model import Entity, Key, Kind, Platform, Task, TaskState, key_of
 
 from ..base import Backend, Executor
+from ..hostcheck import Untrusted, check_host
 from .credentials import DEFAULT_ENV, CredentialError, resolve_password
 from .mapping import (
     Lookup,
@@ -61,7 +65,7 @@ from .mapping import (
     task_entity,
     vm_entities,
 )
-from .session import DATASTORE_PATHS, ObjectUpdate, Session, Worker
+from .session import DATASTORE_PATHS, ObjectUpdate, Session, Worker, ssl_context
 
 log = logging.getLogger("ventana.backends.vsphere")
 # Pushed VM properties after whose change layoutEx (never reliably pushed) is
@@ -128,12 +132,15 @@ class VSphereBackend(Backend):
     name = "vsphere"
     platform = Platform.VSPHERE
 
-    def __init__(self, config: VSphereConfig, *, password: str | None = None) -> None:
-        """``password``: from a caller that prompted or asked a keyring; else resolved
-        from ``config.password_file`` or ``config.password_env`` when the stream starts."""
+    def __init__(self, config: VSphereConfig, *, password: str | None = None,
+                 password_source: str = "the caller") -> None:
+        """``password``: from a caller that prompted or asked a keyring (``password_source``
+        says which, for the link reason and the log); else resolved from
+        ``config.password_file`` or ``config.password_env`` when the stream starts."""
         super().__init__(f"vsphere://{config.host}:{config.port}", read_only=config.read_only)
         self.config = config
         self._password = password
+        self._password_source = password_source
         self._secret = password or ""
         self._worker = Worker()  # the stream's calls (WaitForUpdatesEx blocks it)
         self.action_worker = Worker()  # the executor's calls
@@ -459,8 +466,8 @@ class VSphereBackend(Backend):
     # -- connecting ------------------------------------------------------------
     def _resolve_password(self) -> str:
         if self._password is not None:
-            log.info("vSphere password supplied by the caller")
-            return "the caller"
+            log.info("vSphere password supplied by %s", self._password_source)
+            return self._password_source
         cfg = self.config
         value, source = resolve_password(secret_file=cfg.password_file, env_var=cfg.password_env)
         self._password = self._secret = value
@@ -470,6 +477,16 @@ class VSphereBackend(Backend):
         """Runs in the worker thread. Classifies the faults retrying cannot fix."""
         cfg = self.config
         assert self._password is not None
+        # Reach and certificate first (issue 12): an untrusted certificate ends
+        # the stream before any login; an unreachable host is retried.
+        try:
+            trust = check_host(cfg.host, cfg.port, ssl_context(cfg.ca_file, insecure=cfg.insecure),
+                               timeout=cfg.http_timeout_s)
+        except Untrusted as exc:
+            raise FatalError(str(exc)) from None
+        if not trust.verified:
+            log.warning("vSphere %s:%s: TLS verification OFF (explicit flag); certificate "
+                        "SHA-256 %s", cfg.host, cfg.port, trust.fingerprint)
         try:
             return Session(
                 cfg.host,

@@ -236,3 +236,20 @@ async def test_insecure_flag_prompts_and_names_the_fingerprint_it_trusts_blindly
     err = capsys.readouterr().err
     assert asked == ["Password for u on 127.0.0.1: "]
     assert "TLS verification OFF" in err and fingerprint(pem.der) in err
+
+
+def test_hyperv_probe_checks_the_certificate_before_keyring_or_prompt(
+    tmp_path: Path, asked: _Prompts, keyring_asked: RecordingKeyring,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pem = self_signed(tmp_path, "hv01.lab.example")
+    keyring_asked.stored = {("ventana-hyperv", "D\\u"): "pw"}
+    with serve(pem) as server:
+        code = main(["probe", "--hyperv", "hv01.lab.example", "--resolve",
+                     f"hv01.lab.example=127.0.0.1:{server.port}", "--user", "D\\u",
+                     "--out", str(tmp_path / "capture.json")])
+        assert server.received == 0
+    err = capsys.readouterr().err
+    assert code == 2 and asked == [] and keyring_asked.asked == []
+    assert "hv01.lab.example:" in err and "self-signed" in err and fingerprint(pem.der) in err
+    assert not (tmp_path / "capture.json").exists()
