@@ -131,10 +131,11 @@ def serve(vms: int, nodes: int, stream: bool) -> int:  # pragma: no cover - own 
 
 
 class Server:
-    """The endpoints' process, and its command channel."""
+    """The endpoints' process, and its command channel (one JSON line per ``ask``)."""
 
-    def __init__(self, vms: int, nodes: int, stream: bool, profile: str | None = None) -> None:
-        args = [sys.executable, "-m", "bench.hyperv", "serve", "--vms", str(vms),
+    def __init__(self, vms: int, nodes: int, stream: bool, profile: str | None = None,
+                 *, module: str = "bench.hyperv") -> None:
+        args = [sys.executable, "-m", module, "serve", "--vms", str(vms),
                 "--nodes", str(nodes)]
         if profile:
             args += ["--profile", profile]

@@ -26,12 +26,12 @@ import asyncio
 import json
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from . import hyperv
 from .table import Row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,35 +102,9 @@ def serve(vms: int, nodes: int) -> int:  # pragma: no cover - own process
     return 0
 
 
-class Server:
-    """The endpoints' process and its command channel."""
-
-    def __init__(self, vms: int, nodes: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.hyperv_changes", "serve", "--vms", str(vms),
-             "--nodes", str(nodes)],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the endpoint process did not start")
-        self.info: dict[str, Any] = json.loads(line)
-
-    def ask(self, line: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-            self.proc.wait(15)
-        except Exception:
-            self.proc.kill()
-            self.proc.wait(5)
+def Server(vms: int, nodes: int) -> hyperv.Server:
+    """The endpoints' process (this module's ``serve``) and its command channel."""
+    return hyperv.Server(vms, nodes, stream=True, module="bench.hyperv_changes")
 
 
 async def _until(check: Any, limit: float, what: str) -> float:

@@ -32,7 +32,7 @@ from ventana.state.model import GB, MB, Checkpoint, CheckpointKind, Kind, LunRol
 from ventana.state.store import Store
 
 #: Change → store, here (WITHIN 1 s, then one round trip). The issue's < 2 s p99 at
-#: 4 x 2,500 VMs is the bench's row (bench/bench_hyperv_changes.py).
+#: 4 x 2,500 VMs is the bench's row (bench/hyperv_changes.py).
 BOUND_S = 3.0
 
 
