@@ -80,8 +80,10 @@ async def test_compact_of_an_off_vm_frees_space_read_back_from_the_host(
         # The CSV's free space as the backend reads it (MB granularity on the wire).
         await feed.until(lambda: lun_free(feed, vm.lun_id) >= free_before + freed - 2**20,
                          10, "the CSV gained the space")
-        disks = {d.path: d.size_bytes for d in store.disks_of(vm.id)}
-        assert all(disks[p] == now[p] for p in paths)
+        # The CSV's space streams (CIM subscription); the files' sizes come with the
+        # next poll (a CSV that gained space triggers no file re-read).
+        await feed.until(lambda: all({d.path: d.size_bytes for d in store.disks_of(vm.id)}
+                                     .get(p) == now[p] for p in paths), 10, "the new sizes")
         progress = [e for e in feed.events if isinstance(e, TaskProgress)]
         assert progress and max(p.pct for p in progress) <= 100
         [row] = log.rows()
