@@ -124,9 +124,9 @@ def _instrument(table: VmTable, backend: LoadedSim) -> None:
     """Time a row's redraw: the first strip built for a VM after its change."""
     original = table._row_strip
 
-    def timed(vm_id: str, is_cursor: bool, styles: Any):  # type: ignore[no-untyped-def]
+    def timed(vm_id: str, *args: Any):  # type: ignore[no-untyped-def]
         built_before = table.rows_rendered
-        strip = original(vm_id, is_cursor, styles)
+        strip = original(vm_id, *args)
         if table.rows_rendered != built_before:
             sent = backend.sent.pop(vm_id, None)
             if sent is not None:

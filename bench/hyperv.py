@@ -219,9 +219,9 @@ async def run_hyperv(vms: int = 10_000, nodes: int = 4, changes: int = 40,
             to_store: list[float] = []
             original = table._row_strip
 
-            def timed(vm_id: str, is_cursor: bool, styles: Any):  # type: ignore[no-untyped-def]
+            def timed(vm_id: str, *args: Any):  # type: ignore[no-untyped-def]
                 before = table.rows_rendered
-                strip = original(vm_id, is_cursor, styles)
+                strip = original(vm_id, *args)
                 if table.rows_rendered != before and vm_id in sent:
                     to_screen.append(time.perf_counter() - sent.pop(vm_id))
                 return strip

@@ -315,8 +315,8 @@ async def run_latency(handle: Any, changes: int = 20) -> dict[str, Any]:
         app.store.subscribe(seen)
         original = table._row_strip
 
-        def timed(vm_id: str, is_cursor: bool, styles: Any):  # type: ignore[no-untyped-def]
-            strip = original(vm_id, is_cursor, styles)
+        def timed(vm_id: str, *args: Any):  # type: ignore[no-untyped-def]
+            strip = original(vm_id, *args)
             want = pending.get(vm_id)
             if want is not None and table.cell_text(vm_id, want[1]) != want[2]:
                 now = time.perf_counter()
