@@ -361,8 +361,8 @@ class PoolSession:
             name=f"{self.thread_prefix}-pipeline-{run.pipeline.pipeline_id}",
             daemon=True,
         )
-        run.thread = thread
         thread.start()
+        run.thread = thread  # published once started: close() may join it at any moment
 
     # -- running a pipeline ---------------------------------------------------------
     def _run_pipeline(self, run: PipelineRun) -> None:
@@ -543,8 +543,9 @@ class PoolSession:
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for run in list(self._runs.values()):
-            if run.thread is not None:
-                run.thread.join(max(0.0, deadline - time.monotonic()))
+            thread = run.thread
+            if thread is not None and thread.ident is not None:  # started
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- outgoing ---------------------------------------------------------------
     def drain_locked(self) -> None:
