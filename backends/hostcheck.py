@@ -144,6 +144,19 @@ def _problem(exc: ssl.SSLCertVerificationError, host: str, der: bytes | None) ->
     return _short(str(getattr(exc, "verify_message", "") or exc), 120)
 
 
+def requests_context(ca_file: object = None, *, insecure: bool = False) -> ssl.SSLContext:
+    """The trust pypsrp (through requests) applies: certifi's bundle unless a CA
+    file is given; ``insecure`` verifies nothing. For checking a WinRM host the
+    way the session that follows will."""
+    import certifi
+
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else certifi.where())
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def check_host(
     host: str,
     port: int,

@@ -354,11 +354,7 @@ def _hyperv_first_contact(args: argparse.Namespace) -> None:
     """Reach the first Hyper-V host and verify its certificate as pypsrp will (the
     certifi bundle unless --ca-file; the NAME is checked even when --resolve maps
     it), before a keyring or the operator is asked. Raises HostCheckError."""
-    import ssl
-
-    import certifi
-
-    from ventana.backends.hostcheck import check_host
+    from ventana.backends.hostcheck import check_host, requests_context
     from ventana.tui.preflight import host_of
 
     first = args.node[0] if args.node else str(args.hyperv)
@@ -369,12 +365,8 @@ def _hyperv_first_contact(args: argparse.Namespace) -> None:
     if name in mapped:
         to = mapped[name]
         connect_to = (host_of(to), int(to.rsplit(":", 1)[1]) if to.count(":") == 1 else port)
-    context = ssl.create_default_context(
-        cafile=str(args.ca_file) if args.ca_file else certifi.where())
-    if args.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    check_host(name, port, context, connect_to=connect_to)
+    check_host(name, port, requests_context(args.ca_file, insecure=args.insecure),
+               connect_to=connect_to)
 
 
 def _hyperv_backend(args: argparse.Namespace) -> Backend:

@@ -301,17 +301,12 @@ def main(args: Any) -> int:
     # Reach the first node and verify its certificate as pypsrp will (the certifi bundle
     # unless --ca-file, checked against the node's NAME) before the keyring or the
     # operator is asked for a password, as the console does (docs/operator-safety.md).
-    import ssl
-
-    import certifi
-
-    from ..hostcheck import HostCheckError, check_host
+    from ..hostcheck import HostCheckError, check_host, requests_context
 
     first = targets[0]
-    context = ssl.create_default_context(
-        cafile=str(args.ca_file) if args.ca_file else certifi.where())
     try:
-        check_host(first.name, first.port, context, connect_to=(first.host, first.port))
+        check_host(first.name, first.port, requests_context(args.ca_file),
+                   connect_to=(first.host, first.port))
     except HostCheckError as exc:
         print(f"ventana probe: {clean(str(exc))}", file=sys.stderr)
         return 2
