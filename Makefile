@@ -35,7 +35,7 @@ postgres:  ## install Debian's PostgreSQL server when missing (team-mode tests s
 test: $(VENV)/.test-deps vcsim postgres  ## install what tests need and run the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 lint: $(VENV)/.test-deps  ## ruff, and the layer contracts (state ↛ backends, tui; backends ↛ tui)
 	$(BIN)/ruff check .
