@@ -478,21 +478,22 @@ class HyperVBackend(Backend):
 
     async def _apply_changes(self, session: NodeSession, node: HyperVNode,
                              rows: dict[str, list[object]]) -> None:
-        """Checkpoint events: re-read each VM they name; CSV events: the new free space,
-        then the files written now on a CSV that lost :data:`subs.GROWTH_STEP`."""
+        """CSV events: the new free space (published first: it needs no round trip);
+        checkpoint events: re-read each VM they name; then the files written now on a
+        CSV that lost :data:`subs.GROWTH_STEP`."""
+        partitions = rows.get(CSV_EVENTS, ())
+        grown = self._apply_partitions(partitions) if partitions else []
         for vm_id in subs.vm_ids(rows.get(CHECKPOINT_EVENTS, ())):
             try:
                 await self._reread_vm(session, node, vm_id)
             except CommandFailed as exc:  # gone, moved: the next poll tells
                 log.debug("%s: re-reading VM %s failed: %s", session.where, vm_id, exc)
-        partitions = rows.get(CSV_EVENTS, ())
-        if partitions:
-            for lun_id in self._apply_partitions(partitions):
-                try:
-                    await self._reread_growth(session, lun_id)
-                except CommandFailed as exc:
-                    log.debug("%s: re-reading the files on %s failed: %s", session.where,
-                              lun_id, exc)
+        for lun_id in grown:
+            try:
+                await self._reread_growth(session, lun_id)
+            except CommandFailed as exc:
+                log.debug("%s: re-reading the files on %s failed: %s", session.where,
+                          lun_id, exc)
 
     async def _reread_vm(self, session: NodeSession, node: HyperVNode, vm_id: str, *,
                          gone: bool = False, space: bool = False) -> None:
