@@ -7,7 +7,7 @@
   (``HyperVContext.reread_vm``): sizes after, checkpoints left (PARTIAL when
   a failure left fewer than there were), on screen without waiting for a poll.
 - **upgrade**: ``Update-VMVersion -Force``; the version reached is read back
-  from the host (WARNING when it did not move).
+  from the host by re-reading that VM (WARNING when it did not move).
 
 Outcomes: the host's refusal is FAILED with its message; a connection lost
 after the command was sent is UNKNOWN (never resent). Both run through the
@@ -57,8 +57,8 @@ async def run_upgrade(ctx: HyperVContext, vm_id: str, task_id: str, version: str
         error = f"{reason} — outcome unknown, verify on the host"
     detail = ""
     if state is not TaskState.UNKNOWN:
-        try:  # what the host now says is the truth
-            await ctx.reread(node)
+        try:  # what the host now says is the truth: that VM re-read at once, not the node
+            await ctx.reread_vm(node, vm_id)
             now = ctx.vm(vm_id)
             reached = now.config_version if now is not None else "?"
             detail = f"configuration version {before} → {reached}"

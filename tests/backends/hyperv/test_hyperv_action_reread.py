@@ -1,4 +1,4 @@
-"""After our own actions (compact, delete, merge) the new sizes show at once, not with a poll.
+"""After our own actions (compact, delete, merge, upgrade) the result shows at once.
 
 Against the WinRM endpoint, with a 60 s poll and no event stream (so
 neither a poll nor a CSV event can bring them): when the action ends, the
@@ -10,13 +10,15 @@ checkpoints and free space within a second — with no full poll sent
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from peers.winrm.fixture import PeerHandle
 from peers.winrm.hyperv import ClusterModel
 from test_hyperv_backend import backend_for, one_peer  # noqa: F401 - the fixture
 from test_hyperv_cleanup import connected, lun_free, off_vm
 
-from ventana.state.model import Kind, TaskState
+from ventana.state.model import Kind, PowerState, TaskState
 
 #: Action's end → store: the targeted re-read is one round trip, already answered when
 #: the action returns; this bound only lets the consumer apply the queued events.
@@ -101,5 +103,28 @@ async def test_a_delete_removes_the_vm_and_shows_the_space_without_a_poll(
                      and lun_free(feed, vm.lun_id) == free_host // 2**20 * 2**20,
                      AT_ONCE_S, "the VM gone and its space back")
     assert lun_free(feed, vm.lun_id) > free_before
+    assert full_polls(model) == polls, "a full poll ran"
+    await feed.close()
+
+
+@pytest.mark.timeout(40)
+async def test_an_upgrade_reads_the_version_reached_without_a_poll(
+    one_peer: tuple[ClusterModel, PeerHandle],  # noqa: F811
+) -> None:
+    model, handle = one_peer
+    vm_id = next(v for v in sorted(model.vms) if not model.chains.get(v))
+    with model.lock:
+        model.vms[vm_id] = dataclasses.replace(model.vms[vm_id], config_version="5.0")
+        model.version += 1
+    model.set_power(vm_id, PowerState.OFF)
+    backend = backend_for(handle, read_only=False, poll_interval=60.0, stream=False)
+    feed = await connected(backend)
+    polls = full_polls(model)
+    want = "8.0" if model.profile.server2016 else "9.0"
+    result = await backend.executor().upgrade_version(vm_id, "upgrade-now", want)
+    assert result.state is TaskState.OK, result.error
+    assert result.detail == f"configuration version 5.0 → {want}"  # read back from the host
+    await feed.until(lambda: feed.state[(Kind.VM, vm_id)].config_version == want, AT_ONCE_S,
+                     "the version reached")
     assert full_polls(model) == polls, "a full poll ran"
     await feed.close()
