@@ -254,6 +254,8 @@ class HyperVBackend(Backend):
         self._replication: dict[str, list[object]] = {}  # source -> last Get-VMReplication rows
         #: What the targeted updates did, newest last (tests, the bench): (kind, monotonic s).
         self.targeted: list[tuple[str, float]] = []
+        #: Seconds each targeted VM re-read took (sent → published), newest last (the bench).
+        self.reread_s: list[float] = []
         self._queue: asyncio.Queue[object] | None = None
         self._started = False
         self._closed = False
@@ -267,6 +269,8 @@ class HyperVBackend(Backend):
         self._vm_counts: dict[str, Counter[str]] = {}  # source -> VMs per host node
         #: Per node source: when backup readiness was last read, and what it said.
         self._backup_read: dict[str, tuple[float, AgentFacts, dict[str, VmBackupFacts]]] = {}
+        self._backup_spread: set[str] = set()  # node sources given their backup slot
+        self._phased: set[str] = set()  # node sources whose polls were given their turn
         #: What the workflows (merge, upgrade, clean-up, rebuild) may use of this backend.
         self.context = HyperVContext(
             target=self.target,
@@ -276,6 +280,7 @@ class HyperVBackend(Backend):
             nodes=lambda: self._nodes,
             emit=self._emit,
             reread=self._poll,
+            reread_vm=self.reread_vm,
             new_session=self._new_session,
             actions=self._actions,
             command_timeout=config.command_timeout,
@@ -473,29 +478,49 @@ class HyperVBackend(Backend):
 
     async def _apply_changes(self, session: NodeSession, node: HyperVNode,
                              rows: dict[str, list[object]]) -> None:
-        """Checkpoint events: re-read each VM they name; CSV events: the new free space,
-        then the files written now on a CSV that lost :data:`subs.GROWTH_STEP`."""
+        """CSV events: the new free space (published first: it needs no round trip);
+        checkpoint events: re-read each VM they name; then the files written now on a
+        CSV that lost :data:`subs.GROWTH_STEP`."""
+        partitions = rows.get(CSV_EVENTS, ())
+        grown = self._apply_partitions(partitions) if partitions else []
         for vm_id in subs.vm_ids(rows.get(CHECKPOINT_EVENTS, ())):
             try:
                 await self._reread_vm(session, node, vm_id)
             except CommandFailed as exc:  # gone, moved: the next poll tells
                 log.debug("%s: re-reading VM %s failed: %s", session.where, vm_id, exc)
-        partitions = rows.get(CSV_EVENTS, ())
-        if partitions:
-            for lun_id in self._apply_partitions(partitions):
-                try:
-                    await self._reread_growth(session, lun_id)
-                except CommandFailed as exc:
-                    log.debug("%s: re-reading the files on %s failed: %s", session.where,
-                              lun_id, exc)
+        for lun_id in grown:
+            try:
+                await self._reread_growth(session, lun_id)
+            except CommandFailed as exc:
+                log.debug("%s: re-reading the files on %s failed: %s", session.where,
+                          lun_id, exc)
 
-    async def _reread_vm(self, session: NodeSession, node: HyperVNode, vm_id: str) -> None:
+    async def _reread_vm(self, session: NodeSession, node: HyperVNode, vm_id: str, *,
+                         gone: bool = False, space: bool = False) -> None:
         """One VM's settings, checkpoints, drives and chains (one round trip, plus a
-        round per parent file neither named), published in place of what was shown."""
+        round per parent file neither named), published in place of what was shown.
+
+        ``space``: the CSVs' free space in the same round trip (after an action of
+        ours freed or took some). ``gone``: a VM the node no longer answers for was
+        removed (our delete), not moved: what was shown of it goes."""
         began = asyncio.get_running_loop().time()
-        answers = await session.run_many(subs.vm_reread(vm_id))
+        batch = subs.vm_reread(vm_id)
+        if space:
+            batch.append(cmd.get_disk_partitions())
+        if gone:  # "unable to find a virtual machine with the given id" is the answer
+            batch = [dataclasses.replace(c, tolerate_errors=True) for c in batch]
+        answers = await session.run_many(batch)
         vms, snapshots, drives = (a.output for a in answers[:3])
-        if not vms or not node.computer:
+        if space:
+            self._apply_partitions(answers[-1].output, streamed=False)
+        if not node.computer:
+            return
+        if not vms:
+            if gone:  # removed by us: nothing of it stays (a poll begun before keeps none)
+                self._reread[(node.source, vm_id)] = (began, [])
+                self._forget_vm(node.source, vm_id)
+                self._publish_vm(node.source, vm_id, [])
+                self._publish_cluster()
             return  # not on this node (any more): the polls tell
         vhds: dict[str, object] = {}
         for obj in [*answers[3].output, *answers[4].output]:
@@ -520,8 +545,25 @@ class HyperVBackend(Backend):
         entities = with_backup_facts(entities, last[2] if last is not None else {})
         self._reread[(node.source, vm_id)] = (began, entities)
         self._publish_vm(node.source, vm_id, entities)
-        self.targeted.append(("vm", asyncio.get_running_loop().time()))
+        done = asyncio.get_running_loop().time()
+        self.targeted.append(("vm", done))
         del self.targeted[:-1000]
+        self.reread_s.append(done - began)
+        del self.reread_s[:-1000]
+
+    def _forget_vm(self, scope: str, vm_id: str) -> None:
+        """A removed VM no longer counts on its host (the nodes' VM counts)."""
+        vm = self._known.get((Kind.VM, vm_id))
+        counts = self._vm_counts.get(scope)
+        if isinstance(vm, VM) and counts is not None and counts[vm.node_id.casefold()] > 0:
+            counts[vm.node_id.casefold()] -= 1
+
+    async def reread_vm(self, node: HyperVNode, vm_id: str, *,
+                        session: NodeSession | None = None, gone: bool = False) -> None:
+        """After an action of ours on ``vm_id`` (compact, delete, merge): that VM and the
+        CSVs' free space re-read at once, in one round trip on ``session`` (the action's
+        own pool; else the node's), instead of waiting for — or running — a full poll."""
+        await self._reread_vm(session or node.session, node, vm_id, gone=gone, space=True)
 
     def _publish_vm(self, scope: str, vm_id: str, entities: list[Entity]) -> None:
         """Emit what differs for one VM (its disks, checkpoints and findings) in ``scope``."""
@@ -559,9 +601,9 @@ class HyperVBackend(Backend):
         kept = [e for e in entities if not any(subs.belongs_to(e, v) for v in newer)]
         return kept + [e for fresh in newer.values() for e in fresh]
 
-    def _apply_partitions(self, rows: Iterable[object]) -> list[str]:
-        """Streamed partition rows: the CSVs' new free space, published at once. Returns
-        the LUNs that lost enough space for their files to be re-read."""
+    def _apply_partitions(self, rows: Iterable[object], *, streamed: bool = True) -> list[str]:
+        """Streamed (or re-read) partition rows: the CSVs' new free space, published at
+        once. Returns the LUNs that lost enough space for their files to be re-read."""
         now = asyncio.get_running_loop().time()
         changes = {}
         for row in rows:
@@ -574,8 +616,9 @@ class HyperVBackend(Backend):
         self._cluster_read.partitions = subs.merge_partitions(self._cluster_read.partitions,
                                                               changes)
         self._publish_cluster()
-        self.targeted.append(("csv", now))
-        return self._growth.grown(before, self._luns())
+        self.targeted.append(("csv" if streamed else "space", now))
+        grown = self._growth.grown(before, self._luns())
+        return grown if streamed else []
 
     def _luns(self) -> dict[str, Lun]:
         return {k[1]: e for k, e in self._known.items() if isinstance(e, Lun)}
@@ -741,7 +784,18 @@ class HyperVBackend(Backend):
             # waits at most one interval plus one read.
             await asyncio.sleep(
                 max(0.1 * cfg.poll_interval, cfg.poll_interval - (loop.time() - began))
+                + self._poll_phase(node)
             )
+
+    def _poll_phase(self, node: HyperVNode) -> float:
+        """Once per node, after its first read: its share of the interval, so the nodes'
+        polls take turns instead of all running at once (they compete with the streamed
+        changes' targeted re-reads for CPU, here and on the hosts)."""
+        if node.source in self._phased:
+            return 0.0
+        self._phased.add(node.source)
+        count = max(1, len(self._nodes))
+        return (node.index % count) / count * self.config.poll_interval
 
     def _reads_cluster(self, node: HyperVNode) -> bool:
         if self._cluster_read is None:
@@ -879,8 +933,23 @@ class HyperVBackend(Backend):
         powers = {as_id(props(o).get("Id")): power_state(props(o).get("State")) for o in vms}
         names = {as_id(props(o).get("Id")): text(props(o).get("Name")) for o in vms}
         vm_facts = await read_vm_facts(node.session, powers, drives, names)
-        self._backup_read[node.source] = (now, agent, vm_facts)
+        # The first VM-facts read of every node falls on the same poll (the nodes' polls
+        # start together); from then on each node reads on its own poll of the interval,
+        # so the heavy reads (integration services, KVP, locations) come one slot at a
+        # time instead of all nodes at once (the changes' tail: bench/hyperv_changes.py).
+        shift = 0.0
+        if node.source not in self._backup_spread:
+            self._backup_spread.add(node.source)
+            shift = self._backup_slot(node)
+        self._backup_read[node.source] = (now - shift, agent, vm_facts)
         return agent, vm_facts
+
+    def _backup_slot(self, node: HyperVNode) -> float:
+        """How much earlier than the others this node reads its backup facts again: the
+        polls within one ``backup_interval`` are slots, the nodes take them in turn."""
+        cfg = self.config
+        slots = max(1, int(cfg.backup_interval // max(cfg.poll_interval, 0.001)))
+        return (node.index % slots) * cfg.poll_interval
 
     async def _read_chains(self, node: HyperVNode, drives: list[object]) -> dict[str, object]:
         """Get-VHD for every drive's file and, following ParentPath, the whole chain.

@@ -23,8 +23,10 @@ anything (the plan was made from data up to one poll old):
 
 Outcomes follow the merge: a refusal or a terminating error is FAILED with
 the host's message; a connection lost after a mutating command was sent is
-UNKNOWN (never resent); the node is re-read afterwards and what it reports
-is the result.
+UNKNOWN (never resent); what the host reports afterwards is the result. The
+VM and the CSVs' free space are re-read the moment the action ends (one
+round trip, ``HyperVContext.reread_vm``; a deleted VM's rows go), so the
+new sizes show at once instead of with the next poll.
 """
 
 from __future__ import annotations
@@ -184,8 +186,9 @@ class Cleanup:
                                f"Optimize-VHD -Mode Full on {len(paths)} file(s), "
                                f"{human_bytes(size_before)}")
         state, error, done = TaskState.OK, "", 0
-        try:
-            async with ctx.action_session(node) as action:
+        after_sizes: dict[str, int] = {}
+        async with ctx.action_session(node) as action:
+            try:
                 for i, path in enumerate(paths):
                     def progress(pct: float, message: str, i: int = i) -> None:
                         overall = 100.0 * (i + pct / 100.0) / len(paths)
@@ -201,18 +204,17 @@ class Cleanup:
                         with contextlib.suppress(Exception):
                             await action.run(cmd.dismount_vhd(path))
                     done += 1
-        except CommandFailed as exc:
-            state, error = TaskState.FAILED, str(exc)
-        except Exception as exc:
-            state = TaskState.UNKNOWN
-            error = lost(exc, f"Optimize-VHD may still be running on file {done + 1}")
-        after_sizes: dict[str, int] = {}
-        if state is not TaskState.UNKNOWN:
-            try:  # what the host now says is the truth
-                after_sizes = await self._sizes(node.session, list(paths))
-                await ctx.reread(node)
+            except CommandFailed as exc:
+                state, error = TaskState.FAILED, str(exc)
             except Exception as exc:
-                log.warning("re-read after the compact failed: %s", exc)
+                state = TaskState.UNKNOWN
+                error = lost(exc, f"Optimize-VHD may still be running on file {done + 1}")
+            if state is not TaskState.UNKNOWN:
+                try:  # what the host now says is the truth, on screen at once (this pool)
+                    after_sizes = await self._sizes(action, list(paths))
+                    await ctx.reread_vm(node, vm_id, session=action)
+                except Exception as exc:
+                    log.warning("re-read after the compact failed: %s", exc)
         size_after = sum(after_sizes.values()) if after_sizes else None
         freed = size_before - size_after if size_after is not None else None
         detail = (f"{done} of {len(paths)} file(s) compacted; "
@@ -289,7 +291,7 @@ class Cleanup:
                          "highly available — add it back with Add-ClusterVirtualMachineRole " \
                          "or remove it by hand)"
             ctx.tasks.end(task, TaskState.FAILED, error=error)
-            await self._reread(node)
+            await self._reread(node, vm_id)
             return ActionResult(TaskState.FAILED, error, size_before, None,
                                 FinalState.FAILED if sent else FinalState.PENDING)
         except Exception as exc:
@@ -322,7 +324,7 @@ class Cleanup:
             not_removed.append(f"could not check which files remain: {exc}")
         listed = {n.split(": ", 1)[0] for n in not_removed}
         not_removed += [f"{p}: still present" for p in still if p not in listed]
-        await self._reread(node)
+        await self._reread(node, vm_id)
         freed = size_before - sum(known[path_key(p)].size_bytes for p in still)
         detail = f"{vm.name} removed; {len(paths) - len(still)} of {len(paths)} file(s) " \
                  f"deleted, {human_bytes(freed)} freed"
@@ -334,8 +336,10 @@ class Cleanup:
         ctx.tasks.end(task, TaskState.OK, message=detail)
         return ActionResult(TaskState.OK, "", size_before, 0, None, detail)
 
-    async def _reread(self, node: HyperVNode) -> None:
+    async def _reread(self, node: HyperVNode, vm_id: str) -> None:
+        """The deleted VM re-read at once (gone: its rows go) with the CSVs' free space,
+        not the whole node: on screen without waiting for a poll."""
         try:
-            await self.ctx.reread(node)
+            await self.ctx.reread_vm(node, vm_id, gone=True)
         except Exception as exc:
             log.warning("re-read after the delete failed: %s", exc)

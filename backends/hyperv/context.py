@@ -10,6 +10,10 @@ workflow instead of itself, so a workflow sees only:
   nodes — else a name the caller knows, for a VM not read yet);
 - ``emit`` and ``tasks`` (the task rows and progress events, ``backends.tasks``);
 - ``reread(node)``: poll that node now and publish the differences;
+- ``reread_vm(node, vm_id, session=…, gone=…)``: re-read one VM (settings,
+  checkpoints, drives, disk files) and the CSVs' free space in one round
+  trip and publish the differences — what compact, delete and merge do when
+  they end, so the new sizes show at once, not with the next poll;
 - ``action_session(node)``: a PowerShell pool of its own for a long mutating
   command (a merge can run for hours while the polls go on), closed after;
 - ``read_only`` and ``target`` (every workflow re-checks the mode below the
@@ -71,6 +75,7 @@ class HyperVContext:
         actions: MutableSet[NodeSession],
         command_timeout: float,
         poll_interval: float = 15.0,
+        reread_vm: Callable[..., Awaitable[None]] | None = None,
     ) -> None:
         self.target = target
         self._is_read_only = is_read_only
@@ -79,6 +84,7 @@ class HyperVContext:
         self._nodes = nodes
         self._emit = emit
         self._reread = reread
+        self._reread_vm = reread_vm
         self._new_session = new_session
         self._actions = actions
         self.command_timeout = command_timeout
@@ -130,6 +136,16 @@ class HyperVContext:
     async def reread(self, node: HyperVNode) -> None:
         """Read ``node`` now and publish what changed (raises what the read raises)."""
         await self._reread(node)
+
+    async def reread_vm(self, node: HyperVNode, vm_id: str, *,
+                        session: NodeSession | None = None, gone: bool = False) -> None:
+        """Re-read one VM and the CSVs' free space now, on ``session`` (else the node's);
+        ``gone``: the VM was removed (its rows go). Without a targeted re-read (a
+        context built without one): the whole node (raises what the read raises)."""
+        if self._reread_vm is None:
+            await self._reread(node)
+        else:
+            await self._reread_vm(node, vm_id, session=session, gone=gone)
 
     @asynccontextmanager
     async def action_session(self, node: HyperVNode) -> AsyncIterator[NodeSession]:

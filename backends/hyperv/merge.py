@@ -2,11 +2,12 @@
 
 - **merge**: ``Get-VM -Id … | Remove-VMSnapshot -Name *`` on the node hosting
   the VM, on a pool of its own (a merge can run for hours while the node's
-  polls go on), its PSRP progress records as task progress; the node is
-  re-read afterwards: sizes after, checkpoints left (PARTIAL when a failure
-  left fewer than there were).
+  polls go on), its PSRP progress records as task progress; the VM (and the
+  CSVs' free space) is re-read on that pool the moment it ends
+  (``HyperVContext.reread_vm``): sizes after, checkpoints left (PARTIAL when
+  a failure left fewer than there were), on screen without waiting for a poll.
 - **upgrade**: ``Update-VMVersion -Force``; the version reached is read back
-  from the host (WARNING when it did not move).
+  from the host by re-reading that VM (WARNING when it did not move).
 
 Outcomes: the host's refusal is FAILED with its message; a connection lost
 after the command was sent is UNKNOWN (never resent). Both run through the
@@ -56,8 +57,8 @@ async def run_upgrade(ctx: HyperVContext, vm_id: str, task_id: str, version: str
         error = f"{reason} — outcome unknown, verify on the host"
     detail = ""
     if state is not TaskState.UNKNOWN:
-        try:  # what the host now says is the truth
-            await ctx.reread(node)
+        try:  # what the host now says is the truth: that VM re-read at once, not the node
+            await ctx.reread_vm(node, vm_id)
             now = ctx.vm(vm_id)
             reached = now.config_version if now is not None else "?"
             detail = f"configuration version {before} → {reached}"
@@ -94,29 +95,29 @@ async def run_merge(ctx: HyperVContext, vm_id: str, task_id: str) -> ActionResul
         ctx.tasks.progress(task_id, pct, message)
 
     state, error, final = TaskState.OK, "", FinalState.OPERATIONAL
-    try:
-        async with ctx.action_session(node) as action:
+    after: int | None = None
+    async with ctx.action_session(node) as action:
+        try:
             refusal = await replica_refusal(action, vm_id)
             if refusal:  # below the plan's REPORTED_REPLICA_CHECKPOINT: nothing is sent
                 ctx.tasks.end(task, TaskState.FAILED, error=refusal)
                 return ActionResult(TaskState.FAILED, refusal, before, before)
             await action.run_long(cmd.remove_all_snapshots(vm_id), progress)
             await wait_background_merge(ctx, action, vm_id, lambda m: progress(last[0], m))
-    except CommandFailed as exc:
-        state, error, final = TaskState.FAILED, str(exc), FinalState.FAILED
-    except Exception as exc:
-        state, final = TaskState.UNKNOWN, FinalState.PENDING
-        error = lost(exc, "the merge may still be running")
-    after: int | None = None
-    if state is not TaskState.UNKNOWN:
-        try:  # re-read the node: sizes after, checkpoints left
-            await ctx.reread(node)
-            after = sum(d.size_bytes for d in ctx.vm_disks(vm_id))
+        except CommandFailed as exc:
+            state, error, final = TaskState.FAILED, str(exc), FinalState.FAILED
         except Exception as exc:
-            log.warning("re-read after the merge failed: %s", exc)
-        left = ctx.checkpoint_count(vm_id)
-        if state is TaskState.FAILED and left < checkpoints:
-            final = FinalState.PARTIAL
+            state, final = TaskState.UNKNOWN, FinalState.PENDING
+            error = lost(exc, "the merge may still be running")
+        if state is not TaskState.UNKNOWN:
+            try:  # re-read the VM at once, on this pool: sizes after, checkpoints left
+                await ctx.reread_vm(node, vm_id, session=action)
+                after = sum(d.size_bytes for d in ctx.vm_disks(vm_id))
+            except Exception as exc:
+                log.warning("re-read after the merge failed: %s", exc)
+            left = ctx.checkpoint_count(vm_id)
+            if state is TaskState.FAILED and left < checkpoints:
+                final = FinalState.PARTIAL
     # A row that ends without the work done keeps the last progress seen (TaskReporter).
     ctx.tasks.end(task, state, message="merged" if state is TaskState.OK else "", error=error)
     return ActionResult(state, error, before, after, final)

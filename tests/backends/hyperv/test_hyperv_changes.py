@@ -25,6 +25,7 @@ from peers.winrm.hyperv import ClusterModel, indications
 from peers.winrm.hyperv.endpoint import Endpoint
 from test_hyperv_backend import Feed, backend_for, one_peer  # noqa: F401 - the fixture
 
+from ventana.backends.hyperv import Credential, HyperVBackend, HyperVConfig
 from ventana.backends.hyperv import subscriptions as subs
 from ventana.state.events import LinkState
 from ventana.state.findings import pct_free
@@ -236,3 +237,19 @@ async def test_a_checkpoint_re_read_keeps_the_vms_backup_facts(
     avhdx = [d.path for d in store.disks_of(vm.id) if d.path.casefold().endswith(".avhdx")]
     assert avhdx and set(avhdx) <= set(shown.storage_paths), (avhdx, shown.storage_paths)
     await feed.close()
+
+
+def test_the_nodes_polls_and_backup_reads_take_turns() -> None:
+    """After its first read each node's polls are shifted by its share of the interval,
+    once; its backup-readiness reads take one slot of the backup interval in turn — so a
+    streamed change's re-read meets about one full read at a time, not all of them."""
+    config = HyperVConfig("HVCLUSTER01", "u", nodes=("a:1", "b:2", "c:3", "d:4", "e:5"),
+                          poll_interval=15.0, backup_interval=60.0)
+    backend = HyperVBackend(config, Credential("u", "p", "test"))
+    nodes = backend._nodes
+    assert [backend._poll_phase(n) for n in nodes] == [0.0, 3.0, 6.0, 9.0, 12.0]
+    assert [backend._poll_phase(n) for n in nodes] == [0.0] * 5  # once per node
+    assert [backend._backup_slot(n) for n in nodes] == [0.0, 15.0, 30.0, 45.0, 0.0]
+    every_poll = HyperVBackend(dataclasses.replace(config, backup_interval=0.0),
+                               Credential("u", "p", "test"))
+    assert {every_poll._backup_slot(n) for n in every_poll._nodes} == {0.0}
