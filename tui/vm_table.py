@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from itertools import zip_longest
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from rich.cells import cell_len
 from rich.segment import Segment
@@ -129,6 +129,45 @@ class _LazyKeys(dict[str, SortKey]):
             return self[vm_id]
         except KeyError:
             return default
+
+
+class _RowMap(dict[str, Row]):
+    """The built rows (a plain dict to read), and what a new sort would otherwise read
+    from every row, kept up to date as rows are written: the sort values of the columns
+    sorted by lately (``column``) and the order by name (``name_order``)."""
+
+    __slots__ = ("_values", "name_order")
+    KEEP = 3  # columns whose values are kept: Name and the last two sorted by
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._values: dict[int, dict[str, Any]] = {}
+        self.name_order: list[str] | None = None  # by name, then id; None: to be sorted
+
+    def __setitem__(self, vm_id: str, row: Row) -> None:
+        old = dict.get(self, vm_id)
+        dict.__setitem__(self, vm_id, row)
+        for column, values in self._values.items():
+            values[vm_id] = row.sort[column]
+        if old is None or old.sort[0] != row.sort[0]:
+            self.name_order = None
+
+    def pop(self, vm_id: str, default: Row | None = None) -> Row | None:  # type: ignore[override]
+        row = dict.pop(self, vm_id, default)
+        if row is not None:
+            for values in self._values.values():
+                values.pop(vm_id, None)
+            self.name_order = None
+        return row
+
+    def column(self, index: int) -> dict[str, Any]:
+        """Each row's sort value in this column (kept from now on)."""
+        values = self._values.get(index)
+        if values is None:
+            if len(self._values) >= self.KEEP:  # forget the oldest column but Name
+                del self._values[next(c for c in self._values if c != 0)]
+            values = self._values[index] = {v: row.sort[index] for v, row in self.items()}
+        return values
 
 
 class _Styles(NamedTuple):
@@ -271,7 +310,7 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._monotonic = monotonic
         self._highlight_seconds = highlight_seconds
         self._now = clock()
-        self._rows: dict[str, Row] = {}  # built rows (see _unbuilt)
+        self._rows = _RowMap()  # built rows (see _unbuilt)
         self._keys: dict[str, SortKey] = {}  # every VM shown; one total order: bisect works
         # VMs placed by name whose row is not (re)built yet -> the VM as it was placed
         self._unbuilt: dict[str, VM] = {}
@@ -863,22 +902,24 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._keys = _LazyKeys(rows, lambda vm_id: sort_key(self._rows[vm_id], column, reverse))
         by_name = self._order if previous == (0, False) else self._name_order()
         if column == 0 and not reverse:
-            order = list(by_name)
+            order = list(by_name)  # a copy: _order changes in place
         else:  # stable, also reversed: ties keep their order by name
-            value_of = {vm_id: row.sort[column] for vm_id, row in rows.items()}
-            order = sorted(by_name, key=value_of.__getitem__, reverse=reverse)
+            order = sorted(by_name, key=rows.column(column).__getitem__, reverse=reverse)
         self._order = order
         flt = self._filter
         self._visible = order if flt is None else matching(order, rows, flt, self._now)
         self._settle(before, follow=True, changed=None)
 
     def _name_order(self) -> list[str]:
-        """Every row by name, then id."""
+        """Every row by name, then id (kept until a row comes, goes or is renamed)."""
         rows = self._rows
-        name_of = {vm_id: row.sort[0] for vm_id, row in rows.items()}
-        if len(set(name_of.values())) == len(name_of):
-            return sorted(rows, key=name_of.__getitem__)
-        return sorted(sorted(rows), key=name_of.__getitem__)  # same names: by id
+        if rows.name_order is None:
+            name_of = rows.column(0)
+            if len(set(name_of.values())) == len(name_of):
+                rows.name_order = sorted(rows, key=name_of.__getitem__)
+            else:  # same names: by id
+                rows.name_order = sorted(sorted(rows), key=name_of.__getitem__)
+        return rows.name_order
 
     def _refilter(self, narrow: bool) -> None:
         """A new filter, the same order: match again, only among the rows the previous

@@ -458,8 +458,11 @@ async def test_sorts_and_filters_typed_key_by_key_in_any_succession_match_a_full
                 table.set_filter(word[:end])  # typed, then erased
                 assert table.visible_ids == expected_order(store, column, reverse, word[:end])
             table.set_filter(word)
-            vm = rng.choice(list(store.vms()))
+            vm, gone = rng.sample(list(store.vms()), 2)
             change_vm(store, vm.id, power=rng.choice(list(PowerState)), name=f"vm-{step:03d}")
+            if step % 3 == 0:  # rows come and go between sorts (other steps: renames only)
+                store.apply_many([Remove(Kind.VM, gone.id),
+                                  Upsert(dataclasses.replace(gone, id=f"new-{step}"))])
             table.flush()
             assert table.visible_ids == expected_order(store, column, reverse, word)
 
