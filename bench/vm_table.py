@@ -231,7 +231,7 @@ async def _changes(app: VentanaApp, table: VmTable, backend: FedSim) -> dict[str
                 elif column == "ram":
                     event = Upsert(dataclasses.replace(vm, memory_mb=2 * vm.memory_mb + 1024))
                 else:
-                    event = Upsert(Checkpoint(f"bench-{vm_id}", vm_id, "bench", None,
+                    event = Upsert(Checkpoint(f"bench-{sort}-{vm_id}", vm_id, "bench", None,
                                               CheckpointKind.STANDARD,
                                               backend.now() - timedelta(minutes=1)))
                 backend.feed.put_nowait(event)
