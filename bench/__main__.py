@@ -147,7 +147,24 @@ def run_console_suite(args: argparse.Namespace) -> list[Suite]:
     return [(title, CONSOLE_ROWS + REPORT_ROWS, results, suffix)]
 
 
-SUITES = ("console", "hyperv", "hyperv-changes", "vsphere", "team")  # team: bench/team.py
+def run_vm_table_suite(args: argparse.Namespace) -> list[Suite]:
+    """bench/vm_table.py: sort, filter and change → screen in the console at 45,000 VMs
+    (``--vm-table-vms``) from the simulator, no vcsim."""
+    from . import vm_table
+
+    suites: list[Suite] = []
+    for vms in args.vm_table_vms:
+        load = _loadavg()
+        results = asyncio.run(vm_table.run_vm_table(vms))
+        results["loadavg_start"], results["loadavg_end"] = load, _loadavg()
+        vm_table.report(results)
+        print(f"written: {_write(f'vmtable-{vms}', args, results)}")
+        suffix = "" if vms == vm_table.DEFAULT_VMS else f"@{vms}"
+        suites.append((f"VM table, {vms:,} VMs (simulator)", vm_table.ROWS, results, suffix))
+    return suites
+
+
+SUITES = ("console", "hyperv", "hyperv-changes", "vsphere", "team", "vmtable")
 
 
 def _sizes(text: str) -> list[int]:
@@ -174,6 +191,11 @@ def _from_file(path: Path) -> tuple[tuple[Row, ...], dict[str, Any], str]:
 
         vms = results["vms"]
         return vsphere.ROWS, results, "" if vms == vsphere.DEFAULT_VMS else f"@{vms}"
+    if path.name.startswith("vmtable"):
+        from . import vm_table
+
+        vms = results["vt_vms"]
+        return vm_table.ROWS, results, "" if vms == vm_table.DEFAULT_VMS else f"@{vms}"
     if path.name.startswith("hyperv-changes"):
         from . import hyperv_changes
 
@@ -183,7 +205,8 @@ def _from_file(path: Path) -> tuple[tuple[Row, ...], dict[str, Any], str]:
 
         size = (results["hv_nodes"], results["hv_vms"])
         return hyperv.ROWS, results, "" if size == hyperv.DEFAULT_SIZE else "@{}x{}".format(*size)
-    raise SystemExit(f"{path}: not a console, vsphere, hyperv or hyperv-changes result file")
+    raise SystemExit(f"{path}: not a console, vsphere, hyperv, hyperv-changes or vmtable "
+                     "result file")
 
 
 def main() -> int:
@@ -197,6 +220,8 @@ def main() -> int:
     parser.add_argument("--vsphere-changes", type=int, default=20)
     parser.add_argument("--vsphere-rounds", type=int, default=3,
                         help="inventory reads per reader (the median is kept)")
+    parser.add_argument("--vm-table-vms", type=_sizes, default=[45_000],
+                        help="VMs in the vmtable suite; several sizes: 10000,45000")
     parser.add_argument("--vms", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0, help="events/s under load")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the load phase")
@@ -225,6 +250,8 @@ def main() -> int:
         ran += run_hyperv_changes_suite(args)
     if "vsphere" in suites:
         ran += run_vsphere_suite(args)
+    if "vmtable" in suites:
+        ran += run_vm_table_suite(args)
     if "team" in suites:
         __import__("bench.team").team.run_team_suite(args)
     baseline = load_baseline()

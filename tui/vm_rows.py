@@ -312,14 +312,17 @@ def sort_key(row: Row, column: int, reverse: bool = False) -> SortKey:
     return (descending(value) if reverse else value, row.sort[0], row.vm_id)
 
 
-def descending(value: int | float | str) -> int | float | str:
-    """A value that sorts in the opposite order: numbers negated, strings complemented.
+def descending(value: Any) -> Any:
+    """A value that sorts in the opposite order: numbers negated, strings complemented,
+    tuples (the Ver column's ``version_key``) item by item.
 
     A complemented string maps each character to ``U+10FFFF - ord(c)`` and ends
     with U+10FFFF so that a longer string sorts before its prefix.
     """
     if isinstance(value, str):
         return value.translate(_COMPLEMENT) + _LAST
+    if isinstance(value, tuple):  # of numbers; equal lengths within a column
+        return tuple(-item for item in value)
     return -value
 
 
@@ -352,6 +355,9 @@ _AGE_UNITS = {"": 86400, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w":
 class Filter:
     text: str
     terms: tuple[Predicate, ...]
+    #: Per word: its lower-case text if it is a plain word (a substring of ``Row.search``),
+    #: else None (``column:value`` or a comparison).
+    needles: tuple[str | None, ...] = ()
 
     def __call__(self, row: Row, now: datetime) -> bool:
         return all(term(row, now) for term in self.terms)
@@ -359,13 +365,39 @@ class Filter:
 
 def compile_filter(text: str) -> Filter | None:
     """The filter for ``text``, or None when it is blank (everything matches)."""
-    terms = tuple(_term(word) for word in text.split())
-    return Filter(text, terms) if terms else None
+    compiled = [_term(word) for word in text.split()]
+    if not compiled:
+        return None
+    return Filter(text, tuple(t for t, _ in compiled), tuple(n for _, n in compiled))
 
 
-def _term(word: str) -> Predicate:
+def narrows(old: Filter | None, new: Filter) -> bool:
+    """Whether every row ``new`` matches is also matched by ``old`` (so ``new`` can be
+    applied to what ``old`` left instead of to every row): words were added, or the
+    last plain word grew (``vm-0`` → ``vm-01``), as a filter is typed. Only when
+    ``old`` has plain words alone: what a comparison (``oldest>30d``) matched
+    changes with the time it is applied."""
+    if old is None:
+        return True
+    before, after = old.needles, new.needles
+    old_words, new_words = old.text.lower().split(), new.text.lower().split()
+    if len(new_words) < len(old_words) or len(before) != len(old_words) or None in before:
+        return False
+    last = len(old_words) - 1
+    if old_words[:last] != new_words[:last]:
+        return False
+    if old_words[last] == new_words[last]:
+        return True
+    grown, was = after[last], before[last]
+    return grown is not None and was is not None and was in grown
+
+
+def _term(word: str) -> tuple[Predicate, str | None]:
     lowered = word.lower()
-    return _compare_term(lowered) or _column_term(lowered) or _substring_term(lowered)
+    special = _compare_term(lowered) or _column_term(lowered)
+    if special is not None:
+        return special, None
+    return _substring_term(lowered), lowered
 
 
 def _substring_term(needle: str) -> Predicate:
@@ -429,7 +461,14 @@ def matching(ids: Iterable[str], rows: dict[str, Row], flt: Filter | None,
              now: datetime) -> list[str]:
     if flt is None:
         return list(ids)
-    if len(flt.terms) == 1:  # the common case: one word typed
+    needles = flt.needles
+    if needles and None not in needles:  # plain words only: substrings of Row.search
+        if len(needles) == 1:  # the common case: one word typed
+            needle = needles[0]
+            return [vm_id for vm_id in ids if needle in rows[vm_id].search]
+        return [vm_id for vm_id in ids
+                if all(n in rows[vm_id].search for n in needles)]  # type: ignore[operator]
+    if len(flt.terms) == 1:
         term = flt.terms[0]
         return [vm_id for vm_id in ids if term(rows[vm_id], now)]
     return [vm_id for vm_id in ids if flt(rows[vm_id], now)]

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from itertools import zip_longest
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from rich.cells import cell_len
 from rich.segment import Segment
@@ -67,6 +67,7 @@ from .vm_rows import (
     fit,
     matching,
     name_sort_value,
+    narrows,
     sort_key,
     vm_id_of_target,
     wide_widths,
@@ -99,6 +100,74 @@ def _remove(ids: list[str], vm_id: str, keys: dict[str, SortKey]) -> None:
     index = _position(ids, vm_id, keys)
     if index is not None:
         del ids[index]
+
+
+class _LazyKeys(dict[str, SortKey]):
+    """Every row's sort key, each made from its row when first read (``make``).
+
+    A new sort reads a few dozen keys (bisect, the cursor) before the next one;
+    making all of them up front took longer than the sort at 45,000 rows. A key
+    stored (``keys[vm_id] = ...``) is kept as it is; reads through ``[]`` and
+    ``get`` both make a missing one.
+    """
+
+    __slots__ = ("_make",)
+
+    def __init__(self, ids: Iterable[str], make: Callable[[str], SortKey]) -> None:
+        super().__init__(dict.fromkeys(ids))  # type: ignore[arg-type]
+        self._make = make
+
+    def __getitem__(self, vm_id: str) -> SortKey:
+        key = dict.__getitem__(self, vm_id)
+        if key is None:
+            key = self._make(vm_id)
+            dict.__setitem__(self, vm_id, key)
+        return key
+
+    def get(self, vm_id: str, default: SortKey | None = None) -> SortKey | None:  # type: ignore[override]
+        try:
+            return self[vm_id]
+        except KeyError:
+            return default
+
+
+class _RowMap(dict[str, Row]):
+    """The built rows (a plain dict to read), and what a new sort would otherwise read
+    from every row, kept up to date as rows are written: the sort values of the columns
+    sorted by lately (``column``) and the order by name (``name_order``)."""
+
+    __slots__ = ("_values", "name_order")
+    KEEP = 3  # columns whose values are kept: Name and the last two sorted by
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._values: dict[int, dict[str, Any]] = {}
+        self.name_order: list[str] | None = None  # by name, then id; None: to be sorted
+
+    def __setitem__(self, vm_id: str, row: Row) -> None:
+        old = dict.get(self, vm_id)
+        dict.__setitem__(self, vm_id, row)
+        for column, values in self._values.items():
+            values[vm_id] = row.sort[column]
+        if old is None or old.sort[0] != row.sort[0]:
+            self.name_order = None
+
+    def pop(self, vm_id: str, default: Row | None = None) -> Row | None:  # type: ignore[override]
+        row = dict.pop(self, vm_id, default)
+        if row is not None:
+            for values in self._values.values():
+                values.pop(vm_id, None)
+            self.name_order = None
+        return row
+
+    def column(self, index: int) -> dict[str, Any]:
+        """Each row's sort value in this column (kept from now on)."""
+        values = self._values.get(index)
+        if values is None:
+            if len(self._values) >= self.KEEP:  # forget the oldest column but Name
+                del self._values[next(c for c in self._values if c != 0)]
+            values = self._values[index] = {v: row.sort[index] for v, row in self.items()}
+        return values
 
 
 class _Styles(NamedTuple):
@@ -241,7 +310,7 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._monotonic = monotonic
         self._highlight_seconds = highlight_seconds
         self._now = clock()
-        self._rows: dict[str, Row] = {}  # built rows (see _unbuilt)
+        self._rows = _RowMap()  # built rows (see _unbuilt)
         self._keys: dict[str, SortKey] = {}  # every VM shown; one total order: bisect works
         # VMs placed by name whose row is not (re)built yet -> the VM as it was placed
         self._unbuilt: dict[str, VM] = {}
@@ -383,10 +452,14 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         self.flush()
         if column != 0:
             self._build_all()
+        previous = (self._sort_column, self._sort_reverse)
         self._sort_column = column
         self._sort_reverse = reverse
-        self._rekey()
-        self._reorder(follow=True)
+        if self._unbuilt or self._staged or len(self._rows) != len(self._keys):
+            self._rekey()  # rows placed by name are keyed from their VM
+            self._reorder(follow=True)
+        else:
+            self._resort(previous)
 
     def cycle_sort(self) -> None:
         """Sort by the next column, ascending."""
@@ -400,8 +473,9 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         self.flush()
         if new is not None:
             self._build_all()
+        narrow = new is not None and narrows(self._filter, new)
         self._filter = new
-        self._reorder(follow=True)
+        self._refilter(narrow)
 
     # -- actions ---------------------------------------------------------------------------
     def action_cursor_up(self) -> None:
@@ -813,11 +887,66 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
                 keys[vm_id] = sort_key(rows[vm_id], column, reverse)
         self._keys = keys
 
+    def _resort(self, previous: tuple[int, bool]) -> None:
+        """A new sort with every row built (``previous``: the sort before it).
+
+        The keys are made when first read (``_LazyKeys``: bisect reads a few dozen;
+        building 45,000 tuples took longer than the sort), and the order comes from
+        stable sorts of plain values: by name (with ties by id, only if two names are
+        the same; no sort at all when the table was sorted by name), then by the
+        column's value — the order the ``(value, name, id)`` keys give.
+        """
+        before = self._window()
+        rows = self._rows
+        column, reverse = self._sort_column, self._sort_reverse
+        self._keys = _LazyKeys(rows, lambda vm_id: sort_key(self._rows[vm_id], column, reverse))
+        by_name = self._order if previous == (0, False) else self._name_order()
+        if column == 0 and not reverse:
+            order = list(by_name)  # a copy: _order changes in place
+        else:  # stable, also reversed: ties keep their order by name
+            order = sorted(by_name, key=rows.column(column).__getitem__, reverse=reverse)
+        self._order = order
+        flt = self._filter
+        self._visible = order if flt is None else matching(order, rows, flt, self._now)
+        self._settle(before, follow=True, changed=None)
+
+    def _name_order(self) -> list[str]:
+        """Every row by name, then id (kept until a row comes, goes or is renamed)."""
+        rows = self._rows
+        if rows.name_order is None:
+            name_of = rows.column(0)
+            if len(set(name_of.values())) == len(name_of):
+                rows.name_order = sorted(rows, key=name_of.__getitem__)
+            else:  # same names: by id
+                rows.name_order = sorted(sorted(rows), key=name_of.__getitem__)
+        return rows.name_order
+
+    def _refilter(self, narrow: bool) -> None:
+        """A new filter, the same order: match again, only among the rows the previous
+        filter left when the new one ``narrow``s it (``vm_rows.narrows``)."""
+        if self._staged:  # keyed, not in the order yet: a full reorder places them
+            self._reorder(follow=True)
+            return
+        before = self._window()
+        flt = self._filter
+        if flt is None:
+            self._visible = self._order
+        else:
+            base = self._visible if narrow else self._order
+            self._visible = matching(base, self._rows, flt, self._now)
+        self._settle(before, follow=True, changed=None)
+
     def _reorder(self, *, follow: bool, changed: Collection[str] | None = None) -> None:
         """Sort and filter every row again (new sort, new filter, big batches)."""
         before = self._window()
         self._staged.clear()  # every key is ordered below
-        self._order = sorted(self._keys, key=self._keys.__getitem__)
+        keys = self._keys
+        order = [vm_id for vm_id in self._order if vm_id in keys]  # mostly sorted already:
+        if len(order) != len(keys):  # a merge of runs, not a sort from scratch
+            known = set(order)
+            order += [vm_id for vm_id in keys if vm_id not in known]
+        order.sort(key=keys.__getitem__)
+        self._order = order
         flt = self._filter
         self._visible = self._order if flt is None else matching(
             self._order, self._rows, flt, self._now

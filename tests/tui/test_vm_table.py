@@ -36,7 +36,7 @@ from ventana.state.model import (
     TaskState,
 )
 from ventana.state.store import Store, ref
-from ventana.tui.vm_rows import build_row, column_index, compile_filter
+from ventana.tui.vm_rows import COLUMN_KEYS, build_row, column_index, compile_filter, narrows
 from ventana.tui.vm_table import VmTable
 
 SIZE = (170, 14)
@@ -433,6 +433,71 @@ async def test_counts_are_posted_when_rows_come_and_go() -> None:
         table.flush()
         await pilot.pause()
         assert app.counts[-1] == (1, 4)
+
+
+async def test_sorts_and_filters_typed_key_by_key_in_any_succession_match_a_full_sort() -> None:
+    """A sort or a filter is answered from what the table keeps (the previous order, the rows
+    the previous filter left while a word grows): every succession, with live changes and VMs
+    of the same name between them, shows what sorting and filtering everything again shows."""
+    rng = random.Random(16)
+    store = many_vms(300)
+    store.apply_many([Upsert(dataclasses.replace(vm, name="twin"))  # ties: by id
+                      for vm in list(store.vms())[::37]])
+    app = Host(store)
+    words = ("vm-00", "VM-1", "twin", "node-0", "csv-01 vm-2", "ram>=8gb", "power:running",
+             "ckpt>1 vm", "")
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        for step in range(30):
+            column, reverse = rng.choice(COLUMN_KEYS), rng.random() < 0.5
+            table.sort_by(column, reverse)
+            assert table.visible_ids == expected_order(store, column, reverse, table.filter_text)
+            word = rng.choice(words)
+            for end in [*range(len(word) + 1), *range(len(word), -1, -1)][rng.randint(0, 3):]:
+                table.set_filter(word[:end])  # typed, then erased
+                assert table.visible_ids == expected_order(store, column, reverse, word[:end])
+            table.set_filter(word)
+            vm, gone = rng.sample(list(store.vms()), 2)
+            change_vm(store, vm.id, power=rng.choice(list(PowerState)), name=f"vm-{step:03d}")
+            if step % 3 == 0:  # rows come and go between sorts (other steps: renames only)
+                store.apply_many([Remove(Kind.VM, gone.id),
+                                  Upsert(dataclasses.replace(gone, id=f"new-{step}"))])
+            table.flush()
+            assert table.visible_ids == expected_order(store, column, reverse, word)
+
+
+def test_a_filter_narrows_only_when_every_row_it_keeps_matched_before() -> None:
+    def narrows_(old: str, new: str) -> bool:
+        after = compile_filter(new)
+        assert after is not None
+        return narrows(compile_filter(old), after)
+
+    assert narrows_("", "vm")
+    assert narrows_("vm", "vm-0") and narrows_("VM", "vm-01") and narrows_("a", "a b")
+    assert narrows_("a b", "a bc") and narrows_("a", "a ") and narrows_("-0", "vm-01")
+    assert not narrows_("vm-0", "vm") and not narrows_("a b", "a") and not narrows_("a", "b")
+    assert not narrows_("a b", "ab b")
+    assert not narrows_("power:of", "power:off")  # a whole word, not a substring
+    assert not narrows_("ckpt>3", "ckpt>30")  # 30 is not narrower than 3 (> 3)
+    assert not narrows_("vm", "ckpt>3")  # what a plain word grew into is no longer one
+    assert not narrows_("oldest>30d", "oldest>30d x")  # matched at another time
+
+
+async def test_a_reverse_sort_by_version_orders_versions_descending() -> None:
+    store = small_cluster()
+    change_vm(store, "a", config_version="8.0")
+    change_vm(store, "b", config_version="10.0")
+    change_vm(store, "c", config_version="9.0")
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        table.sort_by("ver", reverse=True)  # version_key is a tuple: it used to raise here
+        assert table.visible_ids == ["b", "c", "a"]
+        change_vm(store, "a", config_version="11.0")
+        table.flush()
+        assert table.visible_ids == ["a", "b", "c"]
 
 
 def test_filter_language_falls_back_to_substrings() -> None:
