@@ -69,11 +69,11 @@ FINDINGS_SLICE_S = 0.008
 # The first inventory is applied in slices of about INVENTORY_SLICE_S of work (at
 # most INVENTORY_SLICE events), so a key or a frame never waits for the whole of it.
 INVENTORY_SLICE = 500
-INVENTORY_SLICE_S = 0.004
+INVENTORY_SLICE_S = 0.006
 # Between two slices the loop turns this many times: a key takes about ten turns
 # from the terminal to the widget that handles it (driver, app, screen, widget,
 # bindings: each a message queue), so it waits for one slice, not for ten.
-LOOP_TURNS = 12
+LOOP_TURNS = 10
 # A live batch bigger than this (a burst: the rest of an inventory that outlasted
 # INITIAL_LOAD_MAX_S, a reconnect's full re-read) is applied in slices too.
 BURST_EVENTS = 4 * INVENTORY_SLICE
