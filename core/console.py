@@ -66,9 +66,14 @@ TEAM_LOG_DOWN = "TEAM LOG UNREACHABLE — ACTIONS REFUSED"
 # every other slice's time (about 0.5 s of work at 10,000 VMs): a key or a redraw
 # never waits longer for them.
 FINDINGS_SLICE_S = 0.008
-# The first inventory is applied this many events per turn of the event loop, so
-# a key or a frame never waits for the whole of it (about 5 ms of work each).
+# The first inventory is applied in slices of about INVENTORY_SLICE_S of work (at
+# most INVENTORY_SLICE events), so a key or a frame never waits for the whole of it.
 INVENTORY_SLICE = 500
+INVENTORY_SLICE_S = 0.006
+# Between two slices the loop turns this many times: a key takes about ten turns
+# from the terminal to the widget that handles it (driver, app, screen, widget,
+# bindings: each a message queue), so it waits for one slice, not for ten.
+LOOP_TURNS = 10
 # A live batch bigger than this (a burst: the rest of an inventory that outlasted
 # INITIAL_LOAD_MAX_S, a reconnect's full re-read) is applied in slices too.
 BURST_EVENTS = 4 * INVENTORY_SLICE
@@ -496,9 +501,18 @@ class Console:
         self._pause_gc()
         try:
             with self.findings.deferred():  # computed after, in slices (flush)
-                for start in range(0, len(batch), INVENTORY_SLICE):
-                    self._apply(batch[start : start + INVENTORY_SLICE])
-                    await asyncio.sleep(0)
+                start, size = 0, INVENTORY_SLICE
+                while start < len(batch):
+                    began = time.perf_counter()
+                    self._apply(batch[start : start + size])
+                    start += size
+                    # The next slice aims at INVENTORY_SLICE_S of work (a VM costs the
+                    # front end more than a disk does): at most twice this one's size.
+                    took = max(time.perf_counter() - began, 1e-5)
+                    size = max(16, min(INVENTORY_SLICE, 2 * size,
+                                       int(size * INVENTORY_SLICE_S / took)))
+                    for _ in range(LOOP_TURNS):  # a key's way to its widget: see LOOP_TURNS
+                        await asyncio.sleep(0)
         finally:
             gc.freeze()
             self._resume_gc()

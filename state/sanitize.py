@@ -59,6 +59,8 @@ def _text_fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
             strs.append(f.name)
         elif typing.get_origin(hint) is tuple and str in args:
             tuples.append(f.name)
+        elif any(typing.get_origin(a) is tuple and str in typing.get_args(a) for a in args):
+            tuples.append(f.name)  # tuple[str, ...] | None (e.g. VM.independent_disks)
     return tuple(strs), tuple(tuples)
 
 
@@ -84,7 +86,7 @@ def clean_entity(entity: T) -> T:
     try:
         text = "".join(filter(None, _str_getter(cls)(entity)))
         for name in tuples:
-            text += "".join(getattr(entity, name))
+            text += "".join(getattr(entity, name) or ())  # None: not reported
         if _safe(text):
             return entity
     except TypeError:
@@ -96,7 +98,7 @@ def clean_entity(entity: T) -> T:
             changes[name] = clean(value)
     for name in tuples:
         value = getattr(entity, name)
-        if any(not (isinstance(v, str) and _safe(v)) for v in value):
+        if value and any(not (isinstance(v, str) and _safe(v)) for v in value):
             changes[name] = tuple(clean(v) for v in value)
     return dataclasses.replace(entity, **changes) if changes else entity  # type: ignore[type-var]
 

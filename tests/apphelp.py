@@ -38,7 +38,9 @@ async def wait_for(pilot: Pilot, condition: Callable[[], bool], timeout: float =
 async def populated(pilot: Pilot, vms: int = 74) -> None:
     app = pilot.app
     assert isinstance(app, VentanaApp)
-    await wait_for(pilot, lambda: app.store.count(Kind.VM) >= vms and not app._pending)
+    core = app.core  # the inventory is applied in slices: wait for the last one
+    await wait_for(pilot, lambda: app.store.count(Kind.VM) >= vms and not app._pending
+                   and not core.loading and not core.inventory_applying)
     await pilot.pause(0.2)
 
 

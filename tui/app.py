@@ -29,7 +29,7 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.widgets import Input
 
 from ventana.backends.actions import ActionRunner
 from ventana.backends.base import Backend
@@ -48,6 +48,7 @@ from . import commands, compact
 from .checkpoints_pane import CheckpointsPane
 from .confirm_screen import ConfirmScreen
 from .findings_screen import FindingsScreen
+from .footer import StableFooter
 from .header import ReadOnlyBanner, StatusHeader
 from .help_screen import HelpScreen
 from .log_screen import LogScreen, RecordedActionsScreen
@@ -92,6 +93,10 @@ class VentanaApp(compact.SafetyMixin, App[None]):
             findings_config=findings_config, listener=self,
         )
         self._selected_vm: str | None = None
+        # Nodes, LUNs, tasks changed while an inventory is applied: their panes' next sync.
+        self._held_nodes: set[str] = set()
+        self._held_luns: set[str] = set()
+        self._held_tasks = False
         self.set_reactive(VentanaApp.read_only, backend.read_only)
 
     # -- the core's parts, as screens and tests know them --------------------------
@@ -171,7 +176,9 @@ class VentanaApp(compact.SafetyMixin, App[None]):
     def inventory_applied(self) -> None:
         """The first inventory is in the store: the VM table places it, once."""
         with contextlib.suppress(NoMatches):
+            self._sync_panes(set(), set(), False)
             self.query_one(VmTable).release()
+            self._sync_counts()
 
     # -- layout ---------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -201,7 +208,7 @@ class VentanaApp(compact.SafetyMixin, App[None]):
             "oldest>30d, diff>100GB (Esc clears)",
             id="filter",
         )
-        yield Footer()
+        yield StableFooter()
 
     def on_mount(self) -> None:
         self.header(**self.core.header_facts())
@@ -248,17 +255,34 @@ class VentanaApp(compact.SafetyMixin, App[None]):
             if self.core.inventory_applying:  # staged slice by slice, placed once at the end
                 vms.hold()
             vms.flush()  # one buffering stage (the app's), not two: lower latency
-            if nodes:
-                self.query_one(NodesPane).sync(store, nodes)
-            if luns:
-                self.query_one(LunsPane).sync(store, luns)
-            if tasks:
-                self.query_one(TaskStrip).sync(store)
+            if self.core.inventory_applying and (nodes or luns or tasks):
+                # A pane's every update redraws all its cells (20 ms for the LUNs): while
+                # an inventory is applied, it is filled once its rows stop coming.
+                self._held_nodes.update(nodes)
+                self._held_luns.update(luns)
+                self._held_tasks = self._held_tasks or tasks
+            else:
+                self._sync_panes(nodes, luns, tasks)
             if selected_touched:
                 self.query_one(CheckpointsPane).show_vm(store, sel)
             if delta.links_changed:
                 self._sync_link()
-            self._sync_counts()
+            if not self.core.inventory_applying:  # counted once when all of it is in
+                self._sync_counts()
+
+    def _sync_panes(self, nodes: set[str], luns: set[str], tasks: bool) -> None:
+        """Nodes, LUNs and tasks into their panes, with what was held (``_route``)."""
+        if self._held_nodes or self._held_luns or self._held_tasks:
+            nodes, luns = nodes | self._held_nodes, luns | self._held_luns
+            tasks = tasks or self._held_tasks
+            self._held_nodes, self._held_luns, self._held_tasks = set(), set(), False
+        store = self.store
+        if nodes:
+            self.query_one(NodesPane).sync(store, nodes)
+        if luns:
+            self.query_one(LunsPane).sync(store, luns)
+        if tasks:
+            self.query_one(TaskStrip).sync(store)
 
     def _sync_link(self) -> None:
         header = self.query_one(StatusHeader)

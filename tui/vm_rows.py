@@ -215,7 +215,7 @@ def wide_widths(store: Store, vms: Iterable[VM]) -> tuple[int, ...]:
     repls: set[tuple[ReplicationState, Health]] = set()
     versions: set[str] = set()
     tasks: set[str] = set()
-    task_index = store.running_tasks_for
+    task_index = store.running_tasks_for if store.count(Kind.TASK) else None
     for vm in vms:
         names.add(vm.name)
         powers.add(vm.power.value)
@@ -223,7 +223,7 @@ def wide_widths(store: Store, vms: Iterable[VM]) -> tuple[int, ...]:
         lun_ids.add(vm.lun_id)
         repls.add((vm.replication, vm.replication_health))
         versions.add(vm.config_version)
-        running = task_index(_VM_REF_PREFIX + vm.id)
+        running = task_index(_VM_REF_PREFIX + vm.id) if task_index is not None else None
         tasks.add(_task(running)[0] if running else EMPTY)
     if not names:
         return (0,) * len(WIDE)

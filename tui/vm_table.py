@@ -386,8 +386,12 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
             kind = change.kind
             if kind is Kind.VM:
                 dirty.add(change.id)
-            elif kind is Kind.CHECKPOINT or kind is Kind.DISK:
-                self._mark_parent(change, "vm_id")
+            elif kind is Kind.CHECKPOINT or kind is Kind.DISK:  # their VM (inlined: many)
+                old, new = change.old, change.new
+                if old is not None:
+                    dirty.add(old.vm_id)  # type: ignore[union-attr]
+                if new is not None:
+                    dirty.add(new.vm_id)  # type: ignore[union-attr]
             elif kind is Kind.TASK:
                 self._mark_task(change)
             elif kind is Kind.NODE or kind is Kind.LUN:
@@ -585,11 +589,6 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         self.refresh()
 
     # -- dirty tracking (O(changed)) -------------------------------------------------------
-    def _mark_parent(self, change: Change, field: str) -> None:
-        for entity in (change.old, change.new):
-            if entity is not None:
-                self._dirty.add(getattr(entity, field))
-
     def _mark_task(self, change: Change) -> None:
         for task in (change.old, change.new):
             if task is not None:

@@ -16,6 +16,8 @@ simulated time without waiting.
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -30,13 +32,16 @@ from .clock import Scheduler, SimClock
 from .config import SimConfig
 from .context import SimContext
 from .executor import SimExecutor
-from .inventory import build_inventory
+from .inventory import building_inventory
 from .merge import MergeJob
 from .rebuild import SimRebuild
+from .steps import Steps, finish
 from .world import World
 
 Sleep = Callable[[float], Awaitable[object]]
-YIELD_EVERY = 2000  # let the loop breathe while a big inventory streams out
+WORLD_SLICE_S = 0.008  # the world is built this much at a time (``_build_world``) ...
+STREAM_SLICE_S = 0.008  # ... and the inventory streamed out (with its consumer's work) ...
+LOOP_TURNS = 10  # ... and the loop turns this often between slices
 MAX_LAG_S = 2.0  # a consumer this far behind real time is not flooded with the backlog
 
 
@@ -94,12 +99,53 @@ class SimBackend(Backend):
     def world(self) -> World:
         """The simulated host's state (built on first use)."""
         if self._world is None:
-            inventory = build_inventory(self.config, self.epoch)
-            keep = self.config.task_retention_s
-            retention = None if keep is None else keep * self.config.speed
-            self._world = World(inventory, self.sched, retention)
-            self._churn = Churn(self._world, self.config)
+            was_enabled = gc.isenabled()
+            gc.disable()  # ~100,000 acyclic objects at 10,000 VMs: see build_inventory
+            try:
+                finish(self._building_world())
+            finally:
+                if was_enabled:
+                    gc.enable()
+        assert self._world is not None
         return self._world
+
+    def _building_world(self) -> Steps[World]:
+        """The world (and its churn) as a stepped build (``steps``)."""
+        inventory = yield from building_inventory(self.config, self.epoch)
+        keep = self.config.task_retention_s
+        retention = None if keep is None else keep * self.config.speed
+        world = yield from World.building(inventory, self.sched, retention)
+        if self._world is None:  # not built meanwhile by a plain ``world`` read
+            self._world = world
+            self._churn = Churn(world, self.config)
+        return self._world
+
+    async def _build_world(self) -> World:
+        """The world built on the loop, ``WORLD_SLICE_S`` of work at a time.
+
+        Between slices the loop turns ``LOOP_TURNS`` times: a key takes about ten
+        turns from the terminal to the widget that handles it, so it never waits
+        for more than one slice. (In a worker thread the build held the GIL against
+        the UI loop for 5 ms at a time, once for each of those turns.)
+        """
+        steps = self._building_world()
+        while True:
+            if self._world is not None:  # a plain ``world`` read built it meanwhile
+                steps.close()
+                return self._world
+            was_enabled = gc.isenabled()
+            gc.disable()  # see ``world``
+            try:
+                deadline = time.perf_counter() + WORLD_SLICE_S
+                while time.perf_counter() < deadline:
+                    next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            finally:
+                if was_enabled:
+                    gc.enable()
+            for _ in range(LOOP_TURNS):
+                await asyncio.sleep(0)
 
     def now(self) -> datetime:
         """The simulated clock (it runs ``speed`` times faster than the wall)."""
@@ -145,13 +191,16 @@ class SimBackend(Backend):
             return
         cluster = self.config.cluster_name
         yield ConnectionChanged(source, LinkState.CONNECTING, f"connecting to {cluster}")
-        # Building a big world takes a while: in a thread, so the UI loop stays responsive.
-        world = self._world or await asyncio.to_thread(lambda: self.world)
+        # Building a big world takes a while: in slices, so the UI loop stays responsive.
+        world = self._world or await self._build_world()
+        deadline = time.perf_counter() + STREAM_SLICE_S
         for n, entity in enumerate(world.snapshot(), start=1):
-            self._client_keys.add((entity.KIND, entity.id))
             yield Upsert(entity)
-            if n % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+            if n % 64 == 0 and time.perf_counter() >= deadline:  # as _build_world
+                for _ in range(LOOP_TURNS):
+                    await asyncio.sleep(0)
+                deadline = time.perf_counter() + STREAM_SLICE_S
+        self._client_keys.update(world.keys())  # what the client has now: all of it
         self._connected = True
         self._anchor()
         yield ConnectionChanged(source, LinkState.CONNECTED)

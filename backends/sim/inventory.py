@@ -42,8 +42,18 @@ from ventana.state.model import (
 
 from . import lab
 from .config import SimConfig
-from .specs import LAB_SHAPED_VMS, VmProfile, VmSpec, choose_replicas, draw_specs, fit, gb, guid
+from .specs import (
+    LAB_SHAPED_VMS,
+    VmProfile,
+    VmSpec,
+    choose_replicas,
+    drawing_specs,
+    fit,
+    gb,
+    guid,
+)
 from .specs import shrink as shrink_specs
+from .steps import STEP_ITEMS, Steps, finish
 
 #: The simulated hosts' default VM configuration version (what Update-VMVersion raises a VM
 #: to): the campaign's Windows Server 2019 hosts, whose newest supported version is 9.0
@@ -202,6 +212,7 @@ class _Assembler:
         self.cluster = cluster
         self.volumes = volumes
         self.inv = Inventory(Cluster(cluster, cluster, Platform.HYPERV), [], [])
+        self.drafts: list[_Draft] = []  # one per VM, in order (inv.vms is built from them)
 
     def add_vm(self, spec: VmSpec) -> None:
         rng, inv = self.rng, self.inv
@@ -250,24 +261,37 @@ class _Assembler:
             inv.checkpoint_files[cp_id] = files
             chain.append(cp_id)
         inv.chains[vm_id] = chain
-        inv.vms.append(self._vm(spec, vm_id, tuple(base_ids)))
+        self.drafts.append(_Draft(vm_id, spec, tuple(base_ids), self._integration(spec)))
         inv.profiles[vm_id] = spec.profile
         if spec.saved():
             inv.saved_bytes[vm_id] = spec.saved()
 
-    def _vm(self, spec: VmSpec, vm_id: str, disk_ids: tuple[str, ...]) -> VM:
+    def _integration(self, spec: VmSpec) -> IntegrationState:
         if spec.power is PowerState.RUNNING:
             degraded = spec.config_version == "5.0" and self.rng.random() < 0.25
-            integration = IntegrationState.DEGRADED if degraded else IntegrationState.OK
-        elif spec.power is PowerState.PAUSED_CRITICAL:
-            integration = IntegrationState.UNKNOWN
-        else:
-            integration = IntegrationState.OFF
+            return IntegrationState.DEGRADED if degraded else IntegrationState.OK
+        if spec.power is PowerState.PAUSED_CRITICAL:
+            return IntegrationState.UNKNOWN
+        return IntegrationState.OFF
+
+
+@dataclass(slots=True)
+class _Draft:
+    """A VM whose guest facts are not drawn yet (``_guest_facts`` builds the VM, once)."""
+
+    id: str
+    spec: VmSpec
+    disk_ids: tuple[str, ...]
+    integration: IntegrationState
+
+    def vm(self, cluster: str, vss_capable: bool | None, dynamic_disks: bool | None,
+           storage_paths: tuple[str, ...]) -> VM:
+        spec = self.spec
         replicating = bool(spec.replica_target)
         return VM(
-            id=vm_id,
+            id=self.id,
             name=spec.name,
-            cluster_id=self.cluster,
+            cluster_id=cluster,
             node_id=spec.node_id,
             power=spec.power,
             generation=spec.generation,
@@ -279,9 +303,12 @@ class _Assembler:
             ),
             replication_health=spec.replication_health,
             replica_target=spec.replica_target,
-            integration=integration,
-            disk_ids=disk_ids,
+            integration=self.integration,
+            disk_ids=self.disk_ids,
             lun_id=spec.lun_id,
+            vss_capable=vss_capable,
+            dynamic_disks=dynamic_disks,
+            storage_paths=storage_paths,
         )
 
 
@@ -295,27 +322,33 @@ def build_inventory(config: SimConfig, epoch: datetime | None = None) -> Invento
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build(config, epoch or config.start_time())
+        return finish(building_inventory(config, epoch))
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _build(config: SimConfig, epoch: datetime) -> Inventory:
+def building_inventory(config: SimConfig, epoch: datetime | None = None) -> Steps[Inventory]:
+    """``build_inventory`` as a stepped build (``steps``): the same inventory, with a pause
+    every ``STEP_ITEMS`` VMs. The caller decides about the garbage collector."""
+    epoch = epoch or config.start_time()
     rng = random.Random(config.seed)
     cluster = config.cluster_name
 
     slots = _lab_slots(cluster)
-    specs = draw_specs(config, rng, epoch)
+    specs = yield from drawing_specs(config, rng, epoch)
     _place_lab(rng, specs[:LAB_SHAPED_VMS], slots)
     choose_replicas(rng, specs, config.vms)
+    yield
     _place_scale(specs[LAB_SHAPED_VMS:], slots, cluster)
+    yield
 
     # Nodes: balanced and shuffled; cluster disks round-robin, the witness on node 1.
     node_list = _node_list(config)
     node_ids = [name for name, _, _ in node_list]
     seats = [node_ids[i % len(node_ids)] for i in range(len(specs))]
     rng.shuffle(seats)
+    yield
     for spec, node_id in zip(specs, seats, strict=True):
         spec.node_id = node_id
     offset = rng.randrange(len(node_ids))
@@ -331,12 +364,14 @@ def _build(config: SimConfig, epoch: datetime) -> Inventory:
         for s in slots
     ]
     inv.orphaned_bytes = {s.lun_id: max(0, s.remaining) for s in slots}
-    for spec in specs:
+    for n, spec in enumerate(specs, start=1):
         asm.add_vm(spec)
+        if n % STEP_ITEMS == 0:
+            yield
 
     counts = dict.fromkeys(node_ids, 0)
-    for vm in inv.vms:
-        counts[vm.node_id] += 1
+    for spec in specs:
+        counts[spec.node_id] += 1
     owned: dict[str, list[str]] = {n: [] for n in node_ids}
     for lun in inv.luns:
         if lun.role is LunRole.CSV:  # the witness disk is owned, but it is no CSV
@@ -347,12 +382,14 @@ def _build(config: SimConfig, epoch: datetime) -> Inventory:
         for name, version, state in node_list
     ]
     inv.cluster = Cluster(cluster, cluster, Platform.HYPERV, nodes=len(node_ids))
-    _guest_facts(config, inv, {s.lun_id: s.volume for s in slots})
+    yield from _guest_facts(config, inv, asm.drafts, {s.lun_id: s.volume for s in slots})
     return inv
 
 
-def _guest_facts(config: SimConfig, inv: Inventory, volumes: dict[str, str]) -> None:
-    """Backup-eligibility facts, storage paths, closed agent ports, broken chains.
+def _guest_facts(config: SimConfig, inv: Inventory, drafts: list[_Draft],
+                 volumes: dict[str, str]) -> Steps[None]:
+    """Backup-eligibility facts, storage paths, closed agent ports, broken chains; the VMs
+    (``inv.vms``) are built here, with them.
 
     Drawn from a generator of their own (seeded from the seed) after
     everything else, so adding them changed no other figure of the lab.
@@ -362,28 +399,31 @@ def _guest_facts(config: SimConfig, inv: Inventory, volumes: dict[str, str]) -> 
     differencing disk whose parent is not where the chain says.
     """
     rng = random.Random(f"ventana-sim-guest-facts:{config.seed}")
-    lab_part = sorted(inv.vms[:LAB_SHAPED_VMS], key=lambda v: v.name)
-    running = [v for v in lab_part if v.power is PowerState.RUNNING]
-    windows = [v for v in running if not v.name.startswith(("fw-", "lnx-"))]
-    no_vss = {v.id for v in rng.sample(windows, min(2, len(windows)))}
-    dyn_pool = [v for v in windows if v.id not in no_vss]
-    dynamic = {v.id for v in rng.sample(dyn_pool, min(2, len(dyn_pool)))}
-    smb_pool = [v for v in lab_part if not v.replica_target and v.id not in no_vss | dynamic]
-    smb = {v.id for v in rng.sample(smb_pool, min(2, len(smb_pool)))}
+    running_ = PowerState.RUNNING
+    lab_part = sorted(drafts[:LAB_SHAPED_VMS], key=lambda d: d.spec.name)
+    running = [d for d in lab_part if d.spec.power is running_]
+    windows = [d for d in running if not d.spec.name.startswith(("fw-", "lnx-"))]
+    no_vss = {d.id for d in rng.sample(windows, min(2, len(windows)))}
+    dyn_pool = [d for d in windows if d.id not in no_vss]
+    dynamic = {d.id for d in rng.sample(dyn_pool, min(2, len(dyn_pool)))}
+    smb_pool = [d for d in lab_part if not d.spec.replica_target and d.id not in no_vss | dynamic]
+    smb = {d.id for d in rng.sample(smb_pool, min(2, len(smb_pool)))}
     chain_pool = [
-        v for v in lab_part
-        if inv.chains.get(v.id) and not v.replica_target and inv.profiles[v.id].lab is False
-        and v.id not in smb
+        d for d in lab_part
+        if inv.chains.get(d.id) and not d.spec.replica_target and inv.profiles[d.id].lab is False
+        and d.id not in smb
     ]
-    broken = {v.id for v in rng.sample(chain_pool, min(2, len(chain_pool)))}
-    for v in inv.vms[LAB_SHAPED_VMS:]:  # scale runs: about 1 % of each case
+    broken = {d.id for d in rng.sample(chain_pool, min(2, len(chain_pool)))}
+    yield
+    for d in drafts[LAB_SHAPED_VMS:]:  # scale runs: about 1 % of each case
         r = rng.random()
-        if v.power is PowerState.RUNNING and r < 0.01:
-            no_vss.add(v.id)
-        elif v.power is PowerState.RUNNING and r < 0.02:
-            dynamic.add(v.id)
-        elif r < 0.03 and not v.replica_target:
-            smb.add(v.id)
+        if d.spec.power is running_ and r < 0.01:
+            no_vss.add(d.id)
+        elif d.spec.power is running_ and r < 0.02:
+            dynamic.add(d.id)
+        elif r < 0.03 and not d.spec.replica_target:
+            smb.add(d.id)
+    yield
     firsts = _first_avhdx(inv, broken)  # once, not once per disk (0.1 s at 10,000 VMs)
     disks = {d.id: d for d in inv.disks if d.id in firsts}
     for i, disk in enumerate(inv.disks):
@@ -393,22 +433,27 @@ def _guest_facts(config: SimConfig, inv: Inventory, volumes: dict[str, str]) -> 
             wrong = f"D:\\Hyper-V\\Virtual Hard Disks\\{stem}"
             inv.disks[i] = dataclasses.replace(disk, parent_path=wrong)
     inv.broken_chains = broken
-    for i, vm in enumerate(inv.vms):
-        running_vm = vm.power is PowerState.RUNNING
-        appliance = vm.name.startswith("fw-")  # Linux guests freeze via the VSS daemon
-        if vm.id in smb:
+    cluster = inv.cluster.id
+    vms = inv.vms
+    for n, d in enumerate(drafts, start=1):
+        name = d.spec.name
+        running_vm = d.spec.power is running_
+        appliance = name.startswith("fw-")  # Linux guests freeze via the VSS daemon
+        if d.id in smb:
             paths: tuple[str, ...] = (
-                f"\\\\FS-SMB01\\VMs\\{vm.name}",
-                f"\\\\FS-SMB02\\VMData\\{vm.name}\\Virtual Hard Disks",
+                f"\\\\FS-SMB01\\VMs\\{name}",
+                f"\\\\FS-SMB02\\VMData\\{name}\\Virtual Hard Disks",
             )
         else:
-            paths = (f"C:\\ClusterStorage\\{volumes.get(vm.lun_id, '')}\\{vm.name}",)
-        inv.vms[i] = dataclasses.replace(
-            vm,
-            vss_capable=(not appliance and vm.id not in no_vss) if running_vm else None,
-            dynamic_disks=(vm.id in dynamic) if running_vm else None,
+            paths = (f"C:\\ClusterStorage\\{volumes.get(d.spec.lun_id, '')}\\{name}",)
+        vms.append(d.vm(
+            cluster,
+            vss_capable=(not appliance and d.id not in no_vss) if running_vm else None,
+            dynamic_disks=(d.id in dynamic) if running_vm else None,
             storage_paths=paths,
-        )
+        ))
+        if n % STEP_ITEMS == 0:
+            yield
     ports = lab.BACKUP_AGENT_PORTS
     for i, node in enumerate(inv.nodes):
         if node.backup_agent_state is ServiceState.STOPPED:

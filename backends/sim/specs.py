@@ -20,6 +20,7 @@ from ventana.state.model import GB, MB, CheckpointKind, Health, PowerState
 
 from . import lab
 from .config import SimConfig
+from .steps import STEP_ITEMS, Steps, finish
 
 LAB_SHAPED_VMS = len(lab.LAB_VMS) + len(lab.OTHER_VM_NAMES)  # 74
 HOSTILE_SLOTS = ("dev-01", "dev-02", "test-01", "web-03", "ci-01")
@@ -34,7 +35,7 @@ _PROVISIONED_GB = (
 
 def guid(rng: random.Random) -> str:
     """A GUID-shaped id from the seeded generator (uuid.UUID is 4x slower)."""
-    h = rng.getrandbits(128).to_bytes(16, "big").hex()
+    h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}"
 
 
@@ -375,6 +376,12 @@ def choose_replicas(rng: random.Random, specs: list[VmSpec], total_vms: int) -> 
 
 def draw_specs(config: SimConfig, rng: random.Random, epoch: datetime) -> list[VmSpec]:
     """Every VM of the cluster, unplaced (no LUN, no node yet)."""
+    return finish(drawing_specs(config, rng, epoch))
+
+
+def drawing_specs(config: SimConfig, rng: random.Random,
+                  epoch: datetime) -> Steps[list[VmSpec]]:
+    """``draw_specs`` as a stepped build (``steps``): a pause every ``STEP_ITEMS`` VMs."""
     specs: list[VmSpec] = []
     for name, lab_vm in vm_names(config):
         if lab_vm is not None:
@@ -384,6 +391,8 @@ def draw_specs(config: SimConfig, rng: random.Random, epoch: datetime) -> list[V
         else:
             spec = _scale_spec(rng, name, epoch)
         specs.append(spec)
+        if len(specs) % STEP_ITEMS == 0:
+            yield
     if config.hostile_names:
         hostile = iter(lab.HOSTILE_NAMES)
         for spec in specs:

@@ -40,10 +40,23 @@ from ventana.state.model import (
 from ..tasks import ended_task, running_task
 from .clock import Scheduler, Timer
 from .inventory import Inventory, VmProfile
+from .steps import Steps, finish
 
 
 class World:
     def __init__(self, inv: Inventory, sched: Scheduler, retention_s: float | None) -> None:
+        finish(self._take(inv, sched, retention_s))
+
+    @classmethod
+    def building(cls, inv: Inventory, sched: Scheduler,
+                 retention_s: float | None) -> Steps[World]:
+        """``World(inv, sched, retention_s)`` as a stepped build (``steps``)."""
+        world = cls.__new__(cls)
+        yield from world._take(inv, sched, retention_s)  # noqa: SLF001 - its own class
+        return world
+
+    def _take(self, inv: Inventory, sched: Scheduler, retention_s: float | None) -> Steps[None]:
+        """Take the inventory's entities into this world's tables (a pause per table)."""
         self.sched = sched
         self.clock = sched.clock
         self.retention_s = retention_s  # simulated seconds a finished task stays (None: ever)
@@ -51,13 +64,19 @@ class World:
         self.nodes: dict[str, Node] = {n.id: n for n in inv.nodes}
         self.luns: dict[str, Lun] = {x.id: x for x in inv.luns}
         self.vms: dict[str, VM] = {v.id: v for v in inv.vms}
+        yield
         self.disks: dict[str, VirtualDisk] = {d.id: d for d in inv.disks}
+        yield
         self.checkpoints: dict[str, Checkpoint] = {c.id: c for c in inv.checkpoints}
         self.tasks: dict[str, Task] = {}
         self.findings: dict[str, Finding] = {}
+        yield
         self.chains: dict[str, list[str]] = {k: list(v) for k, v in inv.chains.items()}
+        yield
         self.files: dict[str, list[str]] = {k: list(v) for k, v in inv.checkpoint_files.items()}
+        yield
         self.file_owner: dict[str, str] = {f: cp for cp, fs in self.files.items() for f in fs}
+        yield
         # VMs whose first .avhdx points at a parent that is not there (a broken chain).
         self.broken_chains: set[str] = set(inv.broken_chains)
         self.profiles: dict[str, VmProfile] = inv.profiles

@@ -102,6 +102,21 @@ def test_store_sanitizes_every_text_field() -> None:
     assert "\\u202e" in vm.name and "\\x9b" in vm.name
 
 
+def test_optional_lists_of_names_are_sanitized_too() -> None:
+    """vSphere's disk, bus and device labels (``tuple[str, ...] | None``) are cluster
+    text like any name: escaped in the store; None (not reported) stays None."""
+    store = Store()
+    store.apply_many([
+        Upsert(VM("v1", "ok", "c", "n", independent_disks=("Hard disk 1\x1b[2J",),
+                  physical_rdms=("rdm\u202e",), passthrough_disks=None)),
+        Upsert(VM("v2", "ok", "c", "n", shared_buses=(), passthrough_devices=None)),
+    ])
+    v1, v2 = store.vm("v1"), store.vm("v2")
+    assert v1.independent_disks == ("Hard disk 1\\x1b[2J",)
+    assert v1.physical_rdms == ("rdm\\u202e",) and v1.passthrough_disks is None
+    assert v2.shared_buses == () and v2.passthrough_devices is None
+
+
 def test_one_hostile_field_is_found_wherever_it_is() -> None:
     """The whole-entity fast check sees a control character in any one text field: the
     last str field, a tuple of str, or a None/empty field next to it."""
