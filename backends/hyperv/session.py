@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import threading
 from collections.abc import Callable
@@ -164,6 +165,54 @@ def _release(ps: Any) -> None:
         ps.runspace_pool.pipelines.pop(ps.id, None)
 
 
+def _settle_environment(wsman: Any) -> None:
+    """Build the HTTP session now and stop requests re-reading the environment per request.
+
+    pypsrp reads the proxy and CA settings from the environment once, when it
+    builds its requests session (``WSMan._build_session``: ``merge_environment_settings``
+    for the endpoint, then ``session.proxies``/``verify``); with ``trust_env`` left on,
+    requests reads them again for every request (``getproxies_environment``,
+    ``proxy_bypass``, a ``stat`` of the CA bundle) — a tenth of the client's CPU at
+    64 nodes. The settings in effect stay exactly those pypsrp read.
+    """
+    transport = wsman.transport
+    session = transport.session
+    if session is None:
+        session = transport._build_session()  # noqa: SLF001 - pypsrp 0.9 has no public hook
+        transport.session = session
+    session.trust_env = False
+
+
+class _CheapCopyCommand:
+    """Mixed into pypsrp's ``Command`` of a pipeline we build (see :func:`_cheap_copies`)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        clone = copy.copy(self)
+        clone.args = list(self.args)  # type: ignore[attr-defined]
+        return clone
+
+
+_cheap_classes: dict[type, type] = {}
+
+
+def _cheap_copies(command: Any) -> None:
+    """Let pypsrp copy a pipeline's command cheaply when it packs the pipeline.
+
+    pypsrp 0.9.1 deep-copies every command twice per CreatePipeline message
+    (``complex_objects.Pipeline._get_statements``, for ``Cmds`` and ``ExtraCmds``),
+    with all its serialization metadata: half the client's CPU at 64 nodes. The
+    copy only has to be a distinct object in the message (its comment: lxml would
+    move an element appended to two parents; pypsrp packs with ElementTree from
+    these objects, which it reads, never changes): a shallow copy with its own
+    argument list packs to the same XML.
+    """
+    cls = type(command)
+    cheap = _cheap_classes.get(cls)
+    if cheap is None:
+        cheap = _cheap_classes[cls] = type(f"Cheap{cls.__name__}", (_CheapCopyCommand, cls), {})
+    command.__class__ = cheap
+
+
 def describe(exc: BaseException, where: str, password: str = "") -> SessionError:
     """Turn a pypsrp/requests exception into a safe :class:`SessionError`."""
     from pypsrp.exceptions import AuthenticationError, WinRMTransportError
@@ -255,6 +304,7 @@ class NodeSession:
         )
         if self.name.casefold() != self.host.casefold() and self._cert_validation is not False:
             self._check_certificate_as(wsman, self.name)
+        _settle_environment(wsman)
         pool = RunspacePool(wsman)
         try:
             pool.open()
@@ -420,8 +470,10 @@ class NodeSession:
                 self.sent.extend(cmdlet.commands)
                 if cmdlet.script:  # fixed text from commands.py: the enum-name projection
                     ps.add_script(cmdlet.name)
+                    _cheap_copies(ps.commands[-1])
                     continue
                 ps.add_cmdlet(cmdlet.name)
+                _cheap_copies(ps.commands[-1])
                 for name, value in cmdlet.params:
                     if value is SWITCH:
                         ps.add_parameter(name)
