@@ -810,6 +810,12 @@ class HyperVBackend(Backend):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._inventory_in.wait(), self.config.poll_interval)
         self._start_watch(node)
+        # The stream first (changes reach the screen by it), then the deferred reads.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.config.poll_interval
+        while (self.config.stream and node.source not in self.streaming
+               and loop.time() < until and not self._closed):
+            await asyncio.sleep(0.1)
         await self._read_deferred(node)
 
     async def _read_deferred(self, node: HyperVNode) -> None:

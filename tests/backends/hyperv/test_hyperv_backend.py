@@ -609,6 +609,12 @@ async def test_merge_through_the_action_runner_is_logged_and_polls_go_on(
     store = Store()
     feed = Feed(backend, store)
     await feed.until(lambda: feed.last_state(backend.sources[0]) is LinkState.CONNECTED, 20, "up")
+    # Settled first (the event stream up, the backup agent read after the inventory): what
+    # is measured below is a poll beside the merge, not the reads that follow connecting.
+    await feed.until(
+        lambda: bool(backend.streaming.get(backend.sources[0])) and any(  # the node reached
+            n.backup_agent_state is not ServiceState.UNKNOWN for n in feed.of(Kind.NODE).values()),
+        20, "the stream up and the backup agent read")
     log = ActionLog.open(tmp_path / "actions.db")
     try:
         runner = ActionRunner(store, backend, log)
