@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def profile_threads(out: str) -> None:
-    """cProfile every thread of this process (Thread.run patched); merged stats at exit."""
+    """cProfile every thread of this process (Thread.run patched); merged stats at exit.
+
+    Timed by each thread's own CPU clock (``time.thread_time``): the stats are
+    CPU seconds, not wall time, so a thread blocked on a socket or a lock costs
+    nothing and a machine shared with other work does not distort them.
+    """
     import atexit
     import cProfile
     import pstats
@@ -49,7 +55,7 @@ def profile_threads(out: str) -> None:
     original = threading.Thread.run
 
     def run(self: threading.Thread) -> None:
-        profile = cProfile.Profile()
+        profile = cProfile.Profile(time.thread_time)
         profiles.append(profile)
         profile.enable()
         try:
@@ -58,7 +64,7 @@ def profile_threads(out: str) -> None:
             profile.disable()
 
     threading.Thread.run = run  # type: ignore[method-assign]
-    main = cProfile.Profile()
+    main = cProfile.Profile(time.thread_time)
     profiles.append(main)
     main.enable()
 
@@ -82,10 +88,16 @@ def profile_threads(out: str) -> None:
 # -- the server process ---------------------------------------------------------------
 
 
-def serve(vms: int, nodes: int, stream: bool) -> int:  # pragma: no cover - own process
+def serve(vms: int, nodes: int, stream: bool, part: int = 0,
+          parts: int = 1) -> int:  # pragma: no cover - own process
     """Run one peer per node over one simulated cluster; obey commands on stdin.
 
     ``stream=False``: the endpoints refuse the VM event subscription.
+    ``part``/``parts``: this process serves every ``parts``-th node from the
+    ``part``-th (the model, built from the same seed, is whole in each); a
+    change to a VM another process serves answers ``{"skip": true}``. The
+    password comes from ``VENTANA_BENCH_PEER_PASSWORD`` when given (the same
+    for every process).
     """
     sys.path.insert(0, str(ROOT / "tests"))
     from peers.winrm.fixture import generate_password, start_winrm_peer
@@ -96,14 +108,16 @@ def serve(vms: int, nodes: int, stream: bool) -> int:  # pragma: no cover - own 
 
     model = ClusterModel(SimConfig(seed=7, vms=vms, nodes=nodes, rate=0))
     model.indications = stream
-    password = generate_password()
+    password = os.environ.get("VENTANA_BENCH_PEER_PASSWORD") or generate_password()
+    names = sorted(model.nodes)[part::parts]
+    mine = {n.casefold() for n in names}
     handles = [
         start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
-        for name in sorted(model.nodes)
+        for name in names
     ]
     bundle = Path(handles[0].ca_path).parent / "bundle.pem"
     bundle.write_text("".join(Path(h.ca_path).read_text() for h in handles))
-    print(json.dumps({"ports": [h.port for h in handles], "ca": str(bundle),
+    print(json.dumps({"ports": [h.port for h in handles], "names": names, "ca": str(bundle),
                       "user": handles[0].user, "password": password,
                       "vms": len(model.vms)}), flush=True)
     powers = [PowerState.RUNNING, PowerState.OFF, PowerState.SAVED]
@@ -112,7 +126,10 @@ def serve(vms: int, nodes: int, stream: bool) -> int:  # pragma: no cover - own 
             words = line.split()
             if not words:
                 continue
-            if words[0] == "power":
+            if words[0] in ("power", "checkpoint") and (
+                    model.vms[words[1]].node_id.casefold() not in mine):
+                print(json.dumps({"skip": True}), flush=True)  # another process serves it
+            elif words[0] == "power":
                 vm = model.vms[words[1]]
                 model.set_power(vm.id, next(p for p in powers if p is not vm.power))
                 print(json.dumps({"ok": True, "power": model.vms[vm.id].power.value}),
@@ -131,39 +148,72 @@ def serve(vms: int, nodes: int, stream: bool) -> int:  # pragma: no cover - own 
 
 
 class Server:
-    """The endpoints' process, and its command channel (one JSON line per ``ask``)."""
+    """The endpoints' processes, and their command channel (one JSON line per ``ask``).
+
+    ``processes`` > 1 (``bench.hyperv`` only): the nodes are shared out between
+    that many processes, as a real cluster's nodes are separate machines — one
+    Python process serving 64 endpoints is bound to one core by its GIL and
+    saturates at 64 nodes polled every 10 s. ``info`` is merged (ports in node
+    order, one CA bundle), ``cpu`` answers the sum of their CPU.
+    """
 
     def __init__(self, vms: int, nodes: int, stream: bool, profile: str | None = None,
-                 *, module: str = "bench.hyperv") -> None:
-        args = [sys.executable, "-m", module, "serve", "--vms", str(vms),
-                "--nodes", str(nodes)]
-        if profile:
-            args += ["--profile", profile]
-        if not stream:
-            args.append("--no-stream")
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the endpoint process did not start")
-        self.info: dict[str, Any] = json.loads(line)
+                 *, module: str = "bench.hyperv", processes: int = 1) -> None:
+        processes = max(1, min(processes, nodes))
+        env = {**os.environ, "VENTANA_BENCH_PEER_PASSWORD": secrets.token_urlsafe(24)}
+        self.procs: list[subprocess.Popen[str]] = []
+        for part in range(processes):
+            args = [sys.executable, "-m", module, "serve", "--vms", str(vms),
+                    "--nodes", str(nodes)]
+            if processes > 1:
+                args += ["--part", str(part), "--parts", str(processes)]
+            if profile:
+                args += ["--profile", profile if processes == 1 else f"{profile}.{part}"]
+            if not stream:
+                args.append("--no-stream")
+            self.procs.append(subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE,
+                                               stdout=subprocess.PIPE, text=True, bufsize=1,
+                                               env=env))
+        infos = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the endpoint process did not start")
+            infos.append(json.loads(line))
+        self.proc = self.procs[0]
+        self.info: dict[str, Any] = infos[0]
+        if processes > 1:
+            by_name = {n: p for info in infos for n, p in zip(info["names"], info["ports"],
+                                                              strict=True)}
+            bundle = Path(infos[0]["ca"]).parent / "all-nodes.pem"
+            bundle.write_text("".join(Path(i["ca"]).read_text() for i in infos))
+            self.info = {**infos[0], "ports": [by_name[n] for n in sorted(by_name)],
+                         "ca": str(bundle)}
 
     def ask(self, line: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
+        answers = []
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+        for proc in self.procs:
+            assert proc.stdout is not None
+            answers.append(json.loads(proc.stdout.readline()))
+        if line.split()[:1] == ["cpu"]:
+            return {"cpu": sum(a["cpu"] for a in answers)}
+        return next((a for a in answers if not a.get("skip")), answers[0])
 
     def close(self) -> None:
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-            self.proc.wait(15)
-        except Exception:
-            self.proc.kill()
-            self.proc.wait(5)
+        for proc in self.procs:
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.write("quit\n")
+                    proc.stdin.close()
+                proc.wait(15)
+            except Exception:
+                proc.kill()
+                proc.wait(5)
 
 
 # -- the client -------------------------------------------------------------------------
@@ -184,7 +234,8 @@ async def run_hyperv(vms: int = 10_000, nodes: int = 4, changes: int = 40,
     from ventana.tui.vm_table import VmTable
 
     peer_profile = str(Path(profile) / "peer.prof") if profile else None
-    server = await asyncio.to_thread(Server, vms, nodes, stream, peer_profile)
+    server = await asyncio.to_thread(Server, vms, nodes, stream, peer_profile,
+                                     processes=PEER_PROCESSES)
     try:
         info = server.info
         config = HyperVConfig(
@@ -212,6 +263,18 @@ async def run_hyperv(vms: int = 10_000, nodes: int = 4, changes: int = 40,
             rss_inventory = rss_mb()
             if trace:
                 print_allocations(trace)
+            # -- settling: every node's event stream and change subscriptions up ---------
+            # The streams open once every node's first inventory is in (they would slow
+            # it down); changes are measured from then on, the time to it is its own row.
+            settle_cpu, settle_peer = time.process_time(), (
+                await asyncio.to_thread(server.ask, "cpu"))["cpu"]
+            while stream and not _all_streaming(backend):
+                await pilot.pause(0.1)
+                if time.perf_counter() - started > 600:
+                    raise RuntimeError("the event streams did not all come up in 600 s")
+            settled_s = time.perf_counter() - started
+            settle_cpu = time.process_time() - settle_cpu
+            settle_peer = (await asyncio.to_thread(server.ask, "cpu"))["cpu"] - settle_peer
 
             # -- server-side changes on rows that are on screen ------------------------
             sent: dict[str, float] = {}
@@ -296,6 +359,9 @@ async def run_hyperv(vms: int = 10_000, nodes: int = 4, changes: int = 40,
         "hv_inventory_cpu_s": round(inventory_cpu_s, 2),
         "hv_inventory_peer_cpu_s": round(peer_cpu, 2),
         "hv_populated_s": round(screen_s, 2),
+        "hv_settled_s": round(settled_s, 2),
+        "hv_settle_cpu_s": round(settle_cpu, 2),
+        "hv_settle_peer_cpu_s": round(settle_peer, 2),
         "hv_rss_mb_inventory": round(rss_inventory, 1),
         "hv_rss_mb": round(rss_changes, 1),
         "hv_threads": threads,
@@ -341,6 +407,12 @@ def threads_and_sockets() -> tuple[int, int]:
     return threads, sockets
 
 
+def _all_streaming(backend: Any) -> bool:
+    """Every node's VM event stream up and its change subscriptions made."""
+    return all(backend.streaming.get(s) for s in backend.sources) and len(
+        backend.changes) >= len(backend.sources)
+
+
 def _all_connected(app: Any, backend: Any) -> bool:
     from ventana.state.events import LinkState
 
@@ -353,6 +425,8 @@ def _all_connected(app: Any, backend: Any) -> bool:
 
 
 DEFAULT_SIZE = (4, 10_000)  # nodes, VMs in all
+#: Endpoint processes (the nodes shared out between them; see ``Server``).
+PEER_PROCESSES = 2
 POLL_S = 10.0
 ROWS = (
     Row("hv_inventory_s", "full inventory: start → every VM, all CONNECTED (s)", 10.0,
@@ -360,6 +434,9 @@ ROWS = (
     Row("hv_inventory_cpu_s", "  client CPU (all threads) in that time (s)", noise=0.5),
     Row("hv_inventory_peer_cpu_s", "  the endpoints' CPU in that time (s)", noise=0.5),
     Row("hv_populated_s", "  to a fully populated VM table (s)", noise=0.5),
+    Row("hv_settled_s", "settled: start → every node's event stream up (s)", noise=1.0),
+    Row("hv_settle_cpu_s", "  client CPU from the populated table to settled (s)", noise=0.5),
+    Row("hv_settle_peer_cpu_s", "  the endpoints' CPU in that time (s)", noise=0.5),
     Row("hv_rss_mb_inventory", "client RSS after the inventory (MB)", 300.0, noise=10),
     Row("hv_rss_mb", "client RSS after the changes (MB)", 300.0, noise=10),
     Row("hv_threads", "client threads after the changes", lower=True, noise=2),
@@ -393,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=40)
     parser.add_argument("--poll", type=float, default=15.0)
     parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument("--part", type=int, default=0, help="serve: this process's share")
+    parser.add_argument("--parts", type=int, default=1, help="serve: processes in all")
     parser.add_argument("--nonpower", type=int, default=5, help="checkpoints created")
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="TOP",
                         help="trace the client's allocations; print the TOP sites")
@@ -406,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.profile).mkdir(parents=True, exist_ok=True)
             profile_threads(str(Path(args.profile) / "client.prof"))
     if args.mode == "serve":
-        return serve(args.vms, args.nodes, not args.no_stream)
+        return serve(args.vms, args.nodes, not args.no_stream, args.part, args.parts)
     if args.tracemalloc and args.mode == "run":
         import tracemalloc
 

@@ -38,6 +38,7 @@ a read-only backend refuse to send a mutating command at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -263,6 +264,14 @@ class HyperVBackend(Backend):
         self._owner: dict[Key, str] = {}
         self._scopes: dict[str, set[Key]] = {}
         self._cluster_read: ClusterRead | None = None
+        #: When the last cluster-wide read finished (loop time); the node making the first
+        #: one and its end: the other nodes' first polls wait for it, not read it again.
+        self._cluster_read_at = float("-inf")
+        self._cluster_reader: tuple[HyperVNode, asyncio.Future[None]] | None = None
+        #: Sources whose first poll is over (answered or failed): the streams and the
+        #: deferred reads wait for all of them (``_after_inventory``).
+        self._first_polled: set[str] = set()
+        self._inventory_in: asyncio.Event | None = None
         self._cluster_id = config.cluster
         self._mounts: list[Mount] = []
         self._facts: dict[str, NodeFacts] = {}  # node name (casefolded) -> backup agent
@@ -371,10 +380,16 @@ class HyperVBackend(Backend):
             yield ConnectionChanged(source, LinkState.DISCONNECTED, "closed")
 
     def _start_node(self, node: HyperVNode) -> None:
+        """The node's poll loop; its event stream starts once its first inventory is in
+        (``_start_watch``): 64 streams opening and subscribing beside 64 first reads
+        only slow the inventory down, and a change before the stream is up is in the
+        next poll."""
         self._tasks.append(
             asyncio.create_task(self._node_loop(node), name=f"hyperv-{node.source}")
         )
-        if self.config.stream:
+
+    def _start_watch(self, node: HyperVNode) -> None:
+        if self.config.stream and not self._closed:
             self._tasks.append(
                 asyncio.create_task(self._watch_loop(node), name=f"hyperv-watch-{node.source}")
             )
@@ -729,6 +744,7 @@ class HyperVBackend(Backend):
             log.warning("%s: TLS certificate verification is OFF (explicit flag)", where)
         failures = 0
         loop = asyncio.get_running_loop()
+        watching = False
         while not self._closed:
             began = loop.time()
             try:
@@ -775,11 +791,18 @@ class HyperVBackend(Backend):
                 )
                 await asyncio.sleep(delay)
                 continue
+            finally:
+                self._end_cluster_read(node)
+                self._note_first_poll(node)
             if not node.healthy:
                 node.healthy = True
                 failures = 0
                 log.info("%s: connected (%s)", where, node.computer or "?")
                 self._emit(self._link(node, LinkState.CONNECTED))
+            if not watching:
+                watching = True
+                self._tasks.append(asyncio.create_task(
+                    self._after_inventory(node), name=f"hyperv-after-{node.source}"))
             # Polls start every poll_interval (not interval + read time): a change
             # waits at most one interval plus one read.
             await asyncio.sleep(
@@ -797,32 +820,115 @@ class HyperVBackend(Backend):
         count = max(1, len(self._nodes))
         return (node.index % count) / count * self.config.poll_interval
 
-    def _reads_cluster(self, node: HyperVNode) -> bool:
+    def _reads_cluster(self, node: HyperVNode, began: float) -> bool:
         if self._cluster_read is None:
             return True
+        if self._cluster_read_at >= began:  # another node read it while this poll ran
+            return False
         lower = [n.index for n in self._nodes if n.healthy and n.index < node.index]
         return not lower
+
+    async def _await_cluster_read(self) -> None:
+        """Wait while another node makes the first cluster-wide read (64 first polls
+        would otherwise each read the whole cluster); if it fails, the next one tries."""
+        while self._cluster_read is None and self._cluster_reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._cluster_reader[1])
+
+    def _begin_cluster_read(self, node: HyperVNode) -> None:
+        if self._cluster_read is None and self._cluster_reader is None:
+            self._cluster_reader = (node, asyncio.get_running_loop().create_future())
+
+    def _end_cluster_read(self, node: HyperVNode) -> None:
+        """The cluster read ``node`` was making is over (read, failed or cancelled)."""
+        if self._cluster_reader is not None and self._cluster_reader[0] is node:
+            _, done = self._cluster_reader
+            self._cluster_reader = None
+            if not done.done():
+                done.set_result(None)
+
+    def _note_first_poll(self, node: HyperVNode) -> None:
+        self._first_polled.add(node.source)
+        if self._inventory_in is None:
+            self._inventory_in = asyncio.Event()
+        if all(n.source in self._first_polled for n in self._nodes):
+            self._inventory_in.set()
+
+    async def _after_inventory(self, node: HyperVNode) -> None:
+        """Once every node's first poll is over (at most one poll interval after this
+        node's): this node's event stream, then its deferred reads. At 64 nodes the
+        first nodes' streams and reads would otherwise take the CPU from the last
+        nodes' inventory."""
+        if self._inventory_in is None:
+            self._inventory_in = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._inventory_in.wait(), self.config.poll_interval)
+        self._start_watch(node)
+        # The stream first (changes reach the screen by it), then the deferred reads.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.config.poll_interval
+        while (self.config.stream and node.source not in self.streaming
+               and loop.time() < until and not self._closed):
+            await asyncio.sleep(0.1)
+        await self._read_deferred(node)
+
+    async def _read_deferred(self, node: HyperVNode) -> None:
+        """What the first picture does not need, read right after it is on screen: the
+        host's default configuration version and the backup agent (until then both
+        are "not checked": no default known, agent state unknown, never a guess). A
+        node that stops answering here leaves them to its next poll."""
+        agent_due = self.config.backup_checks and node.source not in self._backup_read
+        if node.default_version is not None and not agent_due:
+            return
+        try:
+            await self._read_default_version(node)
+            agent, _ = await self._read_backup(node, [], [])
+        except SessionError as exc:
+            log.info("%s: default version / backup agent not read yet: %s",
+                     node.computer or node.session.where, exc)
+            return
+        key = node.computer.casefold()
+        self._facts[key] = _with_agent(self._facts.get(key, NodeFacts()), agent)
+        self._note_default(node)
+        self._publish_cluster()
+
+    async def _read_default_version(self, node: HyperVNode) -> None:
+        if node.default_version is not None:
+            return
+        try:  # what Update-VMVersion raises a VM to on this node
+            answer = await node.session.run(cmd.get_default_version())
+            rows = [props(o) for o in answer.output]
+            node.default_version = next(
+                (text(r.get("Version")).strip() for r in rows if text(r.get("Version"))), "")
+        except CommandFailed as exc:  # e.g. 2012 R2 has no such cmdlet: unknown
+            log.warning("%s: default configuration version not readable: %s",
+                        node.computer, exc)
+            node.default_version = ""
+
+    def _note_default(self, node: HyperVNode) -> None:
+        """The node's default version in its facts and — the host that answered for other
+        nodes' VMs (one endpoint for several) being where their Update-VMVersion runs —
+        in theirs until they answer."""
+        default = node.default_version or ""
+        key = node.computer.casefold()
+        self._facts[key] = dataclasses.replace(self._facts.get(key, NodeFacts()),
+                                               default_version=default)
+        for name in self._vm_counts.get(node.source, ()):
+            facts = self._facts.get(name, NodeFacts())
+            if default and not facts.default_version:
+                self._facts[name] = dataclasses.replace(facts, default_version=default)
 
     async def _poll(self, node: HyperVNode) -> None:
         began = asyncio.get_running_loop().time()
         session = node.session
-        if not node.computer:
-            answer = await session.run(cmd.get_computer_system())
-            names = [node_name(props(o).get("Name")) for o in answer.output]
-            node.computer = next((n for n in names if n), node_name(node.host))
-            if session.where == f"{node.host}:{node.port}":  # errors name the node from now on
-                session.where = node.computer
-        if node.default_version is None:  # what Update-VMVersion raises a VM to on this node
-            try:
-                answer = await session.run(cmd.get_default_version())
-                rows = [props(o) for o in answer.output]
-                node.default_version = next(
-                    (text(r.get("Version")).strip() for r in rows if text(r.get("Version"))), "")
-            except CommandFailed as exc:  # e.g. 2012 R2 has no such cmdlet: unknown
-                log.warning("%s: default configuration version not readable: %s",
-                            node.computer, exc)
-                node.default_version = ""
-        if self._reads_cluster(node):
+        # A node's first inventory waits for nothing it does not show: the default version
+        # and the backup agent are read right after it (``_read_deferred``).
+        settled = node.source in self._scopes
+        if settled:
+            await self._read_default_version(node)
+        await self._await_cluster_read()
+        if self._reads_cluster(node, began):
+            self._begin_cluster_read(node)
             nodes, csvs, states, partitions = await session.run_many(
                 [
                     cmd.get_cluster_nodes(),
@@ -850,15 +956,26 @@ class HyperVBackend(Backend):
             self._cluster_id = cluster_name(read, self.config.cluster)
             # Mount points first: VMs are placed on LUNs by their disks' paths.
             _, self._mounts = cluster_entities(read, self._cluster_id, self._facts)
+            self._cluster_read_at = asyncio.get_running_loop().time()
+            self._end_cluster_read(node)
 
-        vms, snapshots, drives, replication = await session.run_many(
+        # The computer name (once per connection) rides with the VM reads: one round trip.
+        first = not node.computer
+        answers = await session.run_many(
             [
+                *([cmd.get_computer_system()] if first else []),
                 cmd.get_vms(),  # with each VM's Heartbeat
                 cmd.get_snapshots(),
                 cmd.get_hard_disk_drives(),
                 cmd.get_replication(),
             ]
         )
+        if first:
+            names = [node_name(props(o).get("Name")) for o in answers[0].output]
+            node.computer = next((n for n in names if n), node_name(node.host))
+            if session.where == f"{node.host}:{node.port}":  # errors name the node from now on
+                session.where = node.computer
+        vms, snapshots, drives, replication = answers[-4:]
         # A pass-through drive (DiskNumber set) has no file: not part of any chain.
         files = [d for d in drives.output if props(d).get("DiskNumber") is None]
         nread = NodeRead(
@@ -868,7 +985,8 @@ class HyperVBackend(Backend):
             replication=replication.output,
         )
         nread.vhds = await self._read_chains(node, nread.drives)
-        agent, vm_backup = await self._read_backup(node, vms.output, drives.output)
+        agent, vm_backup = (await self._read_backup(node, vms.output, drives.output)
+                            if settled else (None, {}))
 
         self._replication[node.source] = list(nread.replication)
         # Mapped in a worker thread: at 2,500 VMs it takes long enough to hold up the
@@ -891,20 +1009,8 @@ class HyperVBackend(Backend):
             e.node_id.casefold() for e in entities if isinstance(e, VM)
         )
         facts = node_facts(nread, 0)
-        if agent is not None:
-            facts = dataclasses.replace(
-                facts, agent_state=agent.state, agent_version=agent.version,
-                agent_name=agent.name, agent_start_mode=agent.start_mode,
-                agent_ports_closed=agent.ports_closed, agent_unchecked=agent.unchecked)
-        default = node.default_version or ""
-        self._facts[node.computer.casefold()] = dataclasses.replace(
-            facts, default_version=default)
-        # The host that answered for other nodes' VMs (one endpoint for several) is where
-        # their Update-VMVersion runs: its default stands for theirs until they answer.
-        for name in self._vm_counts[node.source]:
-            facts = self._facts.get(name, NodeFacts())
-            if default and not facts.default_version:
-                self._facts[name] = dataclasses.replace(facts, default_version=default)
+        self._facts[node.computer.casefold()] = _with_agent(facts, agent)
+        self._note_default(node)
         self._publish_cluster()
         self._publish(node.source, entities)
 
@@ -1117,6 +1223,16 @@ class HyperVExecutor(Executor):
         """Always False: Hyper-V cannot cancel a merge in progress; it runs to its end."""
         self._guard("cancel")
         return False
+
+
+def _with_agent(facts: NodeFacts, agent: AgentFacts | None) -> NodeFacts:
+    """``facts`` with what the backup agent read said (unchanged when not read)."""
+    if agent is None:
+        return facts
+    return dataclasses.replace(
+        facts, agent_state=agent.state, agent_version=agent.version,
+        agent_name=agent.name, agent_start_mode=agent.start_mode,
+        agent_ports_closed=agent.ports_closed, agent_unchecked=agent.unchecked)
 
 
 def with_backup_facts(entities: list[Entity], vm_backup: dict[str, VmBackupFacts]

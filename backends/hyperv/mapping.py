@@ -413,6 +413,68 @@ def cluster_entities(
     read: ClusterRead, cluster_id: str, facts: Mapping[str, NodeFacts]
 ) -> tuple[list[Entity], list[Mount]]:
     """Cluster, nodes and CSV LUNs; plus each CSV's mount point for placing files."""
+    luns, mounts = _storage(read, cluster_id)
+    nodes: list[Node] = []
+    owned_by: dict[str, list[str]] = {}
+    for lun in luns:
+        owned_by.setdefault(lun.owner_node_id.casefold(), []).append(lun.id)
+    for obj in read.nodes:
+        p = props(obj)
+        name = node_name(p.get("Name"))
+        if not name:
+            continue
+        f = facts.get(name.casefold(), NodeFacts())
+        owned = tuple(owned_by.get(name.casefold(), ()))
+        nodes.append(
+            Node(
+                name,
+                name,
+                cluster_id,
+                node_state(p.get("State"), p.get("DrainStatus")),
+                owned,
+                f.agent_version,
+                f.agent_state,
+                f.vm_count,
+                backup_ports_closed=f.agent_ports_closed,
+                backup_agent_name=f.agent_name,
+                backup_agent_start_mode=f.agent_start_mode,
+                backup_unchecked=f.agent_unchecked,
+                default_config_version=f.default_version,
+            )
+        )
+    cluster = Cluster(cluster_id, cluster_id, Platform.HYPERV, nodes=len(nodes))
+    entities: list[Entity] = [cluster, *nodes, *luns]
+    return entities, list(mounts)
+
+
+#: The last storage mapping: (the read's row lists and the cluster id it was made
+#: from, its LUNs and mount points).
+_storage_last: tuple[tuple[Any, ...], tuple[list[Lun], list[Mount]]] | None = None
+
+
+def _storage(read: ClusterRead, cluster_id: str) -> tuple[list[Lun], list[Mount]]:
+    """The CSV LUNs and their mount points, mapped again only when the read's rows change.
+
+    The backend publishes the cluster after every node's poll (64 times a
+    cycle at 64 nodes) with new node facts, while the storage rows (one
+    ``Get-ClusterSharedVolumeState`` row per CSV and node: 8,500 at 64 nodes
+    x 133 CSVs) change only with a cluster read or a streamed partition — each
+    of which assigns new lists (never changes one in place). So the last
+    mapping is kept, keyed by the very lists it came from.
+    """
+    global _storage_last
+    key = (read.csvs, read.csv_states, read.partitions, read.backups)
+    last = _storage_last
+    if last is not None and last[0][-1] == cluster_id and all(
+        a is b for a, b in zip(last[0], key, strict=False)
+    ):
+        return last[1]
+    storage = _map_storage(read, cluster_id)
+    _storage_last = ((*key, cluster_id), storage)
+    return storage
+
+
+def _map_storage(read: ClusterRead, cluster_id: str) -> tuple[list[Lun], list[Mount]]:
     partitions: dict[str, dict[str, Any]] = {}
     for obj in read.partitions:
         p = props(obj)
@@ -472,35 +534,7 @@ def cluster_entities(
         friendly = text(row.get("VolumeFriendlyName")).strip()
         if friendly:
             mounts.append(Mount(path_key(f"C:\\ClusterStorage\\{friendly}") + "\\", lun_id))
-
-    nodes: list[Node] = []
-    for obj in read.nodes:
-        p = props(obj)
-        name = node_name(p.get("Name"))
-        if not name:
-            continue
-        f = facts.get(name.casefold(), NodeFacts())
-        owned = tuple(lun.id for lun in luns if lun.owner_node_id.casefold() == name.casefold())
-        nodes.append(
-            Node(
-                name,
-                name,
-                cluster_id,
-                node_state(p.get("State"), p.get("DrainStatus")),
-                owned,
-                f.agent_version,
-                f.agent_state,
-                f.vm_count,
-                backup_ports_closed=f.agent_ports_closed,
-                backup_agent_name=f.agent_name,
-                backup_agent_start_mode=f.agent_start_mode,
-                backup_unchecked=f.agent_unchecked,
-                default_config_version=f.default_version,
-            )
-        )
-    cluster = Cluster(cluster_id, cluster_id, Platform.HYPERV, nodes=len(nodes))
-    entities: list[Entity] = [cluster, *nodes, *luns]
-    return entities, sorted(set(mounts), key=lambda m: -len(m.prefix))
+    return luns, sorted(set(mounts), key=lambda m: -len(m.prefix))
 
 
 def lun_for(path: str, mounts: Sequence[Mount]) -> str:

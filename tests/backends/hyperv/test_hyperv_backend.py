@@ -280,6 +280,21 @@ async def test_inventory_matches_what_the_nodes_serve(tmp_path: Path, mode: str)
             )
             assert got.total_bytes == want.total_bytes // MB * MB
             assert got.free_bytes == want.free_bytes // MB * MB
+        # The backup agent is read right after the first inventory (it does not hold the
+        # picture up): until then "not checked" (state unknown, no version), never a guess.
+        for event in feed.events[:first_connected]:
+            if isinstance(event, Upsert) and event.entity.KIND is Kind.NODE:
+                assert event.entity.backup_agent_state is ServiceState.UNKNOWN
+                assert event.entity.backup_agent_version is None
+        await feed.until(
+            lambda: all(
+                (n := feed.of(Kind.NODE).get(name)) is not None
+                and n.backup_agent_state is want.backup_agent_state
+                for name, want in model.nodes.items()
+            ),
+            10,
+            "the backup agents read after the inventory",
+        )
         # Nodes: state, VM count, CSVs owned, backup agent.
         nodes = feed.of(Kind.NODE)
         assert sorted(nodes) == node_names
@@ -594,6 +609,12 @@ async def test_merge_through_the_action_runner_is_logged_and_polls_go_on(
     store = Store()
     feed = Feed(backend, store)
     await feed.until(lambda: feed.last_state(backend.sources[0]) is LinkState.CONNECTED, 20, "up")
+    # Settled first (the event stream up, the backup agent read after the inventory): what
+    # is measured below is a poll beside the merge, not the reads that follow connecting.
+    await feed.until(
+        lambda: bool(backend.streaming.get(backend.sources[0])) and any(  # the node reached
+            n.backup_agent_state is not ServiceState.UNKNOWN for n in feed.of(Kind.NODE).values()),
+        20, "the stream up and the backup agent read")
     log = ActionLog.open(tmp_path / "actions.db")
     try:
         runner = ActionRunner(store, backend, log)

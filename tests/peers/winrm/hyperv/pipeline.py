@@ -24,6 +24,8 @@ def ps_string(value: Any) -> str:
     """``[string]$value`` as PowerShell converts it (LanguagePrimitives.ConvertTo<string>):
     $null → "", an enum → its member name, an object → its ToString, an array → its
     elements joined by $OFS (a space)."""
+    if type(value) is str:  # the common case first (the rest is in PowerShell's order)
+        return value
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -138,10 +140,9 @@ def projection_script(text: str) -> Any:
             if found is None:
                 continue
             first, props = found
-            folded = {k.casefold(): v for k, v in props.items()}
             values: dict[str, Any] = {}
             for name, cast, path in items:
-                value: Any = folded.get(path[0].casefold())
+                value: Any = _member(props, path[0])
                 for part in path[1:]:  # a nested property: $_.OwnerNode.Name
                     inner = (_properties(value) or ("", {}))[1]
                     value = {k.casefold(): v for k, v in inner.items()}.get(part.casefold())
@@ -157,6 +158,17 @@ def projection_script(text: str) -> Any:
             writer.write_output(out)
 
     return run
+
+
+def _member(props: dict[str, Any], name: str) -> Any:
+    """``$_.name``: member names are case-insensitive in PowerShell (a PSObject's members
+    are a case-insensitive collection, so no two differ by case only): the exact name
+    is looked up first, then the case-folded one — without folding every member of
+    every object piped in (a VM has dozens; this is the endpoint's hottest loop)."""
+    if name in props:
+        return props[name]
+    key = name.casefold()
+    return next((v for k, v in props.items() if k.casefold() == key), None)
 
 
 def _select(params: dict[str, Any], writer: CommandWriter) -> None:
