@@ -82,10 +82,12 @@ async def test_a_replay_never_writes_to_the_log_it_is_given(tmp_path: Path) -> N
     app = VentanaApp(ReplayBackend(fixture, speed=0), log=real, clock=lambda: NOW,
                      mode="replay", read_only_reason="replaying a recording")
     async with app.run_test(size=(200, 55)) as pilot:
+        # The inventory is applied in slices: a VM is in the table once the last one is.
         await wait_for(pilot, lambda: any(app.store.checkpoints_of(v.id)
-                                          for v in app.store.vms()))
+                                          for v in app.store.vms())
+                       and not app.core.inventory_applying)
         vm = next(v for v in app.store.vms() if app.store.checkpoints_of(v.id))
-        app.query_one("#vms").select_vm(vm.id)  # type: ignore[attr-defined]
+        assert app.query_one("#vms").select_vm(vm.id)  # type: ignore[attr-defined]
         app.action_merge()  # the palette path: the plan opens read-only
         await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen))
         await pilot.press("escape")
