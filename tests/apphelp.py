@@ -35,6 +35,13 @@ async def wait_for(pilot: Pilot, condition: Callable[[], bool], timeout: float =
         waited += 0.05
 
 
+def placed(app: VentanaApp) -> bool:
+    """Everything received is in the table: nothing pending, and the first inventory's
+    last slice applied (until then the table holds its rows: ``select_vm`` says no)."""
+    core = app.core
+    return not app._pending and not core.loading and not core.inventory_applying
+
+
 async def populated(pilot: Pilot, vms: int = 74) -> None:
     app = pilot.app
     assert isinstance(app, VentanaApp)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from apphelp import wait_for
+from apphelp import placed, wait_for
 from peers.winrm.fixture import start_winrm_peer
 from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
 from textual.widgets import Static
@@ -39,7 +39,7 @@ async def test_backup_readiness_on_the_findings_screen(tmp_path: Path) -> None:
         backend = HyperVBackend(config, Credential(handle.user, handle.password, "test"))
         app = VentanaApp(backend, log=ActionLog.open(tmp_path / "a.db"))
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and not app._pending,
+            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and placed(app),
                            60)
             await wait_for(pilot, lambda: (v := app.store.vm(vm.id)) is not None
                            and v.vss_service == "ok", 20)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from apphelp import wait_for
+from apphelp import placed, wait_for
 from peers.winrm.fixture import start_winrm_peer
 from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
 from peers.winrm.hyperv.profile import MODES
@@ -49,7 +49,7 @@ async def test_merge_on_a_psrp_endpoint_from_the_console(tmp_path: Path, mode: s
         log = ActionLog.open(tmp_path / "a.db")
         app = VentanaApp(backend, log=log)
         async with app.run_test(size=(180, 50)) as pilot:
-            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and not app._pending,
+            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and placed(app),
                            timeout=60)
             await pilot.pause(0.3)
             store = app.store
@@ -100,7 +100,7 @@ async def test_upgrade_on_a_psrp_endpoint_is_refused_running_and_done_off(
         log = ActionLog.open(tmp_path / "a.db")
         app = VentanaApp(backend, log=log)
         async with app.run_test(size=(180, 50)) as pilot:
-            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and not app._pending,
+            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and placed(app),
                            timeout=60)
             # One endpoint stands for the node it was reached as; act on its VMs.
             reached = {n.computer.casefold() for n in backend._nodes if n.healthy}

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from apphelp import wait_for
+from apphelp import placed, wait_for
 from peers.winrm.fixture import start_winrm_peer
 from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
 
@@ -51,7 +51,7 @@ async def test_delete_then_compact_on_a_psrp_endpoint_from_the_console(tmp_path:
     try:
         app, log = _app(tmp_path, model, handle)
         async with app.run_test(size=(180, 50)) as pilot:
-            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and not app._pending,
+            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and placed(app),
                            timeout=60)
             files = [d.path for d in app.store.disks_of(doomed.id)]
             app.query_one(VmTable).select_vm(doomed.id)

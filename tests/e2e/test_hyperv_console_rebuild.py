@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from apphelp import read_whole_plan, wait_for
+from apphelp import placed, read_whole_plan, wait_for
 from peers.winrm.fixture import start_winrm_peer
 from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
 from test_hyperv_console_cleanup import _app
@@ -42,9 +42,9 @@ async def test_rebuild_on_a_psrp_endpoint_from_the_console(tmp_path: Path) -> No
     try:
         app, log = _app(tmp_path, model, handle)
         async with app.run_test(size=(180, 50)) as pilot:
-            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and not app._pending,
+            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 12 and placed(app),
                            timeout=60)
-            app.query_one(VmTable).select_vm(vm.id)
+            assert app.query_one(VmTable).select_vm(vm.id)
             await pilot.pause(0.05)
             await pilot.press("b")
             await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen))

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from apphelp import wait_for
+from apphelp import placed, wait_for
 from peers.winrm.fixture import generate_password, start_winrm_peer
 from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
 
@@ -53,7 +53,7 @@ async def test_one_dead_node_leaves_the_other_bright_and_actionable(tmp_path: Pa
         app = VentanaApp(backend, log=log)
         async with app.run_test(size=(180, 50)) as pilot:
             store = app.store
-            await wait_for(pilot, lambda: store.count(Kind.VM) >= 12 and not app._pending
+            await wait_for(pilot, lambda: store.count(Kind.VM) >= 12 and placed(app)
                            and store.nodes_live() == (2, 2), timeout=60)
             live, dead = names
             await asyncio.to_thread(handles[1].peer.stop)  # the second node dies

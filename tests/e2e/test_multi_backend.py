@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from apphelp import vm_where, wait_for
+from apphelp import placed, vm_where, wait_for
 from factories import NOW
 from peers.vcsim import BUILD_HINT, is_built, start_vcsim
 
@@ -161,7 +161,7 @@ async def test_sim_and_vcsim_side_by_side(tmp_path: Path) -> None:
         log = ActionLog.open(tmp_path / "a.db")
         app = VentanaApp(multi, log=log, clock=lambda: NOW)
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 18 and not app._pending,
+            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 18 and placed(app),
                            timeout=40)
             await pilot.pause(0.3)
             table = app.query_one(VmTable)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from apphelp import wait_for
+from apphelp import placed, wait_for
 from factories import NOW
 from peers.vcsim import BUILD_HINT, is_built, start_vcsim
 from test_multi_backend import sim
@@ -56,7 +56,7 @@ async def test_sim_next_to_a_writable_vcenter(tmp_path: Path) -> None:
         multi = MultiBackend([("lab", sim(vms=8)), ("vc", vc)])
         app = VentanaApp(multi, log=ActionLog.open(tmp_path / "a.db"), clock=lambda: NOW)
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 14 and not app._pending,
+            await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 14 and placed(app),
                            timeout=40)
             table = app.query_one(VmTable)
             vm = next(v for v in app.store.vms() if v.id.startswith("vc/")

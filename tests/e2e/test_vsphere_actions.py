@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from apphelp import wait_for
+from apphelp import placed, wait_for
 from peers.vcsim import BUILD_HINT, VcsimHandle, binary_path, is_built, start_vcsim
 
 if not is_built():
@@ -67,7 +67,7 @@ def make_app(handle: VcsimHandle, tmp_path: Path, *, read_only: bool = False) ->
 
 async def loaded(pilot, vms: int = 6) -> None:
     app = pilot.app
-    await wait_for(pilot, lambda: app.store.count(Kind.VM) >= vms and not app._pending, 30)
+    await wait_for(pilot, lambda: app.store.count(Kind.VM) >= vms and placed(app), 30)
     await pilot.pause(0.2)
 
 

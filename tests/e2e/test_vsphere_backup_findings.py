@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from apphelp import wait_for
+from apphelp import placed, wait_for
 from peers.vcsim import BUILD_HINT, VcsimHandle, binary_path, is_built, start_vcsim
 
 if not is_built():
@@ -71,7 +71,7 @@ async def test_an_independent_disk_shows_on_the_findings_screen(
     app = VentanaApp(VSphereBackend(config, password=vcsim.password),
                      log=ActionLog.open(tmp_path / "actions.db"))
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 2 and not app._pending, 30)
+        await wait_for(pilot, lambda: app.store.count(Kind.VM) >= 2 and placed(app), 30)
         [vm] = [v for v in app.store.vms() if v.name == VM_NAME]
         key = f"vm:{vm.id}|{F.SNAPSHOT_SKIPS_DISKS}"
         assert app.findings.get(key) is None

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from apphelp import make_app, populated, screen_lines, vm_where, wait_for
+from apphelp import make_app, placed, populated, screen_lines, vm_where, wait_for
 from factories import NOW
 from rich.console import Console
 from textual.pilot import Pilot
@@ -109,7 +109,7 @@ def hostile_app(tmp_path: Path) -> VentanaApp:
 async def open_remove_snapshot(pilot: Pilot) -> PlanScreen:
     app = pilot.app
     assert isinstance(app, VentanaApp)
-    await wait_for(pilot, lambda: app.store.count(Kind.CHECKPOINT) == 1 and not app._pending)
+    await wait_for(pilot, lambda: app.store.count(Kind.CHECKPOINT) == 1 and placed(app))
     app.query_one(VmTable).select_vm("vm-101")
     await pilot.pause(0.2)
     pane = app.query_one(CheckpointsPane)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apphelp import make_app, populated, vm_where, wait_for
+from apphelp import make_app, placed, populated, vm_where, wait_for
 from factories import NOW
 from textual.pilot import Pilot
 
@@ -37,7 +37,7 @@ async def finished(pilot: Pilot) -> None:
     app = pilot.app
     assert isinstance(app, VentanaApp)
     await wait_for(pilot, lambda: app.store.link_state() is LinkState.DISCONNECTED
-                   and not app._pending)
+                   and placed(app))
     await pilot.pause(0.3)
 
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
-from apphelp import wait_for
+from apphelp import placed, wait_for
 from factories import NOW
 from textual.pilot import Pilot
 from textual.widgets import Input
@@ -93,7 +93,7 @@ def test_remove_snapshot_plan(snap_compare, tmp_path: Path) -> None:  # type: ig
     app = VentanaApp(FixedVCenter(), log=ActionLog.open(tmp_path / "a.db"), clock=lambda: NOW)
 
     async def open_plan(pilot: Pilot) -> None:
-        await wait_for(pilot, lambda: app.store.count(Kind.CHECKPOINT) == 3 and not app._pending)
+        await wait_for(pilot, lambda: app.store.count(Kind.CHECKPOINT) == 3 and placed(app))
         app.query_one(VmTable).select_vm("vm-101")
         await pilot.pause(0.2)
         pane = app.query_one(CheckpointsPane)
