@@ -118,7 +118,9 @@ class VSphereConfig:
     # (the VM is then re-read; nothing is re-sent). Consolidating a large disk
     # takes hours.
     task_timeout_s: float = 6 * 3600.0
-    max_object_updates: int = 2000  # WaitOptions.maxObjectUpdates (0: no limit)
+    # WaitOptions.maxObjectUpdates (0: no limit): also what one answer costs the client
+    # to hold while it is read (the raw body, its parse tree, the objects built).
+    max_object_updates: int = 500
 
 
 class VSphereBackend(Backend):

@@ -625,7 +625,7 @@ class VSphereExecutor(Executor):
             stack = list(getattr(info, "rootSnapshotList", None) or ())
             while stack:
                 tree = stack.pop()
-                if tree.snapshot._moId == snapshot_id:
+                if moid(tree.snapshot) == snapshot_id:
                     return oid
                 stack.extend(tree.childSnapshotList or ())
         return None
