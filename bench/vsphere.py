@@ -290,8 +290,9 @@ async def run_latency(handle: Any, changes: int = 20) -> dict[str, Any]:
         connected_at = await _populate(app, pilot, expected, timeout=deadline - time.monotonic())
         populated_after_inventory_s = connected_at - inventory_in
         # Steady state: the update filter's first WaitForUpdatesEx (every
-        # object again, diffed to nothing) has been parsed and applied.
-        while not (backend._session and backend._session.version) and (
+        # object again, diffed to nothing; in pages of maxObjectUpdates) has been
+        # parsed and applied.
+        while not (backend._session and backend._session.caught_up) and (
             time.monotonic() < deadline
         ):
             await pilot.pause(0.05)

@@ -22,6 +22,7 @@ host and datastore ids) are interned: one copy per distinct value.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -158,6 +159,41 @@ class LeanSnapshotInfo:
 
 LEAN_TYPES = (LeanHardware, LeanLayoutEx, LeanSnapshotInfo)
 
+# layoutEx file types that hold no VM data (FileLayoutEx.FileType, pyvmomi
+# docs/vim/vm/FileLayoutEx/FileType.rst): the executor leaves them out of a VM's
+# bytes (``executor._files_bytes``).
+NOT_DATA = frozenset({"log", "swap", "uwswap", "stat", "screenshot", "nvram", "config",
+                      "extendedConfig", "snapshotList"})
+
+
+def kept_files(files: Iterable[LeanFileInfo], disk: Iterable[LeanDiskLayout],
+               snapshot: Iterable[LeanSnapshotLayout]) -> tuple[LeanFileInfo, ...]:
+    """The files of a layout that something reads, in the server's order: every
+    file a disk chain or a snapshot layout names (the mapping's disks and snapshot
+    sizes), every data file (the executor's bytes), the configuration files (the
+    mapping's home datastore, the stun watcher's fallback) and the ``vmware.log``
+    files (the stun watcher). The others (nvram, swap, stat, screenshot, older
+    logs, .vmsd, .vmxf: a third of a VM's files) are dropped."""
+    named: set[int] = set()
+    for d in (*disk, *(sd for s in snapshot for sd in s.disk)):
+        for unit in d.chain:
+            named.update(unit.fileKey)
+    for s in snapshot:
+        named.add(s.dataKey)
+        if s.memoryKey is not None:
+            named.add(s.memoryKey)
+    return tuple(
+        f for f in files
+        if f.key in named or f.type not in NOT_DATA or f.type == "config"
+        or (f.type == "log" and f.name.endswith("/vmware.log"))
+    )
+
+
+def lean_layout_of(files: Iterable[LeanFileInfo], disk: tuple[LeanDiskLayout, ...],
+                   snapshot: tuple[LeanSnapshotLayout, ...]) -> LeanLayoutEx:
+    """A ``LeanLayoutEx`` with the files something reads (``kept_files``)."""
+    return LeanLayoutEx(kept_files(files, disk, snapshot), disk, snapshot)
+
 
 def intern(value: Any) -> str | None:
     """One shared copy of a string that repeats across VMs (None stays None)."""
@@ -226,8 +262,8 @@ def lean_layout(layout: Any) -> Any:
     """A pyvmomi ``FileLayoutEx`` as ``LeanLayoutEx``."""
     if layout is None or isinstance(layout, LeanLayoutEx):
         return layout
-    return LeanLayoutEx(
-        file=tuple(
+    return lean_layout_of(
+        files=(
             LeanFileInfo(
                 key=int(f.key or 0),
                 name=str(f.name or ""),

@@ -51,6 +51,7 @@ from .lean import (
     LeanVirtualSCSIController,
     compact_vm,
     intern,
+    lean_layout_of,
 )
 from .mapping import POWER, device_facts
 
@@ -216,8 +217,8 @@ def _disk_layouts(parent: ET.Element) -> tuple[LeanDiskLayout, ...]:
 
 
 def _lean_layout(val: ET.Element) -> LeanLayoutEx:
-    return LeanLayoutEx(
-        file=tuple(
+    return lean_layout_of(
+        files=(
             LeanFileInfo(
                 key=_int(f.find(f"{_NS}key")) or 0,
                 name=_text(f, "name"),
@@ -364,6 +365,12 @@ class Session:
         self._more = False  # the last answer was truncated: the next completes it
         self.last_call = time.monotonic()
 
+    @property
+    def caught_up(self) -> bool:
+        """The filter's first answer (every object) has arrived in full: every
+        page of it when ``maxObjectUpdates`` cut it (``truncated``)."""
+        return bool(self.version) and not self._more
+
     #: ``CreateFilter(partialUpdates=...)``. False: a change to a nested property
     #: is reported as the whole property named in the filter (pyvmomi
     #: docs/vmodl/query/PropertyCollector.rst, CreateFilter), so the cache always
@@ -406,7 +413,10 @@ class Session:
         self.last_call = time.monotonic()
         return out
 
-    def _retrieve(self, spec: Any, page_size: int) -> list[ObjectUpdate]:
+    def _retrieve(self, spec: Any, page_size: int, *, compact: bool = True
+                  ) -> list[ObjectUpdate]:
+        """Every object ``spec`` selects, paged; VMs' properties in their lean forms
+        (``compact=False``: as pyvmomi built them, for tests that compare)."""
         out: list[ObjectUpdate] = []
         result = self.pc.RetrievePropertiesEx([spec], PC.RetrieveOptions(maxObjects=page_size))
         while result is not None:
@@ -414,7 +424,7 @@ class Session:
                 # Names interned: pyvmomi builds a PropertyPath object for every one.
                 props = {intern(p.name): p.val for p in oc.propSet}
                 kind = type_name(oc.obj)
-                if kind == "VirtualMachine":  # each page's pyvmomi objects die with it
+                if compact and kind == "VirtualMachine":  # each page's objects die with it
                     compact_vm(props)
                 out.append(ObjectUpdate("enter", kind, oc.obj._moId, props))
             if not result.token:
