@@ -601,10 +601,13 @@ class VSphereBackend(Backend):
         vm_count = Counter(moid(p.get("runtime.host")) for k, p in cache.items() if k[0] == VM_T)
 
         order = {CR_T: 0, HOST_T: 1, DS_T: 2, VM_T: 3, TASK_T: 4}
-        for key in sorted(cache, key=lambda k: (order[k[0]], k[1])):
+        if hosts_moved:  # every VM's cluster may have changed
+            mapped: Any = cache
+        else:  # VMs and tasks only where touched (not the whole view, sorted, per change)
+            mapped = [k for k in cache if k[0] not in (VM_T, TASK_T)]
+            mapped.extend(k for k in touched if k[0] in (VM_T, TASK_T) and k in cache)
+        for key in sorted(mapped, key=lambda k: (order[k[0]], k[1])):
             cat, oid = key
-            if cat in (VM_T, TASK_T) and key not in touched and not hosts_moved:
-                continue
             props = cache[key]
             if cat == TASK_T:
                 task = task_entity(oid, props.get("info"))
