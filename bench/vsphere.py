@@ -531,11 +531,17 @@ async def run_memory(handle: Any, top: int) -> dict[str, Any]:
     async with app.run_test(size=SIZE) as pilot:
         while app.store.link_state() is not LinkState.CONNECTED:
             await pilot.pause(0.05)
-        await _populate(app, pilot, handle.size.total_vms, timeout=600)
+        populated = await _populate(app, pilot, handle.size.total_vms, timeout=600)
+        cpu = time.process_time()
         while not (backend._session and backend._session.caught_up):
             await pilot.pause(0.05)
+        caught_up_s = time.perf_counter() - populated
+        cpu = time.process_time() - cpu
         settle_s = await settle(app, pilot)
-        out: dict[str, Any] = {"vms": app.store.count(Kind.VM), "settle_s": round(settle_s, 2),
+        out: dict[str, Any] = {"vms": app.store.count(Kind.VM),
+                               "first_update_after_populated_s": round(caught_up_s, 2),
+                               "first_update_cpu_s": round(cpu, 2),
+                               "settle_s": round(settle_s, 2),
                                "rss_mb": round(rss_mb(), 1),
                                "idle_cpu_pct": round(await _cpu_percent(pilot, IDLE_WINDOW_S), 2),
                                "vcsim_rss_mb": peer_rss_mb(handle)}
