@@ -553,6 +553,11 @@ class VSphereBackend(Backend):
             key = (cat, upd.moid)
             if upd.kind == "leave":
                 self._cache.pop(key, None)
+            elif upd.kind == "enter" and self._cache.get(key) == upd.assigned:
+                # The same properties again (the update filter's first answer repeats
+                # the whole view): mapping them again would only give the same entities.
+                seen.add(key)
+                continue
             elif upd.kind == "enter" or key not in self._cache:
                 self._cache[key] = dict(upd.assigned)
                 seen.add(key)
