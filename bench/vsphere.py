@@ -232,6 +232,18 @@ def simulator(vms: int, tmp: Path) -> Any:
         handle.stop()
 
 
+def peer_rss_mb(handle: Any) -> float | None:
+    """The simulator's resident memory (MB), from /proc; None where unreadable."""
+    try:
+        status = Path(f"/proc/{handle.process.pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def add_snapshots(handle: Any, every: int = 10) -> int:
     """A snapshot on every ``every``-th VM (a child one too on every other of those)."""
     from pyVim.connect import Disconnect
@@ -290,8 +302,9 @@ async def run_latency(handle: Any, changes: int = 20) -> dict[str, Any]:
         connected_at = await _populate(app, pilot, expected, timeout=deadline - time.monotonic())
         populated_after_inventory_s = connected_at - inventory_in
         # Steady state: the update filter's first WaitForUpdatesEx (every
-        # object again, diffed to nothing) has been parsed and applied.
-        while not (backend._session and backend._session.version) and (
+        # object again, diffed to nothing; in pages of maxObjectUpdates) has been
+        # parsed and applied.
+        while not (backend._session and backend._session.caught_up) and (
             time.monotonic() < deadline
         ):
             await pilot.pause(0.05)
@@ -427,6 +440,7 @@ async def run_vsphere(vms: int = 1000, rounds: int = 3, plain_rounds: int = 1,
             made = add_snapshots(handle)
             # The console first, so that its RSS is the console's, not the readers' leftovers.
             latency = await run_latency(handle, changes)
+            latency["vcsim_rss_mb"] = peer_rss_mb(handle)  # the peer's own, after the console
             await read_ours(handle)  # warm: imports, TLS session, server caches
             ours_runs: list[Inventory] = []
             go_runs: list[Inventory] = []
@@ -498,4 +512,83 @@ def report(results: dict[str, Any]) -> None:
           f"changes: {results['change_samples']} drawn, {results['change_missed']} missed, "
           f"max {results['change_max_ms']} ms; the update filter's first full "
           f"WaitForUpdatesEx took {results['first_update_after_connect_s']} s after "
-          f"populated")
+          f"populated; vcsim's own RSS {results.get('vcsim_rss_mb')} MB")
+
+
+async def run_memory(handle: Any, top: int) -> dict[str, Any]:
+    """The console on VSphereBackend until settled after the update filter's first
+    answer: RSS, idle CPU and (``top`` > 0, tracemalloc started by the caller) the
+    ``top`` files and lines holding the live Python allocations."""
+    import gc
+    import tracemalloc
+
+    from ventana.tui.app import VentanaApp
+
+    cfg = VSphereConfig(host=handle.host, port=handle.port, user=handle.user,
+                        ca_file=handle.ca_path)
+    backend = VSphereBackend(cfg, password=handle.password)
+    app = VentanaApp(backend, log=None, log_error="benchmark", read_only_reason="benchmark")
+    async with app.run_test(size=SIZE) as pilot:
+        while app.store.link_state() is not LinkState.CONNECTED:
+            await pilot.pause(0.05)
+        populated = await _populate(app, pilot, handle.size.total_vms, timeout=600)
+        cpu = time.process_time()
+        while not (backend._session and backend._session.caught_up):
+            await pilot.pause(0.05)
+        caught_up_s = time.perf_counter() - populated
+        cpu = time.process_time() - cpu
+        settle_s = await settle(app, pilot)
+        out: dict[str, Any] = {"vms": app.store.count(Kind.VM),
+                               "first_update_after_populated_s": round(caught_up_s, 2),
+                               "first_update_cpu_s": round(cpu, 2),
+                               "settle_s": round(settle_s, 2),
+                               "rss_mb": round(rss_mb(), 1),
+                               "idle_cpu_pct": round(await _cpu_percent(pilot, IDLE_WINDOW_S), 2),
+                               "vcsim_rss_mb": peer_rss_mb(handle)}
+        if top and tracemalloc.is_tracing():
+            gc.collect()
+            snap = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)])
+            out["traced_mb"] = round(sum(st.size for st in snap.statistics("filename")) / 2**20, 1)
+            def where(frame: Any, line: bool) -> str:
+                name = frame.filename.split("site-packages/")[-1].replace(f"{REPO}/", "")
+                return f"{name}:{frame.lineno}" if line else name
+
+            for group in ("filename", "lineno"):
+                out[f"by_{group}"] = [
+                    f"{st.size / 2**20:8.1f} MB {st.count:>9,} blocks  "
+                    f"{where(st.traceback[0], group == 'lineno')}"
+                    for st in snap.statistics(group)[:top]]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.vsphere --vms N [--tracemalloc TOP]``: where the console's
+    memory is at N VMs (vcsim, a tenth of the VMs with snapshots), without the
+    readers and the change probe of the suite."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.vsphere")
+    parser.add_argument("--vms", type=int, default=DEFAULT_VMS)
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="TOP",
+                        help="trace the console's allocations; print the TOP sites")
+    args = parser.parse_args(argv)
+    with (tempfile.TemporaryDirectory(prefix="ventana-bench-vcsim-") as tmp,
+          simulator(args.vms, Path(tmp)) as handle):
+        add_snapshots(handle)
+        if args.tracemalloc:
+            import tracemalloc
+
+            tracemalloc.start()
+        out = asyncio.run(run_memory(handle, args.tracemalloc))
+    for group in ("by_filename", "by_lineno"):
+        lines = out.pop(group, [])
+        if lines:
+            print(f"-- tracemalloc, {group.replace('_', ' ')}")
+            print("\n".join(lines))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

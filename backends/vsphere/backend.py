@@ -118,7 +118,9 @@ class VSphereConfig:
     # (the VM is then re-read; nothing is re-sent). Consolidating a large disk
     # takes hours.
     task_timeout_s: float = 6 * 3600.0
-    max_object_updates: int = 2000  # WaitOptions.maxObjectUpdates (0: no limit)
+    # WaitOptions.maxObjectUpdates (0: no limit): also what one answer costs the client
+    # to hold while it is read (the raw body, its parse tree, the objects built).
+    max_object_updates: int = 500
 
 
 class VSphereBackend(Backend):
@@ -551,6 +553,11 @@ class VSphereBackend(Backend):
             key = (cat, upd.moid)
             if upd.kind == "leave":
                 self._cache.pop(key, None)
+            elif upd.kind == "enter" and self._cache.get(key) == upd.assigned:
+                # The same properties again (the update filter's first answer repeats
+                # the whole view): mapping them again would only give the same entities.
+                seen.add(key)
+                continue
             elif upd.kind == "enter" or key not in self._cache:
                 self._cache[key] = dict(upd.assigned)
                 seen.add(key)
@@ -599,10 +606,13 @@ class VSphereBackend(Backend):
         vm_count = Counter(moid(p.get("runtime.host")) for k, p in cache.items() if k[0] == VM_T)
 
         order = {CR_T: 0, HOST_T: 1, DS_T: 2, VM_T: 3, TASK_T: 4}
-        for key in sorted(cache, key=lambda k: (order[k[0]], k[1])):
+        if hosts_moved:  # every VM's cluster may have changed
+            mapped: Any = cache
+        else:  # VMs and tasks only where touched (not the whole view, sorted, per change)
+            mapped = [k for k in cache if k[0] not in (VM_T, TASK_T)]
+            mapped.extend(k for k in touched if k[0] in (VM_T, TASK_T) and k in cache)
+        for key in sorted(mapped, key=lambda k: (order[k[0]], k[1])):
             cat, oid = key
-            if cat in (VM_T, TASK_T) and key not in touched and not hosts_moved:
-                continue
             props = cache[key]
             if cat == TASK_T:
                 task = task_entity(oid, props.get("info"))

@@ -48,6 +48,7 @@ from ventana.state.model import FinalState, Task, TaskState
 from ventana.state.sanitize import clean
 
 from ..base import ActionResult, Executor
+from .lean import NOT_DATA
 from .mapping import fault_message, moid, task_entity
 from .session import TaskTimeout
 
@@ -625,7 +626,7 @@ class VSphereExecutor(Executor):
             stack = list(getattr(info, "rootSnapshotList", None) or ())
             while stack:
                 tree = stack.pop()
-                if tree.snapshot._moId == snapshot_id:
+                if moid(tree.snapshot) == snapshot_id:
                     return oid
                 stack.extend(tree.childSnapshotList or ())
         return None
@@ -638,8 +639,7 @@ def _vm(session: Session, vm_id: str) -> Any:
     return vim.VirtualMachine(vm_id, session.si._stub)
 
 
-_NOT_DATA = frozenset({"log", "swap", "uwswap", "stat", "screenshot", "nvram", "config",
-                       "extendedConfig", "snapshotList"})
+_NOT_DATA = NOT_DATA  # what the cache keeps of a layout depends on it (lean.kept_files)
 
 
 def _files_bytes(layout: Any) -> int | None:

@@ -36,6 +36,23 @@ from pyVmomi.SoapAdapter import SoapResponseDeserializer
 from ventana.state.model import VM, PowerState
 from ventana.state.plans_vsphere import snapshot_limitations
 
+from .lean import (
+    LeanDescription,
+    LeanDevice,
+    LeanDiskBacking,
+    LeanDiskLayout,
+    LeanDiskUnit,
+    LeanFileInfo,
+    LeanHardware,
+    LeanLayoutEx,
+    LeanSnapshotLayout,
+    LeanVirtualDisk,
+    LeanVirtualPCIPassthrough,
+    LeanVirtualSCSIController,
+    compact_vm,
+    intern,
+    lean_layout_of,
+)
 from .mapping import POWER, device_facts
 
 PC = vmodl.query.PropertyCollector
@@ -170,116 +187,11 @@ def _lean_spec(view: vim.view.ContainerView) -> Any:
 # fetches those two properties in their own RetrievePropertiesEx, sent
 # through the session's stub (same connection pool, cookie and TLS), and reads
 # them with ElementTree into the small classes below, which carry the same
-# attribute names as pyvmomi's. Later changes (WaitForUpdatesEx) bring
-# pyvmomi objects; the mapping and the executor read both alike.
+# attribute names as pyvmomi's (lean.py). Later changes (WaitForUpdatesEx)
+# bring pyvmomi objects, turned into the same classes (``lean.compact_vm``)
+# before they leave the worker thread.
 _XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 _NS = "{urn:vim25}"
-
-
-@dataclass(frozen=True, slots=True)
-class LeanDescription:
-    """``vim.Description`` (a device's ``deviceInfo``): its label only."""
-
-    label: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class LeanDiskBacking:
-    """A disk's backing: ``diskMode`` (FlatVer2/SparseVer2/RawDiskMappingVer1 ...
-    BackingInfo) and, for an RDM only, ``compatibilityMode`` (pyvmomi
-    docs/vim/vm/device/VirtualDisk/RawDiskMappingVer1BackingInfo.rst)."""
-
-    diskMode: str | None = None
-    compatibilityMode: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LeanVirtualDisk:
-    """A ``vim.vm.device.VirtualDisk`` as the mapping reads it."""
-
-    key: int
-    capacityInKB: int = 0
-    capacityInBytes: int | None = None
-    deviceInfo: LeanDescription | None = None
-    backing: LeanDiskBacking | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LeanVirtualSCSIController:
-    """A ``vim.vm.device.VirtualSCSIController`` (any model): ``sharedBus``
-    (docs/vim/vm/device/VirtualSCSIController.rst)."""
-
-    key: int
-    sharedBus: str
-    deviceInfo: LeanDescription | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LeanVirtualPCIPassthrough:
-    """A ``vim.vm.device.VirtualPCIPassthrough`` (DirectPath I/O)."""
-
-    key: int
-    deviceInfo: LeanDescription | None = None
-
-
-LeanDevice = LeanVirtualDisk | LeanVirtualSCSIController | LeanVirtualPCIPassthrough
-
-
-@dataclass(frozen=True, slots=True)
-class LeanHardware:
-    """A ``vim.vm.VirtualHardware`` with the devices the mapping reads (disks,
-    SCSI controllers, PCI passthrough devices), in the server's order."""
-
-    numCPU: int
-    numCoresPerSocket: int
-    memoryMB: int
-    device: tuple[LeanDevice, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LeanFileInfo:
-    """``vim.vm.FileLayoutEx.FileInfo``."""
-
-    key: int
-    name: str
-    type: str
-    size: int
-    uniqueSize: int | None = None
-    accessible: bool | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LeanDiskUnit:
-    """``vim.vm.FileLayoutEx.DiskUnit``."""
-
-    fileKey: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LeanDiskLayout:
-    """``vim.vm.FileLayoutEx.DiskLayout``."""
-
-    key: int
-    chain: tuple[LeanDiskUnit, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LeanSnapshotLayout:
-    """``vim.vm.FileLayoutEx.SnapshotLayout``; ``key`` is the snapshot's moref value."""
-
-    key: str
-    dataKey: int
-    memoryKey: int | None
-    disk: tuple[LeanDiskLayout, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LeanLayoutEx:
-    """``vim.vm.FileLayoutEx``."""
-
-    file: tuple[LeanFileInfo, ...]
-    disk: tuple[LeanDiskLayout, ...]
-    snapshot: tuple[LeanSnapshotLayout, ...]
 
 
 def _text(elem: ET.Element, tag: str) -> str:
@@ -305,12 +217,12 @@ def _disk_layouts(parent: ET.Element) -> tuple[LeanDiskLayout, ...]:
 
 
 def _lean_layout(val: ET.Element) -> LeanLayoutEx:
-    return LeanLayoutEx(
-        file=tuple(
+    return lean_layout_of(
+        files=(
             LeanFileInfo(
                 key=_int(f.find(f"{_NS}key")) or 0,
                 name=_text(f, "name"),
-                type=_text(f, "type"),
+                type=intern(_text(f, "type")) or "",
                 size=_int(f.find(f"{_NS}size")) or 0,
                 uniqueSize=_int(f.find(f"{_NS}uniqueSize"), None),
                 accessible=_bool(f, "accessible"),
@@ -336,7 +248,7 @@ def _int(elem: ET.Element | None, default: int | None = 0) -> int | None:
 
 def _lean_label(dev: ET.Element) -> LeanDescription | None:
     info = dev.find(f"{_NS}deviceInfo")
-    return None if info is None else LeanDescription(_text(info, "label"))
+    return None if info is None else LeanDescription(intern(_text(info, "label")) or "")
 
 
 def _lean_backing(dev: ET.Element) -> LeanDiskBacking | None:
@@ -344,8 +256,8 @@ def _lean_backing(dev: ET.Element) -> LeanDiskBacking | None:
     if backing is None:
         return None
     return LeanDiskBacking(
-        diskMode=backing.findtext(f"{_NS}diskMode"),
-        compatibilityMode=backing.findtext(f"{_NS}compatibilityMode"),
+        diskMode=intern(backing.findtext(f"{_NS}diskMode")),
+        compatibilityMode=intern(backing.findtext(f"{_NS}compatibilityMode")),
     )
 
 
@@ -364,7 +276,7 @@ def _lean_hardware(val: ET.Element) -> LeanHardware:
         elif dev.find(f"{_NS}sharedBus") is not None:  # every VirtualSCSIController model
             disks.append(LeanVirtualSCSIController(
                 key=_int(dev.find(f"{_NS}key")) or 0,
-                sharedBus=_text(dev, "sharedBus"),
+                sharedBus=intern(_text(dev, "sharedBus")) or "",
                 deviceInfo=_lean_label(dev),
             ))
         elif xsi.endswith("VirtualPCIPassthrough"):
@@ -450,7 +362,14 @@ class Session:
             raise
         self.filter: Any = None
         self.version = ""
+        self._more = False  # the last answer was truncated: the next completes it
         self.last_call = time.monotonic()
+
+    @property
+    def caught_up(self) -> bool:
+        """The filter's first answer (every object) has arrived in full: every
+        page of it when ``maxObjectUpdates`` cut it (``truncated``)."""
+        return bool(self.version) and not self._more
 
     #: ``CreateFilter(partialUpdates=...)``. False: a change to a nested property
     #: is reported as the whole property named in the filter (pyvmomi
@@ -494,13 +413,20 @@ class Session:
         self.last_call = time.monotonic()
         return out
 
-    def _retrieve(self, spec: Any, page_size: int) -> list[ObjectUpdate]:
+    def _retrieve(self, spec: Any, page_size: int, *, compact: bool = True
+                  ) -> list[ObjectUpdate]:
+        """Every object ``spec`` selects, paged; VMs' properties in their lean forms
+        (``compact=False``: as pyvmomi built them, for tests that compare)."""
         out: list[ObjectUpdate] = []
         result = self.pc.RetrievePropertiesEx([spec], PC.RetrieveOptions(maxObjects=page_size))
         while result is not None:
             for oc in result.objects:
-                props = {p.name: p.val for p in oc.propSet}
-                out.append(ObjectUpdate("enter", type_name(oc.obj), oc.obj._moId, props))
+                # Names interned: pyvmomi builds a PropertyPath object for every one.
+                props = {intern(p.name): p.val for p in oc.propSet}
+                kind = type_name(oc.obj)
+                if compact and kind == "VirtualMachine":  # each page's objects die with it
+                    compact_vm(props)
+                out.append(ObjectUpdate("enter", kind, oc.obj._moId, props))
             if not result.token:
                 break
             result = self.pc.ContinueRetrievePropertiesEx(result.token)
@@ -524,7 +450,7 @@ class Session:
                         props = out.setdefault(oid, {})
                         for prop in obj.iterfind(f"{_NS}propSet"):
                             val = prop.find(f"{_NS}val")
-                            name = prop.findtext(f"{_NS}name") or ""
+                            name = intern(prop.findtext(f"{_NS}name")) or ""
                             if name in _LEAN and val is not None:
                                 props[name] = _LEAN[name](val)
                 body = self._raw(pc, "ContinueRetrievePropertiesEx", [token]) if token else None
@@ -579,13 +505,15 @@ class Session:
         if self.max_object_updates > 0:
             options.maxObjectUpdates = self.max_object_updates
         update = None
-        if not self.version:
+        # The first answer (every object) and the pages that complete it are read
+        # lean; later answers (a few changes each) through pyvmomi.
+        if not self.version or self._more:
             paused = gc.isenabled()
             gc.disable()
             try:
-                update, lean = self._first_wait_lean(options)
+                update, lean = self._wait_lean(self.version, options)
             except _RawUnavailable as exc:
-                log.info("lean first WaitForUpdatesEx unavailable (%s); using pyvmomi", exc)
+                log.info("lean WaitForUpdatesEx unavailable (%s); using pyvmomi", exc)
             finally:
                 if paused:
                     gc.enable()
@@ -595,6 +523,7 @@ class Session:
         if update is None:
             return None
         self.version = update.version
+        self._more = bool(update.truncated)
         if update.truncated:  # the rest comes with the next call, at once
             self.truncated += 1
         out: list[ObjectUpdate] = []
@@ -605,13 +534,14 @@ class Session:
                 nested: set[str] = set()
                 paths = PATHS_BY_NAME.get(type_name(obj.obj), [])
                 for change in obj.changeSet or ():
-                    top = enclosing_path(change.name, paths)
-                    if top != change.name:  # a nested change: read the whole property
+                    name = intern(change.name) or ""  # a PropertyPath object each, else
+                    top = enclosing_path(name, paths)
+                    if top != name:  # a nested change: read the whole property
                         nested.add(top)
                     elif change.op in ("remove", "indirectRemove") or change.val is None:
-                        removed.append(change.name)
+                        removed.append(name)
                     else:
-                        assigned[change.name] = change.val
+                        assigned[name] = change.val
                 if nested and str(obj.kind) != "leave":
                     fresh = self.read_props(obj.obj, sorted(nested))
                     for name in nested:
@@ -624,24 +554,35 @@ class Session:
                         removed.append(name)
                     else:
                         assigned[name] = val
+                kind = type_name(obj.obj)
+                if kind == "VirtualMachine":
+                    compact_vm(assigned)
                 out.append(
-                    ObjectUpdate(
-                        str(obj.kind), type_name(obj.obj), obj.obj._moId, assigned, tuple(removed)
-                    )
+                    ObjectUpdate(str(obj.kind), kind, obj.obj._moId, assigned, tuple(removed))
                 )
         return out
 
-    def _first_wait_lean(self, options: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
-        """The filter's first ``WaitForUpdatesEx`` (every object, in full) with
-        ``config.hardware`` and ``layoutEx`` read lean, as in ``read_all``.
+    def _wait_lean(self, version: str, options: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
+        """``WaitForUpdatesEx`` with ``config.hardware`` and ``layoutEx`` read lean,
+        as in ``read_all``: the filter's first answer (every object, in full) and,
+        with ``maxObjectUpdates``, the pages that complete it.
 
         The raw answer is read twice: ElementTree takes the lean properties'
         change sets, then pyvmomi deserializes the answer with those change sets
-        cut out. Anything unexpected raises ``_RawUnavailable`` and the caller
-        asks again through pyvmomi (a first wait can be repeated: it always
-        returns the full state).
+        cut out. An answer the lean reader does not expect is deserialized whole
+        by pyvmomi (it is never asked for twice: a page once answered is not
+        sent again). ``_RawUnavailable`` only when no answer was read (the
+        caller then asks through pyvmomi).
         """
-        body = self.post_raw(self.pc, "WaitForUpdatesEx", ["", options])
+        body = self.post_raw(self.pc, "WaitForUpdatesEx", [version, options])
+        info = self.pc._GetMethodInfo("WaitForUpdatesEx")
+        try:
+            return self._lean_answer(body, info)
+        except _RawUnavailable as exc:
+            log.info("lean WaitForUpdatesEx answer not read (%s); using pyvmomi", exc)
+            return SoapResponseDeserializer(self.si._stub).Deserialize(body, info.result), {}
+
+    def _lean_answer(self, body: bytes, info: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
         lean: dict[str, dict[str, Any]] = {}
         count = 0
         try:
@@ -649,7 +590,7 @@ class Session:
             for obj_set in root.iter(f"{_NS}objectSet"):
                 oid = obj_set.findtext(f"{_NS}obj") or ""
                 for change in obj_set.iterfind(f"{_NS}changeSet"):
-                    name = change.findtext(f"{_NS}name") or ""
+                    name = intern(change.findtext(f"{_NS}name")) or ""
                     if name in _LEAN:
                         val = change.find(f"{_NS}val")
                         removed = change.findtext(f"{_NS}op") in ("remove", "indirectRemove")
@@ -662,7 +603,6 @@ class Session:
         stripped, cut = _LEAN_CHANGE.subn(b"", body)
         if cut != count:
             raise _RawUnavailable(f"{cut} change sets cut, {count} read")
-        info = self.pc._GetMethodInfo("WaitForUpdatesEx")
         update = SoapResponseDeserializer(self.si._stub).Deserialize(stripped, info.result)
         return update, lean
 
@@ -675,7 +615,7 @@ class Session:
         result = self.content.propertyCollector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
         props: dict[str, Any] = {}
         for oc in getattr(result, "objects", None) or ():
-            props.update({p.name: p.val for p in oc.propSet or ()})
+            props.update({intern(p.name) or "": p.val for p in oc.propSet or ()})
         return props
 
     def refresh_storage(self, vm_id: str) -> dict[str, Any]:
@@ -688,7 +628,7 @@ class Session:
         """
         vm = vim.VirtualMachine(vm_id, self.si._stub)
         vm.RefreshStorageInfo()
-        return self.read_props(vm, STORAGE_PATHS)
+        return compact_vm(self.read_props(vm, STORAGE_PATHS))
 
     def refresh_datastore(self, ds_id: str) -> dict[str, Any]:
         """``RefreshDatastore`` (free space is otherwise refreshed only
