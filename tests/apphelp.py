@@ -45,9 +45,8 @@ def placed(app: VentanaApp) -> bool:
 async def populated(pilot: Pilot, vms: int = 74) -> None:
     app = pilot.app
     assert isinstance(app, VentanaApp)
-    core = app.core  # the inventory is applied in slices: wait for the last one
-    await wait_for(pilot, lambda: app.store.count(Kind.VM) >= vms and not app._pending
-                   and not core.loading and not core.inventory_applying)
+    # The inventory is applied in slices: wait for the last one.
+    await wait_for(pilot, lambda: app.store.count(Kind.VM) >= vms and placed(app))
     await pilot.pause(0.2)
 
 

@@ -271,7 +271,7 @@ class HyperVBackend(Backend):
         #: Sources whose first poll is over (answered or failed): the streams and the
         #: deferred reads wait for all of them (``_after_inventory``).
         self._first_polled: set[str] = set()
-        self._inventory_in: asyncio.Event | None = None
+        self._inventory_in = asyncio.Event()  # bound to the loop at its first wait
         self._cluster_id = config.cluster
         self._mounts: list[Mount] = []
         self._facts: dict[str, NodeFacts] = {}  # node name (casefolded) -> backup agent
@@ -849,8 +849,6 @@ class HyperVBackend(Backend):
 
     def _note_first_poll(self, node: HyperVNode) -> None:
         self._first_polled.add(node.source)
-        if self._inventory_in is None:
-            self._inventory_in = asyncio.Event()
         if all(n.source in self._first_polled for n in self._nodes):
             self._inventory_in.set()
 
@@ -859,8 +857,6 @@ class HyperVBackend(Backend):
         node's): this node's event stream, then its deferred reads. At 64 nodes the
         first nodes' streams and reads would otherwise take the CPU from the last
         nodes' inventory."""
-        if self._inventory_in is None:
-            self._inventory_in = asyncio.Event()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._inventory_in.wait(), self.config.poll_interval)
         self._start_watch(node)
