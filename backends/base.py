@@ -10,6 +10,7 @@ Backends import asyncio, their protocol library and ``ventana.state`` only.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,19 @@ from ventana.state.events import Event
 from ventana.state.model import FinalState, Platform, TaskState
 
 from .capabilities import PerTargetModes
+
+#: How often the loop turns between two slices of a long piece of work on it (the
+#: simulator's world build and inventory stream, the console applying an inventory):
+#: a key takes about ten turns from the terminal to the widget that handles it
+#: (driver, app, screen, widget, bindings: each a message queue), so it waits for
+#: one slice, not for ten.
+LOOP_TURNS = 10
+
+
+async def let_keys_in() -> None:
+    """Between two slices of work on the UI loop: turn it ``LOOP_TURNS`` times."""
+    for _ in range(LOOP_TURNS):
+        await asyncio.sleep(0)
 
 
 class ReadOnlyError(PermissionError):

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from ventana.backends import actionspecs
 from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.actionspecs import ActionSpec, Command
-from ventana.backends.base import ActionResult, Backend, ReadOnlyError
+from ventana.backends.base import ActionResult, Backend, ReadOnlyError, let_keys_in
 from ventana.backends.capabilities import (
     ConsolidationEstimator,
     PerTargetModes,
@@ -69,11 +69,7 @@ FINDINGS_SLICE_S = 0.008
 # The first inventory is applied in slices of about INVENTORY_SLICE_S of work (at
 # most INVENTORY_SLICE events), so a key or a frame never waits for the whole of it.
 INVENTORY_SLICE = 500
-INVENTORY_SLICE_S = 0.006
-# Between two slices the loop turns this many times: a key takes about ten turns
-# from the terminal to the widget that handles it (driver, app, screen, widget,
-# bindings: each a message queue), so it waits for one slice, not for ten.
-LOOP_TURNS = 10
+INVENTORY_SLICE_S = 0.006  # then the loop turns (``backends.base.let_keys_in``)
 # A live batch bigger than this (a burst: the rest of an inventory that outlasted
 # INITIAL_LOAD_MAX_S, a reconnect's full re-read) is applied in slices too.
 BURST_EVENTS = 4 * INVENTORY_SLICE
@@ -511,8 +507,7 @@ class Console:
                     took = max(time.perf_counter() - began, 1e-5)
                     size = max(16, min(INVENTORY_SLICE, 2 * size,
                                        int(size * INVENTORY_SLICE_S / took)))
-                    for _ in range(LOOP_TURNS):  # a key's way to its widget: see LOOP_TURNS
-                        await asyncio.sleep(0)
+                    await let_keys_in()
         finally:
             gc.freeze()
             self._resume_gc()

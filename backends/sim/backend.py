@@ -26,7 +26,7 @@ from typing import Any
 from ventana.state.events import ConnectionChanged, Event, LinkState, Remove, Upsert
 from ventana.state.model import FinalState, Key, Kind, Platform, PowerState, TaskState
 
-from ..base import ActionResult, Backend
+from ..base import ActionResult, Backend, let_keys_in
 from .churn import Churn
 from .clock import Scheduler, SimClock
 from .config import SimConfig
@@ -40,8 +40,8 @@ from .world import World
 
 Sleep = Callable[[float], Awaitable[object]]
 WORLD_SLICE_S = 0.008  # the world is built this much at a time (``_build_world``) ...
-STREAM_SLICE_S = 0.008  # ... and the inventory streamed out (with its consumer's work) ...
-LOOP_TURNS = 10  # ... and the loop turns this often between slices
+STREAM_SLICE_S = 0.008  # ... and the inventory streamed out (with its consumer's work),
+# the loop turning between slices (``base.let_keys_in``)
 MAX_LAG_S = 2.0  # a consumer this far behind real time is not flooded with the backlog
 
 
@@ -123,7 +123,7 @@ class SimBackend(Backend):
     async def _build_world(self) -> World:
         """The world built on the loop, ``WORLD_SLICE_S`` of work at a time.
 
-        Between slices the loop turns ``LOOP_TURNS`` times: a key takes about ten
+        Between slices the loop turns (``let_keys_in``): a key takes about ten
         turns from the terminal to the widget that handles it, so it never waits
         for more than one slice. (In a worker thread the build held the GIL against
         the UI loop for 5 ms at a time, once for each of those turns.)
@@ -144,8 +144,7 @@ class SimBackend(Backend):
             finally:
                 if was_enabled:
                     gc.enable()
-            for _ in range(LOOP_TURNS):
-                await asyncio.sleep(0)
+            await let_keys_in()
 
     def now(self) -> datetime:
         """The simulated clock (it runs ``speed`` times faster than the wall)."""
@@ -197,8 +196,7 @@ class SimBackend(Backend):
         for n, entity in enumerate(world.snapshot(), start=1):
             yield Upsert(entity)
             if n % 64 == 0 and time.perf_counter() >= deadline:  # as _build_world
-                for _ in range(LOOP_TURNS):
-                    await asyncio.sleep(0)
+                await let_keys_in()
                 deadline = time.perf_counter() + STREAM_SLICE_S
         self._client_keys.update(world.keys())  # what the client has now: all of it
         self._connected = True
