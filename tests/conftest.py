@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,26 @@ import pytest_textual_snapshot
 pytest_plugins = ["peers.postgres"]  # pg_server, pg_url: a throwaway PostgreSQL (team mode)
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_os_keyring() -> Iterator[None]:
+    """Every test starts with no keyring, as on a headless machine.
+
+    keyring registers every ``KeyringBackend`` subclass for its own discovery
+    (keyring/backend.py, the metaclass's ``_register``) and its chainer chains
+    every viable one with a priority above 0 (keyring/backends/chainer.py). The
+    test backends (tests/backends/test_credentials.py's 30-second ``Blocking``
+    among them) would become the default as soon as their module is imported,
+    and every later log open would wait out its 5 s keyring limit; a
+    developer's desktop keyring would be read by the suite. Tests that need a
+    keyring install their own with ``keyring.set_keyring`` and restore it.
+    """
+    import keyring
+    from keyring.backends import fail
+
+    keyring.set_keyring(fail.Keyring())  # never asks the machine's (discovery is not run)
+    yield
 
 
 _CELL_W, _CELL_H = 12.2, 24.4
