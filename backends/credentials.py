@@ -2,9 +2,9 @@
 
 Order: a secret file (it must be a regular file owned by this user that
 nobody else can read or write, mode 0600 or stricter) → an environment
-variable → the OS keyring (asked in a worker thread with a time limit and
-only when a real keyring backend is present: the null and fail backends, and
-``keyrings.alt``'s plaintext stores, are not used). Each backend's own
+variable → the OS keyring (``state/oskeyring.py``: asked in a worker thread
+with a time limit and only when a real keyring backend is present: the null
+and fail backends, and ``keyrings.alt``'s plaintext stores, are not used). Each backend's own
 ``credentials`` module names its variable, keyring service and label
 ("Hyper-V", "vSphere"), and words its "no password" error. The value of a
 password never appears in a message, a log or a repr.
@@ -15,14 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ventana.state.oskeyring import TIMEOUT_S, real_keyring
+from ventana.state.oskeyring import ask as from_keyring
+
 log = logging.getLogger(__name__)
 
-KEYRING_TIMEOUT_S = 5.0
+KEYRING_TIMEOUT_S = TIMEOUT_S
 
 
 class CredentialError(Exception):
@@ -63,47 +65,6 @@ def read_secret_file(path: Path, *, label: str) -> str:
     if not password:
         raise CredentialError(f"{what} is empty")
     return password
-
-
-def real_keyring() -> bool:
-    """Whether a keyring backend that really stores secrets is available."""
-    try:
-        import keyring
-        from keyring.backends import fail, null
-    except ImportError:
-        return False
-    backend = keyring.get_keyring()
-    chained = getattr(backend, "backends", None)
-    candidates = list(chained) if chained is not None else [backend]
-    usable = [
-        b
-        for b in candidates
-        if not isinstance(b, fail.Keyring | null.Keyring)
-        and not type(b).__module__.startswith("keyrings.alt")
-    ]
-    return bool(usable)
-
-
-def from_keyring(service: str, username: str, timeout: float) -> str | None:
-    """The stored password, or None (not stored, failed, or no answer within ``timeout``)."""
-    result: list[str | None] = []
-
-    def ask() -> None:
-        try:
-            import keyring
-
-            result.append(keyring.get_password(service, username))
-        except Exception as exc:  # NoKeyringError, locked collections, D-Bus errors
-            log.info("keyring lookup failed: %s", type(exc).__name__)
-            result.append(None)
-
-    thread = threading.Thread(target=ask, name="ventana-keyring", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        log.warning("the OS keyring did not answer within %.0f s; not using it", timeout)
-        return None
-    return result[0] if result else None
 
 
 def find_password(

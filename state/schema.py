@@ -45,6 +45,8 @@ from urllib.parse import urlsplit
 
 from .db import connect as sqlite_connect
 from .db import explain as sqlite_explain
+from .oskeyring import TIMEOUT_S
+from .oskeyring import ask as ask_keyring
 from .sanitize import clean
 
 VERSION = 2
@@ -229,34 +231,18 @@ def explain_pg(exc: BaseException, where: str) -> str:
 
 # -- the password ---------------------------------------------------------------------
 
-def keyring_password(url: str, timeout: float = 5.0) -> str | None:
-    """The password the OS keyring holds for this URL's user@host/db, if any.
+def keyring_password(url: str, timeout: float = TIMEOUT_S) -> str | None:
+    """The password the OS keyring holds for this URL's user@host:port/db, if any.
 
     Only asked when ``PGPASSWORD`` is not set; a headless machine has no
     backend (``None``, fast); a locked collection may block on a prompt, so the
-    call runs in a thread with a time limit (RELIABILITY.md, "Credentials").
+    lookup has a time limit (state/oskeyring.py; RELIABILITY.md, "Credentials").
     """
     if os.environ.get("PGPASSWORD"):
         return None
     parts = urlsplit(url)
     key = f"{parts.username or ''}@{parts.hostname or ''}:{parts.port or ''}{parts.path}"
-    found: list[str | None] = [None]
-
-    def ask() -> None:
-        try:
-            import keyring
-            from keyring.backends import fail
-
-            if isinstance(keyring.get_keyring(), fail.Keyring):
-                return
-            found[0] = keyring.get_password(KEYRING_SERVICE, key)
-        except Exception:  # no backend, a broken one: not stored
-            return
-
-    thread = threading.Thread(target=ask, daemon=True, name="keyring")
-    thread.start()
-    thread.join(timeout)
-    return found[0] or None
+    return ask_keyring(KEYRING_SERVICE, key, timeout)
 
 
 # -- one connection -------------------------------------------------------------------
