@@ -29,6 +29,7 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -199,8 +200,9 @@ class Console:
                 self.acks = AckBook.open(log.path, grace=self.findings.config.ack_grace)
             except AckError as exc:
                 self.acks_error = str(exc)
+        self._book_writer: ThreadPoolExecutor | None = None  # book_write's one thread
         if self.acks is not None:
-            follow(self.findings, self.acks, self.clock)
+            follow(self.findings, self.acks, self.clock, defer=self.book_write)
         self._findings_seen = (-1, -1)
         self._window: WindowRunner | None = None
         self.team_watchers = []
@@ -317,7 +319,7 @@ class Console:
                 self.acks_error = str(exc)
             else:
                 self.acks_error = ""
-                follow(self.findings, self.acks, self.clock)
+                follow(self.findings, self.acks, self.clock, defer=self.book_write)
                 self.sync_findings(force=True)
         if self.team_feed is None:
             self._follow_team()
@@ -552,9 +554,41 @@ class Console:
         """Age thresholds and snooze expiry (the front end calls this every ~30 s)."""
         self.findings.tick()
         if self.acks is not None:
-            with contextlib.suppress(AckError):
-                self.acks.expire(self.clock())
+            book, now = self.acks, self.clock()
+
+            def expire() -> None:
+                with contextlib.suppress(AckError):
+                    book.expire(now)
+
+            self.book_write(expire)
         self.sync_findings(force=True)
+
+    def book_write(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run one of the acknowledgement book's writes on the console's writer thread.
+
+        One thread, so writes land in the order they were asked; never on the
+        loop, because a shared log's round trip (or a log file another console
+        holds locked, up to its busy timeout) must not stall the screen. When
+        the write is done the header's counts are redone on the loop.
+        """
+        if self._book_writer is None:
+            self._book_writer = ThreadPoolExecutor(1, thread_name_prefix="ventana-acks")
+        future = self._book_writer.submit(fn)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the loop (a headless script): no recount
+            return future
+
+        def written(_: Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(self._book_written)
+
+        future.add_done_callback(written)
+        return future
+
+    def _book_written(self) -> None:
+        if not self._closed:
+            self.sync_findings()
 
     def sync_findings(self, force: bool = False) -> None:
         """The header's open-finding counts (recounted only when something changed)."""
@@ -898,6 +932,8 @@ class Console:
         if self.team_feed is not None:
             await asyncio.to_thread(self.team_feed.stop)
         self.findings.detach()
+        if self._book_writer is not None:  # what was asked is written before the book closes
+            await asyncio.to_thread(self._book_writer.shutdown, wait=True)
         if self.acks is not None:
             self.acks.close()
         await self.backend.close()

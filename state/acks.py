@@ -293,21 +293,38 @@ def audit(
         raise AckError(str(exc)) from exc
 
 
-def follow(engine: FindingsEngine, book: AckBook, clock: Callable[[], datetime]
-           ) -> Callable[[], None]:
+def follow(engine: FindingsEngine, book: AckBook, clock: Callable[[], datetime],
+           defer: Callable[[Callable[[], None]], object] | None = None) -> Callable[[], None]:
     """Keep the book in step with the engine: a finding going away starts its
-    acknowledgement's grace; coming back within it keeps it. Returns unsubscribe."""
+    acknowledgement's grace; coming back within it keeps it. Returns unsubscribe.
+
+    Which acknowledgements a change touches is decided when it happens; the
+    book's writes are handed to ``defer`` (the console's one writer thread:
+    a shared log's round trip, or a file another console holds locked, must
+    never stall the screen); without it they run at once.
+    """
 
     def on_change(change: FindingsChange) -> None:
         now = clock()
-        try:
-            for f in change.removed:
-                if engine.get(f.key) is None:
-                    book.finding_cleared(f.target, f.code, now)
-            for f in change.added:
-                book.finding_present(f, now)
-        except AckError:
-            pass  # the screen reports the book's errors when the operator acts
+        gone = [(f.target, f.code) for f in change.removed
+                if book.get(f.target, f.code) is not None and engine.get(f.key) is None]
+        back = [f for f in change.added if book.get(f.target, f.code) is not None]
+        if not gone and not back:
+            return
+
+        def write() -> None:
+            try:
+                for target, code in gone:
+                    book.finding_cleared(target, code, now)
+                for f in back:
+                    book.finding_present(f, now)
+            except AckError:
+                pass  # the screen reports the book's errors when the operator acts
+
+        if defer is None:
+            write()
+        else:
+            defer(write)
 
     return engine.subscribe(on_change)
 

@@ -15,6 +15,7 @@ finding). Everything from the cluster is shown as ``Text``, never markup.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -495,26 +496,36 @@ class FindingsScreen(ModalScreen[None]):
                              callback=lambda s: self._silenced(finding, s))
 
     def _silenced(self, finding: LiveFinding, silence: Silence | None) -> None:
-        if silence is None:
-            return
-        book = self.console.acks
+        if silence is not None and self.console.acks is not None:
+            # the app's worker: the write and its message outlive this screen
+            self.app.run_worker(self._write_silence(finding, silence), group="acks",
+                                exit_on_error=False)
+
+    async def _write_silence(self, finding: LiveFinding, silence: Silence) -> None:
+        """Acknowledge or snooze on the console's writer thread (a shared log's round trip
+        never stalls the screen), then say what happened."""
+        console, book = self.console, self.console.acks
         if book is None:
             return
         now = self.now()
         action = "snooze" if silence.until is not None else "acknowledge"
-        try:
+
+        def write() -> None:
             if silence.until is not None:
                 book.snooze(finding, silence.until, silence.reason, now)
             else:
                 book.acknowledge(finding, silence.reason, now)
-            if self.console.action_log is not None:
+            if console.action_log is not None:
                 try:
-                    audit(self.console.action_log, action=action, finding=finding,
-                          reason=silence.reason, target_system=self.console.backend.target,
-                          mode=self.console.runner.mode, until=silence.until)
+                    audit(console.action_log, action=action, finding=finding,
+                          reason=silence.reason, target_system=console.backend.target,
+                          mode=console.runner.mode, until=silence.until)
                 except AckError:
                     book.lift(finding.target, finding.code, now, "not audited")
                     raise
+
+        try:
+            await asyncio.wrap_future(console.book_write(write))
         except (AckError, ValueError) as exc:
             self.app.notify(f"Not {action}d: {clean(str(exc))}", severity="error",
                             markup=False)
@@ -522,8 +533,9 @@ class FindingsScreen(ModalScreen[None]):
         self.app.notify(f"{finding.code} on {finding.target_name}: "
                         + (f"snoozed until {silence.until:%Y-%m-%d %H:%M} UTC"
                            if silence.until else "acknowledged"), markup=False)
-        self.console.sync_findings()
-        self.refresh_rows()
+        console.sync_findings()
+        if self.is_mounted:
+            self.refresh_rows()
 
     def action_acknowledge(self) -> None:
         self._silence(snooze=False)
@@ -540,15 +552,26 @@ class FindingsScreen(ModalScreen[None]):
         if ack is None and book.get(finding.target, finding.code) is None:
             self.app.notify("This finding is not acknowledged or snoozed.", markup=False)
             return
+        self.app.run_worker(self._write_lift(finding), group="acks", exit_on_error=False)
+
+    async def _write_lift(self, finding: LiveFinding) -> None:
+        console, book = self.console, self.console.acks
+        if book is None:
+            return
         now = self.now()
-        try:
+
+        def write() -> None:
             book.lift(finding.target, finding.code, now)
-            if self.console.action_log is not None:
-                audit(self.console.action_log, action="unacknowledge", finding=finding,
-                      reason="lifted by the operator", target_system=self.console.backend.target,
-                      mode=self.console.runner.mode)
+            if console.action_log is not None:
+                audit(console.action_log, action="unacknowledge", finding=finding,
+                      reason="lifted by the operator", target_system=console.backend.target,
+                      mode=console.runner.mode)
+
+        try:
+            await asyncio.wrap_future(console.book_write(write))
         except AckError as exc:
             self.app.notify(f"Not lifted: {clean(str(exc))}", severity="error", markup=False)
             return
-        self.console.sync_findings()
-        self.refresh_rows()
+        console.sync_findings()
+        if self.is_mounted:
+            self.refresh_rows()
