@@ -534,7 +534,7 @@ class FindingsScreen(ModalScreen[None]):
                         + (f"snoozed until {silence.until:%Y-%m-%d %H:%M} UTC"
                            if silence.until else "acknowledged"), markup=False)
         console.sync_findings()
-        if self.is_mounted:
+        if self.is_attached:  # still shown (the app's worker outlives a closed screen)
             self.refresh_rows()
 
     def action_acknowledge(self) -> None:
@@ -573,5 +573,5 @@ class FindingsScreen(ModalScreen[None]):
             self.app.notify(f"Not lifted: {clean(str(exc))}", severity="error", markup=False)
             return
         console.sync_findings()
-        if self.is_mounted:
+        if self.is_attached:  # still shown (the app's worker outlives a closed screen)
             self.refresh_rows()

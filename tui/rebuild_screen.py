@@ -14,6 +14,7 @@ follows a rebuild whichever worker runs it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -198,6 +199,8 @@ class RebuildScreen(ModalScreen[None]):
         self._now = now
         self._rs: RebuildStore | None = None
         self.wf: Rebuild | None = None
+        self._reading = False  # a read is out (the half-second tick skips while it is)
+        self._gone = False  # unmounted: a read that opens the store closes it itself
 
     def compose(self) -> ComposeResult:
         with Vertical(id="rebuild-dialog"):
@@ -209,16 +212,11 @@ class RebuildScreen(ModalScreen[None]):
             yield Footer()
 
     def on_mount(self) -> None:
-        try:
-            self._rs = RebuildStore.open(self.db)
-        except ActionLogError as exc:
-            self.query_one("#rebuild-title", Static).update(
-                Text(f"The rebuild state cannot be read: {clean(str(exc))}", style="bold red"))
-            return
         self.refresh_state()
         self.set_interval(0.5, self.refresh_state)
 
     def on_unmount(self) -> None:
+        self._gone = True
         if self._rs is not None:
             self._rs.close()
 
@@ -234,13 +232,36 @@ class RebuildScreen(ModalScreen[None]):
             return waiting[-1]
         return rs.latest(self.vm_id)
 
+    def _open_and_load(self) -> Rebuild | None:
+        if self._rs is None:
+            rs = RebuildStore.open(self.db)
+            if self._gone:  # closed while it opened: nobody else would close it
+                rs.close()
+                return None
+            self._rs = rs
+        return self._load()
+
     def refresh_state(self) -> None:
+        """Read the rebuild again, in a worker thread: the store is the action log's
+        database, and a team database's round trip (or one that does not answer, up to
+        its connect timeout) must never stall the screen. One read at a time."""
+        if self._reading:
+            return
+        self._reading = True
+        self.run_worker(self._refresh(), group="rebuild-read", exit_on_error=False)
+
+    async def _refresh(self) -> None:
         try:
-            wf = self._load()
+            wf = await asyncio.to_thread(self._open_and_load)
         except ActionLogError as exc:
             self.query_one("#rebuild-title", Static).update(
                 Text(f"The rebuild state cannot be read: {clean(str(exc))}", style="bold red"))
             return
+        finally:
+            self._reading = False
+        self._show(wf)
+
+    def _show(self, wf: Rebuild | None) -> None:
         self.wf = wf
         title = self.query_one("#rebuild-title", Static)
         if wf is None:
@@ -273,9 +294,9 @@ class RebuildScreen(ModalScreen[None]):
         if wf.state is not RebuildState.RUNNING:
             self.notify(f"The rebuild is {wf.state.value}; nothing to pause.", markup=False)
             return
-        self._rs.request_pause(wf.id)
-        self.notify("The rebuild pauses after the running step.", markup=False)
-        self.refresh_state()
+        self.run_worker(self._write(lambda rs: rs.request_pause(wf.id), "Could not pause",
+                                    "The rebuild pauses after the running step."),
+                        group="rebuild-write", exit_on_error=False)
 
     def action_resume(self) -> None:
         wf = self.wf
@@ -306,7 +327,8 @@ class RebuildScreen(ModalScreen[None]):
         if not yes or wf is None or self._rs is None:
             return
         log = self._log
-        try:
+
+        def abandon(rs: RebuildStore) -> None:
             if log is not None:
                 log.record(action="rebuild.abandon", target_system=wf.target_system,
                            mode="read-write", target_object=f"vm:{wf.vm_id}",
@@ -315,9 +337,23 @@ class RebuildScreen(ModalScreen[None]):
                                                               for s in wf.steps}},
                            findings=[], override=False, confirmed=True, outcome="cancelled",
                            error="abandoned by the operator")
-            self._rs.set_state(wf.id, RebuildState.ABANDONED)
-        except ActionLogError as exc:
-            self.notify(f"Could not abandon: {clean(str(exc))}", severity="error", markup=False)
+            rs.set_state(wf.id, RebuildState.ABANDONED)
+
+        self.run_worker(self._write(abandon, "Could not abandon",
+                                    f"Rebuild of {clean(wf.vm_name)} abandoned."),
+                        group="rebuild-write", exit_on_error=False)
+
+    async def _write(self, change: Callable[[RebuildStore], None], failed: str,
+                     done: str) -> None:
+        """One change to the rebuild's state, in a worker thread (as the reads), then
+        say so and read it back."""
+        rs = self._rs
+        if rs is None:
             return
-        self.notify(f"Rebuild of {clean(wf.vm_name)} abandoned.", markup=False)
+        try:
+            await asyncio.to_thread(change, rs)
+        except ActionLogError as exc:
+            self.notify(f"{failed}: {clean(str(exc))}", severity="error", markup=False)
+            return
+        self.notify(done, markup=False)
         self.refresh_state()

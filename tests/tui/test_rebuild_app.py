@@ -8,6 +8,7 @@ start and survives a restart of the console.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,38 @@ async def test_abandon_a_failed_rebuild(tmp_path: Path) -> None:
         assert unfinished(tmp_path) == []
         row = ActionLog.open(tmp_path / "actions.db").rows()[0]
         assert row.action == "rebuild.abandon" and row.outcome == "cancelled"
+
+
+async def test_the_checklist_answers_while_its_log_does_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rebuild's state is read from the action log twice a second, in a worker: a team
+    database that takes its time (or does not answer) never stalls the keys."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        vm_id = pick(app)
+        rs = RebuildStore.open(tmp_path / "actions.db")
+        rs.create(rebuild_id="rb-slow", vm_id=vm_id, vm_name="slow-01", target_system="sim",
+                  node="", to_last_parent=False, old_vm_name="slow-01-old")
+        rs.close()
+        gate = threading.Event()
+        answered = threading.Event()
+        read = RebuildStore.get
+
+        def slow_get(self: RebuildStore, rebuild_id: str) -> Rebuild | None:
+            gate.wait(60)
+            answered.set()
+            return read(self, rebuild_id)
+
+        monkeypatch.setattr(RebuildStore, "get", slow_get)
+        try:
+            await app.push_screen(RebuildScreen(tmp_path / "actions.db", vm_id,
+                                                workflow="rb-slow"))
+            await pilot.pause(0.3)
+            screen = app.screen
+            assert isinstance(screen, RebuildScreen) and screen.wf is None  # still reading
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, RebuildScreen))
+            assert not answered.is_set()  # the key was handled while the read still waited
+        finally:
+            gate.set()
