@@ -30,6 +30,7 @@ from ..base import ActionResult, Backend, let_keys_in
 from .churn import Churn
 from .clock import Scheduler, SimClock
 from .config import SimConfig
+from .construct import constructor
 from .context import SimContext
 from .executor import SimExecutor
 from .inventory import building_inventory
@@ -43,6 +44,7 @@ WORLD_SLICE_S = 0.008  # the world is built this much at a time (``_build_world`
 STREAM_SLICE_S = 0.008  # ... and the inventory streamed out (with its consumer's work),
 # the loop turning between slices (``base.let_keys_in``)
 MAX_LAG_S = 2.0  # a consumer this far behind real time is not flooded with the backlog
+_new_upsert = constructor(Upsert)  # ~48,000 of them at 10,000 VMs: construct.py
 
 
 class SimBackend(Backend):
@@ -194,7 +196,7 @@ class SimBackend(Backend):
         world = self._world or await self._build_world()
         deadline = time.perf_counter() + STREAM_SLICE_S
         for n, entity in enumerate(world.snapshot(), start=1):
-            yield Upsert(entity)
+            yield _new_upsert(entity)
             if n % 64 == 0 and time.perf_counter() >= deadline:  # as _build_world
                 await let_keys_in()
                 deadline = time.perf_counter() + STREAM_SLICE_S
@@ -459,7 +461,7 @@ class SimBackend(Backend):
         """Queue a full re-read: every entity as it is now, removals for what vanished."""
         world = self.world
         current = world.keys()
-        self._control.extend(Upsert(e) for e in world.snapshot())
+        self._control.extend(map(_new_upsert, world.snapshot()))
         gone = sorted(self._client_keys - current)
         self._control.extend(Remove(kind, id_) for kind, id_ in gone if kind is not Kind.CLUSTER)
 

@@ -42,6 +42,7 @@ from ventana.state.model import (
 
 from . import lab
 from .config import SimConfig
+from .construct import constructor
 from .specs import (
     LAB_SHAPED_VMS,
     VmProfile,
@@ -65,6 +66,11 @@ __all__ = ["Inventory", "VmProfile", "build_inventory", "lun_id_for"]
 SCALE_LUN_GB = 16384.0
 SCALE_LUN_FILL = 0.72
 SCALE_LUN_ORPHANED = 0.02
+
+# The entities made by the thousand here, without their dataclass __init__ (construct.py).
+_new_vm = constructor(VM)
+_new_disk = constructor(VirtualDisk)
+_new_checkpoint = constructor(Checkpoint)
 
 
 @dataclass(slots=True)
@@ -228,7 +234,7 @@ class _Assembler:
             disk_id = guid(rng)
             path = f"{folder}{stem}.{base_format.value}"
             inv.disks.append(
-                VirtualDisk(disk_id, vm_id, path, base_format, size, maxb, None, spec.lun_id)
+                _new_disk(disk_id, vm_id, path, base_format, size, maxb, None, spec.lun_id)
             )
             base_ids.append(disk_id)
             leaf.append(path)
@@ -240,7 +246,7 @@ class _Assembler:
                 file_id = guid(rng)
                 path = f"{folder}{stem}_{file_id.upper()}.avhdx"
                 inv.disks.append(
-                    VirtualDisk(
+                    _new_disk(
                         file_id,
                         vm_id,
                         path,
@@ -255,9 +261,9 @@ class _Assembler:
                 files.append(file_id)
             first = inv.disks[-len(files)].path
             parent = chain[-1] if chain else None
-            inv.checkpoints.append(
-                Checkpoint(cp_id, vm_id, cp.name, parent, cp.kind, cp.created, first, sum(cp.sizes))
-            )
+            inv.checkpoints.append(_new_checkpoint(
+                cp_id, vm_id, cp.name, parent, cp.kind, cp.created, first, sum(cp.sizes)
+            ))
             inv.checkpoint_files[cp_id] = files
             chain.append(cp_id)
         inv.chains[vm_id] = chain
@@ -288,7 +294,7 @@ class _Draft:
            storage_paths: tuple[str, ...]) -> VM:
         spec = self.spec
         replicating = bool(spec.replica_target)
-        return VM(
+        return _new_vm(
             id=self.id,
             name=spec.name,
             cluster_id=cluster,
