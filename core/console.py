@@ -502,6 +502,12 @@ class Console:
             self._notice(f"Recording stopped: {clean(str(self.recorder.error))}",
                          severity="error", timeout=30)
         now = _hold_clock()
+        if (self.still_loading and self._inventory_done and not self.pending
+                and not self.inventory_applying):
+            # The last burst went before the source said it was complete: it is now.
+            self.still_loading = False
+            self._announce()
+            return
         if not self.pending or self.inventory_applying:
             if (self.loading and self._gc_paused
                     and now - self._last_arrival >= INITIAL_LOAD_MAX_S):
@@ -591,11 +597,15 @@ class Console:
             gc.freeze()
             self._resume_gc()
             self.inventory_applying = False
-            if final:
+            if final or (self._inventory_done and not self.pending):
                 self.still_loading = False
-            applied = getattr(self.listener, "inventory_applied", None)
-            if applied is not None:
-                applied()
+            self._announce()
+
+    def _announce(self) -> None:
+        """Tell a listener that has ``inventory_applied`` that what was held is in."""
+        applied = getattr(self.listener, "inventory_applied", None)
+        if applied is not None:
+            applied()
 
     def _apply(self, batch: list[Event]) -> None:
         try:
@@ -620,6 +630,8 @@ class Console:
         await asyncio.sleep(self.flush_interval)  # the pump takes what the backend sent
         await self._sliced()
         if not self.loading:
+            if self.still_loading:  # an outcome does not wait for the next late burst
+                self._late_applied = float("-inf")
             self.flush()
             await self._sliced()  # a burst is applied in slices: wait for the last one
 

@@ -63,6 +63,8 @@ async def test_a_stalled_inventory_is_shown_and_marked_still_loading(
         assert app.core.still_loading and not app.core.loading
         assert header.counts.endswith("60 VMs · 0 LUNs · 0 checkpoints · still loading…")
         backend.go.set()
+        # (Also when the last burst went before the source said CONNECTED: the mark
+        # goes once it has, with nothing left to apply.)
         await wait_for(pilot, lambda: placed(app) and table.row_count == 120)
         assert app.store.count(Kind.VM) == 120
         assert "still loading" not in header.counts and "120 VMs" in header.counts
