@@ -5,8 +5,12 @@ screens:
 
 - the **event pump** (``pump``) takes the backend's events into a pending
   buffer (and the recorder); ``flush`` applies the buffer to the store in one
-  batch. The first inventory is applied in one batch once it is complete (or
-  after ``INITIAL_LOAD_MAX_S``), with the cyclic GC off and then frozen;
+  batch. The first inventory is held while it arrives (the header counts the
+  VMs received) and applied in one sliced batch once it is complete, with the
+  cyclic GC off and then frozen. An inventory that stops arriving for
+  ``INITIAL_LOAD_MAX_S``, or is still arriving after ``INITIAL_LOAD_HOLD_MAX_S``,
+  is shown as far as it came, marked ``still_loading``; the rest is then placed
+  in held bursts at most every ``LATE_INVENTORY_EVERY_S``, never row by row;
 - the **action runner**, whose outcome rows read the store after ``settle``
   has applied what the backend sent meanwhile;
 - the **findings engine** (remedies resolved through the action registry) and
@@ -58,7 +62,19 @@ from ventana.state.sanitize import clean
 from ventana.state.store import Store
 from ventana.state.window import WindowError, WindowStore
 
+#: The first inventory is held (nothing placed, the header counts what arrived) while
+#: it arrives. A stuck source must not leave the screen empty: when nothing more has
+#: arrived for INITIAL_LOAD_MAX_S, what is in is shown, marked still loading. A source
+#: that keeps sending is held up to INITIAL_LOAD_HOLD_MAX_S (a 45,000-VM vCenter or a
+#: 64-node cluster under load takes a minute or two), then shown the same way.
 INITIAL_LOAD_MAX_S = 5.0
+INITIAL_LOAD_HOLD_MAX_S = 180.0
+#: After such an early showing, the rest of the first inventory is applied in held
+#: bursts (placed once each) at most this often, not re-placed at every flush.
+LATE_INVENTORY_EVERY_S = 2.0
+#: A source's CONNECTED ends the first inventory only if, this many turns of the loop
+#: later, no source says CONNECTING (the tasks it started have had their first step).
+CHECK_DONE_TURNS = 3
 #: A team's log (PostgreSQL) is asked whether it answers this often, in a worker
 #: thread; while it does not, actions are refused under ``TEAM_LOG_DOWN``.
 LOG_CHECK_S = 2.0
@@ -74,6 +90,11 @@ INVENTORY_SLICE_S = 0.006  # then the loop turns (``backends.base.let_keys_in``)
 # A live batch bigger than this (a burst: the rest of an inventory that outlasted
 # INITIAL_LOAD_MAX_S, a reconnect's full re-read) is applied in slices too.
 BURST_EVENTS = 4 * INVENTORY_SLICE
+
+
+def _hold_clock() -> float:
+    """The clock of the first inventory's hold (a test steps its own)."""
+    return time.monotonic()
 
 
 class EventRecorder(ActionRecorder, Protocol):
@@ -177,10 +198,17 @@ class Console:
         # until it is complete the header counts what has arrived.
         self.loading = True
         self._inventory_done = False
+        self._connecting: set[str] = set()  # sources still CONNECTING in the first inventory
+        #: The first inventory was shown before it was complete (stuck or too long);
+        #: True until the rest of it is applied. The front end says "still loading".
+        self.still_loading = False
+        self.vms_received = 0  # VM upserts received while loading (the header's progress)
+        self._last_arrival = _hold_clock()  # the last event received while loading
+        self._late_applied = 0.0  # when the last burst of a late inventory was started
         #: The first inventory's slices (or a burst's) are being applied (a task of the loop).
         self.inventory_applying = False
         self._inventory_task: asyncio.Future[None] | None = None
-        self._load_started = time.monotonic()
+        self._load_started = _hold_clock()
         self._gc_paused = False  # this console turned the cyclic GC off (_pause_gc)
         self._drain_queued = False  # a findings slice waits for the loop's next turn
         self._closed = False
@@ -388,16 +416,25 @@ class Console:
         """Take the backend's events into the pending buffer until its stream ends."""
         try:
             async for event in self.backend.events():
-                if self.loading and not self._gc_paused:
-                    self._pause_gc()  # the inventory arrives: see _pause_gc
+                if self.loading or self.still_loading:
+                    if not self._gc_paused and self.loading:
+                        self._pause_gc()  # the inventory arrives: see _pause_gc
+                    self._last_arrival = _hold_clock()
+                    if type(event) is Upsert and event.entity.KIND is Kind.VM:
+                        self.vms_received += 1
                 self.pending.append(event)
-                if isinstance(event, ConnectionChanged) and event.state is not LinkState.CONNECTING:
-                    if self.loading and not self._inventory_done:
-                        # The whole inventory is here: apply it now, not at the next tick.
-                        asyncio.get_running_loop().call_soon(self.flush)
-                    self._inventory_done = True
+                if isinstance(event, ConnectionChanged) and not self._inventory_done:
+                    if event.state is LinkState.CONNECTING:
+                        self._connecting.add(event.source)
+                    else:
+                        self._connecting.discard(event.source)
+                        # Checked a few turns of the loop later: a cluster's entry point
+                        # says CONNECTED as it starts its nodes, which say CONNECTING
+                        # from their own tasks.
+                        self._check_later(CHECK_DONE_TURNS)
                 if self.recorder is not None:
                     self.recorder.write_event(event)
+            self._inventory_done = True  # the stream ended: nothing more comes
         except Exception as exc:  # a backend must never take the console down
             self._inventory_done = True
             reason = clean(f"{type(exc).__name__}: {exc}")
@@ -405,6 +442,22 @@ class Console:
                 ConnectionChanged(self.backend.name, LinkState.DISCONNECTED, reason)
             )
             self._notice(f"Backend stopped: {reason}", severity="error")
+
+    def _check_later(self, turns: int) -> None:
+        loop = asyncio.get_running_loop()
+        if turns > 0:
+            loop.call_soon(self._check_later, turns - 1)
+        else:
+            self._check_inventory_done()
+
+    def _check_inventory_done(self) -> None:
+        """The first inventory is complete when no source that said CONNECTING still
+        says so (each has said CONNECTED, or why not); then it is applied at once."""
+        if self._inventory_done or self._connecting:
+            return
+        self._inventory_done = True
+        if self.loading or self.still_loading:
+            self.flush()
 
     async def follow(self) -> None:
         """The pump and a flush every ``flush_interval`` (a headless front end's loop).
@@ -450,27 +503,58 @@ class Console:
             self.listener.header(flags=self._flags())
             self._notice(f"Recording stopped: {clean(str(self.recorder.error))}",
                          severity="error", timeout=30)
+        now = _hold_clock()
+        if (self.still_loading and self._inventory_done and not self.pending
+                and not self.inventory_applying):
+            # The last burst went before the source said it was complete: it is now.
+            self.still_loading = False
+            self._announce()
+            return
         if not self.pending or self.inventory_applying:
             if (self.loading and self._gc_paused
-                    and time.monotonic() - self._load_started >= INITIAL_LOAD_MAX_S):
+                    and now - self._last_arrival >= INITIAL_LOAD_MAX_S):
                 self._resume_gc()  # nothing (more) arrives: do not stay without the GC
             return
         if self.loading:
-            waited = time.monotonic() - self._load_started
-            if not self._inventory_done and waited < INITIAL_LOAD_MAX_S:
-                self.listener.header(counts=f"loading… {len(self.pending):,} objects received")
+            if not self._inventory_done and not self._show_partial(now):
+                self.listener.header(counts=self._progress())
                 return
             self.loading = False
-            batch, self.pending = self.pending, []
-            self.inventory_applying = True
-            self._inventory_task = asyncio.ensure_future(self._apply_inventory(batch))
+            self.still_loading = not self._inventory_done
+            self._late_applied = now
+            self._start_inventory(final=self._inventory_done)
+            return
+        if self.still_loading:
+            # The rest of a first inventory shown early: held, and placed in bursts.
+            if not self._inventory_done and now - self._late_applied < LATE_INVENTORY_EVERY_S:
+                return
+            self._late_applied = now
+            self._start_inventory(final=self._inventory_done)
+            return
+        if len(self.pending) > BURST_EVENTS:  # e.g. a reconnect's full re-read
+            self._start_inventory(final=False)
             return
         batch, self.pending = self.pending, []
-        if len(batch) > BURST_EVENTS:  # e.g. the rest of an inventory that came late
-            self.inventory_applying = True
-            self._inventory_task = asyncio.ensure_future(self._apply_inventory(batch))
-            return
         self._apply(batch)
+
+    def _show_partial(self, now: float) -> bool:
+        """Show an incomplete first inventory now: nothing arrived for
+        ``INITIAL_LOAD_MAX_S`` (a stuck source) or it has been held for
+        ``INITIAL_LOAD_HOLD_MAX_S``."""
+        return (now - self._last_arrival >= INITIAL_LOAD_MAX_S
+                or now - self._load_started >= INITIAL_LOAD_HOLD_MAX_S)
+
+    def _progress(self) -> str:
+        """The header's counts while the first inventory is held."""
+        if self.vms_received:
+            return f"loading {self.vms_received:,} VMs… ({len(self.pending):,} objects)"
+        return f"loading… {len(self.pending):,} objects received"
+
+    def _start_inventory(self, *, final: bool) -> None:
+        """Apply the pending events in slices (a task of the loop), held and placed once."""
+        batch, self.pending = self.pending, []
+        self.inventory_applying = True
+        self._inventory_task = asyncio.ensure_future(self._apply_inventory(batch, final=final))
 
     def _pause_gc(self) -> None:
         """No cyclic collections while the first inventory arrives and is applied.
@@ -489,10 +573,11 @@ class Console:
             self._gc_paused = False
             gc.enable()
 
-    async def _apply_inventory(self, batch: list[Event]) -> None:
-        """The first inventory (or a burst of more than ``BURST_EVENTS``, such as the rest
-        of an inventory that outlasted ``INITIAL_LOAD_MAX_S``), ``INVENTORY_SLICE``
-        events per turn of the loop; ``inventory_applying`` meanwhile."""
+    async def _apply_inventory(self, batch: list[Event], *, final: bool = False) -> None:
+        """The first inventory (or a burst of more than ``BURST_EVENTS``, or a piece of
+        an inventory shown early), ``INVENTORY_SLICE`` events per turn of the loop;
+        ``inventory_applying`` meanwhile. ``final``: the inventory's last piece (the
+        front end stops saying "still loading")."""
         # The inventory is long-lived and acyclic: no collections while it
         # is built, then it leaves the cyclic GC's generations so that a
         # full collection never pauses a redraw for hundreds of ms.
@@ -514,9 +599,15 @@ class Console:
             gc.freeze()
             self._resume_gc()
             self.inventory_applying = False
-            applied = getattr(self.listener, "inventory_applied", None)
-            if applied is not None:
-                applied()
+            if final or (self._inventory_done and not self.pending):
+                self.still_loading = False
+            self._announce()
+
+    def _announce(self) -> None:
+        """Tell a listener that has ``inventory_applied`` that what was held is in."""
+        applied = getattr(self.listener, "inventory_applied", None)
+        if applied is not None:
+            applied()
 
     def _apply(self, batch: list[Event]) -> None:
         try:
@@ -541,6 +632,8 @@ class Console:
         await asyncio.sleep(self.flush_interval)  # the pump takes what the backend sent
         await self._sliced()
         if not self.loading:
+            if self.still_loading:  # an outcome does not wait for the next late burst
+                self._late_applied = float("-inf")
             self.flush()
             await self._sliced()  # a burst is applied in slices: wait for the last one
 

@@ -39,7 +39,8 @@ def placed(app: VentanaApp) -> bool:
     """Everything received is in the table: nothing pending, and the first inventory's
     last slice applied (until then the table holds its rows: ``select_vm`` says no)."""
     core = app.core
-    return not app._pending and not core.loading and not core.inventory_applying
+    return (not app._pending and not core.loading and not core.inventory_applying
+            and not core.still_loading)
 
 
 async def populated(pilot: Pilot, vms: int = 74) -> None:

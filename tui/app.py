@@ -311,9 +311,11 @@ class VentanaApp(compact.SafetyMixin, App[None]):
 
     def _sync_counts(self) -> None:
         s = self.store
+        # A first inventory shown before it was complete (stuck or very long) says so.
+        more = " · still loading…" if self.core.still_loading else ""
         self.query_one(StatusHeader).counts = (
             f"{s.count(Kind.NODE)} nodes · {s.count(Kind.VM)} VMs · "
-            f"{s.count(Kind.LUN)} LUNs · {s.count(Kind.CHECKPOINT)} checkpoints"
+            f"{s.count(Kind.LUN)} LUNs · {s.count(Kind.CHECKPOINT)} checkpoints{more}"
         )
 
     @on(VmTable.CountChanged)

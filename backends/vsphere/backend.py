@@ -110,6 +110,11 @@ class VSphereConfig:
     page_size: int = 500  # RetrieveOptions.maxObjects
     wait_s: int = 10  # WaitForUpdatesEx maxWaitSeconds (also bounds close())
     http_timeout_s: float = 30.0  # socket timeout (at least wait_s + 5 is used)
+    # The socket timeout of the answers that hold the whole inventory (the first read,
+    # the update filter's first answer and its pages): the server builds all of it
+    # before it sends a byte. At 45,000 VMs on a busy vcsim that took over 30 s, and
+    # the timeout looped into full re-reads (Session.patient).
+    inventory_timeout_s: float = 600.0
     keepalive_s: float = 300.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
@@ -169,6 +174,8 @@ class VSphereBackend(Backend):
         self.stun_probe: Callable[..., Any] | None = None  # (vm_id, since) -> outcome text
         self.guest_shell: Callable[[str], Any] | None = None  # VM name -> shell for its hooks
         self.reads = 0  # full inventory reads (first connect, re-logins, reconnects)
+        self.slow_waits = 0  # update waits that timed out on a server that still answered
+        self._said_slow = False  # the link's reason says so (cleared by the next answer)
 
     def set_read_only(self, value: bool) -> None:
         """Flip the session's mode; executors already handed out re-check it."""
@@ -430,9 +437,31 @@ class VSphereBackend(Backend):
                 if not pending.done():
                     continue
                 done, pending = pending, None
-                updates = done.result()
+                try:
+                    updates = done.result()
+                except TimeoutError:
+                    # No answer within the socket timeout. A server that still answers
+                    # a cheap call is slow, not lost: the same version is asked again
+                    # (WaitForUpdatesEx returns every change since it: nothing is
+                    # missed), the link stays up and says so. Mid-way through the first
+                    # answer's pages (not ``caught_up``) the rest may be gone with the
+                    # lost answer: that, and a server that does not answer, re-reads.
+                    if self._closed or not session.caught_up or not await self._answers(
+                            session):
+                        raise
+                    self.slow_waits += 1
+                    self._said_slow = True
+                    yield ConnectionChanged(
+                        self.target, LinkState.CONNECTED,
+                        f"vCenter slow: no update answer within {session.http_timeout:g} s "
+                        f"({self.slow_waits} so far); still connected, asking again")
+                    continue
                 if self._closed:
                     return
+                if self._said_slow:  # it answered again: the reason goes
+                    self._said_slow = False
+                    note = " — TLS verification OFF" if cfg.insecure else ""
+                    yield ConnectionChanged(self.target, LinkState.CONNECTED, note.lstrip(" —"))
                 if updates:
                     # Behind what is already queued, never ahead of it: a storage re-read
                     # (apply_read) mapped the view before these updates, and its events,
@@ -449,6 +478,17 @@ class VSphereBackend(Backend):
         finally:
             if pending is not None:
                 pending.add_done_callback(_consume)
+
+    async def _answers(self, session: Session) -> bool:
+        """Whether the server answers a cheap call (``CurrentTime``) within the socket
+        timeout, on the session's worker."""
+        try:
+            await self._worker.call(session.keep_alive)
+        except Exception as exc:
+            log.warning("vSphere %s: no answer after a timed-out wait: %s", self.target,
+                        self._describe(exc))
+            return False
+        return True
 
     async def close(self) -> None:
         """End the stream (it finishes with DISCONNECTED) and log out."""
@@ -499,6 +539,7 @@ class VSphereBackend(Backend):
                 insecure=cfg.insecure,
                 http_timeout=max(cfg.http_timeout_s, cfg.wait_s + 5),
                 max_object_updates=cfg.max_object_updates,
+                inventory_timeout=cfg.inventory_timeout_s,
             )
         except vim.fault.InvalidLogin as exc:
             raise FatalError(f"login refused for {cfg.user}: {exc.msg or 'InvalidLogin'}") from None

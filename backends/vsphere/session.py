@@ -330,7 +330,15 @@ class Session:
         insecure: bool = False,
         http_timeout: float = 30.0,
         max_object_updates: int = 0,
+        inventory_timeout: float = 0.0,
     ) -> None:
+        #: The socket timeout of the calls whose answer is the whole inventory (the
+        #: first read, the update filter's first answer and its pages): the server
+        #: builds all of it before the first byte (vcsim: every object's properties),
+        #: which at 45,000 VMs on a loaded host takes longer than ``http_timeout``.
+        #: 0: ``http_timeout``. Every other call keeps ``http_timeout``.
+        self.http_timeout = http_timeout
+        self.inventory_timeout = max(inventory_timeout, http_timeout)
         #: WaitOptions.maxObjectUpdates: a large inventory's first WaitForUpdatesEx
         #: arrives in pieces ("truncated"), each well within the socket timeout,
         #: instead of one answer that overruns it and loops into full re-reads.
@@ -392,10 +400,35 @@ class Session:
         paused = gc.isenabled()
         gc.disable()
         try:
-            return self._read_all(page_size)
+            with self.patient():
+                return self._read_all(page_size)
         finally:
             if paused:
                 gc.enable()
+
+    @contextlib.contextmanager
+    def patient(self) -> Any:
+        """Calls made meanwhile (any thread of this session) wait up to
+        ``inventory_timeout`` for their answer, then ``http_timeout`` again."""
+        if self.inventory_timeout <= self.http_timeout:
+            yield
+            return
+        self._set_timeout(self.inventory_timeout)
+        try:
+            yield
+        finally:
+            self._set_timeout(self.http_timeout)
+
+    def _set_timeout(self, seconds: float) -> None:
+        """The socket timeout of the stub's new and pooled connections (a connection in
+        use keeps its own until it is back in the pool)."""
+        stub = self.si._stub
+        stub.schemeArgs["timeout"] = seconds
+        with stub.lock:
+            for conn, _ in stub.pool:
+                conn.timeout = seconds
+                if conn.sock is not None:
+                    conn.sock.settimeout(seconds)
 
     def _read_all(self, page_size: int) -> list[ObjectUpdate]:
         with concurrent.futures.ThreadPoolExecutor(
@@ -507,18 +540,21 @@ class Session:
         update = None
         # The first answer (every object) and the pages that complete it are read
         # lean; later answers (a few changes each) through pyvmomi.
-        if not self.version or self._more:
+        whole = not self.version or self._more  # the inventory again: patient
+        if whole:
             paused = gc.isenabled()
             gc.disable()
             try:
-                update, lean = self._wait_lean(self.version, options)
+                with self.patient():
+                    update, lean = self._wait_lean(self.version, options)
             except _RawUnavailable as exc:
                 log.info("lean WaitForUpdatesEx unavailable (%s); using pyvmomi", exc)
             finally:
                 if paused:
                     gc.enable()
         if update is None:
-            update = self.pc.WaitForUpdatesEx(self.version, options)
+            with self.patient() if whole else contextlib.nullcontext():
+                update = self.pc.WaitForUpdatesEx(self.version, options)
         self.last_call = time.monotonic()
         if update is None:
             return None

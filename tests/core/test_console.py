@@ -36,12 +36,15 @@ class Heard:
         self.facts: dict[str, Any] = {}
         self.final: list[str] = []
         self.windows = 0
+        self.counts: list[str] = []  # every header count the console gave, in order
 
     def notice(self, notice: Notice) -> None:
         self.notices.append(notice)
 
     def header(self, **facts: Any) -> None:
         self.facts.update(facts)
+        if "counts" in facts:
+            self.counts.append(facts["counts"])
 
     def final_state_changed(self, target: str) -> None:
         self.final.append(target)
@@ -142,40 +145,244 @@ async def test_the_first_inventory_is_applied_without_the_gc_and_announced(
             gc.disable()
 
 
-class LateInventory(Backend):
-    """An inventory that outlasts the first load's wait, then comes all at once."""
+def _vm(i: int) -> Upsert:
+    return Upsert(VM(f"v{i:05d}", f"vm-{i:05d}", "c", "n", PowerState.RUNNING))
 
-    name = "late"
 
-    def __init__(self, vms: int, late_s: float) -> None:
-        super().__init__("late", read_only=True)
-        self.vms, self.late_s = vms, late_s
+class Scripted(Backend):
+    """A read-only backend that sends its steps in order: a list of events is sent at
+    once; an ``asyncio.Event`` is waited for; a number moves the hold's clock (``now``,
+    patched in by ``scripted_console``) on by that many seconds, then waits for the
+    console's next flushes (the machine's load never decides the outcome). Then it
+    stays open, silent."""
+
+    name = "scripted"
+
+    def __init__(self, *steps: list[Any] | float | asyncio.Event) -> None:
+        super().__init__("scripted", read_only=True)
+        self.steps = steps
+        self.done = asyncio.Event()
+        self.now = 1000.0
+        self.flushes = 0
 
     def _make_executor(self) -> Executor:  # pragma: no cover - read-only
         raise RuntimeError("read-only")
 
     async def events(self):  # type: ignore[no-untyped-def]
-        yield ConnectionChanged(self.name, LinkState.CONNECTING)
-        await asyncio.sleep(self.late_s)
-        yield Upsert(Cluster("c", "C", Platform.HYPERV))
-        for i in range(self.vms):
-            yield Upsert(VM(f"v{i:04d}", f"vm-{i:04d}", "c", "n", PowerState.RUNNING))
-        yield ConnectionChanged(self.name, LinkState.CONNECTED)
+        for step in self.steps:
+            if isinstance(step, asyncio.Event):  # the test says when
+                await step.wait()
+            elif isinstance(step, (int, float)):
+                self.now += step
+                seen = self.flushes
+                while self.flushes < seen + 2:
+                    await asyncio.sleep(0.005)
+            else:
+                for event in step:
+                    yield event
+        self.done.set()
         await asyncio.Event().wait()
+
+
+class Watch:
+    """What the store heard: how many VMs each delta brought while the first inventory
+    was applied in slices (``sliced``) or outside them (``loose``)."""
+
+    def __init__(self, core: Console) -> None:
+        self.core = core
+        self.sliced: list[int] = []
+        self.loose: list[int] = []
+        core.store.subscribe(self)
+
+    def __call__(self, delta: Any) -> None:
+        vms = sum(1 for c in delta.changes if c.kind is Kind.VM)
+        (self.sliced if self.core.inventory_applying else self.loose).append(vms)
+
+
+def scripted_console(monkeypatch: pytest.MonkeyPatch, *steps: list[Any] | float,
+                     backend: Scripted | None = None,
+                     ) -> tuple[Console, Heard, Scripted, Watch]:
+    heard = Heard()
+    backend = backend or Scripted(*steps)
+    monkeypatch.setattr("ventana.core.console._hold_clock", lambda: backend.now)
+    core = Console(backend, log=None, listener=heard, clock=lambda: NOW, flush_hz=50)
+    heard.store = core.store  # type: ignore[attr-defined]
+    flush = core.flush
+
+    def counted() -> None:
+        flush()
+        backend.flushes += 1
+
+    core.flush = counted  # type: ignore[method-assign]
+    return core, heard, backend, Watch(core)
+
+
+def _chunks(start: int, count: int, size: int, pause: float) -> list[list[Any] | float]:
+    out: list[list[Any] | float] = []
+    for first in range(start, start + count, size):
+        out += [[_vm(i) for i in range(first, min(first + size, start + count))], pause]
+    return out
+
+
+async def test_an_inventory_that_keeps_arriving_stays_held_then_is_placed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An inventory that takes far longer than INITIAL_LOAD_MAX_S but keeps arriving is
+    held all along (nothing placed; the header counts the VMs received), then applied
+    in slices and announced once — not re-placed at every flush as it came."""
+    monkeypatch.setattr("ventana.core.console.INITIAL_LOAD_MAX_S", 0.3)
+    monkeypatch.setattr("ventana.core.console.INVENTORY_SLICE", 100)
+    steps = [[ConnectionChanged("scripted", LinkState.CONNECTING),
+              Upsert(Cluster("c", "C", Platform.HYPERV))],
+             *_chunks(0, 2000, 50, 0.05),  # 40 pieces, 2 s: 7 times the stall bound
+             [ConnectionChanged("scripted", LinkState.CONNECTED)]]
+    core, heard, backend, watch = scripted_console(monkeypatch, *steps)
+    follow = asyncio.ensure_future(core.follow())
+    try:
+        while True:
+            await asyncio.sleep(0.05)
+            if backend.done.is_set():  # (checked and asserted in one step of the loop)
+                break
+            assert core.store.count(Kind.VM) == 0 and core.loading  # held
+        await until(lambda: not core.loading and not core.inventory_applying)
+        assert core.store.count(Kind.VM) == 2000 and not core.still_loading
+        assert heard.inventory == [2000]  # type: ignore[attr-defined]
+        assert not any(watch.loose) and len(watch.sliced) >= 10
+        # The header counted the VMs as they came (one piece each flush here).
+        assert heard.counts[0] == "loading 50 VMs… (52 objects)"
+        # (2,002 objects, or 2,003 once CONNECTED is in and not yet acted on.)
+        assert heard.counts[-1].startswith("loading 2,000 VMs… (2,00")
+        assert len(heard.counts) >= 40
+    finally:
+        follow.cancel()
+        await core.close()
+
+
+async def test_a_stuck_inventory_shows_what_is_in_and_says_still_loading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing more for INITIAL_LOAD_MAX_S: what came is shown, marked still loading; the
+    rest, when it comes, is applied as held bursts (each placed once, announced), and
+    the mark goes only when the source says the inventory is complete."""
+    monkeypatch.setattr("ventana.core.console.INITIAL_LOAD_MAX_S", 0.2)
+    monkeypatch.setattr("ventana.core.console.LATE_INVENTORY_EVERY_S", 0.3)
+    steps = [[ConnectionChanged("scripted", LinkState.CONNECTING),
+              Upsert(Cluster("c", "C", Platform.HYPERV))],
+             [_vm(i) for i in range(300)],
+             1.0,  # stuck: five times the bound
+             *_chunks(300, 700, 50, 0.04),  # then the rest, in 14 pieces over 0.56 s
+             [ConnectionChanged("scripted", LinkState.CONNECTED)]]
+    core, heard, backend, watch = scripted_console(monkeypatch, *steps)
+    follow = asyncio.ensure_future(core.follow())
+    try:
+        await until(lambda: core.store.count(Kind.VM) == 300 and not core.inventory_applying)
+        assert not core.loading and core.still_loading
+        assert not backend.done.is_set()  # shown while the source was stuck
+        await until(lambda: not core.still_loading)
+        assert core.store.count(Kind.VM) == 1000 and backend.done.is_set()
+        announced = heard.inventory  # type: ignore[attr-defined]
+        assert announced[0] == 300 and announced[-1] == 1000
+        # The rest in a few held bursts (about one per LATE_INVENTORY_EVERY_S), not one
+        # placement per flush (50 a second here) or per piece (14).
+        assert len(announced) <= 5, announced
+        assert not any(watch.loose)
+    finally:
+        follow.cancel()
+        await core.close()
+
+
+async def test_a_held_inventory_is_shown_at_the_hard_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A source that keeps sending is held up to INITIAL_LOAD_HOLD_MAX_S, then shown as
+    far as it came (still loading), the rest in held bursts."""
+    monkeypatch.setattr("ventana.core.console.INITIAL_LOAD_MAX_S", 5.0)
+    monkeypatch.setattr("ventana.core.console.INITIAL_LOAD_HOLD_MAX_S", 0.4)
+    monkeypatch.setattr("ventana.core.console.LATE_INVENTORY_EVERY_S", 0.3)
+    steps = [[ConnectionChanged("scripted", LinkState.CONNECTING),
+              Upsert(Cluster("c", "C", Platform.HYPERV))],
+             *_chunks(0, 1000, 50, 0.06),  # 1.2 s
+             [ConnectionChanged("scripted", LinkState.CONNECTED)]]
+    core, heard, backend, watch = scripted_console(monkeypatch, *steps)
+    follow = asyncio.ensure_future(core.follow())
+    try:
+        await until(lambda: not core.loading)
+        assert core.still_loading and not backend.done.is_set()
+        await until(lambda: not core.still_loading)
+        assert core.store.count(Kind.VM) == 1000
+        announced = heard.inventory  # type: ignore[attr-defined]
+        assert 0 < announced[0] < 1000 and announced[-1] == 1000 and len(announced) <= 6
+        assert not any(watch.loose)
+    finally:
+        follow.cancel()
+        await core.close()
+
+
+class Cluster2(Scripted):
+    """A cluster's entry point says CONNECTED once it has found its nodes; each node
+    then says CONNECTING (from its own task, a turn of the loop later), sends its
+    inventory and says CONNECTED (as the Hyper-V backend does)."""
+
+    async def events(self):  # type: ignore[no-untyped-def]
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def node(n: int, late: float) -> None:
+            queue.put_nowait(ConnectionChanged(f"node{n}", LinkState.CONNECTING))
+            await asyncio.sleep(late)
+            for i in range(n * 100, n * 100 + 100):
+                queue.put_nowait(_vm(i))
+            queue.put_nowait(ConnectionChanged(f"node{n}", LinkState.CONNECTED))
+
+        queue.put_nowait(ConnectionChanged("entry", LinkState.CONNECTING))
+        queue.put_nowait(Upsert(Cluster("c", "C", Platform.HYPERV)))
+        tasks = [asyncio.ensure_future(node(n, 0.3 * (n + 1))) for n in range(3)]
+        queue.put_nowait(ConnectionChanged("entry", LinkState.CONNECTED))
+        try:
+            while True:
+                yield await queue.get()
+                if all(t.done() for t in tasks) and queue.empty():
+                    self.done.set()
+        finally:
+            for t in tasks:
+                t.cancel()
+
+
+async def test_a_clusters_inventory_is_held_until_every_node_has_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The entry point's CONNECTED does not end the first inventory while its nodes
+    still say CONNECTING: it is held until the last of them has answered."""
+    core, heard, backend, watch = scripted_console(monkeypatch, backend=Cluster2())
+    follow = asyncio.ensure_future(core.follow())
+    try:
+        await until(lambda: backend.done.is_set())
+        await until(lambda: not core.loading and not core.inventory_applying)
+        assert core.store.count(Kind.VM) == 300 and not core.still_loading
+        assert heard.inventory == [300]  # type: ignore[attr-defined]
+        assert not any(watch.loose)
+    finally:
+        follow.cancel()
+        await core.close()
 
 
 async def test_a_burst_after_the_first_load_is_applied_in_slices_and_settled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The rest of an inventory that came after the first load stopped waiting is one
-    big batch: it is applied in slices (the loop turns between them), announced like
-    the inventory, and ``settle`` returns only once all of it is in the store."""
-    monkeypatch.setattr("ventana.core.console.INITIAL_LOAD_MAX_S", 0.1)
+    """A big batch after the first load (a reconnect's full re-read) is applied in
+    slices (the loop turns between them), announced like the inventory, and ``settle``
+    returns only once all of it is in the store."""
     monkeypatch.setattr("ventana.core.console.INVENTORY_SLICE", 100)
     monkeypatch.setattr("ventana.core.console.BURST_EVENTS", 400)
+    reread = asyncio.Event()
     heard = Heard()
-    core = Console(LateInventory(1000, late_s=0.3), log=None, listener=heard,
-                   clock=lambda: NOW)
+    core = Console(Scripted([ConnectionChanged("scripted", LinkState.CONNECTING),
+                             Upsert(Cluster("c", "C", Platform.HYPERV)),
+                             ConnectionChanged("scripted", LinkState.CONNECTED)],
+                            reread,
+                            [ConnectionChanged("scripted", LinkState.RECONNECTING),
+                             *(_vm(i) for i in range(1000)),
+                             ConnectionChanged("scripted", LinkState.CONNECTED)]),
+                   log=None, listener=heard, clock=lambda: NOW)
     heard.store = core.store  # type: ignore[attr-defined]
     sliced: list[int] = []
     core.store.subscribe(lambda d: sliced.append(len(d.changes)) if core.inventory_applying
@@ -184,10 +391,11 @@ async def test_a_burst_after_the_first_load_is_applied_in_slices_and_settled(
     try:
         def flushed() -> bool:
             core.flush()
-            return not core.loading
+            return not core.loading and not core.inventory_applying
 
-        await until(flushed)  # gave up waiting: CONNECTING alone was the first load
+        await until(flushed)  # the first inventory: the cluster alone
         assert core.store.count(Kind.VM) == 0
+        reread.set()
         await until(lambda: len(core.pending) > 1000)
         await core.settle()  # its flush starts the slices; it returns after the last
         assert core.store.count(Kind.VM) == 1000 and not core.inventory_applying

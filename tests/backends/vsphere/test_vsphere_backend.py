@@ -693,6 +693,59 @@ async def test_no_answer_after_the_request_is_unknown_and_never_resent(
         handle.stop()
 
 
+@pytest.mark.timeout(60)
+async def test_a_slow_server_is_not_a_lost_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update wait that gets no answer within the socket timeout from a server that
+    still answers a cheap call is asked again: the link stays CONNECTED (its reason
+    says the server is slow, until the next answer), nothing is read again in full,
+    and a change made meanwhile arrives. (A server that answers nothing at all is a
+    lost connection: ``test_no_answer_after_the_request_is_unknown_and_never_resent``.)
+    """
+    handle = start_vcsim(tmp_path / "peer", clusters=0, standalone_hosts=1, vms=2, quiet=True)
+    backend = VSphereBackend(config_for(handle, wait_s=1, http_timeout_s=1),  # 6 s timeout
+                             password=handle.password)
+    s = Stream(backend, handle.password)
+    other = connect(handle)
+    stopped = False
+    probed = Session.keep_alive
+
+    def back_when_probed(self: Session) -> None:
+        # The server resumes as the backend asks whether it answers: slow, not gone.
+        nonlocal stopped
+        if stopped:
+            os.kill(handle.process.pid, signal.SIGCONT)
+            stopped = False
+        probed(self)
+
+    try:
+        await s.until(lambda: s.state() is LinkState.CONNECTED, 15, "connected")
+        await s.until(lambda: backend.session is not None and backend.session.caught_up, 15,
+                      "the update filter's first answer")
+        monkeypatch.setattr(Session, "keep_alive", back_when_probed)
+        os.kill(handle.process.pid, signal.SIGSTOP)
+        stopped = True
+        await s.until(lambda: backend.slow_waits >= 1, 20, "a wait timed out")
+        [said] = [e for e in s.links() if "slow" in e.reason]
+        assert said.state is LinkState.CONNECTED and "still connected" in said.reason
+        vm = sorted(s.store.vms(), key=lambda v: v.name)[0]
+        assert vm.power is PowerState.RUNNING
+        WaitForTask(vim.VirtualMachine(vm.id, other._stub).PowerOffVM_Task(), si=other)
+        await s.until(lambda: s.store.vm(vm.id).power is PowerState.OFF, 15, "change seen")
+        await s.until(lambda: s.state() is LinkState.CONNECTED and "slow" not in
+                      s.links()[-1].reason, 15, "the slow note cleared")
+        states = [e.state for e in s.links()]
+        assert LinkState.STALE not in states and LinkState.RECONNECTING not in states
+        assert backend.reads == 1  # never read again in full
+    finally:
+        if stopped:
+            os.kill(handle.process.pid, signal.SIGCONT)
+        Disconnect(other)
+        await s.close()
+        handle.stop()
+
+
 # --- mapping (no network) ------------------------------------------------------------
 
 
