@@ -148,7 +148,7 @@ def loading(app: VentanaApp) -> bool:
     (Live events waiting for the next flush are not counted: a live backend
     always has some, and the table may already show every VM.)
     """
-    return app.core.loading or app.core.inventory_applying
+    return app.core.loading or app.core.inventory_applying or app.core.still_loading
 
 
 async def _populate(app: VentanaApp, pilot: Any, vms: int, timeout: float = 300.0) -> float:
