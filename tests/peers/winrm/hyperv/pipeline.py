@@ -20,6 +20,24 @@ _PLAIN = (type(None), bool, str, float, int)
 _SELECTED = ["System.Management.Automation.PSCustomObject", "System.Object"]
 
 
+#: id(member) -> (member, name, number) of the enum members met (never a Flag: a
+#: combination is a new object each time). The member is kept, so its id stays its own.
+_ENUM_FACTS: dict[int, tuple[Any, str, int]] = {}
+
+
+def _enum_facts(value: enum.Enum) -> tuple[str, int]:
+    """(name, number) of an enum member. psrpcore's enums are PSObjects whose every
+    attribute read goes through PSObject.__getattribute__ (~10 µs for ``.name``); a
+    member's name and number never change, so they are read once per member."""
+    hit = _ENUM_FACTS.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1], hit[2]
+    name, number = value.name, int(value.value)
+    if not isinstance(value, enum.Flag):
+        _ENUM_FACTS[id(value)] = (value, name, number)
+    return name, number
+
+
 def ps_string(value: Any) -> str:
     """``[string]$value`` as PowerShell converts it (LanguagePrimitives.ConvertTo<string>):
     $null → "", an enum → its member name, an object → its ToString, an array → its
@@ -31,7 +49,7 @@ def ps_string(value: Any) -> str:
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, enum.Enum):
-        return value.name
+        return _enum_facts(value)[0]
     if isinstance(value, Row):
         return value.to_string or value.type_names[0]
     if isinstance(value, list | tuple):
@@ -64,7 +82,7 @@ def _json_value(value: Any, depth: int, max_depth: int) -> Any:
         when = value if value.tzinfo else value.replace(tzinfo=UTC)
         return f"/Date({int((when - _DOTNET_EPOCH).total_seconds() * 1000)})/"
     if isinstance(value, enum.Enum):
-        return int(value.value)
+        return _enum_facts(value)[1]
     if isinstance(value, int):  # psrpcore's sized integers
         return int(value)
     if isinstance(value, float):
