@@ -152,12 +152,12 @@ def projection_script(text: str) -> Any:
             return None
 
     def run(params: dict[str, Any], writer: CommandWriter) -> None:
-        rows = []
+        rows: list[dict[str, Any]] = []  # each object's Selected.<type> properties
         for obj in writer.input:
             found = _properties(obj)
             if found is None:
                 continue
-            first, props = found
+            props = found[1]
             values: dict[str, Any] = {}
             for name, cast, path in items:
                 value: Any = _member(props, path[0])
@@ -165,15 +165,23 @@ def projection_script(text: str) -> Any:
                     inner = (_properties(value) or ("", {}))[1]
                     value = {k.casefold(): v for k, v in inner.items()}.get(part.casefold())
                 if cast == "string":
-                    value = ps_string(value)
+                    if type(value) is not str:
+                        value = ps_string(value)
                 elif cast:
                     value = [ps_string(v) for v in (value if isinstance(value, list | tuple)
                                                     else [] if value is None else [value])]
                 values[name] = value
-            rows.append(Row([f"Selected.{first}", *_SELECTED], values))
-        out = to_json(rows, compress=True)
-        if out is not None:
-            writer.write_output(out)
+            rows.append(values)
+        if not rows:
+            return
+        # to_json(the Selected objects, compress=True) without making them: one object is
+        # converted as itself (its properties at depth 1), several as an array (their
+        # properties at depth 2); a string is itself at any depth.
+        depth = 1 if len(rows) == 1 else 2
+        data = [{n: v if type(v) is str else _json_value(v, depth, 2) for n, v in r.items()}
+                for r in rows]
+        writer.write_output(json.dumps(data[0] if len(data) == 1 else data,
+                                       separators=(",", ":")))
 
     return run
 
