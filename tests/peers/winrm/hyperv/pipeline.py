@@ -44,6 +44,9 @@ def ps_string(value: Any) -> str:
     elements joined by $OFS (a space)."""
     if type(value) is str:  # the common case first (the rest is in PowerShell's order)
         return value
+    hit = _ENUM_FACTS.get(id(value))  # an enum member met before: no isinstance() on it
+    if hit is not None and hit[0] is value:  # (each costs a PSObject attribute read)
+        return hit[1]
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -81,6 +84,9 @@ def _json_value(value: Any, depth: int, max_depth: int) -> Any:
     if kind is datetime:
         when = value if value.tzinfo else value.replace(tzinfo=UTC)
         return f"/Date({int((when - _DOTNET_EPOCH).total_seconds() * 1000)})/"
+    hit = _ENUM_FACTS.get(id(value))  # an enum member met before (see ps_string)
+    if hit is not None and hit[0] is value:
+        return hit[2]
     if isinstance(value, enum.Enum):
         return _enum_facts(value)[1]
     if isinstance(value, int):  # psrpcore's sized integers
