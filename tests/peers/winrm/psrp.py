@@ -82,7 +82,7 @@ STOP_GRACE_SECONDS = 2.0
 Target = uuid.UUID | None
 
 #: CreatePipeline messages already parsed (see :class:`PeerRunspacePool`), at most this many.
-PARSED_PIPELINES_MAX = 512
+PARSED_PIPELINES_MAX = 128
 
 
 def b64_len(raw: int) -> int:
