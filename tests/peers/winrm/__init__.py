@@ -17,6 +17,9 @@ Modules
 ``hyperv/``     Hyper-V / FailoverClusters handlers, one module per cmdlet family
 ``fixture.py``  ``start_winrm_peer()`` and the ``winrm_peer`` pytest fixture
 
+What the endpoint costs in CPU, and what it does to keep that small without
+changing what a client receives: ``docs/winrm-peer-cost.md``.
+
 Starting it by hand
 -------------------
 From the repository root::

@@ -213,6 +213,9 @@ class CommandWriter:
         self.arguments: list[Any] = list(arguments or [])
         self.input: list[Any] = list(input or [])
         self._sink = sink
+        # Whether the sink collects for the next command: fixed for the writer's life,
+        # read once (handlers ask it for every object they build).
+        self._piped = getattr(sink, "_collected", None) is not None
 
     @property
     def piped(self) -> bool:
@@ -221,7 +224,7 @@ class CommandWriter:
         A handler may then write lightweight objects (see ``hyperv.Row``) that
         the next command reads, instead of psrpcore objects built for the wire.
         """
-        return getattr(self._sink, "_collected", None) is not None
+        return self._piped
 
     # -- stop -----------------------------------------------------------------
     @property

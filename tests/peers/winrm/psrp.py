@@ -27,9 +27,10 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
+from xml.etree import ElementTree
 
 from psrpcore import (
     CreatePipelineEvent,
@@ -37,6 +38,7 @@ from psrpcore import (
     GetAvailableRunspacesEvent,
     PipelineInputEvent,
     PowerShell,
+    PSRPCoreError,
     PSRPEvent,
     PSRPPayload,
     ResetRunspaceStateEvent,
@@ -54,7 +56,9 @@ from psrpcore.types import (
     ProgressRecordType,
     PSInvocationState,
     PSObject,
+    PSRPMessageType,
 )
+from psrpcore.types import deserialize as deserialize_clixml
 
 from .cmdlets import (
     CommandRegistry,
@@ -76,6 +80,9 @@ FRAGMENT_BYTES = 32 * 1024
 STOP_GRACE_SECONDS = 2.0
 
 Target = uuid.UUID | None
+
+#: CreatePipeline messages already parsed (see :class:`PeerRunspacePool`), at most this many.
+PARSED_PIPELINES_MAX = 128
 
 
 def b64_len(raw: int) -> int:
@@ -133,13 +140,79 @@ def _event_ci(event: PSRPEvent) -> int:
     raise ValueError(f"{type(event).__name__} without a call id")
 
 
+class _ParsedPipelines:
+    """CreatePipeline CLIXML → (its deserialized object, its PowerShell description); LRU.
+
+    A client polling sends the same pipelines again and again (pypsrp 0.9.1
+    serializes each message afresh, RefIds from 0: the same commands and
+    parameters are the same bytes), and psrpcore's pure-Python deserializer
+    spends ~10 ms on the 16 KB of a five-statement read — most of this
+    endpoint's cost per command. Both objects are only read after parsing
+    (psrpcore stores the description as ``ServerPipeline.metadata``; this
+    module's handlers copy the lists they are given), so one parse serves
+    every pool that sends the same bytes. Shared by every pool of the process.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[bytes, str], tuple[Any, PowerShell]] = OrderedDict()
+
+    def get(self, key: tuple[bytes, str]) -> tuple[Any, PowerShell] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple[bytes, str], entry: tuple[Any, PowerShell]) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+_PARSED = _ParsedPipelines(PARSED_PIPELINES_MAX)
+
+
 class PeerRunspacePool(ServerRunspacePool):
-    """psrpcore's server pool, reading pypsrp's ``CI`` spelling in Set(Max|Min)Runspaces.
+    """psrpcore's server pool, reading pypsrp's ``CI`` spelling in Set(Max|Min)Runspaces,
+    and parsing a CreatePipeline message it has seen before only once.
 
     PowerShell reads CLIXML property names case-insensitively; psrpcore 0.3.1
     does not, and fails on the SetMaxRunspaces/SetMinRunspaces messages pypsrp
     sends when ``pool.max_runspaces``/``min_runspaces`` is set on an open pool.
+
+    CreatePipeline: what psrpcore 0.3.1's ``_process_message`` and
+    ``_process_CreatePipeline`` do (deserialize the CLIXML, make the event, set
+    the pipeline's ``metadata`` from it), with the parse looked up in
+    :data:`_PARSED` first (see :class:`_ParsedPipelines`). A message with a
+    SecureString (``<SS>``, decrypted with this pool's session key) is never
+    shared; the key carries the client's protocol version, which the
+    deserializer is given.
     """
+
+    def _process_message(self, message: Any) -> PSRPEvent:
+        data = message.data
+        if message.message_type != PSRPMessageType.CreatePipeline or b"<SS" in data:
+            return super()._process_message(message)
+        capability = self.their_capability
+        key = (bytes(data), str(getattr(capability, "protocol_version", "")))
+        entry = _PARSED.get(key)
+        if entry is None:
+            ps_object = deserialize_clixml(
+                ElementTree.fromstring(data), cipher=self._cipher,
+                our_capability=self.our_capability, their_capability=capability)
+            entry = (ps_object, PowerShell.FromPSObjectForRemoting(ps_object))
+            _PARSED.put(key, entry)
+        event = PSRPEvent.create(message.message_type, entry[0], message.runspace_pool_id,
+                                 message.pipeline_id)
+        pipeline = self.pipeline_table.get(message.pipeline_id)
+        if pipeline is None:
+            raise PSRPCoreError(
+                f"Failed to find pipeline for incoming event {message.pipeline_id!s}")
+        pipeline.metadata = entry[1]
+        return event
 
     def _process_SetMaxRunspaces(self, event: SetMaxRunspacesEvent) -> None:
         ci = _event_ci(event)
@@ -325,7 +398,7 @@ class PoolSession:
         """Handle one event (lock held); returns a run that is ready to start."""
         if isinstance(event, CreatePipelineEvent):
             run = self._runs[event.pipeline_id]
-            run.metadata = event.pipeline
+            run.metadata = run.pipeline.metadata  # parsed once, by the pool (not again)
             return run if run.metadata.no_input else None
         if isinstance(event, PipelineInputEvent):
             self._runs[event.pipeline_id].input.append(event.data)

@@ -97,21 +97,27 @@ def get_csv_state(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -
     with model.lock:
         luns = [x for x in model.luns.values() if x.role is LunRole.CSV]
         nodes = list(model.nodes)
+    node_names = [model.profile.cluster_node(n) for n in nodes]
     for lun in luns:
-        for n in nodes:
-            info = "Direct"
-            if lun.state is LunState.REDIRECTED:
-                info = "FileSystemRedirected"
+        # One row per CSV and node; what is the CSV's is worked out once, not per node.
+        info = "Direct"
+        if lun.state is LunState.REDIRECTED:
+            info = "FileSystemRedirected"
+        name = model.resource_name(lun.id)
+        state = _enum(CsvStateInfo, info)
+        volume = f"\\\\?\\Volume{{{volume_guid(lun.id)}}}\\"
+        friendly = model.mount_of(lun.id).rsplit("\\", 1)[-1]
+        for node_name in node_names:
             writer.write_output(
                 _obj(
                     writer,
                     [FC + "ClusterSharedVolumeState"],
                     {
-                        "Name": model.resource_name(lun.id),
-                        "Node": model.profile.cluster_node(n),
-                        "StateInfo": _enum(CsvStateInfo, info),
-                        "VolumeName": f"\\\\?\\Volume{{{volume_guid(lun.id)}}}\\",
-                        "VolumeFriendlyName": model.mount_of(lun.id).rsplit("\\", 1)[-1],
+                        "Name": name,
+                        "Node": node_name,
+                        "StateInfo": state,
+                        "VolumeName": volume,
+                        "VolumeFriendlyName": friendly,
                     },
                 )
             )

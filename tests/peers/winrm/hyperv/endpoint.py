@@ -63,6 +63,9 @@ class Endpoint:
         self.model = model
         self.node = node
         self.events = EventQueues()
+        #: Msvm_VirtualSystemSettingData instances made by ``indications._settings``:
+        #: VM or checkpoint id -> (the object it was made from, SnapshotType override, row).
+        self.settings_rows: dict[str, tuple[Any, str | None, dict[str, Any]]] = {}
 
     def log(self, name: str) -> None:
         """Record a command served (``model.calls``, for tests)."""

@@ -289,30 +289,49 @@ def _like(value: str, pattern: str) -> bool:
 
 
 def _settings(ep: Endpoint) -> dict[str, dict[str, Any]]:
-    """Msvm_VirtualSystemSettingData of the node's VMs and their checkpoints, by InstanceID."""
+    """Msvm_VirtualSystemSettingData of the node's VMs and their checkpoints, by InstanceID.
+
+    Enumerated every ``WITHIN`` seconds per subscription: an instance is made again only
+    when what it is made from changed — the VM or checkpoint object (frozen: a change
+    replaces it) or the checkpoint's SnapshotType override — else the one made before is
+    listed again (``ep.settings_rows``), and :func:`_diff` passes it by identity.
+    """
     model = ep.model
+    made = ep.settings_rows
     out: dict[str, dict[str, Any]] = {}
     with model.lock:
         vms = model.vms_of(ep.node)
         for vm in vms:
             name = vm.id.upper()
-            out[f"Microsoft:{name}"] = {
-                "InstanceID": f"Microsoft:{name}", "ElementName": vm.name,
-                "VirtualSystemIdentifier": name,
-                "VirtualSystemType": "Microsoft:Hyper-V:System:Realized",
-                "Parent": None}
+            hit = made.get(vm.id)
+            if hit is not None and hit[0] is vm:
+                row = hit[2]
+            else:
+                row = {
+                    "InstanceID": f"Microsoft:{name}", "ElementName": vm.name,
+                    "VirtualSystemIdentifier": name,
+                    "VirtualSystemType": "Microsoft:Hyper-V:System:Realized",
+                    "Parent": None}
+                made[vm.id] = (vm, None, row)
+            out[f"Microsoft:{name}"] = row
             for cp_id in model.chains.get(vm.id, []):
                 cp = model.checkpoints.get(cp_id)
                 if cp is None:
                     continue
                 override = model.snapshot_types.get(cp.id)
-                kind = REPLICA_TYPE.get(override or "", SNAPSHOT_TYPE[cp.kind])
-                out[f"Microsoft:{cp.id.upper()}"] = {
-                    "InstanceID": f"Microsoft:{cp.id.upper()}", "ElementName": cp.name,
-                    "VirtualSystemIdentifier": name, "VirtualSystemType": kind,
-                    "CreationTime": cp.created,
-                    "Parent": (f"Msvm_VirtualSystemSettingData.InstanceID=\"Microsoft:"
-                               f"{cp.parent_id.upper()}\"") if cp.parent_id else None}
+                hit = made.get(cp.id)
+                if hit is not None and hit[0] is cp and hit[1] == override:
+                    row = hit[2]
+                else:
+                    kind = REPLICA_TYPE.get(override or "", SNAPSHOT_TYPE[cp.kind])
+                    row = {
+                        "InstanceID": f"Microsoft:{cp.id.upper()}", "ElementName": cp.name,
+                        "VirtualSystemIdentifier": name, "VirtualSystemType": kind,
+                        "CreationTime": cp.created,
+                        "Parent": (f"Msvm_VirtualSystemSettingData.InstanceID=\"Microsoft:"
+                                   f"{cp.parent_id.upper()}\"") if cp.parent_id else None}
+                    made[cp.id] = (cp, override, row)
+                out[row["InstanceID"]] = row
     return out
 
 
@@ -439,7 +458,7 @@ def _diff(ep: Endpoint, sub: Subscription, before: dict[str, dict[str, Any]],
         old = before.get(key)
         if old is None:
             kind, target, previous = "create", row, None
-        elif old != row:
+        elif old is not row and old != row:  # the same instance made again: unchanged
             kind, target, previous = "modify", row, old
         else:
             continue

@@ -20,18 +20,39 @@ _PLAIN = (type(None), bool, str, float, int)
 _SELECTED = ["System.Management.Automation.PSCustomObject", "System.Object"]
 
 
+#: id(member) -> (member, name, number) of the enum members met (never a Flag: a
+#: combination is a new object each time). The member is kept, so its id stays its own.
+_ENUM_FACTS: dict[int, tuple[Any, str, int]] = {}
+
+
+def _enum_facts(value: enum.Enum) -> tuple[str, int]:
+    """(name, number) of an enum member. psrpcore's enums are PSObjects whose every
+    attribute read goes through PSObject.__getattribute__ (~10 µs for ``.name``); a
+    member's name and number never change, so they are read once per member."""
+    hit = _ENUM_FACTS.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1], hit[2]
+    name, number = value.name, int(value.value)
+    if not isinstance(value, enum.Flag):
+        _ENUM_FACTS[id(value)] = (value, name, number)
+    return name, number
+
+
 def ps_string(value: Any) -> str:
     """``[string]$value`` as PowerShell converts it (LanguagePrimitives.ConvertTo<string>):
     $null → "", an enum → its member name, an object → its ToString, an array → its
     elements joined by $OFS (a space)."""
     if type(value) is str:  # the common case first (the rest is in PowerShell's order)
         return value
+    hit = _ENUM_FACTS.get(id(value))  # an enum member met before: no isinstance() on it
+    if hit is not None and hit[0] is value:  # (each costs a PSObject attribute read)
+        return hit[1]
     if value is None:
         return ""
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, enum.Enum):
-        return value.name
+        return _enum_facts(value)[0]
     if isinstance(value, Row):
         return value.to_string or value.type_names[0]
     if isinstance(value, list | tuple):
@@ -63,8 +84,11 @@ def _json_value(value: Any, depth: int, max_depth: int) -> Any:
     if kind is datetime:
         when = value if value.tzinfo else value.replace(tzinfo=UTC)
         return f"/Date({int((when - _DOTNET_EPOCH).total_seconds() * 1000)})/"
+    hit = _ENUM_FACTS.get(id(value))  # an enum member met before (see ps_string)
+    if hit is not None and hit[0] is value:
+        return hit[2]
     if isinstance(value, enum.Enum):
-        return int(value.value)
+        return _enum_facts(value)[1]
     if isinstance(value, int):  # psrpcore's sized integers
         return int(value)
     if isinstance(value, float):
@@ -134,12 +158,12 @@ def projection_script(text: str) -> Any:
             return None
 
     def run(params: dict[str, Any], writer: CommandWriter) -> None:
-        rows = []
+        rows: list[dict[str, Any]] = []  # each object's Selected.<type> properties
         for obj in writer.input:
             found = _properties(obj)
             if found is None:
                 continue
-            first, props = found
+            props = found[1]
             values: dict[str, Any] = {}
             for name, cast, path in items:
                 value: Any = _member(props, path[0])
@@ -147,15 +171,23 @@ def projection_script(text: str) -> Any:
                     inner = (_properties(value) or ("", {}))[1]
                     value = {k.casefold(): v for k, v in inner.items()}.get(part.casefold())
                 if cast == "string":
-                    value = ps_string(value)
+                    if type(value) is not str:
+                        value = ps_string(value)
                 elif cast:
                     value = [ps_string(v) for v in (value if isinstance(value, list | tuple)
                                                     else [] if value is None else [value])]
                 values[name] = value
-            rows.append(Row([f"Selected.{first}", *_SELECTED], values))
-        out = to_json(rows, compress=True)
-        if out is not None:
-            writer.write_output(out)
+            rows.append(values)
+        if not rows:
+            return
+        # to_json(the Selected objects, compress=True) without making them: one object is
+        # converted as itself (its properties at depth 1), several as an array (their
+        # properties at depth 2); a string is itself at any depth.
+        depth = 1 if len(rows) == 1 else 2
+        data = [{n: v if type(v) is str else _json_value(v, depth, 2) for n, v in r.items()}
+                for r in rows]
+        writer.write_output(json.dumps(data[0] if len(data) == 1 else data,
+                                       separators=(",", ":")))
 
     return run
 

@@ -77,6 +77,7 @@ def get_drive(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> No
         for n, chain in enumerate(model.drive_chains(vm)):
             if not chain:
                 continue
+            ctype, cnumber, clocation = model.slot(vm, n)
             writer.write_output(
                 _obj(
                     writer,
@@ -85,9 +86,9 @@ def get_drive(ep: Endpoint, params: dict[str, Any], writer: CommandWriter) -> No
                         "VMId": _guid(vm.id),
                         "VMName": vm.name,
                         "Path": chain[-1].path,
-                        "ControllerType": _enum(ControllerType, model.slot(vm, n)[0]),
-                        "ControllerNumber": model.slot(vm, n)[1],
-                        "ControllerLocation": model.slot(vm, n)[2],
+                        "ControllerType": _enum(ControllerType, ctype),
+                        "ControllerNumber": cnumber,
+                        "ControllerLocation": clocation,
                         "DiskNumber": None,  # a file-backed drive has none
                     },
                 )

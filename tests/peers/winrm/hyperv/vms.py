@@ -60,6 +60,8 @@ def _heartbeat(vm: VM) -> Any:
 
 def _merging(vm: VM, model: ClusterModel) -> int | None:
     """The background merge's percent (None: not merging)."""
+    if not model.merging:  # nothing merges (the usual case): no lock taken per VM
+        return None
     with model.lock:
         started, seconds = model.merging.get(vm.id, (0.0, 0.0))
         if not seconds:

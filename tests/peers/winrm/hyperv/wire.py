@@ -112,5 +112,7 @@ def _vm_filter(params: dict[str, Any]) -> list[str]:
 
 
 def _match(name: str, patterns: list[str]) -> bool:
+    if "*" in patterns:  # matches every name (the -VMName * every poll sends): no fnmatch
+        return True
     return any(fnmatch.fnmatchcase(name.casefold(), p) for p in patterns)
 
