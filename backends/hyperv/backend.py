@@ -103,7 +103,14 @@ from .mapping import (
 )
 from .merge import run_merge, run_upgrade
 from .rebuild import HyperVRebuild
-from .session import AuthFailed, CommandFailed, NodeSession, SessionError, TlsRefused
+from .session import (
+    Answer,
+    AuthFailed,
+    CommandFailed,
+    NodeSession,
+    SessionError,
+    TlsRefused,
+)
 from .subscriptions import CHECKPOINT_EVENTS, CSV_EVENTS, Source
 
 log = logging.getLogger(__name__)
@@ -955,17 +962,17 @@ class HyperVBackend(Backend):
             self._cluster_read_at = asyncio.get_running_loop().time()
             self._end_cluster_read(node)
 
-        # The computer name (once per connection) rides with the VM reads: one round trip.
+        # The computer name (once per connection) and the disk files of the chains ride
+        # with the VM reads: one round trip.
         first = not node.computer
-        answers = await session.run_many(
-            [
-                *([cmd.get_computer_system()] if first else []),
-                cmd.get_vms(),  # with each VM's Heartbeat
-                cmd.get_snapshots(),
-                cmd.get_hard_disk_drives(),
-                cmd.get_replication(),
-            ]
-        )
+        reads = [
+            *([cmd.get_computer_system()] if first else []),
+            cmd.get_vms(),  # with each VM's Heartbeat
+            cmd.get_snapshots(),
+            cmd.get_hard_disk_drives(),
+            cmd.get_replication(),
+        ]
+        answers, chains = await self._read_vms(session, reads)
         if first:
             names = [node_name(props(o).get("Name")) for o in answers[0].output]
             node.computer = next((n for n in names if n), node_name(node.host))
@@ -980,7 +987,7 @@ class HyperVBackend(Backend):
             drives=files,
             replication=replication.output,
         )
-        nread.vhds = await self._read_chains(node, nread.drives)
+        nread.vhds = await self._read_chains(node, nread.drives, chains)
         agent, vm_backup = (await self._read_backup(node, vms.output, drives.output)
                             if settled else (None, {}))
 
@@ -1053,23 +1060,40 @@ class HyperVBackend(Backend):
         slots = max(1, int(cfg.backup_interval // max(cfg.poll_interval, 0.001)))
         return (node.index % slots) * cfg.poll_interval
 
-    async def _read_chains(self, node: HyperVNode, drives: list[object]) -> dict[str, object]:
-        """Get-VHD for every drive's file and, following ParentPath, the whole chain.
+    @staticmethod
+    async def _read_vms(session: NodeSession, reads: list[cmd.Command]
+                        ) -> tuple[list[Answer], list[object]]:
+        """The node's VM reads and, in the same round trip, the disk files of the chains
+        (the two piped Get-VHD reads of :meth:`_read_chains`).
 
-        Two piped reads cover the usual chain: the files the VMs' drives use
-        now (``Get-VMHardDiskDrive | Get-VHD``) and the files their
+        A missing file is a normal non-terminating error of Get-VHD, but the errors
+        of one round trip are not told apart by statement: when any came back, the
+        VM reads are sent again on their own, where an error of theirs fails the
+        poll exactly as before (rare: a chain left behind)."""
+        chains = [cmd.get_attached_vhds(), cmd.get_checkpoint_vhds()]
+        lenient = [dataclasses.replace(c, tolerate_errors=True) for c in reads]
+        answers = await session.run_many([*lenient, *chains])
+        # Both Get-VHD statements answer the same shape: their rows land in one of
+        # them (which one a file came from is not needed: they are merged).
+        files = [o for a in answers[len(reads):] for o in a.output]
+        if any(a.errors for a in answers):
+            return await session.run_many(reads), files
+        return answers[:len(reads)], files
+
+    async def _read_chains(self, node: HyperVNode, drives: list[object],
+                           files: list[object]) -> dict[str, object]:
+        """Every drive's file and, following ParentPath, the whole chain.
+
+        ``files``: the answers of the two piped reads that cover the usual
+        chain, sent with the VM reads (:meth:`_read_vms`): the files the VMs'
+        drives use now (``Get-VMHardDiskDrive | Get-VHD``) and the files their
         checkpoints froze (``Get-VMSnapshot | Get-VMHardDiskDrive |
         Get-VHD``), with no paths sent. A parent neither names (a chain left
         behind by a deleted checkpoint) is then asked for by path, round by
         round; files that vanished answer "not found" (ignored).
         """
-        # One round trip; both answer the same shape, so which one a file came
-        # from is not told apart (not needed: they are merged).
-        attached, frozen = await node.session.run_many(
-            [cmd.get_attached_vhds(), cmd.get_checkpoint_vhds()]
-        )
         vhds: dict[str, object] = {}
-        for obj in [*attached.output, *frozen.output]:
+        for obj in files:
             vhds[path_key(text(props(obj).get("Path")))] = obj
         asked = set(vhds)
         leaves = [text(props(d).get("Path")).strip() for d in drives]
