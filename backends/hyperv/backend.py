@@ -260,6 +260,9 @@ class HyperVBackend(Backend):
         self._partition_changes: dict[str, tuple[float, dict[str, Any]]] = {}
         self._growth = subs.Growth()
         self._replication: dict[str, list[object]] = {}  # source -> last Get-VMReplication rows
+        #: source -> (what its last mapping was made from, the entities it gave): a poll
+        #: whose answers are the same text maps to the same entities (``_mapped_from``).
+        self._mapped: dict[str, tuple[tuple[object, ...], tuple[Entity, ...]]] = {}
         #: What the targeted updates did, newest last (tests, the bench): (kind, monotonic s).
         self.targeted: list[tuple[str, float]] = []
         #: Seconds each targeted VM re-read took (sent → published), newest last (the bench).
@@ -972,7 +975,7 @@ class HyperVBackend(Backend):
             cmd.get_hard_disk_drives(),
             cmd.get_replication(),
         ]
-        answers, chains = await self._read_vms(session, reads)
+        answers, chains, chain_answers = await self._read_vms(session, reads)
         if first:
             names = [node_name(props(o).get("Name")) for o in answers[0].output]
             node.computer = next((n for n in names if n), node_name(node.host))
@@ -987,15 +990,27 @@ class HyperVBackend(Backend):
             drives=files,
             replication=replication.output,
         )
-        nread.vhds = await self._read_chains(node, nread.drives, chains)
+        nread.vhds, rounds = await self._read_chains(node, nread.drives, chains)
         agent, vm_backup = (await self._read_backup(node, vms.output, drives.output)
                             if settled else (None, {}))
 
         self._replication[node.source] = list(nread.replication)
-        # Mapped in a worker thread: at 2,500 VMs it takes long enough to hold up the
-        # event streams (a checkpoint re-read waiting behind it).
-        entities = await asyncio.to_thread(node_entities, nread, self._cluster_id,
-                                           node.computer, self._mounts)
+        # What the mapping is made from: when every answer is the same text as the last
+        # poll's (and the cluster's mounts the same), its entities are the same too.
+        made_of = _mapped_from([*answers[-4:], *chain_answers], rounds, self._cluster_id,
+                               node.computer, self._mounts)
+        last = self._mapped.get(node.source)
+        if made_of is not None and last is not None and last[0] == made_of:
+            entities = list(last[1])
+        else:
+            # Mapped in a worker thread: at 2,500 VMs it takes long enough to hold up the
+            # event streams (a checkpoint re-read waiting behind it).
+            entities = await asyncio.to_thread(node_entities, nread, self._cluster_id,
+                                               node.computer, self._mounts)
+            if made_of is not None:
+                self._mapped[node.source] = (made_of, tuple(entities))
+            else:
+                self._mapped.pop(node.source, None)
         entities = with_backup_facts(entities, vm_backup)
         if self._reread:  # a VM re-read (a checkpoint event) while this read ran
             entities = self._overlay(node.source, entities, began)
@@ -1062,7 +1077,7 @@ class HyperVBackend(Backend):
 
     @staticmethod
     async def _read_vms(session: NodeSession, reads: list[cmd.Command]
-                        ) -> tuple[list[Answer], list[object]]:
+                        ) -> tuple[list[Answer], list[object], list[Answer]]:
         """The node's VM reads and, in the same round trip, the disk files of the chains
         (the two piped Get-VHD reads of :meth:`_read_chains`).
 
@@ -1077,11 +1092,11 @@ class HyperVBackend(Backend):
         # them (which one a file came from is not needed: they are merged).
         files = [o for a in answers[len(reads):] for o in a.output]
         if any(a.errors for a in answers):
-            return await session.run_many(reads), files
-        return answers[:len(reads)], files
+            return await session.run_many(reads), files, answers[len(reads):]
+        return answers[:len(reads)], files, answers[len(reads):]
 
     async def _read_chains(self, node: HyperVNode, drives: list[object],
-                           files: list[object]) -> dict[str, object]:
+                           files: list[object]) -> tuple[dict[str, object], int]:
         """Every drive's file and, following ParentPath, the whole chain.
 
         ``files``: the answers of the two piped reads that cover the usual
@@ -1090,7 +1105,8 @@ class HyperVBackend(Backend):
         checkpoints froze (``Get-VMSnapshot | Get-VMHardDiskDrive |
         Get-VHD``), with no paths sent. A parent neither names (a chain left
         behind by a deleted checkpoint) is then asked for by path, round by
-        round; files that vanished answer "not found" (ignored).
+        round; files that vanished answer "not found" (ignored). Returns the
+        files by path key and how many such rounds it took.
         """
         vhds: dict[str, object] = {}
         for obj in files:
@@ -1117,7 +1133,7 @@ class HyperVBackend(Backend):
             for obj in found:
                 vhds[path_key(text(props(obj).get("Path")))] = obj
             batch = []
-        return vhds
+        return vhds, rounds
 
     # -- diffing -----------------------------------------------------------------------------
     def _publish_cluster(self) -> None:
@@ -1243,6 +1259,22 @@ class HyperVExecutor(Executor):
         """Always False: Hyper-V cannot cancel a merge in progress; it runs to its end."""
         self._guard("cancel")
         return False
+
+
+def _mapped_from(answers: list[Answer], rounds: int, cluster_id: str, computer: str,
+                 mounts: list[Mount]) -> tuple[object, ...] | None:
+    """Everything ``node_entities`` reads for a poll, as a comparable value: the digests
+    of the JSON texts its answers were decoded from, the cluster, the node and the CSV
+    mount points. None when something is not covered by a digest (an answer not
+    decoded from JSON text, a chain that needed a read by path): mapped afresh."""
+    if rounds:
+        return None
+    digests = []
+    for answer in answers:
+        if answer.output and not answer.digest:
+            return None
+        digests.append(answer.digest)
+    return (tuple(digests), cluster_id, computer, tuple(mounts))
 
 
 def _with_agent(facts: NodeFacts, agent: AgentFacts | None) -> NodeFacts:

@@ -133,3 +133,58 @@ def test_the_kept_messages_are_bounded() -> None:
     for i in range(sess.PREPARED_MAX + 10):
         sess._prepared_message(("bound", i), lambda: b"<Obj/>")
     assert len(sess._prepared) <= sess.PREPARED_MAX
+
+
+# -- a poll whose answers are the same text is not mapped again ------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_an_unchanged_poll_reuses_its_mapping_and_a_change_is_mapped(
+    peer: tuple[ClusterModel, PeerHandle], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from test_hyperv_backend import Feed, backend_for
+
+    from ventana.backends.hyperv import backend as hv
+    from ventana.state.events import LinkState
+    from ventana.state.model import CheckpointKind, Kind, PowerState
+
+    calls: list[str] = []
+    original = hv.node_entities
+
+    def counting(read: Any, *args: Any) -> Any:
+        calls.append(args[1])
+        return original(read, *args)
+
+    monkeypatch.setattr(hv, "node_entities", counting)
+    model, handle = peer
+    backend = backend_for(handle, stream=False, backup_checks=False)
+    feed = Feed(backend)
+    source = backend.sources[0]
+    try:
+        await feed.until(lambda: feed.last_state(source) is LinkState.CONNECTED, 20,
+                         "connected")
+        [session] = backend.sessions()
+
+        def polls() -> int:
+            return session.sent.count("Get-VMReplication")
+
+        # The first poll maps; the next ones (nothing changed on the host) reuse it.
+        mapped, seen = len(calls), polls()
+        await feed.until(lambda: polls() >= seen + 3, 20, "three more polls")
+        assert len(calls) == mapped
+        assert mapped >= 1
+
+        # A change on the host is a different answer: mapped again, and it arrives.
+        vm = next(v for v in model.vms.values() if v.power is PowerState.RUNNING)
+        cp_id = model.add_checkpoint(vm.id, "before patching", CheckpointKind.STANDARD)
+        await feed.until(lambda: (Kind.CHECKPOINT, cp_id) in feed.state, 10,
+                         "the new checkpoint, by the poll")
+        assert len(calls) > mapped
+        model.set_power(vm.id, PowerState.OFF)
+        await feed.until(lambda: feed.state[(Kind.VM, vm.id)].power is PowerState.OFF, 10,
+                         "the power change, by the poll")
+        await asyncio.sleep(0)
+    finally:
+        await feed.close()
