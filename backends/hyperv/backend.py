@@ -289,6 +289,8 @@ class HyperVBackend(Backend):
         #: Per node source: when backup readiness was last read, and what it said.
         self._backup_read: dict[str, tuple[float, AgentFacts, dict[str, VmBackupFacts]]] = {}
         self._backup_spread: set[str] = set()  # node sources given their backup slot
+        #: The cluster groups last read, by the digest of their text (``read_vm_facts``).
+        self._groups_seen: dict[bytes, dict[str, str]] = {}
         self._phased: set[str] = set()  # node sources whose polls were given their turn
         #: What the workflows (merge, upgrade, clean-up, rebuild) may use of this backend.
         self.context = HyperVContext(
@@ -1056,7 +1058,7 @@ class HyperVBackend(Backend):
             return agent, {}
         powers = {as_id(props(o).get("Id")): power_state(props(o).get("State")) for o in vms}
         names = {as_id(props(o).get("Id")): text(props(o).get("Name")) for o in vms}
-        vm_facts = await read_vm_facts(node.session, powers, drives, names)
+        vm_facts = await read_vm_facts(node.session, powers, drives, names, self._groups_seen)
         # The first VM-facts read of every node falls on the same poll (the nodes' polls
         # start together); from then on each node reads on its own poll of the interval,
         # so the heavy reads (integration services, KVP, locations) come one slot at a

@@ -188,3 +188,45 @@ async def test_an_unchanged_poll_reuses_its_mapping_and_a_change_is_mapped(
         await asyncio.sleep(0)
     finally:
         await feed.close()
+
+
+@pytest.mark.timeout(60)
+async def test_the_cluster_groups_are_decoded_once_per_text(
+    peer: tuple[ClusterModel, PeerHandle], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every node answers Get-ClusterGroup with every role of the cluster: the same
+    text is turned into the VM roles' states once, a different text again."""
+    from ventana.backends.hyperv import backup
+    from ventana.backends.hyperv.mapping import as_id, power_state, props, text
+
+    decoded: list[int] = []
+    original = backup.vm_group_states
+
+    def counting(rows: Any) -> dict[str, str]:
+        out = original(rows)
+        decoded.append(len(out))
+        return out
+
+    monkeypatch.setattr(backup, "vm_group_states", counting)
+    model, handle = peer
+    session = session_for(handle)
+    try:
+        [vms, drives] = await session.run_many([cmd.get_vms(), cmd.get_hard_disk_drives()])
+        powers = {as_id(props(o).get("Id")): power_state(props(o).get("State"))
+                  for o in vms.output}
+        names = {as_id(props(o).get("Id")): text(props(o).get("Name")) for o in vms.output}
+        seen: dict[bytes, dict[str, str]] = {}
+        first = await backup.read_vm_facts(session, powers, drives.output, names, seen)
+        second = await backup.read_vm_facts(session, powers, drives.output, names, seen)
+        assert first == second
+        assert any(f.cluster_group for f in first.values())  # the roles were matched
+        assert len(decoded) == 1 and decoded[0] > 0
+        # A role changes state on the host: a different text, decoded again.
+        vm_id = next(v for v, f in first.items() if f.cluster_group)
+        model.backup.group_state[vm_id] = "Failed"
+        third = await backup.read_vm_facts(session, powers, drives.output, names, seen)
+        assert len(decoded) == 2
+        assert third[vm_id].cluster_group == "Failed"
+        assert len(seen) == 1  # only the latest text is kept
+    finally:
+        await session.close()
