@@ -282,6 +282,8 @@ class HyperVBackend(Backend):
         #: deferred reads wait for all of them (``_after_inventory``).
         self._first_polled: set[str] = set()
         self._inventory_in = asyncio.Event()  # bound to the loop at its first wait
+        #: Sources past that wait (``_after_inventory``): their backup facts may be read.
+        self._released: set[str] = set()
         self._cluster_id = config.cluster
         self._mounts: list[Mount] = []
         self._facts: dict[str, NodeFacts] = {}  # node name (casefolded) -> backup agent
@@ -871,6 +873,7 @@ class HyperVBackend(Backend):
         nodes' inventory."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._inventory_in.wait(), self.config.poll_interval)
+        self._released.add(node.source)
         self._start_watch(node)
         # The stream first (changes reach the screen by it), then the deferred reads.
         loop = asyncio.get_running_loop()
@@ -1038,14 +1041,20 @@ class HyperVBackend(Backend):
                            ) -> tuple[AgentFacts | None, dict[str, VmBackupFacts]]:
         """The backup agent and each VM's online-backup facts (``backup``), read again
         at most every ``backup_interval`` seconds (they change rarely; the cost is in
-        COMMANDS.md); between reads the last answer stands. A node's first poll reads
-        the agent only: the VMs' facts (rows per VM) come with the next poll, so they
-        never delay the first inventory."""
+        COMMANDS.md); between reads the last answer stands. Nothing of it is read before
+        every node's first inventory is in (``_after_inventory``); then the agent first
+        (``_read_deferred``) and the VMs' facts (rows per VM) with the next poll, so they
+        never delay the first inventory of any node."""
         cfg = self.config
         if not cfg.backup_checks:
             return None, {}
         now = asyncio.get_running_loop().time()
         last = self._backup_read.get(node.source)
+        if node.source not in self._released:
+            # Not before every node's first inventory is in (or one interval after this
+            # node's): the second polls of the first nodes would read the VMs' facts —
+            # rows per VM, here and on the hosts — while the last nodes' first polls run.
+            return (last[1], last[2]) if last is not None else (None, {})
         if last is not None and now - last[0] < cfg.backup_interval:
             return last[1], last[2]
         services = tuple(dict.fromkeys(

@@ -53,8 +53,12 @@ from ..coerce import EPOCH, aware_utc
 
 def props(obj: Any) -> dict[str, Any]:
     """Every top-level property of an object, adapted and extended (note) ones merged."""
-    # Called hundreds of thousands of times per inventory at 64 nodes: ``type(...) is
-    # dict`` first (what pypsrp and json give), the Mapping ABC's slower check after.
+    # Called hundreds of thousands of times per inventory at 64 nodes: a decoded JSON
+    # row (a plain dict: every read's answer) is copied at once — a dict has neither
+    # attribute, and each failed getattr raises and swallows an AttributeError.
+    if type(obj) is dict:
+        return obj.copy()
+    # ``type(...) is dict`` first (what pypsrp gives), the Mapping ABC's slower check after.
     out: dict[str, Any] = {}
     for attr in ("adapted_properties", "extended_properties"):
         value = getattr(obj, attr, None)
@@ -67,6 +71,8 @@ def props(obj: Any) -> dict[str, Any]:
 
 def text(value: Any) -> str:
     """A string property (None → ""); nested objects arrive as their ToString."""
+    if type(value) is str:
+        return value
     if value is None:
         return ""
     return value if isinstance(value, str) else str(value)
