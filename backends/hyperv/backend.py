@@ -937,38 +937,12 @@ class HyperVBackend(Backend):
         settled = node.source in self._scopes
         if settled:
             await self._read_default_version(node)
-        await self._await_cluster_read()
-        if self._reads_cluster(node, began):
-            self._begin_cluster_read(node)
-            nodes, csvs, states, partitions = await session.run_many(
-                [
-                    cmd.get_cluster_nodes(),
-                    cmd.get_csvs(),
-                    cmd.get_csv_states(),
-                    cmd.get_disk_partitions(),
-                ]
-            )
-            # Apart: a cluster that cannot answer it still shows its CSVs (backup unknown).
-            try:
-                backups = (await session.run(cmd.get_csv_backup_states())).output
-            except CommandFailed as exc:
-                log.warning("CSV backup state not readable (shown as not in backup): %s", exc)
-                backups = []
-            read = ClusterRead(
-                nodes.output, csvs.output, states.output, partitions.output, backups
-            )
-            streamed = {k: row for k, (when, row) in self._partition_changes.items()
-                        if when > began}
-            self._partition_changes = {k: v for k, v in self._partition_changes.items()
-                                       if v[0] > began}
-            if streamed:  # free space streamed while this read ran is newer than it
-                read.partitions = subs.merge_partitions(read.partitions, streamed)
-            self._cluster_read = read
-            self._cluster_id = cluster_name(read, self.config.cluster)
-            # Mount points first: VMs are placed on LUNs by their disks' paths.
-            _, self._mounts = cluster_entities(read, self._cluster_id, self._facts)
-            self._cluster_read_at = asyncio.get_running_loop().time()
-            self._end_cluster_read(node)
+        # While another node makes the first cluster-wide read, this node's own reads go
+        # out meanwhile: they need nothing of it (the mapping does, and waits for it).
+        waiting = (self._cluster_read is None and self._cluster_reader is not None
+                   and self._cluster_reader[0] is not node)
+        if not waiting:
+            await self._read_cluster_if_due(node, session, began)
 
         # The computer name (once per connection) and the disk files of the chains ride
         # with the VM reads: one round trip.
@@ -981,6 +955,8 @@ class HyperVBackend(Backend):
             cmd.get_replication(),
         ]
         answers, chains, chain_answers = await self._read_vms(session, reads)
+        if waiting:
+            await self._read_cluster_if_due(node, session, began)
         if first:
             names = [node_name(props(o).get("Name")) for o in answers[0].output]
             node.computer = next((n for n in names if n), node_name(node.host))
@@ -1036,6 +1012,43 @@ class HyperVBackend(Backend):
         self._note_default(node)
         self._publish_cluster()
         self._publish(node.source, entities)
+
+    async def _read_cluster_if_due(self, node: HyperVNode, session: NodeSession,
+                                   began: float) -> None:
+        """The cluster-wide reads, when this node's poll is the one to make them (after
+        waiting for another node's first read, which may make them unnecessary)."""
+        await self._await_cluster_read()
+        if self._reads_cluster(node, began):
+            self._begin_cluster_read(node)
+            nodes, csvs, states, partitions = await session.run_many(
+                [
+                    cmd.get_cluster_nodes(),
+                    cmd.get_csvs(),
+                    cmd.get_csv_states(),
+                    cmd.get_disk_partitions(),
+                ]
+            )
+            # Apart: a cluster that cannot answer it still shows its CSVs (backup unknown).
+            try:
+                backups = (await session.run(cmd.get_csv_backup_states())).output
+            except CommandFailed as exc:
+                log.warning("CSV backup state not readable (shown as not in backup): %s", exc)
+                backups = []
+            read = ClusterRead(
+                nodes.output, csvs.output, states.output, partitions.output, backups
+            )
+            streamed = {k: row for k, (when, row) in self._partition_changes.items()
+                        if when > began}
+            self._partition_changes = {k: v for k, v in self._partition_changes.items()
+                                       if v[0] > began}
+            if streamed:  # free space streamed while this read ran is newer than it
+                read.partitions = subs.merge_partitions(read.partitions, streamed)
+            self._cluster_read = read
+            self._cluster_id = cluster_name(read, self.config.cluster)
+            # Mount points first: VMs are placed on LUNs by their disks' paths.
+            _, self._mounts = cluster_entities(read, self._cluster_id, self._facts)
+            self._cluster_read_at = asyncio.get_running_loop().time()
+            self._end_cluster_read(node)
 
     async def _read_backup(self, node: HyperVNode, vms: list[object], drives: list[object]
                            ) -> tuple[AgentFacts | None, dict[str, VmBackupFacts]]:
