@@ -103,7 +103,14 @@ from .mapping import (
 )
 from .merge import run_merge, run_upgrade
 from .rebuild import HyperVRebuild
-from .session import AuthFailed, CommandFailed, NodeSession, SessionError, TlsRefused
+from .session import (
+    Answer,
+    AuthFailed,
+    CommandFailed,
+    NodeSession,
+    SessionError,
+    TlsRefused,
+)
 from .subscriptions import CHECKPOINT_EVENTS, CSV_EVENTS, Source
 
 log = logging.getLogger(__name__)
@@ -253,6 +260,9 @@ class HyperVBackend(Backend):
         self._partition_changes: dict[str, tuple[float, dict[str, Any]]] = {}
         self._growth = subs.Growth()
         self._replication: dict[str, list[object]] = {}  # source -> last Get-VMReplication rows
+        #: source -> (what its last mapping was made from, the entities it gave): a poll
+        #: whose answers are the same text maps to the same entities (``_mapped_from``).
+        self._mapped: dict[str, tuple[tuple[object, ...], tuple[Entity, ...]]] = {}
         #: What the targeted updates did, newest last (tests, the bench): (kind, monotonic s).
         self.targeted: list[tuple[str, float]] = []
         #: Seconds each targeted VM re-read took (sent → published), newest last (the bench).
@@ -272,6 +282,8 @@ class HyperVBackend(Backend):
         #: deferred reads wait for all of them (``_after_inventory``).
         self._first_polled: set[str] = set()
         self._inventory_in = asyncio.Event()  # bound to the loop at its first wait
+        #: Sources past that wait (``_after_inventory``): their backup facts may be read.
+        self._released: set[str] = set()
         self._cluster_id = config.cluster
         self._mounts: list[Mount] = []
         self._facts: dict[str, NodeFacts] = {}  # node name (casefolded) -> backup agent
@@ -279,6 +291,8 @@ class HyperVBackend(Backend):
         #: Per node source: when backup readiness was last read, and what it said.
         self._backup_read: dict[str, tuple[float, AgentFacts, dict[str, VmBackupFacts]]] = {}
         self._backup_spread: set[str] = set()  # node sources given their backup slot
+        #: The cluster groups last read, by the digest of their text (``read_vm_facts``).
+        self._groups_seen: dict[bytes, dict[str, str]] = {}
         self._phased: set[str] = set()  # node sources whose polls were given their turn
         #: What the workflows (merge, upgrade, clean-up, rebuild) may use of this backend.
         self.context = HyperVContext(
@@ -859,6 +873,7 @@ class HyperVBackend(Backend):
         nodes' inventory."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._inventory_in.wait(), self.config.poll_interval)
+        self._released.add(node.source)
         self._start_watch(node)
         # The stream first (changes reach the screen by it), then the deferred reads.
         loop = asyncio.get_running_loop()
@@ -922,6 +937,86 @@ class HyperVBackend(Backend):
         settled = node.source in self._scopes
         if settled:
             await self._read_default_version(node)
+        # While another node makes the first cluster-wide read, this node's own reads go
+        # out meanwhile: they need nothing of it (the mapping does, and waits for it).
+        waiting = (self._cluster_read is None and self._cluster_reader is not None
+                   and self._cluster_reader[0] is not node)
+        if not waiting:
+            await self._read_cluster_if_due(node, session, began)
+
+        # The computer name (once per connection) and the disk files of the chains ride
+        # with the VM reads: one round trip.
+        first = not node.computer
+        reads = [
+            *([cmd.get_computer_system()] if first else []),
+            cmd.get_vms(),  # with each VM's Heartbeat
+            cmd.get_snapshots(),
+            cmd.get_hard_disk_drives(),
+            cmd.get_replication(),
+        ]
+        answers, chains, chain_answers = await self._read_vms(session, reads)
+        if waiting:
+            await self._read_cluster_if_due(node, session, began)
+        if first:
+            names = [node_name(props(o).get("Name")) for o in answers[0].output]
+            node.computer = next((n for n in names if n), node_name(node.host))
+            if session.where == f"{node.host}:{node.port}":  # errors name the node from now on
+                session.where = node.computer
+        vms, snapshots, drives, replication = answers[-4:]
+        # A pass-through drive (DiskNumber set) has no file: not part of any chain.
+        files = [d for d in drives.output if props(d).get("DiskNumber") is None]
+        nread = NodeRead(
+            vms=vms.output,
+            snapshots=snapshots.output,
+            drives=files,
+            replication=replication.output,
+        )
+        nread.vhds, rounds = await self._read_chains(node, nread.drives, chains)
+        agent, vm_backup = (await self._read_backup(node, vms.output, drives.output)
+                            if settled else (None, {}))
+
+        self._replication[node.source] = list(nread.replication)
+        # What the mapping is made from: when every answer is the same text as the last
+        # poll's (and the cluster's mounts the same), its entities are the same too.
+        made_of = _mapped_from([*answers[-4:], *chain_answers], rounds, self._cluster_id,
+                               node.computer, self._mounts)
+        last = self._mapped.get(node.source)
+        if made_of is not None and last is not None and last[0] == made_of:
+            entities = list(last[1])
+        else:
+            # Mapped in a worker thread: at 2,500 VMs it takes long enough to hold up the
+            # event streams (a checkpoint re-read waiting behind it).
+            entities = await asyncio.to_thread(node_entities, nread, self._cluster_id,
+                                               node.computer, self._mounts)
+            if made_of is not None:
+                self._mapped[node.source] = (made_of, tuple(entities))
+            else:
+                self._mapped.pop(node.source, None)
+        entities = with_backup_facts(entities, vm_backup)
+        if self._reread:  # a VM re-read (a checkpoint event) while this read ran
+            entities = self._overlay(node.source, entities, began)
+        if self._streamed:  # a change streamed while this read ran is newer than it
+            for i, entity in enumerate(entities):
+                if isinstance(entity, VM) and entity.id in self._streamed:
+                    when, power = self._streamed[entity.id]
+                    if when > began and entity.power is not power:
+                        entities[i] = dataclasses.replace(entity, power=power)
+                    elif when <= began:
+                        del self._streamed[entity.id]
+        # Counted by each VM's host: one endpoint may answer for several nodes.
+        self._vm_counts[node.source] = Counter(
+            e.node_id.casefold() for e in entities if isinstance(e, VM)
+        )
+        facts = node_facts(nread, 0)
+        self._facts[node.computer.casefold()] = _with_agent(facts, agent)
+        self._note_default(node)
+        self._publish_cluster()
+        self._publish(node.source, entities)
+
+    async def _read_cluster_if_due(self, node: HyperVNode, session: NodeSession,
+                                   began: float) -> None:
+        """The cluster-wide reads, when this node's poll is the one to make them (after
+        waiting for another node's first read, which may make them unnecessary)."""
         await self._await_cluster_read()
         if self._reads_cluster(node, began):
             self._begin_cluster_read(node)
@@ -955,73 +1050,24 @@ class HyperVBackend(Backend):
             self._cluster_read_at = asyncio.get_running_loop().time()
             self._end_cluster_read(node)
 
-        # The computer name (once per connection) rides with the VM reads: one round trip.
-        first = not node.computer
-        answers = await session.run_many(
-            [
-                *([cmd.get_computer_system()] if first else []),
-                cmd.get_vms(),  # with each VM's Heartbeat
-                cmd.get_snapshots(),
-                cmd.get_hard_disk_drives(),
-                cmd.get_replication(),
-            ]
-        )
-        if first:
-            names = [node_name(props(o).get("Name")) for o in answers[0].output]
-            node.computer = next((n for n in names if n), node_name(node.host))
-            if session.where == f"{node.host}:{node.port}":  # errors name the node from now on
-                session.where = node.computer
-        vms, snapshots, drives, replication = answers[-4:]
-        # A pass-through drive (DiskNumber set) has no file: not part of any chain.
-        files = [d for d in drives.output if props(d).get("DiskNumber") is None]
-        nread = NodeRead(
-            vms=vms.output,
-            snapshots=snapshots.output,
-            drives=files,
-            replication=replication.output,
-        )
-        nread.vhds = await self._read_chains(node, nread.drives)
-        agent, vm_backup = (await self._read_backup(node, vms.output, drives.output)
-                            if settled else (None, {}))
-
-        self._replication[node.source] = list(nread.replication)
-        # Mapped in a worker thread: at 2,500 VMs it takes long enough to hold up the
-        # event streams (a checkpoint re-read waiting behind it).
-        entities = await asyncio.to_thread(node_entities, nread, self._cluster_id,
-                                           node.computer, self._mounts)
-        entities = with_backup_facts(entities, vm_backup)
-        if self._reread:  # a VM re-read (a checkpoint event) while this read ran
-            entities = self._overlay(node.source, entities, began)
-        if self._streamed:  # a change streamed while this read ran is newer than it
-            for i, entity in enumerate(entities):
-                if isinstance(entity, VM) and entity.id in self._streamed:
-                    when, power = self._streamed[entity.id]
-                    if when > began and entity.power is not power:
-                        entities[i] = dataclasses.replace(entity, power=power)
-                    elif when <= began:
-                        del self._streamed[entity.id]
-        # Counted by each VM's host: one endpoint may answer for several nodes.
-        self._vm_counts[node.source] = Counter(
-            e.node_id.casefold() for e in entities if isinstance(e, VM)
-        )
-        facts = node_facts(nread, 0)
-        self._facts[node.computer.casefold()] = _with_agent(facts, agent)
-        self._note_default(node)
-        self._publish_cluster()
-        self._publish(node.source, entities)
-
     async def _read_backup(self, node: HyperVNode, vms: list[object], drives: list[object]
                            ) -> tuple[AgentFacts | None, dict[str, VmBackupFacts]]:
         """The backup agent and each VM's online-backup facts (``backup``), read again
         at most every ``backup_interval`` seconds (they change rarely; the cost is in
-        COMMANDS.md); between reads the last answer stands. A node's first poll reads
-        the agent only: the VMs' facts (rows per VM) come with the next poll, so they
-        never delay the first inventory."""
+        COMMANDS.md); between reads the last answer stands. Nothing of it is read before
+        every node's first inventory is in (``_after_inventory``); then the agent first
+        (``_read_deferred``) and the VMs' facts (rows per VM) with the next poll, so they
+        never delay the first inventory of any node."""
         cfg = self.config
         if not cfg.backup_checks:
             return None, {}
         now = asyncio.get_running_loop().time()
         last = self._backup_read.get(node.source)
+        if node.source not in self._released:
+            # Not before every node's first inventory is in (or one interval after this
+            # node's): the second polls of the first nodes would read the VMs' facts —
+            # rows per VM, here and on the hosts — while the last nodes' first polls run.
+            return (last[1], last[2]) if last is not None else (None, {})
         if last is not None and now - last[0] < cfg.backup_interval:
             return last[1], last[2]
         services = tuple(dict.fromkeys(
@@ -1034,7 +1080,7 @@ class HyperVBackend(Backend):
             return agent, {}
         powers = {as_id(props(o).get("Id")): power_state(props(o).get("State")) for o in vms}
         names = {as_id(props(o).get("Id")): text(props(o).get("Name")) for o in vms}
-        vm_facts = await read_vm_facts(node.session, powers, drives, names)
+        vm_facts = await read_vm_facts(node.session, powers, drives, names, self._groups_seen)
         # The first VM-facts read of every node falls on the same poll (the nodes' polls
         # start together); from then on each node reads on its own poll of the interval,
         # so the heavy reads (integration services, KVP, locations) come one slot at a
@@ -1053,23 +1099,41 @@ class HyperVBackend(Backend):
         slots = max(1, int(cfg.backup_interval // max(cfg.poll_interval, 0.001)))
         return (node.index % slots) * cfg.poll_interval
 
-    async def _read_chains(self, node: HyperVNode, drives: list[object]) -> dict[str, object]:
-        """Get-VHD for every drive's file and, following ParentPath, the whole chain.
+    @staticmethod
+    async def _read_vms(session: NodeSession, reads: list[cmd.Command]
+                        ) -> tuple[list[Answer], list[object], list[Answer]]:
+        """The node's VM reads and, in the same round trip, the disk files of the chains
+        (the two piped Get-VHD reads of :meth:`_read_chains`).
 
-        Two piped reads cover the usual chain: the files the VMs' drives use
-        now (``Get-VMHardDiskDrive | Get-VHD``) and the files their
+        A missing file is a normal non-terminating error of Get-VHD, but the errors
+        of one round trip are not told apart by statement: when any came back, the
+        VM reads are sent again on their own, where an error of theirs fails the
+        poll exactly as before (rare: a chain left behind)."""
+        chains = [cmd.get_attached_vhds(), cmd.get_checkpoint_vhds()]
+        lenient = [dataclasses.replace(c, tolerate_errors=True) for c in reads]
+        answers = await session.run_many([*lenient, *chains])
+        # Both Get-VHD statements answer the same shape: their rows land in one of
+        # them (which one a file came from is not needed: they are merged).
+        files = [o for a in answers[len(reads):] for o in a.output]
+        if any(a.errors for a in answers):
+            return await session.run_many(reads), files, answers[len(reads):]
+        return answers[:len(reads)], files, answers[len(reads):]
+
+    async def _read_chains(self, node: HyperVNode, drives: list[object],
+                           files: list[object]) -> tuple[dict[str, object], int]:
+        """Every drive's file and, following ParentPath, the whole chain.
+
+        ``files``: the answers of the two piped reads that cover the usual
+        chain, sent with the VM reads (:meth:`_read_vms`): the files the VMs'
+        drives use now (``Get-VMHardDiskDrive | Get-VHD``) and the files their
         checkpoints froze (``Get-VMSnapshot | Get-VMHardDiskDrive |
         Get-VHD``), with no paths sent. A parent neither names (a chain left
         behind by a deleted checkpoint) is then asked for by path, round by
-        round; files that vanished answer "not found" (ignored).
+        round; files that vanished answer "not found" (ignored). Returns the
+        files by path key and how many such rounds it took.
         """
-        # One round trip; both answer the same shape, so which one a file came
-        # from is not told apart (not needed: they are merged).
-        attached, frozen = await node.session.run_many(
-            [cmd.get_attached_vhds(), cmd.get_checkpoint_vhds()]
-        )
         vhds: dict[str, object] = {}
-        for obj in [*attached.output, *frozen.output]:
+        for obj in files:
             vhds[path_key(text(props(obj).get("Path")))] = obj
         asked = set(vhds)
         leaves = [text(props(d).get("Path")).strip() for d in drives]
@@ -1093,7 +1157,7 @@ class HyperVBackend(Backend):
             for obj in found:
                 vhds[path_key(text(props(obj).get("Path")))] = obj
             batch = []
-        return vhds
+        return vhds, rounds
 
     # -- diffing -----------------------------------------------------------------------------
     def _publish_cluster(self) -> None:
@@ -1219,6 +1283,22 @@ class HyperVExecutor(Executor):
         """Always False: Hyper-V cannot cancel a merge in progress; it runs to its end."""
         self._guard("cancel")
         return False
+
+
+def _mapped_from(answers: list[Answer], rounds: int, cluster_id: str, computer: str,
+                 mounts: list[Mount]) -> tuple[object, ...] | None:
+    """Everything ``node_entities`` reads for a poll, as a comparable value: the digests
+    of the JSON texts its answers were decoded from, the cluster, the node and the CSV
+    mount points. None when something is not covered by a digest (an answer not
+    decoded from JSON text, a chain that needed a read by path): mapped afresh."""
+    if rounds:
+        return None
+    digests = []
+    for answer in answers:
+        if answer.output and not answer.digest:
+            return None
+        digests.append(answer.digest)
+    return (tuple(digests), cluster_id, computer, tuple(mounts))
 
 
 def _with_agent(facts: NodeFacts, agent: AgentFacts | None) -> NodeFacts:

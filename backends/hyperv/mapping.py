@@ -53,8 +53,12 @@ from ..coerce import EPOCH, aware_utc
 
 def props(obj: Any) -> dict[str, Any]:
     """Every top-level property of an object, adapted and extended (note) ones merged."""
-    # Called hundreds of thousands of times per inventory at 64 nodes: ``type(...) is
-    # dict`` first (what pypsrp and json give), the Mapping ABC's slower check after.
+    # Called hundreds of thousands of times per inventory at 64 nodes: a decoded JSON
+    # row (a plain dict: every read's answer) is copied at once — a dict has neither
+    # attribute, and each failed getattr raises and swallows an AttributeError.
+    if type(obj) is dict:
+        return obj.copy()
+    # ``type(...) is dict`` first (what pypsrp gives), the Mapping ABC's slower check after.
     out: dict[str, Any] = {}
     for attr in ("adapted_properties", "extended_properties"):
         value = getattr(obj, attr, None)
@@ -67,6 +71,8 @@ def props(obj: Any) -> dict[str, Any]:
 
 def text(value: Any) -> str:
     """A string property (None → ""); nested objects arrive as their ToString."""
+    if type(value) is str:
+        return value
     if value is None:
         return ""
     return value if isinstance(value, str) else str(value)
@@ -356,6 +362,11 @@ class ClusterRead:
     csv_states: list[Any] = field(default_factory=list)
     partitions: list[Any] = field(default_factory=list)
     backups: list[Any] = field(default_factory=list)  # MSCluster_ClusterSharedVolume
+    #: The last storage mapping made from this read (``_storage``): the row lists and
+    #: cluster id it was made from, its LUNs and mount points. Kept here, with the
+    #: read it belongs to (one per backend), not in a module global shared by all.
+    storage_memo: tuple[tuple[Any, ...], tuple[list[Lun], list[Mount]]] | None = field(
+        default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -449,11 +460,6 @@ def cluster_entities(
     return entities, list(mounts)
 
 
-#: The last storage mapping: (the read's row lists and the cluster id it was made
-#: from, its LUNs and mount points).
-_storage_last: tuple[tuple[Any, ...], tuple[list[Lun], list[Mount]]] | None = None
-
-
 def _storage(read: ClusterRead, cluster_id: str) -> tuple[list[Lun], list[Mount]]:
     """The CSV LUNs and their mount points, mapped again only when the read's rows change.
 
@@ -462,17 +468,17 @@ def _storage(read: ClusterRead, cluster_id: str) -> tuple[list[Lun], list[Mount]
     ``Get-ClusterSharedVolumeState`` row per CSV and node: 8,500 at 64 nodes
     x 133 CSVs) change only with a cluster read or a streamed partition — each
     of which assigns new lists (never changes one in place). So the last
-    mapping is kept, keyed by the very lists it came from.
+    mapping is kept on the read (``ClusterRead.storage_memo``), keyed by the very
+    lists it came from.
     """
-    global _storage_last
     key = (read.csvs, read.csv_states, read.partitions, read.backups)
-    last = _storage_last
+    last = read.storage_memo
     if last is not None and last[0][-1] == cluster_id and all(
         a is b for a, b in zip(last[0], key, strict=False)
     ):
         return last[1]
     storage = _map_storage(read, cluster_id)
-    _storage_last = ((*key, cluster_id), storage)
+    read.storage_memo = ((*key, cluster_id), storage)
     return storage
 
 

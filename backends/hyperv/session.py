@@ -20,11 +20,15 @@ import asyncio
 import contextlib
 import copy
 import ctypes
+import hashlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+import uuid
+import xml.etree.ElementTree as ET
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -65,6 +69,9 @@ class CommandFailed(SessionError):
 class Answer:
     output: list[Any] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: A digest of the JSON text this answer was decoded from (b"" when none was):
+    #: two answers with the same digest decoded from the same text.
+    digest: bytes = b""
 
 
 #: glibc's ``mallopt`` parameter M_ARENA_MAX (malloc.h).
@@ -158,6 +165,8 @@ def _sort_answers(
         answers[0].output = output
         return answers
     by_shape = {frozenset(c.properties): (c, a) for c, a in zip(commands, answers, strict=True)}
+    texts: dict[int, list[str]] = {}
+    opaque: set[int] = set()
     for obj in output:
         if isinstance(obj, str):
             try:
@@ -172,12 +181,22 @@ def _sort_answers(
                 log.debug("%s: JSON rows of an unexpected shape were ignored", where)
                 continue
             target[1].output.extend(fix_rows(target[0], rows))
+            texts.setdefault(id(target[1]), []).append(obj)
             continue
         target = by_shape.get(frozenset(_property_names(obj)))
         if target is None:
             log.debug("%s: an object of an unexpected shape was ignored", where)
             continue
         target[1].output.append(obj)
+        opaque.add(id(target[1]))  # an object that is not JSON text: no digest stands for it
+    for answer in answers:
+        found = texts.get(id(answer))
+        if found and id(answer) not in opaque:
+            digest = hashlib.blake2b(digest_size=16)
+            for payload in found:
+                digest.update(payload.encode("utf-8", "surrogatepass"))
+                digest.update(b"\0")
+            answer.digest = digest.digest()
     return answers
 
 
@@ -242,6 +261,162 @@ def _cheap_copies(command: Any) -> None:
     if cheap is None:
         cheap = _cheap_classes[cls] = type(f"Cheap{cls.__name__}", (_CheapCopyCommand, cls), {})
     command.__class__ = cheap
+
+
+# -- prepared CreatePipeline messages ----------------------------------------------------
+
+#: Serialized CREATE_PIPELINE messages kept (least recently used dropped first).
+PREPARED_MAX = 256
+_prepared: OrderedDict[Hashable, bytes] = OrderedDict()
+_prepared_lock = threading.Lock()
+#: How often a pipeline's message was serialized / re-sent as kept bytes (tests, bench).
+prepared_counts = {"serialized": 0, "reused": 0}
+
+
+def _frozen(value: Any) -> Hashable | None:
+    """A parameter value as a hashable key that tells apart what serializes differently
+    (``1``, ``True`` and ``"1"``; a list and a single value); None when it has none."""
+    if value is SWITCH:
+        return ("switch",)
+    if isinstance(value, list | tuple):
+        items = tuple(_frozen(v) for v in value)
+        return None if any(i is None for i in items) else ("list", items)
+    if isinstance(value, str | int | float | uuid.UUID) or value is None:
+        return (type(value).__name__, value)
+    return None
+
+
+def pipeline_key(commands: list[Command]) -> Hashable | None:
+    """What a batch of commands sends, as a key (None: a value with no key; not kept)."""
+    key: list[Hashable] = []
+    for command in commands:
+        for cmdlet in command.pipeline():
+            params = tuple((name, _frozen(value)) for name, value in cmdlet.params)
+            if any(v is None for _, v in params):
+                return None
+            key.append((cmdlet.name, cmdlet.script, params))
+        key.append("|")  # add_statement()
+    return tuple(key)
+
+
+def _prepared_message(key: Hashable, serialize: Callable[[], bytes]) -> bytes:
+    """The kept bytes for ``key``, serialized now if none are kept.
+
+    Serialized under the lock: 64 nodes' first polls send the same batch at
+    the same moment, and the others wait for the first one's bytes instead of
+    each serializing it (pure Python under the GIL: the wait costs nothing)."""
+    with _prepared_lock:
+        xml = _prepared.get(key)
+        if xml is not None:
+            _prepared.move_to_end(key)
+            prepared_counts["reused"] += 1
+            return xml
+        xml = serialize()
+        _prepared[key] = xml
+        prepared_counts["serialized"] += 1
+        while len(_prepared) > PREPARED_MAX:
+            _prepared.popitem(last=False)
+        return xml
+
+
+class _Prepared:
+    """A CREATE_PIPELINE message already serialized: its CLIXML bytes."""
+
+    __slots__ = ("xml",)
+
+    def __init__(self, xml: bytes) -> None:
+        self.xml = xml
+
+
+class _PreparedSerializer:
+    """The pool's serializer, handing back a :class:`_Prepared` message's bytes as they are.
+
+    pypsrp's ``Message.pack`` sends the serializer's answer unchanged when it is
+    ``bytes`` (as for PIPELINE_INPUT); everything else (other messages, every answer
+    deserialized) goes to pypsrp's own serializer.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def serialize(self, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, _Prepared):
+            return value.xml
+        return self._inner.serialize(value, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+_powershell_class: type | None = None
+
+
+def _powershell() -> type:
+    """pypsrp's ``PowerShell`` that sends a batch it sent before as the kept bytes.
+
+    pypsrp 0.9.1 serializes every CREATE_PIPELINE message afresh (``Serializer``
+    builds an ElementTree of every command, argument and its metadata, then
+    ``ElementTree.tostring``): the largest share of the client's CPU at 64 nodes,
+    for batches that are the same every poll and every event wait, and on every
+    node. The message's CLIXML depends only on the pipeline and the options below
+    (``Serializer.serialize`` clears its reference-id maps per message; the pool
+    and pipeline ids travel in the PSRP header, not in it — MS-PSRP 2.2.1 and
+    2.2.2.10, pypsrp ``messages.Message.pack``), so the bytes serialized the first
+    time are exactly those a second serialization gives (tests/backends/hyperv/
+    test_prepared.py compares them).
+    """
+    global _powershell_class
+    if _powershell_class is not None:
+        return _powershell_class
+    from pypsrp.messages import MessageType
+    from pypsrp.powershell import PowerShell
+
+    _Prepared.MESSAGE_TYPE = MessageType.CREATE_PIPELINE  # type: ignore[attr-defined]
+
+    class PreparedPowerShell(PowerShell):  # type: ignore[misc]
+        prepared_key: Hashable | None = None
+
+        def _invoke(self, msg: Any) -> None:
+            key = self.prepared_key
+            host_info = getattr(msg, "host_info", None)
+            if key is None or getattr(host_info, "host", None) is not None:
+                return super()._invoke(msg)  # a host of our own: serialized as pypsrp does
+            pipeline = msg.pipeline
+            full = (key, msg.no_input, msg.apartment_state.value,
+                    msg.remote_stream_options.value, msg.add_to_history, msg.is_nested,
+                    pipeline.is_nested, pipeline.history, pipeline.redirect_err_to_out)
+            fragmenter = self.runspace_pool._fragmenter  # noqa: SLF001 - pypsrp 0.9 internals
+            serializer = fragmenter.serializer
+            if not isinstance(serializer, _PreparedSerializer):
+                serializer = fragmenter.serializer = _PreparedSerializer(serializer)
+            inner = serializer._inner  # noqa: SLF001
+
+            def serialize() -> bytes:
+                return ET.tostring(inner.serialize(msg), encoding="utf-8", method="xml")
+
+            return super()._invoke(_Prepared(_prepared_message(full, serialize)))
+
+    _powershell_class = PreparedPowerShell
+    return PreparedPowerShell
+
+
+def fill(ps: Any, commands: list[Command]) -> None:
+    """Add ``commands`` to a pypsrp ``PowerShell``, one statement each (what
+    :func:`pipeline_key` describes)."""
+    for command in commands:
+        for cmdlet in command.pipeline():
+            if cmdlet.script:  # fixed text from commands.py: the enum-name projection
+                ps.add_script(cmdlet.name)
+                _cheap_copies(ps.commands[-1])
+                continue
+            ps.add_cmdlet(cmdlet.name)
+            _cheap_copies(ps.commands[-1])
+            for name, value in cmdlet.params:
+                if value is SWITCH:
+                    ps.add_parameter(name)
+                else:
+                    ps.add_parameter(name, value)
+        ps.add_statement()
 
 
 def describe(exc: BaseException, where: str, password: str = "") -> SessionError:
@@ -494,25 +669,11 @@ class NodeSession:
             raise ReadOnlyError(f"{self.where} is read-only: a mutating command was not sent")
 
     def _build(self, pool: Any, commands: list[Command]) -> Any:
-        from pypsrp.powershell import PowerShell
-
-        ps = PowerShell(pool)
-        for command in commands:
-            for cmdlet in command.pipeline():
-                self.sent.extend(cmdlet.commands)
-                if cmdlet.script:  # fixed text from commands.py: the enum-name projection
-                    ps.add_script(cmdlet.name)
-                    _cheap_copies(ps.commands[-1])
-                    continue
-                ps.add_cmdlet(cmdlet.name)
-                _cheap_copies(ps.commands[-1])
-                for name, value in cmdlet.params:
-                    if value is SWITCH:
-                        ps.add_parameter(name)
-                    else:
-                        ps.add_parameter(name, value)
-            ps.add_statement()
+        ps = _powershell()(pool)
+        ps.prepared_key = pipeline_key(commands)
+        self.sent.extend(n for c in commands for x in c.pipeline() for n in x.commands)
         del self.sent[:-200]
+        fill(ps, commands)
         return ps
 
     async def run_long(
