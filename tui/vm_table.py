@@ -788,8 +788,9 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
                     self._build(vm_id, vm)
                     self._built_unfrozen += 1
             if time.perf_counter() >= deadline:
-                return
-        self._freeze_rows()
+                break
+        if not unbuilt:
+            self._freeze_rows()
 
     def _freeze_rows(self) -> None:
         """Every row placed by name is built: if that was many rows, they leave the cyclic
