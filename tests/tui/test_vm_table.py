@@ -36,7 +36,15 @@ from ventana.state.model import (
     TaskState,
 )
 from ventana.state.store import Store, ref
-from ventana.tui.vm_rows import COLUMN_KEYS, build_row, column_index, compile_filter, narrows
+from ventana.tui.vm_rows import (
+    COLUMN_KEYS,
+    build_row,
+    column_index,
+    compile_filter,
+    match_texts,
+    narrows,
+    plain_needles,
+)
 from ventana.tui.vm_table import VmTable
 
 SIZE = (170, 14)
@@ -900,3 +908,84 @@ async def test_rows_placed_by_name_are_built_in_the_background_between_flushes(
             await pilot.press("down")  # answered between slices
         assert table.rows_pending == 0
         assert (table.row_of(table.cursor_vm_id) or 0) > 0  # the keys moved the cursor
+
+
+# -- a filter typed key by key at scale (docs/vm-table-scale.md) ---------------------------
+def test_search_texts_match_as_each_rows_filter_does() -> None:
+    """``match_texts`` (one pass over the kept search texts) keeps exactly the rows, in
+    their order, that the filter itself keeps, for one word or several."""
+    store = many_vms(400)
+    rows = {vm.id: build_row(store, vm) for vm in store.vms()}
+    ids = sorted(rows, reverse=True)
+    texts = [rows[vm_id].search for vm_id in ids]
+    for text in ("v", "VM-00", "vm-0012", "node-03 csv-1", "running vm-03", "nothing", "9"):
+        flt = compile_filter(text)
+        needles = plain_needles(flt)
+        assert needles is not None
+        shown, kept = match_texts(ids, texts, needles)
+        assert shown == [vm_id for vm_id in ids if flt(rows[vm_id], NOW)]  # type: ignore[misc]
+        assert kept == [rows[vm_id].search for vm_id in shown]
+    assert plain_needles(compile_filter("vm-0 power:off")) is None
+    assert plain_needles(compile_filter("ckpt>1")) is None
+    assert plain_needles(None) is None
+
+
+async def test_a_row_changed_between_two_keys_is_matched_as_it_is_now() -> None:
+    """The search texts kept from the last key are not reused once a row changed: a task
+    started on a shown VM (its row does not move) is found by the next word typed, a VM
+    renamed out of the filter leaves, and one renamed into it comes back when erased."""
+    store = many_vms(300)
+    app = Host(store)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        for end in range(1, len("vm-001") + 1):
+            table.set_filter("vm-001"[:end])
+        assert table.row_count == 100
+        store.apply(Upsert(Task("t1", "merge", ref(Kind.VM, "vm-00142"), "vm-00142", 5.0,
+                                TaskState.RUNNING, NOW)))
+        table.flush()
+        assert table.visible_ids == expected_order(store, "name", False, "vm-001")
+        table.set_filter("vm-001 m")  # a word added: narrows from the rows shown
+        table.set_filter("vm-001 me")
+        assert table.visible_ids == ["vm-00142"]
+        change_vm(store, "vm-00142", name="renamed")
+        change_vm(store, "vm-00250", name="vm-00199x")
+        table.flush()
+        table.set_filter("vm-001 mer")
+        assert table.visible_ids == []
+        for text in ("vm-001 me", "vm-001", "vm-00", "vm-0019", "vm-00199"):
+            table.set_filter(text)
+            assert table.visible_ids == expected_order(store, "name", False, text)
+        assert table.visible_ids == ["vm-00199", "vm-00250"]
+
+
+async def test_rows_built_in_bulk_leave_the_cyclic_collector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the rows placed by name are all built, they are frozen (``gc.freeze``): a full
+    collection while a filter is typed no longer walks 45,000 rows. Also when the last
+    background slice ends on its deadline (here every slice does)."""
+    import gc
+
+    monkeypatch.setattr("ventana.tui.vm_table.BUILD_SLICE_S", 0.0)
+    frozen_before = gc.get_freeze_count()
+    store = many_vms(1000)
+    app = Host(store)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            table = app.query_one(VmTable)
+            await pilot.pause()
+            for _ in range(500):  # built in the background, 64 rows a slice
+                if not table.rows_pending:
+                    break
+                await pilot.pause(0.01)
+            assert table.rows_pending == 0
+            assert gc.get_freeze_count() >= frozen_before + 1000
+            table.set_filter("vm-0")
+            assert table.visible_ids == expected_order(store, "name", False, "vm-0")
+            change_vm(store, "vm-00001", memory_mb=99 * 1024)  # frozen rows still change
+            table.flush()
+            assert table.cell_text("vm-00001", "ram") == "99.0 GB"
+    finally:
+        gc.unfreeze()
