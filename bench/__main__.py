@@ -276,11 +276,12 @@ def _run_unit(suite: str, extra: list[str]) -> tuple[list[Suite], str]:
 
 def _write_unit(path: Path, ran: list[Suite]) -> None:
     """A child's suites, for the parent (``_run_unit``): rows travel by their kind."""
-    kinds = {id(rows): kind for kind, rows in _rows_by_kind().items()}
+    kinds = {rows: kind for kind, rows in _rows_by_kind().items()}  # by value: the console's
+    # rows are a tuple made afresh on each call
     for _, _, results, _ in ran:
         results["bench_pid"] = os.getpid()  # which process measured it
     path.write_text(json.dumps({"suites": [
-        [title, kinds[id(rows)], results, suffix] for title, rows, results, suffix in ran
+        [title, kinds[rows], results, suffix] for title, rows, results, suffix in ran
     ]}, default=str))
 
 
