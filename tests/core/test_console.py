@@ -11,6 +11,7 @@ import asyncio
 import gc
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -521,3 +522,37 @@ async def test_one_bad_event_costs_only_itself(tmp_path: Path) -> None:
         assert "1 event(s) of 2 skipped" in said.text
     finally:
         loop.cancel()
+
+
+class _Cycle:
+    """Cyclic garbage, as a remote source's parsed answers leave (only the GC frees it)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_garbage_left_while_the_inventory_arrived_is_never_frozen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cyclic GC is off while a long inventory arrives; what became garbage meanwhile
+    is collected before the inventory leaves the GC (gc.freeze), never frozen with it
+    (a vCenter's parsed answers at 10,000 VMs: 768 MB of RSS against 210 MB)."""
+    monkeypatch.setattr("ventana.core.console.GC_COLLECT_AFTER_S", 0.0)
+    steps = [[ConnectionChanged("scripted", LinkState.CONNECTING),
+              Upsert(Cluster("c", "C", Platform.VSPHERE))],
+             *_chunks(0, 200, 50, 0.05),
+             [ConnectionChanged("scripted", LinkState.CONNECTED)]]
+    core, _heard, _backend, _watch = scripted_console(monkeypatch, *steps)
+    follow = asyncio.ensure_future(core.follow())
+    try:
+        await until(lambda: not gc.isenabled())  # the inventory arrives: the GC is off
+        garbage = _Cycle()
+        gone = weakref.ref(garbage)
+        del garbage
+        await until(lambda: not core.loading and not core.inventory_applying)
+        assert core.store.count(Kind.VM) == 200 and gc.isenabled()
+        assert gone() is None
+    finally:
+        follow.cancel()
+        await core.close()
+        gc.unfreeze()
