@@ -225,6 +225,16 @@ def _chunks(start: int, count: int, size: int, pause: float) -> list[list[Any] |
     return out
 
 
+def _arriving(count: int, size: int, pause: float,
+              platform: Platform = Platform.HYPERV) -> list[list[Any] | float]:
+    """A first inventory as a source sends it: CONNECTING and the cluster, ``count`` VMs
+    in pieces of ``size`` every ``pause`` seconds, then CONNECTED."""
+    return [[ConnectionChanged("scripted", LinkState.CONNECTING),
+             Upsert(Cluster("c", "C", platform))],
+            *_chunks(0, count, size, pause),
+            [ConnectionChanged("scripted", LinkState.CONNECTED)]]
+
+
 async def test_an_inventory_that_keeps_arriving_stays_held_then_is_placed_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -233,10 +243,7 @@ async def test_an_inventory_that_keeps_arriving_stays_held_then_is_placed_once(
     in slices and announced once — not re-placed at every flush as it came."""
     monkeypatch.setattr("ventana.core.console.INITIAL_LOAD_MAX_S", 0.3)
     monkeypatch.setattr("ventana.core.console.INVENTORY_SLICE", 100)
-    steps = [[ConnectionChanged("scripted", LinkState.CONNECTING),
-              Upsert(Cluster("c", "C", Platform.HYPERV))],
-             *_chunks(0, 2000, 50, 0.05),  # 40 pieces, 2 s: 7 times the stall bound
-             [ConnectionChanged("scripted", LinkState.CONNECTED)]]
+    steps = _arriving(2000, 50, 0.05)  # 40 pieces, 2 s: 7 times the stall bound
     core, heard, backend, watch = scripted_console(monkeypatch, *steps)
     follow = asyncio.ensure_future(core.follow())
     try:
@@ -300,10 +307,7 @@ async def test_a_held_inventory_is_shown_at_the_hard_bound(
     monkeypatch.setattr("ventana.core.console.INITIAL_LOAD_MAX_S", 5.0)
     monkeypatch.setattr("ventana.core.console.INITIAL_LOAD_HOLD_MAX_S", 0.4)
     monkeypatch.setattr("ventana.core.console.LATE_INVENTORY_EVERY_S", 0.3)
-    steps = [[ConnectionChanged("scripted", LinkState.CONNECTING),
-              Upsert(Cluster("c", "C", Platform.HYPERV))],
-             *_chunks(0, 1000, 50, 0.06),  # 1.2 s
-             [ConnectionChanged("scripted", LinkState.CONNECTED)]]
+    steps = _arriving(1000, 50, 0.06)  # 1.2 s
     core, heard, backend, watch = scripted_console(monkeypatch, *steps)
     follow = asyncio.ensure_future(core.follow())
     try:
@@ -538,10 +542,7 @@ async def test_garbage_left_while_the_inventory_arrived_is_never_frozen(
     is collected before the inventory leaves the GC (gc.freeze), never frozen with it
     (a vCenter's parsed answers at 10,000 VMs: 768 MB of RSS against 210 MB)."""
     monkeypatch.setattr("ventana.core.console.GC_COLLECT_AFTER_S", 0.0)
-    steps = [[ConnectionChanged("scripted", LinkState.CONNECTING),
-              Upsert(Cluster("c", "C", Platform.VSPHERE))],
-             *_chunks(0, 200, 50, 0.05),
-             [ConnectionChanged("scripted", LinkState.CONNECTED)]]
+    steps = _arriving(200, 50, 0.05, Platform.VSPHERE)
     core, _heard, _backend, _watch = scripted_console(monkeypatch, *steps)
     follow = asyncio.ensure_future(core.follow())
     try:
