@@ -6,8 +6,9 @@ snapshots) is read by three readers that collect the same facts — every VM
 firmware, snapshot tree with sizes from ``layoutEx``, datastores, tools),
 host, datastore and cluster:
 
-- **ours**: ``VSphereBackend`` (one PropertyCollector, paged
-  ``RetrievePropertiesEx``) until every object is in a ``Store``;
+- **ours**: ``VSphereBackend`` (one PropertyCollector; the update filter's
+  first ``WaitForUpdatesEx``, in pages of ``maxObjectUpdates``) until every
+  object is in a ``Store``;
 - **(a) plain pyvmomi**: a script that walks the inventory object by object
   as most scripts do — a container view of VMs, then ``vm.name``,
   ``vm.runtime.powerState``, ``vm.snapshot``, ... each access a round trip;
@@ -97,12 +98,12 @@ def _connect(handle: Any) -> Any:
 
 
 # -- ours ------------------------------------------------------------------------------------
-async def read_ours(handle: Any, page_size: int | None = None) -> Inventory:
+async def read_ours(handle: Any, max_object_updates: int | None = None) -> Inventory:
     """``VSphereBackend`` until CONNECTED, every event applied to a ``Store``."""
     cfg = VSphereConfig(host=handle.host, port=handle.port, user=handle.user,
                         ca_file=handle.ca_path)
-    if page_size is not None:
-        cfg = VSphereConfig(**{**cfg.__dict__, "page_size": page_size})
+    if max_object_updates is not None:
+        cfg = VSphereConfig(**{**cfg.__dict__, "max_object_updates": max_object_updates})
     backend = VSphereBackend(cfg, password=handle.password)
     store = Store()
     started = time.perf_counter()

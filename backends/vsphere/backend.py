@@ -107,13 +107,12 @@ class VSphereConfig:
     insecure: bool = False  # verification off: explicit, shown in the link reason
     password_file: Path | None = None  # mode 0600 checked
     password_env: str = DEFAULT_ENV
-    page_size: int = 500  # RetrieveOptions.maxObjects
     wait_s: int = 10  # WaitForUpdatesEx maxWaitSeconds (also bounds close())
     http_timeout_s: float = 30.0  # socket timeout (at least wait_s + 5 is used)
-    # The socket timeout of the answers that hold the whole inventory (the first read,
-    # the update filter's first answer and its pages): the server builds all of it
-    # before it sends a byte. At 45,000 VMs on a busy vcsim that took over 30 s, and
-    # the timeout looped into full re-reads (Session.patient).
+    # The socket timeout of the answers that hold the whole inventory (the update
+    # filter's first answer and its pages): the server builds all of it before it
+    # sends a byte. At 45,000 VMs on a busy vcsim that took over 30 s, and the
+    # timeout looped into full re-reads (Session.post_raw's ``timeout``).
     inventory_timeout_s: float = 600.0
     keepalive_s: float = 300.0
     backoff_initial_s: float = 1.0
@@ -123,8 +122,9 @@ class VSphereConfig:
     # (the VM is then re-read; nothing is re-sent). Consolidating a large disk
     # takes hours.
     task_timeout_s: float = 6 * 3600.0
-    # WaitOptions.maxObjectUpdates (0: no limit): also what one answer costs the client
-    # to hold while it is read (the raw body, its parse tree, the objects built).
+    # WaitOptions.maxObjectUpdates (0: no limit): the inventory's page size, and what
+    # one answer costs the client to hold while it is read (the raw body, its parse
+    # tree, the objects built).
     max_object_updates: int = 500
 
 
@@ -350,10 +350,8 @@ class VSphereBackend(Backend):
                 try:
                     session = await self._worker.call(self._login)
                     self._session = session
-                    objects = await self._worker.call(session.read_all, cfg.page_size)
                     self.reads += 1
-                    self._out.extend(self._apply(objects, full=True))  # in order, as in _follow
-                    for event in self._drain():
+                    async for event in self._inventory(session):
                         yield event
                     yield ConnectionChanged(src, LinkState.CONNECTED, note.lstrip(" —"))
                     self._connected = True
@@ -409,6 +407,26 @@ class VSphereBackend(Backend):
         for event in self._drain():
             yield event
         yield ConnectionChanged(src, LinkState.DISCONNECTED, "closed")
+
+    async def _inventory(self, session: Session) -> AsyncIterator[Event]:
+        """The update filter's first answer — every object, in pages of
+        ``max_object_updates`` — mapped page by page as it comes (the console holds
+        the table still until CONNECTED), then once more as a whole: what it did not
+        bring is gone, and what a VM's entities take from other objects (its
+        host's cluster, datastore names, the disks another VM's snapshot froze) is
+        complete only once the last page is in. The inventory is read once: there
+        is no separate ``RetrievePropertiesEx``."""
+        seen: set[ObjKey] = set()
+        while True:
+            updates = await self._worker.call(session.wait, self.config.wait_s)
+            self._out.extend(self._apply(updates or [], seen=seen))  # in order, as in _follow
+            for event in self._drain():
+                yield event
+            if session.caught_up:
+                break
+        self._out.extend(self._apply([], full=True, seen=seen))
+        for event in self._drain():
+            yield event
 
     async def _follow(self, session: Session) -> AsyncIterator[Event]:
         """Live changes from ``WaitForUpdatesEx`` (and queued executor events)
@@ -583,10 +601,15 @@ class VSphereBackend(Backend):
         return self._scrub(text)
 
     # -- the client-side view --------------------------------------------------
-    def _apply(self, updates: list[ObjectUpdate], *, full: bool = False) -> list[Event]:
-        """Fold updates into the cache, re-map what they touched, return the diff."""
+    def _apply(self, updates: list[ObjectUpdate], *, full: bool = False,
+               seen: set[ObjKey] | None = None) -> list[Event]:
+        """Fold updates into the cache, re-map what they touched, return the diff.
+
+        ``seen`` collects the objects updates brought (across the pages of one
+        complete read); ``full``: that read is complete — what it did not bring is
+        gone, and everything is mapped again."""
         touched: set[ObjKey] = set()
-        seen: set[ObjKey] = set()
+        seen = set() if seen is None else seen
         for upd in updates:
             cat = category(upd.type_name)
             if cat is None:

@@ -5,11 +5,10 @@ published reference; the probe lets an operator check that against their own
 vCenter. It logs in as the backend does and sends every *read* the backend
 sends, keeping each raw SOAP answer:
 
-- ``RetrievePropertiesEx`` of the inventory (the backend's read, paged), and
-  the lean ``config.hardware`` / ``layoutEx`` read beside it;
 - the update filter's first ``WaitForUpdatesEx`` (whole properties,
-  ``partialUpdates=False``) and one more wait of ``wait_s`` seconds — what the
-  server pushes meanwhile;
+  ``partialUpdates=False``), every page of it (``maxObjectUpdates``): the
+  backend's inventory read; and one more wait of ``wait_s`` seconds — what
+  the server pushes meanwhile;
 - ``TaskManager.recentTask`` with every task's ``info`` (the VM_BUSY read);
 - for up to ``vm_limit`` VMs, ``layoutEx``, ``snapshot``,
   ``runtime.consolidationNeeded`` and ``datastore`` read directly (what the
@@ -22,12 +21,16 @@ API version, time, options), then one record per answer with the method,
 what it was for and the raw body. ``anonymize`` replaces every inventory
 name (VMs, hosts, datastores, clusters, datacenters, folders, networks,
 snapshots, the user) by a stable alias in the answers; moref ids and sizes
-stay. ``decode`` reads a capture back through the backend's own decoders.
+stay. ``decode`` reads a capture back through the backend's own decoders,
+and ``Capture.lean_differences`` holds the backend's lean reader of the
+inventory (``leanxml``) to pyvmomi's reading of the same answers, VM by VM:
+the probe says in its summary whether they agree on this server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -41,9 +44,10 @@ from xml.sax.saxutils import escape
 from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapResponseDeserializer, SoapStubAdapter
 
+from .lean import compact_vm
+from .leanxml import NS as _NS
+from .leanxml import Unreadable, split_answer
 from .session import (
-    _LEAN,
-    _NS,
     PC,
     STORAGE_PATHS,
     ObjectUpdate,
@@ -51,7 +55,7 @@ from .session import (
     type_name,
 )
 
-FORMAT = 1
+FORMAT = 2  # 2: the inventory is the update filter's first answer (1: RetrievePropertiesEx)
 
 
 @dataclass
@@ -63,6 +67,8 @@ class ProbeResult:
     objects: int
     anonymized: bool
     notes: list[str] = field(default_factory=list)
+    #: ``Capture.lean_differences`` of the capture (empty: the lean reader agrees).
+    lean_differences: list[str] = field(default_factory=list)
 
 
 def probe(
@@ -92,18 +98,16 @@ def probe(
 
     try:
         pc = session.pc
-        # 1. The inventory read, paged, and the lean read beside it.
-        for purpose, spec in (("inventory", session.read_spec), ("lean", session.lean_spec)):
-            root = keep(purpose, "RetrievePropertiesEx", session.post_raw(
-                pc, "RetrievePropertiesEx", [[spec], PC.RetrieveOptions(maxObjects=page_size)]))
-            while token := root.findtext(f".//{_NS}returnval/{_NS}token"):
-                root = keep(purpose, "ContinueRetrievePropertiesEx",
-                            session.post_raw(pc, "ContinueRetrievePropertiesEx", [token]))
-        # 2. The update filter: the first wait (everything), then what comes in wait_s.
+        # 1. The inventory: the update filter's first answer, every page of it.
         session.filter = pc.CreateFilter(session.spec, partialUpdates=False)
-        first = keep("first-wait", "WaitForUpdatesEx", session.post_raw(
-            pc, "WaitForUpdatesEx", ["", PC.WaitOptions(maxWaitSeconds=0)]))
-        version = first.findtext(f".//{_NS}returnval/{_NS}version") or ""
+        version, more = "", True
+        while more:
+            root = keep("inventory", "WaitForUpdatesEx", session.post_raw(
+                pc, "WaitForUpdatesEx",
+                [version, PC.WaitOptions(maxWaitSeconds=0, maxObjectUpdates=page_size)]))
+            version = root.findtext(f".//{_NS}returnval/{_NS}version") or ""
+            more = root.findtext(f".//{_NS}returnval/{_NS}truncated") == "true" and bool(version)
+        # 2. What the server pushes in wait_s after it.
         if version:
             keep("next-wait", "WaitForUpdatesEx", session.post_raw(
                 pc, "WaitForUpdatesEx", [version, PC.WaitOptions(maxWaitSeconds=wait_s)]))
@@ -144,6 +148,7 @@ def probe(
     finally:
         session.close()
     objects = len(_objects(records, "inventory"))
+    differences = Capture(header, records).lean_differences()
     if anonymize:
         header, records = _anonymize(header, records)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +158,7 @@ def probe(
         for rec in records:
             f.write(json.dumps(rec) + "\n")
     tmp.replace(out)
-    return ProbeResult(out, len(records), objects, anonymize, notes)
+    return ProbeResult(out, len(records), objects, anonymize, notes, differences)
 
 
 def _objects(records: list[dict[str, Any]], purpose: str) -> list[dict[str, str]]:
@@ -161,7 +166,7 @@ def _objects(records: list[dict[str, Any]], purpose: str) -> list[dict[str, str]
     for rec in records:
         if rec["purpose"] != purpose:
             continue
-        for obj in ET.fromstring(rec["body"]).iter(f"{_NS}objects"):
+        for obj in ET.fromstring(rec["body"]).iter(f"{_NS}objectSet"):
             ref = obj.find(f"{_NS}obj")
             if ref is not None:
                 out.append({"obj": ref.text or "", "type": ref.get("type", "")})
@@ -240,35 +245,65 @@ class Capture:
     header: dict[str, Any]
     records: list[dict[str, Any]]
 
-    def inventory(self) -> list[ObjectUpdate]:
-        """The inventory read as the backend reads it (pyvmomi plus the lean read)."""
+    def _answers(self) -> Iterator[tuple[bytes, Any]]:
+        """Each inventory page's raw body, with a pyvmomi reader of such an answer."""
         stub = SoapStubAdapter("localhost", version=self.header["soap_version"])
         collector = vmodl.query.PropertyCollector("probe", stub)
-        out: list[ObjectUpdate] = []
-        lean: dict[str, dict[str, Any]] = {}
+        info = collector._GetMethodInfo("WaitForUpdatesEx")
         for rec in self.records:
-            body = rec["body"].encode()
             if rec["purpose"] == "inventory":
-                info = collector._GetMethodInfo(rec["method"])
-                result = SoapResponseDeserializer(stub).Deserialize(body, info.result)
-                for oc in getattr(result, "objects", None) or ():
-                    props = {p.name: p.val for p in oc.propSet or ()}
-                    out.append(ObjectUpdate("enter", type_name(oc.obj), oc.obj._moId, props))
-            elif rec["purpose"] == "lean":
-                for obj in ET.fromstring(body).iter(f"{_NS}objects"):
-                    props = lean.setdefault(obj.findtext(f"{_NS}obj") or "", {})
-                    for prop in obj.iterfind(f"{_NS}propSet"):
-                        name = prop.findtext(f"{_NS}name") or ""
-                        val = prop.find(f"{_NS}val")
-                        if name in _LEAN and val is not None:
-                            props[name] = _LEAN[name](val)
-        for upd in out:
-            if upd.type_name == "VirtualMachine":
-                upd.assigned.update(lean.get(upd.moid, {}))
+                yield rec["body"].encode(), functools.partial(
+                    SoapResponseDeserializer(stub).Deserialize, resultType=info.result)
+
+    def inventory(self) -> list[ObjectUpdate]:
+        """The inventory as the backend reads it (VMs lean, the rest by pyvmomi)."""
+        out: list[ObjectUpdate] = []
+        for body, deserialize in self._answers():
+            vms, rest = split_answer(body)
+            out.extend(ObjectUpdate(kind, "VirtualMachine", oid, assigned, removed)
+                       for kind, oid, assigned, removed in vms)
+            out.extend(_pyvmomi_objects(deserialize(rest)))
+        return out
+
+    def lean_differences(self) -> list[str]:
+        """Where the backend's lean reader of the inventory and pyvmomi's reading
+        of the same answers (turned into the lean forms) disagree, VM by VM: empty
+        when they agree. An answer the lean reader refuses is said so (the backend
+        then reads it through pyvmomi: slower, not wrong)."""
+        out: list[str] = []
+        for n, (body, deserialize) in enumerate(self._answers(), 1):
+            try:
+                vms, _ = split_answer(body)
+            except Unreadable as exc:
+                out.append(f"page {n}: not read lean ({exc}); the backend reads it by pyvmomi")
+                continue
+            theirs = {u.moid: u.assigned for u in _pyvmomi_objects(deserialize(body))
+                      if u.type_name == "VirtualMachine"}
+            for _, oid, assigned, _ in vms:
+                other = {k: v for k, v in theirs.pop(oid, {}).items() if v is not None}
+                mine = {k: v for k, v in assigned.items() if v is not None}
+                if mine != other:
+                    names = sorted(k for k in mine.keys() | other.keys()
+                                   if mine.get(k) != other.get(k))
+                    out.append(f"{oid}: {', '.join(names)} read otherwise than pyvmomi reads it")
+            out.extend(f"{oid}: missed by the lean reader" for oid in theirs)
         return out
 
     def purposes(self) -> list[str]:
         return [r["purpose"] for r in self.records]
+
+
+def _pyvmomi_objects(update: Any) -> list[ObjectUpdate]:
+    """A deserialized ``UpdateSet``'s objects, VMs' properties in the lean forms."""
+    out: list[ObjectUpdate] = []
+    for fs in getattr(update, "filterSet", None) or ():
+        for obj in fs.objectSet or ():
+            props = {str(c.name): c.val for c in obj.changeSet or ()}
+            kind = type_name(obj.obj)
+            if kind == "VirtualMachine":
+                compact_vm(props)
+            out.append(ObjectUpdate(str(obj.kind), kind, obj.obj._moId, props))
+    return out
 
 
 def decode(path: Path) -> Capture:
@@ -291,6 +326,13 @@ def _nonempty(lines: Iterator[str]) -> Iterator[str]:
 
 def summary(result: ProbeResult) -> str:
     extra = f"; notes: {'; '.join(result.notes)}" if result.notes else ""
+    diffs = result.lean_differences
+    if diffs:
+        shown = "; ".join(diffs[:5]) + (f"; ... {len(diffs) - 5} more" if len(diffs) > 5 else "")
+        extra += (f"; the backend's lean inventory reader DIFFERS from pyvmomi on this "
+                  f"server ({len(diffs)}): {shown} — please report it with the capture")
+    else:
+        extra += "; the backend's lean inventory reader agrees with pyvmomi on every VM"
     with contextlib.suppress(Exception):
         size = result.path.stat().st_size
         return (f"wrote {result.records} answers ({result.objects} objects, {size} bytes"

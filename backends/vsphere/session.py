@@ -4,8 +4,9 @@
 (pyvmomi silently skips certificate checks for loopback hosts without one —
 RELIABILITY.md), one private PropertyCollector, one ContainerView over the
 inventory (plus the TaskManager's ``recentTask`` list, for display only), the
-paged ``RetrievePropertiesEx`` read, the filter for ``WaitForUpdatesEx``
-(whole properties: ``partialUpdates=False``), direct reads (one object's
+filter for ``WaitForUpdatesEx`` (whole properties: ``partialUpdates=False``),
+whose first answer — in pages — is the inventory (its VMs read lean:
+``leanxml``), direct reads (one object's
 properties, a VM's storage after ``RefreshStorageInfo``, a datastore after
 ``RefreshDatastore``, the tasks running on a VM), one task followed through a
 filter of its own (``watch_task``) and a cheap keep-alive call. ``Worker`` runs those calls
@@ -19,11 +20,10 @@ import concurrent.futures
 import contextlib
 import functools
 import gc
+import http.client
 import logging
-import re
 import ssl
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,23 +36,8 @@ from pyVmomi.SoapAdapter import SoapResponseDeserializer
 from ventana.state.model import VM, PowerState
 from ventana.state.plans_vsphere import snapshot_limitations
 
-from .lean import (
-    LeanDescription,
-    LeanDevice,
-    LeanDiskBacking,
-    LeanDiskLayout,
-    LeanDiskUnit,
-    LeanFileInfo,
-    LeanHardware,
-    LeanLayoutEx,
-    LeanSnapshotLayout,
-    LeanVirtualDisk,
-    LeanVirtualPCIPassthrough,
-    LeanVirtualSCSIController,
-    compact_vm,
-    intern,
-    lean_layout_of,
-)
+from . import leanxml
+from .lean import compact_vm, intern
 from .mapping import POWER, device_facts
 
 PC = vmodl.query.PropertyCollector
@@ -84,13 +69,6 @@ HOST_PATHS = ["name", "runtime.connectionState", "runtime.inMaintenanceMode", "p
 DATASTORE_PATHS = ["name", "summary.capacity", "summary.freeSpace", "summary.accessible", "host"]
 COMPUTE_PATHS = ["name", "host"]
 TASK_PATHS = ["info"]
-
-# The first full read takes ``config.hardware`` and ``layoutEx`` apart from the
-# rest (read_all, LeanHardware): they are most of the response.
-HARDWARE = "config.hardware"
-LAYOUT = "layoutEx"
-LEAN_PATHS = (HARDWARE, LAYOUT)
-READ_VM_PATHS = [p for p in VM_PATHS if p not in (HARDWARE, LAYOUT)]
 
 PATHS: dict[type, list[str]] = {
     vim.VirtualMachine: VM_PATHS,
@@ -149,6 +127,13 @@ def ssl_context(ca_file: Path | None, *, insecure: bool = False) -> ssl.SSLConte
     return ctx
 
 
+def _set_timeout(conn: Any, seconds: float) -> None:
+    """One HTTP(S) connection's socket timeout, connected or not yet."""
+    conn.timeout = seconds
+    if conn.sock is not None:
+        conn.sock.settimeout(seconds)
+
+
 def type_name(obj: Any) -> str:
     return type(obj).__name__.rsplit(".", 1)[-1]
 
@@ -171,146 +156,12 @@ def _filter_spec(
     )
 
 
-def _lean_spec(view: vim.view.ContainerView) -> Any:
-    traverse = PC.TraversalSpec(name="traverseView", type=vim.view.ContainerView, path="view")
-    return PC.FilterSpec(
-        objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[traverse])],
-        propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=list(LEAN_PATHS))],
-    )
-
-
-# -- config.hardware and layoutEx, lean -----------------------------------------------------
-# pyvmomi builds a typed object for every element of every device and every
-# file of every VM (~75% of a full read's time at 1,000 VMs); what is used of
-# them is the vCPU count, the memory, each disk's key and capacity, and
-# layoutEx's files, disk chains and snapshot layouts. The first full read
-# fetches those two properties in their own RetrievePropertiesEx, sent
-# through the session's stub (same connection pool, cookie and TLS), and reads
-# them with ElementTree into the small classes below, which carry the same
-# attribute names as pyvmomi's (lean.py). Later changes (WaitForUpdatesEx)
-# bring pyvmomi objects, turned into the same classes (``lean.compact_vm``)
-# before they leave the worker thread.
-_XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
-_NS = "{urn:vim25}"
-
-
-def _text(elem: ET.Element, tag: str) -> str:
-    return elem.findtext(f"{_NS}{tag}") or ""
-
-
-def _bool(elem: ET.Element, tag: str) -> bool | None:
-    text = elem.findtext(f"{_NS}{tag}")
-    return None if text is None else text == "true"
-
-
-def _disk_layouts(parent: ET.Element) -> tuple[LeanDiskLayout, ...]:
-    return tuple(
-        LeanDiskLayout(
-            key=_int(d.find(f"{_NS}key")) or 0,
-            chain=tuple(
-                LeanDiskUnit(tuple(int(k.text or 0) for k in u.iterfind(f"{_NS}fileKey")))
-                for u in d.iterfind(f"{_NS}chain")
-            ),
-        )
-        for d in parent.iterfind(f"{_NS}disk")
-    )
-
-
-def _lean_layout(val: ET.Element) -> LeanLayoutEx:
-    return lean_layout_of(
-        files=(
-            LeanFileInfo(
-                key=_int(f.find(f"{_NS}key")) or 0,
-                name=_text(f, "name"),
-                type=intern(_text(f, "type")) or "",
-                size=_int(f.find(f"{_NS}size")) or 0,
-                uniqueSize=_int(f.find(f"{_NS}uniqueSize"), None),
-                accessible=_bool(f, "accessible"),
-            )
-            for f in val.iterfind(f"{_NS}file")
-        ),
-        disk=_disk_layouts(val),
-        snapshot=tuple(
-            LeanSnapshotLayout(
-                key=_text(s, "key"),
-                dataKey=_int(s.find(f"{_NS}dataKey")) or 0,
-                memoryKey=_int(s.find(f"{_NS}memoryKey"), None),
-                disk=_disk_layouts(s),
-            )
-            for s in val.iterfind(f"{_NS}snapshot")
-        ),
-    )
-
-
-def _int(elem: ET.Element | None, default: int | None = 0) -> int | None:
-    return int(elem.text) if elem is not None and elem.text else default
-
-
-def _lean_label(dev: ET.Element) -> LeanDescription | None:
-    info = dev.find(f"{_NS}deviceInfo")
-    return None if info is None else LeanDescription(intern(_text(info, "label")) or "")
-
-
-def _lean_backing(dev: ET.Element) -> LeanDiskBacking | None:
-    backing = dev.find(f"{_NS}backing")
-    if backing is None:
-        return None
-    return LeanDiskBacking(
-        diskMode=intern(backing.findtext(f"{_NS}diskMode")),
-        compatibilityMode=intern(backing.findtext(f"{_NS}compatibilityMode")),
-    )
-
-
-def _lean_hardware(val: ET.Element) -> LeanHardware:
-    disks: list[LeanDevice] = []
-    for dev in val.iterfind(f"{_NS}device"):
-        xsi = dev.get(_XSI_TYPE, "")
-        if xsi.endswith("VirtualDisk"):
-            disks.append(LeanVirtualDisk(
-                key=_int(dev.find(f"{_NS}key")) or 0,
-                capacityInKB=_int(dev.find(f"{_NS}capacityInKB")) or 0,
-                capacityInBytes=_int(dev.find(f"{_NS}capacityInBytes"), None),
-                deviceInfo=_lean_label(dev),
-                backing=_lean_backing(dev),
-            ))
-        elif dev.find(f"{_NS}sharedBus") is not None:  # every VirtualSCSIController model
-            disks.append(LeanVirtualSCSIController(
-                key=_int(dev.find(f"{_NS}key")) or 0,
-                sharedBus=intern(_text(dev, "sharedBus")) or "",
-                deviceInfo=_lean_label(dev),
-            ))
-        elif xsi.endswith("VirtualPCIPassthrough"):
-            disks.append(LeanVirtualPCIPassthrough(
-                key=_int(dev.find(f"{_NS}key")) or 0, deviceInfo=_lean_label(dev)))
-    return LeanHardware(
-        numCPU=_int(val.find(f"{_NS}numCPU")) or 0,
-        numCoresPerSocket=_int(val.find(f"{_NS}numCoresPerSocket")) or 0,
-        memoryMB=_int(val.find(f"{_NS}memoryMB")) or 0,
-        device=tuple(disks),
-    )
-
-
-_LEAN: dict[str, Callable[[ET.Element], Any]] = {HARDWARE: _lean_hardware, LAYOUT: _lean_layout}
-
-
-# A change set of a lean property, as servers write it (no nested change sets).
-_LEAN_CHANGE = re.compile(
-    rb"<changeSet><name>(?:" + b"|".join(re.escape(n.encode()) for n in (HARDWARE, LAYOUT))
-    + rb")</name>.*?</changeSet>",
-    re.DOTALL,
-)
-
-
 class TaskTimeout(Exception):
     """A watched task did not end in time (its outcome is unknown)."""
 
     def __init__(self, timeout_s: float) -> None:
         super().__init__(f"no end within {timeout_s:g} s")
         self.timeout_s = timeout_s
-
-
-class _RawUnavailable(Exception):
-    """The lean path could not be used; the caller reads through pyvmomi."""
 
 
 class Session:
@@ -333,7 +184,7 @@ class Session:
         inventory_timeout: float = 0.0,
     ) -> None:
         #: The socket timeout of the calls whose answer is the whole inventory (the
-        #: first read, the update filter's first answer and its pages): the server
+        #: update filter's first answer and its pages): the server
         #: builds all of it before the first byte (vcsim: every object's properties),
         #: which at 45,000 VMs on a loaded host takes longer than ``http_timeout``.
         #: 0: ``http_timeout``. Every other call keeps ``http_timeout``.
@@ -360,10 +211,6 @@ class Session:
                 content.rootFolder, list(PATHS), True
             )
             self.spec = _filter_spec(self.view, content.taskManager)
-            self.read_spec = _filter_spec(
-                self.view, content.taskManager, {**PATHS, vim.VirtualMachine: READ_VM_PATHS}
-            )
-            self.lean_spec = _lean_spec(self.view)
         except BaseException:
             with contextlib.suppress(Exception):
                 Disconnect(self.si)
@@ -388,120 +235,14 @@ class Session:
     partial_updates = False
 
     # -- reading -------------------------------------------------------------
-    def read_all(self, page_size: int) -> list[ObjectUpdate]:
-        """Every object of the view, paged with ``maxObjects`` and tokens.
+    def post_raw(self, mo: Any, method: str, args: list[Any], *,
+                 timeout: float | None = None) -> bytes:
+        """Call ``method`` through the session's stub; the raw 200 response body.
 
-        VMs' ``config.hardware`` and ``layoutEx`` come from a second, lean read
-        (see ``LeanLayoutEx``) that runs on another thread while pyvmomi parses
-        the first. The cyclic garbage collector is paused meanwhile: the read
-        allocates several objects per XML element and nothing cyclic, and
-        collections triggered by them cost a third of the time.
+        ``timeout``: this call's socket timeout (else ``http_timeout``), set on the
+        connection it takes and put back before the connection returns to the
+        pool, so no other call ever inherits it.
         """
-        paused = gc.isenabled()
-        gc.disable()
-        try:
-            with self.patient():
-                return self._read_all(page_size)
-        finally:
-            if paused:
-                gc.enable()
-
-    @contextlib.contextmanager
-    def patient(self) -> Any:
-        """Calls made meanwhile (any thread of this session) wait up to
-        ``inventory_timeout`` for their answer, then ``http_timeout`` again."""
-        if self.inventory_timeout <= self.http_timeout:
-            yield
-            return
-        self._set_timeout(self.inventory_timeout)
-        try:
-            yield
-        finally:
-            self._set_timeout(self.http_timeout)
-
-    def _set_timeout(self, seconds: float) -> None:
-        """The socket timeout of the stub's new and pooled connections (a connection in
-        use keeps its own until it is back in the pool)."""
-        stub = self.si._stub
-        stub.schemeArgs["timeout"] = seconds
-        with stub.lock:
-            for conn, _ in stub.pool:
-                conn.timeout = seconds
-                if conn.sock is not None:
-                    conn.sock.settimeout(seconds)
-
-    def _read_all(self, page_size: int) -> list[ObjectUpdate]:
-        with concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="ventana-vsphere-hw"
-        ) as pool:
-            lean_f = pool.submit(self._read_lean, page_size)
-            out = self._retrieve(self.read_spec, page_size)
-            try:
-                lean = lean_f.result()
-            except _RawUnavailable:
-                lean = {u.moid: u.assigned for u in self._retrieve(self.lean_spec, page_size)}
-        for upd in out:
-            if upd.type_name == "VirtualMachine" and upd.moid in lean:
-                upd.assigned.update(lean[upd.moid])
-        self.last_call = time.monotonic()
-        return out
-
-    def _retrieve(self, spec: Any, page_size: int, *, compact: bool = True
-                  ) -> list[ObjectUpdate]:
-        """Every object ``spec`` selects, paged; VMs' properties in their lean forms
-        (``compact=False``: as pyvmomi built them, for tests that compare)."""
-        out: list[ObjectUpdate] = []
-        result = self.pc.RetrievePropertiesEx([spec], PC.RetrieveOptions(maxObjects=page_size))
-        while result is not None:
-            for oc in result.objects:
-                # Names interned: pyvmomi builds a PropertyPath object for every one.
-                props = {intern(p.name): p.val for p in oc.propSet}
-                kind = type_name(oc.obj)
-                if compact and kind == "VirtualMachine":  # each page's objects die with it
-                    compact_vm(props)
-                out.append(ObjectUpdate("enter", kind, oc.obj._moId, props))
-            if not result.token:
-                break
-            result = self.pc.ContinueRetrievePropertiesEx(result.token)
-        return out
-
-    def _read_lean(self, page_size: int) -> dict[str, dict[str, Any]]:
-        """Every VM's ``config.hardware`` and ``layoutEx``, lean; ``_RawUnavailable``
-        on any trouble (a fault, an unexpected body) so that pyvmomi reads them
-        and raises properly."""
-        out: dict[str, dict[str, Any]] = {}
-        pc = self.content.propertyCollector.CreatePropertyCollector()
-        try:
-            body = self._raw(pc, "RetrievePropertiesEx",
-                             [[self.lean_spec], PC.RetrieveOptions(maxObjects=page_size)])
-            while body is not None:
-                token = None
-                for returnval in body.iter(f"{_NS}returnval"):
-                    token = returnval.findtext(f"{_NS}token")
-                    for obj in returnval.iterfind(f"{_NS}objects"):
-                        oid = obj.findtext(f"{_NS}obj") or ""
-                        props = out.setdefault(oid, {})
-                        for prop in obj.iterfind(f"{_NS}propSet"):
-                            val = prop.find(f"{_NS}val")
-                            name = intern(prop.findtext(f"{_NS}name")) or ""
-                            if name in _LEAN and val is not None:
-                                props[name] = _LEAN[name](val)
-                body = self._raw(pc, "ContinueRetrievePropertiesEx", [token]) if token else None
-        except _RawUnavailable:
-            raise
-        except Exception as exc:
-            raise _RawUnavailable(str(exc)) from exc
-        finally:
-            with contextlib.suppress(Exception):
-                pc.Destroy()
-        return out
-
-    def _raw(self, mo: Any, method: str, args: list[Any]) -> ET.Element:
-        """Call ``method`` through the session's stub; the response body as a tree."""
-        return ET.fromstring(self.post_raw(mo, method, args))
-
-    def post_raw(self, mo: Any, method: str, args: list[Any]) -> bytes:
-        """Call ``method`` through the session's stub; the raw 200 response body."""
         stub = self.si._stub
         info = mo._GetMethodInfo(method)
         request = stub.SerializeRequest(mo, info, args)
@@ -509,52 +250,53 @@ class Session:
                    "Content-Type": "text/xml; charset=UTF-8"}
         conn = stub.GetConnection()
         try:
+            if timeout is not None:
+                _set_timeout(conn, timeout)
             conn.request("POST", stub.path, request, headers)
             resp = conn.getresponse()
             data = resp.read()
         except BaseException:
             conn.close()
             raise
+        if timeout is not None:
+            _set_timeout(conn, self.http_timeout)
         stub.ReturnConnection(conn)
         if resp.status == 500 and resp.getheader("Content-Encoding", "identity") == "identity":
             fault = SoapResponseDeserializer(stub).Deserialize(data, info.result)
             if isinstance(fault, BaseException):
                 raise fault  # as pyvmomi raises it (NotAuthenticated, RequestCanceled, ...)
         if resp.status != 200 or resp.getheader("Content-Encoding", "identity") != "identity":
-            raise _RawUnavailable(f"HTTP {resp.status}")
+            raise http.client.HTTPException(
+                f"{method}: HTTP {resp.status} {resp.reason} "
+                f"({resp.getheader('Content-Encoding', 'identity')})")
         return data
 
     def wait(self, max_wait_s: int) -> list[ObjectUpdate] | None:
         """Block until something changed (or ``max_wait_s`` passed: None).
 
         The first call after the filter is created returns every object as
-        ``enter``; the backend diffs it against what it already emitted.
+        ``enter`` — the backend's inventory, in pages of ``maxObjectUpdates``
+        (``caught_up`` once the last is in); later calls bring what changed.
         """
-        lean: dict[str, dict[str, Any]] = {}
         if self.filter is None:
             self.filter = self.pc.CreateFilter(self.spec, partialUpdates=self.partial_updates)
             self.version = ""
         options = PC.WaitOptions(maxWaitSeconds=max_wait_s)
         if self.max_object_updates > 0:
             options.maxObjectUpdates = self.max_object_updates
-        update = None
-        # The first answer (every object) and the pages that complete it are read
-        # lean; later answers (a few changes each) through pyvmomi.
-        whole = not self.version or self._more  # the inventory again: patient
-        if whole:
+        vms: list[leanxml.VmUpdate] = []
+        if not self.version or self._more:
+            # The inventory (a page of it): read lean, waited for patiently — the
+            # server builds the whole first answer before its first byte.
             paused = gc.isenabled()
             gc.disable()
             try:
-                with self.patient():
-                    update, lean = self._wait_lean(self.version, options)
-            except _RawUnavailable as exc:
-                log.info("lean WaitForUpdatesEx unavailable (%s); using pyvmomi", exc)
+                update, vms = self._whole_answer(self.version, options)
             finally:
                 if paused:
                     gc.enable()
-        if update is None:
-            with self.patient() if whole else contextlib.nullcontext():
-                update = self.pc.WaitForUpdatesEx(self.version, options)
+        else:  # a few changes: pyvmomi
+            update = self.pc.WaitForUpdatesEx(self.version, options)
         self.last_call = time.monotonic()
         if update is None:
             return None
@@ -562,7 +304,8 @@ class Session:
         self._more = bool(update.truncated)
         if update.truncated:  # the rest comes with the next call, at once
             self.truncated += 1
-        out: list[ObjectUpdate] = []
+        out = [ObjectUpdate(kind, "VirtualMachine", oid, assigned, removed)
+               for kind, oid, assigned, removed in vms]
         for fs in update.filterSet or ():
             for obj in fs.objectSet or ():
                 assigned: dict[str, Any] = {}
@@ -585,11 +328,6 @@ class Session:
                             removed.append(name)
                         else:
                             assigned[name] = fresh[name]
-                for name, val in lean.pop(obj.obj._moId, {}).items():
-                    if val is None:
-                        removed.append(name)
-                    else:
-                        assigned[name] = val
                 kind = type_name(obj.obj)
                 if kind == "VirtualMachine":
                     compact_vm(assigned)
@@ -598,49 +336,21 @@ class Session:
                 )
         return out
 
-    def _wait_lean(self, version: str, options: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
-        """``WaitForUpdatesEx`` with ``config.hardware`` and ``layoutEx`` read lean,
-        as in ``read_all``: the filter's first answer (every object, in full) and,
-        with ``maxObjectUpdates``, the pages that complete it.
-
-        The raw answer is read twice: ElementTree takes the lean properties'
-        change sets, then pyvmomi deserializes the answer with those change sets
-        cut out. An answer the lean reader does not expect is deserialized whole
-        by pyvmomi (it is never asked for twice: a page once answered is not
-        sent again). ``_RawUnavailable`` only when no answer was read (the
-        caller then asks through pyvmomi).
-        """
-        body = self.post_raw(self.pc, "WaitForUpdatesEx", [version, options])
+    def _whole_answer(self, version: str, options: Any) -> tuple[Any, list[leanxml.VmUpdate]]:
+        """The filter's first answer (every object) or a page that completes it, its
+        VMs read lean (``leanxml``), the rest by pyvmomi; an answer the lean reader
+        does not expect is read whole by pyvmomi — it is never asked for twice (a
+        page once answered is not sent again). Waits up to ``inventory_timeout``."""
+        body = self.post_raw(self.pc, "WaitForUpdatesEx", [version, options],
+                             timeout=self.inventory_timeout)
         info = self.pc._GetMethodInfo("WaitForUpdatesEx")
+        deserialize = SoapResponseDeserializer(self.si._stub).Deserialize
         try:
-            return self._lean_answer(body, info)
-        except _RawUnavailable as exc:
+            vms, rest = leanxml.split_answer(body)
+        except leanxml.Unreadable as exc:
             log.info("lean WaitForUpdatesEx answer not read (%s); using pyvmomi", exc)
-            return SoapResponseDeserializer(self.si._stub).Deserialize(body, info.result), {}
-
-    def _lean_answer(self, body: bytes, info: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
-        lean: dict[str, dict[str, Any]] = {}
-        count = 0
-        try:
-            root = ET.fromstring(body)
-            for obj_set in root.iter(f"{_NS}objectSet"):
-                oid = obj_set.findtext(f"{_NS}obj") or ""
-                for change in obj_set.iterfind(f"{_NS}changeSet"):
-                    name = intern(change.findtext(f"{_NS}name")) or ""
-                    if name in _LEAN:
-                        val = change.find(f"{_NS}val")
-                        removed = change.findtext(f"{_NS}op") in ("remove", "indirectRemove")
-                        lean.setdefault(oid, {})[name] = (
-                            None if val is None or removed else _LEAN[name](val)
-                        )
-                        count += 1
-        except Exception as exc:
-            raise _RawUnavailable(f"unexpected answer: {exc}") from exc
-        stripped, cut = _LEAN_CHANGE.subn(b"", body)
-        if cut != count:
-            raise _RawUnavailable(f"{cut} change sets cut, {count} read")
-        update = SoapResponseDeserializer(self.si._stub).Deserialize(stripped, info.result)
-        return update, lean
+            return deserialize(body, info.result), []
+        return deserialize(rest, info.result), vms
 
     def read_props(self, obj: Any, paths: list[str]) -> dict[str, Any]:
         """``paths`` of one object, read now (an unset property is absent)."""

@@ -36,9 +36,15 @@ from pyVim.connect import Disconnect
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 from test_vsphere_backend import Stream, config_for, connect  # the same folder
+from test_vsphere_bench import first_answer, pyvmomi_read, vm_props
 
 from ventana.backends.vsphere import VSphereBackend, VSphereConfig
 from ventana.backends.vsphere import session as vs_session
+from ventana.backends.vsphere.lean import (
+    LeanHardware,
+    LeanVirtualPCIPassthrough,
+    LeanVirtualSCSIController,
+)
 from ventana.state import findings as F
 from ventana.state.model import VM, Severity, TaskState
 from ventana.state.plans_vsphere import plan_create_snapshot, plan_remove_all
@@ -263,17 +269,18 @@ def test_lean_and_pyvmomi_reads_give_the_same_facts(vcsim: VcsimHandle, other) -
     reconfigure(target, changeTrackingEnabled=True)
     set_tools(target, "guestToolsRunning", "guestToolsSupportedOld")
     session = vs_session.Session(vcsim.host, vcsim.port, vcsim.user, vcsim.password,
-                                 ca_file=vcsim.ca_path)
+                                 ca_file=vcsim.ca_path, max_object_updates=9)
     try:
-        lean = session.read_all(9)
-        full = session._retrieve(session.spec, 9)  # every property through pyvmomi
+        lean = first_answer(session)  # as the backend reads it
+        full = pyvmomi_read(session)  # every property through pyvmomi
     finally:
         session.close()
     vm_update = next(u for u in lean if u.assigned.get("name") == name)
+    assert vm_props([vm_update]) == vm_props([u for u in full if u.moid == vm_update.moid])
     hardware = vm_update.assigned["config.hardware"]
-    assert isinstance(hardware, vs_session.LeanHardware)
-    assert any(isinstance(d, vs_session.LeanVirtualSCSIController) for d in hardware.device)
-    assert any(isinstance(d, vs_session.LeanVirtualPCIPassthrough) for d in hardware.device)
+    assert isinstance(hardware, LeanHardware)
+    assert any(isinstance(d, LeanVirtualSCSIController) for d in hardware.device)
+    assert any(isinstance(d, LeanVirtualPCIPassthrough) for d in hardware.device)
 
     def entities(objects: list[vs_session.ObjectUpdate]) -> list[object]:
         backend = VSphereBackend(VSphereConfig(host="unused"), password="unused")

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 from peers.vcsim import BUILD_HINT, VcsimHandle, binary_path, is_built, start_vcsim
 
+from ventana.backends.vsphere.lean import LeanHardware, LeanVirtualDisk
 from ventana.backends.vsphere.mapping import Lookup, vm_entities
-from ventana.backends.vsphere.session import LeanHardware, LeanVirtualDisk
 from ventana.state import findings as F
 from ventana.state.events import ConnectionChanged, LinkState, Upsert
 from ventana.state.findings import FindingsConfig, FindingsEngine

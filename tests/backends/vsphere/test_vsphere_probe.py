@@ -14,6 +14,7 @@ if not is_built():
     pytest.skip(f"vcsim test peer not built ({binary_path()}): {BUILD_HINT}",
                 allow_module_level=True)
 
+from ventana.backends.vsphere import leanxml
 from ventana.backends.vsphere.mapping import Lookup, vm_entities
 from ventana.backends.vsphere.probe import decode
 from ventana.state.model import VM, Checkpoint
@@ -21,7 +22,7 @@ from ventana.tui.cli import main
 
 
 @pytest.mark.timeout(60)
-def test_probe_captures_every_read_and_decodes(tmp_path: Path, capsys) -> None:
+def test_probe_captures_every_read_and_decodes(tmp_path: Path, capsys, monkeypatch) -> None:
     handle = start_vcsim(tmp_path / "peer", clusters=1, hosts=1, vms=2, datastores=1,
                          quiet=True)
     try:
@@ -43,7 +44,8 @@ def test_probe_captures_every_read_and_decodes(tmp_path: Path, capsys) -> None:
         plain, anon = tmp_path / "plain.jsonl", tmp_path / "anon.jsonl"
         assert main([*args, "--out", str(plain)]) == 0
         assert main([*args, "--out", str(anon), "--anonymize"]) == 0
-        assert "wrote" in capsys.readouterr().out
+        said = capsys.readouterr().out
+        assert "wrote" in said and "lean inventory reader agrees with pyvmomi" in said
         # Read-only: no task was started on the server by either probe.
         assert len(si.content.taskManager.recentTask) == tasks_before
         Disconnect(si)
@@ -51,8 +53,8 @@ def test_probe_captures_every_read_and_decodes(tmp_path: Path, capsys) -> None:
         for path in (plain, anon):
             capture = decode(path)
             assert capture.header["server"]["apiType"] == "VirtualCenter"
-            assert {"inventory", "lean", "first-wait", "next-wait", "recent-tasks"} <= set(
-                capture.purposes())
+            assert {"inventory", "next-wait", "recent-tasks"} <= set(capture.purposes())
+            assert capture.lean_differences() == []
             assert any(p.startswith("storage:") for p in capture.purposes())
             objects = capture.inventory()
             vms = [u for u in objects if u.type_name == "VirtualMachine"]
@@ -73,6 +75,11 @@ def test_probe_captures_every_read_and_decodes(tmp_path: Path, capsys) -> None:
                 assert names == {"VirtualMachine-1", "VirtualMachine-2"}
                 assert cp.name.startswith("Snapshot-")
                 assert json.loads(text.splitlines()[0])["anonymized"] is True
+        # The lean check can fail: a reader that misreads the power state is caught.
+        monkeypatch.setitem(leanxml.VM_READERS, "runtime.powerState", lambda val: "poweredOff"
+                            if val.text == "poweredOn" else "poweredOn")
+        assert [d.split(":")[1] for d in decode(plain).lean_differences()] == [
+            " runtime.powerState read otherwise than pyvmomi reads it"] * 2
     finally:
         handle.stop()
 
