@@ -262,6 +262,28 @@ def read_vm(obj_set: ET.Element) -> VmUpdate:
     return kind, intern(oid) or "", assigned, tuple(removed)
 
 
+# -- pages ------------------------------------------------------------------------------------
+_VERSION = re.compile(rb"<returnval>\s*<version>([^<]*)</version>")
+_TRUNCATED = re.compile(rb"<truncated>\s*true\s*</truncated>\s*</returnval>")
+
+
+def continuation(body: bytes) -> str | None:
+    """The version to ask the next page with, when ``body`` is a truncated
+    ``WaitForUpdatesEx`` answer (``UpdateSet.truncated``: "more updates are
+    available", pyvmomi docs/vmodl/query/PropertyCollector/UpdateSet.rst), read
+    from the raw body before it is parsed; None otherwise. ``UpdateSet`` is
+    ``version``, then ``filterSet``s, then ``truncated`` (its WSDL sequence), so the
+    version opens the answer and ``truncated`` closes it."""
+    tail = body[-512:]
+    if not _TRUNCATED.search(tail):
+        return None
+    found = _VERSION.search(body, 0, 4096)
+    if found is None:
+        return None
+    version = ET.fromstring(b"<v>" + found.group(1) + b"</v>").text or ""
+    return version or None
+
+
 # -- cutting the VMs out of an answer ------------------------------------------------------
 _OPEN, _CLOSE = b"<objectSet>", b"</objectSet>"
 _VM_HEAD = re.compile(

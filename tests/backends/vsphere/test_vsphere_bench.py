@@ -181,7 +181,11 @@ def test_every_page_of_the_first_wait_is_read_lean(vcsim) -> None:  # type: igno
     session = vs_session.Session(handle.host, handle.port, handle.user, handle.password,
                                  ca_file=handle.ca_path, max_object_updates=7)
     try:
-        pages = first_answer(session)
+        pages = list(session.wait(5) or ())
+        # The next page was asked for as soon as this one's body was in (read ahead).
+        assert session._next_page is not None and session._next_page[0] == session.version
+        pages.extend(first_answer(session))
+        assert session._next_page is None  # nothing asked after the last page
         full = pyvmomi_read(session, compact=False)
     finally:
         session.close()
