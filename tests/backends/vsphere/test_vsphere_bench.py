@@ -12,6 +12,7 @@ pyvmomi object.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -227,3 +228,100 @@ def assert_same_readings(lean_read: list[vs_session.ObjectUpdate],
         assert vm_log_dir(mine) == vm_log_dir(theirs)
         assert _files_bytes(mine) == _files_bytes(theirs)
         assert len(mine.file) < len(theirs.file)  # nvram, .vmsd ... are not kept
+
+
+async def test_the_inventory_mapped_page_by_page_is_the_inventory_mapped_at_once(vcsim) -> None:  # type: ignore[no-untyped-def]
+    """The backend maps each page of the first answer as it comes (VMs before the
+    hosts and datastores they name, in vcsim's order) and then again as a whole:
+    once CONNECTED, the store holds exactly what mapping everything at once gives."""
+    from ventana.state.events import ConnectionChanged, LinkState
+    from ventana.state.model import Kind
+    from ventana.state.store import Store
+
+    handle, _ = vcsim
+    iso_vm = await asyncio.to_thread(add_iso_on_another_datastore, handle)
+    cfg = VSphereConfig(host=handle.host, port=handle.port, user=handle.user,
+                        ca_file=handle.ca_path, max_object_updates=7)
+    backend = VSphereBackend(cfg, password=handle.password)
+    paged = Store()
+    stream = backend.events()
+    try:
+        async for event in stream:
+            paged.apply(event)
+            if isinstance(event, ConnectionChanged) and event.state is LinkState.CONNECTED:
+                break
+        session = backend._session
+        assert session is not None and session.truncated >= 5
+        full = pyvmomi_read(session, compact=False)
+    finally:
+        await backend.close()
+        async for _ in stream:
+            pass
+    whole = Store()
+    for event in entities(full):
+        whole.apply(event)  # type: ignore[arg-type]
+    for kind in (Kind.VM, Kind.NODE, Kind.CLUSTER, Kind.LUN, Kind.CHECKPOINT, Kind.DISK):
+        assert sorted(map(repr, paged.all(kind))) == sorted(map(repr, whole.all(kind))), kind
+    assert paged.count(Kind.VM) == 50
+    # Its home is found by the datastores' names, which come pages after the VMs.
+    home = paged.vm(iso_vm)
+    assert home is not None and home.lun_id and home.lun_id == whole.vm(iso_vm).lun_id
+
+
+def add_iso_on_another_datastore(handle: object) -> str:
+    """A CD-ROM on an ISO in another datastore than the VM's home, so that the VM's
+    ``datastore`` lists two (the ISO's first): its home needs the datastores' names."""
+    from pyVim.connect import Disconnect
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    si = vsphere._connect(handle)
+    try:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine],
+                                                       True)
+        vm = sorted(view.view, key=lambda v: v.name)[0]
+        home = vm.datastore[0]
+        other = next(d for d in vm.runtime.host.datastore if d != home)
+        ide = next(d for d in vm.config.hardware.device
+                   if isinstance(d, vim.vm.device.VirtualIDEController))
+        cdrom = vim.vm.device.VirtualCdrom(
+            key=-1, controllerKey=ide.key, unitNumber=1,
+            backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(
+                fileName=f"[{other.name}] iso/installer.iso"))
+        WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom)])), si=si)
+        assert len(vm.datastore) == 2
+        return str(vm._moId)
+    finally:
+        Disconnect(si)
+
+
+def test_a_host_or_vm_that_moves_remaps_what_depends_on_it() -> None:
+    """Without walking every VM: a host moved to another cluster re-maps its VMs (and
+    only them); a VM moved to another host moves in both hosts' VM counts."""
+    from ventana.backends.vsphere.session import ObjectUpdate as U
+
+    backend = VSphereBackend(VSphereConfig(host="unused"), password="unused")
+    vm = {"runtime.powerState": "poweredOn"}
+    backend._apply([
+        U("enter", "ClusterComputeResource", "c1", {"name": "C1"}),
+        U("enter", "ClusterComputeResource", "c2", {"name": "C2"}),
+        U("enter", "HostSystem", "h1", {"name": "H1", "parent": "c1"}),
+        U("enter", "HostSystem", "h2", {"name": "H2", "parent": "c2"}),
+        U("enter", "VirtualMachine", "v1", {**vm, "name": "V1", "runtime.host": "h1"}),
+        U("enter", "VirtualMachine", "v2", {**vm, "name": "V2", "runtime.host": "h2"}),
+    ], full=True)
+
+    def upserts(events: list[object], kind: str) -> dict[str, object]:
+        return {e.entity.id: e.entity for e in events  # type: ignore[attr-defined]
+                if type(getattr(e, "entity", None)).__name__ == kind}
+
+    moved = backend._apply([U("modify", "HostSystem", "h1", {"parent": "c2"})])
+    assert {i: v.cluster_id for i, v in upserts(moved, "VM").items()} == {"v1": "c2"}
+    vmotion = backend._apply([U("modify", "VirtualMachine", "v2", {"runtime.host": "h1"})])
+    nodes = upserts(vmotion, "Node")
+    assert (nodes["h1"].vm_count, nodes["h2"].vm_count) == (2, 0)  # type: ignore[attr-defined]
+    gone = backend._apply([U("leave", "VirtualMachine", "v1", {})])
+    assert upserts(gone, "Node")["h1"].vm_count == 1  # type: ignore[attr-defined]
+    assert backend._vms_on == {"h1": {"v2"}} and backend._host_of == {"v2": "h1"}
