@@ -2,8 +2,10 @@
 
 - ``credentials``: where the password comes from (secret file, environment).
 - ``session``: one pyvmomi session — TLS-verified login, keep-alive, the one
-  PropertyCollector with its ContainerView, paged ``RetrievePropertiesEx`` and
-  ``WaitForUpdatesEx``.
+  PropertyCollector with its ContainerView and update filter
+  (``WaitForUpdatesEx``: its first answer, in pages, is the inventory).
+- ``lean``: the small forms a VM's properties are kept in; ``leanxml`` reads
+  the inventory's VMs from the raw XML straight into them (no pyvmomi).
 - ``mapping``: vSphere objects → the shared model (pure functions).
 - ``backend``: ``VSphereBackend``, the event stream with reconnects.
 - ``executor``: ``VSphereExecutor`` — remove all snapshots + consolidate (the

@@ -1,10 +1,12 @@
 """``VSphereBackend``: a vCenter (or ESXi) as a live, read-only event stream.
 
 The stream: ``ConnectionChanged(CONNECTING)`` → the whole inventory as
-``Upsert`` events (one paged ``RetrievePropertiesEx`` through the session's
-PropertyCollector and ContainerView, plus the recent tasks) → ``CONNECTED`` → live ``Upsert`` /
-``Remove`` events from ``WaitForUpdatesEx`` (blocking long-polls, no
-periodic re-reads) until ``close()``.
+``Upsert`` events (the update filter's first ``WaitForUpdatesEx`` through the
+session's PropertyCollector and ContainerView, plus the recent tasks, in pages
+of ``max_object_updates``, mapped as they come) → ``CONNECTED`` → live
+``Upsert`` / ``Remove`` events from the same filter's later answers (blocking
+long-polls, no periodic re-reads) until ``close()``. The inventory is read
+once: there is no separate ``RetrievePropertiesEx``.
 
 Failures never end the stream except where retrying cannot help:
 
@@ -428,7 +430,8 @@ class VSphereBackend(Backend):
         seen: set[ObjKey] = set()
         while True:
             updates = await self._worker.call(session.wait, self.config.wait_s)
-            self._out.extend(self._apply(updates or [], seen=seen))  # in order, as in _follow
+            # in order, as in _follow; the whole pass below maps every VM again
+            self._out.extend(self._apply(updates or [], seen=seen, whole_pass_follows=True))
             for event in self._drain():
                 yield event
             if session.caught_up:
@@ -615,13 +618,15 @@ class VSphereBackend(Backend):
 
     # -- the client-side view --------------------------------------------------
     def _apply(self, updates: list[ObjectUpdate], *, full: bool = False,
-               seen: set[ObjKey] | None = None,
-               remap: Iterable[ObjKey] = ()) -> list[Event]:
+               seen: set[ObjKey] | None = None, remap: Iterable[ObjKey] = (),
+               whole_pass_follows: bool = False) -> list[Event]:
         """Fold updates into the cache, re-map what they touched, return the diff.
 
         ``seen`` collects the objects updates brought (across the pages of one
         complete read); ``full``: that read is complete — what it did not bring is
-        gone. ``remap``: objects to map again though nothing of theirs changed."""
+        gone. ``remap``: objects to map again though nothing of theirs changed.
+        ``whole_pass_follows``: every VM will be mapped again (the inventory's
+        pages), so a moved host's VMs are not mapped again now."""
         touched: set[ObjKey] = set(remap)
         seen = set() if seen is None else seen
         for upd in updates:
@@ -688,7 +693,7 @@ class VSphereBackend(Backend):
         # and the VMs of a host that changed (its cluster is theirs).
         mapped = set(self._context)
         mapped.update(k for k in touched if k[0] in (VM_T, TASK_T) and k in cache)
-        for host in moved:
+        for host in () if whole_pass_follows else moved:
             mapped.update((VM_T, vm) for vm in self._vms_on.get(host, ()))
         for key in sorted(mapped, key=lambda k: (order[k[0]], k[1])):
             cat, oid = key

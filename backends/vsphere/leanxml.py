@@ -89,11 +89,11 @@ def _disk_layouts(parent: ET.Element) -> tuple[LeanDiskLayout, ...]:
         LeanDiskLayout(
             key=_int(d.find(f"{NS}key")) or 0,
             chain=tuple(
-                LeanDiskUnit(tuple(int(k.text or 0) for k in u.iterfind(f"{NS}fileKey")))
-                for u in d.iterfind(f"{NS}chain")
+                LeanDiskUnit(tuple(int(k.text or 0) for k in u.findall(f"{NS}fileKey")))
+                for u in d.findall(f"{NS}chain")
             ),
         )
-        for d in parent.iterfind(f"{NS}disk")
+        for d in parent.findall(f"{NS}disk")
     )
 
 
@@ -109,7 +109,7 @@ def layout(val: ET.Element) -> LeanLayoutEx:
                 uniqueSize=_int(f.find(f"{NS}uniqueSize"), None),
                 accessible=_bool(f, "accessible"),
             )
-            for f in val.iterfind(f"{NS}file")
+            for f in val.findall(f"{NS}file")
         ),
         disk=_disk_layouts(val),
         snapshot=tuple(
@@ -119,7 +119,7 @@ def layout(val: ET.Element) -> LeanLayoutEx:
                 memoryKey=_int(s.find(f"{NS}memoryKey"), None),
                 disk=_disk_layouts(s),
             )
-            for s in val.iterfind(f"{NS}snapshot")
+            for s in val.findall(f"{NS}snapshot")
         ),
     )
 
@@ -142,7 +142,7 @@ def _backing(dev: ET.Element) -> LeanDiskBacking | None:
 def hardware(val: ET.Element) -> LeanHardware:
     """``config.hardware`` (a ``VirtualHardware``): the devices ``lean_hardware`` keeps."""
     disks: list[LeanDevice] = []
-    for dev in val.iterfind(f"{NS}device"):
+    for dev in val.findall(f"{NS}device"):
         xsi = dev.get(XSI_TYPE, "")
         if xsi.endswith("VirtualDisk"):
             disks.append(LeanVirtualDisk(
@@ -182,7 +182,7 @@ def _tree(elem: ET.Element) -> LeanSnapshotTree:
         description=_text(elem, "description"),
         createTime=when,
         quiesced=False if quiesced is None else _xsd_bool(quiesced),
-        childSnapshotList=tuple(_tree(c) for c in elem.iterfind(f"{NS}childSnapshotList")),
+        childSnapshotList=tuple(_tree(c) for c in elem.findall(f"{NS}childSnapshotList")),
     )
 
 
@@ -191,7 +191,7 @@ def snapshot(val: ET.Element) -> LeanSnapshotInfo:
     current = val.findtext(f"{NS}currentSnapshot")
     return LeanSnapshotInfo(
         currentSnapshot=intern(current) if current else None,
-        rootSnapshotList=tuple(_tree(t) for t in val.iterfind(f"{NS}rootSnapshotList")),
+        rootSnapshotList=tuple(_tree(t) for t in val.findall(f"{NS}rootSnapshotList")),
     )
 
 
@@ -244,7 +244,7 @@ def read_vm(obj_set: ET.Element) -> VmUpdate:
         raise Unreadable(f"object update {kind!r} of {oid!r}")
     assigned: dict[str, Any] = {}
     removed: list[str] = []
-    for change in obj_set.iterfind(f"{NS}changeSet"):
+    for change in obj_set.findall(f"{NS}changeSet"):
         name = intern(change.findtext(f"{NS}name")) or ""
         reader = VM_READERS.get(name)
         if reader is None:  # a nested path or one not asked for: pyvmomi and the caller
