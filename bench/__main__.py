@@ -149,7 +149,10 @@ def run_console_suite(args: argparse.Namespace) -> list[Suite]:
     results.update(run_report())
     results["loadavg_start"], results["loadavg_end"] = load, _loadavg()
     print(f"\nredraw samples: {results['redraw_samples']}, max {results['redraw_max_ms']} ms; "
-          f"keys during load: {results['keys_during_load']}, max "
+          f"keys during load: {results['keys_during_load']} over "
+          f"{results['keys_during_load_loads']} loads at {results['keys_during_load_per_s']:g}/s "
+          f"({results['keys_during_load_unanswered']} unanswered), p99 "
+          f"{results['keys_during_load_p99_ms']} ms, max "
           f"{results['keys_during_load_max_ms']} ms; inventory of "
           f"{results['inventory_entities']:,} entities; findings: "
           f"{results['findings_count']:,} over {results['findings_changes']:,} single changes, "
