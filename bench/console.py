@@ -213,16 +213,21 @@ class KeyProbe:
     flight at a time, on the loop itself: a stall was one sample among ~25 a load.)
     Keys are handled in order, so each answer is the oldest key not yet answered.
     The probe can press through several loads (one :meth:`run` each); their keys
-    are pooled in :meth:`figures`.
+    are pooled in :meth:`figures`. Beside each key's wait, the UI loop thread's CPU
+    time in it (``_cpu``): on a shared machine, what the console itself did while
+    the key waited, without the time other processes had the core.
     """
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.latencies_cpu: list[float] = []  # the UI loop thread's CPU time in each wait
+        self.max_by_load: list[float] = []
         self.loads = 0
         self.unanswered = 0  # pressed during a load, not answered 10 s after it
         self._lock = threading.Lock()
-        self._pressed: collections.deque[float] = collections.deque()
+        self._pressed: collections.deque[tuple[float, float]] = collections.deque()
         self._halt = threading.Event()
+        self._loop_clock = 0  # the UI loop thread's CPU clock (set by run)
 
     @contextlib.contextmanager
     def installed(self) -> Any:
@@ -230,10 +235,12 @@ class KeyProbe:
         probe = self
 
         def timed(table: VmTable) -> None:
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), time.thread_time()
             with probe._lock:
                 if probe._pressed:
-                    probe.latencies.append(now - probe._pressed.popleft())
+                    pressed, pressed_cpu = probe._pressed.popleft()
+                    probe.latencies.append(now - pressed)
+                    probe.latencies_cpu.append(cpu - pressed_cpu)
             original(table)
 
         VmTable.action_cursor_down = timed  # type: ignore[method-assign]
@@ -248,7 +255,8 @@ class KeyProbe:
         while not self._halt.is_set():
             key = events.Key("down", None)
             with self._lock:
-                self._pressed.append(time.perf_counter())
+                self._pressed.append((time.perf_counter(),
+                                      time.clock_gettime(self._loop_clock)))
             driver.process_message(key)
             due = max(due + KEY_PERIOD_S, time.perf_counter())
             self._halt.wait(max(0.0, due - time.perf_counter()))
@@ -257,6 +265,8 @@ class KeyProbe:
         """Press from when the VM table has the focus until :meth:`stop`, then wait (at
         most 10 s) for every key pressed to be answered."""
         self._halt.clear()
+        self._loop_clock = time.pthread_getcpuclockid(threading.get_ident())
+        answered = len(self.latencies)
         while not isinstance(app.focused, VmTable) and not self._halt.is_set():
             await asyncio.sleep(0.005)
         driver = app._driver
@@ -275,6 +285,7 @@ class KeyProbe:
             self.unanswered += len(self._pressed)
             self._pressed.clear()
         self.loads += 1
+        self.max_by_load.append(max(self.latencies[answered:], default=0.0))
 
     def stop(self) -> None:
         self._halt.set()
@@ -284,7 +295,10 @@ class KeyProbe:
                 "keys_during_load_loads": self.loads,
                 "keys_during_load_per_s": round(1 / KEY_PERIOD_S, 1),
                 "keys_during_load_unanswered": self.unanswered,
-                **latency_stats(self.latencies, "keys_during_load")}
+                **latency_stats(self.latencies, "keys_during_load"),
+                "keys_during_load_max_ms_by_load": [round(1000 * x, 1)
+                                                    for x in self.max_by_load],
+                **latency_stats(self.latencies_cpu, "keys_during_load_cpu")}
 
 
 def _forget_frozen() -> None:

@@ -54,6 +54,12 @@ async def test_every_key_pressed_during_a_stall_is_a_sample() -> None:
     # more (had the probe waited for each answer before the next key: one). At least 4, so
     # a pressing thread woken late on a busy machine still passes.
     assert len(stalled) >= 4, (KEY_PERIOD_S, probe.latencies)
+    # The loop slept through the stall: the CPU time it spent while those keys waited is
+    # a small part of their wait (the figure that leaves out other processes' turns).
+    assert len(probe.latencies_cpu) == len(probe.latencies)
+    cpu = [c for c, w in zip(probe.latencies_cpu, probe.latencies, strict=True)
+           if w >= STALL_S / 2]
+    assert max(cpu) < STALL_S / 4, cpu
     figures = probe.figures()
     assert figures["keys_during_load"] == len(probe.latencies)
     assert (figures["keys_during_load_loads"], figures["keys_during_load_unanswered"]) == (1, 0)
