@@ -226,7 +226,8 @@ class KeyProbe:
         self.unanswered = 0  # pressed during a load, not answered 10 s after it
         self._lock = threading.Lock()
         self._pressed: collections.deque[tuple[float, float]] = collections.deque()
-        self._halt = threading.Event()
+        self._halt = threading.Event()  # the pressing thread stops
+        self._stopped: asyncio.Event | None = None  # run() stops (made in its loop)
         self._loop_clock = 0  # the UI loop thread's CPU clock (set by run)
 
     @contextlib.contextmanager
@@ -264,7 +265,16 @@ class KeyProbe:
     async def run(self, app: VentanaApp) -> None:
         """Press from when the VM table has the focus until :meth:`stop`, then wait (at
         most 10 s) for every key pressed to be answered."""
-        self._halt.clear()
+        try:
+            await self._run(app)
+        finally:
+            self._halt.clear()  # ready for the next load
+            self._stopped = None
+
+    async def _run(self, app: VentanaApp) -> None:
+        if self._halt.is_set():
+            return
+        self._stopped = stopped = asyncio.Event()
         self._loop_clock = time.pthread_getcpuclockid(threading.get_ident())
         answered = len(self.latencies)
         while not isinstance(app.focused, VmTable) and not self._halt.is_set():
@@ -275,8 +285,7 @@ class KeyProbe:
         thread = threading.Thread(target=self._press, args=(driver,), name="bench-keys",
                                   daemon=True)
         thread.start()
-        while not self._halt.is_set():
-            await asyncio.sleep(0.005)
+        await stopped.wait()
         await asyncio.to_thread(thread.join)
         deadline = time.perf_counter() + 10.0
         while self._pressed and time.perf_counter() < deadline:
@@ -288,7 +297,10 @@ class KeyProbe:
         self.max_by_load.append(max(self.latencies[answered:], default=0.0))
 
     def stop(self) -> None:
+        """Stop pressing (call from the UI loop)."""
         self._halt.set()
+        if self._stopped is not None:
+            self._stopped.set()
 
     def figures(self) -> dict[str, Any]:
         return {"keys_during_load": len(self.latencies),
