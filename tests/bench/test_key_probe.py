@@ -41,7 +41,7 @@ async def test_every_key_pressed_during_a_stall_is_a_sample() -> None:
                      log=None, log_error="benchmark")
     probe = KeyProbe()
     with probe.installed():
-        async with app.run_test(size=SIZE):
+        async with app.run_test(size=SIZE) as pilot:
             pressing = asyncio.create_task(probe.run(app))
             await _answered(probe, 5, 20, "the first keys")
             before = len(probe.latencies)
@@ -49,6 +49,7 @@ async def test_every_key_pressed_during_a_stall_is_a_sample() -> None:
             await _answered(probe, before + 5, 20, "keys after the stall")
             probe.stop()
             await asyncio.wait_for(pressing, 20)
+            await pilot.pause()  # the last keys' messages, before the app's teardown
     stalled = [lat for lat in probe.latencies[before:] if lat >= STALL_S / 2]
     # Pressed every 20 ms through the stall's first half, some 25 keys waited half of it or
     # more (had the probe waited for each answer before the next key: one). At least 4, so
