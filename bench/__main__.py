@@ -44,6 +44,8 @@ CONSOLE_ROWS = (
     Row("inventory_to_screen_s", "  of which: inventory in → on screen (s)", noise=0.1),
     Row("keys_during_load_p99_ms", "key → handled during the initial load, p99 (ms)", 50.0,
         noise=10),
+    Row("keys_during_load_cpu_p99_ms", "  the UI loop's CPU time in that wait, p99 (ms)",
+        noise=10),
     Row("settle_s", "populated → settled (findings, rows) (s)", noise=0.5),
     Row("idle_cpu_pct", "CPU at rest after settling, 10 s window (%)", 2.0, noise=1.0),
     Row("rss_mb_populated", "RSS when populated (MB)", noise=10),
@@ -149,8 +151,11 @@ def run_console_suite(args: argparse.Namespace) -> list[Suite]:
     results.update(run_report())
     results["loadavg_start"], results["loadavg_end"] = load, _loadavg()
     print(f"\nredraw samples: {results['redraw_samples']}, max {results['redraw_max_ms']} ms; "
-          f"keys during load: {results['keys_during_load']}, max "
-          f"{results['keys_during_load_max_ms']} ms; inventory of "
+          f"keys during load: {results['keys_during_load']} over "
+          f"{results['keys_during_load_loads']} loads at {results['keys_during_load_per_s']:g}/s "
+          f"({results['keys_during_load_unanswered']} unanswered), p99 "
+          f"{results['keys_during_load_p99_ms']} ms, max by load "
+          f"{results['keys_during_load_max_ms_by_load']} ms; inventory of "
           f"{results['inventory_entities']:,} entities; findings: "
           f"{results['findings_count']:,} over {results['findings_changes']:,} single changes, "
           f"max {results['findings_max_ms']} ms")
