@@ -5,7 +5,6 @@
 is ``statistics.quantiles(..., method="inclusive")``: interpolated between the
 two samples around it, so below about 100 samples it lies between the two
 slowest and says little more than the max — report the sample count beside it.
-(bench/vsphere.py's ``_stats`` computes the same figures.)
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from ventana.state.model import Kind
 from ventana.state.store import Store
 
 from .console import IDLE_WINDOW_S, _cpu_percent, _populate, rss_mb, settle
+from .stats import latency_stats
 from .table import Row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -390,9 +391,9 @@ async def run_latency(handle: Any, changes: int = 20) -> dict[str, Any]:
     return {
         "change_samples": len(latencies),
         "change_missed": missed,
-        **_stats(latencies, "change"),
-        **_stats(in_store, "change_in_store"),
-        **_stats(store_to_screen, "change_store_to_screen"),
+        **latency_stats(latencies, "change"),
+        **latency_stats(in_store, "change_in_store"),
+        **latency_stats(store_to_screen, "change_store_to_screen"),
         "first_update_after_connect_s": round(first_update_s, 2),
         **cpu,
         "vs_populated_after_inventory_s": round(populated_after_inventory_s, 3),
@@ -402,18 +403,6 @@ async def run_latency(handle: Any, changes: int = 20) -> dict[str, Any]:
         "vs_sort_ms": sort_ms,
         "vs_filter_ms": filter_ms,
     }
-
-
-def _stats(values: list[float], name: str) -> dict[str, float | None]:
-    """Median, p99 (inclusive quantiles; the max below 100 samples) and max, in ms."""
-    ordered = sorted(values)
-    if not ordered:
-        return {f"{name}_median_ms": None, f"{name}_p99_ms": None, f"{name}_max_ms": None}
-    p99 = (statistics.quantiles(ordered, n=100, method="inclusive")[98]
-           if len(ordered) >= 2 else ordered[0])
-    return {f"{name}_median_ms": round(1000 * statistics.median(ordered), 1),
-            f"{name}_p99_ms": round(1000 * p99, 1),
-            f"{name}_max_ms": round(1000 * ordered[-1], 1)}
 
 
 async def _sort_and_filter(table: Any, pilot: Any, rounds: int = 5) -> tuple[float, float]:

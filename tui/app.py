@@ -334,7 +334,10 @@ class VentanaApp(compact.SafetyMixin, App[None]):
 
     def _show_vm(self, vm_id: str | None) -> None:
         self._selected_vm = vm_id
-        pane = self.query_one(CheckpointsPane)
+        try:
+            pane = self.query_one(CheckpointsPane)
+        except NoMatches:  # a key's cursor move handled while the app is closing
+            return
         pane.show_vm(self.store, vm_id)
         vm = self.store.vm(vm_id) if vm_id else None
         pane.border_title = Text(f"Checkpoints — {vm.name}") if vm else "Checkpoints"

@@ -40,6 +40,19 @@ async def test_panes_fill_and_selection_follows_the_cursor(tmp_path: Path) -> No
         assert app.focused is not table
 
 
+async def test_a_cursor_move_handled_while_closing_is_no_crash(tmp_path: Path) -> None:
+    """A key held down as the operator quits: the table's last cursor moves may be
+    handled after the checkpoints pane is gone (seen in the bench: NoMatches)."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await populated(pilot)
+        table = app.query_one(VmTable)
+        await app.query_one(CheckpointsPane).remove()
+        table.post_message(VmTable.CursorMoved(table, table.cursor_vm_id))
+        await pilot.pause(0.1)
+        assert app.is_running and app._exception is None
+
+
 async def test_filter_narrows_the_vm_list_and_escape_clears(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
