@@ -44,6 +44,8 @@ from xml.sax.saxutils import escape
 from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapResponseDeserializer, SoapStubAdapter
 
+from ventana.state.sanitize import clean
+
 from .lean import compact_vm
 from .leanxml import NS as _NS
 from .leanxml import Unreadable, split_answer
@@ -313,8 +315,12 @@ def decode(path: Path) -> Capture:
         header = json.loads(next(lines))
     except (StopIteration, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a ventana probe capture") from exc
-    if header.get("ventana_probe") != FORMAT:
-        raise ValueError(f"{path}: not a ventana probe capture (format {FORMAT})")
+    if not isinstance(header, dict) or "ventana_probe" not in header:
+        raise ValueError(f"{path}: not a ventana probe capture")
+    if header["ventana_probe"] != FORMAT:
+        raise ValueError(f"{path}: a ventana probe capture of format "
+                         f"{clean(str(header['ventana_probe']))[:20]}; this version reads "
+                         f"format {FORMAT} — run the probe again")
     return Capture(header, [json.loads(line) for line in _nonempty(lines)])
 
 

@@ -87,3 +87,21 @@ def test_probe_captures_every_read_and_decodes(tmp_path: Path, capsys, monkeypat
 def test_probe_without_a_target_is_refused(tmp_path: Path, capsys) -> None:
     assert main(["probe", "--out", str(tmp_path / "x")]) == 2
     assert "--vsphere" in capsys.readouterr().err
+
+
+def test_a_capture_of_another_format_is_refused_by_name(tmp_path: Path) -> None:
+    """A stop-12 capture (format 1: the inventory as RetrievePropertiesEx) is not read
+    as if it were a current one; the operator is told to probe again."""
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"ventana_probe": 1, "soap_version": "vim25/8.0"}) + "\n")
+    with pytest.raises(ValueError, match="format 1; this version reads format 2"):
+        decode(old)
+    stray = tmp_path / "stray.jsonl"
+    stray.write_text(json.dumps({"ventana_probe": "\x1b[2J" * 10}) + "\n")
+    with pytest.raises(ValueError) as refused:
+        decode(stray)
+    assert "\x1b" not in str(refused.value)
+    other = tmp_path / "other.jsonl"
+    other.write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match="not a ventana probe capture"):
+        decode(other)
