@@ -70,6 +70,19 @@ def connect(handle: VcsimHandle):
     )
 
 
+def iso_cdrom(vm: vim.VirtualMachine, datastore_name: str) -> vim.vm.ConfigSpec:
+    """A CD-ROM on an ISO in ``datastore_name``, added to ``vm``'s first IDE controller
+    (the VM's ``datastore`` then lists that datastore too, first in vcsim)."""
+    ide = next(d for d in vm.config.hardware.device
+               if isinstance(d, vim.vm.device.VirtualIDEController))
+    cdrom = vim.vm.device.VirtualCdrom(
+        key=-1, controllerKey=ide.key, unitNumber=1,
+        backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(
+            fileName=f"[{datastore_name}] iso/installer.iso"))
+    return vim.vm.ConfigSpec(deviceChange=[
+        vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom)])
+
+
 def config_for(handle: VcsimHandle, **kw: object) -> VSphereConfig:
     base: dict[str, object] = {
         "host": handle.host,

@@ -274,6 +274,7 @@ def add_iso_on_another_datastore(handle: object) -> str:
     from pyVim.connect import Disconnect
     from pyVim.task import WaitForTask
     from pyVmomi import vim
+    from test_vsphere_backend import iso_cdrom  # the same folder
 
     si = vsphere._connect(handle)
     try:
@@ -283,14 +284,7 @@ def add_iso_on_another_datastore(handle: object) -> str:
         vm = sorted(view.view, key=lambda v: v.name)[0]
         home = vm.datastore[0]
         other = next(d for d in vm.runtime.host.datastore if d != home)
-        ide = next(d for d in vm.config.hardware.device
-                   if isinstance(d, vim.vm.device.VirtualIDEController))
-        cdrom = vim.vm.device.VirtualCdrom(
-            key=-1, controllerKey=ide.key, unitNumber=1,
-            backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(
-                fileName=f"[{other.name}] iso/installer.iso"))
-        WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
-            vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom)])), si=si)
+        WaitForTask(vm.ReconfigVM_Task(iso_cdrom(vm, other.name)), si=si)
         assert len(vm.datastore) == 2
         return str(vm._moId)
     finally:

@@ -37,6 +37,7 @@ from test_vsphere_backend import (  # the same folder (rootdir-less test modules
     Stream,
     config_for,
     connect,
+    iso_cdrom,
     reconfig_via,
     snapshot_via,
     vm_by_name,
@@ -283,14 +284,8 @@ async def test_an_iso_datastore_listed_first_is_not_taken_for_the_vms(
         home = vm_home(server_vm)
         iso_ds = next(d for d in store.luns() if d.id != home and d.name.startswith("LocalDS")
                       and d.cluster_id == vm.cluster_id)
-        ide = next(d for d in server_vm.config.hardware.device
-                   if isinstance(d, vim.vm.device.VirtualIDEController))
-        cdrom = vim.vm.device.VirtualCdrom(
-            key=-1, controllerKey=ide.key, unitNumber=1,
-            backing=vim.vm.device.VirtualCdrom.IsoBackingInfo(
-                fileName=f"[{iso_ds.name}] iso/installer.iso"))
-        await asyncio.to_thread(WaitForTask, server_vm.ReconfigVM_Task(vim.vm.ConfigSpec(
-            deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", device=cdrom)])))
+        await asyncio.to_thread(WaitForTask,
+                                server_vm.ReconfigVM_Task(iso_cdrom(server_vm, iso_ds.name)))
         assert server_vm.datastore[0]._moId == iso_ds.id  # the ISO's store comes first
         snap = await snapshot_via(other, vm.id, "with-iso")
         await s.until(lambda: store.get(Kind.CHECKPOINT, snap), 10, "snapshot seen")
