@@ -200,6 +200,39 @@ async def test_cursor_keys_move_and_post_messages() -> None:
         assert app.activated == ["a"]
 
 
+async def test_cursor_keys_do_not_wait_behind_the_tables_own_queue() -> None:
+    """The cursor keys are run as they reach the app (priority bindings), not after a
+    second hop into the table's message queue, where its timers and callbacks come
+    first (during a 10,000-VM load that hop was most of a key's wait)."""
+    import asyncio
+
+    from textual import events
+
+    app = Host(small_cluster())
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(VmTable)
+        await pilot.pause()
+        assert table.cursor_vm_id == "a"
+        gate = asyncio.Event()
+
+        async def busy() -> None:  # the table's queue is held by earlier work
+            await gate.wait()
+
+        table.call_later(busy)
+        await asyncio.sleep(0.05)
+        app.post_message(events.Key("down", None))
+        try:
+            for _ in range(100):
+                if table.cursor_vm_id == "b":
+                    break
+                await asyncio.sleep(0.01)
+            assert table.cursor_vm_id == "b"
+        finally:
+            gate.set()
+        await pilot.pause()
+        assert app.moved[-1] == "b"
+
+
 async def test_click_selects_a_row_and_header_click_sorts() -> None:
     app = Host(small_cluster())
     async with app.run_test(size=SIZE) as pilot:
