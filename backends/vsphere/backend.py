@@ -67,7 +67,14 @@ from .mapping import (
     task_entity,
     vm_entities,
 )
-from .session import DATASTORE_PATHS, ObjectUpdate, Session, Worker, ssl_context
+from .session import (
+    DATASTORE_PATHS,
+    ObjectUpdate,
+    ReadAheadMismatch,
+    Session,
+    Worker,
+    ssl_context,
+)
 
 log = logging.getLogger("ventana.backends.vsphere")
 # Pushed VM properties after whose change layoutEx (never reliably pushed) is
@@ -185,6 +192,7 @@ class VSphereBackend(Backend):
         self.stun_probe: Callable[..., Any] | None = None  # (vm_id, since) -> outcome text
         self.guest_shell: Callable[[str], Any] | None = None  # VM name -> shell for its hooks
         self.reads = 0  # full inventory reads (first connect, re-logins, reconnects)
+        self._read_ahead = True  # off for good once a page asked ahead did not match
         self.slow_waits = 0  # update waits that timed out on a server that still answered
         self._said_slow = False  # the link's reason says so (cleared by the next answer)
 
@@ -379,6 +387,8 @@ class VSphereBackend(Backend):
                 except Exception as exc:
                     if self._closed:
                         break
+                    if isinstance(exc, ReadAheadMismatch):  # never again: no loop
+                        self._read_ahead = False
                     reason = self._describe(exc)
                 finally:
                     self._connected = False
@@ -574,6 +584,7 @@ class VSphereBackend(Backend):
                 http_timeout=max(cfg.http_timeout_s, cfg.wait_s + 5),
                 max_object_updates=cfg.max_object_updates,
                 inventory_timeout=cfg.inventory_timeout_s,
+                read_ahead=self._read_ahead,
             )
         except vim.fault.InvalidLogin as exc:
             raise FatalError(f"login refused for {cfg.user}: {exc.msg or 'InvalidLogin'}") from None

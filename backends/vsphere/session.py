@@ -164,6 +164,11 @@ class TaskTimeout(Exception):
         self.timeout_s = timeout_s
 
 
+class ReadAheadMismatch(http.client.HTTPException):
+    """A page asked for ahead carried another version than the page before it gave
+    (never seen; a server that writes its answers otherwise than we read them)."""
+
+
 class Session:
     """A logged-in pyvmomi session with its collector, view and update filter.
 
@@ -182,6 +187,7 @@ class Session:
         http_timeout: float = 30.0,
         max_object_updates: int = 0,
         inventory_timeout: float = 0.0,
+        read_ahead: bool = True,
     ) -> None:
         #: The socket timeout of the calls whose answer is the whole inventory (the
         #: update filter's first answer and its pages): the server
@@ -219,6 +225,7 @@ class Session:
         self.version = ""
         self._more = False  # the last answer was truncated: the next completes it
         #: The inventory's next page, asked for while this one is read (``_whole_answer``).
+        self.read_ahead = read_ahead
         self._next_page: tuple[str, concurrent.futures.Future[bytes]] | None = None
         self._pager = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="ventana-vsphere-page")
@@ -355,7 +362,7 @@ class Session:
             body = asked[1].result()
         else:
             body = self._page(version, options)
-        following = leanxml.continuation(body)
+        following = leanxml.continuation(body) if self.read_ahead else None
         if following is not None:
             self._next_page = (following, self._pager.submit(self._page, following, options))
         info = self.pc._GetMethodInfo("WaitForUpdatesEx")
@@ -369,8 +376,9 @@ class Session:
             update = deserialize(rest, info.result)
         if following is not None and (update.version != following or not update.truncated):
             # Never expected: the next page was asked for with another version than
-            # the answer holds. Its answer is not used; the connection is re-made.
-            raise http.client.HTTPException(
+            # the answer holds. Its answer is not used; the backend logs in again and
+            # reads without asking ahead (VSphereBackend).
+            raise ReadAheadMismatch(
                 f"WaitForUpdatesEx: page version {following!r} read as {update.version!r}")
         return update, vms
 

@@ -319,3 +319,48 @@ def test_a_host_or_vm_that_moves_remaps_what_depends_on_it() -> None:
     gone = backend._apply([U("leave", "VirtualMachine", "v1", {})])
     assert upserts(gone, "Node")["h1"].vm_count == 1  # type: ignore[attr-defined]
     assert backend._vms_on == {"h1": {"v2"}} and backend._host_of == {"v2": "h1"}
+
+
+async def test_a_page_asked_ahead_with_a_wrong_version_reads_again_without_asking_ahead(
+        vcsim, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Were a server to write its version otherwise than ``leanxml.continuation`` reads
+    it, the page asked ahead would not match: the backend logs in again and reads the
+    inventory without asking ahead — once, never a loop of re-reads."""
+    from ventana.state.events import ConnectionChanged, LinkState
+    from ventana.state.model import Kind
+    from ventana.state.store import Store
+
+    handle, _ = vcsim
+    misread = [0]
+    real = leanxml.continuation
+
+    def wrong_once(body: bytes) -> str | None:
+        version = real(body)
+        if version is not None and not misread[0]:
+            misread[0] += 1
+            return version + "-misread"
+        return version
+
+    monkeypatch.setattr(leanxml, "continuation", wrong_once)
+    cfg = VSphereConfig(host=handle.host, port=handle.port, user=handle.user,
+                        ca_file=handle.ca_path, max_object_updates=7, backoff_initial_s=0.1)
+    backend = VSphereBackend(cfg, password=handle.password)
+    store = Store()
+    links: list[ConnectionChanged] = []
+    stream = backend.events()
+    try:
+        async for event in stream:
+            store.apply(event)
+            if isinstance(event, ConnectionChanged):
+                links.append(event)
+                if event.state is LinkState.CONNECTED:
+                    break
+    finally:
+        await backend.close()
+        async for _ in stream:
+            pass
+    assert misread == [1] and backend.reads == 2 and backend._read_ahead is False
+    assert [e.state for e in links] == [LinkState.CONNECTING, LinkState.RECONNECTING,
+                                        LinkState.CONNECTED]
+    assert "misread" in links[1].reason
+    assert store.count(Kind.VM) == 50
