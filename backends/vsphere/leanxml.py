@@ -280,7 +280,10 @@ def continuation(body: bytes) -> str | None:
     found = _VERSION.search(body, 0, 4096)
     if found is None:
         return None
-    version = ET.fromstring(b"<v>" + found.group(1) + b"</v>").text or ""
+    try:  # the version as XML text: entities undone
+        version = ET.fromstring(b"<v>" + found.group(1) + b"</v>").text or ""
+    except ET.ParseError:  # not asked ahead; the page itself is read as usual
+        return None
     return version or None
 
 

@@ -369,11 +369,10 @@ class Session:
         deserialize = SoapResponseDeserializer(self.si._stub).Deserialize
         try:
             vms, rest = leanxml.split_answer(body)
-        except leanxml.Unreadable as exc:
+            update = deserialize(rest, info.result)
+        except Exception as exc:  # Unreadable, or what was left after the cut was not
             log.info("lean WaitForUpdatesEx answer not read (%s); using pyvmomi", exc)
             update, vms = deserialize(body, info.result), []
-        else:
-            update = deserialize(rest, info.result)
         if following is not None and (update.version != following or not update.truncated):
             # Never expected: the next page was asked for with another version than
             # the answer holds. Its answer is not used; the backend logs in again and

@@ -149,6 +149,28 @@ def test_an_answer_the_lean_reader_does_not_expect_is_read_by_pyvmomi(vcsim) -> 
     with pytest.raises(leanxml.Unreadable, match="maybe"):
         leanxml.split_answer(bad)
 
+    # A name written as CDATA holding "</objectSet>" (vCenter escapes, but a server
+    # may not): the byte cut goes wrong, so the page is read whole by pyvmomi.
+    name = b">DC0_C0_H0_VM0<"
+    assert name in body
+    hostile = body.replace(name, b"><![CDATA[x</objectSet>y]]><", 1)
+    update, vms = session_reading(handle, hostile)
+    assert vms == []  # pyvmomi's
+    names = {str(c.val) for fs in update.filterSet for o in fs.objectSet
+             for c in o.changeSet if c.name == "name"}
+    assert "x</objectSet>y" in names and len(names) >= 50
+
+
+def session_reading(handle: object, body: bytes) -> tuple[object, list[object]]:
+    """``Session._whole_answer`` of ``body`` (as if the server had sent it)."""
+    session = vs_session.Session(handle.host, handle.port, handle.user,  # type: ignore[attr-defined]
+                                 handle.password, ca_file=handle.ca_path)  # type: ignore[attr-defined]
+    try:
+        session._page = lambda version, options: body  # type: ignore[method-assign]
+        return session._whole_answer("", vs_session.PC.WaitOptions(maxWaitSeconds=1))
+    finally:
+        session.close()
+
 
 def test_lean_first_wait_maps_like_pyvmomi(vcsim) -> None:  # type: ignore[no-untyped-def]
     handle, _ = vcsim
@@ -364,3 +386,19 @@ async def test_a_page_asked_ahead_with_a_wrong_version_reads_again_without_askin
                                         LinkState.CONNECTED]
     assert "misread" in links[1].reason
     assert store.count(Kind.VM) == 50
+
+
+def test_continuation_reads_the_version_of_a_truncated_answer_only() -> None:
+    """The version to ask the next page with, from the raw bytes; nothing when the
+    answer is complete or its version cannot be read (the page is then read as usual)."""
+    def answer(version: bytes, truncated: bytes) -> bytes:
+        return (b'<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="s"><soapenv:Body>'
+                b'<WaitForUpdatesExResponse xmlns="urn:vim25"><returnval><version>' + version
+                + b"</version><filterSet></filterSet>" + truncated
+                + b"</returnval></WaitForUpdatesExResponse></soapenv:Body></soapenv:Envelope>")
+
+    assert leanxml.continuation(answer(b"7&amp;8", b"<truncated>true</truncated>")) == "7&8"
+    assert leanxml.continuation(answer(b"7", b"<truncated>false</truncated>")) is None
+    assert leanxml.continuation(answer(b"7", b"")) is None
+    assert leanxml.continuation(answer(b"7&bad;", b"<truncated>true</truncated>")) is None
+    assert leanxml.continuation(answer(b"", b"<truncated>true</truncated>")) is None
