@@ -300,8 +300,13 @@ def split_answer(body: bytes) -> tuple[list[VmUpdate], bytes]:
     Object updates do not nest (``PropertyFilterUpdate.objectSet``: pyvmomi
     docs/vmodl/query/PropertyCollector/FilterUpdate.rst), so each runs from its
     ``<objectSet>`` to the next ``</objectSet>``; the cut is checked against the
-    parse (as many VM updates cut as read) and ``Unreadable`` otherwise.
+    parse (as many VM updates cut as read) and ``Unreadable`` otherwise. Markup
+    that could hold those bytes as text — CDATA, comments, processing
+    instructions — is not cut at all (vCenter escapes text; pyvmomi reads it).
     """
+    after_declaration = body.find(b"?>") + 2 if body.lstrip()[:5] == b"<?xml" else 0
+    if b"<![CDATA[" in body or b"<!--" in body or b"<?" in body[after_declaration:]:
+        raise Unreadable("CDATA, a comment or a processing instruction in the answer")
     try:
         root = ET.fromstring(body)
     except ET.ParseError as exc:

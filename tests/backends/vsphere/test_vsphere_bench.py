@@ -154,6 +154,8 @@ def test_an_answer_the_lean_reader_does_not_expect_is_read_by_pyvmomi(vcsim) -> 
     name = b">DC0_C0_H0_VM0<"
     assert name in body
     hostile = body.replace(name, b"><![CDATA[x</objectSet>y]]><", 1)
+    with pytest.raises(leanxml.Unreadable, match="CDATA"):
+        leanxml.split_answer(hostile)
     update, vms = session_reading(handle, hostile)
     assert vms == []  # pyvmomi's
     names = {str(c.val) for fs in update.filterSet for o in fs.objectSet
