@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--ca-file", type=Path, help="the CA bundle of the hosts' certificates")
     probe.add_argument("--wait", type=int, default=5, metavar="SECONDS",
                        help="vSphere: how long to listen for pushed updates (default 5)")
+    probe.add_argument("--vm", dest="probe_vm", action="append", default=[], metavar="NAME",
+                       help="vSphere: read the storage properties of this VM (repeat; "
+                            "default: the inventory's first 20)")
     probe.add_argument("--insecure", action="store_true",
                        help="vSphere: do NOT verify the TLS certificate")
     probe.add_argument("--auth", choices=("negotiate", "ntlm", "kerberos", "credssp", "basic"),

@@ -46,7 +46,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         else:
             password, _ = resolve_password(secret_file=args.password_file, env_var=DEFAULT_ENV)
         result = probe(host, int(port), args.user, password, args.out, ca_file=args.ca_file,
-                       insecure=args.insecure, anonymize=args.anonymize, wait_s=args.wait)
+                       insecure=args.insecure, anonymize=args.anonymize, wait_s=args.wait,
+                       vm_names=tuple(args.probe_vm))
     except (CredentialError, HostCheckError) as exc:
         print(f"ventana: {clean(str(exc))}", file=sys.stderr)
         return 2

@@ -10,7 +10,8 @@ sends, keeping each raw SOAP answer:
   backend's inventory read; and one more wait of ``wait_s`` seconds — what
   the server pushes meanwhile;
 - ``TaskManager.recentTask`` with every task's ``info`` (the VM_BUSY read);
-- for up to ``vm_limit`` VMs, ``layoutEx``, ``snapshot``,
+- for the VMs named (``vm_names``: ``--vm``, as shown or as vCenter reports
+  the name), else the first ``vm_limit`` VMs, ``layoutEx``, ``snapshot``,
   ``runtime.consolidationNeeded`` and ``datastore`` read directly (what the
   backend reads after ``RefreshStorageInfo``; the probe does not call it).
 
@@ -45,6 +46,7 @@ from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapResponseDeserializer, SoapStubAdapter
 
 from ventana.state.sanitize import clean
+from ventana.state.vsphere_names import typed_matches, unescape
 
 from .lean import compact_vm
 from .leanxml import NS as _NS
@@ -85,6 +87,7 @@ def probe(
     anonymize: bool = False,
     wait_s: int = 5,
     vm_limit: int = 20,
+    vm_names: tuple[str, ...] = (),
     page_size: int = 500,
 ) -> ProbeResult:
     """Log in, send the backend's reads, write the raw answers to ``out``. Blocks."""
@@ -121,9 +124,17 @@ def probe(
         keep("recent-tasks", "RetrievePropertiesEx", session.post_raw(
             session.content.propertyCollector, "RetrievePropertiesEx",
             [[spec], PC.RetrieveOptions()]))
-        # 4. The storage re-read, for a few VMs.
-        vms = [e.get("obj") for e in _objects(records, "inventory")
-               if e.get("type") == "VirtualMachine"][:vm_limit]
+        # 4. The storage re-read: the VMs named (as shown or as vCenter reports
+        # them), else the inventory's first ``vm_limit``.
+        inventory = [e for e in _objects(records, "inventory") if e["type"] == "VirtualMachine"]
+        if vm_names:
+            vms = [e["obj"] for e in inventory
+                   if any(typed_matches(n, unescape(e["name"])) for n in vm_names)]
+            found = {unescape(e["name"]) for e in inventory if e["obj"] in vms}
+            notes.extend(f"no VM named '{clean(n)}' in the inventory" for n in vm_names
+                         if not any(typed_matches(n, f) for f in found))
+        else:
+            vms = [e["obj"] for e in inventory][:vm_limit]
         for vm_id in vms:
             vm = vim.VirtualMachine(vm_id, session.si._stub)
             spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=vm, skip=False)],
@@ -143,7 +154,8 @@ def probe(
                        "apiVersion": str(about.apiVersion), "build": str(about.build)},
             "soap_version": str(session.si._stub.version),
             "host": host, "user": user,
-            "options": {"wait_s": wait_s, "vm_limit": vm_limit, "page_size": page_size},
+            "options": {"wait_s": wait_s, "vm_limit": vm_limit, "page_size": page_size,
+                        "vms_named": len(vm_names)},
             "anonymized": anonymize,
             "notes": notes,
         }
@@ -171,7 +183,9 @@ def _objects(records: list[dict[str, Any]], purpose: str) -> list[dict[str, str]
         for obj in ET.fromstring(rec["body"]).iter(f"{_NS}objectSet"):
             ref = obj.find(f"{_NS}obj")
             if ref is not None:
-                out.append({"obj": ref.text or "", "type": ref.get("type", "")})
+                name = next((c.findtext(f"{_NS}val") or "" for c in obj.findall(f"{_NS}changeSet")
+                             if c.findtext(f"{_NS}name") == "name"), "")
+                out.append({"obj": ref.text or "", "type": ref.get("type", ""), "name": name})
     return out
 
 

@@ -105,3 +105,28 @@ def test_a_capture_of_another_format_is_refused_by_name(tmp_path: Path) -> None:
     other.write_text("[1, 2]\n")
     with pytest.raises(ValueError, match="not a ventana probe capture"):
         decode(other)
+
+
+@pytest.mark.timeout(60)
+def test_probe_reads_the_storage_of_the_vms_named(tmp_path: Path, capsys) -> None:
+    """``--vm NAME`` (repeatable): the storage re-read covers the VMs named, not the
+    inventory's first 20; a name the inventory does not hold is said in the notes."""
+    handle = start_vcsim(tmp_path / "peer", clusters=1, hosts=1, vms=3, datastores=1,
+                         quiet=True)
+    try:
+        secret = tmp_path / "pw"
+        secret.write_text(handle.password)
+        os.chmod(secret, 0o600)
+        out = tmp_path / "named.jsonl"
+        assert main(["probe", "--vsphere", f"{handle.host}:{handle.port}", "--user",
+                     handle.user, "--ca-file", str(handle.ca_path), "--password-file",
+                     str(secret), "--wait", "0", "--vm", "DC0_C0_H0_VM1", "--vm",
+                     "no-such\x1b[2Jvm", "--out", str(out)]) == 0
+        said = capsys.readouterr().out
+        assert "no VM named 'no-such" in said and "\x1b" not in said
+        capture = decode(out)
+        storage = [p for p in capture.purposes() if p.startswith("storage:")]
+        named = [u.moid for u in capture.inventory() if u.assigned.get("name") == "DC0_C0_H0_VM1"]
+        assert storage == [f"storage:{named[0]}"]
+    finally:
+        handle.stop()
