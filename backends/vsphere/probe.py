@@ -48,7 +48,6 @@ from pyVmomi.SoapAdapter import SoapResponseDeserializer, SoapStubAdapter
 from ventana.state.sanitize import clean
 from ventana.state.vsphere_names import typed_matches, unescape
 
-from .lean import compact_vm
 from .leanxml import NS as _NS
 from .leanxml import Unreadable, split_answer
 from .session import (
@@ -56,7 +55,7 @@ from .session import (
     STORAGE_PATHS,
     ObjectUpdate,
     Session,
-    type_name,
+    object_updates,
 )
 
 FORMAT = 2  # 2: the inventory is the update filter's first answer (1: RetrievePropertiesEx)
@@ -278,7 +277,7 @@ class Capture:
             vms, rest = split_answer(body)
             out.extend(ObjectUpdate(kind, "VirtualMachine", oid, assigned, removed)
                        for kind, oid, assigned, removed in vms)
-            out.extend(_pyvmomi_objects(deserialize(rest)))
+            out.extend(object_updates(deserialize(rest)))
         return out
 
     def lean_differences(self) -> list[str]:
@@ -293,7 +292,7 @@ class Capture:
             except Unreadable as exc:
                 out.append(f"page {n}: not read lean ({exc}); the backend reads it by pyvmomi")
                 continue
-            theirs = {u.moid: u.assigned for u in _pyvmomi_objects(deserialize(body))
+            theirs = {u.moid: u.assigned for u in object_updates(deserialize(body))
                       if u.type_name == "VirtualMachine"}
             for _, oid, assigned, _ in vms:
                 other = {k: v for k, v in theirs.pop(oid, {}).items() if v is not None}
@@ -307,19 +306,6 @@ class Capture:
 
     def purposes(self) -> list[str]:
         return [r["purpose"] for r in self.records]
-
-
-def _pyvmomi_objects(update: Any) -> list[ObjectUpdate]:
-    """A deserialized ``UpdateSet``'s objects, VMs' properties in the lean forms."""
-    out: list[ObjectUpdate] = []
-    for fs in getattr(update, "filterSet", None) or ():
-        for obj in fs.objectSet or ():
-            props = {str(c.name): c.val for c in obj.changeSet or ()}
-            kind = type_name(obj.obj)
-            if kind == "VirtualMachine":
-                compact_vm(props)
-            out.append(ObjectUpdate(str(obj.kind), kind, obj.obj._moId, props))
-    return out
 
 
 def decode(path: Path) -> Capture:

@@ -164,6 +164,42 @@ class TaskTimeout(Exception):
         self.timeout_s = timeout_s
 
 
+def object_updates(update: Any, read_props: Callable[[Any, list[str]], dict[str, Any]]
+                   | None = None) -> list[ObjectUpdate]:
+    """A deserialized ``UpdateSet``'s object updates, VMs' properties in the lean
+    forms. A nested change (a server ignoring ``partialUpdates=False``) is never kept
+    under its nested path: ``read_props`` reads the enclosing property again; without
+    it (a capture read back offline) the nested change is left out."""
+    out: list[ObjectUpdate] = []
+    for fs in getattr(update, "filterSet", None) or ():
+        for obj in fs.objectSet or ():
+            assigned: dict[str, Any] = {}
+            removed: list[str] = []
+            nested: set[str] = set()
+            paths = PATHS_BY_NAME.get(type_name(obj.obj), [])
+            for change in obj.changeSet or ():
+                name = intern(change.name) or ""  # a PropertyPath object each, else
+                top = enclosing_path(name, paths)
+                if top != name:  # a nested change: read the whole property
+                    nested.add(top)
+                elif change.op in ("remove", "indirectRemove") or change.val is None:
+                    removed.append(name)
+                else:
+                    assigned[name] = change.val
+            if nested and read_props is not None and str(obj.kind) != "leave":
+                fresh = read_props(obj.obj, sorted(nested))
+                for name in nested:
+                    if fresh.get(name) is None:
+                        removed.append(name)
+                    else:
+                        assigned[name] = fresh[name]
+            kind = type_name(obj.obj)
+            if kind == "VirtualMachine":
+                compact_vm(assigned)
+            out.append(ObjectUpdate(str(obj.kind), kind, obj.obj._moId, assigned, tuple(removed)))
+    return out
+
+
 class ReadAheadMismatch(http.client.HTTPException):
     """A page asked for ahead carried another version than the page before it gave
     (never seen; a server that writes its answers otherwise than we read them)."""
@@ -317,34 +353,7 @@ class Session:
             self.truncated += 1
         out = [ObjectUpdate(kind, "VirtualMachine", oid, assigned, removed)
                for kind, oid, assigned, removed in vms]
-        for fs in update.filterSet or ():
-            for obj in fs.objectSet or ():
-                assigned: dict[str, Any] = {}
-                removed: list[str] = []
-                nested: set[str] = set()
-                paths = PATHS_BY_NAME.get(type_name(obj.obj), [])
-                for change in obj.changeSet or ():
-                    name = intern(change.name) or ""  # a PropertyPath object each, else
-                    top = enclosing_path(name, paths)
-                    if top != name:  # a nested change: read the whole property
-                        nested.add(top)
-                    elif change.op in ("remove", "indirectRemove") or change.val is None:
-                        removed.append(name)
-                    else:
-                        assigned[name] = change.val
-                if nested and str(obj.kind) != "leave":
-                    fresh = self.read_props(obj.obj, sorted(nested))
-                    for name in nested:
-                        if fresh.get(name) is None:
-                            removed.append(name)
-                        else:
-                            assigned[name] = fresh[name]
-                kind = type_name(obj.obj)
-                if kind == "VirtualMachine":
-                    compact_vm(assigned)
-                out.append(
-                    ObjectUpdate(str(obj.kind), kind, obj.obj._moId, assigned, tuple(removed))
-                )
+        out.extend(object_updates(update, self.read_props))
         return out
 
     def _whole_answer(self, version: str, options: Any) -> tuple[Any, list[leanxml.VmUpdate]]:
