@@ -8,11 +8,12 @@ and the action path through ``resolve`` → ``plan`` → ``execute``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import subprocess
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,17 @@ def _chunks(start: int, count: int, size: int, pause: float) -> list[list[Any] |
     return out
 
 
+@contextlib.asynccontextmanager
+async def following(core: Console) -> AsyncIterator[None]:
+    """``core.follow()`` running; on the way out it is cancelled and the core closed."""
+    follow = asyncio.ensure_future(core.follow())
+    try:
+        yield
+    finally:
+        follow.cancel()
+        await core.close()
+
+
 def _arriving(count: int, size: int, pause: float,
               platform: Platform = Platform.HYPERV) -> list[list[Any] | float]:
     """A first inventory as a source sends it: CONNECTING and the cluster, ``count`` VMs
@@ -245,8 +257,7 @@ async def test_an_inventory_that_keeps_arriving_stays_held_then_is_placed_once(
     monkeypatch.setattr("ventana.core.console.INVENTORY_SLICE", 100)
     steps = _arriving(2000, 50, 0.05)  # 40 pieces, 2 s: 7 times the stall bound
     core, heard, backend, watch = scripted_console(monkeypatch, *steps)
-    follow = asyncio.ensure_future(core.follow())
-    try:
+    async with following(core):
         while True:
             await asyncio.sleep(0.05)
             if backend.done.is_set():  # (checked and asserted in one step of the loop)
@@ -261,9 +272,6 @@ async def test_an_inventory_that_keeps_arriving_stays_held_then_is_placed_once(
         # (2,002 objects, or 2,003 once CONNECTED is in and not yet acted on.)
         assert heard.counts[-1].startswith("loading 2,000 VMs… (2,00")
         assert len(heard.counts) >= 40
-    finally:
-        follow.cancel()
-        await core.close()
 
 
 async def test_a_stuck_inventory_shows_what_is_in_and_says_still_loading(
@@ -281,8 +289,7 @@ async def test_a_stuck_inventory_shows_what_is_in_and_says_still_loading(
              *_chunks(300, 700, 50, 0.04),  # then the rest, in 14 pieces over 0.56 s
              [ConnectionChanged("scripted", LinkState.CONNECTED)]]
     core, heard, backend, watch = scripted_console(monkeypatch, *steps)
-    follow = asyncio.ensure_future(core.follow())
-    try:
+    async with following(core):
         await until(lambda: core.store.count(Kind.VM) == 300 and not core.inventory_applying)
         assert not core.loading and core.still_loading
         assert not backend.done.is_set()  # shown while the source was stuck
@@ -294,9 +301,6 @@ async def test_a_stuck_inventory_shows_what_is_in_and_says_still_loading(
         # placement per flush (50 a second here) or per piece (14).
         assert len(announced) <= 5, announced
         assert not any(watch.loose)
-    finally:
-        follow.cancel()
-        await core.close()
 
 
 async def test_a_held_inventory_is_shown_at_the_hard_bound(
@@ -309,8 +313,7 @@ async def test_a_held_inventory_is_shown_at_the_hard_bound(
     monkeypatch.setattr("ventana.core.console.LATE_INVENTORY_EVERY_S", 0.3)
     steps = _arriving(1000, 50, 0.06)  # 1.2 s
     core, heard, backend, watch = scripted_console(monkeypatch, *steps)
-    follow = asyncio.ensure_future(core.follow())
-    try:
+    async with following(core):
         await until(lambda: not core.loading)
         assert core.still_loading and not backend.done.is_set()
         await until(lambda: not core.still_loading)
@@ -318,9 +321,6 @@ async def test_a_held_inventory_is_shown_at_the_hard_bound(
         announced = heard.inventory  # type: ignore[attr-defined]
         assert 0 < announced[0] < 1000 and announced[-1] == 1000 and len(announced) <= 6
         assert not any(watch.loose)
-    finally:
-        follow.cancel()
-        await core.close()
 
 
 class Cluster2(Scripted):
@@ -358,16 +358,12 @@ async def test_a_clusters_inventory_is_held_until_every_node_has_answered(
     """The entry point's CONNECTED does not end the first inventory while its nodes
     still say CONNECTING: it is held until the last of them has answered."""
     core, heard, backend, watch = scripted_console(monkeypatch, backend=Cluster2())
-    follow = asyncio.ensure_future(core.follow())
-    try:
+    async with following(core):
         await until(lambda: backend.done.is_set())
         await until(lambda: not core.loading and not core.inventory_applying)
         assert core.store.count(Kind.VM) == 300 and not core.still_loading
         assert heard.inventory == [300]  # type: ignore[attr-defined]
         assert not any(watch.loose)
-    finally:
-        follow.cancel()
-        await core.close()
 
 
 async def test_a_burst_after_the_first_load_is_applied_in_slices_and_settled(
@@ -544,8 +540,7 @@ async def test_garbage_left_while_the_inventory_arrived_is_never_frozen(
     monkeypatch.setattr("ventana.core.console.GC_COLLECT_AFTER_S", 0.0)
     steps = _arriving(200, 50, 0.05, Platform.VSPHERE)
     core, _heard, _backend, _watch = scripted_console(monkeypatch, *steps)
-    follow = asyncio.ensure_future(core.follow())
-    try:
+    async with following(core):
         await until(lambda: not gc.isenabled())  # the inventory arrives: the GC is off
         garbage = _Cycle()
         gone = weakref.ref(garbage)
@@ -553,7 +548,4 @@ async def test_garbage_left_while_the_inventory_arrived_is_never_frozen(
         await until(lambda: not core.loading and not core.inventory_applying)
         assert core.store.count(Kind.VM) == 200 and gc.isenabled()
         assert gone() is None
-    finally:
-        follow.cancel()
-        await core.close()
         gc.unfreeze()

@@ -649,6 +649,41 @@ async def test_remove_snapshot_that_leaves_consolidation_needed_is_a_warning(
     assert await executor.cancel("t-consolidate") is False  # finished: nothing to cancel
 
 
+class Pausable:
+    """A vcsim of the test's own that it stops (SIGSTOP: the server answers nothing,
+    its sockets stay open) and resumes."""
+
+    def __init__(self, handle: VcsimHandle) -> None:
+        self.handle = handle
+        self.stopped = False
+
+    def stop(self) -> None:
+        os.kill(self.handle.process.pid, signal.SIGSTOP)
+        self.stopped = True
+
+    def resume(self) -> None:
+        if self.stopped:
+            os.kill(self.handle.process.pid, signal.SIGCONT)
+            self.stopped = False
+
+
+@contextlib.asynccontextmanager
+async def paused_peer(handle: VcsimHandle, backend: VSphereBackend
+                      ) -> AsyncIterator[tuple[Stream, object, Pausable]]:
+    """The backend's stream, a second client and the pausable peer; on the way out the
+    peer is resumed, the client and the stream are closed and the peer stopped."""
+    s = Stream(backend, handle.password)
+    other = connect(handle)
+    peer = Pausable(handle)
+    try:
+        yield s, other, peer
+    finally:
+        peer.resume()
+        Disconnect(other)
+        await s.close()
+        handle.stop()
+
+
 @pytest.mark.timeout(40)
 async def test_no_answer_after_the_request_is_unknown_and_never_resent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -658,10 +693,7 @@ async def test_no_answer_after_the_request_is_unknown_and_never_resent(
         config_for(handle, read_only=False, wait_s=1, http_timeout_s=1),  # 6 s socket timeout
         password=handle.password,
     )
-    s = Stream(backend, handle.password)
-    other = connect(handle)
-    stopped = False
-    try:
+    async with paused_peer(handle, backend) as (s, other, peer):
         await s.until(lambda: s.state() is LinkState.CONNECTED, 15, "connected")
         [vm] = list(s.store.vms())
         snap = await snapshot_via(other, vm.id, "before-freeze")
@@ -672,10 +704,8 @@ async def test_no_answer_after_the_request_is_unknown_and_never_resent(
         checked = Session.busy_tasks
 
         def then_silent(self: Session, vm_id: str) -> list:
-            nonlocal stopped
             out = checked(self, vm_id)
-            os.kill(handle.process.pid, signal.SIGSTOP)
-            stopped = True
+            peer.stop()
             return out
 
         monkeypatch.setattr(Session, "busy_tasks", then_silent)
@@ -683,8 +713,7 @@ async def test_no_answer_after_the_request_is_unknown_and_never_resent(
         assert result.state is TaskState.UNKNOWN and "verify on the host" in result.error
         await s.until(lambda: s.state() is LinkState.RECONNECTING, 10, "link down")
 
-        os.kill(handle.process.pid, signal.SIGCONT)
-        stopped = False
+        peer.resume()
         await s.until(lambda: s.state() is LinkState.CONNECTED, 15, "connected again")
         row = s.store.task("t-unknown")
         assert row is not None and row.state is TaskState.UNKNOWN
@@ -703,12 +732,6 @@ async def test_no_answer_after_the_request_is_unknown_and_never_resent(
             if "RemoveAllSnapshots" in str(t.info.descriptionId)
         ]
         assert len(removals) <= 1
-    finally:
-        if stopped:
-            os.kill(handle.process.pid, signal.SIGCONT)
-        Disconnect(other)
-        await s.close()
-        handle.stop()
 
 
 @pytest.mark.timeout(60)
@@ -724,18 +747,7 @@ async def test_a_slow_server_is_not_a_lost_connection(
     handle = start_vcsim(tmp_path / "peer", clusters=0, standalone_hosts=1, vms=2, quiet=True)
     backend = VSphereBackend(config_for(handle, wait_s=1, http_timeout_s=1),  # 6 s timeout
                              password=handle.password)
-    s = Stream(backend, handle.password)
-    other = connect(handle)
-    stopped = False
     probed = Session.keep_alive
-
-    def back_when_probed(self: Session) -> None:
-        # The server resumes as the backend asks whether it answers: slow, not gone.
-        nonlocal stopped
-        if stopped:
-            os.kill(handle.process.pid, signal.SIGCONT)
-            stopped = False
-        probed(self)
 
     answered = 0
     waited = Session.wait
@@ -747,7 +759,13 @@ async def test_a_slow_server_is_not_a_lost_connection(
         return out
 
     monkeypatch.setattr(Session, "wait", counted)
-    try:
+    async with paused_peer(handle, backend) as (s, other, peer):
+
+        def back_when_probed(self: Session) -> None:
+            # The server resumes as the backend asks whether it answers: slow, not gone.
+            peer.resume()
+            probed(self)
+
         await s.until(lambda: s.state() is LinkState.CONNECTED, 15, "connected")
         # Stopped while a wait is pending at the server: one empty wait (wait_s) has
         # come back and the next has had time to reach vcsim. vcsim keeps no version
@@ -757,8 +775,7 @@ async def test_a_slow_server_is_not_a_lost_connection(
         await s.until(lambda: answered >= 2, 15, "an empty update wait")
         await asyncio.sleep(0.5)
         monkeypatch.setattr(Session, "keep_alive", back_when_probed)
-        os.kill(handle.process.pid, signal.SIGSTOP)
-        stopped = True
+        peer.stop()
         await s.until(lambda: backend.slow_waits >= 1, 20, "a wait timed out")
         [said] = [e for e in s.links() if "slow" in e.reason]
         assert said.state is LinkState.CONNECTED and "still connected" in said.reason
@@ -771,12 +788,6 @@ async def test_a_slow_server_is_not_a_lost_connection(
         states = [e.state for e in s.links()]
         assert LinkState.STALE not in states and LinkState.RECONNECTING not in states
         assert backend.reads == 1  # never read again in full
-    finally:
-        if stopped:
-            os.kill(handle.process.pid, signal.SIGCONT)
-        Disconnect(other)
-        await s.close()
-        handle.stop()
 
 
 # --- mapping (no network) ------------------------------------------------------------
