@@ -97,3 +97,22 @@ def _isolated_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
     os.environ.pop("NO_COLOR", None)
+
+
+@pytest.fixture(autouse=True)
+def _no_gc_pause_left() -> Iterator[None]:
+    """A test that ends with one of our collector pauses still running (a console not
+    closed mid-load, a build that never finished) fails: every later test in the
+    process would run without the cyclic GC, and a pause that cannot end is a bug. A
+    worker thread still reading a page when its test closed the backend ends its pause
+    by itself: waited for, up to 10 s."""
+    import time
+
+    from ventana.backends import gcpause
+
+    before = gcpause.pausing()
+    yield
+    deadline = time.monotonic() + 10.0
+    while gcpause.pausing() != before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gcpause.pausing() == before, "a garbage-collector pause was left running"

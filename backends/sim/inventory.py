@@ -15,7 +15,6 @@ under a second.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import random
 import uuid
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from ventana.state.model import (
     VirtualDisk,
 )
 
+from .. import gcpause
 from . import lab
 from .config import SimConfig
 from .construct import constructor
@@ -325,13 +325,8 @@ def build_inventory(config: SimConfig, epoch: datetime | None = None) -> Invento
     ~100,000 acyclic objects for 10,000 VMs, and collections triggered by
     them would only rescan the caller's heap.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gcpause.paused():
         return finish(building_inventory(config, epoch))
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def building_inventory(config: SimConfig, epoch: datetime | None = None) -> Steps[Inventory]:

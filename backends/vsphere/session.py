@@ -19,7 +19,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import gc
 import http.client
 import logging
 import ssl
@@ -36,6 +35,7 @@ from pyVmomi.SoapAdapter import SoapResponseDeserializer
 from ventana.state.model import VM, PowerState
 from ventana.state.plans_vsphere import snapshot_limitations
 
+from .. import gcpause
 from . import leanxml
 from .lean import compact_vm, intern
 from .mapping import POWER, device_facts
@@ -335,13 +335,8 @@ class Session:
         if not self.version or self._more:
             # The inventory (a page of it): read lean, waited for patiently — the
             # server builds the whole first answer before its first byte.
-            paused = gc.isenabled()
-            gc.disable()
-            try:
+            with gcpause.paused():  # shared with the console's pause (a worker thread)
                 update, vms = self._whole_answer(self.version, options)
-            finally:
-                if paused:
-                    gc.enable()
         else:  # a few changes: pyvmomi
             update = self.pc.WaitForUpdatesEx(self.version, options)
         self.last_call = time.monotonic()

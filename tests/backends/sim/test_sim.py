@@ -7,7 +7,6 @@ the loop, so hours of simulated time pass as fast as events are consumed.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import time
 from collections import Counter
@@ -16,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ventana.backends import gcpause
 from ventana.backends.base import LOOP_TURNS
 from ventana.backends.sim import SimBackend, SimConfig, build_inventory
 from ventana.backends.sim.world import World
@@ -268,22 +268,20 @@ async def test_the_world_built_in_slices_on_the_loop_is_the_world_built_at_once(
 
     counter = asyncio.ensure_future(count_turns())
     streamed: list[Event] = []
-    was_enabled = gc.isenabled()
-    gc.disable()  # as the console does from the first event (core/console.py _pause_gc)
+    gcpause.pause()  # as the console does from the first event (core/console.py _pause_gc)
     try:
         async for event in sliced.events():
             streamed.append(event)
             if isinstance(event, ConnectionChanged) and event.state is LinkState.CONNECTED:
                 break
-        # The counter stops before the collector is back: re-enabling it after ~100,000
+        # The counter stops before the collector is back: turning it on after ~100,000
         # allocations may start a full collection of the whole test process (230 ms with
         # a big heap), which is this test's doing, not the stream's (it failed CI so).
         stop = True
         await counter
     finally:
         stop = True
-        if was_enabled:
-            gc.enable()
+        gcpause.resume()
     await sliced.close()
     world = sliced.world
     # The loop turned between slices (LOOP_TURNS each time), not once at the end: how
