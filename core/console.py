@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from ventana.backends import actionspecs
+from ventana.backends import actionspecs, gcpause
 from ventana.backends.actions import ActionRecorder, ActionRefused, ActionRunner
 from ventana.backends.actionspecs import ActionSpec, Command
 from ventana.backends.base import ActionResult, Backend, ReadOnlyError, let_keys_in
@@ -79,9 +79,12 @@ LATE_INVENTORY_EVERY_S = 2.0
 #: later, no source says CONNECTING (the tasks it started have had their first step).
 CHECK_DONE_TURNS = 3
 #: A team's log (PostgreSQL) is asked whether it answers this often, in a worker
-#: thread; while it does not, actions are refused under ``TEAM_LOG_DOWN``.
+#: thread; while it does not, actions are refused under ``TEAM_LOG_DOWN`` — and a
+#: read-only console, which refuses them anyway, says under ``TEAM_FEED_STALE`` that
+#: other consoles' actions no longer reach it.
 LOG_CHECK_S = 2.0
 TEAM_LOG_DOWN = "TEAM LOG UNREACHABLE — ACTIONS REFUSED"
+TEAM_FEED_STALE = "TEAM LOG UNREACHABLE — TEAM FEED STALE"
 # The first inventory's findings are computed in slices of this many seconds, one
 # every other slice's time (about 0.5 s of work at 10,000 VMs): a key or a redraw
 # never waits longer for them.
@@ -261,8 +264,8 @@ class Console:
         extra = ""
         if self.action_log is None and not self.read_only:
             extra = "NO ACTION LOG — ACTIONS REFUSED"
-        elif self.log_down and not self.read_only:
-            extra = TEAM_LOG_DOWN
+        elif self.log_down:
+            extra = TEAM_FEED_STALE if self.read_only else TEAM_LOG_DOWN
         lost = "RECORDING STOPPED" if self._recording_lost else ""
         return " ".join(f for f in (self.flags, lost, extra) if f)
 
@@ -315,13 +318,21 @@ class Console:
         elif self.log_down:
             self.log_down = ""
             self.listener.header(flags=self._flags())
-            self._notice("The team's action log answers again: actions are allowed.",
+            self._notice("The team's action log answers again: "
+                         + ("other consoles' actions reach this console again."
+                            if self.read_only else "actions are allowed."),
                          title="Action log back", timeout=15)
             return True
         return False
 
     def _say_log_down(self) -> None:
-        if self.read_only:
+        if self.read_only:  # nothing to refuse here, but what the team does is unseen
+            self._notice(f"The team's action log does not answer, so other consoles' "
+                         f"actions no longer reach this console: what the task strip "
+                         f"shows of them may be out of date (the cluster itself is still "
+                         f"watched live; this recovers by itself when the log answers): "
+                         f"{self.log_down}", title="Team feed stale", severity="warning",
+                         timeout=30)
             return
         self._notice(f"The team's action log does not answer, so every action is refused "
                      f"(monitoring goes on; the console recovers by itself when it answers): "
@@ -568,15 +579,15 @@ class Console:
         ``_resume_gc`` turns it back on when the inventory is applied, or when the
         first load gives up waiting (``INITIAL_LOAD_MAX_S``) with nothing to apply.
         """
-        if not self._gc_paused and gc.isenabled():
-            gc.disable()
+        if not self._gc_paused:
+            gcpause.pause()  # counted: a backend's own pause in a thread does not end it
             self._gc_paused = True
             self._gc_paused_at = time.monotonic()
 
     def _resume_gc(self) -> None:
         if self._gc_paused:
             self._gc_paused = False
-            gc.enable()
+            gcpause.resume()
 
     async def _apply_inventory(self, batch: list[Event], *, final: bool = False) -> None:
         """The first inventory (or a burst of more than ``BURST_EVENTS``, or a piece of

@@ -150,6 +150,53 @@ async def test_a_console_started_while_the_team_log_is_down_recovers_by_itself()
         log.close()
 
 
+async def test_a_read_only_console_says_when_the_team_feed_goes_stale() -> None:
+    """On-call staff watch read-only: nothing is refused there, but when the team's log
+    stops answering, other consoles' actions stop reaching the task strip. The header
+    says so (in red, whole at 80 columns), a warning says why, and both go by themselves
+    when the database is back — never the "actions refused" wording, which would be
+    false here."""
+    import asyncio
+
+    from peers.postgres import PgServer
+
+    from ventana.core.console import TEAM_FEED_STALE, TEAM_LOG_DOWN
+    from ventana.state.model import Kind
+    from ventana.tui.header import StatusHeader
+
+    with PgServer() as pg:
+        pg.psql("create database team")
+        url = pg.url("team")
+        log = ActionLog.open(url)
+        config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, read_only=True)
+        app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await populated(pilot)
+            header = app.query_one(StatusHeader)
+            await wait_for(pilot, lambda: app.core.team_feed is not None, timeout=10)
+            assert TEAM_FEED_STALE not in header.flags
+            app.clear_notifications()
+            await asyncio.to_thread(pg.kill)
+            await wait_for(pilot, lambda: TEAM_FEED_STALE in header.flags, timeout=15)
+            assert TEAM_LOG_DOWN not in header.flags
+            shown = header.render().plain
+            assert TEAM_FEED_STALE in shown, shown  # whole within the 80 cells
+            assert shown.index(TEAM_FEED_STALE) + len(TEAM_FEED_STALE) <= 80
+            notes = [(n.title, n.message, n.severity) for n in app._notifications]
+            assert any(title == "Team feed stale" and severity == "warning"
+                       and "other consoles' actions no longer reach this console" in text
+                       for title, text, severity in notes), notes
+            assert not any("every action is refused" in text for _, text, _ in notes), notes
+            assert app.store.count(Kind.VM) > 0  # the cluster is still watched
+
+            await asyncio.to_thread(pg.start)
+            await wait_for(pilot, lambda: TEAM_FEED_STALE not in header.flags, timeout=15)
+            notes = [n.message for n in app._notifications]
+            assert any("other consoles' actions reach this console again" in n
+                       for n in notes), notes
+        log.close()
+
+
 async def test_the_ui_answers_while_the_intent_commit_waits_for_the_database(
         pg_url: str) -> None:
     """A shared log's intent row is committed in a worker: while another connection
