@@ -60,7 +60,7 @@ from ventana.state.plans_vsphere import ESTIMATES, REMOVE_ALL, ServerEstimate
 from ventana.state.rebuild import Rebuild, RebuildStore
 from ventana.state.sanitize import clean
 from ventana.state.store import Store
-from ventana.state.window import WindowError, WindowStore
+from ventana.state.window import MaintenanceWindow, WindowError, WindowStore
 
 #: The first inventory is held (nothing placed, the header counts what arrived) while
 #: it arrives. A stuck source must not leave the screen empty: when nothing more has
@@ -240,6 +240,8 @@ class Console:
             follow(self.findings, self.acks, self.clock, defer=self.book_write)
         self._findings_seen = (-1, -1)
         self._window: WindowRunner | None = None
+        self._window_opening: asyncio.Future[MaintenanceWindow] | None = None  # window_runner
+        self._background: set[asyncio.Task[None]] = set()  # tasks kept until they end
         self.team_watchers = []
         #: Why the team's log does not answer ('' : it does, or the log is a file).
         self.log_down = log.down if log is not None and log.shared else ""
@@ -280,7 +282,7 @@ class Console:
         if self.log_down:  # rebuilds, acks and the feed wait for the database
             self._say_log_down()
         else:
-            self._announce_unfinished_rebuilds()
+            self._say_unfinished_rebuilds()
             self._follow_team()
         self._watch_log()
 
@@ -366,7 +368,7 @@ class Console:
                 self.sync_findings(force=True)
         if self.team_feed is None:
             self._follow_team()
-            self._announce_unfinished_rebuilds()  # on the loop: it may say something
+            await self._announce_unfinished_rebuilds()
             await self.load_final_states()
         self.team_rows([])  # watchers (the log screen) read again
 
@@ -856,16 +858,35 @@ class Console:
                          severity="warning")
 
     # -- rebuilds -----------------------------------------------------------------------
-    def _announce_unfinished_rebuilds(self) -> None:
+    def _read_rebuilds(self, vm_id: str | None = None) -> tuple[list[Rebuild], Rebuild | None]:
+        """The unfinished rebuilds (of ``vm_id``, or all) and ``vm_id``'s latest, read from
+        the action log's database. Blocking (a team database's round trip, or its connect
+        timeout when it does not answer): callers run it in a worker thread."""
+        assert self.action_log is not None
+        rs = RebuildStore.open(self.action_log.path)
+        try:
+            if vm_id is None:
+                return rs.unfinished(), None
+            return rs.unfinished(vm_id), rs.latest(vm_id)
+        finally:
+            rs.close()
+
+    def _say_unfinished_rebuilds(self) -> None:
+        """At start, in the background: the notice comes when the database has answered."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # started outside a loop (a script): nobody to tell
+            return
+        task = asyncio.ensure_future(self._announce_unfinished_rebuilds())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _announce_unfinished_rebuilds(self) -> None:
         """Say which rebuilds wait to be resumed (paused, failed or interrupted)."""
         if self.action_log is None:
             return
         try:
-            rs = RebuildStore.open(self.action_log.path)
-            try:
-                waiting = rs.unfinished()
-            finally:
-                rs.close()
+            waiting, _ = await asyncio.to_thread(self._read_rebuilds)
         except ActionLogError as exc:
             self._notice(f"Rebuild state cannot be read: {clean(str(exc))}", severity="warning")
             return
@@ -875,22 +896,19 @@ class Console:
             self._notice(f"{len(waiting)} rebuild(s) unfinished: {names}{more} — select the VM "
                          "and press b", title="Rebuilds waiting", severity="warning", timeout=30)
 
-    def rebuild_to_open(self, vm_id: str) -> tuple[bool, Rebuild | None]:
+    async def rebuild_to_open(self, vm_id: str) -> tuple[bool, Rebuild | None]:
         """(go on, the VM's unfinished or finished-into-it rebuild to show instead of a plan).
 
         ``go on`` is False (with a notice) when the rebuild state cannot be kept or read.
+        The state is read in a worker thread: the UI answers while a team's database does
+        (or does not, up to its connect timeout).
         """
         if self.action_log is None:
             self._notice("A rebuild keeps its state in the action log, which is not open: "
                          f"{clean(self.runner.log_error)}", severity="error")
             return False, None
         try:
-            rs = RebuildStore.open(self.action_log.path)
-            try:
-                waiting = rs.unfinished(vm_id)
-                latest = rs.latest(vm_id)
-            finally:
-                rs.close()
+            waiting, latest = await asyncio.to_thread(self._read_rebuilds, vm_id)
         except ActionLogError as exc:
             self._notice(clean(str(exc)), severity="error")
             return False, None
@@ -969,30 +987,41 @@ class Console:
         """The window runner if one was opened (None: never asked for)."""
         return self._window
 
-    def window_runner(self) -> WindowRunner | None:
-        """The window queue (from the action log's file); None, with a notice, if unusable."""
+    async def window_runner(self) -> WindowRunner | None:
+        """The window queue (from the action log's database, read in a worker thread the
+        first time); None, with a notice, if unusable. Asked twice while the first read
+        is out, both get the one runner."""
         if self._window is not None:
             return self._window
         if self.action_log is None:
             self._notice("The maintenance window is kept in the action log, which is not "
                          f"open: {clean(self.runner.log_error)}", severity="error")
             return None
+        if self._window_opening is None:
+            path, now = self.action_log.path, self.clock()
+            self._window_opening = asyncio.ensure_future(asyncio.to_thread(
+                lambda: WindowStore.open(path).load(default_name=f"window {now:%Y-%m-%d}",
+                                                    now=now)))
+        opening = self._window_opening
         try:
-            window = WindowStore.open(self.action_log.path).load(
-                default_name=f"window {self.clock():%Y-%m-%d}", now=self.clock())
+            window = await asyncio.shield(opening)
         except WindowError as exc:
-            self._notice(clean(str(exc)), severity="error")
+            if self._window_opening is opening:  # the next key asks the database again
+                self._window_opening = None
+                self._notice(clean(str(exc)), severity="error")
             return None
-        self._window = WindowRunner(self.runner, window, on_change=self.listener.window_changed)
+        if self._window is None:
+            self._window = WindowRunner(self.runner, window,
+                                        on_change=self.listener.window_changed)
         return self._window
 
-    def queue(self, command: str, vm_id: str | None) -> None:
+    async def queue(self, command: str, vm_id: str | None) -> None:
         """Add the action ``command`` opens on the VM to the window's queue."""
         vm = self.store.vm(vm_id) if vm_id else None
         if vm is None:
             self._notice("Select a VM first.", severity="warning")
             return
-        wr = self.window_runner()
+        wr = await self.window_runner()
         if wr is None:
             return
         # The platform decides, per VM, as for the key: a vSphere VM's merge is
@@ -1043,6 +1072,8 @@ class Console:
     async def close(self) -> None:
         self._closed = True
         self._resume_gc()
+        for task in list(self._background):
+            task.cancel()
         if self._log_watch is not None:
             self._log_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -439,7 +439,8 @@ class VentanaApp(compact.SafetyMixin, App[None]):
                 return
             params = {"snapshot": snapshot, **params}
         if spec.opens == "workflow":
-            self._open_workflow(vm_id)
+            self.run_worker(self._open_workflow(vm_id), group="workflow", exclusive=True,
+                            exit_on_error=False)
         elif self.core.wants_estimate(spec):
             self.run_worker(self._estimate_then_plan(spec.name, vm_id, params),
                             group="estimate", exclusive=True, exit_on_error=False)
@@ -471,8 +472,10 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         )
 
     # -- rebuild ----------------------------------------------------------------------
-    def _open_workflow(self, vm_id: str) -> None:
-        go_on, wf = self.core.rebuild_to_open(vm_id)
+    async def _open_workflow(self, vm_id: str) -> None:
+        """The VM's rebuild checklist, or its plan: which one, the log's database says
+        (read in a worker thread; a second key meanwhile replaces this one)."""
+        go_on, wf = await self.core.rebuild_to_open(vm_id)
         if not go_on:
             return
         if wf is not None:
@@ -582,15 +585,22 @@ class VentanaApp(compact.SafetyMixin, App[None]):
 
     # -- the maintenance window -------------------------------------------------------
     def action_window(self) -> None:
-        wr = self.core.window_runner()
-        if wr is not None:
+        self.run_worker(self._open_window(), group="window-open", exclusive=True,
+                        exit_on_error=False)
+
+    async def _open_window(self) -> None:
+        """The window screen, once the queue is read (a worker thread, the first time)."""
+        wr = await self.core.window_runner()
+        if wr is not None and not isinstance(self.screen, WindowScreen):
             self.push_screen(WindowScreen(wr, read_only=self.read_only,
                                           on_run=self._window_run))
 
     def action_queue_merge(self) -> None:
         if isinstance(self.screen, WindowScreen):
             return
-        self.core.queue("merge", self.selected_vm_id())
+        # Not exclusive: every key queues its VM, in the order pressed.
+        self.run_worker(self.core.queue("merge", self.selected_vm_id()), group="queue",
+                        exit_on_error=False)
 
     def _window_run(self, choice: RunChoice, shown: dict[str, Plan]) -> None:
         wr = self.core.run_window_now(choice.typed, shown, choice.parallel, choice.same_lun)

@@ -139,6 +139,67 @@ async def test_failure_in_each_step_stops_with_instructions(tmp_path: Path, step
         assert wf2.id == wf.id and wf2.state is RebuildState.DONE
 
 
+async def test_a_step_waiting_for_the_database_leaves_the_loop_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step's writes to the log's database run in a worker thread: while another
+    connection holds the database's write lock for a second (a busy team database, a
+    slow disk), the UI loop keeps turning, and the rebuild ends as usual afterwards."""
+    import asyncio
+    import sqlite3
+    import threading
+    import time
+
+    from ventana.backends.sim.executor import SimExecutor
+
+    db = tmp_path / "actions.db"
+    released = threading.Event()
+
+    def hold_the_lock() -> None:
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("begin exclusive")
+        time.sleep(1.0)
+        conn.execute("commit")
+        conn.close()
+        released.set()
+
+    capture = SimExecutor.capture
+
+    async def capture_then_lock(self: SimExecutor, vm_id: str, task_id: str):  # type: ignore[no-untyped-def]
+        result = await capture(self, vm_id, task_id)
+        locker = threading.Thread(target=hold_the_lock)
+        locker.start()
+        while not locker.is_alive():  # the lock is taken before the step's writes
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        return result
+
+    monkeypatch.setattr(SimExecutor, "capture", capture_then_lock)
+    longest = 0.0
+    done = False
+
+    async def tick() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+
+    async with Session(quiet()) as s:
+        sim = s.backend.rebuild
+        vm = candidate(s.store, lambda v: not (sim.guest(v.id).bound_agents))
+        ticker = asyncio.ensure_future(tick())
+        try:
+            _, result, wf = await rebuild(s, db, vm)
+        finally:
+            done = True
+            await ticker
+    assert released.is_set()  # the lock was held, and the step's writes waited for it
+    assert result.state is TaskState.OK, result.error
+    assert wf.state is RebuildState.DONE and wf.capture
+    assert longest < 0.5, f"the loop stood still for {longest * 1000:.0f} ms"
+
+
 async def test_resume_needs_the_typed_name_again(tmp_path: Path) -> None:
     db = tmp_path / "actions.db"
     async with Session(quiet()) as s:

@@ -255,6 +255,54 @@ async def test_the_ui_answers_while_the_intent_commit_waits_for_the_database(
     log.close()
 
 
+async def test_the_window_and_a_rebuild_wait_for_the_database_without_freezing_the_ui(
+        pg_url: str) -> None:
+    """The window queue and a VM's rebuild state are read from the team's database in a
+    worker thread: while another connection holds their tables, the keys still work
+    (help opens and closes); released, the screens open by themselves."""
+    import psycopg
+
+    from ventana.tui.help_screen import HelpScreen
+    from ventana.tui.window_screen import WindowScreen
+
+    log = ActionLog.open(pg_url)
+    config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+    app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+    holder = psycopg.connect(pg_url)  # a transaction holds the locks until rollback
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await populated(pilot)
+
+            async def keys_work_meanwhile() -> None:
+                await pilot.press("question_mark")
+                await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), timeout=5)
+                await pilot.press("escape")
+                await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
+
+            holder.execute("lock table windows in access exclusive mode")
+            await pilot.press("w")
+            await pilot.pause(0.3)
+            assert not isinstance(app.screen, WindowScreen)  # still waiting for the table
+            await keys_work_meanwhile()
+            holder.rollback()
+            await wait_for(pilot, lambda: isinstance(app.screen, WindowScreen), timeout=10)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, WindowScreen))
+
+            vm_id = vm_where(app, lambda blocking, n: not blocking)
+            app.query_one(VmTable).select_vm(vm_id)
+            holder.execute("lock table rebuilds in access exclusive mode")
+            await pilot.press("b")
+            await pilot.pause(0.3)
+            assert not isinstance(app.screen, PlanScreen)
+            await keys_work_meanwhile()
+            holder.rollback()
+            await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), timeout=10)
+    finally:
+        holder.close()
+    log.close()
+
+
 async def test_the_log_screen_follows_other_consoles_rows(pg_url: str) -> None:
     """Open on a team's log, the log screen shows another console's row as it is
     written, with its operator and host."""
