@@ -33,7 +33,12 @@ from collections.abc import Callable
 
 from .actionlog import ActionLog, ActionLogError, LogRow
 from .sanitize import clean
-from .schema import CONNECT_TIMEOUT_S, NOTIFY_CHANNEL, keyring_password
+from .schema import (
+    CONNECT_TIMEOUT_S,
+    NOTIFY_CHANNEL,
+    forget_refused_password,
+    keyring_password,
+)
 
 OnRows = Callable[[list[LogRow]], None]
 
@@ -117,7 +122,12 @@ class TeamFeed:
         password = keyring_password(url)
         if password:
             kwargs["password"] = password
-        with psycopg.connect(url, **kwargs) as conn:  # type: ignore[arg-type]
+        try:
+            conn = psycopg.connect(url, **kwargs)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            forget_refused_password(url, exc)
+            raise
+        with conn:
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self.state = "live"
             self._deliver(set())  # catch up with what was written while away

@@ -231,18 +231,50 @@ def explain_pg(exc: BaseException, where: str) -> str:
 
 # -- the password ---------------------------------------------------------------------
 
+#: Passwords the keyring gave, by key, for this process: a team database that is down
+#: is retried every few seconds by several connections (the log, acknowledgements,
+#: the feed…), and a locked keyring would prompt (or wait out its limit) at each try.
+#: Only a found password is kept; one the server refused is forgotten (``forget``).
+_found: dict[str, str] = {}
+_found_lock = threading.Lock()
+
+
+def _keyring_key(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.username or ''}@{parts.hostname or ''}:{parts.port or ''}{parts.path}"
+
+
 def keyring_password(url: str, timeout: float = TIMEOUT_S) -> str | None:
     """The password the OS keyring holds for this URL's user@host:port/db, if any.
 
     Only asked when ``PGPASSWORD`` is not set; a headless machine has no
     backend (``None``, fast); a locked collection may block on a prompt, so the
     lookup has a time limit (state/oskeyring.py; RELIABILITY.md, "Credentials").
+    A password found once is not asked for again in this process until the server
+    refuses it (``forget_refused_password``).
     """
     if os.environ.get("PGPASSWORD"):
         return None
-    parts = urlsplit(url)
-    key = f"{parts.username or ''}@{parts.hostname or ''}:{parts.port or ''}{parts.path}"
-    return ask_keyring(KEYRING_SERVICE, key, timeout)
+    key = _keyring_key(url)
+    with _found_lock:
+        if key in _found:
+            return _found[key]
+    password = ask_keyring(KEYRING_SERVICE, key, timeout)
+    if password:
+        with _found_lock:
+            _found[key] = password
+    return password
+
+
+def forget_refused_password(url: str, exc: BaseException) -> None:
+    """After a failed connect: if the server refused the login (SQLSTATE class 28,
+    invalid authorization — PostgreSQL's errcodes appendix; or libpq's "authentication
+    failed" when no SQLSTATE came back), the kept password goes and the next try asks
+    the keyring again (the operator may have just stored the new one)."""
+    state = str(getattr(exc, "sqlstate", None) or "")
+    if state.startswith("28") or "authentication failed" in str(exc):
+        with _found_lock:
+            _found.pop(_keyring_key(url), None)
 
 
 # -- one connection -------------------------------------------------------------------
@@ -301,6 +333,7 @@ class Db:
         try:
             self.conn = psycopg.connect(str(self.location), **kwargs)
         except psycopg.Error as exc:
+            forget_refused_password(str(self.location), exc)
             self._failed, self._failed_at = explain_pg(exc, self.where), time.monotonic()
             raise self.error(self._failed) from None
         self._failed = ""

@@ -11,8 +11,8 @@ import pytest
 from keyring.backend import KeyringBackend
 from keyring.backends import fail, null
 
-from ventana.state import oskeyring
-from ventana.state.schema import KEYRING_SERVICE, keyring_password
+from ventana.state import oskeyring, schema
+from ventana.state.schema import KEYRING_SERVICE, forget_refused_password, keyring_password
 
 
 class Gated(KeyringBackend):
@@ -44,11 +44,13 @@ def gated(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gated]:
     backend = Gated()
     before = keyring.get_keyring()
     keyring.set_keyring(backend)
+    schema._found.clear()  # passwords kept by earlier tests' lookups
     try:
         yield backend
     finally:
         backend.gate.set()
         keyring.set_keyring(before)
+        schema._found.clear()
 
 
 def _lookups() -> int:
@@ -65,7 +67,14 @@ def test_a_blocked_lookup_is_waited_on_never_started_again(gated: Gated) -> None
     gated.gate.set()  # the operator unlocks the collection: the lookup in flight answers
     assert keyring_password(url, timeout=5) == "pw-1"
     gated.stored[(KEYRING_SERVICE, "ventana@db.example:5432/ops")] = "pw-2"
-    assert keyring_password(url, timeout=5) == "pw-2"  # answered: the next ask asks again
+    # Found once, kept: a team log retrying every few seconds does not ask (or prompt) again.
+    assert keyring_password(url, timeout=5) == "pw-1"
+    assert len(gated.asked) == 1
+    forget_refused_password(url, ConnectionError("network is unreachable"))
+    assert keyring_password(url, timeout=5) == "pw-1"  # not a refusal: still kept
+    refused = ConnectionError("FATAL: password authentication failed for user \"ventana\"")
+    forget_refused_password(url, refused)  # the server refused it: ask again
+    assert keyring_password(url, timeout=5) == "pw-2"
     assert len(gated.asked) == 2
 
 

@@ -486,9 +486,12 @@ def test_password_from_the_os_keyring(tmp_path: Path, monkeypatch: pytest.Monkey
             monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
             with pytest.raises(ActionLogError):
                 ActionLog.open(url)  # not stored yet
-            memory.set_password(KEYRING_SERVICE, f"ventana@127.0.0.1:{pg.port}/postgres",
-                                secret)
-            with ActionLog.open(url) as log:
+            key = f"ventana@127.0.0.1:{pg.port}/postgres"
+            memory.set_password(KEYRING_SERVICE, key, "an-old-pw")
+            with pytest.raises(ActionLogError, match="authentication failed"):
+                ActionLog.open(url)  # refused: the kept password is forgotten…
+            memory.set_password(KEYRING_SERVICE, key, secret)
+            with ActionLog.open(url) as log:  # …so the new one is read
                 log.record(**BASE, outcome="refused")
                 assert secret not in log.where
     finally:
