@@ -244,6 +244,10 @@ class WindowRunner:
     async def _run_item(self, item_id: str, shown: Plan) -> None:
         status, reason = "unknown", ""
         try:
+            # "running" is written before the action is sent (written behind, in the
+            # writer thread): a restart then finds it cut off, never still queued. A write
+            # that fails does not stop the run (save_error; the action log has its rows).
+            await asyncio.wrap_future(self.window.flushed())
             result = await self.runner.execute(shown, shown.target_name)
             status, reason = result.state.value, result.error
         except (ActionRefused, ReadOnlyError) as exc:
@@ -276,6 +280,12 @@ class WindowRunner:
             with contextlib.suppress(ActionRefused):
                 self.runner.cancelled(plan, reason)
         self._set(item, status=SKIPPED, reason=reason, ended=self.runner.clock())
+
+    def saved(self, error: str) -> None:
+        """A write of the queue ended ('' or why it failed); on the loop."""
+        if error != self.save_error:
+            self.save_error = error
+            self._changed()
 
     def _set(self, item: QueueItem, **changes: object) -> None:
         try:

@@ -1011,9 +1011,22 @@ class Console:
                 self._notice(clean(str(exc)), severity="error")
             return None
         if self._window is None:
-            self._window = WindowRunner(self.runner, window,
-                                        on_change=self.listener.window_changed)
+            wr = WindowRunner(self.runner, window, on_change=self.listener.window_changed)
+            loop = asyncio.get_running_loop()
+            window.write_behind(lambda error: loop.call_soon_threadsafe(self._window_saved,
+                                                                        wr, error))
+            self._window = wr
         return self._window
+
+    def _window_saved(self, wr: WindowRunner, error: str) -> None:
+        """A write of the queue ended: the first failure is said, and when it works again."""
+        if error and not wr.save_error:
+            self._notice(f"The window queue could not be saved (it is kept here and written "
+                         f"again with the next change): {error}", title="Queue not saved",
+                         severity="error", timeout=20)
+        elif not error and wr.save_error:
+            self._notice("The window queue is saved again.", title="Queue saved", timeout=10)
+        wr.saved(error)
 
     async def queue(self, command: str, vm_id: str | None) -> None:
         """Add the action ``command`` opens on the VM to the window's queue."""
@@ -1074,6 +1087,9 @@ class Console:
         self._resume_gc()
         for task in list(self._background):
             task.cancel()
+        if self._window is not None:  # what is left of the queue is written first
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._window.window.close)
         if self._log_watch is not None:
             self._log_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

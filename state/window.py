@@ -22,10 +22,22 @@ Owns the queue model, its projection and its persistence.
   whose VM no console holds (no live lease, state/leases.py) was cut off by a
   restart: it becomes ``unknown`` (verify on the host; its
   action-log row says "interrupted").
+- **Written behind, off the UI loop** (``WindowStore.write_behind``, which the
+  console turns on): a change is made in memory at once and the whole window
+  is written by one writer thread — only the newest state, since each write
+  replaces the window's rows — so a team database's round trip (or its connect
+  timeout) never holds a key, and a failed write is reported (``on_result``),
+  not raised into the screen; the next change writes everything again.
+  ``flushed()`` tells when what was changed so far is written: the runner
+  waits for it before an item's action is sent, as it did when writes were
+  made in place. Without ``write_behind`` every change is written at once
+  (scripts, tests of the model).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import threading
@@ -183,6 +195,19 @@ class MaintenanceWindow:
     def save(self) -> None:
         self._store.save(self)
 
+    def write_behind(self, on_result: Callable[[str], None]) -> None:
+        """Changes are written by a writer thread from now on (``WindowStore.write_behind``)."""
+        self._store.write_behind(on_result)
+
+    def flushed(self) -> concurrent.futures.Future[str]:
+        """Done when every change made so far is written: '' or why it could not be."""
+        return self._store.flushed()
+
+    def close(self) -> None:
+        """Write what is left (waited for, up to the store's limit), then let go of the
+        database connection."""
+        self._store.close()
+
 
 # -- projection -------------------------------------------------------------------
 
@@ -325,6 +350,96 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """A window as it was when it changed: what one write puts in the tables."""
+
+    name: str
+    end: datetime | None
+    parallel: int
+    same_lun: bool
+    items: tuple[QueueItem, ...]
+    gone: frozenset[str] = frozenset()  # names whose rows go too (a rename)
+
+    @classmethod
+    def of(cls, window: MaintenanceWindow, old_name: str | None = None) -> _Snapshot:
+        gone = frozenset({old_name}) if old_name and old_name != window.name else frozenset()
+        return cls(window.name, window.end, window.parallel, window.same_lun,
+                   tuple(window.items), gone)
+
+
+class _WriteBehind:
+    """One thread writing a window's newest snapshot (see the module's docstring)."""
+
+    def __init__(self, write: Callable[[_Snapshot], None],
+                 on_result: Callable[[str], None]) -> None:
+        self._write = write
+        self._on_result = on_result
+        self._cond = threading.Condition()
+        self._pending: _Snapshot | None = None
+        self._gone: set[str] = set()  # renamed-from names not yet written away
+        self._submitted = 0
+        self._done = 0
+        self._last = ""  # the last write's error ('' when it worked)
+        self._waiters: list[tuple[int, concurrent.futures.Future[str]]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ventana-window-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, snapshot: _Snapshot) -> None:
+        with self._cond:
+            self._gone |= snapshot.gone
+            self._pending = snapshot
+            self._submitted += 1
+            self._cond.notify()
+
+    def flushed(self) -> concurrent.futures.Future[str]:
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        with self._cond:
+            if self._done >= self._submitted:
+                future.set_result(self._last)
+            else:
+                self._waiters.append((self._submitted, future))
+        return future
+
+    def close(self, timeout: float) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                snapshot = dataclasses.replace(self._pending,
+                                               gone=frozenset(self._gone - {self._pending.name}))
+                seq, self._pending, self._gone = self._submitted, None, set()
+            error = ""
+            try:
+                self._write(snapshot)
+            except Exception as exc:  # WindowError, or anything: said, never raised here
+                error = clean(str(exc)) or type(exc).__name__
+            with self._cond:
+                if error:  # the rename's old rows are still there: the next write removes them
+                    self._gone |= snapshot.gone
+                self._done, self._last = seq, error
+                ready = [f for s, f in self._waiters if s <= seq]
+                self._waiters = [(s, f) for s, f in self._waiters if s > seq]
+            for future in ready:
+                future.set_result(error)
+            with contextlib.suppress(Exception):  # a UI callback must not stop the writer
+                self._on_result(error)
+
+
+#: How long closing waits for the last write (a team database that does not answer).
+CLOSE_WAIT_S = 10.0
+
+
 class WindowStore:
     """The queue's tables in the action log's database (a SQLite file or a team's
     PostgreSQL; schema: state/schema.py), on its own connection."""
@@ -336,6 +451,21 @@ class WindowStore:
         self._conn = db.conn if not db.pg else None
         self._timeout = timeout
         self._lock = threading.RLock()
+        self._behind: _WriteBehind | None = None
+
+    def write_behind(self, on_result: Callable[[str], None]) -> None:
+        """From now on, changes are written by a writer thread; ``on_result`` hears after
+        each write ('' or the error), in that thread."""
+        if self._behind is None:
+            self._behind = _WriteBehind(self._write_snapshot, on_result)
+
+    def flushed(self) -> concurrent.futures.Future[str]:
+        """Done when every change saved so far is written ('' or the last error)."""
+        if self._behind is None:
+            done: concurrent.futures.Future[str] = concurrent.futures.Future()
+            done.set_result("")
+            return done
+        return self._behind.flushed()
 
     @classmethod
     def open(cls, path: Location, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> WindowStore:
@@ -357,6 +487,8 @@ class WindowStore:
         return {le.target_object for le in live_leases(self._db, _lease_alive)}
 
     def close(self) -> None:
+        if self._behind is not None:
+            self._behind.close(CLOSE_WAIT_S)
         with self._lock:
             self._db.close()
 
@@ -413,8 +545,17 @@ class WindowStore:
         return window
 
     def save(self, window: MaintenanceWindow, *, old_name: str | None = None) -> None:
+        """Write the window (its rows replace what its name, or ``old_name``, had): at once,
+        or handed to the writer thread after ``write_behind``."""
+        snapshot = _Snapshot.of(window, old_name)
+        if self._behind is not None:
+            self._behind.submit(snapshot)
+        else:
+            self._write_snapshot(snapshot)
+
+    def _write_snapshot(self, window: _Snapshot) -> None:
         with self._lock, self._write() as conn:
-            for gone in {window.name, old_name or window.name}:
+            for gone in {window.name, *window.gone}:
                 conn.execute("delete from window_items where \"window\" = ?", (gone,))
                 conn.execute("delete from windows where name = ?", (gone,))
             conn.execute(

@@ -303,6 +303,63 @@ async def test_the_window_and_a_rebuild_wait_for_the_database_without_freezing_t
     log.close()
 
 
+async def test_the_window_queue_edited_while_the_database_is_down_is_saved_when_back(
+) -> None:
+    """Queue edits are written behind: with the team's database gone, moving an item
+    still answers at once, the screen and a notice say the queue is not saved (before,
+    the write's error was raised into the key's handler), and once the database is back
+    the next change writes the whole queue."""
+    import asyncio
+
+    from peers.postgres import PgServer
+
+    from ventana.state.window import WindowStore
+    from ventana.tui.window_screen import WindowScreen
+
+    with PgServer() as pg:
+        pg.psql("create database team")
+        url = pg.url("team")
+        log = ActionLog.open(url)
+        config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+        app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+        async with app.run_test(size=SIZE) as pilot:
+            await populated(pilot)
+            picked = [v for v in sorted(app.store.vms(), key=lambda v: v.name)
+                      if app.store.checkpoints_of(v.id)][:2]
+            for vm in picked:
+                app.query_one(VmTable).select_vm(vm.id)
+                await pilot.pause(0.05)
+                await pilot.press("p")
+            await pilot.press("w")
+            await wait_for(pilot, lambda: isinstance(app.screen, WindowScreen), timeout=10)
+            wr = app.core.open_window
+            assert wr is not None
+            await wait_for(pilot, lambda: len(wr.window.items) == 2)
+            first = [i.vm_name for i in wr.window.items]
+            await asyncio.to_thread(wr.window.flushed().result, 10)
+            app.clear_notifications()
+
+            await asyncio.to_thread(pg.kill)
+            await pilot.press("shift+down")  # answered at once; the write fails behind
+            assert [i.vm_name for i in wr.window.items] == first[::-1]
+            await wait_for(pilot, lambda: bool(wr.save_error), timeout=15)
+            assert isinstance(app.screen, WindowScreen)  # no crash, the screen is up
+            notes = [(n.title, n.severity) for n in app._notifications]
+            assert ("Queue not saved", "error") in notes, notes
+
+            await asyncio.to_thread(pg.start)
+            await pilot.press("shift+up")  # the next change writes the whole queue
+            await wait_for(pilot, lambda: not wr.save_error, timeout=15)
+            assert "Queue saved" in [n.title for n in app._notifications]
+            store = await asyncio.to_thread(WindowStore.open, url)
+            try:
+                again = await asyncio.to_thread(store.load, wr.window.name)
+            finally:
+                store.close()
+            assert [i.vm_name for i in again.items] == first
+        log.close()
+
+
 async def test_the_log_screen_follows_other_consoles_rows(pg_url: str) -> None:
     """Open on a team's log, the log screen shows another console's row as it is
     written, with its operator and host."""
