@@ -82,9 +82,11 @@ def task_line(task: Task, stale: tuple[str, str] | None = None) -> Text:
 
 class TaskStrip(Static):
     DEFAULT_CSS = """
-    TaskStrip { height: auto; max-height: 5; }
+    TaskStrip { height: auto; max-height: 5; text-wrap: nowrap; text-overflow: ellipsis; }
     """
     MAX_LINES = 4
+    # One line per task (text-wrap: nowrap; a long detail ends in "…"): a wrapped one
+    # would push the next task, and its stale stamp, out of the strip's few lines.
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(Text("no tasks", style="dim"), **kwargs)  # type: ignore[arg-type]
