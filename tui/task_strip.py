@@ -8,7 +8,8 @@ its outcome.
 
 A task whose target is not live — its VM's node, or (several targets) its own
 target's link — is dimmed and says so in words: its bar becomes a "STALE: …"
-stamp naming the node or target, and its detail starts with "(… not answering)";
+stamp naming the node or target (just "STALE" when every link is down), and its
+detail starts with "(… not answering)";
 the other tasks are shown as they are (``Store.stale_owner``).
 """
 
@@ -68,9 +69,9 @@ def task_line(task: Task, stale: tuple[str, str] | None = None) -> Text:
     line.append(f"{task.state.value:<9}", style=_STATE_STYLE[task.state])
     if stale is not None:
         kind, name = stale
-        line.append(f" ({kind} {name} not answering)" if kind == "node" else
-                    f" ({name} not answering)" if name else " (link not live)",
-                    style="bold red")
+        if name:  # which one (the whole link down: the stamp says it all)
+            line.append(f" ({kind} {name} not answering)" if kind == "node" else
+                        f" ({name} not answering)", style="bold red")
     detail = task.error if task.state in (TaskState.FAILED, TaskState.UNKNOWN) else task.message
     if detail:
         line.append(f" {detail}", style="red" if task.error else "dim")
