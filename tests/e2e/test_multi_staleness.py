@@ -4,9 +4,10 @@ The simulator (``lab``, one source naming no nodes: it speaks for its whole
 target) next to a Hyper-V cluster served by the real WinRM/PSRP test peer
 (``hv``, one endpoint per node). First an ``hv`` node's endpoint is stopped:
 only that node's VMs, node row, CSVs, checkpoints and tasks are stale, and
-the simulator's all stay bright and mergeable (before, every row of the
-node-less simulator was dimmed and its merges refused because *some* link
-was down). Then the simulator's own link drops: everything it owns is stale
+the simulator's all stay bright and mergeable (before, the node-less
+simulator's node and LUN rows and checkpoints were dimmed and its merges
+refused because *some* link was down). Then the simulator's own link drops:
+everything it owns is stale — its VM rows too, which before stayed bright —
 while the healthy ``hv`` node stays bright; it comes back.
 """
 
