@@ -26,7 +26,9 @@ The composite:
   anything is sent — a writable sibling never lends it its executor;
 - **reports link state per target**: a child's ``ConnectionChanged`` source
   becomes its label (Hyper-V's per-node sources: ``"<label> <node>"``), so the
-  store keeps one link per target and the header can show each;
+  store keeps one link per target and the header can show each; its ``scope``
+  is the child's prefix, so a target's link down makes stale only what that
+  target owns (``Store.staleness``), not its siblings' rows;
 - **closes every child** on ``close()``.
 """
 
@@ -189,9 +191,11 @@ class MultiBackend(Backend):
                 return TaskProgress(tid, pct, message, state)
             case FindingRaised(finding):
                 return FindingRaised(namespace_entity(finding, prefix, keep))  # type: ignore[arg-type]
-            case ConnectionChanged(source, state, reason, nodes):
+            case ConnectionChanged(source, state, reason, nodes, scope):
+                # The link speaks for this child's ids only (its scope: the prefix; a
+                # nested composite's target: the prefix and its own scope).
                 return ConnectionChanged(child.source(source), state, reason,
-                                         tuple(prefix + n for n in nodes))
+                                         tuple(prefix + n for n in nodes), prefix + scope)
         return event
 
     async def events(self) -> AsyncIterator[Event]:

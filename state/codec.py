@@ -118,9 +118,14 @@ def event_to_dict(event: Event) -> dict[str, Any]:
             }
         case FindingRaised(finding):
             return {"ev": "finding", "data": entity_to_dict(finding)}
-        case ConnectionChanged(source, state, reason, nodes):
-            out = {"ev": "link", "source": source, "state": state.value, "reason": reason}
-            return {**out, "nodes": list(nodes)} if nodes else out
+        case ConnectionChanged(source, state, reason, nodes, scope):
+            out: dict[str, Any] = {"ev": "link", "source": source, "state": state.value,
+                                   "reason": reason}
+            if nodes:
+                out["nodes"] = list(nodes)
+            if scope:  # a composite's target (older recordings have none: the whole session)
+                out["scope"] = scope
+            return out
     raise CodecError(f"cannot encode {event!r}")
 
 
@@ -144,7 +149,7 @@ def event_from_dict(d: dict[str, Any]) -> Event:
             case "link":
                 return ConnectionChanged(
                     str(d["source"]), LinkState(d["state"]), str(d.get("reason", "")),
-                    tuple(str(n) for n in d.get("nodes") or ()),
+                    tuple(str(n) for n in d.get("nodes") or ()), str(d.get("scope") or ""),
                 )
     except (KeyError, TypeError, ValueError) as exc:
         raise CodecError(f"bad {d.get('ev')!r} event: {exc}") from exc

@@ -52,6 +52,10 @@ class ConnectionChanged:
     #: The nodes this source reads (empty: unknown, or the whole target). Lets a
     #: stale node make stale only what it owns (``Store.stale_for``).
     nodes: tuple[str, ...] = ()
+    #: The id prefix of everything this source speaks for: a composite's
+    #: ``"<label>/"`` (``backends/multi.py``); empty: the whole session. A target's
+    #: link down makes stale only what that target owns (``Store.staleness``).
+    scope: str = ""
 
 
 Event = Upsert | Remove | TaskProgress | FindingRaised | ConnectionChanged

@@ -177,12 +177,17 @@ class Preflight:
     def check_live(self, store: Store, node_id: str | None = None) -> None:
         """STALE_DATA (blocking) when the link is not live: every plan starts with it.
         With ``node_id``: only that node's link counts (a healthy node's VMs proceed
-        while another node is down)."""
+        while another node is down); without, the VM's own target's link (in a
+        composite, a vCenter's VM proceeds while a Hyper-V node next to it is down)."""
         view = store.staleness()
-        if store.stale if node_id is None else view.of(node_id):
+        who = view.who(node_id or "", self.vm_id)
+        if who is not None:
             what = "The connection is not live"
-            if node_id is not None and view.partial:  # the others are fine: say which one
-                what = f"The link to node {node_id} is not live (other nodes are)"
+            kind, name = who
+            if kind == "node" and view.partial:  # the others are fine: say which one
+                what = f"The link to node {name} is not live (other nodes are)"
+            elif kind == "target":
+                what = f"The link to {name} is not live (other targets are)"
             self.add(
                 Severity.BLOCKING,
                 "STALE_DATA",

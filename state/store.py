@@ -61,6 +61,7 @@ class Link:
     reason: str
     since: datetime
     nodes: tuple[str, ...] = ()  # the nodes this source reads (ConnectionChanged.nodes)
+    scope: str = ""  # the id prefix this source speaks for (ConnectionChanged.scope)
 
 
 @dataclass(slots=True)
@@ -83,27 +84,70 @@ _PARENT_FIELD = {Kind.CHECKPOINT: "vm_id", Kind.DISK: "vm_id", Kind.TASK: "targe
 _NOT_LIVE = (LinkState.STALE, LinkState.RECONNECTING, LinkState.DISCONNECTED)
 
 
+class Target(NamedTuple):
+    """One target's link as staleness sees it (a composite has one per child; a single
+    target one, with the empty prefix)."""
+
+    prefix: str  # the id prefix of what it owns (``ConnectionChanged.scope``)
+    stale: bool  # one of its links (or an enclosing scope's) is not live
+    down: bool  # stale, and so is every node its sources name: nothing of it is live
+    name: str  # as the header shows it: its own link's source
+
+
 @dataclass(frozen=True, slots=True)
 class Staleness:
-    """Which nodes' data is stale, per node (issue 14: one node down is not the
-    cluster down).
+    """Which nodes' and targets' data is stale (issue 14: one node down is not the
+    cluster down; stop 14: one target down is not the console down).
 
     - ``nodes``: names (case-folded) of the nodes every source naming them is not
       live for — what they own (their VMs, the CSVs they coordinate) is stale;
     - ``named``: every node some source names (``ConnectionChanged.nodes``);
-    - ``rest``: whether a node *no* source names is stale — the worst link is not
-      live (a source that names no nodes, e.g. a simulator or vCenter, speaks for
-      the whole target).
+    - ``targets``: per target (``ConnectionChanged.scope``, longest prefix first),
+      whether what it owns that no source names by node is stale: one of *its own*
+      links is not live. A source that names no nodes (a simulator, a vCenter)
+      speaks for its whole target, and only for it: a vCenter that answers is not
+      dimmed because a Hyper-V node next to it dropped;
+    - ``rest``: an id under no known target — the worst link is not live.
+
+    Costs nothing per entity: a few prefixes and the named nodes, made once per
+    link change (``Store.staleness`` caches it); a lookup is one set probe and a
+    ``startswith`` per target.
     """
 
     nodes: frozenset[str] = frozenset()
     named: frozenset[str] = frozenset()
     rest: bool = False
+    targets: tuple[Target, ...] = ()
 
-    def of(self, node_id: str) -> bool:
-        """Whether what ``node_id`` owns is stale."""
+    def of(self, node_id: str, owner_id: str = "") -> bool:
+        """Whether what ``node_id`` owns is stale (``owner_id``: the entity's own id,
+        which tells its target when it has no node)."""
         key = node_id.casefold()
-        return key in self.nodes if key in self.named else self.rest
+        if key in self.named:
+            return key in self.nodes
+        target = self.target_of(node_id or owner_id)
+        return self.rest if target is None else target.stale
+
+    def target_of(self, id_: str) -> Target | None:
+        """The target an id belongs to (None: no link speaks for it)."""
+        for target in self.targets:
+            if id_.startswith(target.prefix):
+                return target
+        return None
+
+    def who(self, node_id: str, owner_id: str = "") -> tuple[str, str] | None:
+        """What is not live for ``of(node_id, owner_id)``: None when it is live;
+        ``("node", node_id)`` — its node's link; ``("target", name)`` — its target's
+        link, the rest of the console live; ``("", "")`` — the link (everything, or a
+        target partly down and the entity under none of its named nodes)."""
+        if not self.of(node_id, owner_id):
+            return None
+        if node_id.casefold() in self.named:
+            return "node", node_id
+        target = self.target_of(node_id or owner_id)
+        if target is not None and target.down and not self.everything and target.prefix:
+            return "target", target.name
+        return "", ""
 
     @property
     def any(self) -> bool:
@@ -112,14 +156,23 @@ class Staleness:
 
     @property
     def everything(self) -> bool:
-        """Everything is stale: no node is live (or no source names its nodes and the
-        link is not live)."""
-        return self.rest and self.nodes == self.named
+        """Everything is stale: no node and no target is live (or no source names its
+        nodes and the link is not live)."""
+        return (self.rest and self.nodes == self.named
+                and all(target.stale for target in self.targets))
 
     @property
     def partial(self) -> bool:
-        """Some nodes are stale, others live: mark per node, not the whole target."""
+        """Some nodes or targets are stale, others live: mark each, not the whole console."""
         return self.any and not self.everything
+
+    @property
+    def down_targets(self) -> tuple[Target, ...]:
+        """The targets of which nothing is live while something else is (by name)."""
+        if self.everything:
+            return ()
+        return tuple(sorted((t for t in self.targets if t.down and t.prefix),
+                            key=lambda t: t.name))
 
 
 class Store:
@@ -203,23 +256,74 @@ class Store:
         return self.link_state() in _NOT_LIVE
 
     def staleness(self) -> Staleness:
-        """Which nodes' data is stale now, from the sources' links (see :class:`Staleness`)."""
+        """Which nodes' and targets' data is stale now, from the sources' links (see
+        :class:`Staleness`); made once per link change."""
         if self._staleness is None:
             named: set[str] = set()
             live: set[str] = set()
+            own: dict[str, bool] = {}  # scope -> one of its own links is not live
+            names: dict[str, str] = {}  # scope -> the source of its node-less link
             for link in self.links.values():
+                down = link.state in _NOT_LIVE
+                own[link.scope] = own.get(link.scope, False) or down
+                if not link.nodes and (link.scope not in names
+                                       or len(link.source) < len(names[link.scope])):
+                    names[link.scope] = link.source
                 for n in link.nodes:
                     key = n.casefold()
                     named.add(key)
-                    if link.state not in _NOT_LIVE:
+                    if not down:
                         live.add(key)
-            self._staleness = Staleness(frozenset(named - live), frozenset(named), self.stale)
+            stale_nodes = named - live
+            targets = []
+            for scope in sorted(own, key=len, reverse=True):
+                # An enclosing scope's link (the console's own, "") counts for it too.
+                stale = any(not_live for s, not_live in own.items() if scope.startswith(s))
+                folded = scope.casefold()
+                down = stale and all(n in stale_nodes for n in named if n.startswith(folded))
+                targets.append(Target(scope, stale, down, names.get(scope, scope)))
+            self._staleness = Staleness(frozenset(stale_nodes), frozenset(named), self.stale,
+                                        tuple(targets))
         return self._staleness
 
     def stale_for(self, node_id: str) -> bool:
         """Whether what ``node_id`` owns is stale: its own source(s) are not live (a
         node no source names: the worst link, as :attr:`stale`)."""
         return self.staleness().of(node_id)
+
+    def stale_owner(self, target: str) -> tuple[str, str] | None:
+        """What is not live for a task's or finding's ``kind:id`` target
+        (:meth:`Staleness.who`): its VM's node, a node itself, a LUN's coordinator, a
+        checkpoint's or disk's VM's node, else its own target's link."""
+        kind, _, obj = target.partition(":")
+        node_id = ""
+        owner = obj or target
+        match kind:
+            case Kind.VM.value:
+                node_id = self._node_of_vm(obj)
+            case Kind.NODE.value:
+                node_id = obj
+            case Kind.LUN.value:
+                lun = self.lun(obj)
+                node_id = lun.owner_node_id if lun is not None else ""
+            case Kind.CHECKPOINT.value | Kind.DISK.value:
+                child = self.get(Kind(kind), obj)
+                node_id = self._node_of_vm(getattr(child, "vm_id", ""))
+        return self.staleness().who(node_id, owner)
+
+    def _node_of_vm(self, vm_id: str) -> str:
+        vm = self.vm(vm_id)
+        return vm.node_id if vm is not None else ""
+
+    def stale_names(self) -> list[str]:
+        """What is stale while something else is live, by name: each target of which
+        nothing is live (by its link's name), then the stale nodes of the others."""
+        view = self.staleness()
+        down = view.down_targets
+        prefixes = tuple(t.prefix.casefold() for t in down)
+        nodes = [n for n in self.stale_node_names()
+                 if not (prefixes and n.casefold().startswith(prefixes))]
+        return [t.name for t in down] + nodes
 
     def nodes_live(self) -> tuple[int, int]:
         """(live, known) nodes over the sources that name their nodes."""
@@ -301,14 +405,14 @@ class Store:
                     state=new_state,
                 )
                 self._put(updated, delta)
-            case ConnectionChanged(source, state, reason, nodes):
+            case ConnectionChanged(source, state, reason, nodes, scope):
                 old = self.links.get(source)
                 nodes = nodes or (old.nodes if old is not None else ())
                 if (old is None or old.state != state or old.reason != reason
-                        or old.nodes != nodes):
+                        or old.nodes != nodes or old.scope != scope):
                     self.links[source] = Link(
                         clean(source), state, clean(reason), datetime.now(UTC),
-                        tuple(clean(n) for n in nodes),
+                        tuple(clean(n) for n in nodes), clean(scope),
                     )
                     delta.links_changed = True
                     self._staleness = None

@@ -290,21 +290,24 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         targets = self.core.link_targets()
         if targets is not None:  # several targets: each one's link and mode
             header.targets = targets
-        # Per node (issue 14): one node down dims only what it owns, and says which.
+        # Per node (issue 14) and per target (stop 14): one node or one target down
+        # dims only what it owns, and says which.
         store = self.store
         view = store.staleness()
-        everything, names = view.everything, tuple(store.stale_node_names())
-        header.stale_nodes, header.nodes_live = names, store.nodes_live()
+        everything = view.everything
+        header.stale_nodes, header.nodes_live = tuple(store.stale_node_names()), store.nodes_live()
         header.reason = store.link_reasons() if view.partial else store.link_reason()
-        vms = self.query_one(VmTable)
-        vms.stale, vms.stale_nodes = everything, () if everything else names
+        self.query_one(VmTable).show_stale(everything, tuple(store.stale_names()))
         self.query_one(NodesPane).set_stale(everything, frozenset(
-            n.id for n in store.nodes() if view.partial and view.of(n.id)))
+            n.id for n in store.nodes() if view.partial and view.of(n.id, n.id)))
         self.query_one(LunsPane).set_stale(everything, frozenset(  # its coordinator reports it
-            lun.id for lun in store.luns() if view.partial and view.of(lun.owner_node_id)))
+            lun.id for lun in store.luns()
+            if view.partial and view.of(lun.owner_node_id, lun.id)))
         checkpoints = self.query_one(CheckpointsPane)
         checkpoints.show_vm(store, checkpoints.vm_id)  # dimmed when its VM's node is stale
-        self.query_one(TaskStrip).set_class(everything, "stale")
+        tasks = self.query_one(TaskStrip)
+        tasks.set_class(everything, "stale")
+        tasks.sync(store)  # each task marked by its own target's node or link
 
     def _tick_findings(self) -> None:
         self.core.tick_findings()

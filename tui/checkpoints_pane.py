@@ -76,7 +76,7 @@ class CheckpointsPane(Tree[str]):
         # Dimmed when what it shows is stale: the VM's own node's link (issue 14), or the
         # whole link when no VM is shown.
         view = store.staleness()
-        stale = view.of(vm.node_id) if vm is not None else view.everything
+        stale = view.of(vm.node_id, vm.id) if vm is not None else view.everything
         self.set_class(stale, "stale")
         signature = (vm_id, vm.name if vm else None, vm.last_stun_ms if vm else None,
                      stale, tuple(sorted(checkpoints, key=lambda c: c.id)), backup_signature(vm))
@@ -102,7 +102,9 @@ class CheckpointsPane(Tree[str]):
             root.append(" · no checkpoints", style="dim")
         root.append_text(stun_text(vm))
         if stale and not view.everything:  # the header names the node too; here: this VM's
-            root.append(f" · stale: node {vm.node_id}'s link is down", style="bold red")
+            kind, name = view.who(vm.node_id, vm.id) or ("", "")
+            whose = {"node": f"node {name}'s", "target": f"{name}'s"}.get(kind, "its")
+            root.append(f" · stale: {whose} link is down", style="bold red")
         self.root.set_label(root)
         children: dict[str | None, list[Checkpoint]] = {}
         ids = {c.id for c in checkpoints}

@@ -5,6 +5,12 @@ Shows operator actions first — every registered action kind
 ``<action>-<hex>``, e.g. a rebuild's shutdown step) — then the cluster's own
 jobs (backups), each with a progress bar, its message and, when finished,
 its outcome.
+
+A task whose target is not live — its VM's node, or (several targets) its own
+target's link — is dimmed and says so in words: its bar becomes a "STALE: …"
+stamp naming the node or target (just "STALE" when every link is down), and its
+detail starts with "(… not answering)";
+the other tasks are shown as they are (``Store.stale_owner``).
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ def is_operator_task(task: Task, kinds: frozenset[str]) -> bool:
 BAR = 16
 
 
-def task_line(task: Task) -> Text:
+def task_line(task: Task, stale: tuple[str, str] | None = None) -> Text:
+    """One task's line; ``stale`` (``Store.stale_owner``: what is not live for its
+    target) dims it and puts a stamp where the bar was."""
     filled = round(task.pct / 100 * BAR)
     line = Text(no_wrap=True, overflow="ellipsis")
     # Kind and name in their own columns, a separator between (a long kind such
@@ -48,21 +56,38 @@ def task_line(task: Task) -> Text:
     line.append(f"{cap(task.kind, 20):<10}", style="bold")
     line.append(" │ ", style="dim")
     line.append(f"{cap(task.target_name or task.target, 24):<24} ")
-    line.append("━" * filled, style=_STATE_STYLE[task.state])
-    line.append("━" * (BAR - filled), style="dim")
+    stamp = (0, 0)
+    if stale is None:
+        line.append("━" * filled, style=_STATE_STYLE[task.state])
+        line.append("━" * (BAR - filled), style="dim")
+    else:  # in the bar's place, so it shows at 80 columns too
+        start = len(line)
+        line.append(f"{cap('STALE: ' + stale[1] if stale[1] else 'STALE', BAR):<{BAR}}",
+                    style="bold red")
+        stamp = (start, len(line))
     line.append(f" {task.pct:5.1f}% ")
     line.append(f"{task.state.value:<9}", style=_STATE_STYLE[task.state])
+    if stale is not None:
+        kind, name = stale
+        if name:  # which one (the whole link down: the stamp says it all)
+            line.append(f" ({kind} {name} not answering)" if kind == "node" else
+                        f" ({name} not answering)", style="bold red")
     detail = task.error if task.state in (TaskState.FAILED, TaskState.UNKNOWN) else task.message
     if detail:
         line.append(f" {detail}", style="red" if task.error else "dim")
+    if stale is not None:  # all but the stamp dimmed: the last known figures
+        line.stylize("dim", 0, stamp[0])
+        line.stylize("dim", stamp[1], len(line))
     return line
 
 
 class TaskStrip(Static):
     DEFAULT_CSS = """
-    TaskStrip { height: auto; max-height: 5; }
+    TaskStrip { height: auto; max-height: 5; text-wrap: nowrap; text-overflow: ellipsis; }
     """
     MAX_LINES = 4
+    # One line per task (text-wrap: nowrap; a long detail ends in "…"): a wrapped one
+    # would push the next task, and its stale stamp, out of the strip's few lines.
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(Text("no tasks", style="dim"), **kwargs)  # type: ignore[arg-type]
@@ -87,7 +112,8 @@ class TaskStrip(Static):
         if not tasks:
             self.update(Text("no tasks", style="dim"))
             return
-        lines = [task_line(t) for t in tasks[: self.MAX_LINES]]
+        shown = tasks[: self.MAX_LINES]
+        lines = [task_line(t, store.stale_owner(t.target or f"task:{t.id}")) for t in shown]
         more = len(tasks) - len(lines)
         out = Text("\n").join(lines)
         if more > 0:

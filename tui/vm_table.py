@@ -253,8 +253,10 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
     """
 
     stale: reactive[bool] = reactive(False)
-    #: One node's link is down, others live: only the rows of VMs on these nodes
-    #: (``Store.stale_node_names``, matched case-blind) are dimmed; the header names them.
+    #: Some nodes' or targets' links are down, others live: only their VMs' rows are
+    #: dimmed (``Store.staleness``: a VM's node, else its own target — in a composite a
+    #: target's link down dims only its rows); the header stamp names these
+    #: (``Store.stale_names``: down targets, then stale nodes).
     stale_nodes: reactive[tuple[str, ...]] = reactive(())
 
     class CursorMoved(Message):
@@ -314,7 +316,6 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
     ) -> None:
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         self.store = store
-        self._stale_keys: frozenset[str] = frozenset()  # stale_nodes, case-folded
         self._clock = clock
         self._monotonic = monotonic
         self._highlight_seconds = highlight_seconds
@@ -547,19 +548,27 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
     def watch_stale(self) -> None:
         self.refresh()
 
-    def watch_stale_nodes(self, nodes: tuple[str, ...]) -> None:
-        self._stale_keys = frozenset(n.casefold() for n in nodes)
+    def watch_stale_nodes(self) -> None:
+        self.refresh()
+
+    def show_stale(self, everything: bool, names: tuple[str, ...]) -> None:
+        """The links changed: every row stale (``everything``), or the rows of what is
+        down, stamped with ``names``. Redrawn even when the names stay the same (what
+        no node source names may have changed with a target's own link)."""
+        self.stale, self.stale_nodes = everything, () if everything else names
         self.refresh()
 
     def row_stale(self, vm_id: str) -> bool:
-        """Whether this VM's row shows stale: the whole link, or its node's, is down."""
+        """Whether this VM's row shows stale: the whole link, its node's, or (several
+        targets) its own target's is not live (``Staleness.of``: cached per link change,
+        a set probe and a prefix test per drawn row)."""
         if self.stale:
             return True
-        keys = self._stale_keys
-        if not keys:
+        view = self.store.staleness()
+        if not view.any:
             return False
         vm = self.store.vm(vm_id)
-        return vm is not None and vm.node_id.casefold() in keys
+        return vm is not None and view.of(vm.node_id, vm.id)
 
     def on_focus(self) -> None:
         self.refresh()
@@ -1282,7 +1291,7 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
         seen = min(width, self.scrollable_content_region.width or width)
         if self.stale:
             strip = self._stamp_stale(strip, seen, styles, " STALE ")
-        elif self.stale_nodes:  # which nodes' rows are dimmed
+        elif self.stale_nodes:  # which nodes' (targets') rows are dimmed
             nodes = ", ".join(self.stale_nodes)
             strip = self._stamp_stale(strip, seen, styles, f" STALE: {nodes} ")
         else:

@@ -159,8 +159,8 @@ def summary_text(wr: WindowRunner, proj: Projection) -> Text:
     staleness = wr.runner.store.staleness()
     if wr.active and staleness.everything:
         text.append(" · waiting for the connection: nothing new starts", style="bold yellow")
-    elif wr.active and staleness.any:  # per node (issue 14): only its items wait
-        names = ", ".join(wr.runner.store.stale_node_names()) or "a stale target"
+    elif wr.active and staleness.any:  # per node (issue 14) or target: only its items wait
+        names = ", ".join(wr.runner.store.stale_names()) or "a stale target"
         text.append(f" · items on {names} wait for the link", style="bold yellow")
     state = ("paused: running items finish, nothing new starts" if wr.paused and wr.active
              else "running" if wr.active else "")

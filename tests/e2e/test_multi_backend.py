@@ -103,7 +103,7 @@ def test_remove_and_progress_are_namespaced_but_own_tasks_are_not() -> None:
     upsert = multi.wrap(child, Upsert(Task("merge-1", "merge", "vm:v1", state=TaskState.RUNNING)))
     assert upsert.entity.id == "merge-1" and upsert.entity.target == "vm:b/v1"
     assert multi.wrap(child, ConnectionChanged("sim://HVCLUSTER01", LinkState.CONNECTED)) == (
-        ConnectionChanged("b", LinkState.CONNECTED))
+        ConnectionChanged("b", LinkState.CONNECTED, scope="b/"))  # it speaks for b's ids only
 
 
 async def test_read_only_is_per_target_below_the_ui() -> None:
