@@ -221,11 +221,15 @@ class WindowRunner:
                 continue
             vm = store.vm(item.vm_id)
             node = vm.node_id if vm is not None else ""
-            if staleness.any and staleness.of(node):
-                # Its node's link is down (others are fine): wait rather than be skipped on
-                # STALE_DATA; the VM's later items wait behind it.
+            not_live = staleness.who(node, item.vm_id) if staleness.any else None
+            if not_live is not None:
+                # Its node's link, or its own target's, is down (others are fine): wait
+                # rather than be skipped on STALE_DATA; the VM's later items wait behind it.
                 earlier_vms.add(item.vm_id)
-                why = f"waiting: the link to node {node or '?'} is not live"
+                what, name = not_live
+                why = ("waiting: the link to " + (f"node {name}" if what == "node" else
+                                                  name if what == "target" else
+                                                  f"node {node or '?'}") + " is not live")
                 if item.reason != why:
                     self._set(item, reason=why)
                 continue

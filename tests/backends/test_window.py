@@ -290,6 +290,49 @@ async def test_one_stale_node_holds_only_its_own_items(tmp_path: Path) -> None:
         assert window.item(ids[0]).status == "ok"  # type: ignore[union-attr]
 
 
+async def test_a_composite_target_down_holds_only_its_own_items(tmp_path: Path) -> None:
+    """Two targets in one console (MultiBackend): with one target's link down, its item
+    waits, saying which target, while the other target's item runs; it runs once the
+    link is back (its VM has no node another link names: the target decides)."""
+    from ventana.backends.multi import MultiBackend
+    from ventana.state.plans import Severity, plan_merge
+
+    lab, dc2 = quiet(), quiet(seed=8)
+    async with Session(MultiBackend([("lab", lab), ("dc2", dc2)])) as s:  # type: ignore[arg-type]
+        for _ in range(500):  # the second target's inventory follows the first's
+            if len(s.store.staleness().targets) == 2 and not s.store.stale:
+                break
+            await asyncio.sleep(0.01)
+        runner, _log, window = setup(s, tmp_path)
+
+        def mergeable(prefix: str) -> tuple[str, str]:
+            for vm in sorted(s.store.vms(), key=lambda v: v.name):
+                plan = plan_merge(s.store, vm.id, s.backend.now())
+                if (vm.id.startswith(prefix) and s.store.checkpoints_of(vm.id)
+                        and not any(f.severity is Severity.BLOCKING for f in plan.findings)):
+                    return vm.id, vm.name
+            raise AssertionError(f"no mergeable VM under {prefix}")
+
+        ids = [window.add(*mergeable(prefix), "merge").id for prefix in ("lab/", "dc2/")]
+        wr = WindowRunner(runner, window)
+        wr.confirm("sat-night")
+        dc2.drop_connection()
+        await s.settle()
+        assert s.store.staleness().partial
+        task = wr.start()
+        for _ in range(100):
+            if window.item(ids[0]).status == "ok":  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.1)
+        held = window.item(ids[1])
+        assert window.item(ids[0]).status == "ok"  # type: ignore[union-attr]
+        assert held is not None and held.status == "queued"
+        assert held.reason == "waiting: the link to dc2 is not live", held.reason
+        dc2.restore_connection()
+        await asyncio.wait_for(task, 30)
+        assert window.item(ids[1]).status == "ok"  # type: ignore[union-attr]
+
+
 HOLDER = """
 import sys
 from ventana.state.actionlog import ActionLog
