@@ -144,6 +144,14 @@ class ActionRunner:
     def read_only(self) -> bool:
         return self.backend.read_only
 
+    async def read_leases(self) -> None:
+        """On a team's log: what other consoles hold, read now in a worker, for the next
+        ``plan`` (which only reads the latest reading: state/team.py). Nothing on SQLite,
+        where ``plan`` reads the file itself."""
+        if self.log is not None and self.log.shared:
+            with contextlib.suppress(ActionLogError):
+                await asyncio.to_thread(self.log.leases)
+
     def plan(self, action: str, vm_id: str, **params: Any) -> Plan:
         spec = actionspecs.get(action)  # UnknownAction (a ValueError) if there is none
         queue = params.pop(QUEUE_PARAM, None)
@@ -236,7 +244,9 @@ class ActionRunner:
             err = self._refuse(plan, f"the target of {plan.target_name} is read-only; "
                                      "nothing was sent")
             raise ReadOnlyError(str(err))
-        # Re-check against the live state: the plan on screen may be old.
+        # Re-check against the live state: the plan on screen may be old. A team's leases
+        # are read afresh first, in a worker (the intent row's lease check decides anyway).
+        await self.read_leases()
         try:
             fresh = self.plan(plan.action, obj_id, **plan.params)
         except KeyError:

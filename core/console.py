@@ -51,6 +51,7 @@ from ventana.backends.window_runner import WindowRunner
 from ventana.state.acks import AckBook, AckError, follow, open_counts
 from ventana.state.actionlog import ActionLog, ActionLogError, LogRow
 from ventana.state.derived import human_bytes, human_duration
+from ventana.state.estimates import LearnedEstimator
 from ventana.state.events import ConnectionChanged, Event, LinkState, Upsert
 from ventana.state.findings import FindingsConfig, FindingsEngine, platform_of
 from ventana.state.live import TeamFeed, describe
@@ -302,12 +303,22 @@ class Console:
         while True:
             try:
                 why = await asyncio.to_thread(log.check)
+                if not why:  # what plans show of the team, read here, never on the loop
+                    await asyncio.to_thread(self._read_team_view, log)
             except Exception as exc:  # never let the watch die: say it is down
                 why = f"{type(exc).__name__}: {exc}"
             if self._log_state(clean(why)):
                 with contextlib.suppress(Exception):  # what failed says so itself
                     await self._log_back()
             await asyncio.sleep(LOG_CHECK_S)
+
+    def _read_team_view(self, log: ActionLog) -> None:
+        """In a worker: the leases (``state/team.py``'s pre-flight reads the latest) and
+        the merge samples the estimates learn from."""
+        log.leases()
+        estimator = self.runner.estimator
+        if isinstance(estimator, LearnedEstimator) and estimator.log is log:
+            estimator.refresh()
 
     def _log_state(self, why: str) -> bool:
         """The watch's answer: a banner when the log goes; True when it just returned."""
@@ -762,6 +773,11 @@ class Console:
         except (KeyError, ValueError, ActionLogError) as exc:
             self._notice(clean(str(exc)), severity="error")
             return None
+
+    @property
+    def shares_log(self) -> bool:
+        """The action log is a team's database (plans read its leases first, in a worker)."""
+        return self.action_log is not None and self.action_log.shared
 
     def wants_estimate(self, spec: ActionSpec) -> bool:
         """Ask the server for its storage estimate first (a server task: writable only)."""

@@ -354,6 +354,7 @@ class ActionLog:
         self._host = _text(_HOST)
         self._closed = False
         self._pending: dict[int, dict[str, Any]] = {}  # outcomes the database missed
+        self._leases_read: tuple[list[Lease], float] | None = None  # recent_leases
         self._keeper = Keeper(self._renew, self.flush)
         #: The cluster account this console acts as (``team.account_of(backend)``),
         #: written on every row it writes unless a claim names another.
@@ -720,9 +721,21 @@ class ActionLog:
         return self._rows(found)[0] if found else None
 
     def leases(self) -> list[Lease]:
-        """Every live lease: what every console is doing right now."""
+        """Every live lease: what every console is doing right now. Kept as the latest
+        reading (``recent_leases``). Blocking on a shared log: call it in a worker."""
         with self._lock:
-            return live_leases(self._store, _lease_alive)
+            found = live_leases(self._store, _lease_alive)
+        self._leases_read = (found, time.monotonic())
+        return found
+
+    def recent_leases(self) -> tuple[list[Lease], float | None]:
+        """The latest ``leases()`` reading and its age in seconds (None: never read).
+        Never blocks: what a shared log's pre-flight shows on the UI loop, kept fresh by
+        the console's watch (``core/console.py``)."""
+        if self._leases_read is None:
+            return [], None
+        found, at = self._leases_read
+        return found, time.monotonic() - at
 
     def final_states(self) -> dict[str, str]:
         """Each target's latest final state (by when it was set; the last row wins).

@@ -130,7 +130,16 @@ class LearnedEstimator:
         self._samples: list[MergeSample] = []
 
     def samples(self) -> list[MergeSample]:
-        """This cluster's finished-ok merges (cached until a new row is written)."""
+        """This cluster's finished-ok merges (cached until a new row is written). On a
+        team's database, the latest ``refresh`` (the console's watch runs it in a worker):
+        planning never waits for the database."""
+        if self.log.shared:
+            return self._samples
+        return self.refresh()
+
+    def refresh(self) -> list[MergeSample]:
+        """Read the samples again if a row was written since (blocking: a worker's job on a
+        team's database)."""
         try:
             newest = self.log.newest_id()
             if newest != self._seen:

@@ -11,7 +11,12 @@ and moving a log over (logmigrate.py).
 operator confirms: blocking findings ``VM_LEASED`` (another console holds the
 VM, and who) and ``NO_SPACE_SHARED`` (other consoles' reservations on the LUN
 break the 200 MB rule). The lease decision at the intent row stays the one
-that counts (atomic; two consoles confirming at once).
+that counts (atomic; two consoles confirming at once). On a team's database the
+leases are the latest reading (``ActionLog.recent_leases``: the console's watch
+reads them in a worker every few seconds, and the runner reads them afresh in
+a worker before it re-checks a confirmed plan), so planning never waits for the
+database on the UI loop; a reading older than ``LEASES_STALE_S`` (or none yet)
+adds the warning ``TEAM_VIEW_OLD``.
 
 Space: a merge may need, on each LUN its chains end on, up to the chains'
 differencing data (``merge_needed_by_lun``, the pre-flight's own figure);
@@ -86,28 +91,43 @@ def claim_for(store: Store, plan: Plan, backend: Any = None,
                  counted=counted, counted_targets=frozenset(counted_targets), lun_names=names)
 
 
+#: A team's lease reading older than this is said on the plan (``TEAM_VIEW_OLD``):
+#: the console's watch reads them every ``core.console.LOG_CHECK_S`` (2 s).
+LEASES_STALE_S = 10.0
+
+
 def shared_preflight(plan: Plan, store: Store, log: ActionLog | None) -> Plan:
     """The plan with what other consoles hold added to its pre-flight (blocking).
 
     Unchanged when nobody else holds anything, on a log without leases, or when
-    the log cannot be read (the intent row will refuse then: fail closed).
+    the log cannot be read (the intent row will refuse then: fail closed). Never
+    waits for a team's database (see the module's docstring).
     """
     if log is None or not plan.target:
         return plan
-    try:
-        live = log.leases()
-    except ActionLogError:
-        return plan
-    if not live:
-        return plan
-    found = conflicts(live, plan.target, plan.target_name, claim_for(store, plan),
-                      mine=log.console)
-    if not found:
-        return plan
     _, _, obj = plan.target.partition(":")
-    extra = tuple(
+    extra: list[Finding] = []
+    if log.shared:
+        live, age = log.recent_leases()
+        if age is None or age > LEASES_STALE_S:
+            when = "has not been read yet" if age is None else f"was last read {age:.0f} s ago"
+            extra.append(Finding(
+                f"preflight:TEAM_VIEW_OLD:{obj}", Severity.WARNING, plan.target,
+                "TEAM_VIEW_OLD", f"What other consoles hold {when} (the team's database "
+                "is slow or out of reach): a VM or LUN space they hold may not show here. "
+                "The lease check when the action is confirmed still decides."))
+    else:
+        try:
+            live = log.leases()
+        except ActionLogError:
+            return plan
+    found = conflicts(live, plan.target, plan.target_name, claim_for(store, plan),
+                      mine=log.console) if live else []
+    extra.extend(
         Finding(f"preflight:{code}:{obj}", Severity.BLOCKING, plan.target,
                 "NO_SPACE_SHARED" if code == "NO_SPACE" else code, message)
         for code, message in found)
+    if not extra:
+        return plan
     findings = tuple(sorted((*plan.findings, *extra), key=lambda f: -f.severity.rank))
     return dataclasses.replace(plan, findings=findings)

@@ -447,6 +447,9 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         elif self.core.wants_estimate(spec):
             self.run_worker(self._estimate_then_plan(spec.name, vm_id, params),
                             group="estimate", exclusive=True, exit_on_error=False)
+        elif self.core.shares_log:  # what other consoles hold, read first (in a worker)
+            self.run_worker(self._team_then_plan(spec.name, vm_id, params),
+                            group="plan", exclusive=True, exit_on_error=False)
         else:
             self._show_plan(spec.name, vm_id, **params)
 
@@ -462,6 +465,13 @@ class VentanaApp(compact.SafetyMixin, App[None]):
                                   params: dict[str, object]) -> None:
         """Ask vCenter for its storage estimate (best-effort), then open the plan."""
         await self.core.fetch_estimate(vm_id)
+        await self.runner.read_leases()
+        self._show_plan(action, vm_id, **params)
+
+    async def _team_then_plan(self, action: str, vm_id: str,
+                              params: dict[str, object]) -> None:
+        """On a team's log: its leases read now (a worker thread), then the plan."""
+        await self.runner.read_leases()
         self._show_plan(action, vm_id, **params)
 
     def _show_plan(self, action: str, vm_id: str, **params: object) -> None:
@@ -484,6 +494,7 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         if wf is not None:
             self.push_screen(self._rebuild_screen(wf.vm_id, wf.id))
             return
+        await self.runner.read_leases()
         self.open_rebuild_plan(vm_id)
 
     def _rebuild_screen(self, vm_id: str, workflow: str | None) -> RebuildScreen:

@@ -95,6 +95,7 @@ async def main(args: argparse.Namespace) -> int:
         return 3
     runner = ActionRunner(store, backend, log, recorder=Recorder())
     vm = next(v for v in store.vms() if v.name == args.vm)
+    await runner.read_leases()  # as the console does before it opens a plan
     plan = runner.plan(args.action, vm.id)
     say("plan", blocking=[f.code for f in plan.blocking], reserved=plan.facts.get(
         "reserved_by_running_merges"), needed=plan.space_needed, free=plan.free_now)

@@ -399,7 +399,7 @@ def test_shared_preflight_shows_other_consoles_before_confirming(loc: str | Path
     from factories import NOW, small_cluster
 
     from ventana.state import actionlog
-    from ventana.state.plans import plan_merge
+    from ventana.state.plans import Plan, plan_merge
     from ventana.state.team import claim_for, shared_preflight
 
     store = small_cluster(free_gb=100)
@@ -411,18 +411,37 @@ def test_shared_preflight_shows_other_consoles_before_confirming(loc: str | Path
     with ActionLog.open(loc) as mine, ActionLog.open(loc) as other:
         # "other" is another live console on this host (the parent process).
         other._pid, other._proc_start = os.getppid(), actionlog._proc_start(os.getppid())
-        assert shared_preflight(plan, store, mine) == plan  # nobody else holds anything
+
+        def shown_now() -> Plan:
+            """As a console plans: on a team's database, the leases read first (in a
+            worker there; the pre-flight itself only reads the latest reading)."""
+            if mine.shared:
+                mine.leases()
+            return shared_preflight(plan, store, mine)
+
+        if mine.shared:  # never read yet: said on the plan, never waited for
+            codes = [f.code for f in shared_preflight(plan, store, mine).findings
+                     if f.code == "TEAM_VIEW_OLD"]
+            assert codes == ["TEAM_VIEW_OLD"]
+        assert shown_now() == plan  # nobody else holds anything
         mine.begin(**{**BASE, "target_object": "vm:c", "target_name": "dc-03"},
                    claim=Claim(space={"l1": 10 * GB}, free={"l1": free}))
-        assert shared_preflight(plan, store, mine) == plan  # its own lease is its business
+        assert shown_now() == plan  # its own lease is its business
         other.begin(**{**BASE, "target_object": "vm:b", "target_name": "db-01"},
                     claim=Claim(space={"l1": free - need}, free={"l1": free}))
-        shown = shared_preflight(plan, store, mine)
+        shown = shown_now()
         assert [f.code for f in shown.blocking] == ["NO_SPACE_SHARED"]
         assert "db-01" in shown.blocking[0].message
         other.begin(**BASE, claim=Claim())  # and now it holds app-01 itself
-        codes = {f.code for f in shared_preflight(plan, store, mine).blocking}
+        codes = {f.code for f in shown_now().blocking}
         assert codes == {"NO_SPACE_SHARED", "VM_LEASED"}
+        if mine.shared:  # a reading gone old: still shown, and said to be old
+            found, _ = mine.recent_leases()
+            mine._leases_read = (found, time.monotonic() - 60)
+            aged = shared_preflight(plan, store, mine)
+            assert {f.code for f in aged.blocking} == {"NO_SPACE_SHARED", "VM_LEASED"}
+            old = [f for f in aged.findings if f.code == "TEAM_VIEW_OLD"]
+            assert len(old) == 1 and "last read 60 s ago" in old[0].message
 
 
 def test_a_window_item_another_console_runs_stays_running(loc: str | Path) -> None:

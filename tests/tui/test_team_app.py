@@ -191,9 +191,9 @@ async def test_a_read_only_console_says_when_the_team_feed_goes_stale() -> None:
 
             await asyncio.to_thread(pg.start)
             await wait_for(pilot, lambda: TEAM_FEED_STALE not in header.flags, timeout=15)
-            notes = [n.message for n in app._notifications]
-            assert any("other consoles' actions reach this console again" in n
-                       for n in notes), notes
+            await wait_for(pilot, lambda: any(  # the notice follows the header's change
+                "other consoles' actions reach this console again" in n.message
+                for n in app._notifications), timeout=5)
         log.close()
 
 
@@ -255,11 +255,12 @@ async def test_the_ui_answers_while_the_intent_commit_waits_for_the_database(
     log.close()
 
 
-async def test_the_window_and_a_rebuild_wait_for_the_database_without_freezing_the_ui(
+async def test_the_window_a_rebuild_and_a_plan_wait_for_the_database_without_freezing_the_ui(
         pg_url: str) -> None:
-    """The window queue and a VM's rebuild state are read from the team's database in a
-    worker thread: while another connection holds their tables, the keys still work
-    (help opens and closes); released, the screens open by themselves."""
+    """The window queue, a VM's rebuild state and the leases a plan shows are read from
+    the team's database in a worker thread: while another connection holds their tables,
+    the keys still work (help opens and closes); released, the screens open by
+    themselves."""
     import psycopg
 
     from ventana.tui.help_screen import HelpScreen
@@ -298,6 +299,21 @@ async def test_the_window_and_a_rebuild_wait_for_the_database_without_freezing_t
             await keys_work_meanwhile()
             holder.rollback()
             await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), timeout=10)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, PlanScreen))
+
+            # A merge's plan shows what other consoles hold: read first, in a worker.
+            vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
+            app.query_one(VmTable).select_vm(vm_id)
+            holder.execute("lock table leases in access exclusive mode")
+            await pilot.press("m")
+            await pilot.pause(0.3)
+            assert not isinstance(app.screen, PlanScreen)
+            await keys_work_meanwhile()
+            holder.rollback()
+            await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), timeout=10)
+            shown = app.screen.plan  # type: ignore[attr-defined]
+            assert "TEAM_VIEW_OLD" not in {f.code for f in shown.findings}  # read just now
     finally:
         holder.close()
     log.close()
