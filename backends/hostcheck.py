@@ -11,7 +11,8 @@ down, or that is not the host it claims to be.
 line naming host, port and the certificate problem: expired (with the
 date), not valid yet, issued for other names (listed), self-signed or from
 an unknown CA — always with the SHA-256 fingerprint, so the operator can
-compare it with the one the server's console shows. Everything taken from
+compare it with the one the server's console shows, and what to do about
+that problem (renew, give the CA, use a name the certificate carries). Everything taken from
 the certificate is untrusted text: control characters are removed and long
 names are cut.
 
@@ -23,6 +24,7 @@ certifi bundle for pypsrp).
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ __all__ = [
     "Untrusted",
     "check_host",
     "fingerprint",
+    "requests_context",
 ]
 
 CONNECT_TIMEOUT_S = 10.0
@@ -61,7 +64,18 @@ class Unreachable(HostCheckError):
 
 
 class Untrusted(HostCheckError):
-    """The certificate is not trusted: retrying does not help, a person must look."""
+    """The certificate is not trusted: retrying does not help, a person must look.
+
+    Besides the message: ``where`` (host:port), ``problem`` (the certificate
+    problem in the operator's words) and ``fingerprint`` (SHA-256, or "unknown"
+    when the certificate could not be read again) — all cleaned."""
+
+    def __init__(self, message: str, *, where: str = "", problem: str = "",
+                 fingerprint: str = "unknown") -> None:
+        super().__init__(message)
+        self.where = where
+        self.problem = problem
+        self.fingerprint = fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,32 +139,46 @@ def _day(when: datetime | None) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if when else "an unknown date"
 
 
-def _problem(exc: ssl.SSLCertVerificationError, host: str, der: bytes | None) -> str:
-    """The certificate problem in the operator's words."""
+_GIVE_CA = "give the CA that signed it (--ca-file)"
+_ANY = f"{_GIVE_CA}, or connect by a name the certificate carries"
+
+
+def _problem(exc: ssl.SSLCertVerificationError, host: str, der: bytes | None
+             ) -> tuple[str, str]:
+    """(the certificate problem, what the operator can do about it) in the operator's words."""
     code = getattr(exc, "verify_code", None)
     names, issuer, not_before, not_after = _describe(der) if der else ([], "", None, None)
     if code == _EXPIRED:
-        return f"the certificate expired on {_day(not_after)}"
+        return (f"the certificate expired on {_day(not_after)}",
+                "renew it on the host (or check this machine's clock)")
     if code == _NOT_YET_VALID:
-        return f"the certificate is not valid before {_day(not_before)}"
+        return (f"the certificate is not valid before {_day(not_before)}",
+                "check this machine's clock and the host's")
     if code in _NAME_MISMATCH:
         listed = ", ".join(names) or "no name"
         more = "" if len(names) < 6 else ", …"
-        return f"wrong name: the certificate is for {listed}{more}, not {_short(host, 60)}"
+        return (f"wrong name: the certificate is for {listed}{more}, not {_short(host, 60)}",
+                "connect by a name the certificate carries (or reissue it for this name)")
     if code == _SELF_SIGNED:
-        return "the certificate is self-signed"
+        return "the certificate is self-signed", _GIVE_CA
     if code == _SELF_SIGNED_IN_CHAIN or code in _UNKNOWN_ISSUER:
-        return f"the certificate is signed by a CA not trusted here ({issuer or 'issuer unknown'})"
-    return _short(str(getattr(exc, "verify_message", "") or exc), 120)
+        return (f"the certificate is signed by a CA not trusted here "
+                f"({issuer or 'issuer unknown'})", _GIVE_CA)
+    return _short(str(getattr(exc, "verify_message", "") or exc), 120), _ANY
 
 
 def requests_context(ca_file: object = None, *, insecure: bool = False) -> ssl.SSLContext:
     """The trust pypsrp (through requests) applies: certifi's bundle unless a CA
-    file is given; ``insecure`` verifies nothing. For checking a WinRM host the
-    way the session that follows will."""
+    file is given (a directory of hashed certificates too, as requests accepts
+    one: ``REQUESTS_CA_BUNDLE=/etc/ssl/certs``); ``insecure`` verifies nothing.
+    For checking a WinRM host the way the session that follows will."""
     import certifi
 
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else certifi.where())
+    where = str(ca_file) if ca_file else certifi.where()
+    if os.path.isdir(where):  # requests.adapters.HTTPAdapter.cert_verify: ca_cert_dir
+        context = ssl.create_default_context(capath=where)
+    else:
+        context = ssl.create_default_context(cafile=where)
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -164,6 +192,7 @@ def check_host(
     *,
     connect_to: tuple[str, int] | None = None,
     timeout: float = CONNECT_TIMEOUT_S,
+    withheld: str = "no password was asked for",
 ) -> HostTrust:
     """Open a TCP connection and make a TLS handshake with ``context`` as ``host``.
 
@@ -171,7 +200,9 @@ def check_host(
     still checked against ``host``, as ``curl --resolve`` does). Blocking:
     call it from a worker thread (or before the UI starts). Raises
     :class:`Unreachable` or :class:`Untrusted`; nothing is sent but the
-    handshake, and the connection is closed at once.
+    handshake, and the connection is closed at once. ``withheld``: what the
+    refusal spared, as the message says it (the CLI asks for no password; a
+    backend that already holds one sends none).
     """
     address = connect_to or (host, port)
     where = f"{_short(host, 60)}:{port}"
@@ -191,10 +222,11 @@ def check_host(
         except ssl.SSLCertVerificationError as exc:
             seen = _peer_der(address, host, timeout)
             print_ = fingerprint(seen) if seen else "unknown"
+            problem, advice = _problem(exc, host, seen)
             raise Untrusted(
-                f"TLS certificate of {where} not trusted: {_problem(exc, host, seen)} "
-                f"(SHA-256 fingerprint {print_}); no password was asked for — give the CA "
-                "that signed it (--ca-file), or connect by a name the certificate carries"
+                f"TLS certificate of {where} not trusted: {problem} "
+                f"(SHA-256 fingerprint {print_}); {withheld} — {advice}",
+                where=where, problem=problem, fingerprint=print_,
             ) from None
         except ssl.SSLError as exc:
             raise Unreachable(
