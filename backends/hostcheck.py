@@ -27,6 +27,7 @@ import hashlib
 import os
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -167,14 +168,42 @@ def _problem(exc: ssl.SSLCertVerificationError, host: str, der: bytes | None
     return _short(str(getattr(exc, "verify_message", "") or exc), 120), _ANY
 
 
+#: Contexts built by requests_context, by what they were loaded from (see there).
+_CONTEXTS_MAX = 8
+_contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
 def requests_context(ca_file: object = None, *, insecure: bool = False) -> ssl.SSLContext:
     """The trust pypsrp (through requests) applies: certifi's bundle unless a CA
     file is given (a directory of hashed certificates too, as requests accepts
     one: ``REQUESTS_CA_BUNDLE=/etc/ssl/certs``); ``insecure`` verifies nothing.
-    For checking a WinRM host the way the session that follows will."""
+    For checking a WinRM host the way the session that follows will.
+
+    Kept while the file's content is the same: parsing certifi's bundle costs
+    ~17 ms of CPU (reading and hashing it, ~0.3 ms), and a Hyper-V backend
+    checks each node's certificate whenever it opens a session (128 at 64
+    nodes). A file rewritten (a CA added while the console runs) is loaded
+    again; a directory, when its modification time changes. The context is
+    shared: use it, do not change it.
+    """
     import certifi
 
     where = str(ca_file) if ca_file else certifi.where()
+    key: tuple[object, ...] | None
+    try:
+        if os.path.isdir(where):
+            key = (where, os.stat(where).st_mtime_ns, insecure)
+        else:
+            with open(where, "rb") as handle:
+                key = (where, hashlib.blake2b(handle.read(), digest_size=16).digest(), insecure)
+    except OSError:
+        key = None  # let ssl say what is wrong with it
+    if key is not None:
+        with _contexts_lock:
+            kept = _contexts.get(key)
+        if kept is not None:
+            return kept
     if os.path.isdir(where):  # requests.adapters.HTTPAdapter.cert_verify: ca_cert_dir
         context = ssl.create_default_context(capath=where)
     else:
@@ -182,6 +211,11 @@ def requests_context(ca_file: object = None, *, insecure: bool = False) -> ssl.S
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    if key is not None:
+        with _contexts_lock:
+            if len(_contexts) >= _CONTEXTS_MAX:
+                _contexts.pop(next(iter(_contexts)))
+            _contexts[key] = context
     return context
 
 
