@@ -568,13 +568,16 @@ class NodeSession:
         unreachable node :class:`SessionError`."""
         connect_to = (self.host, self.port) if self.name.casefold() != self.host.casefold() \
             else None
+        # hostcheck names the name checked; a node reached by its address is named by its
+        # computer name once known (the backend sets ``where``): errors name the node.
+        node = "" if self.where in (self.name, f"{self.host}:{self.port}") else f"{self.where}: "
         try:
             check_host(self.name, self.port, trust, connect_to=connect_to,
                        timeout=self._connection_timeout, withheld=WITHHELD)
         except Untrusted as exc:
-            raise TlsRefused(str(exc)) from None
+            raise TlsRefused(f"{node}{exc}") from None
         except HostCheckError as exc:
-            raise SessionError(str(exc)) from None
+            raise SessionError(f"{node}{exc}") from None
 
     def _refusal(self, exc: BaseException, wsman: Any) -> SessionError | None:
         """Blocking (the worker thread whose pypsrp call failed): a certificate refusal
