@@ -40,6 +40,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ventana.state.sanitize import clean
+
 from ..base import ReadOnlyError
 from ..hostcheck import HostCheckError, Untrusted, check_host, requests_context
 from .commands import SWITCH, Command, fix_rows, parse_json
@@ -570,7 +572,8 @@ class NodeSession:
             else None
         # hostcheck names the name checked; a node reached by its address is named by its
         # computer name once known (the backend sets ``where``): errors name the node.
-        node = "" if self.where in (self.name, f"{self.host}:{self.port}") else f"{self.where}: "
+        node = "" if self.where in (self.name, f"{self.host}:{self.port}") \
+            else f"{clean(self.where)}: "  # a name Get-ClusterNode gave: cluster data
         try:
             check_host(self.name, self.port, trust, connect_to=connect_to,
                        timeout=self._connection_timeout, withheld=WITHHELD)

@@ -254,3 +254,42 @@ async def test_the_check_comes_before_the_pool_and_says_an_unreachable_node(
         await session.open()
     assert not isinstance(caught.value, TlsRefused)
     assert str(caught.value) == f"cannot reach {name}:{handle.port}: Connection refused"
+
+
+@pytest.mark.timeout(30)
+async def test_what_the_certificate_says_is_untrusted_text(cluster: Cluster) -> None:
+    """A certificate's names are anyone's: a control sequence in one reaches the reason
+    only made visible (never as a terminal command)."""
+    name = cluster.names[1]
+    handle = cluster.handles[name]
+    hostile = self_signed(cluster.tmp_path, "hv\x1b]0;pwned\x07-\x1b[2J.example")
+    handle.peer.use_certificate(hostile.chain, hostile.key)
+    bundle = cluster.tmp_path / "with-it.pem"  # trusted: only its name is wrong
+    bundle.write_bytes(cluster.bundle.read_bytes() + hostile.chain.read_bytes())
+    with pytest.raises(TlsRefused) as refused:
+        await session_to(handle, name, bundle).open()
+    text = str(refused.value)
+    assert "wrong name: the certificate is for hv" in text and "pwned" in text
+    assert not any(c in text for c in "\x1b\x07"), text
+    assert fingerprint(hostile.der) in text and handle.peer.requests_received == 0
+
+
+@pytest.mark.timeout(30)
+async def test_the_check_trusts_what_pypsrp_trusts(cluster: Cluster,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CA file given: pypsrp verifies with REQUESTS_CA_BUNDLE when it is set (else
+    certifi's bundle); the check uses the same, so it never refuses a node pypsrp
+    would trust — nor trusts one pypsrp would refuse."""
+    name = cluster.names[0]
+    handle = cluster.handles[name]
+    session = NodeSession("127.0.0.1", port=handle.port, username=handle.user,
+                          password=handle.password, auth="ntlm", cert_validation=True,
+                          connection_timeout=3.0, name=name)
+    with pytest.raises(TlsRefused, match="signed by a CA not trusted here"):
+        await session.open()  # certifi's bundle: the test CA is not in it
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cluster.bundle))
+    try:
+        answer = await session.run(get_computer_system())
+        assert answer.output
+    finally:
+        await session.close()
