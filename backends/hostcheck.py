@@ -11,10 +11,10 @@ down, or that is not the host it claims to be.
 line naming host, port and the certificate problem: expired (with the
 date), not valid yet, issued for other names (listed), self-signed or from
 an unknown CA — always with the SHA-256 fingerprint, so the operator can
-compare it with the one the server's console shows, and what to do about
-that problem (renew, give the CA, use a name the certificate carries). Everything taken from
-the certificate is untrusted text: control characters are removed and long
-names are cut.
+compare it with the one the server's console shows — and what to do about
+that problem (renew, give the CA, use a name the certificate carries).
+Everything taken from the certificate is untrusted text: control characters
+are removed and long names are cut.
 
 This module owns the wording; the contexts are the callers' (each backend
 verifies as its own client library will: the system store for pyvmomi, the
@@ -65,18 +65,7 @@ class Unreachable(HostCheckError):
 
 
 class Untrusted(HostCheckError):
-    """The certificate is not trusted: retrying does not help, a person must look.
-
-    Besides the message: ``where`` (host:port), ``problem`` (the certificate
-    problem in the operator's words) and ``fingerprint`` (SHA-256, or "unknown"
-    when the certificate could not be read again) — all cleaned."""
-
-    def __init__(self, message: str, *, where: str = "", problem: str = "",
-                 fingerprint: str = "unknown") -> None:
-        super().__init__(message)
-        self.where = where
-        self.problem = problem
-        self.fingerprint = fingerprint
+    """The certificate is not trusted: retrying does not help, a person must look."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +130,7 @@ def _day(when: datetime | None) -> str:
 
 
 _GIVE_CA = "give the CA that signed it (--ca-file)"
-_ANY = f"{_GIVE_CA}, or connect by a name the certificate carries"
+_GIVE_CA_OR_NAME = f"{_GIVE_CA}, or connect by a name the certificate carries"
 
 
 def _problem(exc: ssl.SSLCertVerificationError, host: str, der: bytes | None
@@ -165,7 +154,7 @@ def _problem(exc: ssl.SSLCertVerificationError, host: str, der: bytes | None
     if code == _SELF_SIGNED_IN_CHAIN or code in _UNKNOWN_ISSUER:
         return (f"the certificate is signed by a CA not trusted here "
                 f"({issuer or 'issuer unknown'})", _GIVE_CA)
-    return _short(str(getattr(exc, "verify_message", "") or exc), 120), _ANY
+    return _short(str(getattr(exc, "verify_message", "") or exc), 120), _GIVE_CA_OR_NAME
 
 
 #: Contexts built by requests_context, by what they were loaded from (see there).
@@ -259,8 +248,7 @@ def check_host(
             problem, advice = _problem(exc, host, seen)
             raise Untrusted(
                 f"TLS certificate of {where} not trusted: {problem} "
-                f"(SHA-256 fingerprint {print_}); {withheld} — {advice}",
-                where=where, problem=problem, fingerprint=print_,
+                f"(SHA-256 fingerprint {print_}); {withheld} — {advice}"
             ) from None
         except ssl.SSLError as exc:
             raise Unreachable(
