@@ -294,3 +294,23 @@ async def test_the_check_trusts_what_pypsrp_trusts(cluster: Cluster,
         assert answer.output
     finally:
         await session.close()
+
+
+@pytest.mark.timeout(30)
+async def test_the_probe_records_each_refused_nodes_whole_text(cluster: Cluster) -> None:
+    """``ventana probe --hyperv`` (what docs/hyperv-tls.md sends the operator to for the
+    whole text): a refused node's reads record hostcheck's words, fingerprint included."""
+    from ventana.backends.hyperv.probe import READS, ProbeTarget, capture
+
+    bad = cluster.names[1]
+    pem = cluster.present(bad, "expired")
+    targets = [ProbeTarget(n, "127.0.0.1", cluster.handles[n].port) for n in cluster.names[:2]]
+    data = await capture(targets, lambda t: session_to(cluster.handles[t.name], t.name,
+                                                       cluster.bundle))
+    good, refused = data["nodes"]
+    assert not any("failure" in e for e in good["reads"].values())
+    failures = {e.get("failure", "") for e in refused["reads"].values()}
+    assert len(refused["reads"]) == len(READS) and len(failures) == 1
+    [text] = failures
+    assert f"TLS certificate of {bad}:{cluster.handles[bad].port} not trusted: the " \
+        "certificate expired on " in text and fingerprint(pem.der) in text
