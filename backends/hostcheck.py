@@ -11,9 +11,10 @@ down, or that is not the host it claims to be.
 line naming host, port and the certificate problem: expired (with the
 date), not valid yet, issued for other names (listed), self-signed or from
 an unknown CA — always with the SHA-256 fingerprint, so the operator can
-compare it with the one the server's console shows. Everything taken from
-the certificate is untrusted text: control characters are removed and long
-names are cut.
+compare it with the one the server's console shows — and what to do about
+that problem (renew, give the CA, use a name the certificate carries).
+Everything taken from the certificate is untrusted text: control characters
+are removed and long names are cut.
 
 This module owns the wording; the contexts are the callers' (each backend
 verifies as its own client library will: the system store for pyvmomi, the
@@ -23,8 +24,10 @@ certifi bundle for pypsrp).
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -38,6 +41,7 @@ __all__ = [
     "Untrusted",
     "check_host",
     "fingerprint",
+    "requests_context",
 ]
 
 CONNECT_TIMEOUT_S = 10.0
@@ -125,35 +129,82 @@ def _day(when: datetime | None) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if when else "an unknown date"
 
 
-def _problem(exc: ssl.SSLCertVerificationError, host: str, der: bytes | None) -> str:
-    """The certificate problem in the operator's words."""
+_GIVE_CA = "give the CA that signed it (--ca-file)"
+_GIVE_CA_OR_NAME = f"{_GIVE_CA}, or connect by a name the certificate carries"
+
+
+def _problem(exc: ssl.SSLCertVerificationError, host: str, der: bytes | None
+             ) -> tuple[str, str]:
+    """(the certificate problem, what the operator can do about it) in the operator's words."""
     code = getattr(exc, "verify_code", None)
     names, issuer, not_before, not_after = _describe(der) if der else ([], "", None, None)
     if code == _EXPIRED:
-        return f"the certificate expired on {_day(not_after)}"
+        return (f"the certificate expired on {_day(not_after)}",
+                "renew it on the host (or check this machine's clock)")
     if code == _NOT_YET_VALID:
-        return f"the certificate is not valid before {_day(not_before)}"
+        return (f"the certificate is not valid before {_day(not_before)}",
+                "check this machine's clock and the host's")
     if code in _NAME_MISMATCH:
         listed = ", ".join(names) or "no name"
         more = "" if len(names) < 6 else ", …"
-        return f"wrong name: the certificate is for {listed}{more}, not {_short(host, 60)}"
+        return (f"wrong name: the certificate is for {listed}{more}, not {_short(host, 60)}",
+                "connect by a name the certificate carries (or reissue it for this name)")
     if code == _SELF_SIGNED:
-        return "the certificate is self-signed"
+        return "the certificate is self-signed", _GIVE_CA
     if code == _SELF_SIGNED_IN_CHAIN or code in _UNKNOWN_ISSUER:
-        return f"the certificate is signed by a CA not trusted here ({issuer or 'issuer unknown'})"
-    return _short(str(getattr(exc, "verify_message", "") or exc), 120)
+        return (f"the certificate is signed by a CA not trusted here "
+                f"({issuer or 'issuer unknown'})", _GIVE_CA)
+    return _short(str(getattr(exc, "verify_message", "") or exc), 120), _GIVE_CA_OR_NAME
+
+
+#: Contexts built by requests_context, by what they were loaded from (see there).
+_CONTEXTS_MAX = 8
+_contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
 
 
 def requests_context(ca_file: object = None, *, insecure: bool = False) -> ssl.SSLContext:
     """The trust pypsrp (through requests) applies: certifi's bundle unless a CA
-    file is given; ``insecure`` verifies nothing. For checking a WinRM host the
-    way the session that follows will."""
+    file is given (a directory of hashed certificates too, as requests accepts
+    one: ``REQUESTS_CA_BUNDLE=/etc/ssl/certs``); ``insecure`` verifies nothing.
+    For checking a WinRM host the way the session that follows will.
+
+    Kept while the file's content is the same: parsing certifi's bundle costs
+    ~17 ms of CPU (reading and hashing it, ~0.3 ms), and a Hyper-V backend
+    checks each node's certificate whenever it opens a session (128 at 64
+    nodes). A file rewritten (a CA added while the console runs) is loaded
+    again; a directory, when its modification time changes. The context is
+    shared: use it, do not change it.
+    """
     import certifi
 
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else certifi.where())
+    where = str(ca_file) if ca_file else certifi.where()
+    key: tuple[object, ...] | None
+    try:
+        if os.path.isdir(where):
+            key = (where, os.stat(where).st_mtime_ns, insecure)
+        else:
+            with open(where, "rb") as handle:
+                key = (where, hashlib.blake2b(handle.read(), digest_size=16).digest(), insecure)
+    except OSError:
+        key = None  # let ssl say what is wrong with it
+    if key is not None:
+        with _contexts_lock:
+            kept = _contexts.get(key)
+        if kept is not None:
+            return kept
+    if os.path.isdir(where):  # requests.adapters.HTTPAdapter.cert_verify: ca_cert_dir
+        context = ssl.create_default_context(capath=where)
+    else:
+        context = ssl.create_default_context(cafile=where)
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    if key is not None:
+        with _contexts_lock:
+            if len(_contexts) >= _CONTEXTS_MAX:
+                _contexts.pop(next(iter(_contexts)))
+            _contexts[key] = context
     return context
 
 
@@ -164,6 +215,7 @@ def check_host(
     *,
     connect_to: tuple[str, int] | None = None,
     timeout: float = CONNECT_TIMEOUT_S,
+    withheld: str = "no password was asked for",
 ) -> HostTrust:
     """Open a TCP connection and make a TLS handshake with ``context`` as ``host``.
 
@@ -171,7 +223,9 @@ def check_host(
     still checked against ``host``, as ``curl --resolve`` does). Blocking:
     call it from a worker thread (or before the UI starts). Raises
     :class:`Unreachable` or :class:`Untrusted`; nothing is sent but the
-    handshake, and the connection is closed at once.
+    handshake, and the connection is closed at once. ``withheld``: what the
+    refusal spared, as the message says it (the CLI asks for no password; a
+    backend that already holds one sends none).
     """
     address = connect_to or (host, port)
     where = f"{_short(host, 60)}:{port}"
@@ -191,10 +245,10 @@ def check_host(
         except ssl.SSLCertVerificationError as exc:
             seen = _peer_der(address, host, timeout)
             print_ = fingerprint(seen) if seen else "unknown"
+            problem, advice = _problem(exc, host, seen)
             raise Untrusted(
-                f"TLS certificate of {where} not trusted: {_problem(exc, host, seen)} "
-                f"(SHA-256 fingerprint {print_}); no password was asked for — give the CA "
-                "that signed it (--ca-file), or connect by a name the certificate carries"
+                f"TLS certificate of {where} not trusted: {problem} "
+                f"(SHA-256 fingerprint {print_}); {withheld} — {advice}"
             ) from None
         except ssl.SSLError as exc:
             raise Unreachable(

@@ -22,8 +22,11 @@ the lowest-numbered node that answers. When a node stops answering its
 source goes ``STALE`` with the reason (its entities stay, marked stale by
 the store), then ``RECONNECTING`` with exponential backoff until it answers
 again; a full re-read on reconnect emits only the differences. A refused
-password or an untrusted certificate is not retried (retries could lock the
-account): the source goes ``DISCONNECTED`` with the reason.
+password is not retried (retries could lock the account): the source goes
+``DISCONNECTED`` with the reason. An untrusted certificate is refused before
+anything is sent (``session``: hostcheck's words — the problem, the SHA-256
+fingerprint, what to do) and retried with backoff, each retry checking it
+again; for the cluster name (discovery) it ends as ``DISCONNECTED``.
 
 Actions: a writable backend (``read_only=False``) hands out a
 ``HyperVExecutor``; the workflows live in their own modules and see the

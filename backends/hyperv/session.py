@@ -12,6 +12,14 @@ the next command opens a new one.
 
 Errors come out as :class:`SessionError` subclasses whose messages are safe
 to show and log: they never carry the password.
+
+Before a pool opens (and so before any credential leaves), the node's TLS
+certificate is checked with the trust pypsrp's own session will apply
+(``hostcheck``): a refused certificate is :class:`TlsRefused` with hostcheck's
+words — host, port, the problem (expired, wrong name, unknown CA…), the SHA-256
+fingerprint and what to do. A refusal pypsrp meets later (a new connection of a
+running session, after the certificate changed) is checked and said the same
+way, in the worker thread that met it.
 """
 
 from __future__ import annotations
@@ -32,7 +40,10 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ventana.state.sanitize import clean
+
 from ..base import ReadOnlyError
+from ..hostcheck import HostCheckError, Untrusted, check_host, requests_context
 from .commands import SWITCH, Command, fix_rows, parse_json
 
 log = logging.getLogger(__name__)
@@ -54,7 +65,12 @@ class AuthFailed(SessionError):
 
 
 class TlsRefused(SessionError):
-    """The node's certificate is not trusted (not retried)."""
+    """The node's certificate is not trusted: nothing was sent over the connection."""
+
+
+#: What a certificate refusal spared, in hostcheck's message: the session holds the
+#: password, and sends it only over a connection whose certificate was verified.
+WITHHELD = "no password was sent"
 
 
 class CommandTimeout(SessionError):
@@ -512,14 +528,93 @@ class NodeSession:
         if self.name.casefold() != self.host.casefold() and self._cert_validation is not False:
             self._check_certificate_as(wsman, self.name)
         _settle_environment(wsman)
+        trust = self._trust(wsman)
+        if trust is not None:
+            self._check_tls(trust)  # before the pool opens: no credential leaves before it
         pool = RunspacePool(wsman)
         try:
             pool.open()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                wsman.close()
+            refused = self._refusal(exc, wsman)
+            if refused is None:
+                raise
+            raise refused from None
         except BaseException:
             with contextlib.suppress(Exception):
                 wsman.close()
             raise
         return pool
+
+    # -- TLS ---------------------------------------------------------------------------
+    def _trust(self, wsman: Any) -> Any:
+        """The trust pypsrp's session applies, as an ``ssl.SSLContext`` for hostcheck; None
+        when there is nothing to check the way pypsrp connects: plain HTTP, verification
+        off, or an HTTPS proxy in between (pypsrp reaches the node through it)."""
+        if not self._ssl:
+            return None
+        session = wsman.transport.session
+        # pypsrp's WSMan._build_session: session.verify is cert_validation, or with True
+        # the environment's REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE; requests' own default
+        # (True) is certifi's bundle (requests.utils.DEFAULT_CA_BUNDLE_PATH).
+        verify = getattr(session, "verify", self._cert_validation)
+        if verify is False or (getattr(session, "proxies", None) or {}).get("https"):
+            return None
+        return requests_context(verify if isinstance(verify, str) else None)
+
+    def _check_tls(self, trust: Any) -> None:
+        """Blocking (a worker thread): a TLS handshake with the node as pypsrp will make
+        it (the certificate checked against the node's NAME, the address reached); an
+        untrusted certificate raises :class:`TlsRefused` in hostcheck's words, an
+        unreachable node :class:`SessionError`."""
+        connect_to = (self.host, self.port) if self.name.casefold() != self.host.casefold() \
+            else None
+        # hostcheck names the name checked; a node reached by its address is named by its
+        # computer name once known (the backend sets ``where``): errors name the node.
+        node = "" if self.where in (self.name, f"{self.host}:{self.port}") \
+            else f"{clean(self.where)}: "  # a name Get-ClusterNode gave: cluster data
+        try:
+            check_host(self.name, self.port, trust, connect_to=connect_to,
+                       timeout=self._connection_timeout, withheld=WITHHELD)
+        except Untrusted as exc:
+            raise TlsRefused(f"{node}{exc}") from None
+        except HostCheckError as exc:
+            raise SessionError(f"{node}{exc}") from None
+
+    def _refusal(self, exc: BaseException, wsman: Any) -> SessionError | None:
+        """Blocking (the worker thread whose pypsrp call failed): a certificate refusal
+        said as hostcheck says it — checked again now, with the session's trust. None
+        when ``exc`` is not a certificate refusal; pypsrp's own words (``describe``) when
+        the check cannot say more (the node vanished meanwhile, or its certificate
+        passes now)."""
+        said = describe(exc, self.where, self._password)
+        if not isinstance(said, TlsRefused):
+            return None
+        try:
+            trust = self._trust(wsman)
+            if trust is not None:
+                self._check_tls(trust)
+        except TlsRefused as refused:
+            return refused
+        except Exception as other:  # whatever it is, the first words stay
+            log.debug("%s: the certificate could not be checked again: %s", self.where, other)
+        return said
+
+    def _explained(self, fn: Callable[[], T], pool: Any) -> Callable[[], T]:
+        """``fn`` for a worker thread, a certificate refusal it meets said by ``_refusal``
+        (pypsrp opens a new connection within a pool when the old one closed: a host
+        whose certificate changed under a running session refuses it there)."""
+        def work() -> T:
+            try:
+                return fn()
+            except Exception as exc:
+                refused = self._refusal(exc, pool.connection)
+                if refused is None:
+                    raise
+                raise refused from None
+
+        return work
 
     @staticmethod
     def _check_certificate_as(wsman: Any, name: str) -> None:
@@ -644,7 +739,8 @@ class NodeSession:
             ps = self._build(pool, commands)
             try:
                 result = await asyncio.wait_for(
-                    in_thread(lambda: invoke(ps), name=f"{thread}-{self.where}"), limit)
+                    in_thread(self._explained(lambda: invoke(ps), pool),
+                              name=f"{thread}-{self.where}"), limit)
             except asyncio.CancelledError:  # the caller gave up: stop it on the node too
                 self._stop(ps)
                 self._discard()
@@ -698,7 +794,8 @@ class NodeSession:
                 _release(ps)
                 return output
 
-            job = asyncio.ensure_future(in_thread(invoke_long, name=f"psrp-long-{self.where}"))
+            job = asyncio.ensure_future(in_thread(self._explained(invoke_long, pool),
+                                                  name=f"psrp-long-{self.where}"))
             seen = 0
             try:
                 while True:

@@ -17,7 +17,13 @@ import pytest
 import trustme
 from peers.tlsserver import issued, self_signed, serve
 
-from ventana.backends.hostcheck import Unreachable, Untrusted, check_host, fingerprint
+from ventana.backends.hostcheck import (
+    Unreachable,
+    Untrusted,
+    check_host,
+    fingerprint,
+    requests_context,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -48,6 +54,8 @@ def test_expired_certificate_is_refused_with_its_date(ca: trustme.CA, tmp_path: 
     text = str(caught.value)
     assert f"127.0.0.1:{server.port}" in text and "expired on 20" in text
     assert fingerprint(pem.der) in text and server.received == 0
+    assert text.endswith("no password was asked for — renew it on the host (or check this "
+                         "machine's clock)")
 
 
 def test_wrong_name_lists_the_names_the_certificate_carries(ca: trustme.CA,
@@ -58,6 +66,8 @@ def test_wrong_name_lists_the_names_the_certificate_carries(ca: trustme.CA,
     text = str(caught.value)
     assert "wrong name" in text and "vc-other.example, alias.example" in text
     assert "not 127.0.0.1" in text and fingerprint(pem.der) in text
+    assert text.endswith("— connect by a name the certificate carries (or reissue it for "
+                         "this name)")
 
 
 def test_self_signed_certificate_shows_its_fingerprint(ca: trustme.CA, tmp_path: Path) -> None:
@@ -67,7 +77,7 @@ def test_self_signed_certificate_shows_its_fingerprint(ca: trustme.CA, tmp_path:
     text = str(caught.value)
     assert f"127.0.0.1:{server.port}" in text and "self-signed" in text
     assert f"SHA-256 fingerprint {fingerprint(pem.der)}" in text
-    assert "no password was asked for" in text
+    assert text.endswith("no password was asked for — give the CA that signed it (--ca-file)")
 
 
 def test_unknown_ca_is_named(ca: trustme.CA, tmp_path: Path) -> None:
@@ -122,3 +132,22 @@ def test_hostile_certificate_names_are_cleaned_and_cut(ca: trustme.CA, tmp_path:
         check_host("127.0.0.1", server.port, trusting(ca))
     text = str(caught.value)
     assert hostile not in text and "…" in text and "\x1b" not in text
+
+
+def test_a_ca_file_is_loaded_once_and_again_when_it_changes(ca: trustme.CA,
+                                                            tmp_path: Path) -> None:
+    """requests_context keeps a context while its file is unchanged (certifi's bundle
+    costs ~17 ms of CPU to load); a CA file rewritten is loaded again."""
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))  # not the server's CA
+    pem = issued(ca, tmp_path, "127.0.0.1")
+    first = requests_context(bundle)
+    assert requests_context(bundle) is first and requests_context(None) is requests_context()
+    assert requests_context(bundle, insecure=True) is not first
+    with serve(pem) as server:
+        with pytest.raises(Untrusted, match="signed by a CA not trusted here"):
+            check_host("127.0.0.1", server.port, requests_context(bundle))
+        ca.cert_pem.write_to_path(str(bundle))  # the right CA now
+        again = requests_context(bundle)
+        assert again is not first
+        assert check_host("127.0.0.1", server.port, again).verified

@@ -429,7 +429,7 @@ async def test_unknown_ca_is_refused_retried_and_recovers_once_fixed(
     backend = backend_for(handle, ca=str(bundle))
     feed = Feed(backend)
     source = backend.sources[0]
-    await feed.until(lambda: any("TLS certificate not trusted" in e.reason
+    await feed.until(lambda: any("signed by a CA not trusted here" in e.reason
                                  for e in feed.links(source)), 15, "refused TLS")
     assert feed.last_state(source) is not LinkState.CONNECTED
     assert not feed.state
@@ -845,7 +845,8 @@ async def test_resolve_checks_the_certificate_against_the_name(tmp_path: Path) -
         backend = HyperVBackend(config, Credential(handle.user, handle.password, "t"))
         feed = Feed(backend)
         source = backend.sources[0]
-        await feed.until(lambda: any("TLS certificate not trusted" in e.reason
+        await feed.until(lambda: any("wrong name: the certificate is for hv-other, not "
+                                     "HVCLUSTER01" in e.reason
                                      for e in feed.links(source)), 15, "refused")
         assert "HVCLUSTER01" in feed.links(source)[-1].reason
         assert not feed.of(Kind.VM)

@@ -15,6 +15,12 @@ and authentication:
   variable at it only while its acceptor runs, under a process-wide lock, so
   several peers with different passwords can run in one process.
 
+``use_certificate`` presents another certificate from then on (renewed,
+expired, for other names, from another CA: tests/peers/tlsserver.py makes
+them), as a listener given a new certificate; ``requests_received`` counts
+the HTTP requests that reached it (none from a client that refused the
+certificate).
+
 Users are given as ``{"DOMAIN\\\\USER": password}``; the client logs in as
 ``DOMAIN\\USER``. Passwords, tokens and ``Authorization`` headers are never
 logged. WS-Man handling is in ``wsman.py``.
@@ -184,6 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- HTTP -------------------------------------------------------------------
     def do_POST(self) -> None:
+        self.server.peer.count_request()
         body = self._read_body()
         if body is None:
             return
@@ -207,6 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(status, payload, headers)
 
     def do_GET(self) -> None:
+        self.server.peer.count_request()
         if self._read_body() is not None:
             self._reply(405, b"", {"Allow": "POST"})
 
@@ -375,6 +383,7 @@ class WinRMPeer:
         if unknown:
             raise ValueError(f"unknown auth schemes: {sorted(unknown)}")
         self._users = dict(users)
+        self._count_lock = threading.Lock()
         names = list(cert_names) if cert_names is not None else ["localhost", "127.0.0.1", host]
         self.cert_names = list(dict.fromkeys(names))
         self._own_workdir = workdir is None
@@ -387,9 +396,13 @@ class WinRMPeer:
         self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
         server_cert.configure_cert(self.ssl_context)
-        self.channel_bindings = GssChannelBindings(
-            application_data=tls_server_end_point(server_cert.cert_chain_pems[0].bytes())
-        )
+        leaf = server_cert.cert_chain_pems[0].bytes()
+        self.channel_bindings = GssChannelBindings(application_data=tls_server_end_point(leaf))
+        #: The certificate presented now (DER), for fingerprints in tests.
+        self.certificate_der = x509.load_pem_x509_certificate(leaf).public_bytes(Encoding.DER)
+        #: HTTP requests received over a completed handshake (a client that refused the
+        #: certificate sends none: no credential reached this endpoint).
+        self.requests_received = 0
         self.ntlm_user_file = self.workdir / "ntlm-users"
         fd = os.open(self.ntlm_user_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -401,6 +414,28 @@ class WinRMPeer:
         self._closed = False
         self._bound_port = 0
         self._thread: threading.Thread | None = None
+
+    def use_certificate(self, chain: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
+        """Present another certificate (PEM chain, leaf first, and its key) from now on, as
+        a host whose WinRM HTTPS listener was given a renewed certificate (the listener's
+        ``CertificateThumbprint`` set with ``Set-WSManInstance winrm/config/Listener``, as
+        Posh-ACME.Deploy's Set-WinRMCertificate does: powershellgallery.com/packages/
+        Posh-ACME.Deploy). Open connections are dropped (new ones meet the new
+        certificate; pools and shells stay, as through an idle keep-alive timeout)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(chain), str(key))
+        leaf = x509.load_pem_x509_certificate(Path(chain).read_bytes())
+        self.ssl_context = context
+        self.channel_bindings = GssChannelBindings(
+            application_data=tls_server_end_point(leaf.public_bytes(Encoding.PEM)))
+        self.certificate_der = leaf.public_bytes(Encoding.DER)
+        if self._httpd is not None:
+            self._httpd.drop_connections()
+
+    def count_request(self) -> None:
+        with self._count_lock:
+            self.requests_received += 1
 
     # -- credentials ----------------------------------------------------------------
     def known_user(self, principal: str) -> str | None:
