@@ -7,6 +7,7 @@ from pathlib import Path
 
 from factories import NOW
 from textual.pilot import Pilot
+from textual.screen import Screen
 
 from ventana.backends.sim import SimBackend, SimConfig
 from ventana.state.actionlog import ActionLog
@@ -71,3 +72,12 @@ async def read_whole_plan(pilot: Pilot) -> None:
     """Scroll the plan screen to its end, as an operator reads it before confirming."""
     await pilot.press("ctrl+end")
     await wait_for(pilot, lambda: getattr(pilot.app.screen, "seen_all", True))
+
+
+def help_text(screen: Screen) -> str:
+    """The help dialog's texts, line by line as laid out on screen (every line of each
+    text at its width: the dialog scrolls)."""
+    from textual.widgets import Static
+
+    return "\n".join(static.render_line(y).text for static in screen.query(Static)
+                     for y in range(static.size.height))

@@ -38,7 +38,7 @@ from ventana.core import Console, Notice
 from ventana.core.console import EventRecorder
 from ventana.state.acks import AckBook
 from ventana.state.actionlog import ActionLog
-from ventana.state.events import Event
+from ventana.state.events import Event, LinkState
 from ventana.state.findings import FindingsConfig, FindingsEngine
 from ventana.state.model import Kind
 from ventana.state.plans import Plan
@@ -371,7 +371,9 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         under = self.screen if len(self.screen_stack) > 1 else None
         if isinstance(under, HelpScreen):
             return
-        self.push_screen(HelpScreen(self.read_only, under))
+        links = [k for k in self.store.links.values()
+                 if k.reason and k.state is not LinkState.CONNECTED]
+        self.push_screen(HelpScreen(self.read_only, under, links))
 
     def action_action_log(self) -> None:
         recorded = self.core.recorded_actions()

@@ -3,9 +3,15 @@
 Opened over another screen (findings, report, window, rebuild, plan ...), it
 lists that screen's own keys first, read from the screen's bindings — the
 console's commands do not act there (``VentanaApp.check_action``).
+
+When a link is not live (or says why it changed), its whole reason comes first:
+the header has room for about 60 cells of it, and a refused certificate's
+problem and SHA-256 fingerprint (docs/hyperv-tls.md) are longer than that.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from rich.table import Table
 from rich.text import Text
@@ -14,6 +20,9 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
+
+from ventana.state.sanitize import clean
+from ventana.state.store import Link
 
 from .commands import COMMANDS, key_label, platforms_label
 
@@ -51,6 +60,22 @@ def help_table(read_only: bool) -> Table:
     return table
 
 
+def links_table(links: Sequence[Link]) -> Table:
+    """Each link that is not live or gives a reason, with the whole reason (wrapped)."""
+    table = Table(box=None, padding=(0, 2), show_header=True, header_style="bold")
+    table.add_column("Link", max_width=30)
+    table.add_column("State", no_wrap=True)
+    table.add_column("Since (UTC)", no_wrap=True)
+    table.add_column("Why", ratio=1)
+    for link in links:
+        table.add_row(Text(clean(link.source), style="bold"),
+                      Text(link.state.value, style="red" if link.state.value != "connected"
+                           else ""),
+                      Text(f"{link.since:%H:%M:%S}"),
+                      Text(clean(link.reason), overflow="fold"))  # a fingerprint: folded
+    return table
+
+
 def screen_keys(screen: type[Screen] | Screen) -> list[tuple[str, str]]:
     """A screen's own keys and what they do, from its bindings (described ones)."""
     cls = screen if isinstance(screen, type) else type(screen)
@@ -79,14 +104,22 @@ def screen_table(screen: Screen) -> Table:
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
 
-    def __init__(self, read_only: bool, under: Screen | None = None) -> None:
-        """``under``: the screen help was asked on (None: the main screen)."""
+    def __init__(self, read_only: bool, under: Screen | None = None,
+                 links: Sequence[Link] = ()) -> None:
+        """``under``: the screen help was asked on (None: the main screen); ``links``:
+        the links whose whole reason to show first."""
         super().__init__()
         self.read_only = read_only
         self.under = under if under is not None and screen_keys(under) else None
+        self.links = tuple(links)
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-dialog"):
+            if self.links:
+                yield Static(Text("Links that are not live, with their whole reason",
+                                  style="bold"))
+                yield Static(links_table(self.links))
+                yield Static(Text(""))
             if self.under is not None:
                 yield Static(Text(f"Keys on this screen ({screen_title(self.under)})",
                                   style="bold"))

@@ -6,7 +6,7 @@ header's reason for the second says hostcheck's words — the node, the
 problem and the date, the exact SHA-256 fingerprint the operator compares
 with the host's, what to do — when the terminal is wide enough to hold it
 (the header cuts a long reason first: at 100 columns only the stale node's
-name is left; see docs/hyperv-tls.md).
+name is left; help, ``?``, shows it whole at 80 columns; see docs/hyperv-tls.md).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from apphelp import wait_for
+from apphelp import help_text, wait_for
 from peers.tlsserver import issued
 from peers.winrm.fixture import generate_password, start_winrm_peer
 from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
@@ -26,6 +26,7 @@ from ventana.state.actionlog import ActionLog
 from ventana.state.model import Kind
 from ventana.tui.app import VentanaApp
 from ventana.tui.header import StatusHeader
+from ventana.tui.help_screen import HelpScreen
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,6 +67,11 @@ async def test_an_expired_node_certificate_is_said_on_screen(tmp_path: Path) -> 
             await pilot.pause(0.2)
             shown = str(header.render())  # narrow: the reason is cut, the node still named
             assert f"stale: {names[1]}" in shown, shown
+            await pilot.resize_terminal(80, 24)  # …and help (?) shows it whole, even here
+            await pilot.press("question_mark")
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            text = "".join(help_text(app.screen).split())
+            assert "".join(said.split()) in text and print_ in text, text
         log.close()
         assert handles[1].peer.requests_received == 0
     finally:
