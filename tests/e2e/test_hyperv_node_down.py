@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from apphelp import placed, wait_for
-from peers.winrm.fixture import generate_password, start_winrm_peer
-from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
+from peers.winrm.fixture import node_endpoints
+from peers.winrm.hyperv import ClusterModel
+from test_hyperv_backend import config_for
 
 from ventana.backends.actions import ActionRefused
-from ventana.backends.hyperv import Credential, HyperVBackend, HyperVConfig
+from ventana.backends.hyperv import Credential, HyperVBackend
 from ventana.backends.sim import SimConfig
 from ventana.state.actionlog import ActionLog
 from ventana.state.model import Kind, TaskState
@@ -36,18 +37,9 @@ pytestmark = pytest.mark.timeout(120)
 
 async def test_one_dead_node_leaves_the_other_bright_and_actionable(tmp_path: Path) -> None:
     model = ClusterModel(SimConfig(vms=12, nodes=2, rate=0))
-    names = sorted(model.nodes)
-    password = generate_password()
-    handles = [start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
-               for name in names]
-    try:
-        bundle = tmp_path / "cas.pem"
-        bundle.write_text("".join(Path(h.ca_path).read_text() for h in handles))
-        config = HyperVConfig(
-            "HVCLUSTER01", handles[0].user,
-            nodes=tuple(f"127.0.0.1:{h.port}" for h in handles), auth="ntlm",
-            ca_bundle=str(bundle), poll_interval=0.3, command_timeout=5.0,
-            connection_timeout=3.0, backoff_initial=0.2, backoff_max=1.0, read_only=False)
+    with node_endpoints(model, tmp_path / "cas.pem") as (names, handles, password):
+        config = config_for(handles, str(tmp_path / "cas.pem"), poll_interval=0.3,
+                            command_timeout=5.0, connection_timeout=3.0, read_only=False)
         backend = HyperVBackend(config, Credential(handles[0].user, password, "test"))
         log = ActionLog.open(tmp_path / "a.db")
         app = VentanaApp(backend, log=log)
@@ -95,6 +87,3 @@ async def test_one_dead_node_leaves_the_other_bright_and_actionable(tmp_path: Pa
             assert result.state is TaskState.OK, result.error
             assert not model.chains.get(healthy_vm)
         log.close()
-    finally:
-        for h in handles:
-            h.stop()

@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 from apphelp import placed, wait_for
 from factories import NOW
-from peers.winrm.fixture import generate_password, start_winrm_peer
-from peers.winrm.hyperv import ClusterModel, build_hyperv_registry
+from peers.winrm.fixture import node_endpoints
+from peers.winrm.hyperv import ClusterModel
+from test_hyperv_backend import config_for
 from textual.pilot import Pilot
 
-from ventana.backends.hyperv import Credential, HyperVBackend, HyperVConfig
+from ventana.backends.hyperv import Credential, HyperVBackend
 from ventana.backends.multi import MultiBackend
 from ventana.backends.sim import SimBackend, SimConfig
 from ventana.state.actionlog import ActionLog
@@ -78,18 +79,9 @@ def _task_line(app: VentanaApp, vm_id: str) -> str:
 async def test_one_targets_link_down_dims_only_that_targets_rows_and_tasks(
         tmp_path: Path) -> None:
     model = ClusterModel(SimConfig(vms=12, nodes=2, rate=0))
-    names = sorted(model.nodes)
-    password = generate_password()
-    handles = [start_winrm_peer(registry=build_hyperv_registry(model, name), password=password)
-               for name in names]
-    try:
-        bundle = tmp_path / "cas.pem"
-        bundle.write_text("".join(Path(h.ca_path).read_text() for h in handles))
-        config = HyperVConfig(
-            "HVCLUSTER01", handles[0].user,
-            nodes=tuple(f"127.0.0.1:{h.port}" for h in handles), auth="ntlm",
-            ca_bundle=str(bundle), poll_interval=0.3, command_timeout=5.0,
-            connection_timeout=3.0, backoff_initial=0.2, backoff_max=1.0, read_only=False)
+    with node_endpoints(model, tmp_path / "cas.pem") as (names, handles, password):
+        config = config_for(handles, str(tmp_path / "cas.pem"), poll_interval=0.3,
+                            command_timeout=5.0, connection_timeout=3.0, read_only=False)
         hyperv = HyperVBackend(config, Credential(handles[0].user, password, "test"))
         lab = SimBackend(SimConfig(seed=7, vms=10, rate=0.0, speed=1e6, epoch=NOW,
                                    merge_failure_rate=0.0))
@@ -172,6 +164,3 @@ async def test_one_targets_link_down_dims_only_that_targets_rows_and_tasks(
             assert "STALE" in _task_line(app, hv_vm)
             assert not pane.has_class("stale")
         log.close()
-    finally:
-        for h in handles:
-            h.stop()

@@ -280,38 +280,30 @@ async def test_the_window_a_rebuild_and_a_plan_wait_for_the_database_without_fre
                 await pilot.press("escape")
                 await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
 
-            holder.execute("lock table windows in access exclusive mode")
-            await pilot.press("w")
-            await pilot.pause(0.3)
-            assert not isinstance(app.screen, WindowScreen)  # still waiting for the table
-            await keys_work_meanwhile()
-            holder.rollback()
-            await wait_for(pilot, lambda: isinstance(app.screen, WindowScreen), timeout=10)
+            async def opens_once_released(table: str, key: str, screen: type) -> None:
+                """``key`` waits for ``table`` (held by ``holder``) without freezing the
+                keys; released, ``screen`` opens by itself."""
+                holder.execute(f"lock table {table} in access exclusive mode")
+                await pilot.press(key)
+                await pilot.pause(0.3)
+                assert not isinstance(app.screen, screen)  # still waiting for the table
+                await keys_work_meanwhile()
+                holder.rollback()
+                await wait_for(pilot, lambda: isinstance(app.screen, screen), timeout=10)
+
+            await opens_once_released("windows", "w", WindowScreen)
             await pilot.press("escape")
             await wait_for(pilot, lambda: not isinstance(app.screen, WindowScreen))
 
-            vm_id = vm_where(app, lambda blocking, n: not blocking)
-            app.query_one(VmTable).select_vm(vm_id)
-            holder.execute("lock table rebuilds in access exclusive mode")
-            await pilot.press("b")
-            await pilot.pause(0.3)
-            assert not isinstance(app.screen, PlanScreen)
-            await keys_work_meanwhile()
-            holder.rollback()
-            await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), timeout=10)
+            app.query_one(VmTable).select_vm(vm_where(app, lambda blocking, n: not blocking))
+            await opens_once_released("rebuilds", "b", PlanScreen)
             await pilot.press("escape")
             await wait_for(pilot, lambda: not isinstance(app.screen, PlanScreen))
 
             # A merge's plan shows what other consoles hold: read first, in a worker.
-            vm_id = vm_where(app, lambda blocking, n: not blocking and n > 0)
-            app.query_one(VmTable).select_vm(vm_id)
-            holder.execute("lock table leases in access exclusive mode")
-            await pilot.press("m")
-            await pilot.pause(0.3)
-            assert not isinstance(app.screen, PlanScreen)
-            await keys_work_meanwhile()
-            holder.rollback()
-            await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), timeout=10)
+            app.query_one(VmTable).select_vm(
+                vm_where(app, lambda blocking, n: not blocking and n > 0))
+            await opens_once_released("leases", "m", PlanScreen)
             shown = app.screen.plan  # type: ignore[attr-defined]
             assert "TEAM_VIEW_OLD" not in {f.code for f in shown.findings}  # read just now
     finally:

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,3 +105,25 @@ def winrm_peer() -> Iterator[PeerHandle]:
         yield handle
     finally:
         handle.stop()
+
+
+@contextmanager
+def node_endpoints(model: Any, ca_bundle: Path) -> Iterator[tuple[list[str], list[PeerHandle],
+                                                                   str]]:
+    """One endpoint per node of a ``hyperv.ClusterModel`` (sorted names), one shared
+    password, every endpoint's CA written to ``ca_bundle``; all stopped after the block.
+    Yields ``(names, handles, password)``."""
+    from .hyperv import build_hyperv_registry
+
+    names = sorted(model.nodes)
+    password = generate_password()
+    handles: list[PeerHandle] = []
+    try:
+        for name in names:
+            handles.append(start_winrm_peer(registry=build_hyperv_registry(model, name),
+                                            password=password))
+        ca_bundle.write_text("".join(Path(h.ca_path).read_text() for h in handles))
+        yield names, handles, password
+    finally:
+        for h in handles:
+            h.stop()
