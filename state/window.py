@@ -399,6 +399,8 @@ class _WriteBehind:
         with self._cond:
             if self._done >= self._submitted:
                 future.set_result(self._last)
+            elif self._closed and not self._thread.is_alive():  # nobody will write it
+                future.set_result("the queue was changed after its writer closed: not saved")
             else:
                 self._waiters.append((self._submitted, future))
         return future

@@ -103,3 +103,10 @@ def test_closing_writes_what_is_left(tmp_path: Path) -> None:
     window.close()  # waits for the writer (up to its limit), then lets go
     holder.join()
     assert stored(db) == [("git-01", "queued")]
+
+
+def test_a_change_after_closing_is_said_not_saved_never_waited_for(tmp_path: Path) -> None:
+    _, window, _ = opened(tmp_path)
+    window.close()
+    window.add("v1", "git-01", "merge")  # e.g. a runner's last status as the console quits
+    assert "not saved" in window.flushed().result(timeout=1)
