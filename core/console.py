@@ -84,6 +84,9 @@ CHECK_DONE_TURNS = 3
 #: read-only console, which refuses them anyway, says under ``TEAM_FEED_STALE`` that
 #: other consoles' actions no longer reach it.
 LOG_CHECK_S = 2.0
+#: A check that has not answered in this long (a server or a network path that holds
+#: the query: TCP waits minutes) counts as the log being down until it answers.
+LOG_CHECK_WAIT_S = 10.0
 TEAM_LOG_DOWN = "TEAM LOG UNREACHABLE — ACTIONS REFUSED"
 TEAM_FEED_STALE = "TEAM LOG UNREACHABLE — TEAM FEED STALE"
 # The first inventory's findings are computed in slices of this many seconds, one
@@ -300,17 +303,31 @@ class Console:
         self._log_watch = asyncio.ensure_future(self._watch_loop(log))
 
     async def _watch_loop(self, log: ActionLog) -> None:
+        asking: asyncio.Future[str] | None = None
         while True:
+            if asking is None:
+                asking = asyncio.ensure_future(asyncio.to_thread(self._ask_log, log))
             try:
-                why = await asyncio.to_thread(log.check)
-                if not why:  # what plans show of the team, read here, never on the loop
-                    await asyncio.to_thread(self._read_team_view, log)
+                why = await asyncio.wait_for(asyncio.shield(asking), LOG_CHECK_WAIT_S)
+                asking = None
+            except TimeoutError:  # a server (or a path) that holds the query: down, and the
+                # same question is waited for next time (never a second stuck thread)
+                why = (f"the team's database has not answered for {LOG_CHECK_WAIT_S:.0f} s "
+                       "(its connection is kept and asked again)")
             except Exception as exc:  # never let the watch die: say it is down
-                why = f"{type(exc).__name__}: {exc}"
+                why, asking = f"{type(exc).__name__}: {exc}", None
             if self._log_state(clean(why)):
                 with contextlib.suppress(Exception):  # what failed says so itself
                     await self._log_back()
             await asyncio.sleep(LOG_CHECK_S)
+
+    def _ask_log(self, log: ActionLog) -> str:
+        """In a worker: '' when the log answers (then what plans show of the team is read
+        too), else why not."""
+        why = log.check()
+        if not why:
+            self._read_team_view(log)
+        return why
 
     def _read_team_view(self, log: ActionLog) -> None:
         """In a worker: the leases (``state/team.py``'s pre-flight reads the latest) and

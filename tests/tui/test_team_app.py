@@ -7,6 +7,7 @@ with the VM's lease, and another console sees the row (with operator and host).
 
 from __future__ import annotations
 
+import pytest
 from apphelp import populated, vm_where, wait_for
 from factories import NOW
 
@@ -195,6 +196,45 @@ async def test_a_read_only_console_says_when_the_team_feed_goes_stale() -> None:
                 "other consoles' actions reach this console again" in n.message
                 for n in app._notifications), timeout=5)
         log.close()
+
+
+async def test_a_database_that_stops_answering_is_said_down_within_the_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A team database (or the path to it) that holds a query without answering or
+    closing — TCP would wait minutes — is said unreachable once the console's check has
+    waited ``LOG_CHECK_WAIT_S``: actions are refused, keys work, and all of it goes by
+    itself once the bytes flow again."""
+    import asyncio
+
+    from peers.postgres import PgServer
+    from peers.tcpfreeze import FreezableRelay
+
+    from ventana.core.console import TEAM_LOG_DOWN
+    from ventana.tui.header import StatusHeader
+    from ventana.tui.help_screen import HelpScreen
+
+    monkeypatch.setattr("ventana.core.console.LOG_CHECK_WAIT_S", 2.0)
+    with PgServer(tcp=True) as pg:
+        pg.psql("create database team")
+        with FreezableRelay("127.0.0.1", pg.port) as relay:
+            url = f"postgresql://ventana@127.0.0.1:{relay.port}/team"
+            log = ActionLog.open(url)
+            config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+            app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+            async with app.run_test(size=SIZE) as pilot:
+                await populated(pilot)
+                header = app.query_one(StatusHeader)
+                await wait_for(pilot, lambda: app.core.team_feed is not None, timeout=10)
+                assert TEAM_LOG_DOWN not in header.flags
+                relay.freeze()
+                await wait_for(pilot, lambda: TEAM_LOG_DOWN in header.flags, timeout=15)
+                assert "has not answered for 2 s" in app.core.log_down
+                await pilot.press("question_mark")  # the screen answers meanwhile
+                await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), timeout=5)
+                await pilot.press("escape")
+                relay.thaw()
+                await wait_for(pilot, lambda: TEAM_LOG_DOWN not in header.flags, timeout=30)
+            await asyncio.to_thread(log.close)
 
 
 async def test_the_ui_answers_while_the_intent_commit_waits_for_the_database(
