@@ -168,38 +168,53 @@ class ActionRunner:
         return plan
 
     # -- rows that end where they start ------------------------------------
-    def _one_shot(self, plan: Plan, outcome: str, error: str, *, override: bool = False) -> None:
+    def _one_shot_row(self, plan: Plan, outcome: str, error: str, *,
+                      override: bool = False) -> dict[str, Any] | None:
+        """Recorded, and the row read from the store (on the loop, which owns the store);
+        None without a log."""
         self._record({"action": plan.action, "target": plan.target, "outcome": outcome})
         if self.log is None:
+            return None
+        return {
+            "action": plan.action,
+            "target_system": self.backend.target,
+            "mode": self.mode,
+            "target_object": plan.target,
+            "target_name": plan.target_name,
+            "plan": {**plan.to_log(), "session_flags": self.flags,
+                     **where_now(self.store, plan.target.partition(":")[2], "before")},
+            "findings": findings_to_log(plan.findings),
+            "override": override,
+            "confirmed": False,
+            "outcome": outcome,
+            "error": error,
+        }
+
+    def _write_one_shot(self, row: dict[str, Any] | None) -> None:
+        """Write the row (blocking: ``_refuse`` runs it in a worker)."""
+        if row is None or self.log is None:
             return
         try:
-            self.log.record(
-                action=plan.action,
-                target_system=self.backend.target,
-                mode=self.mode,
-                target_object=plan.target,
-                target_name=plan.target_name,
-                plan={**plan.to_log(), "session_flags": self.flags,
-                      **where_now(self.store, plan.target.partition(":")[2], "before")},
-                findings=findings_to_log(plan.findings),
-                override=override,
-                confirmed=False,
-                outcome=outcome,
-                error=error,
-            )
+            self.log.record(**row)
         except ActionLogError as exc:
             raise ActionRefused(f"The action log cannot be written: {exc}") from exc
 
-    def cancelled(self, plan: Plan, reason: str = "cancelled by the operator") -> None:
-        self._one_shot(plan, "cancelled", reason)
+    async def cancelled(self, plan: Plan, reason: str = "cancelled by the operator") -> None:
+        """Log a plan closed without confirming (written in a worker); ActionRefused when
+        the log cannot be written."""
+        await asyncio.to_thread(self._write_one_shot,
+                                self._one_shot_row(plan, "cancelled", reason))
 
-    def refused(self, plan: Plan, reason: str) -> None:
+    async def refused(self, plan: Plan, reason: str) -> None:
         """Log a confirmation refused on screen (e.g. a name mismatch); nothing was sent."""
-        self._one_shot(plan, "refused", reason)
+        await asyncio.to_thread(self._write_one_shot, self._one_shot_row(plan, "refused", reason))
 
-    def _refuse(self, plan: Plan, reason: str, *, override: bool = False) -> ActionRefused:
+    async def _refuse(self, plan: Plan, reason: str, *, override: bool = False
+                      ) -> ActionRefused:
+        """The refused row written (in a worker: see ``_begin``); the error to raise."""
+        row = self._one_shot_row(plan, "refused", reason, override=override)
         try:
-            self._one_shot(plan, "refused", reason, override=override)
+            await asyncio.to_thread(self._write_one_shot, row)
         except ActionRefused as exc:
             return ActionRefused(f"{reason} ({exc})")
         return ActionRefused(reason)
@@ -226,7 +241,7 @@ class ActionRunner:
         does a target that vanished or was renamed.
         """
         if self.backend.read_only:
-            err = self._refuse(plan, f"{self.backend.target} is read-only; nothing was sent")
+            err = await self._refuse(plan, f"{self.backend.target} is read-only; nothing was sent")
             raise ReadOnlyError(str(err))
         if self.log is None:
             raise ActionRefused(
@@ -234,14 +249,15 @@ class ActionRunner:
                 + (self.log_error or "no log open")
             )
         if not plan.confirmed_by(typed):  # as shown (or vCenter's escaped form)
-            raise self._refuse(plan, "the typed name does not match the target; nothing was sent")
+            raise await self._refuse(plan, "the typed name does not match the target; nothing "
+                                           "was sent")
 
         kind, _, obj_id = plan.target.partition(":")
         if kind != Kind.VM.value:
-            raise self._refuse(plan, f"unsupported target {plan.target!r}")
+            raise await self._refuse(plan, f"unsupported target {plan.target!r}")
         backend = self.backend
         if isinstance(backend, PerTargetModes) and backend.read_only_for(obj_id):  # several
-            err = self._refuse(plan, f"the target of {plan.target_name} is read-only; "
+            err = await self._refuse(plan, f"the target of {plan.target_name} is read-only; "
                                      "nothing was sent")
             raise ReadOnlyError(str(err))
         # Re-check against the live state: the plan on screen may be old. A team's leases
@@ -250,20 +266,20 @@ class ActionRunner:
         try:
             fresh = self.plan(plan.action, obj_id, **plan.params)
         except KeyError:
-            raise self._refuse(
+            raise await self._refuse(
                 plan, "the target is no longer in the inventory; nothing was sent"
             ) from None
         if not fresh.confirmed_by(typed):
-            raise self._refuse(fresh, "the target was renamed since the plan was shown; "
+            raise await self._refuse(fresh, "the target was renamed since the plan was shown; "
                                       "review it again")
         seen = overridden if overridden is not None else frozenset(f.code for f in plan.blocking)
         blocking = {f.code for f in fresh.blocking}
         if blocking and not override:
             why = "; ".join(f"{f.code}: {f.message}" for f in fresh.blocking)
-            raise self._refuse(fresh, f"blocked by pre-flight: {', '.join(sorted(blocking))} "
+            raise await self._refuse(fresh, f"blocked by pre-flight: {', '.join(sorted(blocking))} "
                                       f"({why})")
         if blocking - seen:
-            raise self._refuse(
+            raise await self._refuse(
                 fresh,
                 "new blocking findings since the plan was shown: "
                 f"{', '.join(sorted(blocking - seen))}; review the plan again",
@@ -271,16 +287,16 @@ class ActionRunner:
             )
         changed = _what_changed(plan, fresh)
         if changed:
-            raise self._refuse(fresh, f"{changed} since the plan was shown; review it again",
+            raise await self._refuse(fresh, f"{changed} since the plan was shown; review it again",
                                override=override)
         if fresh.double_confirm and not confirmed_twice:
-            raise self._refuse(fresh, f"{fresh.action} needs a second explicit confirmation "
+            raise await self._refuse(fresh, f"{fresh.action} needs a second explicit confirmation "
                                       "after the typed name; nothing was sent", override=override)
 
         try:
             executor = self.backend.executor()
         except ReadOnlyError as exc:
-            raise self._refuse(fresh, str(exc)) from exc
+            raise await self._refuse(fresh, str(exc)) from exc
 
         task_id = f"{plan.action}-{uuid.uuid4().hex[:12]}"
         try:
@@ -307,7 +323,7 @@ class ActionRunner:
                 claim=claim_for(self.store, fresh, self.backend, self.log.lease_ttl),
             )
         except ActionBusy as exc:  # another console holds the VM or the LUN's space
-            raise self._refuse(fresh, str(exc), override=override) from exc
+            raise await self._refuse(fresh, str(exc), override=override) from exc
         except ActionLogError as exc:
             raise ActionRefused(
                 f"The action log cannot be written, so the action was refused: {exc}"
@@ -379,14 +395,15 @@ class ActionRunner:
             raise asyncio.CancelledError
         return result
 
-    # -- a team's log: its round trips in a worker, never on the UI loop ----------
+    # -- the log's commits in a worker, never on the UI loop ---------------------
+    # A team's database is a round trip (or a connect timeout); a local SQLite file is
+    # an fsync (synchronous=FULL) and, when another process holds its write lock, up to
+    # the busy timeout (10 s): neither may hold a key or a frame.
     async def _begin(self, **intent: Any) -> int:
-        """``log.begin``: committed when this returns (nothing is sent before). A shared
-        log's commit runs in a worker; cancelled meanwhile, a row it still commits is
-        closed as cancelled (nothing was sent) and its lease dropped."""
+        """``log.begin``: committed when this returns (nothing is sent before), in a
+        worker; cancelled meanwhile, a row it still commits is closed as cancelled
+        (nothing was sent) and its lease dropped."""
         assert self.log is not None
-        if not self.log.shared:
-            return self.log.begin(**intent)
         log = self.log
         begin = asyncio.ensure_future(asyncio.to_thread(log.begin, **intent))
         try:
@@ -408,12 +425,9 @@ class ActionRunner:
                        error="the console closed before anything was sent")
 
     async def _finish(self, row: int, **outcome: Any) -> bool:
-        """``log.finish`` (a shared log's in a worker); True when the console began
-        closing meanwhile (the worker writes the outcome all the same)."""
+        """``log.finish``, in a worker; True when the console began closing meanwhile
+        (the worker writes the outcome all the same)."""
         assert self.log is not None
-        if not self.log.shared:
-            self.log.finish(row, **outcome)
-            return False
         finish = asyncio.ensure_future(asyncio.to_thread(self.log.finish, row, **outcome))
         try:
             await asyncio.shield(finish)

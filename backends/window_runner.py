@@ -75,6 +75,7 @@ class WindowRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Future[None]] = set()  # skipped items' log rows (_skip)
         #: Team mode: VMs ("vm:<id>") other consoles hold now → who holds them.
         self.held: dict[str, str] = {}
 
@@ -168,6 +169,8 @@ class WindowRunner:
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            if self._writes:  # skipped items' rows
+                await asyncio.gather(*self._writes, return_exceptions=True)
             self._changed()
 
     async def _held_elsewhere(self) -> dict[str, str] | None:
@@ -280,10 +283,16 @@ class WindowRunner:
     def _skip(self, item: QueueItem, reason: str) -> None:
         plan = self.confirmed.get(item.id)
         if plan is not None:
-            # The log says the item was not run, and why.
-            with contextlib.suppress(ActionRefused):
-                self.runner.cancelled(plan, reason)
+            # The log says the item was not run, and why (written in a worker; the run's
+            # end waits for it).
+            write = asyncio.ensure_future(self._log_skipped(plan, reason))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
         self._set(item, status=SKIPPED, reason=reason, ended=self.runner.clock())
+
+    async def _log_skipped(self, plan: Plan, reason: str) -> None:
+        with contextlib.suppress(ActionRefused):  # the item stays skipped either way
+            await self.runner.cancelled(plan, reason)
 
     def saved(self, error: str) -> None:
         """A write of the queue ended ('' or why it failed); on the loop."""

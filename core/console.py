@@ -810,10 +810,11 @@ class Console:
                 by_lun = await executor.estimate_consolidation(vm_id, timeout=10.0)
                 ESTIMATES[vm_id] = ServerEstimate(by_lun, snaps, self.clock())
 
-    def cancelled(self, plan: Plan) -> None:
-        """The operator closed the plan without confirming: log it and say so."""
+    async def cancelled(self, plan: Plan) -> None:
+        """The operator closed the plan without confirming: log it (in a worker) and say
+        so."""
         try:
-            self.runner.cancelled(plan)
+            await self.runner.cancelled(plan)
         except ActionRefused as exc:
             self._notice(clean(str(exc)), severity="error")
         self._notice(f"{plan.action.capitalize()} of {plan.target_name} cancelled; nothing "

@@ -529,7 +529,7 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         if confirmation is not None and confirmation.plan is not None:
             plan = confirmation.plan  # options changed on the plan screen
         if confirmation is None:
-            self.core.cancelled(plan)
+            self.run_worker(self.core.cancelled(plan), group="log-rows", exit_on_error=False)
             return
         self.run_worker(
             self._execute(plan, confirmation), group="actions", exit_on_error=False

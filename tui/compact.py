@@ -128,10 +128,14 @@ class SafetyMixin:
         from .safety import mismatch_reason
 
         app: Any = self
-        try:
-            app.runner.refused(message.plan, mismatch_reason(message.typed))
-        except ActionRefused as exc:
-            app.notify(clean(str(exc)), severity="error", markup=False)
+
+        async def log_it() -> None:  # the row is written in a worker
+            try:
+                await app.runner.refused(message.plan, mismatch_reason(message.typed))
+            except ActionRefused as exc:
+                app.notify(clean(str(exc)), severity="error", markup=False)
+
+        app.run_worker(log_it(), group="log-rows", exit_on_error=False)
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size.width)

@@ -222,3 +222,53 @@ async def test_compact_and_rebuild_run_on_the_writable_target_of_a_composite(
         wf = RebuildStore.open(db).latest(vm.id)
         assert wf is not None and wf.state is RebuildState.DONE
         assert wf.new_vm_id.startswith("lab/") and s.store.vm(wf.new_vm_id) is not None
+
+
+async def test_a_merge_waiting_for_a_locked_log_file_leaves_the_loop_free(
+        tmp_path: Path) -> None:
+    """The intent and outcome rows (and a refused row) are committed in a worker on a
+    local SQLite log too: while another process holds the file's write lock for a
+    second, the loop keeps turning; the merge runs once the intent is committed."""
+    import time
+
+    from dblock import hold_write_lock
+    from test_sim_actions import roomy_vm
+
+    from ventana.backends.actions import ActionRefused
+    from ventana.state.model import TaskState
+
+    db = tmp_path / "actions.db"
+    longest, done = 0.0, False
+
+    async def tick() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+
+    async with Session(quiet()) as s:
+        runner = ActionRunner(s.store, s.backend, ActionLog.open(db), clock=s.backend.now)
+        vm = roomy_vm(s.store)
+        plan = runner.plan("merge", vm.id)
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0.05)  # the ticker is counting before anything waits
+        try:
+            holder = hold_write_lock(db, 1.0)
+            began = time.perf_counter()
+            with pytest.raises(ActionRefused, match="typed name does not match"):
+                await runner.execute(plan, "not-the-name")  # its refused row waits too
+            holder.join()
+            holder = hold_write_lock(db, 1.0)
+            result = await runner.execute(plan, vm.name)
+            holder.join()
+            waited = time.perf_counter() - began
+        finally:
+            done = True
+            await ticker
+        assert result.state is TaskState.OK, result.error
+        assert waited >= 1.9  # both rows did wait for the lock…
+        assert longest < 0.5, f"the loop stood still for {longest * 1000:.0f} ms"  # …aside
+        rows = runner.log.rows()  # type: ignore[union-attr]
+        assert [r.outcome for r in rows] == ["ok", "refused"]

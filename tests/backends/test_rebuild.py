@@ -145,32 +145,19 @@ async def test_a_step_waiting_for_the_database_leaves_the_loop_free(
     connection holds the database's write lock for a second (a busy team database, a
     slow disk), the UI loop keeps turning, and the rebuild ends as usual afterwards."""
     import asyncio
-    import sqlite3
-    import threading
     import time
+
+    from dblock import hold_write_lock
 
     from ventana.backends.sim.executor import SimExecutor
 
     db = tmp_path / "actions.db"
-    released = threading.Event()
-
-    def hold_the_lock() -> None:
-        conn = sqlite3.connect(db, isolation_level=None)
-        conn.execute("begin exclusive")
-        time.sleep(1.0)
-        conn.execute("commit")
-        conn.close()
-        released.set()
-
+    lockers = []
     capture = SimExecutor.capture
 
     async def capture_then_lock(self: SimExecutor, vm_id: str, task_id: str):  # type: ignore[no-untyped-def]
         result = await capture(self, vm_id, task_id)
-        locker = threading.Thread(target=hold_the_lock)
-        locker.start()
-        while not locker.is_alive():  # the lock is taken before the step's writes
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.05)
+        lockers.append(hold_write_lock(db, 1.0))  # taken before the step's writes
         return result
 
     monkeypatch.setattr(SimExecutor, "capture", capture_then_lock)
@@ -194,7 +181,8 @@ async def test_a_step_waiting_for_the_database_leaves_the_loop_free(
         finally:
             done = True
             await ticker
-    assert released.is_set()  # the lock was held, and the step's writes waited for it
+    assert len(lockers) == 1  # the lock was held, and the step's writes waited for it
+    lockers[0].join()
     assert result.state is TaskState.OK, result.error
     assert wf.state is RebuildState.DONE and wf.capture
     assert longest < 0.5, f"the loop stood still for {longest * 1000:.0f} ms"

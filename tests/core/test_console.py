@@ -494,7 +494,7 @@ async def test_a_cancelled_plan_is_logged_and_a_read_only_core_refuses(tmp_path:
         vm = next(v for v in core.store.vms() if core.store.checkpoints_of(v.id))
         plan = core.plan("merge", vm.id)
         assert plan is not None
-        core.cancelled(plan)
+        await core.cancelled(plan)
         assert heard.notices[-1].text.endswith("cancelled; nothing was sent.")
         assert core.action_log.rows()[0].outcome == "cancelled"  # type: ignore[union-attr]
         assert await core.execute(plan, vm.name) is None

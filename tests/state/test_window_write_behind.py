@@ -6,26 +6,13 @@ connection holds — the change never waits for the lock, a failed write is repo
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from dblock import hold_write_lock, write_lock
 
 from ventana.state.actionlog import ActionLog
 from ventana.state.window import MaintenanceWindow, WindowStore
-
-
-@contextmanager
-def write_lock(db: Path) -> Iterator[None]:
-    """Another connection holds the database's write lock for the block."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("begin exclusive")
-    try:
-        yield
-    finally:
-        conn.execute("commit")
-        conn.close()
 
 
 def opened(tmp_path: Path, busy_timeout: float = 10.0) -> tuple[Path, MaintenanceWindow,
@@ -90,15 +77,7 @@ def test_a_failed_write_is_reported_and_the_next_change_writes_everything(
 
 def test_closing_writes_what_is_left(tmp_path: Path) -> None:
     db, window, _ = opened(tmp_path)
-    lock_released = threading.Event()
-
-    def release_soon() -> None:
-        with write_lock(db):
-            lock_released.wait(0.3)
-
-    holder = threading.Thread(target=release_soon)
-    holder.start()
-    time.sleep(0.05)
+    holder = hold_write_lock(db, 0.3)
     window.add("v1", "git-01", "merge")
     window.close()  # waits for the writer (up to its limit), then lets go
     holder.join()
