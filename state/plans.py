@@ -188,11 +188,12 @@ class Preflight:
                 what = f"The link to node {name} is not live (other nodes are)"
             elif kind == "target":
                 what = f"The link to {name} is not live (other targets are)"
+            why = store.link_reason_of(node_id or "", self.vm_id)
             self.add(
                 Severity.BLOCKING,
                 "STALE_DATA",
-                f"{what}; these figures may be out of date. "
-                f"Wait for the link to recover. ({store.link_reason() or store.link_state()})",
+                f"{what}; these figures may be out of date. Wait for the link to recover. "
+                f"({why})",
             )
 
     def sorted(self) -> tuple[Finding, ...]:

@@ -352,6 +352,23 @@ class Store:
             reasons.insert(0, f"{live}/{known} nodes")
         return "; ".join(reasons)
 
+    def link_reason_of(self, node_id: str, owner_id: str = "") -> str:
+        """Why what ``node_id`` (or the entity ``owner_id``) belongs to is not live: the
+        reasons of its node's sources, or of its target's links — not every link's (in a
+        composite, another target's outage says nothing about this one). Falls back to
+        :meth:`link_reason`, then the link state."""
+        view = self.staleness()
+        who = view.who(node_id, owner_id)
+        links = list(self.links.values())
+        if who is not None and who[0] == "node":
+            key = who[1].casefold()
+            links = [k for k in links if any(n.casefold() == key for n in k.nodes)]
+        elif who is not None and who[0] == "target":
+            target = view.target_of(node_id or owner_id)
+            links = [k for k in links if target is not None and k.scope == target.prefix]
+        reasons = [f"{k.source}: {k.reason}" for k in links if k.reason]
+        return "; ".join(reasons) or self.link_reason() or str(self.link_state())
+
     # -- subscribing -----------------------------------------------------
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         self._subscribers.append(callback)

@@ -143,6 +143,23 @@ def test_each_target_down_in_turn_then_both_then_the_console_itself() -> None:
     assert view.of("", "hv/c1") and view.of("lab/n1", "lab/n1") and view.of("", "elsewhere")
 
 
+def test_a_stale_plan_gives_its_own_links_reason_not_every_links() -> None:
+    """Both targets have trouble at once: each VM's STALE_DATA gives the reason of its
+    own node's or target's link, not the other target's."""
+    store, multi = _composite()
+    lab, hv = multi.children
+    store.apply(multi.wrap(lab, ConnectionChanged(lab.backend.name, LinkState.STALE,
+                                                  "lab: no answer for 30 s")))
+    store.apply(multi.wrap(hv, ConnectionChanged("hyperv:n2", LinkState.STALE,
+                                                 "TLS certificate of n2 not trusted",
+                                                 ("N2",))))
+    (lab_says,) = _stale(plan_merge(store, "lab/a", NOW))
+    assert "lab: no answer for 30 s" in lab_says and "TLS certificate" not in lab_says
+    (hv_says,) = _stale(plan_merge(store, "hv/c", NOW))  # hv/c lives on n2
+    assert "TLS certificate of n2 not trusted" in hv_says and "no answer for 30 s" not in hv_says
+    assert not _stale(plan_merge(store, "hv/a", NOW))  # on n1: live
+
+
 def test_staleness_is_made_once_per_link_change() -> None:
     store, multi = _composite()
     view = store.staleness()
