@@ -36,6 +36,7 @@ from .sanitize import clean
 from .schema import (
     CONNECT_TIMEOUT_S,
     NOTIFY_CHANNEL,
+    TCP_SETTINGS,
     forget_refused_password,
     keyring_password,
 )
@@ -118,6 +119,7 @@ class TeamFeed:
 
         url = str(self.log.path)
         kwargs: dict[str, object] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
+                                     **TCP_SETTINGS,
                                      "application_name": "ventana-feed"}
         password = keyring_password(url)
         if password:

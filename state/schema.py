@@ -53,6 +53,13 @@ VERSION = 2
 URL_SCHEMES = ("postgresql://", "postgres://")
 KEYRING_SERVICE = "ventana-postgresql"
 CONNECT_TIMEOUT_S = 3
+#: libpq's TCP settings for every connection to a team's database (PostgreSQL docs,
+#: "Parameter Key Words": keepalives*, tcp_user_timeout; ignored on a Unix socket): an
+#: idle connection whose path died is found in ~25 s, and a write the network stops
+#: acknowledging fails after 20 s instead of TCP's own minutes.
+TCP_SETTINGS: dict[str, int] = {"keepalives": 1, "keepalives_idle": 10,
+                                "keepalives_interval": 5, "keepalives_count": 3,
+                                "tcp_user_timeout": 20_000}
 #: After a failed connection, calls fail at once for this long (no UI stall per call).
 RETRY_S = 2.0
 #: The key of the advisory lock that serializes lease decisions on PostgreSQL.
@@ -321,7 +328,7 @@ class Db:
         # lock_timeout: a write waits for another console's transaction at most as
         # long as SQLite's busy_timeout, then says so (never hangs).
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
-                                  "connect_timeout": CONNECT_TIMEOUT_S,
+                                  "connect_timeout": CONNECT_TIMEOUT_S, **TCP_SETTINGS,
                                   "application_name": self._app,
                                   "options": f"-c lock_timeout={max(1, int(self.timeout * 1000))}"}
         since = time.monotonic() - self._failed_at

@@ -542,3 +542,42 @@ def test_the_live_feed_reconnects_and_catches_up_after_an_outage() -> None:
                 assert [r.id for r in got] == [row] and feed.state == "live"
             finally:
                 feed.stop()
+
+
+def test_team_connections_carry_keepalives_and_a_tcp_user_timeout() -> None:
+    """Every connection to a team's database asks the kernel for keepalives and a TCP
+    user timeout (read back from the connection's own socket): a path that dies is
+    found in seconds, not after TCP's own minutes. The live feed connects with the same
+    settings (a parameter libpq did not know would fail its connection)."""
+    import os
+    import socket
+
+    from ventana.state.live import TeamFeed
+    from ventana.state.schema import TCP_SETTINGS
+
+    def settings(fd: int) -> tuple[int, int, int, int]:
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+        finally:
+            sock.close()
+
+    want = (1, TCP_SETTINGS["keepalives_idle"], TCP_SETTINGS["keepalives_count"],
+            TCP_SETTINGS["tcp_user_timeout"])
+    with PgServer(tcp=True) as pg, ActionLog.open(pg.tcp_url("postgres")) as log:
+        assert settings(log._store.conn.pgconn.socket) == want
+        feed = TeamFeed.start(log, lambda rows: None)
+        try:
+            deadline = time.monotonic() + 10
+            while feed.state != "live" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert feed.state == "live"
+            with psycopg.connect(pg.tcp_url("postgres"), autocommit=True) as admin:
+                feeds = admin.execute("select count(*) from pg_stat_activity "
+                                      "where application_name = 'ventana-feed'").fetchone()
+            assert feeds == (1,)
+        finally:
+            feed.stop()
