@@ -25,7 +25,7 @@ from ventana.state.derived import human_bytes, human_duration
 from ventana.state.recording import ActionRecord
 from ventana.state.sanitize import clean
 
-from .fit import cap
+from .fit import cap, cap_middle
 
 _OUTCOME_STYLE = {
     "ok": "green",
@@ -169,7 +169,7 @@ class LogScreen(ModalScreen[None]):
                 Text(cap(row.target_system, 40)),
                 Text(cap(row.mode, 12)),
                 Text(cap(row.action, 30)),
-                Text(cap(row.target_name)),
+                Text(cap_middle(row.target_name)),
                 Text(cap(status, 40), style="bold magenta" if row.interrupted
                      else _OUTCOME_STYLE.get(row.outcome, "bold magenta")),
                 Text("yes" if row.override else "", style="bold red"),

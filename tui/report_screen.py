@@ -32,7 +32,7 @@ from ventana.state.report import (
 )
 from ventana.state.sanitize import clean
 
-from .fit import cap
+from .fit import cap, cap_middle
 
 _STATE_STYLE = {
     "Operational": "green",
@@ -74,7 +74,7 @@ class LunChart(Static):
                 cells = round(width * max(free or 0, 0) / scale)
                 bar = "█" * cells or ("▏" if free else "")
                 pct = f"{100 * free / u.total:.1f} %" if free is not None and u.total else ""
-                table.add_row(Text(cap(u.name) if what == "before" else ""),
+                table.add_row(Text(cap_middle(u.name) if what == "before" else ""),
                               Text(what, style=style),
                               Text(f"{bar:<{width}}", style=style),
                               Text(fmt_gb(free), style=style), Text(pct, style=style))
@@ -172,7 +172,7 @@ class ReportScreen(ModalScreen[None]):
             self.query_one("#report-vms", DataTable),
             ("VM", "Disk", "LUN", "Before", "After", "Recovered", "Merge start", "Merge time",
              "Rebuild", "Final state"),
-            [(Text(cap(d.vm)), Text(cap(d.disk, 80)), Text(cap(d.lun or "-", 40)),
+            [(Text(cap_middle(d.vm)), Text(cap_middle(d.disk, 80)), Text(cap(d.lun or "-", 40)),
               Text(fmt_gb(d.size_before)),
               Text(fmt_gb(d.size_after)),
               Text(fmt_gb(d.recovered)),
@@ -187,7 +187,7 @@ class ReportScreen(ModalScreen[None]):
         _table(
             self.query_one("#report-lun-table", DataTable),
             ("LUN", "Total", "Free before", "Free after", "Change"),
-            [(Text(cap(u.name)), Text(fmt_gb(u.total)),
+            [(Text(cap_middle(u.name)), Text(fmt_gb(u.total)),
               Text(fmt_gb(u.free_before)),
               Text(fmt_gb(u.free_after)),
               Text(("+" if (u.gained or 0) > 0 else "") + fmt_gb(u.gained),
@@ -210,7 +210,7 @@ class ReportScreen(ModalScreen[None]):
         _table(
             self.query_one("#report-pending", DataTable),
             ("When", "VM", "What", "Status", "Detail"),
-            [(Text(fmt_time(p.when)), Text(cap(p.vm)), Text(cap(p.what, 40)),
+            [(Text(fmt_time(p.when)), Text(cap_middle(p.vm)), Text(cap(p.what, 40)),
               Text(cap(p.status, 40), style="bold magenta"), Text(cap(p.detail, 120)))
              for p in report.pending],
         )

@@ -10,7 +10,7 @@ import re
 
 from ventana.state.actionlog import INTERRUPTED, UNKNOWN, LogRow
 
-from .fit import cap
+from .fit import cap, cap_middle
 
 #: At most this much of a wrongly typed name goes into the action log.
 TYPED_CELLS = 80
@@ -45,7 +45,7 @@ def interrupted_notice(rows: list[LogRow]) -> str:
         if row.status not in (INTERRUPTED, UNKNOWN):
             continue
         what = VERIFY.get(row.action, "its state")
-        lines.append(f"• {cap(row.action, 30)} of {cap(row.target_name, 40)} "
+        lines.append(f"• {cap(row.action, 30)} of {cap_middle(row.target_name, 40)} "
                      f"(started {clean(row.started[:16].replace('T', ' '))} UTC): "
                      f"{'interrupted' if row.status == INTERRUPTED else 'outcome unknown'} "
                      f"— verify {what}")

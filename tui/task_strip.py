@@ -22,7 +22,7 @@ from ventana.backends.actionspecs import names as action_names
 from ventana.state.model import Task, TaskState
 from ventana.state.store import Store
 
-from .fit import cap
+from .fit import cap, cap_middle
 
 _STATE_STYLE = {
     TaskState.QUEUED: "dim",
@@ -55,7 +55,7 @@ def task_line(task: Task, stale: tuple[str, str] | None = None) -> Text:
     # as remove-all-snapshots never runs into the name); long names end in "…".
     line.append(f"{cap(task.kind, 20):<10}", style="bold")
     line.append(" │ ", style="dim")
-    line.append(f"{cap(task.target_name or task.target, 24):<24} ")
+    line.append(f"{cap_middle(task.target_name or task.target, 24):<24} ")
     stamp = (0, 0)
     if stale is None:
         line.append("━" * filled, style=_STATE_STYLE[task.state])

@@ -127,13 +127,29 @@ def display(text: str) -> str:
     return text.replace("\t", " ") if "\t" in text else text
 
 
-def fit(text: str, width: int, right: bool = False) -> str:
-    """``text`` padded or cut (with an ellipsis) to exactly ``width`` cells."""
+def fit(text: str, width: int, right: bool = False, middle: bool = False) -> str:
+    """``text`` padded or cut (with an ellipsis) to exactly ``width`` cells; ``middle``:
+    cut in the middle, so names that differ only at their end (``…-site-01``,
+    ``…-site-02``) stay apart."""
     size = cell_len(text)
     if size > width:
+        if middle and width >= 5:
+            return _cut_middle(text, width)
         return set_cell_size(text, width - 1) + "…" if width > 1 else set_cell_size(text, width)
     pad = " " * (width - size)
     return pad + text if right else text + pad
+
+
+def _cut_middle(text: str, width: int) -> str:
+    """``text`` (wider than ``width``) as its start, "…" and its end, ``width`` cells."""
+    tail_cells = (width - 1) // 2
+    tail, cells = "", 0
+    for char in reversed(text):
+        size = cell_len(char)
+        if cells + size > tail_cells:
+            break
+        tail, cells = char + tail, cells + size
+    return set_cell_size(text, width - 1 - cells) + "…" + tail
 
 
 def vm_id_of_target(target: str) -> str | None:

@@ -1272,7 +1272,8 @@ class VmTable(ScrollView, can_focus=True, inherit_bindings=False):
                 style += styles.critical if level == CRITICAL else styles.warning
             if lit_mask >> index & 1:
                 style += styles.changed
-            text = fit(row.cell(index, now), self._widths[index], column.numeric)
+            text = fit(row.cell(index, now), self._widths[index], column.numeric,
+                       middle=column.key == "name")  # its end tells similar VMs apart
             segments.append(gap)
             segments.append(Segment(text, style))
         return Strip(segments, self._table_width)

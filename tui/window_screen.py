@@ -121,7 +121,8 @@ def item_cells(n: int, p: ItemProjection, now: datetime | None = None,
         status.append(f" blocked: {', '.join(p.blocking)}", style="bold red")
     elif reason:
         status.append(f" {reason}", style="dim")
-    return (Text(str(n)), Text(cap(item.vm_name)), Text(item.action), Text(cap(p.lun_name, 40)),
+    return (Text(str(n)), Text(cap_middle(item.vm_name)), Text(item.action),
+            Text(cap(p.lun_name, 40)),
             est, Text(_at(p.start_likely, now)), Text(_at(p.end_likely, now)), free,
             _fits(p.fits_likely, p.fits_worst) if item.pending else Text(""), status)
 

@@ -186,7 +186,7 @@ async def test_a_10000_character_name_is_capped_in_columns_toasts_and_titles(
         await pilot.pause(0.2)
         table = app.screen.query_one(DataTable)
         cells = [str(c) for c in table.get_row_at(0)]
-        assert any(c.endswith("…") for c in cells) and max(map(len, cells)) < 100
+        assert any("…" in c for c in cells) and max(map(len, cells)) < 100
 
 
 async def test_a_mutating_key_in_a_replay_says_why(tmp_path: Path) -> None:

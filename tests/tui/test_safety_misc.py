@@ -14,12 +14,13 @@ from ventana.tui.task_strip import task_line
 
 
 def test_task_strip_separates_kind_and_name_and_caps_long_names() -> None:
-    task = Task("remove-all-snapshots-1", "remove-all-snapshots", "vm:1", "n" * 10_000,
-                pct=50.0, state=TaskState.RUNNING)
+    task = Task("remove-all-snapshots-1", "remove-all-snapshots", "vm:1",
+                "n" * 10_000 + "-site-02", pct=50.0, state=TaskState.RUNNING)
     line = task_line(task).plain
     kind, sep, rest = line.partition(" │ ")
     assert sep and kind.strip() == "remove-all-snapshots"
-    assert rest.startswith("n" * 23 + "…")
+    # Cut in the middle: the end that tells two such VMs apart stays.
+    assert rest.startswith("n" * 12 + "…" + "n" * 3 + "-site-02 ")
     assert len(line) < 200
 
 
@@ -27,6 +28,22 @@ def test_cap_sanitizes_and_ends_long_text_with_an_ellipsis() -> None:
     assert cap("a\x1b[2Jb") == "a\\x1b[2Jb"
     assert cap("x" * 100, 10) == "x" * 9 + "…"
     assert cap("short") == "short"
+
+
+def test_the_vm_tables_name_is_cut_in_the_middle_other_columns_at_the_end() -> None:
+    """Two long names that differ only at their end stay apart in the VM table's Name
+    column (wide characters counted as two cells); other columns still end in "…"."""
+    from rich.cells import cell_len
+
+    from ventana.tui.vm_rows import fit
+
+    a, b = (f"web-prod-frontend-cluster-site-{n}" for n in ("01", "02"))
+    assert fit(a, 20, middle=True) == "web-prod-f…r-site-01"
+    assert fit(a, 20, middle=True) != fit(b, 20, middle=True)
+    assert fit(a, 20) == "web-prod-frontend-c…"
+    wide = fit("ウェブ本番フロントエンドクラスタ-01", 20, middle=True)
+    assert wide.endswith("…ラスタ-01") and cell_len(wide) == 20
+    assert fit("short", 10, middle=True) == "short     "
 
 
 class _App:
