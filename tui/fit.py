@@ -2,10 +2,12 @@
 
 ``cap`` shortens a (sanitized) string to a number of cells with an ellipsis
 so that a 10,000-character VM name never pushes a column, a toast or a
-dialog title out of shape; detail views show the full text. The plan screen
-cuts names in the middle (``cap_middle``: two names that differ only at
-their end stay distinguishable where an action is confirmed), inside its
-steps and equivalent command too (``shorten_names``).
+dialog title out of shape; detail views show the full text. A VM's name is
+cut in the middle (``cap_middle``: two names that differ only at their end
+stay distinguishable) wherever it identifies a VM — the plan and its
+confirmation (inside its steps and equivalent command too:
+``shorten_names``), the task strip, the window queue, the log and the
+report; the VM table's Name column does the same (``vm_rows.fit``).
 """
 
 from __future__ import annotations
