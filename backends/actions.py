@@ -57,6 +57,8 @@ def _what_changed(shown: Plan, fresh: Plan) -> str:
 
 
 SETTLE_S = 1.0
+#: How long opening or re-checking a plan waits for a team's leases (``read_leases``).
+LEASES_WAIT_S = 5.0
 
 
 def where_now(store: Store, vm_id: str, when: str) -> dict[str, Any]:
@@ -147,10 +149,14 @@ class ActionRunner:
     async def read_leases(self) -> None:
         """On a team's log: what other consoles hold, read now in a worker, for the next
         ``plan`` (which only reads the latest reading: state/team.py). Nothing on SQLite,
-        where ``plan`` reads the file itself."""
+        where ``plan`` reads the file itself. Waited for at most ``LEASES_WAIT_S``: a
+        database that holds the query leaves the plan with the last reading (its age is
+        said there) and the intent row's lease check decides."""
         if self.log is not None and self.log.shared:
-            with contextlib.suppress(ActionLogError):
-                await asyncio.to_thread(self.log.leases)
+            reading = asyncio.ensure_future(asyncio.to_thread(self.log.leases))
+            reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+            with contextlib.suppress(ActionLogError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reading), LEASES_WAIT_S)
 
     def plan(self, action: str, vm_id: str, **params: Any) -> Plan:
         spec = actionspecs.get(action)  # UnknownAction (a ValueError) if there is none

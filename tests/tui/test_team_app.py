@@ -237,6 +237,35 @@ async def test_a_database_that_stops_answering_is_said_down_within_the_wait(
             await asyncio.to_thread(log.close)
 
 
+async def test_a_plan_opens_with_the_last_lease_reading_when_the_database_holds_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the console has called the database down, a plan still opens: it waits
+    ``LEASES_WAIT_S`` for the leases, then shows the last reading (the intent row's
+    check decides); before, it waited for as long as the database held the query."""
+    from peers.postgres import PgServer
+    from peers.tcpfreeze import FreezableRelay
+
+    monkeypatch.setattr("ventana.core.console.LOG_CHECK_WAIT_S", 60.0)  # no banner yet
+    monkeypatch.setattr("ventana.backends.actions.LEASES_WAIT_S", 1.0)
+    with PgServer(tcp=True) as pg:
+        pg.psql("create database team")
+        with FreezableRelay("127.0.0.1", pg.port) as relay:
+            log = ActionLog.open(f"postgresql://ventana@127.0.0.1:{relay.port}/team")
+            config = SimConfig(seed=7, rate=0.0, speed=1e6, epoch=NOW, merge_failure_rate=0.0)
+            app = VentanaApp(SimBackend(config), log=log, clock=lambda: NOW)
+            async with app.run_test(size=SIZE) as pilot:
+                await populated(pilot)
+                await wait_for(pilot, lambda: log.recent_leases()[1] is not None, timeout=10)
+                app.query_one(VmTable).select_vm(
+                    vm_where(app, lambda blocking, n: not blocking and n > 0))
+                relay.freeze()
+                await pilot.press("m")
+                await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), timeout=5)
+                await pilot.press("escape")
+                relay.thaw()
+            log.close()
+
+
 async def test_the_ui_answers_while_the_intent_commit_waits_for_the_database(
         pg_url: str) -> None:
     """A shared log's intent row is committed in a worker: while another connection
