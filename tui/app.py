@@ -161,6 +161,9 @@ class VentanaApp(compact.SafetyMixin, App[None]):
             header = self.query_one(StatusHeader)
             for name, value in facts.items():
                 setattr(header, name, value)
+            core = getattr(self, "core", None)
+            if "flags" in facts and core is not None:  # the team's log came or went: its
+                self.query_one(TaskStrip).sync(self.store, bool(core.log_down))  # tasks too
 
     def final_state_changed(self, target: str) -> None:
         kind, _, vm_id = target.partition(":")
@@ -282,7 +285,7 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         if luns:
             self.query_one(LunsPane).sync(store, luns)
         if tasks:
-            self.query_one(TaskStrip).sync(store)
+            self.query_one(TaskStrip).sync(store, bool(self.core.log_down))
 
     def _sync_link(self) -> None:
         header = self.query_one(StatusHeader)
@@ -307,7 +310,7 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         checkpoints.show_vm(store, checkpoints.vm_id)  # dimmed when its VM's node is stale
         tasks = self.query_one(TaskStrip)
         tasks.set_class(everything, "stale")
-        tasks.sync(store)  # each task marked by its own target's node or link
+        tasks.sync(store, bool(self.core.log_down))  # each by its own target's node or link
 
     def _tick_findings(self) -> None:
         self.core.tick_findings()

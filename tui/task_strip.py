@@ -10,7 +10,9 @@ A task whose target is not live — its VM's node, or (several targets) its own
 target's link — is dimmed and says so in words: its bar becomes a "STALE: …"
 stamp naming the node or target (just "STALE" when every link is down), and its
 detail starts with "(… not answering)";
-the other tasks are shown as they are (``Store.stale_owner``).
+the other tasks are shown as they are (``Store.stale_owner``). Another console's
+task (from the team's log, ``team-…``) still running is stale the same way while
+the team's log does not answer ("STALE: team log"): its end cannot reach us.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ def is_operator_task(task: Task, kinds: frozenset[str]) -> bool:
     own = task.id.rpartition("/")[2]  # a composite's sub-task ("lab/rebuild-…-stop")
     return task.kind in kinds or any(own.startswith(f"{k}-") for k in kinds)
 BAR = 16
+#: What is not live for another console's running task while the team's log is down.
+_TEAM_LOG = ("target", "team log")
+
+
+def _from_the_team(task: Task) -> bool:
+    """Another console's task still running, as this console last heard of it (its id is
+    ``team-<row>``, core/console.py ``team_rows``)."""
+    return task.id.startswith("team-") and not task.state.finished
 
 
 def task_line(task: Task, stale: tuple[str, str] | None = None) -> Text:
@@ -92,7 +102,9 @@ class TaskStrip(Static):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(Text("no tasks", style="dim"), **kwargs)  # type: ignore[arg-type]
 
-    def sync(self, store: Store) -> None:
+    def sync(self, store: Store, team_log_down: bool = False) -> None:
+        """The most relevant tasks; ``team_log_down``: the team's log does not answer, so
+        other consoles' running tasks are shown stale."""
         tasks = list(store.tasks())
         kinds = operator_kinds()
 
@@ -113,7 +125,8 @@ class TaskStrip(Static):
             self.update(Text("no tasks", style="dim"))
             return
         shown = tasks[: self.MAX_LINES]
-        lines = [task_line(t, store.stale_owner(t.target or f"task:{t.id}")) for t in shown]
+        lines = [task_line(t, _TEAM_LOG if team_log_down and _from_the_team(t)
+                           else store.stale_owner(t.target or f"task:{t.id}")) for t in shown]
         more = len(tasks) - len(lines)
         out = Text("\n").join(lines)
         if more > 0:

@@ -158,12 +158,15 @@ async def test_a_read_only_console_says_when_the_team_feed_goes_stale() -> None:
     when the database is back — never the "actions refused" wording, which would be
     false here."""
     import asyncio
+    import subprocess
+    import sys
 
     from peers.postgres import PgServer
 
     from ventana.core.console import TEAM_FEED_STALE, TEAM_LOG_DOWN
     from ventana.state.model import Kind
     from ventana.tui.header import StatusHeader
+    from ventana.tui.task_strip import TaskStrip
 
     with PgServer() as pg:
         pg.psql("create database team")
@@ -176,6 +179,16 @@ async def test_a_read_only_console_says_when_the_team_feed_goes_stale() -> None:
             header = app.query_one(StatusHeader)
             await wait_for(pilot, lambda: app.core.team_feed is not None, timeout=10)
             assert TEAM_FEED_STALE not in header.flags
+            other = subprocess.Popen([sys.executable, "-c", OTHER_CONSOLE, url],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:  # another console's merge is running, shown here live
+                assert other.stdout is not None and other.stdout.readline().strip() == "begun"
+                strip = app.query_one(TaskStrip)
+                await wait_for(pilot, lambda: "elsewhere-01" in str(strip.content), timeout=10)
+                assert "STALE" not in str(strip.content)
+            finally:
+                other.kill()
+                other.wait()
             app.clear_notifications()
             await asyncio.to_thread(pg.kill)
             await wait_for(pilot, lambda: TEAM_FEED_STALE in header.flags, timeout=15)
@@ -189,6 +202,9 @@ async def test_a_read_only_console_says_when_the_team_feed_goes_stale() -> None:
                        for title, text, severity in notes), notes
             assert not any("every action is refused" in text for _, text, _ in notes), notes
             assert app.store.count(Kind.VM) > 0  # the cluster is still watched
+            # What we last heard of the other console's merge is no longer news: stale.
+            line = next(x for x in str(strip.content).splitlines() if "elsewhere-01" in x)
+            assert "STALE: team log" in line and "(team log not answering)" in line, line
 
             await asyncio.to_thread(pg.start)
             await wait_for(pilot, lambda: TEAM_FEED_STALE not in header.flags, timeout=15)
