@@ -144,10 +144,8 @@ async def test_a_step_waiting_for_the_database_leaves_the_loop_free(
     """Each step's writes to the log's database run in a worker thread: while another
     connection holds the database's write lock for a second (a busy team database, a
     slow disk), the UI loop keeps turning, and the rebuild ends as usual afterwards."""
-    import asyncio
-    import time
-
     from dblock import hold_write_lock
+    from loopgaps import loop_gaps
 
     from ventana.backends.sim.executor import SimExecutor
 
@@ -161,31 +159,16 @@ async def test_a_step_waiting_for_the_database_leaves_the_loop_free(
         return result
 
     monkeypatch.setattr(SimExecutor, "capture", capture_then_lock)
-    longest = 0.0
-    done = False
-
-    async def tick() -> None:
-        nonlocal longest
-        last = time.perf_counter()
-        while not done:
-            await asyncio.sleep(0.01)
-            now = time.perf_counter()
-            longest, last = max(longest, now - last), now
-
     async with Session(quiet()) as s:
         sim = s.backend.rebuild
         vm = candidate(s.store, lambda v: not (sim.guest(v.id).bound_agents))
-        ticker = asyncio.ensure_future(tick())
-        try:
+        async with loop_gaps() as gaps:
             _, result, wf = await rebuild(s, db, vm)
-        finally:
-            done = True
-            await ticker
     assert len(lockers) == 1  # the lock was held, and the step's writes waited for it
     lockers[0].join()
     assert result.state is TaskState.OK, result.error
     assert wf.state is RebuildState.DONE and wf.capture
-    assert longest < 0.5, f"the loop stood still for {longest * 1000:.0f} ms"
+    assert gaps.longest < 0.5, f"the loop stood still for {gaps.longest * 1000:.0f} ms"
 
 
 async def test_resume_needs_the_typed_name_again(tmp_path: Path) -> None:
