@@ -97,7 +97,7 @@ class LogScreen(ModalScreen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#log-table", DataTable)
         for label in ("Started (UTC, wall clock)", "Operator", "Host", "System", "Mode", "Action",
-                      "Target", "Outcome", "Override", "Duration", "Before", "After",
+                      "Target", "Outcome", "Override", "Took (wall clock)", "Before", "After",
                       "Final state", "Error"):
             table.add_column(label)
         if self.action_log is None:
