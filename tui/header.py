@@ -13,6 +13,7 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from ventana.state.events import LinkState
+from ventana.state.sanitize import clean
 
 from .fit import cap
 
@@ -28,6 +29,19 @@ _LINK_STYLE = {
 _SHORT_MODE = {"read-write": "rw", "read-only": "ro", "replay": "replay"}
 _SHORT_COUNTS = ((" nodes", "n"), (" VMs", "vm"), (" LUNs", "lun"), (" checkpoints", "ck"),
                  (" · ", " "))
+
+
+
+#: Where a link's reason is cut, the header says where the whole text is (help lists
+#: every link that is not live with its whole reason), if there is room for it.
+WHOLE_TEXT_HINT = " — ? shows all"
+
+
+def _reason(reason: str, cells: int) -> str:
+    """A link's reason in ``cells``; cut, with the hint when at least 40 cells are left."""
+    if len(clean(reason)) <= cells or cells < 40:
+        return cap(reason, cells)
+    return cap(reason, cells - len(WHOLE_TEXT_HINT)) + WHOLE_TEXT_HINT
 
 
 class StatusHeader(Static):
@@ -74,7 +88,7 @@ class StatusHeader(Static):
                 text.append(cap(name, target_cells), style="bold")
                 text.append(f" ● {link.value}", style=_LINK_STYLE.get(link, "bold"))
                 if reason and link is not LinkState.CONNECTED and reason_cells:
-                    text.append(f" ({cap(reason, reason_cells)})", style="italic")
+                    text.append(f" ({_reason(reason, reason_cells)})", style="italic")
                 text.append(" ")
                 text.append(" RO " if read_only else " RW ",
                             style="bold black on yellow" if read_only else "bold")
@@ -92,7 +106,7 @@ class StatusHeader(Static):
             else:
                 text.append(f"● {self.link.value}", style=_LINK_STYLE.get(self.link, "bold"))
             if self.reason and self.link is not LinkState.CONNECTED and reason_cells:
-                text.append(f" ({cap(self.reason, reason_cells)})", style="italic")
+                text.append(f" ({_reason(self.reason, reason_cells)})", style="italic")
             text.append("  ")
             mode_style = "bold black on yellow" if self.mode != "read-write" else "bold"
             mode = _SHORT_MODE.get(self.mode, self.mode) if short else self.mode

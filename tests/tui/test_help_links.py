@@ -43,3 +43,26 @@ async def test_help_lists_no_links_when_all_are_live(tmp_path: Path) -> None:
         await pilot.press("question_mark")
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
         assert "whole reason" not in shown(app.screen)
+
+
+async def test_the_header_says_where_a_cut_reason_is_whole(tmp_path: Path) -> None:
+    """Where the header cuts a link's reason (and has room), it says that ``?`` shows the
+    whole text; a reason that fits is shown as it is."""
+    from ventana.tui.header import WHOLE_TEXT_HINT, StatusHeader
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 24)) as pilot:
+        await populated(pilot)
+        header = app.query_one(StatusHeader)
+        app.backend.drop_connection(reason=REASON)  # type: ignore[attr-defined]
+        await wait_for(pilot, lambda: app.store.stale)
+        await pilot.pause(0.2)
+        shown = header.render().plain
+        assert WHOLE_TEXT_HINT.strip() in shown and FINGERPRINT not in shown, shown
+        app.backend.restore_connection()  # type: ignore[attr-defined]
+        await wait_for(pilot, lambda: not app.store.stale)
+        app.backend.drop_connection(reason="no answer for 30 s")  # type: ignore[attr-defined]
+        await wait_for(pilot, lambda: app.store.stale)
+        await pilot.pause(0.2)
+        shown = header.render().plain
+        assert "no answer for 30 s" in shown and WHOLE_TEXT_HINT.strip() not in shown, shown
