@@ -197,7 +197,7 @@ class ActionRunner:
         }
 
     def _write_one_shot(self, row: dict[str, Any] | None) -> None:
-        """Write the row (blocking: ``_refuse`` runs it in a worker)."""
+        """Write the row (blocking: ``_one_shot`` runs it in a worker)."""
         if row is None or self.log is None:
             return
         try:
@@ -205,22 +205,26 @@ class ActionRunner:
         except ActionLogError as exc:
             raise ActionRefused(f"The action log cannot be written: {exc}") from exc
 
+    async def _one_shot(self, plan: Plan, outcome: str, error: str, *,
+                        override: bool = False) -> None:
+        """The row read on the loop, written in a worker (see ``_begin``); ActionRefused
+        when the log cannot be written."""
+        row = self._one_shot_row(plan, outcome, error, override=override)
+        await asyncio.to_thread(self._write_one_shot, row)
+
     async def cancelled(self, plan: Plan, reason: str = "cancelled by the operator") -> None:
-        """Log a plan closed without confirming (written in a worker); ActionRefused when
-        the log cannot be written."""
-        await asyncio.to_thread(self._write_one_shot,
-                                self._one_shot_row(plan, "cancelled", reason))
+        """Log a plan closed without confirming."""
+        await self._one_shot(plan, "cancelled", reason)
 
     async def refused(self, plan: Plan, reason: str) -> None:
         """Log a confirmation refused on screen (e.g. a name mismatch); nothing was sent."""
-        await asyncio.to_thread(self._write_one_shot, self._one_shot_row(plan, "refused", reason))
+        await self._one_shot(plan, "refused", reason)
 
     async def _refuse(self, plan: Plan, reason: str, *, override: bool = False
                       ) -> ActionRefused:
-        """The refused row written (in a worker: see ``_begin``); the error to raise."""
-        row = self._one_shot_row(plan, "refused", reason, override=override)
+        """The refused row written; the error to raise."""
         try:
-            await asyncio.to_thread(self._write_one_shot, row)
+            await self._one_shot(plan, "refused", reason, override=override)
         except ActionRefused as exc:
             return ActionRefused(f"{reason} ({exc})")
         return ActionRefused(reason)

@@ -230,9 +230,8 @@ class WindowRunner:
                 # rather than be skipped on STALE_DATA; the VM's later items wait behind it.
                 earlier_vms.add(item.vm_id)
                 what, name = not_live
-                why = ("waiting: the link to " + (f"node {name}" if what == "node" else
-                                                  name if what == "target" else
-                                                  f"node {node or '?'}") + " is not live")
+                link = name if what == "target" else f"node {name or node or '?'}"
+                why = f"waiting: the link to {link} is not live"
                 if item.reason != why:
                     self._set(item, reason=why)
                 continue

@@ -450,10 +450,10 @@ class VentanaApp(compact.SafetyMixin, App[None]):
             self.run_worker(self._open_workflow(vm_id), group="workflow", exclusive=True,
                             exit_on_error=False)
         elif self.core.wants_estimate(spec):
-            self.run_worker(self._estimate_then_plan(spec.name, vm_id, params),
+            self.run_worker(self._plan_when_read(spec.name, vm_id, params, estimate=True),
                             group="estimate", exclusive=True, exit_on_error=False)
         elif self.core.shares_log:  # what other consoles hold, read first (in a worker)
-            self.run_worker(self._team_then_plan(spec.name, vm_id, params),
+            self.run_worker(self._plan_when_read(spec.name, vm_id, params),
                             group="plan", exclusive=True, exit_on_error=False)
         else:
             self._show_plan(spec.name, vm_id, **params)
@@ -466,16 +466,12 @@ class VentanaApp(compact.SafetyMixin, App[None]):
         """Ask the cluster to cancel this console's running action on the selected VM."""
         await self.core.cancel_task(self.selected_vm_id())
 
-    async def _estimate_then_plan(self, action: str, vm_id: str,
-                                  params: dict[str, object]) -> None:
-        """Ask vCenter for its storage estimate (best-effort), then open the plan."""
-        await self.core.fetch_estimate(vm_id)
-        await self.runner.read_leases()
-        self._show_plan(action, vm_id, **params)
-
-    async def _team_then_plan(self, action: str, vm_id: str,
-                              params: dict[str, object]) -> None:
-        """On a team's log: its leases read now (a worker thread), then the plan."""
+    async def _plan_when_read(self, action: str, vm_id: str, params: dict[str, object], *,
+                              estimate: bool = False) -> None:
+        """The plan, once what it shows is read: vCenter's storage estimate (``estimate``,
+        best-effort) and a team's leases (a worker thread; nothing on a local log)."""
+        if estimate:
+            await self.core.fetch_estimate(vm_id)
         await self.runner.read_leases()
         self._show_plan(action, vm_id, **params)
 

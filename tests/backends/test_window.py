@@ -20,7 +20,7 @@ from ventana.backends.window_runner import WindowRunner
 from ventana.state.actionlog import ActionLog
 from ventana.state.events import TaskProgress, Upsert
 from ventana.state.model import PowerState, Task
-from ventana.state.window import MaintenanceWindow, WindowStore, _schedule
+from ventana.state.window import MaintenanceWindow, QueueItem, WindowStore, _schedule
 
 # Two LUNs with room, five VMs each whose merge is not blocked.
 CSV04 = ("git-01", "intranet-01", "kms-01")
@@ -263,6 +263,20 @@ async def test_nothing_starts_while_the_link_is_stale(tmp_path: Path) -> None:
 
 
 
+async def one_runs_one_waits(window: MaintenanceWindow, *, ran: str, waits: str
+                             ) -> QueueItem:
+    """Wait (up to 10 s) for item ``ran`` to end ok; item ``waits`` is still queued then
+    (returned, to check why)."""
+    for _ in range(100):
+        if window.item(ran).status == "ok":  # type: ignore[union-attr]
+            break
+        await asyncio.sleep(0.1)
+    held = window.item(waits)
+    assert window.item(ran).status == "ok"  # type: ignore[union-attr]
+    assert held is not None and held.status == "queued"
+    return held
+
+
 async def test_one_stale_node_holds_only_its_own_items(tmp_path: Path) -> None:
     """Issue 14: with one node's link down, its VMs' items wait (saying which node)
     while the items on healthy nodes run; they run once the node is back."""
@@ -277,13 +291,7 @@ async def test_one_stale_node_holds_only_its_own_items(tmp_path: Path) -> None:
         await s.settle()
         assert s.store.stale_for(git.node_id) and not s.store.stale_for(av.node_id)
         task = wr.start()
-        for _ in range(100):
-            if window.item(ids[1]).status == "ok":  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.1)
-        held = window.item(ids[0])
-        assert window.item(ids[1]).status == "ok"  # type: ignore[union-attr]
-        assert held is not None and held.status == "queued"
+        held = await one_runs_one_waits(window, ran=ids[1], waits=ids[0])
         assert held.reason == f"waiting: the link to node {git.node_id} is not live"
         s.backend.restore_node(git.node_id)
         await asyncio.wait_for(task, 30)
@@ -320,13 +328,7 @@ async def test_a_composite_target_down_holds_only_its_own_items(tmp_path: Path) 
         await s.settle()
         assert s.store.staleness().partial
         task = wr.start()
-        for _ in range(100):
-            if window.item(ids[0]).status == "ok":  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.1)
-        held = window.item(ids[1])
-        assert window.item(ids[0]).status == "ok"  # type: ignore[union-attr]
-        assert held is not None and held.status == "queued"
+        held = await one_runs_one_waits(window, ran=ids[0], waits=ids[1])
         assert held.reason == "waiting: the link to dc2 is not live", held.reason
         dc2.restore_connection()
         await asyncio.wait_for(task, 30)
